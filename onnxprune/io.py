@@ -1,0 +1,357 @@
+"""Loading and saving models without ever losing or corrupting one.
+
+Why this module exists: users run onnxprune inside deployment pipelines on models that took weeks to train.
+Loading must turn every kind of bad file into one clear :class:`ModelLoadError`; saving must be atomic
+(a temporary file in the target folder, then ``os.replace``) so that a crash, a full disk or Ctrl-C never
+leaves half a model behind, and must never modify the caller's ``ModelProto`` or the input files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import ModelProto, TensorProto, numpy_helper
+
+from onnxprune.errors import ModelLoadError, OutputError, UnsupportedModelError
+
+log = logging.getLogger(__name__)
+
+#: Protobuf cannot serialize messages of 2 GiB or more; switch to external data well before that.
+PROTOBUF_LIMIT = 2**31 - 1
+EXTERNAL_SWITCH_BYTES = 1_800_000_000
+#: Tensors smaller than this stay inline when saving with external data (shape constants, biases).
+EXTERNAL_MIN_BYTES = 1024
+MIN_OPSET = 7
+
+ModelLike = "str | os.PathLike[str] | ModelProto"
+
+
+def _default_opset(model: ModelProto) -> int | None:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return None
+
+
+def check_opset(model: ModelProto, where: str = "model") -> int:
+    """Return the default-domain opset, refusing ones onnxprune cannot handle.
+
+    Raises:
+        UnsupportedModelError: opset below 7 or newer than the installed onnx understands.
+    """
+    opset = _default_opset(model)
+    if opset is None:
+        # A graph of custom-domain ops only: nothing onnxprune can prune structurally, but legal.
+        return onnx.defs.onnx_opset_version()
+    newest = onnx.defs.onnx_opset_version()
+    if opset < MIN_OPSET:
+        raise UnsupportedModelError(
+            f"{where} uses opset {opset}, older than the oldest supported ({MIN_OPSET}); "
+            f"upgrade it first, e.g. onnx.version_converter.convert_version(model, 13)"
+        )
+    if opset > newest:
+        raise UnsupportedModelError(
+            f"{where} uses opset {opset}, newer than the installed onnx supports ({newest}); "
+            f"upgrade onnx (pip install -U onnx)"
+        )
+    return opset
+
+
+def external_data_files(model: ModelProto) -> list[str]:
+    """Relative locations of the external data files a (not yet loaded) model refers to."""
+    locations: list[str] = []
+    for tensor in _all_tensors(model):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location" and entry.value not in locations:
+                    locations.append(entry.value)
+    return locations
+
+
+def _all_tensors(model: ModelProto) -> list[TensorProto]:
+    """Initializers plus Constant-node tensors of the main graph and every subgraph."""
+    return list(onnx.external_data_helper._get_all_tensors(model))
+
+
+def _check_external_files(model: ModelProto, base: Path, where: str) -> None:
+    """Refuse missing or truncated external data before onnx reads it (it would raise cryptically)."""
+    for tensor in _all_tensors(model):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        path = (base / location).resolve()
+        if not location or not path.is_file():
+            raise ModelLoadError(
+                f"{where}: external data file '{location}' of tensor '{tensor.name}' is missing; "
+                f"keep the data file next to the model (looked in {base})"
+            )
+        offset = int(info.get("offset", 0))
+        length = int(info.get("length", 0))
+        if length and offset + length > path.stat().st_size:
+            raise ModelLoadError(
+                f"{where}: external data file '{location}' is truncated (tensor '{tensor.name}' needs "
+                f"bytes {offset}..{offset + length}, file has {path.stat().st_size}); copy it again"
+            )
+
+
+def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = True) -> ModelProto:
+    """Load a model from a path (external data included) or copy a ``ModelProto``.
+
+    The caller's object is never modified: a ``ModelProto`` argument is deep-copied.
+
+    Args:
+        source: a path to an ``.onnx`` file, or a ``ModelProto``.
+        check: run ``onnx.checker`` and the opset check.
+
+    Returns:
+        A new ``ModelProto`` with all weights in memory.
+
+    Raises:
+        ModelLoadError: the file is missing, a directory, empty, not ONNX, truncated, or fails the checker.
+        UnsupportedModelError: the opset is too old or too new.
+
+    Example:
+        >>> model = load_model("models/digits_cnn.onnx")  # doctest: +SKIP
+    """
+    if isinstance(source, ModelProto):
+        model = ModelProto()
+        model.CopyFrom(source)
+        where = f"model '{model.graph.name or '<in memory>'}'"
+        if check:
+            _check_model(model, where, path=None)
+        return model
+    if not isinstance(source, (str, os.PathLike)):
+        raise ModelLoadError(f"expected a path or an onnx.ModelProto, got {type(source).__name__}")
+    path = Path(source)
+    where = str(path)
+    if not path.exists():
+        raise ModelLoadError(f"{where}: no such file; check the path")
+    if path.is_dir():
+        raise ModelLoadError(f"{where}: is a directory, not an ONNX file; pass the .onnx file inside it")
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise ModelLoadError(f"{where}: file is empty; re-export the model")
+        model = onnx.load_model(str(path), load_external_data=False)
+    except ModelLoadError:
+        raise
+    except (DecodeError, RuntimeError, ValueError, TypeError) as exc:
+        raise ModelLoadError(
+            f"{where}: not a readable ONNX model ({type(exc).__name__}: {_first_line(exc)}); "
+            f"the file may be truncated or of another format, re-export it"
+        ) from exc
+    except OSError as exc:
+        raise ModelLoadError(f"{where}: cannot read ({exc.strerror or exc}); check permissions") from exc
+    if not model.HasField("graph") or model.ir_version == 0:
+        raise ModelLoadError(
+            f"{where}: parses as protobuf but is not an ONNX model (no graph or ir_version); "
+            f"pass the exported .onnx file"
+        )
+    _check_external_files(model, path.parent, where)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{where}: cannot read external data ({_first_line(exc)})") from exc
+    if check:
+        _check_model(model, where, path=path)
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _check_model(model: ModelProto, where: str, path: Path | None) -> None:
+    check_opset(model, where)
+    try:
+        if model_nbytes(model) >= EXTERNAL_SWITCH_BYTES and path is not None:
+            onnx.checker.check_model(str(path))
+        elif model_nbytes(model) < PROTOBUF_LIMIT:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ModelLoadError(
+            f"{where}: fails onnx.checker ({_first_line(exc)}); fix the exporter output first"
+        ) from exc
+
+
+def model_nbytes(model: ModelProto) -> int:
+    """Approximate serialized size, without serializing (which fails above 2 GiB)."""
+    total = 0
+    for tensor in _all_tensors(model):
+        total += tensor.ByteSize()
+    total += sum(node.ByteSize() for node in model.graph.node if node.op_type != "Constant")
+    return total
+
+
+def file_size(path: str | os.PathLike[str]) -> int:
+    """Size of a model on disk, its external data files included."""
+    path = Path(path)
+    total = path.stat().st_size
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError):
+        return total
+    for location in external_data_files(model):
+        extra = path.parent / location
+        if extra.is_file():
+            total += extra.stat().st_size
+    return total
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """True when two paths name the same file (resolving links); False if either is missing."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def check_output_path(path: str | os.PathLike[str], *, inputs: tuple[str | os.PathLike[str], ...] = ()) -> Path:
+    """Refuse an output path before any work is done.
+
+    Raises:
+        OutputError: the path is an input, its folder is missing or not writable, or it is a directory.
+    """
+    out = Path(path)
+    for src in inputs:
+        if same_file(out, src):
+            raise OutputError(f"output path {out} is the input model; choose another output file (-o)")
+    if out.is_dir():
+        raise OutputError(f"output path {out} is a directory; name a file such as {out / 'model.onnx'}")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"output folder {folder} does not exist; create it first (mkdir -p {folder})")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {folder} is not writable; choose another output path")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise OutputError(f"output file {out} exists and is not writable; choose another output path")
+    return out
+
+
+def save_model(
+    model: ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+) -> Path:
+    """Write a model atomically; the ``model`` object is left exactly as it was.
+
+    Everything is first written into a temporary folder beside the target, then moved into place with
+    ``os.replace`` (data file first, model file last), so readers never see a half-written model.
+
+    Args:
+        model: the model to save.
+        path: target ``.onnx`` path.
+        external_data: ``True`` writes weights to ``<name>.data`` beside the model, ``False`` keeps them
+            inline, ``None`` (default) switches to external data when the model would exceed 2 GB.
+
+    Returns:
+        The path written.
+
+    Raises:
+        OutputError: the folder is missing or not writable, or the disk is full.
+    """
+    out = check_output_path(path)
+    if external_data is None:
+        external_data = model_nbytes(model) >= EXTERNAL_SWITCH_BYTES
+    folder = out.parent if str(out.parent) else Path(".")
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-tmp-", dir=folder))
+    except OSError as exc:
+        raise OutputError(f"cannot write in {folder} ({exc.strerror or exc}); choose another output path") from exc
+    try:
+        tmp_model = tmpdir / out.name
+        data_name = out.name + ".data"
+        tmp_data = tmpdir / data_name
+        if external_data:
+            _save_external(model, tmp_model, tmp_data, data_name)
+        else:
+            _write_bytes(tmp_model, model.SerializeToString())
+        if external_data:
+            os.replace(tmp_data, folder / data_name)
+        os.replace(tmp_model, out)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {out} ({exc.strerror or exc}); free disk space or choose another output path"
+        ) from exc
+    finally:
+        for leftover in tmpdir.glob("*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        with contextlib.suppress(OSError):
+            tmpdir.rmdir()
+    return out
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _save_external(model: ModelProto, model_path: Path, data_path: Path, location: str) -> None:
+    """Move large tensors to ``data_path``, serialize, then put the bytes back into ``model``.
+
+    Restoring from the freshly written data file (one tensor at a time) keeps peak memory at one model
+    plus one tensor, instead of the two models a deep copy would cost.
+    """
+    moved: list[tuple[TensorProto, int, int]] = []
+    try:
+        with open(data_path, "wb") as fh:
+            for tensor in _all_tensors(model):
+                if tensor.data_location == TensorProto.EXTERNAL:
+                    continue
+                if tensor.ByteSize() < EXTERNAL_MIN_BYTES:
+                    continue
+                if tensor.HasField("raw_data"):
+                    blob = tensor.raw_data
+                else:
+                    blob = numpy_helper.to_array(tensor).tobytes()
+                offset = fh.tell()
+                pad = (-offset) % 4096
+                if pad:
+                    fh.write(b"\0" * pad)
+                    offset += pad
+                fh.write(blob)
+                length = len(blob)
+                del blob
+                _set_external(tensor, location, offset, length)
+                moved.append((tensor, offset, length))
+            fh.flush()
+            os.fsync(fh.fileno())
+        _write_bytes(model_path, model.SerializeToString())
+    finally:
+        if moved:
+            _restore_inline(moved, data_path)
+
+
+def _set_external(tensor: TensorProto, location: str, offset: int, length: int) -> None:
+    for field in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data"):
+        tensor.ClearField(field)
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key = key
+        entry.value = value
+
+
+def _restore_inline(moved: list[tuple[TensorProto, int, int]], data_path: Path) -> None:
+    data = np.memmap(data_path, dtype=np.uint8, mode="r") if data_path.stat().st_size else None
+    for tensor, offset, length in moved:
+        del tensor.external_data[:]
+        tensor.data_location = TensorProto.DEFAULT
+        if data is not None:
+            tensor.raw_data = data[offset : offset + length].tobytes()
+    del data

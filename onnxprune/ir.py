@@ -1,0 +1,292 @@
+"""A light, name-keyed index over an ONNX graph, and attribute/constant helpers.
+
+Why not a full IR: onnxprune edits a handful of tensors in place and must stay fast on 100 MB models, so
+it works on the ``ModelProto`` itself and keeps only dictionaries from names to protos (identity is by
+name, as in the rest of the package). Rebuild the index after a structural edit.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
+
+from onnxprune.errors import UnsupportedModelError
+
+GENERATED_PREFIX = "onnxprune_"
+
+Shape = tuple  # tuple[int | str | None, ...]; str for a symbolic dim, None for an unknown one
+
+
+def opset_of(model: ModelProto, domain: str = "") -> int:
+    """The opset version the model imports for ``domain`` (default domain: also ``ai.onnx``)."""
+    for imp in model.opset_import:
+        if imp.domain == domain or (domain == "" and imp.domain == "ai.onnx"):
+            return int(imp.version)
+    return onnx.defs.onnx_opset_version() if domain == "" else 1
+
+
+def attr(node: NodeProto, name: str, opset: int | None = None, default: object = None) -> object:
+    """Read an attribute, falling back to the op schema's default (then to ``default``).
+
+    Reading defaults from the schema keeps one source of truth for values like ``Gemm.transB = 0``.
+    """
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    if node.domain in ("", "ai.onnx"):
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset or onnx.defs.onnx_opset_version(), "")
+        except onnx.defs.SchemaError:
+            return default
+        spec = schema.attributes.get(name)
+        if spec is not None and spec.default_value.type != AttributeProto.UNDEFINED:
+            return helper.get_attribute_value(spec.default_value)
+    return default
+
+
+def set_attr(node: NodeProto, name: str, value: object) -> None:
+    """Set (or replace) an attribute of ``node``."""
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def constant_node_value(node: NodeProto) -> np.ndarray | None:
+    """The value of a ``Constant`` node, whatever attribute form the exporter used."""
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    return None
+
+
+class GraphIndex:
+    """Producer/consumer maps and constant lookup for one graph, keyed by tensor name.
+
+    Attributes:
+        graph: the indexed ``GraphProto`` (not copied: edits through the index edit the model).
+        opset: default-domain opset of the model.
+        producer: tensor name → node that writes it.
+        consumers: tensor name → nodes that read it, in graph order (a node reading twice appears once).
+        initializers: name → initializer ``TensorProto``.
+        constant_nodes: output name → ``Constant`` node.
+        graph_inputs / graph_outputs: names of the graph's real inputs (initializers excluded) / outputs.
+    """
+
+    def __init__(self, model: ModelProto) -> None:
+        self.model = model
+        self.graph: GraphProto = model.graph
+        self.opset = opset_of(model)
+        self.producer: dict[str, NodeProto] = {}
+        self.consumers: dict[str, list[NodeProto]] = defaultdict(list)
+        self.initializers: dict[str, TensorProto] = {t.name: t for t in self.graph.initializer}
+        self.constant_nodes: dict[str, NodeProto] = {}
+        self.nodes_by_name: dict[str, NodeProto] = {}
+        for i, node in enumerate(self.graph.node):
+            key = node.name or f"{node.op_type}_{i}"
+            self.nodes_by_name.setdefault(key, node)
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                self.constant_nodes[node.output[0]] = node
+            seen: set[str] = set()
+            for inp in itertools.chain(node.input, _subgraph_inputs(node)):
+                if inp and inp not in seen:
+                    seen.add(inp)
+                    self.consumers[inp].append(node)
+        self.graph_inputs = [i.name for i in self.graph.input if i.name not in self.initializers]
+        self.graph_outputs = [o.name for o in self.graph.output]
+        self._names: set[str] | None = None
+
+    # -- constants ---------------------------------------------------------------------------------
+    def resolve_identity(self, name: str) -> str:
+        """Follow ``Identity`` nodes back to the tensor that really holds the value."""
+        seen = 0
+        while name in self.producer and self.producer[name].op_type == "Identity" and seen < 10_000:
+            name = self.producer[name].input[0]
+            seen += 1
+        return name
+
+    def is_constant(self, name: str) -> bool:
+        """True when ``name`` is an initializer or a Constant node output (through Identity)."""
+        src = self.resolve_identity(name)
+        return src in self.initializers or src in self.constant_nodes
+
+    def const_value(self, name: str) -> np.ndarray | None:
+        """The value of a constant tensor (initializer or Constant node, through Identity), else None."""
+        src = self.resolve_identity(name)
+        if src in self.initializers:
+            return numpy_helper.to_array(self.initializers[src])
+        if src in self.constant_nodes:
+            return constant_node_value(self.constant_nodes[src])
+        return None
+
+    def const_shape(self, name: str) -> tuple[int, ...] | None:
+        """Shape of a constant without materializing it."""
+        src = self.resolve_identity(name)
+        if src in self.initializers:
+            return tuple(int(d) for d in self.initializers[src].dims)
+        if src in self.constant_nodes:
+            value = constant_node_value(self.constant_nodes[src])
+            return None if value is None else tuple(value.shape)
+        return None
+
+    def const_readers(self, name: str) -> list[NodeProto]:
+        """Every non-Identity node that reads the constant behind ``name`` (directly or via Identity)."""
+        src = self.resolve_identity(name)
+        readers: list[NodeProto] = []
+        stack = [src]
+        while stack:
+            t = stack.pop()
+            for node in self.consumers.get(t, []):
+                if node.op_type == "Identity":
+                    stack.append(node.output[0])
+                else:
+                    readers.append(node)
+        return readers
+
+    # -- names -------------------------------------------------------------------------------------
+    def unique_name(self, base: str) -> str:
+        """A tensor/node name not yet used in the graph, starting with ``onnxprune_``."""
+        if self._names is None:
+            self._names = set(self.producer) | set(self.initializers) | set(self.graph_inputs)
+            self._names |= {n.name for n in self.graph.node}
+        stem = base if base.startswith(GENERATED_PREFIX) else GENERATED_PREFIX + base
+        name, k = stem, 0
+        while name in self._names:
+            k += 1
+            name = f"{stem}_{k}"
+        self._names.add(name)
+        return name
+
+
+def _subgraph_inputs(node: NodeProto) -> Iterable[str]:
+    """Outer-scope names read inside a node's subgraphs (If/Loop/Scan bodies)."""
+    for a in node.attribute:
+        graphs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)
+        for g in graphs:
+            inner = {t.name for t in g.initializer} | {i.name for i in g.input}
+            for n in g.node:
+                inner.update(n.output)
+            for n in g.node:
+                for inp in itertools.chain(n.input, _subgraph_inputs(n)):
+                    if inp and inp not in inner:
+                        yield inp
+
+
+def node_label(node: NodeProto) -> str:
+    """How messages name a node: ``'conv1' (Conv)``."""
+    return f"'{node.name or node.output[0]}' ({node.op_type})"
+
+
+# -- shapes ----------------------------------------------------------------------------------------
+def _dims(type_proto: onnx.TypeProto) -> Shape | None:
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    dims: list[int | str | None] = []
+    for d in type_proto.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def input_shapes(model: ModelProto) -> dict[str, Shape | None]:
+    """Declared shapes of the graph's real inputs (initializers excluded)."""
+    inits = {t.name for t in model.graph.initializer}
+    return {i.name: _dims(i.type) for i in model.graph.input if i.name not in inits}
+
+
+def shape_skeleton(model: ModelProto, dims: dict[str, int] | None = None, default_dim: int = 1) -> ModelProto:
+    """A weightless copy of ``model`` for cheap shape inference.
+
+    Large float initializers become typed graph inputs (their values are never needed to infer shapes),
+    so copying and inferring stays fast on 100 MB models. Symbolic input dims are fixed from ``dims``
+    (by name) or ``default_dim``.
+    """
+    dims = dims or {}
+    skel = ModelProto()
+    skel.ir_version = model.ir_version
+    skel.opset_import.extend(model.opset_import)
+    g = skel.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.output.extend(model.graph.output)
+    inits = {t.name for t in model.graph.initializer}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        new = g.input.add()
+        new.CopyFrom(inp)
+        if new.type.HasField("tensor_type"):
+            for d in new.type.tensor_type.shape.dim:
+                if not d.HasField("dim_value"):
+                    value = dims.get(d.dim_param, default_dim) if d.HasField("dim_param") else default_dim
+                    d.Clear()
+                    d.dim_value = int(value)
+    for t in model.graph.initializer:
+        numel = int(np.prod(t.dims)) if len(t.dims) else 1
+        if numel > 64 and t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE,
+                                          TensorProto.BFLOAT16):
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            g.initializer.append(t)
+    return skel
+
+
+def infer_shapes(model: ModelProto, dims: dict[str, int] | None = None, default_dim: int = 1,
+                 strict: bool = False) -> dict[str, Shape]:
+    """Shapes of every tensor (inputs, intermediates, outputs, initializers) after shape inference.
+
+    Raises:
+        UnsupportedModelError: with ``strict=True``, when inference fails.
+    """
+    skel = shape_skeleton(model, dims, default_dim)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skel, strict_mode=strict, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        if strict:
+            raise UnsupportedModelError(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
+        inferred = skel
+    shapes: dict[str, Shape] = {}
+    for vi in itertools.chain(inferred.graph.input, inferred.graph.value_info, inferred.graph.output):
+        d = _dims(vi.type)
+        if d is not None:
+            shapes[vi.name] = d
+    for t in inferred.graph.initializer:
+        shapes[t.name] = tuple(int(x) for x in t.dims)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            value = constant_node_value(node)
+            if value is not None:
+                shapes[node.output[0]] = tuple(value.shape)
+    return shapes
+
+
+def tensor_elem_type(model: ModelProto, name: str) -> int | None:
+    """ONNX element type of a graph input/output/value_info/initializer, if declared."""
+    for vi in itertools.chain(model.graph.input, model.graph.output, model.graph.value_info):
+        if vi.name == name and vi.type.HasField("tensor_type"):
+            return int(vi.type.tensor_type.elem_type)
+    for t in model.graph.initializer:
+        if t.name == name:
+            return int(t.data_type)
+    return None

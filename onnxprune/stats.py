@@ -1,0 +1,118 @@
+"""Model statistics: parameters, multiply-accumulates (MACs) and the op histogram.
+
+MACs are counted from inferred shapes at batch 1 for the ops that dominate compute (Conv, ConvTranspose,
+Gemm, MatMul); everything else is treated as free, which is how pruning papers and tools report them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnx import ModelProto, TensorProto
+
+from onnxprune.ir import GraphIndex, Shape, attr, constant_node_value, infer_shapes
+
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _numel(dims: object) -> int:
+    return int(np.prod(list(dims), dtype=np.int64)) if len(dims) else 1  # type: ignore[arg-type]
+
+
+def count_params(model: ModelProto, *, nonzero: bool = False) -> int:
+    """Number of floating-point parameters (initializers and Constant-node tensors).
+
+    Integer tensors (shapes, indices) are not parameters. With ``nonzero=True`` only non-zero entries
+    count, which is the honest parameter count of an unstructured-sparse model.
+    """
+    total = 0
+    for t in model.graph.initializer:
+        if t.data_type in FLOAT_TYPES:
+            if nonzero:
+                from onnx import numpy_helper
+
+                total += int(np.count_nonzero(numpy_helper.to_array(t)))
+            else:
+                total += _numel(t.dims)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            value = constant_node_value(node)
+            if value is not None and value.dtype.kind == "f" and value.size > 1:
+                total += int(np.count_nonzero(value)) if nonzero else int(value.size)
+    return total
+
+
+def _known(shape: Shape | None) -> bool:
+    return shape is not None and all(isinstance(d, int) for d in shape)
+
+
+def node_macs(node: object, shapes: dict[str, Shape], opset: int) -> int | None:
+    """MACs of one node at the inferred shapes, ``None`` when its shapes are unknown."""
+    op = node.op_type  # type: ignore[attr-defined]
+    ins = list(node.input)  # type: ignore[attr-defined]
+    out = shapes.get(node.output[0])  # type: ignore[attr-defined]
+    if op in ("Conv", "ConvTranspose"):
+        w = shapes.get(ins[1])
+        x = shapes.get(ins[0])
+        if not (_known(w) and _known(out) and _known(x)):
+            return None
+        kernel = _numel(w[2:])  # type: ignore[index]
+        if op == "Conv":
+            return _numel(out) * int(w[1]) * kernel  # type: ignore[index]
+        # ConvTranspose weight is (C_in, C_out/group, k...): every input pixel feeds C_out/group outputs.
+        return _numel(x) * int(w[1]) * kernel  # type: ignore[index]
+    if op == "Gemm":
+        a = shapes.get(ins[0])
+        if not (_known(a) and _known(out)):
+            return None
+        k = int(a[0] if attr(node, "transA", opset, 0) else a[1])  # type: ignore[index]
+        return _numel(out) * k
+    if op == "MatMul":
+        a = shapes.get(ins[0])
+        if not (_known(a) and _known(out)) or not a:
+            return None
+        return _numel(out) * int(a[-1])  # type: ignore[index]
+    return 0
+
+
+@dataclass
+class ModelStats:
+    """Size and compute of a model, as reported by ``analyze`` and in every prune report."""
+
+    params: int
+    nonzero_params: int
+    macs: int
+    macs_by_node: dict[str, int] = field(default_factory=dict)
+    unknown_macs: list[str] = field(default_factory=list)
+    op_histogram: dict[str, int] = field(default_factory=dict)
+
+
+def model_stats(model: ModelProto, *, dims: dict[str, int] | None = None,
+                shapes: dict[str, Shape] | None = None) -> ModelStats:
+    """Parameters, MACs at batch 1 (dynamic dims from ``dims``, else 1) and the op histogram."""
+    idx = GraphIndex(model)
+    shapes = shapes if shapes is not None else infer_shapes(model, dims)
+    by_node: dict[str, int] = {}
+    unknown: list[str] = []
+    for i, node in enumerate(model.graph.node):
+        if node.op_type not in WEIGHTED_OPS:
+            continue
+        name = node.name or f"{node.op_type}_{i}"
+        macs = node_macs(node, shapes, idx.opset)
+        if macs is None:
+            unknown.append(name)
+        else:
+            by_node[name] = macs
+    hist = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+                   for n in model.graph.node)
+    return ModelStats(
+        params=count_params(model),
+        nonzero_params=count_params(model, nonzero=True),
+        macs=sum(by_node.values()),
+        macs_by_node=by_node,
+        unknown_macs=unknown,
+        op_histogram=dict(sorted(hist.items())),
+    )
