@@ -1,0 +1,1 @@
+"""Command-line interface: ``onnxprune <command> ...`` (see :mod:`onnxprune.cli.main`)."""

@@ -1,0 +1,56 @@
+"""``onnxprune analyze IN [--json]``: what is in a model and what onnxprune can prune in it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from onnxprune.inspect import analyze_summary
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("analyze", help="parameters, MACs, ops, prunable weights and channel groups")
+    p.add_argument("model", help="input .onnx file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE",
+                   help="value of a dynamic input dimension for MACs (default 1)")
+    p.add_argument("--groups", action="store_true", help="list every channel group with its members")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxprune.config import parse_assignments
+
+    dims = {k: int(v) for k, v in parse_assignments(args.dim, option="--dim", kind=int).items()}  # type: ignore[call-overload]
+    summary = analyze_summary(args.model, dims=dims)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    if args.quiet:
+        return 0
+    print(f"model      {args.model}")
+    print(f"opset      {summary['opset']}   ir_version {summary['ir_version']}   producer {summary['producer']}")
+    for kind in ("inputs", "outputs"):
+        for io in summary[kind]:
+            print(f"{kind[:-1]:<10} {io['name']}  {io['dtype']}{io['shape']}")
+    print(f"params     {summary['params']:,}")
+    print(f"MACs       {summary['macs']:,} (batch 1)")
+    ops = ", ".join(f"{k}:{v}" for k, v in summary["op_histogram"].items())
+    print(f"ops        {ops}")
+    print(f"prunable weights ({len(summary['prunable_weights'])}):")
+    for w in summary["prunable_weights"]:
+        print(f"  {w['name']:<40} {str(w['shape']):<20} {', '.join(w['readers'])}")
+    groups = summary.get("groups")
+    if groups is not None:
+        prunable = [g for g in groups if not g["blockers"]]
+        print(f"channel groups: {len(groups)} ({len(prunable)} prunable), "
+              f"coverage {summary.get('coverage', 0.0):.1%} of prunable MACs")
+        for g in groups:
+            state = "prunable" if not g["blockers"] else "blocked: " + "; ".join(g["blockers"])
+            print(f"  group {g['id']:<4} size {g['size']:<6} {state}")
+            if args.groups:
+                for m in g["members"]:
+                    print(f"      {m}")
+    if summary.get("analysis_error"):
+        print(f"structured analysis unavailable: {summary['analysis_error']}")
+    return 0

@@ -1,0 +1,65 @@
+"""``analyze_summary``: the facts ``onnxprune analyze`` prints, as a JSON-able dict.
+
+Kept apart from the CLI so tests and scripts get the same numbers the user sees.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import onnx
+from onnx import ModelProto
+
+from onnxprune.errors import OnnxPruneError
+from onnxprune.io import load_model
+from onnxprune.ir import input_shapes, opset_of
+from onnxprune.stats import model_stats
+
+
+def _io_list(model: ModelProto, which: str) -> list[dict[str, Any]]:
+    inits = {t.name for t in model.graph.initializer}
+    entries = []
+    for vi in getattr(model.graph, which):
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else "?"
+        entries.append({"name": vi.name, "dtype": dtype, "shape": shape})
+    return entries
+
+
+def analyze_summary(source: str | os.PathLike[str] | ModelProto, *, dims: dict[str, int] | None = None,
+                    with_groups: bool = True) -> dict[str, Any]:
+    """Parameters, MACs at batch 1, op histogram, prunable weights, opset, I/O and channel groups."""
+    from onnxprune.weights import find_prunable_weights
+
+    model = load_model(source)
+    stats = model_stats(model, dims=dims)
+    summary: dict[str, Any] = {
+        "opset": opset_of(model),
+        "ir_version": model.ir_version,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": _io_list(model, "input"),
+        "outputs": _io_list(model, "output"),
+        "params": stats.params,
+        "nonzero_params": stats.nonzero_params,
+        "macs": stats.macs,
+        "macs_by_node": stats.macs_by_node,
+        "op_histogram": stats.op_histogram,
+        "prunable_weights": [
+            {"name": w.name, "shape": list(w.shape), "readers": list(w.nodes)}
+            for w in find_prunable_weights(model)
+        ],
+        "dynamic_inputs": {k: list(v) for k, v in input_shapes(model).items()
+                           if v is None or any(not isinstance(d, int) for d in v)},
+    }
+    if with_groups:
+        try:
+            from onnxprune.structured import describe_groups
+
+            summary.update(describe_groups(model, dims=dims))
+        except OnnxPruneError as exc:
+            summary["analysis_error"] = str(exc)
+    return summary

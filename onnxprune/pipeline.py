@@ -1,0 +1,310 @@
+"""``prune()``: the whole prune run, in the one order that never writes a half-made model.
+
+Order: check options and output path → load (a copy) → measure → prune (structured, unstructured or
+N:M) → prove the surgery exact (structured: pruned == original with dropped channels silenced) →
+recover accuracy (optional) → check the result (checker, strict shape inference, onnxruntime) →
+measure drift, accuracy and speed → only then save atomically. Any failure before the save leaves no file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onnx import ModelProto
+
+from onnxprune.config import PruneConfig, parse_nm
+from onnxprune.errors import ConfigError, ValidationError
+from onnxprune.io import check_output_path, file_size, load_model, model_nbytes, save_model
+from onnxprune.stats import ModelStats, model_stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What a prune run produced.
+
+    Attributes:
+        model: the pruned model (a new ``ModelProto``).
+        report: JSON-able dict (see README, "Reports").
+        plan: the structured ``PrunePlan`` (``None`` for unstructured and N:M modes).
+        output: where the model was saved, if it was.
+    """
+
+    model: ModelProto
+    report: dict[str, Any]
+    plan: Any = None
+    output: Path | None = None
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    def save_report(self, path: str | os.PathLike[str]) -> None:
+        """Write the JSON report (atomically)."""
+        write_text_atomic(Path(path), json.dumps(self.report, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(obj: object) -> object:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()  # type: ignore[no-any-return]
+    if hasattr(obj, "tolist"):
+        return obj.tolist()  # type: ignore[no-any-return]
+    return str(obj)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file through a temporary file and ``os.replace``."""
+    from onnxprune.errors import OutputError
+
+    tmp = path.with_name(f".{path.name}.onnxprune-tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); choose another path") from exc
+
+
+def _source_size(source: object, model: ModelProto) -> int:
+    if isinstance(source, (str, os.PathLike)):
+        return file_size(source)
+    return model_nbytes(model)
+
+
+def _stats_dict(stats: ModelStats) -> dict[str, int]:
+    return {"params": stats.params, "nonzero_params": stats.nonzero_params, "macs": stats.macs}
+
+
+def prune(
+    source: str | os.PathLike[str] | ModelProto,
+    config: PruneConfig | None = None,
+    *,
+    output: str | os.PathLike[str] | None = None,
+) -> PruneResult:
+    """Prune a model as ``config`` says, prove the result, and save it if ``output`` is given.
+
+    Args:
+        source: a path to an ``.onnx`` file or a ``ModelProto`` (never modified).
+        config: all options (default: structured pruning at ratio 0.3 with l2 importance).
+        output: where to save the pruned model; nothing is written if any step fails.
+
+    Returns:
+        A :class:`PruneResult`.
+
+    Raises:
+        OnnxPruneError: any user-facing problem, as a typed subclass with a one-line message.
+
+    Example:
+        >>> from onnxprune import PruneConfig, prune
+        >>> result = prune("models/digits_cnn.onnx", PruneConfig(ratio=0.3), output="cnn-pruned.onnx")  # doctest: +SKIP
+    """
+    config = (config or PruneConfig()).validate_options()
+    started = time.perf_counter()
+    inputs = (source,) if isinstance(source, (str, os.PathLike)) else ()
+    if output is not None:
+        check_output_path(output, inputs=inputs)  # refuse before any work
+    original = load_model(source)
+    stats_before = model_stats(original, dims=config.dims)
+    warnings: list[str] = []
+    report: dict[str, Any] = {"mode": config.mode, "settings": _settings(config)}
+
+    plan = None
+    if config.mode == "structured":
+        pruned, exact_reference, plan, extra = _run_structured(original, config, warnings)
+    else:
+        pruned, exact_reference, extra = _run_sparse(original, config, warnings)
+    report.update(extra)
+
+    if config.validate:
+        report["validation"] = _validate(original, pruned, exact_reference, config)
+
+    if config.mode != "structured" and config.sparse_storage:
+        from onnxprune.sparse_storage import to_sparse_storage
+
+        dense = pruned
+        pruned = to_sparse_storage(dense)
+        if config.validate:
+            report["validation"]["sparse_storage"] = _compare_exact(dense, pruned, config, "sparse storage")
+
+    stats_after = model_stats(pruned, dims=config.dims)
+    report.update(_size_report(config, stats_before, stats_after))
+    report["file_size_before"] = _source_size(source, original)
+
+    if config.eval_data:
+        from onnxprune.evaluate import evaluate_accuracy
+
+        before = evaluate_accuracy(original, config.eval_data, labels=config.labels)
+        after = evaluate_accuracy(pruned, config.eval_data, labels=config.labels)
+        report["accuracy"] = {"before": _jsonable(before), "after": _jsonable(after)}
+
+    if config.bench:
+        from onnxprune.bench import benchmark
+
+        bench = benchmark([original, pruned], names=["original", "pruned"], providers=config.providers,
+                          batches=config.bench_batches, runs=config.bench_runs, warmup=config.bench_warmup,
+                          threads=config.threads, dims=config.dims)
+        report["bench"] = _jsonable(bench)
+
+    saved = None
+    if output is not None:
+        external = config.external_data
+        if external is None and inputs and _has_external_data(inputs[0]):
+            external = True
+        saved = save_model(pruned, output, external_data=external)
+        report["file_size_after"] = file_size(saved)
+        if plan is not None and config.plan_out:
+            plan.save(config.plan_out)
+    else:
+        report["file_size_after"] = model_nbytes(pruned)
+    report["warnings"] = warnings
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    return PruneResult(model=pruned, report=report, plan=plan, output=saved, warnings=tuple(warnings))
+
+
+def _has_external_data(path: str | os.PathLike[str]) -> bool:
+    import onnx
+
+    from onnxprune.io import external_data_files
+
+    return bool(external_data_files(onnx.load_model(str(path), load_external_data=False)))
+
+
+def _settings(config: PruneConfig) -> dict[str, Any]:
+    keys = {
+        "structured": ("ratio", "importance", "global_rank", "round_to", "min_channels", "seed", "exclude",
+                       "plan_in", "target_macs", "target_params", "max_error"),
+        "unstructured": ("sparsity", "scope", "layer_sparsity", "min_size", "exclude", "importance"),
+        "nm": ("nm", "min_size", "exclude", "importance"),
+    }[config.mode]
+    settings = {k: getattr(config, k) for k in keys}
+    settings["calib"] = config.calib
+    settings["recover"] = config.recovery
+    return settings
+
+
+def _size_report(config: PruneConfig, before: ModelStats, after: ModelStats) -> dict[str, Any]:
+    nonzero = config.mode != "structured"
+    return {
+        "params_before": before.nonzero_params if nonzero else before.params,
+        "params_after": after.nonzero_params if nonzero else after.params,
+        "macs_before": before.macs,
+        "macs_after": after.macs,
+        "op_histogram_after": after.op_histogram,
+    }
+
+
+# -- modes -----------------------------------------------------------------------------------------
+def _warn_unmatched(patterns: list[str] | tuple[str, ...], warnings: list[str], option: str) -> None:
+    for pattern in patterns:
+        msg = f"{option} '{pattern}' matched no layer; check the name (onnxprune analyze lists them)"
+        log.warning(msg)
+        warnings.append(msg)
+
+
+def _run_sparse(original: ModelProto, config: PruneConfig, warnings: list[str]
+                ) -> tuple[ModelProto, ModelProto | None, dict[str, Any]]:
+    from onnxprune.sparsify import sparsify, sparsify_nm
+
+    scores = None
+    if config.importance not in ("l1", "l2", "magnitude"):
+        scores = _sparse_scores(original, config)
+    if config.mode == "unstructured":
+        result = sparsify(original, sparsity=config.sparsity, scope=config.scope,
+                          layer_sparsity=config.layer_sparsity, exclude=config.exclude,
+                          min_size=config.min_size, scores=scores)
+    else:
+        n, m = parse_nm(config.nm)
+        result = sparsify_nm(original, n=n, m=m, exclude=config.exclude, min_size=config.min_size, scores=scores)
+    _warn_unmatched(list(result.unmatched_patterns), warnings, "--exclude/--layer-sparsity")
+    extra = result.report()
+    model = result.model
+    if config.recovery == "lstsq":
+        from onnxprune.recover import recover_sparse
+
+        model = recover_sparse(original, model, config.calib, method="lstsq")
+        extra["recovery"] = "lstsq"
+    # The sparse model *is* the original with those entries zeroed: exactness holds by construction and
+    # the test suite proves it; validation checks it runs and measures drift.
+    return model, None, extra
+
+
+def _sparse_scores(original: ModelProto, config: PruneConfig) -> Any:
+    if not config.calib:
+        raise ConfigError(f"--importance {config.importance} needs calibration data; pass --calib data.npz")
+    from onnxprune.data_criteria import sparse_scores
+
+    return sparse_scores(original, config.calib, criterion=config.importance)
+
+
+def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[str]
+                    ) -> tuple[ModelProto, ModelProto, Any, dict[str, Any]]:
+    from onnxprune.analysis import analyze
+    from onnxprune.oracle import zeroed_reference
+    from onnxprune.plan import PrunePlan
+    from onnxprune.structured import prune_structured
+
+    dg = analyze(original, dims=config.dims)
+    plan_in = PrunePlan.load(config.plan_in) if config.plan_in else None
+    group_ratios = None
+    if config.target_macs or config.target_params:
+        from onnxprune.budget import allocate_budget
+
+        group_ratios = allocate_budget(original, dg, config)
+    result = prune_structured(original, ratio=config.ratio, importance=config.importance,
+                              global_rank=config.global_rank, round_to=config.round_to,
+                              min_channels=config.min_channels, exclude=config.exclude, seed=config.seed,
+                              plan=plan_in, group_ratios=group_ratios, dg=dg, calib=config.calib)
+    reference = zeroed_reference(original, dg, result.plan)
+    model = result.model
+    extra = dict(result.report)
+    if config.recovery != "none":
+        from onnxprune.recover import recover_structured
+
+        exact = model
+        model = recover_structured(original, exact, dg, result.plan, config.calib, method=config.recovery)
+        extra["recovery"] = config.recovery
+        reference = _ExactBeforeRecovery(exact, reference)  # type: ignore[assignment]
+    return model, reference, result.plan, extra
+
+
+@dataclass(frozen=True)
+class _ExactBeforeRecovery:
+    """After recovery the weights change on purpose; exactness is proven on the model before it."""
+
+    pruned: ModelProto
+    reference: ModelProto
+
+
+# -- proof -----------------------------------------------------------------------------------------
+def _compare_exact(a: ModelProto, b: ModelProto, config: PruneConfig, what: str) -> dict[str, Any]:
+    from onnxprune.validate import validate_models
+
+    result = validate_models(a, b, data=config.validation_data, providers=config.providers, atol=config.atol,
+                             rtol=config.rtol, dims=config.dims, seed=config.seed)
+    if not result:
+        raise ValidationError(f"{what} check failed: {result.summary()}; no output written. "
+                              f"Please report this model (run with --verbose for details)")
+    return result.to_dict()  # type: ignore[no-any-return]
+
+
+def _validate(original: ModelProto, pruned: ModelProto, reference: Any, config: PruneConfig) -> dict[str, Any]:
+    """Prove exactness where it must hold, then measure drift against the original (report only)."""
+    from onnxprune.validate import validate_models
+
+    out: dict[str, Any] = {}
+    if reference is not None:
+        if isinstance(reference, _ExactBeforeRecovery):
+            out["exact"] = _compare_exact(reference.reference, reference.pruned, config,
+                                          "exactness (pruned == original with dropped channels silenced)")
+        else:
+            out["exact"] = _compare_exact(reference, pruned, config,
+                                          "exactness (pruned == original with dropped channels silenced)")
+    drift = validate_models(original, pruned, data=config.validation_data, providers=config.providers,
+                            atol=config.atol, rtol=config.rtol, dims=config.dims, seed=config.seed,
+                            report_only=True)
+    out["drift"] = drift.to_dict()
+    return out
