@@ -33,9 +33,9 @@ def _io_list(model: ModelProto, which: str) -> list[dict[str, Any]]:
 def analyze_summary(source: str | os.PathLike[str] | ModelProto, *, dims: dict[str, int] | None = None,
                     with_groups: bool = True) -> dict[str, Any]:
     """Parameters, MACs at batch 1, op histogram, prunable weights, opset, I/O and channel groups."""
+    model = load_model(source)
     from onnxprune.weights import find_prunable_weights
 
-    model = load_model(source)
     stats = model_stats(model, dims=dims)
     summary: dict[str, Any] = {
         "opset": opset_of(model),
