@@ -1,0 +1,36 @@
+"""The README's two set-up commands are the ones CI runs and the ones that work."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S)
+    assert block, "README must open with a ```bash block holding the two set-up commands"
+    lines = [ln.strip() for ln in block.group(1).splitlines() if ln.strip() and not ln.startswith("#")]
+    return lines
+
+
+def test_readme_top_has_exactly_two_commands() -> None:
+    cmds = readme_commands()
+    assert len(cmds) == 2, cmds
+    assert "onnxprune prune" in cmds[0] and "models/" in cmds[0]
+    assert "pytest" in cmds[1]
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert readme_commands()[1] in ci
+
+
+def test_readme_main_command_names_a_shipped_model() -> None:
+    cmd = readme_commands()[0]
+    models = re.findall(r"models/[\w./-]+", cmd)
+    assert models
+    for m in models:
+        assert (ROOT / m).is_file(), m
