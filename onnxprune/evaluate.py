@@ -20,18 +20,16 @@ from pathlib import Path
 from zipfile import BadZipFile
 
 import numpy as np
-import onnx
-from onnx import ModelProto, TensorProto, helper
+from onnx import ModelProto, TensorProto
 
-from onnxprune.errors import CalibrationError, ConfigError, ModelLoadError
-from onnxprune.io import PROTOBUF_LIMIT, load_model, model_nbytes
+from onnxprune.errors import CalibrationError, ConfigError
+from onnxprune.feeds import InputSpec, input_specs, iter_batches, load_npz_feeds, num_samples
+from onnxprune.io import load_model
 
 log = logging.getLogger(__name__)
 
 #: Classes needed before top-5 means anything (with fewer, top-5 is always 100%).
 TOP5_MIN_CLASSES = 5
-
-DataLike = "str | os.PathLike[str] | Mapping[str, np.ndarray]"
 
 
 @dataclass(frozen=True)
@@ -59,49 +57,6 @@ class EvalResult:
                 "output": self.output}
 
 
-def load_data(data: str | os.PathLike[str] | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Read an ``.npz`` file (or copy a mapping) into a dictionary of arrays.
-
-    Raises:
-        CalibrationError: the file is missing, not an ``.npz`` archive, or holds object arrays.
-    """
-    if isinstance(data, Mapping):
-        return {str(k): np.asarray(v) for k, v in data.items()}
-    if not isinstance(data, (str, os.PathLike)):
-        raise CalibrationError(f"expected an .npz path or a mapping of arrays, got {type(data).__name__}")
-    path = Path(data)
-    if not path.is_file():
-        raise CalibrationError(f"data file {path} does not exist; pass an .npz written by numpy.savez")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not hasattr(archive, "files"):
-                raise CalibrationError(
-                    f"data file {path} holds a single array, not named arrays; "
-                    f"save it with numpy.savez(path, <input name>=x, labels=y)"
-                )
-            return {k: archive[k] for k in archive.files}
-    except (BadZipFile, OSError, EOFError) as exc:
-        raise CalibrationError(f"data file {path} is not a readable .npz archive ({exc}); re-create it "
-                               f"with numpy.savez") from exc
-    except ValueError as exc:
-        raise CalibrationError(f"data file {path} holds object arrays, which are not loaded for safety; "
-                               f"save plain numeric arrays") from exc
-
-
-def _elem_dtype(elem_type: int) -> np.dtype:
-    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
-
-
-def _declared(vi: onnx.ValueInfoProto) -> tuple[int, tuple[int | str | None, ...] | None]:
-    tt = vi.type.tensor_type
-    if not tt.HasField("shape"):
-        return int(tt.elem_type), None
-    dims: list[int | str | None] = []
-    for d in tt.shape.dim:
-        dims.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None))
-    return int(tt.elem_type), tuple(dims)
-
-
 def _pick_output(model: ModelProto, output: str | None) -> str:
     """The output to score: the named one, else the first float output of rank 2 ([N, classes])."""
     names = [o.name for o in model.graph.output]
@@ -111,95 +66,67 @@ def _pick_output(model: ModelProto, output: str | None) -> str:
                               f"(--output)")
         return output
     for vi in model.graph.output:
-        elem, shape = _declared(vi)
-        if elem in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE) and (
-            shape is None or len(shape) == 2
+        tt = vi.type.tensor_type
+        if tt.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE) and (
+            not tt.HasField("shape") or len(tt.shape.dim) == 2
         ):
             return vi.name
     raise ConfigError(f"no output of the model looks like class scores (a float [N, classes] tensor) among "
                       f"{names}; name the scores output with --output")
 
 
-def _check_inputs(model: ModelProto, arrays: dict[str, np.ndarray], labels_key: str
-                  ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, int | None]]:
-    """Validate and cast the data; returns feeds, integer labels and each input's fixed batch size."""
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [vi for vi in model.graph.input if vi.name not in inits]
-    missing = [vi.name for vi in inputs if vi.name not in arrays]
-    if missing:
-        raise CalibrationError(f"data has no array for model input(s) {missing}; it has keys {sorted(arrays)} "
-                               f"(save each input under its name)")
-    if labels_key not in arrays:
-        raise CalibrationError(f"data has no label array '{labels_key}'; it has keys {sorted(arrays)} "
-                               f"(pass the right key with --labels)")
-    labels = np.asarray(arrays[labels_key])
-    if labels.ndim != 1:
-        raise CalibrationError(f"labels '{labels_key}' must be 1-D class indices, got shape {labels.shape}")
-    if labels.size == 0:
-        raise CalibrationError(f"labels '{labels_key}' is empty; the data set needs at least one sample")
-    if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
-        labels = labels.astype(np.int64)
-    if labels.dtype.kind not in "iu":
-        raise CalibrationError(f"labels '{labels_key}' must hold integer class indices, got dtype {labels.dtype}")
-    labels = labels.astype(np.int64)
-    if labels.min() < 0:
-        raise CalibrationError(f"labels '{labels_key}' has negative class index {int(labels.min())}; "
-                               f"labels must be 0..classes-1")
-    n = labels.shape[0]
-    feeds: dict[str, np.ndarray] = {}
-    fixed_batch: dict[str, int | None] = {}
-    for vi in inputs:
-        elem, shape = _declared(vi)
-        x = np.asarray(arrays[vi.name])
-        if x.ndim == 0 or x.shape[0] != n:
-            raise CalibrationError(f"input '{vi.name}' has {x.shape[0] if x.ndim else 0} samples (shape "
-                                   f"{x.shape}) but labels '{labels_key}' has {n}; both need one row per sample")
-        if shape is not None:
-            if x.ndim != len(shape):
-                raise CalibrationError(f"input '{vi.name}' has shape {x.shape} but the model expects rank "
-                                       f"{len(shape)} {list(shape)}; reshape the data")
-            for axis, (have, want) in enumerate(zip(x.shape[1:], shape[1:], strict=True), start=1):
-                if isinstance(want, int) and have != want:
-                    raise CalibrationError(f"input '{vi.name}' has shape {x.shape} but the model expects "
-                                           f"{list(shape)} (axis {axis}: {have} != {want}); reshape the data")
-            fixed_batch[vi.name] = shape[0] if shape and isinstance(shape[0], int) else None
-        else:
-            fixed_batch[vi.name] = None
-        want_dtype = _elem_dtype(elem)
-        if x.dtype != want_dtype:
-            if x.dtype.kind != want_dtype.kind and not (x.dtype.kind in "iu" and want_dtype.kind in "iu"):
-                raise CalibrationError(f"input '{vi.name}' has dtype {x.dtype} but the model expects "
-                                       f"{want_dtype}; convert the data")
-            x = x.astype(want_dtype)
-        feeds[vi.name] = x
-    return feeds, labels, fixed_batch
+def _load_labels(data: str | os.PathLike[str] | Mapping[str, np.ndarray], key: str) -> np.ndarray:
+    """The label array of ``data`` as int64, checked to be 1-D, non-empty, integral and non-negative.
 
-
-def _session(model: ModelProto, source: object) -> object:
-    """An onnxruntime CPU session (imported lazily so the package import stays light)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    what: str | bytes
-    if isinstance(source, (str, os.PathLike)):
-        what = os.fspath(source)
-    elif model_nbytes(model) < PROTOBUF_LIMIT:
-        what = model.SerializeToString()
+    Raises:
+        CalibrationError: the key is missing or the labels are not class indices.
+    """
+    if isinstance(data, Mapping):
+        keys = sorted(str(k) for k in data)
+        raw = np.asarray(data[key]) if key in data else None
     else:
-        raise ConfigError("model is over 2 GB in memory; save it with external data and pass the path")
-    try:
-        return ort.InferenceSession(what, opts, providers=["CPUExecutionProvider"])
-    except _ort_errors() as exc:
-        raise ModelLoadError(f"onnxruntime cannot load the model ({str(exc).splitlines()[0]}); "
-                             f"check it with 'onnxprune validate'") from exc
+        try:
+            with np.load(Path(data), allow_pickle=False) as archive:
+                keys = sorted(archive.files)
+                raw = np.asarray(archive[key]) if key in archive.files else None
+        except (OSError, ValueError, BadZipFile, EOFError, AttributeError) as exc:
+            raise CalibrationError(f"data file {data} is not a readable .npz archive ({exc}); write it with "
+                                   f"numpy.savez(path, <input name>=x, {key}=y)") from exc
+    if raw is None:
+        raise CalibrationError(f"data has no label array '{key}' (it has {keys}); "
+                               f"pass the key of the labels with --labels")
+    if raw.ndim != 1 or raw.size == 0:
+        raise CalibrationError(f"labels '{key}' must be a non-empty 1-D array of class indices, "
+                               f"got shape {raw.shape}")
+    if raw.dtype.kind == "f" and np.all(np.isfinite(raw)) and np.all(raw == np.round(raw)):
+        raw = raw.astype(np.int64)
+    if raw.dtype.kind not in "iu":
+        raise CalibrationError(f"labels '{key}' must hold integer class indices, got dtype {raw.dtype}")
+    labels = raw.astype(np.int64)
+    if int(labels.min()) < 0:
+        raise CalibrationError(f"labels '{key}' has negative class index {int(labels.min())}; "
+                               f"labels must be 0..classes-1")
+    return labels
 
 
-def _ort_errors() -> tuple[type[BaseException], ...]:
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    return tuple(getattr(state, n) for n in ("Fail", "InvalidArgument", "RuntimeException", "InvalidGraph",
-                                             "NoSuchFile", "InvalidProtobuf", "NotImplemented"))
+def _mapping_feeds(data: Mapping[str, np.ndarray], specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    """In-memory arrays checked like :func:`onnxprune.feeds.load_npz_feeds` checks a file's."""
+    missing = [s.name for s in specs if s.name not in data]
+    if missing:
+        raise CalibrationError(f"data lacks model input(s) {missing} (it has {sorted(data)}); "
+                               f"give one array per input, keyed by the input's name")
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        arr = np.asarray(data[spec.name])
+        if arr.dtype != spec.dtype:
+            raise CalibrationError(f"data '{spec.name}' has dtype {arr.dtype}, the model wants {spec.dtype}; "
+                                   f"convert it with array.astype(numpy.{spec.dtype})")
+        if spec.shape is not None and (arr.ndim != len(spec.shape) or any(
+                isinstance(d, int) and arr.shape[axis] != d for axis, d in enumerate(spec.shape) if axis)):
+            raise CalibrationError(f"data '{spec.name}' has shape {arr.shape}, the model wants "
+                                   f"{spec.describe()} (the leading axis counts samples)")
+        feeds[spec.name] = arr
+    return feeds
 
 
 def evaluate_accuracy(
@@ -210,7 +137,7 @@ def evaluate_accuracy(
     output: str | None = None,
     batch_size: int = 256,
 ) -> EvalResult:
-    """Top-1 and top-5 accuracy of a classifier on labelled data, run in onnxruntime.
+    """Top-1 and top-5 accuracy of a classifier on labelled data, run in onnxruntime on the CPU.
 
     Args:
         model: path to an ``.onnx`` file or a ``ModelProto`` (not modified).
@@ -225,53 +152,50 @@ def evaluate_accuracy(
     Raises:
         CalibrationError: the data is missing a key, has the wrong shape or dtype, or labels are out of range.
         ConfigError: ``batch_size`` below 1, or ``output`` is not a model output.
-        ModelLoadError: the model cannot be read or onnxruntime cannot load it.
+        ModelLoadError: the model cannot be read.
+        UnsupportedModelError: onnxruntime cannot load or run the model.
 
     Example:
-        >>> r = evaluate_accuracy("models/digits_cnn.onnx", "models/digits_test.npz")  # doctest: +SKIP
+        >>> r = evaluate_accuracy("models/digits_cnn.onnx", "models/digits_cnn_test.npz")  # doctest: +SKIP
         >>> print(f"{r.top1:.2%}")  # doctest: +SKIP
     """
+    from onnxprune.runtime import create_session, run_session
+
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r} (--batch)")
     proto = load_model(model)
     out_name = _pick_output(proto, output)
-    feeds, y, fixed = _check_inputs(proto, load_data(data), labels)
-    fixed_sizes = sorted({b for b in fixed.values() if b is not None})
-    if len(fixed_sizes) > 1:
-        raise CalibrationError(f"model inputs have different fixed batch sizes {fixed}; cannot batch the data")
-    step = fixed_sizes[0] if fixed_sizes else batch_size
-    n = int(y.shape[0])
-    if fixed_sizes and n % step:
-        raise CalibrationError(f"model has a fixed batch size of {step} but the data has {n} samples; "
-                               f"use a multiple of {step} samples or export the model with a dynamic batch")
-    sess = _session(proto, None if isinstance(model, ModelProto) else model)
-    top1_hits = 0
-    top5_hits = 0
-    classes = 0
-    errors = _ort_errors()
-    for start in range(0, n, step):
-        batch = {k: v[start:start + step] for k, v in feeds.items()}
-        try:
-            (scores,) = sess.run([out_name], batch)  # type: ignore[attr-defined]
-        except errors as exc:
-            raise CalibrationError(f"onnxruntime rejected the data at samples {start}..{start + step - 1} "
-                                   f"({str(exc).splitlines()[0]}); check the input shapes") from exc
-        scores = np.asarray(scores)
-        batch_labels = y[start:start + step]
-        if scores.ndim != 2 or scores.shape[0] != batch_labels.shape[0]:
-            raise ConfigError(f"output '{out_name}' has shape {scores.shape} for a batch of {batch_labels.shape[0]}; "
-                              f"it must be [batch, classes] scores (choose another with --output)")
+    specs = input_specs(proto)
+    y = _load_labels(data, labels)
+    feeds = _mapping_feeds(data, specs) if isinstance(data, Mapping) else load_npz_feeds(data, proto)
+    n = num_samples({**feeds, labels: y})
+    fixed = sorted({s.fixed_batch for s in specs if s.fixed_batch is not None})
+    if len(fixed) > 1 or (fixed and n % fixed[0]):
+        raise CalibrationError(f"model inputs have fixed batch size(s) {fixed} that do not divide the {n} "
+                               f"samples; export the model with a dynamic batch axis")
+    step = fixed[0] if fixed else batch_size
+    session = create_session(model if not isinstance(model, ModelProto) else proto, provider="cpu")
+    top1_hits = top5_hits = classes = 0
+    start = 0
+    for batch in iter_batches(feeds, step):
+        rows = num_samples(batch)
+        truth = y[start:start + rows]
+        start += rows
+        scores = run_session(session, batch, outputs=[out_name], label="the model")[out_name]
+        if scores.ndim != 2 or scores.shape[0] != rows:
+            raise ConfigError(f"output '{out_name}' has shape {scores.shape} for a batch of {rows}; it must "
+                              f"be [batch, classes] scores (choose another with --output)")
         if not classes:
             classes = int(scores.shape[1])
             if int(y.max()) >= classes:
                 bad = int(np.argmax(y >= classes))
                 raise CalibrationError(f"label {int(y[bad])} at sample {bad} is out of range for output "
                                        f"'{out_name}' with {classes} classes; labels must be 0..{classes - 1}")
-        # Stable descending order, so ties resolve to the lower class index as argmax does.
+        # Stable descending order, so ties resolve to the lower class index, as argmax does.
         order = np.argsort(-scores, axis=1, kind="stable")
-        top1_hits += int(np.sum(order[:, 0] == batch_labels))
+        top1_hits += int(np.sum(order[:, 0] == truth))
         if classes >= TOP5_MIN_CLASSES:
-            top5_hits += int(np.sum(np.any(order[:, :5] == batch_labels[:, None], axis=1)))
+            top5_hits += int(np.sum(np.any(order[:, :5] == truth[:, None], axis=1)))
     result = EvalResult(
         top1=top1_hits / n,
         top5=top5_hits / n if classes >= TOP5_MIN_CLASSES else None,
