@@ -71,3 +71,36 @@ def mlp(seed: int = 0, d_in: int = 16, hidden: int = 32, d_out: int = 10, batch:
         helper.make_node("Add", ["m", "fc2_b"], ["out"], name="fc2_bias"),
     ]
     return make_model(nodes, [vinfo("x", [batch, d_in])], [vinfo("out", [batch, d_out])], inits)
+
+
+def conv_relu_conv(seed: int = 0, c_in: int = 4, c_mid: int = 6, c_out: int = 5, hw: int = 9, *,
+                   kernel: int = 3, stride: int = 1, dilation: int = 1, group: int = 1, pads: int | None = 1,
+                   auto_pad: str | None = None, batch: int | str = "N") -> onnx.ModelProto:
+    """x → Conv(c_mid; kernel/stride/dilation/group/pads as given, name conv1) → Relu → Conv 1x1 (conv2) → out.
+
+    Dynamic batch by default, for calibration tests over any Conv geometry.
+    """
+    r = rng(seed)
+    inits = [
+        init("w1", r.standard_normal((c_mid, c_in // group, kernel, kernel)).astype(np.float32)),
+        init("b1", r.standard_normal(c_mid).astype(np.float32)),
+        init("w2", r.standard_normal((c_out, c_mid, 1, 1)).astype(np.float32)),
+        init("b2", r.standard_normal(c_out).astype(np.float32)),
+    ]
+    attrs: dict[str, object] = {"strides": [stride, stride], "dilations": [dilation, dilation], "group": group}
+    if auto_pad is not None:
+        attrs["auto_pad"] = auto_pad
+    elif pads is not None:
+        attrs["pads"] = [pads] * 4
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", **attrs),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["out"], name="conv2"),
+    ]
+    span = (kernel - 1) * dilation + 1
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out_hw = -(-hw // stride)
+    else:
+        out_hw = (hw + 2 * (pads if auto_pad is None and pads is not None else 0) - span) // stride + 1
+    return make_model(nodes, [vinfo("x", [batch, c_in, hw, hw])], [vinfo("out", [batch, c_out, out_hw, out_hw])],
+                      inits)
