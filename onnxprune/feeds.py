@@ -1,0 +1,320 @@
+"""Model inputs: describe them, generate them from a seed, load them from ``.npz``, cut them in batches.
+
+Why this module exists: validation, benchmarks, calibration and evaluation all feed models, and must agree
+on which shape a dynamic dimension takes and on what an ``.npz`` file must hold, so that "the same
+inputs" really are the same everywhere. It never imports onnxruntime.
+
+Conventions (documented for users in the CLI help):
+
+* **Samples axis.** In an ``.npz`` file every array is keyed by the input's name and its leading axis
+  counts samples; the array has the input's rank, so axis 0 is both the sample axis and the model's
+  batch axis. Batches are cut along axis 0.
+* **Dynamic dims of generated inputs.** A dynamic dim named in ``dims`` (``--dim name=value``) takes that
+  value, wherever it appears. Otherwise a dynamic *first* dim is batch-like and takes ``batch``
+  (default 1). Any other dynamic dim without a value is an error naming the dim: guessing 1 there would
+  break a model whose spatial or sequence size must be larger, with a cryptic onnxruntime error.
+* **Generated values.** Float inputs: standard normal. Integer inputs: uniform in ``[0, int_high)``
+  (default 8, small enough for most embedding tables). Bool inputs: fair coin. All from
+  ``numpy.random.default_rng(seed)``, so a seed reproduces the inputs exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import ModelProto, helper
+
+from onnxprune.errors import CalibrationError, ConfigError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One real graph input: its name, numpy dtype and declared shape (str/None for dynamic dims)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[Dim, ...] | None
+
+    @property
+    def rank(self) -> int | None:
+        """Number of axes, or ``None`` when the shape is not declared at all."""
+        return None if self.shape is None else len(self.shape)
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The first dim when it is a fixed number (a model exported for one batch size), else None."""
+        if self.shape and isinstance(self.shape[0], int):
+            return int(self.shape[0])
+        return None
+
+    def describe(self) -> str:
+        """``x: float32[N, 3, 224, 224]`` for messages."""
+        dims = "?" if self.shape is None else ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+def _as_model(model: str | os.PathLike[str] | ModelProto) -> ModelProto:
+    """The model's graph signature; a path is read without its (possibly huge) external data."""
+    if isinstance(model, ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file; check the path")
+    try:
+        return onnx.load_model(str(path), load_external_data=False)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({exc}); re-export it") from exc
+
+
+def input_specs(model: str | os.PathLike[str] | ModelProto) -> list[InputSpec]:
+    """The model's real inputs (initializers excluded), in graph order.
+
+    Raises:
+        CalibrationError: an input that is not a tensor (sequence, map) or has no element type.
+    """
+    proto = _as_model(model)
+    inits = {t.name for t in proto.graph.initializer}
+    specs: list[InputSpec] = []
+    for vi in proto.graph.input:
+        if vi.name in inits:
+            continue
+        if not vi.type.HasField("tensor_type") or vi.type.tensor_type.elem_type == 0:
+            raise CalibrationError(
+                f"input '{vi.name}' is not a typed tensor; onnxprune can only feed tensor inputs"
+            )
+        tt = vi.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        shape: tuple[Dim, ...] | None = None
+        if tt.HasField("shape"):
+            dims: list[Dim] = []
+            for d in tt.shape.dim:
+                if d.HasField("dim_value"):
+                    dims.append(int(d.dim_value))
+                elif d.HasField("dim_param"):
+                    dims.append(d.dim_param)
+                else:
+                    dims.append(None)
+            shape = tuple(dims)
+        specs.append(InputSpec(vi.name, dtype, shape))
+    return specs
+
+
+def parse_dims(items: Sequence[str] | None) -> dict[str, int]:
+    """Parse ``["batch=8", "seq=128"]`` (the CLI's repeated ``--dim``) into ``{"batch": 8, "seq": 128}``.
+
+    Raises:
+        ConfigError: an item without ``=``, an empty name, or a value that is not a positive integer.
+    """
+    dims: dict[str, int] = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"--dim '{item}' is not name=value; write e.g. --dim batch=8")
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if number < 1:
+            raise ConfigError(f"--dim {name}: value '{value}' must be a positive integer, e.g. --dim {name}=8")
+        dims[name] = number
+    return dims
+
+
+def concrete_shape(spec: InputSpec, *, batch: int = 1, dims: Mapping[str, int] | None = None) -> tuple[int, ...]:
+    """The shape generated inputs take (see the module doc for the rules).
+
+    Raises:
+        ConfigError: the shape is undeclared, or a dynamic dim other than the first has no value.
+    """
+    dims = dims or {}
+    if spec.shape is None:
+        raise ConfigError(
+            f"input '{spec.name}' declares no shape, so inputs cannot be generated; "
+            f"pass real inputs with --data inputs.npz"
+        )
+    out: list[int] = []
+    for axis, d in enumerate(spec.shape):
+        if isinstance(d, int):
+            out.append(d)
+        elif isinstance(d, str) and d in dims:
+            out.append(int(dims[d]))
+        elif axis == 0:
+            out.append(int(batch))
+        else:
+            hint = f"--dim {d}=VALUE" if d else "--data inputs.npz (the dim has no name to set)"
+            raise ConfigError(
+                f"input '{spec.name}' axis {axis} is dynamic ('{d or '?'}') and has no value; pass {hint}"
+            )
+    return tuple(out)
+
+
+def _random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...], int_high: int) -> np.ndarray:
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    if dtype.kind in "iu":
+        return rng.integers(0, int_high, size=shape).astype(dtype)
+    raise ConfigError(f"cannot generate inputs of dtype {dtype}; pass real inputs with --data inputs.npz")
+
+
+def random_feeds(
+    model: str | os.PathLike[str] | ModelProto,
+    *,
+    seed: int,
+    batch: int = 1,
+    dims: Mapping[str, int] | None = None,
+    int_high: int = 8,
+) -> dict[str, np.ndarray]:
+    """Seeded random inputs for every real input of ``model``.
+
+    Args:
+        model: a path or a ``ModelProto``.
+        seed: the generator seed; the same seed gives the same arrays.
+        batch: value of a dynamic first dim (ignored where the first dim is fixed).
+        dims: values of named dynamic dims; they win over ``batch``.
+        int_high: integer inputs are drawn from ``[0, int_high)``.
+
+    Returns:
+        ``{input name: array}`` in graph order.
+
+    Raises:
+        ConfigError: a dynamic dim without a value (see the module doc), or a bad ``batch``.
+
+    Example:
+        >>> feeds = random_feeds("model.onnx", seed=0, batch=8, dims={"seq": 128})  # doctest: +SKIP
+    """
+    if batch < 1:
+        raise ConfigError(f"batch must be at least 1, got {batch}")
+    rng = np.random.default_rng(seed)
+    return {
+        spec.name: _random_array(rng, spec.dtype, concrete_shape(spec, batch=batch, dims=dims), int_high)
+        for spec in input_specs(model)
+    }
+
+
+def load_npz_feeds(path: str | os.PathLike[str], model: str | os.PathLike[str] | ModelProto) -> dict[str, np.ndarray]:
+    """Load inputs from an ``.npz`` file and check them against the model's inputs.
+
+    Keys are input names; every array's leading axis counts samples (see the module doc). Keys that are
+    not inputs (labels, say) are left out with a log message, so one file can serve evaluation too.
+
+    Args:
+        path: the ``.npz`` file.
+        model: the model the inputs are for (path or ``ModelProto``).
+
+    Returns:
+        ``{input name: array}`` in the model's input order.
+
+    Raises:
+        CalibrationError: the file is missing or unreadable, an input is missing, or an array's dtype,
+            rank, fixed dims or sample count does not fit.
+
+    Example:
+        >>> feeds = load_npz_feeds("inputs.npz", "model.onnx")  # doctest: +SKIP
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CalibrationError(f"input data {p}: no such file; pass an .npz with one array per model input")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k]) for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CalibrationError(
+            f"input data {p}: not a readable .npz ({str(exc).splitlines()[0] if str(exc) else exc}); "
+            f"write it with numpy.savez(path, **{{input_name: array}})"
+        ) from exc
+    specs = input_specs(model)
+    missing = [s.name for s in specs if s.name not in arrays]
+    if missing:
+        raise CalibrationError(
+            f"input data {p} lacks model input(s) {missing} (it has {sorted(arrays)}); "
+            f"save one array per input, keyed by the input's name"
+        )
+    extra = sorted(set(arrays) - {s.name for s in specs})
+    if extra:
+        log.info("input data %s: ignoring keys that are not model inputs: %s", p, extra)
+    feeds: dict[str, np.ndarray] = {}
+    named: dict[str, tuple[int, str]] = {}
+    for spec in specs:
+        arr = arrays[spec.name]
+        where = f"input data {p}, '{spec.name}'"
+        if arr.dtype != spec.dtype:
+            raise CalibrationError(
+                f"{where} has dtype {arr.dtype}, the model wants {spec.dtype}; "
+                f"convert it with array.astype(numpy.{spec.dtype})"
+            )
+        if spec.shape is not None:
+            if arr.ndim != len(spec.shape) or arr.ndim == 0:
+                raise CalibrationError(
+                    f"{where} has shape {arr.shape}, the model wants {spec.describe()} "
+                    f"(the leading axis counts samples, so the rank must match and be at least 1)"
+                )
+            for axis, d in enumerate(spec.shape):
+                if axis > 0 and isinstance(d, int) and arr.shape[axis] != d:
+                    raise CalibrationError(
+                        f"{where} has size {arr.shape[axis]} on axis {axis}, the model wants {d} "
+                        f"({spec.describe()})"
+                    )
+                if axis > 0 and isinstance(d, str):
+                    seen = named.setdefault(d, (int(arr.shape[axis]), spec.name))
+                    if seen[0] != arr.shape[axis]:
+                        raise CalibrationError(
+                            f"{where}: dim '{d}' is {arr.shape[axis]} on axis {axis} but {seen[0]} in "
+                            f"'{seen[1]}'; the same named dim must have one size"
+                        )
+        elif arr.ndim == 0:
+            raise CalibrationError(f"{where} is a scalar; the leading axis must count samples")
+        feeds[spec.name] = arr
+    num_samples(feeds)
+    return feeds
+
+
+def num_samples(feeds: Mapping[str, np.ndarray]) -> int:
+    """The common length of axis 0 of all arrays.
+
+    Raises:
+        CalibrationError: no arrays, a scalar, or arrays with different sample counts.
+    """
+    if not feeds:
+        raise CalibrationError("no inputs given")
+    counts = {}
+    for name, arr in feeds.items():
+        if np.ndim(arr) == 0:
+            raise CalibrationError(f"input '{name}' is a scalar; the leading axis must count samples")
+        counts[name] = int(np.shape(arr)[0])
+    if len(set(counts.values())) != 1:
+        raise CalibrationError(
+            f"inputs have different sample counts on axis 0 ({counts}); give every input the same count"
+        )
+    return next(iter(counts.values()))
+
+
+def iter_batches(feeds: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Yield ``{name: array[i:i + batch_size]}`` along axis 0; the last batch may be smaller.
+
+    Raises:
+        ConfigError: ``batch_size`` below 1.
+        CalibrationError: inputs with different sample counts.
+
+    Example:
+        >>> [b["x"].shape for b in iter_batches({"x": np.zeros((5, 2))}, 2)]
+        [(2, 2), (2, 2), (1, 2)]
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}; pass --batch 1 or more")
+    n = num_samples(feeds)
+    for start in range(0, n, batch_size):
+        yield {k: v[start : start + batch_size] for k, v in feeds.items()}
