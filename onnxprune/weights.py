@@ -1,0 +1,277 @@
+"""Discovery of the weights that unstructured and N:M sparsity may zero, and access to their values.
+
+Why a module of its own: sparsify, N:M, data-aware scoring (wanda) and the masked least-squares re-fit all
+need the same answer to "which tensors are weights, where are they stored, and along which axis does the
+layer reduce", and they must agree on it. Only the weight input of ``Conv``, ``ConvTranspose``, ``Gemm``
+(input ``B``) and ``MatMul`` (second input, constant) is prunable; biases, normalization parameters and
+shape constants never are, because zeroing them changes the function of the model rather than thinning a
+dot product.
+
+A weight is keyed by its *storage*: the initializer or ``Constant`` node output that really holds the
+values after following ``Identity`` nodes, so a tensor shared by several layers (directly or through an
+``Identity``) is listed once, with all its readers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from onnx import ModelProto, NodeProto, TensorProto, numpy_helper
+
+from onnxprune.errors import ConfigError
+from onnxprune.ir import GraphIndex, attr, node_label
+
+log = logging.getLogger(__name__)
+
+#: The weight input slot of each prunable op type (default domain only).
+WEIGHT_SLOT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
+#: Element types sparsity can zero without changing how the tensor is stored.
+SPARSIFIABLE_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+
+WeightKind = Literal["initializer", "constant"]
+
+
+@dataclass(frozen=True)
+class PrunableWeight:
+    """One prunable weight tensor, listed once however many layers read it.
+
+    Attributes:
+        name: the storage tensor (initializer name or ``Constant`` node output), after resolving Identity.
+        kind: ``"initializer"`` or ``"constant"`` (a ``Constant`` node with a ``value`` tensor).
+        readers: names of the nodes that use it as their weight (node name, or ``<op_type>_<index>`` for an
+            unnamed node), in graph order.
+        op_types: op type of each reader, aligned with ``readers``.
+        shape: the tensor's shape.
+        data_type: its ONNX element type (``onnx.TensorProto.FLOAT`` ...).
+        reduction_axes: the axes that the readers sum over, in order; flattened together (C order) they
+            form the dimension along which N:M groups of consecutive weights are taken. Conv: ``(1, ..)``
+            (input channels × kernel, i.e. ``W[o]`` flattened); Gemm: ``(1,)`` with ``transB=1`` (``W`` is
+            ``[N, K]``) and ``(0,)`` with ``transB=0`` (``W`` is ``[K, N]``); MatMul: ``(ndim - 2,)``
+            (``W`` is ``[..., K, N]``; ``(0,)`` for a 1-D ``W``); ConvTranspose (``group=1``): ``(0,)``.
+            Empty when there is no single answer (readers disagree, grouped ConvTranspose); then
+            ``reduction_note`` says why.
+        reduction_note: why ``reduction_axes`` is empty, else ``""``.
+    """
+
+    name: str
+    kind: WeightKind
+    readers: tuple[str, ...]
+    op_types: tuple[str, ...]
+    shape: tuple[int, ...]
+    data_type: int
+    reduction_axes: tuple[int, ...]
+    reduction_note: str = ""
+
+    @property
+    def numel(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def reduction_size(self) -> int:
+        """Length of the reduction dimension (product of ``reduction_axes``), 0 when unknown."""
+        if not self.reduction_axes:
+            return 0
+        return int(np.prod([self.shape[a] for a in self.reduction_axes], dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class SkippedWeight:
+    """A tensor that looked like a weight (or was asked for) but is left alone, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class WeightScan:
+    """What :func:`scan_weights` found: the prunable weights and the weight-like tensors it refused."""
+
+    weights: tuple[PrunableWeight, ...]
+    skipped: tuple[SkippedWeight, ...]
+
+
+def _node_key(node: NodeProto, index: int) -> str:
+    """The name :class:`GraphIndex` files a node under (its name, or ``<op_type>_<index>``)."""
+    return node.name or f"{node.op_type}_{index}"
+
+
+def _reduction_axes(node: NodeProto, ndim: int, opset: int) -> tuple[tuple[int, ...], str]:
+    """Reduction axes of ``node``'s weight, or ``()`` and the reason there are none."""
+    op = node.op_type
+    if op == "Conv":
+        return tuple(range(1, ndim)), ""
+    if op == "ConvTranspose":
+        if int(attr(node, "group", opset, 1)) != 1:  # type: ignore[arg-type]
+            return (), f"{node_label(node)} is a grouped ConvTranspose (no single reduction axis)"
+        return (0,), ""
+    if op == "Gemm":
+        return ((1,) if int(attr(node, "transB", opset, 0)) else (0,)), ""  # type: ignore[arg-type]
+    # MatMul
+    return ((ndim - 2,) if ndim >= 2 else (0,)), ""
+
+
+def scan_weights(model: ModelProto) -> WeightScan:
+    """Find the prunable weights and report weight-like tensors that must stay untouched.
+
+    A weight is refused (listed in ``skipped``) when it is also read by a node that does not use it as a
+    weight (a bias ``Add``, a second input slot, an ``If`` body), when it (or an Identity of it) is a
+    graph output, when its element type is not floating point, or when a ``Constant`` node stores it in
+    a form other than a ``value`` tensor. Zeroing such a tensor would change more than a dot product.
+
+    Args:
+        model: the model to scan; it is not modified.
+
+    Returns:
+        A :class:`WeightScan`, weights in the order of their first reader in the graph.
+    """
+    idx = GraphIndex(model)
+    outputs = set(idx.graph_outputs)
+    keys = {id(node): (i, _node_key(node, i)) for i, node in enumerate(model.graph.node)}
+    weights: list[PrunableWeight] = []
+    skipped: list[SkippedWeight] = []
+    seen: set[str] = set()
+    for node in model.graph.node:
+        slot = WEIGHT_SLOT.get(node.op_type)
+        if slot is None or node.domain not in ("", "ai.onnx") or len(node.input) <= slot:
+            continue
+        if not node.input[slot] or not idx.is_constant(node.input[slot]):
+            continue
+        src = idx.resolve_identity(node.input[slot])
+        if src in seen:
+            continue
+        seen.add(src)
+        found = _inspect(idx, src, outputs, keys)
+        if isinstance(found, SkippedWeight):
+            log.debug("not prunable: %s (%s)", found.name, found.reason)
+            skipped.append(found)
+        else:
+            weights.append(found)
+    return WeightScan(tuple(weights), tuple(skipped))
+
+
+def _inspect(
+    idx: GraphIndex, src: str, outputs: set[str], keys: dict[int, tuple[int, str]]
+) -> PrunableWeight | SkippedWeight:
+    """Classify the constant ``src``: a prunable weight, or a refusal with its reason."""
+    if src in idx.initializers:
+        tensor = idx.initializers[src]
+        kind: WeightKind = "initializer"
+    else:
+        tensor = _constant_tensor(idx.constant_nodes[src])
+        kind = "constant"
+        if tensor is None:
+            return SkippedWeight(src, "Constant node does not store a 'value' tensor")
+    if tensor.data_type not in SPARSIFIABLE_TYPES:
+        return SkippedWeight(src, f"element type {TensorProto.DataType.Name(tensor.data_type)} is not float")
+    readers: list[NodeProto] = []
+    stack = [src]
+    while stack:
+        name = stack.pop()
+        if name in outputs:
+            return SkippedWeight(src, f"'{name}' is a graph output")
+        for node in idx.consumers.get(name, []):
+            if node.op_type == "Identity" and node.domain in ("", "ai.onnx"):
+                stack.append(node.output[0])
+                continue
+            slot = WEIGHT_SLOT.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            slots = [i for i, inp in enumerate(node.input) if inp == name]
+            if slot is None or slots != [slot]:
+                where = f"input {slots[0]}" if slots else "a subgraph"
+                return SkippedWeight(src, f"also read by {node_label(node)} as {where}, not as its weight")
+            readers.append(node)
+    readers.sort(key=lambda n: keys[id(n)][0])
+    shape = tuple(int(d) for d in tensor.dims)
+    axes_set = {_reduction_axes(n, len(shape), idx.opset) for n in readers}
+    if len(axes_set) == 1:
+        axes, note = axes_set.pop()
+    else:
+        axes, note = (), "its readers reduce along different axes"
+    return PrunableWeight(
+        name=src,
+        kind=kind,
+        readers=tuple(keys[id(n)][1] for n in readers),
+        op_types=tuple(n.op_type for n in readers),
+        shape=shape,
+        data_type=int(tensor.data_type),
+        reduction_axes=axes,
+        reduction_note=note,
+    )
+
+
+def _constant_tensor(node: NodeProto) -> TensorProto | None:
+    """The ``value`` tensor of a Constant node (the only form sparsity rewrites), else None."""
+    for a in node.attribute:
+        if a.name == "value":
+            return a.t
+    return None
+
+
+def find_prunable_weights(model: ModelProto) -> list[PrunableWeight]:
+    """The weights that unstructured and N:M sparsity may zero.
+
+    Args:
+        model: the model to scan; it is not modified.
+
+    Returns:
+        One :class:`PrunableWeight` per storage tensor, in the order of its first reader in the graph.
+
+    Example:
+        >>> [w.name for w in find_prunable_weights(model)]  # doctest: +SKIP
+        ['w1', 'w2']
+    """
+    return list(scan_weights(model).weights)
+
+
+def _storage(model: ModelProto, pw: PrunableWeight) -> TensorProto:
+    """The ``TensorProto`` that holds ``pw`` in ``model`` (looked up by name, so any copy works)."""
+    if pw.kind == "initializer":
+        for tensor in model.graph.initializer:
+            if tensor.name == pw.name:
+                return tensor
+    else:
+        for node in model.graph.node:
+            if node.op_type == "Constant" and node.output and node.output[0] == pw.name:
+                found = _constant_tensor(node)
+                if found is not None:
+                    return found
+    raise ConfigError(
+        f"weight '{pw.name}' ({pw.kind}) is not in this model; call find_prunable_weights on the same model"
+    )
+
+
+def get_weight(model: ModelProto, pw: PrunableWeight) -> np.ndarray:
+    """The value of a prunable weight, as a new writable array of its own dtype and shape.
+
+    Raises:
+        ConfigError: the model has no such initializer or Constant node.
+    """
+    value = numpy_helper.to_array(_storage(model, pw))
+    # to_array may return a read-only view of the proto's bytes; callers get an array they can edit.
+    return value if value.flags.writeable else value.copy()
+
+
+def set_weight(model: ModelProto, pw: PrunableWeight, array: np.ndarray) -> None:
+    """Replace the values of a weight in ``model`` in place, keeping its name, dtype, shape and metadata.
+
+    This is the one mutating helper; callers use it on their own copy of a model.
+
+    Raises:
+        ConfigError: ``array`` has another shape or dtype than the weight, or the model lacks it.
+    """
+    tensor = _storage(model, pw)
+    shape = tuple(int(d) for d in tensor.dims)
+    if tuple(array.shape) != shape:
+        raise ConfigError(f"new value of weight '{pw.name}' has shape {tuple(array.shape)}, expected {shape}")
+    new = numpy_helper.from_array(np.ascontiguousarray(array))
+    if new.data_type != tensor.data_type:
+        raise ConfigError(
+            f"new value of weight '{pw.name}' is {TensorProto.DataType.Name(new.data_type)}, expected "
+            f"{TensorProto.DataType.Name(tensor.data_type)}; cast it with array.astype(...)"
+        )
+    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        tensor.ClearField(field)
+    tensor.raw_data = new.raw_data
