@@ -189,6 +189,8 @@ def model_nbytes(model: ModelProto) -> int:
     for tensor in _all_tensors(model):
         total += tensor.ByteSize()
     total += sum(node.ByteSize() for node in model.graph.node if node.op_type != "Constant")
+    # Sparse initializers (onnxprune.sparse_storage) are not in _all_tensors and always stay inline.
+    total += sum(sparse.ByteSize() for sparse in model.graph.sparse_initializer)
     return total
 
 
