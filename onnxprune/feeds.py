@@ -9,10 +9,11 @@ Conventions (documented for users in the CLI help):
 * **Samples axis.** In an ``.npz`` file every array is keyed by the input's name and its leading axis
   counts samples; the array has the input's rank, so axis 0 is both the sample axis and the model's
   batch axis. Batches are cut along axis 0.
-* **Dynamic dims of generated inputs.** A dynamic dim named in ``dims`` (``--dim name=value``) takes that
-  value, wherever it appears. Otherwise a dynamic *first* dim is batch-like and takes ``batch``
-  (default 1). Any other dynamic dim without a value is an error naming the dim: guessing 1 there would
-  break a model whose spatial or sequence size must be larger, with a cryptic onnxruntime error.
+* **Dynamic dims of generated inputs.** A dynamic *first* dim is batch-like: it takes ``batch``
+  (``--batch``) when one is given, else its value in ``dims`` if named there, else 1. Any other dynamic
+  dim takes its value from ``dims`` (``--dim name=value``, by the dim's name, wherever it appears); one
+  without a value is an error naming the dim: guessing 1 there would break a model whose spatial or
+  sequence size must be larger, with a cryptic onnxruntime error.
 * **Generated values.** Float inputs: standard normal. Integer inputs: uniform in ``[0, int_high)``
   (default 8, small enough for most embedding tables). Bool inputs: fair coin. All from
   ``numpy.random.default_rng(seed)``, so a seed reproduces the inputs exactly.
@@ -114,25 +115,19 @@ def parse_dims(items: Sequence[str] | None) -> dict[str, int]:
     """Parse ``["batch=8", "seq=128"]`` (the CLI's repeated ``--dim``) into ``{"batch": 8, "seq": 128}``.
 
     Raises:
-        ConfigError: an item without ``=``, an empty name, or a value that is not a positive integer.
+        ConfigError: an item not of the form ``name=value``, or a value that is not a positive integer.
     """
-    dims: dict[str, int] = {}
-    for item in items or ():
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise ConfigError(f"--dim '{item}' is not name=value; write e.g. --dim batch=8")
-        try:
-            number = int(value)
-        except ValueError:
-            number = 0
-        if number < 1:
-            raise ConfigError(f"--dim {name}: value '{value}' must be a positive integer, e.g. --dim {name}=8")
-        dims[name] = number
-    return dims
+    from onnxprune.config import parse_assignments
+
+    dims = parse_assignments(list(items or ()), option="--dim", kind=int)
+    for name, value in dims.items():
+        if value < 1:  # type: ignore[operator]
+            raise ConfigError(f"--dim {name}={value}: the value must be a positive integer, e.g. --dim {name}=8")
+    return {k: int(v) for k, v in dims.items()}  # type: ignore[call-overload]
 
 
-def concrete_shape(spec: InputSpec, *, batch: int = 1, dims: Mapping[str, int] | None = None) -> tuple[int, ...]:
+def concrete_shape(spec: InputSpec, *, batch: int | None = None,
+                   dims: Mapping[str, int] | None = None) -> tuple[int, ...]:
     """The shape generated inputs take (see the module doc for the rules).
 
     Raises:
@@ -148,10 +143,12 @@ def concrete_shape(spec: InputSpec, *, batch: int = 1, dims: Mapping[str, int] |
     for axis, d in enumerate(spec.shape):
         if isinstance(d, int):
             out.append(d)
+        elif axis == 0 and batch is not None:
+            out.append(int(batch))
         elif isinstance(d, str) and d in dims:
             out.append(int(dims[d]))
         elif axis == 0:
-            out.append(int(batch))
+            out.append(1)
         else:
             hint = f"--dim {d}=VALUE" if d else "--data inputs.npz (the dim has no name to set)"
             raise ConfigError(
@@ -170,11 +167,24 @@ def _random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, .
     raise ConfigError(f"cannot generate inputs of dtype {dtype}; pass real inputs with --data inputs.npz")
 
 
+def fixed_batch_size(specs: Sequence[InputSpec]) -> int | None:
+    """The batch a model was exported for (its inputs' fixed first dim), or None when it is dynamic.
+
+    Raises:
+        CalibrationError: inputs with different fixed first dims (they cannot be batched together).
+    """
+    fixed = {s.fixed_batch for s in specs if s.rank}
+    fixed.discard(None)
+    if len(fixed) > 1:
+        raise CalibrationError(f"inputs have different fixed batch sizes {sorted(fixed)}; cannot batch them")
+    return fixed.pop() if fixed else None
+
+
 def random_feeds(
     model: str | os.PathLike[str] | ModelProto,
     *,
     seed: int,
-    batch: int = 1,
+    batch: int | None = None,
     dims: Mapping[str, int] | None = None,
     int_high: int = 8,
 ) -> dict[str, np.ndarray]:
@@ -183,8 +193,9 @@ def random_feeds(
     Args:
         model: a path or a ``ModelProto``.
         seed: the generator seed; the same seed gives the same arrays.
-        batch: value of a dynamic first dim (ignored where the first dim is fixed).
-        dims: values of named dynamic dims; they win over ``batch``.
+        batch: value of a dynamic first dim (ignored where the first dim is fixed); ``None`` takes the
+            dim's value from ``dims`` if named there, else 1.
+        dims: values of named dynamic dims (the first dim too, unless ``batch`` is given).
         int_high: integer inputs are drawn from ``[0, int_high)``.
 
     Returns:
@@ -196,8 +207,8 @@ def random_feeds(
     Example:
         >>> feeds = random_feeds("model.onnx", seed=0, batch=8, dims={"seq": 128})  # doctest: +SKIP
     """
-    if batch < 1:
-        raise ConfigError(f"batch must be at least 1, got {batch}")
+    if batch is not None and batch < 1:
+        raise ConfigError(f"batch must be at least 1, got {batch}; pass --batch 1 or more")
     rng = np.random.default_rng(seed)
     return {
         spec.name: _random_array(rng, spec.dtype, concrete_shape(spec, batch=batch, dims=dims), int_high)

@@ -150,20 +150,35 @@ def cuda_available() -> bool:
     except ConfigError:
         return False
     # The provider can be built in with no GPU or driver present; only a real session tells.
+    try:
+        warm_up_provider("cuda")
+    except (ConfigError, UnsupportedModelError):
+        return False
+    return True
+
+
+def _probe_model() -> ModelProto:
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "probe",
+        [helper.make_node("Identity", ["x"], ["y"])], "onnxprune_probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
     probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     probe.ir_version = 8
-    try:
-        create_session(probe, provider="cuda")
-    except (ConfigError, UnsupportedModelError):
-        return False
-    return True
+    return probe
+
+
+def warm_up_provider(provider: str) -> None:
+    """Create and run a one-node session, so one-time runtime setup (environment, CUDA context) is paid
+    before anything is measured.
+
+    Raises:
+        ConfigError / UnsupportedModelError: as :func:`create_session`.
+    """
+    session = create_session(_probe_model(), provider=provider, threads=1, name="the provider probe")
+    run_session(session, {"x": np.zeros(1, dtype=np.float32)}, label="the provider probe")
 
 
 def session_options(*, threads: int | None = None) -> ort.SessionOptions:

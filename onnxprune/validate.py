@@ -30,7 +30,15 @@ import onnx
 from onnx import ModelProto
 
 from onnxprune.errors import CalibrationError, ConfigError, OnnxPruneError, ValidationError
-from onnxprune.feeds import InputSpec, input_specs, iter_batches, load_npz_feeds, num_samples, random_feeds
+from onnxprune.feeds import (
+    InputSpec,
+    fixed_batch_size,
+    input_specs,
+    iter_batches,
+    load_npz_feeds,
+    num_samples,
+    random_feeds,
+)
 from onnxprune.io import PROTOBUF_LIMIT, load_model, model_nbytes
 from onnxprune.ir import infer_shapes, shape_skeleton
 from onnxprune.progress import progress
@@ -534,20 +542,12 @@ def _check_interface(orig: Sequence[InputSpec], cand: Sequence[InputSpec], orig_
     return CheckResult("interface", True)
 
 
-def _fixed_batch(specs: Sequence[InputSpec]) -> int | None:
-    fixed = {s.fixed_batch for s in specs if s.rank}
-    fixed.discard(None)
-    if len(fixed) > 1:
-        raise CalibrationError(f"inputs have different fixed batch sizes {sorted(fixed)}; cannot batch them")
-    return fixed.pop() if fixed else None
-
-
 def _batches(
     model: ModelProto, specs: Sequence[InputSpec], *, data: str | os.PathLike[str] | None, seed: int,
     samples: int | None, batch_size: int, dims: Mapping[str, int],
 ) -> tuple[list[dict[str, np.ndarray]], str, int, int]:
     """The input batches, a description of their source, the sample count and the batch size used."""
-    fixed = _fixed_batch(specs)
+    fixed = fixed_batch_size(specs)
     if fixed is not None and batch_size != fixed:
         log.info("the model's batch dim is fixed to %d; using batches of %d instead of %d", fixed, fixed, batch_size)
         batch_size = fixed
