@@ -104,3 +104,108 @@ def conv_relu_conv(seed: int = 0, c_in: int = 4, c_mid: int = 6, c_out: int = 5,
         out_hw = (hw + 2 * (pads if auto_pad is None and pads is not None else 0) - span) // stride + 1
     return make_model(nodes, [vinfo("x", [batch, c_in, hw, hw])], [vinfo("out", [batch, c_out, out_hw, out_hw])],
                       inits)
+
+
+# -- sparsity builders (tests/test_weights.py, test_sparsify.py, test_sparse_storage.py) ---------------
+def shared_weight_convs(seed: int = 0, c: int = 4, hw: int = 6) -> onnx.ModelProto:
+    """Two Convs reading one weight ``w`` (the second through Identity), plus BN and a bias.
+
+    x → conv_a(w, b) → BN → out_a;  x → conv_b(Identity(w)) → out_b.
+    """
+    r = rng(seed)
+    inits = [
+        init("w", r.standard_normal((c, c, 3, 3)).astype(np.float32)),
+        init("b", r.standard_normal(c).astype(np.float32)),
+        init("gamma", r.uniform(0.5, 1.5, c).astype(np.float32)),
+        init("beta", r.standard_normal(c).astype(np.float32)),
+        init("mean", r.standard_normal(c).astype(np.float32)),
+        init("var", r.uniform(0.5, 1.5, c).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["ca"], name="conv_a", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["ca", "gamma", "beta", "mean", "var"], ["out_a"], name="bn_a"),
+        helper.make_node("Identity", ["w"], ["w_id"], name="w_identity"),
+        helper.make_node("Conv", ["x", "w_id"], ["out_b"], name="conv_b", pads=[1, 1, 1, 1]),
+    ]
+    return make_model(nodes, [vinfo("x", [1, c, hw, hw])],
+                      [vinfo("out_a", [1, c, hw, hw]), vinfo("out_b", [1, c, hw, hw])], inits)
+
+
+def constant_weight_mlp(seed: int = 0, d_in: int = 8, d_out: int = 12) -> onnx.ModelProto:
+    """MatMul whose weight is a ``Constant`` node read through Identity, then a Constant bias Add."""
+    r = rng(seed)
+    w = r.standard_normal((d_in, d_out)).astype(np.float32)
+    b = r.standard_normal(d_out).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["cw"], name="const_w", value=numpy_helper.from_array(w)),
+        helper.make_node("Identity", ["cw"], ["cw_id"], name="cw_identity"),
+        helper.make_node("Constant", [], ["cb"], name="const_b", value=numpy_helper.from_array(b)),
+        helper.make_node("MatMul", ["x", "cw_id"], ["m"], name="fc"),
+        helper.make_node("Add", ["m", "cb"], ["out"], name="fc_bias"),
+    ]
+    return make_model(nodes, [vinfo("x", ["N", d_in])], [vinfo("out", ["N", d_out])])
+
+
+def gemm_stack(seed: int = 0, d_in: int = 16, hidden: int = 24, d_out: int = 8,
+               dtype: type = np.float32, batched: int = 2) -> onnx.ModelProto:
+    """Every dense weight layout: Gemm transB=0 (W [K, N]), Gemm transB=1 (W [N, K]) and a batched MatMul
+    (W [B, K, N]), in ``dtype`` (float32, float16 or float64).
+
+    x [N, d_in] → gemm0 → Relu → gemm1 → out;  y [B, 3, d_out] → bmm → out2 (a second, independent branch).
+    """
+    r = rng(seed)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    inits = [
+        init("g0_w", r.standard_normal((d_in, hidden)).astype(dtype)),
+        init("g0_b", r.standard_normal(hidden).astype(dtype)),
+        init("g1_w", r.standard_normal((d_out, hidden)).astype(dtype)),
+        init("g1_b", r.standard_normal(d_out).astype(dtype)),
+        init("bm_w", r.standard_normal((batched, d_out, d_out)).astype(dtype)),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "g0_w", "g0_b"], ["h"], name="gemm0", transB=0),
+        helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+        helper.make_node("Gemm", ["hr", "g1_w", "g1_b"], ["out"], name="gemm1", transB=1),
+        helper.make_node("MatMul", ["y", "bm_w"], ["out2"], name="bmm"),
+    ]
+    return make_model(
+        nodes,
+        [vinfo("x", ["N", d_in], elem), vinfo("y", [batched, 3, d_out], elem)],
+        [vinfo("out", ["N", d_out], elem), vinfo("out2", [batched, 3, d_out], elem)],
+        inits,
+    )
+
+
+def conv_transpose(seed: int = 0, c_in: int = 8, c_out: int = 4, group: int = 1, hw: int = 4) -> onnx.ModelProto:
+    """x → ConvTranspose(W [c_in, c_out/group, 3, 3], stride 2) → out."""
+    r = rng(seed)
+    inits = [init("wt", r.standard_normal((c_in, c_out // group, 3, 3)).astype(np.float32))]
+    nodes = [helper.make_node("ConvTranspose", ["x", "wt"], ["out"], name="deconv", strides=[2, 2], group=group)]
+    out_hw = (hw - 1) * 2 + 3
+    return make_model(nodes, [vinfo("x", [1, c_in, hw, hw])], [vinfo("out", [1, c_out, out_hw, out_hw])], inits)
+
+
+def weight_misused(seed: int = 0, d: int = 6) -> onnx.ModelProto:
+    """Weight-like tensors that must never be pruned: ``wa`` is also added as a bias, ``wo`` is also a
+    graph output (through Identity), ``wi`` is an int32 MatMul weight; ``wk`` is a plain weight."""
+    r = rng(seed)
+    inits = [
+        init("wa", r.standard_normal((d, d)).astype(np.float32)),
+        init("wo", r.standard_normal((d, d)).astype(np.float32)),
+        init("wk", r.standard_normal((d, d)).astype(np.float32)),
+        init("wi", r.integers(-3, 4, (d, d)).astype(np.int32)),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wa"], ["m1"], name="mm_a"),
+        helper.make_node("Add", ["m1", "wa"], ["a1"], name="add_a"),
+        helper.make_node("MatMul", ["a1", "wo"], ["m2"], name="mm_o"),
+        helper.make_node("Identity", ["wo"], ["wo_out"], name="wo_identity"),
+        helper.make_node("MatMul", ["m2", "wk"], ["out"], name="mm_k"),
+        helper.make_node("MatMul", ["xi", "wi"], ["out_i"], name="mm_i"),
+    ]
+    return make_model(
+        nodes,
+        [vinfo("x", [d, d]), vinfo("xi", [2, d], TensorProto.INT32)],
+        [vinfo("out", [d, d]), vinfo("wo_out", [d, d]), vinfo("out_i", [2, d], TensorProto.INT32)],
+        inits,
+    )
