@@ -81,25 +81,65 @@ def _all_tensors(model: ModelProto) -> list[TensorProto]:
 
 
 def _check_external_files(model: ModelProto, base: Path, where: str) -> None:
-    """Refuse missing or truncated external data before onnx reads it (it would raise cryptically)."""
+    """Refuse bad external data before onnx reads it (it would raise cryptically, or read a wrong size).
+
+    Checks each external tensor's location (relative, inside the model's folder, present), its offset and
+    length (integers, within the file) and that the length matches the tensor's shape and type.
+    """
+    root = base.resolve()
     for tensor in _all_tensors(model):
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
         path = (base / location).resolve()
+        if location and (Path(location).is_absolute() or not path.is_relative_to(root)):
+            raise ModelLoadError(
+                f"{where}: external data location '{location}' of tensor '{tensor.name}' points outside the "
+                f"model's folder; onnx only reads data files beside the model, move the file there"
+            )
         if not location or not path.is_file():
             raise ModelLoadError(
                 f"{where}: external data file '{location}' of tensor '{tensor.name}' is missing; "
                 f"keep the data file next to the model (looked in {base})"
             )
-        offset = int(info.get("offset", 0))
-        length = int(info.get("length", 0))
-        if length and offset + length > path.stat().st_size:
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info.get("length", 0)) if "length" in info else None
+        except ValueError as exc:
+            raise ModelLoadError(
+                f"{where}: external data offset/length of tensor '{tensor.name}' are not integers "
+                f"({info.get('offset')!r}, {info.get('length')!r}); re-export the model"
+            ) from exc
+        expected = _expected_nbytes(tensor)
+        if length is not None and expected is not None and length != expected:
+            raise ModelLoadError(
+                f"{where}: tensor '{tensor.name}' has shape {list(tensor.dims)} ({expected} bytes) but its "
+                f"external data length is {length}; the model and its data file do not match, re-export it"
+            )
+        if offset < 0 or (length is not None and length < 0):
+            raise ModelLoadError(
+                f"{where}: tensor '{tensor.name}' has a negative external data offset or length "
+                f"({offset}, {length}); re-export the model"
+            )
+        needed = length if length is not None else (expected or 0)
+        size = path.stat().st_size
+        if offset + needed > size:
             raise ModelLoadError(
                 f"{where}: external data file '{location}' is truncated (tensor '{tensor.name}' needs "
-                f"bytes {offset}..{offset + length}, file has {path.stat().st_size}); copy it again"
+                f"bytes {offset}..{offset + needed}, file has {size}); copy it again"
             )
+
+
+def _expected_nbytes(tensor: TensorProto) -> int | None:
+    """Bytes a tensor's raw data must have, from its shape and type (None for strings and sub-byte types)."""
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None
+    if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED) or tensor.data_type >= TensorProto.UINT4:
+        return None
+    return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize if len(tensor.dims) else itemsize
 
 
 def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = True) -> ModelProto:
@@ -158,7 +198,7 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
     _check_external_files(model, path.parent, where)
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
         raise ModelLoadError(f"{where}: cannot read external data ({_first_line(exc)})") from exc
     if check:
         _check_model(model, where, path=path)
