@@ -1,0 +1,53 @@
+"""``onnxprune bench MODEL [MODEL ...]``: latency, throughput, size and memory, models timed alternately."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from onnxprune.errors import ConfigError
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"{option} '{text}' must be comma-separated integers, e.g. {option} 1,8,32") from exc
+    if not values:
+        raise ConfigError(f"{option} is empty; give e.g. {option} 1,8,32")
+    return values
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "bench", help="time models in onnxruntime (first model = baseline)",
+        description="Time every MODEL alternately (A B A B ...) in one process on each provider and batch size. "
+                    "Speedups are against the first MODEL; 'ideal' is its MAC ratio and 'sp/ideal' their "
+                    "quotient. Any model slower than the first is flagged. On CUDA, inputs and outputs stay on "
+                    "the GPU (I/O binding).",
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help=".onnx files; the first is the baseline")
+    p.add_argument("--providers", default="cpu", help="comma-separated: cpu, cuda, tensorrt, ... (default cpu)")
+    p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1), e.g. 1,8,32")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs per model (default 5)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per model (default 50)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE",
+                   help="value of a named dynamic input dim other than the batch (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default 0)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxprune.bench import benchmark
+    from onnxprune.feeds import parse_dims
+
+    report = benchmark(args.models, providers=args.providers, batches=_ints(args.batch, "--batch"),
+                       threads=args.threads, warmup=args.warmup, runs=args.runs, dims=parse_dims(args.dim),
+                       seed=args.seed)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif not args.quiet:
+        print(report.to_text())
+    return 0
