@@ -1,0 +1,118 @@
+"""Recovery: least-squares re-fit, bias compensation and masked re-fit on problems with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from onnxprune.errors import ConfigError
+from onnxprune.recover import affine_refit, bn_channel_mean, compensate_bias, lstsq_refit, masked_refit
+
+
+def _data(rows: int = 200, k: int = 6, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, k))
+
+
+def test_lstsq_exact_when_dropped_column_is_combination_of_kept():
+    x = _data()
+    x[:, 4] = 0.5 * x[:, 0] - 2.0 * x[:, 3]      # dropped columns 4 and 5 are combinations of kept ones
+    x[:, 5] = x[:, 1] + x[:, 2]
+    w = np.random.default_rng(1).standard_normal((3, 6))
+    keep = np.arange(4)
+    g = x.T @ x
+    w_new = lstsq_refit(w[:, keep], g[np.ix_(keep, keep)], g[keep] @ w.T, ridge=0.0)
+    np.testing.assert_allclose(x[:, keep] @ w_new.T, x @ w.T, atol=1e-9)
+    # plain pruning is far off, so the test can fail
+    assert np.abs(x[:, keep] @ w[:, keep].T - x @ w.T).max() > 0.5
+
+
+def test_lstsq_ridge_pulls_towards_current_weights():
+    x = _data()
+    w = np.random.default_rng(2).standard_normal((2, 6))
+    keep = np.array([0, 2, 3])
+    g = x.T @ x
+    exact = lstsq_refit(w[:, keep], g[np.ix_(keep, keep)], g[keep] @ w.T, ridge=0.0)
+    huge = lstsq_refit(w[:, keep], g[np.ix_(keep, keep)], g[keep] @ w.T, ridge=1e9)
+    np.testing.assert_allclose(huge, w[:, keep], atol=1e-6)
+    # the unregularized fit is the best one on the data
+    err = [np.linalg.norm(x[:, keep] @ v.T - x @ w.T) for v in (exact, huge)]
+    assert err[0] < err[1]
+    with pytest.raises(ConfigError, match="ridge must be"):
+        lstsq_refit(w[:, keep], g[np.ix_(keep, keep)], g[keep] @ w.T, ridge=-1)
+    with pytest.raises(ConfigError, match="shapes do not fit"):
+        lstsq_refit(w, g[np.ix_(keep, keep)], g[keep] @ w.T)
+
+
+def test_affine_refit_matches_numpy_lstsq_with_intercept():
+    x = _data(300, 5, seed=3) + 2.0  # non-zero means: the bias matters
+    w = np.random.default_rng(4).standard_normal((4, 5))
+    b = np.random.default_rng(5).standard_normal(4)
+    keep = np.array([0, 1, 3])
+    y = x @ w.T + b
+    w_new, b_new = affine_refit(w, b, x.T @ x, x.sum(0), x.shape[0], keep, ridge=0.0)
+    design = np.hstack([x[:, keep], np.ones((x.shape[0], 1))])
+    ref = np.linalg.lstsq(design, y, rcond=None)[0]
+    np.testing.assert_allclose(w_new, ref[:3].T, atol=1e-8)
+    np.testing.assert_allclose(b_new, ref[3], atol=1e-8)
+
+
+def test_bias_compensation_exact_for_constant_channel():
+    x = _data(100, 4, seed=6)
+    x[:, 2] = 3.5  # constant channel, dropped
+    w = np.random.default_rng(7).standard_normal((3, 4))
+    b = np.random.default_rng(8).standard_normal(3)
+    keep, drop = np.array([0, 1, 3]), np.array([2])
+    b_new = compensate_bias(w, b, drop, x.mean(0))
+    np.testing.assert_allclose(x[:, keep] @ w[:, keep].T + b_new, x @ w.T + b, atol=1e-12)
+    assert np.abs(x[:, keep] @ w[:, keep].T + b - (x @ w.T + b)).max() > 0.1
+    # no bias at all: the compensation creates one
+    np.testing.assert_allclose(compensate_bias(w, None, drop, x.mean(0)), w[:, 2] * 3.5)
+
+
+def test_bn_channel_mean_closed_form_matches_sampling():
+    beta = np.array([-1.0, 0.0, 0.7, 2.0])
+    gamma = np.array([0.5, 1.0, -1.3, 0.0])  # a negative gamma has the same spread; zero gamma is constant
+    z = np.random.default_rng(9).standard_normal((400_000, 1))
+    sampled = np.maximum(beta + gamma * z, 0).mean(0)
+    np.testing.assert_allclose(bn_channel_mean(beta, gamma, relu=True), sampled, atol=5e-3)
+    np.testing.assert_allclose(bn_channel_mean(beta, gamma, relu=False), beta)
+    assert math.isclose(bn_channel_mean(np.array([0.0]), np.array([1.0]), relu=True)[0], 1 / math.sqrt(2 * math.pi))
+
+
+@pytest.mark.parametrize("method", ["direct", "cg"])
+def test_masked_refit_matches_per_row_lstsq(method):
+    r = np.random.default_rng(10)
+    x = r.standard_normal((400, 12))
+    x[:, 6:] = x[:, :6] + 0.2 * x[:, 6:]  # correlated inputs: re-fit has something to gain
+    w = r.standard_normal((5, 12))
+    mask = r.random((5, 12)) > 0.5
+    mask[1] = mask[0]  # two rows share a mask (one factorization)
+    w_new = masked_refit(w, mask, x.T @ x, ridge=0.0, method=method, tol=1e-12, max_iter=500)
+    assert np.all(w_new[~mask] == 0)
+    for o in range(5):
+        s = np.flatnonzero(mask[o])
+        ref = np.linalg.lstsq(x[:, s], x @ w[o], rcond=None)[0]
+        np.testing.assert_allclose(w_new[o, s], ref, atol=1e-6)
+    before = np.linalg.norm(x @ (w * mask).T - x @ w.T)
+    after = np.linalg.norm(x @ w_new.T - x @ w.T)
+    assert after < 0.8 * before
+
+
+def test_masked_refit_nm_rows_and_errors():
+    r = np.random.default_rng(11)
+    x = r.standard_normal((300, 8))
+    w = r.standard_normal((4, 8))
+    mask = np.zeros((4, 8), bool)
+    for o in range(4):  # 2:4 pattern
+        for start in (0, 4):
+            mask[o, start + np.argsort(-np.abs(w[o, start:start + 4]))[:2]] = True
+    auto = masked_refit(w, mask, x.T @ x)
+    direct = masked_refit(w, mask, x.T @ x, method="direct")
+    np.testing.assert_allclose(auto, direct)
+    assert np.all((auto != 0).reshape(4, 2, 4).sum(-1) <= 2)
+    with pytest.raises(ConfigError, match="method must be"):
+        masked_refit(w, mask, x.T @ x, method="svd")
+    with pytest.raises(ConfigError, match="shapes do not fit"):
+        masked_refit(w, mask[:, :4], x.T @ x)
