@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from onnx import ModelProto, TensorProto, numpy_helper
 
 from onnxprune.errors import ModelLoadError, OutputError, UnsupportedModelError
@@ -212,15 +212,82 @@ def _first_line(exc: BaseException) -> str:
 
 def _check_model(model: ModelProto, where: str, path: Path | None) -> None:
     check_opset(model, where)
+    view = _checker_view(model, where)
     try:
-        if model_nbytes(model) >= EXTERNAL_SWITCH_BYTES and path is not None:
+        if view.ByteSize() < PROTOBUF_LIMIT:
+            onnx.checker.check_model(view)
+        elif path is not None:
             onnx.checker.check_model(str(path))
-        elif model_nbytes(model) < PROTOBUF_LIMIT:
-            onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise ModelLoadError(
             f"{where}: fails onnx.checker ({_first_line(exc)}); fix the exporter output first"
         ) from exc
+
+
+def _copy_fields(dst: Message, src: Message, skip: tuple[str, ...] = ()) -> None:
+    """Copy every set field of ``src`` into ``dst`` except those named in ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        target = getattr(dst, fd.name)
+        # protobuf >= 6 names it is_repeated; older releases only have label.
+        if fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED:
+            target.extend(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            target.CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def _checker_view(model: ModelProto, where: str) -> ModelProto:
+    """A copy of ``model`` for ``onnx.checker`` in which large weights are typed graph inputs.
+
+    Why: the checker serializes the model and parses it again in C++, which costs two more copies of every
+    weight (three models in memory at once). Weight values do not matter to what it checks, so large
+    main-graph initializers become inputs of the same type and shape, and their one value check the
+    checker would do (raw data size against shape) is done here without copying the data.
+    """
+    view = ModelProto()
+    _copy_fields(view, model, skip=("graph",))
+    _copy_fields(view.graph, model.graph, skip=("initializer",))
+    declared = {i.name for i in model.graph.input}
+    for tensor in model.graph.initializer:
+        if tensor.data_location == TensorProto.EXTERNAL or tensor.ByteSize() < EXTERNAL_MIN_BYTES:
+            view.graph.initializer.append(tensor)
+            continue
+        _check_raw_size(tensor, where)
+        if tensor.name not in declared:
+            view.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type,
+                                                                       list(tensor.dims)))
+    return view
+
+
+def _check_raw_size(tensor: TensorProto, where: str) -> None:
+    """Refuse a tensor whose raw data does not fit its shape, measuring sizes without copying the bytes."""
+    if tensor.data_type == TensorProto.UNDEFINED:
+        raise ModelLoadError(
+            f"{where}: fails onnx.checker (tensor '{tensor.name}' has an UNDEFINED data type); "
+            f"fix the exporter output first"
+        )
+    expected = _expected_nbytes(tensor)
+    if expected is None or not tensor.HasField("raw_data"):
+        return
+    stub = TensorProto()
+    _copy_fields(stub, tensor, skip=("raw_data",))
+    field = tensor.ByteSize() - stub.ByteSize()  # tag + length varint + payload of raw_data
+    if field != 1 + _varint_size(expected) + expected:
+        raise ModelLoadError(
+            f"{where}: fails onnx.checker (raw data of tensor '{tensor.name}' does not match its shape "
+            f"{list(tensor.dims)} of {expected} bytes); fix the exporter output first"
+        )
+
+
+def _varint_size(value: int) -> int:
+    size = 1
+    while value >= 0x80:
+        value >>= 7
+        size += 1
+    return size
 
 
 def model_nbytes(model: ModelProto) -> int:
