@@ -1,0 +1,128 @@
+"""Figures for a prune run: latency against MACs, and channels per layer before/after.
+
+Why: the question after pruning is "did the saved compute turn into saved time?"; a latency-vs-MACs plot
+shows it at a glance (points on a line through the origin would be ideal scaling). matplotlib is an
+optional extra (``pip install onnxprune[plot]``); it is imported only here, with the non-interactive Agg
+canvas, so no display and no global backend change are needed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from onnxprune.errors import ConfigError, OutputError
+from onnxprune.io import check_output_path
+
+Layers = Mapping[str, Sequence[int]] | Sequence[Mapping[str, Any]]
+
+
+def _matplotlib() -> tuple[Any, Any]:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ConfigError("plots need matplotlib; install it with: pip install onnxprune[plot]") from exc
+    return Figure, FigureCanvasAgg
+
+
+def _layer_rows(layers: Layers | None) -> list[tuple[str, int, int]]:
+    """``[(name, before, after)]`` from ``{name: (before, after)}`` or ``[{name, before, after}]``."""
+    if not layers:
+        return []
+    rows: list[tuple[str, int, int]] = []
+    if isinstance(layers, Mapping):
+        for name, pair in layers.items():
+            before, after = pair
+            rows.append((str(name), int(before), int(after)))
+        return rows
+    for item in layers:
+        name = item.get("name", item.get("layer", item.get("id", "?")))
+        before = item.get("before", item.get("channels_before", item.get("size")))
+        after = item.get("after", item.get("channels_after", item.get("kept")))
+        if before is None or after is None:
+            raise ConfigError(f"layer entry {dict(item)} needs 'before' and 'after' channel counts")
+        rows.append((str(name), int(before), int(after)))
+    return rows
+
+
+def plot_report(
+    path: str | os.PathLike[str],
+    *,
+    report: Mapping[str, Any] | None = None,
+    bench: Mapping[str, Any] | None = None,
+    layers: Layers | None = None,
+) -> Path:
+    """Draw latency (p50) against MACs per provider and batch, and channels per layer before/after.
+
+    Args:
+        path: image file; the format follows the suffix (``.png``, ``.svg``, ``.pdf``).
+        report: a prune report dict; its ``bench`` and ``layers`` keys are used unless given explicitly.
+        bench: a ``BenchReport.to_dict()``.
+        layers: ``{layer: (channels before, channels after)}`` or a list of
+            ``{"name", "before", "after"}`` dicts.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: matplotlib is missing, or there is nothing to plot.
+        OutputError: the folder is missing or not writable.
+
+    Example:
+        >>> plot_report("prune.png", bench=bench_report.to_dict(), layers={"conv1": (64, 32)})  # doctest: +SKIP
+    """
+    report = report or {}
+    bench = bench if bench is not None else report.get("bench")
+    rows = _layer_rows(layers if layers is not None else report.get("layers"))
+    if not bench and not rows:
+        raise ConfigError("nothing to plot: no benchmark and no per-layer channels; run prune with --bench")
+    out = check_output_path(path)
+    figure_cls, canvas_cls = _matplotlib()
+    panels = int(bool(bench)) + int(bool(rows))
+    fig = figure_cls(figsize=(6.5 * panels, 4.8), layout="constrained")
+    canvas_cls(fig)
+    k = 1
+    if bench:
+        ax = fig.add_subplot(1, panels, k)
+        k += 1
+        macs = {m["name"]: m["macs"] for m in bench.get("models", [])}
+        series: dict[tuple[str, int], list[tuple[float, float, str]]] = {}
+        for r in bench.get("results", []):
+            series.setdefault((r["provider"], r["batch"]), []).append((macs.get(r["model"], 0) / 1e6,
+                                                                        r["p50_ms"], r["model"]))
+        for (provider, batch), points in series.items():
+            xs, ys, names = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", label=f"{provider}, batch {batch}")
+            for x, y, name in points:
+                ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel("MMACs per sample")
+        ax.set_ylabel("latency p50 per run (ms)")
+        ax.set_title("latency against compute")
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    if rows:
+        ax = fig.add_subplot(1, panels, k)
+        ids = list(range(len(rows)))
+        ax.bar(ids, [r[1] for r in rows], color="#bbbbbb", label="before")
+        ax.bar(ids, [r[2] for r in rows], color="#1f77b4", label="after")
+        ax.set_xticks(ids, [r[0] for r in rows], rotation=90, fontsize=6 if len(rows) > 20 else 8)
+        ax.set_ylabel("channels")
+        ax.set_title("channels per layer")
+        ax.legend(fontsize=8)
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    tmp = out.with_name(f".{out.name}.onnxprune-tmp")
+    try:
+        fig.savefig(tmp, dpi=120, format=fmt)
+        os.replace(tmp, out)
+    except ValueError as exc:
+        raise ConfigError(f"cannot write a '{fmt}' image ({exc}); name the file .png, .svg or .pdf") from exc
+    except OSError as exc:
+        raise OutputError(f"cannot write {out} ({exc.strerror or exc}); choose another path") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
