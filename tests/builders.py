@@ -209,3 +209,45 @@ def weight_misused(seed: int = 0, d: int = 6) -> onnx.ModelProto:
         [vinfo("out", [d, d]), vinfo("wo_out", [d, d]), vinfo("out_i", [2, d], TensorProto.INT32)],
         inits,
     )
+
+
+def two_heads(seed: int = 0, d_in: int = 8, hidden: int = 12, classes: int = 10, batch: int | str = "N") -> onnx.ModelProto:
+    """x → Gemm → Relu → {Gemm → ``logits`` [N, classes], MatMul → ``embed`` [N, 4]}: two outputs, one of
+    them class scores, for validation tests."""
+    r = rng(seed)
+    inits = [
+        init("h_w", r.standard_normal((d_in, hidden)).astype(np.float32)),
+        init("h_b", r.standard_normal(hidden).astype(np.float32)),
+        init("cls_w", r.standard_normal((hidden, classes)).astype(np.float32)),
+        init("cls_b", r.standard_normal(classes).astype(np.float32)),
+        init("emb_w", r.standard_normal((hidden, 4)).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "h_w", "h_b"], ["h"], name="hidden"),
+        helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+        helper.make_node("Gemm", ["hr", "cls_w", "cls_b"], ["logits"], name="classifier"),
+        helper.make_node("MatMul", ["hr", "emb_w"], ["embed"], name="embedding"),
+    ]
+    return make_model(nodes, [vinfo("x", [batch, d_in])],
+                      [vinfo("logits", [batch, classes]), vinfo("embed", [batch, 4])], inits)
+
+
+def seq_tokens(seed: int = 0, vocab: int = 8, d: int = 6) -> onnx.ModelProto:
+    """ids int64 [N, seq] → Gather(embedding) → MatMul → out [N, seq, d]; plus a float ``scale`` [N, 1, 1]
+    input: dynamic non-batch dims and integer inputs, for feed-generation tests."""
+    r = rng(seed)
+    inits = [
+        init("emb", r.standard_normal((vocab, d)).astype(np.float32)),
+        init("proj", r.standard_normal((d, d)).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
+        helper.make_node("MatMul", ["e", "proj"], ["p"], name="proj"),
+        helper.make_node("Mul", ["p", "scale"], ["out"], name="scale_mul"),
+    ]
+    return make_model(
+        nodes,
+        [vinfo("ids", ["N", "seq"], TensorProto.INT64), vinfo("scale", ["N", 1, 1])],
+        [vinfo("out", ["N", "seq", d])],
+        inits,
+    )
