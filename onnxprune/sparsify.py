@@ -329,9 +329,15 @@ def _working_copy(model: str | os.PathLike[str] | ModelProto) -> tuple[ModelProt
 
 
 def _apply(out: ModelProto, pw: PrunableWeight, w: np.ndarray, mask: np.ndarray, target: float) -> LayerReport:
-    """Zero ``w`` where ``mask`` is set and write it into ``out``."""
-    before = int(np.count_nonzero(w == 0))
-    w[mask.reshape(w.shape)] = 0
+    """Zero ``w`` where ``mask`` is set and write it into ``out``.
+
+    Entries that are already zero are left as they are (a ``-0.0`` keeps its sign bit), so a weight that
+    needs no new zeros comes out bit-identical.
+    """
+    zero = w == 0
+    before = int(np.count_nonzero(zero))
+    w[mask.reshape(w.shape) & ~zero] = 0
+    del zero
     after = int(np.count_nonzero(w == 0))
     set_weight(out, pw, w)
     return LayerReport(pw.name, pw.readers, pw.shape, pw.numel, before, after, target)
@@ -492,7 +498,8 @@ def sparsify_nm(
         ConfigError: not ``0 < n < m``, malformed patterns, bad ``min_size`` or ``scores``.
 
     Example:
-        >>> result = sparsify_nm("model.onnx", *parse_nm("2:4"))  # doctest: +SKIP
+        >>> n, m = parse_nm("2:4")
+        >>> result = sparsify_nm("model.onnx", n=n, m=m)  # doctest: +SKIP
     """
     n, m = _check_nm(n, m)
     exclude = _check_patterns(exclude, "exclude")

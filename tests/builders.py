@@ -251,3 +251,18 @@ def seq_tokens(seed: int = 0, vocab: int = 8, d: int = 6) -> onnx.ModelProto:
         [vinfo("out", ["N", "seq", d])],
         inits,
     )
+
+
+def mixed_precision(seed: int = 0, d: int = 8) -> onnx.ModelProto:
+    """x → MatMul(w32, float32) → Cast(float16) → MatMul(w16, float16) → out: two weight dtypes in one graph."""
+    r = rng(seed)
+    inits = [
+        init("w32", r.standard_normal((d, d)).astype(np.float32)),
+        init("w16", r.standard_normal((d, d)).astype(np.float16)),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w32"], ["m"], name="mm32"),
+        helper.make_node("Cast", ["m"], ["m16"], name="cast", to=TensorProto.FLOAT16),
+        helper.make_node("MatMul", ["m16", "w16"], ["out"], name="mm16"),
+    ]
+    return make_model(nodes, [vinfo("x", [2, d])], [vinfo("out", [2, d], TensorProto.FLOAT16)], inits)
