@@ -13,11 +13,12 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError, Message
-from onnx import ModelProto, TensorProto, numpy_helper
+from onnx import GraphProto, ModelProto, TensorProto, numpy_helper
 
 from onnxprune.errors import ModelLoadError, OutputError, UnsupportedModelError
 
@@ -275,19 +276,11 @@ def _check_raw_size(tensor: TensorProto, where: str) -> None:
     stub = TensorProto()
     _copy_fields(stub, tensor, skip=("raw_data",))
     field = tensor.ByteSize() - stub.ByteSize()  # tag + length varint + payload of raw_data
-    if field != 1 + _varint_size(expected) + expected:
+    if field != 1 + len(_varint(expected)) + expected:
         raise ModelLoadError(
             f"{where}: fails onnx.checker (raw data of tensor '{tensor.name}' does not match its shape "
             f"{list(tensor.dims)} of {expected} bytes); fix the exporter output first"
         )
-
-
-def _varint_size(value: int) -> int:
-    size = 1
-    while value >= 0x80:
-        value >>= 7
-        size += 1
-    return size
 
 
 def model_nbytes(model: ModelProto) -> int:
@@ -381,11 +374,8 @@ def save_model(
         tmp_model = tmpdir / out.name
         data_name = out.name + ".data"
         tmp_data = tmpdir / data_name
-        if external_data:
-            _save_external(model, tmp_model, tmp_data, data_name)
-        else:
-            _write_bytes(tmp_model, model.SerializeToString())
-        if external_data:
+        wrote_data = _write_model(model, tmp_model, tmp_data if external_data else None, data_name)
+        if wrote_data:
             os.replace(tmp_data, folder / data_name)
         os.replace(tmp_model, out)
     except OSError as exc:
@@ -401,66 +391,106 @@ def save_model(
     return out
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
+_VALUE_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data",
+                 "uint64_data", "data_location", "external_data")
+#: Large external tensors start on a page boundary so readers can memory-map them.
+_ALIGN_BYTES = 4096
+_ALIGN_FROM = 1 << 20
+
+
+def _write_model(model: ModelProto, model_path: Path, data_path: Path | None, location: str) -> bool:
+    """Stream ``model`` to ``model_path`` one initializer at a time; ``model`` is only read.
+
+    Why: ``model.SerializeToString()`` holds the whole serialized model (and, inside protobuf, another
+    buffer) next to the model, three models in memory at once; and moving tensors to external data by
+    editing the model in place grows protobuf's arena by a model each save, and leaves the caller's model
+    half-restored if the disk fills mid-write. Protobuf's wire format is a concatenation of fields, so the
+    file is written as: the model's fields except ``graph``, then the ``graph`` field, whose payload is the
+    graph's fields except ``initializer`` followed by each initializer, inline or (with ``data_path``)
+    as an external-data stub whose bytes go to the data file. Peak memory is one model plus one tensor.
+
+    Returns:
+        Whether any tensor was written to ``data_path``.
+
+    Raises:
+        OutputError: the model refers to external data not loaded, or is too large for one file.
+        OSError: a write failed (the caller cleans up).
+    """
+    for tensor in _all_tensors(model):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            raise OutputError(
+                f"tensor '{tensor.name}' still refers to external data that was never loaded; load the model "
+                f"with onnxprune.io.load_model (or onnx.load with its external data) before saving"
+            )
+    head = ModelProto()
+    _copy_fields(head, model, skip=("graph",))
+    graph = GraphProto()
+    _copy_fields(graph, model.graph, skip=("initializer",))
+    stubs: dict[int, TensorProto] = {}
+    if data_path is not None:
+        with open(data_path, "wb") as data:
+            for i, tensor in enumerate(model.graph.initializer):
+                if tensor.ByteSize() >= EXTERNAL_MIN_BYTES:
+                    stubs[i] = _write_external(tensor, data, location)
+            for node in graph.node:  # large Constant-node values of the main graph (our copy: edit freely)
+                if node.op_type == "Constant":
+                    for a in node.attribute:
+                        if a.name == "value" and a.t.ByteSize() >= EXTERNAL_MIN_BYTES:
+                            a.t.CopyFrom(_write_external(a.t, data, location))
+            data.flush()
+            os.fsync(data.fileno())
+    graph_head = graph.SerializeToString()
+    sizes = [(stubs[i] if i in stubs else t).ByteSize() for i, t in enumerate(model.graph.initializer)]
+    init_tag = _field_tag(GraphProto, "initializer")
+    graph_len = len(graph_head) + sum(len(init_tag) + len(_varint(n)) + n for n in sizes)
+    head_bytes = head.SerializeToString()
+    graph_tag = _field_tag(ModelProto, "graph")
+    total = len(head_bytes) + len(graph_tag) + len(_varint(graph_len)) + graph_len
+    if total > PROTOBUF_LIMIT:
+        raise OutputError(
+            f"model is {total} bytes, over protobuf's 2 GiB limit for one file; save it with external data "
+            f"(--external-data, or save_model(..., external_data=True))"
+        )
+    with open(model_path, "wb") as fh:
+        fh.write(head_bytes + graph_tag + _varint(graph_len) + graph_head)
+        for i, tensor in enumerate(model.graph.initializer):
+            fh.write(init_tag + _varint(sizes[i]))
+            fh.write((stubs[i] if i in stubs else tensor).SerializeToString())
         fh.flush()
         os.fsync(fh.fileno())
+    return data_path is not None and data_path.stat().st_size > 0
 
 
-def _save_external(model: ModelProto, model_path: Path, data_path: Path, location: str) -> None:
-    """Move large tensors to ``data_path``, serialize, then put the bytes back into ``model``.
-
-    Restoring from the freshly written data file (one tensor at a time) keeps peak memory at one model
-    plus one tensor, instead of the two models a deep copy would cost.
-    """
-    moved: list[tuple[TensorProto, int, int]] = []
-    try:
-        with open(data_path, "wb") as fh:
-            for tensor in _all_tensors(model):
-                if tensor.data_location == TensorProto.EXTERNAL:
-                    continue
-                if tensor.ByteSize() < EXTERNAL_MIN_BYTES:
-                    continue
-                if tensor.HasField("raw_data"):
-                    blob = tensor.raw_data
-                else:
-                    blob = numpy_helper.to_array(tensor).tobytes()
-                offset = fh.tell()
-                pad = (-offset) % 4096
-                if pad:
-                    fh.write(b"\0" * pad)
-                    offset += pad
-                fh.write(blob)
-                length = len(blob)
-                del blob
-                _set_external(tensor, location, offset, length)
-                moved.append((tensor, offset, length))
-            fh.flush()
-            os.fsync(fh.fileno())
-        _write_bytes(model_path, model.SerializeToString())
-    finally:
-        if moved:
-            _restore_inline(moved, data_path)
-
-
-def _set_external(tensor: TensorProto, location: str, offset: int, length: int) -> None:
-    for field in ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data"):
-        tensor.ClearField(field)
-    tensor.ClearField("raw_data")
-    tensor.data_location = TensorProto.EXTERNAL
-    del tensor.external_data[:]
-    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
-        entry = tensor.external_data.add()
+def _write_external(tensor: TensorProto, data: BinaryIO, location: str) -> TensorProto:
+    """Append ``tensor``'s bytes to ``data``; return a copy of it that points there instead."""
+    blob = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+    offset = data.tell()
+    if len(blob) >= _ALIGN_FROM and offset % _ALIGN_BYTES:
+        data.write(b"\0" * (_ALIGN_BYTES - offset % _ALIGN_BYTES))
+        offset = data.tell()
+    data.write(blob)
+    stub = TensorProto()
+    _copy_fields(stub, tensor, skip=_VALUE_FIELDS)
+    stub.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(blob)))):
+        entry = stub.external_data.add()
         entry.key = key
         entry.value = value
+    return stub
 
 
-def _restore_inline(moved: list[tuple[TensorProto, int, int]], data_path: Path) -> None:
-    data = np.memmap(data_path, dtype=np.uint8, mode="r") if data_path.stat().st_size else None
-    for tensor, offset, length in moved:
-        del tensor.external_data[:]
-        tensor.data_location = TensorProto.DEFAULT
-        if data is not None:
-            tensor.raw_data = data[offset : offset + length].tobytes()
-    del data
+def _field_tag(message: type[Message], field: str) -> bytes:
+    """Wire-format key of a length-delimited field (number << 3 | 2)."""
+    return _varint(message.DESCRIPTOR.fields_by_name[field].number << 3 | 2)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
