@@ -327,6 +327,13 @@ def check_output_path(path: str | os.PathLike[str], *, inputs: tuple[str | os.Pa
     for src in inputs:
         if same_file(out, src):
             raise OutputError(f"output path {out} is the input model; choose another output file (-o)")
+        data_out = out.with_name(out.name + ".data")
+        for used in (Path(src), *_input_data_files(Path(src))):
+            if same_file(data_out, used) or same_file(out, used):
+                raise OutputError(
+                    f"output path {out} would overwrite {used}, which the input model {src} reads; "
+                    f"choose another output file (-o)"
+                )
     if out.is_dir():
         raise OutputError(f"output path {out} is a directory; name a file such as {out / 'model.onnx'}")
     folder = out.parent if str(out.parent) else Path(".")
@@ -336,7 +343,23 @@ def check_output_path(path: str | os.PathLike[str], *, inputs: tuple[str | os.Pa
         raise OutputError(f"output folder {folder} is not writable; choose another output path")
     if out.exists() and not os.access(out, os.W_OK):
         raise OutputError(f"output file {out} exists and is not writable; choose another output path")
+    try:  # permissions can say yes where the file system says no (read-only mounts, ACLs, /sys)
+        fd, probe = tempfile.mkstemp(prefix=".onnxprune-probe-", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"output folder {folder} is not writable ({exc.strerror or exc}); "
+                          f"choose another output path") from exc
+    os.close(fd)
+    os.unlink(probe)
     return out
+
+
+def _input_data_files(path: Path) -> list[Path]:
+    """External data files an input model reads (none if it cannot be parsed: loading will say why)."""
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError, RuntimeError, TypeError):
+        return []
+    return [path.parent / location for location in external_data_files(model)]
 
 
 def save_model(
