@@ -178,8 +178,17 @@ def _check_batch(specs: Sequence[InputSpec], feed: Mapping[str, np.ndarray], i: 
                 f"(the leading axis counts samples)"
             )
         out[spec.name] = arr
-    num_samples(out)
     return out
+
+
+def _batch_samples(feed: Mapping[str, np.ndarray]) -> int:
+    """Samples in a batch: the common leading dim, or the first input's when inputs differ (an input
+    with a fixed leading dim, e.g. a lookup table, is not batched)."""
+    try:
+        return num_samples(feed)
+    except CalibrationError:
+        first = next(iter(feed.values()))
+        return int(first.shape[0]) if first.ndim else 1
 
 
 def iter_feeds(
@@ -222,10 +231,11 @@ def iter_feeds(
     seen = 0
     for i, feed in enumerate(batches):
         out = _check_batch(specs, feed, i)
-        n = num_samples(out)
+        n = _batch_samples(out)
         if max_samples is not None and seen + n > max_samples:
+            full = n
             n = max_samples - seen
-            out = {k: v[:n] for k, v in out.items()}
+            out = {k: (v[:n] if v.ndim and v.shape[0] == full else v) for k, v in out.items()}
         seen += n
         yield out
         if max_samples is not None and seen >= max_samples:
@@ -441,9 +451,9 @@ def im2col(x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
 
 
 class _GramAcc:
-    def __init__(self, node: NodeProto, idx: GraphIndex) -> None:
+    def __init__(self, node: NodeProto, idx: GraphIndex, key: str) -> None:
         self.node = node
-        self.name = node.name
+        self.name = key
         self.opset = idx.opset
         op = node.op_type
         self.tensor = node.input[0]
@@ -506,18 +516,50 @@ class _GramAcc:
         )
 
 
-def resolve_layer(idx: GraphIndex, name: str) -> NodeProto:
-    """The Conv/Gemm/MatMul named ``name`` or, failing that, the only such layer reading tensor ``name``.
+def weight_rows(node: NodeProto, w: np.ndarray, opset: int) -> np.ndarray:
+    """A layer's weight as ``(groups, outputs per group, K)`` rows, columns in :class:`GramStats` order.
+
+    Conv ``(O, C/g, *k)`` → ``(g, O/g, C/g·prod(k))``; Gemm ``transB=1`` ``(N, K)`` and ``transB=0``
+    ``(K, N)`` → ``(1, N, K)``; 2-D MatMul ``(K, N)`` → ``(1, N, K)``. The result is a new array.
+
+    Raises:
+        ConfigError: an op or weight rank without such a layout (batched MatMul weights).
+    """
+    op = node.op_type
+    if op == "Conv":
+        g = int(attr(node, "group", opset, 1))
+        return np.array(w.reshape(g, w.shape[0] // g, -1))
+    if op == "Gemm":
+        return np.array((w if attr(node, "transB", opset, 0) else w.T)[None])
+    if op == "MatMul" and w.ndim == 2:
+        return np.array(w.T[None])
+    raise ConfigError(f"layer {node_label(node)} with a weight of shape {w.shape} has no row layout to re-fit")
+
+
+def rows_to_weight(node: NodeProto, rows: np.ndarray, shape: Sequence[int], opset: int) -> np.ndarray:
+    """Inverse of :func:`weight_rows` for a weight of ``shape`` (input columns may have been cut)."""
+    op = node.op_type
+    if op == "Conv":
+        return rows.reshape(tuple(shape))
+    if op == "Gemm" and attr(node, "transB", opset, 0):
+        return rows[0].reshape(tuple(shape))
+    return np.ascontiguousarray(rows[0].T).reshape(tuple(shape))
+
+
+def resolve_layer(idx: GraphIndex, name: str) -> tuple[str, NodeProto]:
+    """``(key, node)`` of the Conv/Gemm/MatMul named ``name`` or, failing that, of the only such layer
+    reading tensor ``name``; ``key`` is the node's name (``<op_type>_<index>`` for an unnamed node).
 
     Raises:
         ConfigError: no such layer, or a tensor read by several layers (name the layer instead).
     """
     node = idx.nodes_by_name.get(name)
     if node is not None and node.op_type in GRAM_OPS:
-        return node
+        return name, node
     readers = [n for n in idx.consumers.get(name, []) if n.op_type in GRAM_OPS and n.input[0] == name]
     if len(readers) == 1:
-        return readers[0]
+        key = next(k for k, n in idx.nodes_by_name.items() if n is readers[0])
+        return key, readers[0]
     if len(readers) > 1:
         names = [n.name for n in readers]
         raise ConfigError(f"tensor '{name}' feeds several layers {names}; name the layer in gram_for instead")
@@ -572,12 +614,8 @@ def collect_stats(
     m = load_model(model, check=False) if not isinstance(model, ModelProto) else model
     idx = GraphIndex(m)
     axes: dict[str, int | None] = dict(tensors) if isinstance(tensors, Mapping) else dict.fromkeys(tensors)
-    gram_accs: list[_GramAcc] = []
-    for name in dict.fromkeys(gram_for):
-        node = resolve_layer(idx, name)
-        if not node.name:
-            raise ConfigError(f"layer {node_label(node)} has no name; name every node (onnxprune analyze --fix-names)")
-        gram_accs.append(_GramAcc(node, idx))
+    layers = dict(resolve_layer(idx, name) for name in dict.fromkeys(gram_for))
+    gram_accs = [_GramAcc(node, idx, key) for key, node in layers.items()]
     fetch = list(dict.fromkeys([*axes, *(g.tensor for g in gram_accs)]))
     session = create_session(with_outputs(m, fetch) if fetch else m, provider=provider, threads=threads)
     chan_accs = {t: _ChannelAcc(t, ax) for t, ax in axes.items()}
@@ -590,7 +628,7 @@ def collect_stats(
             acc.add(values[t])
         for g in gram_accs:
             g.add(values[g.tensor])
-        samples += num_samples(feed)
+        samples += _batch_samples(feed)
     if samples == 0:
         raise CalibrationError("calibration data holds no samples; pass at least one batch")
     log.debug("calibrated on %d samples: %d tensors, %d Gram matrices", samples, len(chan_accs), len(gram_accs))

@@ -23,10 +23,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+from onnx import ModelProto, NodeProto, helper, numpy_helper
 
+from onnxprune.calibrate import GRAM_OPS, ActivationStats, collect_stats, rows_to_weight, weight_rows
 from onnxprune.errors import ConfigError
+from onnxprune.io import load_model
+from onnxprune.ir import GraphIndex, attr
+from onnxprune.weights import PrunableWeight, find_prunable_weights, get_weight, set_weight
 
 log = logging.getLogger(__name__)
 
@@ -276,3 +283,189 @@ def _masked_cg(w: np.ndarray, mask: np.ndarray, gram: np.ndarray, lam: float, *,
         worst = float(np.max(np.linalg.norm(r, axis=1) / norm0))
         log.debug("masked CG stopped after %d iterations (worst relative residual %.2e)", max_iter, worst)
     return x * m
+
+
+# -- layer biases in the graph ---------------------------------------------------------------------
+def _out_channels(node: NodeProto, w_shape: Sequence[int], opset: int) -> int:
+    if node.op_type == "Conv":
+        return int(w_shape[0])
+    if node.op_type == "Gemm":
+        return int(w_shape[0] if attr(node, "transB", opset, 0) else w_shape[1])
+    return int(w_shape[-1])
+
+
+def _bias_add(idx: GraphIndex, node: NodeProto, n_out: int) -> tuple[NodeProto, int] | None:
+    """The ``Add`` that adds a per-channel constant to a MatMul's output, and the constant's slot."""
+    readers = idx.consumers.get(node.output[0], [])
+    if len(readers) != 1 or readers[0].op_type != "Add" or node.output[0] in idx.graph_outputs:
+        return None
+    add = readers[0]
+    other = 1 if add.input[0] == node.output[0] else 0
+    shape = idx.const_shape(add.input[other])
+    if shape is None or int(np.prod(shape)) != n_out or (shape and shape[-1] != n_out):
+        return None
+    return add, other
+
+
+def layer_bias(idx: GraphIndex, node: NodeProto, n_out: int) -> np.ndarray:
+    """The per-output-channel bias a Conv/Gemm/MatMul adds (zeros when it has none), as float64.
+
+    Gemm's ``beta`` is folded in; a MatMul's bias is the constant of the one ``Add`` reading its output.
+    """
+    if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:
+        value = idx.const_value(node.input[2])
+        if value is not None and value.size in (1, n_out):
+            scale = float(attr(node, "beta", idx.opset, 1.0)) if node.op_type == "Gemm" else 1.0
+            return np.broadcast_to(value.astype(np.float64).ravel() * scale, (n_out,)).copy()
+    if node.op_type == "MatMul":
+        found = _bias_add(idx, node, n_out)
+        if found is not None:
+            value = idx.const_value(found[0].input[found[1]])
+            assert value is not None
+            return value.astype(np.float64).ravel()
+    return np.zeros(n_out)
+
+
+def set_layer_bias(idx: GraphIndex, node: NodeProto, bias: np.ndarray, dtype: np.dtype) -> None:
+    """Give ``node`` (in ``idx``'s model, edited in place) the per-output-channel ``bias``.
+
+    An existing bias constant read only by this layer is overwritten; otherwise a new initializer is
+    made (named ``onnxprune_*``): the Conv ``B`` / Gemm ``C`` input, or for a MatMul the constant of its
+    bias ``Add`` or a new ``Add`` node inserted after it (the MatMul's output name is kept downstream).
+    """
+    graph = idx.graph
+    n_out = bias.shape[0]
+    if node.op_type in ("Conv", "Gemm"):
+        value = bias / float(attr(node, "beta", idx.opset, 1.0)) if node.op_type == "Gemm" else bias
+        name = idx.unique_name(f"{node.name or node.output[0]}_bias")
+        graph.initializer.append(numpy_helper.from_array(value.astype(dtype), name))
+        if len(node.input) > 2 and node.input[2]:
+            old = node.input[2]
+            node.input[2] = name
+            _drop_if_unused(idx, old, node)
+        else:
+            while len(node.input) < 2:
+                node.input.append("")
+            node.input.append(name)
+        return
+    found = _bias_add(idx, node, n_out)
+    if found is not None:
+        add, slot = found
+        shape = idx.const_shape(add.input[slot])
+        assert shape is not None
+        name = idx.unique_name(f"{node.name or node.output[0]}_bias")
+        graph.initializer.append(numpy_helper.from_array(bias.reshape(shape).astype(dtype), name))
+        old = add.input[slot]
+        add.input[slot] = name
+        _drop_if_unused(idx, old, add)
+        return
+    name = idx.unique_name(f"{node.name or node.output[0]}_bias")
+    graph.initializer.append(numpy_helper.from_array(bias.astype(dtype), name))
+    out = node.output[0]
+    inner = idx.unique_name(f"{out}_nobias")
+    node.output[0] = inner
+    add = helper.make_node("Add", [inner, name], [out], name=idx.unique_name(f"{node.name or out}_bias_add"))
+    position = next(i for i, n in enumerate(graph.node) if n is node)
+    graph.node.insert(position + 1, add)
+
+
+def _drop_if_unused(idx: GraphIndex, name: str, old_reader: NodeProto) -> None:
+    """Remove initializer ``name`` when ``old_reader`` was its only reader."""
+    readers = [n for n in idx.consumers.get(name, []) if n is not old_reader]
+    if readers or name not in idx.initializers or name in idx.graph_outputs:
+        return
+    graph = idx.graph
+    for i, t in enumerate(graph.initializer):
+        if t.name == name:
+            del graph.initializer[i]
+            break
+
+
+# -- unstructured / N:M recovery -------------------------------------------------------------------
+def recover_sparse(
+    original: str | os.PathLike[str] | ModelProto,
+    sparse_model: str | os.PathLike[str] | ModelProto,
+    data: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]] | ActivationStats,
+    *,
+    method: str = "lstsq",
+    ridge: float = DEFAULT_RIDGE,
+    batch_size: int = 32,
+    max_samples: int | None = None,
+) -> ModelProto:
+    """Re-fit the surviving weights of a sparsified model so each layer reproduces the original one.
+
+    Each sparsified Conv/Gemm/MatMul weight (read by one layer) is re-solved row by row with its zero
+    pattern fixed (:func:`masked_refit`), from the Gram matrix of the layer's input in the *original*
+    model; the zero pattern (and so the sparsity, N:M included) is unchanged. ``method="bias"`` instead
+    folds the mean contribution of the zeroed weights into the layer's bias.
+
+    Args:
+        original: the dense model.
+        sparse_model: the same model with weights zeroed (by :func:`onnxprune.sparsify.sparsify` or
+            ``sparsify_nm``); not modified.
+        data: calibration data (npz path or iterable of feed dicts) or precomputed
+            :class:`~onnxprune.calibrate.ActivationStats` of ``original`` with the layers' Grams.
+        method: ``"lstsq"`` (masked re-fit) or ``"bias"``.
+        ridge: relative ridge of the re-fit.
+        batch_size, max_samples: calibration batching.
+
+    Returns:
+        A new ``ModelProto``.
+
+    Raises:
+        ConfigError: unknown method, or the two models do not have the same weights.
+        CalibrationError: bad calibration data.
+
+    Example:
+        >>> dense = "mlp.onnx"; sparse = sparsify(dense, sparsity=0.7).model  # doctest: +SKIP
+        >>> recovered = recover_sparse(dense, sparse, "calib.npz")  # doctest: +SKIP
+    """
+    if method not in ("lstsq", "bias"):
+        raise ConfigError(f"sparse recovery method must be lstsq or bias, got '{method}'")
+    orig = load_model(original, check=False)
+    out = load_model(sparse_model, check=False)
+    idx_o = GraphIndex(orig)
+    idx = GraphIndex(out)
+    todo: list[tuple[PrunableWeight, str, NodeProto, np.ndarray, np.ndarray]] = []
+    dense_weights = {pw.name: pw for pw in find_prunable_weights(orig)}
+    for pw in find_prunable_weights(out):
+        if len(pw.readers) != 1 or pw.op_types[0] not in GRAM_OPS:
+            continue
+        dpw = dense_weights.get(pw.name)
+        if dpw is None or dpw.shape != pw.shape:
+            raise ConfigError(
+                f"weight '{pw.name}' is not in the original model with shape {pw.shape}; pass the model "
+                f"that was sparsified as 'original'"
+            )
+        w_sparse = get_weight(out, pw)
+        w_dense = get_weight(orig, dpw)
+        if np.array_equal(w_sparse, w_dense):
+            continue
+        node = idx.nodes_by_name[pw.readers[0]]
+        if node.op_type == "MatMul" and w_dense.ndim != 2:
+            log.info("not re-fitting batched MatMul weight '%s'", pw.name)
+            continue
+        todo.append((pw, pw.readers[0], node, w_dense, w_sparse))
+    if not todo:
+        log.info("recover_sparse: no sparsified layer to re-fit")
+        return out
+    stats = data if isinstance(data, ActivationStats) else collect_stats(
+        orig, data, gram_for=[key for _, key, *_ in todo], batch_size=batch_size, max_samples=max_samples)
+    for pw, key, node, w_dense, w_sparse in todo:
+        gs = stats.gram(key)
+        dense_rows = weight_rows(node, w_dense.astype(np.float64), idx.opset)
+        sparse_rows = weight_rows(node, w_sparse.astype(np.float64), idx.opset)
+        if method == "lstsq":
+            new_rows = np.stack([
+                masked_refit(dense_rows[g], sparse_rows[g] != 0, gs.gram[g], ridge=ridge)
+                for g in range(gs.groups)
+            ])
+            set_weight(out, pw, rows_to_weight(node, new_rows, w_dense.shape, idx.opset).astype(w_dense.dtype))
+        else:
+            n_out = _out_channels(node, w_dense.shape, idx.opset)
+            shift = np.concatenate([(dense_rows[g] - sparse_rows[g]) @ gs.col_mean[g] for g in range(gs.groups)])
+            node_o = idx_o.nodes_by_name[key]
+            bias = layer_bias(idx_o, node_o, n_out) + shift
+            set_layer_bias(idx, node, bias, w_dense.dtype)
+        log.debug("re-fitted %s (%s)", key, method)
+    return out

@@ -266,3 +266,18 @@ def mixed_precision(seed: int = 0, d: int = 8) -> onnx.ModelProto:
         helper.make_node("MatMul", ["m16", "w16"], ["out"], name="mm16"),
     ]
     return make_model(nodes, [vinfo("x", [2, d])], [vinfo("out", [2, d], TensorProto.FLOAT16)], inits)
+
+
+def matmul_chain(seed: int = 0, d_in: int = 10, hidden: int = 12, d_out: int = 6) -> onnx.ModelProto:
+    """x [N, d_in] → MatMul(w1) → Relu (r) → MatMul(w2) → out: layers without any bias."""
+    r = rng(seed)
+    inits = [
+        init("w1", r.standard_normal((d_in, hidden)).astype(np.float32)),
+        init("w2", r.standard_normal((hidden, d_out)).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["out"], name="mm2"),
+    ]
+    return make_model(nodes, [vinfo("x", ["N", d_in])], [vinfo("out", ["N", d_out])], inits)

@@ -5,10 +5,25 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+from builders import conv_relu_conv, gemm_stack, matmul_chain, mlp
 
+from onnxprune.calibrate import with_outputs
 from onnxprune.errors import ConfigError
-from onnxprune.recover import affine_refit, bn_channel_mean, compensate_bias, lstsq_refit, masked_refit
+from onnxprune.io import load_model
+from onnxprune.ir import GraphIndex, attr
+from onnxprune.recover import (
+    affine_refit,
+    bn_channel_mean,
+    compensate_bias,
+    lstsq_refit,
+    masked_refit,
+    recover_sparse,
+)
+from onnxprune.sparsify import sparsify, sparsify_nm
+from onnxprune.weights import find_prunable_weights, get_weight, set_weight
 
 
 def _data(rows: int = 200, k: int = 6, seed: int = 0) -> np.ndarray:
@@ -116,3 +131,78 @@ def test_masked_refit_nm_rows_and_errors():
         masked_refit(w, mask, x.T @ x, method="svd")
     with pytest.raises(ConfigError, match="shapes do not fit"):
         masked_refit(w, mask[:, :4], x.T @ x)
+
+
+# -- recover_sparse on real onnxruntime sessions ----------------------------------------------------
+def _outputs(model, feeds, names):
+    sess = ort.InferenceSession(with_outputs(model, names).SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip(names, sess.run(names, feeds), strict=True))
+
+
+def _correlated(rows: int, d: int, seed: int) -> np.ndarray:
+    r = np.random.default_rng(seed)
+    base = r.standard_normal((rows, d // 2))
+    return np.hstack([base, base + 0.3 * r.standard_normal((rows, d - d // 2))]).astype(np.float32)
+
+
+@pytest.mark.parametrize("builder", [mlp, gemm_stack])
+def test_recover_sparse_lstsq_refits_rows_exactly_and_keeps_pattern(builder):
+    model = builder(d_in=16)
+    x = _correlated(300, 16, seed=12)
+    feeds = [{"x": x[:150]}, {"x": x[150:]}]
+    if builder is gemm_stack:
+        feeds = [dict(f, y=np.zeros((2, 3, 8), np.float32)) for f in feeds]
+    sparse = sparsify(model, sparsity=0.7).model
+    out = recover_sparse(model, sparse, feeds, ridge=0.0)
+    before, after = GraphIndex(sparse), GraphIndex(out)
+    first = model.graph.node[0]
+    w_dense = GraphIndex(model).const_value(first.input[1]).astype(np.float64)
+    w_sparse, w_new = before.const_value(first.input[1]), after.const_value(first.input[1])
+    np.testing.assert_array_equal(w_sparse == 0, w_new == 0)  # the pattern is untouched
+    rows_dense = w_dense if attr(first, "transB", 17, 0) else w_dense.T
+    rows_new = w_new if attr(first, "transB", 17, 0) else w_new.T
+    xd = x.astype(np.float64)
+    for o in range(rows_dense.shape[0]):  # the first layer's input is x itself: a known least-squares answer
+        s = np.flatnonzero(rows_new[o] != 0)
+        ref = np.linalg.lstsq(xd[:, s], xd @ rows_dense[o], rcond=None)[0]
+        np.testing.assert_allclose(rows_new[o, s], ref, rtol=1e-3, atol=1e-3)
+    ref_out = _outputs(model, feeds[0], ["out"])["out"]
+    err = [np.linalg.norm(_outputs(m, feeds[0], ["out"])["out"] - ref_out) for m in (sparse, out)]
+    assert err[1] < 0.9 * err[0]
+    assert model.graph.node[0].input[1] in {t.name for t in out.graph.initializer}
+
+
+def test_recover_sparse_bias_exact_for_constant_column_and_adds_missing_bias():
+    model = matmul_chain(d_in=6)
+    x = np.random.default_rng(13).standard_normal((40, 6)).astype(np.float32)
+    x[:, 2] = 1.5
+    sparse = load_model(model)
+    pw = next(p for p in find_prunable_weights(sparse) if p.name == "w1")
+    w = get_weight(sparse, pw)
+    w[2, :] = 0  # zero every weight reading the constant column
+    set_weight(sparse, pw, w)
+    out = recover_sparse(model, sparse, [{"x": x}], method="bias")
+    adds = [n for n in out.graph.node if n.op_type == "Add"]
+    assert len(adds) == 1 and adds[0].output[0] == "h"  # a bias Add was inserted, name 'h' kept downstream
+    onnx.checker.check_model(out, full_check=True)
+    got = _outputs(out, {"x": x}, ["h"])["h"]
+    ref = _outputs(model, {"x": x}, ["h"])["h"]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert np.abs(_outputs(sparse, {"x": x}, ["h"])["h"] - ref).max() > 0.1
+
+
+def test_recover_sparse_conv_nm_and_errors():
+    model = conv_relu_conv(c_in=4, c_mid=8, pads=1)
+    x = np.random.default_rng(14).standard_normal((12, 4, 9, 9)).astype(np.float32)
+    sparse = sparsify_nm(model, n=2, m=4).model
+    out = recover_sparse(model, sparse, [{"x": x}])
+    for name in ("w1", "w2"):
+        w_s, w_n = GraphIndex(sparse).const_value(name), GraphIndex(out).const_value(name)
+        np.testing.assert_array_equal(w_s == 0, w_n == 0)
+    ref = _outputs(model, {"x": x}, ["out"])["out"]
+    err = [np.linalg.norm(_outputs(m, {"x": x}, ["out"])["out"] - ref) for m in (sparse, out)]
+    assert err[1] < err[0]
+    with pytest.raises(ConfigError, match="method must be lstsq or bias"):
+        recover_sparse(model, sparse, [{"x": x}], method="magic")
+    with pytest.raises(ConfigError, match="not in the original model"):
+        recover_sparse(mlp(), sparse, [{"x": x}])
