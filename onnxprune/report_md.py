@@ -22,6 +22,10 @@ MAX_GROUP_COLUMNS = 8
 
 def _cell(value: Any) -> str:
     """One table cell: numbers with separators, lists shortened, pipes escaped."""
+    return _text(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _text(value: Any) -> str:
     if isinstance(value, bool):
         text = "yes" if value else "no"
     elif isinstance(value, int):
@@ -29,13 +33,13 @@ def _cell(value: Any) -> str:
     elif isinstance(value, float):
         text = f"{value:.4g}"
     elif isinstance(value, (list, tuple)):
-        items = [_cell(v) for v in value[:8]]
+        items = [_text(v) for v in value[:8]]
         text = ", ".join(items) + (f", ... ({len(value)} in all)" if len(value) > 8 else "")
     elif value is None:
         text = "-"
     else:
         text = str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+    return text
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:

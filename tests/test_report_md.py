@@ -1,0 +1,86 @@
+"""Markdown report and plots (onnxprune.report_md, onnxprune.plots)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from builders import mlp
+
+from onnxprune.bench import benchmark
+from onnxprune.errors import ConfigError, OutputError
+from onnxprune.plots import plot_report
+from onnxprune.report_md import render_markdown, write_markdown_report
+from onnxprune.validate import validate_models
+
+
+@pytest.fixture(scope="module")
+def bench_dict():
+    return benchmark([mlp(hidden=64), mlp(hidden=16)], names=["original", "pruned"], runs=2, warmup=0).to_dict()
+
+
+@pytest.fixture(scope="module")
+def validation_dict():
+    return validate_models(mlp(), mlp(), samples=2).to_dict()
+
+
+def test_markdown_report_from_sections(tmp_path, bench_dict, validation_dict):
+    path = write_markdown_report(
+        tmp_path / "r.md",
+        settings={"ratio": 0.5, "exclude": ["fc|2"]},
+        stats_before={"params": 1000, "macs": 4000},
+        stats_after={"params": 500, "macs": 1000},
+        groups=[{"id": 0, "size": 64, "kept": 16}],
+        validation=validation_dict,
+        bench=bench_dict,
+    )
+    text = path.read_text()
+    for heading in ("# onnxprune report", "## Settings", "## Size", "## Groups pruned", "## Validation",
+                    "## Benchmark"):
+        assert heading in text
+    assert "| macs | 4,000 | 1,000 | 0.250x (-75.0%) |" in text
+    assert "fc\\|2" in text  # pipes in values cannot break the table
+    assert "| 0 | 64 | 16 |" in text
+    assert "**PASS**" in text
+    assert "| pruned | cpu | 1 |" in text
+    assert "alternately" in text
+
+
+def test_markdown_report_from_a_prune_report_dict(validation_dict, bench_dict):
+    slow = dict(bench_dict)
+    slow["results"] = [dict(r) for r in bench_dict["results"]]
+    slow["results"][1]["slower"] = True
+    report = {"mode": "structured", "settings": {"ratio": 0.3}, "params_before": 10, "params_after": 7,
+              "macs_before": 100, "macs_after": 50, "validation": {"exact": validation_dict, "drift": validation_dict},
+              "bench": slow, "warnings": ["--exclude 'x' matched no layer"]}
+    text = render_markdown(report=report)
+    assert text.startswith("# onnxprune report (structured)")
+    assert "### Exactness" in text and "### Drift from the original" in text
+    assert "| params | 10 | 7 | 0.700x (-30.0%) |" in text
+    assert "**SLOWER than the first model**" in text
+    assert "## Warnings" in text and "matched no layer" in text
+    assert "## Groups pruned" not in text  # no section for data that was not given
+
+
+def test_markdown_report_refuses_a_missing_folder(tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        write_markdown_report(tmp_path / "no" / "r.md", settings={"a": 1})
+
+
+def test_plot_writes_an_image(tmp_path, bench_dict):
+    pytest.importorskip("matplotlib")
+    path = plot_report(tmp_path / "p.png", bench=bench_dict, layers={"fc1": (64, 16), "fc2": (10, 10)})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = plot_report(tmp_path / "p.svg", report={"layers": [{"name": "fc1", "before": 64, "after": 16}]})
+    assert "<svg" in svg.read_text()
+    assert not list(tmp_path.glob(".*onnxprune-tmp"))
+
+
+def test_plot_errors(tmp_path, bench_dict, monkeypatch):
+    with pytest.raises(ConfigError, match="nothing to plot"):
+        plot_report(tmp_path / "p.png")
+    with pytest.raises(ConfigError, match="needs 'before' and 'after'"):
+        plot_report(tmp_path / "p.png", layers=[{"name": "fc1"}])
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
+    with pytest.raises(ConfigError, match=r"pip install onnxprune\[plot\]"):
+        plot_report(tmp_path / "p.png", bench=bench_dict)
