@@ -19,7 +19,7 @@ from onnxprune import __version__
 from onnxprune.errors import OnnxPruneError
 
 #: Subcommands, in the order ``--help`` lists them; each is ``onnxprune.cli.cmd_<name>``.
-COMMANDS = ["analyze", "prune", "validate", "bench"]
+COMMANDS = ["analyze", "prune", "validate", "bench", "eval"]
 
 
 class _Parser(argparse.ArgumentParser):
