@@ -35,7 +35,14 @@ from onnx import ModelProto, helper
 
 from onnxprune.errors import ConfigError
 from onnxprune.io import load_model
-from onnxprune.weights import PrunableWeight, SkippedWeight, get_weight, scan_weights, set_weight
+from onnxprune.weights import (
+    PrunableWeight,
+    SkippedWeight,
+    copy_model_without_weights,
+    get_weight,
+    scan_weights,
+    set_weight,
+)
 
 log = logging.getLogger(__name__)
 
@@ -271,16 +278,38 @@ def _lowest_k(flat: np.ndarray, k: int) -> np.ndarray:
     return mask
 
 
+#: Largest M for which N:M ranks are computed by pairwise comparisons (m*(m-1)/2 vector passes).
+_PAIRWISE_MAX_M = 8
+
+
 def _nm_mask(pw: PrunableWeight, key: np.ndarray, n: int, m: int) -> np.ndarray:
-    """Mask pruning the ``m - n`` smallest of every ``m`` consecutive entries along the reduction axes."""
-    axes = list(pw.reduction_axes)
-    perm = [a for a in range(key.ndim) if a not in axes] + axes
-    moved = np.transpose(key, perm)
-    groups = np.ascontiguousarray(moved).reshape(-1, m)
-    order = np.argsort(groups, axis=1, kind="stable")[:, : m - n]
-    mask = np.zeros(groups.shape, dtype=bool)
-    np.put_along_axis(mask, order, True, axis=1)
-    return np.transpose(mask.reshape(moved.shape), np.argsort(perm))
+    """Mask pruning the ``m - n`` smallest of every ``m`` consecutive entries along the reduction axes.
+
+    The reduction axes are contiguous, so ``key`` is viewed without copying as ``[pre, R/m, m, post]``
+    and groups run along axis 2. The rank of an entry in its group is the number of entries that come
+    before it in ``(score, index)`` order; the ``m - n`` lowest ranks are pruned. For small ``m`` ranks come
+    from pairwise comparisons (several times faster than ``argsort`` on millions of 4-element groups);
+    otherwise, or when scores contain NaN, from a stable ``argsort``.
+    """
+    axes = pw.reduction_axes
+    if list(axes) != list(range(axes[0], axes[-1] + 1)):  # weights.py never makes these
+        raise ConfigError(f"weight '{pw.name}': reduction axes {list(axes)} are not contiguous")
+    pre = int(np.prod(key.shape[: axes[0]], dtype=np.int64))
+    post = int(np.prod(key.shape[axes[-1] + 1 :], dtype=np.int64))
+    groups = key.reshape(pre, -1, m, post)
+    if m <= _PAIRWISE_MAX_M and not (key.dtype.kind == "f" and np.isnan(key).any()):
+        rank = np.zeros(groups.shape, dtype=np.uint8)
+        for i in range(m):
+            for j in range(i + 1, m):
+                j_first = groups[:, :, j, :] < groups[:, :, i, :]  # ties: the lower index comes first
+                rank[:, :, i, :] += j_first
+                rank[:, :, j, :] += ~j_first
+        mask = rank < (m - n)
+    else:
+        order = np.argsort(groups, axis=2, kind="stable")[:, :, : m - n, :]
+        mask = np.zeros(groups.shape, dtype=bool)
+        np.put_along_axis(mask, order, True, axis=2)
+    return mask.reshape(key.shape)
 
 
 # -- common driver ---------------------------------------------------------------------------------
@@ -319,28 +348,33 @@ def _select(model: ModelProto, exclude: tuple[str, ...], min_size: int,
     return _Selection(tuple(chosen), tuple(skipped), tuple(p for p in exclude if p not in used))
 
 
-def _working_copy(model: str | os.PathLike[str] | ModelProto) -> tuple[ModelProto, ModelProto]:
-    """``(source, output)``: a caller's ModelProto is read as is and copied once for the output; a path
-    is loaded once and edited in place (it is ours), which saves a whole model of memory."""
-    if isinstance(model, ModelProto):
-        return model, load_model(model, check=False)
-    loaded = load_model(model)
-    return loaded, loaded
+def _source(model: str | os.PathLike[str] | ModelProto) -> ModelProto:
+    """The model to read from: the caller's ModelProto as is (never written), or the loaded file."""
+    return model if isinstance(model, ModelProto) else load_model(model)
+
+
+def _output(source: ModelProto, weights: Sequence[PrunableWeight]) -> ModelProto:
+    """The output model: a copy of ``source`` whose to-be-sparsified initializers are filled later, so
+    the result costs one model of memory, not two (see ``copy_model_without_weights``)."""
+    return copy_model_without_weights(source, [pw.name for pw in weights if pw.kind == "initializer"])
 
 
 def _apply(out: ModelProto, pw: PrunableWeight, w: np.ndarray, mask: np.ndarray, target: float) -> LayerReport:
-    """Zero ``w`` where ``mask`` is set and write it into ``out``.
+    """Write ``w`` with the ``mask``ed entries zeroed into ``out`` (``w`` itself is not modified).
 
     Entries that are already zero are left as they are (a ``-0.0`` keeps its sign bit), so a weight that
-    needs no new zeros comes out bit-identical.
+    needs no new zeros comes out bit-identical. ``mask`` is consumed (edited in place).
     """
-    zero = w == 0
+    flat = w.reshape(-1)
+    zero = flat == 0
     before = int(np.count_nonzero(zero))
-    w[mask.reshape(w.shape) & ~zero] = 0
+    hit = mask.reshape(-1)
+    hit &= ~zero
     del zero
-    after = int(np.count_nonzero(w == 0))
-    set_weight(out, pw, w)
-    return LayerReport(pw.name, pw.readers, pw.shape, pw.numel, before, after, target)
+    new = np.where(hit, np.zeros((), dtype=flat.dtype), flat)
+    set_weight(out, pw, new.reshape(w.shape))
+    return LayerReport(pw.name, pw.readers, pw.shape, pw.numel, before, before + int(np.count_nonzero(hit)),
+                       target)
 
 
 def sparsify(
@@ -391,7 +425,7 @@ def sparsify(
     exclude = _check_patterns(exclude, "exclude")
     min_size = _check_min_size(min_size)
 
-    source, out = _working_copy(model)
+    source = _source(model)
     sel = _select(source, exclude, min_size, scores)
     targets: dict[str, float | None] = {}
     used: set[str] = set()
@@ -403,9 +437,10 @@ def sparsify(
 
     pooled = [pw for pw in sel.weights if targets[pw.name] is None]
     threshold, budget = _global_threshold(source, pooled, sparsity, scores)
+    out = _output(source, sel.weights)
     reports: list[LayerReport] = []
     for pw in sel.weights:
-        w = get_weight(out, pw)
+        w = get_weight(source, pw, copy=False)
         key = _score_key(pw, w, scores).ravel()
         target = targets[pw.name]
         if target is None:
@@ -504,20 +539,23 @@ def sparsify_nm(
     n, m = _check_nm(n, m)
     exclude = _check_patterns(exclude, "exclude")
     min_size = _check_min_size(min_size)
-    source, out = _working_copy(model)
+    source = _source(model)
     sel = _select(source, exclude, min_size, scores)
     skipped = list(sel.skipped)
-    reports: list[LayerReport] = []
+    chosen: list[PrunableWeight] = []
     for pw in sel.weights:
         if not pw.reduction_axes:
             skipped.append(SkippedWeight(pw.name, f"no N:M reduction axis: {pw.reduction_note}"))
-            continue
-        if pw.reduction_size % m:
+        elif pw.reduction_size % m:
             skipped.append(SkippedWeight(
                 pw.name, f"reduction size {pw.reduction_size} (axes {list(pw.reduction_axes)} of shape "
                          f"{list(pw.shape)}) is not a multiple of M={m}"))
-            continue
-        w = get_weight(out, pw)
+        else:
+            chosen.append(pw)
+    out = _output(source, chosen)
+    reports: list[LayerReport] = []
+    for pw in chosen:
+        w = get_weight(source, pw, copy=False)
         mask = _nm_mask(pw, _score_key(pw, w, scores), n, m)
         reports.append(_apply(out, pw, w, mask, (m - n) / m))
         del w, mask

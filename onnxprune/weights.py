@@ -15,11 +15,14 @@ values after following ``Identity`` nodes, so a tensor shared by several layers 
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from onnx import ModelProto, NodeProto, TensorProto, numpy_helper
+from google.protobuf.message import Message
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.errors import ConfigError
 from onnxprune.ir import GraphIndex, attr, node_label
@@ -243,21 +246,70 @@ def _storage(model: ModelProto, pw: PrunableWeight) -> TensorProto:
     )
 
 
-def get_weight(model: ModelProto, pw: PrunableWeight) -> np.ndarray:
-    """The value of a prunable weight, as a new writable array of its own dtype and shape.
+def get_weight(model: ModelProto, pw: PrunableWeight, *, copy: bool = True) -> np.ndarray:
+    """The value of a prunable weight, in its own dtype and shape.
+
+    Args:
+        model: a model holding ``pw`` (looked up by name, so any copy of the scanned model works).
+        pw: the weight.
+        copy: ``True`` (default) returns a new writable array; ``False`` may return a read-only view of the
+            proto's bytes, which saves a copy of the tensor when only reading.
 
     Raises:
         ConfigError: the model has no such initializer or Constant node.
     """
     value = numpy_helper.to_array(_storage(model, pw))
-    # to_array may return a read-only view of the proto's bytes; callers get an array they can edit.
-    return value if value.flags.writeable else value.copy()
+    if copy and not value.flags.writeable:
+        value = value.copy()
+    return value
+
+
+#: TensorProto fields that hold values; everything else (name, dims, type, doc, metadata) is metadata.
+_DATA_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "raw_data", "double_data",
+                "uint64_data", "external_data", "data_location")
+
+
+def _copy_fields(src: Message, dst: Message, skip: Collection[str] = ()) -> None:
+    """Copy the set fields of ``src`` into ``dst``, except those named in ``skip``."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        # protobuf >= 6 has is_repeated (label is gone in upb 7); older versions only have label.
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+        if repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def copy_model_without_weights(model: ModelProto, names: Collection[str]) -> ModelProto:
+    """A deep copy of ``model`` in which the initializers named in ``names`` carry no values yet.
+
+    Why: python protobuf (upb) keeps a replaced bytes field alive in the message's arena until the whole
+    model is freed, so copying a model and then overwriting its weights costs two models of memory. Copying
+    everything else and filling the named weights once with :func:`set_weight` costs one.
+    The named initializers keep their name, dims, data_type, doc_string and metadata; fill every one of
+    them before using the model.
+    """
+    out = ModelProto()
+    _copy_fields(model, out, skip=("graph",))
+    _copy_fields(model.graph, out.graph, skip=("initializer",))
+    wanted = set(names)
+    for tensor in model.graph.initializer:
+        if tensor.name in wanted:
+            _copy_fields(tensor, out.graph.initializer.add(), skip=_DATA_FIELDS)
+        else:
+            out.graph.initializer.add().CopyFrom(tensor)
+    return out
 
 
 def set_weight(model: ModelProto, pw: PrunableWeight, array: np.ndarray) -> None:
     """Replace the values of a weight in ``model`` in place, keeping its name, dtype, shape and metadata.
 
-    This is the one mutating helper; callers use it on their own copy of a model.
+    This is the one mutating helper; callers use it on their own copy of a model (see
+    :func:`copy_model_without_weights`). Values are written as little-endian ``raw_data``.
 
     Raises:
         ConfigError: ``array`` has another shape or dtype than the weight, or the model lacks it.
@@ -266,12 +318,18 @@ def set_weight(model: ModelProto, pw: PrunableWeight, array: np.ndarray) -> None
     shape = tuple(int(d) for d in tensor.dims)
     if tuple(array.shape) != shape:
         raise ConfigError(f"new value of weight '{pw.name}' has shape {tuple(array.shape)}, expected {shape}")
-    new = numpy_helper.from_array(np.ascontiguousarray(array))
-    if new.data_type != tensor.data_type:
+    try:
+        data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+    except (KeyError, ValueError, TypeError):
+        data_type = TensorProto.UNDEFINED
+    if data_type != tensor.data_type:
         raise ConfigError(
-            f"new value of weight '{pw.name}' is {TensorProto.DataType.Name(new.data_type)}, expected "
+            f"new value of weight '{pw.name}' has dtype {array.dtype}, expected "
             f"{TensorProto.DataType.Name(tensor.data_type)}; cast it with array.astype(...)"
         )
-    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+    for field in _DATA_FIELDS:
         tensor.ClearField(field)
-    tensor.raw_data = new.raw_data
+    data = np.ascontiguousarray(array)
+    if sys.byteorder == "big":
+        data = data.byteswap()
+    tensor.raw_data = data.tobytes()

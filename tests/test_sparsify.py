@@ -447,3 +447,32 @@ def test_global_threshold_compares_float16_against_float32_exactly():
     new = weights_of(result.model)
     assert np.all(new["w16"] == 0)
     assert np.all(new["w32"].ravel()[:32] == 0) and np.all(new["w32"].ravel()[32:] == np.float32(0.1))
+
+
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (3, 8), (5, 16), (1, 32)])
+def test_nm_heavy_ties_match_oracle_on_both_ranking_paths(n, m):
+    # m <= 8 ranks by pairwise comparisons, larger m by argsort; both must order ties by index.
+    model = builders.gemm_stack(d_in=32, hidden=32)
+    r = np.random.default_rng(7)
+    for t in model.graph.initializer:
+        if t.name.endswith("_w"):
+            value = r.choice(np.array([-2, -1, 1, 2], np.float32), tuple(t.dims))  # ties, no zeros
+            t.CopyFrom(numpy_helper.from_array(value, t.name))
+    result = sparsify_nm(model, n=n, m=m)
+    old, new = weights_of(model), weights_of(result.model)
+    layouts = {"g0_w": "gemm_kn", "g1_w": "gemm_nk", "bm_w": "bmm"}
+    masks = {name: nm_oracle_and_check(old[name], new[name], layouts[name], n, m)
+             for name in (layer.name for layer in result.layers)}
+    assert set(masks) == ({"g0_w", "g1_w", "bm_w"} if m <= 8 else {"g0_w", "g1_w"})
+    check_against_oracle(model, result, masks)
+
+
+def test_nm_nan_weights_rank_last():
+    model = builders.mlp()
+    w = weights_of(model)["fc1_w"].copy()
+    w[0, :4] = [np.nan, 0.5, np.nan, -0.1]
+    for t in model.graph.initializer:
+        if t.name == "fc1_w":
+            t.CopyFrom(numpy_helper.from_array(w, "fc1_w"))
+    new = weights_of(sparsify_nm(model, n=2, m=4, exclude=["fc2"]).model)["fc1_w"]
+    assert np.isnan(new[0, 0]) and np.isnan(new[0, 2]) and new[0, 1] == 0 and new[0, 3] == 0

@@ -9,7 +9,13 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from onnxprune.errors import ConfigError
-from onnxprune.weights import find_prunable_weights, get_weight, scan_weights, set_weight
+from onnxprune.weights import (
+    copy_model_without_weights,
+    find_prunable_weights,
+    get_weight,
+    scan_weights,
+    set_weight,
+)
 
 
 def by_name(model):
@@ -111,7 +117,7 @@ def test_set_weight_rejects_wrong_shape_and_dtype():
     pw = by_name(model)["fc1_w"]
     with pytest.raises(ConfigError, match=r"weight 'fc1_w' has shape \(2, 2\), expected \(32, 16\)"):
         set_weight(model, pw, np.zeros((2, 2), np.float32))
-    with pytest.raises(ConfigError, match="is DOUBLE, expected FLOAT"):
+    with pytest.raises(ConfigError, match="has dtype float64, expected FLOAT"):
         set_weight(model, pw, np.zeros(pw.shape, np.float64))
 
 
@@ -119,3 +125,16 @@ def test_get_weight_from_another_model_raises():
     pw = by_name(builders.mlp())["fc1_w"]
     with pytest.raises(ConfigError, match="weight 'fc1_w' .* is not in this model"):
         get_weight(builders.conv_bn_relu(), pw)
+
+
+def test_copy_model_without_weights_then_fill_equals_a_full_copy():
+    model = builders.conv_bn_relu()
+    pws = find_prunable_weights(model)
+    copy = copy_model_without_weights(model, [pw.name for pw in pws])
+    empty = {t.name: t for t in copy.graph.initializer}
+    assert not empty["w1"].raw_data and list(empty["w1"].dims) == [8, 3, 3, 3]
+    assert empty["b1"].SerializeToString() == next(t for t in model.graph.initializer
+                                                   if t.name == "b1").SerializeToString()
+    for pw in pws:
+        set_weight(copy, pw, get_weight(model, pw, copy=False))
+    assert copy.SerializeToString() == model.SerializeToString()
