@@ -14,9 +14,11 @@ How things are measured:
   on a shared machine do not move it).
 * CUDA (and TensorRT): inputs are copied to the GPU once and bound with I/O binding, outputs stay on the
   GPU, so the timed run is the model's cost, not host↔device copies.
-* Memory: peak resident-set growth of the process while creating the session and running it once at
-  that batch (Linux: ``/proc/self/clear_refs`` resets ``VmHWM``; growth = ``VmHWM`` after minus
-  ``VmRSS`` before). It is host memory only (not GPU memory), and ``None`` where the OS offers no way.
+* Memory: peak resident-set growth while creating the session and running it once at that batch,
+  measured in a fresh Python subprocess per model × provider × batch (in one process, memory freed by an
+  earlier model is reused and hides a later model's cost). Linux: ``/proc/self/clear_refs`` resets
+  ``VmHWM`` after imports and input generation; growth = ``VmHWM`` after minus ``VmRSS`` before. Host
+  memory only (not GPU memory); ``None`` where the OS offers no such counters or with ``memory=False``.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ from onnxprune.stats import model_stats
 
 log = logging.getLogger(__name__)
 
-MEMORY_METHOD = ("peak RSS growth while creating the session and running it once "
-                 "(VmHWM reset via /proc/self/clear_refs, minus VmRSS before); host memory only")
+MEMORY_METHOD = ("peak RSS growth while creating the session and running it once, in a fresh subprocess "
+                 "per model and batch (VmHWM reset via /proc/self/clear_refs, minus VmRSS before); "
+                 "host memory only")
 HOST_TIMING = "session.run on host arrays (input/output copies included, as an application sees them)"
 DEVICE_TIMING = "I/O binding with inputs and outputs resident on the GPU (no host copies timed)"
 
@@ -310,6 +313,7 @@ def benchmark(
     dims: Mapping[str, int] | None = None,
     seed: int = 0,
     names: Sequence[str] | None = None,
+    memory: bool = True,
 ) -> BenchReport:
     """Time ``models`` alternately per provider and batch; the first model is the baseline.
 
@@ -323,6 +327,7 @@ def benchmark(
         dims: values of named dynamic dims other than the batch (``--dim``).
         seed: seed of the generated inputs (the same inputs for every model).
         names: display names (default: file stems or graph names).
+        memory: measure each session's peak memory (one short subprocess per model × provider × batch).
 
     Returns:
         A :class:`BenchReport`.
@@ -368,7 +373,7 @@ def benchmark(
         cases: list[BenchCase] = []
         for provider in provider_names:
             on_device = is_gpu_provider(provider)
-            warm_up_provider(provider)  # keeps one-time runtime setup out of the first model's memory
+            warm_up_provider(provider)  # one-time runtime setup (CUDA context) is not timed
             for batch in batches:
                 active: list[int] = []
                 for i, info in enumerate(infos):
@@ -384,45 +389,102 @@ def benchmark(
                 case_results, order = _time_case(
                     [infos[i] for i in active], [paths[i] for i in active], provider=provider, batch=batch,
                     threads=threads, warmup=warmup, runs=runs, dims=dims, seed=seed, on_device=on_device,
+                    memory=memory,
                 )
                 cases.append(BenchCase(provider, batch, order))
                 results.extend(_with_speedups(case_results, infos, baseline_active=active[0] == 0))
-    notes = [f"memory: {MEMORY_METHOD}",
+    notes = [f"memory: {MEMORY_METHOD}" if memory else "memory: not measured",
              "timing: models timed alternately (A B A B ...) in one process; p50 drives the speedup"]
     for provider in provider_names:
         notes.append(f"{provider}: {DEVICE_TIMING if is_gpu_provider(provider) else HOST_TIMING}")
     settings = {"providers": list(provider_names), "batches": [int(b) for b in batches], "threads": threads,
-                "warmup": warmup, "runs": runs, "dims": dims, "seed": seed}
+                "warmup": warmup, "runs": runs, "dims": dims, "seed": seed, "memory": memory}
     return BenchReport(tuple(infos), tuple(results), tuple(skipped), tuple(cases), settings, _machine(),
                        tuple(notes))
 
 
-def _time_case(infos: list[ModelInfo], paths: list[Path], *, provider: str, batch: int, threads: int | None,
-               warmup: int, runs: int, dims: Mapping[str, int], seed: int, on_device: bool
-               ) -> tuple[list[BenchResult], tuple[str, ...]]:
-    """Create every model's session (measuring memory), warm up, then time them alternately."""
+def _runner(path: Path, feeds: dict[str, np.ndarray], *, name: str, provider: str, threads: int | None,
+            on_device: bool) -> tuple[object, Callable[[], object]]:
+    """A session and a no-argument function that runs it once on ``feeds``."""
     from onnxprune.runtime import DeviceRunner, create_session, run_session
 
+    session = create_session(path, provider=provider, threads=threads, name=name)
+    if on_device:
+        return session, DeviceRunner(session, feeds).run
+
+    def run() -> object:
+        return run_session(session, feeds, label=name)
+
+    return session, run
+
+
+def _memory_child() -> None:
+    """Entry point of the memory-measuring subprocess: argv[1] is a JSON dict of ``_runner`` arguments."""
+    import json
+    import sys
+
+    from onnxprune.runtime import warm_up_provider
+
+    spec = json.loads(sys.argv[1])
+    warm_up_provider(spec["provider"])
+    feeds = random_feeds(spec["path"], seed=spec["seed"], batch=spec["batch"], dims=spec["dims"])
+
+    def start() -> object:
+        _, run = _runner(Path(spec["path"]), feeds, name=spec["name"], provider=spec["provider"],
+                         threads=spec["threads"], on_device=spec["on_device"])
+        return run()
+
+    _, grew = measure_peak_rss_growth(start)
+    sys.stdout.write(json.dumps({"peak_rss_growth": grew}) + "\n")
+
+
+def session_peak_memory(path: Path, *, name: str, provider: str, batch: int, threads: int | None,
+                        dims: Mapping[str, int], seed: int, on_device: bool) -> int | None:
+    """Peak RSS growth (bytes) of creating and running a session once, in a fresh subprocess.
+
+    ``None`` where it cannot be measured (no ``/proc`` counters, or the subprocess failed: the failure is
+    logged, and the timing run in this process reports the real error if there is one).
+    """
+    import json
+    import subprocess
+    import sys
+
+    spec = {"path": str(path), "name": name, "provider": provider, "batch": batch, "threads": threads,
+            "dims": dict(dims), "seed": seed, "on_device": on_device}
+    code = "from onnxprune.bench import _memory_child; _memory_child()"
+    try:
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                              timeout=600, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("memory of %s not measured: %s", name, exc)
+        return None
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        log.warning("memory of %s not measured: the subprocess failed (%s)", name, tail)
+        return None
+    value = json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_growth"]
+    return None if value is None else int(value)
+
+
+def _time_case(infos: list[ModelInfo], paths: list[Path], *, provider: str, batch: int, threads: int | None,
+               warmup: int, runs: int, dims: Mapping[str, int], seed: int, on_device: bool, memory: bool
+               ) -> tuple[list[BenchResult], tuple[str, ...]]:
+    """Measure each model's session memory (subprocess), warm up, then time the models alternately."""
     runners: list[Callable[[], object]] = []
-    memory: list[int | None] = []
+    peaks: list[int | None] = []
     keep_alive: list[object] = []
     for info, path in zip(infos, paths, strict=True):
+        if memory:
+            peaks.append(session_peak_memory(path, name=info.name, provider=provider, batch=batch,
+                                             threads=threads, dims=dims, seed=seed, on_device=on_device))
+        else:
+            peaks.append(None)
         feeds = random_feeds(path, seed=seed, batch=batch, dims=dims)
-
-        def start(info: ModelInfo = info, path: Path = path, feeds: dict[str, np.ndarray] = feeds) -> object:
-            session = create_session(path, provider=provider, threads=threads, name=info.name)
-            if on_device:
-                run: Callable[[], object] = DeviceRunner(session, feeds).run
-            else:
-                def run() -> object:
-                    return run_session(session, feeds, label=info.name)
-            run()
-            return session, run
-
-        (session, run), grew = measure_peak_rss_growth(start)  # type: ignore[misc]
+        session, run = _runner(path, feeds, name=info.name, provider=provider, threads=threads,
+                               on_device=on_device)
+        run()
         keep_alive.append(session)
         runners.append(run)
-        memory.append(grew)
     for _ in range(warmup):
         for run in runners:
             run()
@@ -439,7 +501,7 @@ def _time_case(infos: list[ModelInfo], paths: list[Path], *, provider: str, batc
     for k, info in enumerate(infos):
         p50, p90, p99, mean, fastest = _percentiles(times[k])
         results.append(BenchResult(info.name, provider, batch, runs, p50, p90, p99, mean, fastest,
-                                   batch / (p50 / 1e3) if p50 > 0 else math.inf, memory[k], on_device))
+                                   batch / (p50 / 1e3) if p50 > 0 else math.inf, peaks[k], on_device))
     del keep_alive
     return results, tuple(order)
 

@@ -186,7 +186,8 @@ class Comparison:
 
     def summary(self) -> str:
         """One line: verdict, tolerances, and the worst output with the tolerance that would pass."""
-        verdict = "PASS" if self.within_tolerance else ("FAIL (report only)" if self.report_only else "FAIL")
+        verdict = "PASS" if self.within_tolerance else ("OUTSIDE TOLERANCE (report only)" if self.report_only
+                                                       else "FAIL")
         head = f"{verdict}: {len(self.outputs)} output(s), atol={self.atol:g} rtol={self.rtol:g}"
         if not self.outputs:
             return head
@@ -443,7 +444,7 @@ class ValidationReport:
             if not c.passed:
                 return f"validation FAILED: {c.name} of {self.candidate}: {c.message}"
         parts = [f"{p}: {cmp.summary()}" for p, cmp in self.comparisons]
-        verdict = "passed" if self.passed else "FAILED"
+        verdict = "report" if self.report_only else ("passed" if self.passed else "FAILED")
         return f"validation {verdict} ({self.samples} sample(s), {self.inputs}): " + " | ".join(parts)
 
     def to_text(self) -> str:

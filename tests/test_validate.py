@@ -92,7 +92,7 @@ def test_report_only_never_fails_but_keeps_the_metrics():
     c = compare_outputs({"y": np.ones(3)}, {"y": np.zeros(3)}, report_only=True)
     assert c and c.passed and not c.within_tolerance
     assert c.output("y").max_abs == 1.0
-    assert c.summary().startswith("FAIL (report only)")
+    assert c.summary().startswith("OUTSIDE TOLERANCE (report only)")
 
 
 def test_comparer_over_batches_equals_one_comparison_of_everything():
