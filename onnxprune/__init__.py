@@ -17,6 +17,8 @@ from onnxprune.errors import (
     ValidationError,
 )
 from onnxprune.io import load_model, save_model
+from onnxprune.sparse_storage import from_sparse_storage, to_sparse_storage
+from onnxprune.sparsify import SparsifyResult, parse_layer_sparsity, parse_nm, sparsify, sparsify_nm
 from onnxprune.stats import ModelStats, model_stats
 
 __version__ = "0.1.0"
@@ -29,10 +31,17 @@ __all__ = [
     "OnnxPruneError",
     "OutputError",
     "PlanError",
+    "SparsifyResult",
     "UnsupportedModelError",
     "ValidationError",
     "__version__",
+    "from_sparse_storage",
     "load_model",
     "model_stats",
+    "parse_layer_sparsity",
+    "parse_nm",
     "save_model",
+    "sparsify",
+    "sparsify_nm",
+    "to_sparse_storage",
 ]
