@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from google.protobuf.message import Message
+from google.protobuf.message import Message  # type: ignore[import-untyped]
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.errors import ConfigError
@@ -108,11 +108,11 @@ def _reduction_axes(node: NodeProto, ndim: int, opset: int) -> tuple[tuple[int, 
     if op == "Conv":
         return tuple(range(1, ndim)), ""
     if op == "ConvTranspose":
-        if int(attr(node, "group", opset, 1)) != 1:  # type: ignore[arg-type]
+        if int(attr(node, "group", opset, 1)) != 1:  # type: ignore[call-overload]
             return (), f"{node_label(node)} is a grouped ConvTranspose (no single reduction axis)"
         return (0,), ""
     if op == "Gemm":
-        return ((1,) if int(attr(node, "transB", opset, 0)) else (0,)), ""  # type: ignore[arg-type]
+        return ((1,) if int(attr(node, "transB", opset, 0)) else (0,)), ""  # type: ignore[call-overload]
     # MatMul
     return ((ndim - 2,) if ndim >= 2 else (0,)), ""
 
@@ -160,14 +160,10 @@ def _inspect(
     idx: GraphIndex, src: str, outputs: set[str], keys: dict[int, tuple[int, str]]
 ) -> PrunableWeight | SkippedWeight:
     """Classify the constant ``src``: a prunable weight, or a refusal with its reason."""
-    if src in idx.initializers:
-        tensor = idx.initializers[src]
-        kind: WeightKind = "initializer"
-    else:
-        tensor = _constant_tensor(idx.constant_nodes[src])
-        kind = "constant"
-        if tensor is None:
-            return SkippedWeight(src, "Constant node does not store a 'value' tensor")
+    kind: WeightKind = "initializer" if src in idx.initializers else "constant"
+    tensor = idx.initializers[src] if kind == "initializer" else _constant_tensor(idx.constant_nodes[src])
+    if tensor is None:
+        return SkippedWeight(src, "Constant node does not store a 'value' tensor")
     if tensor.data_type not in SPARSIFIABLE_TYPES:
         return SkippedWeight(src, f"element type {TensorProto.DataType.Name(tensor.data_type)} is not float")
     readers: list[NodeProto] = []
