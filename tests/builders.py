@@ -281,3 +281,123 @@ def matmul_chain(seed: int = 0, d_in: int = 10, hidden: int = 12, d_out: int = 6
         helper.make_node("MatMul", ["r", "w2"], ["out"], name="mm2"),
     ]
     return make_model(nodes, [vinfo("x", ["N", d_in])], [vinfo("out", ["N", d_out])], inits)
+
+
+# -- structured-pruning builders (graph builder + small networks) -----------------------------------
+class GraphBuilder:
+    """Append nodes with auto-named outputs and seeded weights; ``build`` returns a checked model."""
+
+    def __init__(self, seed: int = 0, opset: int = OPSET) -> None:
+        self.r = rng(seed)
+        self.opset = opset
+        self.nodes: list = []
+        self.inits: list = []
+        self.count = 0
+
+    def name(self, base: str) -> str:
+        self.count += 1
+        return f"{base}_{self.count}"
+
+    def const(self, array, base: str = "c") -> str:
+        n = self.name(base)
+        self.inits.append(init(n, np.asarray(array)))
+        return n
+
+    def weight(self, shape, base: str = "w", low: float | None = None) -> str:
+        if low is not None:
+            value = self.r.uniform(low, low + 1.0, shape)
+        else:
+            value = self.r.standard_normal(shape) / np.sqrt(max(1, int(np.prod(shape[1:])) if len(shape) > 1 else 1))
+        return self.const(value.astype(np.float32), base)
+
+    def op(self, op_type: str, inputs, n_out: int = 1, **attrs):
+        outs = [self.name(op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.name(op_type), **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def conv(self, x: str, c_in: int, c_out: int, k: int = 3, group: int = 1, bias: bool = True, **attrs) -> str:
+        w = self.weight((c_out, c_in // group, k, k), "conv_w")
+        ins = [x, w] + ([self.weight((c_out,), "conv_b")] if bias else [])
+        attrs.setdefault("pads", [k // 2] * 4)
+        return self.op("Conv", ins, group=group, **attrs)
+
+    def bn(self, x: str, c: int) -> str:
+        return self.op("BatchNormalization", [x, self.weight((c,), "gamma", 0.5), self.weight((c,), "beta"),
+                                              self.weight((c,), "mean"), self.weight((c,), "var", 0.5)])
+
+    def build(self, inputs, outputs, name: str = "test") -> onnx.ModelProto:
+        return make_model(self.nodes, inputs, outputs, self.inits, opset=self.opset, name=name)
+
+
+def residual_add(seed: int = 0, c: int = 8, hw: int = 6) -> onnx.ModelProto:
+    """stem conv → [conv-bn-relu-conv-bn] + skip → relu → conv head: one merged residual group."""
+    g = GraphBuilder(seed)
+    s = g.op("Relu", [g.bn(g.conv("x", 3, c), c)])
+    b = g.op("Relu", [g.bn(g.conv(s, c, c), c)])
+    b = g.bn(g.conv(b, c, c), c)
+    a = g.op("Relu", [g.op("Add", [s, b])])
+    g.nodes.append(helper.make_node("Conv", [a, g.weight((4, c, 1, 1))], ["out"], name="head"))
+    return g.build([vinfo("x", [1, 3, hw, hw])], [vinfo("out", [1, 4, hw, hw])])
+
+
+def concat_split(seed: int = 0, hw: int = 5) -> onnx.ModelProto:
+    """Two convs concatenated, split at a different boundary, each part consumed by its own conv."""
+    g = GraphBuilder(seed)
+    a = g.op("Relu", [g.conv("x", 3, 6)])
+    b = g.op("Relu", [g.conv("x", 3, 4)])
+    cat = g.op("Concat", [a, b], axis=1)
+    p, q = g.op("Split", [cat, g.const(np.array([4, 6], np.int64), "split")], n_out=2, axis=1)
+    y1 = g.conv(p, 4, 3, k=1)
+    y2 = g.conv(q, 6, 3, k=1)
+    g.nodes.append(helper.make_node("Add", [y1, y2], ["out"], name="sum"))
+    return g.build([vinfo("x", [1, 3, hw, hw])], [vinfo("out", [1, 3, hw, hw])])
+
+
+def flatten_gemm(seed: int = 0, c: int = 4, hw: int = 3) -> onnx.ModelProto:
+    """conv → relu → Flatten (C x H x W features) → Gemm(transB) → relu → Gemm → out."""
+    g = GraphBuilder(seed)
+    f = g.op("Flatten", [g.op("Relu", [g.conv("x", 2, c)])], axis=1)
+    h = g.op("Relu", [g.op("Gemm", [f, g.weight((10, c * hw * hw)), g.weight((10,))], transB=1)])
+    g.nodes.append(helper.make_node("Gemm", [h, g.weight((10, 3)), g.weight((3,))], ["out"], name="fc2"))
+    return g.build([vinfo("x", [1, 2, hw, hw])], [vinfo("out", [1, 3])])
+
+
+def depthwise(seed: int = 0, c: int = 6, mult: int = 1, hw: int = 5) -> onnx.ModelProto:
+    """conv → depthwise conv (group=c, multiplier ``mult``) → bn → relu → pointwise conv → out."""
+    g = GraphBuilder(seed)
+    a = g.op("Relu", [g.conv("x", 3, c)])
+    d = g.op("Relu", [g.bn(g.conv(a, c, c * mult, group=c), c * mult)])
+    g.nodes.append(helper.make_node("Conv", [d, g.weight((4, c * mult, 1, 1))], ["out"], name="pw"))
+    return g.build([vinfo("x", [1, 3, hw, hw])], [vinfo("out", [1, 4, hw, hw])])
+
+
+def squeeze_excite(seed: int = 0, c: int = 8, hw: int = 5) -> onnx.ModelProto:
+    """conv → x * sigmoid(conv(relu(conv(GlobalAveragePool(x))))) → conv: the SE block."""
+    g = GraphBuilder(seed)
+    x = g.op("Relu", [g.conv("x", 3, c)])
+    s = g.op("GlobalAveragePool", [x])
+    s = g.op("Sigmoid", [g.conv(g.op("Relu", [g.conv(s, c, 4, k=1)]), 4, c, k=1)])
+    y = g.op("Mul", [x, s])
+    g.nodes.append(helper.make_node("Conv", [y, g.weight((5, c, 1, 1))], ["out"], name="proj"))
+    return g.build([vinfo("x", [1, 3, hw, hw])], [vinfo("out", [1, 5, hw, hw])])
+
+
+def transformer_ffn(seed: int = 0, d: int = 8, hidden: int = 16, t: int = 4, erf_gelu: bool = True) -> onnx.ModelProto:
+    """[B, T, D] → MatMul → Add bias → GELU (Erf pattern) → MatMul → Add bias → + residual → out."""
+    g = GraphBuilder(seed)
+    h = g.op("Add", [g.op("MatMul", ["x", g.weight((d, hidden))]), g.weight((hidden,))])
+    if erf_gelu:
+        e = g.op("Erf", [g.op("Div", [h, g.const(np.array(np.sqrt(2.0), np.float32))])])
+        h = g.op("Mul", [g.op("Mul", [h, g.op("Add", [e, g.const(np.array(1.0, np.float32))])]),
+                         g.const(np.array(0.5, np.float32))])
+    else:
+        h = g.op("Relu", [h])
+    y = g.op("Add", [g.op("MatMul", [h, g.weight((hidden, d))]), g.weight((d,))])
+    g.nodes.append(helper.make_node("Add", ["x", y], ["out"], name="residual"))
+    return g.build([vinfo("x", ["B", t, d])], [vinfo("out", ["B", t, d])])
+
+
+def class_scores(classes: int = 6, batch: int | str = "N") -> onnx.ModelProto:
+    """scores [batch, classes] → Identity → logits: a classifier whose predictions the test chooses exactly."""
+    nodes = [helper.make_node("Identity", ["scores"], ["logits"], name="identity")]
+    return make_model(nodes, [vinfo("scores", [batch, classes])], [vinfo("logits", [batch, classes])])

@@ -1,0 +1,247 @@
+"""Prune plans: which root channels of each group survive.
+
+A :class:`PrunePlan` is data, not code: kept indices per group id plus the fingerprint of the model it was
+made for, so it can be saved, reviewed, edited and applied later (and refused on another model).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+from onnx import ModelProto
+
+from onnxprune.analysis import ChannelGroup, DependencyGraph
+from onnxprune.errors import ConfigError, PlanError
+from onnxprune.importance import ImportanceContext, get_criterion
+
+PLAN_VERSION = 1
+
+
+def _frozen_index(values: Iterable[int]) -> np.ndarray:
+    arr = np.unique(np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.int64))
+    arr.flags.writeable = False
+    return arr
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """Kept root channels per group.
+
+    Attributes:
+        fingerprint: :func:`onnxprune.analysis.model_fingerprint` of the model the plan is for.
+        keep: group id → sorted unique int64 kept root indices (groups not listed are not cut).
+        sizes: group id → group size when planned (checked again when applied).
+        criterion: the importance criterion used (informative).
+    """
+
+    fingerprint: str
+    keep: Mapping[int, np.ndarray]
+    sizes: Mapping[int, int]
+    criterion: str = "l2"
+    meta: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep", MappingProxyType({int(k): _frozen_index(v) for k, v in self.keep.items()}))
+        object.__setattr__(self, "sizes", MappingProxyType({int(k): int(v) for k, v in self.sizes.items()}))
+        object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
+
+    def dropped(self, group_id: int) -> np.ndarray:
+        """Root indices the plan removes from a group (sorted int64)."""
+        if group_id not in self.keep:
+            return np.zeros(0, dtype=np.int64)
+        return np.setdiff1d(np.arange(self.sizes[group_id], dtype=np.int64), self.keep[group_id])
+
+    @property
+    def channels_removed(self) -> int:
+        return sum(self.sizes[g] - len(k) for g, k in self.keep.items())
+
+    # -- JSON --------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        doc = {
+            "version": PLAN_VERSION,
+            "fingerprint": self.fingerprint,
+            "criterion": self.criterion,
+            "meta": dict(self.meta),
+            "groups": {str(g): {"size": self.sizes[g], "keep": [int(i) for i in k]} for g, k in self.keep.items()},
+        }
+        return json.dumps(doc, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PrunePlan:
+        """Parse a plan written by :meth:`to_json`.
+
+        Raises:
+            PlanError: not JSON, wrong version, or malformed entries.
+        """
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"plan is not valid JSON ({exc.msg} at line {exc.lineno}); re-create it") from exc
+        if not isinstance(doc, dict) or doc.get("version") != PLAN_VERSION:
+            raise PlanError(f"plan version {doc.get('version') if isinstance(doc, dict) else '?'} is not "
+                            f"supported (expected {PLAN_VERSION}); re-create the plan")
+        try:
+            groups = doc["groups"]
+            keep = {int(g): [int(i) for i in v["keep"]] for g, v in groups.items()}
+            sizes = {int(g): int(v["size"]) for g, v in groups.items()}
+            return cls(fingerprint=str(doc["fingerprint"]), keep=keep, sizes=sizes,
+                       criterion=str(doc.get("criterion", "")), meta=dict(doc.get("meta", {})))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PlanError(f"plan is malformed ({type(exc).__name__}: {exc}); re-create it") from exc
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        out = Path(path)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, out)
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PrunePlan:
+        """Read a plan file.
+
+        Raises:
+            PlanError: missing or unreadable file, or malformed content.
+        """
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise PlanError(f"cannot read plan {path} ({exc.strerror or exc}); check the path") from exc
+        return cls.from_json(text)
+
+
+def check_plan(plan: PrunePlan, dg: DependencyGraph) -> None:
+    """Refuse a plan that does not fit the analysed model.
+
+    Raises:
+        PlanError: other model (fingerprint), unknown or blocked group, size mismatch, bad indices.
+    """
+    if plan.fingerprint != dg.fingerprint:
+        raise PlanError(f"the plan was made for another model (fingerprint {plan.fingerprint[:12]} != "
+                        f"{dg.fingerprint[:12]}); make a new plan for this model")
+    for gid, keep in plan.keep.items():
+        if not 0 <= gid < len(dg.groups):
+            raise PlanError(f"plan names group {gid}, but the model has groups 0..{len(dg.groups) - 1}")
+        g = dg.groups[gid]
+        if plan.sizes.get(gid) != g.size:
+            raise PlanError(f"plan says group {gid} has {plan.sizes.get(gid)} channels, the model has {g.size}")
+        if len(keep) == 0:
+            raise PlanError(f"plan keeps no channel of group {gid}; keep at least one")
+        if keep[0] < 0 or keep[-1] >= g.size:
+            raise PlanError(f"plan keeps index {int(keep[-1] if keep[-1] >= g.size else keep[0])} of group {gid}, "
+                            f"outside 0..{g.size - 1}")
+        if len(keep) < g.size and not g.prunable:
+            raise PlanError(f"plan cuts group {gid}, which is blocked: {g.blockers[0]}")
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def _matches(group: ChannelGroup, patterns: tuple[str, ...]) -> bool:
+    names = list(group.nodes) + [c.node for c in group.cuts] + [c.tensor for c in group.cuts]
+    return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
+
+
+def _keep_count(n: int, drop: int, min_channels: int, round_to: int | None) -> int:
+    k = max(n - drop, min(min_channels, n))
+    if round_to and k < n:
+        k = min(n, -(-k // round_to) * round_to)
+    return k
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores (ties: lower index wins), sorted."""
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    return np.sort(order[:k]).astype(np.int64)
+
+
+def validate_options(*, ratio: float, round_to: int | None, min_channels: int,
+                     group_ratios: Mapping[int, float] | None, dg: DependencyGraph | None = None) -> None:
+    """Check pruning options; raises :class:`ConfigError` naming the option and the valid range."""
+    if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise ConfigError(f"ratio must be in [0, 1), got {ratio!r}")
+    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
+        raise ConfigError(f"round_to must be an integer >= 1, got {round_to!r}")
+    if not isinstance(min_channels, int) or min_channels < 1:
+        raise ConfigError(f"min_channels must be an integer >= 1, got {min_channels!r}")
+    for gid, r in (group_ratios or {}).items():
+        if not isinstance(r, (int, float)) or not 0 <= r < 1:
+            raise ConfigError(f"group_ratios[{gid}] must be in [0, 1), got {r!r}")
+        if dg is not None and not 0 <= int(gid) < len(dg.groups):
+            raise ConfigError(f"group_ratios names group {gid}, but the model has groups 0..{len(dg.groups) - 1}")
+
+
+def make_plan(model: ModelProto, dg: DependencyGraph, *, ratio: float, importance: str | Callable = "l2",
+              global_rank: bool = False, round_to: int | None = None, min_channels: int = 1,
+              exclude: Iterable[str] = (), seed: int = 0, group_ratios: Mapping[int, float] | None = None,
+              statistics: Mapping[str, object] | None = None) -> PrunePlan:
+    """Choose the channels to keep in every prunable group.
+
+    Args:
+        model: the analysed model (weights are read for importance).
+        dg: its dependency graph.
+        ratio: share of each group's channels to remove (``round(ratio * size)``, half up).
+        importance: criterion name (see :func:`onnxprune.importance.available_criteria`) or a callable.
+        global_rank: rank all groups' channels together under one threshold instead of per group.
+        round_to: keep channel counts multiples of this (rounded up, never above the group size).
+        min_channels: never keep fewer channels than this in a group.
+        exclude: shell-style patterns on node and weight names; matching groups are not cut.
+        seed: seed for randomized criteria.
+        group_ratios: per-group-id ratios overriding ``ratio`` (from a budget allocator).
+        statistics: data for data-aware criteria (passed on as ``ImportanceContext.statistics``).
+
+    Returns:
+        The :class:`PrunePlan` (prunable groups only).
+
+    Raises:
+        ConfigError: an option is out of range or the criterion is unknown.
+
+    Example:
+        >>> plan = make_plan(model, analyze(model), ratio=0.3)  # doctest: +SKIP
+    """
+    validate_options(ratio=ratio, round_to=round_to, min_channels=min_channels, group_ratios=group_ratios, dg=dg)
+    patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    criterion = get_criterion(importance) if isinstance(importance, str) else importance
+    name = importance if isinstance(importance, str) else getattr(importance, "__name__", "custom")
+    ctx = ImportanceContext(model=model, dg=dg, seed=seed, statistics=statistics)
+    ratios = {int(k): float(v) for k, v in (group_ratios or {}).items()}
+    groups = [g for g in dg.groups if g.prunable and g.size > 0 and not _matches(g, patterns)]
+    scores: dict[int, np.ndarray] = {}
+    for g in groups:
+        s = np.asarray(criterion(g, ctx), dtype=np.float64).reshape(-1)
+        if s.shape != (g.size,):
+            raise ConfigError(f"criterion '{name}' returned {s.shape[0]} scores for group {g.id} of size {g.size}")
+        scores[g.id] = np.nan_to_num(s, nan=0.0)
+    counts: dict[int, int] = {}
+    if global_rank:
+        floor = {g.id: min(min_channels, g.size) for g in groups}
+        total = sum(g.size for g in groups)
+        budget = _round_half_up(ratio * total)
+        entries = [(float(v), g.id, i) for g in groups for i, v in enumerate(scores[g.id])]
+        entries.sort()
+        dropped = {g.id: 0 for g in groups}
+        for _, gid, _ in entries:
+            if budget <= 0:
+                break
+            if dg.groups[gid].size - dropped[gid] > floor[gid]:
+                dropped[gid] += 1
+                budget -= 1
+        for g in groups:
+            counts[g.id] = _keep_count(g.size, dropped[g.id], min_channels, round_to)
+    else:
+        for g in groups:
+            r = ratios.get(g.id, ratio)
+            counts[g.id] = _keep_count(g.size, _round_half_up(r * g.size), min_channels, round_to)
+    keep = {g.id: _top(scores[g.id], counts[g.id]) for g in groups}
+    return PrunePlan(fingerprint=dg.fingerprint, keep=keep, sizes={g.id: g.size for g in groups}, criterion=name,
+                     meta={"ratio": ratio, "global_rank": global_rank, "round_to": round_to,
+                           "min_channels": min_channels, "seed": seed})

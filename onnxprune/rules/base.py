@@ -1,0 +1,211 @@
+"""The op-rule interface and the contexts rules work in.
+
+A rule answers two questions for one node: which positions of its tensors are the same channel
+(:meth:`OpRule.couplings`), and which attributes or shape constants must change once channels are gone
+(:meth:`OpRule.rewrite`). Rules never touch the graph during analysis; during surgery they edit only their
+own node through :class:`RewriteContext`, which copies shared constants before changing them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from onnx import NodeProto, numpy_helper
+
+from onnxprune.axes import ChannelAxis, Coupling, Identity
+from onnxprune.ir import GraphIndex, attr, node_label, set_attr
+
+
+class Blocked(Exception):  # noqa: N818 - control flow inside the analysis, never escapes it
+    """Raised by a rule when a slot cannot be pruned through its node; the message is the reason."""
+
+
+class RuleContext:
+    """What a rule may read during analysis: shapes, constants and attributes, all by tensor name."""
+
+    def __init__(self, index: GraphIndex, shapes: dict[str, tuple]) -> None:
+        self.index = index
+        self.opset = index.opset
+        self._shapes = shapes
+
+    def attr(self, node: NodeProto, name: str, default: object = None) -> object:
+        """An attribute of ``node``, falling back to the op schema default."""
+        return attr(node, name, self.opset, default)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The static shape of a tensor; raises :class:`Blocked` when any dim is unknown."""
+        if self.index.is_constant(name):
+            shape = self.index.const_shape(name)
+        else:
+            shape = self._shapes.get(name)
+        if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise Blocked(f"the shape of '{name}' is unknown ({shape}); pass dims= to fix symbolic dims")
+        return tuple(int(d) for d in shape)
+
+    def rank(self, name: str) -> int:
+        """Rank of a tensor (needs only the rank to be known)."""
+        if self.index.is_constant(name):
+            shape = self.index.const_shape(name)
+        else:
+            shape = self._shapes.get(name)
+        if shape is None:
+            raise Blocked(f"the rank of '{name}' is unknown; run shape inference or pass dims=")
+        return len(shape)
+
+    def is_const(self, name: str) -> bool:
+        return bool(name) and self.index.is_constant(name)
+
+    def const(self, name: str) -> np.ndarray:
+        """The value of a constant input; raises :class:`Blocked` when it is computed at runtime."""
+        value = self.index.const_value(name) if name else None
+        if value is None:
+            raise Blocked(f"'{name}' is computed at runtime; onnxprune needs it to be a constant")
+        return value
+
+    def slot(self, name: str, axis: int) -> ChannelAxis:
+        """The slot for ``axis`` of ``name`` (negative axes allowed; constants named by their source)."""
+        if axis < 0:
+            axis += self.rank(name)
+        if self.index.is_constant(name):
+            name = self.index.resolve_identity(name)
+        return ChannelAxis(name, axis)
+
+
+class RewriteContext:
+    """What a rule may read and change during surgery.
+
+    ``kept(name, axis)`` gives the kept positions of a slot (all positions when it is not cut), in the
+    coordinates of the original model.
+    """
+
+    def __init__(self, index: GraphIndex, shapes: dict[str, tuple], kept: dict[ChannelAxis, np.ndarray],
+                 set_const: Callable[[NodeProto, int, np.ndarray], None]) -> None:
+        self.index = index
+        self.opset = index.opset
+        self._shapes = shapes
+        self._kept = kept
+        self._set_const = set_const
+
+    def attr(self, node: NodeProto, name: str, default: object = None) -> object:
+        return attr(node, name, self.opset, default)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape in the original model (before the cut)."""
+        if self.index.is_constant(name):
+            shape = self.index.const_shape(name)
+        else:
+            shape = self._shapes.get(name)
+        return tuple(int(d) for d in shape)  # type: ignore[union-attr]
+
+    def slot(self, name: str, axis: int) -> ChannelAxis:
+        if axis < 0:
+            axis += len(self.shape(name))
+        if self.index.is_constant(name):
+            name = self.index.resolve_identity(name)
+        return ChannelAxis(name, axis)
+
+    def changed(self, name: str, axis: int) -> bool:
+        return self.slot(name, axis) in self._kept
+
+    def kept(self, name: str, axis: int) -> np.ndarray:
+        s = self.slot(name, axis)
+        if s in self._kept:
+            return self._kept[s]
+        return np.arange(self.shape(name)[s.axis], dtype=np.int64)
+
+    def new_shape(self, name: str) -> tuple[int, ...]:
+        """Shape after the cut."""
+        shape = list(self.shape(name))
+        for axis in range(len(shape)):
+            if self.changed(name, axis):
+                shape[axis] = len(self.kept(name, axis))
+        return tuple(shape)
+
+    def const(self, name: str) -> np.ndarray:
+        value = self.index.const_value(name)
+        if value is None:
+            raise ValueError(f"'{name}' is not a constant")
+        return value
+
+    def set_attr(self, node: NodeProto, name: str, value: object) -> None:
+        set_attr(node, name, value)
+
+    def set_const_input(self, node: NodeProto, input_index: int, value: np.ndarray) -> None:
+        """Point input ``input_index`` of ``node`` at a new constant (shared constants are left as is)."""
+        self._set_const(node, input_index, value)
+
+
+class OpRule:
+    """How channels flow through one op type. Subclass and register with ``@register_rule``.
+
+    ``couplings(node, slot, ctx)`` gets a slot of one of the node's inputs or outputs (constants included)
+    and returns the couplings of that slot with the node's other slots, closed under the node: calling it
+    again with any slot it returned must give the same set. Raise :class:`Blocked` with a reason (naming
+    the axis and why) when the slot cannot be pruned through this node.
+    """
+
+    def seeds(self, node: NodeProto, ctx: RuleContext) -> list[ChannelAxis]:
+        """Slots where groups start: the output channel axis of a layer with constant weights."""
+        return []
+
+    def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
+        raise NotImplementedError
+
+    def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
+        """Edit attributes or shape constants of ``node`` after a cut (default: nothing to edit)."""
+
+
+# -- helpers shared by rule families -----------------------------------------------------------------
+def which_input(node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[int]:
+    """Indices of the node inputs that are ``slot.tensor`` (through Identity for constants)."""
+    return [i for i, name in enumerate(node.input) if name and ctx.slot(name, 0).tensor == slot.tensor]
+
+
+def is_output(node: NodeProto, slot: ChannelAxis) -> bool:
+    return slot.tensor in node.output
+
+
+def broadcast_couplings(node: NodeProto, inputs: Sequence[int], out_axis: int, ctx: RuleContext,
+                        *, role: str = "param") -> list[Coupling]:
+    """Couple output axis ``out_axis`` with the aligned axis of every (numpy-broadcast) input.
+
+    A size-1 input axis broadcast against a larger output does not carry channels, so it is not coupled.
+    """
+    out = node.output[0]
+    out_shape = ctx.shape(out)
+    result: list[Coupling] = []
+    out_slot = ctx.slot(out, out_axis)
+    for i in inputs:
+        name = node.input[i] if i < len(node.input) else ""
+        if not name:
+            continue
+        shape = ctx.shape(name)
+        axis = out_axis - (len(out_shape) - len(shape))
+        if axis < 0 or (shape[axis] == 1 and out_shape[out_axis] != 1):
+            continue
+        if shape[axis] != out_shape[out_axis]:
+            raise Blocked(f"{node_label(node)} broadcasts '{name}' axis {axis} ({shape[axis]}) against "
+                          f"{out_shape[out_axis]}")
+        result.append(Coupling(out_slot, ctx.slot(name, axis), Identity(), role=role if ctx.is_const(name) else "",
+                               input_index=i))
+    return result
+
+
+def out_axis_of(node: NodeProto, slot: ChannelAxis, inputs: Sequence[int], ctx: RuleContext) -> int:
+    """The output axis aligned with ``slot`` under numpy broadcasting (slot on an input or the output)."""
+    if is_output(node, slot):
+        return slot.axis
+    out_rank = ctx.rank(node.output[0])
+    for i in which_input(node, slot, ctx):
+        if i in inputs:
+            return slot.axis + out_rank - ctx.rank(node.input[i])
+    raise Blocked(f"{node_label(node)} reads '{slot.tensor}' as a non-data input (axis {slot.axis})")
+
+
+def sized_out(node: NodeProto, ctx: RuleContext, axis: int) -> int:
+    return ctx.shape(node.output[0])[axis]
+
+
+def replace_array(name: str, value: np.ndarray) -> object:
+    return numpy_helper.from_array(np.ascontiguousarray(value), name)

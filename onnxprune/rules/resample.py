@@ -1,0 +1,71 @@
+"""Pad, Resize and Upsample: they change spatial axes only; touching the cut axis is a blocker, and a
+Resize given explicit ``sizes`` gets its channel entry rewritten.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import NodeProto
+
+from onnxprune.axes import ChannelAxis, Coupling
+from onnxprune.ir import node_label
+from onnxprune.rules.base import Blocked, OpRule, RewriteContext, RuleContext, is_output, which_input
+from onnxprune.rules.registry import register_rule
+
+
+def _data_axis(node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> int:
+    if is_output(node, slot) or 0 in which_input(node, slot, ctx):
+        return slot.axis
+    raise Blocked(f"{node_label(node)} reads '{slot.tensor}' as a parameter")
+
+
+@register_rule("Pad")
+class PadRule(OpRule):
+    """Pad with zero padding on the cut axis is elementwise along it."""
+
+    def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
+        axis = _data_axis(node, slot, ctx)
+        x, y = node.input[0], node.output[0]
+        rank = ctx.rank(x)
+        if ctx.opset < 11:
+            pads = [int(p) for p in ctx.attr(node, "pads") or ctx.attr(node, "paddings") or []]  # type: ignore[union-attr]
+            axes = list(range(rank))
+        else:
+            pads = [int(p) for p in ctx.const(node.input[1]).reshape(-1)]
+            if len(node.input) > 3 and node.input[3]:
+                axes = [int(a) + rank if a < 0 else int(a) for a in ctx.const(node.input[3]).reshape(-1)]
+            else:
+                axes = list(range(rank))
+        if axis in axes:
+            k = axes.index(axis)
+            if pads[k] or pads[k + len(axes)]:
+                raise Blocked(f"{node_label(node)} pads axis {axis} of '{x}'")
+        return [Coupling(ctx.slot(x, axis), ctx.slot(y, axis))]
+
+
+@register_rule("Resize", "Upsample")
+class ResizeRule(OpRule):
+    """Resize/Upsample keep an axis whose scale is 1 (or whose size is unchanged)."""
+
+    def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
+        axis = _data_axis(node, slot, ctx)
+        x, y = node.input[0], node.output[0]
+        if ctx.shape(x)[axis] != ctx.shape(y)[axis]:
+            raise Blocked(f"{node_label(node)} resizes axis {axis} of '{x}'")
+        return [Coupling(ctx.slot(x, axis), ctx.slot(y, axis))]
+
+    def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
+        if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3]:
+            return
+        x = node.input[0]
+        rank = len(ctx.shape(x))
+        sizes = ctx.const(node.input[3]).astype(np.int64).reshape(-1).copy()
+        axes_attr = ctx.attr(node, "axes") if ctx.opset >= 18 else None
+        axes = [int(a) + rank if a < 0 else int(a) for a in axes_attr] if axes_attr else list(range(rank))  # type: ignore[union-attr]
+        new = ctx.new_shape(x)
+        if all(sizes[k] == new[a] for k, a in enumerate(axes)):
+            return
+        for k, a in enumerate(axes):
+            if ctx.changed(x, a):
+                sizes[k] = new[a]
+        ctx.set_const_input(node, 3, sizes)

@@ -1,0 +1,255 @@
+"""Shape rules: Concat, Split, Slice, Transpose and the reshaping ops (Reshape, Flatten, Squeeze,
+Unsqueeze).
+
+Concat places each input at an offset of the output; Split and Slice take windows of the input. Reshaping
+ops are handled from the inferred shapes: an axis is kept (identity) or folded as the *leading* axis of a
+merged axis (``C x H x W -> C*H*W``: a :class:`Block` of ``H*W`` features per channel). An axis split into
+several axes (ShuffleNet's channel shuffle ``Reshape -> Transpose -> Reshape``) is a blocker.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import NodeProto
+
+from onnxprune.axes import Block, ChannelAxis, Coupling, Identity, Offset
+from onnxprune.ir import node_label
+from onnxprune.rules.base import Blocked, OpRule, RewriteContext, RuleContext, is_output, which_input
+from onnxprune.rules.registry import register_rule
+
+INT64_MAX = 2**63 - 1
+
+
+def _norm_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _slot_axis(node: NodeProto, slot: ChannelAxis, ctx: RuleContext, data: tuple[int, ...] = (0,)) -> int:
+    if is_output(node, slot) or any(i in data for i in which_input(node, slot, ctx)):
+        return slot.axis
+    raise Blocked(f"{node_label(node)} reads '{slot.tensor}' as a shape parameter; its values cannot be cut")
+
+
+@register_rule("Concat")
+class ConcatRule(OpRule):
+    """Along ``axis`` input ``k`` is the window ``[offset_k, offset_k + n_k)`` of the output."""
+
+    def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
+        axis = _slot_axis(node, slot, ctx, tuple(range(len(node.input))))
+        y = node.output[0]
+        cat = _norm_axis(int(ctx.attr(node, "axis")), ctx.rank(y))  # type: ignore[arg-type]
+        y_slot = ctx.slot(y, axis)
+        result = []
+        offset = 0
+        for name in node.input:
+            if not name:
+                continue
+            if axis == cat:
+                n = ctx.shape(name)[cat]
+                result.append(Coupling(ctx.slot(name, axis), y_slot, Offset(offset, n)))
+                offset += n
+            else:
+                result.append(Coupling(ctx.slot(name, axis), y_slot, Identity()))
+        return result
+
+
+def _split_sizes(node: NodeProto, ctx: RuleContext, axis: int) -> list[int]:
+    n = ctx.shape(node.input[0])[axis]
+    outs = len(node.output)
+    if ctx.opset < 13:
+        sizes = ctx.attr(node, "split")
+        if sizes:
+            return [int(s) for s in sizes]  # type: ignore[union-attr]
+    elif len(node.input) > 1 and node.input[1]:
+        return [int(s) for s in ctx.const(node.input[1]).reshape(-1)]
+    if ctx.attr(node, "num_outputs") is not None:
+        chunk = -(-n // outs)
+        return [min(chunk, n - k * chunk) for k in range(outs)]
+    return [n // outs] * outs
+
+
+@register_rule("Split")
+class SplitRule(OpRule):
+    """Output ``k`` is the window ``[offset_k, offset_k + size_k)`` of the input along ``axis``."""
+
+    def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
+        axis = _slot_axis(node, slot, ctx)
+        x = node.input[0]
+        split_axis = _norm_axis(int(ctx.attr(node, "axis", 0)), ctx.rank(x))  # type: ignore[arg-type]
+        x_slot = ctx.slot(x, axis)
+        if axis != split_axis:
+            return [Coupling(ctx.slot(y, axis), x_slot) for y in node.output if y]
+        result = []
+        offset = 0
+        for y, size in zip(node.output, _split_sizes(node, ctx, split_axis), strict=False):
+            if y:
+                result.append(Coupling(ctx.slot(y, axis), x_slot, Offset(offset, size)))
+            offset += size
+        return result
+
+    def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
+        x = node.input[0]
+        axis = _norm_axis(int(ctx.attr(node, "axis", 0)), len(ctx.shape(x)))  # type: ignore[arg-type]
+        if not ctx.changed(x, axis):
+            return
+        sizes = np.array([len(ctx.kept(y, axis)) for y in node.output], dtype=np.int64)
+        if ctx.opset < 13:
+            ctx.set_attr(node, "split", [int(s) for s in sizes])
+            return
+        for i, a in enumerate(node.attribute):
+            if a.name == "num_outputs":
+                del node.attribute[i]
+                break
+        if len(node.input) < 2:
+            node.input.append("")
+        ctx.set_const_input(node, 1, sizes)
+
+
+def _slice_params(node: NodeProto, ctx: RuleContext | RewriteContext) -> tuple[list[int], ...]:
+    """(starts, ends, axes, steps) as Python lists, from inputs (opset >= 10) or attributes."""
+    rank = len(ctx.shape(node.input[0]))
+    if ctx.opset < 10:
+        starts = [int(v) for v in ctx.attr(node, "starts")]  # type: ignore[union-attr]
+        ends = [int(v) for v in ctx.attr(node, "ends")]  # type: ignore[union-attr]
+        axes_attr = ctx.attr(node, "axes")
+        axes = [int(v) for v in axes_attr] if axes_attr else list(range(len(starts)))  # type: ignore[union-attr]
+        steps = [1] * len(starts)
+    else:
+        def value(i: int) -> list[int] | None:
+            if len(node.input) > i and node.input[i]:
+                return [int(v) for v in ctx.const(node.input[i]).reshape(-1)]
+            return None
+
+        starts, ends = value(1) or [], value(2) or []
+        axes = value(3) or list(range(len(starts)))
+        steps = value(4) or [1] * len(starts)
+    return starts, ends, [_norm_axis(a, rank) for a in axes], steps
+
+
+def _window(start: int, end: int, n: int) -> tuple[int, int]:
+    start = start + n if start < 0 else start
+    end = end + n if end < 0 else end
+    start, end = min(max(start, 0), n), min(max(end, 0), n)
+    return start, max(end, start)
+
+
+@register_rule("Slice")
+class SliceRule(OpRule):
+    """Along a sliced axis (step 1) the output is the window ``[start, end)`` of the input."""
+
+    def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
+        axis = _slot_axis(node, slot, ctx)
+        x, y = node.input[0], node.output[0]
+        starts, ends, axes, steps = _slice_params(node, ctx)
+        if axis not in axes:
+            return [Coupling(ctx.slot(y, axis), ctx.slot(x, axis))]
+        k = axes.index(axis)
+        if steps[k] != 1:
+            raise Blocked(f"{node_label(node)} slices axis {axis} with step {steps[k]}; only step 1 can be cut")
+        start, end = _window(starts[k], ends[k], ctx.shape(x)[axis])
+        return [Coupling(ctx.slot(y, axis), ctx.slot(x, axis), Offset(start, end - start))]
+
+    def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
+        x = node.input[0]
+        starts, ends, axes, steps = _slice_params(node, ctx)
+        changed = False
+        for k, axis in enumerate(axes):
+            if not ctx.changed(x, axis):
+                continue
+            start, end = _window(starts[k], ends[k], ctx.shape(x)[axis])
+            kept = ctx.kept(x, axis)
+            new_start = int(np.count_nonzero(kept < start))
+            starts[k] = new_start
+            ends[k] = new_start + int(np.count_nonzero((kept >= start) & (kept < end)))
+            changed = True
+        if not changed:
+            return
+        if ctx.opset < 10:
+            ctx.set_attr(node, "starts", starts)
+            ctx.set_attr(node, "ends", ends)
+        else:
+            ctx.set_const_input(node, 1, np.array(starts, dtype=np.int64))
+            ctx.set_const_input(node, 2, np.array(ends, dtype=np.int64))
+
+
+@register_rule("Transpose")
+class TransposeRule(OpRule):
+    """Output axis ``i`` is input axis ``perm[i]``."""
+
+    def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
+        axis = _slot_axis(node, slot, ctx)
+        x, y = node.input[0], node.output[0]
+        rank = ctx.rank(x)
+        perm = [int(p) for p in (ctx.attr(node, "perm") or range(rank - 1, -1, -1))]  # type: ignore[union-attr]
+        if is_output(node, slot):
+            return [Coupling(ctx.slot(x, perm[axis]), ctx.slot(y, axis))]
+        return [Coupling(ctx.slot(x, axis), ctx.slot(y, perm.index(axis)))]
+
+
+def _prod(values: tuple[int, ...] | list[int]) -> int:
+    return int(np.prod(values, dtype=np.int64)) if len(values) else 1
+
+
+def fold_axis(s_in: tuple[int, ...], a: int, s_out: tuple[int, ...]) -> tuple[int, int] | None:
+    """Where axis ``a`` of shape ``s_in`` lands in ``s_out`` after a reshape: ``(axis, block)``.
+
+    ``block == 1`` means the axis survives as is; ``block > 1`` means it is the leading axis of a merge
+    (each position becomes ``block`` consecutive positions). ``None`` when the axis is split or mixed.
+    """
+    c = s_in[a]
+    if c <= 1:
+        return None
+    prefix = _prod(s_in[:a])
+    run = 1
+    for b, size in enumerate(s_out):
+        if run == prefix and size % c == 0:
+            block = size // c
+            tail = 1
+            for d in s_in[a + 1:]:
+                if tail >= block:
+                    break
+                tail *= d
+            if tail == block:
+                return b, block
+        run *= size
+    return None
+
+
+@register_rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+class ReshapeRule(OpRule):
+    """Reshaping ops, from inferred shapes: an axis is kept or folded as the leading axis of a merge."""
+
+    def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
+        axis = _slot_axis(node, slot, ctx)
+        x, y = node.input[0], node.output[0]
+        s_in, s_out = ctx.shape(x), ctx.shape(y)
+        if node.op_type == "Reshape" and not ctx.is_const(node.input[1]):
+            raise Blocked(f"{node_label(node)} computes its target shape at runtime ('{node.input[1]}'); "
+                          f"onnxprune cannot prove it follows the cut (constant-fold the model first)")
+        if is_output(node, slot):
+            for a in range(len(s_in)):
+                found = fold_axis(s_in, a, s_out)
+                if found is not None and found[0] == axis:
+                    block = found[1]
+                    return [Coupling(ctx.slot(x, a), ctx.slot(y, axis), Block(block) if block > 1 else Identity())]
+            raise Blocked(f"{node_label(node)} builds axis {axis} of '{y}' {s_out} from several axes of "
+                          f"'{x}' {s_in} (or splits one); only a kept or leading-folded axis can be cut")
+        where = fold_axis(s_in, axis, s_out)
+        if where is None:
+            raise Blocked(f"{node_label(node)} splits or mixes axis {axis} of '{x}' {s_in} into {s_out} "
+                          f"(e.g. a channel shuffle); this cannot be cut exactly")
+        b, block = where
+        return [Coupling(ctx.slot(x, axis), ctx.slot(y, b), Block(block) if block > 1 else Identity())]
+
+    def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
+        if node.op_type != "Reshape":
+            return
+        y = node.output[0]
+        old, new = ctx.shape(y), ctx.new_shape(y)
+        if old == new:
+            return
+        target = ctx.const(node.input[1]).astype(np.int64).reshape(-1).copy()
+        for b, (o, n) in enumerate(zip(old, new, strict=True)):
+            if o != n and target[b] > 0:
+                target[b] = n
+        ctx.set_const_input(node, 1, target)

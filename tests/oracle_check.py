@@ -1,0 +1,101 @@
+"""Test helper: run models in onnxruntime (and the reference evaluator) and compare outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx.reference import ReferenceEvaluator
+
+_NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.DOUBLE: np.float64}
+
+
+def seeded_feeds(model: onnx.ModelProto, seed: int = 0, dims: dict | None = None) -> dict[str, np.ndarray]:
+    """Standard-normal inputs for every real graph input (symbolic dims from ``dims``, else 2)."""
+    r = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        shape = [d.dim_value if d.HasField("dim_value") else (dims or {}).get(d.dim_param, 2)
+                 for d in vi.type.tensor_type.shape.dim]
+        dtype = _NP[vi.type.tensor_type.elem_type]
+        feeds[vi.name] = r.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def run_ort(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def assert_close(a: list[np.ndarray], b: list[np.ndarray], tol: float = 1e-4, what: str = "") -> None:
+    assert len(a) == len(b)
+    for k, (x, y) in enumerate(zip(a, b, strict=True)):
+        assert x.shape == y.shape, f"{what} output {k}: shape {x.shape} != {y.shape}"
+        scale = max(1.0, float(np.max(np.abs(y))) if y.size else 1.0)
+        diff = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
+        assert diff <= tol * scale, f"{what} output {k}: max abs diff {diff:.3g} > {tol} x scale {scale:.3g}"
+
+
+def assert_equivalent(model: onnx.ModelProto, pruned: onnx.ModelProto, reference: onnx.ModelProto, *,
+                      seed: int = 0, tol: float = 1e-4, evaluator: bool = True) -> None:
+    """``pruned`` equals the zeroed ``reference`` (onnxruntime and, for small models, ReferenceEvaluator).
+
+    Also checks that the pruned model passes the full checker and keeps the original inputs/outputs.
+    """
+    onnx.checker.check_model(pruned, full_check=True)
+    assert [(i.name, i.type) for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}] \
+        == [(i.name, i.type) for i in pruned.graph.input if i.name not in {t.name for t in pruned.graph.initializer}]
+    assert [(o.name, o.type) for o in model.graph.output] == [(o.name, o.type) for o in pruned.graph.output]
+    feeds = seeded_feeds(model, seed)
+    got = run_ort(pruned, feeds)
+    want = run_ort(reference, feeds)
+    assert_close(got, want, tol, "onnxruntime")
+    if evaluator:
+        ref_got = ReferenceEvaluator(pruned).run(None, feeds)
+        assert_close(ref_got, want, tol * 10, "ReferenceEvaluator")
+
+
+def random_plan(model: onnx.ModelProto, dg, seed: int = 0):
+    """A plan with a random non-empty keep set for every prunable group (not an importance ranking)."""
+    from onnxprune.plan import PrunePlan
+
+    r = np.random.default_rng(seed)
+    keep, sizes = {}, {}
+    for g in dg.prunable_groups:
+        k = int(r.integers(1, g.size + 1))
+        keep[g.id] = np.sort(r.choice(g.size, size=k, replace=False))
+        sizes[g.id] = g.size
+    return PrunePlan(fingerprint=dg.fingerprint, keep=keep, sizes=sizes, criterion="random-keep")
+
+
+def check_prune(model: onnx.ModelProto, *, ratio: float = 0.5, plan=None, evaluator: bool = True,
+                min_prunable: int = 1, **options):
+    """Analyse, plan (or use ``plan``), cut, and prove: oracle equivalence and exact parameter drop.
+
+    Returns (dg, plan, pruned) for further assertions.
+    """
+    from onnxprune.analysis import analyze
+    from onnxprune.oracle import zeroed_reference
+    from onnxprune.plan import make_plan
+    from onnxprune.stats import count_params
+    from onnxprune.surgery import apply_plan
+
+    before = model.SerializeToString()
+    dg = analyze(model)
+    assert len(dg.prunable_groups) >= min_prunable, dg.summary()
+    if plan is None:
+        plan = make_plan(model, dg, ratio=ratio, **options)
+    elif plan == "random":
+        plan = random_plan(model, dg, options.get("seed", 0))
+    pruned = apply_plan(model, plan, dg=dg)
+    reference = zeroed_reference(model, dg, plan)
+    assert_equivalent(model, pruned, reference, evaluator=evaluator)
+    assert count_params(model) - count_params(pruned) == dg.params_removed(plan.keep)
+    assert model.SerializeToString() == before, "the input model was modified"
+    return dg, plan, pruned

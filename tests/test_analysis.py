@@ -1,0 +1,87 @@
+"""Dependency analysis: groups, members, blockers and index maps on small graphs."""
+
+from __future__ import annotations
+
+import builders
+import numpy as np
+import pytest
+from onnx import helper
+
+from onnxprune.analysis import analyze, connected_components
+from onnxprune.axes import Block, ChannelAxis, Offset
+from onnxprune.errors import UnsupportedModelError
+
+
+def test_conv_bn_relu_has_one_prunable_group_and_blocked_output() -> None:
+    dg = analyze(builders.conv_bn_relu(c_mid=8))
+    assert [(g.size, g.prunable) for g in dg.groups] == [(8, True), (6, False)]
+    g = dg.groups[0]
+    assert {c.tensor for c in g.sources} == {"w1"} and {c.tensor for c in g.sinks} == {"w2"}
+    assert {c.tensor for c in g.cuts if c.role == "param"} == {"b1", "gamma", "beta", "mean", "var"}
+    assert "graph output" in dg.groups[1].blockers[0]
+    assert dg.group_of(ChannelAxis("r1", 1)) == (0,)
+
+
+def test_residual_add_merges_both_branches() -> None:
+    dg = analyze(builders.residual_add())
+    merged = [g for g in dg.groups if len(g.sources) == 2]
+    assert len(merged) == 1 and merged[0].prunable
+
+
+def test_concat_then_split_gives_offsets() -> None:
+    dg = analyze(builders.concat_split())
+    a, b = dg.groups[0], dg.groups[1]
+    cat = next(s for s in a.members if s.tensor.startswith("concat"))
+    assert a.members[cat].forward(np.arange(6)).tolist() == list(range(6))
+    assert b.members[cat] == Offset(6, 4)
+    assert a.size == 6 and b.size == 4
+
+
+def test_flatten_folds_channels_into_blocks() -> None:
+    dg = analyze(builders.flatten_gemm(c=4, hw=3))
+    g = dg.groups[0]
+    sink = g.sinks[0]
+    assert sink.map == Block(9) and sink.positions(np.array([1])).tolist() == list(range(9, 18))
+
+
+def test_graph_output_and_unknown_op_block() -> None:
+    g = builders.GraphBuilder()
+    y = g.op("Relu", [g.conv("x", 3, 4)])
+    g.nodes.append(helper.make_node("LpNormalization", [y], ["out"], name="lpn", axis=1))
+    model = g.build([builders.vinfo("x", [1, 3, 4, 4])], [builders.vinfo("out", [1, 4, 4, 4])])
+    dg = analyze(model)
+    reasons = " ".join(dg.groups[0].blockers)
+    assert not dg.groups[0].prunable and "no rule for op 'LpNormalization'" in reasons
+
+
+def test_explain_and_summary_name_the_layers() -> None:
+    dg = analyze(builders.conv_bn_relu())
+    text = dg.explain(0)
+    assert "conv1" in text and "conv2" in text and "sinks" in text
+    assert "prunable" in dg.summary()
+
+
+def test_empty_graph_is_refused() -> None:
+    model = helper.make_model(helper.make_graph([], "g", [], []))
+    with pytest.raises(UnsupportedModelError, match="no nodes"):
+        analyze(model)
+
+
+def test_connected_components_matches_union_find() -> None:
+    r = np.random.default_rng(0)
+    n = 200
+    a, b = r.integers(0, n, 150), r.integers(0, n, 150)
+    labels = connected_components(n, a, b)
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for x, y in zip(a, b, strict=True):
+        parent[find(int(x))] = find(int(y))
+    for x in range(n):
+        for y in range(0, n, 17):
+            assert (labels[x] == labels[y]) == (find(x) == find(y))
