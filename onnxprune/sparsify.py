@@ -40,8 +40,9 @@ from onnxprune.weights import (
     SkippedWeight,
     copy_model_without_weights,
     get_weight,
+    little_endian_bytes,
     scan_weights,
-    set_weight,
+    set_weight_bytes,
 )
 
 log = logging.getLogger(__name__)
@@ -371,8 +372,9 @@ def _apply(out: ModelProto, pw: PrunableWeight, w: np.ndarray, mask: np.ndarray,
     hit = mask.reshape(-1)
     hit &= ~zero
     del zero
-    new = np.where(hit, np.zeros((), dtype=flat.dtype), flat)
-    set_weight(out, pw, new.reshape(w.shape))
+    data = little_endian_bytes(np.where(hit, np.zeros((), dtype=flat.dtype), flat))
+    set_weight_bytes(out, pw, data)  # the zeroed array is already freed when protobuf copies the bytes
+    del data
     return LayerReport(pw.name, pw.readers, pw.shape, pw.numel, before, before + int(np.count_nonzero(hit)),
                        target)
 
@@ -443,16 +445,16 @@ def sparsify(
         w = get_weight(source, pw, copy=False)
         key = _score_key(pw, w, scores).ravel()
         target = targets[pw.name]
-        if target is None:
-            if threshold is None:
-                mask = np.zeros(key.size, dtype=bool)
-            else:
-                mask, used_ties = _smallest_mask(key.astype(threshold.dtype, copy=False), threshold, budget)
-                budget -= used_ties
-            reports.append(_apply(out, pw, w, mask, sparsity))
+        if target is None and threshold is None:
+            mask = np.zeros(key.size, dtype=bool)
+        elif target is None:
+            mask, used_ties = _smallest_mask(key.astype(threshold.dtype, copy=False), threshold, budget)
+            budget -= used_ties
         else:
-            reports.append(_apply(out, pw, w, _lowest_k(key, round(target * pw.numel)), target))
-        del w, key
+            mask = _lowest_k(key, round(target * pw.numel))
+        del key  # free the scores before _apply allocates the new tensor: peak memory is what users feel
+        reports.append(_apply(out, pw, w, mask, sparsity if target is None else target))
+        del w, mask
     result = SparsifyResult(
         model=out,
         mode=scope,
