@@ -147,27 +147,19 @@ class DependencyGraph:
 
     def kept_positions(self, keep: Mapping[int, np.ndarray]) -> dict[ChannelAxis, np.ndarray]:
         """Kept positions of every slot that loses some, given kept roots per group id."""
-        kept_root: dict[int, np.ndarray] = {}
+        offsets = np.concatenate([[0], np.cumsum([g.size for g in self.groups])]).astype(np.int64)
+        root_kept = np.ones(int(offsets[-1]), dtype=bool)
         for gid, roots in keep.items():
             mask = np.zeros(self.groups[gid].size, dtype=bool)
             mask[np.asarray(roots, dtype=np.int64)] = True
-            kept_root[gid] = mask
+            root_kept[offsets[gid]:offsets[gid + 1]] = mask
         result: dict[ChannelAxis, np.ndarray] = {}
-        touched = [gid for gid, m in kept_root.items() if not m.all()]
-        if not touched:
+        if root_kept.all():
             return result
+        pos_kept = root_kept[offsets[self._pos_group] + self._pos_root]
         for s, base in self._base.items():
-            n = self.slot_sizes[s]
-            groups = self._pos_group[base:base + n]
-            roots = self._pos_root[base:base + n]
-            mask = np.ones(n, dtype=bool)
-            hit = False
-            for gid in touched:
-                sel = groups == gid
-                if sel.any():
-                    hit = True
-                    mask[sel] = kept_root[gid][roots[sel]]
-            if hit and not mask.all():
+            mask = pos_kept[base:base + self.slot_sizes[s]]
+            if not mask.all():
                 result[s] = np.flatnonzero(mask).astype(np.int64)
         return result
 
