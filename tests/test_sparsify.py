@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import ModelProto, helper, numpy_helper
 
 from onnxprune.errors import ConfigError
@@ -476,3 +478,24 @@ def test_nm_nan_weights_rank_last():
             t.CopyFrom(numpy_helper.from_array(w, "fc1_w"))
     new = weights_of(sparsify_nm(model, n=2, m=4, exclude=["fc2"]).model)["fc1_w"]
     assert np.isnan(new[0, 0]) and np.isnan(new[0, 2]) and new[0, 1] == 0 and new[0, 3] == 0
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.sampled_from([0.0, -0.0, 0.5, -0.5, 1.0, 2.0, -3.0, np.nan]), min_size=512, max_size=512),
+    sparsity=st.floats(0.0, 0.99),
+    scope=st.sampled_from(["layer", "global"]),
+)
+def test_property_selection_equals_stable_argsort(values, sparsity, scope):
+    # Heavy ties, signed zeros and NaN: the partition-based selection must equal a full stable argsort.
+    model = builders.mlp()
+    w = np.array(values, np.float32).reshape(32, 16)
+    for t in model.graph.initializer:
+        if t.name == "fc1_w":
+            t.CopyFrom(numpy_helper.from_array(w, "fc1_w"))
+    result = sparsify(model, sparsity=sparsity, scope=scope, exclude=["fc2"])
+    new = weights_of(result.model)["fc1_w"]
+    mask = argsort_mask(w, round(sparsity * 512)) | (w == 0)
+    assert np.array_equal(new == 0, mask)
+    assert np.array_equal(bits(new[~mask]), bits(w[~mask]))  # NaN survivors keep their bits too
+    assert result.layers[0].zeros_after == int(np.count_nonzero(mask))
