@@ -119,6 +119,8 @@ class BenchResult:
         efficiency: speedup / ideal_speedup.
         slower: True when this (non-first) model is slower than the first.
         peak_rss_bytes: see the module doc; ``None`` where not measurable.
+        times_ms: every timed run's latency in run order; run ``i`` of every model of one case was timed
+            in the same round, so ``paired_ratio`` can compare two models round by round.
     """
 
     model: str
@@ -137,10 +139,13 @@ class BenchResult:
     ideal_speedup: float | None = None
     efficiency: float | None = None
     slower: bool = False
+    times_ms: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         """JSON-able dict."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["times_ms"] = list(self.times_ms)
+        return out
 
 
 @dataclass(frozen=True)
@@ -501,9 +506,25 @@ def _time_case(infos: list[ModelInfo], paths: list[Path], *, provider: str, batc
     for k, info in enumerate(infos):
         p50, p90, p99, mean, fastest = _percentiles(times[k])
         results.append(BenchResult(info.name, provider, batch, runs, p50, p90, p99, mean, fastest,
-                                   batch / (p50 / 1e3) if p50 > 0 else math.inf, peaks[k], on_device))
+                                   batch / (p50 / 1e3) if p50 > 0 else math.inf, peaks[k], on_device,
+                                   times_ms=tuple(t / 1e6 for t in times[k])))
     del keep_alive
     return results, tuple(order)
+
+
+def paired_ratio(a: BenchResult, b: BenchResult) -> float:
+    """Median over rounds of ``a``'s latency / ``b``'s latency in the same round.
+
+    Two models of one case were timed back to back in every round, so a slow phase of a shared machine
+    hits both runs of a round alike; the median of per-round ratios cancels such drift better than the
+    ratio of medians.
+
+    Raises:
+        ConfigError: the two results are not from the same case (different run counts).
+    """
+    if len(a.times_ms) != len(b.times_ms) or not a.times_ms:
+        raise ConfigError(f"{a.model} and {b.model} were not timed in the same rounds; compare one case's results")
+    return float(np.median(np.asarray(a.times_ms) / np.asarray(b.times_ms)))
 
 
 def _with_speedups(case: list[BenchResult], infos: Sequence[ModelInfo], *, baseline_active: bool) -> list[BenchResult]:

@@ -8,13 +8,14 @@ import onnx
 import pytest
 from builders import conv_bn_relu, mlp
 
-from onnxprune.bench import BenchResult, ModelInfo, _with_speedups, benchmark, format_bench
+from onnxprune.bench import BenchResult, ModelInfo, _with_speedups, benchmark, format_bench, paired_ratio
 from onnxprune.cli.main import main
 from onnxprune.errors import ConfigError
 from onnxprune.stats import model_stats
 
 RESULT_KEYS = {"model", "provider", "batch", "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms",
-               "throughput", "peak_rss_bytes", "io_binding", "speedup", "ideal_speedup", "efficiency", "slower"}
+               "throughput", "peak_rss_bytes", "io_binding", "speedup", "ideal_speedup", "efficiency", "slower",
+               "times_ms"}
 
 
 def _result(model: str, p50: float) -> BenchResult:
@@ -61,6 +62,10 @@ def test_benchmark_alternates_models_and_reports_a_json_schema():
     assert r.p50_ms <= r.p90_ms <= r.p99_ms and r.speedup == 1.0
     assert r.throughput == pytest.approx(2 / (r.p50_ms / 1e3))
     assert r.peak_rss_bytes is None or r.peak_rss_bytes >= 0
+    assert len(r.times_ms) == 3 and r.p50_ms == pytest.approx(sorted(r.times_ms)[1])
+    assert paired_ratio(r, r) == 1.0
+    with pytest.raises(ConfigError, match="same rounds"):
+        paired_ratio(r, _result("x", 1.0))
     assert any("alternately" in n for n in report.notes) and any("RSS" in n for n in report.notes)
 
 
@@ -118,3 +123,16 @@ def test_cli_bench_missing_file(tmp_path, capsys):
     assert main(["bench", str(tmp_path / "nope.onnx")]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"onnxprune: error: {tmp_path / 'nope.onnx'}: no such file; check the path"
+
+
+def test_session_memory_grows_with_the_weights():
+    # 2048 x 1024 float32 weights = 8 MiB; a session holds at least one copy of them
+    big = mlp(d_in=1024, hidden=2048, d_out=4)
+    report = benchmark([big, mlp()], names=["big", "small"], runs=1, warmup=0)
+    big_peak = report.result("big", "cpu", 1).peak_rss_bytes
+    small_peak = report.result("small", "cpu", 1).peak_rss_bytes
+    if big_peak is None:
+        pytest.skip("no /proc/self/clear_refs here: peak RSS cannot be measured")
+    assert big_peak >= 8 * 2**20
+    assert small_peak is not None and small_peak < big_peak
+    assert benchmark([mlp()], runs=1, warmup=0, memory=False).results[0].peak_rss_bytes is None

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from onnxprune.bench import benchmark  # noqa: E402
+from onnxprune.bench import benchmark, paired_ratio  # noqa: E402
 from onnxprune.io import save_model  # noqa: E402
 from onnxprune.stats import model_stats  # noqa: E402
 from onnxprune.validate import validate_models  # noqa: E402
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratios", default="0.3,0.5", help="structured pruning ratios (default 0.3,0.5)")
     parser.add_argument("--batches", default="1,8,32", help="batch sizes (default 1,8,32)")
-    parser.add_argument("--runs", type=int, default=10, help="timed runs per model and batch (default 10)")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per model and batch (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default all)")
     parser.add_argument("--validate-samples", type=int, default=2, help="samples for the drift check (default 2)")
@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.to_text())
     print()
+    print("speedup = original p50 / model p50; MAC ratio = ideal speedup; vs twin = median over rounds of")
+    print("(pruned latency / twin latency) in the same round, minus 1 (negative: the pruned model is faster)")
     print(f"{'ratio':>5} {'batch':>5} {'model':<12} {'MAC ratio':>9} {'speedup':>8} {'sp/ideal':>8} "
           f"{'vs twin':>8}  within {TWIN_TARGET:.0%} of twin")
     for ratio, pruned_name, twin_name in pairs:
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             twin = report.result(twin_name, "cpu", batch)
             shown = [twin] if pruned_name is None else [report.result(pruned_name, "cpu", batch), twin]
             for r in shown:
-                vs = r.p50_ms / twin.p50_ms - 1.0
+                vs = paired_ratio(r, twin) - 1.0
                 verdict = "" if r is twin else ("yes" if abs(vs) <= TWIN_TARGET else "NO")
                 print(f"{ratio:>5} {batch:>5} {r.model:<12} {r.ideal_speedup:>9.2f} {r.speedup:>8.2f} "
                       f"{r.efficiency:>8.2f} {vs:>+8.1%}  {verdict}")
