@@ -29,6 +29,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from typing import Any
 
 import numpy as np
 from onnx import ModelProto, helper
@@ -120,6 +121,33 @@ class SparsifyResult:
     def sparsity(self) -> float:
         """Overall achieved sparsity of the sparsified weights."""
         return self.zeros_after / self.numel if self.numel else 0.0
+
+    @property
+    def unmatched_patterns(self) -> tuple[str, ...]:
+        """``exclude`` and ``layer_sparsity`` patterns that matched nothing (warn the user about these)."""
+        return self.unmatched_exclude + self.unmatched_layer_sparsity
+
+    def report(self) -> dict[str, Any]:
+        """A JSON-ready account for prune reports: ``sparsity`` (overall figures), ``layers``, ``skipped``
+        (each ``{"name", "reason"}``) and the unmatched patterns."""
+        return {
+            "sparsity": {
+                "mode": self.mode,
+                "overall": self.sparsity,
+                "numel": self.numel,
+                "zeros_before": self.zeros_before,
+                "zeros_after": self.zeros_after,
+            },
+            "layers": [
+                {"name": r.name, "readers": list(r.readers), "shape": list(r.shape), "numel": r.numel,
+                 "zeros_before": r.zeros_before, "zeros_after": r.zeros_after, "target": r.target,
+                 "sparsity": r.sparsity}
+                for r in self.layers
+            ],
+            "skipped": [{"name": s.name, "reason": s.reason} for s in self.skipped],
+            "unmatched_exclude": list(self.unmatched_exclude),
+            "unmatched_layer_sparsity": list(self.unmatched_layer_sparsity),
+        }
 
 
 # -- option parsing and validation -----------------------------------------------------------------

@@ -499,3 +499,16 @@ def test_property_selection_equals_stable_argsort(values, sparsity, scope):
     assert np.array_equal(new == 0, mask)
     assert np.array_equal(bits(new[~mask]), bits(w[~mask]))  # NaN survivors keep their bits too
     assert result.layers[0].zeros_after == int(np.count_nonzero(mask))
+
+
+def test_report_is_json_ready_and_consistent():
+    import json
+
+    result = sparsify(builders.weight_misused(), sparsity=0.5, exclude=["nope"], layer_sparsity={"typo": 0.1})
+    report = json.loads(json.dumps(result.report()))
+    assert report["sparsity"] == {"mode": "layer", "overall": 0.5, "numel": 36, "zeros_before": 0,
+                                  "zeros_after": 18}
+    assert report["layers"] == [{"name": "wk", "readers": ["mm_k"], "shape": [6, 6], "numel": 36,
+                                  "zeros_before": 0, "zeros_after": 18, "target": 0.5, "sparsity": 0.5}]
+    assert sorted(s["name"] for s in report["skipped"]) == ["wa", "wi", "wo"]
+    assert result.unmatched_patterns == ("nope", "typo")
