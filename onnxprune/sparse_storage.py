@@ -15,15 +15,18 @@ that 50% unstructured float32 sparsity does not shrink the file this way; 2:4 do
 Entries are "zero" by their bits: ``-0.0`` is stored as a value, so densifying gives back the exact
 original bits.
 
-``Constant``-node weights are left dense: a ``Constant`` with ``sparse_value`` produces a *sparse* tensor
-type in ONNX, which ``Conv``/``MatMul`` do not accept, whereas a graph's sparse initializers are
-documented as dense-equivalent. Exporters that write weights as ``Constant`` nodes are rare for large
-models.
+``Constant``-node weights are left dense. onnxruntime 1.32 would accept a ``Constant`` with
+``sparse_value`` feeding ``MatMul`` too, but the rest of onnxprune (``ir.constant_node_value``, stats,
+weight discovery) reads only ``value`` tensors, and exporters rarely write large weights as ``Constant``
+nodes, so the gain is not worth a second format.
 
-Caveats for the rest of the pipeline: ``onnx.checker.check_model(full_check=True)`` and strict shape
-inference reject sparse initializers read by ``Conv``/``MatMul`` (onnx's shape inference types them as
-sparse tensors), so validate the dense model first and convert last, just before saving. Use
-:func:`from_sparse_storage` to get a dense model back for analysis.
+Validity, honestly: ``onnx.checker.check_model`` (default) accepts the result, but with ``full_check=True``
+(and in strict shape inference) onnx types a sparse initializer as ``sparse_tensor(T)``, which ``Conv``,
+``Gemm`` and ``MatMul`` do not accept, so the check fails. onnxruntime (1.32, tested here) densifies sparse
+initializers at load and runs the model with identical outputs. So this is an onnxruntime-compatible
+shipping format: validate the dense model, convert last, just before saving, and compare onnxruntime
+outputs (not ``full_check``) on the converted one. Use :func:`from_sparse_storage` to get a dense model
+back for analysis (stats and ``ir.infer_shapes`` ignore ``sparse_initializer``).
 """
 
 from __future__ import annotations

@@ -125,3 +125,12 @@ def test_external_data_save_and_load(pruned_mlp, tmp_path):
 def test_bad_min_sparsity(bad, pruned_mlp):
     with pytest.raises(ConfigError, match=r"min_sparsity must be a number in \[0, 1\]"):
         to_sparse_storage(pruned_mlp, min_sparsity=bad)
+
+
+def test_full_check_rejects_sparse_initializers_so_validate_the_dense_model(pruned_mlp):
+    # Documented limitation (module docstring): if onnx ever accepts this, update the docs and the pipeline.
+    sparse = to_sparse_storage(pruned_mlp)
+    onnx.checker.check_model(sparse)
+    with pytest.raises(onnx.checker.ValidationError, match="sparse_tensor"):
+        onnx.checker.check_model(sparse, full_check=True)
+    onnx.checker.check_model(from_sparse_storage(sparse), full_check=True)
