@@ -381,6 +381,20 @@ class _Walk:
                 self.visit(self.queue.popleft())
 
 
+#: Ops whose first output has the shape of their first input, for when onnx's inference leaves it unknown
+#: (function ops such as GroupNormalization-21 are not always inferred).
+SAME_SHAPE_OPS = frozenset({"GroupNormalization", "InstanceNormalization", "LayerNormalization", "BatchNormalization",
+                            "Gelu", "Mish", "HardSwish", "Relu", "Sigmoid", "Identity", "Dropout", "LRN"})
+
+
+def _fill_same_shape(model: ModelProto, shapes: dict[str, tuple]) -> dict[str, tuple]:
+    for node in model.graph.node:
+        if node.op_type in SAME_SHAPE_OPS and node.input and node.output and node.output[0] not in shapes:
+            if node.input[0] in shapes:
+                shapes[node.output[0]] = shapes[node.input[0]]
+    return shapes
+
+
 def analyze(model: ModelProto | str | os.PathLike[str], *, extra_rules: Iterable[RuleSpec] = (),
             dims: dict[str, int] | None = None) -> DependencyGraph:
     """Find the channel groups of a model.
@@ -406,7 +420,7 @@ def analyze(model: ModelProto | str | os.PathLike[str], *, extra_rules: Iterable
     if not model.graph.node:
         raise UnsupportedModelError("the model has no nodes; nothing to analyse")
     rules = RuleSet(extra_rules)
-    shapes = infer_shapes(model, dims)
+    shapes = _fill_same_shape(model, infer_shapes(model, dims))
     walk = _Walk(model, rules, shapes)
     walk.run()
     return _build(walk, model)

@@ -95,16 +95,31 @@ def _remove_unused(model: ModelProto, names: set[str]) -> None:
         model.graph.node.remove(n)
 
 
-def _refresh_value_info(model: ModelProto, original_vi: set[str]) -> None:
-    """Drop every value_info and re-infer from a weightless skeleton (strict: an invalid cut fails here)."""
+def _strict_infer(model: ModelProto) -> ModelProto:
+    inferred = onnx.shape_inference.infer_shapes(shape_skeleton(model), strict_mode=True, data_prop=True)
+    onnx.checker.check_model(inferred, full_check=False)
+    return inferred
+
+
+def _refresh_value_info(model: ModelProto, original: ModelProto | str | os.PathLike[str],
+                        original_vi: set[str]) -> None:
+    """Drop every value_info and re-infer from a weightless skeleton.
+
+    Inference is strict, so an invalid cut fails here, unless the original model already failed strict
+    inference (some function ops are not inferred by onnx); then a lenient pass is the best available.
+    """
     del model.graph.value_info[:]
-    skel = shape_skeleton(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(skel, strict_mode=True, data_prop=True)
-        onnx.checker.check_model(inferred, full_check=False)
+        inferred = _strict_infer(model)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
-        raise OnnxPruneError(f"the pruned graph fails shape inference ({str(exc).splitlines()[0]}); this is a "
-                             f"bug in an op rule, please report it with the model") from exc
+        try:
+            _strict_infer(original if isinstance(original, ModelProto) else load_model(original, check=False))
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+            log.info("strict shape inference fails on the original model too; checking leniently")
+            inferred = onnx.shape_inference.infer_shapes(shape_skeleton(model), data_prop=True)
+        else:
+            raise OnnxPruneError(f"the pruned graph fails shape inference ({str(exc).splitlines()[0]}); this is "
+                                 f"a bug in an op rule, please report it with the model") from exc
     model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name in original_vi)
 
 
@@ -162,7 +177,7 @@ def apply_plan(model: ModelProto | str | os.PathLike[str], plan: PrunePlan, *, d
             rule.rewrite(node, rctx)
     slice_consts(index, kept)
     _remove_unused(m, setter.replaced)
-    _refresh_value_info(m, original_vi)
+    _refresh_value_info(m, model, original_vi)
     for o in m.graph.output:
         if out_shapes[o.name] != o.type.SerializeToString():
             raise OnnxPruneError(f"graph output '{o.name}' changed type or shape; this is a bug, please report it")

@@ -99,3 +99,30 @@ def check_prune(model: onnx.ModelProto, *, ratio: float = 0.5, plan=None, evalua
     assert count_params(model) - count_params(pruned) == dg.params_removed(plan.keep)
     assert model.SerializeToString() == before, "the input model was modified"
     return dg, plan, pruned
+
+
+def sandwich(middle, *, c: int = 6, c_mid: int | None = None, hw: int = 5, opset: int = 17, seed: int = 0,
+             c_in: int = 3) -> onnx.ModelProto:
+    """x → Conv(c) → ``middle(g, y) -> z`` → Conv 1x1 (c_mid → 4) → out: a source, the op under test, a sink."""
+    import builders
+    from onnx import helper
+
+    g = builders.GraphBuilder(seed, opset)
+    y = g.conv("x", c_in, c)
+    z = middle(g, y)
+    g.nodes.append(helper.make_node("Conv", [z, g.weight((4, c_mid or c, 1, 1))], ["out"], name="sink"))
+    return g.build([builders.vinfo("x", [1, c_in, hw, hw])], [builders.vinfo("out", [1, 4, "H", "W"])])
+
+
+def first_group(model: onnx.ModelProto):
+    """The group of the first layer's output channels (the 'middle' of a sandwich)."""
+    from onnxprune.analysis import analyze
+
+    dg = analyze(model)
+    return dg, dg.groups[0]
+
+
+def prove_random_cuts(model: onnx.ModelProto, seeds=range(3), evaluator: bool = True) -> None:
+    """Several random keep sets, each proven against the oracle."""
+    for seed in seeds:
+        check_prune(model, plan="random", seed=seed, evaluator=evaluator)
