@@ -25,12 +25,11 @@ from onnxprune.rules.registry import register_rule
 UNARY_OPS = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus",
     "Softsign", "Gelu", "Mish", "Erf", "Exp", "Log", "Sqrt", "Neg", "Abs", "Reciprocal", "Floor", "Ceil",
-    "Round", "Sign", "Sin", "Cos", "Not", "ThresholdedRelu", "Shrink", "Identity", "Cast", "Clip",
-    "IsNaN", "IsInf",
+    "Round", "Sign", "Sin", "Cos", "ThresholdedRelu", "Shrink", "Identity", "Cast", "Clip",
 )
 BINARY_OPS = (
     "Add", "Sub", "Mul", "Div", "Pow", "PRelu", "Max", "Min", "Mean", "Sum", "Where", "Equal", "Less",
-    "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "BitShift",
+    "Greater", "LessOrEqual", "GreaterOrEqual",
 )
 
 

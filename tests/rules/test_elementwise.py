@@ -62,10 +62,20 @@ def test_prelu_per_channel_slope_is_sliced() -> None:
     prove_random_cuts(model)
 
 
-def test_where_and_compare_broadcast() -> None:
+@pytest.mark.parametrize("compare", ["Greater", "Less", "Equal", "LessOrEqual", "GreaterOrEqual"])
+def test_where_and_compare_broadcast(compare: str) -> None:
     def middle(g, y):
-        cond = g.op("Greater", [y, g.const(np.zeros((6, 1, 1), np.float32))])
+        cond = g.op(compare, [y, g.const(np.zeros((6, 1, 1), np.float32))])
         return g.op("Where", [cond, y, g.op("Neg", [y])])
+
+    prove_random_cuts(sandwich(middle))
+
+
+@pytest.mark.parametrize("op", ["Log", "Sqrt", "Reciprocal"])
+def test_ops_needing_positive_inputs(op: str) -> None:
+    def middle(g, y):
+        positive = g.op("Add", [g.op("Abs", [y]), g.const(np.array(1.0, np.float32))])
+        return g.op(op, [positive])
 
     prove_random_cuts(sandwich(middle))
 
