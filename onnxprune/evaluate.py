@@ -85,6 +85,9 @@ def _load_labels(data: str | os.PathLike[str] | Mapping[str, np.ndarray], key: s
         keys = sorted(str(k) for k in data)
         raw = np.asarray(data[key]) if key in data else None
     else:
+        if not Path(data).is_file():
+            raise CalibrationError(f"data file {data}: no such file; pass an .npz with the model's inputs and "
+                                   f"'{key}'")
         try:
             with np.load(Path(data), allow_pickle=False) as archive:
                 keys = sorted(archive.files)
