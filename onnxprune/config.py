@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from onnxprune.errors import ConfigError
+from onnxprune.sparsify import parse_nm
 
 MODES = ("structured", "unstructured", "nm")
 SCOPES = ("layer", "global")
@@ -29,18 +30,6 @@ def parse_assignments(items: list[str] | tuple[str, ...], *, option: str, kind: 
         except ValueError as exc:
             raise ConfigError(f"{option} '{item}': '{value}' is not a valid {kind.__name__}") from exc
     return out
-
-
-def parse_nm(text: str) -> tuple[int, int]:
-    """Parse an N:M pattern such as ``"2:4"``; ConfigError unless 0 < N < M."""
-    n_text, sep, m_text = str(text).partition(":")
-    try:
-        n, m = int(n_text), int(m_text)
-    except ValueError:
-        n = m = -1
-    if not sep or n <= 0 or m <= 0 or n >= m:
-        raise ConfigError(f"--nm '{text}' must be N:M with 0 < N < M, e.g. 2:4")
-    return n, m
 
 
 def _unit(name: str, value: float | None, *, closed_top: bool = False, open_bottom: bool = False) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from onnx import ModelProto
 
-from onnxprune.config import PruneConfig, parse_nm
+from onnxprune.config import PruneConfig
 from onnxprune.errors import ConfigError, ValidationError
 from onnxprune.io import check_output_path, file_size, load_model, model_nbytes, save_model
 from onnxprune.stats import ModelStats, model_stats
@@ -207,7 +207,7 @@ def _warn_unmatched(patterns: list[str] | tuple[str, ...], warnings: list[str], 
 
 def _run_sparse(original: ModelProto, config: PruneConfig, warnings: list[str]
                 ) -> tuple[ModelProto, ModelProto | None, dict[str, Any]]:
-    from onnxprune.sparsify import sparsify, sparsify_nm
+    from onnxprune.sparsify import parse_nm, sparsify, sparsify_nm
 
     scores = None
     if config.importance not in ("l1", "l2", "magnitude"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from onnxprune.config import PruneConfig, matches_any, parse_assignments, parse_nm
+from onnxprune.config import PruneConfig, matches_any, parse_assignments
 from onnxprune.errors import ConfigError
 
 
@@ -24,7 +24,7 @@ def test_defaults_are_valid_and_recovery_follows_calibration() -> None:
         ({"ratio": 1.5}, r"--ratio must be in \[0, 1\)"),
         ({"mode": "magic"}, r"--mode must be one of"),
         ({"scope": "world"}, r"--scope"),
-        ({"mode": "nm", "nm": "4:2"}, r"0 < N < M"),
+        ({"mode": "nm", "nm": "4:2"}, r"N:M pattern needs 0 < n < m"),
         ({"round_to": 0}, r"--round-to must be >= 1"),
         ({"min_channels": 0}, r"--min-channels must be >= 1"),
         ({"min_size": -1}, r"--min-size"),
@@ -51,14 +51,6 @@ def test_out_of_range_options_are_refused(changes: dict, match: str) -> None:
 def test_config_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         PruneConfig(ratio=2.0).validate_options()
-
-
-def test_parse_nm() -> None:
-    assert parse_nm("2:4") == (2, 4)
-    assert parse_nm("1:8") == (1, 8)
-    for bad in ("2", "2:2", "0:4", "a:b", "-1:4", "3:2"):
-        with pytest.raises(ConfigError, match="N:M"):
-            parse_nm(bad)
 
 
 def test_parse_assignments() -> None:

@@ -75,9 +75,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> PruneConfig:
     """Map parsed arguments onto the one :class:`PruneConfig` the API uses too."""
+    from onnxprune.sparsify import parse_layer_sparsity
+
     return PruneConfig(
         mode=args.mode, sparsity=args.sparsity, scope=args.scope,
-        layer_sparsity={k: float(v) for k, v in parse_assignments(args.layer_sparsity, option="--layer-sparsity").items()},  # type: ignore[arg-type]
+        layer_sparsity=parse_layer_sparsity(args.layer_sparsity),
         min_size=args.min_size, nm=args.nm, sparse_storage=args.sparse_storage, ratio=args.ratio,
         global_rank=args.global_rank, round_to=args.round_to, min_channels=args.min_channels,
         importance=args.importance, seed=args.seed, plan_in=args.plan_in, plan_out=args.plan_out,
