@@ -1,0 +1,101 @@
+"""Importance criteria and their registry."""
+
+from __future__ import annotations
+
+import builders
+import numpy as np
+import pytest
+from onnx import numpy_helper
+
+from onnxprune.analysis import analyze
+from onnxprune.importance import ImportanceContext, available_criteria, get_criterion, register_criterion
+from onnxprune.plan import make_plan
+
+
+def _ctx(model, seed: int = 0) -> ImportanceContext:
+    return ImportanceContext(model=model, dg=analyze(model), seed=seed)
+
+
+def _weight(model, name: str) -> np.ndarray:
+    return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name)).astype(np.float64)
+
+
+def test_builtins_are_registered() -> None:
+    assert {"l1", "l2", "fpgm", "bn_scale", "random"} <= set(available_criteria())
+
+
+def test_duplicate_registration_raises() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_criterion("l2")(lambda g, c: np.zeros(g.size))
+
+
+def test_l2_averages_normalized_source_and_sink_norms() -> None:
+    model = builders.conv_bn_relu()
+    ctx = _ctx(model)
+    w1, w2 = _weight(model, "w1"), _weight(model, "w2")
+    src = np.sqrt((w1**2).sum(axis=(1, 2, 3)))
+    snk = np.sqrt((w2**2).sum(axis=(0, 2, 3)))
+    want = (src / src.max() + snk / snk.max()) / 2
+    np.testing.assert_allclose(get_criterion("l2")(ctx.dg.groups[0], ctx), want)
+
+
+def test_l1_uses_absolute_sums() -> None:
+    model = builders.mlp(hidden=8)
+    ctx = _ctx(model)
+    w1, w2 = _weight(model, "fc1_w"), _weight(model, "fc2_w")
+    src, snk = np.abs(w1).sum(axis=1), np.abs(w2).sum(axis=1)
+    np.testing.assert_allclose(get_criterion("l1")(ctx.dg.groups[0], ctx), (src / src.max() + snk / snk.max()) / 2)
+
+
+def test_bn_scale_reads_gamma() -> None:
+    model = builders.conv_bn_relu()
+    ctx = _ctx(model)
+    gamma = np.abs(_weight(model, "gamma"))
+    np.testing.assert_allclose(get_criterion("bn_scale")(ctx.dg.groups[0], ctx), gamma / gamma.max())
+
+
+def test_bn_scale_without_bn_falls_back_to_l2() -> None:
+    model = builders.mlp()
+    ctx = _ctx(model)
+    g = ctx.dg.groups[0]
+    np.testing.assert_allclose(get_criterion("bn_scale")(g, ctx), get_criterion("l2")(g, ctx))
+
+
+def test_fpgm_scores_a_duplicate_filter_lowest() -> None:
+    model = builders.mlp(hidden=6)
+    w = next(t for t in model.graph.initializer if t.name == "fc1_w")
+    arr = numpy_helper.to_array(w).copy()
+    arr[3] = arr[:, :].mean(axis=0)  # the filter closest to all others
+    w.CopyFrom(numpy_helper.from_array(arr, "fc1_w"))
+    ctx = _ctx(model)
+    scores = get_criterion("fpgm")(ctx.dg.groups[0], ctx)
+    assert int(np.argmin(scores)) == 3
+
+
+def test_random_is_seeded() -> None:
+    model = builders.mlp()
+    a, b, c = _ctx(model, 1), _ctx(model, 1), _ctx(model, 2)
+    g = a.dg.groups[0]
+    np.testing.assert_array_equal(get_criterion("random")(g, a), get_criterion("random")(g, b))
+    assert not np.array_equal(get_criterion("random")(g, a), get_criterion("random")(g, c))
+
+
+def test_flatten_group_scores_aggregate_blocks() -> None:
+    model = builders.flatten_gemm(c=4, hw=3)
+    ctx = _ctx(model)
+    g = ctx.dg.groups[0]
+    sink = g.sinks[0]
+    w = _weight(model, sink.tensor)
+    per_feature = (w**2).sum(axis=0)
+    per_channel = np.sqrt(per_feature.reshape(4, 9).sum(axis=1))
+    src = np.sqrt((_weight(model, g.sources[0].tensor) ** 2).sum(axis=(1, 2, 3)))
+    want = (src / src.max() + per_channel / per_channel.max()) / 2
+    np.testing.assert_allclose(get_criterion("l2")(g, ctx), want)
+
+
+def test_custom_criterion_with_statistics() -> None:
+    model = builders.mlp(hidden=8)
+    dg = analyze(model)
+    plan = make_plan(model, dg, ratio=0.5, importance=lambda g, ctx: np.asarray(ctx.statistics["order"], float),
+                     statistics={"order": [0, 1, 2, 3, 4, 5, 6, 7]})
+    assert plan.keep[0].tolist() == [4, 5, 6, 7]
