@@ -6,6 +6,7 @@ run models import it when they are used.
 
 from __future__ import annotations
 
+from onnxprune.analysis import ChannelGroup, DependencyGraph, ParamCut, analyze
 from onnxprune.errors import (
     CalibrationError,
     ConfigError,
@@ -16,15 +17,33 @@ from onnxprune.errors import (
     UnsupportedModelError,
     ValidationError,
 )
+from onnxprune.importance import register_criterion
 from onnxprune.io import load_model, save_model
+from onnxprune.oracle import zeroed_reference
+from onnxprune.plan import PrunePlan, make_plan
+from onnxprune.rules.registry import RuleSpec
 from onnxprune.sparse_storage import from_sparse_storage, to_sparse_storage
 from onnxprune.sparsify import SparsifyResult, parse_layer_sparsity, parse_nm, sparsify, sparsify_nm
 from onnxprune.stats import ModelStats, model_stats
+from onnxprune.structured import StructuredResult, prune_structured
+from onnxprune.surgery import apply_plan
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CalibrationError",
+    "ChannelGroup",
+    "DependencyGraph",
+    "ParamCut",
+    "PrunePlan",
+    "RuleSpec",
+    "StructuredResult",
+    "analyze",
+    "apply_plan",
+    "make_plan",
+    "prune_structured",
+    "register_criterion",
+    "zeroed_reference",
     "ConfigError",
     "ModelLoadError",
     "ModelStats",
