@@ -53,11 +53,15 @@ class PrunePlan:
         object.__setattr__(self, "sizes", MappingProxyType({int(k): int(v) for k, v in self.sizes.items()}))
         object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
 
+    def kept(self, group_id: int) -> np.ndarray:
+        """Root indices the plan keeps in a group (sorted int64)."""
+        return np.asarray(self.keep[group_id], dtype=np.int64)
+
     def dropped(self, group_id: int) -> np.ndarray:
         """Root indices the plan removes from a group (sorted int64)."""
         if group_id not in self.keep:
             return np.zeros(0, dtype=np.int64)
-        return np.setdiff1d(np.arange(self.sizes[group_id], dtype=np.int64), self.keep[group_id])
+        return np.setdiff1d(np.arange(self.sizes[group_id], dtype=np.int64), self.kept(group_id))
 
     @property
     def channels_removed(self) -> int:
@@ -90,7 +94,7 @@ class PrunePlan:
                             f"supported (expected {PLAN_VERSION}); re-create the plan")
         try:
             groups = doc["groups"]
-            keep = {int(g): [int(i) for i in v["keep"]] for g, v in groups.items()}
+            keep = {int(g): np.asarray([int(i) for i in v["keep"]], dtype=np.int64) for g, v in groups.items()}
             sizes = {int(g): int(v["size"]) for g, v in groups.items()}
             return cls(fingerprint=str(doc["fingerprint"]), keep=keep, sizes=sizes,
                        criterion=str(doc.get("criterion", "")), meta=dict(doc.get("meta", {})))

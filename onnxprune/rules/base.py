@@ -33,6 +33,13 @@ class RuleContext:
         """An attribute of ``node``, falling back to the op schema default."""
         return attr(node, name, self.opset, default)
 
+    def int_attr(self, node: NodeProto, name: str, default: int | None = None) -> int:
+        """An integer attribute (schema default, then ``default``)."""
+        value = attr(node, name, self.opset, default)
+        if not isinstance(value, int):
+            raise Blocked(f"{node_label(node)} has no integer attribute '{name}'")
+        return value
+
     def shape(self, name: str) -> tuple[int, ...]:
         """The static shape of a tensor; raises :class:`Blocked` when any dim is unknown."""
         if self.index.is_constant(name):
@@ -89,6 +96,13 @@ class RewriteContext:
 
     def attr(self, node: NodeProto, name: str, default: object = None) -> object:
         return attr(node, name, self.opset, default)
+
+    def int_attr(self, node: NodeProto, name: str, default: int | None = None) -> int:
+        """An integer attribute (schema default, then ``default``)."""
+        value = attr(node, name, self.opset, default)
+        if not isinstance(value, int):
+            raise Blocked(f"{node_label(node)} has no integer attribute '{name}'")
+        return value
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape in the original model (before the cut)."""

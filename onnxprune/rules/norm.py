@@ -69,7 +69,7 @@ class GroupNormRule(OpRule):
             return [Coupling(ctx.slot(x, 0), ctx.slot(y, 0))]
         if axis != 1:
             raise Blocked(f"{node_label(node)} normalizes over spatial axis {axis}")
-        groups = int(ctx.attr(node, "num_groups"))  # type: ignore[arg-type]
+        groups = ctx.int_attr(node, "num_groups")
         c = ctx.shape(x)[1]
         if groups <= 0 or c % groups:
             raise Blocked(f"{node_label(node)}: {c} channels do not split into {groups} groups")
@@ -91,7 +91,7 @@ class GroupNormRule(OpRule):
     def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
         x = node.input[0]
         if ctx.changed(x, 1):
-            groups = int(ctx.attr(node, "num_groups"))  # type: ignore[arg-type]
+            groups = ctx.int_attr(node, "num_groups")
             size = ctx.shape(x)[1] // groups
             ctx.set_attr(node, "num_groups", len(ctx.kept(x, 1)) // size)
 
@@ -115,7 +115,7 @@ class LayerNormRule(OpRule):
         if not is_output(node, slot) and 0 not in which_input(node, slot, ctx):
             raise Blocked(f"{node_label(node)} normalizes over the axis its scale/bias '{slot.tensor}' covers")
         rank = ctx.rank(node.input[0])
-        start = int(ctx.attr(node, "axis", -1))  # type: ignore[arg-type]
+        start = ctx.int_attr(node, "axis", -1)
         start = start + rank if start < 0 else start
         return _axis_rule(node, slot, ctx, set(range(start, rank)), "normalizes over")
 
@@ -135,7 +135,7 @@ class SoftmaxRule(OpRule):
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
         rank = ctx.rank(node.input[0])
         default = -1 if ctx.opset >= 13 else 1
-        axis = int(ctx.attr(node, "axis", default))  # type: ignore[arg-type]
+        axis = ctx.int_attr(node, "axis", default)
         axis = axis + rank if axis < 0 else axis
         reduced = {axis} if ctx.opset >= 13 else set(range(axis, rank))
         return _axis_rule(node, slot, ctx, reduced, "normalizes over")

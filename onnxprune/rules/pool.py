@@ -37,7 +37,7 @@ def reduce_axes(node: NodeProto, ctx: RuleContext, rank: int) -> list[int]:
     else:
         axes = [int(a) for a in (ctx.attr(node, "axes") or [])]  # type: ignore[union-attr]
     if not axes:
-        if ctx.opset >= 18 and int(ctx.attr(node, "noop_with_empty_axes", 0)):  # type: ignore[arg-type]
+        if ctx.opset >= 18 and ctx.int_attr(node, "noop_with_empty_axes", 0):  # type: ignore[arg-type]
             return []
         return list(range(rank))
     return sorted(a + rank if a < 0 else a for a in axes)
@@ -51,7 +51,7 @@ class ReduceRule(OpRule):
         x, y = node.input[0], node.output[0]
         rank = ctx.rank(x)
         axes = reduce_axes(node, ctx, rank)
-        keep = int(ctx.attr(node, "keepdims", 1))  # type: ignore[arg-type]
+        keep = ctx.int_attr(node, "keepdims", 1)
         survivors = [a for a in range(rank) if keep or a not in axes]
         if is_output(node, slot):
             axis = survivors[slot.axis]

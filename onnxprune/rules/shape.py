@@ -37,7 +37,7 @@ class ConcatRule(OpRule):
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
         axis = _slot_axis(node, slot, ctx, tuple(range(len(node.input))))
         y = node.output[0]
-        cat = _norm_axis(int(ctx.attr(node, "axis")), ctx.rank(y))  # type: ignore[arg-type]
+        cat = _norm_axis(ctx.int_attr(node, "axis"), ctx.rank(y))  # type: ignore[arg-type]
         y_slot = ctx.slot(y, axis)
         result = []
         offset = 0
@@ -75,7 +75,7 @@ class SplitRule(OpRule):
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
         axis = _slot_axis(node, slot, ctx)
         x = node.input[0]
-        split_axis = _norm_axis(int(ctx.attr(node, "axis", 0)), ctx.rank(x))  # type: ignore[arg-type]
+        split_axis = _norm_axis(ctx.int_attr(node, "axis", 0), ctx.rank(x))  # type: ignore[arg-type]
         x_slot = ctx.slot(x, axis)
         if axis != split_axis:
             return [Coupling(ctx.slot(y, axis), x_slot) for y in node.output if y]
@@ -89,7 +89,7 @@ class SplitRule(OpRule):
 
     def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
         x = node.input[0]
-        axis = _norm_axis(int(ctx.attr(node, "axis", 0)), len(ctx.shape(x)))  # type: ignore[arg-type]
+        axis = _norm_axis(ctx.int_attr(node, "axis", 0), len(ctx.shape(x)))  # type: ignore[arg-type]
         if not ctx.changed(x, axis):
             return
         sizes = np.array([len(ctx.kept(y, axis)) for y in node.output], dtype=np.int64)

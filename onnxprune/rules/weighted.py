@@ -37,7 +37,7 @@ class ConvRule(OpRule):
             raise Blocked(f"{node_label(node)} has weights computed at runtime ('{w}')")
         transposed = node.op_type == "ConvTranspose"
         w_in, w_out = (0, 1) if transposed else (1, 0)
-        group = int(ctx.attr(node, "group", 1))  # type: ignore[arg-type]
+        group = ctx.int_attr(node, "group", 1)
         ins = which_input(node, slot, ctx)
         if is_output(node, slot):
             side = "batch" if slot.axis == 0 else "out" if slot.axis == 1 else "spatial"
@@ -78,7 +78,7 @@ class ConvRule(OpRule):
         return [*ties, Coupling(out_slot, w_slot, w_map, role="source", input_index=1), *out_params]
 
     def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
-        group = int(ctx.attr(node, "group", 1))  # type: ignore[arg-type]
+        group = ctx.int_attr(node, "group", 1)
         y = node.output[0]
         if group > 1 and ctx.changed(y, 1):
             cout_g = ctx.shape(y)[1] // group
@@ -113,7 +113,7 @@ class GemmRule(OpRule):
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
         a, b, y = node.input[0], node.input[1], node.output[0]
         c = node.input[2] if len(node.input) > 2 and node.input[2] else ""
-        ta, tb = int(ctx.attr(node, "transA", 0)), int(ctx.attr(node, "transB", 0))  # type: ignore[arg-type]
+        ta, tb = ctx.int_attr(node, "transA", 0), ctx.int_attr(node, "transB", 0)
         a_m, a_k = (1, 0) if ta else (0, 1)
         b_k, b_n = (1, 0) if tb else (0, 1)
         ins = which_input(node, slot, ctx)
