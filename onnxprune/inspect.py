@@ -49,7 +49,7 @@ def analyze_summary(source: str | os.PathLike[str] | ModelProto, *, dims: dict[s
         "macs_by_node": stats.macs_by_node,
         "op_histogram": stats.op_histogram,
         "prunable_weights": [
-            {"name": w.name, "shape": list(w.shape), "readers": list(w.nodes)}
+            {"name": w.name, "shape": list(w.shape), "readers": list(w.readers)}
             for w in find_prunable_weights(model)
         ],
         "dynamic_inputs": {k: list(v) for k, v in input_shapes(model).items()

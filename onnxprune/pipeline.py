@@ -49,8 +49,9 @@ class PruneResult:
 
 
 def _jsonable(obj: object) -> object:
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()  # type: ignore[no-any-return]
+    for method in ("to_dict", "as_dict"):
+        if hasattr(obj, method):
+            return getattr(obj, method)()
     if hasattr(obj, "tolist"):
         return obj.tolist()  # type: ignore[no-any-return]
     return str(obj)
@@ -257,7 +258,8 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
     result = prune_structured(original, ratio=config.ratio, importance=config.importance,
                               global_rank=config.global_rank, round_to=config.round_to,
                               min_channels=config.min_channels, exclude=config.exclude, seed=config.seed,
-                              plan=plan_in, group_ratios=group_ratios, dg=dg, calib=config.calib)
+                              plan=plan_in, group_ratios=group_ratios, dg=dg,
+                              statistics=_structured_statistics(original, dg, config))
     reference = zeroed_reference(original, dg, result.plan)
     model = result.model
     extra = dict(result.report)
@@ -269,6 +271,17 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
         extra["recovery"] = config.recovery
         reference = _ExactBeforeRecovery(exact, reference)  # type: ignore[assignment]
     return model, reference, result.plan, extra
+
+
+def _structured_statistics(original: ModelProto, dg: Any, config: PruneConfig) -> Any:
+    """Calibration statistics for data-aware criteria (``None`` for weight-only criteria)."""
+    if config.importance in ("l1", "l2", "fpgm", "bn_scale", "random"):
+        return None
+    if not config.calib:
+        raise ConfigError(f"--importance {config.importance} needs calibration data; pass --calib data.npz")
+    from onnxprune.data_criteria import structured_statistics
+
+    return structured_statistics(original, dg, config.calib)
 
 
 @dataclass(frozen=True)

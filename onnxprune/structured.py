@@ -99,7 +99,8 @@ def prune_structured(model: ModelProto | str | os.PathLike[str], *, ratio: float
                      global_rank: bool = False, round_to: int | None = None, min_channels: int = 1,
                      exclude: Iterable[str] = (), seed: int = 0, plan: PrunePlan | None = None,
                      group_ratios: Mapping[int, float] | None = None, extra_rules: Iterable[RuleSpec] = (),
-                     statistics: Mapping[str, object] | None = None) -> StructuredResult:
+                     statistics: Mapping[str, object] | None = None,
+                     dg: DependencyGraph | None = None) -> StructuredResult:
     """Remove channels from a model; the input is never modified.
 
     Args:
@@ -115,6 +116,7 @@ def prune_structured(model: ModelProto | str | os.PathLike[str], *, ratio: float
         group_ratios: per-group ratios overriding ``ratio``.
         extra_rules: additional op rules (:class:`~onnxprune.rules.registry.RuleSpec`).
         statistics: data for data-aware criteria.
+        dg: the dependency graph of ``model`` if the caller already built it (saves a second analysis).
 
     Returns:
         :class:`StructuredResult`.
@@ -130,10 +132,25 @@ def prune_structured(model: ModelProto | str | os.PathLike[str], *, ratio: float
     validate_options(ratio=ratio, round_to=round_to, min_channels=min_channels, group_ratios=group_ratios)
     m = load_model(model, check=not isinstance(model, ModelProto))
     rules = tuple(extra_rules)
-    dg = analyze(m, extra_rules=rules)
+    if dg is None:
+        dg = analyze(m, extra_rules=rules)
     if plan is None:
         plan = make_plan(m, dg, ratio=ratio, importance=importance, global_rank=global_rank, round_to=round_to,
                          min_channels=min_channels, exclude=exclude, seed=seed, group_ratios=group_ratios,
                          statistics=statistics)
     pruned = apply_plan(m, plan, dg=dg, extra_rules=rules)
     return StructuredResult(model=pruned, plan=plan, dg=dg, report=build_report(m, dg, plan))
+
+
+def describe_groups(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> dict:
+    """Channel groups of a model as ``onnxprune analyze`` shows them (JSON-able)."""
+    dg = analyze(model, dims=dict(dims) if dims else None)
+    groups = [{
+        "id": g.id,
+        "size": g.size,
+        "blockers": list(g.blockers),
+        "sources": [f"{c.node} ({c.op_type})" for c in g.sources],
+        "sinks": [f"{c.node} ({c.op_type})" for c in g.sinks],
+        "members": [str(s) for s in g.members],
+    } for g in dg.groups]
+    return {"groups": groups, "coverage": round(coverage(model, dg, dict(dg.shapes)), 6)}

@@ -121,17 +121,35 @@ def print_summary(report: dict[str, Any], output: str) -> None:
               f"coverage {report.get('coverage', 0.0):.1%}")
     validation = report.get("validation")
     if validation:
-        if "exact" in validation:
-            print(f"  exactness             pass ({validation['exact'].get('summary', 'ok')})")
-        drift = validation.get("drift", {})
-        if drift.get("summary"):
-            print(f"  drift vs original     {drift['summary']}")
+        for kind, label in (("exact", "exactness"), ("drift", "drift vs original")):
+            if kind in validation:
+                print(f"  {label:<22}{_comparison_line(validation[kind], exact=kind == 'exact')}")
     if "accuracy" in report:
         b, a = report["accuracy"]["before"], report["accuracy"]["after"]
         print(f"  top-1 accuracy        {b['top1']:.4f} -> {a['top1']:.4f} (n={a['n']})")
     for skipped in report.get("skipped", [])[:10]:
         print(f"  skipped {skipped['name']}: {skipped['reason']}")
     print(f"  time                  {report['seconds']:.2f} s")
+
+
+def _comparison_line(validation: dict[str, Any], *, exact: bool) -> str:
+    """One line per comparison: verdict and the worst output's figures, for each provider."""
+    parts = []
+    for provider, cmp in validation.get("comparisons", {}).items():
+        outs = cmp.get("outputs", [])
+        if not outs:
+            continue
+        worst = max(outs, key=lambda o: float(o["max_abs"]) if o["max_abs"] is not None else 0.0)
+        if exact:
+            verdict = "pass" if cmp.get("within_tolerance") else "FAIL"
+            parts.append(f"{provider}: {verdict}, max|diff| {float(worst['max_abs']):.2e} "
+                         f"(pruned vs original with dropped channels silenced)")
+        else:
+            text = f"{provider}: cosine {float(worst['cosine']):.4f}, max|diff| {float(worst['max_abs']):.3g}"
+            if worst.get("top1") is not None:
+                text += f", top-1 agreement {float(worst['top1']):.1%}"
+            parts.append(text)
+    return "; ".join(parts) or validation.get("summary", "")
 
 
 def run(args: argparse.Namespace) -> int:

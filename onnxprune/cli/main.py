@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 1 user error or failed check, 2 usage, 130 Ctrl-C)."""
+    """Run the CLI; returns the exit status (0 ok, 1 user error or failed check, 2 usage, 3 bug, 130 Ctrl-C)."""
     parser = build_parser()
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
@@ -85,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         sys.stderr.write("onnxprune: error: out of memory; close other programs or use a bigger machine\n")
         return 1
+    except Exception as exc:  # noqa: BLE001 - last resort: a bug must still end in one readable line
+        if verbose:
+            traceback.print_exc()
+        sys.stderr.write(f"onnxprune: internal error: {type(exc).__name__}: {exc}; no output was written. "
+                         f"Rerun with --verbose and report it\n")
+        return 3
 
 
 if __name__ == "__main__":
