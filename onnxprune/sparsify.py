@@ -199,14 +199,14 @@ def parse_layer_sparsity(specs: Iterable[str]) -> dict[str, float]:
     for spec in specs:
         pattern, sep, value = str(spec).rpartition("=")
         if not sep or not pattern.strip():
-            raise ConfigError(f"layer sparsity {spec!r} is not of the form 'pattern=fraction', e.g. 'conv1=0.3'")
+            raise ConfigError(f"--layer-sparsity {spec!r} is not of the form 'pattern=fraction', e.g. 'conv1=0.3'")
         try:
             number = float(value)
         except ValueError:
             raise ConfigError(
-                f"layer sparsity {spec!r}: {value!r} is not a number; write e.g. '{pattern}=0.3'"
+                f"--layer-sparsity {spec!r}: {value!r} is not a number; write e.g. '{pattern}=0.3'"
             ) from None
-        out[pattern.strip()] = _check_fraction(number, f"layer sparsity for '{pattern.strip()}'")
+        out[pattern.strip()] = _check_fraction(number, f"--layer-sparsity '{pattern.strip()}'")
     return out
 
 

@@ -420,7 +420,7 @@ def test_parse_layer_sparsity():
         parse_layer_sparsity(["=0.3"])
     with pytest.raises(ConfigError, match="'half' is not a number; write e.g. 'conv1=0.3'"):
         parse_layer_sparsity(["conv1=half"])
-    with pytest.raises(ConfigError, match=r"layer sparsity for 'conv1' must be in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"--layer-sparsity 'conv1' must be in \[0, 1\)"):
         parse_layer_sparsity(["conv1=1"])
 
 
