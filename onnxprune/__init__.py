@@ -17,9 +17,11 @@ from onnxprune.errors import (
     UnsupportedModelError,
     ValidationError,
 )
+from onnxprune.config import PruneConfig
 from onnxprune.importance import register_criterion
 from onnxprune.io import load_model, save_model
 from onnxprune.oracle import zeroed_reference
+from onnxprune.pipeline import PruneResult, prune
 from onnxprune.plan import PrunePlan, make_plan
 from onnxprune.rules.registry import RuleSpec
 from onnxprune.sparse_storage import from_sparse_storage, to_sparse_storage
@@ -30,7 +32,30 @@ from onnxprune.surgery import apply_plan
 
 __version__ = "0.1.0"
 
+#: Functions that run models live in modules importing onnxruntime; load them on first use only.
+_LAZY = {
+    "validate_models": "onnxprune.validate",
+    "compare_outputs": "onnxprune.validate",
+    "benchmark": "onnxprune.bench",
+    "evaluate_accuracy": "onnxprune.evaluate",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'onnxprune' has no attribute '{name}'")
+
 __all__ = [
+    "PruneConfig",
+    "PruneResult",
+    "prune",
+    "validate_models",
+    "compare_outputs",
+    "benchmark",
+    "evaluate_accuracy",
     "CalibrationError",
     "ChannelGroup",
     "DependencyGraph",
