@@ -39,9 +39,9 @@ def _layer_rows(layers: Layers | None) -> list[tuple[str, int, int]]:
             rows.append((str(name), int(before), int(after)))
         return rows
     for item in layers:
-        name = item.get("name", item.get("layer", item.get("id", "?")))
-        before = item.get("before", item.get("channels_before", item.get("size")))
-        after = item.get("after", item.get("channels_after", item.get("kept")))
+        name = item.get("name", item.get("layer", f"group {item['id']}" if "id" in item else "?"))
+        before = next((item[k] for k in ("before", "channels_before", "size_before") if k in item), None)
+        after = next((item[k] for k in ("after", "channels_after", "size_after") if k in item), None)
         if before is None or after is None:
             raise ConfigError(f"layer entry {dict(item)} needs 'before' and 'after' channel counts")
         rows.append((str(name), int(before), int(after)))
@@ -59,10 +59,12 @@ def plot_report(
 
     Args:
         path: image file; the format follows the suffix (``.png``, ``.svg``, ``.pdf``).
-        report: a prune report dict; its ``bench`` and ``layers`` keys are used unless given explicitly.
+        report: a prune report dict; its ``bench`` and ``layers`` (else ``groups``) keys are used unless
+            given explicitly.
         bench: a ``BenchReport.to_dict()``.
-        layers: ``{layer: (channels before, channels after)}`` or a list of
-            ``{"name", "before", "after"}`` dicts.
+        layers: ``{layer: (channels before, channels after)}`` or a list of dicts with a name (``name``,
+            ``layer`` or ``id``) and counts (``before``/``after``, ``channels_*`` or ``size_before``/
+            ``size_after`` as in the structured report's ``groups``).
 
     Returns:
         The path written.
@@ -76,7 +78,7 @@ def plot_report(
     """
     report = report or {}
     bench = bench if bench is not None else report.get("bench")
-    rows = _layer_rows(layers if layers is not None else report.get("layers"))
+    rows = _layer_rows(layers if layers is not None else (report.get("layers") or report.get("groups")))
     if not bench and not rows:
         raise ConfigError("nothing to plot: no benchmark and no per-layer channels; run prune with --bench")
     out = check_output_path(path)

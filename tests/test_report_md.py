@@ -73,6 +73,9 @@ def test_plot_writes_an_image(tmp_path, bench_dict):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = plot_report(tmp_path / "p.svg", report={"layers": [{"name": "fc1", "before": 64, "after": 16}]})
     assert "<svg" in svg.read_text()
+    # the structured report's groups serve as layers when no "layers" key is given
+    groups = {"groups": [{"id": 3, "size_before": 64, "size_after": 32, "members": ["a"]}]}
+    assert plot_report(tmp_path / "g.png", report=groups).stat().st_size > 0
     assert not list(tmp_path.glob(".*onnxprune-tmp"))
 
 

@@ -17,8 +17,10 @@ scaled by ``1 - ratio`` inside every bottleneck and only they are timed, which s
 a pruned model could reach.
 
 Usage:
-  .venv/bin/python tools/bench_resnet50.py [--ratios 0.3,0.5] [--batches 1,8,32] [--runs 10] [--warmup 2]
-                                          [--threads N] [--json results.json]
+  .venv/bin/python tools/bench_resnet50.py [--ratios 0.3,0.5] [--batches 1,8,32] [--runs 20] [--warmup 2]
+                                          [--threads N] [--round-to K] [--json results.json]
+
+On a shared machine, ``--threads 1`` gives far steadier figures than onnxruntime's one thread per core.
 """
 
 from __future__ import annotations
@@ -57,13 +59,13 @@ def scaled_widths(model, ratio: float) -> dict[str, int]:
             else v for k, v in widths.items()}
 
 
-def _prune(model, ratio: float):
+def _prune(model, ratio: float, round_to: int | None):
     """The structurally pruned model, or None when ``onnxprune.structured`` is not there yet."""
     try:
         from onnxprune.structured import prune_structured
     except ImportError:
         return None
-    return prune_structured(model, ratio=ratio).model
+    return prune_structured(model, ratio=ratio, round_to=round_to).model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20, help="timed runs per model and batch (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default all)")
+    parser.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this")
     parser.add_argument("--validate-samples", type=int, default=2, help="samples for the drift check (default 2)")
     parser.add_argument("--json", help="also write the raw benchmark report here")
     args = parser.parse_args(argv)
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs: list[tuple[float, str | None, str]] = []  # (ratio, pruned name or None, twin name)
     lines: list[str] = []
     for ratio in ratios:
-        pruned = _prune(original, ratio)
+        pruned = _prune(original, ratio, args.round_to)
         if pruned is None:
             lines.append(f"ratio {ratio}: onnxprune.structured is not available; timing the narrow twin only")
             twin = resnet50(seed=1, widths=scaled_widths(original, ratio))
