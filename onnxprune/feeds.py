@@ -173,8 +173,7 @@ def fixed_batch_size(specs: Sequence[InputSpec]) -> int | None:
     Raises:
         CalibrationError: inputs with different fixed first dims (they cannot be batched together).
     """
-    fixed = {s.fixed_batch for s in specs if s.rank}
-    fixed.discard(None)
+    fixed = {s.fixed_batch for s in specs if s.rank and s.fixed_batch is not None}
     if len(fixed) > 1:
         raise CalibrationError(f"inputs have different fixed batch sizes {sorted(fixed)}; cannot batch them")
     return fixed.pop() if fixed else None

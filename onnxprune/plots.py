@@ -34,9 +34,8 @@ def _layer_rows(layers: Layers | None) -> list[tuple[str, int, int]]:
         return []
     rows: list[tuple[str, int, int]] = []
     if isinstance(layers, Mapping):
-        for name, pair in layers.items():
-            before, after = pair
-            rows.append((str(name), int(before), int(after)))
+        for name, (before_n, after_n) in layers.items():
+            rows.append((str(name), int(before_n), int(after_n)))
         return rows
     for item in layers:
         name = item.get("name", item.get("layer", f"group {item['id']}" if "id" in item else "?"))

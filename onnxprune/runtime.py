@@ -116,7 +116,7 @@ def _preload_dlls() -> None:
     _dlls_preloaded = True
     try:
         ort.preload_dlls()
-    except (OSError, *ORT_ERRORS) as exc:  # best effort: the session check below gives the real error
+    except (OSError, *ORT_ERRORS) as exc:  # type: ignore[misc]  # best effort: the session check tells
         log.debug("onnxruntime.preload_dlls() failed: %s", first_line(exc))
 
 
