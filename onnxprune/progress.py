@@ -24,6 +24,11 @@ def set_progress_enabled(enabled: bool) -> None:
     _enabled = bool(enabled)
 
 
+def progress_switched_on() -> bool:
+    """The switch :func:`set_progress_enabled` sets (whatever the terminal or ``CI`` say)."""
+    return _enabled
+
+
 def progress_enabled() -> bool:
     """True when bars should show: enabled, not in CI (env ``CI`` set), and stderr is a terminal."""
     if not _enabled or os.environ.get("CI"):

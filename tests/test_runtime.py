@@ -119,6 +119,14 @@ class _Tty(io.StringIO):
         return True
 
 
+@pytest.fixture(autouse=True)
+def _progress_enabled_again():
+    """Another test's ``main([..., "--quiet"])`` turns bars off for the whole process; start from on."""
+    progress_mod.set_progress_enabled(True)
+    yield
+    progress_mod.set_progress_enabled(True)
+
+
 def test_progress_silent_without_a_terminal(monkeypatch):
     monkeypatch.setattr("sys.stderr", io.StringIO())
     assert not progress_mod.progress_enabled()
@@ -129,17 +137,14 @@ def test_progress_on_a_terminal_unless_ci_or_disabled(monkeypatch):
     fake = _Tty()
     monkeypatch.setattr("sys.stderr", fake)
     monkeypatch.delenv("CI", raising=False)
-    try:
-        assert progress_mod.progress_enabled()
-        assert list(progress_mod.progress(range(3), desc="runs")) == [0, 1, 2]
-        assert "runs" in fake.getvalue()
-        monkeypatch.setenv("CI", "true")
-        assert not progress_mod.progress_enabled()
-        monkeypatch.delenv("CI")
-        progress_mod.set_progress_enabled(False)
-        assert not progress_mod.progress_enabled()
-    finally:
-        progress_mod.set_progress_enabled(True)
+    assert progress_mod.progress_enabled()
+    assert list(progress_mod.progress(range(3), desc="runs")) == [0, 1, 2]
+    assert "runs" in fake.getvalue()
+    monkeypatch.setenv("CI", "true")
+    assert not progress_mod.progress_enabled()
+    monkeypatch.delenv("CI")
+    progress_mod.set_progress_enabled(False)
+    assert not progress_mod.progress_enabled()
 
 
 def test_cli_quiet_disables_progress(tmp_path):
@@ -147,8 +152,18 @@ def test_cli_quiet_disables_progress(tmp_path):
 
     path = tmp_path / "m.onnx"
     onnx.save(mlp(), path)
+    seen: list[bool] = []
+    real = progress_mod.set_progress_enabled
+
+    def spy(enabled: bool) -> None:
+        seen.append(bool(enabled))
+        real(enabled)
+
+    progress_mod.set_progress_enabled = spy
     try:
         assert main(["validate", str(path), str(path), "--quiet"]) == 0
-        assert not progress_mod._enabled
     finally:
-        progress_mod.set_progress_enabled(True)
+        progress_mod.set_progress_enabled = real
+    # Off for the run, then restored: main() may be called many times in one process.
+    assert seen == [False, True]
+    assert progress_mod.progress_switched_on()

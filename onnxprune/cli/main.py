@@ -63,13 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="onnxprune: %(levelname)s: %(message)s",
         force=True,
     )
+    from onnxprune.progress import progress_switched_on, set_progress_enabled
+
+    progress_before = progress_switched_on()
     if quiet:
-        try:
-            from onnxprune.progress import set_progress_enabled
-        except ImportError:
-            pass
-        else:
-            set_progress_enabled(False)
+        set_progress_enabled(False)
     try:
         return int(args._run(args))
     except OnnxPruneError as exc:
@@ -91,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"onnxprune: internal error: {type(exc).__name__}: {exc}; no output was written. "
                          f"Rerun with --verbose and report it\n")
         return 3
+    finally:
+        set_progress_enabled(progress_before)  # main() may run many times in one process (tests, scripts)
 
 
 if __name__ == "__main__":
