@@ -19,9 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from onnxprune.config import parse_assignments
+    from onnxprune.feeds import parse_dims
 
-    dims = {k: int(v) for k, v in parse_assignments(args.dim, option="--dim", kind=int).items()}  # type: ignore[call-overload]
+    dims = parse_dims(args.dim)
     summary = analyze_summary(args.model, dims=dims)
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from onnxprune.config import PruneConfig, parse_assignments
+from onnxprune.config import PruneConfig
 
 
 def _csv_ints(text: str) -> tuple[int, ...]:
@@ -75,6 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> PruneConfig:
     """Map parsed arguments onto the one :class:`PruneConfig` the API uses too."""
+    from onnxprune.feeds import parse_dims
     from onnxprune.sparsify import parse_layer_sparsity
 
     return PruneConfig(
@@ -86,7 +87,7 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
         exclude=tuple(args.exclude), calib=args.calib, recover=args.recover, target_macs=args.target_macs,
         target_params=args.target_params, max_error=args.max_error, eval_data=args.eval_data, labels=args.labels,
         validate=args.validate, atol=args.atol, rtol=args.rtol,
-        dims={k: int(v) for k, v in parse_assignments(args.dim, option="--dim", kind=int).items()},  # type: ignore[call-overload]
+        dims=parse_dims(args.dim),
         providers=tuple(x.strip() for x in args.providers.split(",") if x.strip()),
         validation_data=args.data, bench=args.bench, bench_batches=tuple(args.batch), bench_runs=args.runs,
         bench_warmup=args.warmup, threads=args.threads, external_data=args.external_data,
