@@ -24,7 +24,8 @@ def parse_assignments(items: list[str] | tuple[str, ...], *, option: str, kind: 
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise ConfigError(f"{option} '{item}' is not of the form NAME=VALUE (e.g. {option} 'conv1*=0.3')")
+            example = "batch=8" if kind is int else "conv1*=0.3"
+            raise ConfigError(f"{option} '{item}' is not of the form NAME=VALUE (e.g. {option} '{example}')")
         try:
             out[key.strip()] = kind(value.strip())
         except ValueError as exc:
