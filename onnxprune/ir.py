@@ -209,6 +209,24 @@ def _dims(type_proto: onnx.TypeProto) -> Shape | None:
     return tuple(dims)
 
 
+def shape_of_type(type_proto: onnx.TypeProto) -> Shape | None:
+    """Dims of a tensor type (int, symbolic str or None per dim); None when it has no shape."""
+    return _dims(type_proto)
+
+
+def attr_ints(node: NodeProto, name: str, opset: int | None = None, default: list[int] | None = None) -> list[int]:
+    """A list-of-integers attribute (``perm``, ``axes``, ``pads``...) as ``list[int]``, typed for callers.
+
+    Returns ``default`` (or an empty list) when the attribute is absent and the schema has no default.
+    """
+    value = attr(node, name, opset)
+    if value is None:
+        return list(default or [])
+    if isinstance(value, (int, np.integer)):
+        return [int(value)]
+    return [int(v) for v in value]  # type: ignore[attr-defined]
+
+
 def input_shapes(model: ModelProto) -> dict[str, Shape | None]:
     """Declared shapes of the graph's real inputs (initializers excluded)."""
     inits = {t.name for t in model.graph.initializer}
@@ -253,8 +271,12 @@ def shape_skeleton(model: ModelProto, dims: dict[str, int] | None = None, defaul
 
 
 def infer_shapes(model: ModelProto, dims: dict[str, int] | None = None, default_dim: int = 1,
-                 strict: bool = False) -> dict[str, Shape]:
+                 strict: bool = False, fold: bool = True) -> dict[str, Shape]:
     """Shapes of every tensor (inputs, intermediates, outputs, initializers) after shape inference.
+
+    With ``fold=True`` runtime shape arithmetic (``Shape -> Gather -> Div -> Reshape``) is evaluated at the
+    fixed input dims (:func:`onnxprune.shapefold.fold_shapes`), so tensors after such reshapes get static
+    shapes too.
 
     Raises:
         UnsupportedModelError: with ``strict=True``, when inference fails.
@@ -273,6 +295,10 @@ def infer_shapes(model: ModelProto, dims: dict[str, int] | None = None, default_
             shapes[vi.name] = d
     for t in inferred.graph.initializer:
         shapes[t.name] = tuple(int(x) for x in t.dims)
+    if fold:
+        from onnxprune.shapefold import fold_shapes
+
+        shapes = fold_shapes(skel, shapes)
     for node in model.graph.node:
         if node.op_type == "Constant":
             value = constant_node_value(node)

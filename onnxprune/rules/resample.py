@@ -52,6 +52,9 @@ class ResizeRule(OpRule):
         x, y = node.input[0], node.output[0]
         if ctx.shape(x)[axis] != ctx.shape(y)[axis]:
             raise Blocked(f"{node_label(node)} resizes axis {axis} of '{x}'")
+        if node.op_type == "Resize" and len(node.input) > 3 and node.input[3] and not ctx.is_const(node.input[3]):
+            raise Blocked(f"{node_label(node)} computes its output sizes at runtime ('{node.input[3]}'); they "
+                          f"hold the channel count, which the cut would leave stale")
         return [Coupling(ctx.slot(x, axis), ctx.slot(y, axis))]
 
     def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:

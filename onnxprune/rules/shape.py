@@ -253,3 +253,66 @@ class ReshapeRule(OpRule):
             if o != n and target[b] > 0:
                 target[b] = n
         ctx.set_const_input(node, 1, target)
+
+
+def _read_positions(node: NodeProto, ctx: RuleContext, n: int) -> tuple[set[int], str]:
+    """Which entries of a ``Shape`` output (length ``n``) its consumers read, and the first reader of all.
+
+    A ``Gather`` (axis 0) or ``Slice`` (axis 0) with constant indices reads only those entries; any other
+    consumer (a graph output included) is taken to read every entry.
+    """
+    out = node.output[0]
+    read: set[int] = set()
+    if out in ctx.index.graph_outputs:
+        return set(range(n)), f"graph output '{out}'"
+    everything = ""
+    for user in ctx.index.consumers.get(out, []):
+        if user.op_type == "Gather" and user.input[0] == out and out not in user.input[1:] \
+                and ctx.int_attr(user, "axis", 0) == 0 and ctx.is_const(user.input[1]):
+            idx = ctx.const(user.input[1]).astype(np.int64).reshape(-1)
+            read.update(int(i) + n if i < 0 else int(i) for i in idx)
+            continue
+        if user.op_type == "Slice" and user.input[0] == out and out not in user.input[1:] and ctx.opset >= 10 \
+                and all(ctx.is_const(i) for i in user.input[1:] if i):
+            starts, ends, axes, steps = (
+                [int(v) for v in ctx.const(user.input[k]).reshape(-1)] if len(user.input) > k and user.input[k]
+                else None for k in (1, 2, 3, 4))
+            if starts is not None and ends is not None and all(a in (0, -1) for a in (axes or [0])):
+                read.update(range(n)[slice(starts[0], ends[0], (steps or [1])[0])])
+                continue
+        everything = everything or node_label(user)
+    if everything:
+        read.update(range(n))
+    return read, everything
+
+
+@register_rule("Shape", "Size")
+class ShapeRule(OpRule):
+    """``Shape``/``Size`` carry no channel, but their values change when a dimension they report is cut.
+
+    A ``Shape`` whose output is read only through ``Gather``/``Slice`` of other dimensions (constant
+    indices), or whose ``start``/``end`` leave the cut axis out, does not depend on the channel count: no
+    coupling and no blocker. When the cut dimension is read, the value would silently change after the cut
+    (a reshape target, a split size), so the slot is blocked with the reader named.
+    """
+
+    def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
+        x = node.input[0]
+        if slot.tensor in node.output:
+            raise Blocked(f"{node_label(node)} output '{slot.tensor}' is a shape, not data; it cannot be cut")
+        if node.op_type == "Size":
+            raise Blocked(f"{node_label(node)} reads the element count of '{x}', which changes with axis "
+                          f"{slot.axis}")
+        rank = ctx.rank(x)
+        start = ctx.int_attr(node, "start", 0) if ctx.opset >= 15 else 0
+        end_attr = ctx.attr(node, "end") if ctx.opset >= 15 else None
+        end = int(end_attr) if isinstance(end_attr, int) else rank
+        start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
+        if not start <= slot.axis < end:
+            return []
+        read, everything = _read_positions(node, ctx, end - start)
+        if slot.axis - start in read:
+            via = f"used whole by {everything}" if everything else "read by a Gather/Slice of that entry"
+            raise Blocked(f"{node_label(node)} reports the size of cut axis {slot.axis} of '{x}' ({via}); the "
+                          f"value computed from it would change after the cut")
+        return []

@@ -50,3 +50,15 @@ def test_resize_with_sizes_is_rewritten() -> None:
 def test_upsample_opset9() -> None:
     model = sandwich(lambda g, y: g.op("Upsample", [y, g.const(np.array([1, 1, 2, 2], np.float32))]), opset=9)
     prove_random_cuts(model)
+
+
+def test_resize_with_runtime_sizes_blocks() -> None:
+    """Sizes computed at runtime (here a Concat) hold the channel count; the cut cannot rewrite them."""
+
+    def middle(g, y):
+        sizes = g.op("Concat", [g.const(np.array([1, 6], np.int64)), g.const(np.array([10, 10], np.int64))], axis=0)
+        return g.op("Resize", [y, "", "", sizes], mode="nearest")
+
+    _, grp = first_group(sandwich(middle))
+    assert not grp.prunable
+    assert any("computes its output sizes at runtime" in b for b in grp.blockers), grp.blockers

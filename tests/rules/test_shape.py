@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import builders
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from onnx import helper, numpy_helper
 from oracle_check import check_prune, first_group, prove_random_cuts, sandwich
 
 from onnxprune.analysis import analyze
+from onnxprune.ir import infer_shapes
 
 
 def test_concat_of_two_layers_keeps_separate_groups() -> None:
@@ -144,3 +147,66 @@ def test_runtime_reshape_target_is_blocked() -> None:
 
     _, grp = first_group(sandwich(middle))
     assert not grp.prunable
+
+
+def _scaled_by(g, y, read) -> str:
+    """``y * float(read(g, y))``: a value computed from ``y``'s shape flows back into the data path."""
+    value = g.op("Cast", [read(g, y)], to=1)
+    return g.op("Mul", [g.op("Relu", [y]), value])
+
+
+@pytest.mark.parametrize("read", [
+    pytest.param(lambda g, y: g.op("Gather", [g.op("Shape", [y]), g.const(np.array(2, np.int64))], axis=0),
+                 id="gather-height"),
+    pytest.param(lambda g, y: g.op("ReduceProd", [g.op("Gather", [g.op("Shape", [y]), g.const(np.array(
+        [0, -1], np.int64))], axis=0)], keepdims=0), id="gather-batch-and-width"),
+    pytest.param(lambda g, y: g.op("ReduceProd", [g.op("Slice", [g.op("Shape", [y]), g.const(np.array([2], np.int64)),
+                                                                 g.const(np.array([4], np.int64))])], keepdims=0),
+                 id="slice-spatial"),
+    pytest.param(lambda g, y: g.op("ReduceProd", [g.op("Shape", [y], start=2)], keepdims=0), id="shape-start-2"),
+    pytest.param(lambda g, y: g.op("ReduceProd", [g.op("Shape", [y], start=-2, end=4)], keepdims=0),
+                 id="shape-negative-start"),
+])
+def test_shape_of_other_dims_does_not_block(read) -> None:
+    model = sandwich(lambda g, y: _scaled_by(g, y, read))
+    _, grp = first_group(model)
+    assert grp.prunable, grp.blockers
+    prove_random_cuts(model)
+
+
+@pytest.mark.parametrize(("read", "reason"), [
+    (lambda g, y: g.op("Gather", [g.op("Shape", [y]), g.const(np.array(1, np.int64))], axis=0),
+     r"reports the size of cut axis 1 .*Gather/Slice of that entry"),
+    (lambda g, y: g.op("Gather", [g.op("Shape", [y]), g.const(np.array([-3], np.int64))], axis=0),
+     r"reports the size of cut axis 1"),
+    (lambda g, y: g.op("ReduceProd", [g.op("Slice", [g.op("Shape", [y]), g.const(np.array([0], np.int64)),
+                                                     g.const(np.array([2], np.int64))])], keepdims=0),
+     r"reports the size of cut axis 1"),
+    (lambda g, y: g.op("ReduceProd", [g.op("Shape", [y])], keepdims=0),
+     r"used whole by '.*' \(ReduceProd\)"),
+    (lambda g, y: g.op("Size", [y]), r"reads the element count of '.*', which changes with axis 1"),
+])
+def test_shape_of_the_cut_axis_blocks_with_the_reader_named(read, reason: str) -> None:
+    _, grp = first_group(sandwich(lambda g, y: _scaled_by(g, y, read)))
+    assert not grp.prunable
+    assert any(re.search(reason, b) for b in grp.blockers), grp.blockers
+
+
+def test_runtime_shape_arithmetic_gives_static_shapes_downstream() -> None:
+    """A window computed as ``Shape -> Gather -> Div -> Slice`` (torch's ``x.chunk(2, dim=1)``) folds at fixed
+    input dims, so the layers after it are analysed; the slice itself stays blocked (it reads the cut axis)."""
+
+    def middle(g, y):
+        half = g.op("Div", [g.op("Gather", [g.op("Shape", [y]), g.const(np.array([1], np.int64))], axis=0),
+                            g.const(np.array(2, np.int64))])
+        first = g.op("Slice", [y, g.const(np.array([0], np.int64)), half, g.const(np.array([1], np.int64))])
+        inner = g.op("Relu", [g.conv(first, 3, 7)])
+        return g.conv(inner, 7, 6)
+
+    model = sandwich(middle)
+    assert "unk" in str(infer_shapes(model, fold=False)[model.graph.node[-2].output[0]])  # onnx alone: symbolic
+    dg = analyze(model)
+    assert not dg.groups[0].prunable and "cut axis 1" in dg.groups[0].blockers[0]
+    inner = [grp for grp in dg.groups if grp.size == 7]
+    assert len(inner) == 1 and inner[0].prunable
+    check_prune(model, ratio=0.5)
