@@ -401,3 +401,72 @@ def class_scores(classes: int = 6, batch: int | str = "N") -> onnx.ModelProto:
     """scores [batch, classes] → Identity → logits: a classifier whose predictions the test chooses exactly."""
     nodes = [helper.make_node("Identity", ["scores"], ["logits"], name="identity")]
     return make_model(nodes, [vinfo("scores", [batch, classes])], [vinfo("logits", [batch, classes])])
+
+
+# -- reliability builders: weights computed at run time, custom-domain ops ------------------------------
+def computed_weights(seed: int = 0, c_in: int = 3, c_mid: int = 8, c_out: int = 6, hw: int = 6,
+                     recipe: str = "reshape") -> onnx.ModelProto:
+    """conv1 (weight computed at run time) → Relu → conv2 (stored weight) → out.
+
+    ``recipe`` says how conv1's weight is made: ``reshape`` (Constant flat → Reshape → Transpose, bias from
+    ConstantOfShape), ``weightnorm`` (g * v / ReduceL2(v)), ``random`` (RandomNormal: never constant) or
+    ``custom`` (a custom-domain op over a stored tensor: cannot be evaluated).
+    """
+    g = GraphBuilder(seed)
+    shape = (c_mid, c_in, 3, 3)
+    w_value = g.r.standard_normal(shape).astype(np.float32) / 3
+    opsets = [helper.make_opsetid("", OPSET)]
+    if recipe == "reshape":
+        flat = g.op("Constant", [], value=numpy_helper.from_array(
+            w_value.transpose(1, 0, 2, 3).reshape(-1), "w1_flat"))
+        w = g.op("Transpose", [g.op("Reshape", [flat, g.const(np.array([c_in, c_mid, 3, 3], np.int64))])],
+                 perm=[1, 0, 2, 3])
+        b = g.op("ConstantOfShape", [g.const(np.array([c_mid], np.int64))],
+                 value=numpy_helper.from_array(np.array([0.25], np.float32)))
+    elif recipe == "weightnorm":
+        v = g.const(w_value, "v")
+        norm = g.op("ReduceL2", [v], axes=[1, 2, 3], keepdims=1)
+        w = g.op("Mul", [g.op("Div", [v, norm]), g.weight((c_mid, 1, 1, 1), "gain", 0.5)])
+        b = g.weight((c_mid,), "b1")
+    elif recipe == "random":
+        w = g.op("RandomNormal", [], shape=list(shape), seed=1.0, dtype=TensorProto.FLOAT)
+        b = g.weight((c_mid,), "b1")
+    elif recipe == "custom":
+        w = g.op("Scale", [g.const(w_value, "w_raw")], scale=2.0)
+        g.nodes[-1].domain = "com.example"
+        opsets.append(helper.make_opsetid("com.example", 1))
+        b = g.weight((c_mid,), "b1")
+    else:
+        raise ValueError(f"unknown recipe {recipe}")
+    g.nodes.append(helper.make_node("Conv", ["x", w, b], ["c1"], name="conv1", pads=[1, 1, 1, 1]))
+    g.nodes.append(helper.make_node("Relu", ["c1"], ["r1"], name="relu1"))
+    g.nodes.append(helper.make_node("Conv", ["r1", g.weight((c_out, c_mid, 3, 3)), g.weight((c_out,))], ["out"],
+                                    name="conv2", pads=[1, 1, 1, 1]))
+    graph = helper.make_graph(g.nodes, "computed", [vinfo("x", [1, c_in, hw, hw])],
+                              [vinfo("out", [1, c_out, hw, hw])], g.inits)
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="onnxprune-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def custom_op_chain(seed: int = 0, c: int = 8, hw: int = 6) -> onnx.ModelProto:
+    """conv1 → com.microsoft Gelu (a contrib op onnxruntime runs) → conv2 → Relu → conv3 → out.
+
+    The custom op touches conv1's output channels, so that group must be blocked; conv2 → conv3 must
+    still prune.
+    """
+    g = GraphBuilder(seed)
+    a = g.conv("x", 3, c)
+    gelu = g.op("Gelu", [a])
+    g.nodes[-1].domain = "com.microsoft"
+    b = g.op("Relu", [g.conv(gelu, c, c)])
+    g.nodes.append(helper.make_node("Conv", [b, g.weight((4, c, 1, 1))], ["out"], name="head"))
+    graph = helper.make_graph(g.nodes, "custom", [vinfo("x", [1, 3, hw, hw])], [vinfo("out", [1, 4, hw, hw])],
+                              g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="onnxprune-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
