@@ -109,9 +109,12 @@ def prune(
     if output is not None:
         check_output_path(output, inputs=inputs)  # refuse before any work
     original = load_model(source)
-    stats_before = model_stats(original, dims=config.dims)
     warnings: list[str] = []
+    original, folded = _fold(original, warnings)
+    stats_before = model_stats(original, dims=config.dims)
     report: dict[str, Any] = {"mode": config.mode, "settings": _settings(config)}
+    if folded:
+        report["folded_constants"] = folded
 
     plan = None
     if config.mode == "structured":
@@ -164,6 +167,19 @@ def prune(
     report["warnings"] = warnings
     report["seconds"] = round(time.perf_counter() - started, 3)
     return PruneResult(model=pruned, report=report, plan=plan, output=saved, warnings=tuple(warnings))
+
+
+def _fold(model: ModelProto, warnings: list[str]) -> tuple[ModelProto, list[str]]:
+    """Store run-time-computed weights as initializers (exact); warn about the layers that stay computed."""
+    from onnxprune.fold import fold_constants
+
+    result = fold_constants(model)
+    for item in result.unfolded:
+        msg = (f"layer {item.node} is not prunable: its weight '{item.tensor}' is computed at run time "
+               f"({item.reason})")
+        log.warning(msg)
+        warnings.append(msg)
+    return result.model, list(result.folded)
 
 
 def _has_external_data(path: str | os.PathLike[str]) -> bool:
