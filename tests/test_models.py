@@ -29,7 +29,8 @@ from onnxprune.sparsify import sparsify, sparsify_nm
 from onnxprune.stats import count_params
 from onnxprune.structured import prune_structured
 
-#: (pruned model, zeroed reference for structured cuts, achieved ratio, entries newly zeroed by sparsity)
+#: (pruned model, zeroed reference for structured cuts, achieved ratio, entries removed: the predicted parameter
+#: drop of a structured cut, the entries newly zeroed by sparsity)
 Pruned = tuple[onnx.ModelProto, "onnx.ModelProto | None", float, int]
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -41,7 +42,8 @@ TRAINED = sorted(name for name, m in MANIFEST.items() if m["accuracy"])
 def _structured(ratio: float) -> Callable[[onnx.ModelProto], Pruned]:
     def run(model: onnx.ModelProto) -> Pruned:
         result = prune_structured(model, ratio=ratio)
-        return result.model, zeroed_reference(model, result.dg, result.plan), ratio, 0
+        removed = result.dg.params_removed(result.plan.keep)
+        return result.model, zeroed_reference(model, result.dg, result.plan), ratio, removed
 
     return run
 
@@ -106,6 +108,7 @@ def test_pruned_model_is_valid_and_equivalent(path: Path, mode: str) -> None:
     if reference is not None:
         assert_close(got, run_ort(reference, feeds), tol=1e-4, what=f"{path.stem} {mode}")
         assert count_params(pruned) < count_params(model), "no channel was removed"
+        assert count_params(model) - count_params(pruned) == zeroed, "parameter drop differs from the prediction"
     else:
         assert count_params(pruned) == count_params(model)  # shapes unchanged: only zeros written
         target = 0.5 if mode == "nm-2:4" else float(mode.split("-")[1])
