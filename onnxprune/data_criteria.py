@@ -23,8 +23,18 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from onnx import ModelProto, NodeProto
 
+from onnxprune.analysis import ChannelGroup, DependencyGraph, ParamCut
+from onnxprune.axes import ChannelAxis
 from onnxprune.calibrate import GRAM_OPS, ActivationStats, ChannelStats, collect_stats
 from onnxprune.errors import ConfigError
+from onnxprune.importance import (
+    ImportanceContext,
+    l2_importance,
+    normalize,
+    per_root,
+    register_criterion,
+    slice_norms,
+)
 from onnxprune.io import load_model
 from onnxprune.ir import GraphIndex, attr
 from onnxprune.weights import PrunableWeight, find_prunable_weights, get_weight
@@ -159,3 +169,125 @@ def _weight_score(model: ModelProto, idx: GraphIndex, pw: PrunableWeight, nodes:
     else:
         factor = sum(factors) / len(factors)
     return np.abs(w) * factor
+
+
+# -- structured criteria (channel groups) ----------------------------------------------------------
+#: Key of :attr:`onnxprune.importance.ImportanceContext.statistics` holding the :class:`ActivationStats`.
+STATS_KEY = "activations"
+
+
+def group_activation_slots(dg: DependencyGraph) -> dict[str, int]:
+    """Tensor → channel axis of every activation the structured data criteria read.
+
+    For each prunable group: the inputs of its sinks (the activations the consumers see, after any ReLU),
+    or the outputs of its sources when it has no sink.
+    """
+    slots: dict[str, int] = {}
+    for group in dg.prunable_groups:
+        for cut in group.sinks or group.sources:
+            if cut.activation is not None:
+                slots.setdefault(cut.activation.tensor, cut.activation.axis)
+    return slots
+
+
+def collect_group_stats(
+    model: str | os.PathLike[str] | ModelProto,
+    dg: DependencyGraph,
+    data: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]],
+    *,
+    batch_size: int = 32,
+    max_samples: int | None = None,
+) -> dict[str, object]:
+    """Calibrate once for the structured data criteria; pass the result as ``statistics=``.
+
+    Returns:
+        ``{"activations": ActivationStats}`` ready for :class:`~onnxprune.importance.ImportanceContext`.
+
+    Example:
+        >>> stats = collect_group_stats(model, dg, "calib.npz")  # doctest: +SKIP
+        >>> ctx = ImportanceContext(model, dg, statistics=stats)  # doctest: +SKIP
+    """
+    return {STATS_KEY: collect_stats(model, data, tensors=group_activation_slots(dg), batch_size=batch_size,
+                                     max_samples=max_samples)}
+
+
+def _stats(ctx: ImportanceContext, criterion: str) -> ActivationStats:
+    stats = (ctx.statistics or {}).get(STATS_KEY)
+    if not isinstance(stats, ActivationStats):
+        raise ConfigError(
+            f"importance '{criterion}' needs calibration data; pass --calib data.npz (in Python: "
+            f"statistics=collect_group_stats(model, dg, data))"
+        )
+    return stats
+
+
+def _activation_cuts(group: ChannelGroup) -> tuple[ParamCut, ...]:
+    return tuple(c for c in (group.sinks or group.sources) if c.activation is not None)
+
+
+def _group_channel_score(group: ChannelGroup, ctx: ImportanceContext, criterion: str) -> np.ndarray:
+    stats = _stats(ctx, criterion)
+    total = np.zeros(group.size)
+    count = 0
+    seen: set[ChannelAxis] = set()
+    for cut in _activation_cuts(group):
+        slot = cut.activation
+        assert slot is not None
+        cs = stats.channels.get(slot.tensor)
+        if slot in seen or cs is None or cs.axis != slot.axis or slot not in group.members:
+            continue
+        seen.add(slot)
+        roots, positions = group.members[slot].pairs(group.size)
+        values = channel_score(cs, criterion)
+        per = np.bincount(roots, weights=values[positions], minlength=group.size)[:group.size]
+        width = np.bincount(roots, minlength=group.size)[:group.size]
+        total += normalize(per / np.maximum(width, 1))
+        count += 1
+    if count == 0:
+        log.info("group %d: no activation statistics for '%s'; falling back to l2", group.id, criterion)
+        return l2_importance(group, ctx)
+    return total / count
+
+
+@register_criterion("activation")
+def activation_importance(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
+    """Mean |activation| of each channel where its consumers read it (needs calibration data)."""
+    return _group_channel_score(group, ctx, "activation")
+
+
+@register_criterion("apoz")
+def apoz_importance(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
+    """1 − average percentage of zeros of each channel: mostly-zero channels go first (needs data)."""
+    return _group_channel_score(group, ctx, "apoz")
+
+
+@register_criterion("wanda")
+def wanda_importance(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
+    """Σ |W| × ‖x_j‖₂ over every sink weight reading the channel (needs calibration data).
+
+    Sinks are summed before normalizing (the score is the channel's total contribution to its consumers'
+    outputs); the result is scaled to ``[0, 1]`` like every criterion, for global ranking.
+    """
+    stats = _stats(ctx, "wanda")
+    total = np.zeros(group.size)
+    used = 0
+    for cut in group.sinks:
+        slot = cut.activation
+        cs = stats.channels.get(slot.tensor) if slot is not None else None
+        if cs is None or slot is None or cs.axis != slot.axis:
+            continue
+        w = np.abs(np.asarray(ctx.weight(cut.tensor), dtype=np.float64))
+        per_position = slice_norms(w, cut.axis, 1)  # Σ |W| over everything but the input axis
+        if per_position.shape[0] != cs.channels:
+            continue
+        total += per_root(cut, per_position * cs.l2, group.size)
+        used += 1
+    if used == 0:
+        log.info("group %d: no sink statistics for 'wanda'; falling back to l2", group.id)
+        return l2_importance(group, ctx)
+    return normalize(total)
+
+
+def wanda_channel_score(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
+    """Alias of the registered ``wanda`` structured criterion, for direct calls."""
+    return wanda_importance(group, ctx)

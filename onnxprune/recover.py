@@ -25,10 +25,13 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
+from onnxprune.analysis import DependencyGraph
+from onnxprune.axes import ChannelAxis
 from onnxprune.calibrate import GRAM_OPS, ActivationStats, collect_stats, rows_to_weight, weight_rows
 from onnxprune.errors import ConfigError
 from onnxprune.io import load_model
@@ -469,3 +472,271 @@ def recover_sparse(
             set_layer_bias(idx, node, bias, w_dense.dtype)
         log.debug("re-fitted %s (%s)", key, method)
     return out
+
+
+# -- structured recovery ---------------------------------------------------------------------------
+RECOVERY_METHODS = ("bias", "lstsq")
+#: Ops a channel's mean passes through unchanged (or, for Flatten, repeated over positions).
+_MEAN_PRESERVING = ("Identity", "Dropout", "GlobalAveragePool", "AveragePool", "Flatten")
+
+
+@dataclass(frozen=True)
+class SinkCut:
+    """A layer whose input channels a structured cut removed, as recovery sees it.
+
+    Attributes:
+        key: the layer's node name (``<op_type>_<index>`` when unnamed) in the original model.
+        node: the layer's node in the original model.
+        weight: its weight constant.
+        in_axis / out_axis: the weight's input (reduction) and output axes.
+        keep_in: kept positions on the input axis (original coordinates, sorted).
+        keep_out: kept positions on the output axis (all of them when the output is not cut).
+        activation: the layer's data input tensor.
+    """
+
+    key: str
+    node: NodeProto
+    weight: str
+    in_axis: int
+    out_axis: int
+    keep_in: np.ndarray
+    keep_out: np.ndarray
+    activation: str
+
+
+def _weight_axes(node: NodeProto, opset: int) -> tuple[int, int]:
+    """(input axis, output axis) of a Conv/Gemm/2-D MatMul weight."""
+    if node.op_type == "Conv":
+        return 1, 0
+    if node.op_type == "Gemm":
+        return (1, 0) if attr(node, "transB", opset, 0) else (0, 1)
+    return 0, 1
+
+
+def _find_node(idx: GraphIndex, label: str) -> tuple[str, NodeProto] | None:
+    """``(key, node)`` of the node named ``label``, or whose first output is ``label``."""
+    if label in idx.nodes_by_name:
+        return label, idx.nodes_by_name[label]
+    node = idx.producer.get(label)
+    if node is None:
+        return None
+    key = next(k for k, n in idx.nodes_by_name.items() if n is node)
+    return key, node
+
+
+def plan_keep(plan: object) -> dict[int, np.ndarray]:
+    """Kept root channels per group id, from a ``PrunePlan`` (its ``keep``) or a plain mapping."""
+    keep = plan if isinstance(plan, Mapping) else getattr(plan, "keep", None)
+    if not isinstance(keep, Mapping):
+        raise ConfigError(f"expected a PrunePlan or a mapping group id → kept channels, got {type(plan).__name__}")
+    return {int(g): np.asarray(k, dtype=np.int64) for g, k in keep.items()}
+
+
+def sink_cuts(original: ModelProto, dg: DependencyGraph, plan: object) -> list[SinkCut]:
+    """Every Conv/Gemm/MatMul whose input channels ``plan`` removes, with kept inputs and outputs."""
+    idx = GraphIndex(original)
+    kept = dg.kept_positions(plan_keep(plan))
+    out: dict[str, SinkCut] = {}
+    for group in dg.groups:
+        for cut in group.sinks:
+            if cut.op_type not in GRAM_OPS:
+                continue
+            found = _find_node(idx, cut.node)
+            if found is None:
+                raise ConfigError(f"sink layer '{cut.node}' of group {group.id} is not in the original model; "
+                                  f"pass the model the plan was made for")
+            key, node = found
+            if key in out:
+                continue
+            in_axis, out_axis = _weight_axes(node, idx.opset)
+            wslot = ChannelAxis(cut.tensor, in_axis)
+            if wslot not in kept:
+                continue
+            shape = dg.const_shapes.get(cut.tensor) or idx.const_shape(node.input[1])
+            if shape is None:
+                continue
+            if node.op_type == "Conv" and int(attr(node, "group", idx.opset, 1)) != 1:
+                log.info("not re-fitting grouped Conv %s: its surviving groups keep all their inputs", key)
+                continue
+            keep_out = kept.get(ChannelAxis(cut.tensor, out_axis), np.arange(shape[out_axis], dtype=np.int64))
+            out[key] = SinkCut(key, node, cut.tensor, in_axis, out_axis, kept[wslot], keep_out, node.input[0])
+    return list(out.values())
+
+
+def _kernel_size(node: NodeProto, w_shape: Sequence[int]) -> int:
+    return int(np.prod(w_shape[2:])) if node.op_type == "Conv" else 1
+
+
+def _expand_cols(channels: np.ndarray, k: int) -> np.ndarray:
+    """Channel positions → im2col columns (each channel owns ``k`` consecutive kernel columns)."""
+    return (channels[:, None] * k + np.arange(k)[None, :]).reshape(-1)
+
+
+def bn_input_means(idx: GraphIndex, tensor: str, width: int) -> np.ndarray | None:
+    """Data-free per-position means of ``tensor`` (``width`` positions) from the BatchNormalization
+    feeding it through ReLU and mean-preserving ops; ``None`` when there is no such BN."""
+    relu = False
+    name = tensor
+    for _ in range(64):
+        node = idx.producer.get(name)
+        if node is None:
+            return None
+        if node.op_type == "Relu" and not relu:
+            relu = True
+        elif node.op_type == "BatchNormalization":
+            gamma, beta = idx.const_value(node.input[1]), idx.const_value(node.input[2])
+            if gamma is None or beta is None or width % gamma.size:
+                return None
+            return np.repeat(bn_channel_mean(beta, gamma, relu=relu), width // gamma.size)
+        elif node.op_type not in _MEAN_PRESERVING:
+            return None
+        name = node.input[0]
+    return None
+
+
+def _replace_weight(idx: GraphIndex, node: NodeProto, slot: int, value: np.ndarray) -> None:
+    """Point ``node.input[slot]`` at ``value`` (overwritten in place when only this node reads it)."""
+    name = idx.resolve_identity(node.input[slot])
+    tensor = idx.initializers.get(name)
+    readers = idx.const_readers(name)
+    if tensor is not None and readers == [node]:
+        if tuple(tensor.dims) != value.shape:
+            raise ConfigError(f"weight '{name}' has shape {tuple(tensor.dims)}, re-fit gave {value.shape}")
+        new = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        tensor.CopyFrom(new)
+        return
+    fresh = idx.unique_name(f"{node.name or node.output[0]}_weight")
+    idx.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), fresh))
+    node.input[slot] = fresh
+
+
+def recover_structured(
+    original_model: str | os.PathLike[str] | ModelProto,
+    pruned_model: str | os.PathLike[str] | ModelProto,
+    dg: DependencyGraph,
+    plan: object,
+    stats_or_data: ActivationStats | str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]] | None,
+    *,
+    method: str = "lstsq",
+    ridge: float = DEFAULT_RIDGE,
+    batch_size: int = 32,
+    max_samples: int | None = None,
+) -> ModelProto:
+    """Re-fit every layer that lost input channels so its output matches the original layer's.
+
+    For each sink (Conv/Gemm/MatMul whose input-channel axis absorbed a cut), the target is the original
+    layer's output on its kept output channels, ``X Wᵀ + b`` with ``X`` the *original* model's activation
+    at the sink's input (dropped and kept columns alike):
+
+    * ``lstsq``: kept weights and bias re-solved by ridge least squares (:func:`affine_refit`) from the
+      input Gram matrix (im2col for Conv).
+    * ``bias``: kept weights unchanged, the dropped columns' mean contribution folded into the bias
+      (:func:`compensate_bias`); with no data (``stats_or_data=None``) the means come from the
+      BatchNormalization(+ReLU) producing each channel.
+
+    Args:
+        original_model: the unpruned model.
+        pruned_model: ``apply_plan(original_model, plan)``; not modified.
+        dg: ``analyze(original_model)``.
+        plan: the ``PrunePlan`` (or mapping group id → kept channels) that was applied.
+        stats_or_data: calibration data (npz path, feed dicts), :class:`ActivationStats` of the original
+            model (with the sinks' Grams for ``lstsq``, their input channels for ``bias``), or ``None``
+            for data-free ``bias``.
+        method: ``"lstsq"`` or ``"bias"``.
+        ridge: relative ridge of ``lstsq``.
+        batch_size, max_samples: calibration batching.
+
+    Returns:
+        A new ``ModelProto`` with the same structure as ``pruned_model``.
+
+    Raises:
+        ConfigError: unknown method, ``lstsq`` without data, or a pruned model that does not match.
+        CalibrationError: bad calibration data.
+
+    Example:
+        >>> fixed = recover_structured(model, pruned, dg, plan, "calib.npz", method="lstsq")  # doctest: +SKIP
+    """
+    if method not in RECOVERY_METHODS:
+        raise ConfigError(f"recovery method must be one of {', '.join(RECOVERY_METHODS)}, got '{method}'")
+    if method == "lstsq" and stats_or_data is None:
+        raise ConfigError("recovery 'lstsq' needs calibration data; pass --calib data.npz or use --recover bias")
+    orig = load_model(original_model, check=False)
+    out = load_model(pruned_model, check=False)
+    cuts = sink_cuts(orig, dg, plan)
+    if not cuts:
+        return out
+    idx_o, idx = GraphIndex(orig), GraphIndex(out)
+    stats: ActivationStats | None
+    if stats_or_data is None or isinstance(stats_or_data, ActivationStats):
+        stats = stats_or_data
+    elif method == "lstsq":
+        stats = collect_stats(orig, stats_or_data, gram_for=[c.key for c in cuts], batch_size=batch_size,
+                              max_samples=max_samples)
+    else:
+        stats = collect_stats(orig, stats_or_data, tensors={c.activation: c.in_axis if c.node.op_type == "Conv"
+                                                            else _data_axis(c.node, idx_o.opset) for c in cuts},
+                              batch_size=batch_size, max_samples=max_samples)
+    for cut in cuts:
+        _recover_sink(orig, idx_o, out, idx, cut, stats, method, ridge)
+    return out
+
+
+def _data_axis(node: NodeProto, opset: int) -> int:
+    if node.op_type == "Gemm":
+        return 0 if attr(node, "transA", opset, 0) else 1
+    return -1
+
+
+def _recover_sink(orig: ModelProto, idx_o: GraphIndex, out: ModelProto, idx: GraphIndex, cut: SinkCut,
+                  stats: ActivationStats | None, method: str, ridge: float) -> None:
+    node = cut.node
+    w = idx_o.const_value(node.input[1])
+    assert w is not None
+    k = _kernel_size(node, w.shape)
+    n_out_full = _out_channels(node, w.shape, idx_o.opset)
+    rows = weight_rows(node, w.astype(np.float64), idx_o.opset)[0][cut.keep_out]  # (O', K)
+    bias = layer_bias(idx_o, node, n_out_full)[cut.keep_out]
+    keep_cols = _expand_cols(cut.keep_in, k)
+    drop_in = np.setdiff1d(np.arange(w.shape[cut.in_axis]), cut.keep_in)
+    drop_cols = _expand_cols(drop_in, k)
+    if method == "lstsq":
+        assert stats is not None
+        gs = stats.gram(cut.key)
+        new_rows, new_bias = affine_refit(rows, bias, gs.gram[0], gs.col_sum[0], gs.rows, keep_cols, ridge=ridge)
+    else:
+        means = _column_means(idx_o, cut, stats, w.shape[cut.in_axis])
+        if means is None:
+            log.info("no mean for the dropped inputs of %s; bias left as is", cut.key)
+            return
+        new_rows = rows[:, keep_cols]
+        new_bias = compensate_bias(rows, bias, drop_cols, np.repeat(means, k))
+    found = _find_node(idx, cut.key) or _find_node(idx, node.output[0])
+    if found is None:
+        raise ConfigError(f"layer '{cut.key}' is not in the pruned model; pass the model apply_plan returned")
+    node_p = found[1]
+    shape_p = idx.const_shape(node_p.input[1])
+    expect = list(w.shape)
+    expect[cut.in_axis], expect[cut.out_axis] = len(cut.keep_in), len(cut.keep_out)
+    if shape_p is None or list(shape_p) != expect:
+        raise ConfigError(
+            f"layer '{cut.key}' has weight shape {shape_p} in the pruned model, the plan implies {tuple(expect)}; "
+            f"pass the model apply_plan returned for this plan"
+        )
+    if method == "lstsq":
+        value = rows_to_weight(node_p, new_rows[None], shape_p, idx.opset).astype(w.dtype)
+        _replace_weight(idx, node_p, 1, value)
+    set_layer_bias(idx, node_p, new_bias, w.dtype)
+
+
+def _column_means(idx_o: GraphIndex, cut: SinkCut, stats: ActivationStats | None, width: int) -> np.ndarray | None:
+    """Mean of each input position of a sink: measured when stats exist, else from BatchNormalization."""
+    if stats is not None:
+        cs = stats.channels.get(cut.activation)
+        if cs is not None and cs.channels == width:
+            return cs.mean
+        if cut.key in stats.grams:
+            gs = stats.grams[cut.key]
+            k = int(np.prod(gs.kernel)) if gs.kernel else 1
+            return gs.col_mean[0].reshape(width, k).mean(axis=1)
+        return None
+    return bn_input_means(idx_o, cut.activation, width)
