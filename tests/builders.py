@@ -450,17 +450,22 @@ def computed_weights(seed: int = 0, c_in: int = 3, c_mid: int = 8, c_out: int = 
     return model
 
 
-def custom_op_chain(seed: int = 0, c: int = 8, hw: int = 6) -> onnx.ModelProto:
-    """conv1 → com.microsoft Gelu (a contrib op onnxruntime runs) → conv2 → Relu → conv3 → out.
+def custom_op_chain(seed: int = 0, c: int = 8, hw: int = 6, *, custom_first: bool = False) -> onnx.ModelProto:
+    """conv1 → Relu → conv2 → com.microsoft Gelu (a contrib op onnxruntime runs) → head conv → out.
 
-    The custom op touches conv1's output channels, so that group must be blocked; conv2 → conv3 must
-    still prune.
+    The custom op touches conv2's output channels, so that group must be blocked while conv1 → conv2
+    still prunes. ``custom_first=True`` puts the Gelu after conv1 instead, so the prunable conv2 → head
+    group lies *after* the custom op (onnx cannot infer shapes through it).
     """
     g = GraphBuilder(seed)
     a = g.conv("x", 3, c)
-    gelu = g.op("Gelu", [a])
-    g.nodes[-1].domain = "com.microsoft"
-    b = g.op("Relu", [g.conv(gelu, c, c)])
+    if custom_first:
+        a = g.op("Gelu", [a])
+        g.nodes[-1].domain = "com.microsoft"
+        b = g.op("Relu", [g.conv(a, c, c)])
+    else:
+        b = g.op("Gelu", [g.conv(g.op("Relu", [a]), c, c)])
+        g.nodes[-1].domain = "com.microsoft"
     g.nodes.append(helper.make_node("Conv", [b, g.weight((4, c, 1, 1))], ["out"], name="head"))
     graph = helper.make_graph(g.nodes, "custom", [vinfo("x", [1, 3, hw, hw])], [vinfo("out", [1, 4, hw, hw])],
                               g.inits)
