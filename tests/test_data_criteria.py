@@ -8,10 +8,13 @@ import pytest
 from builders import conv_relu_conv, gemm_stack, init, make_model, mlp, vinfo
 from onnx import helper
 
+from onnxprune.analysis import analyze
 from onnxprune.calibrate import collect_stats, with_outputs
-from onnxprune.data_criteria import channel_score, sparse_scores
+from onnxprune.data_criteria import channel_score, collect_group_stats, sparse_scores
 from onnxprune.errors import ConfigError
+from onnxprune.importance import ImportanceContext, get_criterion
 from onnxprune.ir import GraphIndex
+from onnxprune.plan import make_plan
 from onnxprune.sparsify import sparsify, sparsify_nm
 
 ZERO_FRACS = np.array([0.9, 0.1, 0.5, 0.0, 0.7, 0.3])
@@ -110,3 +113,38 @@ def test_scores_plug_into_sparsify_and_fall_back_to_magnitude():
     w2 = GraphIndex(model).const_value("fc2_w")
     np.testing.assert_allclose(scores["fc2_w"], np.abs(w2))  # no statistics for fc2's input: |W|
     assert set(scores) == {"fc1_w", "fc2_w"}
+
+
+# -- structured criteria through make_plan -----------------------------------------------------------
+def relu_chain() -> object:
+    """x → Gemm(identity weights, 6 channels) → Relu (r) → Gemm → out: channel j of r is relu(x_j)."""
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["out"], name="fc2", transB=1),
+    ]
+    inits = [init("w1", np.eye(6, dtype=np.float32)), init("b1", np.zeros(6, np.float32)),
+             init("w2", np.ones((3, 6), np.float32)), init("b2", np.zeros(3, np.float32))]
+    return make_model(nodes, [vinfo("x", ["N", 6])], [vinfo("out", ["N", 3])], inits)
+
+
+def test_structured_apoz_activation_wanda_rank_known_channels():
+    model = relu_chain()
+    dg = analyze(model)
+    x = known_zero_data()
+    x[:, 5] *= 3.0
+    stats = collect_group_stats(model, dg, [{"x": x}])
+    assert "r" in stats["activations"].channels
+    plan = make_plan(model, dg, ratio=0.5, importance="apoz", statistics=stats)
+    gid = next(iter(plan.keep))
+    # the three channels with the most zeros (0.9, 0.7, 0.5) go
+    assert list(plan.kept(gid)) == [1, 3, 5]
+    plan = make_plan(model, dg, ratio=0.5, importance="activation", statistics=stats)
+    r = np.maximum(x, 0)
+    assert list(plan.kept(gid)) == sorted(np.argsort(-np.abs(r).mean(0))[:3])
+    ctx = ImportanceContext(model=model, dg=dg, statistics=stats)
+    wanda = get_criterion("wanda")(dg.groups[gid], ctx)
+    expect = 3 * np.linalg.norm(r, axis=0)  # Σ|W| over fc2's 3 rows × ‖r_j‖
+    np.testing.assert_allclose(wanda, expect / expect.max())
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        make_plan(model, dg, ratio=0.5, importance="apoz")

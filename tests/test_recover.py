@@ -8,12 +8,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import conv_relu_conv, gemm_stack, matmul_chain, mlp
+from builders import conv_bn_relu, conv_relu_conv, gemm_stack, matmul_chain, mlp
+from onnx import numpy_helper
 
-from onnxprune.calibrate import with_outputs
+from onnxprune.analysis import analyze
+from onnxprune.calibrate import collect_stats, with_outputs
 from onnxprune.errors import ConfigError
 from onnxprune.io import load_model
 from onnxprune.ir import GraphIndex, attr
+from onnxprune.plan import PrunePlan
 from onnxprune.recover import (
     affine_refit,
     bn_channel_mean,
@@ -21,8 +24,10 @@ from onnxprune.recover import (
     lstsq_refit,
     masked_refit,
     recover_sparse,
+    recover_structured,
 )
 from onnxprune.sparsify import sparsify, sparsify_nm
+from onnxprune.surgery import apply_plan
 from onnxprune.weights import find_prunable_weights, get_weight, set_weight
 
 
@@ -206,3 +211,95 @@ def test_recover_sparse_conv_nm_and_errors():
         recover_sparse(model, sparse, [{"x": x}], method="magic")
     with pytest.raises(ConfigError, match="not in the original model"):
         recover_sparse(mlp(), sparse, [{"x": x}])
+
+
+# -- structured recovery ----------------------------------------------------------------------------
+def _group_of_source(dg, weight: str):
+    return next(g for g in dg.prunable_groups if any(c.tensor == weight for c in g.sources))
+
+
+def _cut(model, weight: str, drop: list[int]):
+    dg = analyze(model)
+    g = _group_of_source(dg, weight)
+    keep = np.setdiff1d(np.arange(g.size), drop)
+    plan = PrunePlan(fingerprint=dg.fingerprint, keep={g.id: keep}, sizes={g.id: g.size})
+    return dg, plan, apply_plan(model, plan, dg=dg)
+
+
+def _set_init(model, name: str, value: np.ndarray) -> None:
+    t = next(t for t in model.graph.initializer if t.name == name)
+    t.CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+
+def test_structured_lstsq_exact_when_dropped_channel_is_combination_of_kept():
+    model = conv_relu_conv(c_in=3, c_mid=6, c_out=4, kernel=3, pads=1)
+    idx = GraphIndex(model)
+    w1, b1 = idx.const_value("w1").copy(), idx.const_value("b1").copy()
+    w1[3], b1[3] = 2.0 * w1[0], 2.0 * b1[0]   # relu(2z) = 2 relu(z): channel 3 is twice channel 0
+    w1[5], b1[5] = 0.5 * w1[1], 0.5 * b1[1]
+    _set_init(model, "w1", w1)
+    _set_init(model, "b1", b1)
+    # conv2 as a 3x3 conv with padding, so the re-fit runs on im2col columns
+    w2 = np.random.default_rng(15).standard_normal((4, 6, 3, 3)).astype(np.float32)
+    _set_init(model, "w2", w2)
+    conv2 = next(n for n in model.graph.node if n.name == "conv2")
+    conv2.attribute.append(onnx.helper.make_attribute("pads", [1, 1, 1, 1]))
+    dg, plan, pruned = _cut(model, "w1", [3, 5])
+    x = np.random.default_rng(16).standard_normal((10, 3, 9, 9)).astype(np.float32)
+    ref = _outputs(model, {"x": x}, ["out"])["out"]
+    assert np.abs(_outputs(pruned, {"x": x}, ["out"])["out"] - ref).max() > 0.5
+    rec = recover_structured(model, pruned, dg, plan, [{"x": x[:5]}, {"x": x[5:]}], method="lstsq", ridge=0.0)
+    onnx.checker.check_model(rec, full_check=True)
+    np.testing.assert_allclose(_outputs(rec, {"x": x}, ["out"])["out"], ref, atol=2e-3)
+
+
+def test_structured_bias_exact_when_dropped_channel_is_constant():
+    model = conv_relu_conv(c_in=3, c_mid=5, c_out=4, pads=1)  # conv2 is 1x1 without padding
+    idx = GraphIndex(model)
+    w1, b1 = idx.const_value("w1").copy(), idx.const_value("b1").copy()
+    w1[2], b1[2] = 0.0, 1.7   # channel 2 is relu(1.7) = 1.7 everywhere
+    _set_init(model, "w1", w1)
+    _set_init(model, "b1", b1)
+    dg, plan, pruned = _cut(model, "w1", [2])
+    x = np.random.default_rng(17).standard_normal((6, 3, 9, 9)).astype(np.float32)
+    ref = _outputs(model, {"x": x}, ["out"])["out"]
+    assert np.abs(_outputs(pruned, {"x": x}, ["out"])["out"] - ref).max() > 0.1
+    rec = recover_structured(model, pruned, dg, plan, [{"x": x}], method="bias")
+    np.testing.assert_allclose(_outputs(rec, {"x": x}, ["out"])["out"], ref, atol=1e-5)
+    # the precomputed-statistics path gives the same model
+    stats = collect_stats(model, [{"x": x}], tensors={"r1": 1})
+    again = recover_structured(model, pruned, dg, plan, stats, method="bias")
+    np.testing.assert_allclose(GraphIndex(again).const_value(again.graph.node[-1].input[2]),
+                               GraphIndex(rec).const_value(rec.graph.node[-1].input[2]))
+
+
+def test_structured_bias_data_free_from_batchnorm():
+    model = conv_bn_relu(c_mid=6)
+    dg, plan, pruned = _cut(model, "w1", [1, 4])
+    rec = recover_structured(model, pruned, dg, plan, None, method="bias")
+    idx = GraphIndex(model)
+    means = bn_channel_mean(idx.const_value("beta"), idx.const_value("gamma"), relu=True)
+    w2, b2 = idx.const_value("w2").astype(np.float64), idx.const_value("b2").astype(np.float64)
+    expect = b2 + w2[:, [1, 4]].sum(axis=(2, 3)) @ means[[1, 4]]
+    conv2 = next(n for n in rec.graph.node if n.name == "conv2")
+    np.testing.assert_allclose(GraphIndex(rec).const_value(conv2.input[2]), expect, rtol=1e-5)
+    # weights are untouched by bias recovery
+    np.testing.assert_array_equal(GraphIndex(rec).const_value(conv2.input[1]), GraphIndex(pruned).const_value("w2"))
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        recover_structured(model, pruned, dg, plan, None, method="lstsq")
+    with pytest.raises(ConfigError, match="must be one of bias, lstsq"):
+        recover_structured(model, pruned, dg, plan, None, method="magic")
+    with pytest.raises(ConfigError, match="pass the model apply_plan returned"):
+        recover_structured(model, model, dg, plan, None, method="bias")
+
+
+def test_structured_lstsq_on_linear_layers_improves_output():
+    model = mlp(d_in=12, hidden=16, d_out=5)
+    dg, plan, pruned = _cut(model, "fc1_w", [0, 3, 7, 9, 12])
+    x = _correlated(400, 12, seed=18)
+    ref = _outputs(model, {"x": x}, ["out"])["out"]
+    rec = recover_structured(model, pruned, dg, plan, [{"x": x}], method="lstsq")
+    err = [np.linalg.norm(_outputs(m, {"x": x}, ["out"])["out"] - ref) for m in (pruned, rec)]
+    assert err[1] < 0.9 * err[0]
+    # the MatMul sink's bias lives in the following Add; it was updated, not duplicated
+    assert sum(n.op_type == "Add" for n in rec.graph.node) == 1
