@@ -8,6 +8,7 @@ measure drift, accuracy and speed → only then save atomically. Any failure bef
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -265,6 +266,9 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
     from onnxprune.structured import prune_structured
 
     dg = analyze(original, dims=config.dims)
+    names = [n.name for n in original.graph.node] + [t.name for t in original.graph.initializer]
+    _warn_unmatched([p for p in config.exclude if not any(fnmatch.fnmatchcase(n, p) for n in names)], warnings,
+                    "--exclude")
     plan_in = PrunePlan.load(config.plan_in) if config.plan_in else None
     group_ratios = None
     if config.target_macs or config.target_params:
