@@ -49,9 +49,11 @@ def assert_cli_fails(argv: list[str], capsys: pytest.CaptureFixture[str], *, inp
     capsys.readouterr()
     code = main(argv)
     captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
+    # Warnings logged before the failure (e.g. about pruned widths) may precede it; the error itself is one line.
+    lines = [line for line in captured.err.strip().splitlines() if not line.startswith("onnxprune: WARNING: ")]
     assert code == 1, captured.err
     assert len(lines) == 1, captured.err
+    assert captured.err.strip().splitlines()[-1] == lines[0]
     assert lines[0].startswith("onnxprune: error: ")
     assert "Traceback" not in captured.err
     assert re.search(match, lines[0]), lines[0]
@@ -288,3 +290,205 @@ def test_bad_output_path(case: str, dirs: tuple[Path, Path], capsys: pytest.Capt
     assert_api_fails(source, PruneConfig(), target, inputs=[source], error=OutputError, match=match,
                      out_dir=out_dir)
     assert folder_state(src_dir) == ["mlp.onnx"]
+
+
+# -- models onnxprune can only partly prune ------------------------------------------------------------
+def _run_ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    capsys.readouterr()
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "Traceback" not in captured.err
+    return captured.out, captured.err
+
+
+def _report(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _ort(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    src = str(model) if isinstance(model, Path) else model.SerializeToString()
+    return ort.InferenceSession(src, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("recipe", ["reshape", "weightnorm"])
+def test_fold_is_exact_and_leaves_the_input_alone(recipe: str) -> None:
+    from builders import computed_weights
+
+    from onnxprune.fold import fold_constants
+
+    model = computed_weights(recipe=recipe)
+    before = model.SerializeToString()
+    result = fold_constants(model)
+    assert model.SerializeToString() == before
+    assert result.folded and not result.unfolded
+    conv1 = next(n for n in result.model.graph.node if n.name == "conv1")
+    stored = {t.name for t in result.model.graph.initializer}
+    assert conv1.input[1] in stored and conv1.input[2] in stored
+    assert [n.op_type for n in result.model.graph.node] == ["Conv", "Relu", "Conv"]
+    onnx.checker.check_model(result.model, full_check=True)
+    x = np.random.default_rng(1).standard_normal((1, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(_ort(result.model, x), _ort(model, x))  # bit-exact, not merely close
+    assert fold_constants(result.model).model is result.model  # nothing left to fold
+
+
+@pytest.mark.parametrize("recipe", ["reshape", "weightnorm"])
+@pytest.mark.parametrize("mode", ["structured", "unstructured"])
+def test_computed_weights_are_folded_then_pruned(recipe: str, mode: str, dirs: tuple[Path, Path],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from builders import computed_weights
+
+    src_dir, out_dir = dirs
+    source = src_dir / "m.onnx"
+    onnx.save(computed_weights(recipe=recipe), str(source))
+    before = digest([source])
+    out, report = out_dir / "p.onnx", out_dir / "r.json"
+    _run_ok(["prune", str(source), "-o", str(out), "--mode", mode, "--ratio", "0.5", "--report", str(report)], capsys)
+    assert digest([source]) == before
+    data = _report(report)
+    assert data["folded_constants"]
+    assert data["params_after"] < data["params_before"]
+    if mode == "structured":  # conv1's output channels (8) are a prunable group once its weight is stored
+        assert any(g["size_before"] == 8 and g["size_after"] == 4 for g in data["groups"])
+        assert data["validation"]["exact"]["passed"] is True
+
+
+@pytest.mark.parametrize("recipe", ["random", "custom"])
+def test_unfoldable_weights_name_the_layer_and_leave_it_alone(recipe: str, dirs: tuple[Path, Path],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from builders import computed_weights
+
+    from onnxprune.io import load_model
+
+    src_dir, out_dir = dirs
+    source = src_dir / "m.onnx"
+    model = computed_weights(recipe=recipe)
+    onnx.save(model, str(source))
+    out = out_dir / "p.onnx"
+    argv = ["prune", str(source), "-o", str(out), "--mode", "unstructured"]
+    if recipe == "custom":
+        argv.append("--no-validate")  # onnxruntime cannot run a com.example op; the pruning itself still runs
+    _, err = _run_ok(argv, capsys)
+    reason = "draws random numbers" if recipe == "random" else "custom-domain op"
+    assert re.search(rf"layer 'conv1' \(Conv\) is not prunable: its weight .* computed at run time .*{reason}", err)
+    pruned = load_model(out)
+    assert [n.op_type for n in pruned.graph.node] == [n.op_type for n in model.graph.node]
+    conv2_w = next(n for n in pruned.graph.node if n.name == "conv2").input[1]
+    w = next(t for t in pruned.graph.initializer if t.name == conv2_w)
+    assert (onnx.numpy_helper.to_array(w) == 0).mean() == pytest.approx(0.5, abs=0.01)  # the rest still prunes
+
+
+def test_custom_domain_op_blocks_only_its_groups(dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from builders import custom_op_chain
+
+    src_dir, out_dir = dirs
+    source = src_dir / "m.onnx"
+    onnx.save(custom_op_chain(), str(source))
+    out, report = out_dir / "p.onnx", out_dir / "r.json"
+    _run_ok(["prune", str(source), "-o", str(out), "--ratio", "0.5", "--report", str(report)], capsys)
+    data = _report(report)
+    assert any("Gelu" in b["reason"] and "no rule" in b["reason"] for b in data["blocked"]), data["blocked"]
+    assert [(g["size_before"], g["size_after"]) for g in data["groups"] if g["size_after"] != g["size_before"]] \
+        == [(8, 4)]
+    x = np.random.default_rng(2).standard_normal((1, 3, 6, 6)).astype(np.float32)
+    assert _ort(out, x).shape == (1, 4, 6, 6)  # onnxruntime runs the pruned model, custom op included
+
+
+@pytest.mark.xfail(strict=True, reason="analysis drops groups whose shapes onnx cannot infer past a custom op "
+                                      "(debug log only); remove this mark when conv2 -> head prunes")
+def test_groups_after_a_custom_op_still_prune(dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from builders import custom_op_chain
+
+    src_dir, out_dir = dirs
+    source = src_dir / "m.onnx"
+    onnx.save(custom_op_chain(custom_first=True), str(source))
+    report = out_dir / "r.json"
+    _run_ok(["prune", str(source), "-o", str(out_dir / "p.onnx"), "--ratio", "0.5", "--report", str(report)], capsys)
+    data = _report(report)
+    blocked = " ".join(b["reason"] for b in data["blocked"])
+    assert any(g["size_after"] < g["size_before"] for g in data["groups"]) or "unknown" in blocked
+
+
+def _dynamic_hw() -> onnx.ModelProto:
+    from builders import flatten_gemm
+
+    model = flatten_gemm()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    return model
+
+
+@pytest.mark.parametrize("mode", ["structured", "unstructured"])
+def test_unresolved_dynamic_shape_asks_for_dim(mode: str, dirs: tuple[Path, Path],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    src_dir, out_dir = dirs
+    source = src_dir / "dyn.onnx"
+    onnx.save(_dynamic_hw(), str(source))
+    out = out_dir / "p.onnx"
+    assert_cli_fails(["prune", str(source), "-o", str(out), "--mode", mode], capsys, inputs=[source],
+                     out_dir=out_dir, match=r"input 'x' axis 2 is dynamic \('H'\).*pass --dim H=VALUE")
+    assert_api_fails(source, PruneConfig(mode=mode), out, inputs=[source], error=ConfigError,
+                     match=r"pass --dim H=VALUE")
+    _run_ok(["prune", str(source), "-o", str(out), "--mode", mode, "--dim", "H=3", "--dim", "W=3"], capsys)
+    assert out.is_file()
+
+
+def test_exclude_matching_nothing_warns_and_prunes(dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    src_dir, out_dir = dirs
+    source = src_dir / "m.onnx"
+    onnx.save(conv_bn_relu(), str(source))
+    for mode in ("structured", "unstructured"):
+        out = out_dir / f"{mode}.onnx"
+        _, err = _run_ok(["prune", str(source), "-o", str(out), "--mode", mode, "--exclude", "no_such_layer*"], capsys)
+        assert "--exclude" in err and "'no_such_layer*' matched no layer" in err
+        assert out.is_file()
+        result = prune(source, PruneConfig(mode=mode, exclude=("no_such_layer*",)))
+        assert any("matched no layer" in w for w in result.warnings)
+
+
+def test_plan_for_another_model(dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from builders import residual_add
+
+    from onnxprune.errors import PlanError
+
+    src_dir, out_dir = dirs
+    source, other = src_dir / "a.onnx", src_dir / "b.onnx"
+    onnx.save(conv_bn_relu(), str(source))
+    onnx.save(residual_add(), str(other))
+    plan = src_dir / "plan.json"
+    _run_ok(["prune", str(source), "-o", str(src_dir / "a_pruned.onnx"), "--plan-out", str(plan)], capsys)
+    out = out_dir / "p.onnx"
+    inputs = [other, plan]
+    assert_cli_fails(["prune", str(other), "-o", str(out), "--plan-in", str(plan)], capsys, inputs=inputs,
+                     out_dir=out_dir, match=r"plan was made for another model .*make a new plan")
+    assert_api_fails(other, PruneConfig(plan_in=str(plan)), out, inputs=inputs, error=PlanError,
+                     match="made for another model")
+    broken = _write(src_dir / "broken.json", b"{not json")
+    assert_cli_fails(["prune", str(other), "-o", str(out), "--plan-in", str(broken)], capsys, inputs=[other, broken],
+                     out_dir=out_dir, match="plan is not valid JSON")
+    assert_cli_fails(["prune", str(other), "-o", str(out), "--plan-in", str(src_dir / "none.json")], capsys,
+                     inputs=[other], out_dir=out_dir, match=r"cannot read plan .*none\.json")
+
+
+# -- the disk fills while saving -----------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["structured", "unstructured", "nm"])
+@pytest.mark.parametrize("external", [False, True])
+def test_full_disk_during_save(mode: str, external: bool, dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    from test_io import FullDisk
+
+    from onnxprune import io as opio
+
+    src_dir, out_dir = dirs
+    source = src_dir / "m.onnx"
+    save_model(conv_bn_relu(c_mid=16, c_out=16), source, external_data=external)
+    monkeypatch.setattr(opio, "open", FullDisk(budget=700), raising=False)
+    argv = ["prune", str(source), "-o", str(out_dir / "p.onnx"), "--mode", mode]
+    assert_cli_fails(argv, capsys, inputs=_all_files(src_dir), out_dir=out_dir,
+                     match=r"cannot write .*p\.onnx \(No space left on device\); free disk space or choose another")
+    assert_api_fails(source, PruneConfig(mode=mode), out_dir / "p.onnx", inputs=_all_files(src_dir),
+                     error=OutputError, match="No space left on device")
