@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
-from onnxprune.ir import Shape, attr, constant_node_value, shape_of_type
+from onnxprune.ir import Shape, attr, attr_ints, constant_node_value, shape_of_type
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,7 @@ Fold = Callable[[NodeProto, list[np.ndarray], int], list[np.ndarray]]
 
 
 def _ints(node: NodeProto, name: str, opset: int) -> list[int] | None:
-    value = attr(node, name, opset)
-    return None if value is None else [int(v) for v in value]  # type: ignore[union-attr]
+    return attr_ints(node, name, opset) if attr(node, name, opset) is not None else None
 
 
 def _int(node: NodeProto, name: str, opset: int, default: int) -> int:
@@ -125,7 +124,7 @@ def _mod(node: NodeProto, xs: list[np.ndarray], opset: int) -> list[np.ndarray]:
 
 
 def _range(node: NodeProto, xs: list[np.ndarray], opset: int) -> list[np.ndarray]:
-    start, limit, delta = (x.reshape(()) for x in xs)
+    start, limit, delta = (x.reshape(()).item() for x in xs)
     if delta == 0:
         raise ValueError("zero step")
     return [np.arange(start, limit, delta, dtype=xs[0].dtype)]

@@ -14,7 +14,7 @@ import numpy as np
 from onnx import NodeProto, numpy_helper
 
 from onnxprune.axes import ChannelAxis, Coupling, Identity
-from onnxprune.ir import GraphIndex, attr, node_label, set_attr
+from onnxprune.ir import GraphIndex, attr, attr_ints, node_label, set_attr
 
 
 class Blocked(Exception):  # noqa: N818 - control flow inside the analysis, never escapes it
@@ -39,6 +39,10 @@ class RuleContext:
         if not isinstance(value, int):
             raise Blocked(f"{node_label(node)} has no integer attribute '{name}'")
         return value
+
+    def ints_attr(self, node: NodeProto, name: str) -> list[int]:
+        """A list-of-integers attribute (schema default; empty when absent)."""
+        return attr_ints(node, name, self.opset)
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The static shape of a tensor; raises :class:`Blocked` when any dim is unknown."""
@@ -103,6 +107,10 @@ class RewriteContext:
         if not isinstance(value, int):
             raise Blocked(f"{node_label(node)} has no integer attribute '{name}'")
         return value
+
+    def ints_attr(self, node: NodeProto, name: str) -> list[int]:
+        """A list-of-integers attribute (schema default; empty when absent)."""
+        return attr_ints(node, name, self.opset)
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape in the original model (before the cut)."""

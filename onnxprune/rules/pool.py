@@ -35,9 +35,9 @@ def reduce_axes(node: NodeProto, ctx: RuleContext, rank: int) -> list[int]:
     if ctx.opset >= AXES_INPUT_SINCE[node.op_type]:
         axes = [int(a) for a in ctx.const(node.input[1]).reshape(-1)] if len(node.input) > 1 and node.input[1] else []
     else:
-        axes = [int(a) for a in (ctx.attr(node, "axes") or [])]  # type: ignore[union-attr]
+        axes = ctx.ints_attr(node, "axes")
     if not axes:
-        if ctx.opset >= 18 and ctx.int_attr(node, "noop_with_empty_axes", 0):  # type: ignore[arg-type]
+        if ctx.opset >= 18 and ctx.int_attr(node, "noop_with_empty_axes", 0):
             return []
         return list(range(rank))
     return sorted(a + rank if a < 0 else a for a in axes)

@@ -28,7 +28,7 @@ class PadRule(OpRule):
         x, y = node.input[0], node.output[0]
         rank = ctx.rank(x)
         if ctx.opset < 11:
-            pads = [int(p) for p in ctx.attr(node, "pads") or ctx.attr(node, "paddings") or []]  # type: ignore[union-attr]
+            pads = ctx.ints_attr(node, "pads") or ctx.ints_attr(node, "paddings")
             axes = list(range(rank))
         else:
             pads = [int(p) for p in ctx.const(node.input[1]).reshape(-1)]
@@ -63,8 +63,8 @@ class ResizeRule(OpRule):
         x = node.input[0]
         rank = len(ctx.shape(x))
         sizes = ctx.const(node.input[3]).astype(np.int64).reshape(-1).copy()
-        axes_attr = ctx.attr(node, "axes") if ctx.opset >= 18 else None
-        axes = [int(a) + rank if a < 0 else int(a) for a in axes_attr] if axes_attr else list(range(rank))  # type: ignore[union-attr]
+        axes_attr = ctx.ints_attr(node, "axes") if ctx.opset >= 18 else []
+        axes = [a + rank if a < 0 else a for a in axes_attr] if axes_attr else list(range(rank))
         new = ctx.new_shape(x)
         if all(sizes[k] == new[a] for k, a in enumerate(axes)):
             return

@@ -37,7 +37,7 @@ class ConcatRule(OpRule):
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
         axis = _slot_axis(node, slot, ctx, tuple(range(len(node.input))))
         y = node.output[0]
-        cat = _norm_axis(ctx.int_attr(node, "axis"), ctx.rank(y))  # type: ignore[arg-type]
+        cat = _norm_axis(ctx.int_attr(node, "axis"), ctx.rank(y))
         y_slot = ctx.slot(y, axis)
         result = []
         offset = 0
@@ -57,9 +57,9 @@ def _split_sizes(node: NodeProto, ctx: RuleContext, axis: int) -> list[int]:
     n = ctx.shape(node.input[0])[axis]
     outs = len(node.output)
     if ctx.opset < 13:
-        sizes = ctx.attr(node, "split")
+        sizes = ctx.ints_attr(node, "split")
         if sizes:
-            return [int(s) for s in sizes]  # type: ignore[union-attr]
+            return sizes
     elif len(node.input) > 1 and node.input[1]:
         return [int(s) for s in ctx.const(node.input[1]).reshape(-1)]
     if ctx.attr(node, "num_outputs") is not None:
@@ -75,7 +75,7 @@ class SplitRule(OpRule):
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
         axis = _slot_axis(node, slot, ctx)
         x = node.input[0]
-        split_axis = _norm_axis(ctx.int_attr(node, "axis", 0), ctx.rank(x))  # type: ignore[arg-type]
+        split_axis = _norm_axis(ctx.int_attr(node, "axis", 0), ctx.rank(x))
         x_slot = ctx.slot(x, axis)
         if axis != split_axis:
             return [Coupling(ctx.slot(y, axis), x_slot) for y in node.output if y]
@@ -89,7 +89,7 @@ class SplitRule(OpRule):
 
     def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
         x = node.input[0]
-        axis = _norm_axis(ctx.int_attr(node, "axis", 0), len(ctx.shape(x)))  # type: ignore[arg-type]
+        axis = _norm_axis(ctx.int_attr(node, "axis", 0), len(ctx.shape(x)))
         if not ctx.changed(x, axis):
             return
         sizes = np.array([len(ctx.kept(y, axis)) for y in node.output], dtype=np.int64)
@@ -109,10 +109,9 @@ def _slice_params(node: NodeProto, ctx: RuleContext | RewriteContext) -> tuple[l
     """(starts, ends, axes, steps) as Python lists, from inputs (opset >= 10) or attributes."""
     rank = len(ctx.shape(node.input[0]))
     if ctx.opset < 10:
-        starts = [int(v) for v in ctx.attr(node, "starts")]  # type: ignore[union-attr]
-        ends = [int(v) for v in ctx.attr(node, "ends")]  # type: ignore[union-attr]
-        axes_attr = ctx.attr(node, "axes")
-        axes = [int(v) for v in axes_attr] if axes_attr else list(range(len(starts)))  # type: ignore[union-attr]
+        starts = ctx.ints_attr(node, "starts")
+        ends = ctx.ints_attr(node, "ends")
+        axes = ctx.ints_attr(node, "axes") or list(range(len(starts)))
         steps = [1] * len(starts)
     else:
         def value(i: int) -> list[int] | None:
@@ -180,7 +179,7 @@ class TransposeRule(OpRule):
         axis = _slot_axis(node, slot, ctx)
         x, y = node.input[0], node.output[0]
         rank = ctx.rank(x)
-        perm = [int(p) for p in (ctx.attr(node, "perm") or range(rank - 1, -1, -1))]  # type: ignore[union-attr]
+        perm = ctx.ints_attr(node, "perm") or list(range(rank - 1, -1, -1))
         if is_output(node, slot):
             return [Coupling(ctx.slot(x, perm[axis]), ctx.slot(y, axis))]
         return [Coupling(ctx.slot(x, axis), ctx.slot(y, perm.index(axis)))]
