@@ -109,6 +109,8 @@ def prune(
     inputs = (source,) if isinstance(source, (str, os.PathLike)) else ()
     if output is not None:
         check_output_path(output, inputs=inputs)  # refuse before any work
+    if config.plan_out:
+        check_output_path(config.plan_out, inputs=inputs)
     original = load_model(source)
     warnings: list[str] = []
     original, folded = _fold(original, warnings)
@@ -162,7 +164,7 @@ def prune(
         saved = save_model(pruned, output, external_data=external)
         report["file_size_after"] = file_size(saved)
         if plan is not None and config.plan_out:
-            plan.save(config.plan_out)
+            write_text_atomic(Path(config.plan_out), plan.to_json())
     else:
         report["file_size_after"] = model_nbytes(pruned)
     report["warnings"] = warnings
