@@ -673,15 +673,19 @@ def recover_structured(
         stats = collect_stats(orig, stats_or_data, gram_for=[c.key for c in cuts], batch_size=batch_size,
                               max_samples=max_samples)
     else:
-        stats = collect_stats(orig, stats_or_data, tensors={c.activation: c.in_axis if c.node.op_type == "Conv"
-                                                            else _data_axis(c.node, idx_o.opset) for c in cuts},
+        stats = collect_stats(orig, stats_or_data, tensors={c.activation: recovery_input_axis(c, idx_o.opset)
+                                                            for c in cuts},
                               batch_size=batch_size, max_samples=max_samples)
     for cut in cuts:
         _recover_sink(orig, idx_o, out, idx, cut, stats, method, ridge)
     return out
 
 
-def _data_axis(node: NodeProto, opset: int) -> int:
+def recovery_input_axis(cut: SinkCut, opset: int = 17) -> int:
+    """The channel axis of a sink's data input that bias recovery measures (Conv 1, Gemm 1, MatMul -1)."""
+    node = cut.node
+    if node.op_type == "Conv":
+        return 1
     if node.op_type == "Gemm":
         return 0 if attr(node, "transA", opset, 0) else 1
     return -1
