@@ -475,3 +475,57 @@ def custom_op_chain(seed: int = 0, c: int = 8, hw: int = 6, *, custom_first: boo
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def wide_mlp(seed: int = 0, d: int = 256, layers: int = 4, d_out: int = 16, batch: int = 2) -> onnx.ModelProto:
+    """x[batch, d] → (MatMul d×d → Add → Relu) × layers → MatMul d×d_out → out: big models on demand.
+
+    About ``4·d²·layers`` bytes of weights (d=2048, layers=6: 100 MB). Weights are scaled so activations
+    stay O(1) however deep it is.
+    """
+    r = rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        w = r.standard_normal((d, d), dtype=np.float32)
+        w *= np.float32(np.sqrt(2.0 / d))
+        inits += [init(f"fc{i}_w", w), init(f"fc{i}_b", np.zeros(d, np.float32))]
+        del w
+        nodes += [helper.make_node("MatMul", [prev, f"fc{i}_w"], [f"mm{i}"], name=f"fc{i}"),
+                  helper.make_node("Add", [f"mm{i}", f"fc{i}_b"], [f"h{i}"], name=f"fc{i}_bias"),
+                  helper.make_node("Relu", [f"h{i}"], [f"r{i}"], name=f"relu{i}")]
+        prev = f"r{i}"
+    inits.append(init("head_w", (r.standard_normal((d, d_out)) / np.sqrt(d)).astype(np.float32)))
+    nodes.append(helper.make_node("MatMul", [prev, "head_w"], ["out"], name="head"))
+    graph = helper.make_graph(nodes, "wide_mlp", [vinfo("x", [batch, d])], [vinfo("out", [batch, d_out])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxprune-tests")
+    model.ir_version = 8
+    return model
+
+
+def mlp3(seed: int = 0, d_in: int = 8, h1: int = 12, h2: int = 10, d_out: int = 4, quiet_scale: float = 1e-3
+         ) -> onnx.ModelProto:
+    """x → Gemm fc1 (h1) → Relu → Gemm fc2 (h2) → Relu → Gemm fc3 → out, two prunable groups.
+
+    fc3's weights are scaled by ``quiet_scale``, so the fc2 group barely reaches the output: a model with
+    one sensitive group (fc1) and one insensitive group (fc2) for sensitivity and budget tests.
+    """
+    r = rng(seed)
+    inits = [
+        init("fc1_w", r.standard_normal((h1, d_in)).astype(np.float32)),
+        init("fc1_b", r.standard_normal(h1).astype(np.float32)),
+        init("fc2_w", r.standard_normal((h2, h1)).astype(np.float32)),
+        init("fc2_b", r.standard_normal(h2).astype(np.float32)),
+        init("fc3_w", (quiet_scale * r.standard_normal((d_out, h2))).astype(np.float32)),
+        init("fc3_b", r.standard_normal(d_out).astype(np.float32)),
+        init("skip_w", r.standard_normal((d_out, h1)).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["x", "fc1_w", "fc1_b"], ["h1"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+        helper.make_node("Gemm", ["r1", "fc2_w", "fc2_b"], ["h2"], name="fc2", transB=1),
+        helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+        helper.make_node("Gemm", ["r2", "fc3_w", "fc3_b"], ["y3"], name="fc3", transB=1),
+        helper.make_node("Gemm", ["r1", "skip_w"], ["ys"], name="skip", transB=1),
+        helper.make_node("Add", ["y3", "ys"], ["out"], name="merge"),
+    ]
+    return make_model(nodes, [vinfo("x", ["N", d_in])], [vinfo("out", ["N", d_out])], inits)

@@ -19,7 +19,7 @@ from onnxprune import __version__
 from onnxprune.errors import OnnxPruneError
 
 #: Subcommands, in the order ``--help`` lists them; each is ``onnxprune.cli.cmd_<name>``.
-COMMANDS = ["analyze", "prune", "validate", "bench", "eval"]
+COMMANDS = ["analyze", "prune", "validate", "bench", "eval", "sensitivity"]
 
 
 class _Parser(argparse.ArgumentParser):
