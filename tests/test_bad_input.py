@@ -492,3 +492,15 @@ def test_full_disk_during_save(mode: str, external: bool, dirs: tuple[Path, Path
                      match=r"cannot write .*p\.onnx \(No space left on device\); free disk space or choose another")
     assert_api_fails(source, PruneConfig(mode=mode), out_dir / "p.onnx", inputs=_all_files(src_dir),
                      error=OutputError, match="No space left on device")
+
+
+def test_plan_out_in_a_missing_folder_is_refused_before_work(dirs: tuple[Path, Path],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    src_dir, out_dir = dirs
+    source = src_dir / "m.onnx"
+    onnx.save(conv_bn_relu(), str(source))
+    plan = out_dir / "missing" / "plan.json"
+    assert_cli_fails(["prune", str(source), "-o", str(out_dir / "p.onnx"), "--plan-out", str(plan)], capsys,
+                     inputs=[source], out_dir=out_dir, match=r"output folder .*missing does not exist")
+    assert_api_fails(source, PruneConfig(plan_out=str(plan)), out_dir / "p.onnx", inputs=[source], error=OutputError,
+                     match="does not exist")

@@ -1,0 +1,114 @@
+"""Ctrl-C leaves no partial output: exit code 130, one line on stderr, no output file, no temporary files.
+
+Two kinds of evidence: real SIGINTs sent to a ``python -m onnxprune`` subprocess (while it saves, and while it
+benchmarks), and in-process interrupts raised at the worst moment (after the temporary file is written,
+before it is moved into place).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnx
+import pytest
+from builders import conv_bn_relu, wide_mlp
+
+from onnxprune import io as opio
+from onnxprune.cli.main import main
+from onnxprune.io import save_model
+
+INTERRUPTED = "onnxprune: interrupted; no output was written"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 100 MB model, so that saving and benchmarking take long enough to be interrupted."""
+    path = tmp_path_factory.mktemp("wide") / "wide.onnx"
+    save_model(wide_mlp(d=2048, layers=6), path)
+    return path
+
+
+def _spawn(argv: list[str]) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "onnxprune", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _assert_clean_interrupt(proc: subprocess.Popen[str], out_dir: Path, source: Path, digest: str) -> None:
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [INTERRUPTED]
+    assert sorted(p.name for p in out_dir.iterdir()) == []
+    assert sha256(source) == digest
+
+
+@pytest.mark.parametrize("mode", ["unstructured", "structured"])
+def test_sigint_while_saving(wide_model: Path, tmp_path: Path, mode: str) -> None:
+    digest = sha256(wide_model)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = _spawn(["prune", str(wide_model), "-o", str(out_dir / "p.onnx"), "--mode", mode, "--no-validate",
+                   "--external-data", "-q"])
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".onnxprune-tmp-") for p in out_dir.iterdir()):
+        assert proc.poll() is None, f"finished before saving was seen: {proc.communicate()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    _assert_clean_interrupt(proc, out_dir, wide_model, digest)
+
+
+def test_sigint_while_benchmarking(wide_model: Path, tmp_path: Path) -> None:
+    digest = sha256(wide_model)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = _spawn(["prune", str(wide_model), "-o", str(out_dir / "p.onnx"), "--mode", "unstructured", "--bench",
+                   "--runs", "1000000", "--batch", "2", "-q"])
+    time.sleep(3.0)  # lands in pruning, validation or the benchmark; the benchmark alone would run for hours
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _assert_clean_interrupt(proc, out_dir, wide_model, digest)
+
+
+def test_sigint_during_the_bench_command(wide_model: Path, tmp_path: Path) -> None:
+    proc = _spawn(["bench", str(wide_model), "--runs", "1000000", "--batch", "2"])
+    time.sleep(2.0)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == INTERRUPTED
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_interrupt_after_the_temporary_file_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str], external: bool) -> None:
+    source = tmp_path / "in.onnx"
+    onnx.save(conv_bn_relu(c_mid=16, c_out=16), str(source))
+    digest = sha256(source)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    written: list[int] = []
+
+    def interrupted(src: object, dst: object) -> None:
+        written.append(Path(str(src)).stat().st_size)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(opio.os, "replace", interrupted)
+    argv = ["prune", str(source), "-o", str(out_dir / "p.onnx"), "--round-to", "8"]
+    assert main(argv + (["--external-data"] if external else [])) == 130
+    assert written and written[0] > 0
+    assert capsys.readouterr().err.strip().splitlines() == [INTERRUPTED]
+    assert sorted(p.name for p in out_dir.iterdir()) == []
+    assert sha256(source) == digest
