@@ -214,8 +214,9 @@ def allocate(
         importance / recover: criterion and recovery (default: the report's).
 
     Returns:
-        group id → ratio, for ``make_plan(..., group_ratios=...)``; the target is verified on the actual
-        pruned model (a warning is logged when it cannot be reached).
+        group id → ratio for every group of the report (``0.0`` for groups left whole), for
+        ``make_plan(..., group_ratios=...)``; the target is verified on the actual pruned model (a warning
+        is logged when it cannot be reached).
 
     Raises:
         ConfigError: no target, a target outside ``(0, 1]``, or ``max_error`` without data.
@@ -229,7 +230,7 @@ def allocate(
     if not result.reached:
         for note in result.notes:
             log.warning(note)
-    return result.ratios
+    return {g.group: float(result.ratios.get(g.group, 0.0)) for g in sensitivity_report.groups}
 
 
 def allocate_budget(model: ModelProto, dg: DependencyGraph, config: object) -> dict[int, float]:

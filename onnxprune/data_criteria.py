@@ -249,6 +249,10 @@ def _group_channel_score(group: ChannelGroup, ctx: ImportanceContext, criterion:
     return total / count
 
 
+#: The name the prune pipeline calls :func:`collect_group_stats` by.
+structured_statistics = collect_group_stats
+
+
 @register_criterion("activation")
 def activation_importance(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
     """Mean |activation| of each channel where its consumers read it (needs calibration data)."""
