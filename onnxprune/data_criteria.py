@@ -107,6 +107,7 @@ def sparse_scores(
     data: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]] | ActivationStats,
     *,
     criterion: str = "wanda",
+    comparison: str = "output",
     batch_size: int = 32,
     max_samples: int | None = None,
 ) -> dict[str, np.ndarray]:
@@ -117,10 +118,16 @@ def sparse_scores(
     in one calibration pass. A weight read by several layers combines their factors (root of the sum of
     squares for wanda, mean otherwise). Weights whose reader inputs cannot be measured keep ``|W|``.
 
+    With ``comparison="output"`` (default, as in the Wanda paper) weights compete only within their output
+    row: the scores become within-row fractional ranks, so a layer-wise sparsity removes the same share of
+    every output neuron's inputs (±1 at ties). N:M groups lie within a row, so N:M is unaffected.
+    ``comparison="layer"`` returns the raw products, ranked over the whole layer.
+
     Args:
         model: path or ``ModelProto`` (not modified).
         data: calibration npz path, iterable of feed dicts, or precomputed stats with the inputs' channels.
         criterion: ``wanda``, ``activation`` or ``apoz``.
+        comparison: ``"output"`` (rank within each output row) or ``"layer"``.
         batch_size, max_samples: calibration batching.
 
     Returns:
@@ -131,6 +138,8 @@ def sparse_scores(
         >>> sparsify("mlp.onnx", sparsity=0.7, scores=scores)  # doctest: +SKIP
     """
     check_criterion(criterion)
+    if comparison not in ("output", "layer"):
+        raise ConfigError(f"comparison must be 'output' or 'layer', got '{comparison}'")
     m = load_model(model, check=False)
     idx = GraphIndex(m)
     weights = find_prunable_weights(m)
@@ -146,7 +155,45 @@ def sparse_scores(
         stats = data
     else:
         stats = collect_stats(m, data, tensors=axes, batch_size=batch_size, max_samples=max_samples)
-    return {pw.name: _weight_score(m, idx, pw, readers[pw.name], stats, criterion) for pw in weights}
+    scores = {pw.name: _weight_score(m, idx, pw, readers[pw.name], stats, criterion) for pw in weights}
+    if comparison == "output":
+        for pw in weights:
+            axis = _output_axis(readers[pw.name], len(pw.shape), idx.opset)
+            if axis is not None:
+                scores[pw.name] = row_ranks(scores[pw.name], axis)
+    return scores
+
+
+def _output_axis(nodes: list[NodeProto], ndim: int, opset: int) -> int | None:
+    """The output-channel axis of a weight (None when its readers disagree or it is 1-D)."""
+    axes = set()
+    for node in nodes:
+        if node.op_type == "Conv":
+            axes.add(0)
+        elif node.op_type == "Gemm":
+            axes.add(0 if attr(node, "transB", opset, 0) else 1)
+        elif node.op_type == "MatMul":
+            axes.add(ndim - 1)
+        else:
+            return None
+    return axes.pop() if len(axes) == 1 and ndim >= 2 else None
+
+
+def row_ranks(scores: np.ndarray, axis: int) -> np.ndarray:
+    """Replace scores by their fractional rank within each slice along ``axis`` (ties by position).
+
+    Example:
+        >>> row_ranks(np.array([[3.0, 1.0, 2.0], [0.5, 9.0, 7.0]]), 0)
+        array([[1.        , 0.33333333, 0.66666667],
+               [0.33333333, 1.        , 0.66666667]])
+    """
+    moved = np.moveaxis(scores, axis, 0)
+    flat = moved.reshape(moved.shape[0], -1)
+    ranks = np.empty_like(flat, dtype=np.float64)
+    order = np.argsort(flat, axis=1, kind="stable")
+    np.put_along_axis(ranks, order, np.arange(1, flat.shape[1] + 1, dtype=np.float64)[None, :], axis=1)
+    ranks /= flat.shape[1]
+    return np.moveaxis(ranks.reshape(moved.shape), 0, axis)
 
 
 def _weight_score(model: ModelProto, idx: GraphIndex, pw: PrunableWeight, nodes: list[NodeProto],

@@ -45,7 +45,7 @@ def test_apoz_ranks_by_known_zero_fraction():
     np.testing.assert_allclose(stats["r"].zero_frac, ZERO_FRACS)
     structured = channel_score(stats["r"], "apoz")
     assert list(np.argsort(structured)) == list(np.argsort(-ZERO_FRACS, kind="stable"))
-    scores = sparse_scores(model, [{"x": x}], criterion="apoz")["w"]
+    scores = sparse_scores(model, [{"x": x}], criterion="apoz", comparison="layer")["w"]
     np.testing.assert_allclose(scores, np.broadcast_to(1 - ZERO_FRACS, (4, 6)))
     # pruning half the weights removes exactly the columns with the most zeros
     pruned = sparsify(model, sparsity=0.5, scores={"w": scores}).model
@@ -58,9 +58,9 @@ def test_activation_and_wanda_known_values():
     x = known_zero_data()
     x[:, 3] *= 4.0  # larger activations in column 3
     r = np.maximum(x, 0).astype(np.float64)
-    act = sparse_scores(model, [{"x": x}], criterion="activation")["w"]
+    act = sparse_scores(model, [{"x": x}], criterion="activation", comparison="layer")["w"]
     np.testing.assert_allclose(act[0], np.abs(r).mean(0))
-    wanda = sparse_scores(model, [{"x": x}], criterion="wanda")["w"]
+    wanda = sparse_scores(model, [{"x": x}], criterion="wanda", comparison="layer")["w"]
     np.testing.assert_allclose(wanda[0], np.linalg.norm(r, axis=0), rtol=1e-9)
     stats = collect_stats(model, [{"x": x}], tensors=["r"])
     np.testing.assert_allclose(channel_score(stats["r"], "activation"), np.abs(r).mean(0))
@@ -75,7 +75,7 @@ def test_wanda_scores_every_layout_against_numpy():
     rng = np.random.default_rng(3)
     feeds = {"x": rng.standard_normal((50, 6)).astype(np.float32),
              "y": rng.standard_normal((2, 3, 4)).astype(np.float32)}
-    scores = sparse_scores(model, [feeds], criterion="wanda")
+    scores = sparse_scores(model, [feeds], criterion="wanda", comparison="layer")
     idx = GraphIndex(model)
     sess = ort.InferenceSession(with_outputs(model, ["hr"]).SerializeToString(), providers=["CPUExecutionProvider"])
     hr = sess.run(["hr"], feeds)[0].astype(np.float64)
@@ -95,7 +95,7 @@ def test_wanda_conv_broadcasts_per_input_channel_and_feeds_nm():
     model = conv_relu_conv(c_in=4, c_mid=8, group=2, pads=1)
     x = np.random.default_rng(4).standard_normal((6, 4, 9, 9)).astype(np.float32)
     x[:, 1] *= 10.0
-    scores = sparse_scores(model, [{"x": x}], criterion="wanda")
+    scores = sparse_scores(model, [{"x": x}], criterion="wanda", comparison="layer")
     w1 = GraphIndex(model).const_value("w1")  # (8, 2, 3, 3): outputs 0-3 read channels 0-1, 4-7 read 2-3
     norms = np.linalg.norm(x.astype(np.float64).transpose(1, 0, 2, 3).reshape(4, -1), axis=1)
     expect = np.abs(w1) * np.concatenate([np.broadcast_to(norms[:2], (4, 2)),
@@ -109,7 +109,7 @@ def test_scores_plug_into_sparsify_and_fall_back_to_magnitude():
     model = mlp(d_in=8, hidden=6)
     x = np.random.default_rng(5).standard_normal((20, 8)).astype(np.float32)
     stats = collect_stats(model, [{"x": x}], tensors=["x"])  # only fc1's input measured
-    scores = sparse_scores(model, stats, criterion="activation")
+    scores = sparse_scores(model, stats, criterion="activation", comparison="layer")
     w2 = GraphIndex(model).const_value("fc2_w")
     np.testing.assert_allclose(scores["fc2_w"], np.abs(w2))  # no statistics for fc2's input: |W|
     assert set(scores) == {"fc1_w", "fc2_w"}
@@ -148,3 +148,23 @@ def test_structured_apoz_activation_wanda_rank_known_channels():
     np.testing.assert_allclose(wanda, expect / expect.max())
     with pytest.raises(ConfigError, match="needs calibration data"):
         make_plan(model, dg, ratio=0.5, importance="apoz")
+
+
+def test_output_comparison_prunes_every_row_equally():
+    model = gemm_stack(d_in=10, hidden=7, d_out=4)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((40, 10)).astype(np.float32)
+    x[:, :3] *= 20.0  # a few loud inputs would take all the kept slots in a layer-wide ranking
+    feeds = [{"x": x, "y": rng.standard_normal((2, 3, 4)).astype(np.float32)}]
+    raw = sparse_scores(model, feeds, criterion="wanda", comparison="layer")
+    ranked = sparse_scores(model, feeds, criterion="wanda")
+    # g0_w is [K, N] (transB=0): output rows are columns; the order inside each output is unchanged
+    for o in range(7):
+        order = np.argsort(raw["g0_w"][:, o], kind="stable")
+        assert list(np.argsort(ranked["g0_w"][:, o], kind="stable")) == list(order)
+    w = GraphIndex(sparsify(model, sparsity=0.6, scores=ranked).model).const_value("g0_w")
+    assert set((w == 0).sum(axis=0)) == {6}  # round(0.6 * 10) of every output's 10 inputs
+    w_layer = GraphIndex(sparsify(model, sparsity=0.6, scores=raw).model).const_value("g0_w")
+    assert len(set((w_layer == 0).sum(axis=0))) > 1
+    with pytest.raises(ConfigError, match="comparison must be"):
+        sparse_scores(model, feeds, criterion="wanda", comparison="row")
