@@ -282,7 +282,8 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
                               min_channels=config.min_channels, exclude=config.exclude, seed=config.seed,
                               plan=plan_in, group_ratios=group_ratios, dg=dg,
                               statistics=_structured_statistics(original, dg, config))
-    reference = zeroed_reference(original, dg, result.plan)
+    # The reference is a full copy of the model, needed only to prove exactness: skip it with --no-validate.
+    reference = zeroed_reference(original, dg, result.plan) if config.validate else None
     _warn_odd_widths(result.report.get("groups", []), config, warnings)
     model = result.model
     extra = dict(result.report)
@@ -292,7 +293,8 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
         exact = model
         model = recover_structured(original, exact, dg, result.plan, config.calib, method=config.recovery)
         extra["recovery"] = config.recovery
-        reference = _ExactBeforeRecovery(exact, reference)  # type: ignore[assignment]
+        if reference is not None:
+            reference = _ExactBeforeRecovery(exact, reference)  # type: ignore[assignment]
     return model, reference, result.plan, extra
 
 
