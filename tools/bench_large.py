@@ -1,0 +1,184 @@
+"""Peak memory and time of onnxprune on a model over 2 GB (external data), each step in its own process.
+
+Usage:
+    python tools/bench_large.py --size-gb 2.2 --workdir /tmp/onnxprune-large [--steps load,unstructured,...]
+
+The model (a wide MLP: ``layers`` MatMul d×d weights with biases, then a small head) is generated straight
+into an external data file, one layer at a time, so generating it never holds the model in memory; it is
+not committed. Every step runs in a fresh subprocess and its peak resident memory comes from the kernel
+(``os.wait4`` → ``ru_maxrss``). The figure that matters is the growth over a baseline process that
+imports the same modules and runs the same command on a tiny model: peak − baseline, divided by the
+model's size on disk. Prints one Markdown table (and ``--json`` writes the rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+#: The steps and the command line each runs (``{model}``, ``{out}`` are filled in).
+STEPS: dict[str, list[str]] = {
+    "load": ["-c", "import sys; from onnxprune.io import load_model; load_model(sys.argv[1])", "{model}"],
+    "load+save": ["-c", "import sys; from onnxprune.io import load_model, save_model; "
+                        "save_model(load_model(sys.argv[1]), sys.argv[2], external_data=True)", "{model}", "{out}"],
+    "unstructured": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--mode", "unstructured", "-q"],
+    "unstructured-novalidate": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--mode", "unstructured",
+                                "--no-validate", "-q"],
+    "nm": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--mode", "nm", "--no-validate", "-q"],
+    "structured": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--ratio", "0.3", "-q"],
+    "structured-novalidate": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--ratio", "0.3",
+                              "--no-validate", "-q"],
+}
+DEFAULT_STEPS = ("load", "load+save", "unstructured-novalidate", "unstructured", "nm", "structured-novalidate",
+                 "structured")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One step: exit code, peak resident memory (bytes), wall time (seconds), stderr tail."""
+
+    step: str
+    returncode: int
+    peak_bytes: int
+    seconds: float
+    stderr: str
+
+
+def write_wide_mlp(path: Path, *, d: int, layers: int, d_out: int = 16, batch: int = 2, seed: int = 0) -> int:
+    """Write a ``layers``-deep d×d MLP to ``path`` with its weights in ``path.name + '.data'``.
+
+    Returns:
+        The total size on disk (model file plus data file), in bytes.
+    """
+    rng = np.random.default_rng(seed)
+    data_name = path.name + ".data"
+    nodes, inits, prev = [], [], "x"
+    with open(path.parent / data_name, "wb") as fh:
+
+        def external(name: str, array: np.ndarray) -> TensorProto:
+            offset = fh.tell()
+            fh.write(array.tobytes())
+            t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(array.shape))
+            t.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(array.nbytes))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+            return t
+
+        for i in range(layers):
+            w = rng.standard_normal((d, d), dtype=np.float32)
+            w *= np.float32(np.sqrt(2.0 / d))
+            inits.append(external(f"fc{i}_w", w))
+            del w
+            inits.append(external(f"fc{i}_b", rng.standard_normal(d, dtype=np.float32) * np.float32(0.01)))
+            nodes += [helper.make_node("MatMul", [prev, f"fc{i}_w"], [f"mm{i}"], name=f"fc{i}"),
+                      helper.make_node("Add", [f"mm{i}", f"fc{i}_b"], [f"h{i}"], name=f"fc{i}_bias"),
+                      helper.make_node("Relu", [f"h{i}"], [f"r{i}"], name=f"relu{i}")]
+            prev = f"r{i}"
+        inits.append(external("head_w", (rng.standard_normal((d, d_out)) / np.sqrt(d)).astype(np.float32)))
+    nodes.append(helper.make_node("MatMul", [prev, "head_w"], ["out"], name="head"))
+    graph = helper.make_graph(nodes, "wide_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, d])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, d_out])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench_large")
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path.stat().st_size + (path.parent / data_name).stat().st_size
+
+
+def measure(argv: list[str], *, timeout: float = 3600.0) -> tuple[int, int, float, str]:
+    """Run ``python argv...`` in a fresh process; return (exit code, peak RSS bytes, seconds, stderr tail)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = started + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.05)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read() if proc.stderr else ""
+    return proc.returncode, int(usage.ru_maxrss) * 1024, seconds, err[-2000:]
+
+
+def run_step(step: str, model: Path, out_dir: Path) -> Measurement:
+    """Run one step on ``model``, writing into an emptied ``out_dir``."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    argv = [a.format(model=model, out=out_dir / "out.onnx") for a in STEPS[step]]
+    code, peak, seconds, err = measure(argv)
+    return Measurement(step, code, peak, seconds, err)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-gb", type=float, default=2.2, help="approximate model size (default 2.2)")
+    parser.add_argument("--width", type=int, default=8192, help="hidden width d (default 8192: 268 MB per layer)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/onnxprune-large"))
+    parser.add_argument("--steps", default=",".join(DEFAULT_STEPS))
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--keep", action="store_true", help="keep the generated model")
+    args = parser.parse_args(argv)
+    steps = [s for s in args.steps.split(",") if s]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        parser.error(f"unknown steps {unknown}; choose from {', '.join(STEPS)}")
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    layer_bytes = 4 * args.width * args.width
+    layers = max(1, round(args.size_gb * 1e9 / layer_bytes))
+    model = work / "large.onnx"
+    t0 = time.perf_counter()
+    size = write_wide_mlp(model, d=args.width, layers=layers)
+    print(f"generated {model} ({layers} layers of {args.width}x{args.width}, {size / 1e9:.3f} GB on disk) "
+          f"in {time.perf_counter() - t0:.1f} s")
+    tiny = work / "tiny.onnx"
+    write_wide_mlp(tiny, d=64, layers=2)
+    rows = []
+    for step in steps:
+        base = run_step(step, tiny, work / "out-tiny")
+        big = run_step(step, model, work / "out")
+        out_size = sum(p.stat().st_size for p in (work / "out").glob("out.onnx*"))
+        growth = big.peak_bytes - base.peak_bytes
+        rows.append({"step": step, "exit": big.returncode, "seconds": round(big.seconds, 1),
+                     "peak_gb": round(big.peak_bytes / 1e9, 3), "baseline_gb": round(base.peak_bytes / 1e9, 3),
+                     "growth_over_size": round(growth / size, 2), "peak_over_size": round(big.peak_bytes / size, 2),
+                     "output_gb": round(out_size / 1e9, 3), "stderr": big.stderr.strip()[-300:]})
+        print(json.dumps(rows[-1]), flush=True)
+    print()
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+          f"python {platform.python_version()}, onnx {onnx.__version__}, date {time.strftime('%Y-%m-%d')}")
+    print(f"model: {size / 1e9:.3f} GB ({layers}x MatMul {args.width}x{args.width}, external data)")
+    print("| step | exit | time (s) | peak RSS (GB) | baseline (GB) | (peak-baseline)/size | peak/size | output (GB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['step']} | {r['exit']} | {r['seconds']} | {r['peak_gb']} | {r['baseline_gb']} | "
+              f"{r['growth_over_size']} | {r['peak_over_size']} | {r['output_gb']} |")
+    if args.json:
+        args.json.write_text(json.dumps({"size_bytes": size, "rows": rows}, indent=2))
+    if not args.keep:
+        for p in work.glob("*.onnx*"):
+            p.unlink()
+        shutil.rmtree(work / "out", ignore_errors=True)
+        shutil.rmtree(work / "out-tiny", ignore_errors=True)
+    return 0 if all(r["exit"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
