@@ -1,4 +1,4 @@
-"""Memory on big models: each step runs in a fresh process and its peak RSS is read from the kernel.
+"""Memory on big models: each step runs in a fresh process and its peak RSS is read from the kernel (VmHWM).
 
 The bound is on *growth*: peak RSS minus the peak of the same command on a tiny model (the interpreter,
 onnx and onnxruntime alone take ~100 MB), divided by the model's size on disk. tools/bench_large.py
@@ -27,7 +27,9 @@ pytestmark = pytest.mark.slow
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int]:
     folder = tmp_path_factory.mktemp("large")
     big, tiny = folder / "big.onnx", folder / "tiny.onnx"
-    size = write_wide_mlp(big, d=2048, layers=4)  # 67 MB of weights in big.onnx.data
+    # 100 MB in 24 tensors of 4 MB: per-tensor scratch space (a sort of one tensor) stays small next to the
+    # model, as it does on the 2.4 GB model of tools/bench_large.py (268 MB tensors).
+    size = write_wide_mlp(big, d=1024, layers=24)
     write_wide_mlp(tiny, d=64, layers=2)
     return big, tiny, size
 
@@ -57,7 +59,7 @@ def test_peak_memory_within_bound(models: tuple[Path, Path, int], tmp_path: Path
 
 
 @pytest.mark.xfail(strict=True, reason="structured pruning copies the model in prune_structured and again in "
-                                      "apply_plan (load_model deep-copies): measured 3.5x; see tools/bench_large.py")
+                                      "apply_plan (load_model deep-copies): measured 3.6x; see tools/bench_large.py")
 def test_structured_peak_memory_within_bound(models: tuple[Path, Path, int], tmp_path: Path) -> None:
     ratio = growth("structured-novalidate", models, tmp_path)
     assert ratio < BOUND, f"peak grew by {ratio:.2f}x the model's size"
@@ -81,5 +83,5 @@ def test_large_outputs_keep_external_data(models: tuple[Path, Path, int], tmp_pa
         assert (out / "out.onnx").stat().st_size < 1 << 16 and (out / "out.onnx.data").is_file()
         assert sorted(p.name for p in out.iterdir()) == ["out.onnx", "out.onnx.data"]
         pruned = load_model(out / "out.onnx")
-        assert len(pruned.graph.initializer) == 2 * 4 + 1
+        assert len(pruned.graph.initializer) == 2 * 24 + 1
         assert file_size(out / "out.onnx") <= size

@@ -6,9 +6,9 @@ Usage:
 The model (a wide MLP: ``layers`` MatMul d×d weights with biases, then a small head) is generated straight
 into an external data file, one layer at a time, so generating it never holds the model in memory; it is
 not committed. Every step runs in a fresh subprocess and its peak resident memory comes from the kernel
-(``os.wait4`` → ``ru_maxrss``). The figure that matters is the growth over a baseline process that
-imports the same modules and runs the same command on a tiny model: peak − baseline, divided by the
-model's size on disk. Prints one Markdown table (and ``--json`` writes the rows).
+(``VmHWM`` of its own address space, written at exit). The figure that matters is the growth over a
+baseline process that imports the same modules and runs the same command on a tiny model: peak − baseline,
+divided by the model's size on disk. Prints one Markdown table (and ``--json`` writes the rows).
 """
 
 from __future__ import annotations
@@ -97,24 +97,48 @@ def write_wide_mlp(path: Path, *, d: int, layers: int, d_out: int = 16, batch: i
     return path.stat().st_size + (path.parent / data_name).stat().st_size
 
 
+#: Runs ``-m MODULE args`` or ``-c CODE args`` and, at exit, writes the process's VmHWM (peak resident set of
+#: its own address space, in kB) to the file named by ``ONNXPRUNE_HWM_FILE``. Not ``ru_maxrss``: Linux also
+#: counts the parent's resident memory at fork time in a child's ``ru_maxrss``.
+_WRAPPER = """
+import atexit, os, runpy, sys
+def _report():
+    with open("/proc/self/status") as fh:
+        kb = next(line.split()[1] for line in fh if line.startswith("VmHWM"))
+    with open(os.environ["ONNXPRUNE_HWM_FILE"], "w") as out:
+        out.write(kb)
+atexit.register(_report)
+flag, target, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+if flag == "-m":
+    sys.argv = [target, *rest]
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+else:
+    sys.argv = ["-c", *rest]
+    exec(compile(target, "<step>", "exec"), {"__name__": "__main__"})
+"""
+
+
 def measure(argv: list[str], *, timeout: float = 3600.0) -> tuple[int, int, float, str]:
-    """Run ``python argv...`` in a fresh process; return (exit code, peak RSS bytes, seconds, stderr tail)."""
+    """Run ``python argv...`` (``-m mod ...`` or ``-c code ...``) in a fresh process.
+
+    Returns:
+        (exit code, peak resident memory in bytes, wall seconds, stderr tail).
+    """
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix="onnxprune-hwm-", suffix=".txt", delete=False) as fh:
+        hwm_file = Path(fh.name)
+    env = dict(os.environ, ONNXPRUNE_HWM_FILE=str(hwm_file))
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = started + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.05)
-    seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read() if proc.stderr else ""
-    return proc.returncode, int(usage.ru_maxrss) * 1024, seconds, err[-2000:]
+    try:
+        proc = subprocess.run([sys.executable, "-c", _WRAPPER, *argv], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=timeout, check=False)
+        seconds = time.perf_counter() - started
+        text = hwm_file.read_text().strip()
+        peak = int(text) * 1024 if text else 0
+    finally:
+        hwm_file.unlink(missing_ok=True)
+    return proc.returncode, peak, seconds, proc.stderr[-2000:]
 
 
 def run_step(step: str, model: Path, out_dir: Path) -> Measurement:
@@ -145,7 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     layers = max(1, round(args.size_gb * 1e9 / layer_bytes))
     model = work / "large.onnx"
     t0 = time.perf_counter()
-    size = write_wide_mlp(model, d=args.width, layers=layers)
+    # Generate in a child: Linux counts a parent's resident memory at fork in its children's ru_maxrss, so
+    # this process must stay small for the measurements below to be the steps' own.
+    gen = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from bench_large import "
+           "write_wide_mlp; write_wide_mlp(Path(sys.argv[2]), d=int(sys.argv[3]), layers=int(sys.argv[4]))")
+    subprocess.run([sys.executable, "-c", gen, str(Path(__file__).parent), str(model), str(args.width), str(layers)],
+                   check=True)
+    size = model.stat().st_size + (work / (model.name + ".data")).stat().st_size
     print(f"generated {model} ({layers} layers of {args.width}x{args.width}, {size / 1e9:.3f} GB on disk) "
           f"in {time.perf_counter() - t0:.1f} s")
     tiny = work / "tiny.onnx"
