@@ -20,11 +20,12 @@ CI runs a bounded, derandomized number of examples; ``tools/fuzz.py`` runs many 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 from oracle_check import assert_close, run_ort, seeded_feeds
@@ -93,7 +94,12 @@ def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
-@settings(settings.get_profile("onnxprune-fuzz"), **({"seed": int(FUZZ_SEED)} if FUZZ_SEED else {}))  # type: ignore[arg-type]
+def _seeded(test: Callable[..., None]) -> Callable[..., None]:
+    return seed(int(FUZZ_SEED))(test) if FUZZ_SEED else test
+
+
+@_seeded
+@settings(settings.get_profile("onnxprune-fuzz"))
 @given(fuzz_cases())
 def test_pipeline_on_random_graphs(case: tuple) -> None:
     model, kinds, head, unruled, config = case
