@@ -504,3 +504,20 @@ def test_plan_out_in_a_missing_folder_is_refused_before_work(dirs: tuple[Path, P
                      inputs=[source], out_dir=out_dir, match=r"output folder .*missing does not exist")
     assert_api_fails(source, PruneConfig(plan_out=str(plan)), out_dir / "p.onnx", inputs=[source], error=OutputError,
                      match="does not exist")
+
+
+BENCH_CASES = [
+    (["--batch", "0"], r"batches must be integers >= 1"),
+    (["--runs", "0"], r"runs must be integers >= 1"),
+    (["--warmup", "-1"], r"warmup must be integers >= 0"),
+    (["--threads", "0"], r"threads must be at least 1"),
+]
+
+
+@pytest.mark.parametrize(("args", "match"), BENCH_CASES, ids=[" ".join(a) for a, _ in BENCH_CASES])
+def test_bench_option_out_of_range(args: list[str], match: str, dirs: tuple[Path, Path],
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    src_dir, out_dir = dirs
+    source = src_dir / "mlp.onnx"
+    onnx.save(mlp(), str(source))
+    assert_cli_fails(["bench", str(source), *args], capsys, inputs=[source], out_dir=out_dir, match=match)
