@@ -21,6 +21,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxprune.analysis import DependencyGraph
+from onnxprune.calibrate import ActivationStats
 from onnxprune.errors import ConfigError
 from onnxprune.io import load_model
 from onnxprune.plan import make_plan
@@ -72,7 +73,7 @@ class _Candidate:
 
     def __init__(self, model: ModelProto, dg: DependencyGraph, *, importance: str,
                  statistics: Mapping[str, object] | None, meter: OutputErrorMeter | None, recover: str,
-                 rstats: object) -> None:
+                 rstats: ActivationStats | None) -> None:
         self.model, self.dg, self.importance, self.statistics = model, dg, importance, statistics
         self.meter, self.recover, self.rstats = meter, recover, rstats
         self._cache: dict[tuple, tuple[int, int, ModelProto, object]] = {}
@@ -123,7 +124,7 @@ def allocate_detailed(
     importance = importance or report.importance
     recover = recover or report.recover
     base = model_stats(m)
-    meter = OutputErrorMeter(m, calib, max_samples=max_samples) if max_error is not None else None
+    meter = OutputErrorMeter(m, calib, max_samples=max_samples) if max_error is not None and calib else None
     statistics = criterion_statistics(m, dg, importance, calib)
     rstats = recovery_stats(m, dg, calib, recover) if meter is not None else None
     cand = _Candidate(m, dg, importance=importance, statistics=statistics, meter=meter, recover=recover,

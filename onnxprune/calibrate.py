@@ -28,7 +28,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper
 from onnxprune.errors import CalibrationError, ConfigError
 from onnxprune.feeds import InputSpec, input_specs, iter_batches, load_npz_feeds, num_samples
 from onnxprune.io import load_model
-from onnxprune.ir import GraphIndex, attr, node_label, shape_skeleton
+from onnxprune.ir import GraphIndex, attr, attr_ints, node_label, shape_skeleton
 from onnxprune.progress import progress
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,9 @@ def count_samples(data: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarra
             for key in archive.files:
                 with archive.zip.open(key + ".npy") as fh:
                     version = np.lib.format.read_magic(fh)
-                    shape = np.lib.format._read_array_header(fh, version)[0]
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape = read(fh)[0]
                 n = int(shape[0]) if shape else 0
                 return n if max_samples is None else min(n, max_samples)
     except (OSError, ValueError, EOFError, AttributeError, KeyError):
@@ -390,19 +392,19 @@ class ConvGeometry:
     @classmethod
     def of(cls, node: NodeProto, weight_shape: Sequence[int], opset: int) -> ConvGeometry:
         """Read a Conv node's geometry (schema defaults included)."""
-        kernel = tuple(int(k) for k in (attr(node, "kernel_shape", opset) or weight_shape[2:]))
+        kernel = tuple(attr_ints(node, "kernel_shape", opset) or [int(k) for k in weight_shape[2:]])
         nd = len(kernel)
-        strides = tuple(int(s) for s in (attr(node, "strides", opset) or [1] * nd))
-        dilations = tuple(int(d) for d in (attr(node, "dilations", opset) or [1] * nd))
+        strides = tuple(attr_ints(node, "strides", opset) or [1] * nd)
+        dilations = tuple(attr_ints(node, "dilations", opset) or [1] * nd)
         auto_pad = attr(node, "auto_pad", opset, "NOTSET")
         auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
-        pads_attr = attr(node, "pads", opset)
-        pads = tuple(int(p) for p in pads_attr) if pads_attr else None
+        pads_attr = attr_ints(node, "pads", opset)
+        pads = tuple(pads_attr) if pads_attr else None
         if auto_pad in ("NOTSET", "") and pads is None:
             pads = (0,) * (2 * nd)
         if auto_pad == "VALID":
             pads = (0,) * (2 * nd)
-        return cls(kernel, strides, dilations, pads, auto_pad or "NOTSET", int(attr(node, "group", opset, 1)))
+        return cls(kernel, strides, dilations, pads, auto_pad or "NOTSET", int(attr(node, "group", opset, 1)))  # type: ignore[call-overload]
 
     def resolve_pads(self, spatial: Sequence[int]) -> tuple[int, ...]:
         """Explicit pads for an input of ``spatial`` size (SAME_UPPER/SAME_LOWER computed)."""
@@ -527,7 +529,7 @@ def weight_rows(node: NodeProto, w: np.ndarray, opset: int) -> np.ndarray:
     """
     op = node.op_type
     if op == "Conv":
-        g = int(attr(node, "group", opset, 1))
+        g = int(attr(node, "group", opset, 1))  # type: ignore[call-overload]
         return np.array(w.reshape(g, w.shape[0] // g, -1))
     if op == "Gemm":
         return np.array((w if attr(node, "transB", opset, 0) else w.T)[None])

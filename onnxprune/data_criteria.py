@@ -87,7 +87,7 @@ def _broadcast_factor(node: NodeProto, w: np.ndarray, factor: np.ndarray, opset:
     """Expand a per-input-column factor to the weight's shape, along its reduction axis."""
     op = node.op_type
     if op == "Conv":
-        g = int(attr(node, "group", opset, 1))
+        g = int(attr(node, "group", opset, 1))  # type: ignore[call-overload]
         per_group = w.shape[1]
         # output channel o belongs to group o // (O/g) and reads input channels of that group
         o_per_g = w.shape[0] // g
@@ -212,9 +212,9 @@ def _weight_score(model: ModelProto, idx: GraphIndex, pw: PrunableWeight, nodes:
     if not factors:
         return np.abs(w)
     if criterion == "wanda":
-        factor = np.sqrt(sum(f**2 for f in factors))
+        factor = np.sqrt(np.sum(np.square(factors), axis=0))
     else:
-        factor = sum(factors) / len(factors)
+        factor = np.mean(factors, axis=0)
     return np.abs(w) * factor
 
 

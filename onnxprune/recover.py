@@ -239,8 +239,9 @@ def _masked_direct(w: np.ndarray, mask: np.ndarray, gram: np.ndarray, lam: float
     groups: dict[bytes, list[int]] = {}
     for i, row in enumerate(packed):
         groups.setdefault(row.tobytes(), []).append(i)
+    index_groups = [np.asarray(rows, dtype=np.int64) for rows in groups.values()]
     gw = w @ gram  # (O, K): row o is (G w_o)ᵀ
-    for rows in groups.values():
+    for rows in index_groups:
         s = np.flatnonzero(mask[rows[0]])
         if s.size == 0:
             continue
@@ -310,6 +311,13 @@ def _bias_add(idx: GraphIndex, node: NodeProto, n_out: int) -> tuple[NodeProto, 
     return add, other
 
 
+def _gemm_beta(node: NodeProto, opset: int) -> float:
+    """Gemm's ``beta`` (the scale of its C input); 1 for every other op."""
+    if node.op_type != "Gemm":
+        return 1.0
+    return float(attr(node, "beta", opset, 1.0))  # type: ignore[arg-type]
+
+
 def layer_bias(idx: GraphIndex, node: NodeProto, n_out: int) -> np.ndarray:
     """The per-output-channel bias a Conv/Gemm/MatMul adds (zeros when it has none), as float64.
 
@@ -318,7 +326,7 @@ def layer_bias(idx: GraphIndex, node: NodeProto, n_out: int) -> np.ndarray:
     if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:
         value = idx.const_value(node.input[2])
         if value is not None and value.size in (1, n_out):
-            scale = float(attr(node, "beta", idx.opset, 1.0)) if node.op_type == "Gemm" else 1.0
+            scale = _gemm_beta(node, idx.opset)
             return np.broadcast_to(value.astype(np.float64).ravel() * scale, (n_out,)).copy()
     if node.op_type == "MatMul":
         found = _bias_add(idx, node, n_out)
@@ -339,7 +347,7 @@ def set_layer_bias(idx: GraphIndex, node: NodeProto, bias: np.ndarray, dtype: np
     graph = idx.graph
     n_out = bias.shape[0]
     if node.op_type in ("Conv", "Gemm"):
-        value = bias / float(attr(node, "beta", idx.opset, 1.0)) if node.op_type == "Gemm" else bias
+        value = bias / _gemm_beta(node, idx.opset)
         name = idx.unique_name(f"{node.name or node.output[0]}_bias")
         graph.initializer.append(numpy_helper.from_array(value.astype(dtype), name))
         if len(node.input) > 2 and node.input[2]:
@@ -555,7 +563,7 @@ def sink_cuts(original: ModelProto, dg: DependencyGraph, plan: object) -> list[S
             shape = dg.const_shapes.get(cut.tensor) or idx.const_shape(node.input[1])
             if shape is None:
                 continue
-            if node.op_type == "Conv" and int(attr(node, "group", idx.opset, 1)) != 1:
+            if node.op_type == "Conv" and int(attr(node, "group", idx.opset, 1)) != 1:  # type: ignore[call-overload]
                 log.info("not re-fitting grouped Conv %s: its surviving groups keep all their inputs", key)
                 continue
             keep_out = kept.get(ChannelAxis(cut.tensor, out_axis), np.arange(shape[out_axis], dtype=np.int64))
