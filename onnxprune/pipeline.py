@@ -261,7 +261,7 @@ def _sparse_scores(original: ModelProto, config: PruneConfig) -> Any:
 
 
 def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[str]
-                    ) -> tuple[ModelProto, ModelProto, Any, dict[str, Any]]:
+                    ) -> tuple[ModelProto, ModelProto | None, Any, dict[str, Any]]:
     from onnxprune.analysis import analyze
     from onnxprune.oracle import zeroed_reference
     from onnxprune.plan import PrunePlan
