@@ -146,7 +146,7 @@ class PruneConfig:
                 raise ConfigError(f"--dim {name}={value}: dimensions must be >= 1")
         for b in self.bench_batches:
             if b < 1:
-                raise ConfigError(f"--bench-batch must be >= 1, got {b}")
+                raise ConfigError(f"--batch must be >= 1, got {b}")
         if self.bench_runs < 1 or self.bench_warmup < 0:
             raise ConfigError(f"--runs must be >= 1 and --warmup >= 0, got {self.bench_runs}, {self.bench_warmup}")
         if self.threads is not None and self.threads < 1:

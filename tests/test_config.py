@@ -36,7 +36,7 @@ def test_defaults_are_valid_and_recovery_follows_calibration() -> None:
         ({"mode": "unstructured", "target_macs": 0.5}, r"structured only"),
         ({"layer_sparsity": {"conv*": 1.0}}, r"--layer-sparsity 'conv\*'"),
         ({"dims": {"N": 0}}, r"--dim N=0"),
-        ({"bench_batches": (0,)}, r"--bench-batch"),
+        ({"bench_batches": (0,)}, r"--batch must be >= 1"),
         ({"bench_runs": 0}, r"--runs"),
         ({"threads": 0}, r"--threads"),
         ({"exclude": ("",)}, r"--exclude"),

@@ -23,7 +23,7 @@ from onnxprune import io as opio
 from onnxprune.cli.main import main
 from onnxprune.io import save_model
 
-INTERRUPTED = "onnxprune: interrupted; no output was written"
+INTERRUPTED = "onnxprune: interrupted; files are written atomically, so no partial output was left"
 
 
 def sha256(path: Path) -> str:

@@ -139,3 +139,20 @@ def test_odd_widths_warn_and_round_to_silences_it(cnn: Path, tmp_path: Path) -> 
     r = _prune([str(cnn), "-o", str(tmp_path / "b.onnx"), "--ratio", "0.3", "--round-to", "8"], tmp_path / "b.json")
     assert not any("--round-to" in w for w in r["warnings"])
     assert all(g["size_after"] % 8 == 0 for g in r["groups"])
+
+
+@pytest.mark.parametrize("option", ["--report", "--report-md", "--plot"])
+def test_bad_report_path_fails_before_any_model_is_written(cnn: Path, tmp_path: Path, option: str, capsys) -> None:
+    out = tmp_path / "o.onnx"
+    bad = tmp_path / "missing-folder" / "r.out"
+    assert main(["prune", str(cnn), "-o", str(out), option, str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing-folder" in err[0] and "does not exist" in err[0]
+    assert not out.exists()
+
+
+def test_report_path_equal_to_output_is_refused(cnn: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "o.onnx"
+    assert main(["prune", str(cnn), "-o", str(out), "--report", str(out)]) == 1
+    assert "is the output model path" in capsys.readouterr().err
+    assert not out.exists()

@@ -153,10 +153,31 @@ def _comparison_line(validation: dict[str, Any], *, exact: bool) -> str:
     return "; ".join(parts) or validation.get("summary", "")
 
 
+def _check_side_outputs(args: argparse.Namespace) -> None:
+    """Refuse bad report/plot paths before any work, so a failure never follows a saved model."""
+    from onnxprune.errors import OutputError
+    from onnxprune.io import check_output_path, same_file
+
+    for option, path in (("--report", args.report), ("--report-md", args.report_md), ("--plot", args.plot)):
+        if path is None:
+            continue
+        if same_file(path, args.output) or str(path) == str(args.output):
+            raise OutputError(f"{option} {path} is the output model path; choose another file")
+        check_output_path(path, inputs=(args.model,))
+    if args.plot:
+        import importlib.util
+
+        from onnxprune.errors import ConfigError
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ConfigError("--plot needs matplotlib; install it with: pip install onnxprune[plot]")
+
+
 def run(args: argparse.Namespace) -> int:
     from onnxprune.pipeline import prune
 
     config = config_from_args(args)
+    _check_side_outputs(args)
     result = prune(args.model, config, output=args.output)
     if args.report:
         result.save_report(args.report)

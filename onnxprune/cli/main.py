@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"onnxprune: error: {exc}\n")
         return 1
     except KeyboardInterrupt:
-        sys.stderr.write("onnxprune: interrupted; no output was written\n")
+        sys.stderr.write("onnxprune: interrupted; files are written atomically, so no partial output was left\n")
         return 130
     except MemoryError:
         if verbose:
