@@ -34,3 +34,17 @@ def test_readme_main_command_names_a_shipped_model() -> None:
     assert models
     for m in models:
         assert (ROOT / m).is_file(), m
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch) -> None:
+    import shutil
+
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S)
+    assert code
+    shutil.copy(ROOT / "models" / "digits_cnn.onnx", tmp_path / "model.onnx")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    exec(compile(code.group(1), "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    assert (tmp_path / "model-pruned.onnx").is_file()
+    assert namespace["result"].report["macs_after"] < namespace["result"].report["macs_before"]  # type: ignore[attr-defined]
