@@ -143,14 +143,16 @@ def _expected_nbytes(tensor: TensorProto) -> int | None:
     return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize if len(tensor.dims) else itemsize
 
 
-def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = True) -> ModelProto:
+def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = True, copy: bool = True) -> ModelProto:
     """Load a model from a path (external data included) or copy a ``ModelProto``.
 
-    The caller's object is never modified: a ``ModelProto`` argument is deep-copied.
+    The caller's object is never modified: a ``ModelProto`` argument is deep-copied, unless ``copy=False``.
 
     Args:
         source: a path to an ``.onnx`` file, or a ``ModelProto``.
         check: run ``onnx.checker`` and the opset check.
+        copy: ``False`` returns a ``ModelProto`` argument itself (checked if asked), for callers that only
+            read it: a deep copy costs one more model of memory, which matters above a few hundred MB.
 
     Returns:
         A new ``ModelProto`` with all weights in memory.
@@ -163,8 +165,11 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
         >>> model = load_model("models/digits_cnn.onnx")  # doctest: +SKIP
     """
     if isinstance(source, ModelProto):
-        model = ModelProto()
-        model.CopyFrom(source)
+        if copy:
+            model = ModelProto()
+            model.CopyFrom(source)
+        else:
+            model = source
         where = f"model '{model.graph.name or '<in memory>'}'"
         if check:
             _check_model(model, where, path=None)
@@ -238,6 +243,15 @@ def _copy_fields(dst: Message, src: Message, skip: tuple[str, ...] = ()) -> None
             target.CopyFrom(value)
         else:
             setattr(dst, fd.name, value)
+
+
+def checker_view(model: ModelProto, where: str) -> ModelProto:
+    """Public name of :func:`_checker_view` (used by validation's full check).
+
+    Raises:
+        ModelLoadError: a large initializer's raw data does not fit its shape.
+    """
+    return _checker_view(model, where)
 
 
 def _checker_view(model: ModelProto, where: str) -> ModelProto:

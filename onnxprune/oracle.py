@@ -12,21 +12,19 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxprune.analysis import DependencyGraph
-from onnxprune.io import load_model
 from onnxprune.ir import GraphIndex
 from onnxprune.plan import PrunePlan, check_plan
 from onnxprune.surgery import write_const
+from onnxprune.weights import copy_model_without_weights
 
 
 def zeroed_reference(model: ModelProto, dg: DependencyGraph, plan: PrunePlan) -> ModelProto:
-    """The original model with every sink slice of every dropped channel set to zero.
+    """The original model (not modified) with every sink slice of every dropped channel set to zero.
 
     Example:
         >>> ref = zeroed_reference(model, dg, plan)  # doctest: +SKIP
     """
-    m = load_model(model, check=False)
     check_plan(plan, dg)
-    index = GraphIndex(m)
     zero: dict[str, list[tuple[int, np.ndarray]]] = {}
     for gid in plan.keep:
         drop = plan.dropped(gid)
@@ -34,11 +32,17 @@ def zeroed_reference(model: ModelProto, dg: DependencyGraph, plan: PrunePlan) ->
             continue
         for cut in dg.groups[gid].sinks:
             zero.setdefault(cut.tensor, []).append((cut.axis, cut.positions(drop)))
+    # Copy the model without the tensors about to be zeroed and fill those once: copying and then
+    # overwriting would hold both versions (protobuf frees replaced bytes only with the whole model).
+    source = GraphIndex(model)
+    m = copy_model_without_weights(model, [name for name in zero if name in source.initializers])
+    index = GraphIndex(m)
     for name, cuts in zero.items():
-        value = np.array(index.const_value(name), copy=True)
+        value = np.array(source.const_value(name), copy=True)
         for axis, pos in cuts:
             index_tuple = [slice(None)] * value.ndim
             index_tuple[axis] = pos  # type: ignore[call-overload]
             value[tuple(index_tuple)] = 0
         write_const(index, name, value)
+        del value
     return m

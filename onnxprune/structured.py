@@ -130,7 +130,8 @@ def prune_structured(model: ModelProto | str | os.PathLike[str], *, ratio: float
         >>> result.report["coverage"]  # doctest: +SKIP
     """
     validate_options(ratio=ratio, round_to=round_to, min_channels=min_channels, group_ratios=group_ratios)
-    m = load_model(model, check=not isinstance(model, ModelProto))
+    # Every step below only reads the model, and apply_plan builds a new one: no copy of a ModelProto here.
+    m = model if isinstance(model, ModelProto) else load_model(model)
     rules = tuple(extra_rules)
     if dg is None:
         dg = analyze(m, extra_rules=rules)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx
-from onnx import ModelProto, NodeProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.analysis import DependencyGraph, analyze, model_fingerprint
 from onnxprune.axes import ChannelAxis
@@ -24,15 +24,20 @@ from onnxprune.ir import GraphIndex, shape_skeleton
 from onnxprune.plan import PrunePlan, check_plan
 from onnxprune.rules.base import RewriteContext
 from onnxprune.rules.registry import RuleSet, RuleSpec
+from onnxprune.weights import copy_model_without_weights
 
 log = logging.getLogger(__name__)
 
 
-def write_const(index: GraphIndex, name: str, value: np.ndarray) -> None:
-    """Replace the value of constant ``name`` (initializer or Constant node) in place, keeping its dtype."""
+def write_const(index: GraphIndex, name: str, value: np.ndarray, *, target: TensorProto | None = None) -> None:
+    """Replace the value of constant ``name`` (initializer or Constant node) in place, keeping its dtype.
+
+    ``target`` is the initializer to write into when ``index.initializers`` maps ``name`` to a read-only
+    tensor of another model (see :func:`apply_plan`).
+    """
     value = np.ascontiguousarray(value)
     if name in index.initializers:
-        t = index.initializers[name]
+        t = index.initializers[name] if target is None else target
         new = numpy_helper.from_array(value.astype(helper.tensor_dtype_to_np_dtype(t.data_type), copy=False), name)
         t.CopyFrom(new)
         for vi in index.graph.input:  # an initializer that is also an (overridable) graph input
@@ -48,8 +53,14 @@ def write_const(index: GraphIndex, name: str, value: np.ndarray) -> None:
     node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(value, name)))
 
 
-def slice_consts(index: GraphIndex, kept: dict[ChannelAxis, np.ndarray]) -> list[str]:
-    """Slice every constant with a kept slot; returns the names changed."""
+def slice_consts(index: GraphIndex, kept: dict[ChannelAxis, np.ndarray], *,
+                 targets: Mapping[str, TensorProto] | None = None) -> list[str]:
+    """Slice every constant with a kept slot; returns the names changed.
+
+    Values are read through ``index``; an initializer named in ``targets`` is written into that tensor
+    instead of the one ``index`` reads (so the source can be another, untouched model).
+    """
+    targets = targets or {}
     by_tensor: dict[str, list[tuple[int, np.ndarray]]] = {}
     for s, pos in kept.items():
         if s.tensor in index.initializers or s.tensor in index.constant_nodes:
@@ -60,7 +71,8 @@ def slice_consts(index: GraphIndex, kept: dict[ChannelAxis, np.ndarray]) -> list
             raise OnnxPruneError(f"constant '{name}' has no readable value; cannot slice it")
         for axis, pos in cuts:
             value = np.take(value, pos, axis=axis)
-        write_const(index, name, value)
+        write_const(index, name, value, target=targets.get(name))
+        del value
     return list(by_tensor)
 
 
@@ -142,22 +154,31 @@ def apply_plan(model: ModelProto | str | os.PathLike[str], plan: PrunePlan, *, d
     Example:
         >>> pruned = apply_plan(model, make_plan(model, dg, ratio=0.5), dg=dg)  # doctest: +SKIP
     """
-    m = load_model(model, check=False)
-    fingerprint = model_fingerprint(m)
+    # The source is only read. The output is a copy without the weights about to be sliced, so that memory
+    # holds the source plus the (smaller) pruned model, never a second full copy (protobuf keeps replaced
+    # bytes alive until the whole message is freed).
+    src = model if isinstance(model, ModelProto) else load_model(model, check=False)
+    fingerprint = model_fingerprint(src)
     if fingerprint != plan.fingerprint:
         raise PlanError(f"the plan was made for another model (fingerprint {plan.fingerprint[:12]} != "
                         f"{fingerprint[:12]}); make a new plan for this model")
     if dg is None:
-        dg = analyze(m, extra_rules=extra_rules)
+        dg = analyze(src, extra_rules=extra_rules)
     elif dg.fingerprint != fingerprint:
         raise PlanError("the dependency graph passed as dg= belongs to another model; omit dg= to re-analyse")
     check_plan(plan, dg)
     kept = dg.kept_positions(plan.keep)
+    source_inits = {t.name: t for t in src.graph.initializer}
+    sliced = {s.tensor for s in kept if s.tensor in source_inits}
+    m = copy_model_without_weights(src, sliced)
     if not kept:
         return m
     original_vi = {vi.name for vi in m.graph.value_info}
     out_shapes = {o.name: o.type.SerializeToString() for o in m.graph.output}
     index = GraphIndex(m)
+    # Until the slicing, reads of the emptied weights go to the source's (read-only) tensors.
+    targets = {name: index.initializers[name] for name in sliced}
+    index.initializers.update({name: source_inits[name] for name in sliced})
     shapes = dict(dg.shapes)
     for name in list(index.initializers) + list(index.constant_nodes):
         shape = index.const_shape(name)
@@ -175,9 +196,10 @@ def apply_plan(model: ModelProto | str | os.PathLike[str], plan: PrunePlan, *, d
         rule = rules.lookup(node.domain, node.op_type, index.opset)
         if rule is not None:
             rule.rewrite(node, rctx)
-    slice_consts(index, kept)
+    slice_consts(index, kept, targets=targets)
+    index.initializers.update(targets)
     _remove_unused(m, setter.replaced)
-    _refresh_value_info(m, model, original_vi)
+    _refresh_value_info(m, src, original_vi)
     for o in m.graph.output:
         if out_shapes[o.name] != o.type.SerializeToString():
             raise OnnxPruneError(f"graph output '{o.name}' changed type or shape; this is a bug, please report it")

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto
 
-from onnxprune.errors import CalibrationError, ConfigError, OnnxPruneError, ValidationError
+from onnxprune.errors import CalibrationError, ConfigError, ModelLoadError, OnnxPruneError, ValidationError
 from onnxprune.feeds import (
     InputSpec,
     fixed_batch_size,
@@ -39,7 +39,7 @@ from onnxprune.feeds import (
     num_samples,
     random_feeds,
 )
-from onnxprune.io import PROTOBUF_LIMIT, load_model, model_nbytes
+from onnxprune.io import PROTOBUF_LIMIT, checker_view, load_model, model_nbytes
 from onnxprune.ir import infer_shapes, shape_skeleton
 from onnxprune.progress import progress
 
@@ -503,14 +503,17 @@ def check_structure(model: ModelProto, *, path: str | os.PathLike[str] | None = 
     file when it is too big to serialize, or else on the skeleton.
     """
     try:
-        if model_nbytes(model) < PROTOBUF_LIMIT:
-            onnx.checker.check_model(model, full_check=True)
+        # The checker serializes what it gets (two more copies of every weight): give it a view in which
+        # large weights are typed inputs, their raw sizes checked without copying (io.checker_view).
+        view = checker_view(model, f"model '{model.graph.name or '<in memory>'}'")
+        if view.ByteSize() < PROTOBUF_LIMIT:
+            onnx.checker.check_model(view, full_check=True)
         elif path is not None:
             onnx.checker.check_model(str(path), full_check=True)
         else:
             onnx.checker.check_model(shape_skeleton(model, dict(dims or {})), full_check=True)
         checker = CheckResult("checker", True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ModelLoadError) as exc:
         checker = CheckResult("checker", False, _first_line(exc))
     try:
         infer_shapes(model, dict(dims or {}), strict=True)
@@ -639,7 +642,7 @@ def validate_models(
         >>> report = validate_models("model.onnx", "pruned.onnx", atol=1e-4, rtol=1e-3)  # doctest: +SKIP
         >>> report.raise_if_failed()  # doctest: +SKIP
     """
-    from onnxprune.runtime import create_session, parse_providers, run_session
+    from onnxprune.runtime import SESSION_FILE_BYTES, create_session, parse_providers, run_session
 
     check_tolerances(atol, rtol)
     if batch_size < 1:
@@ -649,8 +652,9 @@ def validate_models(
     provider_names = parse_providers(providers)
     dims = dict(dims or {})
     orig_label, cand_label = _label(original), _label(candidate)
-    orig_model = load_model(original)
-    cand_model = load_model(candidate, check=False)
+    # Both models are only read: no deep copies (each would cost one more model of memory).
+    orig_model = load_model(original, copy=False)
+    cand_model = load_model(candidate, check=False, copy=False)
     orig_specs, cand_specs = input_specs(orig_model), input_specs(cand_model)
     orig_outputs = [o.name for o in orig_model.graph.output]
 
@@ -668,17 +672,30 @@ def validate_models(
         result = report(())
         log.info("%s", result.summary())
         return result
+    # Big models: one session at a time (the original's outputs are kept meanwhile), each mapping its
+    # weights from a temporary file without pre-packed copies; small ones run side by side, batch by batch.
+    one_at_a_time = max(model_nbytes(orig_model), model_nbytes(cand_model)) >= SESSION_FILE_BYTES
     comparisons: list[tuple[str, Comparison]] = []
     for provider in provider_names:
-        ref_sess = create_session(orig_model, provider=provider, threads=threads, name=orig_label)
-        cand_sess = create_session(cand_model, provider=provider, threads=threads, name=cand_label)
         comparer = Comparer(atol=atol, rtol=rtol, report_only=report_only, outputs=orig_outputs)
-        for batch in progress(batches, desc=f"validate ({provider})", total=len(batches)):
-            ref = run_session(ref_sess, batch, label=orig_label)
-            cand = run_session(cand_sess, batch, outputs=orig_outputs, label=cand_label)
-            comparer.add(ref, cand)
+        desc = f"validate ({provider})"
+        ref_sess = create_session(orig_model, provider=provider, threads=threads, name=orig_label,
+                                  low_memory=one_at_a_time)
+        if one_at_a_time:
+            refs = [run_session(ref_sess, b, label=orig_label) for b in progress(batches, desc=desc)]
+            del ref_sess
+            cand_sess = create_session(cand_model, provider=provider, threads=threads, name=cand_label,
+                                       low_memory=True)
+            for batch in batches:
+                comparer.add(refs.pop(0), run_session(cand_sess, batch, outputs=orig_outputs, label=cand_label))
+        else:
+            cand_sess = create_session(cand_model, provider=provider, threads=threads, name=cand_label)
+            for batch in progress(batches, desc=desc, total=len(batches)):
+                comparer.add(run_session(ref_sess, batch, label=orig_label),
+                             run_session(cand_sess, batch, outputs=orig_outputs, label=cand_label))
+            del ref_sess
+        del cand_sess
         comparisons.append((provider, comparer.result()))
-        del ref_sess, cand_sess
     result = report(tuple(comparisons))
     log.info("%s", result.summary())
     return result
