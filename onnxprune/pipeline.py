@@ -77,10 +77,6 @@ def _source_size(source: object, model: ModelProto) -> int:
     return model_nbytes(model)
 
 
-def _stats_dict(stats: ModelStats) -> dict[str, int]:
-    return {"params": stats.params, "nonzero_params": stats.nonzero_params, "macs": stats.macs}
-
-
 def prune(
     source: str | os.PathLike[str] | ModelProto,
     config: PruneConfig | None = None,
