@@ -341,9 +341,9 @@ def check_output_path(path: str | os.PathLike[str], *, inputs: tuple[str | os.Pa
     for src in inputs:
         if same_file(out, src):
             raise OutputError(f"output path {out} is the input model; choose another output file (-o)")
-        data_out = out.with_name(out.name + ".data")
+        data_outs = [out.with_name(name) for name in data_file_names(out)]
         for used in (Path(src), *_input_data_files(Path(src))):
-            if same_file(data_out, used) or same_file(out, used):
+            if same_file(out, used) or any(same_file(data_out, used) for data_out in data_outs):
                 raise OutputError(
                     f"output path {out} would overwrite {used}, which the input model {src} reads; "
                     f"choose another output file (-o)"
@@ -385,7 +385,11 @@ def save_model(
     """Write a model atomically; the ``model`` object is left exactly as it was.
 
     Everything is first written into a temporary folder beside the target, then moved into place with
-    ``os.replace`` (data file first, model file last), so readers never see a half-written model.
+    ``os.replace`` (data file first, model file last), so readers never see a half-written model. When
+    overwriting a model with external data, the new data file takes the other of the two names of
+    :func:`data_file_names`, so old model and old data stay a matching pair until the model file is
+    replaced; the old data file is removed after that. A crash at any point leaves a matching pair (at
+    worst with one unused ``.data`` file beside it).
 
     Args:
         model: the model to save.
@@ -407,14 +411,15 @@ def save_model(
         tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-tmp-", dir=folder))
     except OSError as exc:
         raise OutputError(f"cannot write in {folder} ({exc.strerror or exc}); choose another output path") from exc
+    old_data = _own_data_files(out)
     try:
         tmp_model = tmpdir / out.name
-        data_name = out.name + ".data"
+        data_name = _free_data_name(out, old_data)
         tmp_data = tmpdir / data_name
         wrote_data = _write_model(model, tmp_model, tmp_data if external_data else None, data_name)
         if wrote_data:
-            os.replace(tmp_data, folder / data_name)
-        os.replace(tmp_model, out)
+            os.replace(tmp_data, folder / data_name)  # a name the existing model does not read
+        os.replace(tmp_model, out)  # the switch: before it the old pair is whole, after it the new one
     except OSError as exc:
         raise OutputError(
             f"cannot write {out} ({exc.strerror or exc}); free disk space or choose another output path"
@@ -425,7 +430,41 @@ def save_model(
                 leftover.unlink()
         with contextlib.suppress(OSError):
             tmpdir.rmdir()
+    for stale in old_data:  # the replaced model's data file, now read by nothing
+        with contextlib.suppress(OSError):
+            stale.unlink()
     return out
+
+
+def data_file_names(out: Path) -> tuple[str, str]:
+    """The two names :func:`save_model` gives the external data file of ``out``, used in turn.
+
+    Why two: overwriting a model saved with external data must never pair the old model file with a new
+    data file (or the reverse), whatever moment a crash or Ctrl-C strikes. The new data is written under
+    the name the existing model does *not* read, the model file is replaced last in one ``os.replace``, and
+    only then is the old data file removed. A first save (or one over a model without external data) uses
+    ``<name>.data``; overwriting a model that reads ``<name>.data`` writes ``<name>.1.data``, and the next
+    overwrite goes back to ``<name>.data``.
+    """
+    return out.name + ".data", out.name + ".1.data"
+
+
+def _own_data_files(out: Path) -> list[Path]:
+    """Data files with one of our names (:func:`data_file_names`) that the model at ``out`` reads now."""
+    if not out.is_file():
+        return []
+    try:
+        current = onnx.load_model(str(out), load_external_data=False)
+    except (DecodeError, OSError, ValueError, RuntimeError, TypeError):
+        return []
+    ours = set(data_file_names(out))
+    return [out.parent / name for name in external_data_files(current) if name in ours]
+
+
+def _free_data_name(out: Path, in_use: list[Path]) -> str:
+    """The first of our data file names that the model at ``out`` does not read."""
+    used = {p.name for p in in_use}
+    return next(name for name in data_file_names(out) if name not in used)
 
 
 _VALUE_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64_data", "double_data",

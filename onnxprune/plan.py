@@ -19,7 +19,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxprune.analysis import ChannelGroup, DependencyGraph
-from onnxprune.errors import ConfigError, PlanError
+from onnxprune.errors import ConfigError, OutputError, PlanError
 from onnxprune.importance import ImportanceContext, get_criterion
 
 PLAN_VERSION = 1
@@ -102,10 +102,20 @@ class PrunePlan:
             raise PlanError(f"plan is malformed ({type(exc).__name__}: {exc}); re-create it") from exc
 
     def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the plan as JSON, atomically (a temporary file, then ``os.replace``).
+
+        Raises:
+            OutputError: the folder is missing or not writable, or the disk is full.
+        """
         out = Path(path)
         tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, out)
+        try:
+            tmp.write_text(self.to_json())
+            os.replace(tmp, out)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OutputError(f"cannot write plan {out} ({exc.strerror or exc}); create the folder or choose "
+                              f"another path") from exc
         return out
 
     @classmethod

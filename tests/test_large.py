@@ -7,20 +7,24 @@ measures the same steps on a model over 2 GB.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 from bench_large import STEPS, measure, write_wide_mlp  # noqa: E402
+from builders import wide_mlp  # noqa: E402
 
-from onnxprune.io import file_size, load_model  # noqa: E402
+from onnxprune.errors import OutputError  # noqa: E402
+from onnxprune.io import file_size, load_model, save_model  # noqa: E402
 
 BOUND = 2.5
-
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -47,31 +51,44 @@ def growth(step: str, models: tuple[Path, Path, int], tmp_path: Path) -> float:
     return (peaks[1] - peaks[0]) / size
 
 
+@slow
 @pytest.mark.parametrize(("step", "bound"), [
     ("load", 1.3),  # weights read once, the checker runs on a weightless view
     ("load+save", 1.3),  # saving streams one tensor at a time and never edits the model
     ("unstructured-novalidate", BOUND),
     ("nm", BOUND),
+    # The source is only read; the pruned model is built without the weights it slices (surgery.apply_plan).
+    ("structured-novalidate", BOUND),
 ])
 def test_peak_memory_within_bound(models: tuple[Path, Path, int], tmp_path: Path, step: str, bound: float) -> None:
     ratio = growth(step, models, tmp_path)
     assert ratio < bound, f"{step}: peak grew by {ratio:.2f}x the model's size (bound {bound}x)"
 
 
-@pytest.mark.xfail(strict=True, reason="structured pruning copies the model in prune_structured and again in "
-                                      "apply_plan (load_model deep-copies): measured 3.6x; see tools/bench_large.py")
-def test_structured_peak_memory_within_bound(models: tuple[Path, Path, int], tmp_path: Path) -> None:
-    ratio = growth("structured-novalidate", models, tmp_path)
-    assert ratio < BOUND, f"peak grew by {ratio:.2f}x the model's size"
+#: Validated runs hold the original and the pruned model (the run returns both) while onnxruntime runs each
+#: in turn; a running session touches every weight it maps (1.0x its model). Unstructured: 1 + 1 + 1 plus the
+#: loader's slack; structured: original 1 + pruned ~0.5 + zeroed reference 1 + a session 1. Measured on the
+#: 100 MB model of this file: unstructured 3.18x, structured 4.05x (tools/bench_large.py has the 2.3 GB figures).
+VALIDATED_BOUND = {"unstructured": 3.6, "structured": 4.5}
 
 
-@pytest.mark.xfail(strict=True, reason="validation deep-copies both models and builds onnxruntime sessions from "
-                                      "serialized bytes (2.9x per session vs 1.0x from a file): measured ~9x")
+@slow
+@pytest.mark.parametrize("step", ["unstructured", "structured"])
+def test_validated_prune_peak_memory(models: tuple[Path, Path, int], tmp_path: Path, step: str) -> None:
+    ratio = growth(step, models, tmp_path)
+    assert ratio < VALIDATED_BOUND[step], f"{step}: peak grew by {ratio:.2f}x the model's size"
+
+
+@slow
+@pytest.mark.xfail(strict=True, reason="validated runs keep the original and the pruned model in memory and "
+                                      "onnxruntime pages in every weight of the session it runs: at least 3x "
+                                      "(unstructured; measured 3.18x on 100 MB), see VALIDATED_BOUND")
 def test_validated_prune_peak_memory_within_bound(models: tuple[Path, Path, int], tmp_path: Path) -> None:
     ratio = growth("unstructured", models, tmp_path)
     assert ratio < BOUND, f"peak grew by {ratio:.2f}x the model's size"
 
 
+@slow
 def test_large_outputs_keep_external_data(models: tuple[Path, Path, int], tmp_path: Path) -> None:
     big, _, size = models
     for step in ("unstructured-novalidate", "structured-novalidate"):
@@ -85,3 +102,57 @@ def test_large_outputs_keep_external_data(models: tuple[Path, Path, int], tmp_pa
         pruned = load_model(out / "out.onnx")
         assert len(pruned.graph.initializer) == 2 * 24 + 1
         assert file_size(out / "out.onnx") <= size
+
+
+# -- overwriting a model saved with external data (fast) ---------------------------------------------------
+def _weights(model_path: Path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in load_model(model_path).graph.initializer}
+
+
+def test_overwrite_alternates_data_file_and_removes_the_old_one(tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    first, second, third = (wide_mlp(seed=s, d=64, layers=2) for s in (1, 2, 3))
+    save_model(first, out, external_data=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    save_model(second, out, external_data=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.1.data"]
+    expected = {t.name: numpy_helper.to_array(t) for t in second.graph.initializer}
+    assert all(np.array_equal(expected[k], v) for k, v in _weights(out).items())
+    save_model(third, out, external_data=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    save_model(first, out, external_data=False)  # inline over a pair: the data file is not left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("crash_at", ["data", "model"])
+def test_crash_while_overwriting_leaves_a_matching_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        crash_at: str) -> None:
+    out = tmp_path / "m.onnx"
+    old, new = wide_mlp(seed=1, d=64, layers=2), wide_mlp(seed=2, d=64, layers=2)
+    save_model(old, out, external_data=True)
+    before = _weights(out)
+    real_replace = os.replace
+
+    def crashing_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if (Path(dst).suffix == ".data") == (crash_at == "data"):
+            raise KeyboardInterrupt  # Ctrl-C (or a kill) exactly before this rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crashing_replace)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(new, out, external_data=True)
+    monkeypatch.setattr(os, "replace", real_replace)
+    after = _weights(out)  # the old model with its own data, whichever rename was cut off
+    assert after.keys() == before.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnxprune-tmp")]
+    save_model(new, out, external_data=True)  # the next save succeeds and cleans up
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.1.data"]
+
+
+def test_plan_save_missing_folder_is_a_typed_error(tmp_path: Path) -> None:
+    from onnxprune.structured import prune_structured
+
+    plan = prune_structured(wide_mlp(d=16, layers=2), ratio=0.5).plan
+    with pytest.raises(OutputError, match="cannot write plan .*missing.*create the folder"):
+        plan.save(tmp_path / "missing" / "plan.json")
+    assert plan.save(tmp_path / "plan.json").is_file()
