@@ -28,11 +28,11 @@ from types import MappingProxyType
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto
 
-from onnxprune.axes import ChannelAxis, IndexMap, compress_map
+from onnxprune.axes import ChannelAxis, Coupling, Identity, IndexMap, compress_map
 from onnxprune.errors import OnnxPruneError, UnsupportedModelError
 from onnxprune.io import load_model
 from onnxprune.ir import GraphIndex, infer_shapes, node_label
-from onnxprune.rules.base import Blocked, RuleContext
+from onnxprune.rules.base import Blocked, OpRule, RuleContext
 from onnxprune.rules.registry import RuleSet, RuleSpec
 
 log = logging.getLogger(__name__)
@@ -114,12 +114,15 @@ class DependencyGraph:
         fingerprint: structural hash of the analysed model (plans carry it).
         slot_sizes: size of every slot the analysis reached.
         const_shapes: shape of every constant the analysis may slice.
+        unanalysed: layers whose output channels could not even be sized (so they form no group), each
+            with the reason; they are never pruned.
     """
 
     def __init__(self, *, groups: tuple[ChannelGroup, ...], fingerprint: str,
                  slot_sizes: dict[ChannelAxis, int], slot_base: dict[ChannelAxis, int],
                  pos_group: np.ndarray, pos_root: np.ndarray, const_shapes: dict[str, tuple[int, ...]],
-                 const_counted: dict[str, bool], opset: int, shapes: dict[str, tuple]) -> None:
+                 const_counted: dict[str, bool | str], opset: int, shapes: dict[str, tuple],
+                 unanalysed: tuple[str, ...] = ()) -> None:
         self.groups = groups
         self.fingerprint = fingerprint
         self.slot_sizes = MappingProxyType(slot_sizes)
@@ -132,6 +135,7 @@ class DependencyGraph:
         self._const_counted = const_counted
         self.opset = opset
         self.shapes = MappingProxyType(shapes)
+        self.unanalysed = unanalysed
 
     # -- queries -----------------------------------------------------------------------------------
     @property
@@ -210,6 +214,7 @@ class DependencyGraph:
             src = g.sources[0].node if g.sources else "-"
             status = "prunable" if g.prunable else f"blocked: {g.blockers[0]}"
             lines.append(f"  [{g.id}] {g.size:5d} ch  from {src}  {status}")
+        lines.extend(f"  not analysed: {reason}" for reason in self.unanalysed)
         return "\n".join(lines)
 
 
@@ -281,23 +286,70 @@ class _Walk:
         self.outputs = set(self.index.graph_outputs)
         self.inputs = set(self.index.graph_inputs)
         self.source_slots: list[ChannelAxis] = []
+        self.unanalysed: list[str] = []
+
+    def not_analysed(self, reason: str) -> None:
+        """A layer whose channels could not even be sized: no group, so the reason is kept on the graph."""
+        log.warning("analysis: %s", reason)
+        self.unanalysed.append(reason)
 
     def block(self, s: ChannelAxis, reason: str) -> None:
         reasons = self.blocked.setdefault(s, [])
         if reason not in reasons:
             reasons.append(reason)
 
-    def add_slot(self, s: ChannelAxis) -> None:
+    def add_slot(self, s: ChannelAxis, size: int | None = None) -> None:
+        """Number the positions of a slot; ``size`` (proven by a coupling) serves when its axis is unknown."""
         if s in self.base:
             return
-        shape = self.ctx.shape(s.tensor)
-        if s.axis >= len(shape):
-            raise Blocked(f"axis {s.axis} is out of range for '{s.tensor}' {shape}")
-        n = shape[s.axis]
+        try:
+            n = self.ctx.dim(s.tensor, s.axis)
+        except Blocked:
+            if size is None:
+                raise
+            n = size
         self.base[s] = self.total
         self.sizes[s] = n
         self.total += n
         self.queue.append(s)
+
+    def add_coupling(self, c: Coupling) -> None:
+        """Add both slots of a coupling.
+
+        An :class:`Identity` coupling says position ``i`` of one slot is position ``i`` of the other, so the
+        axes have the same size: when inference left one side unknown (past a custom-domain op) the other
+        side's size proves it. Any other map needs both sizes.
+        """
+        missing: list[tuple[ChannelAxis, Blocked]] = []
+        for s in (c.a, c.b):
+            try:
+                self.add_slot(s)
+            except Blocked as exc:
+                missing.append((s, exc))
+        if not missing:
+            return
+        if len(missing) == 1 and isinstance(c.map, Identity):
+            s, _ = missing[0]
+            other = c.b if s == c.a else c.a
+            self.add_slot(s, self.sizes[other])
+            return
+        raise missing[0][1]
+
+    def proven_size(self, node: NodeProto, rule: OpRule, s: ChannelAxis) -> int | None:
+        """The size of a seed slot whose axis inference left unknown, read from an Identity-coupled constant."""
+        try:
+            couplings = rule.couplings(node, s, self.ctx)
+        except Blocked:
+            return None
+        for c in couplings:
+            if isinstance(c.map, Identity) and s in (c.a, c.b):
+                other = c.b if s == c.a else c.a
+                if self.ctx.is_const(other.tensor):
+                    try:
+                        return self.ctx.dim(other.tensor, other.axis)
+                    except Blocked:
+                        continue
+        return None
 
     def neighbours(self, s: ChannelAxis) -> list[NodeProto]:
         idx = self.index
@@ -342,8 +394,7 @@ class _Walk:
             try:
                 couplings = rule.couplings(node, s, self.ctx)
                 for c in couplings:
-                    self.add_slot(c.a)
-                    self.add_slot(c.b)
+                    self.add_coupling(c)
             except Blocked as exc:
                 self.block(s, f"{label} on {s}: {exc}")
                 continue
@@ -368,15 +419,21 @@ class _Walk:
             rule = self.rules.lookup(node.domain, node.op_type, self.index.opset)
             if rule is None:
                 continue
+            label = node_label(node)
             try:
                 seeds = rule.seeds(node, self.ctx)
-            except Blocked:
+            except Blocked as exc:
+                self.not_analysed(f"{label}: its output channels were not analysed: {exc}")
                 continue
             for s in seeds:
                 try:
                     self.add_slot(s)
                 except Blocked as exc:
-                    log.debug("seed %s skipped: %s", s, exc)
+                    size = self.proven_size(node, rule, s)
+                    if size is None:
+                        self.not_analysed(f"{label}: output channels {s} were not analysed: {exc}")
+                        continue
+                    self.add_slot(s, size)
             while self.queue:
                 self.visit(self.queue.popleft())
 
@@ -389,6 +446,8 @@ SAME_SHAPE_OPS = frozenset({"GroupNormalization", "InstanceNormalization", "Laye
 
 def _fill_same_shape(model: ModelProto, shapes: dict[str, tuple]) -> dict[str, tuple]:
     for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue  # a custom-domain op may share a standard op's name, not its semantics: never guess
         if node.op_type in SAME_SHAPE_OPS and node.input and node.output and node.output[0] not in shapes:
             if node.input[0] in shapes:
                 shapes[node.output[0]] = shapes[node.input[0]]
@@ -511,7 +570,7 @@ def _build(walk: _Walk, model: ModelProto) -> DependencyGraph:
     )
     index = walk.index
     const_shapes: dict[str, tuple[int, ...]] = {}
-    counted: dict[str, object] = {}
+    counted: dict[str, bool | str] = {}
     for s in walk.base:
         name = s.tensor
         if name in index.initializers:
@@ -527,5 +586,5 @@ def _build(walk: _Walk, model: ModelProto) -> DependencyGraph:
              sum(1 for g in groups if g.prunable))
     return DependencyGraph(groups=groups, fingerprint=model_fingerprint(model), slot_sizes=dict(walk.sizes),
                            slot_base=dict(walk.base), pos_group=pos_group, pos_root=pos_root,
-                           const_shapes=const_shapes, const_counted=counted,  # type: ignore[arg-type]
-                           opset=index.opset, shapes=walk.ctx._shapes)
+                           const_shapes=const_shapes, const_counted=counted, opset=index.opset,
+                           shapes=walk.ctx._shapes, unanalysed=tuple(walk.unanalysed))

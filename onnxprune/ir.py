@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import numpy as np
 import onnx
+from google.protobuf.message import Message
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.errors import UnsupportedModelError
@@ -189,6 +190,28 @@ def _subgraph_inputs(node: NodeProto) -> Iterable[str]:
                         yield inp
 
 
+def copy_fields(dst: Message, src: Message, *, skip: Collection[str] = ()) -> None:
+    """Copy every set field of ``src`` into ``dst`` except those named in ``skip``.
+
+    Why not ``CopyFrom`` then clear: python protobuf (upb) keeps a replaced or cleared bytes field alive in
+    the message's arena until the whole message is freed, so skipping the weights while copying is the
+    only way a weightless copy costs no weight memory. One helper for every such copy (weights, fold).
+    """
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        # protobuf >= 6 names it is_repeated; older releases only have label.
+        repeated = getattr(fd, "is_repeated", None)
+        if repeated is None:
+            repeated = getattr(fd, "label", None) == fd.LABEL_REPEATED
+        if repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
 def node_label(node: NodeProto) -> str:
     """How messages name a node: ``'conv1' (Conv)``."""
     return f"'{node.name or node.output[0]}' ({node.op_type})"
@@ -233,12 +256,22 @@ def input_shapes(model: ModelProto) -> dict[str, Shape | None]:
     return {i.name: _dims(i.type) for i in model.graph.input if i.name not in inits}
 
 
-def shape_skeleton(model: ModelProto, dims: dict[str, int] | None = None, default_dim: int = 1) -> ModelProto:
+def shape_skeleton(model: ModelProto, dims: dict[str, int] | None = None, default_dim: int = 1, *,
+                   value_info: Iterable[str] = ()) -> ModelProto:
     """A weightless copy of ``model`` for cheap shape inference.
 
     Large float initializers become typed graph inputs (their values are never needed to infer shapes),
     so copying and inferring stays fast on 100 MB models. Symbolic input dims are fixed from ``dims``
     (by name) or ``default_dim``.
+
+    Args:
+        model: the model (not modified).
+        dims: values of symbolic input dims, by name.
+        default_dim: value of the other symbolic input dims.
+        value_info: names of tensors whose declared ``value_info`` shape is copied in. Only name tensors
+            that inference leaves unknown (:func:`infer_shapes` does): onnx lets a declared shape win
+            over an inferred one, so copying all of them would let a stale export override the truth.
+            Their symbolic dims named like an input dim get that input's fixed value.
     """
     dims = dims or {}
     skel = ModelProto()
@@ -249,6 +282,7 @@ def shape_skeleton(model: ModelProto, dims: dict[str, int] | None = None, defaul
     g.node.extend(model.graph.node)
     g.output.extend(model.graph.output)
     inits = {t.name for t in model.graph.initializer}
+    fixed: dict[str, int] = {}
     for inp in model.graph.input:
         if inp.name in inits:
             continue
@@ -258,8 +292,20 @@ def shape_skeleton(model: ModelProto, dims: dict[str, int] | None = None, defaul
             for d in new.type.tensor_type.shape.dim:
                 if not d.HasField("dim_value"):
                     value = dims.get(d.dim_param, default_dim) if d.HasField("dim_param") else default_dim
+                    if d.HasField("dim_param"):
+                        fixed[d.dim_param] = int(value)
                     d.Clear()
                     d.dim_value = int(value)
+    wanted = set(value_info)
+    for vi in model.graph.value_info:
+        if vi.name in wanted:
+            new = g.value_info.add()
+            new.CopyFrom(vi)
+            for d in new.type.tensor_type.shape.dim if new.type.HasField("tensor_type") else ():
+                if d.HasField("dim_param") and d.dim_param in fixed:
+                    value = fixed[d.dim_param]
+                    d.Clear()
+                    d.dim_value = value
     for t in model.graph.initializer:
         numel = int(np.prod(t.dims)) if len(t.dims) else 1
         if numel > 64 and t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE,
@@ -278,10 +324,41 @@ def infer_shapes(model: ModelProto, dims: dict[str, int] | None = None, default_
     fixed input dims (:func:`onnxprune.shapefold.fold_shapes`), so tensors after such reshapes get static
     shapes too.
 
+    Shapes the model declares in ``value_info`` are used where inference gives nothing (after an op onnx
+    does not know, such as a custom-domain op), never over an inferred shape: each round copies in the
+    declared shapes of the outputs of nodes whose inputs are all known but whose outputs are not, and
+    infers again, so the declared shape of a custom op's output carries inference on past it.
+
     Raises:
         UnsupportedModelError: with ``strict=True``, when inference fails.
     """
+    declared = {vi.name: d for vi in model.graph.value_info if (d := _dims(vi.type)) is not None}
+    used: set[str] = set()
     skel = shape_skeleton(model, dims, default_dim)
+    shapes = _inferred_shapes(skel, strict)
+    while declared:
+        frontier = _declared_frontier(model, shapes, declared)
+        if not frontier:
+            break
+        used |= frontier
+        for name in frontier:
+            del declared[name]
+        skel = shape_skeleton(model, dims, default_dim, value_info=used)
+        shapes = _inferred_shapes(skel, strict)
+    if fold:
+        from onnxprune.shapefold import fold_shapes
+
+        shapes = fold_shapes(skel, shapes)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            value = constant_node_value(node)
+            if value is not None:
+                shapes[node.output[0]] = tuple(value.shape)
+    return shapes
+
+
+def _inferred_shapes(skel: ModelProto, strict: bool) -> dict[str, Shape]:
+    """One onnx inference pass over a skeleton: the shape of every tensor it types."""
     try:
         inferred = onnx.shape_inference.infer_shapes(skel, strict_mode=strict, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
@@ -295,16 +372,27 @@ def infer_shapes(model: ModelProto, dims: dict[str, int] | None = None, default_
             shapes[vi.name] = d
     for t in inferred.graph.initializer:
         shapes[t.name] = tuple(int(x) for x in t.dims)
-    if fold:
-        from onnxprune.shapefold import fold_shapes
-
-        shapes = fold_shapes(skel, shapes)
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            value = constant_node_value(node)
-            if value is not None:
-                shapes[node.output[0]] = tuple(value.shape)
     return shapes
+
+
+def _declared_frontier(model: ModelProto, shapes: dict[str, Shape], declared: dict[str, Shape]) -> set[str]:
+    """Declared tensors that inference left unknown although every input of their producer is known.
+
+    A partially inferred shape counts as unknown only when the declared one has the same rank and agrees
+    on every inferred dim (so a declaration never contradicts inference).
+    """
+    frontier: set[str] = set()
+    for node in model.graph.node:
+        if not all(i in shapes for i in node.input if i):
+            continue
+        for out in node.output:
+            if out not in declared:
+                continue
+            have, want = shapes.get(out), declared[out]
+            if have is None or (len(have) == len(want) and not all(isinstance(h, int) for h in have)
+                                and all(not isinstance(h, int) or h == w for h, w in zip(have, want, strict=True))):
+                frontier.add(out)
+    return frontier
 
 
 def tensor_elem_type(model: ModelProto, name: str) -> int | None:

@@ -211,7 +211,8 @@ def weight_misused(seed: int = 0, d: int = 6) -> onnx.ModelProto:
     )
 
 
-def two_heads(seed: int = 0, d_in: int = 8, hidden: int = 12, classes: int = 10, batch: int | str = "N") -> onnx.ModelProto:
+def two_heads(seed: int = 0, d_in: int = 8, hidden: int = 12, classes: int = 10,
+              batch: int | str = "N") -> onnx.ModelProto:
     """x → Gemm → Relu → {Gemm → ``logits`` [N, classes], MatMul → ``embed`` [N, 4]}: two outputs, one of
     them class scores, for validation tests."""
     r = rng(seed)
@@ -529,3 +530,24 @@ def mlp3(seed: int = 0, d_in: int = 8, h1: int = 12, h2: int = 10, d_out: int = 
         helper.make_node("Add", ["y3", "ys"], ["out"], name="merge"),
     ]
     return make_model(nodes, [vinfo("x", ["N", d_in])], [vinfo("out", ["N", d_out])], inits)
+
+
+def custom_op_flatten(seed: int = 0, c: int = 4, hw: int = 3, *, declare: bool = False) -> onnx.ModelProto:
+    """conv1 → com.microsoft Gelu → conv2 → Relu → Flatten → Gemm → out[1, 5].
+
+    Flatten needs the whole shape of conv2's output, which onnx cannot infer past the custom op unless
+    ``declare=True`` puts the Gelu output's shape in ``value_info`` (as exporters often do).
+    """
+    g = GraphBuilder(seed)
+    a = g.op("Gelu", [g.conv("x", 3, c)])
+    g.nodes[-1].domain = "com.microsoft"
+    f = g.op("Flatten", [g.op("Relu", [g.conv(a, c, c)])], axis=1)
+    g.nodes.append(helper.make_node("Gemm", [f, g.weight((c * hw * hw, 5))], ["out"], name="head"))
+    graph = helper.make_graph(g.nodes, "custom_flatten", [vinfo("x", [1, 3, hw, hw])], [vinfo("out", [1, 5])],
+                              g.inits, value_info=[vinfo(a, [1, c, hw, hw])] if declare else None)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="onnxprune-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

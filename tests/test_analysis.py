@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import builders
 import numpy as np
 import pytest
@@ -85,3 +87,44 @@ def test_connected_components_matches_union_find() -> None:
     for x in range(n):
         for y in range(0, n, 17):
             assert (labels[x] == labels[y]) == (find(x) == find(y))
+
+
+def test_declared_value_info_fills_gaps_but_never_overrides_inference() -> None:
+    from onnxprune.ir import infer_shapes
+
+    model = builders.custom_op_flatten(declare=True)
+    gelu_out = next(n for n in model.graph.node if n.op_type == "Gelu").output[0]
+    conv2_out = next(n for n in model.graph.node if n.input and n.input[0] == gelu_out).output[0]
+    assert gelu_out not in infer_shapes(builders.custom_op_flatten(declare=False))
+    shapes = infer_shapes(model)
+    assert shapes[gelu_out] == (1, 4, 3, 3) and shapes[conv2_out] == (1, 4, 3, 3)  # inferred on past it
+    # A stale declaration of a tensor onnx can infer (conv1's output) loses to inference.
+    conv1_out = model.graph.node[0].output[0]
+    model.graph.value_info.append(helper.make_tensor_value_info(conv1_out, 1, [1, 7, 3, 3]))
+    assert infer_shapes(model)[conv1_out] == (1, 4, 3, 3)
+    assert analyze(model).summary() == analyze(builders.custom_op_flatten(declare=True)).summary()
+
+
+def test_custom_domain_op_with_a_standard_name_is_not_taken_as_same_shape() -> None:
+    dg = analyze(builders.custom_op_chain(custom_first=True))
+    gelu = next(n for n in builders.custom_op_chain(custom_first=True).graph.node if n.op_type == "Gelu")
+    assert gelu.output[0] not in dg.shapes  # com.microsoft Gelu: no schema, so no shape is assumed
+    assert [g.prunable for g in dg.groups] == [False, True, False]
+    assert dg.unanalysed == ()
+
+
+def test_layer_that_cannot_be_sized_is_reported_not_dropped() -> None:
+    g = builders.GraphBuilder(0)
+    h = g.op("MatMul", ["x", g.weight((4, 6))])
+    h = g.op("FastGelu", [h])
+    g.nodes[-1].domain = "com.microsoft"
+    h = g.op("MatMul", [h, g.weight((6, 3))])
+    g.nodes.append(helper.make_node("Relu", [h], ["out"], name="act"))
+    graph = helper.make_graph(g.nodes, "t", [builders.vinfo("x", [2, 4])], [builders.vinfo("out", None)], g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", builders.OPSET),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    dg = analyze(model)
+    assert len(dg.unanalysed) == 1
+    assert re.search(r"'MatMul_\d+' \(MatMul\): its output channels were not analysed: the rank of 'matmul_\d+' is "
+                     r"unknown", dg.unanalysed[0])
+    assert "not analysed: 'MatMul_" in dg.summary()

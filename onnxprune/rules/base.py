@@ -51,8 +51,26 @@ class RuleContext:
         else:
             shape = self._shapes.get(name)
         if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise Blocked(f"the shape of '{name}' is unknown ({shape}); pass dims= to fix symbolic dims")
+            raise Blocked(f"the shape of '{name}' is unknown ({shape}); pass dims= to fix symbolic dims, or declare "
+                          f"it in the model's value_info")
         return tuple(int(d) for d in shape)
+
+    def dim(self, name: str, axis: int) -> int:
+        """The size of one axis of a tensor; raises :class:`Blocked` when that axis is unknown or out of range.
+
+        The analysis sizes a slot with this, so a tensor whose other dims are unknown (after a custom op)
+        still carries channels; rules that need the whole shape ask :meth:`shape`, which stays strict.
+        """
+        if self.index.is_constant(name):
+            shape = self.index.const_shape(name)
+        else:
+            shape = self._shapes.get(name)
+        if shape is not None and not 0 <= axis < len(shape):
+            raise Blocked(f"axis {axis} is out of range for '{name}' {shape}")
+        if shape is None or not isinstance(shape[axis], int) or shape[axis] < 0:
+            raise Blocked(f"the size of axis {axis} of '{name}' is unknown ({shape}); pass dims= to fix symbolic "
+                          f"dims, or declare the shape in the model's value_info")
+        return int(shape[axis])
 
     def rank(self, name: str) -> int:
         """Rank of a tensor (needs only the rank to be known)."""

@@ -145,12 +145,10 @@ class MatMulRule(OpRule):
     """``Y[..., M, N] = A[..., M, K] @ B[..., K, N]``; batch axes broadcast; rank-1 operands are blocked."""
 
     def seeds(self, node: NodeProto, ctx: RuleContext) -> list[ChannelAxis]:
+        # An unknown output rank raises Blocked: the analysis records the layer as not analysed.
         if ctx.is_const(node.input[1]) and not ctx.is_const(node.input[0]):
-            try:
-                if ctx.rank(node.input[1]) >= 2 and ctx.rank(node.output[0]) >= 2:
-                    return [ctx.slot(node.output[0], -1)]
-            except Blocked:
-                return []
+            if ctx.rank(node.input[1]) >= 2 and ctx.rank(node.output[0]) >= 2:
+                return [ctx.slot(node.output[0], -1)]
         return []
 
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
