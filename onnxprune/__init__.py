@@ -7,6 +7,7 @@ run models import it when they are used.
 from __future__ import annotations
 
 from onnxprune.analysis import ChannelGroup, DependencyGraph, ParamCut, analyze
+from onnxprune.config import PruneConfig
 from onnxprune.errors import (
     CalibrationError,
     ConfigError,
@@ -17,7 +18,6 @@ from onnxprune.errors import (
     UnsupportedModelError,
     ValidationError,
 )
-from onnxprune.config import PruneConfig
 from onnxprune.importance import register_criterion
 from onnxprune.io import load_model, save_model
 from onnxprune.oracle import zeroed_reference

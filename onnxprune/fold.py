@@ -20,8 +20,7 @@ import onnx
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.io import _copy_fields
-from onnxprune.ir import GraphIndex, node_label
+from onnxprune.ir import GraphIndex, copy_fields, node_label
 from onnxprune.weights import WEIGHT_SLOT
 
 log = logging.getLogger(__name__)
@@ -258,8 +257,8 @@ def _rebuild(model: ModelProto, idx: GraphIndex, values: dict[str, np.ndarray]) 
     removed = tuple(node_label(n) for n in model.graph.node if id(n) not in kept_ids)
     declared = {i.name for i in model.graph.input}
     out = ModelProto()
-    _copy_fields(out, model, skip=("graph",))
-    _copy_fields(out.graph, model.graph, skip=("initializer", "node"))
+    copy_fields(out, model, skip=("graph",))
+    copy_fields(out.graph, model.graph, skip=("initializer", "node"))
     out.graph.node.extend(keep)
     for tensor in model.graph.initializer:
         if tensor.name in live or tensor.name in declared:

@@ -52,7 +52,7 @@ def analyze_summary(source: str | os.PathLike[str] | ModelProto, *, dims: dict[s
             {"name": w.name, "shape": list(w.shape), "readers": list(w.readers)}
             for w in find_prunable_weights(model)
         ],
-        "dynamic_inputs": {k: list(v) for k, v in input_shapes(model).items()
+        "dynamic_inputs": {k: None if v is None else list(v) for k, v in input_shapes(model).items()
                            if v is None or any(not isinstance(d, int) for d in v)},
     }
     if with_groups:

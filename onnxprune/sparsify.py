@@ -270,7 +270,7 @@ def _kth_smallest(values: np.ndarray, k: int) -> np.generic:
     """The ``k``-th smallest entry (1-based) of a flat array, as a scalar of its dtype; NaN sorts last."""
     part = values.copy()
     part.partition(k - 1)
-    return part[k - 1]  # type: ignore[no-any-return]
+    return part[k - 1]
 
 
 def _count_below(flat: np.ndarray, threshold: np.generic) -> int:
@@ -473,13 +473,13 @@ def sparsify(
         w = get_weight(source, pw, copy=False)
         key = _score_key(pw, w, scores).ravel()
         target = targets[pw.name]
-        if target is None and threshold is None:
+        if target is not None:
+            mask = _lowest_k(key, round(target * pw.numel))
+        elif threshold is None:
             mask = np.zeros(key.size, dtype=bool)
-        elif target is None:
+        else:
             mask, used_ties = _smallest_mask(key.astype(threshold.dtype, copy=False), threshold, budget)
             budget -= used_ties
-        else:
-            mask = _lowest_k(key, round(target * pw.numel))
         del key  # free the scores before _apply allocates the new tensor: peak memory is what users feel
         reports.append(_apply(out, pw, w, mask, sparsity if target is None else target))
         del w, mask

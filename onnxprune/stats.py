@@ -7,10 +7,12 @@ Gemm, MatMul); everything else is treated as free, which is how pruning papers a
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 import numpy as np
-from onnx import ModelProto, TensorProto
+from onnx import ModelProto, NodeProto, TensorProto
 
 from onnxprune.ir import GraphIndex, Shape, attr, constant_node_value, infer_shapes
 
@@ -18,8 +20,8 @@ FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, Tenso
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def _numel(dims: object) -> int:
-    return int(np.prod(list(dims), dtype=np.int64)) if len(dims) else 1  # type: ignore[arg-type]
+def _numel(dims: Sequence[int]) -> int:
+    return int(np.prod(list(dims), dtype=np.int64)) if len(dims) else 1
 
 
 def count_params(model: ModelProto, *, nonzero: bool = False) -> int:
@@ -45,36 +47,36 @@ def count_params(model: ModelProto, *, nonzero: bool = False) -> int:
     return total
 
 
-def _known(shape: Shape | None) -> bool:
+def _known(shape: Shape | None) -> TypeGuard[tuple[int, ...]]:
     return shape is not None and all(isinstance(d, int) for d in shape)
 
 
-def node_macs(node: object, shapes: dict[str, Shape], opset: int) -> int | None:
+def node_macs(node: NodeProto, shapes: dict[str, Shape], opset: int) -> int | None:
     """MACs of one node at the inferred shapes, ``None`` when its shapes are unknown."""
-    op = node.op_type  # type: ignore[attr-defined]
-    ins = list(node.input)  # type: ignore[attr-defined]
-    out = shapes.get(node.output[0])  # type: ignore[attr-defined]
+    op = node.op_type
+    ins = list(node.input)
+    out = shapes.get(node.output[0])
     if op in ("Conv", "ConvTranspose"):
         w = shapes.get(ins[1])
         x = shapes.get(ins[0])
         if not (_known(w) and _known(out) and _known(x)):
             return None
-        kernel = _numel(w[2:])  # type: ignore[index]
+        kernel = _numel(w[2:])
         if op == "Conv":
-            return _numel(out) * int(w[1]) * kernel  # type: ignore[index]
+            return _numel(out) * int(w[1]) * kernel
         # ConvTranspose weight is (C_in, C_out/group, k...): every input pixel feeds C_out/group outputs.
-        return _numel(x) * int(w[1]) * kernel  # type: ignore[index]
+        return _numel(x) * int(w[1]) * kernel
     if op == "Gemm":
         a = shapes.get(ins[0])
         if not (_known(a) and _known(out)):
             return None
-        k = int(a[0] if attr(node, "transA", opset, 0) else a[1])  # type: ignore[index]
+        k = int(a[0] if attr(node, "transA", opset, 0) else a[1])
         return _numel(out) * k
     if op == "MatMul":
         a = shapes.get(ins[0])
         if not (_known(a) and _known(out)) or not a:
             return None
-        return _numel(out) * int(a[-1])  # type: ignore[index]
+        return _numel(out) * int(a[-1])
     return 0
 
 

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from google.protobuf.message import Message  # type: ignore[import-untyped]
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.errors import ConfigError
-from onnxprune.ir import GraphIndex, attr, node_label
+from onnxprune.ir import GraphIndex, attr, copy_fields, node_label
 
 log = logging.getLogger(__name__)
 
@@ -265,21 +264,6 @@ _DATA_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "raw_da
                 "uint64_data", "external_data", "data_location")
 
 
-def _copy_fields(src: Message, dst: Message, skip: Collection[str] = ()) -> None:
-    """Copy the set fields of ``src`` into ``dst``, except those named in ``skip``."""
-    for fd, value in src.ListFields():
-        if fd.name in skip:
-            continue
-        # protobuf >= 6 has is_repeated (label is gone in upb 7); older versions only have label.
-        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
-        if repeated:
-            getattr(dst, fd.name).extend(value)
-        elif fd.type == fd.TYPE_MESSAGE:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
-
-
 def copy_model_without_weights(model: ModelProto, names: Collection[str]) -> ModelProto:
     """A deep copy of ``model`` in which the initializers named in ``names`` carry no values yet.
 
@@ -290,12 +274,12 @@ def copy_model_without_weights(model: ModelProto, names: Collection[str]) -> Mod
     them before using the model.
     """
     out = ModelProto()
-    _copy_fields(model, out, skip=("graph",))
-    _copy_fields(model.graph, out.graph, skip=("initializer",))
+    copy_fields(out, model, skip=("graph",))
+    copy_fields(out.graph, model.graph, skip=("initializer",))
     wanted = set(names)
     for tensor in model.graph.initializer:
         if tensor.name in wanted:
-            _copy_fields(tensor, out.graph.initializer.add(), skip=_DATA_FIELDS)
+            copy_fields(out.graph.initializer.add(), tensor, skip=_DATA_FIELDS)
         else:
             out.graph.initializer.add().CopyFrom(tensor)
     return out
