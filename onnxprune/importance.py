@@ -162,12 +162,34 @@ def fpgm_importance(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
     return member_mean(group, ctx, distance, roles=("source",))
 
 
+def _bn_gammas(group: ChannelGroup) -> list[ParamCut]:
+    return [c for c in group.cuts if c.op_type == "BatchNormalization" and c.input_index == 1]
+
+
+def criterion_used(group: ChannelGroup, criterion: str) -> str:
+    """How ``criterion`` really scores ``group``: its name, plus the fallback when it cannot apply.
+
+    Why: a criterion that quietly scores some groups another way makes a report lie about why channels
+    were dropped; plans record this per group (``PrunePlan.criterion_for``) and the pipeline warns.
+
+    Example:
+        >>> criterion_used(group_without_bn, "bn_scale")  # doctest: +SKIP
+        'bn_scale (no BatchNormalization: l2)'
+    """
+    if criterion == "bn_scale" and not _bn_gammas(group):
+        return "bn_scale (no BatchNormalization: l2)"
+    return criterion
+
+
 @register_criterion("bn_scale")
 def bn_scale_importance(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
-    """|gamma| of the BatchNormalization layers in the group (network slimming); l2 when there is none."""
-    cuts = [c for c in group.cuts if c.op_type == "BatchNormalization" and c.input_index == 1]
+    """|gamma| of the BatchNormalization layers in the group (network slimming); l2 when there is none.
+
+    The fallback is reported by :func:`criterion_used`, not here (a criterion only scores).
+    """
+    cuts = _bn_gammas(group)
     if not cuts:
-        log.info("group %d has no BatchNormalization; bn_scale falls back to l2", group.id)
+        log.debug("group %d has no BatchNormalization; bn_scale falls back to l2", group.id)
         return l2_importance(group, ctx)
     total = np.zeros(group.size, dtype=np.float64)
     for cut in cuts:

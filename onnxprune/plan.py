@@ -20,7 +20,7 @@ from onnx import ModelProto
 
 from onnxprune.analysis import ChannelGroup, DependencyGraph
 from onnxprune.errors import ConfigError, OutputError, PlanError
-from onnxprune.importance import ImportanceContext, get_criterion
+from onnxprune.importance import ImportanceContext, criterion_used, get_criterion
 
 PLAN_VERSION = 1
 
@@ -62,6 +62,23 @@ class PrunePlan:
         if group_id not in self.keep:
             return np.zeros(0, dtype=np.int64)
         return np.setdiff1d(np.arange(self.sizes[group_id], dtype=np.int64), self.kept(group_id))
+
+    def criterion_for(self, group_id: int) -> str:
+        """The criterion that really scored a group, e.g. ``"bn_scale (no BatchNormalization: l2)"``."""
+        fallbacks = self.meta.get("criterion_fallbacks")
+        if isinstance(fallbacks, Mapping):
+            return str(fallbacks.get(str(group_id), self.criterion))
+        return self.criterion
+
+    def warnings(self) -> list[str]:
+        """One line per criterion fallback (groups the named criterion could not score), for the user."""
+        by_used: dict[str, list[int]] = {}
+        for gid in self.keep:
+            used = self.criterion_for(gid)
+            if used != self.criterion:
+                by_used.setdefault(used, []).append(gid)
+        return [f"importance '{self.criterion}' scored {len(ids)} group(s) as '{used}' (groups "
+                f"{', '.join(str(i) for i in ids)})" for used, ids in by_used.items()]
 
     @property
     def channels_removed(self) -> int:
@@ -256,6 +273,10 @@ def make_plan(model: ModelProto, dg: DependencyGraph, *, ratio: float, importanc
             r = ratios.get(g.id, ratio)
             counts[g.id] = _keep_count(g.size, _round_half_up(r * g.size), min_channels, round_to)
     keep = {g.id: _top(scores[g.id], counts[g.id]) for g in groups}
+    meta: dict[str, object] = {"ratio": ratio, "global_rank": global_rank, "round_to": round_to,
+                               "min_channels": min_channels, "seed": seed}
+    fallbacks = {str(g.id): used for g in groups if (used := criterion_used(g, name)) != name}
+    if fallbacks:  # JSON keys are strings; absent when every group was scored as named
+        meta["criterion_fallbacks"] = fallbacks
     return PrunePlan(fingerprint=dg.fingerprint, keep=keep, sizes={g.id: g.size for g in groups}, criterion=name,
-                     meta={"ratio": ratio, "global_rank": global_rank, "round_to": round_to,
-                           "min_channels": min_channels, "seed": seed})
+                     meta=meta)

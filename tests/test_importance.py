@@ -99,3 +99,27 @@ def test_custom_criterion_with_statistics() -> None:
     plan = make_plan(model, dg, ratio=0.5, importance=lambda g, ctx: np.asarray(ctx.statistics["order"], float),
                      statistics={"order": [0, 1, 2, 3, 4, 5, 6, 7]})
     assert plan.keep[0].tolist() == [4, 5, 6, 7]
+
+
+def test_bn_scale_fallback_is_recorded_per_group_and_warned() -> None:
+    from onnx import helper
+
+    from onnxprune.importance import criterion_used
+    from onnxprune.plan import PrunePlan
+
+    g = builders.GraphBuilder(4)
+    a = g.op("Relu", [g.bn(g.conv("x", 3, 8), 8)])  # group 0: has a BatchNormalization
+    b = g.op("Relu", [g.conv(a, 8, 6)])  # group 1: none
+    g.nodes.append(helper.make_node("Conv", [b, g.weight((4, 6, 1, 1))], ["out"], name="head"))
+    model = g.build([builders.vinfo("x", [1, 3, 5, 5])], [builders.vinfo("out", [1, 4, 5, 5])])
+    dg = analyze(model)
+    assert [criterion_used(grp, "bn_scale") for grp in dg.prunable_groups] == \
+        ["bn_scale", "bn_scale (no BatchNormalization: l2)"]
+    assert criterion_used(dg.groups[1], "l2") == "l2"
+    plan = make_plan(model, dg, ratio=0.5, importance="bn_scale")
+    assert [plan.criterion_for(i) for i in (0, 1)] == ["bn_scale", "bn_scale (no BatchNormalization: l2)"]
+    assert plan.warnings() == ["importance 'bn_scale' scored 1 group(s) as 'bn_scale (no BatchNormalization: l2)' "
+                               "(groups 1)"]
+    again = PrunePlan.from_json(plan.to_json())
+    assert again.criterion_for(1) == plan.criterion_for(1) and again.warnings() == plan.warnings()
+    assert make_plan(model, dg, ratio=0.5, importance="l2").warnings() == []
