@@ -14,6 +14,7 @@ import numpy as np
 from onnx import NodeProto, numpy_helper
 
 from onnxprune.axes import ChannelAxis, Coupling, Identity
+from onnxprune.errors import OnnxPruneError
 from onnxprune.ir import GraphIndex, attr, attr_ints, node_label, set_attr
 
 
@@ -21,8 +22,8 @@ class Blocked(Exception):  # noqa: N818 - control flow inside the analysis, neve
     """Raised by a rule when a slot cannot be pruned through its node; the message is the reason."""
 
 
-class RuleContext:
-    """What a rule may read during analysis: shapes, constants and attributes, all by tensor name."""
+class _Context:
+    """What both contexts share: the index, attribute reads and the shape of a tensor by name."""
 
     def __init__(self, index: GraphIndex, shapes: dict[str, tuple]) -> None:
         self.index = index
@@ -44,12 +45,19 @@ class RuleContext:
         """A list-of-integers attribute (schema default; empty when absent)."""
         return attr_ints(node, name, self.opset)
 
+    def _lookup(self, name: str) -> tuple | None:
+        """The shape as known (constants from their value, others from inference); None when unknown."""
+        if self.index.is_constant(name):
+            return self.index.const_shape(name)
+        return self._shapes.get(name)
+
+
+class RuleContext(_Context):
+    """What a rule may read during analysis: shapes, constants and attributes, all by tensor name."""
+
     def shape(self, name: str) -> tuple[int, ...]:
         """The static shape of a tensor; raises :class:`Blocked` when any dim is unknown."""
-        if self.index.is_constant(name):
-            shape = self.index.const_shape(name)
-        else:
-            shape = self._shapes.get(name)
+        shape = self._lookup(name)
         if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise Blocked(f"the shape of '{name}' is unknown ({shape}); pass dims= to fix symbolic dims, or declare "
                           f"it in the model's value_info")
@@ -61,10 +69,7 @@ class RuleContext:
         The analysis sizes a slot with this, so a tensor whose other dims are unknown (after a custom op)
         still carries channels; rules that need the whole shape ask :meth:`shape`, which stays strict.
         """
-        if self.index.is_constant(name):
-            shape = self.index.const_shape(name)
-        else:
-            shape = self._shapes.get(name)
+        shape = self._lookup(name)
         if shape is not None and not 0 <= axis < len(shape):
             raise Blocked(f"axis {axis} is out of range for '{name}' {shape}")
         if shape is None or not isinstance(shape[axis], int) or shape[axis] < 0:
@@ -74,10 +79,7 @@ class RuleContext:
 
     def rank(self, name: str) -> int:
         """Rank of a tensor (needs only the rank to be known)."""
-        if self.index.is_constant(name):
-            shape = self.index.const_shape(name)
-        else:
-            shape = self._shapes.get(name)
+        shape = self._lookup(name)
         if shape is None:
             raise Blocked(f"the rank of '{name}' is unknown; run shape inference or pass dims=")
         return len(shape)
@@ -101,7 +103,7 @@ class RuleContext:
         return ChannelAxis(name, axis)
 
 
-class RewriteContext:
+class RewriteContext(_Context):
     """What a rule may read and change during surgery.
 
     ``kept(name, axis)`` gives the kept positions of a slot (all positions when it is not cut), in the
@@ -110,33 +112,22 @@ class RewriteContext:
 
     def __init__(self, index: GraphIndex, shapes: dict[str, tuple], kept: dict[ChannelAxis, np.ndarray],
                  set_const: Callable[[NodeProto, int, np.ndarray], None]) -> None:
-        self.index = index
-        self.opset = index.opset
-        self._shapes = shapes
+        super().__init__(index, shapes)
         self._kept = kept
         self._set_const = set_const
 
-    def attr(self, node: NodeProto, name: str, default: object = None) -> object:
-        return attr(node, name, self.opset, default)
-
-    def int_attr(self, node: NodeProto, name: str, default: int | None = None) -> int:
-        """An integer attribute (schema default, then ``default``)."""
-        value = attr(node, name, self.opset, default)
-        if not isinstance(value, int):
-            raise Blocked(f"{node_label(node)} has no integer attribute '{name}'")
-        return value
-
-    def ints_attr(self, node: NodeProto, name: str) -> list[int]:
-        """A list-of-integers attribute (schema default; empty when absent)."""
-        return attr_ints(node, name, self.opset)
-
     def shape(self, name: str) -> tuple[int, ...]:
-        """Shape in the original model (before the cut)."""
-        if self.index.is_constant(name):
-            shape = self.index.const_shape(name)
-        else:
-            shape = self._shapes.get(name)
-        return tuple(int(d) for d in shape)  # type: ignore[union-attr]
+        """Shape in the original model (before the cut).
+
+        Raises:
+            OnnxPruneError: the shape is not static; the analysis only lets a rule rewrite nodes whose
+                shapes it proved, so this is a bug in the rule.
+        """
+        shape = self._lookup(name)
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            raise OnnxPruneError(f"the shape of '{name}' ({shape}) is not static at surgery; this is a bug in an "
+                                 f"op rule, please report it with the model")
+        return tuple(int(d) for d in shape)
 
     def slot(self, name: str, axis: int) -> ChannelAxis:
         if axis < 0:
