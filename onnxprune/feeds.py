@@ -33,6 +33,7 @@ import onnx
 from onnx import ModelProto, helper
 
 from onnxprune.errors import CalibrationError, ConfigError, ModelLoadError
+from onnxprune.ir import shape_of_type
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +95,8 @@ def input_specs(model: str | os.PathLike[str] | ModelProto) -> list[InputSpec]:
             raise CalibrationError(
                 f"input '{vi.name}' is not a typed tensor; onnxprune can only feed tensor inputs"
             )
-        tt = vi.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        shape: tuple[Dim, ...] | None = None
-        if tt.HasField("shape"):
-            dims: list[Dim] = []
-            for d in tt.shape.dim:
-                if d.HasField("dim_value"):
-                    dims.append(int(d.dim_value))
-                elif d.HasField("dim_param"):
-                    dims.append(d.dim_param)
-                else:
-                    dims.append(None)
-            shape = tuple(dims)
-        specs.append(InputSpec(vi.name, dtype, shape))
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+        specs.append(InputSpec(vi.name, dtype, shape_of_type(vi.type)))
     return specs
 
 

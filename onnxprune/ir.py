@@ -218,7 +218,8 @@ def node_label(node: NodeProto) -> str:
 
 
 # -- shapes ----------------------------------------------------------------------------------------
-def _dims(type_proto: onnx.TypeProto) -> Shape | None:
+def shape_of_type(type_proto: onnx.TypeProto) -> Shape | None:
+    """Dims of a tensor type (int, symbolic str or None per dim); None when it has no shape."""
     if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
         return None
     dims: list[int | str | None] = []
@@ -230,11 +231,6 @@ def _dims(type_proto: onnx.TypeProto) -> Shape | None:
         else:
             dims.append(None)
     return tuple(dims)
-
-
-def shape_of_type(type_proto: onnx.TypeProto) -> Shape | None:
-    """Dims of a tensor type (int, symbolic str or None per dim); None when it has no shape."""
-    return _dims(type_proto)
 
 
 def attr_ints(node: NodeProto, name: str, opset: int | None = None, default: list[int] | None = None) -> list[int]:
@@ -253,7 +249,7 @@ def attr_ints(node: NodeProto, name: str, opset: int | None = None, default: lis
 def input_shapes(model: ModelProto) -> dict[str, Shape | None]:
     """Declared shapes of the graph's real inputs (initializers excluded)."""
     inits = {t.name for t in model.graph.initializer}
-    return {i.name: _dims(i.type) for i in model.graph.input if i.name not in inits}
+    return {i.name: shape_of_type(i.type) for i in model.graph.input if i.name not in inits}
 
 
 def shape_skeleton(model: ModelProto, dims: dict[str, int] | None = None, default_dim: int = 1, *,
@@ -332,7 +328,7 @@ def infer_shapes(model: ModelProto, dims: dict[str, int] | None = None, default_
     Raises:
         UnsupportedModelError: with ``strict=True``, when inference fails.
     """
-    declared = {vi.name: d for vi in model.graph.value_info if (d := _dims(vi.type)) is not None}
+    declared = {vi.name: d for vi in model.graph.value_info if (d := shape_of_type(vi.type)) is not None}
     used: set[str] = set()
     skel = shape_skeleton(model, dims, default_dim)
     shapes = _inferred_shapes(skel, strict)
@@ -365,9 +361,14 @@ def _inferred_shapes(skel: ModelProto, strict: bool) -> dict[str, Shape]:
         if strict:
             raise UnsupportedModelError(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
         inferred = skel
+    return collect_shapes(inferred)
+
+
+def collect_shapes(inferred: ModelProto) -> dict[str, Shape]:
+    """The shape of every tensor an inferred model types (inputs, value_info, outputs, initializers)."""
     shapes: dict[str, Shape] = {}
     for vi in itertools.chain(inferred.graph.input, inferred.graph.value_info, inferred.graph.output):
-        d = _dims(vi.type)
+        d = shape_of_type(vi.type)
         if d is not None:
             shapes[vi.name] = d
     for t in inferred.graph.initializer:

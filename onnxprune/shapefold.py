@@ -14,7 +14,6 @@ parameters (a reshape target computed from a pruned tensor's shape is the rule's
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable
 
@@ -22,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
-from onnxprune.ir import Shape, attr, attr_ints, constant_node_value, shape_of_type
+from onnxprune.ir import Shape, attr, attr_ints, collect_shapes, constant_node_value
 
 log = logging.getLogger(__name__)
 
@@ -283,17 +282,6 @@ def _substitute(skel: ModelProto, values: dict[str, np.ndarray]) -> ModelProto:
     return out
 
 
-def _collect(inferred: ModelProto) -> dict[str, Shape]:
-    shapes: dict[str, Shape] = {}
-    for vi in itertools.chain(inferred.graph.input, inferred.graph.value_info, inferred.graph.output):
-        d = shape_of_type(vi.type)
-        if d is not None:
-            shapes[vi.name] = d
-    for t in inferred.graph.initializer:
-        shapes[t.name] = tuple(int(x) for x in t.dims)
-    return shapes
-
-
 def fold_shapes(skel: ModelProto, shapes: dict[str, Shape]) -> dict[str, Shape]:
     """Shapes of ``skel`` with runtime shape arithmetic evaluated: a superset of ``shapes``, more static.
 
@@ -323,7 +311,7 @@ def fold_shapes(skel: ModelProto, shapes: dict[str, Shape]) -> dict[str, Shape]:
             log.debug("shape folding stopped: %s", str(exc).splitlines()[0])
             break
         grew = False
-        for name, shape in _collect(inferred).items():
+        for name, shape in collect_shapes(inferred).items():
             if _static(shape) and not _static(merged.get(name)):
                 merged[name] = shape
                 grew = True
