@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from onnxprune.cli.options import add_runtime_options
 from onnxprune.errors import ConfigError
 
 
@@ -27,14 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "the GPU (I/O binding).",
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help=".onnx files; the first is the baseline")
-    p.add_argument("--providers", default="cpu", help="comma-separated: cpu, cuda, tensorrt, ... (default cpu)")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1), e.g. 1,8,32")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per model (default 5)")
     p.add_argument("--runs", type=int, default=50, help="timed runs per model (default 50)")
-    p.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE",
-                   help="value of a named dynamic input dim other than the batch (repeatable)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default 0)")
+    add_runtime_options(p, dim_help="value of a named dynamic input dim other than the batch (repeatable)",
+                        seed_help="seed of the generated inputs (default 0)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     return p
 

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from onnxprune.cli.options import add_runtime_options
 from onnxprune.validate import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SAMPLES
 
 
@@ -25,16 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("pruned", help="candidate .onnx model")
     p.add_argument("--data", metavar="NPZ", help="inputs: .npz with one array per input name, axis 0 = samples "
                                                  "(default: seeded random inputs)")
-    p.add_argument("--providers", default="cpu", help="comma-separated: cpu, cuda, tensorrt, ... (default cpu)")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
-    p.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE",
-                   help="value of a named dynamic input dim (repeatable); the first dim is the batch (--batch)")
-    p.add_argument("--seed", type=int, default=0, help="seed of generated inputs (default 0)")
     p.add_argument("--samples", type=int, default=None,
                    help=f"samples to compare (default: all of --data, else {DEFAULT_SAMPLES})")
     p.add_argument("--batch", type=int, default=1, help="samples per run (default 1; a fixed batch dim wins)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    add_runtime_options(p, dim_help="value of a named dynamic input dim (repeatable); the first dim is the batch "
+                                 "(--batch)", seed_help="seed of generated inputs (default 0)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
     return p
 
