@@ -21,11 +21,17 @@ def init(name: str, array: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(array), name)
 
 
-def make_model(nodes, inputs, outputs, initializers=(), *, opset: int = OPSET, name: str = "test") -> onnx.ModelProto:
-    graph = helper.make_graph(list(nodes), name, list(inputs), list(outputs), list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnxprune-tests")
+def make_model(nodes, inputs, outputs, initializers=(), *, opset: int = OPSET, name: str = "test",
+               domains: tuple[str, ...] = (), value_info=(), check: bool = True) -> onnx.ModelProto:
+    """A checked ir-8 model; ``domains`` are custom op domains imported at version 1 (checked without
+    strict inference, which cannot type their ops); ``check=False`` skips the checker for big models."""
+    graph = helper.make_graph(list(nodes), name, list(inputs), list(outputs), list(initializers),
+                              value_info=list(value_info))
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in domains]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="onnxprune-tests")
     model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
+    if check:
+        onnx.checker.check_model(model, full_check=not domains)
     return model
 
 
@@ -326,8 +332,10 @@ class GraphBuilder:
         return self.op("BatchNormalization", [x, self.weight((c,), "gamma", 0.5), self.weight((c,), "beta"),
                                               self.weight((c,), "mean"), self.weight((c,), "var", 0.5)])
 
-    def build(self, inputs, outputs, name: str = "test") -> onnx.ModelProto:
-        return make_model(self.nodes, inputs, outputs, self.inits, opset=self.opset, name=name)
+    def build(self, inputs, outputs, name: str = "test", *, domains: tuple[str, ...] = (),
+              value_info=()) -> onnx.ModelProto:
+        return make_model(self.nodes, inputs, outputs, self.inits, opset=self.opset, name=name, domains=domains,
+                          value_info=value_info)
 
 
 def residual_add(seed: int = 0, c: int = 8, hw: int = 6) -> onnx.ModelProto:
@@ -416,7 +424,7 @@ def computed_weights(seed: int = 0, c_in: int = 3, c_mid: int = 8, c_out: int = 
     g = GraphBuilder(seed)
     shape = (c_mid, c_in, 3, 3)
     w_value = g.r.standard_normal(shape).astype(np.float32) / 3
-    opsets = [helper.make_opsetid("", OPSET)]
+    domains: tuple[str, ...] = ()
     if recipe == "reshape":
         flat = g.op("Constant", [], value=numpy_helper.from_array(
             w_value.transpose(1, 0, 2, 3).reshape(-1), "w1_flat"))
@@ -435,7 +443,7 @@ def computed_weights(seed: int = 0, c_in: int = 3, c_mid: int = 8, c_out: int = 
     elif recipe == "custom":
         w = g.op("Scale", [g.const(w_value, "w_raw")], scale=2.0)
         g.nodes[-1].domain = "com.example"
-        opsets.append(helper.make_opsetid("com.example", 1))
+        domains = ("com.example",)
         b = g.weight((c_mid,), "b1")
     else:
         raise ValueError(f"unknown recipe {recipe}")
@@ -443,12 +451,8 @@ def computed_weights(seed: int = 0, c_in: int = 3, c_mid: int = 8, c_out: int = 
     g.nodes.append(helper.make_node("Relu", ["c1"], ["r1"], name="relu1"))
     g.nodes.append(helper.make_node("Conv", ["r1", g.weight((c_out, c_mid, 3, 3)), g.weight((c_out,))], ["out"],
                                     name="conv2", pads=[1, 1, 1, 1]))
-    graph = helper.make_graph(g.nodes, "computed", [vinfo("x", [1, c_in, hw, hw])],
-                              [vinfo("out", [1, c_out, hw, hw])], g.inits)
-    model = helper.make_model(graph, opset_imports=opsets, producer_name="onnxprune-tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return g.build([vinfo("x", [1, c_in, hw, hw])], [vinfo("out", [1, c_out, hw, hw])], "computed",
+                   domains=domains)
 
 
 def custom_op_chain(seed: int = 0, c: int = 8, hw: int = 6, *, custom_first: bool = False) -> onnx.ModelProto:
@@ -468,14 +472,8 @@ def custom_op_chain(seed: int = 0, c: int = 8, hw: int = 6, *, custom_first: boo
         b = g.op("Gelu", [g.conv(g.op("Relu", [a]), c, c)])
         g.nodes[-1].domain = "com.microsoft"
     g.nodes.append(helper.make_node("Conv", [b, g.weight((4, c, 1, 1))], ["out"], name="head"))
-    graph = helper.make_graph(g.nodes, "custom", [vinfo("x", [1, 3, hw, hw])], [vinfo("out", [1, 4, hw, hw])],
-                              g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
-                                                    helper.make_opsetid("com.microsoft", 1)],
-                              producer_name="onnxprune-tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return g.build([vinfo("x", [1, 3, hw, hw])], [vinfo("out", [1, 4, hw, hw])], "custom",
+                   domains=("com.microsoft",))
 
 
 def wide_mlp(seed: int = 0, d: int = 256, layers: int = 4, d_out: int = 16, batch: int = 2) -> onnx.ModelProto:
@@ -497,10 +495,8 @@ def wide_mlp(seed: int = 0, d: int = 256, layers: int = 4, d_out: int = 16, batc
         prev = f"r{i}"
     inits.append(init("head_w", (r.standard_normal((d, d_out)) / np.sqrt(d)).astype(np.float32)))
     nodes.append(helper.make_node("MatMul", [prev, "head_w"], ["out"], name="head"))
-    graph = helper.make_graph(nodes, "wide_mlp", [vinfo("x", [batch, d])], [vinfo("out", [batch, d_out])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxprune-tests")
-    model.ir_version = 8
-    return model
+    return make_model(nodes, [vinfo("x", [batch, d])], [vinfo("out", [batch, d_out])], inits, name="wide_mlp",
+                      check=False)
 
 
 def mlp3(seed: int = 0, d_in: int = 8, h1: int = 12, h2: int = 10, d_out: int = 4, quiet_scale: float = 1e-3
@@ -543,11 +539,5 @@ def custom_op_flatten(seed: int = 0, c: int = 4, hw: int = 3, *, declare: bool =
     g.nodes[-1].domain = "com.microsoft"
     f = g.op("Flatten", [g.op("Relu", [g.conv(a, c, c)])], axis=1)
     g.nodes.append(helper.make_node("Gemm", [f, g.weight((c * hw * hw, 5))], ["out"], name="head"))
-    graph = helper.make_graph(g.nodes, "custom_flatten", [vinfo("x", [1, 3, hw, hw])], [vinfo("out", [1, 5])],
-                              g.inits, value_info=[vinfo(a, [1, c, hw, hw])] if declare else None)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
-                                                    helper.make_opsetid("com.microsoft", 1)],
-                              producer_name="onnxprune-tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return g.build([vinfo("x", [1, 3, hw, hw])], [vinfo("out", [1, 5])], "custom_flatten",
+                   domains=("com.microsoft",), value_info=[vinfo(a, [1, c, hw, hw])] if declare else ())
