@@ -197,6 +197,17 @@ def is_output(node: NodeProto, slot: ChannelAxis) -> bool:
     return slot.tensor in node.output
 
 
+def data_axis(node: NodeProto, slot: ChannelAxis, ctx: RuleContext, data: tuple[int, ...] = (0,)) -> int:
+    """The axis ``slot`` stands for when it is an output or one of the ``data`` inputs of ``node``.
+
+    Raises:
+        Blocked: ``slot`` is read as a parameter (sizes, scales, axes): its values cannot be cut.
+    """
+    if is_output(node, slot) or any(i in data for i in which_input(node, slot, ctx)):
+        return slot.axis
+    raise Blocked(f"{node_label(node)} reads '{slot.tensor}' as a parameter; its values cannot be cut")
+
+
 def broadcast_couplings(node: NodeProto, inputs: Sequence[int], out_axis: int, ctx: RuleContext,
                         *, role: str = "param") -> list[Coupling]:
     """Couple output axis ``out_axis`` with the aligned axis of every (numpy-broadcast) input.

@@ -9,14 +9,8 @@ from onnx import NodeProto
 
 from onnxprune.axes import ChannelAxis, Coupling
 from onnxprune.ir import node_label
-from onnxprune.rules.base import Blocked, OpRule, RewriteContext, RuleContext, is_output, which_input
+from onnxprune.rules.base import Blocked, OpRule, RewriteContext, RuleContext, data_axis
 from onnxprune.rules.registry import register_rule
-
-
-def _data_axis(node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> int:
-    if is_output(node, slot) or 0 in which_input(node, slot, ctx):
-        return slot.axis
-    raise Blocked(f"{node_label(node)} reads '{slot.tensor}' as a parameter")
 
 
 @register_rule("Pad")
@@ -24,7 +18,7 @@ class PadRule(OpRule):
     """Pad with zero padding on the cut axis is elementwise along it."""
 
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
-        axis = _data_axis(node, slot, ctx)
+        axis = data_axis(node, slot, ctx)
         x, y = node.input[0], node.output[0]
         rank = ctx.rank(x)
         if ctx.opset < 11:
@@ -48,7 +42,7 @@ class ResizeRule(OpRule):
     """Resize/Upsample keep an axis whose scale is 1 (or whose size is unchanged)."""
 
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
-        axis = _data_axis(node, slot, ctx)
+        axis = data_axis(node, slot, ctx)
         x, y = node.input[0], node.output[0]
         if ctx.shape(x)[axis] != ctx.shape(y)[axis]:
             raise Blocked(f"{node_label(node)} resizes axis {axis} of '{x}'")

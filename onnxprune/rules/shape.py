@@ -14,7 +14,14 @@ from onnx import NodeProto
 
 from onnxprune.axes import Block, ChannelAxis, Coupling, Identity, Offset
 from onnxprune.ir import node_label
-from onnxprune.rules.base import Blocked, OpRule, RewriteContext, RuleContext, is_output, which_input
+from onnxprune.rules.base import (
+    Blocked,
+    OpRule,
+    RewriteContext,
+    RuleContext,
+    data_axis,
+    is_output,
+)
 from onnxprune.rules.registry import register_rule
 
 INT64_MAX = 2**63 - 1
@@ -24,18 +31,12 @@ def _norm_axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
 
-def _slot_axis(node: NodeProto, slot: ChannelAxis, ctx: RuleContext, data: tuple[int, ...] = (0,)) -> int:
-    if is_output(node, slot) or any(i in data for i in which_input(node, slot, ctx)):
-        return slot.axis
-    raise Blocked(f"{node_label(node)} reads '{slot.tensor}' as a shape parameter; its values cannot be cut")
-
-
 @register_rule("Concat")
 class ConcatRule(OpRule):
     """Along ``axis`` input ``k`` is the window ``[offset_k, offset_k + n_k)`` of the output."""
 
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
-        axis = _slot_axis(node, slot, ctx, tuple(range(len(node.input))))
+        axis = data_axis(node, slot, ctx, tuple(range(len(node.input))))
         y = node.output[0]
         cat = _norm_axis(ctx.int_attr(node, "axis"), ctx.rank(y))
         y_slot = ctx.slot(y, axis)
@@ -73,7 +74,7 @@ class SplitRule(OpRule):
     """Output ``k`` is the window ``[offset_k, offset_k + size_k)`` of the input along ``axis``."""
 
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
-        axis = _slot_axis(node, slot, ctx)
+        axis = data_axis(node, slot, ctx)
         x = node.input[0]
         split_axis = _norm_axis(ctx.int_attr(node, "axis", 0), ctx.rank(x))
         x_slot = ctx.slot(x, axis)
@@ -137,7 +138,7 @@ class SliceRule(OpRule):
     """Along a sliced axis (step 1) the output is the window ``[start, end)`` of the input."""
 
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
-        axis = _slot_axis(node, slot, ctx)
+        axis = data_axis(node, slot, ctx)
         x, y = node.input[0], node.output[0]
         starts, ends, axes, steps = _slice_params(node, ctx)
         if axis not in axes:
@@ -176,7 +177,7 @@ class TransposeRule(OpRule):
     """Output axis ``i`` is input axis ``perm[i]``."""
 
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
-        axis = _slot_axis(node, slot, ctx)
+        axis = data_axis(node, slot, ctx)
         x, y = node.input[0], node.output[0]
         rank = ctx.rank(x)
         perm = ctx.ints_attr(node, "perm") or list(range(rank - 1, -1, -1))
@@ -219,7 +220,7 @@ class ReshapeRule(OpRule):
     """Reshaping ops, from inferred shapes: an axis is kept or folded as the leading axis of a merge."""
 
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
-        axis = _slot_axis(node, slot, ctx)
+        axis = data_axis(node, slot, ctx)
         x, y = node.input[0], node.output[0]
         s_in, s_out = ctx.shape(x), ctx.shape(y)
         if node.op_type == "Reshape" and not ctx.is_const(node.input[1]):
