@@ -119,7 +119,7 @@ class PruneConfig:
         _unit("--sparsity", self.sparsity)
         _unit("--ratio", self.ratio)
         for pattern, value in self.layer_sparsity.items():
-            _unit(f"--layer-sparsity '{pattern}'", float(value))  # type: ignore[arg-type]
+            _unit(f"--layer-sparsity '{pattern}'", float(value))
         if self.mode == "nm":
             parse_nm(self.nm)
         if self.min_size < 0:

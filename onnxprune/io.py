@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from onnx import GraphProto, ModelProto, TensorProto, numpy_helper
 
 from onnxprune.errors import ModelLoadError, OutputError, UnsupportedModelError
+from onnxprune.ir import copy_fields
 
 log = logging.getLogger(__name__)
 
@@ -230,21 +231,6 @@ def _check_model(model: ModelProto, where: str, path: Path | None) -> None:
         ) from exc
 
 
-def _copy_fields(dst: Message, src: Message, skip: tuple[str, ...] = ()) -> None:
-    """Copy every set field of ``src`` into ``dst`` except those named in ``skip``."""
-    for fd, value in src.ListFields():
-        if fd.name in skip:
-            continue
-        target = getattr(dst, fd.name)
-        # protobuf >= 6 names it is_repeated; older releases only have label.
-        if fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED:
-            target.extend(value)
-        elif fd.type == fd.TYPE_MESSAGE:
-            target.CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
-
-
 def checker_view(model: ModelProto, where: str) -> ModelProto:
     """Public name of :func:`_checker_view` (used by validation's full check).
 
@@ -263,8 +249,8 @@ def _checker_view(model: ModelProto, where: str) -> ModelProto:
     checker would do (raw data size against shape) is done here without copying the data.
     """
     view = ModelProto()
-    _copy_fields(view, model, skip=("graph",))
-    _copy_fields(view.graph, model.graph, skip=("initializer",))
+    copy_fields(view, model, skip=("graph",))
+    copy_fields(view.graph, model.graph, skip=("initializer",))
     declared = {i.name for i in model.graph.input}
     for tensor in model.graph.initializer:
         if tensor.data_location == TensorProto.EXTERNAL or tensor.ByteSize() < EXTERNAL_MIN_BYTES:
@@ -288,7 +274,7 @@ def _check_raw_size(tensor: TensorProto, where: str) -> None:
     if expected is None or not tensor.HasField("raw_data"):
         return
     stub = TensorProto()
-    _copy_fields(stub, tensor, skip=("raw_data",))
+    copy_fields(stub, tensor, skip=("raw_data",))
     field = tensor.ByteSize() - stub.ByteSize()  # tag + length varint + payload of raw_data
     if field != 1 + len(_varint(expected)) + expected:
         raise ModelLoadError(
@@ -499,9 +485,9 @@ def _write_model(model: ModelProto, model_path: Path, data_path: Path | None, lo
                 f"with onnxprune.io.load_model (or onnx.load with its external data) before saving"
             )
     head = ModelProto()
-    _copy_fields(head, model, skip=("graph",))
+    copy_fields(head, model, skip=("graph",))
     graph = GraphProto()
-    _copy_fields(graph, model.graph, skip=("initializer",))
+    copy_fields(graph, model.graph, skip=("initializer",))
     stubs: dict[int, TensorProto] = {}
     if data_path is not None:
         with open(data_path, "wb") as data:
@@ -546,7 +532,7 @@ def _write_external(tensor: TensorProto, data: BinaryIO, location: str) -> Tenso
         offset = data.tell()
     data.write(blob)
     stub = TensorProto()
-    _copy_fields(stub, tensor, skip=_VALUE_FIELDS)
+    copy_fields(stub, tensor, skip=_VALUE_FIELDS)
     stub.data_location = TensorProto.EXTERNAL
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(blob)))):
         entry = stub.external_data.add()

@@ -54,7 +54,7 @@ def _jsonable(obj: object) -> object:
         if hasattr(obj, method):
             return getattr(obj, method)()
     if hasattr(obj, "tolist"):
-        return obj.tolist()  # type: ignore[no-any-return]
+        return obj.tolist()
     return str(obj)
 
 
@@ -238,7 +238,7 @@ def _run_sparse(original: ModelProto, config: PruneConfig, warnings: list[str]
     _warn_unmatched(list(result.unmatched_patterns), warnings, "--exclude/--layer-sparsity")
     extra = result.report()
     model = result.model
-    if config.recovery == "lstsq":
+    if config.recovery == "lstsq" and config.calib:  # validate_options() requires calib for lstsq
         from onnxprune.recover import recover_sparse
 
         model = recover_sparse(original, model, config.calib, method="lstsq")
@@ -281,6 +281,9 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
     # The reference is a full copy of the model, needed only to prove exactness: skip it with --no-validate.
     reference = zeroed_reference(original, dg, result.plan) if config.validate else None
     _warn_odd_widths(result.report.get("groups", []), config, warnings)
+    for msg in result.plan.warnings():
+        log.warning(msg)
+        warnings.append(msg)
     model = result.model
     extra = dict(result.report)
     if config.recovery != "none":
@@ -338,7 +341,7 @@ def _compare_exact(a: ModelProto, b: ModelProto, config: PruneConfig, what: str)
     if not result:
         raise ValidationError(f"{what} check failed: {result.summary()}; no output written. "
                               f"Please report this model (run with --verbose for details)")
-    return result.to_dict()  # type: ignore[no-any-return]
+    return result.to_dict()
 
 
 def _same_outputs(dense: ModelProto, stored: ModelProto, config: PruneConfig) -> dict[str, Any]:
@@ -360,7 +363,7 @@ def _same_outputs(dense: ModelProto, stored: ModelProto, config: PruneConfig) ->
     if not result:
         raise ValidationError(f"sparse storage changed the outputs ({result.summary()}); no output written. "
                               f"Drop --sparse-storage and report this model")
-    return result.to_dict()  # type: ignore[no-any-return]
+    return result.to_dict()
 
 
 def _validate(original: ModelProto, pruned: ModelProto, reference: Any, config: PruneConfig) -> dict[str, Any]:

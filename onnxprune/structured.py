@@ -83,7 +83,7 @@ def build_report(model: ModelProto, dg: DependencyGraph, plan: PrunePlan) -> dic
             "size_before": g.size,
             "size_after": len(keep),
             "members": [str(s) for s in g.members],
-            "criterion": plan.criterion,
+            "criterion": plan.criterion_for(gid),
         })
     blocked = [{"id": g.id, "size": g.size, "reason": "; ".join(g.blockers)} for g in dg.groups if not g.prunable]
     return {
@@ -154,4 +154,5 @@ def describe_groups(model: ModelProto, *, dims: Mapping[str, int] | None = None)
         "sinks": [f"{c.node} ({c.op_type})" for c in g.sinks],
         "members": [str(s) for s in g.members],
     } for g in dg.groups]
-    return {"groups": groups, "coverage": round(coverage(model, dg, dict(dg.shapes)), 6)}
+    return {"groups": groups, "coverage": round(coverage(model, dg, dict(dg.shapes)), 6),
+            "unanalysed": list(dg.unanalysed)}

@@ -156,3 +156,9 @@ def test_report_path_equal_to_output_is_refused(cnn: Path, tmp_path: Path, capsy
     assert main(["prune", str(cnn), "-o", str(out), "--report", str(out)]) == 1
     assert "is the output model path" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_bn_scale_without_batchnorm_says_which_criterion_it_used(mlp: Path, tmp_path: Path) -> None:
+    r = _prune([str(mlp), "-o", str(tmp_path / "o.onnx"), "--importance", "bn_scale"], tmp_path / "r.json")
+    assert any("no BatchNormalization: l2" in w for w in r["warnings"])
+    assert all(g["criterion"] == "bn_scale (no BatchNormalization: l2)" for g in r["groups"])

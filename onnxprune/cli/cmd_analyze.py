@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
             if args.groups:
                 for m in g["members"]:
                     print(f"      {m}")
+    for reason in summary.get("unanalysed", []):
+        print(f"  not analysed: {reason}")
     if summary.get("analysis_error"):
         print(f"structured analysis unavailable: {summary['analysis_error']}")
     return 0
