@@ -332,11 +332,16 @@ class _ExactBeforeRecovery:
     reference: ModelProto
 
 
+def _validation_data(config: PruneConfig) -> str | None:
+    """Real inputs beat random ones for measuring drift: --data, else --eval-data, else --calib, else seeded."""
+    return config.validation_data or config.eval_data or config.calib
+
+
 # -- proof -----------------------------------------------------------------------------------------
 def _compare_exact(a: ModelProto, b: ModelProto, config: PruneConfig, what: str) -> dict[str, Any]:
     from onnxprune.validate import validate_models
 
-    result = validate_models(a, b, data=config.validation_data, providers=config.providers, atol=config.atol,
+    result = validate_models(a, b, data=_validation_data(config), providers=config.providers, atol=config.atol,
                              rtol=config.rtol, dims=config.dims, seed=config.seed)
     if not result:
         raise ValidationError(f"{what} check failed: {result.summary()}; no output written. "
@@ -378,7 +383,7 @@ def _validate(original: ModelProto, pruned: ModelProto, reference: Any, config: 
         else:
             out["exact"] = _compare_exact(reference, pruned, config,
                                           "exactness (pruned == original with dropped channels silenced)")
-    drift = validate_models(original, pruned, data=config.validation_data, providers=config.providers,
+    drift = validate_models(original, pruned, data=_validation_data(config), providers=config.providers,
                             atol=config.atol, rtol=config.rtol, dims=config.dims, seed=config.seed,
                             report_only=True)
     out["drift"] = drift.to_dict()

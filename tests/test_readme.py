@@ -48,3 +48,18 @@ def test_readme_python_example_runs(tmp_path, monkeypatch) -> None:
     exec(compile(code.group(1), "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
     assert (tmp_path / "model-pruned.onnx").is_file()
     assert namespace["result"].report["macs_after"] < namespace["result"].report["macs_before"]  # type: ignore[attr-defined]
+
+
+def test_readme_main_command_runs_and_keeps_accuracy(tmp_path, monkeypatch, capsys) -> None:
+    import shlex
+
+    from onnxprune.cli.main import main
+
+    words = shlex.split(readme_commands()[0].split(".venv/bin/onnxprune", 1)[1])
+    out = words.index("-o")
+    words[out + 1] = str(tmp_path / words[out + 1])
+    monkeypatch.chdir(ROOT)
+    assert main(words) == 0
+    text = capsys.readouterr().out
+    assert "top-1 accuracy        0.9944 -> 0.9944" in text  # the figure the README quotes
+    assert "exactness             cpu: pass" in text

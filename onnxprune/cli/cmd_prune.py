@@ -150,7 +150,8 @@ def _comparison_line(validation: dict[str, Any], *, exact: bool) -> str:
             if worst.get("top1") is not None:
                 text += f", top-1 agreement {float(worst['top1']):.1%}"
             parts.append(text)
-    return "; ".join(parts) or validation.get("summary", "")
+    line = "; ".join(parts) or validation.get("summary", "")
+    return f"{line} [{validation['samples']} samples, {validation['inputs']}]" if "inputs" in validation else line
 
 
 def _check_side_outputs(args: argparse.Namespace) -> None:
