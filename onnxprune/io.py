@@ -144,7 +144,8 @@ def _expected_nbytes(tensor: TensorProto) -> int | None:
     return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize if len(tensor.dims) else itemsize
 
 
-def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = True, copy: bool = True) -> ModelProto:
+def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = True, copy: bool = True,
+               weights: bool = True) -> ModelProto:
     """Load a model from a path (external data included) or copy a ``ModelProto``.
 
     The caller's object is never modified: a ``ModelProto`` argument is deep-copied, unless ``copy=False``.
@@ -154,9 +155,12 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
         check: run ``onnx.checker`` and the opset check.
         copy: ``False`` returns a ``ModelProto`` argument itself (checked if asked), for callers that only
             read it: a deep copy costs one more model of memory, which matters above a few hundred MB.
+        weights: ``False`` leaves a path's external data on disk (its files are still checked: present,
+            large enough, lengths matching shapes): for callers that need only the graph and hand the path
+            itself to onnxruntime, so a big model's weights are never read into memory.
 
     Returns:
-        A new ``ModelProto`` with all weights in memory.
+        A new ``ModelProto`` with all weights in memory (external ones left on disk with ``weights=False``).
 
     Raises:
         ModelLoadError: the file is missing, a directory, empty, not ONNX, truncated, or fails the checker.
@@ -203,6 +207,10 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
             f"pass the exported .onnx file"
         )
     _check_external_files(model, path.parent, where)
+    if not weights:
+        if check:
+            _check_model(model, where, path=path, external_checked=True)
+        return model
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError, onnx.checker.ValidationError) as exc:
@@ -217,9 +225,9 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _check_model(model: ModelProto, where: str, path: Path | None) -> None:
+def _check_model(model: ModelProto, where: str, path: Path | None, *, external_checked: bool = False) -> None:
     check_opset(model, where)
-    view = _checker_view(model, where)
+    view = _checker_view(model, where, external_checked=external_checked)
     try:
         if view.ByteSize() < PROTOBUF_LIMIT:
             onnx.checker.check_model(view)
@@ -240,23 +248,27 @@ def checker_view(model: ModelProto, where: str) -> ModelProto:
     return _checker_view(model, where)
 
 
-def _checker_view(model: ModelProto, where: str) -> ModelProto:
+def _checker_view(model: ModelProto, where: str, *, external_checked: bool = False) -> ModelProto:
     """A copy of ``model`` for ``onnx.checker`` in which large weights are typed graph inputs.
 
     Why: the checker serializes the model and parses it again in C++, which costs two more copies of every
     weight (three models in memory at once). Weight values do not matter to what it checks, so large
     main-graph initializers become inputs of the same type and shape, and their one value check the
-    checker would do (raw data size against shape) is done here without copying the data.
+    checker would do (raw data size against shape) is done here without copying the data. With
+    ``external_checked`` (a model loaded without its external data, whose files ``_check_external_files``
+    has checked), external weights become typed inputs too.
     """
     view = ModelProto()
     copy_fields(view, model, skip=("graph",))
     copy_fields(view.graph, model.graph, skip=("initializer",))
     declared = {i.name for i in model.graph.input}
     for tensor in model.graph.initializer:
-        if tensor.data_location == TensorProto.EXTERNAL or tensor.ByteSize() < EXTERNAL_MIN_BYTES:
+        external = tensor.data_location == TensorProto.EXTERNAL
+        if (not external_checked) if external else tensor.ByteSize() < EXTERNAL_MIN_BYTES:
             view.graph.initializer.append(tensor)
             continue
-        _check_raw_size(tensor, where)
+        if not external:
+            _check_raw_size(tensor, where)
         if tensor.name not in declared:
             view.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type,
                                                                        list(tensor.dims)))

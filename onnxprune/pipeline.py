@@ -121,13 +121,18 @@ def prune(
     else:
         pruned, exact_reference, extra = _run_sparse(original, config, warnings)
     report.update(extra)
+    report["file_size_before"] = _source_size(source, original)
+    # From here on the original is only run (validation, accuracy, speed). Unless folding changed it, the
+    # source is the same model: run that (onnxruntime maps a path's weights itself) and drop our copy, so
+    # a big model is not held twice while the pruned one runs.
+    baseline: str | os.PathLike[str] | ModelProto = original if folded else source
+    del original
 
     if config.validate:
-        report["validation"] = _validate(original, pruned, exact_reference, config)
+        report["validation"] = _validate(baseline, pruned, exact_reference, config)
 
     stats_after = model_stats(pruned, dims=config.dims)
     report.update(_size_report(config, stats_before, stats_after))
-    report["file_size_before"] = _source_size(source, original)
 
     if config.mode != "structured" and config.sparse_storage:
         from onnxprune.sparse_storage import to_sparse_storage
@@ -140,14 +145,14 @@ def prune(
     if config.eval_data:
         from onnxprune.evaluate import evaluate_accuracy
 
-        before = evaluate_accuracy(original, config.eval_data, labels=config.labels)
+        before = evaluate_accuracy(baseline, config.eval_data, labels=config.labels)
         after = evaluate_accuracy(pruned, config.eval_data, labels=config.labels)
         report["accuracy"] = {"before": _jsonable(before), "after": _jsonable(after)}
 
     if config.bench:
         from onnxprune.bench import benchmark
 
-        bench = benchmark([original, pruned], names=["original", "pruned"], providers=config.providers,
+        bench = benchmark([baseline, pruned], names=["original", "pruned"], providers=config.providers,
                           batches=config.bench_batches, runs=config.bench_runs, warmup=config.bench_warmup,
                           threads=config.threads, dims=config.dims)
         report["bench"] = _jsonable(bench)
@@ -371,7 +376,8 @@ def _same_outputs(dense: ModelProto, stored: ModelProto, config: PruneConfig) ->
     return result.to_dict()
 
 
-def _validate(original: ModelProto, pruned: ModelProto, reference: Any, config: PruneConfig) -> dict[str, Any]:
+def _validate(original: str | os.PathLike[str] | ModelProto, pruned: ModelProto, reference: Any,
+              config: PruneConfig) -> dict[str, Any]:
     """Prove exactness where it must hold, then measure drift against the original (report only)."""
     from onnxprune.validate import validate_models
 

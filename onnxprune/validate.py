@@ -39,7 +39,7 @@ from onnxprune.feeds import (
     num_samples,
     random_feeds,
 )
-from onnxprune.io import PROTOBUF_LIMIT, checker_view, load_model, model_nbytes
+from onnxprune.io import PROTOBUF_LIMIT, checker_view, file_size, load_model, model_nbytes
 from onnxprune.ir import infer_shapes, shape_skeleton
 from onnxprune.progress import progress
 
@@ -652,8 +652,11 @@ def validate_models(
     provider_names = parse_providers(providers)
     dims = dict(dims or {})
     orig_label, cand_label = _label(original), _label(candidate)
-    # Both models are only read: no deep copies (each would cost one more model of memory).
-    orig_model = load_model(original, copy=False)
+    # Both models are only read: no deep copies (each would cost one more model of memory). The original
+    # is only run, never checked: from a path, onnxruntime reads its weights itself (mapped, and returned
+    # when the session goes), so they are not loaded here.
+    orig_path = None if isinstance(original, ModelProto) else original
+    orig_model = load_model(original, copy=False, weights=orig_path is None)
     cand_model = load_model(candidate, check=False, copy=False)
     orig_specs, cand_specs = input_specs(orig_model), input_specs(cand_model)
     orig_outputs = [o.name for o in orig_model.graph.output]
@@ -674,13 +677,14 @@ def validate_models(
         return result
     # Big models: one session at a time (the original's outputs are kept meanwhile), each mapping its
     # weights from a temporary file without pre-packed copies; small ones run side by side, batch by batch.
-    one_at_a_time = max(model_nbytes(orig_model), model_nbytes(cand_model)) >= SESSION_FILE_BYTES
+    orig_bytes = model_nbytes(orig_model) if orig_path is None else file_size(orig_path)
+    one_at_a_time = max(orig_bytes, model_nbytes(cand_model)) >= SESSION_FILE_BYTES
     comparisons: list[tuple[str, Comparison]] = []
     for provider in provider_names:
         comparer = Comparer(atol=atol, rtol=rtol, report_only=report_only, outputs=orig_outputs)
         desc = f"validate ({provider})"
-        ref_sess = create_session(orig_model, provider=provider, threads=threads, name=orig_label,
-                                  low_memory=one_at_a_time)
+        ref_sess = create_session(orig_model if orig_path is None else orig_path, provider=provider,
+                                  threads=threads, name=orig_label, low_memory=one_at_a_time)
         if one_at_a_time:
             refs = [run_session(ref_sess, b, label=orig_label) for b in progress(batches, desc=desc)]
             del ref_sess
