@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -379,6 +380,7 @@ def save_model(
     path: str | os.PathLike[str],
     *,
     external_data: bool | None = None,
+    replace: Callable[[TensorProto], TensorProto] | None = None,
 ) -> Path:
     """Write a model atomically; the ``model`` object is left exactly as it was.
 
@@ -394,6 +396,10 @@ def save_model(
         path: target ``.onnx`` path.
         external_data: ``True`` writes weights to ``<name>.data`` beside the model, ``False`` keeps them
             inline, ``None`` (default) switches to external data when the model would exceed 2 GB.
+        replace: called with each main-graph initializer as it is written; what it returns (same name,
+            a new tensor) is written instead. Why: a variant of a big model (the zeroed reference of
+            :mod:`onnxprune.oracle`) can then be written one tensor at a time and never exist whole in
+            memory. Inline tensors may be passed twice (sizes first), so it must be a pure function.
 
     Returns:
         The path written.
@@ -414,7 +420,7 @@ def save_model(
         tmp_model = tmpdir / out.name
         data_name = _free_data_name(out, old_data)
         tmp_data = tmpdir / data_name
-        wrote_data = _write_model(model, tmp_model, tmp_data if external_data else None, data_name)
+        wrote_data = _write_model(model, tmp_model, tmp_data if external_data else None, data_name, replace)
         if wrote_data:
             os.replace(tmp_data, folder / data_name)  # a name the existing model does not read
         os.replace(tmp_model, out)  # the switch: before it the old pair is whole, after it the new one
@@ -472,7 +478,8 @@ _ALIGN_BYTES = 4096
 _ALIGN_FROM = 1 << 20
 
 
-def _write_model(model: ModelProto, model_path: Path, data_path: Path | None, location: str) -> bool:
+def _write_model(model: ModelProto, model_path: Path, data_path: Path | None, location: str,
+                 replace: Callable[[TensorProto], TensorProto] | None = None) -> bool:
     """Stream ``model`` to ``model_path`` one initializer at a time; ``model`` is only read.
 
     Why: ``model.SerializeToString()`` holds the whole serialized model (and, inside protobuf, another
@@ -481,7 +488,8 @@ def _write_model(model: ModelProto, model_path: Path, data_path: Path | None, lo
     half-restored if the disk fills mid-write. Protobuf's wire format is a concatenation of fields, so the
     file is written as: the model's fields except ``graph``, then the ``graph`` field, whose payload is the
     graph's fields except ``initializer`` followed by each initializer, inline or (with ``data_path``)
-    as an external-data stub whose bytes go to the data file. Peak memory is one model plus one tensor.
+    as an external-data stub whose bytes go to the data file. Peak memory is one model plus one tensor
+    (plus one replaced tensor, see :func:`save_model`).
 
     Returns:
         Whether any tensor was written to ``data_path``.
@@ -501,11 +509,15 @@ def _write_model(model: ModelProto, model_path: Path, data_path: Path | None, lo
     graph = GraphProto()
     copy_fields(graph, model.graph, skip=("initializer",))
     stubs: dict[int, TensorProto] = {}
+
+    def value(tensor: TensorProto) -> TensorProto:
+        return tensor if replace is None else replace(tensor)
+
     if data_path is not None:
         with open(data_path, "wb") as data:
             for i, tensor in enumerate(model.graph.initializer):
                 if tensor.ByteSize() >= EXTERNAL_MIN_BYTES:
-                    stubs[i] = _write_external(tensor, data, location)
+                    stubs[i] = _write_external(value(tensor), data, location)
             for node in graph.node:  # large Constant-node values of the main graph (our copy: edit freely)
                 if node.op_type == "Constant":
                     for a in node.attribute:
@@ -514,7 +526,7 @@ def _write_model(model: ModelProto, model_path: Path, data_path: Path | None, lo
             data.flush()
             os.fsync(data.fileno())
     graph_head = graph.SerializeToString()
-    sizes = [(stubs[i] if i in stubs else t).ByteSize() for i, t in enumerate(model.graph.initializer)]
+    sizes = [(stubs[i] if i in stubs else value(t)).ByteSize() for i, t in enumerate(model.graph.initializer)]
     init_tag = _field_tag(GraphProto, "initializer")
     graph_len = len(graph_head) + sum(len(init_tag) + len(_varint(n)) + n for n in sizes)
     head_bytes = head.SerializeToString()
@@ -529,7 +541,7 @@ def _write_model(model: ModelProto, model_path: Path, data_path: Path | None, lo
         fh.write(head_bytes + graph_tag + _varint(graph_len) + graph_head)
         for i, tensor in enumerate(model.graph.initializer):
             fh.write(init_tag + _varint(sizes[i]))
-            fh.write((stubs[i] if i in stubs else tensor).SerializeToString())
+            fh.write((stubs[i] if i in stubs else value(tensor)).SerializeToString())
         fh.flush()
         os.fsync(fh.fileno())
     return data_path is not None and data_path.stat().st_size > 0

@@ -8,10 +8,14 @@ coupling, a parameter or an attribute breaks this equality.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
-from onnx import ModelProto
+from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from onnxprune.analysis import DependencyGraph
+from onnxprune.io import save_model
 from onnxprune.ir import GraphIndex
 from onnxprune.plan import PrunePlan, check_plan
 from onnxprune.surgery import write_const
@@ -24,6 +28,50 @@ def zeroed_reference(model: ModelProto, dg: DependencyGraph, plan: PrunePlan) ->
     Example:
         >>> ref = zeroed_reference(model, dg, plan)  # doctest: +SKIP
     """
+    zero = _zero_cuts(dg, plan)
+    # Copy the model without the tensors about to be zeroed and fill those once: copying and then
+    # overwriting would hold both versions (protobuf frees replaced bytes only with the whole model).
+    source = GraphIndex(model)
+    m = copy_model_without_weights(model, [name for name in zero if name in source.initializers])
+    index = GraphIndex(m)
+    for name, cuts in zero.items():
+        value = _zeroed(np.asarray(source.const_value(name)), cuts)
+        write_const(index, name, value)
+        del value
+    return m
+
+
+def write_zeroed_reference(model: ModelProto, dg: DependencyGraph, plan: PrunePlan,
+                           path: str | os.PathLike[str]) -> Path:
+    """Save :func:`zeroed_reference` to ``path`` (external data) without ever holding it in memory.
+
+    Why: the reference is as big as the original and is only run once (by onnxruntime, which maps a file's
+    weights itself). Streaming it one zeroed tensor at a time costs one tensor of memory instead of one
+    model. Sinks held by Constant nodes (rare, small) are zeroed in memory via :func:`zeroed_reference`.
+
+    Returns:
+        The path written.
+    """
+    zero = _zero_cuts(dg, plan)
+    if any(name not in GraphIndex(model).initializers for name in zero):
+        return save_model(zeroed_reference(model, dg, plan), path, external_data=True)
+
+    def replace(tensor: TensorProto) -> TensorProto:
+        if tensor.name not in zero:
+            return tensor
+        value = _zeroed(numpy_helper.to_array(tensor), zero[tensor.name])
+        return numpy_helper.from_array(value.astype(helper.tensor_dtype_to_np_dtype(tensor.data_type), copy=False),
+                                       tensor.name)
+
+    return save_model(model, path, external_data=True, replace=replace)
+
+
+def _zero_cuts(dg: DependencyGraph, plan: PrunePlan) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """``{tensor: [(axis, positions), ...]}``: the sink slices of every dropped channel.
+
+    Raises:
+        PlanError: the plan does not fit ``dg``.
+    """
     check_plan(plan, dg)
     zero: dict[str, list[tuple[int, np.ndarray]]] = {}
     for gid in plan.keep:
@@ -32,17 +80,14 @@ def zeroed_reference(model: ModelProto, dg: DependencyGraph, plan: PrunePlan) ->
             continue
         for cut in dg.groups[gid].sinks:
             zero.setdefault(cut.tensor, []).append((cut.axis, cut.positions(drop)))
-    # Copy the model without the tensors about to be zeroed and fill those once: copying and then
-    # overwriting would hold both versions (protobuf frees replaced bytes only with the whole model).
-    source = GraphIndex(model)
-    m = copy_model_without_weights(model, [name for name in zero if name in source.initializers])
-    index = GraphIndex(m)
-    for name, cuts in zero.items():
-        value = np.array(source.const_value(name), copy=True)
-        for axis, pos in cuts:
-            index_tuple = [slice(None)] * value.ndim
-            index_tuple[axis] = pos  # type: ignore[call-overload]
-            value[tuple(index_tuple)] = 0
-        write_const(index, name, value)
-        del value
-    return m
+    return zero
+
+
+def _zeroed(value: np.ndarray, cuts: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """A copy of ``value`` with the given positions along the given axes set to zero."""
+    out = np.array(value, copy=True)
+    for axis, pos in cuts:
+        index_tuple = [slice(None)] * out.ndim
+        index_tuple[axis] = pos  # type: ignore[call-overload]
+        out[tuple(index_tuple)] = 0
+    return out

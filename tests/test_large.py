@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 from bench_large import STEPS, measure, write_wide_mlp  # noqa: E402
 from builders import wide_mlp  # noqa: E402
 
-from onnxprune.errors import OutputError  # noqa: E402
+from onnxprune.errors import ModelLoadError, OutputError  # noqa: E402
 from onnxprune.io import file_size, load_model, save_model  # noqa: E402
 
 BOUND = 2.5
@@ -156,3 +156,61 @@ def test_plan_save_missing_folder_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="cannot write plan .*missing.*create the folder"):
         plan.save(tmp_path / "missing" / "plan.json")
     assert plan.save(tmp_path / "plan.json").is_file()
+
+
+# -- what keeps validated runs small (fast) ----------------------------------------------------------------
+def test_streamed_zeroed_reference_equals_the_in_memory_one(tmp_path: Path) -> None:
+    from onnxprune.oracle import write_zeroed_reference, zeroed_reference
+    from onnxprune.structured import prune_structured
+
+    model = wide_mlp(d=32, layers=3)
+    result = prune_structured(model, ratio=0.5)
+    reference = zeroed_reference(model, result.dg, result.plan)
+    expected = {t.name: numpy_helper.to_array(t) for t in reference.graph.initializer}
+    path = write_zeroed_reference(model, result.dg, result.plan, tmp_path / "ref.onnx")
+    assert (tmp_path / "ref.onnx.data").is_file()
+    written = _weights(path)
+    assert written.keys() == expected.keys()
+    assert all(np.array_equal(expected[k], written[k]) and expected[k].dtype == written[k].dtype for k in expected)
+    original = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert sum(map(np.count_nonzero, written.values())) < sum(map(np.count_nonzero, original.values()))
+
+
+def test_save_model_replace_writes_the_replacement_inline_and_external(tmp_path: Path) -> None:
+    model = wide_mlp(d=32, layers=2)
+
+    def negate(t: TensorProto) -> TensorProto:
+        return numpy_helper.from_array(-numpy_helper.to_array(t), t.name)
+
+    before = model.SerializeToString()
+    for external in (False, True):
+        out = save_model(model, tmp_path / f"m{external}.onnx", external_data=external, replace=negate)
+        written = _weights(out)
+        assert all(np.array_equal(written[t.name], -numpy_helper.to_array(t)) for t in model.graph.initializer)
+    assert model.SerializeToString() == before  # the model is only read
+
+
+def test_weightless_load_reads_the_graph_and_still_checks_the_data_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    save_model(wide_mlp(d=64, layers=2), path, external_data=True)
+    skeleton = load_model(path, weights=False)
+    assert [t.data_location for t in skeleton.graph.initializer if t.name.endswith("_w")] == [TensorProto.EXTERNAL] * 3
+    assert skeleton.ByteSize() < 4096
+    data = tmp_path / "m.onnx.data"
+    data.write_bytes(data.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="external data file 'm.onnx.data' is truncated"):
+        load_model(path, weights=False)
+
+
+def test_validating_against_a_path_compares_the_same_outputs(tmp_path: Path) -> None:
+    from onnxprune.sparsify import sparsify
+    from onnxprune.validate import validate_models
+
+    model = wide_mlp(d=64, layers=2)
+    path = save_model(model, tmp_path / "m.onnx", external_data=True)
+    candidate = sparsify(model, sparsity=0.5).model
+    from_memory = validate_models(model, candidate, samples=3, report_only=True).to_dict()
+    from_path = validate_models(path, candidate, samples=3, report_only=True).to_dict()
+    assert from_path["comparisons"] == from_memory["comparisons"]
+    assert from_path["checks"] == from_memory["checks"]
+    assert from_memory["comparisons"]["cpu"]["outputs"][0]["max_abs"] > 0  # a real difference was measured
