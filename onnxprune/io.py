@@ -9,6 +9,8 @@ leaves half a model behind, and must never modify the caller's ``ModelProto`` or
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import logging
 import os
 import tempfile
@@ -305,6 +307,28 @@ def model_nbytes(model: ModelProto) -> int:
     # Sparse initializers (onnxprune.sparse_storage) are not in _all_tensors and always stay inline.
     total += sum(sparse.ByteSize() for sparse in model.graph.sparse_initializer)
     return total
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
+        return None
+
+
+def release_memory() -> None:
+    """Hand the heap's free memory back to the operating system (glibc's ``malloc_trim``; elsewhere a no-op).
+
+    Why: glibc serves blocks below its mmap threshold, which rises to 32 MB as big blocks are freed, from
+    the heap and keeps them there once freed. Dropping a model of few-MB tensors or an onnxruntime session
+    then leaves the process as big as before, and the next one piles on top. Call it after dropping one.
+    Measured (tools/bench_large.py --size-gb 0.1 --width 1024: 24 tensors of 4 MB), validated unstructured
+    prune: peak growth 3.02x the model's size without it, 2.14x with it.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def file_size(path: str | os.PathLike[str]) -> int:

@@ -22,7 +22,7 @@ from onnx import ModelProto
 
 from onnxprune.config import PruneConfig
 from onnxprune.errors import ConfigError, ValidationError
-from onnxprune.io import check_output_path, file_size, load_model, model_nbytes, save_model
+from onnxprune.io import check_output_path, file_size, load_model, model_nbytes, release_memory, save_model
 from onnxprune.stats import ModelStats, model_stats
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | No
     # a big model is not held twice while the pruned one runs.
     baseline: str | os.PathLike[str] | ModelProto = original if folded else source
     del original
+    release_memory()
 
     if config.validate:
         report["validation"] = _validate(baseline, pruned, exact_reference, config)

@@ -201,8 +201,10 @@ def session_options(*, threads: int | None = None) -> ort.SessionOptions:
 #: A ``ModelProto`` at least this large is handed to onnxruntime as a temporary file with external data
 #: rather than as serialized bytes. Measured on a 100 MB MLP (1 CPU session, onnxruntime 1.32): from bytes
 #: the session grew the process by 2.85x the model (serialized copy + onnxruntime's parse + its weights),
-#: from a file by 1.0x (onnxruntime maps the aligned external data).
-SESSION_FILE_BYTES = 64 * 2**20
+#: from a file by 1.0x (onnxruntime maps the aligned external data). Lowered from 64 MiB: the 50 MB pruned
+#: model of ``tools/bench_large.py --size-gb 0.1 --width 1024`` grew the process by 145 MB (peak) from bytes,
+#: by 61 MB from a file (session built and run once); writing the file takes a fraction of a second.
+SESSION_FILE_BYTES = 16 * 2**20
 
 
 def create_session(

@@ -36,13 +36,14 @@ STEPS: dict[str, list[str]] = {
     "unstructured": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--mode", "unstructured", "-q"],
     "unstructured-novalidate": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--mode", "unstructured",
                                 "--no-validate", "-q"],
-    "nm": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--mode", "nm", "--no-validate", "-q"],
+    "nm": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--mode", "nm", "-q"],
+    "nm-novalidate": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--mode", "nm", "--no-validate", "-q"],
     "structured": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--ratio", "0.3", "-q"],
     "structured-novalidate": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--ratio", "0.3",
                               "--no-validate", "-q"],
 }
-DEFAULT_STEPS = ("load", "load+save", "unstructured-novalidate", "unstructured", "nm", "structured-novalidate",
-                 "structured")
+DEFAULT_STEPS = ("load", "load+save", "unstructured-novalidate", "unstructured", "nm-novalidate", "nm",
+                 "structured-novalidate", "structured")
 
 
 @dataclass(frozen=True)
