@@ -400,12 +400,14 @@ def _validate(original: str | os.PathLike[str] | ModelProto, pruned: ModelProto,
 
     out: dict[str, Any] = {}
     if reference is not None:
-        if isinstance(reference, _ExactBeforeRecovery):
-            out["exact"] = _compare_exact(reference.reference, reference.pruned, config,
-                                          "exactness (pruned == original with dropped channels silenced)")
-        else:
-            out["exact"] = _compare_exact(reference, pruned, config,
-                                          "exactness (pruned == original with dropped channels silenced)")
+        before_recovery = isinstance(reference, _ExactBeforeRecovery)
+        ref, cand = (reference.reference, reference.pruned) if before_recovery else (reference, pruned)
+        out["exact"] = _compare_exact(ref, cand, config,
+                                      "exactness (pruned == original with dropped channels silenced)")
+        # Name the models by role: the reference may live in a scratch file deleted after the run, and a
+        # report must not change from run to run.
+        out["exact"]["original"] = "original with dropped channels silenced (oracle)"
+        out["exact"]["candidate"] = "pruned, before recovery" if before_recovery else "pruned"
     drift = validate_models(original, pruned, data=_validation_data(config), providers=config.providers,
                             atol=config.atol, rtol=config.rtol, dims=config.dims, seed=config.seed,
                             report_only=True)
