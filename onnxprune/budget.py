@@ -73,8 +73,11 @@ class _Candidate:
 
     def __init__(self, model: ModelProto, dg: DependencyGraph, *, importance: str,
                  statistics: Mapping[str, object] | None, meter: OutputErrorMeter | None, recover: str,
-                 rstats: ActivationStats | None) -> None:
+                 rstats: ActivationStats | None, plan_options: Mapping[str, object] | None = None) -> None:
         self.model, self.dg, self.importance, self.statistics = model, dg, importance, statistics
+        # The final plan's own options (round_to, min_channels, exclude, seed): a candidate measured without
+        # them would keep other widths than the final cut and miss the budget.
+        self.plan_options = dict(plan_options or {})
         self.meter, self.recover, self.rstats = meter, recover, rstats
         self._cache: dict[tuple, tuple[int, int, ModelProto, object]] = {}
 
@@ -82,7 +85,8 @@ class _Candidate:
         key = tuple(sorted((g, round(r, 9)) for g, r in ratios.items() if r > 0))
         if key not in self._cache:
             plan = make_plan(self.model, self.dg, ratio=0.0, importance=self.importance,
-                             group_ratios={g: r for g, r in key}, statistics=self.statistics)
+                             group_ratios={g: r for g, r in key}, statistics=self.statistics,
+                             **self.plan_options)  # type: ignore[arg-type]
             pruned = apply_plan(self.model, plan, dg=self.dg)
             st = model_stats(pruned)
             self._cache = {key: (st.macs, st.params, pruned, plan)}  # keep one model in memory
@@ -110,6 +114,7 @@ def allocate_detailed(
     importance: str | None = None,
     recover: str | None = None,
     max_samples: int | None = 256,
+    plan_options: Mapping[str, object] | None = None,
 ) -> Allocation:
     """Greedy, sensitivity-guided per-group ratios; see :func:`allocate` (this also returns the measurements)."""
     _check_target("target_macs", target_macs)
@@ -128,7 +133,7 @@ def allocate_detailed(
     statistics = criterion_statistics(m, dg, importance, calib)
     rstats = recovery_stats(m, dg, calib, recover) if meter is not None else None
     cand = _Candidate(m, dg, importance=importance, statistics=statistics, meter=meter, recover=recover,
-                      rstats=rstats)
+                      rstats=rstats, plan_options=plan_options)
 
     def fractions(ratios: Mapping[int, float]) -> tuple[float, float]:
         macs, params, _, _ = cand.build(ratios)
@@ -200,6 +205,7 @@ def allocate(
     calib: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]] | None = None,
     importance: str | None = None,
     recover: str | None = None,
+    plan_options: Mapping[str, object] | None = None,
 ) -> dict[int, float]:
     """Per-group ratios so the pruned model keeps at most ``target_macs`` of MACs (or ``target_params`` of
     parameters), spending the budget on the least sensitive groups first.
@@ -213,6 +219,8 @@ def allocate(
         max_error: refuse steps that push the relative L2 output error on ``calib`` above this.
         calib: calibration data (needed with ``max_error``).
         importance / recover: criterion and recovery (default: the report's).
+        plan_options: the other ``make_plan`` options the final cut will use (``round_to``, ``min_channels``,
+            ``exclude``, ``seed``), so candidates are measured exactly as they will be cut.
 
     Returns:
         group id → ratio for every group of the report (``0.0`` for groups left whole), for
@@ -227,7 +235,8 @@ def allocate(
         >>> plan = make_plan(model, dg, ratio=0.0, group_ratios=ratios)  # doctest: +SKIP
     """
     result = allocate_detailed(model, dg, sensitivity_report, target_macs=target_macs, target_params=target_params,
-                               max_error=max_error, calib=calib, importance=importance, recover=recover)
+                               max_error=max_error, calib=calib, importance=importance, recover=recover,
+                               plan_options=plan_options)
     if not result.reached:
         for note in result.notes:
             log.warning(note)
@@ -258,4 +267,6 @@ def allocate_budget(model: ModelProto, dg: DependencyGraph, config: object) -> d
     return allocate(model, dg, report, target_macs=getattr(config, "target_macs", None),
                     target_params=getattr(config, "target_params", None),
                     max_error=getattr(config, "max_error", None), calib=data,  # type: ignore[arg-type]
-                    importance=importance, recover=recover)
+                    importance=importance, recover=recover,
+                    plan_options={k: getattr(config, k) for k in ("round_to", "min_channels", "exclude", "seed")
+                                  if hasattr(config, k)})

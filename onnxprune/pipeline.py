@@ -289,7 +289,8 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
         from onnxprune.budget import allocate_budget
 
         group_ratios = allocate_budget(original, dg, config)
-    result = prune_structured(original, ratio=config.ratio, importance=config.importance,
+    ratio = 0.0 if group_ratios is not None else config.ratio  # a budget sets every group's ratio itself
+    result = prune_structured(original, ratio=ratio, importance=config.importance,
                               global_rank=config.global_rank, round_to=config.round_to,
                               min_channels=config.min_channels, exclude=config.exclude, seed=config.seed,
                               plan=plan_in, group_ratios=group_ratios, dg=dg,

@@ -162,3 +162,11 @@ def test_bn_scale_without_batchnorm_says_which_criterion_it_used(mlp: Path, tmp_
     r = _prune([str(mlp), "-o", str(tmp_path / "o.onnx"), "--importance", "bn_scale"], tmp_path / "r.json")
     assert any("no BatchNormalization: l2" in w for w in r["warnings"])
     assert all(g["criterion"] == "bn_scale (no BatchNormalization: l2)" for g in r["groups"])
+
+
+def test_mac_budget_holds_with_round_to(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent / "models"
+    r = _prune([str(root / "digits_cnn.onnx"), "-o", str(tmp_path / "o.onnx"), "--target-macs", "0.5",
+                "--round-to", "8", "--calib", str(root / "digits_cnn_calib.npz")], tmp_path / "r.json")
+    assert r["macs_after"] <= 0.5 * r["macs_before"]
+    assert all(g["size_after"] % 8 == 0 for g in r["groups"])
