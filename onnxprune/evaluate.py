@@ -23,7 +23,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto
 
 from onnxprune.errors import CalibrationError, ConfigError
-from onnxprune.feeds import InputSpec, input_specs, iter_batches, load_npz_feeds, num_samples
+from onnxprune.feeds import check_feeds, input_specs, iter_batches, load_npz_feeds, num_samples
 from onnxprune.io import load_model
 
 log = logging.getLogger(__name__)
@@ -112,26 +112,6 @@ def _load_labels(data: str | os.PathLike[str] | Mapping[str, np.ndarray], key: s
     return labels
 
 
-def _mapping_feeds(data: Mapping[str, np.ndarray], specs: list[InputSpec]) -> dict[str, np.ndarray]:
-    """In-memory arrays checked like :func:`onnxprune.feeds.load_npz_feeds` checks a file's."""
-    missing = [s.name for s in specs if s.name not in data]
-    if missing:
-        raise CalibrationError(f"data lacks model input(s) {missing} (it has {sorted(data)}); "
-                               f"give one array per input, keyed by the input's name")
-    feeds: dict[str, np.ndarray] = {}
-    for spec in specs:
-        arr = np.asarray(data[spec.name])
-        if arr.dtype != spec.dtype:
-            raise CalibrationError(f"data '{spec.name}' has dtype {arr.dtype}, the model wants {spec.dtype}; "
-                                   f"convert it with array.astype(numpy.{spec.dtype})")
-        if spec.shape is not None and (arr.ndim != len(spec.shape) or any(
-                isinstance(d, int) and arr.shape[axis] != d for axis, d in enumerate(spec.shape) if axis)):
-            raise CalibrationError(f"data '{spec.name}' has shape {arr.shape}, the model wants "
-                                   f"{spec.describe()} (the leading axis counts samples)")
-        feeds[spec.name] = arr
-    return feeds
-
-
 def evaluate_accuracy(
     model: str | os.PathLike[str] | ModelProto,
     data: str | os.PathLike[str] | Mapping[str, np.ndarray],
@@ -170,7 +150,7 @@ def evaluate_accuracy(
     out_name = _pick_output(proto, output)
     specs = input_specs(proto)
     y = _load_labels(data, labels)
-    feeds = _mapping_feeds(data, specs) if isinstance(data, Mapping) else load_npz_feeds(data, proto)
+    feeds = check_feeds(data, specs, where="data") if isinstance(data, Mapping) else load_npz_feeds(data, proto)
     n = num_samples({**feeds, labels: y})
     fixed = sorted({s.fixed_batch for s in specs if s.fixed_batch is not None})
     if len(fixed) > 1 or (fixed and n % fixed[0]):

@@ -235,47 +235,67 @@ def load_npz_feeds(path: str | os.PathLike[str], model: str | os.PathLike[str] |
             f"input data {p}: not a readable .npz ({str(exc).splitlines()[0] if str(exc) else exc}); "
             f"write it with numpy.savez(path, **{{input_name: array}})"
         ) from exc
-    specs = input_specs(model)
+    return check_feeds(arrays, input_specs(model), where=f"input data {p}")
+
+
+def check_feeds(arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], *, where: str) -> dict[str, np.ndarray]:
+    """Check arrays against the model's inputs: one per input, its dtype, rank, fixed and named dims.
+
+    One checker for every source of inputs (an ``.npz`` file, arrays in memory), so they cannot drift
+    apart. Keys that are not inputs (labels, say) are left out with a log message.
+
+    Args:
+        arrays: ``{input name: array}``, leading axis = samples.
+        specs: the model's inputs (:func:`input_specs`).
+        where: how messages name the data, e.g. ``"input data inputs.npz"``.
+
+    Returns:
+        ``{input name: array}`` in the model's input order.
+
+    Raises:
+        CalibrationError: an input is missing, or an array's dtype, rank, fixed dims or sample count
+            does not fit.
+    """
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
         raise CalibrationError(
-            f"input data {p} lacks model input(s) {missing} (it has {sorted(arrays)}); "
+            f"{where} lacks model input(s) {missing} (it has {sorted(arrays)}); "
             f"save one array per input, keyed by the input's name"
         )
     extra = sorted(set(arrays) - {s.name for s in specs})
     if extra:
-        log.info("input data %s: ignoring keys that are not model inputs: %s", p, extra)
+        log.info("%s: ignoring keys that are not model inputs: %s", where, extra)
     feeds: dict[str, np.ndarray] = {}
     named: dict[str, tuple[int, str]] = {}
     for spec in specs:
-        arr = arrays[spec.name]
-        where = f"input data {p}, '{spec.name}'"
+        arr = np.asarray(arrays[spec.name])
+        at = f"{where}, '{spec.name}'"
         if arr.dtype != spec.dtype:
             raise CalibrationError(
-                f"{where} has dtype {arr.dtype}, the model wants {spec.dtype}; "
+                f"{at} has dtype {arr.dtype}, the model wants {spec.dtype}; "
                 f"convert it with array.astype(numpy.{spec.dtype})"
             )
         if spec.shape is not None:
             if arr.ndim != len(spec.shape) or arr.ndim == 0:
                 raise CalibrationError(
-                    f"{where} has shape {arr.shape}, the model wants {spec.describe()} "
+                    f"{at} has shape {arr.shape}, the model wants {spec.describe()} "
                     f"(the leading axis counts samples, so the rank must match and be at least 1)"
                 )
             for axis, d in enumerate(spec.shape):
                 if axis > 0 and isinstance(d, int) and arr.shape[axis] != d:
                     raise CalibrationError(
-                        f"{where} has size {arr.shape[axis]} on axis {axis}, the model wants {d} "
+                        f"{at} has shape {arr.shape}: size {arr.shape[axis]} on axis {axis}, the model wants {d} "
                         f"({spec.describe()})"
                     )
                 if axis > 0 and isinstance(d, str):
                     seen = named.setdefault(d, (int(arr.shape[axis]), spec.name))
                     if seen[0] != arr.shape[axis]:
                         raise CalibrationError(
-                            f"{where}: dim '{d}' is {arr.shape[axis]} on axis {axis} but {seen[0]} in "
+                            f"{at}: dim '{d}' is {arr.shape[axis]} on axis {axis} but {seen[0]} in "
                             f"'{seen[1]}'; the same named dim must have one size"
                         )
         elif arr.ndim == 0:
-            raise CalibrationError(f"{where} is a scalar; the leading axis must count samples")
+            raise CalibrationError(f"{at} is a scalar; the leading axis must count samples")
         feeds[spec.name] = arr
     num_samples(feeds)
     return feeds
