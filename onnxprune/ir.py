@@ -395,13 +395,3 @@ def _declared_frontier(model: ModelProto, shapes: dict[str, Shape], declared: di
                 frontier.add(out)
     return frontier
 
-
-def tensor_elem_type(model: ModelProto, name: str) -> int | None:
-    """ONNX element type of a graph input/output/value_info/initializer, if declared."""
-    for vi in itertools.chain(model.graph.input, model.graph.output, model.graph.value_info):
-        if vi.name == name and vi.type.HasField("tensor_type"):
-            return int(vi.type.tensor_type.elem_type)
-    for t in model.graph.initializer:
-        if t.name == name:
-            return int(t.data_type)
-    return None

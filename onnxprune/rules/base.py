@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from onnx import NodeProto, numpy_helper
+from onnx import NodeProto
 
 from onnxprune.axes import ChannelAxis, Coupling, Identity
 from onnxprune.errors import OnnxPruneError
@@ -244,10 +244,3 @@ def out_axis_of(node: NodeProto, slot: ChannelAxis, inputs: Sequence[int], ctx: 
             return slot.axis + out_rank - ctx.rank(node.input[i])
     raise Blocked(f"{node_label(node)} reads '{slot.tensor}' as a non-data input (axis {slot.axis})")
 
-
-def sized_out(node: NodeProto, ctx: RuleContext, axis: int) -> int:
-    return ctx.shape(node.output[0])[axis]
-
-
-def replace_array(name: str, value: np.ndarray) -> object:
-    return numpy_helper.from_array(np.ascontiguousarray(value), name)
