@@ -113,8 +113,7 @@ def _strict_infer(model: ModelProto) -> ModelProto:
     return inferred
 
 
-def _refresh_value_info(model: ModelProto, original: ModelProto | str | os.PathLike[str],
-                        original_vi: set[str]) -> None:
+def _refresh_value_info(model: ModelProto, original: ModelProto, original_vi: set[str]) -> None:
     """Drop every value_info and re-infer from a weightless skeleton.
 
     Inference is strict, so an invalid cut fails here, unless the original model already failed strict
@@ -125,7 +124,7 @@ def _refresh_value_info(model: ModelProto, original: ModelProto | str | os.PathL
         inferred = _strict_infer(model)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
         try:
-            _strict_infer(original if isinstance(original, ModelProto) else load_model(original, check=False))
+            _strict_infer(original)
         except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
             log.info("strict shape inference fails on the original model too; checking leniently")
             inferred = onnx.shape_inference.infer_shapes(shape_skeleton(model), data_prop=True)
