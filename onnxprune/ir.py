@@ -75,6 +75,15 @@ def constant_node_value(node: NodeProto) -> np.ndarray | None:
     return None
 
 
+def tensor_like(tensor: TensorProto, value: np.ndarray) -> TensorProto:
+    """A new tensor with ``tensor``'s name and element type holding ``value`` (cast to that type).
+
+    Why: a rewritten weight must keep its dtype even when numpy promoted the computed value.
+    """
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    return numpy_helper.from_array(np.ascontiguousarray(value).astype(dtype, copy=False), tensor.name)
+
+
 class GraphIndex:
     """Producer/consumer maps and constant lookup for one graph, keyed by tensor name.
 

@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from onnx import ModelProto, TensorProto, helper, numpy_helper
+from onnx import ModelProto, TensorProto, numpy_helper
 
 from onnxprune.analysis import DependencyGraph
 from onnxprune.io import save_model
-from onnxprune.ir import GraphIndex
+from onnxprune.ir import GraphIndex, tensor_like
 from onnxprune.plan import PrunePlan, check_plan
 from onnxprune.surgery import write_const
 from onnxprune.weights import copy_model_without_weights
@@ -59,9 +59,7 @@ def write_zeroed_reference(model: ModelProto, dg: DependencyGraph, plan: PrunePl
     def replace(tensor: TensorProto) -> TensorProto:
         if tensor.name not in zero:
             return tensor
-        value = _zeroed(numpy_helper.to_array(tensor), zero[tensor.name])
-        return numpy_helper.from_array(value.astype(helper.tensor_dtype_to_np_dtype(tensor.data_type), copy=False),
-                                       tensor.name)
+        return tensor_like(tensor, _zeroed(numpy_helper.to_array(tensor), zero[tensor.name]))
 
     return save_model(model, path, external_data=True, replace=replace)
 

@@ -20,7 +20,7 @@ from onnxprune.analysis import DependencyGraph, analyze, model_fingerprint
 from onnxprune.axes import ChannelAxis
 from onnxprune.errors import OnnxPruneError, PlanError
 from onnxprune.io import load_model
-from onnxprune.ir import GraphIndex, shape_skeleton
+from onnxprune.ir import GraphIndex, shape_skeleton, tensor_like
 from onnxprune.plan import PrunePlan, check_plan
 from onnxprune.rules.base import RewriteContext
 from onnxprune.rules.registry import RuleSet, RuleSpec
@@ -38,8 +38,7 @@ def write_const(index: GraphIndex, name: str, value: np.ndarray, *, target: Tens
     value = np.ascontiguousarray(value)
     if name in index.initializers:
         t = index.initializers[name] if target is None else target
-        new = numpy_helper.from_array(value.astype(helper.tensor_dtype_to_np_dtype(t.data_type), copy=False), name)
-        t.CopyFrom(new)
+        t.CopyFrom(tensor_like(t, value))
         for vi in index.graph.input:  # an initializer that is also an (overridable) graph input
             if vi.name == name and vi.type.HasField("tensor_type"):
                 vi.type.tensor_type.shape.Clear()
