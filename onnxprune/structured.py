@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from onnx import ModelProto
 
 from onnxprune.analysis import DependencyGraph, analyze
+from onnxprune.axes import ChannelAxis
 from onnxprune.io import load_model
-from onnxprune.ir import GraphIndex, infer_shapes
+from onnxprune.ir import GraphIndex, attr, infer_shapes
 from onnxprune.plan import PrunePlan, make_plan, validate_options
 from onnxprune.rules.registry import RuleSpec
 from onnxprune.stats import WEIGHTED_OPS, node_macs
@@ -59,14 +60,11 @@ def coverage(model: ModelProto, dg: DependencyGraph, shapes: dict | None = None)
         if node.op_type == "MatMul":
             sides = [(x, rank_x - 1), (y, rank_y - 1)]
         elif node.op_type == "Gemm":
-            trans_a = any(a.name == "transA" and a.i for a in node.attribute)
-            sides = [(x, 0 if trans_a else 1), (y, 1)]
+            sides = [(x, 0 if attr(node, "transA", index.opset) else 1), (y, 1)]
         else:
             sides = [(x, 1), (y, 1)]
         total += macs
         for tensor, axis in sides:
-            from onnxprune.axes import ChannelAxis
-
             gids = dg.group_of(ChannelAxis(tensor, axis))
             if gids and all(dg.groups[g].prunable for g in gids):
                 covered += macs / 2
