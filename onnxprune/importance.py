@@ -45,7 +45,10 @@ class ImportanceContext:
     _cache: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def weight(self, name: str) -> np.ndarray:
-        """The value of a constant, read once and cached (float64 for stable norms)."""
+        """The value of a constant in its own dtype, read once and cached until :meth:`release`.
+
+        Criteria cast to float64 themselves (see :func:`slice_norms`) for stable norms.
+        """
         if name not in self._cache:
             if not self._index:
                 self._index.append(GraphIndex(self.model))
@@ -104,9 +107,14 @@ def available_criteria() -> list[str]:
 
 
 # -- building blocks --------------------------------------------------------------------------------
+def slice_rows(w: np.ndarray, axis: int) -> np.ndarray:
+    """The slices of ``w`` along ``axis`` as float64 rows (one row per position of ``axis``)."""
+    return np.moveaxis(np.asarray(w, dtype=np.float64), axis, 0).reshape(w.shape[axis], -1)
+
+
 def slice_norms(w: np.ndarray, axis: int, order: int) -> np.ndarray:
     """Per-position ``order`` norm (1: sum of |w|, 2: sum of squares) of the slices along ``axis``."""
-    rows = np.moveaxis(np.asarray(w, dtype=np.float64), axis, 0).reshape(w.shape[axis], -1)
+    rows = slice_rows(w, axis)
     return np.abs(rows).sum(axis=1) if order == 1 else np.square(rows).sum(axis=1)
 
 
@@ -162,7 +170,7 @@ def fpgm_importance(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
     """Filter pruning via geometric median: a filter close to all others is replaceable (low score)."""
 
     def distance(cut: ParamCut, w: np.ndarray) -> np.ndarray:
-        rows = np.moveaxis(np.asarray(w, dtype=np.float64), cut.axis, 0).reshape(w.shape[cut.axis], -1)
+        rows = slice_rows(w, cut.axis)
         sq = np.square(rows).sum(axis=1)
         d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * rows @ rows.T, 0.0)
         return np.sqrt(d2).sum(axis=1)
