@@ -26,7 +26,7 @@ import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper
 
 from onnxprune.errors import CalibrationError, ConfigError
-from onnxprune.feeds import InputSpec, input_specs, iter_batches, load_npz_feeds, num_samples
+from onnxprune.feeds import InputSpec, fixed_batch_size, input_specs, iter_batches, load_npz_feeds, num_samples
 from onnxprune.io import load_model
 from onnxprune.ir import GraphIndex, attr, attr_ints, node_label, shape_skeleton
 from onnxprune.progress import progress
@@ -219,9 +219,7 @@ def iter_feeds(
     specs = input_specs(model)
     if isinstance(data, (str, os.PathLike)):
         feeds = load_npz_feeds(data, model)
-        fixed = {s.fixed_batch for s in specs if s.fixed_batch}
-        batches: Iterable[Mapping[str, np.ndarray]] = iter_batches(
-            feeds, fixed.pop() if len(fixed) == 1 else batch_size)
+        batches: Iterable[Mapping[str, np.ndarray]] = iter_batches(feeds, fixed_batch_size(specs) or batch_size)
     elif isinstance(data, Mapping):
         raise CalibrationError(
             "calibration data is a single dict; pass a list of feed dicts (one per batch) or an .npz path"

@@ -23,7 +23,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto
 
 from onnxprune.errors import CalibrationError, ConfigError
-from onnxprune.feeds import check_feeds, input_specs, iter_batches, load_npz_feeds, num_samples
+from onnxprune.feeds import check_feeds, fixed_batch_size, input_specs, iter_batches, load_npz_feeds, num_samples
 from onnxprune.io import load_model
 
 log = logging.getLogger(__name__)
@@ -152,11 +152,11 @@ def evaluate_accuracy(
     y = _load_labels(data, labels)
     feeds = check_feeds(data, specs, where="data") if isinstance(data, Mapping) else load_npz_feeds(data, proto)
     n = num_samples({**feeds, labels: y})
-    fixed = sorted({s.fixed_batch for s in specs if s.fixed_batch is not None})
-    if len(fixed) > 1 or (fixed and n % fixed[0]):
-        raise CalibrationError(f"model inputs have fixed batch size(s) {fixed} that do not divide the {n} "
+    fixed = fixed_batch_size(specs)
+    if fixed and n % fixed:
+        raise CalibrationError(f"model inputs have fixed batch size {fixed}, which does not divide the {n} "
                                f"samples; export the model with a dynamic batch axis")
-    step = fixed[0] if fixed else batch_size
+    step = fixed or batch_size
     session = create_session(model if not isinstance(model, ModelProto) else proto, provider="cpu")
     top1_hits = top5_hits = classes = 0
     start = 0
