@@ -1,6 +1,6 @@
 """``PruneConfig``: every option of a prune run, shared by the Python API and the CLI.
 
-One dataclass, validated in one place (:meth:`PruneConfig.validate`), so the CLI and ``onnxprune.prune``
+One dataclass, validated in one place (:meth:`PruneConfig.validate_options`), so the CLI and ``onnxprune.prune``
 can never disagree on a default or on what is allowed.
 """
 
