@@ -51,6 +51,18 @@ class _Context:
             return self.index.const_shape(name)
         return self._shapes.get(name)
 
+    def rank(self, name: str) -> int:
+        """Rank of a tensor; each context raises its own error when it is unknown."""
+        raise NotImplementedError
+
+    def slot(self, name: str, axis: int) -> ChannelAxis:
+        """The slot for ``axis`` of ``name`` (negative axes allowed; constants named by their source)."""
+        if axis < 0:
+            axis += self.rank(name)
+        if self.index.is_constant(name):
+            name = self.index.resolve_identity(name)
+        return ChannelAxis(name, axis)
+
 
 class RuleContext(_Context):
     """What a rule may read during analysis: shapes, constants and attributes, all by tensor name."""
@@ -94,14 +106,6 @@ class RuleContext(_Context):
             raise Blocked(f"'{name}' is computed at runtime; onnxprune needs it to be a constant")
         return value
 
-    def slot(self, name: str, axis: int) -> ChannelAxis:
-        """The slot for ``axis`` of ``name`` (negative axes allowed; constants named by their source)."""
-        if axis < 0:
-            axis += self.rank(name)
-        if self.index.is_constant(name):
-            name = self.index.resolve_identity(name)
-        return ChannelAxis(name, axis)
-
 
 class RewriteContext(_Context):
     """What a rule may read and change during surgery.
@@ -129,12 +133,9 @@ class RewriteContext(_Context):
                                  f"op rule, please report it with the model")
         return tuple(int(d) for d in shape)
 
-    def slot(self, name: str, axis: int) -> ChannelAxis:
-        if axis < 0:
-            axis += len(self.shape(name))
-        if self.index.is_constant(name):
-            name = self.index.resolve_identity(name)
-        return ChannelAxis(name, axis)
+    def rank(self, name: str) -> int:
+        """Rank in the original model (raises like :meth:`shape`)."""
+        return len(self.shape(name))
 
     def changed(self, name: str, axis: int) -> bool:
         return self.slot(name, axis) in self._kept
