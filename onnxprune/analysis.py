@@ -121,7 +121,7 @@ class DependencyGraph:
     def __init__(self, *, groups: tuple[ChannelGroup, ...], fingerprint: str,
                  slot_sizes: dict[ChannelAxis, int], slot_base: dict[ChannelAxis, int],
                  pos_group: np.ndarray, pos_root: np.ndarray, const_shapes: dict[str, tuple[int, ...]],
-                 const_counted: dict[str, bool | str], opset: int, shapes: dict[str, tuple],
+                 const_counted: dict[str, bool | str], shapes: dict[str, tuple],
                  unanalysed: tuple[str, ...] = ()) -> None:
         self.groups = groups
         self.fingerprint = fingerprint
@@ -133,7 +133,6 @@ class DependencyGraph:
         self._pos_root = pos_root
         self.const_shapes = MappingProxyType(const_shapes)
         self._const_counted = const_counted
-        self.opset = opset
         self.shapes = MappingProxyType(shapes)
         self.unanalysed = unanalysed
 
@@ -586,5 +585,5 @@ def _build(walk: _Walk, model: ModelProto) -> DependencyGraph:
              sum(1 for g in groups if g.prunable))
     return DependencyGraph(groups=groups, fingerprint=model_fingerprint(model), slot_sizes=dict(walk.sizes),
                            slot_base=dict(walk.base), pos_group=pos_group, pos_root=pos_root,
-                           const_shapes=const_shapes, const_counted=counted, opset=index.opset,
+                           const_shapes=const_shapes, const_counted=counted,
                            shapes=walk.ctx._shapes, unanalysed=tuple(walk.unanalysed))
