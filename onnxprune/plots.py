@@ -81,10 +81,8 @@ def plot_report(
     if not bench and not rows:
         raise ConfigError("nothing to plot: no benchmark and no per-layer channels; run prune with --bench")
     out = check_output_path(path)
-    figure_cls, canvas_cls = _matplotlib()
     panels = int(bool(bench)) + int(bool(rows))
-    fig = figure_cls(figsize=(6.5 * panels, 4.8), layout="constrained")
-    canvas_cls(fig)
+    fig = new_figure(figsize=(6.5 * panels, 4.8))
     k = 1
     if bench:
         ax = fig.add_subplot(1, panels, k)
@@ -115,6 +113,28 @@ def plot_report(
         ax.set_ylabel("channels")
         ax.set_title("channels per layer")
         ax.legend(fontsize=8)
+    return save_figure(fig, out)
+
+
+def new_figure(*, figsize: tuple[float, float]) -> Any:
+    """A matplotlib ``Figure`` on its own Agg canvas: no pyplot, so no global backend or figure state.
+
+    Raises:
+        ConfigError: matplotlib is not installed.
+    """
+    figure_cls, canvas_cls = _matplotlib()
+    fig = figure_cls(figsize=figsize, layout="constrained")
+    canvas_cls(fig)
+    return fig
+
+
+def save_figure(fig: Any, out: Path) -> Path:
+    """Write ``fig`` to ``out`` atomically (a temporary file, then ``os.replace``); the suffix picks the format.
+
+    Raises:
+        ConfigError: the suffix names no image format matplotlib writes.
+        OutputError: the file cannot be written.
+    """
     fmt = out.suffix.lstrip(".").lower() or "png"
     tmp = out.with_name(f".{out.name}.onnxprune-tmp")
     try:

@@ -133,19 +133,16 @@ class SensitivityReport:
         """Save error-vs-ratio curves (the ``top`` most sensitive groups labelled) as an image.
 
         Raises:
-            ConfigError: matplotlib is not installed (``pip install onnxprune[plot]``).
+            ConfigError: matplotlib is not installed (``pip install onnxprune[plot]``), or the suffix names
+                no image format.
+            OutputError: the file cannot be written.
         """
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as exc:
-            raise ConfigError("--plot needs matplotlib; pip install 'onnxprune[plot]'") from exc
         from onnxprune.io import check_output_path
+        from onnxprune.plots import new_figure, save_figure
 
         out = check_output_path(path)
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig = new_figure(figsize=(7, 4.5))
+        ax = fig.add_subplot()
         ranked = self.ranked()
         labelled = {g.group for g in ranked[-top:]}
         for g in ranked:
@@ -158,12 +155,7 @@ class SensitivityReport:
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-        fig.tight_layout()
-        tmp = out.with_name(f".{out.name}.onnxprune-tmp{out.suffix}")
-        fig.savefig(tmp, dpi=120)
-        plt.close(fig)
-        os.replace(tmp, out)
-        return out
+        return save_figure(fig, out)
 
 
 def parse_ratios(text: str | Sequence[float]) -> tuple[float, ...]:
