@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TypeGuard
 
 import numpy as np
-from onnx import ModelProto, NodeProto, TensorProto
+from onnx import ModelProto, NodeProto, TensorProto, numpy_helper
 
 from onnxprune.ir import GraphIndex, Shape, attr, constant_node_value, infer_shapes
 
@@ -25,7 +25,7 @@ def _numel(dims: Sequence[int]) -> int:
 
 
 def count_params(model: ModelProto, *, nonzero: bool = False) -> int:
-    """Number of floating-point parameters (initializers and Constant-node tensors).
+    """Number of floating-point parameters (initializers, and Constant-node tensors larger than a scalar).
 
     Integer tensors (shapes, indices) are not parameters. With ``nonzero=True`` only non-zero entries
     count, which is the honest parameter count of an unstructured-sparse model.
@@ -34,8 +34,6 @@ def count_params(model: ModelProto, *, nonzero: bool = False) -> int:
     for t in model.graph.initializer:
         if t.data_type in FLOAT_TYPES:
             if nonzero:
-                from onnx import numpy_helper
-
                 total += int(np.count_nonzero(numpy_helper.to_array(t)))
             else:
                 total += _numel(t.dims)
