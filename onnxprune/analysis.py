@@ -26,18 +26,17 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
-from onnx import ModelProto, NodeProto, TensorProto
+from onnx import ModelProto, NodeProto
 
 from onnxprune.axes import ChannelAxis, Coupling, Identity, IndexMap, compress_map
 from onnxprune.errors import OnnxPruneError, UnsupportedModelError
 from onnxprune.io import load_model
-from onnxprune.ir import GraphIndex, infer_shapes, node_label
+from onnxprune.ir import FLOAT_TYPES, GraphIndex, infer_shapes, node_label
 from onnxprune.rules.base import Blocked, OpRule, RuleContext
 from onnxprune.rules.registry import RuleSet, RuleSpec
 
 log = logging.getLogger(__name__)
 
-FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 MAX_BLOCKERS = 8
 
 

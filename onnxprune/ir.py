@@ -19,6 +19,8 @@ from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto,
 from onnxprune.errors import UnsupportedModelError
 
 GENERATED_PREFIX = "onnxprune_"
+#: Floating-point element types: what counts as a parameter (stats, analysis) and what sparsity can zero.
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 
 Shape = tuple  # tuple[int | str | None, ...]; str for a symbolic dim, None for an unknown one
 
@@ -313,8 +315,7 @@ def shape_skeleton(model: ModelProto, dims: dict[str, int] | None = None, defaul
                     d.dim_value = value
     for t in model.graph.initializer:
         numel = int(np.prod(t.dims)) if len(t.dims) else 1
-        if numel > 64 and t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE,
-                                          TensorProto.BFLOAT16):
+        if numel > 64 and t.data_type in FLOAT_TYPES:
             g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
             g.initializer.append(t)

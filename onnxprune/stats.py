@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from typing import TypeGuard
 
 import numpy as np
-from onnx import ModelProto, NodeProto, TensorProto, numpy_helper
+from onnx import ModelProto, NodeProto, numpy_helper
 
-from onnxprune.ir import GraphIndex, Shape, attr, constant_node_value, infer_shapes
+from onnxprune.ir import FLOAT_TYPES, GraphIndex, Shape, attr, constant_node_value, infer_shapes
 
-FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 

@@ -24,14 +24,14 @@ import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.errors import ConfigError
-from onnxprune.ir import GraphIndex, attr, copy_fields, node_label
+from onnxprune.ir import FLOAT_TYPES, GraphIndex, attr, copy_fields, node_label
 
 log = logging.getLogger(__name__)
 
 #: The weight input slot of each prunable op type (default domain only).
 WEIGHT_SLOT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 #: Element types sparsity can zero without changing how the tensor is stored.
-SPARSIFIABLE_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+SPARSIFIABLE_TYPES = FLOAT_TYPES
 
 WeightKind = Literal["initializer", "constant"]
 
