@@ -86,6 +86,12 @@ def tensor_like(tensor: TensorProto, value: np.ndarray) -> TensorProto:
     return numpy_helper.from_array(np.ascontiguousarray(value).astype(dtype, copy=False), tensor.name)
 
 
+def node_key(node: NodeProto, index: int) -> str:
+    """The name a node is known by in reports and :attr:`GraphIndex.nodes_by_name`: its own name, or
+    ``<op_type>_<index>`` (its position in the graph) when it has none."""
+    return node.name or f"{node.op_type}_{index}"
+
+
 class GraphIndex:
     """Producer/consumer maps and constant lookup for one graph, keyed by tensor name.
 
@@ -96,6 +102,7 @@ class GraphIndex:
         consumers: tensor name → nodes that read it, in graph order (a node reading twice appears once).
         initializers: name → initializer ``TensorProto``.
         constant_nodes: output name → ``Constant`` node.
+        nodes_by_name: :func:`node_key` → node (the first node, when two share a name).
         graph_inputs / graph_outputs: names of the graph's real inputs (initializers excluded) / outputs.
     """
 
@@ -109,8 +116,7 @@ class GraphIndex:
         self.constant_nodes: dict[str, NodeProto] = {}
         self.nodes_by_name: dict[str, NodeProto] = {}
         for i, node in enumerate(self.graph.node):
-            key = node.name or f"{node.op_type}_{i}"
-            self.nodes_by_name.setdefault(key, node)
+            self.nodes_by_name.setdefault(node_key(node, i), node)
             for out in node.output:
                 if out:
                     self.producer[out] = node

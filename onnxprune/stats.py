@@ -14,7 +14,7 @@ from typing import TypeGuard
 import numpy as np
 from onnx import ModelProto, NodeProto, numpy_helper
 
-from onnxprune.ir import FLOAT_TYPES, GraphIndex, Shape, attr, constant_node_value, infer_shapes
+from onnxprune.ir import FLOAT_TYPES, GraphIndex, Shape, attr, constant_node_value, infer_shapes, node_key
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -99,7 +99,7 @@ def model_stats(model: ModelProto, *, dims: dict[str, int] | None = None,
     for i, node in enumerate(model.graph.node):
         if node.op_type not in WEIGHTED_OPS:
             continue
-        name = node.name or f"{node.op_type}_{i}"
+        name = node_key(node, i)
         macs = node_macs(node, shapes, idx.opset)
         if macs is None:
             unknown.append(name)

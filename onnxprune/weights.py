@@ -24,7 +24,7 @@ import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.errors import ConfigError
-from onnxprune.ir import FLOAT_TYPES, GraphIndex, attr, copy_fields, node_label
+from onnxprune.ir import FLOAT_TYPES, GraphIndex, attr, copy_fields, node_key, node_label
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,6 @@ class WeightScan:
     skipped: tuple[SkippedWeight, ...]
 
 
-def _node_key(node: NodeProto, index: int) -> str:
-    """The name :class:`GraphIndex` files a node under (its name, or ``<op_type>_<index>``)."""
-    return node.name or f"{node.op_type}_{index}"
-
-
 def _reduction_axes(node: NodeProto, ndim: int, opset: int) -> tuple[tuple[int, ...], str]:
     """Reduction axes of ``node``'s weight, or ``()`` and the reason there are none."""
     op = node.op_type
@@ -132,7 +127,7 @@ def scan_weights(model: ModelProto) -> WeightScan:
     """
     idx = GraphIndex(model)
     outputs = set(idx.graph_outputs)
-    keys = {id(node): (i, _node_key(node, i)) for i, node in enumerate(model.graph.node)}
+    keys = {id(node): (i, node_key(node, i)) for i, node in enumerate(model.graph.node)}
     weights: list[PrunableWeight] = []
     skipped: list[SkippedWeight] = []
     seen: set[str] = set()
