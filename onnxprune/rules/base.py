@@ -155,9 +155,16 @@ class RewriteContext(_Context):
         return tuple(shape)
 
     def const(self, name: str) -> np.ndarray:
+        """The value of a constant input in the original model.
+
+        Raises:
+            OnnxPruneError: ``name`` is computed at runtime; the analysis blocks such slots, so this is a
+                bug in the rule.
+        """
         value = self.index.const_value(name)
         if value is None:
-            raise ValueError(f"'{name}' is not a constant")
+            raise OnnxPruneError(f"'{name}' is not a constant at surgery; this is a bug in an op rule, please "
+                                 f"report it with the model")
         return value
 
     def set_attr(self, node: NodeProto, name: str, value: object) -> None:
