@@ -6,11 +6,11 @@ can never disagree on a default or on what is allowed.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass, field, replace
 
 from onnxprune.errors import ConfigError
+from onnxprune.ir import matches_any  # noqa: F401 - re-exported: options select layers with it
 from onnxprune.sparsify import parse_nm
 
 MODES = ("structured", "unstructured", "nm")
@@ -157,6 +157,3 @@ class PruneConfig:
         return self
 
 
-def matches_any(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
-    """Shell-style match of a node or tensor name against exclude patterns."""
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)

@@ -7,6 +7,7 @@ name, as in the rest of the package). Rebuild the index after a structural edit.
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 from collections import defaultdict
 from collections.abc import Collection, Iterable
@@ -411,3 +412,13 @@ def _declared_frontier(model: ModelProto, shapes: dict[str, Shape], declared: di
                 frontier.add(out)
     return frontier
 
+
+
+def matches_any(names: str | Iterable[str], patterns: Iterable[str]) -> bool:
+    """Shell-style, case-sensitive match of one name (or any of several) against ``--exclude``-style patterns.
+
+    One matcher for every option that selects layers by name (exclude, layer sparsity), so they can never
+    disagree on what a pattern means.
+    """
+    candidates = [names] if isinstance(names, str) else list(names)
+    return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in candidates)

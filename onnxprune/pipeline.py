@@ -8,7 +8,6 @@ measure drift, accuracy and speed → only then save atomically. Any failure bef
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from onnx import ModelProto
 from onnxprune.config import PruneConfig
 from onnxprune.errors import ConfigError, ValidationError
 from onnxprune.io import check_output_path, file_size, load_model, model_nbytes, release_memory, save_model
+from onnxprune.ir import matches_any
 from onnxprune.stats import ModelStats, model_stats
 
 log = logging.getLogger(__name__)
@@ -281,8 +281,7 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
 
     dg = analyze(original, dims=config.dims)
     names = [n.name for n in original.graph.node] + [t.name for t in original.graph.initializer]
-    _warn_unmatched([p for p in config.exclude if not any(fnmatch.fnmatchcase(n, p) for n in names)], warnings,
-                    "--exclude")
+    _warn_unmatched([p for p in config.exclude if not matches_any(names, (p,))], warnings, "--exclude")
     plan_in = PrunePlan.load(config.plan_in) if config.plan_in else None
     group_ratios = None
     if config.target_macs or config.target_params:

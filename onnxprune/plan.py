@@ -6,7 +6,6 @@ made for, so it can be saved, reviewed, edited and applied later (and refused on
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 import os
@@ -21,6 +20,7 @@ from onnx import ModelProto
 from onnxprune.analysis import ChannelGroup, DependencyGraph
 from onnxprune.errors import ConfigError, OutputError, PlanError
 from onnxprune.importance import ImportanceContext, criterion_used, get_criterion
+from onnxprune.ir import matches_any
 
 PLAN_VERSION = 1
 
@@ -179,7 +179,7 @@ def _round_half_up(x: float) -> int:
 
 def _matches(group: ChannelGroup, patterns: tuple[str, ...]) -> bool:
     names = list(group.nodes) + [c.node for c in group.cuts] + [c.tensor for c in group.cuts]
-    return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
+    return matches_any(names, patterns)
 
 
 def _keep_count(n: int, drop: int, min_channels: int, round_to: int | None) -> int:

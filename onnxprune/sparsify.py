@@ -28,7 +28,6 @@ import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any
 
 import numpy as np
@@ -36,6 +35,7 @@ from onnx import ModelProto, helper
 
 from onnxprune.errors import ConfigError
 from onnxprune.io import load_model
+from onnxprune.ir import matches_any
 from onnxprune.weights import (
     PrunableWeight,
     SkippedWeight,
@@ -343,7 +343,7 @@ def _nm_mask(pw: PrunableWeight, key: np.ndarray, n: int, m: int) -> np.ndarray:
 
 # -- common driver ---------------------------------------------------------------------------------
 def _matches(pattern: str, pw: PrunableWeight) -> bool:
-    return fnmatchcase(pw.name, pattern) or any(fnmatchcase(r, pattern) for r in pw.readers)
+    return matches_any([pw.name, *pw.readers], (pattern,))
 
 
 @dataclass(frozen=True)
