@@ -37,3 +37,15 @@ class CalibrationError(OnnxPruneError):
 
 class OutputError(OnnxPruneError):
     """The output cannot be written (same as input, missing folder, not writable, disk full)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, for our one-line errors.
+
+    onnx and onnxruntime often raise messages of many lines (with the op's whole signature); a user needs
+    the first.
+    """
+    for line in str(exc).strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

@@ -23,7 +23,7 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 from onnx import GraphProto, ModelProto, TensorProto, numpy_helper
 
-from onnxprune.errors import ModelLoadError, OutputError, UnsupportedModelError
+from onnxprune.errors import ModelLoadError, OutputError, UnsupportedModelError, first_line
 from onnxprune.ir import copy_fields
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
         raise
     except (DecodeError, RuntimeError, ValueError, TypeError) as exc:
         raise ModelLoadError(
-            f"{where}: not a readable ONNX model ({type(exc).__name__}: {_first_line(exc)}); "
+            f"{where}: not a readable ONNX model ({type(exc).__name__}: {first_line(exc)}); "
             f"the file may be truncated or of another format, re-export it"
         ) from exc
     except OSError as exc:
@@ -217,15 +217,10 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError, onnx.checker.ValidationError) as exc:
-        raise ModelLoadError(f"{where}: cannot read external data ({_first_line(exc)})") from exc
+        raise ModelLoadError(f"{where}: cannot read external data ({first_line(exc)})") from exc
     if check:
         _check_model(model, where, path=path)
     return model
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _check_model(model: ModelProto, where: str, path: Path | None, *, external_checked: bool = False) -> None:
@@ -238,7 +233,7 @@ def _check_model(model: ModelProto, where: str, path: Path | None, *, external_c
             onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         raise ModelLoadError(
-            f"{where}: fails onnx.checker ({_first_line(exc)}); fix the exporter output first"
+            f"{where}: fails onnx.checker ({first_line(exc)}); fix the exporter output first"
         ) from exc
 
 

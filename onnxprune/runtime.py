@@ -21,7 +21,7 @@ import onnxruntime as ort
 from onnx import ModelProto
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from onnxprune.errors import ConfigError, ModelLoadError, UnsupportedModelError
+from onnxprune.errors import ConfigError, ModelLoadError, UnsupportedModelError, first_line
 from onnxprune.io import load_model, model_nbytes, save_model
 
 log = logging.getLogger(__name__)
@@ -49,14 +49,6 @@ ORT_ERRORS: tuple[type[Exception], ...] = tuple(
 
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 _dlls_preloaded = False
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception message (onnxruntime's run over many lines)."""
-    for line in str(exc).strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
 
 
 def resolve_provider(name: str) -> str:

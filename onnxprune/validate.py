@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto
 
-from onnxprune.errors import CalibrationError, ConfigError, ModelLoadError, OnnxPruneError, ValidationError
+from onnxprune.errors import CalibrationError, ConfigError, ModelLoadError, OnnxPruneError, ValidationError, first_line
 from onnxprune.feeds import (
     InputSpec,
     fixed_batch_size,
@@ -514,18 +514,13 @@ def check_structure(model: ModelProto, *, path: str | os.PathLike[str] | None = 
             onnx.checker.check_model(shape_skeleton(model, dict(dims or {})), full_check=True)
         checker = CheckResult("checker", True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ModelLoadError) as exc:
-        checker = CheckResult("checker", False, _first_line(exc))
+        checker = CheckResult("checker", False, first_line(exc))
     try:
         infer_shapes(model, dict(dims or {}), strict=True)
         shapes = CheckResult("shape_inference", True)
     except OnnxPruneError as exc:
-        shapes = CheckResult("shape_inference", False, _first_line(exc))
+        shapes = CheckResult("shape_inference", False, first_line(exc))
     return checker, shapes
-
-
-def _first_line(exc: BaseException) -> str:
-    text = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    return text[0] if text else type(exc).__name__
 
 
 def _check_interface(orig: Sequence[InputSpec], cand: Sequence[InputSpec], orig_outputs: Iterable[str],
