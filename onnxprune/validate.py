@@ -685,8 +685,9 @@ def validate_models(
             del ref_sess
             cand_sess = create_session(cand_model, provider=provider, threads=threads, name=cand_label,
                                        low_memory=True)
+            refs.reverse()  # pop() from the end frees each reference output as soon as it is compared
             for batch in batches:
-                comparer.add(refs.pop(0), run_session(cand_sess, batch, outputs=orig_outputs, label=cand_label))
+                comparer.add(refs.pop(), run_session(cand_sess, batch, outputs=orig_outputs, label=cand_label))
         else:
             cand_sess = create_session(cand_model, provider=provider, threads=threads, name=cand_label)
             for batch in progress(batches, desc=desc, total=len(batches)):
