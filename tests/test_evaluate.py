@@ -78,7 +78,7 @@ def test_committed_model_accuracy_matches_manifest(name: str) -> None:
     assert result.top1 == pytest.approx(info["accuracy"]["top1"], abs=1e-12)
     assert result.top5 == pytest.approx(info["accuracy"]["top5"], abs=1e-12)
     assert result.n == info["accuracy"]["n"] == 360
-    assert result.top1 >= 0.97  # the brief's bar for the trained digits models
+    assert result.top1 >= 0.97  # the bar set for the trained digits models (MANIFEST.md)
     # Independent oracle: a plain onnxruntime session and numpy argmax on the same split.
     data = np.load(test_file)
     sess = ort.InferenceSession(str(MODELS / info["file"]), providers=["CPUExecutionProvider"])
