@@ -169,8 +169,36 @@ def check_plan(plan: PrunePlan, dg: DependencyGraph) -> None:
         if keep[0] < 0 or keep[-1] >= g.size:
             raise PlanError(f"plan keeps index {int(keep[-1] if keep[-1] >= g.size else keep[0])} of group {gid}, "
                             f"outside 0..{g.size - 1}")
+        emptied = emptied_sources(g, keep)
+        if emptied:
+            raise PlanError(f"plan keeps no output channel of layer '{emptied[0]}' (group {gid}); every layer must "
+                            f"keep at least one: add one of its channels to the plan")
         if len(keep) < g.size and not g.prunable:
             raise PlanError(f"plan cuts group {gid}, which is blocked: {g.blockers[0]}")
+
+
+def emptied_sources(group: ChannelGroup, keep: np.ndarray) -> list[str]:
+    """Names of the layers of ``group`` that ``keep`` would leave with no output channel at all."""
+    everything = np.arange(group.size, dtype=np.int64)
+    return [c.node for c in group.sources
+            if c.positions(everything).size and not c.positions(np.asarray(keep, dtype=np.int64)).size]
+
+
+def keep_every_source(group: ChannelGroup, keep: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+    """``keep`` plus, for each layer it would empty, that layer's best channel (lowest index without scores).
+
+    Why: a Concat branch whose every channel is dropped becomes a layer with zero outputs. That is legal ONNX
+    but some onnxruntime versions fail to build a session for it (seen with 1.23: NCHWc "invalid channel
+    count"), and an empty layer is waste a user would rather see removed than kept. So no layer is emptied.
+    """
+    keep = np.asarray(keep, dtype=np.int64)
+    for cut in group.sources:
+        roots = np.unique(cut.map.pairs(group.size)[0]).astype(np.int64)
+        if roots.size == 0 or cut.positions(keep).size:
+            continue
+        order = np.lexsort((roots, -scores[roots])) if scores is not None else np.arange(roots.size)
+        keep = np.union1d(keep, roots[order[:1]]).astype(np.int64)
+    return keep
 
 
 def _round_half_up(x: float) -> int:
@@ -273,7 +301,7 @@ def make_plan(model: ModelProto, dg: DependencyGraph, *, ratio: float, importanc
         for g in groups:
             r = ratios.get(g.id, ratio)
             counts[g.id] = _keep_count(g.size, _round_half_up(r * g.size), min_channels, round_to)
-    keep = {g.id: _top(scores[g.id], counts[g.id]) for g in groups}
+    keep = {g.id: keep_every_source(g, _top(scores[g.id], counts[g.id]), scores[g.id]) for g in groups}
     meta: dict[str, object] = {"ratio": ratio, "global_rank": global_rank, "round_to": round_to,
                                "min_channels": min_channels, "seed": seed}
     fallbacks = {str(g.id): used for g in groups if (used := criterion_used(g, name)) != name}

@@ -10,6 +10,7 @@ from oracle_check import check_prune
 from onnxprune.analysis import analyze
 from onnxprune.errors import ConfigError, PlanError
 from onnxprune.plan import PrunePlan, make_plan
+from onnxprune.surgery import apply_plan
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +110,37 @@ def test_plan_is_immutable(resnetish) -> None:
         plan.keep[0][0] = 5
     with pytest.raises(TypeError):
         plan.keep[0] = np.array([0])  # type: ignore[index]
+
+
+def _concat_with_a_weak_branch():
+    """Concat of a 4- and a 1-channel conv, added to a 5-channel conv (a residual): one group of 5 channels
+    in which the 1-channel branch is easy to empty."""
+    g = builders.GraphBuilder(seed=11)
+    a = g.conv("x", 3, 4)
+    b = g.conv("x", 3, 1)
+    cat = g.op("Concat", [a, b], axis=1)
+    res = g.op("Add", [cat, g.conv(cat, 5, 5)])
+    out = g.conv(g.op("Relu", [res]), 5, 2)
+    return g.build([builders.vinfo("x", [1, 3, 6, 6])], [builders.vinfo(out, [1, 2, 6, 6])])
+
+
+def test_make_plan_never_empties_a_layer() -> None:
+    model = _concat_with_a_weak_branch()
+    dg = analyze(model)
+    (group,) = [g for g in dg.prunable_groups if g.size == 5]
+    plan = make_plan(model, dg, ratio=0.9, importance="random", seed=3)
+    keep = plan.kept(group.id)
+    assert all(cut.positions(keep).size >= 1 for cut in group.sources)
+    pruned = apply_plan(model, plan, dg=dg)
+    for t in pruned.graph.initializer:
+        assert 0 not in t.dims, t.name
+
+
+def test_a_plan_that_empties_a_layer_is_refused() -> None:
+    model = _concat_with_a_weak_branch()
+    dg = analyze(model)
+    (group,) = [g for g in dg.prunable_groups if g.size == 5]
+    plan = PrunePlan(fingerprint=dg.fingerprint, keep={group.id: np.array([0, 1], dtype=np.int64)},
+                     sizes={group.id: 5}, criterion="hand")
+    with pytest.raises(PlanError, match=r"keeps no output channel of layer .* every layer must keep at least one"):
+        apply_plan(model, plan, dg=dg)
