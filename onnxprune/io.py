@@ -326,19 +326,21 @@ def release_memory() -> None:
         trim(0)
 
 
-def file_size(path: str | os.PathLike[str]) -> int:
-    """Size of a model on disk, its external data files included."""
+def data_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The external data files a saved model reads (those present), from one parse of the model file."""
     path = Path(path)
-    total = path.stat().st_size
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, OSError, ValueError):
-        return total
-    for location in external_data_files(model):
-        extra = path.parent / location
-        if extra.is_file():
-            total += extra.stat().st_size
-    return total
+        return []
+    return [f for f in (path.parent / loc for loc in external_data_files(model)) if f.is_file()]
+
+
+def file_size(path: str | os.PathLike[str], *, data: list[Path] | None = None) -> int:
+    """Size of a model on disk, its external data files included (``data``: from :func:`data_files`)."""
+    path = Path(path)
+    files = data_files(path) if data is None else data
+    return path.stat().st_size + sum(f.stat().st_size for f in files)
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:

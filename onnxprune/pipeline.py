@@ -21,7 +21,7 @@ from onnx import ModelProto
 
 from onnxprune.config import PruneConfig
 from onnxprune.errors import ConfigError, ValidationError
-from onnxprune.io import check_output_path, file_size, load_model, model_nbytes, release_memory, save_model
+from onnxprune.io import check_output_path, data_files, file_size, load_model, model_nbytes, release_memory, save_model
 from onnxprune.ir import matches_any
 from onnxprune.stats import ModelStats, model_stats
 
@@ -70,12 +70,6 @@ def write_text_atomic(path: Path, text: str) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path} ({exc.strerror or exc}); choose another path") from exc
-
-
-def _source_size(source: object, model: ModelProto) -> int:
-    if isinstance(source, (str, os.PathLike)):
-        return file_size(source)
-    return model_nbytes(model)
 
 
 def prune(
@@ -130,7 +124,9 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | No
     else:
         pruned, exact_reference, extra = _run_sparse(original, config, warnings)
     report.update(extra)
-    report["file_size_before"] = _source_size(source, original)
+    # One parse of the source file tells both its size on disk and whether its weights live beside it.
+    source_data = data_files(inputs[0]) if inputs else []
+    report["file_size_before"] = file_size(inputs[0], data=source_data) if inputs else model_nbytes(original)
     # From here on the original is only run (validation, accuracy, speed). Unless folding changed it, the
     # source is the same model: run that (onnxruntime maps a path's weights itself) and drop our copy, so
     # a big model is not held twice while the pruned one runs.
@@ -170,7 +166,7 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | No
     saved = None
     if output is not None:
         external = config.external_data
-        if external is None and inputs and _has_external_data(inputs[0]):
+        if external is None and source_data:
             external = True
         saved = save_model(pruned, output, external_data=external)
         report["file_size_after"] = file_size(saved)
@@ -194,14 +190,6 @@ def _fold(model: ModelProto, warnings: list[str]) -> tuple[ModelProto, list[str]
         log.warning(msg)
         warnings.append(msg)
     return result.model, list(result.folded)
-
-
-def _has_external_data(path: str | os.PathLike[str]) -> bool:
-    import onnx
-
-    from onnxprune.io import external_data_files
-
-    return bool(external_data_files(onnx.load_model(str(path), load_external_data=False)))
 
 
 def _settings(config: PruneConfig) -> dict[str, Any]:
