@@ -270,6 +270,16 @@ def input_shapes(model: ModelProto) -> dict[str, Shape | None]:
     return {i.name: shape_of_type(i.type) for i in model.graph.input if i.name not in inits}
 
 
+def empty_like(model: ModelProto) -> ModelProto:
+    """A model with ``model``'s ir_version, opsets and graph name and nothing else: the start of a derived
+    model used only for inference (its metadata does not matter there)."""
+    out = ModelProto()
+    out.ir_version = model.ir_version
+    out.opset_import.extend(model.opset_import)
+    out.graph.name = model.graph.name
+    return out
+
+
 def shape_skeleton(model: ModelProto, dims: dict[str, int] | None = None, default_dim: int = 1, *,
                    value_info: Iterable[str] = ()) -> ModelProto:
     """A weightless copy of ``model`` for cheap shape inference.
@@ -288,11 +298,8 @@ def shape_skeleton(model: ModelProto, dims: dict[str, int] | None = None, defaul
             Their symbolic dims named like an input dim get that input's fixed value.
     """
     dims = dims or {}
-    skel = ModelProto()
-    skel.ir_version = model.ir_version
-    skel.opset_import.extend(model.opset_import)
+    skel = empty_like(model)
     g = skel.graph
-    g.name = model.graph.name
     g.node.extend(model.graph.node)
     g.output.extend(model.graph.output)
     inits = {t.name for t in model.graph.initializer}

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
-from onnxprune.ir import Shape, attr, attr_ints, collect_shapes, constant_node_value
+from onnxprune.ir import Shape, attr, attr_ints, collect_shapes, constant_node_value, empty_like
 
 log = logging.getLogger(__name__)
 
@@ -262,11 +262,8 @@ def fold_values(model: ModelProto, shapes: dict[str, Shape],
 
 def _substitute(skel: ModelProto, values: dict[str, np.ndarray]) -> ModelProto:
     """A copy of ``skel`` in which every node whose outputs are all folded is replaced by initializers."""
-    out = ModelProto()
-    out.ir_version = skel.ir_version
-    out.opset_import.extend(skel.opset_import)
+    out = empty_like(skel)
     g = out.graph
-    g.name = skel.graph.name
     g.input.extend(skel.graph.input)
     g.output.extend(skel.graph.output)
     kept = [n for n in skel.graph.node if not all(o in values for o in n.output if o)]
