@@ -343,6 +343,30 @@ def file_size(path: str | os.PathLike[str], *, data: list[Path] | None = None) -
     return path.stat().st_size + sum(f.stat().st_size for f in files)
 
 
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, what: str = "") -> Path:
+    """Write a text file (report, plan) through a temporary file and ``os.replace``.
+
+    Args:
+        path: target file.
+        text: its content.
+        what: what the file is, for the error (``"plan"`` gives "cannot write plan ...").
+
+    Raises:
+        OutputError: the folder is missing or not writable, or the disk is full.
+    """
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.onnxprune-tmp")
+    label = f"{what} {out}" if what else str(out)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {label} ({exc.strerror or exc}); create the folder or choose "
+                          f"another path") from exc
+    return out
+
+
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """True when two paths name the same file (resolving links); False if either is missing."""
     try:

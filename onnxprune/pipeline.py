@@ -21,7 +21,16 @@ from onnx import ModelProto
 
 from onnxprune.config import PruneConfig
 from onnxprune.errors import ConfigError, ValidationError
-from onnxprune.io import check_output_path, data_files, file_size, load_model, model_nbytes, release_memory, save_model
+from onnxprune.io import (
+    check_output_path,
+    data_files,
+    file_size,
+    load_model,
+    model_nbytes,
+    release_memory,
+    save_model,
+    write_text_atomic,
+)
 from onnxprune.ir import matches_any
 from onnxprune.stats import ModelStats, model_stats
 
@@ -57,19 +66,6 @@ def _jsonable(obj: object) -> object:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     return str(obj)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file through a temporary file and ``os.replace``."""
-    from onnxprune.errors import OutputError
-
-    tmp = path.with_name(f".{path.name}.onnxprune-tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); choose another path") from exc
 
 
 def prune(
@@ -171,7 +167,7 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | No
         saved = save_model(pruned, output, external_data=external)
         report["file_size_after"] = file_size(saved)
         if plan is not None and config.plan_out:
-            write_text_atomic(Path(config.plan_out), plan.to_json())
+            plan.save(config.plan_out)
     else:
         report["file_size_after"] = model_nbytes(pruned)
     report["warnings"] = warnings

@@ -18,7 +18,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxprune.analysis import ChannelGroup, DependencyGraph
-from onnxprune.errors import ConfigError, OutputError, PlanError
+from onnxprune.errors import ConfigError, PlanError
 from onnxprune.importance import ImportanceContext, criterion_used, get_criterion
 from onnxprune.ir import matches_any
 
@@ -124,16 +124,9 @@ class PrunePlan:
         Raises:
             OutputError: the folder is missing or not writable, or the disk is full.
         """
-        out = Path(path)
-        tmp = out.with_name(out.name + ".tmp")
-        try:
-            tmp.write_text(self.to_json())
-            os.replace(tmp, out)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise OutputError(f"cannot write plan {out} ({exc.strerror or exc}); create the folder or choose "
-                              f"another path") from exc
-        return out
+        from onnxprune.io import write_text_atomic
+
+        return write_text_atomic(path, self.to_json(), what="plan")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PrunePlan:

@@ -218,7 +218,7 @@ def write_markdown_report(
     Example:
         >>> write_markdown_report("report.md", report=result.report)  # doctest: +SKIP
     """
-    from onnxprune.pipeline import write_text_atomic
+    from onnxprune.io import write_text_atomic
 
     out = check_output_path(path)
     write_text_atomic(out, render_markdown(report=report, settings=settings, stats_before=stats_before,
