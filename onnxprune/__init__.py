@@ -6,9 +6,8 @@ run models import it when they are used.
 
 from __future__ import annotations
 
-from onnxprune.analysis import ChannelGroup, DependencyGraph, ParamCut, analyze
 from onnxprune.config import PruneConfig
-from onnxprune.errors import (
+from onnxprune.core.errors import (
     CalibrationError,
     ConfigError,
     ModelLoadError,
@@ -18,26 +17,27 @@ from onnxprune.errors import (
     UnsupportedModelError,
     ValidationError,
 )
-from onnxprune.importance import register_criterion
-from onnxprune.io import load_model, save_model
-from onnxprune.oracle import zeroed_reference
+from onnxprune.core.io import load_model, save_model
+from onnxprune.core.stats import ModelStats, model_stats
 from onnxprune.pipeline import PruneResult, prune
-from onnxprune.plan import PrunePlan, make_plan
-from onnxprune.rules.registry import RuleSpec
-from onnxprune.sparse_storage import from_sparse_storage, to_sparse_storage
-from onnxprune.sparsify import SparsifyResult, parse_layer_sparsity, parse_nm, sparsify, sparsify_nm
-from onnxprune.stats import ModelStats, model_stats
-from onnxprune.structured import StructuredResult, prune_structured
-from onnxprune.surgery import apply_plan
+from onnxprune.sparse.sparsify import SparsifyResult, parse_layer_sparsity, parse_nm, sparsify, sparsify_nm
+from onnxprune.sparse.storage import from_sparse_storage, to_sparse_storage
+from onnxprune.structured.analysis import ChannelGroup, DependencyGraph, ParamCut, analyze
+from onnxprune.structured.importance import register_criterion
+from onnxprune.structured.oracle import zeroed_reference
+from onnxprune.structured.plan import PrunePlan, make_plan
+from onnxprune.structured.prune import StructuredResult, prune_structured
+from onnxprune.structured.rules.registry import RuleSpec
+from onnxprune.structured.surgery import apply_plan
 
 __version__ = "0.1.0"
 
 #: Functions that run models live in modules importing onnxruntime; load them on first use only.
 _LAZY = {
-    "validate_models": "onnxprune.validate",
-    "compare_outputs": "onnxprune.validate",
-    "benchmark": "onnxprune.bench",
-    "evaluate_accuracy": "onnxprune.evaluate",
+    "validate_models": "onnxprune.runtime.validate",
+    "compare_outputs": "onnxprune.runtime.validate",
+    "benchmark": "onnxprune.runtime.bench",
+    "evaluate_accuracy": "onnxprune.runtime.evaluate",
 }
 
 

@@ -7,11 +7,12 @@ can never disagree on a default or on what is allowed.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from onnxprune.errors import ConfigError
-from onnxprune.ir import matches_any  # noqa: F401 - re-exported: options select layers with it
-from onnxprune.sparsify import parse_nm
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.ir import matches_any  # noqa: F401 - re-exported: options select layers with it
+from onnxprune.sparse.sparsify import parse_nm
 
 MODES = ("structured", "unstructured", "nm")
 SCOPES = ("layer", "global")
@@ -31,6 +32,19 @@ def parse_assignments(items: list[str] | tuple[str, ...], *, option: str, kind: 
         except ValueError as exc:
             raise ConfigError(f"{option} '{item}': '{value}' is not a valid {kind.__name__}") from exc
     return out
+
+
+def parse_dims(items: Sequence[str] | None) -> dict[str, int]:
+    """Parse ``["batch=8", "seq=128"]`` (the CLI's repeated ``--dim``) into ``{"batch": 8, "seq": 128}``.
+
+    Raises:
+        ConfigError: an item not of the form ``name=value``, or a value that is not a positive integer.
+    """
+    dims = parse_assignments(list(items or ()), option="--dim", kind=int)
+    for name, value in dims.items():
+        if value < 1:  # type: ignore[operator]
+            raise ConfigError(f"--dim {name}={value}: the value must be a positive integer, e.g. --dim {name}=8")
+    return {k: int(v) for k, v in dims.items()}  # type: ignore[call-overload]
 
 
 def _unit(name: str, value: float | None, *, closed_top: bool = False, open_bottom: bool = False) -> None:

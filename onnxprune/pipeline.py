@@ -20,8 +20,8 @@ from typing import Any
 from onnx import ModelProto
 
 from onnxprune.config import PruneConfig
-from onnxprune.errors import ConfigError, ValidationError
-from onnxprune.io import (
+from onnxprune.core.errors import ConfigError, ValidationError
+from onnxprune.core.io import (
     check_output_path,
     data_files,
     file_size,
@@ -31,8 +31,8 @@ from onnxprune.io import (
     save_model,
     write_text_atomic,
 )
-from onnxprune.ir import matches_any
-from onnxprune.stats import ModelStats, model_stats
+from onnxprune.core.ir import matches_any
+from onnxprune.core.stats import ModelStats, model_stats
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | No
     report.update(_size_report(config, stats_before, stats_after))
 
     if config.mode != "structured" and config.sparse_storage:
-        from onnxprune.sparse_storage import to_sparse_storage
+        from onnxprune.sparse.storage import to_sparse_storage
 
         dense = pruned
         pruned = to_sparse_storage(dense)
@@ -145,14 +145,14 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | No
             report["validation"]["sparse_storage"] = _same_outputs(dense, pruned, config)
 
     if config.eval_data:
-        from onnxprune.evaluate import evaluate_accuracy
+        from onnxprune.runtime.evaluate import evaluate_accuracy
 
         before = evaluate_accuracy(baseline, config.eval_data, labels=config.labels)
         after = evaluate_accuracy(pruned, config.eval_data, labels=config.labels)
         report["accuracy"] = {"before": _jsonable(before), "after": _jsonable(after)}
 
     if config.bench:
-        from onnxprune.bench import benchmark
+        from onnxprune.runtime.bench import benchmark
 
         bench = benchmark([baseline, pruned], names=["original", "pruned"], providers=config.providers,
                           batches=config.bench_batches, runs=config.bench_runs, warmup=config.bench_warmup,
@@ -177,9 +177,10 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | No
 
 def _fold(model: ModelProto, warnings: list[str]) -> tuple[ModelProto, list[str]]:
     """Store run-time-computed weights as initializers (exact); warn about the layers that stay computed."""
-    from onnxprune.fold import fold_constants
+    from onnxprune.core.fold import fold_constants
+    from onnxprune.runtime.session import run_constant_graph
 
-    result = fold_constants(model)
+    result = fold_constants(model, run_constant_graph)
     for item in result.unfolded:
         msg = (f"layer {item.node} is not prunable: its weight '{item.tensor}' is computed at run time "
                f"({item.reason})")
@@ -222,7 +223,7 @@ def _warn_unmatched(patterns: list[str] | tuple[str, ...], warnings: list[str], 
 
 def _run_sparse(original: ModelProto, config: PruneConfig, warnings: list[str]
                 ) -> tuple[ModelProto, None, dict[str, Any]]:
-    from onnxprune.sparsify import parse_nm, sparsify, sparsify_nm
+    from onnxprune.sparse.sparsify import parse_nm, sparsify, sparsify_nm
 
     scores = None
     if config.importance not in ("l1", "l2", "magnitude"):
@@ -238,7 +239,7 @@ def _run_sparse(original: ModelProto, config: PruneConfig, warnings: list[str]
     extra = result.report()
     model = result.model
     if config.recovery == "lstsq" and config.calib:  # validate_options() requires calib for lstsq
-        from onnxprune.recover import recover_sparse
+        from onnxprune.recovery.recover import recover_sparse
 
         model = recover_sparse(original, model, config.calib, method="lstsq")
         extra["recovery"] = "lstsq"
@@ -250,18 +251,18 @@ def _run_sparse(original: ModelProto, config: PruneConfig, warnings: list[str]
 def _sparse_scores(original: ModelProto, config: PruneConfig) -> Any:
     if not config.calib:
         raise ConfigError(f"--importance {config.importance} needs calibration data; pass --calib data.npz")
-    from onnxprune.data_criteria import sparse_scores
+    from onnxprune.recovery.data_criteria import sparse_scores
 
     return sparse_scores(original, config.calib, criterion=config.importance)
 
 
 def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[str], scratch: Path
                     ) -> tuple[ModelProto, ModelProto | Path | _ExactBeforeRecovery | None, Any, dict[str, Any]]:
-    from onnxprune.analysis import analyze
-    from onnxprune.oracle import write_zeroed_reference, zeroed_reference
-    from onnxprune.plan import PrunePlan
-    from onnxprune.runtime import SESSION_FILE_BYTES
-    from onnxprune.structured import prune_structured
+    from onnxprune.runtime.session import SESSION_FILE_BYTES
+    from onnxprune.structured.analysis import analyze
+    from onnxprune.structured.oracle import write_zeroed_reference, zeroed_reference
+    from onnxprune.structured.plan import PrunePlan
+    from onnxprune.structured.prune import prune_structured
 
     dg = analyze(original, dims=config.dims)
     names = [n.name for n in original.graph.node] + [t.name for t in original.graph.initializer]
@@ -269,7 +270,7 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
     plan_in = PrunePlan.load(config.plan_in) if config.plan_in else None
     group_ratios = None
     if config.target_macs or config.target_params:
-        from onnxprune.budget import allocate_budget
+        from onnxprune.recovery.budget import allocate_budget
 
         group_ratios = allocate_budget(original, dg, config)
     ratio = 0.0 if group_ratios is not None else config.ratio  # a budget sets every group's ratio itself
@@ -293,7 +294,7 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
     model = result.model
     extra = dict(result.report)
     if config.recovery != "none":
-        from onnxprune.recover import recover_structured
+        from onnxprune.recovery.recover import recover_structured
 
         exact = model
         model = recover_structured(original, exact, dg, result.plan, config.calib, method=config.recovery)
@@ -325,7 +326,7 @@ def _structured_statistics(original: ModelProto, dg: Any, config: PruneConfig) -
         return None
     if not config.calib:
         raise ConfigError(f"--importance {config.importance} needs calibration data; pass --calib data.npz")
-    from onnxprune.data_criteria import structured_statistics
+    from onnxprune.recovery.data_criteria import structured_statistics
 
     return structured_statistics(original, dg, config.calib)
 
@@ -345,7 +346,7 @@ def _validation_data(config: PruneConfig) -> str | None:
 
 # -- proof -----------------------------------------------------------------------------------------
 def _compare_exact(a: ModelProto | Path, b: ModelProto, config: PruneConfig, what: str) -> dict[str, Any]:
-    from onnxprune.validate import validate_models
+    from onnxprune.runtime.validate import validate_models
 
     result = validate_models(a, b, data=_validation_data(config), providers=config.providers, atol=config.atol,
                              rtol=config.rtol, dims=config.dims, seed=config.seed)
@@ -361,9 +362,9 @@ def _same_outputs(dense: ModelProto, stored: ModelProto, config: PruneConfig) ->
     ``validate_models`` cannot be used: onnx's full checker types a sparse initializer read by Conv or
     MatMul as a sparse tensor and refuses it, while onnxruntime densifies it at load and runs it.
     """
-    from onnxprune.feeds import random_feeds
-    from onnxprune.runtime import create_session, run_session
-    from onnxprune.validate import compare_outputs
+    from onnxprune.runtime.feeds import random_feeds
+    from onnxprune.runtime.session import create_session, run_session
+    from onnxprune.runtime.validate import compare_outputs
 
     feeds = random_feeds(dense, seed=config.seed, dims=config.dims)
     outputs = []
@@ -380,7 +381,7 @@ def _same_outputs(dense: ModelProto, stored: ModelProto, config: PruneConfig) ->
 def _validate(original: str | os.PathLike[str] | ModelProto, pruned: ModelProto, reference: Any,
               config: PruneConfig) -> dict[str, Any]:
     """Prove exactness where it must hold, then measure drift against the original (report only)."""
-    from onnxprune.validate import validate_models
+    from onnxprune.runtime.validate import validate_models
 
     out: dict[str, Any] = {}
     if reference is not None:

@@ -63,7 +63,7 @@ def assert_equivalent(model: onnx.ModelProto, pruned: onnx.ModelProto, reference
 
 def random_plan(model: onnx.ModelProto, dg, seed: int = 0):
     """A random keep set for every prunable group that empties no layer (not an importance ranking)."""
-    from onnxprune.plan import PrunePlan, keep_every_source
+    from onnxprune.structured.plan import PrunePlan, keep_every_source
 
     r = np.random.default_rng(seed)
     keep, sizes = {}, {}
@@ -80,11 +80,11 @@ def check_prune(model: onnx.ModelProto, *, ratio: float = 0.5, plan=None, evalua
 
     Returns (dg, plan, pruned) for further assertions.
     """
-    from onnxprune.analysis import analyze
-    from onnxprune.oracle import zeroed_reference
-    from onnxprune.plan import make_plan
-    from onnxprune.stats import count_params
-    from onnxprune.surgery import apply_plan
+    from onnxprune.core.stats import count_params
+    from onnxprune.structured.analysis import analyze
+    from onnxprune.structured.oracle import zeroed_reference
+    from onnxprune.structured.plan import make_plan
+    from onnxprune.structured.surgery import apply_plan
 
     before = model.SerializeToString()
     dg = analyze(model)
@@ -116,7 +116,7 @@ def sandwich(middle, *, c: int = 6, c_mid: int | None = None, hw: int = 5, opset
 
 def first_group(model: onnx.ModelProto):
     """The group of the first layer's output channels (the 'middle' of a sandwich)."""
-    from onnxprune.analysis import analyze
+    from onnxprune.structured.analysis import analyze
 
     dg = analyze(model)
     return dg, dg.groups[0]

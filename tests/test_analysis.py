@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from onnxprune.analysis import analyze, connected_components
-from onnxprune.axes import Block, ChannelAxis, Offset
-from onnxprune.errors import UnsupportedModelError
+from onnxprune.core.errors import UnsupportedModelError
+from onnxprune.structured.analysis import analyze, connected_components
+from onnxprune.structured.axes import Block, ChannelAxis, Offset
 
 
 def test_conv_bn_relu_has_one_prunable_group_and_blocked_output() -> None:
@@ -90,7 +90,7 @@ def test_connected_components_matches_union_find() -> None:
 
 
 def test_declared_value_info_fills_gaps_but_never_overrides_inference() -> None:
-    from onnxprune.ir import infer_shapes
+    from onnxprune.core.shapefold import infer_shapes
 
     model = builders.custom_op_flatten(declare=True)
     gelu_out = next(n for n in model.graph.node if n.op_type == "Gelu").output[0]

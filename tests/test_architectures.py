@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from oracle_check import assert_close, run_ort
 
-from onnxprune.analysis import ChannelGroup, DependencyGraph, analyze
-from onnxprune.io import load_model
-from onnxprune.ir import GraphIndex
-from onnxprune.oracle import zeroed_reference
-from onnxprune.stats import count_params
-from onnxprune.structured import coverage, prune_structured
+from onnxprune.core.io import load_model
+from onnxprune.core.ir import GraphIndex
+from onnxprune.core.stats import count_params
+from onnxprune.structured.analysis import ChannelGroup, DependencyGraph, analyze
+from onnxprune.structured.oracle import zeroed_reference
+from onnxprune.structured.prune import coverage, prune_structured
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

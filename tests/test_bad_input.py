@@ -22,8 +22,8 @@ from builders import conv_bn_relu, mlp
 
 from onnxprune.cli.main import main
 from onnxprune.config import PruneConfig
-from onnxprune.errors import ConfigError, ModelLoadError, OnnxPruneError, OutputError, UnsupportedModelError
-from onnxprune.io import save_model
+from onnxprune.core.errors import ConfigError, ModelLoadError, OnnxPruneError, OutputError, UnsupportedModelError
+from onnxprune.core.io import save_model
 from onnxprune.pipeline import prune
 
 
@@ -169,7 +169,7 @@ def test_bad_model_file_api(case: str, mode: str, dirs: tuple[Path, Path]) -> No
 
 def test_every_truncation_point_is_a_clean_error(tmp_path: Path) -> None:
     """Cut the file at each byte: a typed error every time, never a crash or a silently shorter model."""
-    from onnxprune.io import load_model
+    from onnxprune.core.io import load_model
 
     path = tmp_path / "t.onnx"
     small = mlp(d_in=2, hidden=3, d_out=2).SerializeToString()
@@ -319,11 +319,12 @@ def _ort(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
 def test_fold_is_exact_and_leaves_the_input_alone(recipe: str) -> None:
     from builders import computed_weights
 
-    from onnxprune.fold import fold_constants
+    from onnxprune.core.fold import fold_constants
+    from onnxprune.runtime.session import run_constant_graph
 
     model = computed_weights(recipe=recipe)
     before = model.SerializeToString()
-    result = fold_constants(model)
+    result = fold_constants(model, run_constant_graph)
     assert model.SerializeToString() == before
     assert result.folded and not result.unfolded
     conv1 = next(n for n in result.model.graph.node if n.name == "conv1")
@@ -333,7 +334,7 @@ def test_fold_is_exact_and_leaves_the_input_alone(recipe: str) -> None:
     onnx.checker.check_model(result.model, full_check=True)
     x = np.random.default_rng(1).standard_normal((1, 3, 6, 6)).astype(np.float32)
     np.testing.assert_array_equal(_ort(result.model, x), _ort(model, x))  # bit-exact, not merely close
-    assert fold_constants(result.model).model is result.model  # nothing left to fold
+    assert fold_constants(result.model, run_constant_graph).model is result.model  # nothing left to fold
 
 
 @pytest.mark.parametrize("recipe", ["reshape", "weightnorm"])
@@ -362,7 +363,7 @@ def test_unfoldable_weights_name_the_layer_and_leave_it_alone(recipe: str, dirs:
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     from builders import computed_weights
 
-    from onnxprune.io import load_model
+    from onnxprune.core.io import load_model
 
     src_dir, out_dir = dirs
     source = src_dir / "m.onnx"
@@ -476,7 +477,7 @@ def test_exclude_matching_nothing_warns_and_prunes(dirs: tuple[Path, Path], caps
 def test_plan_for_another_model(dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     from builders import residual_add
 
-    from onnxprune.errors import PlanError
+    from onnxprune.core.errors import PlanError
 
     src_dir, out_dir = dirs
     source, other = src_dir / "a.onnx", src_dir / "b.onnx"
@@ -504,7 +505,7 @@ def test_full_disk_during_save(mode: str, external: bool, dirs: tuple[Path, Path
                                capsys: pytest.CaptureFixture[str]) -> None:
     from test_io import FullDisk
 
-    from onnxprune import io as opio
+    from onnxprune.core import io as opio
 
     src_dir, out_dir = dirs
     source = src_dir / "m.onnx"

@@ -1,4 +1,4 @@
-"""Benchmarks: alternation, speedup math, skips, JSON schema, CLI (onnxprune.bench, cli bench)."""
+"""Benchmarks: alternation, speedup math, skips, JSON schema, CLI (onnxprune.runtime.bench, cli bench)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import onnx
 import pytest
 from builders import conv_bn_relu, mlp
 
-from onnxprune.bench import BenchResult, ModelInfo, _with_speedups, benchmark, format_bench, paired_ratio
 from onnxprune.cli.main import main
-from onnxprune.errors import ConfigError
-from onnxprune.stats import model_stats
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.stats import model_stats
+from onnxprune.runtime.bench import BenchResult, ModelInfo, _with_speedups, benchmark, format_bench, paired_ratio
 
 RESULT_KEYS = {"model", "provider", "batch", "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms",
                "throughput", "peak_rss_bytes", "io_binding", "speedup", "ideal_speedup", "efficiency", "slower",

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from builders import mlp3
 
-from onnxprune.analysis import analyze
-from onnxprune.budget import allocate, allocate_budget, allocate_detailed
 from onnxprune.config import PruneConfig
-from onnxprune.errors import ConfigError
-from onnxprune.plan import make_plan
-from onnxprune.sensitivity import OutputErrorMeter, sensitivity
-from onnxprune.stats import model_stats
-from onnxprune.surgery import apply_plan
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.stats import model_stats
+from onnxprune.recovery.budget import allocate, allocate_budget, allocate_detailed
+from onnxprune.recovery.sensitivity import OutputErrorMeter, sensitivity
+from onnxprune.structured.analysis import analyze
+from onnxprune.structured.plan import make_plan
+from onnxprune.structured.surgery import apply_plan
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 

@@ -9,9 +9,9 @@ from builders import conv_bn_relu, conv_relu_conv, mlp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxprune.calibrate import ConvGeometry, collect_stats, im2col, with_outputs
-from onnxprune.errors import CalibrationError, ConfigError
-from onnxprune.ir import GraphIndex
+from onnxprune.core.errors import CalibrationError, ConfigError
+from onnxprune.core.ir import GraphIndex
+from onnxprune.recovery.calibrate import ConvGeometry, collect_stats, im2col, with_outputs
 
 
 def _run(model, feeds, outputs):
@@ -111,7 +111,7 @@ def test_explicit_axis_and_last_axis_default():
     x = np.random.default_rng(3).standard_normal((6, 3)).astype(np.float32)
     stats = collect_stats(model, [{"x": x}], tensors={"hr": 0})
     assert stats["hr"].axis == 0 and stats["hr"].channels == 6
-    from onnxprune.calibrate import default_axis
+    from onnxprune.recovery.calibrate import default_axis
 
     assert [default_axis(r) for r in (1, 2, 3, 4, 5)] == [0, 1, 2, 1, 1]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from onnxprune.config import PruneConfig, matches_any, parse_assignments
-from onnxprune.errors import ConfigError
+from onnxprune.config import PruneConfig, matches_any, parse_assignments, parse_dims
+from onnxprune.core.errors import ConfigError
 
 
 def test_defaults_are_valid_and_recovery_follows_calibration() -> None:
@@ -66,3 +66,14 @@ def test_matches_any_is_shell_style_and_case_sensitive() -> None:
     assert matches_any("conv1.weight", ("conv1*",))
     assert not matches_any("Conv1.weight", ("conv1*",))
     assert matches_any("layer3.0.conv2", ("layer[23].*",))
+
+
+def test_parse_dims():
+    assert parse_dims(["seq=128", "N=2"]) == {"seq": 128, "N": 2}
+    assert parse_dims(None) == {}
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        parse_dims(["seq"])
+    with pytest.raises(ConfigError, match="not a valid int"):
+        parse_dims(["seq=abc"])
+    with pytest.raises(ConfigError, match="positive integer"):
+        parse_dims(["seq=0"])

@@ -8,14 +8,14 @@ import pytest
 from builders import conv_relu_conv, gemm_stack, init, make_model, mlp, vinfo
 from onnx import helper
 
-from onnxprune.analysis import analyze
-from onnxprune.calibrate import collect_stats, with_outputs
-from onnxprune.data_criteria import channel_score, collect_group_stats, sparse_scores
-from onnxprune.errors import ConfigError
-from onnxprune.importance import ImportanceContext, get_criterion
-from onnxprune.ir import GraphIndex
-from onnxprune.plan import make_plan
-from onnxprune.sparsify import sparsify, sparsify_nm
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.ir import GraphIndex
+from onnxprune.recovery.calibrate import collect_stats, with_outputs
+from onnxprune.recovery.data_criteria import channel_score, collect_group_stats, sparse_scores
+from onnxprune.sparse.sparsify import sparsify, sparsify_nm
+from onnxprune.structured.analysis import analyze
+from onnxprune.structured.importance import ImportanceContext, get_criterion
+from onnxprune.structured.plan import make_plan
 
 ZERO_FRACS = np.array([0.9, 0.1, 0.5, 0.0, 0.7, 0.3])
 

@@ -11,8 +11,8 @@ import pytest
 from builders import class_scores
 
 from onnxprune.cli.main import main
-from onnxprune.errors import CalibrationError, ConfigError
-from onnxprune.evaluate import EvalResult, evaluate_accuracy
+from onnxprune.core.errors import CalibrationError, ConfigError
+from onnxprune.runtime.evaluate import EvalResult, evaluate_accuracy
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 MANIFEST = json.loads((MODELS / "manifest.json").read_text())["models"]

@@ -1,4 +1,4 @@
-"""Input generation, npz loading and batching (onnxprune.feeds)."""
+"""Input generation, npz loading and batching (onnxprune.runtime.feeds)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 from builders import conv_bn_relu, mlp, seq_tokens
 
-from onnxprune.errors import CalibrationError, ConfigError, ModelLoadError
-from onnxprune.feeds import (
+from onnxprune.core.errors import CalibrationError, ConfigError, ModelLoadError
+from onnxprune.runtime.feeds import (
     concrete_shape,
     fixed_batch_size,
     input_specs,
     iter_batches,
     load_npz_feeds,
     num_samples,
-    parse_dims,
     random_feeds,
 )
 
@@ -67,17 +66,6 @@ def test_dynamic_non_batch_dim_without_value_is_an_error_naming_it():
 def test_random_feeds_rejects_bad_batch():
     with pytest.raises(ConfigError, match="batch must be at least 1"):
         random_feeds(mlp(), seed=0, batch=0)
-
-
-def test_parse_dims():
-    assert parse_dims(["seq=128", "N=2"]) == {"seq": 128, "N": 2}
-    assert parse_dims(None) == {}
-    with pytest.raises(ConfigError, match="NAME=VALUE"):
-        parse_dims(["seq"])
-    with pytest.raises(ConfigError, match="not a valid int"):
-        parse_dims(["seq=abc"])
-    with pytest.raises(ConfigError, match="positive integer"):
-        parse_dims(["seq=0"])
 
 
 def _save(path, **arrays):

@@ -32,7 +32,7 @@ from oracle_check import assert_close, run_ort, seeded_feeds
 from test_structured_property import random_model
 
 from onnxprune.config import PruneConfig
-from onnxprune.errors import OnnxPruneError
+from onnxprune.core.errors import OnnxPruneError
 from onnxprune.pipeline import prune
 
 EXAMPLES = int(os.environ.get("ONNXPRUNE_FUZZ_EXAMPLES", "30"))
@@ -114,8 +114,8 @@ def test_pipeline_on_random_graphs(case: tuple) -> None:
     assert model.SerializeToString() == before, "prune() changed its input"
     feeds = seeded_feeds(model, seed=1)
     if config.mode == "structured":
-        from onnxprune.analysis import analyze
-        from onnxprune.oracle import zeroed_reference
+        from onnxprune.structured.analysis import analyze
+        from onnxprune.structured.oracle import zeroed_reference
 
         onnx.checker.check_model(result.model, full_check=True)
         dg = analyze(model)
@@ -129,7 +129,7 @@ def test_pipeline_on_random_graphs(case: tuple) -> None:
         return
     dense = result.model
     if config.sparse_storage:
-        from onnxprune.sparse_storage import from_sparse_storage
+        from onnxprune.sparse.storage import from_sparse_storage
 
         dense = from_sparse_storage(result.model)
     onnx.checker.check_model(dense, full_check=True)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from onnxprune.analysis import analyze
-from onnxprune.importance import ImportanceContext, available_criteria, get_criterion, register_criterion
-from onnxprune.plan import make_plan
+from onnxprune.structured.analysis import analyze
+from onnxprune.structured.importance import ImportanceContext, available_criteria, get_criterion, register_criterion
+from onnxprune.structured.plan import make_plan
 
 
 def _ctx(model, seed: int = 0) -> ImportanceContext:
@@ -104,8 +104,8 @@ def test_custom_criterion_with_statistics() -> None:
 def test_bn_scale_fallback_is_recorded_per_group_and_warned() -> None:
     from onnx import helper
 
-    from onnxprune.importance import criterion_used
-    from onnxprune.plan import PrunePlan
+    from onnxprune.structured.importance import criterion_used
+    from onnxprune.structured.plan import PrunePlan
 
     g = builders.GraphBuilder(4)
     a = g.op("Relu", [g.bn(g.conv("x", 3, 8), 8)])  # group 0: has a BatchNormalization

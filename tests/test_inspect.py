@@ -6,7 +6,7 @@ import builders
 import numpy as np
 from onnx import TensorProto, helper
 
-from onnxprune.inspect import analyze_summary
+from onnxprune.report.inspect import analyze_summary
 
 
 def test_input_without_a_tensor_shape_is_listed_as_dynamic() -> None:

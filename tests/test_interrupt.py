@@ -19,9 +19,9 @@ import onnx
 import pytest
 from builders import conv_bn_relu, wide_mlp
 
-from onnxprune import io as opio
 from onnxprune.cli.main import main
-from onnxprune.io import save_model
+from onnxprune.core import io as opio
+from onnxprune.core.io import save_model
 
 INTERRUPTED = "onnxprune: interrupted; files are written atomically, so no partial output was left"
 

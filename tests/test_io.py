@@ -22,9 +22,9 @@ import pytest
 from builders import conv_bn_relu, make_model, mlp, vinfo
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import io as opio
-from onnxprune.errors import ModelLoadError, OutputError, UnsupportedModelError
-from onnxprune.io import check_output_path, file_size, load_model, save_model
+from onnxprune.core import io as opio
+from onnxprune.core.errors import ModelLoadError, OutputError, UnsupportedModelError
+from onnxprune.core.io import check_output_path, file_size, load_model, save_model
 
 
 def sha256(path: Path) -> str:
@@ -218,7 +218,7 @@ def test_real_write_limit_in_a_subprocess(tmp_path: Path) -> None:
         import resource, signal, sys
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-        from onnxprune.io import load_model, save_model
+        from onnxprune.core.io import load_model, save_model
         save_model(load_model({str(src)!r}), {str(tmp_path / "out.onnx")!r}, external_data=True)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from bench_large import STEPS, measure, write_wide_mlp  # noqa: E402
 from builders import wide_mlp  # noqa: E402
 
-from onnxprune.errors import ModelLoadError, OutputError  # noqa: E402
-from onnxprune.io import file_size, load_model, save_model  # noqa: E402
+from onnxprune.core.errors import ModelLoadError, OutputError  # noqa: E402
+from onnxprune.core.io import file_size, load_model, save_model  # noqa: E402
 
 BOUND = 2.5
 slow = pytest.mark.slow
@@ -133,7 +133,7 @@ def test_crash_while_overwriting_leaves_a_matching_pair(tmp_path: Path, monkeypa
 
 
 def test_plan_save_missing_folder_is_a_typed_error(tmp_path: Path) -> None:
-    from onnxprune.structured import prune_structured
+    from onnxprune.structured.prune import prune_structured
 
     plan = prune_structured(wide_mlp(d=16, layers=2), ratio=0.5).plan
     with pytest.raises(OutputError, match="cannot write plan .*missing.*create the folder"):
@@ -143,8 +143,8 @@ def test_plan_save_missing_folder_is_a_typed_error(tmp_path: Path) -> None:
 
 # -- what keeps validated runs small (fast) ----------------------------------------------------------------
 def test_streamed_zeroed_reference_equals_the_in_memory_one(tmp_path: Path) -> None:
-    from onnxprune.oracle import write_zeroed_reference, zeroed_reference
-    from onnxprune.structured import prune_structured
+    from onnxprune.structured.oracle import write_zeroed_reference, zeroed_reference
+    from onnxprune.structured.prune import prune_structured
 
     model = wide_mlp(d=32, layers=3)
     result = prune_structured(model, ratio=0.5)
@@ -186,8 +186,8 @@ def test_weightless_load_reads_the_graph_and_still_checks_the_data_file(tmp_path
 
 
 def test_validating_against_a_path_compares_the_same_outputs(tmp_path: Path) -> None:
-    from onnxprune.sparsify import sparsify
-    from onnxprune.validate import validate_models
+    from onnxprune.runtime.validate import validate_models
+    from onnxprune.sparse.sparsify import sparsify
 
     model = wide_mlp(d=64, layers=2)
     path = save_model(model, tmp_path / "m.onnx", external_data=True)

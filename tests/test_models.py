@@ -5,7 +5,7 @@ Parametrized over the ``.onnx`` files found in ``models/``, so a model added by
 
 * the pruned model passes ``onnx.checker`` (full check), loads in onnxruntime and keeps the original
   input/output names, dtypes and shapes;
-* structured cuts equal the zero-equivalence oracle (:func:`onnxprune.oracle.zeroed_reference`) within
+* structured cuts equal the zero-equivalence oracle (:func:`onnxprune.structured.oracle.zeroed_reference`) within
   1e-4 of the output scale, on the model's real calibration data when it has some, else seeded inputs;
 * sparse modes keep every shape and zero exactly what they report;
 * the trained digits models are scored on their real held-out split before and after pruning.
@@ -22,12 +22,12 @@ import onnx
 import pytest
 from oracle_check import assert_close, run_ort, seeded_feeds
 
-from onnxprune.evaluate import evaluate_accuracy
-from onnxprune.io import load_model
-from onnxprune.oracle import zeroed_reference
-from onnxprune.sparsify import sparsify, sparsify_nm
-from onnxprune.stats import count_params
-from onnxprune.structured import prune_structured
+from onnxprune.core.io import load_model
+from onnxprune.core.stats import count_params
+from onnxprune.runtime.evaluate import evaluate_accuracy
+from onnxprune.sparse.sparsify import sparsify, sparsify_nm
+from onnxprune.structured.oracle import zeroed_reference
+from onnxprune.structured.prune import prune_structured
 
 #: (pruned model, zeroed reference for structured cuts, achieved ratio, entries removed: the predicted parameter
 #: drop of a structured cut, the entries newly zeroed by sparsity)

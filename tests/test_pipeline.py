@@ -12,8 +12,8 @@ import pytest
 from onnx import numpy_helper
 
 from onnxprune.cli.main import main
-from onnxprune.io import save_model
-from onnxprune.runtime import create_session, run_session
+from onnxprune.core.io import save_model
+from onnxprune.runtime.session import create_session, run_session
 
 REPORT_KEYS = {"mode", "params_before", "params_after", "macs_before", "macs_after", "file_size_before",
                "file_size_after", "seconds", "validation", "warnings"}

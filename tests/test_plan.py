@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from oracle_check import check_prune
 
-from onnxprune.analysis import analyze
-from onnxprune.errors import ConfigError, PlanError
-from onnxprune.plan import PrunePlan, make_plan
-from onnxprune.surgery import apply_plan
+from onnxprune.core.errors import ConfigError, PlanError
+from onnxprune.structured.analysis import analyze
+from onnxprune.structured.plan import PrunePlan, make_plan
+from onnxprune.structured.surgery import apply_plan
 
 
 @pytest.fixture(scope="module")

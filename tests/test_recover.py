@@ -11,13 +11,12 @@ import pytest
 from builders import conv_bn_relu, conv_relu_conv, gemm_stack, matmul_chain, mlp
 from onnx import numpy_helper
 
-from onnxprune.analysis import analyze
-from onnxprune.calibrate import collect_stats, with_outputs
-from onnxprune.errors import ConfigError
-from onnxprune.io import load_model
-from onnxprune.ir import GraphIndex, attr
-from onnxprune.plan import PrunePlan
-from onnxprune.recover import (
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.io import load_model
+from onnxprune.core.ir import GraphIndex, attr
+from onnxprune.core.weights import find_prunable_weights, get_weight, set_weight
+from onnxprune.recovery.calibrate import collect_stats, with_outputs
+from onnxprune.recovery.recover import (
     affine_refit,
     bn_channel_mean,
     compensate_bias,
@@ -26,9 +25,10 @@ from onnxprune.recover import (
     recover_sparse,
     recover_structured,
 )
-from onnxprune.sparsify import sparsify, sparsify_nm
-from onnxprune.surgery import apply_plan
-from onnxprune.weights import find_prunable_weights, get_weight, set_weight
+from onnxprune.sparse.sparsify import sparsify, sparsify_nm
+from onnxprune.structured.analysis import analyze
+from onnxprune.structured.plan import PrunePlan
+from onnxprune.structured.surgery import apply_plan
 
 
 def _data(rows: int = 200, k: int = 6, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Markdown report and plots (onnxprune.report_md, onnxprune.plots)."""
+"""Markdown report and plots (onnxprune.report.markdown, onnxprune.report.plots)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import sys
 import pytest
 from builders import mlp
 
-from onnxprune.bench import benchmark
-from onnxprune.errors import ConfigError, OutputError
-from onnxprune.plots import plot_report
-from onnxprune.report_md import render_markdown, write_markdown_report
-from onnxprune.validate import validate_models
+from onnxprune.core.errors import ConfigError, OutputError
+from onnxprune.report.markdown import render_markdown, write_markdown_report
+from onnxprune.report.plots import plot_report
+from onnxprune.runtime.bench import benchmark
+from onnxprune.runtime.validate import validate_models
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""onnxruntime sessions, provider names, CUDA checks and progress bars (onnxprune.runtime, .progress)."""
+"""onnxruntime sessions, provider names, CUDA checks and progress bars (onnxprune.runtime.session, .progress)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from builders import make_model, mlp, vinfo
 from onnx import helper
 
-from onnxprune import progress as progress_mod
-from onnxprune.errors import ConfigError, ModelLoadError, UnsupportedModelError
-from onnxprune.feeds import random_feeds
-from onnxprune.runtime import (
+from onnxprune.core import progress as progress_mod
+from onnxprune.core.errors import ConfigError, ModelLoadError, UnsupportedModelError
+from onnxprune.runtime.feeds import random_feeds
+from onnxprune.runtime.session import (
     DeviceRunner,
     create_session,
     cuda_available,

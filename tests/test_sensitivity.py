@@ -9,8 +9,8 @@ import pytest
 from builders import mlp3
 
 from onnxprune.cli.main import main
-from onnxprune.errors import CalibrationError, ConfigError
-from onnxprune.sensitivity import parse_ratios, sensitivity
+from onnxprune.core.errors import CalibrationError, ConfigError
+from onnxprune.recovery.sensitivity import parse_ratios, sensitivity
 
 
 def _calib(n: int = 64, d: int = 8, seed: int = 0) -> list[dict[str, np.ndarray]]:

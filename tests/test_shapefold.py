@@ -12,10 +12,9 @@ from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 from oracle_check import run_ort
 
-from onnxprune.io import load_model
-from onnxprune.ir import infer_shapes
-from onnxprune.shapefold import FOLDERS, fold_values
-from onnxprune.stats import model_stats
+from onnxprune.core.io import load_model
+from onnxprune.core.shapefold import FOLDERS, fold_values, infer_shapes
+from onnxprune.core.stats import model_stats
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

@@ -1,4 +1,4 @@
-"""Tests for onnxprune.sparse_storage: smaller files, same onnxruntime outputs, exact round trip."""
+"""Tests for onnxprune.sparse.storage: smaller files, same onnxruntime outputs, exact round trip."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from onnxprune import io
-from onnxprune.errors import ConfigError
-from onnxprune.sparse_storage import break_even_sparsity, from_sparse_storage, to_sparse_storage
-from onnxprune.sparsify import sparsify
+from onnxprune.core import io
+from onnxprune.core.errors import ConfigError
+from onnxprune.sparse.sparsify import sparsify
+from onnxprune.sparse.storage import break_even_sparsity, from_sparse_storage, to_sparse_storage
 
 
 def run(model_or_path, feeds):

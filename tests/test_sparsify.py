@@ -1,4 +1,4 @@
-"""Tests for onnxprune.sparsify: exact, deterministic unstructured and N:M sparsity.
+"""Tests for onnxprune.sparse.sparsify: exact, deterministic unstructured and N:M sparsity.
 
 The oracle is independent of the implementation (which uses np.partition): the expected pruned entries come
 from a full stable argsort of |W| (or from a per-group loop for N:M), and the sparsified model must give the
@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import ModelProto, helper, numpy_helper
 
-from onnxprune.errors import ConfigError
-from onnxprune.sparsify import parse_layer_sparsity, parse_nm, sparsify, sparsify_nm
+from onnxprune.core.errors import ConfigError
+from onnxprune.sparse.sparsify import parse_layer_sparsity, parse_nm, sparsify, sparsify_nm
 
 
 # -- helpers ---------------------------------------------------------------------------------------

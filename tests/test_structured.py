@@ -11,10 +11,10 @@ import onnx
 import pytest
 from oracle_check import assert_equivalent
 
-from onnxprune.errors import ConfigError
-from onnxprune.oracle import zeroed_reference
-from onnxprune.stats import count_params
-from onnxprune.structured import prune_structured
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.stats import count_params
+from onnxprune.structured.oracle import zeroed_reference
+from onnxprune.structured.prune import prune_structured
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tools"))
 

@@ -8,11 +8,11 @@ import onnx
 import pytest
 from oracle_check import check_prune, random_plan
 
-from onnxprune.analysis import analyze
-from onnxprune.errors import PlanError
-from onnxprune.plan import PrunePlan, make_plan
-from onnxprune.stats import model_stats
-from onnxprune.surgery import apply_plan
+from onnxprune.core.errors import PlanError
+from onnxprune.core.stats import model_stats
+from onnxprune.structured.analysis import analyze
+from onnxprune.structured.plan import PrunePlan, make_plan
+from onnxprune.structured.surgery import apply_plan
 
 BUILDERS = ["conv_bn_relu", "mlp", "residual_add", "concat_split", "flatten_gemm", "depthwise", "squeeze_excite",
             "transformer_ffn"]

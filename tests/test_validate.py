@@ -1,4 +1,4 @@
-"""Validation: checker, strict shape inference and output comparison in onnxruntime (onnxprune.validate)."""
+"""Validation: checker, strict shape inference and output comparison in onnxruntime (onnxprune.runtime.validate)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from builders import conv_bn_relu, mlp, seq_tokens, two_heads
 from onnx import numpy_helper
 
 from onnxprune.cli.main import main
-from onnxprune.errors import CalibrationError, ConfigError, ValidationError
-from onnxprune.validate import Comparer, compare_outputs, validate_models
+from onnxprune.core.errors import CalibrationError, ConfigError, ValidationError
+from onnxprune.runtime.validate import Comparer, compare_outputs, validate_models
 
 
 def perturbed(model: onnx.ModelProto, name: str, delta: float, index: tuple[int, ...] = (0,)) -> onnx.ModelProto:

@@ -1,4 +1,4 @@
-"""Tests for onnxprune.weights: which tensors are prunable weights, and reading/writing them."""
+"""Tests for onnxprune.core.weights: which tensors are prunable weights, and reading/writing them."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from onnxprune.errors import ConfigError
-from onnxprune.weights import (
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.weights import (
     copy_model_without_weights,
     find_prunable_weights,
     get_weight,

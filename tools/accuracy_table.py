@@ -3,7 +3,7 @@
 Why this tool exists: the README's accuracy claims must come from a command anyone can rerun, not from
 memory. It prunes the committed trained models (``models/digits_*.onnx``) with the Python API at several
 ratios and with every criterion, scores each result on the model's held-out test split with
-:func:`onnxprune.evaluate.evaluate_accuracy` (onnxruntime), and prints a table stamped with the date and
+:func:`onnxprune.runtime.evaluate.evaluate_accuracy` (onnxruntime), and prints a table stamped with the date and
 the command line. Nothing is retrained or recovered: these are the raw numbers of a one-shot cut.
 
 Run from the repository root::
@@ -23,12 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnxprune.errors import OnnxPruneError  # noqa: E402
-from onnxprune.evaluate import evaluate_accuracy  # noqa: E402
-from onnxprune.io import load_model  # noqa: E402
-from onnxprune.sparsify import sparsify  # noqa: E402
-from onnxprune.stats import count_params  # noqa: E402
-from onnxprune.structured import prune_structured  # noqa: E402
+from onnxprune.core.errors import OnnxPruneError  # noqa: E402
+from onnxprune.core.io import load_model  # noqa: E402
+from onnxprune.core.stats import count_params  # noqa: E402
+from onnxprune.runtime.evaluate import evaluate_accuracy  # noqa: E402
+from onnxprune.sparse.sparsify import sparsify  # noqa: E402
+from onnxprune.structured.prune import prune_structured  # noqa: E402
 
 STRUCTURED_RATIOS = (0.1, 0.2, 0.3, 0.5)
 STRUCTURED_CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "random")

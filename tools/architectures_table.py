@@ -3,9 +3,9 @@
 Why this tool exists: the README's claims about real architectures (which groups are prunable, how much a
 cut removes, that the cut is exact) must come from a command anyone can rerun. For each ``models/*.onnx``
 it analyses the model, prunes it at ratios 0.3 and 0.5 (L2 criterion, per-group ratio), counts parameters
-and MACs (``onnxprune.stats.model_stats``, batch 1) before and after, and runs the zero-equivalence oracle:
+and MACs (``onnxprune.core.stats.model_stats``, batch 1) before and after, and runs the zero-equivalence oracle:
 the pruned model against the original with the dropped channels' consumer weights zeroed
-(``onnxprune.oracle.zeroed_reference``), both in onnxruntime (CPU, one thread) on seeded normal inputs.
+(``onnxprune.structured.oracle.zeroed_reference``), both in onnxruntime (CPU, one thread) on seeded normal inputs.
 The oracle passes when the largest absolute difference is at most 1e-4 x the output scale. It also
 checks that the parameter count dropped by exactly the amount the analysis predicted.
 
@@ -30,13 +30,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnxprune.analysis import analyze  # noqa: E402
-from onnxprune.feeds import random_feeds  # noqa: E402
-from onnxprune.io import load_model  # noqa: E402
-from onnxprune.oracle import zeroed_reference  # noqa: E402
-from onnxprune.runtime import create_session, run_session  # noqa: E402
-from onnxprune.stats import model_stats  # noqa: E402
-from onnxprune.structured import coverage, prune_structured  # noqa: E402
+from onnxprune.core.io import load_model  # noqa: E402
+from onnxprune.core.stats import model_stats  # noqa: E402
+from onnxprune.runtime.feeds import random_feeds  # noqa: E402
+from onnxprune.runtime.session import create_session, run_session  # noqa: E402
+from onnxprune.structured.analysis import analyze  # noqa: E402
+from onnxprune.structured.oracle import zeroed_reference  # noqa: E402
+from onnxprune.structured.prune import coverage, prune_structured  # noqa: E402
 
 RATIOS = (0.3, 0.5)
 TOLERANCE = 1e-4

@@ -5,7 +5,7 @@ channel group by ``--ratio`` (l2), then times, each on its own:
 
 * ``calibrate``: one onnxruntime pass over ``--samples`` inputs collecting the float64 input Gram matrix
   (im2col for 3×3 convs) of every layer that lost input channels (``collect_stats(gram_for=...)``);
-* ``refit``: :func:`onnxprune.recover.recover_structured` with ``method="lstsq"`` from those statistics;
+* ``refit``: :func:`onnxprune.recovery.recover.recover_structured` with ``method="lstsq"`` from those statistics;
 * ``masked``: optionally (``--masked``), the masked re-fit of one 512×4608 layer at 50% unstructured sparsity
   (``masked_refit``, conjugate gradients), the largest reduction width in ResNet-50.
 
@@ -33,11 +33,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnxprune.analysis import analyze  # noqa: E402
-from onnxprune.calibrate import collect_stats  # noqa: E402
-from onnxprune.plan import make_plan  # noqa: E402
-from onnxprune.recover import masked_refit, recover_structured, sink_cuts  # noqa: E402
-from onnxprune.surgery import apply_plan  # noqa: E402
+from onnxprune.recovery.calibrate import collect_stats  # noqa: E402
+from onnxprune.recovery.recover import masked_refit, recover_structured, sink_cuts  # noqa: E402
+from onnxprune.structured.analysis import analyze  # noqa: E402
+from onnxprune.structured.plan import make_plan  # noqa: E402
+from onnxprune.structured.surgery import apply_plan  # noqa: E402
 from tools.resnet50 import resnet50  # noqa: E402
 
 

@@ -30,8 +30,8 @@ from onnx import TensorProto, helper
 
 #: The steps and the command line each runs (``{model}``, ``{out}`` are filled in).
 STEPS: dict[str, list[str]] = {
-    "load": ["-c", "import sys; from onnxprune.io import load_model; load_model(sys.argv[1])", "{model}"],
-    "load+save": ["-c", "import sys; from onnxprune.io import load_model, save_model; "
+    "load": ["-c", "import sys; from onnxprune.core.io import load_model; load_model(sys.argv[1])", "{model}"],
+    "load+save": ["-c", "import sys; from onnxprune.core.io import load_model, save_model; "
                         "save_model(load_model(sys.argv[1]), sys.argv[2], external_data=True)", "{model}", "{out}"],
     "unstructured": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--mode", "unstructured", "-q"],
     "unstructured-novalidate": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--mode", "unstructured",

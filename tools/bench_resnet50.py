@@ -1,7 +1,7 @@
 """Does structured pruning turn saved MACs into saved time? ResNet-50 on onnxruntime, measured.
 
 Builds a full-size ResNet-50 (random weights, 224×224, ``tools/resnet50.py``), prunes it with
-``onnxprune.structured.prune_structured`` at each ``--ratios`` value, validates every pruned model
+``onnxprune.structured.prune.prune_structured`` at each ``--ratios`` value, validates every pruned model
 (checker, strict shape inference, onnxruntime drift from the original, report only since pruning changes
 the function), and benchmarks everything in one process, alternating the models run by run:
 
@@ -35,10 +35,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from onnxprune.bench import benchmark, paired_ratio  # noqa: E402
-from onnxprune.io import save_model  # noqa: E402
-from onnxprune.stats import model_stats  # noqa: E402
-from onnxprune.validate import validate_models  # noqa: E402
+from onnxprune.core.io import save_model  # noqa: E402
+from onnxprune.core.stats import model_stats  # noqa: E402
+from onnxprune.runtime.bench import benchmark, paired_ratio  # noqa: E402
+from onnxprune.runtime.validate import validate_models  # noqa: E402
 from tools.resnet50 import conv_widths, resnet50  # noqa: E402
 
 TWIN_TARGET = 0.03
@@ -60,9 +60,9 @@ def scaled_widths(model, ratio: float) -> dict[str, int]:
 
 
 def _prune(model, ratio: float, round_to: int | None):
-    """The structurally pruned model, or None when ``onnxprune.structured`` is not there yet."""
+    """The structurally pruned model, or None when ``onnxprune.structured.prune`` is not there yet."""
     try:
-        from onnxprune.structured import prune_structured
+        from onnxprune.structured.prune import prune_structured
     except ImportError:
         return None
     return prune_structured(model, ratio=ratio, round_to=round_to).model
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     for ratio in ratios:
         pruned = _prune(original, ratio, args.round_to)
         if pruned is None:
-            lines.append(f"ratio {ratio}: onnxprune.structured is not available; timing the narrow twin only")
+            lines.append(f"ratio {ratio}: onnxprune.structured.prune is not available; timing the narrow twin only")
             twin = resnet50(seed=1, widths=scaled_widths(original, ratio))
             pairs.append((ratio, None, f"twin-{ratio}"))
         else:

@@ -83,8 +83,8 @@ def run_phase(phase: str, model: Path, out: Path, sparsity: float, scope: str) -
     its load / sparsify / save steps."""
     import onnx
 
-    from onnxprune import io
-    from onnxprune.sparsify import sparsify, sparsify_nm
+    from onnxprune.core import io
+    from onnxprune.sparse.sparsify import sparsify, sparsify_nm
 
     parts: dict[str, float] = {}
     start = time.perf_counter()

@@ -21,11 +21,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.analysis import analyze
-from onnxprune.io import save_model
-from onnxprune.plan import make_plan
-from onnxprune.stats import count_params
-from onnxprune.surgery import apply_plan
+from onnxprune.core.io import save_model
+from onnxprune.core.stats import count_params
+from onnxprune.structured.analysis import analyze
+from onnxprune.structured.plan import make_plan
+from onnxprune.structured.surgery import apply_plan
 
 
 def resnet(width: int = 64, blocks: tuple[int, ...] = (3, 4, 6, 3), classes: int = 1000,

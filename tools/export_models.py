@@ -45,9 +45,9 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnxprune.evaluate import evaluate_accuracy  # noqa: E402
-from onnxprune.io import file_size  # noqa: E402
-from onnxprune.stats import model_stats  # noqa: E402
+from onnxprune.core.io import file_size  # noqa: E402
+from onnxprune.core.stats import model_stats  # noqa: E402
+from onnxprune.runtime.evaluate import evaluate_accuracy  # noqa: E402
 
 OPSET = 17
 SEED = 0
@@ -618,7 +618,7 @@ def write_manifest(out: Path, info: dict[str, dict[str, object]]) -> None:
         f"for training), and {N_CALIB} calibration samples drawn from the training split (`*_calib.npz`, "
         "disjoint from test). Each `.npz` holds the model's input under its input name plus `labels`. "
         "Accuracy below is measured on the ONNX model by onnxruntime with `onnxprune eval MODEL --data "
-        "MODEL_test.npz` (`onnxprune.evaluate.evaluate_accuracy`); the source framework's own accuracy on "
+        "MODEL_test.npz` (`onnxprune.runtime.evaluate.evaluate_accuracy`); the source framework's own accuracy on "
         "the same split is shown next to it.",
         "",
         "| model | trained | params | MACs (batch 1) | bytes | input | top-1 (test) |",

@@ -9,7 +9,7 @@ from the training split, disjoint from test).
 Settings:
   * CNN structured: one uniform ratio, the smallest (step 0.01) whose pruned model keeps at most the target
     MACs fraction; the *same* channels (l2 magnitude, or the named criterion) are then recovered by each
-    method, so rows differ only by recovery. ``budget`` rows let :mod:`onnxprune.budget` choose per-group
+    method, so rows differ only by recovery. ``budget`` rows let :mod:`onnxprune.recovery.budget` choose per-group
     ratios from a sensitivity run (recover=lstsq) instead.
   * MLP sparse: layer-wise 70% unstructured or 2:4 on every prunable weight.
   * Transformer FFN: both feed-forward groups (linear1 → linear2) at ratio 0.3; cosine similarity is the
@@ -32,20 +32,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import onnxprune.data_criteria  # noqa: E402,F401 - registers the data-aware criteria
-from onnxprune.analysis import analyze  # noqa: E402
-from onnxprune.budget import allocate  # noqa: E402
-from onnxprune.data_criteria import collect_group_stats, sparse_scores  # noqa: E402
-from onnxprune.evaluate import evaluate_accuracy  # noqa: E402
-from onnxprune.feeds import load_npz_feeds  # noqa: E402
-from onnxprune.io import load_model  # noqa: E402
-from onnxprune.plan import make_plan  # noqa: E402
-from onnxprune.recover import recover_sparse, recover_structured  # noqa: E402
-from onnxprune.runtime import create_session, run_session  # noqa: E402
-from onnxprune.sensitivity import sensitivity  # noqa: E402
-from onnxprune.sparsify import sparsify, sparsify_nm  # noqa: E402
-from onnxprune.stats import model_stats  # noqa: E402
-from onnxprune.surgery import apply_plan  # noqa: E402
+import onnxprune.recovery.data_criteria  # noqa: E402,F401 - registers the data-aware criteria
+from onnxprune.core.io import load_model  # noqa: E402
+from onnxprune.core.stats import model_stats  # noqa: E402
+from onnxprune.recovery.budget import allocate  # noqa: E402
+from onnxprune.recovery.data_criteria import collect_group_stats, sparse_scores  # noqa: E402
+from onnxprune.recovery.recover import recover_sparse, recover_structured  # noqa: E402
+from onnxprune.recovery.sensitivity import sensitivity  # noqa: E402
+from onnxprune.runtime.evaluate import evaluate_accuracy  # noqa: E402
+from onnxprune.runtime.feeds import load_npz_feeds  # noqa: E402
+from onnxprune.runtime.session import create_session, run_session  # noqa: E402
+from onnxprune.sparse.sparsify import sparsify, sparsify_nm  # noqa: E402
+from onnxprune.structured.analysis import analyze  # noqa: E402
+from onnxprune.structured.plan import make_plan  # noqa: E402
+from onnxprune.structured.surgery import apply_plan  # noqa: E402
 
 MODELS = ROOT / "models"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from onnxprune.inspect import analyze_summary
+from onnxprune.report.inspect import analyze_summary
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from onnxprune.feeds import parse_dims
+    from onnxprune.config import parse_dims
 
     dims = parse_dims(args.dim)
     summary = analyze_summary(args.model, dims=dims)

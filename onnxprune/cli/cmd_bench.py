@@ -6,7 +6,7 @@ import argparse
 import json
 
 from onnxprune.cli.options import add_runtime_options
-from onnxprune.errors import ConfigError
+from onnxprune.core.errors import ConfigError
 
 
 def _ints(text: str, option: str) -> list[int]:
@@ -38,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from onnxprune.bench import benchmark
-    from onnxprune.feeds import parse_dims
+    from onnxprune.config import parse_dims
+    from onnxprune.runtime.bench import benchmark
 
     report = benchmark(args.models, providers=args.providers, batches=_ints(args.batch, "--batch"),
                        threads=args.threads, warmup=args.warmup, runs=args.runs, dims=parse_dims(args.dim),

@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from onnxprune.evaluate import evaluate_accuracy
+    from onnxprune.runtime.evaluate import evaluate_accuracy
 
     result = evaluate_accuracy(args.model, args.data, labels=args.labels, output=args.output,
                                batch_size=args.batch)

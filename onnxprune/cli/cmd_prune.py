@@ -75,8 +75,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> PruneConfig:
     """Map parsed arguments onto the one :class:`PruneConfig` the API uses too."""
-    from onnxprune.feeds import parse_dims
-    from onnxprune.sparsify import parse_layer_sparsity
+    from onnxprune.config import parse_dims
+    from onnxprune.sparse.sparsify import parse_layer_sparsity
 
     return PruneConfig(
         mode=args.mode, sparsity=args.sparsity, scope=args.scope,
@@ -156,8 +156,8 @@ def _comparison_line(validation: dict[str, Any], *, exact: bool) -> str:
 
 def _check_side_outputs(args: argparse.Namespace) -> None:
     """Refuse bad report/plot paths before any work, so a failure never follows a saved model."""
-    from onnxprune.errors import OutputError
-    from onnxprune.io import check_output_path, same_file
+    from onnxprune.core.errors import OutputError
+    from onnxprune.core.io import check_output_path, same_file
 
     for option, path in (("--report", args.report), ("--report-md", args.report_md), ("--plot", args.plot)):
         if path is None:
@@ -168,7 +168,7 @@ def _check_side_outputs(args: argparse.Namespace) -> None:
     if args.plot:
         import importlib.util
 
-        from onnxprune.errors import ConfigError
+        from onnxprune.core.errors import ConfigError
 
         if importlib.util.find_spec("matplotlib") is None:
             raise ConfigError("--plot needs matplotlib; install it with: pip install onnxprune[plot]")
@@ -183,11 +183,11 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         result.save_report(args.report)
     if args.report_md:
-        from onnxprune.report_md import write_markdown_report
+        from onnxprune.report.markdown import write_markdown_report
 
         write_markdown_report(args.report_md, report=result.report)
     if args.plot:
-        from onnxprune.plots import plot_report
+        from onnxprune.report.plots import plot_report
 
         plot_report(args.plot, report=result.report)
     if not args.quiet:

@@ -30,21 +30,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import onnxprune.data_criteria  # noqa: F401 - registers the data-aware criteria
-    from onnxprune.errors import ConfigError
-    from onnxprune.sensitivity import parse_ratios, sensitivity
+    import onnxprune.recovery.data_criteria  # noqa: F401 - registers the data-aware criteria
+    from onnxprune.core.errors import ConfigError
+    from onnxprune.recovery.sensitivity import parse_ratios, sensitivity
 
     if args.max_samples is not None and args.max_samples < 1:
         raise ConfigError(f"--max-samples must be >= 1, got {args.max_samples}")
     if args.plot:
-        from onnxprune.io import check_output_path
+        from onnxprune.core.io import check_output_path
 
         check_output_path(args.plot, inputs=(args.model,))
     report = sensitivity(args.model, args.calib, ratios=parse_ratios(args.ratios), eval_data=args.eval_data,
                          importance=args.importance, recover=args.recover, max_samples=args.max_samples,
                          labels=args.labels)
     if args.plot:
-        report.plot(args.plot)
+        from onnxprune.report.plots import plot_sensitivity
+
+        plot_sensitivity(report, args.plot)
     if args.json:
         print(report.to_json())
         return 0

@@ -11,7 +11,7 @@ import json
 import sys
 
 from onnxprune.cli.options import add_runtime_options
-from onnxprune.validate import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SAMPLES
+from onnxprune.runtime.validate import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SAMPLES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -38,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from onnxprune.feeds import parse_dims
-    from onnxprune.validate import validate_models
+    from onnxprune.config import parse_dims
+    from onnxprune.runtime.validate import validate_models
 
     report = validate_models(
         args.original, args.pruned, data=args.data, providers=args.providers, atol=args.atol, rtol=args.rtol,

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Sequence
 
 from onnxprune import __version__
-from onnxprune.errors import OnnxPruneError
+from onnxprune.core.errors import OnnxPruneError
 
 #: Subcommands, in the order ``--help`` lists them; each is ``onnxprune.cli.cmd_<name>``.
 COMMANDS = ["analyze", "prune", "validate", "bench", "eval", "sensitivity"]
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="onnxprune: %(levelname)s: %(message)s",
         force=True,
     )
-    from onnxprune.progress import progress_switched_on, set_progress_enabled
+    from onnxprune.core.progress import progress_switched_on, set_progress_enabled
 
     progress_before = progress_switched_on()
     if quiet:

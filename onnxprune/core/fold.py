@@ -13,15 +13,16 @@ reported, so the layers they feed are listed as not prunable instead of being pr
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
-from onnxprune.errors import OnnxPruneError
-from onnxprune.ir import GraphIndex, copy_fields, node_label
-from onnxprune.weights import WEIGHT_SLOT
+from onnxprune.core.errors import OnnxPruneError
+from onnxprune.core.ir import GraphIndex, copy_fields, node_label
+from onnxprune.core.weights import WEIGHT_SLOT
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +141,18 @@ def _cone(idx: GraphIndex, targets: list[str]) -> tuple[list[NodeProto], set[str
     return nodes, inits
 
 
-def _evaluate(model: ModelProto, idx: GraphIndex, targets: list[str]) -> dict[str, np.ndarray]:
-    """Run the constant subgraph computing ``targets`` in onnxruntime (CPU) and return their values.
+#: Runs an input-free model and returns the named outputs; raises ``OnnxPruneError`` when it cannot.
+#: onnxruntime's is :func:`onnxprune.runtime.session.run_constant_graph`; it is passed in so that ``core``
+#: never imports ``runtime``.
+GraphRunner = Callable[[ModelProto, list[str]], dict[str, np.ndarray]]
+
+
+def _evaluate(model: ModelProto, idx: GraphIndex, targets: list[str], run: GraphRunner) -> dict[str, np.ndarray]:
+    """Run the constant subgraph computing ``targets`` with ``run`` and return their values.
 
     Raises:
-        OnnxPruneError: onnxruntime refuses or fails to run the subgraph (the caller reports it).
+        OnnxPruneError: the runner refuses or fails to run the subgraph (the caller reports it).
     """
-    from onnxprune.runtime import create_session, run_session
-
     nodes, inits = _cone(idx, targets)
     graph = helper.make_graph(nodes, "onnxprune_fold", [], [helper.make_value_info(t, onnx.TypeProto())
                                                            for t in targets],
@@ -167,11 +172,10 @@ def _evaluate(model: ModelProto, idx: GraphIndex, targets: list[str]) -> dict[st
         out.name = t
         if t in types:
             out.type.CopyFrom(types[t])
-    session = create_session(sub, provider="cpu", threads=1, name="constant subgraph")
-    return run_session(session, {}, outputs=targets, label="the constant subgraph")
+    return run(sub, targets)
 
 
-def fold_constants(model: ModelProto) -> FoldResult:
+def fold_constants(model: ModelProto, run: GraphRunner) -> FoldResult:
     """Store every run-time-computed constant that a non-constant node reads as an initializer.
 
     A tensor is folded when it is computed only from initializers and ``Constant`` nodes through
@@ -181,12 +185,13 @@ def fold_constants(model: ModelProto) -> FoldResult:
 
     Args:
         model: the model (not modified).
+        run: evaluates the constant subgraph (``onnxprune.runtime.session.run_constant_graph``).
 
     Returns:
         A :class:`FoldResult`; ``result.model is model`` when there was nothing to fold.
 
     Example:
-        >>> result = fold_constants(load_model("model.onnx"))  # doctest: +SKIP
+        >>> result = fold_constants(load_model("model.onnx"), run_constant_graph)  # doctest: +SKIP
         >>> result.folded
         ('conv1_weight_reshaped',)
     """
@@ -209,7 +214,7 @@ def fold_constants(model: ModelProto) -> FoldResult:
     values: dict[str, np.ndarray] = {}
     if frontier:
         try:
-            values = _evaluate(model, idx, frontier)
+            values = _evaluate(model, idx, frontier, run)
         except OnnxPruneError as exc:
             log.warning("constant folding skipped: %s", exc)
             for name in frontier:

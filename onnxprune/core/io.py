@@ -23,8 +23,8 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 from onnx import GraphProto, ModelProto, TensorProto, numpy_helper
 
-from onnxprune.errors import ModelLoadError, OutputError, UnsupportedModelError, first_line
-from onnxprune.ir import copy_fields
+from onnxprune.core.errors import ModelLoadError, OutputError, UnsupportedModelError, first_line
+from onnxprune.core.ir import copy_fields
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def model_nbytes(model: ModelProto) -> int:
     for tensor in _all_tensors(model):
         total += tensor.ByteSize()
     total += sum(node.ByteSize() for node in model.graph.node if node.op_type != "Constant")
-    # Sparse initializers (onnxprune.sparse_storage) are not in _all_tensors and always stay inline.
+    # Sparse initializers (onnxprune.sparse.storage) are not in _all_tensors and always stay inline.
     total += sum(sparse.ByteSize() for sparse in model.graph.sparse_initializer)
     return total
 
@@ -443,7 +443,7 @@ def save_model(
             inline, ``None`` (default) switches to external data when the model would exceed 2 GB.
         replace: called with each main-graph initializer as it is written; what it returns (same name,
             a new tensor) is written instead. Why: a variant of a big model (the zeroed reference of
-            :mod:`onnxprune.oracle`) can then be written one tensor at a time and never exist whole in
+            :mod:`onnxprune.structured.oracle`) can then be written one tensor at a time and never exist whole in
             memory. Inline tensors may be passed twice (sizes first), so it must be a pure function.
 
     Returns:
@@ -547,7 +547,7 @@ def _write_model(model: ModelProto, model_path: Path, data_path: Path | None, lo
         if tensor.data_location == TensorProto.EXTERNAL:
             raise OutputError(
                 f"tensor '{tensor.name}' still refers to external data that was never loaded; load the model "
-                f"with onnxprune.io.load_model (or onnx.load with its external data) before saving"
+                f"with onnxprune.core.io.load_model (or onnx.load with its external data) before saving"
             )
     head = ModelProto()
     copy_fields(head, model, skip=("graph",))

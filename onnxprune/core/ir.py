@@ -10,14 +10,14 @@ from __future__ import annotations
 import fnmatch
 import itertools
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import numpy as np
 import onnx
 from google.protobuf.message import Message
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from onnxprune.errors import UnsupportedModelError
+from onnxprune.core.errors import UnsupportedModelError
 
 GENERATED_PREFIX = "onnxprune_"
 #: Floating-point element types: what counts as a parameter (stats, analysis) and what sparsity can zero.
@@ -293,7 +293,7 @@ def shape_skeleton(model: ModelProto, dims: dict[str, int] | None = None, defaul
         dims: values of symbolic input dims, by name.
         default_dim: value of the other symbolic input dims.
         value_info: names of tensors whose declared ``value_info`` shape is copied in. Only name tensors
-            that inference leaves unknown (:func:`infer_shapes` does): onnx lets a declared shape win
+            that inference leaves unknown (:func:`infer_static_shapes` does): onnx lets a declared shape win
             over an inferred one, so copying all of them would let a stale export override the truth.
             Their symbolic dims named like an input dim get that input's fixed value.
     """
@@ -336,13 +336,18 @@ def shape_skeleton(model: ModelProto, dims: dict[str, int] | None = None, defaul
     return skel
 
 
-def infer_shapes(model: ModelProto, dims: dict[str, int] | None = None, default_dim: int = 1,
-                 strict: bool = False, fold: bool = True) -> dict[str, Shape]:
+#: Evaluates runtime shape arithmetic on an inferred skeleton: ``(skeleton, shapes) -> shapes``.
+ShapeFolder = Callable[[ModelProto, dict[str, Shape]], dict[str, Shape]]
+
+
+def infer_static_shapes(model: ModelProto, dims: dict[str, int] | None = None, default_dim: int = 1,
+                        strict: bool = False, folder: ShapeFolder | None = None) -> dict[str, Shape]:
     """Shapes of every tensor (inputs, intermediates, outputs, initializers) after shape inference.
 
-    With ``fold=True`` runtime shape arithmetic (``Shape -> Gather -> Div -> Reshape``) is evaluated at the
-    fixed input dims (:func:`onnxprune.shapefold.fold_shapes`), so tensors after such reshapes get static
-    shapes too.
+    ``folder`` evaluates runtime shape arithmetic (``Shape -> Gather -> Div -> Reshape``) at the fixed input
+    dims, so tensors after such reshapes get static shapes too. It is passed in rather than imported because
+    shape folding is a use of the IR, not part of it: :func:`onnxprune.core.shapefold.infer_shapes` is the
+    entry point that passes it.
 
     Shapes the model declares in ``value_info`` are used where inference gives nothing (after an op onnx
     does not know, such as a custom-domain op), never over an inferred shape: each round copies in the
@@ -365,10 +370,8 @@ def infer_shapes(model: ModelProto, dims: dict[str, int] | None = None, default_
             del declared[name]
         skel = shape_skeleton(model, dims, default_dim, value_info=used)
         shapes = _inferred_shapes(skel, strict)
-    if fold:
-        from onnxprune.shapefold import fold_shapes
-
-        shapes = fold_shapes(skel, shapes)
+    if folder is not None:
+        shapes = folder(skel, shapes)
     for node in model.graph.node:
         if node.op_type == "Constant":
             value = constant_node_value(node)

@@ -21,7 +21,15 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
-from onnxprune.ir import Shape, attr, attr_ints, collect_shapes, constant_node_value, empty_like
+from onnxprune.core.ir import (
+    Shape,
+    attr,
+    attr_ints,
+    collect_shapes,
+    constant_node_value,
+    empty_like,
+    infer_static_shapes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +291,7 @@ def fold_shapes(skel: ModelProto, shapes: dict[str, Shape]) -> dict[str, Shape]:
     """Shapes of ``skel`` with runtime shape arithmetic evaluated: a superset of ``shapes``, more static.
 
     Args:
-        skel: a weightless skeleton (:func:`onnxprune.ir.shape_skeleton`), all input dims fixed.
+        skel: a weightless skeleton (:func:`onnxprune.core.ir.shape_skeleton`), all input dims fixed.
         shapes: the shapes one onnx inference pass gave.
 
     Returns:
@@ -316,3 +324,19 @@ def fold_shapes(skel: ModelProto, shapes: dict[str, Shape]) -> dict[str, Shape]:
             break
         values = fold_values(skel, merged, values)
     return merged
+
+
+def infer_shapes(model: ModelProto, dims: dict[str, int] | None = None, default_dim: int = 1,
+                 strict: bool = False, fold: bool = True) -> dict[str, Shape]:
+    """Shapes of every tensor after shape inference, with runtime shape arithmetic folded at fixed dims.
+
+    The entry point every analysis uses: :func:`onnxprune.core.ir.infer_static_shapes` with
+    :func:`fold_shapes` as its folder (``fold=False`` gives onnx's inference alone).
+
+    Raises:
+        UnsupportedModelError: with ``strict=True``, when inference fails.
+
+    Example:
+        >>> shapes = infer_shapes(model, {"input": 1})  # doctest: +SKIP
+    """
+    return infer_static_shapes(model, dims, default_dim, strict, folder=fold_shapes if fold else None)

@@ -14,7 +14,8 @@ from typing import TypeGuard
 import numpy as np
 from onnx import ModelProto, NodeProto, numpy_helper
 
-from onnxprune.ir import FLOAT_TYPES, GraphIndex, Shape, attr, constant_node_value, infer_shapes, node_key
+from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, Shape, attr, constant_node_value, node_key
+from onnxprune.core.shapefold import infer_shapes
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -23,8 +23,8 @@ from typing import Literal
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from onnxprune.errors import ConfigError
-from onnxprune.ir import FLOAT_TYPES, GraphIndex, attr, copy_fields, node_key, node_label
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, attr, copy_fields, node_key, node_label
 
 log = logging.getLogger(__name__)
 

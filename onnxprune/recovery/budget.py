@@ -1,10 +1,10 @@
 """Budgets: per-group pruning ratios that reach a MACs or parameter target where it hurts least.
 
 Why this module exists: one global ratio over-prunes sensitive layers and under-prunes robust ones. Given
-a :class:`~onnxprune.sensitivity.SensitivityReport`, :func:`allocate` raises group ratios greedily in small
+a :class:`~onnxprune.recovery.sensitivity.SensitivityReport`, :func:`allocate` raises group ratios greedily in small
 steps (the ratios of the report), always taking the step with the smallest increase in measured error
 per MAC (or parameter) saved, until the model keeps at most a fraction ``F`` of its MACs (params). The
-target is checked on the *actual* pruned model (``apply_plan`` then :func:`onnxprune.stats.model_stats`),
+target is checked on the *actual* pruned model (``apply_plan`` then :func:`onnxprune.core.stats.model_stats`),
 because savings of neighbouring groups do not add up (a layer between two cut groups loses
 ``1 − (1−a)(1−b)`` of its MACs). With ``max_error``, every step is measured on the calibration set and a
 step that would push the output error above ``E`` is refused, so the allocation stops before it.
@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import ModelProto
 
-from onnxprune.analysis import DependencyGraph
-from onnxprune.calibrate import ActivationStats
-from onnxprune.errors import ConfigError
-from onnxprune.io import load_model
-from onnxprune.plan import make_plan
-from onnxprune.sensitivity import (
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.io import load_model
+from onnxprune.core.stats import model_stats
+from onnxprune.recovery.calibrate import ActivationStats
+from onnxprune.recovery.sensitivity import (
     DEFAULT_RATIOS,
     OutputErrorMeter,
     SensitivityReport,
@@ -33,8 +32,9 @@ from onnxprune.sensitivity import (
     recovery_stats,
     sensitivity,
 )
-from onnxprune.stats import model_stats
-from onnxprune.surgery import apply_plan
+from onnxprune.structured.analysis import DependencyGraph
+from onnxprune.structured.plan import make_plan
+from onnxprune.structured.surgery import apply_plan
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class _Candidate:
         assert self.meter is not None
         _, _, pruned, plan = self.build(ratios)
         if self.recover != "none":
-            from onnxprune.recover import recover_structured
+            from onnxprune.recovery.recover import recover_structured
 
             pruned = recover_structured(self.model, pruned, self.dg, plan, self.rstats, method=self.recover)
         return self.meter.error(pruned)
@@ -213,7 +213,7 @@ def allocate(
     Args:
         model: the model (not modified).
         dg: its dependency graph.
-        sensitivity_report: from :func:`onnxprune.sensitivity.sensitivity` (its ratios are the steps).
+        sensitivity_report: from :func:`onnxprune.recovery.sensitivity.sensitivity` (its ratios are the steps).
         target_macs: fraction of the original MACs to keep, in ``(0, 1]``.
         target_params: fraction of the original parameters to keep.
         max_error: refuse steps that push the relative L2 output error on ``calib`` above this.
@@ -255,7 +255,7 @@ def allocate_budget(model: ModelProto, dg: DependencyGraph, config: object) -> d
     recover = str(getattr(config, "recovery", "none"))
     data: object = calib
     if calib is None:
-        from onnxprune.feeds import random_feeds
+        from onnxprune.runtime.feeds import random_feeds
 
         dims = dict(getattr(config, "dims", {}) or {})
         data = [random_feeds(model, seed=int(getattr(config, "seed", 0)) + i, batch=16, dims=dims)

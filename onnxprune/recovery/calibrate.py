@@ -25,11 +25,11 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper
 
-from onnxprune.errors import CalibrationError, ConfigError
-from onnxprune.feeds import InputSpec, fixed_batch_size, input_specs, iter_batches, load_npz_feeds, num_samples
-from onnxprune.io import load_model
-from onnxprune.ir import GraphIndex, attr, attr_ints, node_label, shape_skeleton
-from onnxprune.progress import progress
+from onnxprune.core.errors import CalibrationError, ConfigError
+from onnxprune.core.io import load_model
+from onnxprune.core.ir import GraphIndex, attr, attr_ints, node_label, shape_skeleton
+from onnxprune.core.progress import progress
+from onnxprune.runtime.feeds import InputSpec, fixed_batch_size, input_specs, iter_batches, load_npz_feeds, num_samples
 
 log = logging.getLogger(__name__)
 
@@ -609,7 +609,7 @@ def collect_stats(
         >>> stats = collect_stats("cnn.onnx", "calib.npz", tensors=["relu1"], gram_for=["conv2"])  # doctest: +SKIP
         >>> stats["relu1"].zero_frac  # doctest: +SKIP
     """
-    from onnxprune.runtime import create_session, run_session
+    from onnxprune.runtime.session import create_session, run_session
 
     m = load_model(model, check=False) if not isinstance(model, ModelProto) else model
     idx = GraphIndex(m)

@@ -11,7 +11,7 @@ is. Three criteria, usable for structured, unstructured and N:M pruning:
 * ``wanda`` — ``|W| × ‖x_j‖₂`` (Sun et al., 2023): per weight for sparse pruning; for a structured channel
   the sum of this score over every weight that reads the channel in its consumers (sinks).
 
-Statistics come from :func:`onnxprune.calibrate.collect_stats`, one onnxruntime pass per call.
+Statistics come from :func:`onnxprune.recovery.calibrate.collect_stats`, one onnxruntime pass per call.
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from onnx import ModelProto, NodeProto
 
-from onnxprune.analysis import ChannelGroup, DependencyGraph, ParamCut
-from onnxprune.axes import ChannelAxis
-from onnxprune.calibrate import GRAM_OPS, ActivationStats, ChannelStats, collect_stats
-from onnxprune.errors import ConfigError
-from onnxprune.importance import (
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.io import load_model
+from onnxprune.core.ir import GraphIndex, attr
+from onnxprune.core.weights import PrunableWeight, find_prunable_weights, get_weight
+from onnxprune.recovery.calibrate import GRAM_OPS, ActivationStats, ChannelStats, collect_stats
+from onnxprune.structured.analysis import ChannelGroup, DependencyGraph, ParamCut
+from onnxprune.structured.axes import ChannelAxis
+from onnxprune.structured.importance import (
     ImportanceContext,
     l2_importance,
     normalize,
@@ -35,9 +38,6 @@ from onnxprune.importance import (
     register_criterion,
     slice_norms,
 )
-from onnxprune.io import load_model
-from onnxprune.ir import GraphIndex, attr
-from onnxprune.weights import PrunableWeight, find_prunable_weights, get_weight
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def sparse_scores(
     batch_size: int = 32,
     max_samples: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-weight importance (higher = keep) for :func:`onnxprune.sparsify.sparsify` ``scores=``.
+    """Per-weight importance (higher = keep) for :func:`onnxprune.sparse.sparsify.sparsify` ``scores=``.
 
     Every prunable weight gets ``|W| × factor`` where the factor, per input column it reads, is
     ``‖x_j‖₂`` (wanda), ``mean|x_j|`` (activation) or ``1 − APoZ_j`` (apoz), measured on the layer's input
@@ -219,7 +219,7 @@ def _weight_score(model: ModelProto, idx: GraphIndex, pw: PrunableWeight, nodes:
 
 
 # -- structured criteria (channel groups) ----------------------------------------------------------
-#: Key of :attr:`onnxprune.importance.ImportanceContext.statistics` holding the :class:`ActivationStats`.
+#: Key of :attr:`onnxprune.structured.importance.ImportanceContext.statistics` holding the :class:`ActivationStats`.
 STATS_KEY = "activations"
 
 
@@ -248,7 +248,7 @@ def collect_group_stats(
     """Calibrate once for the structured data criteria; pass the result as ``statistics=``.
 
     Returns:
-        ``{"activations": ActivationStats}`` ready for :class:`~onnxprune.importance.ImportanceContext`.
+        ``{"activations": ActivationStats}`` ready for :class:`~onnxprune.structured.importance.ImportanceContext`.
 
     Example:
         >>> stats = collect_group_stats(model, dg, "calib.npz")  # doctest: +SKIP

@@ -14,7 +14,7 @@ so its output matches the *original* layer's output ``Y = X Wᵀ + b`` as closel
 * **masked re-fit** (unstructured, N:M) — per output row, the surviving weights are re-solved with the
   sparsity mask fixed.
 
-Everything here is plain numpy on Gram statistics (:mod:`onnxprune.calibrate`), so it runs in seconds even
+Everything here is plain numpy on Gram statistics (:mod:`onnxprune.recovery.calibrate`), so it runs in seconds even
 when the calibration set is large. The ridge term pulls towards the *current* weights rather than towards
 zero: with little data the solution stays close to plain pruning instead of shrinking the layer.
 """
@@ -30,13 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
-from onnxprune.analysis import DependencyGraph
-from onnxprune.axes import ChannelAxis
-from onnxprune.calibrate import GRAM_OPS, ActivationStats, collect_stats, rows_to_weight, weight_rows
-from onnxprune.errors import ConfigError
-from onnxprune.io import load_model
-from onnxprune.ir import GraphIndex, attr
-from onnxprune.weights import PrunableWeight, find_prunable_weights, get_weight, set_weight
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.io import load_model
+from onnxprune.core.ir import GraphIndex, attr
+from onnxprune.core.weights import PrunableWeight, find_prunable_weights, get_weight, set_weight
+from onnxprune.recovery.calibrate import GRAM_OPS, ActivationStats, collect_stats, rows_to_weight, weight_rows
+from onnxprune.structured.analysis import DependencyGraph
+from onnxprune.structured.axes import ChannelAxis
 
 log = logging.getLogger(__name__)
 
@@ -412,10 +412,10 @@ def recover_sparse(
 
     Args:
         original: the dense model.
-        sparse_model: the same model with weights zeroed (by :func:`onnxprune.sparsify.sparsify` or
+        sparse_model: the same model with weights zeroed (by :func:`onnxprune.sparse.sparsify.sparsify` or
             ``sparsify_nm``); not modified.
         data: calibration data (npz path or iterable of feed dicts) or precomputed
-            :class:`~onnxprune.calibrate.ActivationStats` of ``original`` with the layers' Grams.
+            :class:`~onnxprune.recovery.calibrate.ActivationStats` of ``original`` with the layers' Grams.
         method: ``"lstsq"`` (masked re-fit) or ``"bias"``.
         ridge: relative ridge of the re-fit.
         batch_size, max_samples: calibration batching.

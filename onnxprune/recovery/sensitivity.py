@@ -3,7 +3,7 @@
 Why this module exists: layers are not equally robust. Pruning the first convolution by 30% may cost far
 more accuracy than pruning a wide middle layer by 70%. Measuring each prunable group alone, at a few
 ratios, ranks the groups (least sensitive first) and gives the per-group curves that
-:mod:`onnxprune.budget` uses to spend a MACs or parameter budget where it hurts least.
+:mod:`onnxprune.recovery.budget` uses to spend a MACs or parameter budget where it hurts least.
 
 The error of a candidate is the **relative L2 error** of the model outputs against the original on the
 calibration set: ``‖y − y_ref‖₂ / ‖y_ref‖₂`` over every float output, all samples together. Accuracy on
@@ -19,19 +19,18 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 from onnx import ModelProto
 
-from onnxprune.analysis import DependencyGraph, analyze
-from onnxprune.calibrate import ActivationStats, collect_stats, iter_feeds
-from onnxprune.errors import ConfigError
-from onnxprune.io import load_model
-from onnxprune.plan import PrunePlan, make_plan
-from onnxprune.progress import progress
-from onnxprune.stats import model_stats
-from onnxprune.surgery import apply_plan
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.io import load_model
+from onnxprune.core.progress import progress
+from onnxprune.core.stats import model_stats
+from onnxprune.recovery.calibrate import ActivationStats, collect_stats, iter_feeds
+from onnxprune.structured.analysis import DependencyGraph, analyze
+from onnxprune.structured.plan import PrunePlan, make_plan
+from onnxprune.structured.surgery import apply_plan
 
 log = logging.getLogger(__name__)
 
@@ -129,34 +128,6 @@ class SensitivityReport:
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
-    def plot(self, path: str | os.PathLike[str], *, top: int = 12) -> Path:
-        """Save error-vs-ratio curves (the ``top`` most sensitive groups labelled) as an image.
-
-        Raises:
-            ConfigError: matplotlib is not installed (``pip install onnxprune[plot]``), or the suffix names
-                no image format.
-            OutputError: the file cannot be written.
-        """
-        from onnxprune.io import check_output_path
-        from onnxprune.plots import new_figure, save_figure
-
-        out = check_output_path(path)
-        fig = new_figure(figsize=(7, 4.5))
-        ax = fig.add_subplot()
-        ranked = self.ranked()
-        labelled = {g.group for g in ranked[-top:]}
-        for g in ranked:
-            ax.plot(g.ratios, g.errors, marker="o", ms=3, lw=1.2 if g.group in labelled else 0.6,
-                    alpha=1.0 if g.group in labelled else 0.4,
-                    label=f"{g.group}: {g.source[-28:]}" if g.group in labelled else None)
-        ax.set_xlabel("share of the group's channels removed")
-        ax.set_ylabel("relative L2 output error (calibration set)")
-        ax.set_title(f"Sensitivity per channel group ({self.importance}, recover={self.recover})")
-        ax.set_yscale("symlog", linthresh=1e-3)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
-        return save_figure(fig, out)
-
 
 def parse_ratios(text: str | Sequence[float]) -> tuple[float, ...]:
     """Parse ``"0.1,0.2,0.5"`` into sorted unique ratios in ``(0, 1)``; ConfigError otherwise."""
@@ -178,12 +149,12 @@ class OutputErrorMeter:
 
     def __init__(self, model: ModelProto, data: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]], *,
                  batch_size: int = 32, max_samples: int | None = 256) -> None:
-        from onnxprune.runtime import create_session, run_session
+        from onnxprune.runtime.session import create_session, run_session
 
         self._create, self._run = create_session, run_session
         self.batches = list(iter_feeds(model, data, batch_size=batch_size, max_samples=max_samples))
         if not self.batches:
-            from onnxprune.errors import CalibrationError
+            from onnxprune.core.errors import CalibrationError
 
             raise CalibrationError("calibration data holds no samples")
         sess = create_session(model)
@@ -219,7 +190,7 @@ def single_group_plan(model: ModelProto, dg: DependencyGraph, group_id: int, rat
 def criterion_statistics(model: ModelProto, dg: DependencyGraph, importance: str,
                          data: object) -> Mapping[str, object] | None:
     """Calibration statistics a data-aware criterion needs (``None`` for weight-only criteria)."""
-    from onnxprune.data_criteria import DATA_CRITERIA, collect_group_stats
+    from onnxprune.recovery.data_criteria import DATA_CRITERIA, collect_group_stats
 
     if importance not in DATA_CRITERIA:
         return None
@@ -232,7 +203,7 @@ def recovery_stats(model: ModelProto, dg: DependencyGraph, data: object, recover
     """Statistics for recovering any cut of ``dg``'s groups: every sink's Gram (lstsq) or input (bias)."""
     if recover == "none" or data is None:
         return None
-    from onnxprune.recover import recovery_input_axis, sink_cuts
+    from onnxprune.recovery.recover import recovery_input_axis, sink_cuts
 
     # keeping one channel of every group makes every sink of a prunable group show up as cut
     one = {g.id: np.zeros(1, dtype=np.int64) for g in dg.prunable_groups if g.size > 1}
@@ -297,7 +268,7 @@ def sensitivity(
     evaluate = None
     base_acc = None
     if eval_data is not None:
-        from onnxprune.evaluate import evaluate_accuracy
+        from onnxprune.runtime.evaluate import evaluate_accuracy
 
         def evaluate(candidate: ModelProto) -> float:
             return float(evaluate_accuracy(candidate, eval_data, labels=labels).top1)
@@ -311,7 +282,7 @@ def sensitivity(
             plan = single_group_plan(m, dg, g.id, r, importance=importance, statistics=statistics)
             cand = apply_plan(m, plan, dg=dg)
             if recover != "none":
-                from onnxprune.recover import recover_structured
+                from onnxprune.recovery.recover import recover_structured
 
                 cand = recover_structured(m, cand, dg, plan, rstats, method=recover)
             st = model_stats(cand)

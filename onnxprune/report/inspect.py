@@ -11,10 +11,10 @@ from typing import Any
 import onnx
 from onnx import ModelProto
 
-from onnxprune.errors import OnnxPruneError
-from onnxprune.io import load_model
-from onnxprune.ir import input_shapes, opset_of
-from onnxprune.stats import model_stats
+from onnxprune.core.errors import OnnxPruneError
+from onnxprune.core.io import load_model
+from onnxprune.core.ir import input_shapes, opset_of
+from onnxprune.core.stats import model_stats
 
 
 def _io_list(model: ModelProto, which: str) -> list[dict[str, Any]]:
@@ -34,7 +34,7 @@ def analyze_summary(source: str | os.PathLike[str] | ModelProto, *, dims: dict[s
                     with_groups: bool = True) -> dict[str, Any]:
     """Parameters, MACs at batch 1, op histogram, prunable weights, opset, I/O and channel groups."""
     model = load_model(source)
-    from onnxprune.weights import find_prunable_weights
+    from onnxprune.core.weights import find_prunable_weights
 
     stats = model_stats(model, dims=dims)
     summary: dict[str, Any] = {
@@ -57,7 +57,7 @@ def analyze_summary(source: str | os.PathLike[str] | ModelProto, *, dims: dict[s
     }
     if with_groups:
         try:
-            from onnxprune.structured import describe_groups
+            from onnxprune.structured.prune import describe_groups
 
             summary.update(describe_groups(model, dims=dims))
         except OnnxPruneError as exc:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from onnxprune.io import check_output_path
+from onnxprune.core.io import check_output_path
 
 #: Groups listed in full up to this many; the rest are counted.
 MAX_GROUP_ROWS = 200
@@ -218,7 +218,7 @@ def write_markdown_report(
     Example:
         >>> write_markdown_report("report.md", report=result.report)  # doctest: +SKIP
     """
-    from onnxprune.io import write_text_atomic
+    from onnxprune.core.io import write_text_atomic
 
     out = check_output_path(path)
     write_text_atomic(out, render_markdown(report=report, settings=settings, stats_before=stats_before,

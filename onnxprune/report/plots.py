@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from onnxprune.errors import ConfigError, OutputError
-from onnxprune.io import check_output_path
+from onnxprune.core.errors import ConfigError, OutputError
+from onnxprune.core.io import check_output_path
+
+if TYPE_CHECKING:
+    from onnxprune.recovery.sensitivity import SensitivityReport
 
 Layers = Mapping[str, Sequence[int]] | Sequence[Mapping[str, Any]]
 
@@ -147,3 +150,29 @@ def save_figure(fig: Any, out: Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def plot_sensitivity(report: SensitivityReport, path: str | os.PathLike[str], *, top: int = 12) -> Path:
+    """Save error-vs-ratio curves (the ``top`` most sensitive groups labelled) as an image.
+
+    Raises:
+        ConfigError: matplotlib is not installed (``pip install onnxprune[plot]``), or the suffix names
+            no image format.
+        OutputError: the file cannot be written.
+    """
+    out = check_output_path(path)
+    fig = new_figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    ranked = report.ranked()
+    labelled = {g.group for g in ranked[-top:]}
+    for g in ranked:
+        ax.plot(g.ratios, g.errors, marker="o", ms=3, lw=1.2 if g.group in labelled else 0.6,
+                alpha=1.0 if g.group in labelled else 0.4,
+                label=f"{g.group}: {g.source[-28:]}" if g.group in labelled else None)
+    ax.set_xlabel("share of the group's channels removed")
+    ax.set_ylabel("relative L2 output error (calibration set)")
+    ax.set_title(f"Sensitivity per channel group ({report.importance}, recover={report.recover})")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return save_figure(fig, out)

@@ -4,7 +4,7 @@ Why this module exists: "pruned to half the MACs" means nothing until the pruned
 beside the original on the same machine. On a shared, noisy machine two models timed one after the
 other see different loads, so ``benchmark`` times them **alternately** (A B A B ...) in one process and
 drift hits both alike. Each model's speedup over the first model is set against its *ideal* speedup,
-the MAC ratio from :func:`onnxprune.stats.model_stats`; their quotient (the efficiency) shows how much
+the MAC ratio from :func:`onnxprune.core.stats.model_stats`; their quotient (the efficiency) shows how much
 of the saved compute the runtime turns into time, and any pruned model slower than the first is flagged.
 
 How things are measured:
@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 from onnx import ModelProto
 
-from onnxprune.errors import ConfigError
-from onnxprune.feeds import fixed_batch_size, input_specs, random_feeds
-from onnxprune.io import file_size, load_model, save_model
-from onnxprune.progress import progress
-from onnxprune.stats import model_stats
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.io import file_size, load_model, save_model
+from onnxprune.core.progress import progress
+from onnxprune.core.stats import model_stats
+from onnxprune.runtime.feeds import fixed_batch_size, input_specs, random_feeds
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ def benchmark(
         >>> report = benchmark(["model.onnx", "pruned.onnx"], batches=(1, 8), runs=50)  # doctest: +SKIP
         >>> print(report.to_text())  # doctest: +SKIP
     """
-    from onnxprune.runtime import is_gpu_provider, parse_providers, warm_up_provider
+    from onnxprune.runtime.session import is_gpu_provider, parse_providers, warm_up_provider
 
     if not models:
         raise ConfigError("no model to benchmark; pass at least one .onnx file")
@@ -411,7 +411,7 @@ def benchmark(
 def _runner(path: Path, feeds: dict[str, np.ndarray], *, name: str, provider: str, threads: int | None,
             on_device: bool) -> tuple[object, Callable[[], object]]:
     """A session and a no-argument function that runs it once on ``feeds``."""
-    from onnxprune.runtime import DeviceRunner, create_session, run_session
+    from onnxprune.runtime.session import DeviceRunner, create_session, run_session
 
     session = create_session(path, provider=provider, threads=threads, name=name)
     if on_device:
@@ -428,7 +428,7 @@ def _memory_child() -> None:
     import json
     import sys
 
-    from onnxprune.runtime import warm_up_provider
+    from onnxprune.runtime.session import warm_up_provider
 
     spec = json.loads(sys.argv[1])
     warm_up_provider(spec["provider"])
@@ -456,7 +456,7 @@ def session_peak_memory(path: Path, *, name: str, provider: str, batch: int, thr
 
     spec = {"path": str(path), "name": name, "provider": provider, "batch": batch, "threads": threads,
             "dims": dict(dims), "seed": seed, "on_device": on_device}
-    code = "from onnxprune.bench import _memory_child; _memory_child()"
+    code = "from onnxprune.runtime.bench import _memory_child; _memory_child()"
     try:
         done = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
                               timeout=600, check=False)

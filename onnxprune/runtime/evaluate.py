@@ -22,9 +22,16 @@ from zipfile import BadZipFile
 import numpy as np
 from onnx import ModelProto, TensorProto
 
-from onnxprune.errors import CalibrationError, ConfigError
-from onnxprune.feeds import check_feeds, fixed_batch_size, input_specs, iter_batches, load_npz_feeds, num_samples
-from onnxprune.io import load_model
+from onnxprune.core.errors import CalibrationError, ConfigError
+from onnxprune.core.io import load_model
+from onnxprune.runtime.feeds import (
+    check_feeds,
+    fixed_batch_size,
+    input_specs,
+    iter_batches,
+    load_npz_feeds,
+    num_samples,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +149,7 @@ def evaluate_accuracy(
         >>> r = evaluate_accuracy("models/digits_cnn.onnx", "models/digits_cnn_test.npz")  # doctest: +SKIP
         >>> print(f"{r.top1:.2%}")  # doctest: +SKIP
     """
-    from onnxprune.runtime import create_session, run_session
+    from onnxprune.runtime.session import create_session, run_session
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r} (--batch)")

@@ -32,8 +32,8 @@ import numpy as np
 import onnx
 from onnx import ModelProto, helper
 
-from onnxprune.errors import CalibrationError, ConfigError, ModelLoadError
-from onnxprune.ir import shape_of_type
+from onnxprune.core.errors import CalibrationError, ConfigError, ModelLoadError
+from onnxprune.core.ir import shape_of_type
 
 log = logging.getLogger(__name__)
 
@@ -98,21 +98,6 @@ def input_specs(model: str | os.PathLike[str] | ModelProto) -> list[InputSpec]:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
         specs.append(InputSpec(vi.name, dtype, shape_of_type(vi.type)))
     return specs
-
-
-def parse_dims(items: Sequence[str] | None) -> dict[str, int]:
-    """Parse ``["batch=8", "seq=128"]`` (the CLI's repeated ``--dim``) into ``{"batch": 8, "seq": 128}``.
-
-    Raises:
-        ConfigError: an item not of the form ``name=value``, or a value that is not a positive integer.
-    """
-    from onnxprune.config import parse_assignments
-
-    dims = parse_assignments(list(items or ()), option="--dim", kind=int)
-    for name, value in dims.items():
-        if value < 1:  # type: ignore[operator]
-            raise ConfigError(f"--dim {name}={value}: the value must be a positive integer, e.g. --dim {name}=8")
-    return {k: int(v) for k, v in dims.items()}  # type: ignore[call-overload]
 
 
 def concrete_shape(spec: InputSpec, *, batch: int | None = None,

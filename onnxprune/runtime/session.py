@@ -21,8 +21,8 @@ import onnxruntime as ort
 from onnx import ModelProto
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from onnxprune.errors import ConfigError, ModelLoadError, UnsupportedModelError, first_line
-from onnxprune.io import load_model, model_nbytes, save_model
+from onnxprune.core.errors import ConfigError, ModelLoadError, UnsupportedModelError, first_line
+from onnxprune.core.io import load_model, model_nbytes, save_model
 
 log = logging.getLogger(__name__)
 
@@ -325,3 +325,16 @@ class DeviceRunner:
                 f"{first_line(exc)}"
             ) from exc
         self.binding.synchronize_outputs()
+
+
+def run_constant_graph(model: ModelProto, outputs: list[str]) -> dict[str, np.ndarray]:
+    """Run an input-free model (a constant subgraph) once on the CPU and return the named outputs.
+
+    The runner :func:`onnxprune.core.fold.fold_constants` is given: one thread, no provider choice, errors
+    typed like every other session's.
+
+    Raises:
+        OnnxPruneError: onnxruntime refuses the graph or fails to run it.
+    """
+    session = create_session(model, provider="cpu", threads=1, name="constant subgraph")
+    return run_session(session, {}, outputs=outputs, label="the constant subgraph")

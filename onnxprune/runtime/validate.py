@@ -29,8 +29,19 @@ import numpy as np
 import onnx
 from onnx import ModelProto
 
-from onnxprune.errors import CalibrationError, ConfigError, ModelLoadError, OnnxPruneError, ValidationError, first_line
-from onnxprune.feeds import (
+from onnxprune.core.errors import (
+    CalibrationError,
+    ConfigError,
+    ModelLoadError,
+    OnnxPruneError,
+    ValidationError,
+    first_line,
+)
+from onnxprune.core.io import PROTOBUF_LIMIT, checker_view, file_size, load_model, model_nbytes
+from onnxprune.core.ir import shape_skeleton
+from onnxprune.core.progress import progress
+from onnxprune.core.shapefold import infer_shapes
+from onnxprune.runtime.feeds import (
     InputSpec,
     fixed_batch_size,
     input_specs,
@@ -39,9 +50,6 @@ from onnxprune.feeds import (
     num_samples,
     random_feeds,
 )
-from onnxprune.io import PROTOBUF_LIMIT, checker_view, file_size, load_model, model_nbytes
-from onnxprune.ir import infer_shapes, shape_skeleton
-from onnxprune.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -606,7 +614,7 @@ def validate_models(
     """Check ``candidate`` structurally and compare its outputs with ``original``'s in onnxruntime.
 
     Both models run on each provider on the same inputs: from ``data`` (an ``.npz``; see
-    :mod:`onnxprune.feeds`) or generated from ``seed`` (``samples`` of them, default
+    :mod:`onnxprune.runtime.feeds`) or generated from ``seed`` (``samples`` of them, default
     ``DEFAULT_SAMPLES``). Nothing is raised for a mismatch: read ``report.passed`` or call
     ``report.raise_if_failed()``.
 
@@ -637,7 +645,7 @@ def validate_models(
         >>> report = validate_models("model.onnx", "pruned.onnx", atol=1e-4, rtol=1e-3)  # doctest: +SKIP
         >>> report.raise_if_failed()  # doctest: +SKIP
     """
-    from onnxprune.runtime import SESSION_FILE_BYTES, create_session, parse_providers, run_session
+    from onnxprune.runtime.session import SESSION_FILE_BYTES, create_session, parse_providers, run_session
 
     check_tolerances(atol, rtol)
     if batch_size < 1:

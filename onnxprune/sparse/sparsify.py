@@ -14,7 +14,7 @@ Why it is built this way:
 * **Lossless for survivors.** Surviving weights keep their exact bits and dtype (float32, float16,
   bfloat16, double); only the chosen entries become ``+0.0``.
 * **A hook for data-aware criteria.** ``scores`` replaces ``|W|`` by any array of the weight's shape
-  (e.g. wanda's ``|W| * ||X||``); weights are found by :mod:`onnxprune.weights`, which the calibration
+  (e.g. wanda's ``|W| * ||X||``); weights are found by :mod:`onnxprune.core.weights`, which the calibration
   code reuses, so both sides agree on names and reduction axes.
 
 The input model is never modified; a new ``ModelProto`` is returned in a :class:`SparsifyResult`.
@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto, helper
 
-from onnxprune.errors import ConfigError
-from onnxprune.io import load_model
-from onnxprune.ir import matches_any
-from onnxprune.weights import (
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.io import load_model
+from onnxprune.core.ir import matches_any
+from onnxprune.core.weights import (
     PrunableWeight,
     SkippedWeight,
     copy_model_without_weights,

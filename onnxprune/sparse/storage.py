@@ -39,9 +39,9 @@ import os
 import numpy as np
 from onnx import ModelProto, SparseTensorProto, TensorProto, helper, numpy_helper
 
-from onnxprune.errors import ConfigError
-from onnxprune.io import load_model
-from onnxprune.weights import SPARSIFIABLE_TYPES
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.io import load_model
+from onnxprune.core.weights import SPARSIFIABLE_TYPES
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,13 @@ from types import MappingProxyType
 import numpy as np
 from onnx import ModelProto, NodeProto
 
-from onnxprune.axes import ChannelAxis, Coupling, Identity, IndexMap, compress_map
-from onnxprune.errors import OnnxPruneError, UnsupportedModelError
-from onnxprune.io import load_model
-from onnxprune.ir import FLOAT_TYPES, GraphIndex, infer_shapes, node_label
-from onnxprune.rules.base import Blocked, OpRule, RuleContext
-from onnxprune.rules.registry import RuleSet, RuleSpec
+from onnxprune.core.errors import OnnxPruneError, UnsupportedModelError
+from onnxprune.core.io import load_model
+from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, node_label
+from onnxprune.core.shapefold import infer_shapes
+from onnxprune.structured.axes import ChannelAxis, Coupling, Identity, IndexMap, compress_map
+from onnxprune.structured.rules.base import Blocked, OpRule, RuleContext
+from onnxprune.structured.rules.registry import RuleSet, RuleSpec
 
 log = logging.getLogger(__name__)
 
@@ -458,7 +459,7 @@ def analyze(model: ModelProto | str | os.PathLike[str], *, extra_rules: Iterable
 
     Args:
         model: a ``ModelProto`` (not modified) or a path.
-        extra_rules: :class:`~onnxprune.rules.registry.RuleSpec` entries that add or override op rules for
+        extra_rules: :class:`~onnxprune.structured.rules.registry.RuleSpec` entries that add or override op rules for
             this analysis only.
         dims: values for symbolic input dims (by name) used in shape inference; others are taken as 1.
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import ModelProto
 
-from onnxprune.analysis import ChannelGroup, DependencyGraph, ParamCut
-from onnxprune.errors import ConfigError
-from onnxprune.ir import GraphIndex
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.ir import GraphIndex
+from onnxprune.structured.analysis import ChannelGroup, DependencyGraph, ParamCut
 
 log = logging.getLogger(__name__)
 

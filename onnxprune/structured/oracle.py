@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 from onnx import ModelProto, TensorProto, numpy_helper
 
-from onnxprune.analysis import DependencyGraph
-from onnxprune.io import save_model
-from onnxprune.ir import GraphIndex, tensor_like
-from onnxprune.plan import PrunePlan, check_plan
-from onnxprune.surgery import write_const
-from onnxprune.weights import copy_model_without_weights
+from onnxprune.core.io import save_model
+from onnxprune.core.ir import GraphIndex, tensor_like
+from onnxprune.core.weights import copy_model_without_weights
+from onnxprune.structured.analysis import DependencyGraph
+from onnxprune.structured.plan import PrunePlan, check_plan
+from onnxprune.structured.surgery import write_const
 
 
 def zeroed_reference(model: ModelProto, dg: DependencyGraph, plan: PrunePlan) -> ModelProto:

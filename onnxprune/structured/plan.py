@@ -17,10 +17,10 @@ from types import MappingProxyType
 import numpy as np
 from onnx import ModelProto
 
-from onnxprune.analysis import ChannelGroup, DependencyGraph
-from onnxprune.errors import ConfigError, PlanError
-from onnxprune.importance import ImportanceContext, criterion_used, get_criterion
-from onnxprune.ir import matches_any
+from onnxprune.core.errors import ConfigError, PlanError
+from onnxprune.core.ir import matches_any
+from onnxprune.structured.analysis import ChannelGroup, DependencyGraph
+from onnxprune.structured.importance import ImportanceContext, criterion_used, get_criterion
 
 PLAN_VERSION = 1
 
@@ -36,7 +36,7 @@ class PrunePlan:
     """Kept root channels per group.
 
     Attributes:
-        fingerprint: :func:`onnxprune.analysis.model_fingerprint` of the model the plan is for.
+        fingerprint: :func:`onnxprune.structured.analysis.model_fingerprint` of the model the plan is for.
         keep: group id → sorted unique int64 kept root indices (groups not listed are not cut).
         sizes: group id → group size when planned (checked again when applied).
         criterion: the importance criterion used (informative).
@@ -124,7 +124,7 @@ class PrunePlan:
         Raises:
             OutputError: the folder is missing or not writable, or the disk is full.
         """
-        from onnxprune.io import write_text_atomic
+        from onnxprune.core.io import write_text_atomic
 
         return write_text_atomic(path, self.to_json(), what="plan")
 
@@ -242,7 +242,7 @@ def make_plan(model: ModelProto, dg: DependencyGraph, *, ratio: float, importanc
         model: the analysed model (weights are read for importance).
         dg: its dependency graph.
         ratio: share of each group's channels to remove (``round(ratio * size)``, half up).
-        importance: criterion name (see :func:`onnxprune.importance.available_criteria`) or a callable.
+        importance: criterion name (see :func:`onnxprune.structured.importance.available_criteria`) or a callable.
         global_rank: rank all groups' channels together under one threshold instead of per group.
         round_to: keep channel counts multiples of this (rounded up, never above the group size).
         min_channels: never keep fewer channels than this in a group.

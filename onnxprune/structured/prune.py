@@ -1,8 +1,8 @@
 """Structured pruning in one call: analyse, plan, cut, report.
 
 This is the entry point the prune pipeline and the CLI use; the steps are public on their own
-(:func:`~onnxprune.analysis.analyze`, :func:`~onnxprune.plan.make_plan`,
-:func:`~onnxprune.surgery.apply_plan`) for callers that need to look between them.
+(:func:`~onnxprune.structured.analysis.analyze`, :func:`~onnxprune.structured.plan.make_plan`,
+:func:`~onnxprune.structured.surgery.apply_plan`) for callers that need to look between them.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from dataclasses import dataclass
 
 from onnx import ModelProto
 
-from onnxprune.analysis import DependencyGraph, analyze
-from onnxprune.axes import ChannelAxis
-from onnxprune.io import load_model
-from onnxprune.ir import GraphIndex, attr, infer_shapes
-from onnxprune.plan import PrunePlan, make_plan, validate_options
-from onnxprune.rules.registry import RuleSpec
-from onnxprune.stats import WEIGHTED_OPS, node_macs
-from onnxprune.surgery import apply_plan
+from onnxprune.core.io import load_model
+from onnxprune.core.ir import GraphIndex, attr
+from onnxprune.core.shapefold import infer_shapes
+from onnxprune.core.stats import WEIGHTED_OPS, node_macs
+from onnxprune.structured.analysis import DependencyGraph, analyze
+from onnxprune.structured.axes import ChannelAxis
+from onnxprune.structured.plan import PrunePlan, make_plan, validate_options
+from onnxprune.structured.rules.registry import RuleSpec
+from onnxprune.structured.surgery import apply_plan
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def prune_structured(model: ModelProto | str | os.PathLike[str], *, ratio: float
     Args:
         model: ``ModelProto`` or path.
         ratio: share of each prunable group's channels to remove, in ``[0, 1)``.
-        importance: criterion name or callable (see :mod:`onnxprune.importance`).
+        importance: criterion name or callable (see :mod:`onnxprune.structured.importance`).
         global_rank: rank channels of all groups together.
         round_to: keep channel counts multiples of this.
         min_channels: keep at least this many channels per group.
@@ -112,7 +113,7 @@ def prune_structured(model: ModelProto | str | os.PathLike[str], *, ratio: float
         seed: seed for randomized criteria.
         plan: apply this plan instead of making one (the other planning options are ignored).
         group_ratios: per-group ratios overriding ``ratio``.
-        extra_rules: additional op rules (:class:`~onnxprune.rules.registry.RuleSpec`).
+        extra_rules: additional op rules (:class:`~onnxprune.structured.rules.registry.RuleSpec`).
         statistics: data for data-aware criteria.
         dg: the dependency graph of ``model`` if the caller already built it (saves a second analysis).
 

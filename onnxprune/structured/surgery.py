@@ -16,15 +16,15 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from onnxprune.analysis import DependencyGraph, analyze, model_fingerprint
-from onnxprune.axes import ChannelAxis
-from onnxprune.errors import OnnxPruneError, PlanError
-from onnxprune.io import load_model
-from onnxprune.ir import GraphIndex, shape_skeleton, tensor_like
-from onnxprune.plan import PrunePlan, check_plan
-from onnxprune.rules.base import RewriteContext
-from onnxprune.rules.registry import RuleSet, RuleSpec
-from onnxprune.weights import copy_model_without_weights
+from onnxprune.core.errors import OnnxPruneError, PlanError
+from onnxprune.core.io import load_model
+from onnxprune.core.ir import GraphIndex, shape_skeleton, tensor_like
+from onnxprune.core.weights import copy_model_without_weights
+from onnxprune.structured.analysis import DependencyGraph, analyze, model_fingerprint
+from onnxprune.structured.axes import ChannelAxis
+from onnxprune.structured.plan import PrunePlan, check_plan
+from onnxprune.structured.rules.base import RewriteContext
+from onnxprune.structured.rules.registry import RuleSet, RuleSpec
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from onnxprune.rules.registry import registered_ops
+from onnxprune.structured.rules.registry import registered_ops
 
 
 def test_every_registered_op_has_a_test() -> None:

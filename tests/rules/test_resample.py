@@ -7,9 +7,9 @@ import pytest
 from onnx import numpy_helper
 from oracle_check import first_group, prove_random_cuts, sandwich
 
-from onnxprune.analysis import analyze
-from onnxprune.plan import make_plan
-from onnxprune.surgery import apply_plan
+from onnxprune.structured.analysis import analyze
+from onnxprune.structured.plan import make_plan
+from onnxprune.structured.surgery import apply_plan
 
 
 @pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])

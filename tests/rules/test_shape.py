@@ -10,8 +10,8 @@ import pytest
 from onnx import helper, numpy_helper
 from oracle_check import check_prune, first_group, prove_random_cuts, sandwich
 
-from onnxprune.analysis import analyze
-from onnxprune.ir import infer_shapes
+from onnxprune.core.shapefold import infer_shapes
+from onnxprune.structured.analysis import analyze
 
 
 def test_concat_of_two_layers_keeps_separate_groups() -> None:

@@ -9,7 +9,7 @@ import pytest
 from onnx import helper
 from oracle_check import check_prune, first_group, prove_random_cuts, sandwich
 
-from onnxprune.analysis import analyze
+from onnxprune.structured.analysis import analyze
 
 
 @pytest.mark.parametrize("attrs", [{"dilations": [2, 2], "pads": [2, 2, 2, 2]},

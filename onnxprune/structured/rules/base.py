@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from onnx import NodeProto
 
-from onnxprune.axes import ChannelAxis, Coupling, Identity
-from onnxprune.errors import OnnxPruneError
-from onnxprune.ir import GraphIndex, attr, attr_ints, node_label, set_attr
+from onnxprune.core.errors import OnnxPruneError
+from onnxprune.core.ir import GraphIndex, attr, attr_ints, node_label, set_attr
+from onnxprune.structured.axes import ChannelAxis, Coupling, Identity
 
 
 class Blocked(Exception):  # noqa: N818 - control flow inside the analysis, never escapes it

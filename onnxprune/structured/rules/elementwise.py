@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from onnx import NodeProto
 
-from onnxprune.axes import ChannelAxis, Coupling
-from onnxprune.ir import node_label
-from onnxprune.rules.base import (
+from onnxprune.core.ir import node_label
+from onnxprune.structured.axes import ChannelAxis, Coupling
+from onnxprune.structured.rules.base import (
     Blocked,
     OpRule,
     RuleContext,
@@ -20,7 +20,7 @@ from onnxprune.rules.base import (
     out_axis_of,
     which_input,
 )
-from onnxprune.rules.registry import register_rule
+from onnxprune.structured.rules.registry import register_rule
 
 UNARY_OPS = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus",

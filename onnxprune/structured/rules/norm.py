@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from onnxprune.axes import ChannelAxis, Coupling, Table
-from onnxprune.ir import node_label
-from onnxprune.rules.base import Blocked, OpRule, RewriteContext, RuleContext, is_output, which_input
-from onnxprune.rules.registry import register_rule
+from onnxprune.core.ir import node_label
+from onnxprune.structured.axes import ChannelAxis, Coupling, Table
+from onnxprune.structured.rules.base import Blocked, OpRule, RewriteContext, RuleContext, is_output, which_input
+from onnxprune.structured.rules.registry import register_rule
 
 
 def _data_axis(node: NodeProto, slot: ChannelAxis, ctx: RuleContext, params: tuple[int, ...] = ()) -> int:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from onnx import NodeProto
 
-from onnxprune.axes import ChannelAxis, Coupling
-from onnxprune.ir import node_label
-from onnxprune.rules.base import Blocked, OpRule, RuleContext, is_output, which_input
-from onnxprune.rules.registry import register_rule
+from onnxprune.core.ir import node_label
+from onnxprune.structured.axes import ChannelAxis, Coupling
+from onnxprune.structured.rules.base import Blocked, OpRule, RuleContext, is_output, which_input
+from onnxprune.structured.rules.registry import register_rule
 
 POOL_OPS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
 REDUCE_OPS = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",

@@ -1,7 +1,7 @@
 """The op-rule registry: ``(domain, op_type)`` → rules by opset since-version.
 
 Built-in rules register at import time with :func:`register_rule`; users pass ``extra_rules=`` to
-:func:`onnxprune.analysis.analyze` instead of touching the global table, so two analyses never influence
+:func:`onnxprune.structured.analysis.analyze` instead of touching the global table, so two analyses never influence
 each other. An op with no rule is a blocker, never an assumed elementwise op.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from onnxprune.rules.base import OpRule
+from onnxprune.structured.rules.base import OpRule
 
 _RULES: dict[tuple[str, str], list[tuple[int, OpRule]]] = {}
 
@@ -62,12 +62,12 @@ class RuleSet:
     """Built-in rules plus per-call extras, looked up by the model's opset."""
 
     def __init__(self, extra: Iterable[RuleSpec] = ()) -> None:
-        import onnxprune.rules  # noqa: F401 - registers the built-in families
+        import onnxprune.structured.rules  # noqa: F401 - registers the built-in families
 
         self._extra: dict[tuple[str, str], list[tuple[int, OpRule]]] = {}
         for spec in extra:
             if not isinstance(spec, RuleSpec):
-                from onnxprune.errors import ConfigError
+                from onnxprune.core.errors import ConfigError
 
                 raise ConfigError(f"extra_rules entries must be RuleSpec(op_type, rule), got {type(spec).__name__}")
             _add(self._extra, _norm_domain(spec.domain), spec.op_type, spec.since, spec.rule)
@@ -87,6 +87,6 @@ class RuleSet:
 
 def registered_ops() -> list[tuple[str, str, int]]:
     """Every built-in (domain, op_type, since); the rule-coverage meta-test reads this."""
-    import onnxprune.rules  # noqa: F401
+    import onnxprune.structured.rules  # noqa: F401
 
     return sorted((d, op, s) for (d, op), entries in _RULES.items() for s, _ in entries)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from onnxprune.axes import ChannelAxis, Coupling
-from onnxprune.ir import node_label
-from onnxprune.rules.base import Blocked, OpRule, RewriteContext, RuleContext, data_axis
-from onnxprune.rules.registry import register_rule
+from onnxprune.core.ir import node_label
+from onnxprune.structured.axes import ChannelAxis, Coupling
+from onnxprune.structured.rules.base import Blocked, OpRule, RewriteContext, RuleContext, data_axis
+from onnxprune.structured.rules.registry import register_rule
 
 
 @register_rule("Pad")

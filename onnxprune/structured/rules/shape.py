@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
-from onnxprune.axes import Block, ChannelAxis, Coupling, Identity, Offset
-from onnxprune.ir import node_label
-from onnxprune.rules.base import (
+from onnxprune.core.ir import node_label
+from onnxprune.structured.axes import Block, ChannelAxis, Coupling, Identity, Offset
+from onnxprune.structured.rules.base import (
     Blocked,
     OpRule,
     RewriteContext,
@@ -22,7 +22,7 @@ from onnxprune.rules.base import (
     data_axis,
     is_output,
 )
-from onnxprune.rules.registry import register_rule
+from onnxprune.structured.rules.registry import register_rule
 
 INT64_MAX = 2**63 - 1
 

@@ -1,0 +1,3 @@
+"""Running models in onnxruntime: sessions and providers, input feeds, validation, benchmarks, accuracy.
+
+Importing this package does not import onnxruntime; its modules do. Imports only ``onnxprune.core``."""
