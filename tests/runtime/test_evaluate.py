@@ -14,7 +14,7 @@ from onnxprune.cli.main import main
 from onnxprune.core.errors import CalibrationError, ConfigError
 from onnxprune.runtime.evaluate import EvalResult, evaluate_accuracy
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 MANIFEST = json.loads((MODELS / "manifest.json").read_text())["models"]
 TRAINED = sorted(name for name, m in MANIFEST.items() if m["accuracy"])
 

@@ -10,6 +10,6 @@ from onnxprune.structured.rules.registry import registered_ops
 def test_every_registered_op_has_a_test() -> None:
     here = Path(__file__).parent
     text = "".join(p.read_text() for p in here.glob("test_*.py") if p.name != Path(__file__).name)
-    text += (here.parent / "builders.py").read_text()
+    text += (here.parents[1] / "builders.py").read_text()
     missing = [op for _, op, _ in registered_ops() if f'"{op}"' not in text]
     assert not missing, f"rules without a test in tests/rules/: {missing}"

@@ -16,7 +16,7 @@ from onnxprune.core.stats import count_params
 from onnxprune.structured.oracle import zeroed_reference
 from onnxprune.structured.prune import prune_structured
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
 
 def test_report_is_json_and_consistent() -> None:

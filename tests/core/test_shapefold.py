@@ -16,7 +16,7 @@ from onnxprune.core.io import load_model
 from onnxprune.core.shapefold import FOLDERS, fold_values, infer_shapes
 from onnxprune.core.stats import model_stats
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def _i64(*values: int) -> np.ndarray:
