@@ -38,12 +38,12 @@ class _Reader:
 
 
 def quantize_qdq(model: onnx.ModelProto, folder: Path, name: str = "qdq", *, per_channel: bool = True,
-                 unsigned: bool = False) -> Path:
+                 unsigned: bool = False, quant_format: object = None) -> Path:
     """Write ``model`` and its static QDQ quantization to ``folder``; returns the quantized file.
 
     ``per_channel`` quantizes weights per output channel; ``unsigned`` uses uint8 weights and activations
     (asymmetric, so zero points are not 0), else int8 weights (symmetric, zero point 0) and uint8
-    activations, onnxruntime's defaults.
+    activations, onnxruntime's defaults. ``quant_format`` overrides ``QuantFormat.QDQ`` (e.g. QOperator).
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -53,7 +53,8 @@ def quantize_qdq(model: onnx.ModelProto, folder: Path, name: str = "qdq", *, per
     onnx.save(model, src)
     reader = _Reader(model)
     assert isinstance(reader, CalibrationDataReader) or hasattr(reader, "get_next")
-    quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+    quantize_static(str(src), str(dst), reader, quant_format=quant_format or QuantFormat.QDQ,
+                    per_channel=per_channel,
                     weight_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
                     activation_type=QuantType.QUInt8)
     return dst
