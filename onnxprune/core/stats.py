@@ -39,8 +39,8 @@ def count_params(model: ModelProto, *, nonzero: bool = False) -> int:
     for t in model.graph.initializer:
         if t.data_type in FLOAT_TYPES or t.name in quant:
             if nonzero and t.name in quant:
-                value = numpy_helper.to_array(t)
-                total += int(np.count_nonzero(value != zero_point(index, quant[t.name], value.ndim)))
+                stored = numpy_helper.to_array(t)
+                total += int(np.count_nonzero(stored != zero_point(index, quant[t.name], stored.ndim)))
             elif nonzero:
                 total += int(np.count_nonzero(numpy_helper.to_array(t)))
             else:

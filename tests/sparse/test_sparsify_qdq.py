@@ -129,9 +129,7 @@ def test_nm_groups_run_along_the_reduction_axis_of_the_int8_weight(tmp_path: Pat
 def test_qoperator_models_are_refused_with_a_reason(tmp_path: Path) -> None:
     from onnxruntime.quantization import QuantFormat
 
-    from qdq_models import quantize_qdq as q
-
-    path = q(builders.conv_relu_conv(batch=1, c_mid=8), tmp_path, "qop", quant_format=QuantFormat.QOperator)
+    path = quantize_qdq(builders.conv_relu_conv(batch=1, c_mid=8), tmp_path, "qop", quant_format=QuantFormat.QOperator)
     result = op.sparsify(onnx.load(path), sparsity=0.5)
     assert not result.layers
     assert any("QOperator" in s.reason for s in result.skipped)

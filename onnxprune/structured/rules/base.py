@@ -42,12 +42,10 @@ class _Context:
         dq = self._dequantized.get(self.index.resolve_identity(name)) if name else None
         return dq if dq is not None and not dq.reason else None
 
-    def runtime_reason(self, name: str) -> str:
-        """Why a weight input is not a prunable constant: the unsupported quantization, or computed at run time."""
+    def quant_reason(self, name: str) -> str:
+        """Why the quantized weight behind ``name`` cannot be cut in place ('' when it is not one, or can)."""
         dq = self._dequantized.get(self.index.resolve_identity(name)) if name else None
-        if dq is not None and dq.reason:
-            return f"its quantized weight cannot be cut in place ({dq.reason})"
-        return f"'{name}' is computed at runtime"
+        return dq.reason if dq is not None else ""
 
     def const_readers(self, name: str) -> list[NodeProto]:
         """Nodes reading the constant ``name``, through Identity and through the DequantizeLinear of a
