@@ -99,7 +99,9 @@ def test_survivors_keep_their_bits_and_zeroed_entries_dequantize_to_zero(qdq: Pa
     result = op.sparsify(model, sparsity=0.5)
     index, new_index = GraphIndex(model), GraphIndex(result.model)
     quant = quantized_data(index)
-    for pw in find_prunable_weights(model):
+    weights = find_prunable_weights(model)
+    assert weights and [r.name for r in result.layers] == [pw.name for pw in weights]
+    for pw in weights:
         w = numpy_helper.to_array(index.initializers[pw.name])
         v = numpy_helper.to_array(new_index.initializers[pw.name])
         assert v.dtype == w.dtype
