@@ -69,13 +69,14 @@ def main(names: list[str]) -> None:
             original = onnx.load(qdq)
             ops = Counter(n.op_type for n in original.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
             types = {t.name: t.data_type for t in original.graph.initializer}
-            print(f"| {name} QDQ | original | {qdq.stat().st_size:,} | {count_params(original):,} | {sum(ops.values())} "
-                  f"| | | {_top1(qdq, name)} |")
+            print(f"| {name} QDQ | original | {qdq.stat().st_size:,} | {count_params(original):,} | "
+                  f"{sum(ops.values())} | | | {_top1(qdq, name)} |")
             for label, config in MODES.items():
                 out = Path(tmp) / f"{name}_{label.replace(' ', '_').replace(':', '_')}.onnx"
                 result = op.prune(str(qdq), config, output=str(out))
                 pruned = onnx.load(out)
-                kept_ops = Counter(n.op_type for n in pruned.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
+                kept_ops = Counter(n.op_type for n in pruned.graph.node
+                                   if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
                 kept_types = {t.name: t.data_type for t in pruned.graph.initializer} == types
                 params = count_params(pruned, nonzero=config.mode != "structured")
                 exact = result.report.get("validation", {}).get("exact", {})
