@@ -31,7 +31,7 @@ from onnx import ModelProto, NodeProto
 from onnxprune.core.errors import OnnxPruneError, UnsupportedModelError
 from onnxprune.core.io import load_model
 from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, node_label
-from onnxprune.core.quant import quantized_data
+from onnxprune.core.quant import QOPERATOR_OPS, quantized_data
 from onnxprune.core.shapefold import infer_shapes
 from onnxprune.structured.axes import ChannelAxis, Coupling, Identity, IndexMap, compress_map
 from onnxprune.structured.rules.base import Blocked, OpRule, RuleContext
@@ -418,6 +418,9 @@ class _Walk:
         for node in self.index.graph.node:
             rule = self.rules.lookup(node.domain, node.op_type, self.index.opset)
             if rule is None:
+                if node.op_type in QOPERATOR_OPS:  # a quantized layer onnxprune cannot cut: say so, never skip silently
+                    self.not_analysed(f"{node_label(node)} is a QOperator-format op, which onnxprune does not "
+                                      f"prune; quantize with QuantFormat.QDQ instead")
                 continue
             label = node_label(node)
             try:

@@ -135,3 +135,5 @@ def test_qoperator_models_are_refused_with_a_reason(tmp_path: Path) -> None:
     result = op.sparsify(onnx.load(path), sparsity=0.5)
     assert not result.layers
     assert any("QOperator" in s.reason for s in result.skipped)
+    unanalysed = op.analyze(onnx.load(path)).unanalysed  # structured: said, not silently skipped
+    assert len(unanalysed) == 2 and all("QOperator" in reason for reason in unanalysed)
