@@ -156,3 +156,17 @@ def test_block_quantization_blocks_with_a_reason_shown_by_analyze(tmp_path: Path
     assert main(["analyze", str(path), "--groups"]) == 0
     out = capsys.readouterr().out
     assert "blocked" in out and "block quantization (block_size) is not supported" in out
+
+
+def test_importance_reads_quantized_weights_dequantized(tmp_path: Path) -> None:
+    """Per-channel scales differ between channels, so criteria must rank (q - zp) * scale, not q."""
+    from onnxprune.core.quant import dequantize, quantized_data
+    from onnxprune.structured.importance import ImportanceContext
+
+    model = onnx.load(quantize_qdq(builders.conv_relu_conv(batch=1, c_mid=10), tmp_path, unsigned=True))
+    index = GraphIndex(model)
+    dq = quantized_data(index)["w1_quantized"]
+    want = dequantize(index, dq, numpy_helper.to_array(index.initializers["w1_quantized"]))
+    got = ImportanceContext(model, analyze(model)).weight("w1_quantized")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
