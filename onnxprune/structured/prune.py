@@ -15,6 +15,7 @@ from onnx import ModelProto
 
 from onnxprune.core.io import load_model
 from onnxprune.core.ir import GraphIndex, attr
+from onnxprune.core.quant import quantized_outputs
 from onnxprune.core.shapefold import infer_shapes
 from onnxprune.core.stats import WEIGHTED_OPS, node_macs
 from onnxprune.structured.analysis import DependencyGraph, analyze
@@ -48,10 +49,12 @@ def coverage(model: ModelProto, dg: DependencyGraph, shapes: dict | None = None)
     group its channels belong to is prunable (a grouped convolution's two sides are one group).
     """
     index = GraphIndex(model)
+    quantized = {out for out, dq in quantized_outputs(index).items() if not dq.reason}
     shapes = shapes if shapes is not None else infer_shapes(model)
     total = covered = 0.0
     for node in model.graph.node:
-        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2 or not index.is_constant(node.input[1]):
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2 or not (
+                index.is_constant(node.input[1]) or node.input[1] in quantized):
             continue
         macs = node_macs(node, shapes, index.opset)
         if not macs:
