@@ -158,3 +158,25 @@ def detail_text(validation: Mapping[str, Any], indent: str = "") -> list[str]:
                                                                                                strict=False))]
         lines.append((indent + "  ".join(cells) + "  " + str(r[-1])).rstrip())
     return lines
+
+
+def validation_text(doc: Mapping[str, Any], *, bounds: str, violations: list[str]) -> str:
+    """What ``onnxprune validate`` prints: models, inputs, checks, every output's drift, bounds, verdict."""
+    lines = [f"original:  {doc.get('original')}", f"candidate: {doc.get('candidate')}",
+             f"inputs:    {doc.get('inputs')}; {doc.get('samples')} sample(s) in batches of {doc.get('batch_size')}"]
+    for c in doc.get("checks", []):
+        lines.append(f"check {c['name']:<16} {'ok' if c['passed'] else 'FAILED: ' + str(c.get('message', ''))}")
+    if doc.get("comparisons"):
+        lines += ["", *detail_text(doc), ""]
+        lines += [f"drift: {line}" for line in drift_lines(doc, width=92)]
+    if bounds == "none":
+        lines.append("bounds: none set, so drift is reported and not judged "
+                     "(set --atol/--rtol/--min-cosine/--min-top1)")
+    else:
+        lines.append(f"bounds: {bounds}")
+    if violations:
+        lines += [f"  crossed: {v}" for v in violations]
+    checks_ok = all(c["passed"] for c in doc.get("checks", []))
+    verdict = "PASSED" if checks_ok and not violations else "FAILED"
+    lines.append(f"validation {verdict}")
+    return "\n".join(lines)

@@ -73,18 +73,21 @@ def bench_flags(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 NOISE_ADVICE = "timings are noisy: rerun with more --runs (e.g. 200) or on a quieter machine"
 
 
-def slower_warning(bench: Mapping[str, Any], *, round_to: int | None) -> str | None:
+def slower_warning(bench: Mapping[str, Any], *, round_to: int | None, mode: str = "structured") -> str | None:
     """A loud one-line warning when a pruned model ran slower than the original, with what helps.
 
     ``round_to`` is the ``--round-to`` the model was pruned with: without one the hint is ``--round-to 8``
     (odd channel widths often run slower on CPU kernels than the original's); with one, a larger value or a
-    lower ratio. ``None`` when no row is slower.
+    lower ratio. In the sparse modes zeros do not make dense kernels faster, so the hint says that.
+    ``None`` when no row is slower.
     """
     slow = [r for r in bench.get("results", []) if r.get("slower")]
     if not slow:
         return None
     where = ", ".join(f"{r['provider']} batch {r['batch']}: {float(r['speedup']):.2f}x" for r in slow)
-    if round_to is None:
+    if mode != "structured":
+        hint = "zeroed weights do not speed up dense kernels; use --mode structured for speed"
+    elif round_to is None:
         hint = "prune again with --round-to 8 (widths that are multiples of 8 run faster on CPU)"
     else:
         hint = f"try a larger --round-to than {round_to} (e.g. 16) or a lower --ratio"
