@@ -76,7 +76,7 @@ def group_lines(report: Mapping[str, Any], *, verbose: bool) -> list[str]:
         lines += [_group_row(g) for g in groups]
         for b in blocked:
             name = short(str(b.get("name") or f"group {b['id']}"), 40)
-            lines.append(f"    {name:<40} blocked: {short(str(b.get('reason', '')), 50)}")
+            lines.append(f"    {name:<40} blocked: {b.get('reason', '')}")
     else:
         top = sorted(pruned, key=lambda g: (int(g["size_after"]) - int(g["size_before"]), int(g["id"])))
         lines += [_group_row(g) for g in top[:TOP_GROUPS]]
