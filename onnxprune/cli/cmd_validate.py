@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads, report_only=True,
     )
     doc = report.to_dict()
-    checks_failed = [c for c in doc["checks"] if not c["passed"]]  # type: ignore[union-attr]
+    checks_failed = [c for c in report.checks if not c.passed]
     violations = bounds.violations(doc)
     doc["bounds"] = {"atol": bounds.atol, "rtol": bounds.rtol, "min_cosine": bounds.min_cosine,
                      "min_top1": bounds.min_top1}

@@ -129,7 +129,7 @@ def detail_rows(validation: Mapping[str, Any]) -> list[tuple[str, ...]]:
 
     Non-floating outputs are listed (so nothing is hidden) with their metrics left out of the drift.
     """
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for provider, cmp in comparisons(validation):
         for o in cmp.get("outputs", []):
             dtype = str(o.get("dtype") or "-")

@@ -132,7 +132,8 @@ def _one_validation(title: str, v: Mapping[str, Any]) -> list[str]:
         lines += _table(("provider", "output", "dtype", "max abs diff", "max rel diff", "mean abs diff", "cosine",
                          "atol that passes", "rtol that passes", "result"), rows)
     if v.get("inputs"):
-        lines.append(f"\nInputs: {v['inputs']}; {v.get('samples')} sample(s); atol={v.get('atol')} rtol={v.get('rtol')}")
+        lines.append(f"\nInputs: {v['inputs']}; {v.get('samples')} sample(s); "
+                     f"atol={v.get('atol')} rtol={v.get('rtol')}")
     return lines + [""]
 
 

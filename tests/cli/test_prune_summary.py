@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import onnx
-import pytest
 from builders import mlp3
 
 from onnxprune.cli.main import main
