@@ -35,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                                  "(default: seeded random inputs)")
     b = p.add_argument_group("bounds (none by default: drift is reported and the command passes)")
     b.add_argument("--atol", type=float, default=None,
-                   help="fail (exit 4) when an output differs by more than atol + rtol * |original|")
+                   help="fail (exit 4) when an output differs from the original's by more than this "
+                        "(plus the --rtol part)")
     b.add_argument("--rtol", type=float, default=None, help="relative part of that tolerance (default 0)")
     b.add_argument("--min-cosine", type=float, default=None, metavar="C",
                    help="fail (exit 4) when a floating output's cosine similarity is below C, e.g. 0.99")
