@@ -158,6 +158,12 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | No
                           batches=config.bench_batches, runs=config.bench_runs, warmup=config.bench_warmup,
                           threads=config.threads, dims=config.dims)
         report["bench"] = _jsonable(bench)
+        from onnxprune.runtime.bench_verdict import slower_warning
+
+        slower = slower_warning(report["bench"], round_to=config.round_to, mode=config.mode)
+        if slower:
+            log.warning(slower)
+            warnings.append(slower)
 
     saved = None
     if output is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from onnxprune.report.drift import short
 from onnxprune.report.inspect import analyze_summary
 
 
@@ -47,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
               f"coverage {summary.get('coverage', 0.0):.1%} of prunable MACs")
         for g in groups:
             state = "prunable" if not g["blockers"] else "blocked: " + "; ".join(g["blockers"])
-            print(f"  group {g['id']:<4} size {g['size']:<6} {state}")
+            print(f"  group {g['id']:<4} {short(g['name'], 44):<44} {g['size']:>6} channels  {state}")
             if args.groups:
+                print(f"      layers: {', '.join(g['layers']) or '-'}")
                 for m in g["members"]:
                     print(f"      {m}")
     for reason in summary.get("unanalysed", []):

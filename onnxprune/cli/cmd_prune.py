@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from onnxprune.config import PruneConfig
 
@@ -94,66 +93,6 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
     )
 
 
-def _human(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:g}"
-
-
-def print_summary(report: dict[str, Any], output: str) -> None:
-    """The short before/after table the CLI prints."""
-    rows = [
-        ("params" + (" (non-zero)" if report["mode"] != "structured" else ""),
-         report["params_before"], report["params_after"]),
-        ("MACs (batch 1)", report["macs_before"], report["macs_after"]),
-        ("file size (bytes)", report["file_size_before"], report["file_size_after"]),
-    ]
-    print(f"onnxprune prune --mode {report['mode']}  ->  {output}")
-    print(f"  {'':<22}{'before':>12}{'after':>12}{'ratio':>9}")
-    for label, before, after in rows:
-        ratio = f"{after / before:.3f}" if before else "-"
-        print(f"  {label:<22}{_human(before):>12}{_human(after):>12}{ratio:>9}")
-    if "sparsity" in report:
-        print(f"  sparsity achieved     {report['sparsity']['overall']:.4f}")
-    if "groups" in report:
-        pruned = [g for g in report["groups"] if g.get("size_after", g.get("size_before")) != g.get("size_before")]
-        print(f"  channel groups        {len(pruned)} pruned, {len(report.get('blocked', []))} blocked, "
-              f"coverage {report.get('coverage', 0.0):.1%}")
-    validation = report.get("validation")
-    if validation:
-        for kind, label in (("exact", "exactness"), ("drift", "drift vs original")):
-            if kind in validation:
-                print(f"  {label:<22}{_comparison_line(validation[kind], exact=kind == 'exact')}")
-    if "accuracy" in report:
-        b, a = report["accuracy"]["before"], report["accuracy"]["after"]
-        print(f"  top-1 accuracy        {b['top1']:.4f} -> {a['top1']:.4f} (n={a['n']})")
-    for skipped in report.get("skipped", [])[:10]:
-        print(f"  skipped {skipped['name']}: {skipped['reason']}")
-    print(f"  time                  {report['seconds']:.2f} s")
-
-
-def _comparison_line(validation: dict[str, Any], *, exact: bool) -> str:
-    """One line per comparison: verdict and the worst output's figures, for each provider."""
-    parts = []
-    for provider, cmp in validation.get("comparisons", {}).items():
-        outs = cmp.get("outputs", [])
-        if not outs:
-            continue
-        worst = max(outs, key=lambda o: float(o["max_abs"]) if o["max_abs"] is not None else 0.0)
-        if exact:
-            verdict = "pass" if cmp.get("within_tolerance") else "FAIL"
-            parts.append(f"{provider}: {verdict}, max|diff| {float(worst['max_abs']):.2e} "
-                         f"(pruned vs original with dropped channels silenced)")
-        else:
-            text = f"{provider}: cosine {float(worst['cosine']):.4f}, max|diff| {float(worst['max_abs']):.3g}"
-            if worst.get("top1") is not None:
-                text += f", top-1 agreement {float(worst['top1']):.1%}"
-            parts.append(text)
-    line = "; ".join(parts) or validation.get("summary", "")
-    return f"{line} [{validation['samples']} samples, {validation['inputs']}]" if "inputs" in validation else line
-
-
 def _check_side_outputs(args: argparse.Namespace) -> None:
     """Refuse bad report/plot paths before any work, so a failure never follows a saved model."""
     from onnxprune.core.errors import OutputError
@@ -191,5 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
         plot_report(args.plot, report=result.report)
     if not args.quiet:
-        print_summary(result.report, args.output)
+        from onnxprune.cli.summary import print_summary
+
+        print_summary(result.report, args.output, verbose=args.verbose)
     return 0

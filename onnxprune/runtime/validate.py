@@ -112,6 +112,8 @@ class OutputComparison:
         needed_atol: smallest atol that would pass with the given rtol.
         needed_rtol: smallest rtol that would pass with the given atol (``inf``: no rtol would).
         problem: a structural mismatch (missing output, shape, dtype, NaN/Inf), empty if none.
+        dtype: the original's output dtype (``"float32"``, ``"int64"``, ...); drift is a measure of
+            floating outputs only (a class label's max|diff| means nothing).
     """
 
     name: str
@@ -127,11 +129,12 @@ class OutputComparison:
     needed_atol: float
     needed_rtol: float
     problem: str = ""
+    dtype: str = ""
 
     def to_dict(self) -> dict[str, object]:
         """JSON-able dict (non-finite numbers as strings)."""
         return {
-            "name": self.name, "shape": list(self.shape), "elements": self.elements,
+            "name": self.name, "dtype": self.dtype, "shape": list(self.shape), "elements": self.elements,
             "max_abs": json_number(self.max_abs), "max_rel": json_number(self.max_rel),
             "mean_abs": json_number(self.mean_abs), "cosine": json_number(self.cosine),
             "top1": json_number(self.top1), "top5": json_number(self.top5), "passed": self.passed,
@@ -232,6 +235,7 @@ class _OutputAccumulator:
 
     name: str
     shape: tuple[int, ...] | None = None
+    dtype: str = ""
     elements: int = 0
     max_abs: float = 0.0
     max_rel: float = 0.0
@@ -260,6 +264,7 @@ class _OutputAccumulator:
         ref, cand = np.asarray(ref), np.asarray(cand)
         if self.shape is None:
             self.shape = tuple(int(d) for d in ref.shape)
+            self.dtype = str(ref.dtype)
         if ref.shape != cand.shape:
             self.problems.append(f"shape {tuple(cand.shape)} differs from the original's {tuple(ref.shape)}")
             return
@@ -327,6 +332,7 @@ class _OutputAccumulator:
             needed_atol=math.inf if problem else self.needed_atol,
             needed_rtol=math.inf if problem else self.needed_rtol,
             problem=problem,
+            dtype=self.dtype,
         )
 
 

@@ -20,6 +20,7 @@ from onnxprune.core.shapefold import infer_shapes
 from onnxprune.core.stats import WEIGHTED_OPS, node_macs
 from onnxprune.structured.analysis import DependencyGraph, analyze
 from onnxprune.structured.axes import ChannelAxis
+from onnxprune.structured.naming import group_layers, group_name
 from onnxprune.structured.plan import PrunePlan, make_plan, validate_options
 from onnxprune.structured.rules.registry import RuleSpec
 from onnxprune.structured.surgery import apply_plan
@@ -82,12 +83,15 @@ def build_report(model: ModelProto, dg: DependencyGraph, plan: PrunePlan) -> dic
         g = dg.groups[gid]
         groups.append({
             "id": gid,
+            "name": group_name(g),
+            "layers": group_layers(g),
             "size_before": g.size,
             "size_after": len(keep),
             "members": [str(s) for s in g.members],
             "criterion": plan.criterion_for(gid),
         })
-    blocked = [{"id": g.id, "size": g.size, "reason": "; ".join(g.blockers)} for g in dg.groups if not g.prunable]
+    blocked = [{"id": g.id, "name": group_name(g), "size": g.size, "reason": "; ".join(g.blockers)}
+               for g in dg.groups if not g.prunable]
     return {
         "groups": groups,
         "blocked": blocked,
@@ -150,6 +154,8 @@ def describe_groups(model: ModelProto, *, dims: Mapping[str, int] | None = None)
     dg = analyze(model, dims=dict(dims) if dims else None)
     groups = [{
         "id": g.id,
+        "name": group_name(g),
+        "layers": group_layers(g),
         "size": g.size,
         "blockers": list(g.blockers),
         "sources": [f"{c.node} ({c.op_type})" for c in g.sources],
