@@ -503,7 +503,7 @@ def test_plan_for_another_model(dirs: tuple[Path, Path], capsys: pytest.CaptureF
 @pytest.mark.parametrize("external", [False, True])
 def test_full_disk_during_save(mode: str, external: bool, dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
                                capsys: pytest.CaptureFixture[str]) -> None:
-    from test_io import FullDisk
+    from faults import FullDisk
 
     from onnxprune.core import io as opio
 
