@@ -57,7 +57,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.add_argument("--data", help="validation inputs .npz (default: seeded random inputs)")
     v.add_argument("--atol", type=float, default=1e-4)
     v.add_argument("--rtol", type=float, default=1e-3)
-    v.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE", help="value of a dynamic dimension")
+    v.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE",
+                   help="size of a dynamic input axis, by dim name or INPUT:AXIS (index or name), e.g. "
+                        "--dim sequence=128 or --dim x:2=320 (default: from the data, else chosen and reported)")
     v.add_argument("--providers", default="cpu", help="comma-separated: cpu,cuda")
     v.add_argument("--bench", action="store_true", help="append a before/after benchmark")
     v.add_argument("--batch", type=_csv_ints, default=(1, 8), help="benchmark batch sizes (default 1,8)")
@@ -114,6 +116,9 @@ def print_summary(report: dict[str, Any], output: str) -> None:
     for label, before, after in rows:
         ratio = f"{after / before:.3f}" if before else "-"
         print(f"  {label:<22}{_human(before):>12}{_human(after):>12}{ratio:>9}")
+    dims_line = dims_assumed_line(report)
+    if dims_line:
+        print(dims_line)
     if "sparsity" in report:
         print(f"  sparsity achieved     {report['sparsity']['overall']:.4f}")
     if "groups" in report:
@@ -131,6 +136,14 @@ def print_summary(report: dict[str, Any], output: str) -> None:
     for skipped in report.get("skipped", [])[:10]:
         print(f"  skipped {skipped['name']}: {skipped['reason']}")
     print(f"  time                  {report['seconds']:.2f} s")
+
+
+def dims_assumed_line(report: dict[str, Any]) -> str | None:
+    """The summary line naming the input sizes onnxprune chose for dynamic axes (MACs and checks use them)."""
+    from onnxprune.runtime.dims import describe_assumed
+
+    text = describe_assumed(report.get("dims_assumed", []))
+    return f"  {'input dims':<22}{text}" if text else None
 
 
 def _comparison_line(validation: dict[str, Any], *, exact: bool) -> str:

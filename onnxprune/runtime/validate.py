@@ -38,7 +38,7 @@ from onnxprune.core.errors import (
     first_line,
 )
 from onnxprune.core.io import PROTOBUF_LIMIT, checker_view, file_size, load_model, model_nbytes
-from onnxprune.core.ir import shape_skeleton
+from onnxprune.core.ir import dim_key, shape_skeleton
 from onnxprune.core.progress import progress
 from onnxprune.core.shapefold import infer_shapes
 from onnxprune.runtime.feeds import (
@@ -577,6 +577,9 @@ def _batches(
                 f"use --samples {n - n % fixed or fixed}"
             )
         return list(iter_batches(feeds, batch_size)), f"data {data}", n, batch_size
+    from onnxprune.runtime.dims import resolve_dims
+
+    dims = resolve_dims(model, dims=dims, seed=seed).dims  # sizes for dynamic axes without --dim, said in the log
     count = DEFAULT_SAMPLES if samples is None else samples
     if fixed is not None:
         count = math.ceil(count / fixed) * fixed
@@ -587,12 +590,15 @@ def _batches(
 
 
 def _batch_dims(specs: Sequence[InputSpec], batch: Mapping[str, np.ndarray], dims: Mapping[str, int]) -> dict[str, int]:
-    """Named dynamic dims as the first batch really has them (for strict shape inference)."""
+    """Dynamic dims as the first batch really has them (for strict shape inference), by name and by axis."""
     out = dict(dims)
     for spec in specs:
         for axis, d in enumerate(spec.shape or ()):
-            if isinstance(d, str) and spec.name in batch and np.ndim(batch[spec.name]) > axis:
-                out.setdefault(d, int(np.shape(batch[spec.name])[axis]))
+            if not isinstance(d, int) and spec.name in batch and np.ndim(batch[spec.name]) > axis:
+                size = int(np.shape(batch[spec.name])[axis])
+                out[dim_key(spec.name, axis)] = size
+                if isinstance(d, str) and d:
+                    out.setdefault(d, size)
     return out
 
 
