@@ -118,7 +118,7 @@ class DimResolution:
 
 
 def describe_assumed(entries: Sequence[Mapping[str, object]], *, with_batch: bool = False) -> str:
-    """``sequence=32, H=224 (assumed; set with --dim NAME=VALUE or --dim INPUT:AXIS=VALUE)``, or ``""``.
+    """``sequence=32, H=224 (assumed; set with --dim)``, or ``""``.
 
     Takes a report's ``dims_assumed`` list, so the CLI summary, ``analyze`` and the Markdown report print
     the same line. Same-named axes of several inputs are listed once; batch axes (always 1, which the
@@ -126,7 +126,7 @@ def describe_assumed(entries: Sequence[Mapping[str, object]], *, with_batch: boo
 
     Example:
         >>> describe_assumed([{"input": "ids", "axis": 1, "name": "sequence", "value": 32, "source": "candidate"}])
-        'sequence=32 (assumed; set with --dim NAME=VALUE or --dim INPUT:AXIS=VALUE)'
+        'sequence=32 (assumed; set with --dim)'
     """
     parts: list[str] = []
     for e in entries:
@@ -138,12 +138,12 @@ def describe_assumed(entries: Sequence[Mapping[str, object]], *, with_batch: boo
         if c.source in ("data", "weights"):
             text += f" (from {c.source})"
         elif c.source == "candidate" and e.get("confirmed") is False:
-            text += " (not confirmed: the model did not run)"
+            text += " (unconfirmed)"
         if text not in parts:
             parts.append(text)
     if not parts:
         return ""
-    return f"{', '.join(parts)} (assumed; set with --dim NAME=VALUE or --dim INPUT:AXIS=VALUE)"
+    return f"{', '.join(parts)} (assumed; set with --dim)"
 
 
 def _npz_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -246,7 +246,7 @@ def resolve_dims(model: ModelProto, *, dims: Mapping[str, int] | None = None,
     idx = GraphIndex(model)
     chosen: dict[tuple[str, int], ChosenDim] = {}
     pending: list[tuple[InputSpec, int, str | None]] = []
-    by_name: dict[str, int] = {}
+    by_name: dict[str, tuple[int, str]] = {}
     used: set[str] = set()
     for spec in specs:
         for axis, d in enumerate(spec.shape or ()):
@@ -265,13 +265,14 @@ def resolve_dims(model: ModelProto, *, dims: Mapping[str, int] | None = None,
             if value is None:
                 value, source = _weight_size(idx, spec, axis), "weights"
             if value is None and name and not _PLACEHOLDER.match(name) and name in by_name:
-                value, source = by_name[name], "same name"
+                value, origin = by_name[name]
+                source = "user" if origin == "user" else "same name"  # --dim sequence via input_ids:1
             if value is None:
                 pending.append((spec, axis, name))
                 continue
             chosen[(spec.name, axis)] = ChosenDim(spec.name, axis, name, int(value), source)
             if name and not _PLACEHOLDER.match(name):
-                by_name.setdefault(name, int(value))
+                by_name.setdefault(name, (int(value), source))
     confirmed: bool | None = None
     if pending:
         confirmed = _choose_candidates(model, user, chosen, pending, seed, required)

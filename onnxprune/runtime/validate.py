@@ -579,13 +579,14 @@ def _batches(
         return list(iter_batches(feeds, batch_size)), f"data {data}", n, batch_size
     from onnxprune.runtime.dims import resolve_dims
 
-    dims = resolve_dims(model, dims=dims, seed=seed).dims  # sizes for dynamic axes without --dim, said in the log
+    res = resolve_dims(model, dims=dims, seed=seed)  # sizes for dynamic axes without --dim (runtime/dims.py)
+    dims = res.dims
     count = DEFAULT_SAMPLES if samples is None else samples
     if fixed is not None:
         count = math.ceil(count / fixed) * fixed
     sizes = [min(batch_size, count - start) for start in range(0, count, batch_size)]
     batches = [random_feeds(model, seed=seed + i, batch=b, dims=dims) for i, b in enumerate(sizes)]
-    dims_text = "".join(f" {k}={v}" for k, v in sorted(dims.items()))
+    dims_text = "".join(sorted({f" {c.label}={c.value}" for c in res.chosen if c.axis > 0}))  # axis 0: the batch
     return batches, f"random seed={seed}{dims_text}", count, batch_size
 
 
