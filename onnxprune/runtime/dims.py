@@ -16,8 +16,8 @@ is reported (``dims_assumed``) and printed:
    ``attention_mask``); ``?`` and unnamed axes never share.
 6. candidates, tried together level by level: sequence-like axes (names with seq/len/token/time/step/frame,
    axis 1 of an integer input) 32, 64, 128, ...; spatial axes (2 and up of a rank-4/5 input, or named
-   height/width) 224, 256, 320, ... down to 1; others 32, 16, 8, ... A level is taken when strict shape
-   inference accepts it and running the model once in onnxruntime on seeded inputs succeeds.
+   height/width) 224, 256, 320, ... down to 1; others 32, 16, 8, ... Levels that strict shape inference
+   accepts are run in onnxruntime on seeded inputs, one session, in order; the first that runs is taken.
 
 It imports onnxruntime only when candidates must be confirmed.
 """
@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 SEQUENCE_SIZES = (32, 64, 128, 16, 8, 256, 512, 1024, 2048, 4096, 16000, 4, 2, 1)
 SPATIAL_SIZES = (224, 256, 320, 384, 512, 640, 192, 160, 128, 112, 96, 64, 56, 48, 32, 28, 16, 14, 8, 7, 4, 2, 1)
 OTHER_SIZES = (32, 16, 8, 64, 128, 4, 2, 1, 224, 256, 512)
-#: Levels whose shapes inference accepts that are run in onnxruntime before giving up.
-MAX_RUNS = 3
+#: Levels of sizes run in onnxruntime (one session, one run each) before giving up.
+MAX_RUNS = 8
 
 _SEQUENCE = re.compile(r"seq|len|token|time|step|frame", re.IGNORECASE)
 _BATCH = re.compile(r"batch|^(n|b|bs|num)$", re.IGNORECASE)
@@ -204,16 +204,29 @@ def _accepted_by_inference(model: ModelProto, dims: Mapping[str, int]) -> bool:
     return not any(isinstance(d, int) and d < 0 for name, s in shapes.items() if name in outputs for d in s)
 
 
-def _runs(model: ModelProto, dims: Mapping[str, int], seed: int) -> bool:
-    """The model runs once in onnxruntime (CPU) on seeded inputs of these sizes."""
-    from onnxprune.runtime.session import create_session, run_session
+class _Trial:
+    """One onnxruntime session of the model (built on first use), run at each level of sizes tried."""
 
-    try:
-        run_session(create_session(model, provider="cpu"), random_feeds(model, seed=seed, dims=dims))
-    except OnnxPruneError as exc:
-        log.info("dims %s: the model does not run (%s)", dict(dims), exc)
-        return False
-    return True
+    def __init__(self, model: ModelProto, seed: int) -> None:
+        self.model, self.seed = model, seed
+        self.session: object | None = None
+
+    def runs(self, dims: Mapping[str, int]) -> bool:
+        """The model runs once on seeded inputs of these sizes; its failures are not logged as errors."""
+        import onnxruntime as ort
+
+        from onnxprune.runtime.session import ORT_ERRORS, create_session
+
+        if self.session is None:
+            self.session = create_session(self.model, provider="cpu", low_memory=True)
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # a refused size is expected here, not an error to show the user
+        try:
+            self.session.run(None, random_feeds(self.model, seed=self.seed, dims=dims), quiet)  # type: ignore[attr-defined]
+        except ORT_ERRORS as exc:
+            log.info("input sizes %s: the model does not run (%s)", dict(dims), str(exc).splitlines()[0])
+            return False
+        return True
 
 
 def resolve_dims(model: ModelProto, *, dims: Mapping[str, int] | None = None,
@@ -304,26 +317,36 @@ def _choose_candidates(model: ModelProto, user: Mapping[str, int], chosen: dict[
         return values
 
     levels = [level(k) for k in range(max(len(ladder) for ladder in ladders))]
-    accepted = [lv for lv in levels if _accepted_by_inference(model, lv)]
-    # Inference cannot judge every model (custom ops fail strict inference at any size): then run the first
-    # levels as they are.
-    tried = 0
+    trial = _Trial(model, seed)
     winner: dict[str, int] | None = None
-    for lv in accepted or levels:
-        if tried == MAX_RUNS:
-            break
-        tried += 1
-        if _runs(model, lv, seed):
-            winner = lv
-            break
+    first_accepted: dict[str, int] | None = None
+    runs = 0
+    try:
+        for lv in levels:
+            if runs == MAX_RUNS:
+                break
+            if not _accepted_by_inference(model, lv):
+                continue
+            first_accepted = first_accepted or lv
+            runs += 1
+            if trial.runs(lv):
+                winner = lv
+                break
+        if first_accepted is None:
+            # Inference cannot judge every model (custom ops fail strict inference at any size): run the
+            # first levels as they are.
+            winner = next((lv for lv in levels[:MAX_RUNS] if trial.runs(lv)), None)
+    except OnnxPruneError:
+        if required:
+            raise  # onnxruntime cannot load the model at all: that message says why
     confirmed = winner is not None
     if winner is None:
         if required:
             axes = ", ".join(f"'{s.name}' axis {a} ({n or 'unnamed'})" for s, a, n in pending)
             example = dim_key(pending[0][0].name, pending[0][1])
-            raise ConfigError(f"no size tried for the dynamic input axes {axes} runs in onnxruntime; "
-                              f"pass the sizes the model expects, e.g. --dim {example}=VALUE")
-        winner = (accepted or levels)[0]
+            raise ConfigError(f"the model runs in onnxruntime at none of the sizes tried for its dynamic input "
+                              f"axes {axes}; pass the sizes it expects, e.g. --dim {example}=VALUE")
+        winner = first_accepted or levels[0]
     for spec, axis, name in pending:
         chosen[(spec.name, axis)] = ChosenDim(spec.name, axis, name, winner[dim_key(spec.name, axis)], "candidate")
     return confirmed
