@@ -178,3 +178,20 @@ def test_analyze_paddle_model_has_no_negative_counts(tmp_path: Path, capsys: pyt
     assert summary["macs"] > 0 and all(v >= 0 for v in summary["macs_by_node"].values())
     assert summary["inputs"][0]["shape"] == ["?", 3, "?", "?"]
     assert [(e["axis"], e["value"]) for e in summary["dims_assumed"]] == [(0, 1), (2, 224), (3, 224)]
+
+
+@pytest.mark.parametrize("mode", ["unstructured", "nm"])
+def test_zeroing_weights_needs_no_sizes_without_validation(mode: str):
+    """Flatten -> Gemm accepts H = W = 3 only, which no candidate is: validation refuses, --no-validate
+    prunes, keeps MACs at the unconfirmed sizes and says so."""
+    from builders import flatten_gemm
+
+    model = flatten_gemm()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    with pytest.raises(op.ConfigError, match=r"--dim x:2=VALUE"):
+        op.prune(model, op.PruneConfig(mode=mode))
+    result = op.prune(model, op.PruneConfig(mode=mode, validate=False))
+    assert result.report["sparsity"]["overall"] > 0.2
+    assert any("did not run in onnxruntime" in w for w in result.warnings)
+    assert all(e.get("confirmed") is False for e in result.report["dims_assumed"] if e["source"] == "candidate")

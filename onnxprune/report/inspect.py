@@ -5,6 +5,7 @@ Kept apart from the CLI so tests and scripts get the same numbers the user sees.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -15,6 +16,8 @@ from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.io import load_model
 from onnxprune.core.ir import input_shapes, is_fixed_dim, opset_of
 from onnxprune.core.stats import model_stats
+
+log = logging.getLogger(__name__)
 
 
 def _io_list(model: ModelProto, which: str) -> list[dict[str, Any]]:
@@ -35,10 +38,14 @@ def analyze_summary(source: str | os.PathLike[str] | ModelProto, *, dims: dict[s
     """Parameters, MACs at batch 1, op histogram, prunable weights, opset, I/O and channel groups."""
     model = load_model(source)
     from onnxprune.core.weights import find_prunable_weights
-    from onnxprune.runtime.dims import resolve_dims
+    from onnxprune.runtime.dims import DimResolution, resolve_dims
 
     # MACs at sizes the model accepts, never at a silent 1 (or -1) for a dynamic axis: chosen ones are said.
-    res = resolve_dims(model, dims=dims, required=False)
+    try:
+        res = resolve_dims(model, dims=dims, required=False)
+    except OnnxPruneError as exc:  # an input onnxprune cannot feed (a sequence): counted as given
+        log.info("no sizes chosen for dynamic inputs: %s", exc)
+        res = DimResolution(dims=dict(dims or {}))
     dims = res.dims
     stats = model_stats(model, dims=dims)
     summary: dict[str, Any] = {

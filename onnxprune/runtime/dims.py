@@ -30,6 +30,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from onnx import ModelProto
@@ -130,8 +131,9 @@ def describe_assumed(entries: Sequence[Mapping[str, object]], *, with_batch: boo
     """
     parts: list[str] = []
     for e in entries:
-        c = ChosenDim(str(e["input"]), int(e["axis"]), e.get("name") and str(e["name"]),  # type: ignore[call-overload]
-                      int(e["value"]), str(e["source"]))  # type: ignore[call-overload]
+        name = e.get("name")
+        c = ChosenDim(str(e["input"]), int(str(e["axis"])), str(name) if name else None, int(str(e["value"])),
+                      str(e["source"]))
         if c.source == "batch" and not with_batch:
             continue
         text = f"{c.label}={c.value}"
@@ -209,7 +211,7 @@ class _Trial:
 
     def __init__(self, model: ModelProto, seed: int) -> None:
         self.model, self.seed = model, seed
-        self.session: object | None = None
+        self.session: Any = None  # an onnxruntime InferenceSession (not imported at module level)
 
     def runs(self, dims: Mapping[str, int]) -> bool:
         """The model runs once on seeded inputs of these sizes; its failures are not logged as errors."""
@@ -222,7 +224,7 @@ class _Trial:
         quiet = ort.RunOptions()
         quiet.log_severity_level = 4  # a refused size is expected here, not an error to show the user
         try:
-            self.session.run(None, random_feeds(self.model, seed=self.seed, dims=dims), quiet)  # type: ignore[attr-defined]
+            self.session.run(None, random_feeds(self.model, seed=self.seed, dims=dims), quiet)
         except ORT_ERRORS as exc:
             log.info("input sizes %s: the model does not run (%s)", dict(dims), str(exc).splitlines()[0])
             return False
@@ -256,7 +258,7 @@ def resolve_dims(model: ModelProto, *, dims: Mapping[str, int] | None = None,
     user = dict(dims or {})
     specs = input_specs(model)
     data_shapes: list[dict[str, tuple[int, ...]]] = [_npz_shapes(p) for p in data if p]
-    idx = GraphIndex(model)
+    idx: GraphIndex | None = None
     chosen: dict[tuple[str, int], ChosenDim] = {}
     pending: list[tuple[InputSpec, int, str | None]] = []
     by_name: dict[str, tuple[int, str]] = {}
@@ -276,6 +278,7 @@ def resolve_dims(model: ModelProto, *, dims: Mapping[str, int] | None = None,
             if value is None and ((axis == 0 and len(spec.shape or ()) >= 2) or (name and _BATCH.search(name))):
                 value, source = 1, "batch"
             if value is None:
+                idx = idx or GraphIndex(model)  # built only for a model with such axes
                 value, source = _weight_size(idx, spec, axis), "weights"
             if value is None and name and not _PLACEHOLDER.match(name) and name in by_name:
                 value, origin = by_name[name]
