@@ -642,3 +642,16 @@ def residual_free_cnn(seed: int = 0, c: int = 8, classes: int = 10, hw: int = 6)
     g.nodes.append(helper.make_node("Gemm", [f, g.weight((classes, c)), g.weight((classes,))], ["logits"],
                                     name="fc", transB=1))
     return g.build([vinfo("x", ["batch", 3, hw, hw])], [vinfo("logits", ["batch", classes])], "cnn")
+
+
+def audio_encoder(seed: int = 0, c: int = 8, kernel: int = 100, classes: int = 4) -> onnx.ModelProto:
+    """A wav2vec2-like audio model: input_values float [batch, sequence] → Unsqueeze → Conv1d (kernel
+    ``kernel``, so shorter inputs cannot run) → Relu → Conv1d → Relu → ReduceMean over time → Gemm → logits."""
+    g = GraphBuilder(seed)
+    x = g.op("Unsqueeze", ["input_values", g.const(np.array([1], np.int64), "chan")])
+    a = g.op("Relu", [g.op("Conv", [x, g.weight((c, 1, kernel)), g.weight((c,))], strides=[5])])
+    b = g.op("Relu", [g.op("Conv", [a, g.weight((c, c, 3)), g.weight((c,))])])
+    m = g.op("ReduceMean", [b], axes=[2], keepdims=0)
+    g.nodes.append(helper.make_node("Gemm", [m, g.weight((classes, c)), g.weight((classes,))], ["logits"],
+                                    name="fc", transB=1))
+    return g.build([vinfo("input_values", ["batch", "sequence"])], [vinfo("logits", ["batch", classes])], "audio")

@@ -1,6 +1,7 @@
 """Models with dynamic input axes, as real exporters write them, prune in every mode with no extra flag.
 
-Text models (``input_ids[batch, sequence]``), Paddle-style exports (``-1``, ``?`` and unnamed dims), symbolic
+Text models (``input_ids[batch, sequence]``), audio models (``input_values[batch, sequence]`` into a wide
+Conv1d), Paddle-style exports (``-1``, ``?`` and unnamed dims), symbolic
 ``[N, C, H, W]`` and fp16 conversions: each mode gives a checker-valid model whose declared inputs and
 outputs are exactly the original's, that onnxruntime runs with the original's output shapes, and whose
 report and summary name the sizes onnxprune chose.
@@ -15,7 +16,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import fp16_classifier, paddle_classifier, residual_free_cnn, symbolic_inputs, text_classifier
+from builders import (
+    audio_encoder,
+    fp16_classifier,
+    paddle_classifier,
+    residual_free_cnn,
+    symbolic_inputs,
+    text_classifier,
+)
 
 import onnxprune as op
 from onnxprune.cli.main import main
@@ -30,6 +38,7 @@ MODES = ("structured", "unstructured", "nm")
 
 BUILDERS = {
     "text": text_classifier,
+    "audio": audio_encoder,
     "paddle": paddle_classifier,
     "symbolic_nchw": lambda: symbolic_inputs(residual_free_cnn()),
     "fp16": fp16_classifier,
@@ -37,6 +46,7 @@ BUILDERS = {
 #: What each model's report must say it assumed: {label: value} (batch axes included).
 ASSUMED = {
     "text": {"input_ids:0": 1, "input_ids:1": 32, "attention_mask:0": 1, "attention_mask:1": 32},
+    "audio": {"input_values:0": 1, "input_values:1": 128},
     "paddle": {"x:0": 1, "x:2": 224, "x:3": 224},
     "symbolic_nchw": {"x:0": 1, "x:1": 3, "x:2": 224, "x:3": 224},
     "fp16": {"x:0": 1},

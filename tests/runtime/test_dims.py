@@ -139,3 +139,12 @@ def test_rank_1_dynamic_axis_is_not_taken_for_a_batch():
 
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], [vinfo("x", ["frames"])], [vinfo("y", ["frames"])])
     assert _values(resolve_dims(model)) == {("x", 0): (32, "candidate")}
+
+
+def test_audio_input_too_short_for_the_first_conv_gets_a_longer_length():
+    """A Conv1d of kernel 100 refuses 32 and 64 samples; 128 is the first candidate that runs."""
+    from builders import audio_encoder
+
+    res = resolve_dims(audio_encoder())
+    assert _values(res) == {("input_values", 0): (1, "batch"), ("input_values", 1): (128, "candidate")}
+    assert res.confirmed is True
