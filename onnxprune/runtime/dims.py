@@ -9,7 +9,8 @@ is reported (``dims_assumed``) and printed:
 1. ``--dim`` (``dims``): by ``INPUT:AXIS``, ``INPUT:NAME`` or ``NAME`` (:func:`onnxprune.core.ir.lookup_dim`).
 2. data (``--data``, ``--eval-data``, ``--calib``): the size of that axis in the first file holding the input
    (not axis 0, which counts samples there).
-3. batch: a leading axis (of an input of rank 2 or more) or one named like a batch gets 1.
+3. batch: an axis named like a batch, or the leading axis of an input of rank 2 or more unless named like
+   a sequence or a spatial axis (time-major ``[sequence, batch, ...]``), gets 1.
 4. weights: an axis the input's first reader fixes: a Conv's input channels, the reduction axis of a
    MatMul or Gemm with a constant weight.
 5. the value already chosen for another axis of the same name (``sequence`` of ``input_ids`` and
@@ -185,6 +186,15 @@ def _weight_size(idx: GraphIndex, spec: InputSpec, axis: int) -> int | None:
     return None
 
 
+def _batch_like(spec: InputSpec, axis: int, name: str | None) -> bool:
+    """Named like a batch anywhere, or the leading axis of a rank-2+ input unless named like a sequence
+    (time-major ``[sequence, batch, features]``) or a spatial axis."""
+    if name and _BATCH.search(name):
+        return True
+    other = bool(name and (_SEQUENCE.search(name) or _SPATIAL.search(name)))
+    return axis == 0 and len(spec.shape or ()) >= 2 and not other
+
+
 def _ladder(spec: InputSpec, axis: int, name: str | None) -> tuple[int, ...]:
     rank = len(spec.shape or ())
     if name and _SEQUENCE.search(name):
@@ -275,7 +285,7 @@ def resolve_dims(model: ModelProto, *, dims: Mapping[str, int] | None = None,
                 value = next((s[spec.name][axis] for s in data_shapes
                               if len(s.get(spec.name, ())) == len(spec.shape or ())), None)
                 source = "data"
-            if value is None and ((axis == 0 and len(spec.shape or ()) >= 2) or (name and _BATCH.search(name))):
+            if value is None and _batch_like(spec, axis, name):
                 value, source = 1, "batch"
             if value is None:
                 idx = idx or GraphIndex(model)  # built only for a model with such axes

@@ -148,3 +148,12 @@ def test_audio_input_too_short_for_the_first_conv_gets_a_longer_length():
     res = resolve_dims(audio_encoder())
     assert _values(res) == {("input_values", 0): (1, "batch"), ("input_values", 1): (128, "candidate")}
     assert res.confirmed is True
+
+
+def test_time_major_input_takes_the_batch_from_its_name_not_its_position():
+    from builders import make_model
+    from onnx import helper
+
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [vinfo("x", ["sequence", "batch", 4])],
+                       [vinfo("y", ["sequence", "batch", 4])])
+    assert _values(resolve_dims(model)) == {("x", 0): (32, "candidate"), ("x", 1): (1, "batch")}
