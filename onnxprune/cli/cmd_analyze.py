@@ -14,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("model", help="input .onnx file")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE",
-                   help="value of a dynamic input dimension for MACs (default 1)")
+                   help="size of a dynamic input axis for MACs, by dim name or INPUT:AXIS (default: batch 1, other "
+                        "axes a size the model accepts, said in the output)")
     p.add_argument("--groups", action="store_true", help="list every channel group with its members")
     return p
 
@@ -35,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
         for io in summary[kind]:
             print(f"{kind[:-1]:<10} {io['name']}  {io['dtype']}{io['shape']}")
     print(f"params     {summary['params']:,}")
-    print(f"MACs       {summary['macs']:,} (batch 1)")
+    from onnxprune.runtime.dims import describe_assumed
+
+    assumed = describe_assumed(summary.get("dims_assumed", []))
+    print(f"MACs       {summary['macs']:,} (batch 1{', at ' + assumed if assumed else ''})")
     ops = ", ".join(f"{k}:{v}" for k, v in summary["op_histogram"].items())
     print(f"ops        {ops}")
     print(f"prunable weights ({len(summary['prunable_weights'])}):")

@@ -56,7 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.add_argument("--data", help="validation inputs .npz (default: seeded random inputs)")
     v.add_argument("--atol", type=float, default=1e-4)
     v.add_argument("--rtol", type=float, default=1e-3)
-    v.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE", help="value of a dynamic dimension")
+    v.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE",
+                   help="size of a dynamic input axis, by dim name or INPUT:AXIS (index or name), e.g. "
+                        "--dim sequence=128 or --dim x:2=320 (default: from the data, else chosen and reported)")
     v.add_argument("--providers", default="cpu", help="comma-separated: cpu,cuda")
     v.add_argument("--bench", action="store_true", help="append a before/after benchmark")
     v.add_argument("--batch", type=_csv_ints, default=(1, 8), help="benchmark batch sizes (default 1,8)")

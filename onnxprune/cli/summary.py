@@ -148,9 +148,18 @@ def bench_lines(bench: Mapping[str, Any], *, verbose: bool) -> list[str]:
     return lines
 
 
+def dims_lines(report: Mapping[str, Any]) -> list[str]:
+    """The input sizes onnxprune chose for dynamic axes (MACs and checks use them), when it chose any."""
+    from onnxprune.runtime.dims import describe_assumed
+
+    text = describe_assumed(report.get("dims_assumed", []))
+    return [_row("input dims", text)] if text else []
+
+
 def summary_lines(report: Mapping[str, Any], output: str, *, verbose: bool = False) -> list[str]:
     """Every line of the summary, in order (see the module doc)."""
     lines = [f"onnxprune prune --mode {report['mode']}  ->  {output}", *size_lines(report)]
+    lines += dims_lines(report)
     if "sparsity" in report:
         lines.append(_row("sparsity achieved", f"{100 * float(report['sparsity']['overall']):.2f}%"))
     if "groups" in report:

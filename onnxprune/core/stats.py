@@ -1,6 +1,7 @@
 """Model statistics: parameters, multiply-accumulates (MACs) and the op histogram.
 
-MACs are counted from inferred shapes at batch 1 for the ops that dominate compute (Conv, ConvTranspose,
+MACs are counted from inferred shapes at batch 1 (other dynamic input axes at the sizes passed in ``dims``;
+``onnxprune.runtime.dims`` chooses and reports them) for the ops that dominate compute (Conv, ConvTranspose,
 Gemm, MatMul); everything else is treated as free, which is how pruning papers and tools report them.
 """
 
@@ -54,7 +55,8 @@ def count_params(model: ModelProto, *, nonzero: bool = False) -> int:
 
 
 def _known(shape: Shape | None) -> TypeGuard[tuple[int, ...]]:
-    return shape is not None and all(isinstance(d, int) for d in shape)
+    """Every dim a real size: a negative one (an export's ``-1``) is unknown, never counted."""
+    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
 
 
 def node_macs(node: NodeProto, shapes: dict[str, Shape], opset: int) -> int | None:

@@ -370,6 +370,10 @@ def benchmark(
         infos: list[ModelInfo] = []
         for label, source in zip(labels, models, strict=True):
             proto = load_model(source)
+            if not paths:  # dynamic axes without --dim: the sizes the first model accepts (runtime/dims.py)
+                from onnxprune.runtime.dims import resolve_dims
+
+                dims = resolve_dims(proto, dims=dims, seed=seed).dims
             if isinstance(source, ModelProto):
                 # Sessions load from a file, so the session's memory excludes a serialized copy.
                 path = save_model(proto, Path(tmp) / f"{len(paths)}.onnx")

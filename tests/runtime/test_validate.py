@@ -182,11 +182,12 @@ def test_validate_npz_that_does_not_fit(tmp_path):
         validate_models(mlp(), mlp(), data=data)
 
 
-def test_validate_dynamic_dims_need_values_for_non_batch_dims():
+def test_validate_dynamic_dims_take_given_values_else_chosen_ones():
     report = validate_models(seq_tokens(), seq_tokens(), dims={"seq": 5}, batch_size=2)
     assert report and report.comparison("cpu").output("out").shape == (2, 5, 6)
-    with pytest.raises(ConfigError, match="--dim seq=VALUE"):
-        validate_models(seq_tokens(), seq_tokens())
+    chosen = validate_models(seq_tokens(), seq_tokens())  # a sequence-like axis without --dim: 32, said
+    assert chosen and chosen.comparison("cpu").output("out").shape == (1, 32, 6)
+    assert chosen.inputs == "random seed=0 seq=32"
 
 
 def test_validate_reports_a_broken_candidate_without_running_it():
