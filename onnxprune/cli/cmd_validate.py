@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from onnxprune.cli.flags import add_old_spelling
 from onnxprune.cli.options import add_runtime_options
 from onnxprune.runtime.validate import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SAMPLES
 
@@ -30,9 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help=f"relative tolerance (default {DEFAULT_RTOL:g})")
     p.add_argument("--samples", type=int, default=None,
                    help=f"samples to compare (default: all of --data, else {DEFAULT_SAMPLES})")
-    p.add_argument("--batch", type=int, default=1, help="samples per run (default 1; a fixed batch dim wins)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="samples per run (default 1; a fixed batch dim wins)")
+    add_old_spelling(p, "--batch", new="--batch-size", dest="batch_size", type=int)
     add_runtime_options(p, dim_help="value of a named dynamic input dim (repeatable); the first dim is the batch "
-                                 "(--batch)", seed_help="seed of generated inputs (default 0)")
+                                 "(--batch-size)", seed_help="seed of generated inputs (default 0)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
     return p
 
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = validate_models(
         args.original, args.pruned, data=args.data, providers=args.providers, atol=args.atol, rtol=args.rtol,
-        dims=parse_dims(args.dim), seed=args.seed, samples=args.samples, batch_size=args.batch,
+        dims=parse_dims(args.dim), seed=args.seed, samples=args.samples, batch_size=args.batch_size,
         threads=args.threads,
     )
     if args.json:
