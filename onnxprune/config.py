@@ -146,8 +146,7 @@ class PruneConfig:
         given = getattr(self, "_given", ())
         for f in fields(self):
             object.__setattr__(self, f.name, coerce(f.name, str(f.type), getattr(self, f.name)))
-        if "mode" in given and self.mode not in MODES:
-            raise ConfigError(f"{opt('mode')} must be one of {', '.join(MODES)}, got '{self.mode}'")
+        self.validate_options()  # ranges first: a value out of range is the first thing to say
         mode, note = resolve_mode(given, self.mode)
         object.__setattr__(self, "mode", mode)
         object.__setattr__(self, "_notes", (note,) if note else ())
@@ -158,7 +157,8 @@ class PruneConfig:
             scope = "global" if self.global_rank else self.scope
             object.__setattr__(self, "scope", scope)
             object.__setattr__(self, "global_rank", scope == "global")
-        self.validate_options()
+        if mode == "nm":
+            parse_nm(self.nm)  # the pattern is checked for the mode inferred too
         check_applicable(given, {f.name: getattr(self, f.name) for f in fields(self)})
         if not self.plan_in:
             from onnxprune.recovery.data_criteria import DATA_CRITERIA
