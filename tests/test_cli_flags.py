@@ -206,3 +206,18 @@ def test_deprecation_goes_to_stderr_in_a_subprocess(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["n"] == 8
     assert proc.stderr.strip() == DEPRECATED.format(old="--data", new="--eval-data")
+
+
+def test_readme_cli_section_uses_flags_that_exist() -> None:
+    """Every flag the README's CLI section names is one the parser knows; old spellings only as such."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Command line"):text.index("## Python API")]
+    known, old = set(), set()
+    for parser in _subparsers(build_parser()).values():
+        for action in parser._actions:
+            (old if action.help == argparse.SUPPRESS else known).update(action.option_strings)
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", section))
+    assert named <= known | old, named - known - old
+    sentence = section[section.index("The old spellings"):section.index("Options do what they say")]
+    for flag in old:
+        assert flag in sentence, f"{flag} is an old spelling the README does not list as one"

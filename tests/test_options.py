@@ -215,3 +215,18 @@ def test_with_keeps_what_was_set() -> None:
     config = PruneConfig(sparsity=0.8).with_(scope="global")
     assert config.mode == "unstructured" and config.sparsity == 0.8 and config.scope == "global"
     assert config.given == {"sparsity", "scope"}
+
+
+def test_nm_alone_selects_nm_and_checks_the_pattern() -> None:
+    assert PruneConfig(nm="2:4").mode == "nm"
+    assert PruneConfig(nm="1:4").notes == ("nm given without mode: pruning with mode='nm'",)
+    with pytest.raises(ConfigError, match=r"N:M pattern needs 0 < n < m"):
+        PruneConfig(nm="4:2")
+
+
+def test_config_survives_pickle_with_what_was_set() -> None:
+    import pickle
+
+    config = PruneConfig(sparsity=0.9, exclude="a*")
+    again = pickle.loads(pickle.dumps(config))
+    assert again == config and again.given == {"sparsity", "exclude"} and again.notes == config.notes
