@@ -209,6 +209,8 @@ def test_make_plan_takes_a_path_as_apply_plan_does(mlp_file: Path) -> None:
         int(np.prod(t.dims)) for t in mlp().graph.initializer)
     with pytest.raises(ConfigError, match=r"needs the model's DependencyGraph"):
         op.make_plan(mlp_file, "not a graph", ratio=0.5)  # type: ignore[arg-type]
+    with pytest.raises(op.PlanError, match=r"plan must be a PrunePlan .*got str"):
+        op.apply_plan(mlp_file, "plan.json")  # type: ignore[arg-type]
 
 
 def test_with_keeps_what_was_set() -> None:
