@@ -106,7 +106,8 @@ def _modes_text(modes: Iterable[str]) -> str:
 
 # -- types ------------------------------------------------------------------------------------------
 def coerce(param: str, annotation: str, value: Any) -> Any:
-    """Check ``value`` against the field's annotation; normalize the forms the API accepts.
+    """Check ``value`` against the field's annotation (as written in the class); normalize the forms the API
+    accepts. Annotations other than those below pass the value through unchanged.
 
     A single string where a sequence of strings is expected is one item (``exclude="conv1*"`` is one
     pattern, not one per character); ``providers="cpu,cuda"`` is split at commas; paths may be
@@ -143,7 +144,7 @@ def coerce(param: str, annotation: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise fail("a string")
         return value
-    if base.startswith("tuple["):
+    if base in ("tuple[str, ...]", "tuple[int, ...]"):
         item = "int" if base.startswith("tuple[int") else "str"
         if isinstance(value, str) and item == "str":
             value = [v.strip() for v in value.split(",") if v.strip()] if param == "providers" else [value]
@@ -152,7 +153,7 @@ def coerce(param: str, annotation: str, value: Any) -> Any:
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
             raise fail(f"a sequence of {'integers' if item == 'int' else 'strings'}")
         return tuple(coerce(param, item, v) for v in value)
-    if base.startswith("dict["):
+    if base in ("dict[str, float]", "dict[str, int]"):
         if not isinstance(value, Mapping):
             raise fail("a mapping (dict)")
         kind = "int" if base.endswith("int]") else "float"
@@ -162,7 +163,7 @@ def coerce(param: str, annotation: str, value: Any) -> Any:
                 raise fail("a mapping with string keys")
             out[k] = coerce(param, kind, v)
         return out
-    return value
+    return value  # any other annotation: passed on as given (its own parser checks it)
 
 
 # -- modes -----------------------------------------------------------------------------------------
