@@ -147,6 +147,7 @@ class PruneConfig:
         for f in fields(self):
             object.__setattr__(self, f.name, coerce(f.name, str(f.type), getattr(self, f.name)))
         self.validate_options()  # ranges first: a value out of range is the first thing to say
+        mode_before = self.mode
         mode, note = resolve_mode(given, self.mode)
         object.__setattr__(self, "mode", mode)
         object.__setattr__(self, "_notes", (note,) if note else ())
@@ -157,8 +158,8 @@ class PruneConfig:
             scope = "global" if self.global_rank else self.scope
             object.__setattr__(self, "scope", scope)
             object.__setattr__(self, "global_rank", scope == "global")
-        if mode == "nm":
-            parse_nm(self.nm)  # the pattern is checked for the mode inferred too
+        if mode != mode_before:
+            self.validate_options()  # again for the mode inferred (N:M pattern, recovery without data)
         check_applicable(given, {f.name: getattr(self, f.name) for f in fields(self)})
         if not self.plan_in:
             from onnxprune.recovery.data_criteria import DATA_CRITERIA

@@ -224,6 +224,8 @@ def test_nm_alone_selects_nm_and_checks_the_pattern() -> None:
     assert PruneConfig(nm="1:4").notes == ("nm given without mode: pruning with mode='nm'",)
     with pytest.raises(ConfigError, match=r"N:M pattern needs 0 < n < m"):
         PruneConfig(nm="4:2")
+    with pytest.raises(ConfigError, match=r"^recover='bias' needs calibration data"):
+        PruneConfig(sparsity=0.5, recover="bias")  # data-free bias exists for structured mode only
 
 
 def test_config_survives_pickle_with_what_was_set() -> None:
