@@ -36,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "unstructured/nm magnitude (= l1 = l2); with --calib: activation, apoz, wanda")
     p.add_argument("--seed", type=int, default=None,
                    help=f"seed for random criteria and generated inputs (default {d('seed')})")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (groups or layers, what is kept, predicted params/MACs) and write nothing")
     g = p.add_argument_group("unstructured and N:M")
     g.add_argument("--sparsity", type=float, default=None,
                    help=f"fraction of weights to zero (default {d('sparsity')})")
@@ -56,8 +58,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help=f"keep at least this many channels per group (default {d('min_channels')})")
     s.add_argument("--plan-in", help="apply a saved plan instead of ranking channels")
     s.add_argument("--plan-out", help="save the plan (kept channels per group) as JSON")
-    s.add_argument("--dry-run", action="store_true",
-                   help="print the plan (groups, channels kept, predicted params/MACs) and write nothing")
     p.add_argument("--exclude", action="append", default=None, metavar="PATTERN",
                    help="protect layers whose node or weight name matches (shell-style, repeatable)")
     c = p.add_argument_group("calibration, recovery and budgets")
