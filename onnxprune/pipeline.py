@@ -13,13 +13,14 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from onnx import ModelProto
 
-from onnxprune.config import PruneConfig
+from onnxprune.config import PruneConfig, as_config
 from onnxprune.core.errors import ConfigError, ValidationError
 from onnxprune.core.io import (
     check_output_path,
@@ -70,7 +71,7 @@ def _jsonable(obj: object) -> object:
 
 def prune(
     source: str | os.PathLike[str] | ModelProto,
-    config: PruneConfig | None = None,
+    config: PruneConfig | Mapping[str, Any] | None = None,
     *,
     output: str | os.PathLike[str] | None = None,
 ) -> PruneResult:
@@ -78,7 +79,8 @@ def prune(
 
     Args:
         source: a path to an ``.onnx`` file or a ``ModelProto`` (never modified).
-        config: all options (default: structured pruning at ratio 0.3 with l2 importance).
+        config: all options (default: structured pruning at ratio 0.3 with l2 importance); a dict is taken
+            as ``PruneConfig``'s keyword arguments.
         output: where to save the pruned model; nothing is written if any step fails.
 
     Returns:
@@ -96,10 +98,14 @@ def prune(
         return _prune(source, config, output=output, scratch=Path(scratch))
 
 
-def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | None, *,
+def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Mapping[str, Any] | None, *,
            output: str | os.PathLike[str] | None, scratch: Path) -> PruneResult:
     """The body of :func:`prune`; ``scratch`` is an empty temporary folder removed after the run."""
-    config = (config or PruneConfig()).validate_options()
+    config = as_config(config).validate_options()
+    warnings: list[str] = []
+    for note in config.notes:  # e.g. the mode inferred from the options given
+        log.warning(note)
+        warnings.append(note)
     started = time.perf_counter()
     inputs = (source,) if isinstance(source, (str, os.PathLike)) else ()
     if output is not None:
@@ -107,7 +113,6 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | No
     if config.plan_out:
         check_output_path(config.plan_out, inputs=inputs)
     original = load_model(source)
-    warnings: list[str] = []
     original, folded = _fold(original, warnings)
     config, dims_assumed = _resolve_dims(original, config, warnings)
     stats_before = model_stats(original, dims=config.dims)

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+from onnxprune.cli.flags import add_old_spelling
 from onnxprune.cli.options import add_runtime_options
 from onnxprune.runtime.validate import DEFAULT_SAMPLES
 
@@ -44,9 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="fail (exit 4) when top-1 agreement of a class-score output is below F, e.g. 0.98")
     p.add_argument("--samples", type=int, default=None,
                    help=f"samples to compare (default: all of --data, else {DEFAULT_SAMPLES})")
-    p.add_argument("--batch", type=int, default=1, help="samples per run (default 1; a fixed batch dim wins)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="samples per run (default 1; a fixed batch dim wins)")
+    add_old_spelling(p, "--batch", new="--batch-size", dest="batch_size", type=int)
     add_runtime_options(p, dim_help="value of a named dynamic input dim (repeatable); the first dim is the batch "
-                                 "(--batch)", seed_help="seed of generated inputs (default 0)")
+                                 "(--batch-size)", seed_help="seed of generated inputs (default 0)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
     return p
 
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     atol, rtol = bounds.tolerances()
     report = validate_models(
         args.original, args.pruned, data=args.data, providers=args.providers, atol=atol, rtol=rtol,
-        dims=parse_dims(args.dim), seed=args.seed, samples=args.samples, batch_size=args.batch,
+        dims=parse_dims(args.dim), seed=args.seed, samples=args.samples, batch_size=args.batch_size,
         threads=args.threads, report_only=True,
     )
     doc = report.to_dict()

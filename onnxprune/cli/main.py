@@ -64,7 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="onnxprune: %(levelname)s: %(message)s",
         force=True,
     )
+    from onnxprune.cli.flags import DEPRECATED_DEST
     from onnxprune.core.progress import progress_switched_on, set_progress_enabled
+
+    for note in getattr(args, DEPRECATED_DEST, ()):  # old flag spellings still work, for one version
+        logging.getLogger(__name__).warning(note)
 
     progress_before = progress_switched_on()
     if quiet:

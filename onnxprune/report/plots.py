@@ -2,7 +2,7 @@
 
 Why: the question after pruning is "did the saved compute turn into saved time?"; a latency-vs-MACs plot
 shows it at a glance (points on a line through the origin would be ideal scaling). matplotlib is an
-optional extra (``pip install onnxprune[plot]``); it is imported only here, with the non-interactive Agg
+optional extra (``pip install -e ".[plot]"``); it is imported only here, with the non-interactive Agg
 canvas, so no display and no global backend change are needed.
 """
 
@@ -27,7 +27,7 @@ def _matplotlib() -> tuple[Any, Any]:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise ConfigError("plots need matplotlib; install it with: pip install onnxprune[plot]") from exc
+        raise ConfigError('plots need matplotlib; install it with: pip install -e ".[plot]"') from exc
     return Figure, FigureCanvasAgg
 
 
@@ -157,7 +157,7 @@ def plot_sensitivity(report: SensitivityReport, path: str | os.PathLike[str], *,
     """Save error-vs-ratio curves (the ``top`` most sensitive groups labelled) as an image.
 
     Raises:
-        ConfigError: matplotlib is not installed (``pip install onnxprune[plot]``), or the suffix names
+        ConfigError: matplotlib is not installed (``pip install -e ".[plot]"``), or the suffix names
             no image format.
         OutputError: the file cannot be written.
     """

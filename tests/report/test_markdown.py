@@ -85,7 +85,7 @@ def test_plot_errors(tmp_path, bench_dict, monkeypatch):
     with pytest.raises(ConfigError, match="needs 'before' and 'after'"):
         plot_report(tmp_path / "p.png", layers=[{"name": "fc1"}])
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
-    with pytest.raises(ConfigError, match=r"pip install onnxprune\[plot\]"):
+    with pytest.raises(ConfigError, match=r"pip install -e \"\.\[plot\]\""):
         plot_report(tmp_path / "p.png", bench=bench_dict)
 
 
