@@ -216,7 +216,7 @@ def test_readme_cli_section_uses_flags_that_exist() -> None:
     for parser in _subparsers(build_parser()).values():
         for action in parser._actions:
             (old if action.help == argparse.SUPPRESS else known).update(action.option_strings)
-    named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", section))
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", section))
     assert named <= known | old, named - known - old
     sentence = section[section.index("The old spellings"):section.index("Options do what they say")]
     for flag in old:
