@@ -105,7 +105,7 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | No
     if output is not None:
         check_output_path(output, inputs=inputs)  # refuse before any work
     if config.plan_out:
-        check_output_path(config.plan_out, inputs=inputs)
+        check_output_path(config.plan_out, inputs=inputs, stream=True)
     original = load_model(source)
     warnings: list[str] = []
     original, folded = _fold(original, warnings)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 from typing import Any
 
 from onnxprune.config import PruneConfig
@@ -164,7 +166,7 @@ def _check_side_outputs(args: argparse.Namespace) -> None:
             continue
         if same_file(path, args.output) or str(path) == str(args.output):
             raise OutputError(f"{option} {path} is the output model path; choose another file")
-        check_output_path(path, inputs=(args.model,))
+        check_output_path(path, inputs=(args.model,), stream=True)
     if args.plot:
         import importlib.util
 
@@ -191,5 +193,10 @@ def run(args: argparse.Namespace) -> int:
 
         plot_report(args.plot, report=result.report)
     if not args.quiet:
-        print_summary(result.report, args.output)
+        from onnxprune.core.io import names_stdout
+
+        # A report sent to stdout (--report -) must stay parseable: the summary goes to stderr then.
+        to_stdout = any(names_stdout(p) for p in (args.report, args.report_md, args.plot) if p)
+        with contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext():
+            print_summary(result.report, args.output)
     return 0

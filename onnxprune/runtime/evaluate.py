@@ -16,8 +16,6 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from zipfile import BadZipFile
 
 import numpy as np
 from onnx import ModelProto, TensorProto
@@ -31,6 +29,7 @@ from onnxprune.runtime.feeds import (
     iter_batches,
     load_npz_feeds,
     num_samples,
+    read_npz,
 )
 
 log = logging.getLogger(__name__)
@@ -92,16 +91,9 @@ def _load_labels(data: str | os.PathLike[str] | Mapping[str, np.ndarray], key: s
         keys = sorted(str(k) for k in data)
         raw = np.asarray(data[key]) if key in data else None
     else:
-        if not Path(data).is_file():
-            raise CalibrationError(f"data file {data}: no such file; pass an .npz with the model's inputs and "
-                                   f"'{key}'")
-        try:
-            with np.load(Path(data), allow_pickle=False) as archive:
-                keys = sorted(archive.files)
-                raw = np.asarray(archive[key]) if key in archive.files else None
-        except (OSError, ValueError, BadZipFile, EOFError, AttributeError) as exc:
-            raise CalibrationError(f"data file {data} is not a readable .npz archive ({exc}); write it with "
-                                   f"numpy.savez(path, <input name>=x, {key}=y)") from exc
+        archive = read_npz(data, what="data file", example=f"input_name=x, {key}=y")
+        keys = sorted(archive)
+        raw = archive.get(key)
     if raw is None:
         raise CalibrationError(f"data has no label array '{key}' (it has {keys}); "
                                f"pass the key of the labels with --labels")

@@ -210,17 +210,47 @@ def load_npz_feeds(path: str | os.PathLike[str], model: str | os.PathLike[str] |
         >>> feeds = load_npz_feeds("inputs.npz", "model.onnx")  # doctest: +SKIP
     """
     p = Path(path)
+    arrays = read_npz(p, what="input data")
+    return check_feeds(arrays, input_specs(model), where=f"input data {p}")
+
+
+def read_npz(path: str | os.PathLike[str], *, what: str = "data", example: str = "input_name=array"
+             ) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, or one clear :class:`CalibrationError` saying what is wrong.
+
+    Why one reader: calibration, validation and evaluation data all come as ``.npz``, and a plain ``.npy``
+    (what ``numpy.save`` writes) loads as a bare array without names, which used to end in a TypeError.
+
+    Args:
+        path: the file.
+        what: how messages name it (``"input data"``, ``"calibration data"``).
+        example: the keyword arguments of the ``numpy.savez`` call the fix suggests.
+
+    Raises:
+        CalibrationError: missing, a ``.npy``, not a readable ``.npz``.
+    """
+    p = Path(path)
+    fix = f"write it with numpy.savez(path, {example}) (one array per model input, keyed by the input's name)"
     if not p.is_file():
-        raise CalibrationError(f"input data {p}: no such file; pass an .npz with one array per model input")
+        raise CalibrationError(f"{what} {p}: no such file; pass an .npz, {fix}")
     try:
-        with np.load(p, allow_pickle=False) as data:
-            arrays = {k: np.asarray(data[k]) for k in data.files}
+        loaded = np.load(p, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise CalibrationError(
-            f"input data {p}: not a readable .npz ({str(exc).splitlines()[0] if str(exc) else exc}); "
-            f"write it with numpy.savez(path, **{{input_name: array}})"
+            f"{what} {p}: not a readable .npz ({str(exc).splitlines()[0] if str(exc) else exc}); {fix}"
         ) from exc
-    return check_feeds(arrays, input_specs(model), where=f"input data {p}")
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise CalibrationError(
+            f"{what} {p} is a .npy file (one array of shape {np.shape(loaded)}, without input names), not an "
+            f".npz; {fix}"
+        )
+    try:
+        with loaded:
+            return {k: np.asarray(loaded[k]) for k in loaded.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CalibrationError(
+            f"{what} {p}: not a readable .npz ({str(exc).splitlines()[0] if str(exc) else exc}); {fix}"
+        ) from exc
 
 
 def check_feeds(arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], *, where: str) -> dict[str, np.ndarray]:
