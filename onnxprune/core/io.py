@@ -25,6 +25,7 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 from onnx import GraphProto, ModelProto, TensorProto, numpy_helper
 
+from onnxprune.core.densify import densify_sparse_initializers
 from onnxprune.core.errors import ModelLoadError, OutputError, UnsupportedModelError, first_line
 from onnxprune.core.ir import copy_fields
 
@@ -165,7 +166,9 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
             itself to onnxruntime, so a big model's weights are never read into memory.
 
     Returns:
-        A new ``ModelProto`` with all weights in memory (external ones left on disk with ``weights=False``).
+        A new ``ModelProto`` with all weights in memory (external ones left on disk with ``weights=False``),
+        sparse initializers turned into the dense initializers they stand for (bit-exact), so every
+        command counts, checks and prunes them like any other weight.
 
     Raises:
         ModelLoadError: the file is missing, a directory, empty, not ONNX, truncated, or fails the checker.
@@ -175,9 +178,10 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
         >>> model = load_model("models/digits_cnn.onnx")  # doctest: +SKIP
     """
     if isinstance(source, ModelProto):
-        if copy:
+        if copy or len(source.graph.sparse_initializer):  # densifying must not change the caller's model
             model = ModelProto()
             model.CopyFrom(source)
+            densify_sparse_initializers(model)
         else:
             model = source
         where = f"model '{model.graph.name or '<in memory>'}'"
@@ -212,6 +216,7 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
             f"pass the exported .onnx file"
         )
     _check_external_files(model, path.parent, where)
+    densify_sparse_initializers(model)  # read sparse weights as the dense tensors they stand for
     if not weights:
         if check:
             _check_model(model, where, path=path, external_checked=True)

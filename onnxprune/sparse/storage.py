@@ -39,6 +39,7 @@ import os
 import numpy as np
 from onnx import ModelProto, SparseTensorProto, TensorProto, helper, numpy_helper
 
+from onnxprune.core.densify import densify_sparse_initializers
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import load_model
 from onnxprune.core.weights import SPARSIFIABLE_TYPES
@@ -131,22 +132,6 @@ def to_sparse_storage(
     return out
 
 
-def _densify(sparse: SparseTensorProto) -> TensorProto:
-    """The dense ``TensorProto`` equivalent to a sparse initializer (linear or coordinate indices)."""
-    values = numpy_helper.to_array(sparse.values)
-    shape = tuple(int(d) for d in sparse.dims)
-    dense = np.zeros(math.prod(shape), dtype=values.dtype)
-    if values.size:
-        indices = numpy_helper.to_array(sparse.indices).astype(np.int64, copy=False)
-        if indices.ndim == 2:
-            indices = np.ravel_multi_index(tuple(indices.T), shape)
-        dense[indices] = values
-    tensor = numpy_helper.from_array(dense.reshape(shape), sparse.values.name)
-    if sparse.values.HasField("doc_string"):
-        tensor.doc_string = sparse.values.doc_string
-    return tensor
-
-
 def from_sparse_storage(model: str | os.PathLike[str] | ModelProto) -> ModelProto:
     """A copy of ``model`` with every sparse initializer turned back into a dense initializer.
 
@@ -156,9 +141,6 @@ def from_sparse_storage(model: str | os.PathLike[str] | ModelProto) -> ModelProt
     Example:
         >>> dense = from_sparse_storage("pruned.onnx")  # doctest: +SKIP
     """
-    out = load_model(model, check=not isinstance(model, ModelProto))
-    graph = out.graph
-    for sparse in graph.sparse_initializer:
-        graph.initializer.append(_densify(sparse))
-    del graph.sparse_initializer[:]
+    out = load_model(model, check=not isinstance(model, ModelProto))  # a path is densified as it loads
+    densify_sparse_initializers(out)
     return out
