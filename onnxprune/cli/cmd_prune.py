@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 from typing import Any
 
@@ -135,6 +136,12 @@ def print_summary(report: dict[str, Any], output: str) -> None:
     print(f"  time                  {report['seconds']:.2f} s")
 
 
+def _badness(output: dict[str, Any]) -> tuple[bool, float]:
+    """Sort key of an output's max|diff|: NaN ("cannot be computed", stored as "nan") ranks worst."""
+    value = float(output["max_abs"]) if output["max_abs"] is not None else 0.0
+    return math.isnan(value), value
+
+
 def _comparison_line(validation: dict[str, Any], *, exact: bool) -> str:
     """One line per comparison: verdict and the worst output's figures, for each provider."""
     parts = []
@@ -142,7 +149,7 @@ def _comparison_line(validation: dict[str, Any], *, exact: bool) -> str:
         outs = cmp.get("outputs", [])
         if not outs:
             continue
-        worst = max(outs, key=lambda o: float(o["max_abs"]) if o["max_abs"] is not None else 0.0)
+        worst = max(outs, key=_badness)
         if exact:
             verdict = "pass" if cmp.get("within_tolerance") else "FAIL"
             parts.append(f"{provider}: {verdict}, max|diff| {float(worst['max_abs']):.2e} "

@@ -29,7 +29,15 @@ from onnxprune.core.errors import CalibrationError, ConfigError
 from onnxprune.core.io import load_model
 from onnxprune.core.ir import GraphIndex, attr, attr_ints, node_label, shape_skeleton
 from onnxprune.core.progress import progress
-from onnxprune.runtime.feeds import InputSpec, fixed_batch_size, input_specs, iter_batches, load_npz_feeds, num_samples
+from onnxprune.runtime.feeds import (
+    InputSpec,
+    check_finite,
+    fixed_batch_size,
+    input_specs,
+    iter_batches,
+    load_npz_feeds,
+    num_samples,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +179,7 @@ def _check_batch(specs: Sequence[InputSpec], feed: Mapping[str, np.ndarray], i: 
                 f"calibration batch {i}, '{spec.name}' has dtype {arr.dtype}, the model wants {spec.dtype}; "
                 f"convert it with array.astype(numpy.{spec.dtype})"
             )
+        check_finite(arr, f"calibration batch {i}, '{spec.name}'")
         if spec.shape is not None and (arr.ndim != len(spec.shape) or any(
                 isinstance(d, int) and axis > 0 and arr.shape[axis] != d for axis, d in enumerate(spec.shape))):
             raise CalibrationError(
@@ -624,6 +633,8 @@ def collect_stats(
     batches = iter_feeds(m, data, batch_size=batch_size, max_samples=max_samples)
     for feed in progress(batches, desc="calibrating", total=math.ceil(total / batch_size) if total else None):
         values = run_session(session, feed, outputs=fetch, label="the calibration model") if fetch else {}
+        for t, value in values.items():  # finite inputs can still overflow inside the model
+            check_finite(np.asarray(value), f"activation '{t}' on the calibration data (--calib)")
         for t, acc in chan_accs.items():
             acc.add(values[t])
         for g in gram_accs:

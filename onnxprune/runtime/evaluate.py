@@ -157,7 +157,7 @@ def evaluate_accuracy(
                                f"samples; export the model with a dynamic batch axis")
     step = fixed or batch_size
     session = create_session(model if not isinstance(model, ModelProto) else proto, provider="cpu")
-    top1_hits = top5_hits = classes = 0
+    top1_hits = top5_hits = classes = nonfinite = 0
     start = 0
     for batch in iter_batches(feeds, step):
         rows = num_samples(batch)
@@ -175,9 +175,15 @@ def evaluate_accuracy(
                                        f"'{out_name}' with {classes} classes; labels must be 0..{classes - 1}")
         # Stable descending order, so ties resolve to the lower class index, as argmax does.
         order = np.argsort(-scores, axis=1, kind="stable")
-        top1_hits += int(np.sum(order[:, 0] == truth))
+        # A row of NaN scores "predicts" class 0 by argsort's order: count it as wrong, never as right.
+        finite = np.isfinite(scores).all(axis=1)
+        nonfinite += int(rows - np.count_nonzero(finite))
+        top1_hits += int(np.sum((order[:, 0] == truth) & finite))
         if classes >= TOP5_MIN_CLASSES:
-            top5_hits += int(np.sum(np.any(order[:, :5] == truth[:, None], axis=1)))
+            top5_hits += int(np.sum(np.any(order[:, :5] == truth[:, None], axis=1) & finite))
+    if nonfinite:
+        log.warning("%d of %d samples gave NaN or infinite scores on output '%s'; they count as wrong",
+                    nonfinite, n, out_name)
     result = EvalResult(
         top1=top1_hits / n,
         top5=top5_hits / n if classes >= TOP5_MIN_CLASSES else None,

@@ -268,8 +268,8 @@ def check_feeds(arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], *,
         ``{input name: array}`` in the model's input order.
 
     Raises:
-        CalibrationError: an input is missing, or an array's dtype, rank, fixed dims or sample count
-            does not fit.
+        CalibrationError: an input is missing, an array holds NaN or infinity, or an array's dtype, rank,
+            fixed dims or sample count does not fit.
     """
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
@@ -290,6 +290,7 @@ def check_feeds(arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], *,
                 f"{at} has dtype {arr.dtype}, the model wants {spec.dtype}; "
                 f"convert it with array.astype(numpy.{spec.dtype})"
             )
+        check_finite(arr, at)
         if spec.shape is not None:
             if arr.ndim != len(spec.shape) or arr.ndim == 0:
                 raise CalibrationError(
@@ -314,6 +315,26 @@ def check_feeds(arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], *,
         feeds[spec.name] = arr
     num_samples(feeds)
     return feeds
+
+
+def check_finite(arr: np.ndarray, where: str) -> None:
+    """Refuse floating-point data holding NaN or infinity.
+
+    Why: calibration statistics, least-squares re-fits, accuracy and drift computed from such data are NaN
+    or meaningless (an all-NaN calibration set used to give a model of NaN weights, and a drift of NaN
+    outputs compared equal to themselves), so the data is refused before any work.
+
+    Raises:
+        CalibrationError: naming the data, the count and the fix.
+    """
+    if arr.dtype.kind not in "fc":
+        return
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise CalibrationError(
+            f"{where} holds {bad} NaN or infinite value(s) of {arr.size}; onnxprune needs finite data: drop "
+            f"those samples or replace the values (e.g. numpy.nan_to_num) and save the file again"
+        )
 
 
 def num_samples(feeds: Mapping[str, np.ndarray]) -> int:
