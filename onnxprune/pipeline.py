@@ -107,6 +107,9 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | No
     if config.plan_out:
         check_output_path(config.plan_out, inputs=inputs, stream=True)
     original = load_model(source)
+    from onnxprune.preflight import check_run_inputs
+
+    check_run_inputs(original, config)  # every data file, key, shape and provider, before any heavy step
     warnings: list[str] = []
     original, folded = _fold(original, warnings)
     stats_before = model_stats(original, dims=config.dims)

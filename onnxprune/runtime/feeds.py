@@ -189,7 +189,8 @@ def random_feeds(
     }
 
 
-def load_npz_feeds(path: str | os.PathLike[str], model: str | os.PathLike[str] | ModelProto) -> dict[str, np.ndarray]:
+def load_npz_feeds(path: str | os.PathLike[str], model: str | os.PathLike[str] | ModelProto, *,
+                   what: str = "input data") -> dict[str, np.ndarray]:
     """Load inputs from an ``.npz`` file and check them against the model's inputs.
 
     Keys are input names; every array's leading axis counts samples (see the module doc). Keys that are
@@ -198,6 +199,7 @@ def load_npz_feeds(path: str | os.PathLike[str], model: str | os.PathLike[str] |
     Args:
         path: the ``.npz`` file.
         model: the model the inputs are for (path or ``ModelProto``).
+        what: how messages name the data (``"calibration data (--calib)"``).
 
     Returns:
         ``{input name: array}`` in the model's input order.
@@ -210,8 +212,8 @@ def load_npz_feeds(path: str | os.PathLike[str], model: str | os.PathLike[str] |
         >>> feeds = load_npz_feeds("inputs.npz", "model.onnx")  # doctest: +SKIP
     """
     p = Path(path)
-    arrays = read_npz(p, what="input data")
-    return check_feeds(arrays, input_specs(model), where=f"input data {p}")
+    arrays = read_npz(p, what=what)
+    return check_feeds(arrays, input_specs(model), where=f"{what} {p}")
 
 
 def read_npz(path: str | os.PathLike[str], *, what: str = "data", example: str = "input_name=array"
