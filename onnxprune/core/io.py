@@ -372,11 +372,13 @@ def output_kind(path: str | os.PathLike[str]) -> str:
         return "stdout"
     hop = Path(path)
     for _ in range(40):  # the kernel's own limit on links followed
-        if hop.is_absolute() and hop.parts[1:2] == ("proc",):
-            return "stream"
         if not hop.is_symlink():
             break
+        if hop.is_absolute() and hop.parts[1:2] == ("proc",):  # /proc/self/fd/1 itself
+            return "stream"
         hop = hop.parent / os.readlink(hop)
+        if hop.is_absolute() and hop.parts[1:2] == ("proc",):  # /dev/stdout -> /proc/self/fd/1
+            return "stream"
     try:
         mode = os.stat(path).st_mode
     except OSError:
