@@ -68,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.add_argument("--warmup", type=int, default=3)
     v.add_argument("--threads", type=int, default=None)
     o = p.add_argument_group("output")
-    o.add_argument("--report", help="write the JSON report here")
+    o.add_argument("--report", help="write the JSON report here ('-' or /dev/stdout: print it on stdout)")
     o.add_argument("--report-md", help="write a Markdown report here")
     o.add_argument("--plot", help="write a PNG plot here (needs the plot extra)")
     o.add_argument("--external-data", action="store_true", default=None,

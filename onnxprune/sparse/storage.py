@@ -25,8 +25,10 @@ Validity, honestly: ``onnx.checker.check_model`` (default) accepts the result, b
 ``Gemm`` and ``MatMul`` do not accept, so the check fails. onnxruntime (1.32, tested here) densifies sparse
 initializers at load and runs the model with identical outputs. So this is an onnxruntime-compatible
 shipping format: validate the dense model, convert last, just before saving, and compare onnxruntime
-outputs (not ``full_check``) on the converted one. Use :func:`from_sparse_storage` to get a dense model
-back for analysis (stats and ``ir.infer_shapes`` ignore ``sparse_initializer``).
+outputs (not ``full_check``) on the converted one. Reading such a file back is transparent:
+:func:`onnxprune.core.io.load_model` turns sparse initializers into the dense tensors they stand for
+(:mod:`onnxprune.core.densify`), so ``validate``, ``analyze``, ``bench`` and a second ``prune`` count and
+check them like any other weight; :func:`from_sparse_storage` does the same for a ``ModelProto``.
 """
 
 from __future__ import annotations
