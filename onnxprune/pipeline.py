@@ -1,9 +1,10 @@
 """``prune()``: the whole prune run, in the one order that never writes a half-made model.
 
-Order: check options and output path → load (a copy) → check data files and providers → measure → prune (structured, unstructured or
-N:M) → prove the surgery exact (structured: pruned == original with dropped channels silenced) →
-recover accuracy (optional) → check the result (checker, strict shape inference, onnxruntime) →
-measure drift, accuracy and speed → only then save atomically. Any failure before the save leaves no file.
+Order: check options and output path → load (a copy) → check data files and providers → measure →
+prune (structured, unstructured or N:M) → prove the surgery exact (structured: pruned == original with
+dropped channels silenced) → recover accuracy (optional) → check the result (checker, strict shape
+inference, onnxruntime) → measure drift, accuracy and speed → only then save atomically. Any failure
+before the save leaves no file.
 """
 
 from __future__ import annotations
