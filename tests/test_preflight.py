@@ -128,3 +128,16 @@ def test_npy_is_explained_by_every_command(data: dict[str, Path], capsys: pytest
         assert main(argv) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is a .npy file" in err and "numpy.savez(" in err, (argv, err)
+
+
+def test_sensitivity_refuses_bad_eval_data_before_analysis(data: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import onnxprune.recovery.sensitivity as sensitivity
+
+    started: list[str] = []
+    monkeypatch.setattr(sensitivity, "analyze", lambda *a, **k: started.append("analyze"))
+    assert main(["sensitivity", str(data["dynamic"]), "--calib", str(CALIB), "--eval-data",
+                 str(data["no_labels"])]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no label array 'labels'" in err, err
+    assert started == []

@@ -261,6 +261,10 @@ def sensitivity(
     if recover not in ("none", "bias", "lstsq"):
         raise ConfigError(f"recover must be none, bias or lstsq, got '{recover}'")
     m = load_model(model)
+    if eval_data is not None:  # refuse bad labels now, not after the calibration statistics
+        from onnxprune.runtime.evaluate import check_eval_data
+
+        check_eval_data(m, eval_data, labels=labels)
     dg = dg if dg is not None else analyze(m)
     chosen = [g for g in dg.prunable_groups if g.size > 1 and (groups is None or g.id in set(groups))]
     if groups is not None:
