@@ -17,6 +17,7 @@ from onnxprune.recovery.recover import recover_sparse
 from onnxprune.sparse.sparsify import sparsify
 
 
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the NaN the guard catches
 def test_recovery_giving_non_finite_weights_is_an_error() -> None:
     """Finite data whose statistics overflow must not end in a model of NaN weights."""
     model = mlp(d_in=16)
