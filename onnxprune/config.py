@@ -37,6 +37,10 @@ def parse_assignments(items: list[str] | tuple[str, ...], *, option: str, kind: 
 def parse_dims(items: Sequence[str] | None) -> dict[str, int]:
     """Parse ``["batch=8", "seq=128"]`` (the CLI's repeated ``--dim``) into ``{"batch": 8, "seq": 128}``.
 
+    A key is a dim name (every axis of that name) or ``INPUT:AXIS`` with the axis' index or name
+    (``x:2=320``, ``input_ids:sequence=16``), which addresses unnamed, ``-1`` and ``?`` dims; keys are matched
+    against the model by :func:`onnxprune.core.ir.lookup_dim`.
+
     Raises:
         ConfigError: an item not of the form ``name=value``, or a value that is not a positive integer.
     """

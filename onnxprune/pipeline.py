@@ -113,8 +113,9 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | No
     check_run_inputs(original, config)  # every data file, key, shape and provider, before any heavy step
     warnings: list[str] = []
     original, folded = _fold(original, warnings)
+    config, dims_assumed = _resolve_dims(original, config, warnings)
     stats_before = model_stats(original, dims=config.dims)
-    report: dict[str, Any] = {"mode": config.mode, "settings": _settings(config)}
+    report: dict[str, Any] = {"mode": config.mode, "settings": _settings(config), "dims_assumed": dims_assumed}
     if folded:
         report["folded_constants"] = folded
 
@@ -162,6 +163,12 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | No
                           batches=config.bench_batches, runs=config.bench_runs, warmup=config.bench_warmup,
                           threads=config.threads, dims=config.dims)
         report["bench"] = _jsonable(bench)
+        from onnxprune.runtime.bench_verdict import slower_warning
+
+        slower = slower_warning(report["bench"], round_to=config.round_to, mode=config.mode)
+        if slower:
+            log.warning(slower)
+            warnings.append(slower)
 
     saved = None
     if output is not None:
@@ -191,6 +198,29 @@ def _fold(model: ModelProto, warnings: list[str]) -> tuple[ModelProto, list[str]
         log.warning(msg)
         warnings.append(msg)
     return result.model, list(result.folded)
+
+
+def _resolve_dims(model: ModelProto, config: PruneConfig, warnings: list[str]
+                  ) -> tuple[PruneConfig, list[dict[str, Any]]]:
+    """Give every dynamic input axis a size (``--dim``, data, or chosen and confirmed: runtime/dims.py).
+
+    Returns the config with those sizes as its ``dims`` (so shapes, MACs, checks and benchmarks agree) and
+    the report's ``dims_assumed``. Zeroing weights needs no sizes: without validation or benchmark a
+    size that cannot be confirmed is kept for the MACs only, and said.
+    """
+    from onnxprune.runtime.dims import resolve_dims
+
+    res = resolve_dims(model, dims=config.dims, data=(config.validation_data, config.eval_data, config.calib),
+                       seed=config.seed, required=config.validate or config.bench)
+    for key in res.unused:
+        msg = f"--dim {key} names no dynamic axis of the model's inputs; it is ignored"
+        log.warning(msg)
+        warnings.append(msg)
+    if res.confirmed is False:
+        msg = "the sizes chosen for dynamic input axes did not run in onnxruntime; MACs rest on them (pass --dim)"
+        log.warning(msg)
+        warnings.append(msg)
+    return config.with_(dims=res.dims), res.report()
 
 
 def _settings(config: PruneConfig) -> dict[str, Any]:

@@ -449,14 +449,16 @@ def _dynamic_hw() -> onnx.ModelProto:
 @pytest.mark.parametrize("mode", ["structured", "unstructured"])
 def test_unresolved_dynamic_shape_asks_for_dim(mode: str, dirs: tuple[Path, Path],
                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """H = W = 3 is the only size the Flatten -> Gemm accepts, and no candidate size is 3: ask for it."""
     src_dir, out_dir = dirs
     source = src_dir / "dyn.onnx"
     onnx.save(_dynamic_hw(), str(source))
     out = out_dir / "p.onnx"
     assert_cli_fails(["prune", str(source), "-o", str(out), "--mode", mode], capsys, inputs=[source],
-                     out_dir=out_dir, match=r"input 'x' axis 2 is dynamic \('H'\).*pass --dim H=VALUE")
+                     out_dir=out_dir, match=r"none of the sizes tried for its dynamic input axes 'x' axis 2 \(H\), "
+                                            r"'x' axis 3 \(W\); pass the sizes it expects, e\.g\. --dim x:2=VALUE")
     assert_api_fails(source, PruneConfig(mode=mode), out, inputs=[source], error=ConfigError,
-                     match=r"pass --dim H=VALUE")
+                     match=r"--dim x:2=VALUE")
     _run_ok(["prune", str(source), "-o", str(out), "--mode", mode, "--dim", "H=3", "--dim", "W=3"], capsys)
     assert out.is_file()
 
@@ -503,7 +505,7 @@ def test_plan_for_another_model(dirs: tuple[Path, Path], capsys: pytest.CaptureF
 @pytest.mark.parametrize("external", [False, True])
 def test_full_disk_during_save(mode: str, external: bool, dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
                                capsys: pytest.CaptureFixture[str]) -> None:
-    from test_io import FullDisk
+    from faults import FullDisk
 
     from onnxprune.core import io as opio
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import sys
-from typing import Any
 
 from onnxprune.config import PruneConfig
 
@@ -60,7 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.add_argument("--data", help="validation inputs .npz (default: seeded random inputs)")
     v.add_argument("--atol", type=float, default=1e-4)
     v.add_argument("--rtol", type=float, default=1e-3)
-    v.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE", help="value of a dynamic dimension")
+    v.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE",
+                   help="size of a dynamic input axis, by dim name or INPUT:AXIS (index or name), e.g. "
+                        "--dim sequence=128 or --dim x:2=320 (default: from the data, else chosen and reported)")
     v.add_argument("--providers", default="cpu", help="comma-separated: cpu,cuda")
     v.add_argument("--bench", action="store_true", help="append a before/after benchmark")
     v.add_argument("--batch", type=_csv_ints, default=(1, 8), help="benchmark batch sizes (default 1,8)")
@@ -95,72 +95,6 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
         validation_data=args.data, bench=args.bench, bench_batches=tuple(args.batch), bench_runs=args.runs,
         bench_warmup=args.warmup, threads=args.threads, external_data=args.external_data,
     )
-
-
-def _human(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:g}"
-
-
-def print_summary(report: dict[str, Any], output: str) -> None:
-    """The short before/after table the CLI prints."""
-    rows = [
-        ("params" + (" (non-zero)" if report["mode"] != "structured" else ""),
-         report["params_before"], report["params_after"]),
-        ("MACs (batch 1)", report["macs_before"], report["macs_after"]),
-        ("file size (bytes)", report["file_size_before"], report["file_size_after"]),
-    ]
-    print(f"onnxprune prune --mode {report['mode']}  ->  {output}")
-    print(f"  {'':<22}{'before':>12}{'after':>12}{'ratio':>9}")
-    for label, before, after in rows:
-        ratio = f"{after / before:.3f}" if before else "-"
-        print(f"  {label:<22}{_human(before):>12}{_human(after):>12}{ratio:>9}")
-    if "sparsity" in report:
-        print(f"  sparsity achieved     {report['sparsity']['overall']:.4f}")
-    if "groups" in report:
-        pruned = [g for g in report["groups"] if g.get("size_after", g.get("size_before")) != g.get("size_before")]
-        print(f"  channel groups        {len(pruned)} pruned, {len(report.get('blocked', []))} blocked, "
-              f"coverage {report.get('coverage', 0.0):.1%}")
-    validation = report.get("validation")
-    if validation:
-        for kind, label in (("exact", "exactness"), ("drift", "drift vs original")):
-            if kind in validation:
-                print(f"  {label:<22}{_comparison_line(validation[kind], exact=kind == 'exact')}")
-    if "accuracy" in report:
-        b, a = report["accuracy"]["before"], report["accuracy"]["after"]
-        print(f"  top-1 accuracy        {b['top1']:.4f} -> {a['top1']:.4f} (n={a['n']})")
-    for skipped in report.get("skipped", [])[:10]:
-        print(f"  skipped {skipped['name']}: {skipped['reason']}")
-    print(f"  time                  {report['seconds']:.2f} s")
-
-
-def _badness(output: dict[str, Any]) -> tuple[bool, float]:
-    """Sort key of an output's max|diff|: NaN ("cannot be computed", stored as "nan") ranks worst."""
-    value = float(output["max_abs"]) if output["max_abs"] is not None else 0.0
-    return math.isnan(value), value
-
-
-def _comparison_line(validation: dict[str, Any], *, exact: bool) -> str:
-    """One line per comparison: verdict and the worst output's figures, for each provider."""
-    parts = []
-    for provider, cmp in validation.get("comparisons", {}).items():
-        outs = cmp.get("outputs", [])
-        if not outs:
-            continue
-        worst = max(outs, key=_badness)
-        if exact:
-            verdict = "pass" if cmp.get("within_tolerance") else "FAIL"
-            parts.append(f"{provider}: {verdict}, max|diff| {float(worst['max_abs']):.2e} "
-                         f"(pruned vs original with dropped channels silenced)")
-        else:
-            text = f"{provider}: cosine {float(worst['cosine']):.4f}, max|diff| {float(worst['max_abs']):.3g}"
-            if worst.get("top1") is not None:
-                text += f", top-1 agreement {float(worst['top1']):.1%}"
-            parts.append(text)
-    line = "; ".join(parts) or validation.get("summary", "")
-    return f"{line} [{validation['samples']} samples, {validation['inputs']}]" if "inputs" in validation else line
 
 
 def _check_side_outputs(args: argparse.Namespace) -> None:
@@ -200,10 +134,11 @@ def run(args: argparse.Namespace) -> int:
 
         plot_report(args.plot, report=result.report)
     if not args.quiet:
+        from onnxprune.cli.summary import print_summary
         from onnxprune.core.io import names_stdout
 
         # A report sent to stdout (--report -) must stay parseable: the summary goes to stderr then.
         to_stdout = any(names_stdout(p) for p in (args.report, args.report_md, args.plot) if p)
         with contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext():
-            print_summary(result.report, args.output)
+            print_summary(result.report, args.output, verbose=args.verbose)
     return 0

@@ -71,7 +71,8 @@ def _discard_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 1 user error or failed check, 2 usage, 3 bug, 130 Ctrl-C)."""
+    """Run the CLI; returns the exit status (0 ok, 1 user error or failed check, 2 usage, 3 bug, 4 a ``validate``
+    bound crossed, 130 Ctrl-C)."""
     parser = build_parser()
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)

@@ -42,7 +42,8 @@ def _layer_rows(layers: Layers | None) -> list[tuple[str, int, int]]:
             rows.append((str(name), int(before_n), int(after_n)))
         return rows
     for item in layers:
-        name = item.get("name", item.get("layer", f"group {item['id']}" if "id" in item else "?"))
+        # A prune report's groups carry the name of their layers (structured.naming.group_name).
+        name = item.get("name") or item.get("layer") or (f"group {item['id']}" if "id" in item else "?")
         before = next((item[k] for k in ("before", "channels_before", "size_before") if k in item), None)
         after = next((item[k] for k in ("after", "channels_after", "size_after") if k in item), None)
         if before is None or after is None:

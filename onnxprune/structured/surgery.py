@@ -130,6 +130,10 @@ def _refresh_value_info(model: ModelProto, original: ModelProto, original_vi: se
         else:
             raise OnnxPruneError(f"the pruned graph fails shape inference ({str(exc).splitlines()[0]}); this is "
                                  f"a bug in an op rule, please report it with the model") from exc
+    if original_vi:
+        # The check above fixes dynamic dims to 1; the shapes a saved model declares must keep them dynamic
+        # (a value_info with batch 1 pins the output's shape in onnxruntime: "Expected shape {1,10}").
+        inferred = onnx.shape_inference.infer_shapes(shape_skeleton(model, keep_symbolic=True), data_prop=True)
     model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name in original_vi)
 
 

@@ -50,7 +50,7 @@ def test_benchmark_alternates_models_and_reports_a_json_schema():
     for case in report.cases:
         assert case.order == ("a", "b", "c") * 3
     data = json.loads(json.dumps(report.to_dict()))
-    assert set(data) == {"models", "results", "skipped", "cases", "settings", "machine", "notes"}
+    assert set(data) == {"models", "results", "skipped", "cases", "settings", "machine", "notes", "flags"}
     assert len(data["results"]) == 6 and all(set(r) == RESULT_KEYS for r in data["results"])
     assert {"date", "cpu", "cores", "onnxruntime"} <= set(data["machine"])
     assert data["settings"]["runs"] == 3 and data["settings"]["batches"] == [1, 2]

@@ -49,13 +49,13 @@ def test_partly_nan_outputs_give_nan_metrics_and_finite_ones_are_unchanged() -> 
 
 
 def test_drift_summary_ranks_a_nan_output_worst() -> None:
-    from onnxprune.cli.cmd_prune import _comparison_line
+    from onnxprune.report.drift import drift_lines
 
     good = np.ones((2, 3), np.float32)
     nan = np.full((2, 3), np.nan, np.float32)
     comparison = compare_outputs({"a": good, "b": nan}, {"a": good + 1, "b": nan}, report_only=True)
-    line = _comparison_line({"comparisons": {"cpu": comparison.to_dict()}}, exact=False)
-    assert "cosine nan" in line and "max|diff| nan" in line and "1.0000" not in line
+    (line,) = drift_lines({"comparisons": {"cpu": comparison.to_dict()}})
+    assert "'b' cosine nan" in line and "max|diff| nan" in line and "1.0000" not in line
 
 
 def test_rows_of_nan_scores_never_count_as_correct() -> None:
