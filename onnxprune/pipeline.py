@@ -1,9 +1,10 @@
 """``prune()``: the whole prune run, in the one order that never writes a half-made model.
 
-Order: check options and output path → load (a copy) → measure → prune (structured, unstructured or
-N:M) → prove the surgery exact (structured: pruned == original with dropped channels silenced) →
-recover accuracy (optional) → check the result (checker, strict shape inference, onnxruntime) →
-measure drift, accuracy and speed → only then save atomically. Any failure before the save leaves no file.
+Order: check options and output path → load (a copy) → check data files and providers → measure →
+prune (structured, unstructured or N:M) → prove the surgery exact (structured: pruned == original with
+dropped channels silenced) → recover accuracy (optional) → check the result (checker, strict shape
+inference, onnxruntime) → measure drift, accuracy and speed → only then save atomically. Any failure
+before the save leaves no file.
 """
 
 from __future__ import annotations
@@ -111,8 +112,11 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
     if output is not None:
         check_output_path(output, inputs=inputs)  # refuse before any work
     if config.plan_out:
-        check_output_path(config.plan_out, inputs=inputs)
+        check_output_path(config.plan_out, inputs=inputs, stream=True)
     original = load_model(source)
+    from onnxprune.preflight import check_run_inputs
+
+    check_run_inputs(original, config)  # every data file, key, shape and provider, before any heavy step
     original, folded = _fold(original, warnings)
     config, dims_assumed = _resolve_dims(original, config, warnings)
     stats_before = model_stats(original, dims=config.dims)

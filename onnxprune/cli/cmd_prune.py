@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import sys
 from typing import Any
 
 from onnxprune.cli.flags import PRUNE_FLAGS, add_old_spelling, default_of
@@ -93,7 +95,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help=f"with --bench: untimed runs (default {d('bench_warmup')})")
     v.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     o = p.add_argument_group("output")
-    o.add_argument("--report", help="write the JSON report here")
+    o.add_argument("--report", help="write the JSON report here ('-' or /dev/stdout: print it on stdout)")
     o.add_argument("--report-md", help="write a Markdown report here")
     o.add_argument("--plot", help='write a PNG plot here (needs: pip install -e ".[plot]")')
     o.add_argument("--external-data", action="store_true", default=None,
@@ -140,7 +142,7 @@ def _check_side_outputs(args: argparse.Namespace) -> None:
             continue
         if same_file(path, args.output) or str(path) == str(args.output):
             raise OutputError(f"{option} {path} is the output model path; choose another file")
-        check_output_path(path, inputs=(args.model,))
+        check_output_path(path, inputs=(args.model,), stream=True)
     if args.plot:
         import importlib.util
 
@@ -174,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
         plot_report(args.plot, report=result.report)
     if not args.quiet:
         from onnxprune.cli.summary import print_summary
+        from onnxprune.core.io import names_stdout
 
-        print_summary(result.report, args.output, verbose=args.verbose)
+        # A report sent to stdout (--report -) must stay parseable: the summary goes to stderr then.
+        to_stdout = any(names_stdout(p) for p in (args.report, args.report_md, args.plot) if p)
+        with contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext():
+            print_summary(result.report, args.output, verbose=args.verbose)
     return 0

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from onnxprune.core.io import check_output_path
 
-        check_output_path(args.plot, inputs=(args.model,))
+        check_output_path(args.plot, inputs=(args.model,), stream=True)
     report = sensitivity(args.model, args.calib, ratios=parse_ratios(args.ratios), eval_data=args.eval_data,
                          importance=args.importance, recover=args.recover, max_samples=args.max_samples,
                          labels=args.labels)

@@ -9,8 +9,11 @@ Each subcommand lives in ``onnxprune/cli/cmd_<name>.py`` with ``add_parser(subpa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
+import select
 import sys
 import traceback
 from collections.abc import Sequence
@@ -49,6 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reader has gone (so a BrokenPipeError came from there)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows) or no real stdout: trust the error
+        return True
+
+
+def _discard_stdout() -> None:
+    """Point stdout at the null device, so the interpreter's final flush does not fail a second time."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 user error or failed check, 2 usage, 3 bug, 4 a ``validate``
     bound crossed, 130 Ctrl-C)."""
@@ -74,7 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if quiet:
         set_progress_enabled(False)
     try:
-        return int(args._run(args))
+        status = int(args._run(args))
+        sys.stdout.flush()  # a reader that closed the pipe early shows here, where it is caught, not at exit
+        return status
     except OnnxPruneError as exc:
         if verbose:
             traceback.print_exc()
@@ -89,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("onnxprune: error: out of memory; close other programs or use a bigger machine\n")
         return 1
     except Exception as exc:  # noqa: BLE001 - last resort: a bug must still end in one readable line
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            # `onnxprune analyze M | head -3`: the reader has what it wanted; end quietly (exit 0).
+            _discard_stdout()
+            return 0
         if verbose:
             traceback.print_exc()
         sys.stderr.write(f"onnxprune: internal error: {type(exc).__name__}: {exc}; no output was written. "

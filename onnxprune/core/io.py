@@ -13,6 +13,8 @@ import ctypes
 import functools
 import logging
 import os
+import stat
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,7 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 from onnx import GraphProto, ModelProto, TensorProto, numpy_helper
 
+from onnxprune.core.densify import densify_sparse_initializers
 from onnxprune.core.errors import ModelLoadError, OutputError, UnsupportedModelError, first_line
 from onnxprune.core.formats import export_hint
 from onnxprune.core.ir import copy_fields
@@ -164,7 +167,9 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
             itself to onnxruntime, so a big model's weights are never read into memory.
 
     Returns:
-        A new ``ModelProto`` with all weights in memory (external ones left on disk with ``weights=False``).
+        A new ``ModelProto`` with all weights in memory (external ones left on disk with ``weights=False``),
+        sparse initializers turned into the dense initializers they stand for (bit-exact), so every
+        command counts, checks and prunes them like any other weight.
 
     Raises:
         ModelLoadError: the file is missing, a directory, empty, not ONNX, truncated, or fails the checker.
@@ -174,9 +179,10 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
         >>> model = load_model("models/digits_cnn.onnx")  # doctest: +SKIP
     """
     if isinstance(source, ModelProto):
-        if copy:
+        if copy or len(source.graph.sparse_initializer):  # densifying must not change the caller's model
             model = ModelProto()
             model.CopyFrom(source)
+            densify_sparse_initializers(model)
         else:
             model = source
         where = f"model '{model.graph.name or '<in memory>'}'"
@@ -212,6 +218,7 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
                                  f"pass the exported .onnx file"
         )
     _check_external_files(model, path.parent, where)
+    densify_sparse_initializers(model)  # read sparse weights as the dense tensors they stand for
     if not weights:
         if check:
             _check_model(model, where, path=path, external_checked=True)
@@ -345,8 +352,61 @@ def file_size(path: str | os.PathLike[str], *, data: list[Path] | None = None) -
     return path.stat().st_size + sum(f.stat().st_size for f in files)
 
 
+#: The path that means "standard output" for reports, plans and plots.
+STDOUT = "-"
+
+
+def output_kind(path: str | os.PathLike[str]) -> str:
+    """How an output path must be written: ``"stdout"``, ``"stream"`` or ``"file"``.
+
+    Why: atomic replace renames a temporary file over the target, which is right for a regular file and
+    wrong for anything else: renaming over ``/dev/stdout`` (a link to ``/proc/self/fd/1``) or ``/dev/null``
+    replaces the link or device itself with a regular file, which as root breaks the system. So:
+
+    * ``"-"`` is standard output (``"stdout"``);
+    * an existing target that is not a regular file (device, fifo, socket, or a link to one), and any path
+      whose links pass through ``/proc`` (``/dev/stdout``, ``/dev/fd/N``: whatever the shell opened, which
+      may be a regular file opened for appending) is a ``"stream"``: written through, never replaced;
+    * everything else (a regular file, a link to one, a new name) is a ``"file"``, replaced atomically;
+      a link is followed, so the link stays and the file it names is replaced.
+    """
+    if str(path) == STDOUT:
+        return "stdout"
+    hop = Path(path)
+    for _ in range(40):  # the kernel's own limit on links followed
+        if not hop.is_symlink():
+            break
+        if hop.is_absolute() and hop.parts[1:2] == ("proc",):  # /proc/self/fd/1 itself
+            return "stream"
+        hop = hop.parent / os.readlink(hop)
+        if hop.is_absolute() and hop.parts[1:2] == ("proc",):  # /dev/stdout -> /proc/self/fd/1
+            return "stream"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "file"  # missing (or a dangling link): a new regular file
+    return "file" if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "stream"
+
+
+def names_stdout(path: str | os.PathLike[str]) -> bool:
+    """True when writing to ``path`` writes to this process's standard output (``-``, ``/dev/stdout``, ...)."""
+    kind = output_kind(path)
+    if kind == "stdout":
+        return True
+    if kind != "stream":
+        return False
+    try:
+        target, out = os.stat(path), os.fstat(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return (target.st_dev, target.st_ino) == (out.st_dev, out.st_ino)
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str, *, what: str = "") -> Path:
     """Write a text file (report, plan) through a temporary file and ``os.replace``.
+
+    ``"-"`` writes to standard output, and a target that is not a regular file (``/dev/stdout``, a fifo,
+    ``/dev/null``) is written through, never replaced: see :func:`output_kind`.
 
     Args:
         path: target file.
@@ -356,17 +416,58 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, what: str = ""
     Raises:
         OutputError: the folder is missing or not writable, or the disk is full.
     """
-    out = Path(path)
+    if str(path) == STDOUT:
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"cannot write {what or 'output'} to standard output ({exc})") from exc
+        return Path(STDOUT)
+    return write_bytes_atomic(path, text.encode(), what=what)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, what: str = "") -> Path:
+    """Write a file (report, plan, image) whole or not at all; streams are written through.
+
+    A regular file (or a new name) gets a temporary file beside it and ``os.replace``; a link to a regular
+    file replaces the file it names and keeps the link; ``"-"`` is standard output; any other existing
+    target (device, fifo, ``/dev/stdout``) is opened for appending and written in one call, never replaced
+    (see :func:`output_kind`).
+
+    Raises:
+        OutputError: the folder is missing or not writable, or the disk is full.
+    """
+    label = f"{what} {path}" if what else str(path)
+    kind = output_kind(path)
+    if kind == "stdout":
+        try:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise
+        except (AttributeError, OSError, ValueError) as exc:
+            raise OutputError(f"cannot write {what or 'output'} to standard output ({exc})") from exc
+        return Path(STDOUT)
+    if kind == "stream":
+        try:
+            with open(path, "ab") as fh:
+                fh.write(data)
+        except OSError as exc:
+            raise OutputError(f"cannot write {label} ({exc.strerror or exc}); choose another path") from exc
+        return Path(path)
+    out = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
     tmp = out.with_name(f".{out.name}.onnxprune-tmp")
-    label = f"{what} {out}" if what else str(out)
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         os.replace(tmp, out)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {label} ({exc.strerror or exc}); create the folder or choose "
                           f"another path") from exc
-    return out
+    return Path(path)
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -377,13 +478,33 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
         return Path(a).resolve() == Path(b).resolve()
 
 
-def check_output_path(path: str | os.PathLike[str], *, inputs: tuple[str | os.PathLike[str], ...] = ()) -> Path:
+def check_output_path(path: str | os.PathLike[str], *, inputs: tuple[str | os.PathLike[str], ...] = (),
+                      stream: bool = False) -> Path:
     """Refuse an output path before any work is done.
 
+    Args:
+        path: the target.
+        inputs: input files it must not be (nor one of their external data files).
+        stream: whether the output may be a stream (``"-"``, ``/dev/stdout``, a fifo: reports, plans,
+            plots). Models never may: a model is written whole or not at all, with its data file beside
+            it, which only a regular file allows.
+
     Raises:
-        OutputError: the path is an input, its folder is missing or not writable, or it is a directory.
+        OutputError: the path is an input, its folder is missing or not writable, it is a directory, or it
+            is not a regular file where a stream is not allowed.
     """
-    out = Path(path)
+    kind = output_kind(path)
+    if kind != "file":
+        if not stream:
+            what = "standard output" if kind == "stdout" else "not a regular file"
+            raise OutputError(
+                f"output path {path} is {what}; models are written atomically to regular files only, so "
+                f"name a file (e.g. -o pruned.onnx)"
+            )
+        if kind == "stream" and not os.access(path, os.W_OK):
+            raise OutputError(f"output {path} is not writable; choose another output path")
+        return Path(path)
+    out = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
     for src in inputs:
         if same_file(out, src):
             raise OutputError(f"output path {out} is the input model; choose another output file (-o)")

@@ -179,7 +179,7 @@ def allocate_detailed(
         trial[gid] = curves[gid].ratios[level[gid] + 1]
         if max_error is not None:
             e = cand.error(trial)
-            if e > max_error:
+            if not e <= max_error:  # NaN (unmeasurable) is refused too
                 frozen.add(gid)
                 notes.append(f"group {gid}: ratio {trial[gid]:g} refused (error {e:.4f} > max_error {max_error:g})")
                 continue

@@ -29,7 +29,15 @@ from onnxprune.core.errors import CalibrationError, ConfigError
 from onnxprune.core.io import load_model
 from onnxprune.core.ir import GraphIndex, attr, attr_ints, node_label, shape_skeleton
 from onnxprune.core.progress import progress
-from onnxprune.runtime.feeds import InputSpec, fixed_batch_size, input_specs, iter_batches, load_npz_feeds, num_samples
+from onnxprune.runtime.feeds import (
+    InputSpec,
+    check_finite,
+    fixed_batch_size,
+    input_specs,
+    iter_batches,
+    load_npz_feeds,
+    num_samples,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +179,7 @@ def _check_batch(specs: Sequence[InputSpec], feed: Mapping[str, np.ndarray], i: 
                 f"calibration batch {i}, '{spec.name}' has dtype {arr.dtype}, the model wants {spec.dtype}; "
                 f"convert it with array.astype(numpy.{spec.dtype})"
             )
+        check_finite(arr, f"calibration batch {i}, '{spec.name}'")
         if spec.shape is not None and (arr.ndim != len(spec.shape) or any(
                 isinstance(d, int) and axis > 0 and arr.shape[axis] != d for axis, d in enumerate(spec.shape))):
             raise CalibrationError(
@@ -246,7 +255,7 @@ def count_samples(data: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarra
     if not isinstance(data, (str, os.PathLike)):
         return None
     try:
-        with np.load(Path(data), allow_pickle=False) as archive:
+        with np.load(Path(data), allow_pickle=False) as archive:  # a .npy fails here: load_npz_feeds says why
             for key in archive.files:
                 with archive.zip.open(key + ".npy") as fh:
                     version = np.lib.format.read_magic(fh)
@@ -255,7 +264,7 @@ def count_samples(data: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarra
                     shape = read(fh)[0]
                 n = int(shape[0]) if shape else 0
                 return n if max_samples is None else min(n, max_samples)
-    except (OSError, ValueError, EOFError, AttributeError, KeyError):
+    except (OSError, ValueError, EOFError, AttributeError, KeyError, TypeError):
         return None
     return None
 
@@ -624,6 +633,8 @@ def collect_stats(
     batches = iter_feeds(m, data, batch_size=batch_size, max_samples=max_samples)
     for feed in progress(batches, desc="calibrating", total=math.ceil(total / batch_size) if total else None):
         values = run_session(session, feed, outputs=fetch, label="the calibration model") if fetch else {}
+        for t, value in values.items():  # finite inputs can still overflow inside the model
+            check_finite(np.asarray(value), f"activation '{t}' on the calibration data (--calib)")
         for t, acc in chan_accs.items():
             acc.add(values[t])
         for g in gram_accs:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
-from onnxprune.core.errors import ConfigError
+from onnxprune.core.errors import CalibrationError, ConfigError
 from onnxprune.core.io import load_model
 from onnxprune.core.ir import GraphIndex, attr
 from onnxprune.core.quant import quantized_data
@@ -291,6 +291,25 @@ def _masked_cg(w: np.ndarray, mask: np.ndarray, gram: np.ndarray, lam: float, *,
 
 
 # -- layer biases in the graph ---------------------------------------------------------------------
+def require_finite(value: np.ndarray, layer: str, method: str) -> np.ndarray:
+    """``value`` itself, or a :class:`CalibrationError` when it holds NaN or infinity.
+
+    Why: a re-fit from calibration data that overflows (huge activations) or is singular in a way the ridge
+    does not catch gives NaN weights, and a model of NaN weights still runs, so nothing downstream would
+    stop it being saved. Checked after the cast to the weight's dtype, where float32 overflow shows.
+
+    Raises:
+        CalibrationError: naming the layer and the way out.
+    """
+    bad = int(np.count_nonzero(~np.isfinite(value)))
+    if bad:
+        raise CalibrationError(
+            f"recovery '{method}' gave {bad} non-finite weight(s) in layer '{layer}' (the calibration data "
+            f"may hold huge values); check the calibration data, or use --recover bias or --recover none"
+        )
+    return value
+
+
 def _out_channels(node: NodeProto, w_shape: Sequence[int], opset: int) -> int:
     if node.op_type == "Conv":
         return int(w_shape[0])
@@ -486,13 +505,14 @@ def recover_sparse(
                 masked_refit(dense_rows[g], sparse_rows[g] != 0, gs.gram[g], ridge=ridge)
                 for g in range(gs.groups)
             ])
-            set_weight(out, pw, rows_to_weight(node, new_rows, w_dense.shape, idx.opset).astype(w_dense.dtype))
+            value = rows_to_weight(node, new_rows, w_dense.shape, idx.opset).astype(w_dense.dtype)
+            set_weight(out, pw, require_finite(value, key, method))
         else:
             n_out = _out_channels(node, w_dense.shape, idx.opset)
             shift = np.concatenate([(dense_rows[g] - sparse_rows[g]) @ gs.col_mean[g] for g in range(gs.groups)])
             node_o = idx_o.nodes_by_name[key]
             bias = layer_bias(idx_o, node_o, n_out) + shift
-            set_layer_bias(idx, node, bias, w_dense.dtype)
+            set_layer_bias(idx, node, require_finite(bias.astype(w_dense.dtype), key, method), w_dense.dtype)
         log.debug("re-fitted %s (%s)", key, method)
     return out
 
@@ -752,8 +772,8 @@ def _recover_sink(orig: ModelProto, idx_o: GraphIndex, out: ModelProto, idx: Gra
         )
     if method == "lstsq":
         value = rows_to_weight(node_p, new_rows[None], shape_p, idx.opset).astype(w.dtype)
-        _replace_weight(idx, node_p, 1, value)
-    set_layer_bias(idx, node_p, new_bias, w.dtype)
+        _replace_weight(idx, node_p, 1, require_finite(value, cut.key, method))
+    set_layer_bias(idx, node_p, require_finite(np.asarray(new_bias).astype(w.dtype), cut.key, method), w.dtype)
 
 
 def _column_means(idx_o: GraphIndex, cut: SinkCut, stats: ActivationStats | None, width: int) -> np.ndarray | None:

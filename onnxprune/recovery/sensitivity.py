@@ -28,6 +28,7 @@ from onnxprune.core.io import load_model
 from onnxprune.core.progress import progress
 from onnxprune.core.stats import model_stats
 from onnxprune.recovery.calibrate import ActivationStats, collect_stats, iter_feeds
+from onnxprune.runtime.feeds import check_finite
 from onnxprune.structured.analysis import DependencyGraph, analyze
 from onnxprune.structured.plan import PrunePlan, make_plan
 from onnxprune.structured.surgery import apply_plan
@@ -162,6 +163,9 @@ class OutputErrorMeter:
         if not self.outputs:
             raise ConfigError("the model has no float output to compare; sensitivity needs one")
         self.reference = [run_session(sess, b, outputs=self.outputs) for b in self.batches]
+        for ref in self.reference:  # an error against non-finite outputs would be NaN, and rank anywhere
+            for n in self.outputs:
+                check_finite(ref[n], f"output '{n}' of the original model on the calibration data (--calib)")
         self.ref_norm = math.sqrt(sum(float(np.sum(np.square(r[n], dtype=np.float64)))
                                       for r in self.reference for n in self.outputs))
         self.samples = sum(next(iter(b.values())).shape[0] for b in self.batches)
@@ -174,7 +178,8 @@ class OutputErrorMeter:
             got = self._run(sess, batch, outputs=self.outputs, label="a pruned candidate")
             for n in self.outputs:
                 total += float(np.sum(np.square(got[n].astype(np.float64) - ref[n])))
-        return math.sqrt(total) / self.ref_norm if self.ref_norm > 0 else math.sqrt(total)
+        err = math.sqrt(total) / self.ref_norm if self.ref_norm > 0 else math.sqrt(total)
+        return math.inf if math.isnan(err) else err  # NaN outputs: an error that cannot be measured is the worst
 
 
 def single_group_plan(model: ModelProto, dg: DependencyGraph, group_id: int, ratio: float, *,
@@ -256,6 +261,10 @@ def sensitivity(
     if recover not in ("none", "bias", "lstsq"):
         raise ConfigError(f"recover must be none, bias or lstsq, got '{recover}'")
     m = load_model(model)
+    if eval_data is not None:  # refuse bad labels now, not after the calibration statistics
+        from onnxprune.runtime.evaluate import check_eval_data
+
+        check_eval_data(m, eval_data, labels=labels)
     dg = dg if dg is not None else analyze(m)
     chosen = [g for g in dg.prunable_groups if g.size > 1 and (groups is None or g.id in set(groups))]
     if groups is not None:

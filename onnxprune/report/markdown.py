@@ -288,7 +288,7 @@ def write_markdown_report(
     """
     from onnxprune.core.io import write_text_atomic
 
-    out = check_output_path(path)
+    out = check_output_path(path, stream=True)
     write_text_atomic(out, render_markdown(report=report, settings=settings, stats_before=stats_before,
                                            stats_after=stats_after, groups=groups, validation=validation,
                                            bench=bench))

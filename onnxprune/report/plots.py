@@ -8,13 +8,14 @@ canvas, so no display and no global backend change are needed.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxprune.core.errors import ConfigError, OutputError
-from onnxprune.core.io import check_output_path
+from onnxprune.core.errors import ConfigError
+from onnxprune.core.io import check_output_path, write_bytes_atomic
 
 if TYPE_CHECKING:
     from onnxprune.recovery.sensitivity import SensitivityReport
@@ -84,7 +85,7 @@ def plot_report(
     rows = _layer_rows(layers if layers is not None else (report.get("layers") or report.get("groups")))
     if not bench and not rows:
         raise ConfigError("nothing to plot: no benchmark and no per-layer channels; run prune with --bench")
-    out = check_output_path(path)
+    out = check_output_path(path, stream=True)
     panels = int(bool(bench)) + int(bool(rows))
     fig = new_figure(figsize=(6.5 * panels, 4.8))
     k = 1
@@ -133,23 +134,20 @@ def new_figure(*, figsize: tuple[float, float]) -> Any:
 
 
 def save_figure(fig: Any, out: Path) -> Path:
-    """Write ``fig`` to ``out`` atomically (a temporary file, then ``os.replace``); the suffix picks the format.
+    """Write ``fig`` to ``out`` whole or not at all (:func:`~onnxprune.core.io.write_bytes_atomic`: a regular
+    file is replaced atomically, ``-`` and streams are written through); the suffix picks the format.
 
     Raises:
         ConfigError: the suffix names no image format matplotlib writes.
         OutputError: the file cannot be written.
     """
     fmt = out.suffix.lstrip(".").lower() or "png"
-    tmp = out.with_name(f".{out.name}.onnxprune-tmp")
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=120, format=fmt)
-        os.replace(tmp, out)
+        fig.savefig(buffer, dpi=120, format=fmt)
     except ValueError as exc:
         raise ConfigError(f"cannot write a '{fmt}' image ({exc}); name the file .png, .svg or .pdf") from exc
-    except OSError as exc:
-        raise OutputError(f"cannot write {out} ({exc.strerror or exc}); choose another path") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes_atomic(out, buffer.getvalue(), what="plot")
     return out
 
 
@@ -161,7 +159,7 @@ def plot_sensitivity(report: SensitivityReport, path: str | os.PathLike[str], *,
             no image format.
         OutputError: the file cannot be written.
     """
-    out = check_output_path(path)
+    out = check_output_path(path, stream=True)
     fig = new_figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     ranked = report.ranked()

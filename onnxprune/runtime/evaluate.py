@@ -16,8 +16,6 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from zipfile import BadZipFile
 
 import numpy as np
 from onnx import ModelProto, TensorProto
@@ -31,6 +29,7 @@ from onnxprune.runtime.feeds import (
     iter_batches,
     load_npz_feeds,
     num_samples,
+    read_npz,
 )
 
 log = logging.getLogger(__name__)
@@ -92,18 +91,12 @@ def _load_labels(data: str | os.PathLike[str] | Mapping[str, np.ndarray], key: s
         keys = sorted(str(k) for k in data)
         raw = np.asarray(data[key]) if key in data else None
     else:
-        if not Path(data).is_file():
-            raise CalibrationError(f"data file {data}: no such file; pass an .npz with the model's inputs and "
-                                   f"'{key}'")
-        try:
-            with np.load(Path(data), allow_pickle=False) as archive:
-                keys = sorted(archive.files)
-                raw = np.asarray(archive[key]) if key in archive.files else None
-        except (OSError, ValueError, BadZipFile, EOFError, AttributeError) as exc:
-            raise CalibrationError(f"data file {data} is not a readable .npz archive ({exc}); write it with "
-                                   f"numpy.savez(path, <input name>=x, {key}=y)") from exc
+        archive = read_npz(data, what="data file", example=f"input_name=x, {key}=y")
+        keys = sorted(archive)
+        raw = archive.get(key)
     if raw is None:
-        raise CalibrationError(f"data has no label array '{key}' (it has {keys}); "
+        where = "data" if isinstance(data, Mapping) else f"evaluation data {data}"
+        raise CalibrationError(f"{where} has no label array '{key}' (it has {keys}); "
                                f"pass the key of the labels with --labels")
     if raw.ndim != 1 or raw.size == 0:
         raise CalibrationError(f"labels '{key}' must be a non-empty 1-D array of class indices, "
@@ -117,6 +110,43 @@ def _load_labels(data: str | os.PathLike[str] | Mapping[str, np.ndarray], key: s
         raise CalibrationError(f"labels '{key}' has negative class index {int(labels.min())}; "
                                f"labels must be 0..classes-1")
     return labels
+
+
+def check_eval_data(
+    model: ModelProto,
+    data: str | os.PathLike[str] | Mapping[str, np.ndarray],
+    *,
+    labels: str = "labels",
+    output: str | None = None,
+) -> tuple[str, dict[str, np.ndarray], np.ndarray]:
+    """Everything :func:`evaluate_accuracy` checks before running the model, without running it.
+
+    Why separate: a prune run evaluates accuracy last, after minutes of calibration; it calls this first,
+    so a missing label key or a wrong shape fails in a fraction of a second instead.
+
+    Returns:
+        The scored output's name, the checked feeds and the labels (int64).
+
+    Raises:
+        CalibrationError / ConfigError: as :func:`evaluate_accuracy`.
+    """
+    out_name = _pick_output(model, output)
+    specs = input_specs(model)
+    y = _load_labels(data, labels)
+    feeds = (check_feeds(data, specs, where="data") if isinstance(data, Mapping)
+             else load_npz_feeds(data, model, what="evaluation data"))
+    n = num_samples({**feeds, labels: y})
+    fixed = fixed_batch_size(specs)
+    if fixed and n % fixed:
+        raise CalibrationError(f"model inputs have fixed batch size {fixed}, which does not divide the {n} "
+                               f"samples; export the model with a dynamic batch axis")
+    declared = [o for o in model.graph.output if o.name == out_name][0].type.tensor_type.shape.dim
+    classes = declared[1].dim_value if len(declared) == 2 and declared[1].HasField("dim_value") else 0
+    if classes and int(y.max()) >= classes:
+        bad = int(np.argmax(y >= classes))
+        raise CalibrationError(f"label {int(y[bad])} at sample {bad} is out of range for output "
+                               f"'{out_name}' with {classes} classes; labels must be 0..{classes - 1}")
+    return out_name, feeds, y
 
 
 def evaluate_accuracy(
@@ -154,18 +184,11 @@ def evaluate_accuracy(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r} (--batch)")
     proto = load_model(model)
-    out_name = _pick_output(proto, output)
-    specs = input_specs(proto)
-    y = _load_labels(data, labels)
-    feeds = check_feeds(data, specs, where="data") if isinstance(data, Mapping) else load_npz_feeds(data, proto)
-    n = num_samples({**feeds, labels: y})
-    fixed = fixed_batch_size(specs)
-    if fixed and n % fixed:
-        raise CalibrationError(f"model inputs have fixed batch size {fixed}, which does not divide the {n} "
-                               f"samples; export the model with a dynamic batch axis")
-    step = fixed or batch_size
+    out_name, feeds, y = check_eval_data(proto, data, labels=labels, output=output)
+    n = len(y)
+    step = fixed_batch_size(input_specs(proto)) or batch_size
     session = create_session(model if not isinstance(model, ModelProto) else proto, provider="cpu")
-    top1_hits = top5_hits = classes = 0
+    top1_hits = top5_hits = classes = nonfinite = 0
     start = 0
     for batch in iter_batches(feeds, step):
         rows = num_samples(batch)
@@ -183,9 +206,15 @@ def evaluate_accuracy(
                                        f"'{out_name}' with {classes} classes; labels must be 0..{classes - 1}")
         # Stable descending order, so ties resolve to the lower class index, as argmax does.
         order = np.argsort(-scores, axis=1, kind="stable")
-        top1_hits += int(np.sum(order[:, 0] == truth))
+        # A row of NaN scores "predicts" class 0 by argsort's order: count it as wrong, never as right.
+        finite = np.isfinite(scores).all(axis=1)
+        nonfinite += int(rows - np.count_nonzero(finite))
+        top1_hits += int(np.sum((order[:, 0] == truth) & finite))
         if classes >= TOP5_MIN_CLASSES:
-            top5_hits += int(np.sum(np.any(order[:, :5] == truth[:, None], axis=1)))
+            top5_hits += int(np.sum(np.any(order[:, :5] == truth[:, None], axis=1) & finite))
+    if nonfinite:
+        log.warning("%d of %d samples gave NaN or infinite scores on output '%s'; they count as wrong",
+                    nonfinite, n, out_name)
     result = EvalResult(
         top1=top1_hits / n,
         top5=top5_hits / n if classes >= TOP5_MIN_CLASSES else None,

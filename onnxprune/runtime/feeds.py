@@ -192,7 +192,8 @@ def random_feeds(
     }
 
 
-def load_npz_feeds(path: str | os.PathLike[str], model: str | os.PathLike[str] | ModelProto) -> dict[str, np.ndarray]:
+def load_npz_feeds(path: str | os.PathLike[str], model: str | os.PathLike[str] | ModelProto, *,
+                   what: str = "input data") -> dict[str, np.ndarray]:
     """Load inputs from an ``.npz`` file and check them against the model's inputs.
 
     Keys are input names; every array's leading axis counts samples (see the module doc). Keys that are
@@ -201,6 +202,7 @@ def load_npz_feeds(path: str | os.PathLike[str], model: str | os.PathLike[str] |
     Args:
         path: the ``.npz`` file.
         model: the model the inputs are for (path or ``ModelProto``).
+        what: how messages name the data (``"calibration data (--calib)"``).
 
     Returns:
         ``{input name: array}`` in the model's input order.
@@ -213,17 +215,47 @@ def load_npz_feeds(path: str | os.PathLike[str], model: str | os.PathLike[str] |
         >>> feeds = load_npz_feeds("inputs.npz", "model.onnx")  # doctest: +SKIP
     """
     p = Path(path)
+    arrays = read_npz(p, what=what)
+    return check_feeds(arrays, input_specs(model), where=f"{what} {p}")
+
+
+def read_npz(path: str | os.PathLike[str], *, what: str = "data", example: str = "input_name=array"
+             ) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, or one clear :class:`CalibrationError` saying what is wrong.
+
+    Why one reader: calibration, validation and evaluation data all come as ``.npz``, and a plain ``.npy``
+    (what ``numpy.save`` writes) loads as a bare array without names, which used to end in a TypeError.
+
+    Args:
+        path: the file.
+        what: how messages name it (``"input data"``, ``"calibration data"``).
+        example: the keyword arguments of the ``numpy.savez`` call the fix suggests.
+
+    Raises:
+        CalibrationError: missing, a ``.npy``, not a readable ``.npz``.
+    """
+    p = Path(path)
+    fix = f"write it with numpy.savez(path, {example}) (one array per model input, keyed by the input's name)"
     if not p.is_file():
-        raise CalibrationError(f"input data {p}: no such file; pass an .npz with one array per model input")
+        raise CalibrationError(f"{what} {p}: no such file; pass an .npz, {fix}")
     try:
-        with np.load(p, allow_pickle=False) as data:
-            arrays = {k: np.asarray(data[k]) for k in data.files}
+        loaded = np.load(p, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise CalibrationError(
-            f"input data {p}: not a readable .npz ({str(exc).splitlines()[0] if str(exc) else exc}); "
-            f"write it with numpy.savez(path, **{{input_name: array}})"
+            f"{what} {p}: not a readable .npz ({str(exc).splitlines()[0] if str(exc) else exc}); {fix}"
         ) from exc
-    return check_feeds(arrays, input_specs(model), where=f"input data {p}")
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise CalibrationError(
+            f"{what} {p} is a .npy file (one array of shape {np.shape(loaded)}, without input names), not an "
+            f".npz; {fix}"
+        )
+    try:
+        with loaded:
+            return {k: np.asarray(loaded[k]) for k in loaded.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CalibrationError(
+            f"{what} {p}: not a readable .npz ({str(exc).splitlines()[0] if str(exc) else exc}); {fix}"
+        ) from exc
 
 
 def check_feeds(arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], *, where: str) -> dict[str, np.ndarray]:
@@ -241,8 +273,8 @@ def check_feeds(arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], *,
         ``{input name: array}`` in the model's input order.
 
     Raises:
-        CalibrationError: an input is missing, or an array's dtype, rank, fixed dims or sample count
-            does not fit.
+        CalibrationError: an input is missing, an array holds NaN or infinity, or an array's dtype, rank,
+            fixed dims or sample count does not fit.
     """
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
@@ -263,6 +295,7 @@ def check_feeds(arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], *,
                 f"{at} has dtype {arr.dtype}, the model wants {spec.dtype}; "
                 f"convert it with array.astype(numpy.{spec.dtype})"
             )
+        check_finite(arr, at)
         if spec.shape is not None:
             if arr.ndim != len(spec.shape) or arr.ndim == 0:
                 raise CalibrationError(
@@ -287,6 +320,26 @@ def check_feeds(arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec], *,
         feeds[spec.name] = arr
     num_samples(feeds)
     return feeds
+
+
+def check_finite(arr: np.ndarray, where: str) -> None:
+    """Refuse floating-point data holding NaN or infinity.
+
+    Why: calibration statistics, least-squares re-fits, accuracy and drift computed from such data are NaN
+    or meaningless (an all-NaN calibration set used to give a model of NaN weights, and a drift of NaN
+    outputs compared equal to themselves), so the data is refused before any work.
+
+    Raises:
+        CalibrationError: naming the data, the count and the fix.
+    """
+    if arr.dtype.kind not in "fc":
+        return
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise CalibrationError(
+            f"{where} holds {bad} NaN or infinite value(s) of {arr.size}; onnxprune needs finite data: drop "
+            f"those samples or replace the values (e.g. numpy.nan_to_num) and save the file again"
+        )
 
 
 def num_samples(feeds: Mapping[str, np.ndarray]) -> int:

@@ -112,6 +112,9 @@ class OutputComparison:
         needed_atol: smallest atol that would pass with the given rtol.
         needed_rtol: smallest rtol that would pass with the given atol (``inf``: no rtol would).
         problem: a structural mismatch (missing output, shape, dtype, NaN/Inf), empty if none.
+        nonfinite: elements where either output was NaN or infinite (in both, at the same places: a
+            NaN/Inf that differs is a ``problem``). When there are any, the metrics cannot be computed and
+            are NaN, never a perfect score; a row of class scores holding one makes top-1/top-5 NaN.
         dtype: the original's output dtype (``"float32"``, ``"int64"``, ...); drift is a measure of
             floating outputs only (a class label's max|diff| means nothing).
     """
@@ -129,6 +132,7 @@ class OutputComparison:
     needed_atol: float
     needed_rtol: float
     problem: str = ""
+    nonfinite: int = 0
     dtype: str = ""
 
     def to_dict(self) -> dict[str, object]:
@@ -139,7 +143,7 @@ class OutputComparison:
             "mean_abs": json_number(self.mean_abs), "cosine": json_number(self.cosine),
             "top1": json_number(self.top1), "top5": json_number(self.top5), "passed": self.passed,
             "needed_atol": json_number(self.needed_atol), "needed_rtol": json_number(self.needed_rtol),
-            "problem": self.problem,
+            "problem": self.problem, "nonfinite": self.nonfinite,
         }
 
 
@@ -203,7 +207,7 @@ class Comparison:
         if not self.outputs:
             return head
         if self.within_tolerance:
-            worst = max(self.outputs, key=lambda o: o.max_abs)
+            worst = max(self.outputs, key=lambda o: (math.isnan(o.max_abs), o.max_abs))  # NaN is the worst
             return f"{head}; worst '{worst.name}' max|diff|={_fmt(worst.max_abs)}"
         bad = self.failed
         parts = []
@@ -247,6 +251,8 @@ class _OutputAccumulator:
     top1_hits: int = 0
     top5_rows: int = 0
     top5_hits: int = 0
+    nonfinite: int = 0
+    nonfinite_rows: int = 0
     outside: int = 0
     needed_atol: float = 0.0
     needed_rtol: float = 0.0
@@ -284,6 +290,7 @@ class _OutputAccumulator:
         if nonfinite_bad:
             self.problems.append(f"NaN/Inf differs from the original at {nonfinite_bad} element(s)")
             return
+        self.nonfinite += int(a.size - np.count_nonzero(finite))
         a_f, b_f = a[finite], b[finite]
         d = np.abs(b_f - a_f)
         mag = np.abs(a_f)
@@ -302,6 +309,8 @@ class _OutputAccumulator:
             self.cand_sq += float(b_f @ b_f)
             self.outside += int(np.count_nonzero(d > atol + rtol * mag))
         if ref.ndim == 2 and ref.shape[1] >= 2 and ref.dtype.kind == "f" and ref.shape[0] > 0:
+            # argmax of a row holding NaN is meaningless (NaN rows all "agree" on class 0)
+            self.nonfinite_rows += int(np.count_nonzero(~finite.reshape(ref.shape).all(axis=1)))
             ref_top = np.argmax(ref, axis=1)
             self.rows += ref.shape[0]
             self.top1_hits += int(np.count_nonzero(ref_top == np.argmax(cand, axis=1)))
@@ -317,21 +326,30 @@ class _OutputAccumulator:
             cosine = 0.0
         else:
             cosine = self.dot / math.sqrt(self.ref_sq * self.cand_sq)
+        top1 = self.top1_hits / self.rows if self.rows else None
+        top5 = self.top5_hits / self.top5_rows if self.top5_rows else None
+        max_abs, max_rel, mean_abs = self.max_abs, self.max_rel, self.sum_abs / self.elements if self.elements else 0.0
+        if self.nonfinite:  # cannot be computed: never report it as a perfect match
+            cosine = max_abs = max_rel = mean_abs = math.nan
+        if self.nonfinite_rows:
+            top1 = math.nan if top1 is not None else None
+            top5 = math.nan if top5 is not None else None
         problem = "; ".join(self.problems)
         return OutputComparison(
             name=self.name,
             shape=self.shape or (),
             elements=self.elements,
-            max_abs=self.max_abs,
-            max_rel=self.max_rel,
-            mean_abs=self.sum_abs / self.elements if self.elements else 0.0,
+            max_abs=max_abs,
+            max_rel=max_rel,
+            mean_abs=mean_abs,
             cosine=cosine,
-            top1=self.top1_hits / self.rows if self.rows else None,
-            top5=self.top5_hits / self.top5_rows if self.top5_rows else None,
+            top1=top1,
+            top5=top5,
             passed=not problem and self.outside == 0,
             needed_atol=math.inf if problem else self.needed_atol,
             needed_rtol=math.inf if problem else self.needed_rtol,
             problem=problem,
+            nonfinite=self.nonfinite,
             dtype=self.dtype,
         )
 

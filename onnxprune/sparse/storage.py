@@ -25,8 +25,10 @@ Validity, honestly: ``onnx.checker.check_model`` (default) accepts the result, b
 ``Gemm`` and ``MatMul`` do not accept, so the check fails. onnxruntime (1.32, tested here) densifies sparse
 initializers at load and runs the model with identical outputs. So this is an onnxruntime-compatible
 shipping format: validate the dense model, convert last, just before saving, and compare onnxruntime
-outputs (not ``full_check``) on the converted one. Use :func:`from_sparse_storage` to get a dense model
-back for analysis (stats and ``ir.infer_shapes`` ignore ``sparse_initializer``).
+outputs (not ``full_check``) on the converted one. Reading such a file back is transparent:
+:func:`onnxprune.core.io.load_model` turns sparse initializers into the dense tensors they stand for
+(:mod:`onnxprune.core.densify`), so ``validate``, ``analyze``, ``bench`` and a second ``prune`` count and
+check them like any other weight; :func:`from_sparse_storage` does the same for a ``ModelProto``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import os
 import numpy as np
 from onnx import ModelProto, SparseTensorProto, TensorProto, helper, numpy_helper
 
+from onnxprune.core.densify import densify_sparse_initializers
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import load_model
 from onnxprune.core.weights import SPARSIFIABLE_TYPES
@@ -131,22 +134,6 @@ def to_sparse_storage(
     return out
 
 
-def _densify(sparse: SparseTensorProto) -> TensorProto:
-    """The dense ``TensorProto`` equivalent to a sparse initializer (linear or coordinate indices)."""
-    values = numpy_helper.to_array(sparse.values)
-    shape = tuple(int(d) for d in sparse.dims)
-    dense = np.zeros(math.prod(shape), dtype=values.dtype)
-    if values.size:
-        indices = numpy_helper.to_array(sparse.indices).astype(np.int64, copy=False)
-        if indices.ndim == 2:
-            indices = np.ravel_multi_index(tuple(indices.T), shape)
-        dense[indices] = values
-    tensor = numpy_helper.from_array(dense.reshape(shape), sparse.values.name)
-    if sparse.values.HasField("doc_string"):
-        tensor.doc_string = sparse.values.doc_string
-    return tensor
-
-
 def from_sparse_storage(model: str | os.PathLike[str] | ModelProto) -> ModelProto:
     """A copy of ``model`` with every sparse initializer turned back into a dense initializer.
 
@@ -156,9 +143,6 @@ def from_sparse_storage(model: str | os.PathLike[str] | ModelProto) -> ModelProt
     Example:
         >>> dense = from_sparse_storage("pruned.onnx")  # doctest: +SKIP
     """
-    out = load_model(model, check=not isinstance(model, ModelProto))
-    graph = out.graph
-    for sparse in graph.sparse_initializer:
-        graph.initializer.append(_densify(sparse))
-    del graph.sparse_initializer[:]
+    out = load_model(model, check=not isinstance(model, ModelProto))  # a path is densified as it loads
+    densify_sparse_initializers(out)
     return out
