@@ -80,6 +80,7 @@ class PruneConfig:
     round_to: int | None = None
     min_channels: int = 1
     importance: str = "l2"
+    grouped_conv: str = "within"  # grouped convs: "within" every group (group kept) or "whole" groups
     seed: int = 0
     plan_in: str | None = None
     plan_out: str | None = None
@@ -142,6 +143,8 @@ class PruneConfig:
             raise ConfigError(f"--round-to must be >= 1, got {self.round_to}")
         if self.min_channels < 1:
             raise ConfigError(f"--min-channels must be >= 1, got {self.min_channels}")
+        if self.grouped_conv not in ("within", "whole"):
+            raise ConfigError(f"--grouped-conv must be within or whole, got '{self.grouped_conv}'")
         if self.recover is not None and self.recover not in RECOVERY:
             raise ConfigError(f"--recover must be one of {', '.join(RECOVERY)}, got '{self.recover}'")
         if self.recover in ("bias", "lstsq") and not self.calib and not (

@@ -264,10 +264,12 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
     from onnxprune.structured.plan import PrunePlan
     from onnxprune.structured.prune import prune_structured
 
-    dg = analyze(original, dims=config.dims)
+    plan_in = PrunePlan.load(config.plan_in) if config.plan_in else None
+    # A saved plan's groups are those of the grouped-conv mode it was made with.
+    grouped_conv = str(plan_in.meta.get("grouped_conv", config.grouped_conv)) if plan_in else config.grouped_conv
+    dg = analyze(original, dims=config.dims, grouped_conv=grouped_conv)
     names = [n.name for n in original.graph.node] + [t.name for t in original.graph.initializer]
     _warn_unmatched([p for p in config.exclude if not matches_any(names, (p,))], warnings, "--exclude")
-    plan_in = PrunePlan.load(config.plan_in) if config.plan_in else None
     group_ratios = None
     if config.target_macs or config.target_params:
         from onnxprune.recovery.budget import allocate_budget

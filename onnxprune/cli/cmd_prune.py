@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--min-channels", type=int, default=1, help="keep at least this many channels per group")
     s.add_argument("--importance", default="l2",
                    help="criterion: l1, l2, fpgm, bn_scale, random; with --calib: activation, apoz, wanda")
+    s.add_argument("--grouped-conv", default="within", choices=["within", "whole"],
+                   help="grouped convs: remove the same channels inside every group, keeping group (within, "
+                        "default), or remove whole groups (whole)")
     s.add_argument("--seed", type=int, default=0, help="seed for random criteria and generated inputs")
     s.add_argument("--plan-in", help="apply a saved plan instead of ranking channels")
     s.add_argument("--plan-out", help="save the plan (kept channels per group) as JSON")
@@ -83,7 +86,8 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
         layer_sparsity=parse_layer_sparsity(args.layer_sparsity),
         min_size=args.min_size, nm=args.nm, sparse_storage=args.sparse_storage, ratio=args.ratio,
         global_rank=args.global_rank, round_to=args.round_to, min_channels=args.min_channels,
-        importance=args.importance, seed=args.seed, plan_in=args.plan_in, plan_out=args.plan_out,
+        importance=args.importance, grouped_conv=args.grouped_conv, seed=args.seed, plan_in=args.plan_in,
+        plan_out=args.plan_out,
         exclude=tuple(args.exclude), calib=args.calib, recover=args.recover, target_macs=args.target_macs,
         target_params=args.target_params, max_error=args.max_error, eval_data=args.eval_data, labels=args.labels,
         validate=args.validate, atol=args.atol, rtol=args.rtol,

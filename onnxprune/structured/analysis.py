@@ -32,12 +32,12 @@ from types import MappingProxyType
 import numpy as np
 from onnx import ModelProto, NodeProto
 
-from onnxprune.core.errors import OnnxPruneError, UnsupportedModelError
+from onnxprune.core.errors import ConfigError, OnnxPruneError, UnsupportedModelError
 from onnxprune.core.io import load_model
 from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, node_label
 from onnxprune.core.shapefold import infer_shapes
 from onnxprune.structured.axes import ChannelAxis, Coupling, Identity, IndexMap, compress_map
-from onnxprune.structured.rules.base import Blocked, OpRule, RuleContext
+from onnxprune.structured.rules.base import GROUPED_CONV_MODES, Blocked, OpRule, RuleContext
 from onnxprune.structured.rules.registry import RuleSet, RuleSpec
 from onnxprune.structured.sharing import ConstVersion, const_versions, reader_key, split_constants
 
@@ -123,13 +123,15 @@ class DependencyGraph:
             with the reason; they are never pruned.
         split: shared constants each reader has its own slots of → their readers' keys
             (:mod:`onnxprune.structured.sharing`).
+        grouped_conv: how grouped convolutions were analysed (``within`` or ``whole``); plans record it.
     """
 
     def __init__(self, *, groups: tuple[ChannelGroup, ...], fingerprint: str,
                  slot_sizes: dict[ChannelAxis, int], slot_base: dict[ChannelAxis, int],
                  pos_group: np.ndarray, pos_root: np.ndarray, const_shapes: dict[str, tuple[int, ...]],
                  const_counted: dict[str, bool | str], shapes: dict[str, tuple],
-                 unanalysed: tuple[str, ...] = (), split: Mapping[str, tuple[str, ...]] | None = None) -> None:
+                 unanalysed: tuple[str, ...] = (), split: Mapping[str, tuple[str, ...]] | None = None,
+                 grouped_conv: str = "within") -> None:
         self.groups = groups
         self.fingerprint = fingerprint
         self.slot_sizes = MappingProxyType(slot_sizes)
@@ -143,6 +145,7 @@ class DependencyGraph:
         self.shapes = MappingProxyType(shapes)
         self.unanalysed = unanalysed
         self.split = MappingProxyType(dict(split or {}))
+        self.grouped_conv = grouped_conv
 
     # -- queries -----------------------------------------------------------------------------------
     @property
@@ -277,11 +280,12 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class _Walk:
     """State of one analysis: slots discovered, edges, cuts and blockers."""
 
-    def __init__(self, model: ModelProto, rules: RuleSet, shapes: dict[str, tuple]) -> None:
+    def __init__(self, model: ModelProto, rules: RuleSet, shapes: dict[str, tuple], *,
+                 grouped_conv: str = "within") -> None:
         self.model = model
         self.index = GraphIndex(model)
         self.rules = rules
-        self.ctx = RuleContext(self.index, shapes)
+        self.ctx = RuleContext(self.index, shapes, grouped_conv=grouped_conv)
         self.base: dict[ChannelAxis, int] = {}
         self.sizes: dict[ChannelAxis, int] = {}
         self.total = 0
@@ -472,7 +476,7 @@ def _fill_same_shape(model: ModelProto, shapes: dict[str, tuple]) -> dict[str, t
 
 
 def analyze(model: ModelProto | str | os.PathLike[str], *, extra_rules: Iterable[RuleSpec] = (),
-            dims: dict[str, int] | None = None) -> DependencyGraph:
+            dims: dict[str, int] | None = None, grouped_conv: str = "within") -> DependencyGraph:
     """Find the channel groups of a model.
 
     Args:
@@ -480,24 +484,29 @@ def analyze(model: ModelProto | str | os.PathLike[str], *, extra_rules: Iterable
         extra_rules: :class:`~onnxprune.structured.rules.registry.RuleSpec` entries that add or override op rules for
             this analysis only.
         dims: values for symbolic input dims (by name) used in shape inference; others are taken as 1.
+        grouped_conv: ``"within"`` (default) cuts grouped convolutions inside every group, keeping
+            ``group``; ``"whole"`` removes whole groups (see :mod:`onnxprune.structured.rules.weighted`).
 
     Returns:
         The :class:`DependencyGraph`.
 
     Raises:
         UnsupportedModelError: the graph has no nodes.
+        ConfigError: ``grouped_conv`` is neither ``within`` nor ``whole``.
 
     Example:
         >>> dg = analyze("model.onnx")  # doctest: +SKIP
         >>> print(dg.summary())  # doctest: +SKIP
     """
+    if grouped_conv not in GROUPED_CONV_MODES:
+        raise ConfigError(f"grouped_conv must be one of {', '.join(GROUPED_CONV_MODES)}, got {grouped_conv!r}")
     if not isinstance(model, ModelProto):
         model = load_model(model)
     if not model.graph.node:
         raise UnsupportedModelError("the model has no nodes; nothing to analyse")
     rules = RuleSet(extra_rules)
     shapes = _fill_same_shape(model, infer_shapes(model, dims))
-    walk = _Walk(model, rules, shapes)
+    walk = _Walk(model, rules, shapes, grouped_conv=grouped_conv)
     walk.run()
     return _build(walk, model)
 
@@ -604,4 +613,5 @@ def _build(walk: _Walk, model: ModelProto) -> DependencyGraph:
     return DependencyGraph(groups=groups, fingerprint=model_fingerprint(model), slot_sizes=dict(walk.sizes),
                            slot_base=dict(walk.base), pos_group=pos_group, pos_root=pos_root,
                            const_shapes=const_shapes, const_counted=counted,
-                           shapes=walk.ctx._shapes, unanalysed=tuple(walk.unanalysed), split=walk.split)
+                           shapes=walk.ctx._shapes, unanalysed=tuple(walk.unanalysed), split=walk.split,
+                           grouped_conv=walk.ctx.grouped_conv)

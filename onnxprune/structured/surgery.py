@@ -185,8 +185,8 @@ def apply_plan(model: ModelProto | str | os.PathLike[str], plan: PrunePlan, *, d
     if fingerprint != plan.fingerprint:
         raise PlanError(f"the plan was made for another model (fingerprint {plan.fingerprint[:12]} != "
                         f"{fingerprint[:12]}); make a new plan for this model")
-    if dg is None:
-        dg = analyze(src, extra_rules=extra_rules)
+    if dg is None:  # the plan's groups are those of the analysis it was made with
+        dg = analyze(src, extra_rules=extra_rules, grouped_conv=str(plan.meta.get("grouped_conv", "within")))
     elif dg.fingerprint != fingerprint:
         raise PlanError("the dependency graph passed as dg= belongs to another model; omit dg= to re-analyse")
     check_plan(plan, dg)
