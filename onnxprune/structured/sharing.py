@@ -39,12 +39,12 @@ def reader_key(node: NodeProto) -> str:
     return node.name or node.output[0]
 
 
-def distinct_readers(index: GraphIndex, name: str) -> list[NodeProto]:
-    """The nodes reading constant ``name`` (through Identity), each once, in graph order."""
+def distinct_readers(index: GraphIndex, name: str, order: Mapping[int, int]) -> list[NodeProto]:
+    """The nodes reading constant ``name`` (through Identity), each once, in graph order (``order``: node id
+    → position)."""
     seen: dict[str, NodeProto] = {}
     for node in index.const_readers(name):
         seen.setdefault(reader_key(node), node)
-    order = {id(n): i for i, n in enumerate(index.graph.node)}
     return sorted(seen.values(), key=lambda n: order.get(id(n), 0))
 
 
@@ -57,10 +57,14 @@ def split_constants(index: GraphIndex, rules: RuleSet, ctx: RuleContext) -> dict
     outputs = set(index.graph_outputs)
     inputs = set(index.graph_inputs)
     result: dict[str, tuple[str, ...]] = {}
+    order = {id(n): i for i, n in enumerate(index.graph.node)}
     for name in list(index.initializers) + list(index.constant_nodes):
+        if len(index.consumers.get(name, ())) < 2 and not any(
+                n.op_type == "Identity" for n in index.consumers.get(name, ())):
+            continue  # one direct reader and no Identity alias: not shared (the common case, kept cheap)
         if name in inputs or _is_output(index, name, outputs):
             continue
-        readers = distinct_readers(index, name)
+        readers = distinct_readers(index, name, order)
         shape = index.const_shape(name)
         if len(readers) < 2 or not shape:
             continue
