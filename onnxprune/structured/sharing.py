@@ -35,8 +35,9 @@ WEIGHT_ROLES = frozenset({"source", "sink"})
 
 
 def reader_key(node: NodeProto) -> str:
-    """How a reader of a shared constant is named in slots: its node name, else its first output."""
-    return node.name or node.output[0]
+    """How a reader of a shared constant is named in slots: its first output (unique in a valid graph, unlike
+    node names), else its node name."""
+    return node.output[0] if node.output and node.output[0] else node.name
 
 
 def distinct_readers(index: GraphIndex, name: str, order: Mapping[int, int]) -> list[NodeProto]:
