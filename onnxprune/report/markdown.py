@@ -96,7 +96,8 @@ def _one_validation(title: str, v: Mapping[str, Any]) -> list[str]:
                          "top-1 agree", "top-5 agree", "atol that passes", "rtol that passes", "result"), rows)
     if v.get("inputs"):
         lines.append(f"\nInputs: {v['inputs']}; {v.get('samples')} sample(s); "
-                     f"atol={v.get('atol')} rtol={v.get('rtol')}" + (" (report only)" if v.get("report_only") else ""))
+                     f"atol={v.get('atol')} rtol={v.get('rtol')}" + (f" ({v['rule']})" if v.get("rule") else "")
+                     + (" (report only)" if v.get("report_only") else ""))
     return lines + [""]
 
 

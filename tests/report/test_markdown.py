@@ -87,3 +87,9 @@ def test_plot_errors(tmp_path, bench_dict, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
     with pytest.raises(ConfigError, match=r"pip install onnxprune\[plot\]"):
         plot_report(tmp_path / "p.png", bench=bench_dict)
+
+
+def test_markdown_states_the_tolerance_rule_of_each_validation():
+    exact = validate_models(mlp(), mlp(), samples=2, scale="output").to_dict()
+    text = render_markdown(report={"mode": "structured", "validation": {"exact": exact}})
+    assert "(max|diff| <= atol + rtol * max|original| per output)" in text
