@@ -103,6 +103,7 @@ class PruneConfig:
     round_to: int | None = None
     min_channels: int = 1
     importance: str = "l2"
+    grouped_conv: str = "within"  # grouped convs: "within" every group (group kept) or "whole" groups
     seed: int = 0
     plan_in: str | None = None
     plan_out: str | None = None
@@ -218,6 +219,8 @@ class PruneConfig:
             raise ConfigError(f"{opt('round_to')} must be >= 1, got {self.round_to}")
         if self.min_channels < 1:
             raise ConfigError(f"{opt('min_channels')} must be >= 1, got {self.min_channels}")
+        if self.grouped_conv not in ("within", "whole"):
+            raise ConfigError(f"{opt('grouped_conv')} must be within or whole, got '{self.grouped_conv}'")
         if self.recover is not None and self.recover not in RECOVERY:
             raise ConfigError(f"{opt('recover')} must be one of {', '.join(RECOVERY)}, got '{self.recover}'")
         if self.recover in ("bias", "lstsq") and not self.calib and not (

@@ -75,7 +75,7 @@ def random_plan(model: onnx.ModelProto, dg, seed: int = 0):
 
 
 def check_prune(model: onnx.ModelProto, *, ratio: float = 0.5, plan=None, evaluator: bool = True,
-                min_prunable: int = 1, **options):
+                min_prunable: int = 1, grouped_conv: str = "within", **options):
     """Analyse, plan (or use ``plan``), cut, and prove: oracle equivalence and exact parameter drop.
 
     Returns (dg, plan, pruned) for further assertions.
@@ -87,7 +87,7 @@ def check_prune(model: onnx.ModelProto, *, ratio: float = 0.5, plan=None, evalua
     from onnxprune.structured.surgery import apply_plan
 
     before = model.SerializeToString()
-    dg = analyze(model)
+    dg = analyze(model, grouped_conv=grouped_conv)
     assert len(dg.prunable_groups) >= min_prunable, dg.summary()
     if plan is None:
         plan = make_plan(model, dg, ratio=ratio, **options)

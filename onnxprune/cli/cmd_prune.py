@@ -58,6 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="keep channel counts multiples of K (default: no rounding)")
     s.add_argument("--min-channels", type=int, default=None,
                    help=f"keep at least this many channels per group (default {d('min_channels')})")
+    s.add_argument("--grouped-conv", default=None, choices=["within", "whole"],
+                   help="grouped convs: remove the same channels inside every group, keeping group (within), "
+                        f"or remove whole groups (whole) (default {d('grouped_conv')})")
     s.add_argument("--plan-in", help="apply a saved plan instead of ranking channels")
     s.add_argument("--plan-out", help="save the plan (kept channels per group) as JSON")
     p.add_argument("--exclude", action="append", default=None, metavar="PATTERN",

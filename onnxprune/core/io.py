@@ -279,7 +279,28 @@ def _checker_view(model: ModelProto, where: str, *, external_checked: bool = Fal
         if tensor.name not in declared:
             view.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type,
                                                                        list(tensor.dims)))
+    if external_checked:
+        _external_constants_as_inputs(view.graph)
     return view
+
+
+def _external_constants_as_inputs(graph: GraphProto) -> None:
+    """Turn main-graph Constant nodes whose value lives in external data into typed graph inputs.
+
+    Why: the checker resolves an external location against the model's folder, which an in-memory view does
+    not have, so it fails on them ("... should be stored in X.data, but it is not regular file"); their files
+    were checked by ``_check_external_files`` already, and like large initializers their values do not matter
+    to what the checker checks. :func:`save_model` writes large Constant values to external data itself.
+    """
+    for i in reversed(range(len(graph.node))):
+        node = graph.node[i]
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+        if value is None or value.data_location != TensorProto.EXTERNAL:
+            continue
+        graph.input.append(onnx.helper.make_tensor_value_info(node.output[0], value.data_type, list(value.dims)))
+        del graph.node[i]
 
 
 def _check_raw_size(tensor: TensorProto, where: str) -> None:

@@ -133,7 +133,7 @@ def _one_validation(title: str, v: Mapping[str, Any]) -> list[str]:
                          "atol that passes", "rtol that passes", "result"), rows)
     if v.get("inputs"):
         lines.append(f"\nInputs: {v['inputs']}; {v.get('samples')} sample(s); "
-                     f"atol={v.get('atol')} rtol={v.get('rtol')}")
+                     f"atol={v.get('atol')} rtol={v.get('rtol')}" + (f" ({v['rule']})" if v.get("rule") else ""))
     return lines + [""]
 
 

@@ -4,8 +4,12 @@ Why it works at channel level: every slot (an axis of a tensor, weights included
 position; op rules emit couplings between positions; connected positions form a *class*, one prunable
 channel. That single mechanism handles what index-map juggling gets wrong: Concat offsets, Split and Slice
 windows, Flatten blocks, GroupNormalization groups, grouped convolutions, residual merges and weights
-shared by several layers (their positions simply join the classes of every reader, so they are cut
-consistently or not at all).
+shared by several layers (their positions join the classes of every reader, so they are cut consistently
+or not at all).
+
+A constant read by several layers and read as a weight by none (an exporter's de-duplicated zero bias or
+unit norm scale) gets one slot per reader instead (:mod:`onnxprune.structured.sharing`), so it ties no
+layers together; the cut gives readers whose copies differ their own tensor.
 
 Classes that share a *source* (a weight's output axis, where channels are produced) form a
 :class:`ChannelGroup`; its root channels are its classes. A blocked slot (graph input or output, an op
@@ -22,20 +26,21 @@ import logging
 import os
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 import numpy as np
 from onnx import ModelProto, NodeProto
 
-from onnxprune.core.errors import OnnxPruneError, UnsupportedModelError
+from onnxprune.core.errors import ConfigError, OnnxPruneError, UnsupportedModelError
 from onnxprune.core.io import load_model
 from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, node_label
 from onnxprune.core.quant import QOPERATOR_OPS, quantized_data
 from onnxprune.core.shapefold import infer_shapes
 from onnxprune.structured.axes import ChannelAxis, Coupling, Identity, IndexMap, compress_map
-from onnxprune.structured.rules.base import Blocked, OpRule, RuleContext
+from onnxprune.structured.rules.base import GROUPED_CONV_MODES, Blocked, OpRule, RuleContext
 from onnxprune.structured.rules.registry import RuleSet, RuleSpec
+from onnxprune.structured.sharing import ConstVersion, const_versions, reader_key, split_constants
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +122,17 @@ class DependencyGraph:
         const_shapes: shape of every constant the analysis may slice.
         unanalysed: layers whose output channels could not even be sized (so they form no group), each
             with the reason; they are never pruned.
+        split: shared constants each reader has its own slots of → their readers' keys
+            (:mod:`onnxprune.structured.sharing`).
+        grouped_conv: how grouped convolutions were analysed (``within`` or ``whole``); plans record it.
     """
 
     def __init__(self, *, groups: tuple[ChannelGroup, ...], fingerprint: str,
                  slot_sizes: dict[ChannelAxis, int], slot_base: dict[ChannelAxis, int],
                  pos_group: np.ndarray, pos_root: np.ndarray, const_shapes: dict[str, tuple[int, ...]],
                  const_counted: dict[str, bool | str], shapes: dict[str, tuple],
-                 unanalysed: tuple[str, ...] = ()) -> None:
+                 unanalysed: tuple[str, ...] = (), split: Mapping[str, tuple[str, ...]] | None = None,
+                 grouped_conv: str = "within") -> None:
         self.groups = groups
         self.fingerprint = fingerprint
         self.slot_sizes = MappingProxyType(slot_sizes)
@@ -136,6 +145,8 @@ class DependencyGraph:
         self._const_counted = const_counted
         self.shapes = MappingProxyType(shapes)
         self.unanalysed = unanalysed
+        self.split = MappingProxyType(dict(split or {}))
+        self.grouped_conv = grouped_conv
 
     # -- queries -----------------------------------------------------------------------------------
     @property
@@ -167,25 +178,27 @@ class DependencyGraph:
                 result[s] = np.flatnonzero(mask).astype(np.int64)
         return result
 
+    def const_versions(self, keep: Mapping[int, np.ndarray]) -> dict[str, list[ConstVersion]]:
+        """The stored versions of every constant the cut changes (one, or one per distinct cut of a shared
+        constant's readers; see :func:`onnxprune.structured.sharing.const_versions`)."""
+        return const_versions(self.kept_positions(keep), self.const_shapes, self.split)
+
     def params_removed(self, keep: Mapping[int, np.ndarray]) -> int:
-        """Exactly how many parameters (as ``stats.count_params`` counts them) the cut removes."""
-        kept = self.kept_positions(keep)
-        by_tensor: dict[str, dict[int, int]] = {}
-        for s, pos in kept.items():
-            if s.tensor in self.const_shapes:
-                by_tensor.setdefault(s.tensor, {})[s.axis] = len(pos)
+        """Exactly how many parameters (as ``stats.count_params`` counts them) the cut removes.
+
+        A shared constant whose readers need different cuts is stored once per version, so its count can
+        grow: that is counted too.
+        """
         removed = 0
-        for name, axes in by_tensor.items():
-            shape = list(self.const_shapes[name])
+        for name, versions in self.const_versions(keep).items():
+            shape = self.const_shapes[name]
+            sizes = [int(np.prod(v.shape(shape), dtype=np.int64)) for v in versions]
             before = int(np.prod(shape, dtype=np.int64))
-            for axis, n in axes.items():
-                shape[axis] = n
-            after = int(np.prod(shape, dtype=np.int64))
             counted = self._const_counted.get(name, False)
             if counted == "constant":  # Constant nodes count only when larger than a scalar
-                removed += (before if before > 1 else 0) - (after if after > 1 else 0)
+                removed += (before if before > 1 else 0) - sum(n for n in sizes if n > 1)
             elif counted:
-                removed += before - after
+                removed += before - sum(sizes)
         return removed
 
     # -- reports -----------------------------------------------------------------------------------
@@ -268,11 +281,12 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class _Walk:
     """State of one analysis: slots discovered, edges, cuts and blockers."""
 
-    def __init__(self, model: ModelProto, rules: RuleSet, shapes: dict[str, tuple]) -> None:
+    def __init__(self, model: ModelProto, rules: RuleSet, shapes: dict[str, tuple], *,
+                 grouped_conv: str = "within") -> None:
         self.model = model
         self.index = GraphIndex(model)
         self.rules = rules
-        self.ctx = RuleContext(self.index, shapes)
+        self.ctx = RuleContext(self.index, shapes, grouped_conv=grouped_conv)
         self.base: dict[ChannelAxis, int] = {}
         self.sizes: dict[ChannelAxis, int] = {}
         self.total = 0
@@ -287,6 +301,11 @@ class _Walk:
         self.inputs = set(self.index.graph_inputs)
         self.source_slots: list[ChannelAxis] = []
         self.unanalysed: list[str] = []
+        self.split = split_constants(self.index, rules, self.ctx)
+
+    def own_copy(self, s: ChannelAxis, node: NodeProto) -> ChannelAxis:
+        """``s`` as ``node`` reads it: its own copy's slot when ``s`` is a split shared constant."""
+        return ChannelAxis(s.tensor, s.axis, reader_key(node)) if s.tensor in self.split else s
 
     def not_analysed(self, reason: str) -> None:
         """A layer whose channels could not even be sized: no group, so the reason is kept on the graph."""
@@ -354,6 +373,8 @@ class _Walk:
     def neighbours(self, s: ChannelAxis) -> list[NodeProto]:
         idx = self.index
         name = s.tensor
+        if s.reader:  # one reader's copy of a split constant (never a graph input or output)
+            return [n for n in idx.const_readers(name) if reader_key(n) == s.reader][:1]
         if name in idx.initializers or name in idx.constant_nodes:
             aliases = [name]
             stack = [name]
@@ -392,7 +413,8 @@ class _Walk:
                               f"writing '{s.tensor}'; pass extra_rules= to teach onnxprune")
                 continue
             try:
-                couplings = rule.couplings(node, s, self.ctx)
+                couplings = [replace(c, a=self.own_copy(c.a, node), b=self.own_copy(c.b, node))
+                             for c in rule.couplings(node, s.plain, self.ctx)]
                 for c in couplings:
                     self.add_coupling(c)
             except Blocked as exc:
@@ -458,7 +480,7 @@ def _fill_same_shape(model: ModelProto, shapes: dict[str, tuple]) -> dict[str, t
 
 
 def analyze(model: ModelProto | str | os.PathLike[str], *, extra_rules: Iterable[RuleSpec] = (),
-            dims: dict[str, int] | None = None) -> DependencyGraph:
+            dims: dict[str, int] | None = None, grouped_conv: str = "within") -> DependencyGraph:
     """Find the channel groups of a model.
 
     Args:
@@ -466,24 +488,29 @@ def analyze(model: ModelProto | str | os.PathLike[str], *, extra_rules: Iterable
         extra_rules: :class:`~onnxprune.structured.rules.registry.RuleSpec` entries that add or override op rules for
             this analysis only.
         dims: values for symbolic input dims (by name) used in shape inference; others are taken as 1.
+        grouped_conv: ``"within"`` (default) cuts grouped convolutions inside every group, keeping
+            ``group``; ``"whole"`` removes whole groups (see :mod:`onnxprune.structured.rules.weighted`).
 
     Returns:
         The :class:`DependencyGraph`.
 
     Raises:
         UnsupportedModelError: the graph has no nodes.
+        ConfigError: ``grouped_conv`` is neither ``within`` nor ``whole``.
 
     Example:
         >>> dg = analyze("model.onnx")  # doctest: +SKIP
         >>> print(dg.summary())  # doctest: +SKIP
     """
+    if grouped_conv not in GROUPED_CONV_MODES:
+        raise ConfigError(f"grouped_conv must be one of {', '.join(GROUPED_CONV_MODES)}, got {grouped_conv!r}")
     if not isinstance(model, ModelProto):
         model = load_model(model)
     if not model.graph.node:
         raise UnsupportedModelError("the model has no nodes; nothing to analyse")
     rules = RuleSet(extra_rules)
     shapes = _fill_same_shape(model, infer_shapes(model, dims))
-    walk = _Walk(model, rules, shapes)
+    walk = _Walk(model, rules, shapes, grouped_conv=grouped_conv)
     walk.run()
     return _build(walk, model)
 
@@ -591,4 +618,5 @@ def _build(walk: _Walk, model: ModelProto) -> DependencyGraph:
     return DependencyGraph(groups=groups, fingerprint=model_fingerprint(model), slot_sizes=dict(walk.sizes),
                            slot_base=dict(walk.base), pos_group=pos_group, pos_root=pos_root,
                            const_shapes=const_shapes, const_counted=counted,
-                           shapes=walk.ctx._shapes, unanalysed=tuple(walk.unanalysed))
+                           shapes=walk.ctx._shapes, unanalysed=tuple(walk.unanalysed), split=walk.split,
+                           grouped_conv=walk.ctx.grouped_conv)

@@ -33,13 +33,24 @@ def as_index(values: object) -> np.ndarray:
 
 @dataclass(frozen=True, order=True)
 class ChannelAxis:
-    """One axis of one tensor, by name; ``axis`` is always non-negative."""
+    """One axis of one tensor, by name; ``axis`` is always non-negative.
+
+    ``reader`` is set only on a constant shared by several layers that each get their own copy of it (see
+    :mod:`onnxprune.structured.sharing`): it names the node whose copy this slot is.
+    """
 
     tensor: str
     axis: int
+    reader: str = ""
+
+    @property
+    def plain(self) -> ChannelAxis:
+        """The slot without its reader (what op rules see)."""
+        return ChannelAxis(self.tensor, self.axis) if self.reader else self
 
     def __str__(self) -> str:
-        return f"{self.tensor}[axis {self.axis}]"
+        own = f" (copy read by '{self.reader}')" if self.reader else ""
+        return f"{self.tensor}[axis {self.axis}]{own}"
 
 
 class IndexMap:

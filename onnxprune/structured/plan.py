@@ -305,7 +305,7 @@ def make_plan(model: ModelProto | str | os.PathLike[str], dg: DependencyGraph, *
             counts[g.id] = _keep_count(g.size, _round_half_up(r * g.size), min_channels, round_to)
     keep = {g.id: keep_every_source(g, _top(scores[g.id], counts[g.id]), scores[g.id]) for g in groups}
     meta: dict[str, object] = {"ratio": ratio, "global_rank": global_rank, "round_to": round_to,
-                               "min_channels": min_channels, "seed": seed}
+                               "min_channels": min_channels, "seed": seed, "grouped_conv": dg.grouped_conv}
     fallbacks = {str(g.id): used for g in groups if (used := criterion_used(g, name)) != name}
     if fallbacks:  # JSON keys are strings; absent when every group was scored as named
         meta["criterion_fallbacks"] = fallbacks

@@ -1,9 +1,11 @@
 """Structured surgery: physically remove the planned channels.
 
-Every affected constant is sliced with ``np.take`` (initializers and Constant nodes alike; a constant read
-by several layers was tied into one group by the analysis, so one slice serves all readers), rules rewrite
-attributes and shape constants, stale ``value_info`` is replaced by re-inferred shapes, and the result is
-checked. Nothing is left behind that would slow the pruned model down (no Gather or Slice over weights).
+Every affected constant is sliced with ``np.take`` (initializers and Constant nodes alike; a weight read by
+several layers was tied into one group by the analysis, so one slice serves all readers; a shared bias or
+norm parameter whose readers lost different channels is stored once per version, each reader pointed at
+its own, see :mod:`onnxprune.structured.sharing`), rules rewrite attributes and shape constants, stale
+``value_info`` is replaced by re-inferred shapes, and the result is checked. Nothing is left behind that
+would slow the pruned model down (no Gather or Slice over weights).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from onnxprune.core.io import load_model
 from onnxprune.core.ir import GraphIndex, shape_skeleton, tensor_like
 from onnxprune.core.weights import copy_model_without_weights
 from onnxprune.structured.analysis import DependencyGraph, analyze, model_fingerprint
-from onnxprune.structured.axes import ChannelAxis
 from onnxprune.structured.plan import PrunePlan, check_plan
 from onnxprune.structured.rules.base import RewriteContext
 from onnxprune.structured.rules.registry import RuleSet, RuleSpec
+from onnxprune.structured.sharing import ConstVersion, reader_key
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +54,50 @@ def write_const(index: GraphIndex, name: str, value: np.ndarray, *, target: Tens
     node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(value, name)))
 
 
-def slice_consts(index: GraphIndex, kept: dict[ChannelAxis, np.ndarray], *,
+def slice_consts(index: GraphIndex, versions: Mapping[str, list[ConstVersion]], *,
                  targets: Mapping[str, TensorProto] | None = None) -> list[str]:
-    """Slice every constant with a kept slot; returns the names changed.
+    """Slice every cut constant; returns the names changed (copies of shared constants not included).
 
+    The first version of each constant keeps its name; every further version (a shared constant whose
+    readers lost different channels) is a new constant of the same kind, read by its readers only.
     Values are read through ``index``; an initializer named in ``targets`` is written into that tensor
     instead of the one ``index`` reads (so the source can be another, untouched model).
     """
     targets = targets or {}
-    by_tensor: dict[str, list[tuple[int, np.ndarray]]] = {}
-    for s, pos in kept.items():
-        if s.tensor in index.initializers or s.tensor in index.constant_nodes:
-            by_tensor.setdefault(s.tensor, []).append((s.axis, pos))
-    for name, cuts in by_tensor.items():
+    readers = {reader_key(n): n for n in index.graph.node}
+    for name, name_versions in versions.items():
         value = index.const_value(name)
         if value is None:
             raise OnnxPruneError(f"constant '{name}' has no readable value; cannot slice it")
-        for axis, pos in cuts:
-            value = np.take(value, pos, axis=axis)
-        write_const(index, name, value, target=targets.get(name))
+        for k, version in enumerate(name_versions):
+            if k == 0:
+                write_const(index, name, version.apply(value), target=targets.get(name))
+                continue
+            copy = _add_copy(index, name, version.apply(value), targets.get(name))
+            for key in version.readers:
+                node = readers[key]
+                for i, inp in enumerate(node.input):
+                    if inp and index.is_constant(inp) and index.resolve_identity(inp) == name:
+                        node.input[i] = copy
         del value
-    return list(by_tensor)
+    return list(versions)
+
+
+def _add_copy(index: GraphIndex, name: str, value: np.ndarray, target: TensorProto | None) -> str:
+    """A new constant of the same kind and dtype as ``name`` holding ``value``; returns its name."""
+    copy = index.unique_name(name)
+    if name in index.initializers:
+        tensor = tensor_like(index.initializers[name] if target is None else target, value)
+        tensor.name = copy
+        index.graph.initializer.append(tensor)
+        return copy
+    original = index.constant_nodes[name]
+    position = next(i for i, n in enumerate(index.graph.node) if n is original)
+    dtype = np.asarray(index.const_value(name)).dtype
+    node = helper.make_node("Constant", [], [copy], name=copy,
+                            value=numpy_helper.from_array(np.ascontiguousarray(value).astype(dtype), copy))
+    index.graph.node.insert(position + 1, node)
+    return copy
 
 
 class _ConstSetter:
@@ -167,8 +192,8 @@ def apply_plan(model: ModelProto | str | os.PathLike[str], plan: PrunePlan, *, d
     if fingerprint != plan.fingerprint:
         raise PlanError(f"the plan was made for another model (fingerprint {plan.fingerprint[:12]} != "
                         f"{fingerprint[:12]}); make a new plan for this model")
-    if dg is None:
-        dg = analyze(src, extra_rules=extra_rules)
+    if dg is None:  # the plan's groups are those of the analysis it was made with
+        dg = analyze(src, extra_rules=extra_rules, grouped_conv=str(plan.meta.get("grouped_conv", "within")))
     elif dg.fingerprint != fingerprint:
         raise PlanError("the dependency graph passed as dg= belongs to another model; omit dg= to re-analyse")
     check_plan(plan, dg)
@@ -201,7 +226,7 @@ def apply_plan(model: ModelProto | str | os.PathLike[str], plan: PrunePlan, *, d
         rule = rules.lookup(node.domain, node.op_type, index.opset)
         if rule is not None:
             rule.rewrite(node, rctx)
-    slice_consts(index, kept, targets=targets)
+    slice_consts(index, dg.const_versions(plan.keep), targets=targets)
     index.initializers.update(targets)
     _remove_unused(m, setter.replaced)
     _refresh_value_info(m, src, original_vi)

@@ -153,3 +153,9 @@ def test_plot_bars_are_named_by_layer(tmp_path, capsys):
     text = svg.read_text()
     assert "/features/features.0/Conv (+3)" in text
     assert "group 0" not in text
+
+
+def test_markdown_states_the_tolerance_rule_of_each_validation():
+    exact = validate_models(mlp(), mlp(), samples=2, scale="output").to_dict()
+    text = render_markdown(report={"mode": "structured", "validation": {"exact": exact}})
+    assert "(max|diff| <= atol + rtol * max|original| per output)" in text

@@ -104,8 +104,20 @@ class _Context:
         return ChannelAxis(name, axis)
 
 
+#: How grouped convolutions are cut: ``within`` removes the same channels inside every group and keeps
+#: ``group`` (DepGraph's way); ``whole`` removes whole groups and lowers ``group``.
+GROUPED_CONV_MODES = ("within", "whole")
+
+
 class RuleContext(_Context):
-    """What a rule may read during analysis: shapes, constants and attributes, all by tensor name."""
+    """What a rule may read during analysis: shapes, constants and attributes, all by tensor name.
+
+    ``grouped_conv`` is one of :data:`GROUPED_CONV_MODES`.
+    """
+
+    def __init__(self, index: GraphIndex, shapes: dict[str, tuple], *, grouped_conv: str = "within") -> None:
+        super().__init__(index, shapes)
+        self.grouped_conv = grouped_conv
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The static shape of a tensor; raises :class:`Blocked` when any dim is unknown."""

@@ -1,8 +1,17 @@
 """Rules for layers with weights: Conv, ConvTranspose, Gemm, MatMul.
 
 These are where groups start (a weight's output axis is a *source*) and end (a weight's input axis is a
-*sink*, which absorbs the cut). Grouped and depthwise convolutions are neither: they tie each input group
-to its output group, so a group is pruned whole and the ``group`` attribute is rewritten.
+*sink*, which absorbs the cut). A grouped Conv (``group`` g, weight ``[M, C/g, k...]``) is cut one of two
+ways, chosen by the analysis option ``grouped_conv``:
+
+* ``within`` (the default, DepGraph's way): the same channels go inside every group and ``group`` stays.
+  Input channel ``j`` is column ``j % (C/g)`` of the weight's axis 1, a sink (zeroing that column silences
+  input ``j`` of every group at once), and output channel ``o`` is tied to ``o % (M/g)``, so every group
+  keeps as many outputs. Input and output channels are independent groups.
+* ``whole``: each input group is tied to its output group, whole groups go and ``group`` shrinks.
+
+Depthwise convolutions (one input channel per group) and grouped ConvTranspose are always cut by whole
+groups: there is nothing to remove inside a group of one.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import NodeProto
 
+from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.ir import node_label
 from onnxprune.structured.axes import ChannelAxis, Coupling, Identity, Table
 from onnxprune.structured.rules.base import Blocked, OpRule, RewriteContext, RuleContext, is_output, which_input
@@ -26,7 +36,7 @@ class ConvRule(OpRule):
     """Conv: weight ``[M, C/g, k...]``; ConvTranspose: weight ``[C, M/g, k...]``; optional bias ``[M]``."""
 
     def seeds(self, node: NodeProto, ctx: RuleContext) -> list[ChannelAxis]:
-        if ctx.is_const(node.input[1]) and ctx.attr(node, "group", 1) == 1:
+        if ctx.is_const(node.input[1]) and (ctx.attr(node, "group", 1) == 1 or _within(node, ctx)):
             return [ctx.slot(node.output[0], 1)]
         return []
 
@@ -61,6 +71,14 @@ class ConvRule(OpRule):
             if side == "in":
                 return [Coupling(in_slot, ctx.slot(w, w_in), role="sink", input_index=1)]
             return [Coupling(out_slot, ctx.slot(w, w_out), role="source", input_index=1), *out_params]
+        if _within(node, ctx):
+            cin_g, cout_g = ctx.shape(w)[1], ctx.shape(w)[0] // group
+            if side == "in":
+                j = np.arange(cin_g * group)
+                return [Coupling(in_slot, ctx.slot(w, 1), Table(j % cin_g, j), role="sink", input_index=1)]
+            o = np.arange(cout_g * group)
+            return [_tie(out_slot, out_slot, o, o % cout_g),
+                    Coupling(out_slot, ctx.slot(w, 0), role="source", input_index=1), *out_params]
         if slot == ctx.slot(w, 1):
             raise Blocked(f"{node_label(node)} (group={group}) holds per-group input channels on axis 1 of "
                           f"'{w}'; they cannot be cut")
@@ -80,11 +98,29 @@ class ConvRule(OpRule):
         return [*ties, Coupling(out_slot, w_slot, w_map, role="source", input_index=1), *out_params]
 
     def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
+        """``group`` becomes the number of groups that keep outputs (unchanged when every group keeps some)."""
         group = ctx.int_attr(node, "group", 1)
         y = node.output[0]
         if group > 1 and ctx.changed(y, 1):
             cout_g = ctx.shape(y)[1] // group
-            ctx.set_attr(node, "group", len(ctx.kept(y, 1)) // cout_g)
+            per_group = np.bincount(ctx.kept(y, 1) // cout_g, minlength=group)
+            left = per_group[per_group > 0]
+            if len(set(left.tolist())) != 1:
+                raise OnnxPruneError(f"{node_label(node)}: groups keep {per_group.tolist()} output channels, not "
+                                     f"the same number; this is a bug in the Conv rule, please report it")
+            ctx.set_attr(node, "group", len(left))
+
+
+def _within(node: NodeProto, ctx: RuleContext) -> bool:
+    """Whether a grouped Conv is cut inside its groups (option ``within``, more than one channel per group
+    on both sides, weight constant)."""
+    if node.op_type != "Conv" or ctx.grouped_conv != "within" or not ctx.is_const(node.input[1]):
+        return False
+    group = ctx.int_attr(node, "group", 1)
+    shape = ctx.index.const_shape(node.input[1])
+    if group <= 1 or not shape or len(shape) < 2:
+        return False
+    return int(shape[1]) > 1 and int(shape[0]) // group > 1
 
 
 def _contract(node: NodeProto, a: str, a_axis: int, b: str, b_axis: int, ctx: RuleContext) -> list[Coupling]:

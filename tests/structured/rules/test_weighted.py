@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
-from oracle_check import check_prune, first_group, prove_random_cuts, sandwich
+from oracle_check import check_prune, prove_random_cuts, sandwich
 
 from onnxprune.structured.analysis import analyze
 
@@ -28,15 +28,55 @@ def test_conv_variants(attrs: dict) -> None:
     prove_random_cuts(model)
 
 
+def _group_attr(model: onnx.ModelProto, k: int) -> int:
+    conv = [n for n in model.graph.node if n.op_type == "Conv"][k]
+    return int(helper.get_attribute_value(next(a for a in conv.attribute if a.name == "group")))
+
+
 @pytest.mark.parametrize(("group", "mult"), [(2, 1), (3, 2)])
 def test_grouped_conv_drops_whole_groups_and_rewrites_group(group: int, mult: int) -> None:
     c_out = 6 * mult
     model = sandwich(lambda g, y: g.op("Relu", [g.conv(y, 6, c_out, group=group)]), c_mid=c_out)
-    dg, grp = first_group(model)
-    assert grp.size == group  # one root channel per conv group
-    _, plan, pruned = check_prune(model, ratio=0.5)
-    conv = [n for n in pruned.graph.node if n.op_type == "Conv"][1]
-    assert helper.get_attribute_value(next(a for a in conv.attribute if a.name == "group")) == len(plan.keep[0])
+    dg = analyze(model, grouped_conv="whole")
+    assert dg.groups[0].size == group  # one root channel per conv group
+    _, plan, pruned = check_prune(model, ratio=0.5, grouped_conv="whole")
+    assert _group_attr(pruned, 1) == len(plan.keep[0])
+    assert plan.meta["grouped_conv"] == "whole"
+
+
+@pytest.mark.parametrize(("group", "c_in", "c_out"), [(2, 6, 6), (3, 6, 12), (4, 8, 8)])
+def test_grouped_conv_within_groups_keeps_group_and_cuts_every_group_alike(group: int, c_in: int,
+                                                                           c_out: int) -> None:
+    """DepGraph's way (the default): input and output channels are separate groups whose root channels are
+    positions inside a conv group; every conv group loses the same ones, ``group`` is unchanged."""
+    model = sandwich(lambda g, y: g.op("Relu", [g.conv(y, c_in, c_out, group=group)]), c=c_in, c_mid=c_out)
+    dg = analyze(model)
+    into, out = dg.groups[0], dg.groups[1]
+    assert (into.size, out.size) == (c_in // group, c_out // group) and into.prunable and out.prunable
+    w = [c for c in into.sinks if c.axis == 1][0]  # the grouped conv's weight axis 1 absorbs the input cut
+    assert w.op_type == "Conv" and w.positions(np.array([0])).tolist() == [0]
+    dg, plan, pruned = check_prune(model, ratio=0.5)
+    assert plan.meta["grouped_conv"] == "within" and _group_attr(pruned, 1) == group
+    weights = {t.name: tuple(t.dims) for t in pruned.graph.initializer}
+    grouped_w = [n for n in pruned.graph.node if n.op_type == "Conv"][1].input[1]
+    assert weights[grouped_w][:2] == (group * len(plan.keep[out.id]), len(plan.keep[into.id]))
+    assert len(plan.keep[into.id]) < into.size and len(plan.keep[out.id]) < out.size
+    for seed in range(3):
+        check_prune(model, plan="random", seed=seed)
+
+
+def test_grouped_conv_within_one_input_channel_dropped_in_every_group() -> None:
+    """Dropping root 1 of the input group removes input channel 1 of every conv group (1, 4, 7 of 9)."""
+    model = sandwich(lambda g, y: g.op("Relu", [g.conv(y, 9, 6, group=3)]), c=9, c_mid=6)
+    dg = analyze(model)
+    into = dg.groups[0]
+    src = into.sources[0]
+    assert src.positions(np.array([1])).tolist() == [1, 4, 7]
+    from onnxprune.structured.plan import PrunePlan
+
+    plan = PrunePlan(fingerprint=dg.fingerprint, keep={into.id: [0, 2]}, sizes={into.id: 3})
+    _, _, pruned = check_prune(model, plan=plan)
+    assert _group_attr(pruned, 1) == 3
 
 
 @pytest.mark.parametrize("mult", [1, 2])
@@ -128,3 +168,50 @@ def test_conv_with_runtime_weight_is_blocked() -> None:
     model = g.build([builders.vinfo("x", [1, 3, 5, 5])], [builders.vinfo("out", [1, 4, 5, 5])])
     dg = analyze(model)
     assert "weights computed at runtime" in " ".join(dg.groups[0].blockers)
+
+
+@pytest.mark.parametrize("mode", ["within", "whole"])
+def test_regnet_grouped_convs_are_cut_exactly_either_way(mode: str) -> None:
+    """torchvision RegNetX-400MF (grouped 3x3 convs of 4 channels per group): both ways proven by the oracle."""
+    from onnxprune.core.io import load_model
+
+    model = load_model("models/tv_regnet_x_400mf.onnx")
+    dg, plan, pruned = check_prune(model, ratio=0.5, grouped_conv=mode, evaluator=False)
+    groups = {n.name: _group_attr(model, k) for k, n in enumerate(n for n in model.graph.node if n.op_type == "Conv")}
+    after = {n.name: _group_attr(pruned, k) for k, n in enumerate(n for n in pruned.graph.node if n.op_type == "Conv")}
+    grouped = [name for name, g in groups.items() if g > 1]
+    assert grouped
+    if mode == "within":
+        assert all(after[name] == groups[name] for name in grouped)
+    else:
+        assert all(after[name] < groups[name] for name in grouped if groups[name] > 2)
+    check_prune(model, plan="random", seed=1, grouped_conv=mode, evaluator=False)
+
+
+@pytest.mark.parametrize("mode", ["within", "whole"])
+def test_cli_grouped_conv_option_reaches_the_cut_and_the_plan(mode: str, tmp_path) -> None:
+    from onnxprune.cli.main import main
+    from onnxprune.core.io import load_model
+    from onnxprune.structured.plan import PrunePlan
+
+    model = sandwich(lambda g, y: g.op("Relu", [g.conv(y, 8, 8, group=2)]), c=8, c_mid=8)
+    src, out, plan = tmp_path / "m.onnx", tmp_path / "p.onnx", tmp_path / "plan.json"
+    onnx.save(model, src)
+    assert main(["prune", str(src), "-o", str(out), "--ratio", "0.5", "--grouped-conv", mode, "--plan-out", str(plan),
+                 "--quiet"]) == 0
+    assert _group_attr(load_model(out), 1) == (2 if mode == "within" else 1)
+    assert PrunePlan.load(plan).meta["grouped_conv"] == mode
+    # The saved plan is applied with the groups it was made with, whatever --grouped-conv says now.
+    again = tmp_path / "again.onnx"
+    assert main(["prune", str(src), "-o", str(again), "--plan-in", str(plan), "--quiet"]) == 0
+    assert _group_attr(load_model(again), 1) == _group_attr(load_model(out), 1)
+
+
+def test_bad_grouped_conv_mode_is_a_config_error() -> None:
+    from onnxprune.config import PruneConfig
+    from onnxprune.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--grouped-conv must be within or whole"):
+        PruneConfig(mode="structured", grouped_conv="half").validate_options()
+    with pytest.raises(ConfigError, match="grouped_conv must be one of within, whole"):
+        analyze(builders.depthwise(), grouped_conv="half")
