@@ -40,6 +40,7 @@ MODES_OF: dict[str, tuple[str, ...]] = {
     "global_rank": ("structured",),
     "round_to": ("structured",),
     "min_channels": ("structured",),
+    "grouped_conv": ("structured",),
     "plan_in": ("structured",),
     "plan_out": ("structured",),
     "target_macs": ("structured",),
@@ -55,8 +56,8 @@ _INSTEAD: dict[tuple[str, str], str] = {
 }
 
 #: Options a saved plan decides: with ``plan_in`` they would be ignored.
-PLAN_DECIDES = ("ratio", "scope", "global_rank", "round_to", "min_channels", "importance", "target_macs",
-                "target_params", "max_error")
+PLAN_DECIDES = ("ratio", "scope", "global_rank", "round_to", "min_channels", "grouped_conv", "importance",
+                "target_macs", "target_params", "max_error")
 
 #: Options read only when another one is set: option -> (the options, any of which enables it).
 NEEDS: dict[str, tuple[str, ...]] = {

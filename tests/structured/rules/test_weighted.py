@@ -211,7 +211,9 @@ def test_bad_grouped_conv_mode_is_a_config_error() -> None:
     from onnxprune.config import PruneConfig
     from onnxprune.core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="--grouped-conv must be within or whole"):
-        PruneConfig(mode="structured", grouped_conv="half").validate_options()
+    with pytest.raises(ConfigError, match="^grouped_conv must be within or whole, got 'half'"):
+        PruneConfig(mode="structured", grouped_conv="half")
+    with pytest.raises(ConfigError, match=r"grouped_conv does not apply to mode='unstructured'"):
+        PruneConfig(mode="unstructured", grouped_conv="whole")
     with pytest.raises(ConfigError, match="grouped_conv must be one of within, whole"):
         analyze(builders.depthwise(), grouped_conv="half")
