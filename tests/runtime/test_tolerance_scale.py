@@ -94,3 +94,19 @@ def test_one_wrongly_sliced_channel_in_a_large_magnitude_output_still_fails() ->
     report = validate_models(reference, pruned, scale="output")
     assert not report, report.summary()
     assert report.comparison("cpu").output("out").max_abs > 1.0
+
+
+def test_the_pipeline_default_tolerance_catches_a_small_value_moved_beside_large_ones() -> None:
+    """Per-output scale must not become a licence: with the pipeline's defaults (``PruneConfig().atol/rtol``),
+    a score-sized error (0.1) in an output whose boxes reach 640 still fails. rtol 1e-3 would let it pass
+    (640 * 1e-3 = 0.64), which is why the exactness default is 1e-4: 10x the rounding seen on YOLO heads
+    (0.00729 / 640 = 1.1e-5)."""
+    cfg = op.PruneConfig()
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.uniform(0, 640, (1, 4, 100)), rng.uniform(0, 1, (1, 80, 100))], axis=1)
+    ref = ref.astype(np.float32)
+    rounding = ref + (rng.standard_normal(ref.shape) * 1e-5 * 640).astype(np.float32)
+    assert compare_outputs({"y": ref}, {"y": rounding}, atol=cfg.atol, rtol=cfg.rtol, scale="output")
+    wrong = ref.copy()
+    wrong[0, 10, :] += 0.1  # one score channel shifted: what a wrongly sliced channel looks like there
+    assert not compare_outputs({"y": ref}, {"y": wrong}, atol=cfg.atol, rtol=cfg.rtol, scale="output")
