@@ -100,7 +100,7 @@ class PruneConfig:
     # structured
     ratio: float = 0.3
     global_rank: bool = False
-    round_to: int | None = None
+    round_to: int | str | None = "auto"  # "auto": widths chosen by measured latency (onnxprune/speed.py)
     min_channels: int = 1
     importance: str = "l2"
     grouped_conv: str = "within"  # grouped convs: "within" every group (group kept) or "whole" groups
@@ -125,11 +125,13 @@ class PruneConfig:
     providers: tuple[str, ...] = ("cpu",)
     validation_data: str | None = None
     # benchmark
-    bench: bool = False
+    bench: bool | None = None  # None: on for structured prunes of small models (speed.AUTO_BENCH_MACS)
     bench_batches: tuple[int, ...] = (1, 8)
     bench_runs: int = BENCH_RUNS
     bench_warmup: int = BENCH_WARMUP
     threads: int | None = None
+    allow_slower: bool = False  # keep a result the benchmark finds slower than the original
+    latency_cache: bool = True  # read and write measured layer latency in the user cache folder
     # output
     external_data: bool | None = None
 
@@ -215,8 +217,9 @@ class PruneConfig:
             parse_nm(self.nm)
         if self.min_size < 0:
             raise ConfigError(f"{opt('min_size')} must be >= 0, got {self.min_size}")
-        if self.round_to is not None and self.round_to < 1:
-            raise ConfigError(f"{opt('round_to')} must be >= 1, got {self.round_to}")
+        if self.round_to is not None and self.round_to != "auto" and (
+                isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1):
+            raise ConfigError(f"{opt('round_to')} must be auto or an integer >= 1, got {self.round_to!r}")
         if self.min_channels < 1:
             raise ConfigError(f"{opt('min_channels')} must be >= 1, got {self.min_channels}")
         if self.grouped_conv not in ("within", "whole"):

@@ -1,0 +1,288 @@
+"""Widths chosen by measured latency, latency predictions, and the never-slower decision.
+
+Why here (beside the pipeline): the structured layer knows groups and builds one-layer models
+(:mod:`onnxprune.structured.layer_models`), the runtime layer times models and caches the results
+(:mod:`onnxprune.runtime.latency`); neither may import the other. This module joins them: a
+:class:`LatencyModel` times each group's layers at the widths ``round_to="auto"`` may choose, hands
+``make_plan`` a width chooser, predicts a plan's speedup, and :func:`speed_decision` turns a benchmark of
+the result into keep / retry with rounder widths / refuse.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from onnx import ModelProto
+
+from onnxprune.config import PruneConfig
+
+log = logging.getLogger(__name__)
+
+#: Structured prunes of models up to this many MACs (at the batch analysed) are benchmarked by default.
+AUTO_BENCH_MACS = 50_000_000
+#: Runs of the default benchmark (``--bench`` uses ``--runs``); enough for the spread-aware decision.
+AUTO_BENCH_RUNS = 30
+#: Seconds of layer timing ``round_to="auto"`` may spend per prune (cached results cost nothing).
+LATENCY_BUDGET_S = 2.0
+#: Widths whose measured cost is within this share of the fastest count as equally fast.
+NEAR_TIE = 0.02
+#: The retry after a slower result rounds widths up to multiples of this.
+RETRY_ROUND_TO = 16
+
+
+def _ceil_to(k: int, step: int, size: int) -> int:
+    return min(size, -(-k // step) * step)
+
+
+def _batch_dims(model: ModelProto, dims: Mapping[str, int], batch: int) -> dict[str, int] | None:
+    """``dims`` with every input's first axis set to ``batch``; ``None`` when an input's batch is fixed otherwise."""
+    out = dict(dims)
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in inits or not vi.type.tensor_type.shape.dim:
+            continue
+        first = vi.type.tensor_type.shape.dim[0]
+        if first.dim_value:
+            if first.dim_value != batch:
+                return None
+        elif first.dim_param:
+            out[first.dim_param] = batch
+        else:
+            out[f"{vi.name}:0"] = batch
+    return out
+
+
+class LatencyModel:
+    """Measured per-layer latency of a model's groups at candidate widths (see the module doc).
+
+    Each group is timed on first use, its candidate widths and its full width in one alternating set
+    per batch, until ``budget_s`` is spent; groups past the budget fall back to rounding up to 8.
+    """
+
+    def __init__(self, model: ModelProto, dg: Any, *, batches: Sequence[int], dims: Mapping[str, int],
+                 timer: Any, cache: Any, budget_s: float = LATENCY_BUDGET_S) -> None:
+        self.model, self.dg, self.timer, self.cache, self.budget_s = model, dg, timer, cache, budget_s
+        self.batches = tuple(int(b) for b in batches)
+        self.dims = dict(dims)
+        self._shapes: dict[int, Mapping[str, tuple] | None] = {}
+        self._sigs: dict[int, dict[int, dict[str, str]]] = {}  # group -> width -> layer -> signature
+        self._ms: dict[tuple[str, int], float] = {}
+        self.seconds = 0.0
+        self.timed = self.cached = 0
+        self.untimed: set[int] = set()
+        self.choices: dict[int, dict[str, Any]] = {}
+
+    def _shapes_at(self, batch: int) -> Mapping[str, tuple] | None:
+        if batch not in self._shapes:
+            from onnxprune.core.shapefold import infer_shapes
+
+            dims = _batch_dims(self.model, self.dims, batch)
+            self._shapes[batch] = None if dims is None else infer_shapes(self.model, dims)
+        return self._shapes[batch]
+
+    def _measure(self, group: Any, widths: Sequence[int]) -> bool:
+        """Time ``group``'s layers at ``widths`` (plus its full width); False when nothing could be timed."""
+        from onnxprune.runtime.latency import measure
+        from onnxprune.structured.layer_models import layer_models
+
+        widths = sorted(set(widths) | {group.size})
+        known = self._sigs.setdefault(group.id, {})
+        todo = [w for w in widths if w not in known]
+        sets = []
+        for batch in self.batches:
+            shapes = self._shapes_at(batch)
+            if shapes is None or not todo:
+                continue
+            layers = layer_models(self.model, self.dg, group, todo, shapes)
+            for lm in layers:
+                known.setdefault(lm.width, {})[lm.node] = lm.signature
+            sets.append((batch, [(lm.signature, lm.model) for lm in layers]))
+        if sets:
+            left = max(0.0, self.budget_s - self.seconds)
+            got = measure(sets, timer=self.timer, cache=self.cache, budget_s=left)
+            self._ms.update(got.ms)
+            self.seconds += got.seconds
+            self.timed += got.timed
+            self.cached += got.cached
+        ok = all(self._cost_parts(group.id, w) is not None for w in widths)
+        if not ok:
+            self.untimed.add(group.id)
+        return ok
+
+    def _cost_parts(self, gid: int, width: int) -> list[tuple[float, float]] | None:
+        """``[(ms at width, ms at full width)]`` per batch and layer; ``None`` if any is missing."""
+        sigs = self._sigs.get(gid, {})
+        size = self.dg.groups[gid].size
+        full, here = sigs.get(size, {}), sigs.get(width, {})
+        if not full or set(full) != set(here):
+            return None
+        parts = []
+        for batch in self.batches:
+            if self._shapes.get(batch) is None:
+                continue
+            for node, sig in here.items():
+                a, b = self._ms.get((sig, batch)), self._ms.get((full[node], batch))
+                if a is None or b is None:
+                    return None
+                parts.append((a, b))
+        return parts or None
+
+    def relative_cost(self, gid: int, width: int) -> float | None:
+        """The group's layer time at ``width`` over that at full width, summed over layers and batches
+        (each batch weighted equally)."""
+        parts = self._cost_parts(gid, width)
+        if parts is None:
+            return None
+        return sum(a for a, _ in parts) / max(sum(b for _, b in parts), 1e-12)
+
+    def choose(self, group: Any, k: int) -> int:
+        """The :data:`~onnxprune.structured.plan.WidthChooser` of ``round_to="auto"``."""
+        from onnxprune.structured.plan import AUTO_FALLBACK, auto_candidates
+
+        candidates = auto_candidates(group.size, k)
+        fallback = _ceil_to(k, AUTO_FALLBACK, group.size)
+        if len(candidates) == 1 or not self._measure(group, candidates):
+            self.choices[group.id] = {"asked": k, "chosen": fallback if len(candidates) > 1 else k,
+                                      "timed": False}
+            return int(self.choices[group.id]["chosen"])
+        costs = {w: self.relative_cost(group.id, w) for w in candidates}
+        best = min(c for c in costs.values() if c is not None)
+        near = [w for w, c in costs.items() if c is not None and c <= best * (1 + NEAR_TIE)]
+        chosen = min(near, key=lambda w: (abs(w - k), -w))
+        self.choices[group.id] = {"asked": k, "chosen": chosen, "timed": True,
+                                  "relative_ms": {str(w): round(c, 4) for w, c in costs.items() if c is not None}}
+        return chosen
+
+    def predict_speedup(self, keep_counts: Mapping[int, int]) -> dict[int, float]:
+        """Predicted speedup per batch of a plan keeping ``keep_counts[group]`` channels.
+
+        Each heavy layer's time at full width is scaled by its measured factor in every group that cuts it
+        (independent factors: a conv's input and output widths); the rest of the model is assumed to
+        scale like those layers. Groups that could not be timed scale their layers by kept/size.
+        """
+        for gid, k in keep_counts.items():
+            g = self.dg.groups[gid]
+            if k < g.size and self._cost_parts(gid, k) is None and gid not in self.untimed:
+                self._measure(g, [k])
+        out: dict[int, float] = {}
+        for batch in self.batches:
+            if self._shapes.get(batch) is None:
+                continue
+            full_ms: dict[str, float] = {}
+            factor: dict[str, float] = {}
+            for gid, k in keep_counts.items():
+                g = self.dg.groups[gid]
+                sigs = self._sigs.get(gid, {})
+                for node, sig in sigs.get(g.size, {}).items():
+                    base = self._ms.get((sig, batch))
+                    here = self._ms.get((sigs.get(k, {}).get(node, ""), batch))
+                    if base is None:
+                        continue
+                    full_ms[node] = base
+                    share = here / base if here is not None else k / g.size
+                    factor[node] = factor.get(node, 1.0) * share
+            total = sum(full_ms.values())
+            if total > 0:
+                out[batch] = total / max(sum(full_ms[n] * factor[n] for n in full_ms), 1e-12)
+        return out
+
+    def report(self) -> dict[str, Any]:
+        """JSON-able summary: cache use, time spent, groups left untimed, the widths chosen."""
+        return {"batches": list(self.batches), "budget_s": self.budget_s, "seconds": round(self.seconds, 3),
+                "layers_timed": self.timed, "layers_cached": self.cached,
+                "cache": str(self.cache.path) if self.cache.path is not None else None,
+                "groups_untimed": sorted(self.untimed),
+                "choices": {str(g): c for g, c in sorted(self.choices.items())}}
+
+
+def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any = None) -> LatencyModel:
+    """The :class:`LatencyModel` of a prune run: first provider, ``threads``, bench batches, the user cache."""
+    from onnxprune.runtime.latency import LatencyCache, onnxruntime_timer, table_key
+    from onnxprune.runtime.session import parse_providers
+
+    provider = parse_providers(config.providers)[0]
+    key = table_key(provider=provider, threads=config.threads, fingerprint=dg.fingerprint) \
+        if config.latency_cache else None
+    return LatencyModel(model, dg, batches=config.bench_batches, dims=config.dims,
+                        timer=timer or onnxruntime_timer(provider=provider, threads=config.threads),
+                        cache=LatencyCache.open(key))
+
+
+def bench_wanted(config: PruneConfig, macs: int) -> bool:
+    """``--bench``, or by default a structured prune of a model small enough to time in a few seconds."""
+    if config.bench is not None:
+        return bool(config.bench)
+    return config.mode == "structured" and config.validate and 0 < macs <= AUTO_BENCH_MACS
+
+
+@dataclass(frozen=True)
+class SpeedDecision:
+    """What to do with a benchmarked result: keep it, retry with ``retry`` config, or refuse (``refuse``)."""
+
+    verdicts: tuple[Any, ...]
+    message: str | None = None
+    retry: PruneConfig | None = None
+    refuse: bool = False
+
+
+def retry_config(config: PruneConfig) -> PruneConfig | None:
+    """The config of the one retry after a slower result: widths rounded up to multiples of 16 (or 2x the
+    ``round_to`` asked); ``None`` when widths cannot change (a saved plan, or not structured)."""
+    if config.mode != "structured" or config.plan_in:
+        return None
+    step = config.round_to if isinstance(config.round_to, int) else None
+    return config.with_(round_to=RETRY_ROUND_TO if step is None or step < RETRY_ROUND_TO else 2 * step)
+
+
+def speed_decision(bench: Mapping[str, Any], config: PruneConfig, *, retried: bool) -> SpeedDecision:
+    """Keep, retry once with rounder widths, or refuse a result that is slower beyond the measured spread."""
+    from onnxprune.runtime.speed_verdict import bench_verdicts
+
+    verdicts = tuple(bench_verdicts(bench))
+    slow = [v for v in verdicts if v.slower]
+    if not slow:
+        return SpeedDecision(verdicts)
+    where = ", ".join(f"{v.provider} batch {v.batch}: {v.speedup:.2f}x (95% {v.low:.2f}-{v.high:.2f})" for v in slow)
+    retry = None if retried else retry_config(config)
+    if retry is not None:
+        return SpeedDecision(verdicts, f"the pruned model ran slower than the original ({where}); retrying with "
+                                       f"--round-to {retry.round_to}", retry=retry)
+    if config.allow_slower:
+        return SpeedDecision(verdicts, f"the pruned model is SLOWER than the original ({where}); kept because of "
+                                       f"--allow-slower")
+    return SpeedDecision(verdicts, f"the pruned model is slower than the original ({where}), so it was not "
+                                   f"saved; try a lower --ratio or a larger --round-to, or pass --allow-slower",
+                         refuse=True)
+
+
+def latency_report(latency: LatencyModel | None, keep_counts: Mapping[int, int],
+                   bench: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The report's ``latency``: the table's use, predicted speedup per batch and, with a benchmark, the
+    measured one and the prediction's error (predicted latency / measured latency - 1)."""
+    if latency is None:
+        return None
+    out = latency.report()
+    predicted = latency.predict_speedup(keep_counts)
+    rows = []
+    results = {(r["model"], r["batch"]): r for r in (bench or {}).get("results", [])}
+    for batch, sp in sorted(predicted.items()):
+        row: dict[str, Any] = {"batch": batch, "predicted_speedup": round(sp, 4)}
+        base, pruned = results.get(("original", batch)), results.get(("pruned", batch))
+        if base and pruned and pruned.get("p50_ms"):
+            measured = float(base["p50_ms"]) / float(pruned["p50_ms"])
+            predicted_ms = float(base["p50_ms"]) / sp
+            row.update(measured_speedup=round(measured, 4), predicted_ms=round(predicted_ms, 4),
+                       measured_ms=round(float(pruned["p50_ms"]), 4),
+                       error=round(predicted_ms / float(pruned["p50_ms"]) - 1, 4))
+        rows.append(row)
+    out["prediction"] = rows
+    return out
+
+
+def keep_counts(plan: Any) -> dict[int, int]:
+    """Kept width per group of a ``PrunePlan``."""
+    return {int(g): len(k) for g, k in plan.keep.items()} if plan is not None else {}
+
