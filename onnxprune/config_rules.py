@@ -225,7 +225,9 @@ def check_applicable(given: Iterable[str], values: Mapping[str, Any]) -> None:
             raise ConfigError(f"{opt(param)} does not apply with {opt('plan_in')}: the saved plan fixes the "
                               f"channels kept; drop one of the two")
     for param, enablers in NEEDS.items():
-        if param in given and not any(values.get(e) for e in enablers):
+        # bench None is "automatic": a structured prune may time (onnxprune/speed.py), the other modes do not
+        auto = values.get("bench") is None and mode == "structured"
+        if param in given and not any(values.get(e) or (e == "bench" and auto) for e in enablers):
             needed = " or ".join(opt(e) for e in enablers)
             raise ConfigError(f"{opt(param)} applies only with {needed}; add it or drop {opt(param)}")
     if values.get("max_error") is not None and not values.get("calib"):

@@ -174,8 +174,8 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
         report["accuracy"] = {"before": _jsonable(before), "after": _jsonable(after)}
 
     if bench_on:
-        report["bench"] = _jsonable((timer or _benchmark)(baseline, pruned, config))
-        from onnxprune.speed import keep_counts, latency_report, speed_decision
+        report["bench"] = dict((timer or _benchmark)(baseline, pruned, config))
+        from onnxprune.speed import speed_decision
 
         decision = speed_decision(report["bench"], config, retried=first_try is not None)
         report["speed"] = {"verdicts": [v.to_dict() for v in decision.verdicts], "retried": first_try is not None}
@@ -194,6 +194,8 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
             log.warning(slower)
             warnings.append(slower)
     if latency is not None:
+        from onnxprune.speed import keep_counts, latency_report
+
         report["latency"] = latency_report(latency, keep_counts(plan), report.get("bench"))
 
     saved = None
@@ -219,9 +221,10 @@ def _benchmark(baseline: str | os.PathLike[str] | ModelProto, pruned: ModelProto
     from onnxprune.speed import AUTO_BENCH_RUNS
 
     auto = config.bench is None
-    return benchmark([baseline, pruned], names=["original", "pruned"], providers=config.providers,
-                     batches=config.bench_batches, runs=AUTO_BENCH_RUNS if auto else config.bench_runs,
-                     warmup=config.bench_warmup, threads=config.threads, dims=config.dims, memory=not auto)
+    return _jsonable(benchmark([baseline, pruned], names=["original", "pruned"], providers=config.providers,
+                     batches=config.bench_batches,
+                     runs=AUTO_BENCH_RUNS if auto and "bench_runs" not in config.given else config.bench_runs,
+                     warmup=config.bench_warmup, threads=config.threads, dims=config.dims, memory=not auto))
 
 
 def _fold(model: ModelProto, warnings: list[str]) -> tuple[ModelProto, list[str]]:
@@ -329,7 +332,8 @@ def _sparse_scores(original: ModelProto, config: PruneConfig) -> Any:
 
 
 def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[str], scratch: Path,
-                    bench_on: bool = False) -> tuple[ModelProto, ModelProto | Path | _ExactBeforeRecovery | None, Any, dict[str, Any]]:
+                    bench_on: bool = False
+                    ) -> tuple[ModelProto, ModelProto | Path | _ExactBeforeRecovery | None, Any, dict[str, Any]]:
     from onnxprune.runtime.session import SESSION_FILE_BYTES
     from onnxprune.structured.analysis import analyze
     from onnxprune.structured.oracle import write_zeroed_reference, zeroed_reference
@@ -358,7 +362,7 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
                               min_channels=config.min_channels, exclude=config.exclude, seed=config.seed,
                               plan=plan_in, group_ratios=group_ratios, dg=dg,
                               statistics=_structured_statistics(original, dg, config),
-                              width_chooser=latency.choose if latency is not None and plan_in is None else None)
+                              width_chooser=None if latency is None or plan_in else latency.choose)
     # The reference is a full copy of the model, needed only to prove exactness (skip it with --no-validate):
     # a big one goes straight to a file, one tensor at a time, from which onnxruntime maps it when it runs
     # (measured on a 0.4 GB model, tools/bench_large.py: validated structured peak 2.96x -> 2.13x its size).
@@ -391,7 +395,7 @@ def _warn_odd_widths(groups: list[dict[str, Any]], config: PruneConfig, warnings
     Measured on the digits CNN at ratio 0.3 (README): widths 22/45 ran at 0.64x the original's speed,
     --round-to 8 at 1.09x.
     """
-    if config.round_to is not None:
+    if config.round_to not in (None, 1):
         return
     odd = sorted({g["size_after"] for g in groups if g["size_after"] != g["size_before"] and g["size_after"] % 8})
     if odd:

@@ -21,8 +21,11 @@ from onnxprune.config import PruneConfig
 
 log = logging.getLogger(__name__)
 
-#: Structured prunes of models up to this many MACs (at the batch analysed) are benchmarked by default.
+#: Structured prunes of models from ``AUTO_BENCH_MIN_MACS`` up to ``AUTO_BENCH_MACS`` MACs (at the batch
+#: analysed) are benchmarked by default. Below the minimum a run takes microseconds, per-op overhead
+#: decides its speed, and a refusal would say nothing a user can act on (pass --bench to check anyway).
 AUTO_BENCH_MACS = 50_000_000
+AUTO_BENCH_MIN_MACS = 1_000_000
 #: Runs of the default benchmark (``--bench`` uses ``--runs``); enough for the spread-aware decision.
 AUTO_BENCH_RUNS = 30
 #: Seconds of layer timing ``round_to="auto"`` may spend per prune (cached results cost nothing).
@@ -215,7 +218,7 @@ def bench_wanted(config: PruneConfig, macs: int) -> bool:
     """``--bench``, or by default a structured prune of a model small enough to time in a few seconds."""
     if config.bench is not None:
         return bool(config.bench)
-    return config.mode == "structured" and config.validate and 0 < macs <= AUTO_BENCH_MACS
+    return config.mode == "structured" and config.validate and AUTO_BENCH_MIN_MACS <= macs <= AUTO_BENCH_MACS
 
 
 @dataclass(frozen=True)

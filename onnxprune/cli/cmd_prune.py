@@ -101,6 +101,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help=f"comma-separated: cpu, cuda, ... (default {','.join(d('providers'))})")
     v.add_argument("--bench", action="store_true", default=None,
                    help="append a before/after benchmark (default: on for structured prunes of small models)")
+    v.add_argument("--no-bench", dest="bench", action="store_false", default=None,
+                   help="no benchmark, not even the automatic one of small models (nor the never-slower check)")
     v.add_argument("--batches", type=_csv_ints, default=None, metavar="B,B,...",
                    help=f"with --bench: batch sizes (default {','.join(map(str, d('bench_batches')))})")
     add_old_spelling(v, "--batch", new="--batches", dest="batches", type=_csv_ints)

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Op types whose cost is timed per width; everything else is assumed to scale with the channels.
 TIMED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-_FLOAT_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}
+_FLOAT_TYPES: dict[int, type] = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16,
+                                 TensorProto.DOUBLE: np.float64}
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def _one_layer(model: ModelProto, node: NodeProto, dg: DependencyGraph, shapes: 
             dtype = _FLOAT_TYPES.get(dtypes.get(name, TensorProto.FLOAT))
             if dtype is None:
                 return None
-            value = rng.standard_normal(shape).astype(dtype) if np.prod(shape) else np.zeros(shape, dtype)
+            value: np.ndarray = rng.standard_normal(shape).astype(dtype)
             inits.append(helper.make_tensor(name, dtypes.get(name, TensorProto.FLOAT), shape,
                                             value.tobytes(), raw=True))
         else:
@@ -100,7 +101,7 @@ def _one_layer(model: ModelProto, node: NodeProto, dg: DependencyGraph, shapes: 
     copy = NodeProto()
     copy.CopyFrom(node)
     if node.op_type in ("Conv", "ConvTranspose"):
-        groups = int(attr(node, "group", default=1) or 1)
+        groups = int(attr(node, "group", default=1) or 1)  # type: ignore[call-overload]
         if groups > 1:
             data = new_shapes[node.input[0]]
             old = shapes[node.input[0]]
