@@ -51,9 +51,9 @@ def _batch_dims(model: ModelProto, dims: Mapping[str, int], batch: int) -> dict[
         if first.dim_value:
             if first.dim_value != batch:
                 return None
-        elif first.dim_param:
-            out[first.dim_param] = batch
-        else:
+        else:  # by name and by position: a resolved size of the batch axis may be keyed either way
+            if first.dim_param:
+                out[first.dim_param] = batch
             out[f"{vi.name}:0"] = batch
     return out
 
@@ -71,7 +71,7 @@ class LatencyModel:
         self.batches = tuple(int(b) for b in batches)
         self.dims = dict(dims)
         self._shapes: dict[int, Mapping[str, tuple] | None] = {}
-        self._sigs: dict[int, dict[int, dict[str, str]]] = {}  # group -> width -> layer -> signature
+        self._sigs: dict[tuple[int, int], dict[int, dict[str, str]]] = {}  # (group, batch) -> width -> layer -> sig
         self._ms: dict[tuple[str, int], float] = {}
         self.seconds = 0.0
         self.timed = self.cached = 0
@@ -92,11 +92,11 @@ class LatencyModel:
         from onnxprune.structured.layer_models import layer_models
 
         widths = sorted(set(widths) | {group.size})
-        known = self._sigs.setdefault(group.id, {})
-        todo = [w for w in widths if w not in known]
         sets = []
         for batch in self.batches:
             shapes = self._shapes_at(batch)
+            known = self._sigs.setdefault((group.id, batch), {})
+            todo = [w for w in widths if w not in known]
             if shapes is None or not todo:
                 continue
             layers = layer_models(self.model, self.dg, group, todo, shapes)
@@ -117,15 +117,15 @@ class LatencyModel:
 
     def _cost_parts(self, gid: int, width: int) -> list[tuple[float, float]] | None:
         """``[(ms at width, ms at full width)]`` per batch and layer; ``None`` if any is missing."""
-        sigs = self._sigs.get(gid, {})
         size = self.dg.groups[gid].size
-        full, here = sigs.get(size, {}), sigs.get(width, {})
-        if not full or set(full) != set(here):
-            return None
         parts = []
         for batch in self.batches:
             if self._shapes.get(batch) is None:
                 continue
+            sigs = self._sigs.get((gid, batch), {})
+            full, here = sigs.get(size, {}), sigs.get(width, {})
+            if not full or set(full) != set(here):
+                return None
             for node, sig in here.items():
                 a, b = self._ms.get((sig, batch)), self._ms.get((full[node], batch))
                 if a is None or b is None:
@@ -178,7 +178,7 @@ class LatencyModel:
             factor: dict[str, float] = {}
             for gid, k in keep_counts.items():
                 g = self.dg.groups[gid]
-                sigs = self._sigs.get(gid, {})
+                sigs = self._sigs.get((gid, batch), {})
                 for node, sig in sigs.get(g.size, {}).items():
                     base = self._ms.get((sig, batch))
                     here = self._ms.get((sigs.get(k, {}).get(node, ""), batch))

@@ -1,0 +1,145 @@
+"""--round-to auto: widths chosen from a latency table, predictions from it, the user cache and --no-cache.
+
+The table's timer is a parameter of our own code (``LatencyModel(timer=...)``): a deterministic kernel-cost
+model makes the choice checkable; the end-to-end tests use real onnxruntime timing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from builders import conv_relu_conv
+
+from onnxprune import PruneConfig, prune
+from onnxprune.cli.main import main
+from onnxprune.runtime.latency import LatencyCache
+from onnxprune.speed import LatencyModel
+from onnxprune.structured.analysis import analyze
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _macs_timer(slow_step: int | None = None):
+    """ms = the layer's weight size (MACs per pixel), 3x when its output width is not a multiple of slow_step."""
+    def timer(models):
+        out = []
+        for m in models:
+            w = next(t for t in m.graph.initializer if len(t.dims) == 4)
+            slow = slow_step is not None and w.dims[0] % slow_step
+            out.append(math.prod(w.dims) * (3.0 if slow else 1.0) / 1000)
+        return out
+    return timer
+
+
+def _model_and_group(c_mid: int = 64):
+    model = conv_relu_conv(c_in=8, c_mid=c_mid, c_out=16, hw=8, batch=1)
+    dg = analyze(model)
+    return model, dg, next(g for g in dg.groups if g.prunable and g.size == c_mid)
+
+
+def test_chooser_takes_the_fast_width_near_the_ask():
+    model, dg, g = _model_and_group()
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(16), cache=LatencyCache(None))
+    assert lm.choose(g, 45) == 48  # 45 hits the slow path; 48 is the fast width in the bracket
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(None), cache=LatencyCache(None))
+    assert lm.choose(g, 45) == 45  # no slow path: the asked width is (nearly) as fast as any, keep it
+    assert lm.report()["choices"][str(g.id)]["timed"] is True
+
+
+def test_prediction_multiplies_each_layers_factors():
+    model, dg, g = _model_and_group()
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(None), cache=LatencyCache(None))
+    # conv1 8x64x3x3 = 4608, conv2 16x64x1x1 = 1024; keeping 32 of 64 halves both
+    sp = lm.predict_speedup({g.id: 32})
+    assert sp[1] == pytest.approx(2.0)
+    assert lm.relative_cost(g.id, 32) == pytest.approx(0.5)
+
+
+def _three_convs():
+    from builders import init, make_model, rng, vinfo
+    from onnx import helper
+
+    r = rng(0)
+    inits = [init("w1", r.standard_normal((32, 8, 3, 3)).astype(np.float32)),
+             init("w2", r.standard_normal((32, 32, 3, 3)).astype(np.float32)),
+             init("w3", r.standard_normal((16, 32, 1, 1)).astype(np.float32))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["ra"], name="r1"),
+             helper.make_node("Conv", ["ra", "w2"], ["b"], name="c2", pads=[1] * 4),
+             helper.make_node("Relu", ["b"], ["rb"], name="r2"),
+             helper.make_node("Conv", ["rb", "w3"], ["out"], name="c3")]
+    return make_model(nodes, [vinfo("x", [1, 8, 8, 8])], [vinfo("out", [1, 16, 8, 8])], inits)
+
+
+def test_a_layer_cut_on_both_sides_gets_both_factors():
+    model = _three_convs()
+    dg = analyze(model)
+    groups = [g for g in dg.groups if g.prunable]
+    assert [g.size for g in groups] == [32, 32]
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(None), cache=LatencyCache(None))
+    # full 2304 + 9216 + 512; keeping 16 of both groups: 1152 + 2304 (both factors 0.5) + 256
+    assert lm.predict_speedup({g.id: 16 for g in groups})[1] == pytest.approx(12032 / 3712)
+
+
+def test_budget_spent_falls_back_to_multiples_of_8():
+    model, dg, g = _model_and_group()
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(16), cache=LatencyCache(None),
+                      budget_s=0)
+    assert lm.choose(g, 45) == 48 and lm.report()["groups_untimed"] == [g.id]
+    assert lm.choose(g, 41) == 48 and lm.report()["choices"][str(g.id)]["timed"] is False
+
+
+def test_prune_reports_the_table_and_reuses_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    model = str(ROOT / "models" / "digits_cnn.onnx")
+    first = prune(model, PruneConfig(ratio=0.3, bench=False))
+    lat = first.report["latency"]
+    assert lat["layers_timed"] > 0 and lat["cache"] and len(list((tmp_path / "cache").iterdir())) == 1
+    assert {c["chosen"] for c in lat["choices"].values()} and all(
+        c["chosen"] >= c["asked"] - 2 for c in lat["choices"].values())
+    second = prune(model, PruneConfig(ratio=0.3, bench=False))
+    assert second.report["latency"]["layers_timed"] == 0 and second.report["latency"]["layers_cached"] > 0
+    widths = [(g["size_before"], g["size_after"]) for g in first.report["groups"]]
+    assert widths == [(g["size_before"], g["size_after"]) for g in second.report["groups"]]  # same table
+    assert all(np.isfinite(p["predicted_speedup"]) for p in lat["prediction"])
+
+
+def test_no_cache_writes_no_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "o.onnx"
+    assert main(["prune", str(ROOT / "models" / "digits_cnn.onnx"), "-o", str(out), "--no-cache", "--no-bench",
+                 "-q"]) == 0
+    assert out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_bench_reports_prediction_and_measurement(tmp_path):
+    result = prune(str(ROOT / "models" / "digits_cnn.onnx"), PruneConfig(ratio=0.3, allow_slower=True))
+    assert "bench" in result.report  # small model: benchmarked by default
+    rows = result.report["latency"]["prediction"]
+    assert [r["batch"] for r in rows] == [1, 8]
+    assert all("measured_speedup" in r and "error" in r for r in rows)
+    assert {v["batch"] for v in result.report["speed"]["verdicts"]} == {1, 8}
+
+
+def test_round_to_flag_takes_auto_or_an_integer(tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert main(["prune", str(ROOT / "models" / "digits_cnn.onnx"), "-o", str(out), "--round-to", "fast"]) == 2
+    assert "neither auto nor an integer" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("dims", [{}, {"N": 1}, {"x:0": 1}])
+def test_each_batch_is_timed_at_its_own_shapes(dims):
+    """A resolved batch size (by name or by position) must not pin every batch's layers to it."""
+    model = conv_relu_conv(c_in=8, c_mid=64, c_out=16, hw=8, batch="N")
+    dg = analyze(model)
+    g = next(g for g in dg.groups if g.prunable)
+    seen = []
+
+    def timer(models):
+        seen.extend(m.graph.input[0].type.tensor_type.shape.dim[0].dim_value for m in models)
+        return [1.0] * len(models)
+
+    LatencyModel(model, dg, batches=(1, 8), dims=dims, timer=timer, cache=LatencyCache(None)).choose(g, 45)
+    assert sorted(set(seen)) == [1, 8]
