@@ -154,7 +154,9 @@ class LatencyModel:
         costs = {w: self.relative_cost(group.id, w) for w in candidates}
         best = min(c for c in costs.values() if c is not None)
         near = [w for w, c in costs.items() if c is not None and c <= best * (1 + NEAR_TIE)]
-        chosen = min(near, key=lambda w: (abs(w - k), -w))
+        # Near-ties go to widths that are multiples of 8: a layer timed alone does not see the layout
+        # conversions an odd width costs its neighbours in the whole model (onnxruntime's blocked formats).
+        chosen = min(near, key=lambda w: (w % 8 != 0, abs(w - k), -w))
         self.choices[group.id] = {"asked": k, "chosen": chosen, "timed": True,
                                   "relative_ms": {str(w): round(c, 4) for w, c in costs.items() if c is not None}}
         return chosen

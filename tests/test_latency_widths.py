@@ -44,7 +44,9 @@ def test_chooser_takes_the_fast_width_near_the_ask():
     lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(16), cache=LatencyCache(None))
     assert lm.choose(g, 45) == 48  # 45 hits the slow path; 48 is the fast width in the bracket
     lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(None), cache=LatencyCache(None))
-    assert lm.choose(g, 45) == 45  # no slow path: the asked width is (nearly) as fast as any, keep it
+    assert lm.choose(g, 45) == 45  # time proportional to width: the asked width is the fastest
+    flat = LatencyModel(model, dg, batches=(1,), dims={}, timer=lambda ms: [1.0] * len(ms), cache=LatencyCache(None))
+    assert flat.choose(g, 45) == 48  # a tie goes to the multiple of 8
     assert lm.report()["choices"][str(g.id)]["timed"] is True
 
 
