@@ -161,12 +161,15 @@ class LatencyModel:
                                   "relative_ms": {str(w): round(c, 4) for w, c in costs.items() if c is not None}}
         return chosen
 
-    def predict_speedup(self, keep_counts: Mapping[int, int]) -> dict[int, float]:
+    def predict_speedup(self, keep_counts: Mapping[int, int],
+                        original_ms: Mapping[int, float] | None = None) -> dict[int, float]:
         """Predicted speedup per batch of a plan keeping ``keep_counts[group]`` channels.
 
         Each heavy layer's time at full width is scaled by its measured factor in every group that cuts it
-        (independent factors: a conv's input and output widths); the rest of the model is assumed to
-        scale like those layers. Groups that could not be timed scale their layers by kept/size.
+        (independent factors: a conv's input and output widths). Groups that could not be timed scale their
+        layers by kept/size. With the original model's measured latency per batch (``original_ms``), the
+        layers' summed time is its share of the model and the rest stays as it is; without, the rest is
+        assumed to scale like the layers.
         """
         for gid, k in keep_counts.items():
             g = self.dg.groups[gid]
@@ -190,8 +193,12 @@ class LatencyModel:
                     share = here / base if here is not None else k / g.size
                     factor[node] = factor.get(node, 1.0) * share
             total = sum(full_ms.values())
-            if total > 0:
-                out[batch] = total / max(sum(full_ms[n] * factor[n] for n in full_ms), 1e-12)
+            if total <= 0:
+                continue
+            kept = sum(full_ms[n] * factor[n] for n in full_ms) / total
+            model_ms = (original_ms or {}).get(batch)
+            share = min(1.0, total / model_ms) if model_ms else 1.0
+            out[batch] = 1.0 / max(1.0 - share * (1.0 - kept), 1e-12)
         return out
 
     def report(self) -> dict[str, Any]:
@@ -270,9 +277,10 @@ def latency_report(latency: LatencyModel | None, keep_counts: Mapping[int, int],
     if latency is None:
         return None
     out = latency.report()
-    predicted = latency.predict_speedup(keep_counts)
     rows = []
     results = {(r["model"], r["batch"]): r for r in (bench or {}).get("results", [])}
+    original = {int(b): float(r["p50_ms"]) for (m, b), r in results.items() if m == "original" and r.get("p50_ms")}
+    predicted = latency.predict_speedup(keep_counts, original)
     for batch, sp in sorted(predicted.items()):
         row: dict[str, Any] = {"batch": batch, "predicted_speedup": round(sp, 4)}
         base, pruned = results.get(("original", batch)), results.get(("pruned", batch))

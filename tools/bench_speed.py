@@ -61,8 +61,7 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
             if label == "auto":
                 dg = analyze(original, dims=cfg.dims or None)
                 for t in threads:
-                    lm = latency_model(original, dg, cfg.with_(threads=t))
-                    predicted[(ratio, t)] = lm.predict_speedup(keep_counts(result.plan))
+                    predicted[(ratio, t)] = (latency_model(original, dg, cfg.with_(threads=t)), result.plan)
     names = ["original"] + [f"{r}-{label}" for r in ratios for label, _ in VARIANTS]
     models = [original] + [pruned[(r, label)] for r in ratios for label, _ in VARIANTS]
     for t in threads:
@@ -77,7 +76,8 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
                     row[f"{label}_speedup"] = r.speedup
                     row["ideal"] = r.ideal_speedup if label == "auto" else row.get("ideal")
                     row[f"{label}_of_ideal"] = r.efficiency
-                p = predicted.get((ratio, t), {}).get(batch)
+                lm, plan = predicted[(ratio, t)]
+                p = lm.predict_speedup(keep_counts(plan), {batch: base.p50_ms}).get(batch)
                 row["predicted"] = p
                 if p and row["auto_speedup"]:
                     row["error"] = (base.p50_ms / p) / (base.p50_ms / row["auto_speedup"]) - 1
