@@ -115,6 +115,8 @@ class PruneConfig:
     target_macs: float | None = None
     target_params: float | None = None
     max_error: float | None = None
+    target_speedup: float | None = None  # budget by measured latency (onnxprune/speed.py), on the first
+    target_latency: float | None = None  # bench batch: a speedup, or a latency in ms
     eval_data: str | None = None
     labels: str = "labels"
     # validation
@@ -232,6 +234,7 @@ class PruneConfig:
                               f"pass {opt('calib')} data.npz")
         _unit(opt("target_macs"), self.target_macs, closed_top=True, open_bottom=True)
         _unit(opt("target_params"), self.target_params, closed_top=True, open_bottom=True)
+        _check_latency_targets(self)
         if self.max_error is not None and not (math.isfinite(self.max_error) and self.max_error > 0):
             raise ConfigError(f"{opt('max_error')} must be > 0, got {self.max_error}")
         if not (math.isfinite(self.atol) and self.atol >= 0 and math.isfinite(self.rtol) and self.rtol >= 0):
@@ -251,6 +254,19 @@ class PruneConfig:
             if not pattern:
                 raise ConfigError(f"{opt('exclude')} needs a non-empty pattern, e.g. {setting('exclude', 'conv1*')}")
         return self
+
+
+def _check_latency_targets(config: PruneConfig) -> None:
+    """A latency budget is one target, > 0 (a speedup >= 1), and no MAC or parameter budget beside it."""
+    speedup, latency = config.target_speedup, config.target_latency
+    if speedup is not None and not (math.isfinite(speedup) and speedup >= 1):
+        raise ConfigError(f"{opt('target_speedup')} must be >= 1, got {speedup}")
+    if latency is not None and not (math.isfinite(latency) and latency > 0):
+        raise ConfigError(f"{opt('target_latency')} must be > 0 (milliseconds), got {latency}")
+    given = [n for n in ("target_speedup", "target_latency", "target_macs", "target_params")
+             if getattr(config, n) is not None]
+    if len(given) > 1 and any(n in given for n in ("target_speedup", "target_latency")):
+        raise ConfigError(f"{opt(given[0])} and {opt(given[1])} cannot be used together; choose one budget")
 
 
 #: The option names, in declaration order.

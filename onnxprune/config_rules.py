@@ -46,6 +46,8 @@ MODES_OF: dict[str, tuple[str, ...]] = {
     "target_macs": ("structured",),
     "target_params": ("structured",),
     "max_error": ("structured",),
+    "target_speedup": ("structured",),
+    "target_latency": ("structured",),
 }
 
 #: What to use instead, when an option is set for a mode that does not read it.
@@ -57,7 +59,7 @@ _INSTEAD: dict[tuple[str, str], str] = {
 
 #: Options a saved plan decides: with ``plan_in`` they would be ignored.
 PLAN_DECIDES = ("ratio", "scope", "global_rank", "round_to", "min_channels", "grouped_conv", "importance",
-                "target_macs", "target_params", "max_error")
+                "target_macs", "target_params", "max_error", "target_speedup", "target_latency")
 
 #: Options read only when another one is set: option -> (the options, any of which enables it).
 NEEDS: dict[str, tuple[str, ...]] = {

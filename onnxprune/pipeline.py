@@ -267,7 +267,7 @@ def _resolve_dims(model: ModelProto, config: PruneConfig, warnings: list[str]
 def _settings(config: PruneConfig) -> dict[str, Any]:
     keys = {
         "structured": ("ratio", "importance", "global_rank", "round_to", "min_channels", "seed", "exclude",
-                       "plan_in", "target_macs", "target_params", "max_error"),
+                       "plan_in", "target_macs", "target_params", "max_error", "target_speedup", "target_latency"),
         "unstructured": ("sparsity", "scope", "layer_sparsity", "min_size", "exclude", "importance"),
         "nm": ("nm", "min_size", "exclude", "importance"),
     }[config.mode]
@@ -352,16 +352,21 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
 
         group_ratios = allocate_budget(original, dg, config)
     ratio = 0.0 if group_ratios is not None else config.ratio  # a budget sets every group's ratio itself
-    latency = None
-    if config.round_to == "auto" or bench_on:  # widths chosen by, and predictions from, measured latency
+    latency, target = None, None
+    targets = config.target_speedup or config.target_latency
+    if config.round_to == "auto" or bench_on or targets:  # widths chosen by, predictions from, measured latency
         from onnxprune.speed import latency_model
 
         latency = latency_model(original, dg, config)
+    statistics = _structured_statistics(original, dg, config)
+    if latency is not None and targets and plan_in is None:
+        from onnxprune.speed import ratio_for_target
+
+        ratio, target = ratio_for_target(original, dg, config, latency, statistics=statistics)
     result = prune_structured(original, ratio=ratio, importance=config.importance,
                               global_rank=config.global_rank, round_to=config.round_to,
                               min_channels=config.min_channels, exclude=config.exclude, seed=config.seed,
-                              plan=plan_in, group_ratios=group_ratios, dg=dg,
-                              statistics=_structured_statistics(original, dg, config),
+                              plan=plan_in, group_ratios=group_ratios, dg=dg, statistics=statistics,
                               width_chooser=None if latency is None or plan_in else latency.choose)
     # The reference is a full copy of the model, needed only to prove exactness (skip it with --no-validate):
     # a big one goes straight to a file, one tensor at a time, from which onnxruntime maps it when it runs
@@ -378,6 +383,8 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
     model = result.model
     extra = dict(result.report)
     extra["latency_model"] = latency
+    if target is not None:
+        extra["latency_target"] = target
     if config.recovery != "none":
         from onnxprune.recovery.recover import recover_structured
 

@@ -147,3 +147,57 @@ def test_each_batch_is_timed_at_its_own_shapes(dims):
 
     LatencyModel(model, dg, batches=(1, 8), dims=dims, timer=timer, cache=LatencyCache(None)).choose(g, 45)
     assert sorted(set(seen)) == [1, 8]
+
+
+def test_target_speedup_finds_the_lowest_ratio_that_reaches_it():
+    from onnxprune.speed import ratio_for_target
+
+    model = _three_convs()
+    dg = analyze(model)
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(None), cache=LatencyCache(None))
+    full = 2304 + 9216 + 512  # ms of the layers at full width (the timer's units): the whole model here
+    cfg = PruneConfig(target_speedup=2.0, round_to=1, bench_batches=(1,))
+    ratio, info = ratio_for_target(model, dg, cfg, lm, original_ms=full / 1000)
+    assert info["predicted_speedup"] >= 2.0 and 0 < ratio < 0.95
+    from onnxprune.speed import keep_counts
+    from onnxprune.structured.plan import make_plan
+
+    below = make_plan(model, dg, ratio=max(0.0, ratio - 0.02), round_to=1)
+    assert lm.predict_speedup(keep_counts(below), {1: full / 1000})[1] < 2.0  # and no lower ratio does
+    # --target-latency: half the original's latency is the same budget
+    ratio2, info2 = ratio_for_target(model, dg, PruneConfig(target_latency=full / 2000, round_to=1,
+                                                            bench_batches=(1,)), lm, original_ms=full / 1000)
+    assert ratio2 == ratio and info2["target_speedup"] == pytest.approx(2.0)
+
+
+def test_unreachable_target_is_refused_in_one_line():
+    from onnxprune.core.errors import ConfigError
+    from onnxprune.speed import ratio_for_target
+
+    model = _three_convs()
+    dg = analyze(model)
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(None), cache=LatencyCache(None))
+    with pytest.raises(ConfigError, match=r"^a 1000.00x speedup is out of reach"):
+        ratio_for_target(model, dg, PruneConfig(target_speedup=1000.0, round_to=1, bench_batches=(1,)), lm,
+                         original_ms=12.0)
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    (dict(target_speedup=0.5), r"target_speedup must be >= 1"),
+    (dict(target_latency=-1.0), r"target_latency must be > 0"),
+    (dict(target_speedup=2.0, target_macs=0.5), r"cannot be used together"),
+    (dict(target_speedup=2.0, target_latency=3.0), r"cannot be used together"),
+    (dict(mode="unstructured", target_speedup=2.0), r"target_speedup does not apply to mode='unstructured'"),
+])
+def test_latency_budget_options_are_checked(options, match):
+    from onnxprune.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        PruneConfig(**options)
+
+
+def test_target_speedup_end_to_end_reports_the_ratio(tmp_path):
+    result = prune(str(ROOT / "models" / "digits_cnn.onnx"),
+                   PruneConfig(target_speedup=1.2, bench_batches=(8,), allow_slower=True))
+    target = result.report["latency_target"]
+    assert target["batch"] == 8 and target["predicted_speedup"] >= 1.2 and 0 < target["ratio"] <= 0.95

@@ -82,6 +82,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     c.add_argument("--target-macs", type=float, help="keep at most this fraction of MACs (default: no budget)")
     c.add_argument("--target-params", type=float,
                    help="keep at most this fraction of parameters (default: no budget)")
+    c.add_argument("--target-speedup", type=float, metavar="X",
+                   help="structured: the lowest uniform ratio whose measured-latency prediction reaches this "
+                        "speedup on the first --batches size (default: no budget)")
+    c.add_argument("--target-latency", type=float, metavar="MS",
+                   help="structured: the same for a latency in milliseconds (default: no budget)")
     c.add_argument("--max-error", type=float,
                    help="with a budget and --calib: stop before the calibration output error exceeds this")
     c.add_argument("--eval-data", help="labelled .npz to report accuracy before/after")
