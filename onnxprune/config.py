@@ -134,6 +134,7 @@ class PruneConfig:
     threads: int | None = None
     allow_slower: bool = False  # keep a result the benchmark finds slower than the original
     latency_cache: bool = True  # read and write measured layer latency in the user cache folder
+    latency_budget: float = 2.0  # seconds of layer timing per prune for --round-to auto (cached results are free)
     # output
     external_data: bool | None = None
 
@@ -248,6 +249,8 @@ class PruneConfig:
         if self.bench_runs < 1 or self.bench_warmup < 0:
             raise ConfigError(f"{opt('bench_runs')} must be >= 1 and {opt('bench_warmup')} >= 0, got "
                               f"{self.bench_runs}, {self.bench_warmup}")
+        if not (math.isfinite(self.latency_budget) and self.latency_budget >= 0):
+            raise ConfigError(f"{opt('latency_budget')} must be >= 0 seconds, got {self.latency_budget}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"{opt('threads')} must be >= 1, got {self.threads}")
         for pattern in self.exclude:

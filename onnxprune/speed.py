@@ -220,7 +220,7 @@ def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any
         if config.latency_cache else None
     return LatencyModel(model, dg, batches=config.bench_batches, dims=config.dims,
                         timer=timer or onnxruntime_timer(provider=provider, threads=config.threads),
-                        cache=LatencyCache.open(key))
+                        cache=LatencyCache.open(key), budget_s=config.latency_budget)
 
 
 def bench_wanted(config: PruneConfig, macs: int) -> bool:

@@ -185,6 +185,7 @@ def test_unreachable_target_is_refused_in_one_line():
 @pytest.mark.parametrize(("options", "match"), [
     (dict(target_speedup=0.5), r"target_speedup must be >= 1"),
     (dict(target_latency=-1.0), r"target_latency must be > 0"),
+    (dict(latency_budget=-1.0), r"latency_budget must be >= 0 seconds"),
     (dict(target_speedup=2.0, target_macs=0.5), r"cannot be used together"),
     (dict(target_speedup=2.0, target_latency=3.0), r"cannot be used together"),
     (dict(mode="unstructured", target_speedup=2.0), r"target_speedup does not apply to mode='unstructured'"),
@@ -201,3 +202,11 @@ def test_target_speedup_end_to_end_reports_the_ratio(tmp_path):
                    PruneConfig(target_speedup=1.2, bench_batches=(8,), allow_slower=True))
     target = result.report["latency_target"]
     assert target["batch"] == 8 and target["predicted_speedup"] >= 1.2 and 0 < target["ratio"] <= 0.95
+
+
+def test_no_budget_means_widths_rounded_up_to_8():
+    result = prune(str(ROOT / "models" / "digits_cnn.onnx"),
+                   PruneConfig(ratio=0.3, latency_budget=0.0, latency_cache=False, bench=False))
+    choices = result.report["latency"]["choices"].values()
+    assert choices and not any(c["timed"] for c in choices)
+    assert all(g["size_after"] % 8 == 0 for g in result.report["groups"])

@@ -48,14 +48,15 @@ def _source(name: str):
     return load_model(Path("models") / f"{name}.onnx")
 
 
-def run_model(name: str, ratios: list[float], batches: list[int], threads: list[int], runs: int) -> list[dict]:
+def run_model(name: str, ratios: list[float], batches: list[int], threads: list[int], runs: int,
+              budget: float) -> list[dict]:
     original = _source(name)
     rows = []
     pruned, predicted = {}, {}
     for ratio in ratios:
         for label, round_to in VARIANTS:
             cfg = PruneConfig(ratio=ratio, round_to=round_to, validate=False,
-                              bench_batches=tuple(batches), threads=threads[0])
+                              bench_batches=tuple(batches), threads=threads[0], latency_budget=budget)
             result = prune(original, cfg)
             pruned[(ratio, label)] = result.model
             if label == "auto":
@@ -123,13 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=lambda s: _list(int, s), default=[1, 2])
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--resnet-runs", type=int, default=5)
+    p.add_argument("--latency-budget", type=float, default=2.0, help="seconds of layer timing per prune")
     p.add_argument("--markdown", help="also write the table here")
     args = p.parse_args(argv)
     started = time.perf_counter()
     rows = []
     for name in _list(str, args.models):
         runs = args.resnet_runs if name == "resnet50" else args.runs
-        rows += run_model(name, args.ratios, args.batches, args.threads, runs)
+        rows += run_model(name, args.ratios, args.batches, args.threads, runs, args.latency_budget)
     text = markdown(rows, "python tools/bench_speed.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                     time.perf_counter() - started)
     sys.stdout.write(text)

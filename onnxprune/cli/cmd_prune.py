@@ -117,6 +117,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     v.add_argument("--allow-slower", action="store_true", default=None,
                    help="save the result even when the benchmark finds it slower than the original")
+    v.add_argument("--latency-budget", type=float, default=None, metavar="S",
+                   help="seconds of layer timing --round-to auto may spend; groups past it round up to 8 "
+                        f"(default {d('latency_budget'):g})")
     v.add_argument("--no-cache", dest="latency_cache", action="store_false", default=None,
                    help="do not read or write the measured-latency cache (~/.cache/onnxprune/latency)")
     o = p.add_argument_group("output")

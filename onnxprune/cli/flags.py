@@ -28,6 +28,7 @@ PRUNE_FLAGS: dict[str, str] = {
     "bench_runs": "--runs", "bench_warmup": "--warmup", "threads": "--threads",
     "external_data": "--external-data", "allow_slower": "--allow-slower",
     "target_speedup": "--target-speedup", "target_latency": "--target-latency", "latency_cache": "--no-cache",
+    "latency_budget": "--latency-budget",
 }
 
 #: Where parsed arguments keep the deprecation notes of old spellings, for ``main`` to log.

@@ -34,8 +34,12 @@ from onnxprune.core.io import write_text_atomic
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-#: Rounds per candidate set (each round runs every candidate once) and untimed runs before them.
+#: Rounds per candidate set (each round runs every candidate once) and untimed runs before them; a set
+#: whose rounds take long stops after ``MIN_ROUNDS`` once ``SET_SECONDS`` have passed (big layers are
+#: steady enough, and the budget then covers more groups).
 ROUNDS = 9
+MIN_ROUNDS = 3
+SET_SECONDS = 0.3
 WARMUP = 2
 
 #: ``timer(models) -> median ms per model``: how layer models are timed (injectable: tests, other providers).
@@ -140,7 +144,10 @@ def onnxruntime_timer(*, provider: str = "cpu", threads: int | None = None, roun
                 run()
         times: list[list[int]] = [[] for _ in runs]
         clock = time.perf_counter_ns
-        for _ in range(rounds):
+        started = clock()
+        for i in range(rounds):
+            if i >= MIN_ROUNDS and clock() - started > SET_SECONDS * 1e9:
+                break
             for k, run in enumerate(runs):
                 t0 = clock()
                 run()
