@@ -96,8 +96,8 @@ def _one_layer(model: ModelProto, node: NodeProto, dg: DependencyGraph, shapes: 
                 return None
             inputs.append(helper.make_tensor_value_info(name, elem, shape))
         new_shapes[name] = shape
-    if not inputs:
-        return None
+    if not inputs or any(name and name not in dg.const_shapes for name in node.input[1:weight_inputs(node)]):
+        return None  # a weight computed at run time (behind DequantizeLinear, say) is not rebuilt alone
     copy = NodeProto()
     copy.CopyFrom(node)
     if node.op_type in ("Conv", "ConvTranspose"):
@@ -116,6 +116,12 @@ def _one_layer(model: ModelProto, node: NodeProto, dg: DependencyGraph, shapes: 
     out = helper.make_model(graph, opset_imports=opsets)
     out.ir_version = model.ir_version
     return out
+
+
+def weight_inputs(node: NodeProto) -> int:
+    """How many leading inputs of a timed layer must be constants, its data input included (MatMul: 2, the
+    weight; Conv/ConvTranspose/Gemm: weight and bias, 3)."""
+    return 2 if node.op_type == "MatMul" else 3
 
 
 def _signature(layer: ModelProto) -> str:
