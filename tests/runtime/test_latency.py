@@ -71,3 +71,16 @@ def test_onnxruntime_timer_times_real_sessions():
     small, big = conv_relu_conv(c_mid=4, hw=8, batch=1), conv_relu_conv(c_mid=64, hw=48, batch=1)
     ms = onnxruntime_timer(threads=1, rounds=5)([small, big])
     assert len(ms) == 2 and 0 < ms[0] < ms[1]
+
+
+def test_a_set_onnxruntime_cannot_run_is_skipped_not_fatal():
+    from onnxprune.core.errors import UnsupportedModelError
+
+    model = conv_relu_conv(batch=1)
+
+    def failing(models):
+        raise UnsupportedModelError("onnxruntime (cpu) failed to run a layer timed alone: kernel error")
+
+    got = measure([(1, [("a", model)]), (8, [("b", model)])], timer=failing, cache=LatencyCache.open(None),
+                  budget_s=10)
+    assert got.ms == {} and not got.complete
