@@ -255,7 +255,7 @@ def speed_decision(bench: Mapping[str, Any], config: PruneConfig, *, retried: bo
 
     verdicts = tuple(bench_verdicts(bench))
     slow = [v for v in verdicts if v.slower]
-    if not slow:
+    if not slow or config.mode != "structured":  # zeroed weights cannot be made faster: the warning says so
         return SpeedDecision(verdicts)
     where = ", ".join(f"{v.provider} batch {v.batch}: {v.speedup:.2f}x (95% {v.low:.2f}-{v.high:.2f})" for v in slow)
     retry = None if retried else retry_config(config)

@@ -84,3 +84,17 @@ def test_faster_result_is_kept_without_retry(tmp_path):
     result = prune(slower_when_pruned(), PruneConfig(ratio=0.5, round_to=1, bench=True), output=out,
                    timer=slow_kernel_timer(16))
     assert out.exists() and result.report["speed"]["retried"] is False
+
+
+def test_sparse_modes_warn_but_never_refuse(tmp_path):
+    """Zeroed weights run the same dense kernels: no widths to adjust, so a slower row only warns."""
+    def pruned_twice_as_slow(baseline, pruned, config):
+        return {"results": [{"model": name, "provider": "cpu", "batch": 1, "p50_ms": ms, "speedup": 1.0 / ms,
+                             "slower": name == "pruned", "times_ms": [ms] * 15}
+                            for name, ms in (("original", 1.0), ("pruned", 2.0))]}
+
+    out = tmp_path / "o.onnx"
+    result = prune(slower_when_pruned(), PruneConfig(mode="unstructured", sparsity=0.5, bench=True,
+                                                     bench_batches=(1,)), output=out, timer=pruned_twice_as_slow)
+    assert out.exists() and result.report["speed"]["verdicts"][0]["slower"]
+    assert any("zeroed weights do not speed up dense kernels" in w for w in result.warnings)

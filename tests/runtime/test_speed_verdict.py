@@ -41,3 +41,8 @@ def test_verdicts_read_a_bench_report():
     ]}
     got = {v.batch: v for v in bench_verdicts(bench)}
     assert got[1].slower and got[8].faster and got[8].speedup == 2.0
+
+
+def test_a_steady_one_percent_difference_is_within_the_margin():
+    v = speed_verdict("cpu", 1, [1.0] * 30, [1.01] * 30)
+    assert not v.slower and not v.faster
