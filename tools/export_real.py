@@ -213,9 +213,9 @@ def torch_export(model: Any, args: tuple[Any, ...], path: Path, *, input_names: 
 
 def _both_exporters(ctx: Context, base: str, build: Callable[[], tuple[Any, dict[str, Any], list[str],
                                                                            dict[str, dict[int, str]]]],
-                    *, cls: str) -> None:
+                    *, cls: str, dynamo_flags: tuple[bool, ...] = (False, True)) -> None:
     """Export one model with the TorchScript exporter (``NAME_legacy``) and the dynamo exporter (``NAME_dynamo``)."""
-    for dynamo in (False, True):
+    for dynamo in dynamo_flags:
         name = f"{base}_{'dynamo' if dynamo else 'legacy'}"
 
         def run(dynamo: bool = dynamo, name: str = name) -> None:
@@ -379,6 +379,17 @@ def family_hf(ctx: Context) -> None:
         axes = {**text_axes, "last_hidden_state": {0: "batch", 1: "sequence"}, "pooler_output": {0: "batch"}}
         return Three(tf.BertModel(cfg), list(example)), example, outs, axes
 
+    def bert_20mb() -> tuple[Any, dict[str, Any], list[str], dict[str, dict[int, str]]]:
+        # the one model above onnxprune's 16 MB in-memory session limit (runtime/session.py), so that its
+        # streamed, file-backed zeroed reference is exercised on an export with Constant nodes
+        torch.manual_seed(SEED)
+        cfg = tf.BertConfig(vocab_size=1000, max_position_embeddings=128, hidden_size=256, num_hidden_layers=6,
+                            num_attention_heads=4, intermediate_size=1024)
+        example = tokens(with_types=True)
+        outs = ["last_hidden_state", "pooler_output"]
+        axes = {**text_axes, "last_hidden_state": {0: "batch", 1: "sequence"}, "pooler_output": {0: "batch"}}
+        return Three(tf.BertModel(cfg), list(example)), example, outs, axes
+
     def gpt2() -> tuple[Any, dict[str, Any], list[str], dict[str, dict[int, str]]]:
         torch.manual_seed(SEED)
         cfg = tf.GPT2Config(vocab_size=1000, n_positions=128, n_embd=64, n_layer=2, n_head=4, use_cache=False)
@@ -428,6 +439,8 @@ def family_hf(ctx: Context) -> None:
         ("hf_wav2vec2", wav2vec2, "Hugging Face wav2vec2 CTC (raw audio)"),
     ):
         _both_exporters(ctx, base, build, cls=cls)
+    _both_exporters(ctx, "hf_bert_20mb", bert_20mb, cls="Hugging Face BERT (hidden 256, 6 layers): above 16 MB",
+                    dynamo_flags=(False,))
 
 
 # --------------------------------------------------------------------------------------------------- keras
