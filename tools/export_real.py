@@ -233,7 +233,7 @@ def _both_exporters(ctx: Context, base: str, build: Callable[[], tuple[Any, dict
 
 # --------------------------------------------------------------------------------------------- ultralytics
 def family_ultralytics(ctx: Context) -> None:
-    """YOLOv8 detection (static 320 and dynamic), segmentation, classification: Ultralytics' own exporter.
+    """YOLOv8 detection (static and dynamic), segmentation, classification: Ultralytics' own exporter, default sizes.
 
     Built from the package's yaml configs (``YOLO('yolov8n.yaml')`` downloads nothing), written with the 'n'
     scale's width cut from 0.25 to 0.125 so the files stay under a few MB; the graphs are yolov8n's apart
@@ -254,9 +254,9 @@ def family_ultralytics(ctx: Context) -> None:
         return str(path)
 
     for name, stem, imgsz, dynamic, cls in (
-        ("yolov8n_det", "yolov8n", 320, False, "Ultralytics YOLOv8 detection"),
-        ("yolov8n_det_dynamic", "yolov8n", 320, True, "Ultralytics YOLOv8 detection, dynamic axes"),
-        ("yolov8n_seg", "yolov8n-seg", 320, False, "Ultralytics YOLOv8 segmentation"),
+        ("yolov8n_det", "yolov8n", 640, False, "Ultralytics YOLOv8 detection"),
+        ("yolov8n_det_dynamic", "yolov8n", 640, True, "Ultralytics YOLOv8 detection, dynamic axes"),
+        ("yolov8n_seg", "yolov8n-seg", 640, False, "Ultralytics YOLOv8 segmentation"),
         ("yolov8n_cls", "yolov8n-cls", 224, False, "Ultralytics YOLOv8 classification"),
     ):
         def run(name: str = name, stem: str = stem, imgsz: int = imgsz, dynamic: bool = dynamic,

@@ -141,11 +141,15 @@ def signature(model: Any) -> dict[str, Any]:
     }
 
 
+#: Element types of shape and index constants, which a cut may add (Reshape targets, Split sizes): not precision.
+INDEX_TYPES = frozenset({"INT64", "INT32"})
+
+
 def precision(model: Any) -> dict[str, Any]:
-    """What pruning must not change unasked: initializer element types and the Q/DQ node count."""
+    """What pruning must not change unasked: weight element types (index types aside) and the Q/DQ node count."""
     import onnx
 
-    types = collections.Counter(onnx.TensorProto.DataType.Name(i.data_type) for i in model.graph.initializer)
+    types = {onnx.TensorProto.DataType.Name(i.data_type) for i in model.graph.initializer} - INDEX_TYPES
     qdq = sum(1 for n in model.graph.node if n.op_type in QDQ_OPS)
     return {"initializer_types": sorted(types), "qdq_nodes": qdq}
 
@@ -200,18 +204,18 @@ class Outcome:
 
     @property
     def refused(self) -> bool:
-        """Exit 1 with exactly one line, ``onnxprune: error: ...``: a clear refusal."""
+        """Exit 1 with exactly one line, ``onnxprune: error: ...``: a clear refusal (or a check that stopped it)."""
         return self.returncode == 1 and self.stderr_lines == 1 and self.error.startswith("onnxprune: error:")
 
     def verdict(self) -> str:
-        """One cell: 'ok', 'refused: ...', or 'FAIL: ...' with the first reason."""
+        """One cell: 'ok', 'exit 1: <the one error line>', or 'FAIL...: <first reason>' (bad model, crash)."""
         if self.ok:
             return "ok"
         if self.returncode is None:
             return f"FAIL: timed out after {self.seconds:.0f} s"
         if self.returncode != 0:
             error = self.error.removeprefix("onnxprune: error: ")
-            return ("refused: " if self.refused else f"FAIL (exit {self.returncode}): ") + error
+            return ("exit 1: " if self.refused else f"FAIL (exit {self.returncode}): ") + error
         for label, value in (("checker", self.checker), ("output shapes", self.shapes),
                              ("declared I/O", self.io), ("precision", self.prec)):
             if value != "ok" and value != "same":
@@ -338,8 +342,30 @@ def _manifest(folder: Path) -> dict[str, Any]:
         return {}
 
 
-def render(outcomes: Sequence[Outcome], folder: Path, argv: Sequence[str], total_s: float) -> str:
-    """The Markdown: a model x mode overview, the details of every run, and the skipped exports."""
+def _summary_cell(o: Outcome) -> str:
+    """The overview's cell: the verdict, with coverage and exactness (structured) or sparsity when it is ok."""
+    if not o.ok:
+        return o.verdict()
+    if o.mode == "structured":
+        coverage = f"cov {o.coverage:.0f}%" if o.coverage is not None else ""
+        exact = f"diff {o.exact.split()[-1]}" if o.exact else ""
+        return ", ".join(x for x in ("ok", coverage, exact) if x)
+    return f"ok, {o.sparsity:.2f} zero" if o.sparsity is not None else "ok"
+
+
+def _detail_row(o: Outcome) -> str:
+    amount = (f"{o.coverage:.1f}% cov" if o.coverage is not None
+              else f"{o.sparsity:.3f} sparse" if o.sparsity is not None else "")
+    size = f"{o.size_ratio:.2f}" if o.size_ratio is not None else ""
+    return "| " + " | ".join([
+        f"`{o.model}`", o.mode, _cell(o.verdict()), amount, o.exact, _cell(o.checker, 80), _cell(o.shapes, 80),
+        _cell(o.io, 80), _cell(o.prec, 80), size, f"{o.seconds:.1f}",
+    ]) + " |"
+
+
+def render(outcomes: Sequence[Outcome], folder: Path, argv: Sequence[str], total_s: float, *,
+           details: bool = True) -> str:
+    """The Markdown: a model x mode overview, the details of every run (unless not asked), the skipped exports."""
     manifest = _manifest(folder)
     models = manifest.get("models", {})
     by_model: dict[str, dict[str, Outcome]] = collections.defaultdict(dict)
@@ -351,30 +377,26 @@ def render(outcomes: Sequence[Outcome], folder: Path, argv: Sequence[str], total
     lines = [
         f"{good} of {len(outcomes)} runs ({good / max(1, len(outcomes)):.0%}) gave a checker-valid model that "
         f"onnxruntime runs with the original's output shapes, declared inputs/outputs and precision; "
-        f"{refused} refused with one line; {len(outcomes) - good - refused} failed otherwise.",
+        f"{refused} stopped with a one-line error (exit 1, no file); {len(outcomes) - good - refused} wrote a model "
+        f"that fails a check, crashed or timed out.",
         "",
-        "| model | class | exporter | " + " | ".join(modes) + " |",
-        "|---|---|---|" + "---|" * len(modes),
+        "| model | class | exporter | " + " | ".join(modes) + " | time s (" + "/".join(modes) + ") |",
+        "|---|---|---|" + "---|" * len(modes) + "---:|",
     ]
     for name, row in by_model.items():
         info = models.get(name, {})
         cells = [f"`{name}`", _cell(info.get("class", "")), _cell(info.get("exporter", ""))]
-        cells += [_cell(row[m].verdict(), 90) if m in row else "" for m in modes]
+        cells += [_cell(_summary_cell(row[m]), 110) if m in row else "" for m in modes]
+        cells.append("/".join(f"{row[m].seconds:.1f}" if m in row else "-" for m in modes))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "| model | mode | outcome | coverage / sparsity | exactness max\\|diff\\| | checker | output shapes "
-        "| declared I/O | precision | size after/before | time s |",
-        "|---|---|---|---:|---|---|---|---|---|---:|---:|",
-    ]
-    for o in outcomes:
-        amount = (f"{o.coverage:.1f}% cov" if o.coverage is not None
-                  else f"{o.sparsity:.3f} sparse" if o.sparsity is not None else "")
-        size = f"{o.size_ratio:.2f}" if o.size_ratio is not None else ""
-        lines.append("| " + " | ".join([
-            f"`{o.model}`", o.mode, _cell(o.verdict()), amount, o.exact, _cell(o.checker, 80),
-            _cell(o.shapes, 80), _cell(o.io, 80), _cell(o.prec, 80), size, f"{o.seconds:.1f}",
-        ]) + " |")
+    if details:
+        lines += [
+            "",
+            "| model | mode | outcome | coverage / sparsity | exactness max\\|diff\\| | checker | output shapes "
+            "| declared I/O | precision | size after/before | time s |",
+            "|---|---|---|---:|---|---|---|---|---|---:|---:|",
+        ]
+        lines += [_detail_row(o) for o in outcomes]
     skipped = manifest.get("skipped", {})
     if skipped:
         lines += ["", "Not exported (from the export script's manifest): " + "; ".join(
@@ -404,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run (default 300)")
     parser.add_argument("--out", help="also write the Markdown here")
     parser.add_argument("--json", help="also write every outcome as JSON here")
+    parser.add_argument("--brief", action="store_true", help="the summary and model x mode overview only")
     args = parser.parse_args(argv)
     folder = export_dir(args.dir)
     models = [p for p in list_models(folder) if not args.models or p.stem in args.models]
@@ -419,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{model.stem:<28} {mode:<13} {outcome.seconds:6.1f} s  {outcome.verdict()[:140]}",
                       file=sys.stderr, flush=True)
                 outcomes.append(outcome)
-    text = render(outcomes, folder, list(argv) if argv is not None else sys.argv[1:], time.perf_counter() - started)
+    text = render(outcomes, folder, list(argv) if argv is not None else sys.argv[1:], time.perf_counter() - started,
+                  details=not args.brief)
     print(text)
     if args.out:
         Path(args.out).write_text(text)
