@@ -248,7 +248,7 @@ def _error_line(stderr: str) -> tuple[str, int]:
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if not re.match(r"onnxprune: (WARNING|INFO|DEBUG):", ln)]
     picked = next((ln for ln in errors if ln.startswith("onnxprune:")), errors[-1] if errors else "")
-    return picked.strip(), len(errors)
+    return _clean(picked), len(errors)
 
 
 def run_case(model: Path, mode: str, workdir: Path, *, timeout: float = 300.0,
@@ -323,8 +323,24 @@ def judge_output(model: Path, out: Path, result: Outcome) -> None:
     result.shapes = "; ".join(diffs) if diffs else "same"
 
 
+#: Boilerplate that hides the informative part of onnxruntime's messages, and run-specific temp folders.
+_NOISE = (
+    (re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : "), ""),
+    (re.compile(r"Non-zero status code returned while running "), "running "),
+    (re.compile(r"/onnxruntime_src/\S+ "), ""),
+    (re.compile(re.escape(tempfile.gettempdir()) + r"/onnxprune-[\w.-]+/"), ""),
+)
+
+
+def _clean(text: str) -> str:
+    text = " ".join(text.split())
+    for pattern, replacement in _NOISE:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def _one_line(exc: BaseException, limit: int = 240) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    text = _clean(f"{type(exc).__name__}: {exc}")
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
