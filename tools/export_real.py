@@ -88,8 +88,7 @@ class Context:
             for stale in self.out.glob(f"{name}.*"):
                 stale.unlink()
 
-    def save(self, name: str, path: Path, feeds: Mapping[str, np.ndarray], *, cls: str, exporter: str,
-             notes: str = "") -> None:
+    def save(self, name: str, path: Path, feeds: Mapping[str, np.ndarray], *, cls: str, exporter: str) -> None:
         """Check ``path`` runs in onnxruntime on ``feeds``, move it (and its data) into the cache, record it."""
         import onnx
         import onnxruntime as ort
@@ -123,7 +122,7 @@ class Context:
             log.warning("%s: %.1f MB, above the %.0f MB the set aims for", name, size / 2**20, SIZE_LIMIT / 2**20)
         params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
         self.models[name] = {
-            "family": self.family, "class": cls, "exporter": exporter, "notes": notes,
+            "family": self.family, "class": cls, "exporter": exporter,
             "bytes": size, "params": params, "external_data": external,
             "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
             "inputs": {i.name: _declared(i) for i in inputs},
