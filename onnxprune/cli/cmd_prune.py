@@ -83,7 +83,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.add_argument("--atol", type=float, default=None,
                    help=f"absolute tolerance of the exactness check (default {d('atol'):g})")
     v.add_argument("--rtol", type=float, default=None,
-                   help=f"relative tolerance of the exactness check (default {d('rtol'):g})")
+                   help="relative tolerance, as a share of each output's max|original|, of the exactness check "
+                        f"(default {d('rtol'):g})")
     v.add_argument("--dim", action="append", default=None, metavar="NAME=VALUE",
                    help="size of a dynamic input axis, by dim name or INPUT:AXIS (index or name), e.g. "
                         "--dim sequence=128 or --dim x:2=320 (default: from the data, else chosen and reported)")
