@@ -255,7 +255,8 @@ def check_importance(name: str, mode: str, *, has_calib: bool, weight_criteria: 
     valid = f"{', '.join(weights)} (weights only) or {', '.join(data)} (with {opt('calib')})"
     if name in data:
         if mode == "width":
-            raise ConfigError(f"{setting('mode', 'width')} ranks stream channels by weights; choose {', '.join(weights)}")
+            raise ConfigError(f"{setting('mode', 'width')} ranks stream channels by weights; "
+                              f"choose {', '.join(weights)}")
         if not has_calib:
             raise ConfigError(f"{setting('importance', name)} ranks by activations and needs calibration data; "
                               f"pass {opt('calib')} data.npz, or use one of {', '.join(weights)}")

@@ -222,6 +222,6 @@ def fold_layernorm_affine(model: ModelProto) -> LayerNormFold:
     kept = [t for t in out.graph.initializer if t.name in used]
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
-    for label, why in skipped.items():
-        log.info("LayerNorm %s not folded: %s", label, why)
+    for label, reason in skipped.items():
+        log.info("LayerNorm %s not folded: %s", label, reason)
     return LayerNormFold(out, tuple(folded), skipped)
