@@ -120,8 +120,8 @@ def _collect(model: ModelProto, tensors: list[str], data: Data, max_samples: int
 
 
 def _order(model: ModelProto, cuts: list[SinkCut]) -> list[SinkCut]:
-    position = {id(n): i for i, n in enumerate(model.graph.node)}
-    return sorted(cuts, key=lambda c: position.get(id(c.node), 0))
+    position = {n.output[0]: i for i, n in enumerate(model.graph.node) if n.output}
+    return sorted(cuts, key=lambda c: position.get(c.node.output[0], 0))
 
 
 def refit_readers(original: ModelProto, pruned: ModelProto, cuts: list[SinkCut], data: Data, *,
