@@ -25,7 +25,7 @@ from onnxprune.core.ir import GraphIndex, node_label
 from onnxprune.core.shapefold import infer_shapes
 from onnxprune.structured.analysis import DependencyGraph
 from onnxprune.structured.axes import ChannelAxis, Coupling
-from onnxprune.structured.rules.base import Blocked, RewriteContext, RuleContext, is_output, which_input
+from onnxprune.structured.rules.base import Blocked, OpRule, RewriteContext, RuleContext, is_output, which_input
 from onnxprune.structured.rules.norm import LayerNormRule
 from onnxprune.structured.rules.registry import RuleSpec
 from onnxprune.structured.rules.shape import ReshapeRule
@@ -73,28 +73,115 @@ def _trailing_minus_one(node: NodeProto, ctx: RuleContext) -> bool:
     return value.size == 1 and int(value[0]) == -1 and not any((o == -1).any() for o in others)
 
 
+def _target_piece(node: NodeProto, ctx: RuleContext | RewriteContext, b: int) -> tuple[NodeProto, int] | None:
+    """``(Concat, input index)`` of a runtime reshape target ``Concat`` of one-element pieces whose piece at
+    position ``b`` is a constant equal to the output's size there; ``None`` otherwise."""
+    concat = ctx.index.producer.get(node.input[1])
+    if concat is None or concat.op_type != "Concat":
+        return None
+    pos = 0
+    for k, piece in enumerate(concat.input):
+        shape = ctx._lookup(piece) if piece else None
+        if not shape or len(shape) != 1 or not isinstance(shape[0], int):
+            return None
+        if pos == b:
+            value = ctx.index.const_value(piece)
+            if shape[0] != 1 or value is None or int(value.reshape(-1)[0]) != ctx.shape(node.output[0])[b]:
+                return None
+            return concat, k
+        pos += shape[0]
+    return None
+
+
 class StreamReshapeRule(ReshapeRule):
-    """A Reshape whose runtime target ends in ``-1`` keeps its input's last axis as its output's last axis."""
+    """A Reshape with a runtime target that keeps the stream's axis: a target ending in ``-1`` (last axis), or
+    a ``Concat`` target whose piece at an axis with the same leading dims is a constant (rewritten)."""
 
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
-        if node.op_type == "Reshape" and not ctx.is_const(node.input[1]) and _trailing_minus_one(node, ctx):
+        if node.op_type == "Reshape" and not ctx.is_const(node.input[1]) and slot.tensor in node.input[:1] + \
+                node.output[:1]:
             x, y = node.input[0], node.output[0]
-            rx, ry = ctx.rank(x), ctx.rank(y)
-            if (slot.tensor in (x, y) and slot.axis == (rx - 1 if slot.tensor == x else ry - 1)
-                    and ctx.shape(x)[-1] == ctx.shape(y)[-1]):
-                return [Coupling(ctx.slot(x, rx - 1), ctx.slot(y, ry - 1))]
+            sx, sy = ctx.shape(x), ctx.shape(y)
+            a = slot.axis
+            if _trailing_minus_one(node, ctx) and a == (len(sx) - 1 if slot.tensor == x else len(sy) - 1) \
+                    and sx[-1] == sy[-1]:
+                return [Coupling(ctx.slot(x, len(sx) - 1), ctx.slot(y, len(sy) - 1))]
+            if a < min(len(sx), len(sy)) and sx[:a + 1] == sy[:a + 1] and _target_piece(node, ctx, a) is not None:
+                return [Coupling(ctx.slot(x, a), ctx.slot(y, a))]
         return super().couplings(node, slot, ctx)
 
     def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
-        if node.op_type == "Reshape" and ctx.index.const_value(node.input[1]) is None:
-            return  # the trailing -1 follows the cut by itself
-        super().rewrite(node, ctx)
+        if node.op_type != "Reshape" or ctx.index.const_value(node.input[1]) is not None:
+            super().rewrite(node, ctx)
+            return
+        y = node.output[0]
+        old, new = ctx.shape(y), ctx.new_shape(y)
+        for b, (o, n) in enumerate(zip(old, new, strict=True)):
+            if o == n:
+                continue
+            found = _target_piece(node, ctx, b)
+            if found is not None:  # else: the trailing -1 follows the cut by itself
+                concat, k = found
+                piece = ctx.const(concat.input[k])
+                ctx.set_const_input(concat, k, np.full(piece.shape, n, dtype=piece.dtype))
+
+
+class StreamGatherRule(OpRule):
+    """Gather with constant indices along another axis (a class token picked, an embedding table read)
+    keeps the stream's axis; the table itself, when constant, is cut with it."""
+
+    def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
+        data, out = node.input[0], node.output[0]
+        rank = ctx.rank(data)
+        g = ctx.int_attr(node, "axis", 0)
+        g = g + rank if g < 0 else g
+        if slot.tensor not in (data, out) or (slot.tensor == data and slot.tensor == out):
+            raise Blocked(f"{node_label(node)} reads '{slot.tensor}' as its indices")
+        k = len(ctx.shape(node.input[1]))
+        if slot.tensor == data:
+            a = slot.axis
+            if a == g:
+                raise Blocked(f"{node_label(node)} gathers along axis {a} of '{data}'")
+            b = a if a < g else a - 1 + k
+        else:
+            b = slot.axis
+            if g <= b < g + k:
+                raise Blocked(f"{node_label(node)} output axis {b} comes from its indices")
+            a = b if b < g else b - k + 1
+        role = "param" if ctx.is_const(data) else ""
+        return [Coupling(ctx.slot(out, b), ctx.slot(data, a), role=role, input_index=0)]
+
+
+class StreamExpandRule(OpRule):
+    """Expand of a constant (a class token broadcast to the batch): an axis the target shape leaves at 1
+    keeps the constant's channels, so the constant is cut with the stream. The target's value comes from the
+    shape arithmetic folded at the analysis' input sizes."""
+
+    def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
+        from onnxprune.core.shapefold import fold_values
+
+        c, out = node.input[0], node.output[0]
+        if not ctx.is_const(c) or slot.tensor not in (c, out):
+            raise Blocked(f"{node_label(node)} expands '{slot.tensor}', which only a constant may be here")
+        sc, so = ctx.shape(c), ctx.shape(out)
+        shift = len(so) - len(sc)
+        b = slot.axis if slot.tensor == out else slot.axis + shift
+        a = b - shift
+        target = fold_values(ctx.index.model, dict(ctx._shapes)).get(node.input[1])
+        if a < 0 or sc[a] != so[b] or target is None:
+            raise Blocked(f"{node_label(node)} broadcasts axis {b} of '{out}' from a size-1 axis, or its target "
+                          f"shape is not known")
+        t = target.reshape(-1)
+        if int(t[b - (len(so) - t.size)]) != 1:
+            raise Blocked(f"{node_label(node)} expands axis {b} to a fixed size; it cannot follow the cut")
+        return [Coupling(ctx.slot(out, b), ctx.slot(c, a), role="param", input_index=0)]
 
 
 def stream_rules() -> tuple[RuleSpec, ...]:
     """The ``extra_rules=`` of width pruning (see the module docstring)."""
     return (RuleSpec("LayerNormalization", StreamLayerNormRule(), since=17),
-            RuleSpec("Reshape", StreamReshapeRule()))
+            RuleSpec("Reshape", StreamReshapeRule()), RuleSpec("Gather", StreamGatherRule()),
+            RuleSpec("Expand", StreamExpandRule()))
 
 
 # -- exact rewrite: static reads of the stream's width -------------------------------------------------

@@ -97,3 +97,16 @@ def test_width_cli_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[s
     rep = json.loads(report.read_text())
     assert rep["mode"] == "width" and "exact" not in rep["validation"]
     assert rep["params_before"] - rep["params_after"] == rep["width"]["params_removed_predicted"]
+
+
+def test_vit_stream_cut_through_class_token_and_patches(tmp_path: Path) -> None:
+    """The stream runs through the patch Conv + runtime Reshape, the class token's Expand, torch attention's
+    Shape reads and the class-token Gather: all cut consistently."""
+    model = onnx.load(MODELS / "tv_vit_b_16.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    result = prune_width(model, ratio=0.25, calib=str(calib))
+    _check(result.model)
+    assert [(s["width_before"], s["width_after"]) for s in result.report["streams"]] == [(64, 48)]
+    assert model_stats(model).params - model_stats(result.model).params == result.report["params_removed_predicted"]
+    assert _logits(result.model, np.load(calib)["input"][:3]).shape == (3, 10)

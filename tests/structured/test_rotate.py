@@ -64,3 +64,18 @@ def test_non_orthogonal_q_refused(case) -> None:
 def test_rotation_refused_where_impossible(name: str, match: str) -> None:
     with pytest.raises(UnsupportedModelError, match=match):
         prepare_rotation(onnx.load(MODELS / f"{name}.onnx"))
+
+
+def test_rotation_exact_on_vit() -> None:
+    """torchvision's ViT (pre-norm; conv patches, class token, positions, torch attention): exact rotation."""
+    from tests.structured.test_stream import _randomized
+
+    model = _randomized(MODELS / "tv_vit_b_16.onnx")
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    run = lambda m: run_session(create_session(m), {"input": x})["logits"]  # noqa: E731
+    ref = run(model)
+    prep = prepare_rotation(model)
+    q, _ = np.linalg.qr(np.random.default_rng(3).standard_normal((prep.width, prep.width)))
+    rotated = to_rms(rotate(prep, q), prep.norms, prep.width)
+    onnx.checker.check_model(rotated, full_check=True)
+    np.testing.assert_allclose(run(rotated), ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
