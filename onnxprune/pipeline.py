@@ -128,11 +128,14 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
     if config.mode == "structured":
         pruned, exact_reference, plan, extra = _run_structured(original, config, warnings, scratch)
     elif config.mode == "width":  # not exact (LayerNorm over fewer channels): drift is measured, not proven
-        from onnxprune.recovery.width import prune_width
+        from onnxprune.recovery.slicegpt import prune_stream_width
 
-        width = prune_width(original, ratio=config.ratio, calib=config.calib, refit=config.recovery != "none",
-                            importance=config.importance, dims=config.dims)
-        pruned, exact_reference, extra = width.model, None, {"width": width.report}
+        pruned, rotated, width = prune_stream_width(
+            original, ratio=config.ratio, calib=config.calib, refit=config.recovery != "none",
+            importance=config.importance if "importance" in config.given else None, dims=config.dims)
+        if rotated is not None and config.validate:  # the rotation itself must be exact
+            width["rotation_check"] = _compare_exact(original, rotated, config, "rotation exactness")
+        exact_reference, extra = None, {"width": width}
     else:
         pruned, exact_reference, extra = _run_sparse(original, config, warnings)
     report.update(extra)

@@ -77,3 +77,29 @@ def slice_stream(model: ModelProto, *, ratio: float, calib: Data, refit: bool = 
         cuts = [c for c in sink_cuts(rotated_ln, dg, plan) if c.node.op_type in ("MatMul", "Gemm")]
         sliced, report["refit"] = refit_readers(exact, sliced, cuts, calib, max_samples=max_samples)
     return SliceResult(sliced, exact, report)
+
+
+def prune_stream_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: bool = True,
+                       importance: str | None = None, dims: dict[str, int] | None = None
+                       ) -> tuple[ModelProto, ModelProto | None, dict[str, Any]]:
+    """``--mode width``: rotate + slice where the model allows it (pre-norm), else plain channel pruning.
+
+    A criterion asked for by name (``importance``) means channels chosen by it: plain pruning. Returns the
+    pruned model, the exact rotated model before slicing (``None`` for plain pruning) and the report, whose
+    ``method`` says which was used and, for plain pruning, why rotation was not.
+    """
+    from onnxprune.core.errors import UnsupportedModelError
+    from onnxprune.recovery.width import prune_width
+
+    if calib is None:
+        raise ConfigError("width pruning is not exact and needs calibration data; pass --calib data.npz")
+    why = f"--importance {importance} chooses the channels" if importance else ""
+    if not why:
+        try:
+            result = slice_stream(model, ratio=ratio, calib=calib, refit=refit)
+            return result.model, result.rotated, {"method": "rotate", **result.report}
+        except UnsupportedModelError as exc:
+            why = str(exc)
+    log.info("width: plain channel pruning (%s)", why)
+    plain = prune_width(model, ratio=ratio, calib=calib, refit=refit, importance=importance or "l2", dims=dims)
+    return plain.model, None, {"method": "plain", "why_not_rotated": why, **plain.report}

@@ -93,12 +93,12 @@ def prepare_rotation(model: ModelProto) -> Prepared:
     if unfolded:
         why = next(v for k, v in fold.skipped.items() if unfolded[0] in k)
         raise UnsupportedModelError(f"LayerNorm '{unfolded[0]}' cannot be folded ({why}); rotation needs a "
-                                    f"pre-norm model: use --mode width")
+                                    f"pre-norm model (plain width pruning applies)")
     for name in group.nodes:
         node = by_name.get(name)
         if node is not None and node.op_type not in LINEAR_PASS:
             raise UnsupportedModelError(f"the stream passes through '{name}' ({node.op_type}), which is not "
-                                        f"linear in it; rotation is impossible (use --mode width)")
+                                        f"linear in it; rotation is impossible (plain width pruning applies)")
     if any(not isinstance(m, Identity) for m in group.members.values()):
         raise UnsupportedModelError("the stream is reshaped into another axis; rotation is impossible")
     # Tensors after a norm: readers must see only those (centring changes what comes before).
@@ -115,7 +115,7 @@ def prepare_rotation(model: ModelProto) -> Prepared:
     for cut in group.sinks:
         if cut.activation is not None and cut.activation.tensor not in post:
             raise UnsupportedModelError(f"'{cut.node}' reads the stream before a norm; centring it would change "
-                                        f"its output, so rotation is impossible (use --mode width)")
+                                        f"its output, so rotation is impossible (plain width pruning applies)")
     norm_params = {i for n in norms for i in n.input[1:]}
     done: set[tuple[str, int]] = set()
     for cut in group.cuts:

@@ -110,3 +110,24 @@ def test_vit_stream_cut_through_class_token_and_patches(tmp_path: Path) -> None:
     assert [(s["width_before"], s["width_after"]) for s in result.report["streams"]] == [(64, 48)]
     assert model_stats(model).params - model_stats(result.model).params == result.report["params_removed_predicted"]
     assert _logits(result.model, np.load(calib)["input"][:3]).shape == (3, 10)
+
+
+def test_width_mode_rotates_pre_norm_and_says_why_not_post_norm(tmp_path: Path) -> None:
+    """--mode width rotates + slices a pre-norm model (the rotation proven exact in the run) and falls back to
+    plain channel pruning, saying why, for a post-norm one."""
+    import json
+
+    from tests.builders import prenorm_stack
+
+    src = tmp_path / "pre.onnx"
+    onnx.save(prenorm_stack(), src)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(1).standard_normal((64, 5, 4)).astype(np.float32))
+    reports = []
+    for model, data in ((src, calib), (DIGITS, CALIB)):
+        report = tmp_path / f"{model.stem}.json"
+        assert main(["prune", str(model), "-o", str(tmp_path / f"{model.stem}_out.onnx"), "--mode", "width",
+                     "--ratio", "0.25", "--calib", str(data), "--report", str(report), "-q"]) == 0
+        reports.append(json.loads(report.read_text())["width"])
+    assert reports[0]["method"] == "rotate" and reports[0]["rotation_check"]["passed"] is True
+    assert reports[1]["method"] == "plain" and "pre-norm" in reports[1]["why_not_rotated"]
