@@ -93,3 +93,16 @@ def test_a_slower_pruned_model_is_warned_about_with_the_round_to_hint(tmp_path, 
     assert "0.63x (ideal 1.66x) SLOWER" in out
     assert "WARNING: the pruned model is SLOWER than the original (cpu batch 1: 0.63x)" in err
     assert "try a larger --round-to than 1" in err
+
+
+def test_latency_prediction_and_retry_reach_the_console() -> None:
+    from onnxprune.cli.summary import latency_lines
+
+    report = {"settings": {"round_to": 16}, "speed": {"retried": True},
+              "latency": {"prediction": [{"batch": 1, "predicted_speedup": 1.2, "measured_speedup": 1.1,
+                                          "error": -0.0833}, {"batch": 8, "predicted_speedup": 1.5}]}}
+    lines = latency_lines(report)
+    assert "batch 1: predicted 1.20x, measured 1.10x (error -8%)" in lines[0]
+    assert lines[1].strip() == "batch 8: predicted 1.50x"
+    assert "retried with --round-to 16" in lines[2]
+    assert latency_lines({}) == []
