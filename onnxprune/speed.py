@@ -166,37 +166,48 @@ class LatencyModel:
         """Predicted speedup per batch of a plan keeping ``keep_counts[group]`` channels.
 
         Each heavy layer's time at full width is scaled by its measured factor in every group that cuts it
-        (independent factors: a conv's input and output widths). Groups that could not be timed scale their
-        layers by kept/size. With the original model's measured latency per batch (``original_ms``), the
-        layers' summed time is its share of the model and the rest stays as it is; without, the rest is
-        assumed to scale like the layers.
+        (independent factors: a conv's input and output widths); in a group that could not be timed (budget)
+        the factor is kept/size, and a layer never timed is given the time per MAC of the timed ones. With
+        the original model's measured latency per batch (``original_ms``), the layers' summed time is their
+        share of the model and the rest stays as it is; without, the rest is assumed to scale like them.
         """
+        from onnxprune.core.stats import node_macs
+        from onnxprune.structured.layer_models import timed_layers
+
         for gid, k in keep_counts.items():
             g = self.dg.groups[gid]
             if k < g.size and self._cost_parts(gid, k) is None and gid not in self.untimed:
                 self._measure(g, [k])
+        by_name = {n.name or (n.output[0] if n.output else ""): n for n in self.model.graph.node}
+        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 17)
         out: dict[int, float] = {}
         for batch in self.batches:
-            if self._shapes.get(batch) is None:
+            shapes = self._shapes_at(batch)
+            if shapes is None:
                 continue
             full_ms: dict[str, float] = {}
             factor: dict[str, float] = {}
             for gid, k in keep_counts.items():
                 g = self.dg.groups[gid]
                 sigs = self._sigs.get((gid, batch), {})
-                for node, sig in sigs.get(g.size, {}).items():
-                    base = self._ms.get((sig, batch))
+                for node in timed_layers(g):
+                    base = self._ms.get((sigs.get(g.size, {}).get(node, ""), batch))
                     here = self._ms.get((sigs.get(k, {}).get(node, ""), batch))
-                    if base is None:
-                        continue
-                    full_ms[node] = base
-                    share = here / base if here is not None else k / g.size
+                    if base is not None:
+                        full_ms[node] = base
+                    share = here / base if base is not None and here is not None else k / g.size
                     factor[node] = factor.get(node, 1.0) * share
+            macs = {n: node_macs(by_name[n], dict(shapes), opset) for n in factor if n in by_name}
+            timed = [n for n in full_ms if macs.get(n)]
+            rate = sum(full_ms[n] for n in timed) / sum(macs[n] or 0 for n in timed) if timed else None
+            for n in factor:
+                if n not in full_ms and macs.get(n):
+                    full_ms[n] = (macs[n] or 0) * (rate or 1.0)
             total = sum(full_ms.values())
             if total <= 0:
                 continue
             kept = sum(full_ms[n] * factor[n] for n in full_ms) / total
-            model_ms = (original_ms or {}).get(batch)
+            model_ms = (original_ms or {}).get(batch) if rate is not None else None
             share = min(1.0, total / model_ms) if model_ms else 1.0
             out[batch] = 1.0 / max(1.0 - share * (1.0 - kept), 1e-12)
         return out
@@ -300,8 +311,9 @@ def keep_counts(plan: Any) -> dict[int, int]:
     return {int(g): len(k) for g, k in plan.keep.items()} if plan is not None else {}
 
 
-#: Bisection steps on the ratio for a latency budget (0.95 / 2**7: the ratio to within 0.008).
-TARGET_STEPS = 7
+#: A latency budget scans ratios on this grid, then bisects inside the bracket found (0.05 / 2**3).
+TARGET_GRID = 0.05
+TARGET_STEPS = 3
 MAX_TARGET_RATIO = 0.95
 
 
@@ -350,7 +362,15 @@ def ratio_for_target(model: ModelProto, dg: Any, config: PruneConfig, latency: L
     if best < target:
         raise ConfigError(f"a {target:.2f}x speedup is out of reach: even ratio {MAX_TARGET_RATIO} is predicted "
                           f"at {best:.2f}x (batch {batch}); ask for less")
-    lo, hi = 0.0, MAX_TARGET_RATIO
+    # Predictions of tiny layers are noisy and need not rise with the ratio: take the lowest grid ratio from
+    # which every higher one reaches the target, then refine inside that bracket.
+    grid = [round(TARGET_GRID * i, 4) for i in range(1, int(MAX_TARGET_RATIO / TARGET_GRID) + 1)]
+    hi = MAX_TARGET_RATIO
+    for r in reversed(grid):
+        if predicted(r) < target:
+            break
+        hi = r
+    lo = max(0.0, hi - TARGET_GRID)
     for _ in range(TARGET_STEPS):
         mid = (lo + hi) / 2
         if predicted(mid) >= target:

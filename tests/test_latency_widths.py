@@ -210,3 +210,18 @@ def test_no_budget_means_widths_rounded_up_to_8():
     choices = result.report["latency"]["choices"].values()
     assert choices and not any(c["timed"] for c in choices)
     assert all(g["size_after"] % 8 == 0 for g in result.report["groups"])
+
+
+def test_untimed_groups_are_predicted_from_macs():
+    model = _three_convs()
+    dg = analyze(model)
+    groups = [g for g in dg.groups if g.prunable]
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(None), cache=LatencyCache(None),
+                      budget_s=0)
+    # nothing timed: every layer weighs its MACs and scales by kept/size in each group that cuts it
+    assert lm.predict_speedup({g.id: 16 for g in groups}, {1: 5.0})[1] == pytest.approx(12032 / 3712)
+    # one group timed (the first), the other not: its layers' time per MAC prices the untimed layer
+    timed = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(None), cache=LatencyCache(None))
+    timed.choose(groups[0], 16)
+    timed.budget_s = 0
+    assert timed.predict_speedup({g.id: 16 for g in groups})[1] == pytest.approx(12032 / 3712)

@@ -49,10 +49,17 @@ def _source(name: str):
 
 
 def run_model(name: str, ratios: list[float], batches: list[int], threads: list[int], runs: int,
-              budget: float) -> list[dict]:
+              budget: float, target: float | None = None) -> list[dict]:
     original = _source(name)
     rows = []
     pruned, predicted = {}, {}
+    extra_names, extra_models = [], []
+    if target:  # --target-speedup on the largest batch and the first thread count
+        cfg = PruneConfig(target_speedup=target, validate=False, bench_batches=(max(batches),),
+                          threads=threads[0], latency_budget=budget)
+        result = prune(original, cfg)
+        extra_names, extra_models = ["target"], [result.model]
+        target_info = result.report["latency_target"]
     for ratio in ratios:
         for label, round_to in VARIANTS:
             cfg = PruneConfig(ratio=ratio, round_to=round_to, validate=False,
@@ -63,8 +70,8 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
                 dg = analyze(original, dims=cfg.dims or None)
                 for t in threads:
                     predicted[(ratio, t)] = (latency_model(original, dg, cfg.with_(threads=t)), result.plan)
-    names = ["original"] + [f"{r}-{label}" for r in ratios for label, _ in VARIANTS]
-    models = [original] + [pruned[(r, label)] for r in ratios for label, _ in VARIANTS]
+    names = ["original"] + [f"{r}-{label}" for r in ratios for label, _ in VARIANTS] + extra_names
+    models = [original] + [pruned[(r, label)] for r in ratios for label, _ in VARIANTS] + extra_models
     for t in threads:
         report = benchmark(models, names=names, batches=batches, threads=t, runs=runs, warmup=2, memory=False)
         for ratio in ratios:
@@ -83,6 +90,11 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
                 if p and row["auto_speedup"]:
                     row["error"] = (base.p50_ms / p) / (base.p50_ms / row["auto_speedup"]) - 1
                 rows.append(row)
+        if target and t == threads[0]:
+            r = report.result("target", "cpu", max(batches))
+            rows.append({"model": name, "target": target, "threads": t, "batch": max(batches),
+                         "ratio": target_info["ratio"], "predicted": target_info["predicted_speedup"],
+                         "measured": r.speedup, "ideal": r.ideal_speedup})
     return rows
 
 
@@ -106,6 +118,8 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
             "| model | ratio | threads | batch | ideal | auto speedup (of ideal) | no rounding | round-to 8 | "
             "predicted (error) |\n|---|---|---|---|---|---|---|---|---|\n")
     lines = []
+    targets = [r for r in rows if "target" in r]
+    rows = [r for r in rows if "target" not in r]
     for r in rows:
         err = r.get("error")
         lines.append(
@@ -113,7 +127,13 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
             f"{_f(r['auto_speedup'])} ({_f(r['auto_of_ideal'])}) | {_f(r['none_speedup'])} "
             f"({_f(r['none_of_ideal'])}) | {_f(r['r8_speedup'])} ({_f(r['r8_of_ideal'])}) | "
             f"{_f(r['predicted'])} ({_f(None if err is None else 100 * err, '+.0f')}%) |")
-    return head + "\n".join(lines) + "\n"
+    text = head + "\n".join(lines) + "\n"
+    if targets:
+        text += ("\n| model | --target-speedup | threads | batch | ratio found | predicted | measured | ideal |\n"
+                 "|---|---|---|---|---|---|---|---|\n")
+        text += "\n".join(f"| {r['model']} | {r['target']} | {r['threads']} | {r['batch']} | {r['ratio']} | "
+                          f"{_f(r['predicted'])} | {_f(r['measured'])} | {_f(r['ideal'])} |" for r in targets) + "\n"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,13 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--resnet-runs", type=int, default=5)
     p.add_argument("--latency-budget", type=float, default=2.0, help="seconds of layer timing per prune")
+    p.add_argument("--target-speedup", type=float, help="also prune each --target-models model to this speedup")
+    p.add_argument("--target-models", default="resnet50")
     p.add_argument("--markdown", help="also write the table here")
     args = p.parse_args(argv)
     started = time.perf_counter()
     rows = []
     for name in _list(str, args.models):
         runs = args.resnet_runs if name == "resnet50" else args.runs
-        rows += run_model(name, args.ratios, args.batches, args.threads, runs, args.latency_budget)
+        target = args.target_speedup if name in _list(str, args.target_models) else None
+        rows += run_model(name, args.ratios, args.batches, args.threads, runs, args.latency_budget, target)
     text = markdown(rows, "python tools/bench_speed.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                     time.perf_counter() - started)
     sys.stdout.write(text)
