@@ -40,6 +40,27 @@ def _ceil_to(k: int, step: int, size: int) -> int:
     return min(size, -(-k // step) * step)
 
 
+def _fixed_inputs(model: ModelProto, dims: Mapping[str, int], batch: int) -> ModelProto | None:
+    """A copy of ``model`` whose inputs' dynamic axes are fixed (first axis: ``batch``; others from ``dims``
+    by name); ``None`` when an axis has no size."""
+    from onnx import ModelProto as Proto
+
+    out = Proto()
+    out.CopyFrom(model)
+    inits = {t.name for t in out.graph.initializer}
+    for vi in out.graph.input:
+        if vi.name in inits:
+            continue
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.dim_value:
+                continue
+            value = batch if axis == 0 else dims.get(d.dim_param) if d.dim_param else None
+            if value is None:
+                return None
+            d.dim_value = int(value)
+    return out
+
+
 def _batch_dims(model: ModelProto, dims: Mapping[str, int], batch: int) -> dict[str, int] | None:
     """``dims`` with every input's first axis set to ``batch``; ``None`` when an input's batch is fixed otherwise."""
     out = dict(dims)
@@ -66,7 +87,7 @@ class LatencyModel:
     """
 
     def __init__(self, model: ModelProto, dg: Any, *, batches: Sequence[int], dims: Mapping[str, int],
-                 timer: Any, cache: Any, budget_s: float = LATENCY_BUDGET_S) -> None:
+                 timer: Any, cache: Any, budget_s: float = LATENCY_BUDGET_S, context: bool = False) -> None:
         self.model, self.dg, self.timer, self.cache, self.budget_s = model, dg, timer, cache, budget_s
         self.batches = tuple(int(b) for b in batches)
         self.dims = dict(dims)
@@ -77,6 +98,9 @@ class LatencyModel:
         self.timed = self.cached = 0
         self.untimed: set[int] = set()
         self.choices: dict[int, dict[str, Any]] = {}
+        #: Context mode: time the whole model with one group cut (small models, where a layer timed alone
+        #: misses the layout conversions an odd width costs its neighbours); else each layer alone.
+        self.context = context
 
     def _shapes_at(self, batch: int) -> Mapping[str, tuple] | None:
         if batch not in self._shapes:
@@ -99,10 +123,12 @@ class LatencyModel:
             todo = [w for w in widths if w not in known]
             if shapes is None or not todo:
                 continue
-            layers = layer_models(self.model, self.dg, group, todo, shapes)
-            for lm in layers:
-                known.setdefault(lm.width, {})[lm.node] = lm.signature
-            sets.append((batch, [(lm.signature, lm.model) for lm in layers]))
+            layers = (self._whole_models(group, todo, batch) if self.context
+                      else [(lm.width, lm.node, lm.signature, lm.model)
+                            for lm in layer_models(self.model, self.dg, group, todo, shapes)])
+            for width, node, sig, _ in layers:
+                known.setdefault(width, {})[node] = sig
+            sets.append((batch, [(sig, m) for _, _, sig, m in layers]))
         if sets:
             left = max(0.0, self.budget_s - self.seconds)
             got = measure(sets, timer=self.timer, cache=self.cache, budget_s=left)
@@ -114,6 +140,34 @@ class LatencyModel:
         if not ok:
             self.untimed.add(group.id)
         return ok
+
+    def _whole_models(self, group: Any, widths: Sequence[int], batch: int
+                      ) -> list[tuple[int, str, str, ModelProto]]:
+        """The whole model with only ``group`` cut to each width, inputs fixed at ``batch`` (context mode)."""
+        import hashlib
+
+        import numpy as np
+
+        from onnxprune.core.errors import OnnxPruneError
+        from onnxprune.structured.plan import PrunePlan, keep_every_source
+        from onnxprune.structured.surgery import apply_plan
+
+        out = []
+        for width in widths:
+            keep = keep_every_source(group, np.arange(width, dtype=np.int64))
+            try:
+                model = self.model if width >= group.size else apply_plan(
+                    self.model, PrunePlan(self.dg.fingerprint, {group.id: keep}, {group.id: group.size}),
+                    dg=self.dg)
+            except OnnxPruneError as exc:
+                log.info("group %d at width %d not timed in the model: %s", group.id, width, exc)
+                continue
+            fixed = _fixed_inputs(model, self.dims, batch)
+            if fixed is None:
+                continue
+            sig = hashlib.sha256(f"{self.dg.fingerprint}|{group.id}|{width}|{batch}|model".encode()).hexdigest()[:24]
+            out.append((width, "model", sig, fixed))
+        return out
 
     def _cost_parts(self, gid: int, width: int) -> list[tuple[float, float]] | None:
         """``[(ms at width, ms at full width)]`` per batch and layer; ``None`` if any is missing."""
@@ -178,6 +232,8 @@ class LatencyModel:
             g = self.dg.groups[gid]
             if k < g.size and self._cost_parts(gid, k) is None and gid not in self.untimed:
                 self._measure(g, [k])
+        if self.context:
+            return self._predict_in_context(keep_counts)
         by_name = {n.name or (n.output[0] if n.output else ""): n for n in self.model.graph.node}
         opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 17)
         out: dict[int, float] = {}
@@ -212,9 +268,27 @@ class LatencyModel:
             out[batch] = 1.0 / max(1.0 - share * (1.0 - kept), 1e-12)
         return out
 
+    def _predict_in_context(self, keep_counts: Mapping[int, int]) -> dict[int, float]:
+        """Context mode: the product of each group's measured time ratio on the whole model (untimed: 1)."""
+        out: dict[int, float] = {}
+        for batch in self.batches:
+            if self._shapes_at(batch) is None:
+                continue
+            kept = 1.0
+            for gid, k in keep_counts.items():
+                sigs = self._sigs.get((gid, batch), {})
+                full = self._ms.get((sigs.get(self.dg.groups[gid].size, {}).get("model", ""), batch))
+                here = self._ms.get((sigs.get(k, {}).get("model", ""), batch))
+                if full and here is not None:
+                    kept *= here / full
+            out[batch] = 1.0 / max(kept, 1e-6)
+        return out
+
     def report(self) -> dict[str, Any]:
         """JSON-able summary: cache use, time spent, groups left untimed, the widths chosen."""
-        return {"batches": list(self.batches), "budget_s": self.budget_s, "seconds": round(self.seconds, 3),
+        return {"batches": list(self.batches), "budget_s": self.budget_s,
+                "timed_as": "whole model, one group cut" if self.context else "each layer alone",
+                "seconds": round(self.seconds, 3),
                 "layers_timed": self.timed, "layers_cached": self.cached,
                 "cache": str(self.cache.path) if self.cache.path is not None else None,
                 "groups_untimed": sorted(self.untimed),
@@ -231,7 +305,18 @@ def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any
         if config.latency_cache else None
     return LatencyModel(model, dg, batches=config.bench_batches, dims=config.dims,
                         timer=timer or onnxruntime_timer(provider=provider, threads=config.threads),
-                        cache=LatencyCache.open(key), budget_s=config.latency_budget)
+                        cache=LatencyCache.open(key), budget_s=config.latency_budget,
+                        context=_small(model, config))
+
+
+def _small(model: ModelProto, config: PruneConfig) -> bool:
+    """Small enough to time whole (the default benchmark's range, weights under 64 MB)."""
+    from onnxprune.core.io import model_nbytes
+    from onnxprune.core.stats import model_stats
+
+    if model_nbytes(model) > 64 * 2**20:
+        return False
+    return 0 < model_stats(model, dims=config.dims).macs <= AUTO_BENCH_MACS
 
 
 def bench_wanted(config: PruneConfig, macs: int) -> bool:

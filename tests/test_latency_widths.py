@@ -98,6 +98,7 @@ def test_prune_reports_the_table_and_reuses_the_cache(tmp_path, monkeypatch):
     model = str(ROOT / "models" / "digits_cnn.onnx")
     first = prune(model, PruneConfig(ratio=0.3, bench=False))
     lat = first.report["latency"]
+    assert lat["timed_as"] == "whole model, one group cut"
     assert lat["layers_timed"] > 0 and lat["cache"] and len(list((tmp_path / "cache").iterdir())) == 1
     assert {c["chosen"] for c in lat["choices"].values()} and all(
         c["chosen"] >= c["asked"] - 2 for c in lat["choices"].values())
@@ -225,3 +226,49 @@ def test_untimed_groups_are_predicted_from_macs():
     timed.choose(groups[0], 16)
     timed.budget_s = 0
     assert timed.predict_speedup({g.id: 16 for g in groups})[1] == pytest.approx(12032 / 3712)
+
+
+def _conv_cost_timer(slow_step: int | None = None):
+    """Whole models: ms = sum over Convs of the weight size, 3x for an output width off multiples of slow_step."""
+    def timer(models):
+        out = []
+        for m in models:
+            inits = {t.name: list(t.dims) for t in m.graph.initializer}
+            total = 0.0
+            for node in m.graph.node:
+                if node.op_type == "Conv":
+                    dims = inits[node.input[1]]
+                    total += math.prod(dims) * (3.0 if slow_step and dims[0] % slow_step else 1.0)
+            out.append(total / 1000)
+        return out
+    return timer
+
+
+def test_context_mode_times_the_whole_model_with_one_group_cut():
+    model, dg, g = _model_and_group()
+    lm = LatencyModel(model, dg, batches=(1, 8), dims={}, timer=_conv_cost_timer(16), cache=LatencyCache(None),
+                      context=True)
+    assert lm.choose(g, 45) == 48
+    assert lm.report()["timed_as"] == "whole model, one group cut"
+    three = _three_convs()
+    dg3 = analyze(three)
+    groups = [x for x in dg3.groups if x.prunable]
+    lm3 = LatencyModel(three, dg3, batches=(1,), dims={}, timer=_conv_cost_timer(None), cache=LatencyCache(None),
+                       context=True)
+    # each group's ratio on the whole model, multiplied: (1152+4608+512)/12032 * (2304+4608+256)/12032
+    assert lm3.predict_speedup({x.id: 16 for x in groups})[1] == pytest.approx(12032 ** 2 / (6272 * 7168))
+
+
+def test_small_models_are_timed_whole_and_big_ones_layer_by_layer():
+    from onnxprune.speed import _small
+
+    assert _small(load(ROOT / "models" / "digits_cnn.onnx"), PruneConfig())
+    from tools.resnet50 import resnet50
+
+    assert not _small(resnet50(seed=0), PruneConfig())
+
+
+def load(path):
+    from onnxprune.core.io import load_model
+
+    return load_model(path)
