@@ -201,8 +201,11 @@ class LatencyModel:
 
         candidates = auto_candidates(group.size, k)
         fallback = _ceil_to(k, AUTO_FALLBACK, group.size)
+        aligned = [w for w in candidates if w % AUTO_FALLBACK == 0 or w == group.size]
+        if not self.context and aligned:  # a layer timed alone favours odd widths the model runs slower
+            candidates = sorted(set(aligned) | ({k} if k % AUTO_FALLBACK == 0 else set()))
         if len(candidates) == 1 or not self._measure(group, candidates):
-            self.choices[group.id] = {"asked": k, "chosen": fallback if len(candidates) > 1 else k,
+            self.choices[group.id] = {"asked": k, "chosen": fallback if len(candidates) > 1 else candidates[0],
                                       "timed": False}
             return int(self.choices[group.id]["chosen"])
         costs = {w: self.relative_cost(group.id, w) for w in candidates}

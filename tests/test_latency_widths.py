@@ -43,9 +43,13 @@ def test_chooser_takes_the_fast_width_near_the_ask():
     model, dg, g = _model_and_group()
     lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(16), cache=LatencyCache(None))
     assert lm.choose(g, 45) == 48  # 45 hits the slow path; 48 is the fast width in the bracket
-    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(None), cache=LatencyCache(None))
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(None), cache=LatencyCache(None),
+                      context=True)
     assert lm.choose(g, 45) == 45  # time proportional to width: the asked width is the fastest
-    flat = LatencyModel(model, dg, batches=(1,), dims={}, timer=lambda ms: [1.0] * len(ms), cache=LatencyCache(None))
+    alone = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(None), cache=LatencyCache(None))
+    assert alone.choose(g, 45) == 48  # layers timed alone: only multiples of 8 (odd ones look faster than they are)
+    flat = LatencyModel(model, dg, batches=(1,), dims={}, timer=lambda ms: [1.0] * len(ms), cache=LatencyCache(None),
+                        context=True)
     assert flat.choose(g, 45) == 48  # a tie goes to the multiple of 8
     assert lm.report()["choices"][str(g.id)]["timed"] is True
 
@@ -87,8 +91,8 @@ def test_a_layer_cut_on_both_sides_gets_both_factors():
 
 def test_budget_spent_falls_back_to_multiples_of_8():
     model, dg, g = _model_and_group()
-    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(16), cache=LatencyCache(None),
-                      budget_s=0)
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_conv_cost_timer(16), cache=LatencyCache(None),
+                      budget_s=0, context=True)
     assert lm.choose(g, 45) == 48 and lm.report()["groups_untimed"] == [g.id]
     assert lm.choose(g, 41) == 48 and lm.report()["choices"][str(g.id)]["timed"] is False
 
@@ -146,7 +150,7 @@ def test_each_batch_is_timed_at_its_own_shapes(dims):
         seen.extend(m.graph.input[0].type.tensor_type.shape.dim[0].dim_value for m in models)
         return [1.0] * len(models)
 
-    LatencyModel(model, dg, batches=(1, 8), dims=dims, timer=timer, cache=LatencyCache(None)).choose(g, 45)
+    LatencyModel(model, dg, batches=(1, 8), dims=dims, timer=timer, cache=LatencyCache(None)).choose(g, 40)
     assert sorted(set(seen)) == [1, 8]
 
 
