@@ -6,6 +6,11 @@ Why here (beside the pipeline): the structured layer knows groups and builds one
 :class:`LatencyModel` times each group's layers at the widths ``round_to="auto"`` may choose, hands
 ``make_plan`` a width chooser, predicts a plan's speedup, and :func:`speed_decision` turns a benchmark of
 the result into keep / retry with rounder widths / refuse.
+
+Two ways to time a candidate width: a small model (the default benchmark's range) is timed whole with only
+that group cut (it sees everything an odd width costs: onnxruntime's blocked layouts and the conversions
+around a layer that cannot use them); a big one has each heavy layer rebuilt and timed alone, which is
+cheap but favours odd widths, so it chooses among multiples of 8 only.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ def _fixed_inputs(model: ModelProto, dims: Mapping[str, int], batch: int) -> Mod
     by name); ``None`` when an axis has no size."""
     from onnx import ModelProto as Proto
 
+    from onnxprune.core.ir import lookup_dim
+
     out = Proto()
     out.CopyFrom(model)
     inits = {t.name for t in out.graph.initializer}
@@ -54,7 +61,7 @@ def _fixed_inputs(model: ModelProto, dims: Mapping[str, int], batch: int) -> Mod
         for axis, d in enumerate(vi.type.tensor_type.shape.dim):
             if d.dim_value:
                 continue
-            value = batch if axis == 0 else dims.get(d.dim_param) if d.dim_param else None
+            value = batch if axis == 0 else lookup_dim(dims, vi.name, axis, d.dim_param or None)
             if value is None:
                 return None
             d.dim_value = int(value)
