@@ -37,6 +37,8 @@ AUTO_BENCH_RUNS = 30
 LATENCY_BUDGET_S = 2.0
 #: Widths whose measured cost is within this share of the fastest count as equally fast.
 NEAR_TIE = 0.02
+#: A width that is not a multiple of 8 is chosen only when it is this much faster than every multiple of 8.
+ODD_MARGIN = 0.10
 #: The retry after a slower result rounds widths up to multiples of this.
 RETRY_ROUND_TO = 16
 
@@ -108,6 +110,7 @@ class LatencyModel:
         #: Context mode: time the whole model with one group cut (small models, where a layer timed alone
         #: misses the layout conversions an odd width costs its neighbours); else each layer alone.
         self.context = context
+        self._layers: LatencyModel | None = None  # context mode: the layer-by-layer model that predicts
 
     def _shapes_at(self, batch: int) -> Mapping[str, tuple] | None:
         if batch not in self._shapes:
@@ -216,6 +219,11 @@ class LatencyModel:
                                       "timed": False}
             return int(self.choices[group.id]["chosen"])
         costs = {w: self.relative_cost(group.id, w) for w in candidates}
+        best_aligned = min((c for w, c in costs.items() if c is not None and w % AUTO_FALLBACK == 0),
+                           default=None)
+        if best_aligned is not None:  # an odd width must clearly beat every multiple of 8 (noise is not enough)
+            costs = {w: c for w, c in costs.items()
+                     if w % AUTO_FALLBACK == 0 or (c is not None and c < best_aligned * (1 - ODD_MARGIN))}
         best = min(c for c in costs.values() if c is not None)
         near = [w for w, c in costs.items() if c is not None and c <= best * (1 + NEAR_TIE)]
         # Near-ties go to widths that are multiples of 8: a layer timed alone does not see the layout
@@ -242,8 +250,11 @@ class LatencyModel:
             g = self.dg.groups[gid]
             if k < g.size and self._cost_parts(gid, k) is None and gid not in self.untimed:
                 self._measure(g, [k])
-        if self.context:
-            return self._predict_in_context(keep_counts)
+        if self.context:  # summed over many groups, whole-model timings add up their noise: predict from layers
+            if self._layers is None:
+                self._layers = LatencyModel(self.model, self.dg, batches=self.batches, dims=self.dims,
+                                            timer=self.timer, cache=self.cache, budget_s=self.budget_s)
+            return self._layers.predict_speedup(keep_counts, original_ms)
         by_name = {n.name or (n.output[0] if n.output else ""): n for n in self.model.graph.node}
         opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 17)
         out: dict[int, float] = {}
@@ -276,22 +287,6 @@ class LatencyModel:
             model_ms = (original_ms or {}).get(batch) if rate is not None else None
             share = min(1.0, total / model_ms) if model_ms else 1.0
             out[batch] = 1.0 / max(1.0 - share * (1.0 - kept), 1e-12)
-        return out
-
-    def _predict_in_context(self, keep_counts: Mapping[int, int]) -> dict[int, float]:
-        """Context mode: the product of each group's measured time ratio on the whole model (untimed: 1)."""
-        out: dict[int, float] = {}
-        for batch in self.batches:
-            if self._shapes_at(batch) is None:
-                continue
-            kept = 1.0
-            for gid, k in keep_counts.items():
-                sigs = self._sigs.get((gid, batch), {})
-                full = self._ms.get((sigs.get(self.dg.groups[gid].size, {}).get("model", ""), batch))
-                here = self._ms.get((sigs.get(k, {}).get("model", ""), batch))
-                if full and here is not None:
-                    kept *= here / full
-            out[batch] = 1.0 / max(kept, 1e-6)
         return out
 
     def report(self) -> dict[str, Any]:
