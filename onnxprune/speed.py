@@ -39,6 +39,8 @@ AUTO_BENCH_RUNS = 30
 LATENCY_BUDGET_S = 2.0
 #: Widths whose measured cost is within this share of the fastest count as equally fast.
 NEAR_TIE = 0.02
+#: Rounding a group back to its full width (no cut) must be this much faster than the best cut width.
+FULL_MARGIN = 0.10
 #: The retry after a slower result rounds widths up to multiples of this.
 RETRY_ROUND_TO = 16
 
@@ -211,14 +213,17 @@ class LatencyModel:
 
         candidates = auto_candidates(group.size, k)
         fallback = _ceil_to(k, AUTO_FALLBACK, group.size)
-        aligned = [w for w in candidates if w % AUTO_FALLBACK == 0 or w == group.size]
+        aligned = [w for w in candidates if w % AUTO_FALLBACK == 0 and w < group.size]
         if aligned:  # odd widths: a layer timed alone flatters them, a whole model's noise hides their cost
-            candidates = aligned
+            candidates = aligned  # (the full width is no candidate then: the group is still cut)
         if len(candidates) == 1 or not self._measure(group, candidates):
             self.choices[group.id] = {"asked": k, "chosen": fallback if len(candidates) > 1 else candidates[0],
                                       "timed": False}
             return int(self.choices[group.id]["chosen"])
         costs = {w: self.relative_cost(group.id, w) for w in candidates}
+        cut = [c for w, c in costs.items() if c is not None and w < group.size]
+        if cut and costs.get(group.size) is not None and costs[group.size] >= min(cut) * (1 - FULL_MARGIN):
+            del costs[group.size]  # the user asked for a cut: keeping the group whole must clearly pay
         best = min(c for c in costs.values() if c is not None)
         near = [w for w, c in costs.items() if c is not None and c <= best * (1 + NEAR_TIE)]
         # Near-ties go to widths that are multiples of 8: a layer timed alone does not see the layout

@@ -224,7 +224,7 @@ def auto_candidates(size: int, k: int, tolerance: float = 0.03) -> list[int]:
     """Widths ``round_to="auto"`` may keep when the ratio asks for ``k`` of ``size`` channels.
 
     ``k`` itself; ``k`` rounded up to multiples of 8, 16 and 32 (the full width only when rounding to 8
-    already reaches it in a group of 8 or more); and ``k`` rounded down to those multiples when that
+    already reaches it in a group of 16 or more); and ``k`` rounded down to those multiples when that
     drops at most ``tolerance`` of the group (at least one channel), so a chosen width never keeps much
     fewer channels than asked.
     """
@@ -234,7 +234,7 @@ def auto_candidates(size: int, k: int, tolerance: float = 0.03) -> list[int]:
     floor_tol = max(1, int(tolerance * size))
     for step in (8, 16, 32):
         up = -(-k // step) * step
-        if up < size or (step == 8 and size >= 8):  # a group under 8 is never rounded back to its full width
+        if up < size or (step == 8 and size >= 16):  # a group under 16 is never rounded back to its full width
             out.add(min(up, size))
         down = (k // step) * step
         if down >= 1 and k - down <= floor_tol:
