@@ -222,7 +222,8 @@ class LatencyModel:
             return int(self.choices[group.id]["chosen"])
         costs = {w: self.relative_cost(group.id, w) for w in candidates}
         cut = [c for w, c in costs.items() if c is not None and w < group.size]
-        if cut and costs.get(group.size) is not None and costs[group.size] >= min(cut) * (1 - FULL_MARGIN):
+        whole = costs.get(group.size)
+        if cut and whole is not None and whole >= min(cut) * (1 - FULL_MARGIN):
             del costs[group.size]  # the user asked for a cut: keeping the group whole must clearly pay
         best = min(c for c in costs.values() if c is not None)
         near = [w for w, c in costs.items() if c is not None and c <= best * (1 + NEAR_TIE)]
