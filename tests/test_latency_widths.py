@@ -284,3 +284,15 @@ def load(path):
     from onnxprune.core.io import load_model
 
     return load_model(path)
+
+
+@pytest.mark.parametrize(("whole_ms", "chosen"), [(0.95, 11), (0.8, 16)])
+def test_keeping_a_group_whole_must_clearly_pay(whole_ms, chosen):
+    model, dg, g = _model_and_group(c_mid=16)
+
+    def timer(models):  # the cut (11 wide) costs 1.0; the whole model whole_ms
+        return [whole_ms if next(t for t in m.graph.initializer if len(t.dims) == 4).dims[0] == 16 else 1.0
+                for m in models]
+
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=timer, cache=LatencyCache(None), context=True)
+    assert lm.choose(g, 11) == chosen
