@@ -19,23 +19,36 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import ModelProto
 
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import load_model
-from onnxprune.core.progress import progress
+from onnxprune.core.progress import Stages
 from onnxprune.core.stats import model_stats
 from onnxprune.recovery.calibrate import ActivationStats, collect_stats, iter_feeds
-from onnxprune.structured.analysis import DependencyGraph, analyze
-from onnxprune.structured.plan import PrunePlan, make_plan
-from onnxprune.structured.surgery import apply_plan
+from onnxprune.recovery.executor import (
+    CandidateEvaluator,
+    CandidateSpec,
+    Measured,
+    Task,
+    check_executor,
+    measure_candidates,
+    single_group_plan,  # noqa: F401 - re-exported: it lived here first
+)
+from onnxprune.structured.analysis import ChannelGroup, DependencyGraph, analyze
+
+if TYPE_CHECKING:
+    from onnxprune.recovery.gram_score import GramScorer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 METRIC = "relative_l2"
+#: How candidates are measured: Gram-scored and anchored (fast), or each on the whole model (reference).
+METHODS = ("gram", "model")
 
 @dataclass(frozen=True)
 class GroupSensitivity:
@@ -82,6 +95,7 @@ class SensitivityReport:
         macs / params: of the original model.
         accuracy: top-1 of the original model on the evaluation data, if given.
         groups: one :class:`GroupSensitivity` per prunable group, in group-id order.
+        method: ``gram`` or ``model`` (how candidates were measured, see :func:`sensitivity`).
     """
 
     metric: str
@@ -93,6 +107,7 @@ class SensitivityReport:
     params: int
     accuracy: float | None
     groups: tuple[GroupSensitivity, ...]
+    method: str = "model"
 
     def ranked(self) -> list[GroupSensitivity]:
         """Groups from least to most sensitive (mean error over the ratios, then id)."""
@@ -177,16 +192,6 @@ class OutputErrorMeter:
         return math.sqrt(total) / self.ref_norm if self.ref_norm > 0 else math.sqrt(total)
 
 
-def single_group_plan(model: ModelProto, dg: DependencyGraph, group_id: int, ratio: float, *,
-                      importance: str, statistics: Mapping[str, object] | None, seed: int = 0) -> PrunePlan:
-    """A plan that cuts only ``group_id`` by ``ratio`` (every other group keeps all its channels)."""
-    plan = make_plan(model, dg, ratio=0.0, importance=importance, group_ratios={group_id: ratio},
-                     statistics=statistics, seed=seed)
-    keep = {g: k for g, k in plan.keep.items() if g == group_id}
-    return PrunePlan(fingerprint=plan.fingerprint, keep=keep, sizes={group_id: plan.sizes[group_id]},
-                     criterion=plan.criterion, meta=plan.meta)
-
-
 def criterion_statistics(model: ModelProto, dg: DependencyGraph, importance: str,
                          data: object) -> Mapping[str, object] | None:
     """Calibration statistics a data-aware criterion needs (``None`` for weight-only criteria)."""
@@ -227,26 +232,40 @@ def sensitivity(
     batch_size: int = 32,
     max_samples: int | None = 256,
     labels: str = "labels",
+    method: str = "gram",
+    executor: str = "local",
+    workers: int | None = None,
 ) -> SensitivityReport:
     """Prune each prunable group alone at each ratio and measure the damage.
+
+    With ``method="model"`` every candidate is measured on the whole model (one onnxruntime session and
+    a pass over the calibration set each). With ``method="gram"`` (the default) one calibration pass
+    collects the input Gram matrix of every layer a group cut acts on; each candidate's curve is its
+    consumers' reconstruction error from those Grams (:mod:`onnxprune.recovery.gram_score`), scaled per
+    group by *one* whole-model measurement at the middle ratio, so it is on the model's output scale
+    and exact there. Groups whose cut reaches no Conv/Gemm/MatMul, or scores zero at the middle ratio,
+    are measured on the whole model at every ratio.
 
     Args:
         model: path or ``ModelProto`` (not modified).
         calib: calibration data (npz path or feed dicts) on which output errors are measured.
         ratios: shares of a group's channels to remove, in ``(0, 1)``.
-        eval_data: labelled npz for top-1 accuracy per candidate (optional).
+        eval_data: labelled npz for top-1 accuracy per candidate (optional; always whole-model).
         importance: criterion that picks the channels (data-aware ones use ``calib``).
         recover: ``none``, ``bias`` or ``lstsq`` applied to every candidate before measuring.
         dg: the model's dependency graph, if already built.
         groups: restrict to these group ids (default: every prunable group).
         batch_size, max_samples: calibration batching (the reference outputs of ``max_samples`` are kept).
         labels: key of the labels in ``eval_data``.
+        method: ``gram`` (fast, see above) or ``model`` (every candidate on the whole model: the reference).
+        executor: ``local`` or ``processes`` (whole-model measurements spread over worker processes).
+        workers: worker processes for ``processes`` (default: one per core).
 
     Returns:
         A :class:`SensitivityReport`.
 
     Raises:
-        ConfigError: bad ratios, criterion or recovery; CalibrationError: bad data.
+        ConfigError: bad ratios, criterion, recovery, method or executor; CalibrationError: bad data.
 
     Example:
         >>> report = sensitivity("cnn.onnx", "calib.npz", ratios=(0.2, 0.5))  # doctest: +SKIP
@@ -255,6 +274,9 @@ def sensitivity(
     ratios = parse_ratios(ratios)
     if recover not in ("none", "bias", "lstsq"):
         raise ConfigError(f"recover must be none, bias or lstsq, got '{recover}'")
+    if method not in METHODS:
+        raise ConfigError(f"sensitivity method must be one of {', '.join(METHODS)}, got '{method}'")
+    check_executor(executor, workers)
     m = load_model(model)
     dg = dg if dg is not None else analyze(m)
     chosen = [g for g in dg.prunable_groups if g.size > 1 and (groups is None or g.id in set(groups))]
@@ -262,38 +284,85 @@ def sensitivity(
         missing = sorted(set(groups) - {g.id for g in chosen})
         if missing:
             raise ConfigError(f"groups {missing} are not prunable groups of this model; see 'onnxprune analyze'")
+    clock = Stages()
     meter = OutputErrorMeter(m, calib, batch_size=batch_size, max_samples=max_samples)
-    statistics = criterion_statistics(m, dg, importance, calib)
-    rstats = recovery_stats(m, dg, calib, recover)
-    evaluate = None
+    statistics = criterion_statistics(m, dg, importance, meter.batches)
+    scorer = None
+    if method == "gram":
+        from onnxprune.recovery.gram_score import GramScorer, scorable_sinks
+
+        # the one calibration pass: every consumer's Gram serves scoring and recovery alike
+        stats = collect_stats(m, meter.batches, gram_for=scorable_sinks(m, dg, {g.id: g.size for g in chosen}))
+        rstats = stats if recover != "none" else None
+        scorer = GramScorer(m, dg, stats, recover=recover)
+    else:
+        rstats = recovery_stats(m, dg, meter.batches, recover)
+    clock.done("calibration", meter.samples, "samples")
+    spec = CandidateSpec(m.SerializeToString(), tuple(meter.batches), tuple(meter.reference), tuple(meter.outputs),
+                         importance, recover, statistics, rstats, None if eval_data is None else str(eval_data),
+                         labels)
+    evaluator = CandidateEvaluator(spec, model=m, dg=dg)
+    tasks: list[Task] = [(g.id, r) for g in chosen for r in ratios]
+    plans = evaluator.plans([g.id for g in chosen], ratios)
+    costs = {t: evaluator.cost(p) for t, p in plans.items()}
+    clock.done("candidate plans", len(tasks), "candidates")
+    errors: dict[Task, float] = {}
+    if scorer is not None:
+        errors = _gram_errors(scorer, evaluator, plans, chosen, ratios, executor, workers, clock)
+    else:
+        measured = measure_candidates(evaluator, tasks, accuracy=False, executor=executor, workers=workers,
+                                      on_done=clock.ticker("whole-model candidates", len(tasks)))
+        errors = {t: float(r.error) for t, r in zip(tasks, measured, strict=True) if r.error is not None}
+        clock.done("whole-model candidates", len(tasks), "candidates")
     base_acc = None
+    accs: dict[Task, float | None] = dict.fromkeys(tasks)
     if eval_data is not None:
-        from onnxprune.runtime.evaluate import evaluate_accuracy
-
-        def evaluate(candidate: ModelProto) -> float:
-            return float(evaluate_accuracy(candidate, eval_data, labels=labels).top1)
-
-        base_acc = evaluate(m)
+        base_acc = evaluator.accuracy(m)
+        measured = measure_candidates(evaluator, tasks, error=False, executor=executor, workers=workers,
+                                      on_done=clock.ticker("accuracy", len(tasks)))
+        accs = {t: r.accuracy for t, r in zip(tasks, measured, strict=True)}
+        clock.done("accuracy", len(tasks), "candidates")
     base = model_stats(m)
     results: list[GroupSensitivity] = []
-    for g in progress(chosen, desc="sensitivity", total=len(chosen)):
-        kept, errs, accs, macs, params = [], [], [], [], []
-        for r in ratios:
-            plan = single_group_plan(m, dg, g.id, r, importance=importance, statistics=statistics)
-            cand = apply_plan(m, plan, dg=dg)
-            if recover != "none":
-                from onnxprune.recovery.recover import recover_structured
-
-                cand = recover_structured(m, cand, dg, plan, rstats, method=recover)
-            st = model_stats(cand)
-            kept.append(len(plan.keep[g.id]))
-            errs.append(meter.error(cand))
-            accs.append(evaluate(cand) if evaluate is not None else None)
-            macs.append(st.macs)
-            params.append(st.params)
+    for g in chosen:
+        ts = [(g.id, r) for r in ratios]
         source = g.sources[0].node if g.sources else (g.nodes[0] if g.nodes else f"group {g.id}")
-        results.append(GroupSensitivity(g.id, g.size, source, ratios, tuple(kept), tuple(errs), tuple(accs),
-                                        tuple(macs), tuple(params)))
-        log.debug("group %d: errors %s", g.id, errs)
+        results.append(GroupSensitivity(
+            g.id, g.size, source, ratios, tuple(len(plans[t].keep[g.id]) for t in ts), tuple(errors[t] for t in ts),
+            tuple(accs[t] for t in ts), tuple(costs[t][0] for t in ts), tuple(costs[t][1] for t in ts)))
+        log.debug("group %d: errors %s", g.id, [errors[t] for t in ts])
     return SensitivityReport(METRIC, ratios, importance, recover, meter.samples, base.macs, base.params, base_acc,
-                             tuple(results))
+                             tuple(results), method)
+
+
+def _gram_errors(scorer: GramScorer, evaluator: CandidateEvaluator, plans: Mapping[Task, object],
+                 chosen: Sequence[ChannelGroup], ratios: Sequence[float], executor: str, workers: int | None,
+                 clock: Stages) -> dict[Task, float]:
+    """Gram-scored curves, each scaled by one whole-model measurement at the middle ratio (see :func:`sensitivity`)."""
+    local = {t: scorer.score(p) for t, p in plans.items()}
+    clock.done("gram scores", len(local), "candidates")
+    anchor = ratios[len(ratios) // 2]
+    model_tasks: list[Task] = []
+    for g in chosen:
+        curve = [local[(g.id, r)] for r in ratios]
+        at = local[(g.id, anchor)]
+        if any(v is None for v in curve) or at is None or at <= 0:
+            model_tasks += [(g.id, r) for r in ratios]  # nothing to scale: measure every ratio
+        else:
+            model_tasks.append((g.id, anchor))
+    measured: list[Measured] = measure_candidates(
+        evaluator, model_tasks, accuracy=False, executor=executor, workers=workers,
+        on_done=clock.ticker("whole-model anchors", len(model_tasks)))
+    exact = {t: float(r.error) for t, r in zip(model_tasks, measured, strict=True) if r.error is not None}
+    clock.done("whole-model anchors", len(model_tasks), "candidates")
+    errors: dict[Task, float] = {}
+    for g in chosen:
+        if (g.id, ratios[0]) in exact and (g.id, ratios[-1]) in exact:
+            errors.update({(g.id, r): exact[(g.id, r)] for r in ratios})
+            continue
+        at = local[(g.id, anchor)]
+        assert at is not None  # groups without a score were measured at every ratio above
+        scale = exact[(g.id, anchor)] / at
+        errors.update({(g.id, r): float(local[(g.id, r)] or 0.0) * scale for r in ratios})
+        errors[(g.id, anchor)] = exact[(g.id, anchor)]
+    return errors
