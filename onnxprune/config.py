@@ -91,6 +91,9 @@ class PruneConfig:
     target_macs: float | None = None
     target_params: float | None = None
     max_error: float | None = None
+    sensitivity_method: str = "gram"  # how budgets measure candidates: gram (fast) or model (reference)
+    executor: str = "local"  # where whole-model candidate runs go: local or processes
+    workers: int | None = None
     eval_data: str | None = None
     labels: str = "labels"
     # validation
@@ -151,6 +154,11 @@ class PruneConfig:
         _unit("--target-params", self.target_params, closed_top=True, open_bottom=True)
         if self.max_error is not None and not (math.isfinite(self.max_error) and self.max_error > 0):
             raise ConfigError(f"--max-error must be > 0, got {self.max_error}")
+        if self.sensitivity_method not in ("gram", "model"):
+            raise ConfigError(f"sensitivity method must be gram or model, got '{self.sensitivity_method}'")
+        if self.executor not in ("local", "processes") or (self.workers is not None and self.workers < 1):
+            raise ConfigError(f"--executor must be local or processes and --workers >= 1, got "
+                              f"'{self.executor}' and {self.workers}")
         if (self.target_macs or self.target_params or self.max_error) and self.mode != "structured":
             raise ConfigError("--target-macs/--target-params/--max-error apply to --mode structured only")
         if not (math.isfinite(self.atol) and self.atol >= 0 and math.isfinite(self.rtol) and self.rtol >= 0):

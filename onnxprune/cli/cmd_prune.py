@@ -50,6 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     d.add_argument("--target-macs", type=float, help="keep at most this fraction of MACs")
     d.add_argument("--target-params", type=float, help="keep at most this fraction of parameters")
     d.add_argument("--max-error", type=float, help="stop before the calibration output error exceeds this")
+    d.add_argument("--exact-sensitivity", dest="sensitivity_method", action="store_const", const="model",
+                   default="gram", help="budgets measure every candidate on the whole model (slow reference) "
+                                        "instead of from Gram matrices anchored by one run per group")
+    d.add_argument("--executor", choices=["local", "processes"], default="local",
+                   help="run whole-model candidate measurements here or in worker processes (default local)")
+    d.add_argument("--workers", type=int, help="worker processes for --executor processes (default: one per core)")
     d.add_argument("--eval-data", help="labelled .npz to report accuracy before/after")
     d.add_argument("--labels", default="labels", help="labels key in --eval-data (default labels)")
     v = p.add_argument_group("validation and benchmark")
@@ -85,7 +91,9 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
         global_rank=args.global_rank, round_to=args.round_to, min_channels=args.min_channels,
         importance=args.importance, seed=args.seed, plan_in=args.plan_in, plan_out=args.plan_out,
         exclude=tuple(args.exclude), calib=args.calib, recover=args.recover, target_macs=args.target_macs,
-        target_params=args.target_params, max_error=args.max_error, eval_data=args.eval_data, labels=args.labels,
+        target_params=args.target_params, max_error=args.max_error,
+        sensitivity_method=args.sensitivity_method, executor=args.executor, workers=args.workers,
+        eval_data=args.eval_data, labels=args.labels,
         validate=args.validate, atol=args.atol, rtol=args.rtol,
         dims=parse_dims(args.dim),
         providers=tuple(x.strip() for x in args.providers.split(",") if x.strip()),

@@ -23,6 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--importance", default="l2", help="criterion choosing the channels (default l2)")
     p.add_argument("--recover", default="none", choices=("none", "bias", "lstsq"),
                    help="recovery applied to each candidate before measuring (default none)")
+    p.add_argument("--method", choices=("gram", "model"), default="gram",
+                   help="gram: score candidates from Gram matrices, one whole-model run per group (default); "
+                        "model: run every candidate on the whole model (slow reference)")
+    p.add_argument("--executor", choices=("local", "processes"), default="local",
+                   help="run whole-model measurements here or in worker processes (default local)")
+    p.add_argument("--workers", type=int, help="worker processes for --executor processes (default: one per core)")
     p.add_argument("--max-samples", type=int, default=256, help="calibration samples used (default 256)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="save error-vs-ratio curves (needs matplotlib)")
@@ -42,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.plot, inputs=(args.model,))
     report = sensitivity(args.model, args.calib, ratios=parse_ratios(args.ratios), eval_data=args.eval_data,
                          importance=args.importance, recover=args.recover, max_samples=args.max_samples,
-                         labels=args.labels)
+                         labels=args.labels, method=args.method, executor=args.executor, workers=args.workers)
     if args.plot:
         from onnxprune.report.plots import plot_sensitivity
 
@@ -54,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     acc = "" if report.accuracy is None else f", original top-1 {report.accuracy:.2%}"
     print(f"sensitivity of {args.model}: {len(report.groups)} prunable groups, {report.samples} calibration "
-          f"samples, importance {report.importance}, recover {report.recover}{acc}")
+          f"samples, importance {report.importance}, recover {report.recover}, method {report.method}{acc}")
     print("error = relative L2 of the outputs vs the original (||y - y_ref|| / ||y_ref||), least sensitive first")
     print(report.table())
     if args.plot:

@@ -245,7 +245,8 @@ def allocate(
 
 def allocate_budget(model: ModelProto, dg: DependencyGraph, config: object) -> dict[int, float]:
     """The pipeline's entry: sensitivity on ``config.calib`` (seeded random inputs when there is none),
-    then :func:`allocate` with ``config``'s targets, criterion, recovery and ``max_error``.
+    then :func:`allocate` with ``config``'s targets, criterion, recovery and ``max_error``. The sensitivity
+    method (``gram`` or ``model``), executor and workers come from ``config`` too.
 
     Raises:
         ConfigError: as :func:`allocate`.
@@ -263,7 +264,8 @@ def allocate_budget(model: ModelProto, dg: DependencyGraph, config: object) -> d
         if recover == "lstsq":
             recover = "none"
     report = sensitivity(model, data, ratios=DEFAULT_RATIOS + (0.8, 0.9), importance=importance,  # type: ignore[arg-type]
-                         recover=recover, dg=dg)
+                         recover=recover, dg=dg, method=str(getattr(config, "sensitivity_method", "gram")),
+                         executor=str(getattr(config, "executor", "local")), workers=getattr(config, "workers", None))
     return allocate(model, dg, report, target_macs=getattr(config, "target_macs", None),
                     target_params=getattr(config, "target_params", None),
                     max_error=getattr(config, "max_error", None), calib=data,  # type: ignore[arg-type]
