@@ -17,18 +17,20 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import ModelProto
 
 from onnxprune.core.errors import ConfigError
-from onnxprune.core.ir import GraphIndex, Shape
-from onnxprune.core.shapefold import infer_shapes
-from onnxprune.core.stats import WEIGHTED_OPS, ModelStats, model_stats, node_macs
+from onnxprune.core.stats import model_stats
 from onnxprune.recovery.calibrate import ActivationStats
 from onnxprune.structured.analysis import DependencyGraph, analyze
 from onnxprune.structured.plan import PrunePlan, make_plan
 from onnxprune.structured.surgery import apply_plan
+
+if TYPE_CHECKING:
+    from onnxprune.recovery.costs import CostModel
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +100,7 @@ class CandidateEvaluator:
         self.model = model
         self.dg = dg if dg is not None else analyze(model)
         self.threads = threads
-        self._opset = GraphIndex(model).opset
-        self._shapes: dict[str, Shape] | None = None
-        self._base: ModelStats | None = None
+        self._costs: CostModel | None = None
         self._create, self._run = create_session, run_session
         ref = spec.reference
         self.ref_norm = float(np.sqrt(sum(float(np.sum(np.square(r[n], dtype=np.float64)))
@@ -138,29 +138,18 @@ class CandidateEvaluator:
     def cost(self, plan: PrunePlan) -> tuple[int, int]:
         """``(MACs, params)`` of the cut model (batch 1) without building it; recovery does not change them.
 
-        The cut shrinks the axes :meth:`DependencyGraph.kept_positions` lists; MACs are recounted per
-        weighted node on the original shapes with those axes shrunk, parameters by
-        :meth:`DependencyGraph.params_removed`. Falls back to cutting the model when a node's MACs are
-        unknown.
+        Counted by :class:`onnxprune.recovery.costs.CostModel`; the model is cut and counted only when a
+        node's MACs are unknown there.
         """
-        if self._shapes is None:
-            self._shapes = infer_shapes(self.model)
-            self._base = model_stats(self.model, shapes=self._shapes)
-        assert self._base is not None
-        shapes = dict(self._shapes)
-        for slot, pos in self.dg.kept_positions(plan.keep).items():
-            shape = shapes.get(slot.tensor)
-            if shape is not None and slot.axis < len(shape):
-                shapes[slot.tensor] = tuple(len(pos) if i == slot.axis else d for i, d in enumerate(shape))
-        macs = 0
-        for node in self.model.graph.node:
-            if node.op_type in WEIGHTED_OPS:
-                m = node_macs(node, shapes, self._opset)
-                if m is None:
-                    st = model_stats(apply_plan(self.model, plan, dg=self.dg))
-                    return st.macs, st.params
-                macs += m
-        return macs, self._base.params - self.dg.params_removed(plan.keep)
+        if self._costs is None:
+            from onnxprune.recovery.costs import CostModel
+
+            self._costs = CostModel(self.model, self.dg)
+        found = self._costs.cost(plan.keep)
+        if found is None:
+            st = model_stats(apply_plan(self.model, plan, dg=self.dg))
+            return st.macs, st.params
+        return found
 
     def error(self, candidate: ModelProto) -> float:
         """Relative L2 error of ``candidate``'s float outputs against the original's."""

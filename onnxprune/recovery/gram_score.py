@@ -144,9 +144,11 @@ class GramScorer:
             keep_cols = _expand_cols(cut.keep_in, layer.kernel)
             drop_cols = _expand_cols(np.setdiff1d(np.arange(width), cut.keep_in), layer.kernel)
             means = None
-            if self.recover == "bias":  # recovery folds per-channel means (averaged over kernel taps)
-                col_mean = layer.gram.col_mean[0]
-                means = np.repeat(col_mean.reshape(width, layer.kernel).mean(axis=1), layer.kernel)
+            if self.recover == "bias":  # the per-channel means recovery folds in (recover._column_means)
+                cs = self.stats.channels.get(cut.activation)
+                chan = cs.mean if cs is not None and cs.channels == width else (
+                    layer.gram.col_mean[0].reshape(width, layer.kernel).mean(axis=1))
+                means = np.repeat(chan, layer.kernel)
             err = layer_error(layer.rows[cut.keep_out], layer.bias[cut.keep_out], layer.gram, keep_cols, drop_cols,
                               self.recover, channel_means=means, ridge=self.ridge)
             out[cut.key] = (err, float(np.sum(layer.energy[cut.keep_out])))

@@ -64,6 +64,7 @@ class GroupSensitivity:
         accuracies: top-1 on the evaluation data per ratio (``None`` without eval data).
         macs: MACs (batch 1) of the model with only this group pruned, per ratio.
         params: parameters of that model, per ratio.
+        exact: per ratio, whether the error was measured on the whole model (else Gram-estimated).
     """
 
     group: int
@@ -75,6 +76,7 @@ class GroupSensitivity:
     accuracies: tuple[float | None, ...]
     macs: tuple[int, ...]
     params: tuple[int, ...]
+    exact: tuple[bool, ...] = ()
 
     @property
     def score(self) -> float:
@@ -205,7 +207,8 @@ def criterion_statistics(model: ModelProto, dg: DependencyGraph, importance: str
 
 
 def recovery_stats(model: ModelProto, dg: DependencyGraph, data: object, recover: str) -> ActivationStats | None:
-    """Statistics for recovering any cut of ``dg``'s groups: every sink's Gram (lstsq) or input (bias)."""
+    """Statistics for recovering any cut of ``dg``'s groups: every sink's Gram (lstsq) or input (bias), or
+    both in one pass (``"both"``: what Gram scoring with bias recovery needs)."""
     if recover == "none" or data is None:
         return None
     from onnxprune.recovery.recover import recovery_input_axis, sink_cuts
@@ -216,7 +219,8 @@ def recovery_stats(model: ModelProto, dg: DependencyGraph, data: object, recover
     if recover == "lstsq":
         return collect_stats(model, data, gram_for=[c.key for c in cuts])  # type: ignore[arg-type]
     axes = {c.activation: recovery_input_axis(c) for c in cuts}
-    return collect_stats(model, data, tensors=axes)  # type: ignore[arg-type]
+    grams = [c.key for c in cuts] if recover == "both" else []
+    return collect_stats(model, data, tensors=axes, gram_for=grams)  # type: ignore[arg-type]
 
 
 def sensitivity(
@@ -271,6 +275,34 @@ def sensitivity(
         >>> report = sensitivity("cnn.onnx", "calib.npz", ratios=(0.2, 0.5))  # doctest: +SKIP
         >>> print(report.table())  # doctest: +SKIP
     """
+    return start_sensitivity(model, calib, ratios=ratios, eval_data=eval_data, importance=importance, recover=recover,
+                             dg=dg, groups=groups, batch_size=batch_size, max_samples=max_samples, labels=labels,
+                             method=method, executor=executor, workers=workers).report()
+
+
+def start_sensitivity(
+    model: str | os.PathLike[str] | ModelProto,
+    calib: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]],
+    *,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    eval_data: str | os.PathLike[str] | None = None,
+    importance: str = "l2",
+    recover: str = "none",
+    dg: DependencyGraph | None = None,
+    groups: Sequence[int] | None = None,
+    batch_size: int = 32,
+    max_samples: int | None = 256,
+    labels: str = "labels",
+    method: str = "gram",
+    executor: str = "local",
+    workers: int | None = None,
+) -> SensitivityRun:
+    """As :func:`sensitivity`, but returns the :class:`SensitivityRun` (its ``report()``, and ``refine()`` to
+    measure more points on the whole model).
+
+    Raises:
+        ConfigError, CalibrationError: as :func:`sensitivity`.
+    """
     ratios = parse_ratios(ratios)
     if recover not in ("none", "bias", "lstsq"):
         raise ConfigError(f"recover must be none, bias or lstsq, got '{recover}'")
@@ -284,60 +316,98 @@ def sensitivity(
         missing = sorted(set(groups) - {g.id for g in chosen})
         if missing:
             raise ConfigError(f"groups {missing} are not prunable groups of this model; see 'onnxprune analyze'")
-    clock = Stages()
-    meter = OutputErrorMeter(m, calib, batch_size=batch_size, max_samples=max_samples)
-    statistics = criterion_statistics(m, dg, importance, meter.batches)
-    scorer = None
-    if method == "gram":
-        from onnxprune.recovery.gram_score import GramScorer, scorable_sinks
+    return SensitivityRun(m, dg, chosen, calib, ratios=ratios, eval_data=eval_data, importance=importance,
+                          recover=recover, batch_size=batch_size, max_samples=max_samples, labels=labels,
+                          method=method, executor=executor, workers=workers)
 
-        # the one calibration pass: every consumer's Gram serves scoring and recovery alike
-        stats = collect_stats(m, meter.batches, gram_for=scorable_sinks(m, dg, {g.id: g.size for g in chosen}))
-        rstats = stats if recover != "none" else None
-        scorer = GramScorer(m, dg, stats, recover=recover)
-    else:
-        rstats = recovery_stats(m, dg, meter.batches, recover)
-    clock.done("calibration", meter.samples, "samples")
-    spec = CandidateSpec(m.SerializeToString(), tuple(meter.batches), tuple(meter.reference), tuple(meter.outputs),
-                         importance, recover, statistics, rstats, None if eval_data is None else str(eval_data),
-                         labels)
-    evaluator = CandidateEvaluator(spec, model=m, dg=dg)
-    tasks: list[Task] = [(g.id, r) for g in chosen for r in ratios]
-    plans = evaluator.plans([g.id for g in chosen], ratios)
-    costs = {t: evaluator.cost(p) for t, p in plans.items()}
-    clock.done("candidate plans", len(tasks), "candidates")
-    errors: dict[Task, float] = {}
-    if scorer is not None:
-        errors = _gram_errors(scorer, evaluator, plans, chosen, ratios, executor, workers, clock)
-    else:
-        measured = measure_candidates(evaluator, tasks, accuracy=False, executor=executor, workers=workers,
-                                      on_done=clock.ticker("whole-model candidates", len(tasks)))
-        errors = {t: float(r.error) for t, r in zip(tasks, measured, strict=True) if r.error is not None}
-        clock.done("whole-model candidates", len(tasks), "candidates")
-    base_acc = None
-    accs: dict[Task, float | None] = dict.fromkeys(tasks)
-    if eval_data is not None:
-        base_acc = evaluator.accuracy(m)
-        measured = measure_candidates(evaluator, tasks, error=False, executor=executor, workers=workers,
-                                      on_done=clock.ticker("accuracy", len(tasks)))
-        accs = {t: r.accuracy for t, r in zip(tasks, measured, strict=True)}
-        clock.done("accuracy", len(tasks), "candidates")
-    base = model_stats(m)
-    results: list[GroupSensitivity] = []
-    for g in chosen:
-        ts = [(g.id, r) for r in ratios]
-        source = g.sources[0].node if g.sources else (g.nodes[0] if g.nodes else f"group {g.id}")
-        results.append(GroupSensitivity(
-            g.id, g.size, source, ratios, tuple(len(plans[t].keep[g.id]) for t in ts), tuple(errors[t] for t in ts),
-            tuple(accs[t] for t in ts), tuple(costs[t][0] for t in ts), tuple(costs[t][1] for t in ts)))
-        log.debug("group %d: errors %s", g.id, [errors[t] for t in ts])
-    return SensitivityReport(METRIC, ratios, importance, recover, meter.samples, base.macs, base.params, base_acc,
-                             tuple(results), method)
+
+class SensitivityRun:
+    """One sensitivity analysis, with what it built kept (calibration, reference outputs, plans, costs), so
+    a budget can ask for more points measured exactly (:meth:`refine`) without calibrating again.
+
+    Made by :func:`start_sensitivity`.
+    """
+
+    def __init__(self, m: ModelProto, dg: DependencyGraph, chosen: Sequence[ChannelGroup],
+                 calib: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]], *, ratios: tuple[float, ...],
+                 eval_data: str | os.PathLike[str] | None, importance: str, recover: str, batch_size: int,
+                 max_samples: int | None, labels: str, method: str, executor: str, workers: int | None) -> None:
+        self.model, self.dg, self.chosen, self.ratios = m, dg, list(chosen), ratios
+        self.importance, self.recover, self.method = importance, recover, method
+        self.executor, self.workers = executor, workers
+        clock = self.clock = Stages()
+        meter = OutputErrorMeter(m, calib, batch_size=batch_size, max_samples=max_samples)
+        self.samples = meter.samples
+        statistics = criterion_statistics(m, dg, importance, meter.batches)
+        scorer = None
+        if method == "gram":
+            from onnxprune.recovery.gram_score import GramScorer
+
+            # the one calibration pass: every consumer's Gram (and input means) serves scoring and recovery alike
+            stats = recovery_stats(m, dg, meter.batches, "lstsq" if recover != "bias" else "both")
+            assert stats is not None
+            rstats = stats if recover != "none" else None
+            scorer = GramScorer(m, dg, stats, recover=recover)
+        else:
+            rstats = recovery_stats(m, dg, meter.batches, recover)
+        clock.done("calibration", meter.samples, "samples")
+        spec = CandidateSpec(m.SerializeToString(), tuple(meter.batches), tuple(meter.reference),
+                             tuple(meter.outputs), importance, recover, statistics, rstats,
+                             None if eval_data is None else str(eval_data), labels)
+        evaluator = self.evaluator = CandidateEvaluator(spec, model=m, dg=dg)
+        tasks: list[Task] = [(g.id, r) for g in chosen for r in ratios]
+        self.plans = evaluator.plans([g.id for g in chosen], ratios)
+        self.costs = {t: evaluator.cost(p) for t, p in self.plans.items()}
+        clock.done("candidate plans", len(tasks), "candidates")
+        if scorer is not None:
+            self.errors, self.exact = _gram_errors(scorer, evaluator, self.plans, chosen, ratios, executor, workers,
+                                                   clock)
+        else:
+            self.errors, self.exact = {}, set()
+            self.refine(tasks, stage="whole-model candidates")
+        self.base_acc = None
+        self.accs: dict[Task, float | None] = dict.fromkeys(tasks)
+        if eval_data is not None:
+            self.base_acc = evaluator.accuracy(m)
+            measured = measure_candidates(evaluator, tasks, error=False, executor=executor, workers=workers,
+                                          on_done=clock.ticker("accuracy", len(tasks)))
+            self.accs = {t: r.accuracy for t, r in zip(tasks, measured, strict=True)}
+            clock.done("accuracy", len(tasks), "candidates")
+        self.base = model_stats(m)
+
+    def refine(self, tasks: Iterable[Task], *, stage: str = "whole-model refinement") -> int:
+        """Measure ``tasks`` not measured yet on the whole model, replacing their estimates; how many were."""
+        todo = [t for t in dict.fromkeys(tasks) if t not in self.exact]
+        if not todo:
+            return 0
+        measured = measure_candidates(self.evaluator, todo, accuracy=False, executor=self.executor,
+                                      workers=self.workers, on_done=self.clock.ticker(stage, len(todo)))
+        for t, r in zip(todo, measured, strict=True):
+            assert r.error is not None  # asked for
+            self.errors[t] = r.error
+            self.exact.add(t)
+        self.clock.done(stage, len(todo), "candidates")
+        return len(todo)
+
+    def report(self) -> SensitivityReport:
+        """The report of what is measured now (estimates and exact points, see ``GroupSensitivity.exact``)."""
+        results: list[GroupSensitivity] = []
+        for g in self.chosen:
+            ts = [(g.id, r) for r in self.ratios]
+            source = g.sources[0].node if g.sources else (g.nodes[0] if g.nodes else f"group {g.id}")
+            results.append(GroupSensitivity(
+                g.id, g.size, source, self.ratios, tuple(len(self.plans[t].keep[g.id]) for t in ts),
+                tuple(self.errors[t] for t in ts), tuple(self.accs[t] for t in ts),
+                tuple(self.costs[t][0] for t in ts), tuple(self.costs[t][1] for t in ts),
+                tuple(t in self.exact for t in ts)))
+            log.debug("group %d: errors %s", g.id, [self.errors[t] for t in ts])
+        return SensitivityReport(METRIC, self.ratios, self.importance, self.recover, self.samples, self.base.macs,
+                                 self.base.params, self.base_acc, tuple(results), self.method)
 
 
 def _gram_errors(scorer: GramScorer, evaluator: CandidateEvaluator, plans: Mapping[Task, object],
                  chosen: Sequence[ChannelGroup], ratios: Sequence[float], executor: str, workers: int | None,
-                 clock: Stages) -> dict[Task, float]:
+                 clock: Stages) -> tuple[dict[Task, float], set[Task]]:
     """Gram-scored curves, each scaled by one whole-model measurement at the middle ratio (see :func:`sensitivity`)."""
     local = {t: scorer.score(p) for t, p in plans.items()}
     clock.done("gram scores", len(local), "candidates")
@@ -365,4 +435,4 @@ def _gram_errors(scorer: GramScorer, evaluator: CandidateEvaluator, plans: Mappi
         scale = exact[(g.id, anchor)] / at
         errors.update({(g.id, r): float(local[(g.id, r)] or 0.0) * scale for r in ratios})
         errors[(g.id, anchor)] = exact[(g.id, anchor)]
-    return errors
+    return errors, set(exact)
