@@ -436,3 +436,27 @@ def _gram_errors(scorer: GramScorer, evaluator: CandidateEvaluator, plans: Mappi
         errors.update({(g.id, r): float(local[(g.id, r)] or 0.0) * scale for r in ratios})
         errors[(g.id, anchor)] = exact[(g.id, anchor)]
     return errors, set(exact)
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation of two score lists (ties get their mean rank): how well a fast
+    sensitivity ranks groups like the whole-model one.
+
+    Example:
+        >>> spearman([0.1, 0.5, 0.3], [1.0, 9.0, 2.0])
+        1.0
+    """
+    def ranks(x: Sequence[float]) -> np.ndarray:
+        arr = np.asarray(x, dtype=np.float64)
+        order = np.argsort(arr, kind="stable")
+        r = np.empty(len(arr))
+        r[order] = np.arange(len(arr), dtype=np.float64)
+        for v in np.unique(arr):
+            tie = arr == v
+            r[tie] = r[tie].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return 1.0 if np.array_equal(ra, rb) else 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
