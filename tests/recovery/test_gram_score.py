@@ -106,3 +106,30 @@ def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 1, 2], [1, 1, 2]) == pytest.approx(1.0)  # ties get their mean rank
+
+
+def test_budget_gram_path_picks_the_whole_model_allocation_on_digits_cnn():
+    """Refinement measures every point the greedy reads on the whole model: same allocation, same accuracy."""
+    from onnxprune.config import PruneConfig
+    from onnxprune.core.io import load_model
+    from onnxprune.recovery.budget import allocate_budget
+
+    m = load_model(CNN)
+    dg = analyze(m)
+    cfg = PruneConfig(target_macs=0.5, calib=CNN_CALIB)
+    fast = allocate_budget(m, dg, cfg)
+    assert fast == allocate_budget(m, dg, cfg.with_(sensitivity_method="model"))
+    assert any(r > 0 for r in fast.values())
+
+
+def test_stage_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    from onnxprune.cli.main import main
+
+    args = ["sensitivity", CNN, "--calib", CNN_CALIB, "--ratios", "0.5", "--max-samples", "32"]
+    assert main(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    stages = [line.split(":")[1].strip() for line in err if line.startswith("onnxprune: ")]
+    assert stages == ["calibration", "candidate plans", "gram scores", "whole-model anchors"], err
+    assert "onnxprune: calibration: 32 samples in " in err[0] and err[0].endswith("s total)")
+    assert main([*args, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -1,0 +1,127 @@
+"""How much faster is Gram-scored sensitivity than measuring every candidate on the whole model, and does
+it rank groups the same way?
+
+For each model, times :func:`onnxprune.recovery.sensitivity.sensitivity` with ``method="model"`` (every
+candidate pruned, run by onnxruntime and compared, today's path) and ``method="gram"`` (one calibration
+pass, Gram-scored curves anchored by one whole-model run per group, the default), and reports the Spearman
+rank correlation of the per-group scores (mean error over the ratios). With ``--budget`` it also times the
+``--target-macs`` budget (sensitivity at 9 ratios plus the greedy allocation, :func:`allocate_budget`)
+both ways and, where the model ships a labelled test split, prunes with each allocation through
+:func:`onnxprune.prune` and reports top-1 on it.
+
+Calibration: the model's ``<name>_calib.npz`` where shipped, else ``--samples`` seeded standard-normal
+inputs (written to a temporary npz). Run on an idle machine: the figures are wall times.
+
+Usage:
+  .venv/bin/python tools/bench_sensitivity.py [--models models/digits_cnn.onnx ...] [--samples 256]
+                                              [--recover none] [--budget] [--target-macs 0.5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from onnxprune.config import PruneConfig  # noqa: E402
+from onnxprune.core.io import load_model  # noqa: E402
+from onnxprune.recovery.budget import allocate_budget  # noqa: E402
+from onnxprune.recovery.sensitivity import sensitivity, spearman  # noqa: E402
+from onnxprune.runtime.feeds import input_specs  # noqa: E402
+from onnxprune.structured.analysis import analyze  # noqa: E402
+
+DEFAULT_MODELS = ("models/digits_cnn.onnx", "models/tv_regnet_x_400mf.onnx")
+
+
+def calibration(model_path: Path, samples: int, tmp: Path) -> tuple[str, str]:
+    """(npz path, description): the shipped calibration set, or seeded random inputs saved to ``tmp``."""
+    shipped = model_path.with_name(model_path.stem + "_calib.npz")
+    if shipped.exists():
+        return str(shipped), f"{shipped.name}"
+    m = load_model(model_path)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for spec in input_specs(m):
+        dims = [samples] + [d if isinstance(d, int) else 1 for d in (spec.shape or ())[1:]]
+        arrays[spec.name] = rng.standard_normal(dims).astype(spec.dtype)
+    path = tmp / f"{model_path.stem}_random.npz"
+    np.savez(path, **arrays)
+    return str(path), f"{samples} seeded N(0,1) samples"
+
+
+def timed(fn):  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def bench_model(path: Path, args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+    calib, calib_desc = calibration(path, args.samples, tmp)
+    row: dict[str, object] = {"model": path.name, "calib": calib_desc, "recover": args.recover}
+    exact, t_model = timed(lambda: sensitivity(str(path), calib, recover=args.recover, method="model",
+                                               max_samples=args.samples))
+    fast, t_gram = timed(lambda: sensitivity(str(path), calib, recover=args.recover, method="gram",
+                                             max_samples=args.samples))
+    row.update(groups=len(exact.groups), sensitivity_model_s=round(t_model, 1), sensitivity_gram_s=round(t_gram, 1),
+               sensitivity_speedup=round(t_model / t_gram, 2),
+               spearman=round(spearman([g.score for g in fast.groups], [g.score for g in exact.groups]), 4),
+               whole_model_runs_gram=sum(sum(g.exact) for g in fast.groups),
+               whole_model_runs_model=sum(len(g.ratios) for g in exact.groups))
+    if args.budget:
+        m = load_model(path)
+        dg = analyze(m)
+        cfg = PruneConfig(target_macs=args.target_macs, calib=calib)
+        ratios_model, tb_model = timed(lambda: allocate_budget(m, dg, cfg.with_(sensitivity_method="model")))
+        ratios_gram, tb_gram = timed(lambda: allocate_budget(m, dg, cfg.with_(sensitivity_method="gram")))
+        row.update(budget_model_s=round(tb_model, 1), budget_gram_s=round(tb_gram, 1),
+                   budget_speedup=round(tb_model / tb_gram, 2), same_allocation=ratios_model == ratios_gram)
+        test = path.with_name(path.stem + "_test.npz")
+        if test.exists():
+            import onnxprune
+
+            for name, method in (("model", "model"), ("gram", "gram")):
+                res = onnxprune.prune(str(path), PruneConfig(target_macs=args.target_macs, calib=calib,
+                                                             eval_data=str(test), sensitivity_method=method))
+                row[f"budget_top1_{name}"] = res.report["accuracy"]["after"]["top1"]
+    return row
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--recover", default="none", choices=("none", "bias", "lstsq"))
+    p.add_argument("--budget", action="store_true", help="also time --target-macs budgets both ways")
+    p.add_argument("--target-macs", type=float, default=0.5)
+    p.add_argument("--json", help="write the rows here")
+    args = p.parse_args()
+    import onnx
+    import onnxruntime
+
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+               f"onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}")
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine}")
+    print("command: .venv/bin/python tools/bench_sensitivity.py " + " ".join(sys.argv[1:]))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            row = bench_model(Path(model), args, Path(tmp))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
