@@ -92,8 +92,9 @@ class PruneConfig:
     target_params: float | None = None
     max_error: float | None = None
     sensitivity_method: str = "gram"  # how budgets measure candidates: gram (fast) or model (reference)
-    executor: str = "local"  # where whole-model candidate runs go: local or processes
+    executor: str = "local"  # where whole-model candidate runs go: local, processes or ray
     workers: int | None = None
+    ray_address: str | None = None
     eval_data: str | None = None
     labels: str = "labels"
     # validation
@@ -156,8 +157,8 @@ class PruneConfig:
             raise ConfigError(f"--max-error must be > 0, got {self.max_error}")
         if self.sensitivity_method not in ("gram", "model"):
             raise ConfigError(f"sensitivity method must be gram or model, got '{self.sensitivity_method}'")
-        if self.executor not in ("local", "processes") or (self.workers is not None and self.workers < 1):
-            raise ConfigError(f"--executor must be local or processes and --workers >= 1, got "
+        if self.executor not in ("local", "processes", "ray") or (self.workers is not None and self.workers < 1):
+            raise ConfigError(f"--executor must be local, processes or ray and --workers >= 1, got "
                               f"'{self.executor}' and {self.workers}")
         if (self.target_macs or self.target_params or self.max_error) and self.mode != "structured":
             raise ConfigError("--target-macs/--target-params/--max-error apply to --mode structured only")

@@ -53,8 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     d.add_argument("--exact-sensitivity", dest="sensitivity_method", action="store_const", const="model",
                    default="gram", help="budgets measure every candidate on the whole model (slow reference) "
                                         "instead of from Gram matrices anchored by one run per group")
-    d.add_argument("--executor", choices=["local", "processes"], default="local",
-                   help="run whole-model candidate measurements here or in worker processes (default local)")
+    d.add_argument("--executor", choices=["local", "processes", "ray"], default="local",
+                   help="run whole-model candidate measurements here, in worker processes or on Ray (default local)")
+    d.add_argument("--ray-address", metavar="ADDRESS", help="Ray cluster to join (default: start a local one)")
     d.add_argument("--workers", type=int, help="worker processes for --executor processes (default: one per core)")
     d.add_argument("--eval-data", help="labelled .npz to report accuracy before/after")
     d.add_argument("--labels", default="labels", help="labels key in --eval-data (default labels)")
@@ -93,6 +94,7 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
         exclude=tuple(args.exclude), calib=args.calib, recover=args.recover, target_macs=args.target_macs,
         target_params=args.target_params, max_error=args.max_error,
         sensitivity_method=args.sensitivity_method, executor=args.executor, workers=args.workers,
+        ray_address=args.ray_address,
         eval_data=args.eval_data, labels=args.labels,
         validate=args.validate, atol=args.atol, rtol=args.rtol,
         dims=parse_dims(args.dim),

@@ -26,8 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("gram", "model"), default="gram",
                    help="gram: score candidates from Gram matrices, one whole-model run per group (default); "
                         "model: run every candidate on the whole model (slow reference)")
-    p.add_argument("--executor", choices=("local", "processes"), default="local",
-                   help="run whole-model measurements here or in worker processes (default local)")
+    p.add_argument("--executor", choices=("local", "processes", "ray"), default="local",
+                   help="run whole-model measurements here, in worker processes or on Ray (default local)")
+    p.add_argument("--ray-address", metavar="ADDRESS", help="Ray cluster to join (default: start a local one)")
     p.add_argument("--workers", type=int, help="worker processes for --executor processes (default: one per core)")
     p.add_argument("--max-samples", type=int, default=256, help="calibration samples used (default 256)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.plot, inputs=(args.model,))
     report = sensitivity(args.model, args.calib, ratios=parse_ratios(args.ratios), eval_data=args.eval_data,
                          importance=args.importance, recover=args.recover, max_samples=args.max_samples,
-                         labels=args.labels, method=args.method, executor=args.executor, workers=args.workers)
+                         labels=args.labels, method=args.method, executor=args.executor, workers=args.workers,
+                         ray_address=args.ray_address)
     if args.plot:
         from onnxprune.report.plots import plot_sensitivity
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("local", "processes")
+EXECUTORS = ("local", "processes", "ray")
 
 Task = tuple[int, float]
 
@@ -191,25 +191,32 @@ def _run_task(args: tuple[Task, bool, bool]) -> Measured:
 
 
 def check_executor(executor: str, workers: int | None) -> None:
-    """ConfigError for an unknown executor or a worker count below 1."""
+    """ConfigError for an unknown executor, a worker count below 1, or ``ray`` without Ray installed."""
     if executor not in EXECUTORS:
-        hint = " (a Ray executor is not available in this version)" if executor == "ray" else ""
-        raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got '{executor}'{hint}")
+        raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got '{executor}'")
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    if executor == "ray":
+        from onnxprune.recovery.ray_executor import import_ray
+
+        import_ray()  # fail before any work when Ray is missing
 
 
 def measure_candidates(evaluator: CandidateEvaluator, tasks: Sequence[Task], *, error: bool = True,
                        accuracy: bool = True, executor: str = "local", workers: int | None = None,
-                       on_done: Callable[[int], None] | None = None) -> list[Measured]:
+                       on_done: Callable[[int], None] | None = None, ray_address: str | None = None
+                       ) -> list[Measured]:
     """Measure every ``(group, ratio)`` task on the whole model; results in task order.
 
     Args:
         evaluator: the in-process evaluator (its spec is what workers receive).
         tasks: candidates to measure.
         error / accuracy: what to measure.
-        executor: ``local`` (this process) or ``processes`` (a pool of worker processes).
-        workers: pool size (default: one per core, at most one per task).
+        executor: ``local`` (this process), ``processes`` (a pool of worker processes) or ``ray``
+            (:mod:`onnxprune.recovery.ray_executor`).
+        workers: pool size (default: one per core, at most one per task); for ``ray`` without an address,
+            the CPUs of the local cluster it starts.
+        ray_address: the Ray cluster to join (``ray`` only; default: start a local one).
         on_done: called with the number of finished tasks after each one (progress lines).
 
     Raises:
@@ -217,12 +224,17 @@ def measure_candidates(evaluator: CandidateEvaluator, tasks: Sequence[Task], *, 
     """
     check_executor(executor, workers)
     out: list[Measured] = []
-    if executor == "local" or len(tasks) <= 1:
+    if executor == "local" or (executor == "processes" and len(tasks) <= 1):
         for i, task in enumerate(tasks, start=1):
             out.append(evaluator.measure(task, error=error, accuracy=accuracy))
             if on_done is not None:
                 on_done(i)
         return out
+    if executor == "ray":
+        from onnxprune.recovery.ray_executor import measure_on_ray
+
+        return measure_on_ray(evaluator.spec, tasks, error=error, accuracy=accuracy, address=ray_address,
+                              workers=workers, on_done=on_done)
     cores = os.cpu_count() or 1
     n = max(1, min(workers or cores, len(tasks)))
     threads = max(1, cores // n)

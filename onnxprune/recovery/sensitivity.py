@@ -32,7 +32,6 @@ from onnxprune.recovery.calibrate import ActivationStats, collect_stats, iter_fe
 from onnxprune.recovery.executor import (
     CandidateEvaluator,
     CandidateSpec,
-    Measured,
     Task,
     check_executor,
     measure_candidates,
@@ -239,6 +238,7 @@ def sensitivity(
     method: str = "gram",
     executor: str = "local",
     workers: int | None = None,
+    ray_address: str | None = None,
 ) -> SensitivityReport:
     """Prune each prunable group alone at each ratio and measure the damage.
 
@@ -262,8 +262,10 @@ def sensitivity(
         batch_size, max_samples: calibration batching (the reference outputs of ``max_samples`` are kept).
         labels: key of the labels in ``eval_data``.
         method: ``gram`` (fast, see above) or ``model`` (every candidate on the whole model: the reference).
-        executor: ``local`` or ``processes`` (whole-model measurements spread over worker processes).
-        workers: worker processes for ``processes`` (default: one per core).
+        executor: ``local``, ``processes`` (whole-model measurements spread over worker processes) or ``ray``
+            (over a Ray cluster; needs the ``distributed`` extra).
+        workers: worker processes for ``processes``, CPUs of the local Ray cluster for ``ray`` (default: all).
+        ray_address: Ray cluster to join (``ray`` only; default: start a local one).
 
     Returns:
         A :class:`SensitivityReport`.
@@ -277,7 +279,7 @@ def sensitivity(
     """
     return start_sensitivity(model, calib, ratios=ratios, eval_data=eval_data, importance=importance, recover=recover,
                              dg=dg, groups=groups, batch_size=batch_size, max_samples=max_samples, labels=labels,
-                             method=method, executor=executor, workers=workers).report()
+                             method=method, executor=executor, workers=workers, ray_address=ray_address).report()
 
 
 def start_sensitivity(
@@ -296,6 +298,7 @@ def start_sensitivity(
     method: str = "gram",
     executor: str = "local",
     workers: int | None = None,
+    ray_address: str | None = None,
 ) -> SensitivityRun:
     """As :func:`sensitivity`, but returns the :class:`SensitivityRun` (its ``report()``, and ``refine()`` to
     measure more points on the whole model).
@@ -318,7 +321,7 @@ def start_sensitivity(
             raise ConfigError(f"groups {missing} are not prunable groups of this model; see 'onnxprune analyze'")
     return SensitivityRun(m, dg, chosen, calib, ratios=ratios, eval_data=eval_data, importance=importance,
                           recover=recover, batch_size=batch_size, max_samples=max_samples, labels=labels,
-                          method=method, executor=executor, workers=workers)
+                          method=method, executor=executor, workers=workers, ray_address=ray_address)
 
 
 class SensitivityRun:
@@ -331,10 +334,11 @@ class SensitivityRun:
     def __init__(self, m: ModelProto, dg: DependencyGraph, chosen: Sequence[ChannelGroup],
                  calib: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]], *, ratios: tuple[float, ...],
                  eval_data: str | os.PathLike[str] | None, importance: str, recover: str, batch_size: int,
-                 max_samples: int | None, labels: str, method: str, executor: str, workers: int | None) -> None:
+                 max_samples: int | None, labels: str, method: str, executor: str, workers: int | None,
+                 ray_address: str | None = None) -> None:
         self.model, self.dg, self.chosen, self.ratios = m, dg, list(chosen), ratios
         self.importance, self.recover, self.method = importance, recover, method
-        self.executor, self.workers = executor, workers
+        self.executor, self.workers, self.ray_address = executor, workers, ray_address
         clock = self.clock = Stages()
         meter = OutputErrorMeter(m, calib, batch_size=batch_size, max_samples=max_samples)
         self.samples = meter.samples
@@ -359,18 +363,18 @@ class SensitivityRun:
         self.plans = evaluator.plans([g.id for g in chosen], ratios)
         self.costs = {t: evaluator.cost(p) for t, p in self.plans.items()}
         clock.done("candidate plans", len(tasks), "candidates")
+        self.errors: dict[Task, float] = {}
+        self.exact: set[Task] = set()
         if scorer is not None:
-            self.errors, self.exact = _gram_errors(scorer, evaluator, self.plans, chosen, ratios, executor, workers,
-                                                   clock)
+            self.errors, self.exact = _gram_errors(scorer, self, chosen, ratios, clock)
         else:
-            self.errors, self.exact = {}, set()
             self.refine(tasks, stage="whole-model candidates")
         self.base_acc = None
         self.accs: dict[Task, float | None] = dict.fromkeys(tasks)
         if eval_data is not None:
             self.base_acc = evaluator.accuracy(m)
             measured = measure_candidates(evaluator, tasks, error=False, executor=executor, workers=workers,
-                                          on_done=clock.ticker("accuracy", len(tasks)))
+                                          on_done=clock.ticker("accuracy", len(tasks)), ray_address=ray_address)
             self.accs = {t: r.accuracy for t, r in zip(tasks, measured, strict=True)}
             clock.done("accuracy", len(tasks), "candidates")
         self.base = model_stats(m)
@@ -381,7 +385,8 @@ class SensitivityRun:
         if not todo:
             return 0
         measured = measure_candidates(self.evaluator, todo, accuracy=False, executor=self.executor,
-                                      workers=self.workers, on_done=self.clock.ticker(stage, len(todo)))
+                                      workers=self.workers, on_done=self.clock.ticker(stage, len(todo)),
+                                      ray_address=self.ray_address)
         for t, r in zip(todo, measured, strict=True):
             assert r.error is not None  # asked for
             self.errors[t] = r.error
@@ -405,11 +410,10 @@ class SensitivityRun:
                                  self.base.params, self.base_acc, tuple(results), self.method)
 
 
-def _gram_errors(scorer: GramScorer, evaluator: CandidateEvaluator, plans: Mapping[Task, object],
-                 chosen: Sequence[ChannelGroup], ratios: Sequence[float], executor: str, workers: int | None,
+def _gram_errors(scorer: GramScorer, run: SensitivityRun, chosen: Sequence[ChannelGroup], ratios: Sequence[float],
                  clock: Stages) -> tuple[dict[Task, float], set[Task]]:
     """Gram-scored curves, each scaled by one whole-model measurement at the middle ratio (see :func:`sensitivity`)."""
-    local = {t: scorer.score(p) for t, p in plans.items()}
+    local = {t: scorer.score(p) for t, p in run.plans.items()}
     clock.done("gram scores", len(local), "candidates")
     anchor = ratios[len(ratios) // 2]
     model_tasks: list[Task] = []
@@ -420,14 +424,11 @@ def _gram_errors(scorer: GramScorer, evaluator: CandidateEvaluator, plans: Mappi
             model_tasks += [(g.id, r) for r in ratios]  # nothing to scale: measure every ratio
         else:
             model_tasks.append((g.id, anchor))
-    measured: list[Measured] = measure_candidates(
-        evaluator, model_tasks, accuracy=False, executor=executor, workers=workers,
-        on_done=clock.ticker("whole-model anchors", len(model_tasks)))
-    exact = {t: float(r.error) for t, r in zip(model_tasks, measured, strict=True) if r.error is not None}
-    clock.done("whole-model anchors", len(model_tasks), "candidates")
+    run.refine(model_tasks, stage="whole-model anchors")
+    exact = run.errors
     errors: dict[Task, float] = {}
     for g in chosen:
-        if (g.id, ratios[0]) in exact and (g.id, ratios[-1]) in exact:
+        if all((g.id, r) in exact for r in ratios):
             errors.update({(g.id, r): exact[(g.id, r)] for r in ratios})
             continue
         at = local[(g.id, anchor)]
@@ -435,7 +436,7 @@ def _gram_errors(scorer: GramScorer, evaluator: CandidateEvaluator, plans: Mappi
         scale = exact[(g.id, anchor)] / at
         errors.update({(g.id, r): float(local[(g.id, r)] or 0.0) * scale for r in ratios})
         errors[(g.id, anchor)] = exact[(g.id, anchor)]
-    return errors, set(exact)
+    return errors, set(run.exact)
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
