@@ -136,7 +136,7 @@ class GramScorer:
     def sink_errors(self, plan: object) -> dict[str, tuple[float, float]]:
         """Per scored sink of ``plan``: ``(squared error, squared output norm)`` on its kept outputs."""
         out: dict[str, tuple[float, float]] = {}
-        for cut in sink_cuts(self.model, self.dg, plan):
+        for cut in sink_cuts(self.model, self.dg, plan, idx=self._idx):
             if cut.key not in self.stats.grams or self.stats.grams[cut.key].groups != 1:
                 continue
             layer = self._layer(cut)
