@@ -1,20 +1,23 @@
 """``PruneConfig``: every option of a prune run, shared by the Python API and the CLI.
 
-One dataclass, validated in one place (:meth:`PruneConfig.validate_options`), so the CLI and ``onnxprune.prune``
-can never disagree on a default or on what is allowed.
+One dataclass, validated in one place when it is made (``__post_init__``), so the CLI and ``onnxprune.prune``
+can never disagree on a default or on what is allowed, and a mistake is reported where it is made. Which
+option applies to which mode lives in :mod:`onnxprune.config_rules`.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
+from onnxprune.config_rules import MODES, check_applicable, check_importance, coerce, opt, resolve_mode, setting
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.ir import matches_any  # noqa: F401 - re-exported: options select layers with it
 from onnxprune.sparse.sparsify import parse_nm
 
-MODES = ("structured", "unstructured", "nm")
 SCOPES = ("layer", "global")
 RECOVERY = ("none", "bias", "lstsq")
 
@@ -37,6 +40,10 @@ def parse_assignments(items: list[str] | tuple[str, ...], *, option: str, kind: 
 def parse_dims(items: Sequence[str] | None) -> dict[str, int]:
     """Parse ``["batch=8", "seq=128"]`` (the CLI's repeated ``--dim``) into ``{"batch": 8, "seq": 128}``.
 
+    A key is a dim name (every axis of that name) or ``INPUT:AXIS`` with the axis' index or name
+    (``x:2=320``, ``input_ids:sequence=16``), which addresses unnamed, ``-1`` and ``?`` dims; keys are matched
+    against the model by :func:`onnxprune.core.ir.lookup_dim`.
+
     Raises:
         ConfigError: an item not of the form ``name=value``, or a value that is not a positive integer.
     """
@@ -48,6 +55,7 @@ def parse_dims(items: Sequence[str] | None) -> dict[str, int]:
 
 
 def _unit(name: str, value: float | None, *, closed_top: bool = False, open_bottom: bool = False) -> None:
+    """Refuse ``value`` outside [0, 1) (or the bounds asked); ``name`` is already spelled for the caller."""
     if value is None:
         return
     ok = math.isfinite(value) and (value > 0 if open_bottom else value >= 0) and (
@@ -58,12 +66,27 @@ def _unit(name: str, value: float | None, *, closed_top: bool = False, open_bott
         raise ConfigError(f"{name} must be in {lo}, {hi}, got {value}")
 
 
-@dataclass(frozen=True)
+#: Benchmark defaults, the same for ``prune --bench`` and ``onnxprune bench`` (one idea, one default).
+BENCH_RUNS = 50
+BENCH_WARMUP = 5
+
+
+@dataclass(frozen=True, kw_only=True)
 class PruneConfig:
-    """All settings of one prune run. Defaults are the CLI's defaults.
+    """All settings of one prune run. Defaults are the CLI's defaults; every option is keyword-only.
 
     Attributes are grouped as in ``onnxprune prune --help``: mode, unstructured/N:M, structured, data and
-    recovery, budgets, validation, benchmark, output.
+    recovery, budgets, validation, benchmark, output. The config is checked when it is made: a value of the
+    wrong type or out of range, an unknown criterion, or an option the chosen mode would ignore raises
+    :class:`ConfigError` naming the parameter. Without ``mode``, options only one mode reads select it
+    (``PruneConfig(sparsity=0.9)`` is unstructured; :attr:`notes` says so and :func:`onnxprune.prune` logs it).
+    ``scope`` ranks per layer/group or under one global threshold in both structured and unstructured mode
+    (``global_rank=True`` is the same as ``scope="global"``). Derive configs with :meth:`with_`, which keeps
+    track of what was set (``dataclasses.replace`` marks every option as set).
+
+    Example:
+        >>> PruneConfig(mode="unstructured", sparsity=0.7).sparsity
+        0.7
     """
 
     mode: str = "structured"
@@ -107,11 +130,61 @@ class PruneConfig:
     # benchmark
     bench: bool = False
     bench_batches: tuple[int, ...] = (1, 8)
-    bench_runs: int = 20
-    bench_warmup: int = 3
+    bench_runs: int = BENCH_RUNS
+    bench_warmup: int = BENCH_WARMUP
     threads: int | None = None
     # output
     external_data: bool | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> PruneConfig:
+        """Record which options the caller set (a default and an explicit value can mean different things)."""
+        if args:
+            raise ConfigError(f"PruneConfig takes keyword arguments only, e.g. PruneConfig(ratio=0.3); "
+                              f"got {len(args)} positional")
+        unknown = sorted(set(kwargs) - set(_FIELDS))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], _FIELDS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"PruneConfig has no option {unknown[0]!r}; {hint}the options are {', '.join(_FIELDS)}")
+        self = super().__new__(cls)
+        object.__setattr__(self, "_given", tuple(k for k in _FIELDS if k in kwargs))
+        return self
+
+    def __post_init__(self) -> None:
+        given = getattr(self, "_given", ())
+        for f in fields(self):
+            object.__setattr__(self, f.name, coerce(f.name, str(f.type), getattr(self, f.name)))
+        self.validate_options()  # ranges first: a value out of range is the first thing to say
+        mode_before = self.mode
+        mode, note = resolve_mode(given, self.mode)
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "_notes", (note,) if note else ())
+        if self.global_rank and "scope" in given and self.scope != "global":
+            raise ConfigError(f"{opt('global_rank')} and {setting('scope', self.scope)} contradict each other; "
+                              f"use {setting('scope', 'global')}")
+        if mode == "structured":  # one idea, one option: global_rank is scope="global" in structured mode
+            scope = "global" if self.global_rank else self.scope
+            object.__setattr__(self, "scope", scope)
+            object.__setattr__(self, "global_rank", scope == "global")
+        if mode != mode_before:
+            self.validate_options()  # again for the mode inferred (N:M pattern, recovery without data)
+        check_applicable(given, {f.name: getattr(self, f.name) for f in fields(self)})
+        if not self.plan_in:
+            from onnxprune.recovery.data_criteria import DATA_CRITERIA
+            from onnxprune.structured.importance import available_criteria
+
+            check_importance(self.importance, mode, has_calib=bool(self.calib),
+                             weight_criteria=available_criteria(), data_criteria=DATA_CRITERIA)
+
+    @property
+    def given(self) -> frozenset[str]:
+        """The options the caller set explicitly (by keyword), whatever their value."""
+        return frozenset(getattr(self, "_given", ()))
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What was inferred from the options given (e.g. the mode); :func:`onnxprune.prune` logs these."""
+        return tuple(getattr(self, "_notes", ()))
 
     @property
     def recovery(self) -> str:
@@ -120,63 +193,84 @@ class PruneConfig:
             return self.recover
         return "bias" if self.calib else "none"
 
-    def with_(self, **changes: object) -> PruneConfig:
-        """A copy with some fields changed."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+    def with_(self, **changes: Any) -> PruneConfig:
+        """A copy with some options changed; the options set in ``self`` stay set, ``changes`` are set too."""
+        kept = {k: getattr(self, k) for k in self.given if k not in changes}
+        if self.global_rank and "global_rank" in kept and "scope" in changes:
+            del kept["global_rank"]
+        return PruneConfig(**kept, **changes)
 
     def validate_options(self) -> PruneConfig:
-        """Check every option; returns ``self`` so calls chain.
+        """Check every option's range; returns ``self`` so calls chain (construction already calls it).
 
         Raises:
             ConfigError: naming the option, the allowed range and the value given.
         """
         if self.mode not in MODES:
-            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got '{self.mode}'")
+            raise ConfigError(f"{opt('mode')} must be one of {', '.join(MODES)}, got '{self.mode}'")
         if self.scope not in SCOPES:
-            raise ConfigError(f"--scope must be layer or global, got '{self.scope}'")
-        _unit("--sparsity", self.sparsity)
-        _unit("--ratio", self.ratio)
+            raise ConfigError(f"{opt('scope')} must be layer or global, got '{self.scope}'")
+        _unit(opt("sparsity"), self.sparsity)
+        _unit(opt("ratio"), self.ratio)
         for pattern, value in self.layer_sparsity.items():
-            _unit(f"--layer-sparsity '{pattern}'", float(value))
+            _unit(f"{opt('layer_sparsity')} '{pattern}'", float(value))
         if self.mode == "nm":
             parse_nm(self.nm)
         if self.min_size < 0:
-            raise ConfigError(f"--min-size must be >= 0, got {self.min_size}")
+            raise ConfigError(f"{opt('min_size')} must be >= 0, got {self.min_size}")
         if self.round_to is not None and self.round_to < 1:
-            raise ConfigError(f"--round-to must be >= 1, got {self.round_to}")
+            raise ConfigError(f"{opt('round_to')} must be >= 1, got {self.round_to}")
         if self.min_channels < 1:
-            raise ConfigError(f"--min-channels must be >= 1, got {self.min_channels}")
+            raise ConfigError(f"{opt('min_channels')} must be >= 1, got {self.min_channels}")
         if self.recover is not None and self.recover not in RECOVERY:
-            raise ConfigError(f"--recover must be one of {', '.join(RECOVERY)}, got '{self.recover}'")
+            raise ConfigError(f"{opt('recover')} must be one of {', '.join(RECOVERY)}, got '{self.recover}'")
         if self.recover in ("bias", "lstsq") and not self.calib and not (
                 self.recover == "bias" and self.mode == "structured"):
-            raise ConfigError(f"--recover {self.recover} needs calibration data; pass --calib data.npz")
-        _unit("--target-macs", self.target_macs, closed_top=True, open_bottom=True)
-        _unit("--target-params", self.target_params, closed_top=True, open_bottom=True)
+            raise ConfigError(f"{setting('recover', self.recover)} needs calibration data; "
+                              f"pass {opt('calib')} data.npz")
+        _unit(opt("target_macs"), self.target_macs, closed_top=True, open_bottom=True)
+        _unit(opt("target_params"), self.target_params, closed_top=True, open_bottom=True)
         if self.max_error is not None and not (math.isfinite(self.max_error) and self.max_error > 0):
-            raise ConfigError(f"--max-error must be > 0, got {self.max_error}")
+            raise ConfigError(f"{opt('max_error')} must be > 0, got {self.max_error}")
         if self.sensitivity_method not in ("gram", "model"):
-            raise ConfigError(f"sensitivity method must be gram or model, got '{self.sensitivity_method}'")
-        if self.executor not in ("local", "processes", "ray") or (self.workers is not None and self.workers < 1):
-            raise ConfigError(f"--executor must be local, processes or ray and --workers >= 1, got "
-                              f"'{self.executor}' and {self.workers}")
-        if (self.target_macs or self.target_params or self.max_error) and self.mode != "structured":
-            raise ConfigError("--target-macs/--target-params/--max-error apply to --mode structured only")
+            raise ConfigError(f"{opt('sensitivity_method')} must be gram or model, got '{self.sensitivity_method}'")
+        if self.executor not in ("local", "processes", "ray"):
+            raise ConfigError(f"{opt('executor')} must be local, processes or ray, got '{self.executor}'")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"{opt('workers')} must be >= 1, got {self.workers}")
         if not (math.isfinite(self.atol) and self.atol >= 0 and math.isfinite(self.rtol) and self.rtol >= 0):
-            raise ConfigError(f"--atol and --rtol must be >= 0, got {self.atol} and {self.rtol}")
+            raise ConfigError(f"{opt('atol')} and {opt('rtol')} must be >= 0, got {self.atol} and {self.rtol}")
         for name, value in self.dims.items():
             if int(value) < 1:
-                raise ConfigError(f"--dim {name}={value}: dimensions must be >= 1")
+                raise ConfigError(f"{opt('dims')} {name}={value}: dimensions must be >= 1")
         for b in self.bench_batches:
             if b < 1:
-                raise ConfigError(f"--batch must be >= 1, got {b}")
+                raise ConfigError(f"{opt('bench_batches')} must be >= 1, got {b}")
         if self.bench_runs < 1 or self.bench_warmup < 0:
-            raise ConfigError(f"--runs must be >= 1 and --warmup >= 0, got {self.bench_runs}, {self.bench_warmup}")
+            raise ConfigError(f"{opt('bench_runs')} must be >= 1 and {opt('bench_warmup')} >= 0, got "
+                              f"{self.bench_runs}, {self.bench_warmup}")
         if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+            raise ConfigError(f"{opt('threads')} must be >= 1, got {self.threads}")
         for pattern in self.exclude:
             if not pattern:
-                raise ConfigError("--exclude needs a non-empty pattern, e.g. --exclude 'conv1*'")
+                raise ConfigError(f"{opt('exclude')} needs a non-empty pattern, e.g. {setting('exclude', 'conv1*')}")
         return self
 
 
+#: The option names, in declaration order.
+_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(PruneConfig))
+
+
+def as_config(config: PruneConfig | Mapping[str, Any] | None) -> PruneConfig:
+    """``config`` as a :class:`PruneConfig`: ``None`` is the defaults, a mapping its keyword arguments.
+
+    Raises:
+        ConfigError: anything else, or a mapping with an unknown key or a bad value.
+    """
+    if config is None:
+        return PruneConfig()
+    if isinstance(config, PruneConfig):
+        return config
+    if isinstance(config, Mapping):
+        return PruneConfig(**{str(k): v for k, v in config.items()})
+    raise ConfigError(f"config must be a PruneConfig or a dict of its options, got {type(config).__name__}")

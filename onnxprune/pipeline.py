@@ -13,13 +13,14 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from onnx import ModelProto
 
-from onnxprune.config import PruneConfig
+from onnxprune.config import PruneConfig, as_config
 from onnxprune.core.errors import ConfigError, ValidationError
 from onnxprune.core.io import (
     check_output_path,
@@ -70,7 +71,7 @@ def _jsonable(obj: object) -> object:
 
 def prune(
     source: str | os.PathLike[str] | ModelProto,
-    config: PruneConfig | None = None,
+    config: PruneConfig | Mapping[str, Any] | None = None,
     *,
     output: str | os.PathLike[str] | None = None,
 ) -> PruneResult:
@@ -78,7 +79,8 @@ def prune(
 
     Args:
         source: a path to an ``.onnx`` file or a ``ModelProto`` (never modified).
-        config: all options (default: structured pruning at ratio 0.3 with l2 importance).
+        config: all options (default: structured pruning at ratio 0.3 with l2 importance); a dict is taken
+            as ``PruneConfig``'s keyword arguments.
         output: where to save the pruned model; nothing is written if any step fails.
 
     Returns:
@@ -96,10 +98,14 @@ def prune(
         return _prune(source, config, output=output, scratch=Path(scratch))
 
 
-def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | None, *,
+def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Mapping[str, Any] | None, *,
            output: str | os.PathLike[str] | None, scratch: Path) -> PruneResult:
     """The body of :func:`prune`; ``scratch`` is an empty temporary folder removed after the run."""
-    config = (config or PruneConfig()).validate_options()
+    config = as_config(config).validate_options()
+    warnings: list[str] = []
+    for note in config.notes:  # e.g. the mode inferred from the options given
+        log.warning(note)
+        warnings.append(note)
     started = time.perf_counter()
     inputs = (source,) if isinstance(source, (str, os.PathLike)) else ()
     if output is not None:
@@ -107,10 +113,10 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | No
     if config.plan_out:
         check_output_path(config.plan_out, inputs=inputs)
     original = load_model(source)
-    warnings: list[str] = []
     original, folded = _fold(original, warnings)
+    config, dims_assumed = _resolve_dims(original, config, warnings)
     stats_before = model_stats(original, dims=config.dims)
-    report: dict[str, Any] = {"mode": config.mode, "settings": _settings(config)}
+    report: dict[str, Any] = {"mode": config.mode, "settings": _settings(config), "dims_assumed": dims_assumed}
     if folded:
         report["folded_constants"] = folded
 
@@ -158,6 +164,12 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | No
                           batches=config.bench_batches, runs=config.bench_runs, warmup=config.bench_warmup,
                           threads=config.threads, dims=config.dims)
         report["bench"] = _jsonable(bench)
+        from onnxprune.runtime.bench_verdict import slower_warning
+
+        slower = slower_warning(report["bench"], round_to=config.round_to, mode=config.mode)
+        if slower:
+            log.warning(slower)
+            warnings.append(slower)
 
     saved = None
     if output is not None:
@@ -187,6 +199,29 @@ def _fold(model: ModelProto, warnings: list[str]) -> tuple[ModelProto, list[str]
         log.warning(msg)
         warnings.append(msg)
     return result.model, list(result.folded)
+
+
+def _resolve_dims(model: ModelProto, config: PruneConfig, warnings: list[str]
+                  ) -> tuple[PruneConfig, list[dict[str, Any]]]:
+    """Give every dynamic input axis a size (``--dim``, data, or chosen and confirmed: runtime/dims.py).
+
+    Returns the config with those sizes as its ``dims`` (so shapes, MACs, checks and benchmarks agree) and
+    the report's ``dims_assumed``. Zeroing weights needs no sizes: without validation or benchmark a
+    size that cannot be confirmed is kept for the MACs only, and said.
+    """
+    from onnxprune.runtime.dims import resolve_dims
+
+    res = resolve_dims(model, dims=config.dims, data=(config.validation_data, config.eval_data, config.calib),
+                       seed=config.seed, required=config.validate or config.bench)
+    for key in res.unused:
+        msg = f"--dim {key} names no dynamic axis of the model's inputs; it is ignored"
+        log.warning(msg)
+        warnings.append(msg)
+    if res.confirmed is False:
+        msg = "the sizes chosen for dynamic input axes did not run in onnxruntime; MACs rest on them (pass --dim)"
+        log.warning(msg)
+        warnings.append(msg)
+    return config.with_(dims=res.dims), res.report()
 
 
 def _settings(config: PruneConfig) -> dict[str, Any]:

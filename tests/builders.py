@@ -541,3 +541,117 @@ def custom_op_flatten(seed: int = 0, c: int = 4, hw: int = 3, *, declare: bool =
     g.nodes.append(helper.make_node("Gemm", [f, g.weight((c * hw * hw, 5))], ["out"], name="head"))
     return g.build([vinfo("x", [1, 3, hw, hw])], [vinfo("out", [1, 5])], "custom_flatten",
                    domains=("com.microsoft",), value_info=[vinfo(a, [1, c, hw, hw])] if declare else ())
+
+
+# -- real-export shapes: dynamic dims as exporters write them, fp16 conversions -----------------------
+def _dim(d: onnx.TensorShapeProto.Dimension, value: int | str | None) -> None:
+    """Set one declared dim: an int (``-1`` as Paddle stores "unknown"), a dim_param name, or unnamed (None)."""
+    d.Clear()
+    if isinstance(value, int):
+        d.dim_value = value
+    elif isinstance(value, str):
+        d.dim_param = value
+
+
+def declare_shape(vi: onnx.ValueInfoProto, shape) -> onnx.ValueInfoProto:
+    """Rewrite a value_info's declared dims in place (``-1`` and unnamed dims, which ``make_tensor_value_info``
+    cannot write); returns it."""
+    dims = vi.type.tensor_type.shape.dim
+    del dims[:]
+    for value in shape:
+        _dim(dims.add(), value)
+    return vi
+
+
+def text_classifier(seed: int = 0, vocab: int = 16, d: int = 8, hidden: int = 16, classes: int = 4,
+                    max_len: int = 64) -> onnx.ModelProto:
+    """A BERT-like text model: input_ids, attention_mask int64 [batch, sequence] → embedding Gather + a
+    position table sliced to the sequence length (``Shape -> Gather -> Slice``, so lengths above ``max_len``
+    fail in onnxruntime) → masked → FFN (MatMul → Relu → MatMul, the prunable group) → + residual →
+    MatMul head → logits [batch, sequence, classes]."""
+    g = GraphBuilder(seed)
+    emb = g.weight((vocab, d), "emb")
+    pos = g.weight((max_len, d), "pos")
+    e = g.op("Gather", [emb, "input_ids"], axis=0)
+    seq = g.op("Gather", [g.op("Shape", ["input_ids"]), g.const(np.array([1], np.int64), "seq_axis")], axis=0)
+    p = g.op("Slice", [pos, g.const(np.array([0], np.int64), "start"), seq, g.const(np.array([0], np.int64), "ax")])
+    m = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT),
+                           g.const(np.array([-1], np.int64), "last")])
+    x = g.op("Mul", [g.op("Add", [e, p]), m])
+    h = g.op("Relu", [g.op("Add", [g.op("MatMul", [x, g.weight((d, hidden), "ffn1")]), g.weight((hidden,), "b1")])])
+    y = g.op("Add", [g.op("MatMul", [h, g.weight((hidden, d), "ffn2")]), g.weight((d,), "b2")])
+    r = g.op("Add", [x, y])
+    g.nodes.append(helper.make_node("MatMul", [r, g.weight((d, classes), "head")], ["logits"], name="head"))
+    ids = [vinfo("input_ids", ["batch", "sequence"], TensorProto.INT64),
+           vinfo("attention_mask", ["batch", "sequence"], TensorProto.INT64)]
+    return g.build(ids, [vinfo("logits", ["batch", "sequence", classes])], "text_classifier")
+
+
+def paddle_classifier(seed: int = 0, c: int = 8, classes: int = 5) -> onnx.ModelProto:
+    """A Paddle-style export: x [-1, 3, '?', unnamed] (stored -1, a ``?`` name and an unnamed dim) → conv
+    stride 2 → BN → Relu → conv → Relu → GlobalAveragePool → Flatten → Gemm → out ['p2o.DynamicDimension.1',
+    classes]; the declared output keeps its odd dims too."""
+    g = GraphBuilder(seed)
+    a = g.op("Relu", [g.bn(g.conv("x", 3, c, strides=[2, 2]), c)])
+    b = g.op("Relu", [g.conv(a, c, c)])
+    f = g.op("Flatten", [g.op("GlobalAveragePool", [b])], axis=1)
+    g.nodes.append(helper.make_node("Gemm", [f, g.weight((classes, c)), g.weight((classes,))], ["out"],
+                                    name="fc", transB=1))
+    x = declare_shape(vinfo("x", [1, 3, 1, 1]), [-1, 3, "?", None])
+    out = declare_shape(vinfo("out", [1, classes]), ["p2o.DynamicDimension.1", classes])
+    return g.build([x], [out], "paddle_classifier")
+
+
+def symbolic_inputs(model: onnx.ModelProto, names=("N", "C", "H", "W")) -> onnx.ModelProto:
+    """A copy of ``model`` whose first input declares every dim symbolic (``names``), as some exporters
+    write [N, C, H, W]; the output's batch dim becomes ``names[0]``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    declare_shape(out.graph.input[0], list(names[: len(out.graph.input[0].type.tensor_type.shape.dim)]))
+    for o in out.graph.output:
+        if len(o.type.tensor_type.shape.dim):
+            _dim(o.type.tensor_type.shape.dim[0], names[0])
+    del out.graph.value_info[:]
+    return out
+
+
+def fp16_classifier(seed: int = 0, c: int = 8, classes: int = 10, hw: int = 6) -> onnx.ModelProto:
+    """An fp16 conversion of a small CNN classifier (weights, I/O and compute in float16): x fp16
+    ['batch', 3, hw, hw] → conv → BN → Relu → conv → Relu → GlobalAveragePool → Flatten → Gemm → logits fp16
+    ['batch', classes], with the intermediate shapes declared in value_info as converters leave them."""
+    f32 = residual_free_cnn(seed, c=c, classes=classes, hw=hw)
+    out = onnx.ModelProto()
+    out.CopyFrom(f32)
+    for t in out.graph.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for vi in list(out.graph.input) + list(out.graph.output):
+        vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    inferred = onnx.shape_inference.infer_shapes(out, strict_mode=True)
+    out.graph.value_info.extend(v for v in inferred.graph.value_info)
+    onnx.checker.check_model(out, full_check=True)
+    return out
+
+
+def residual_free_cnn(seed: int = 0, c: int = 8, classes: int = 10, hw: int = 6) -> onnx.ModelProto:
+    """x ['batch', 3, hw, hw] → conv → BN → Relu → conv → Relu → GlobalAveragePool → Flatten → Gemm → logits."""
+    g = GraphBuilder(seed)
+    a = g.op("Relu", [g.bn(g.conv("x", 3, c), c)])
+    b = g.op("Relu", [g.conv(a, c, c)])
+    f = g.op("Flatten", [g.op("GlobalAveragePool", [b])], axis=1)
+    g.nodes.append(helper.make_node("Gemm", [f, g.weight((classes, c)), g.weight((classes,))], ["logits"],
+                                    name="fc", transB=1))
+    return g.build([vinfo("x", ["batch", 3, hw, hw])], [vinfo("logits", ["batch", classes])], "cnn")
+
+
+def audio_encoder(seed: int = 0, c: int = 8, kernel: int = 100, classes: int = 4) -> onnx.ModelProto:
+    """A wav2vec2-like audio model: input_values float [batch, sequence] → Unsqueeze → Conv1d (kernel
+    ``kernel``, so shorter inputs cannot run) → Relu → Conv1d → Relu → ReduceMean over time → Gemm → logits."""
+    g = GraphBuilder(seed)
+    x = g.op("Unsqueeze", ["input_values", g.const(np.array([1], np.int64), "chan")])
+    a = g.op("Relu", [g.op("Conv", [x, g.weight((c, 1, kernel)), g.weight((c,))], strides=[5])])
+    b = g.op("Relu", [g.op("Conv", [a, g.weight((c, c, 3)), g.weight((c,))])])
+    m = g.op("ReduceMean", [b], axes=[2], keepdims=0)
+    g.nodes.append(helper.make_node("Gemm", [m, g.weight((classes, c)), g.weight((classes,))], ["logits"],
+                                    name="fc", transB=1))
+    return g.build([vinfo("input_values", ["batch", "sequence"])], [vinfo("logits", ["batch", classes])], "audio")

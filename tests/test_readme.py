@@ -61,5 +61,5 @@ def test_readme_main_command_runs_and_keeps_accuracy(tmp_path, monkeypatch, caps
     monkeypatch.chdir(ROOT)
     assert main(words) == 0
     text = capsys.readouterr().out
-    assert "top-1 accuracy        0.9944 -> 0.9944" in text  # the figure the README quotes
+    assert "top-1 accuracy        99.44% -> 99.44%" in text  # the figure the README quotes
     assert "exactness             cpu: pass" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from onnxprune.report.drift import short
 from onnxprune.report.inspect import analyze_summary
 
 
@@ -13,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("model", help="input .onnx file")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE",
-                   help="value of a dynamic input dimension for MACs (default 1)")
+                   help="size of a dynamic input axis for MACs, by dim name or INPUT:AXIS (default: batch 1, other "
+                        "axes a size the model accepts, said in the output)")
     p.add_argument("--groups", action="store_true", help="list every channel group with its members")
     return p
 
@@ -34,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
         for io in summary[kind]:
             print(f"{kind[:-1]:<10} {io['name']}  {io['dtype']}{io['shape']}")
     print(f"params     {summary['params']:,}")
-    print(f"MACs       {summary['macs']:,} (batch 1)")
+    from onnxprune.runtime.dims import describe_assumed
+
+    assumed = describe_assumed(summary.get("dims_assumed", []))
+    print(f"MACs       {summary['macs']:,} (batch 1{', at ' + assumed if assumed else ''})")
     ops = ", ".join(f"{k}:{v}" for k, v in summary["op_histogram"].items())
     print(f"ops        {ops}")
     print(f"prunable weights ({len(summary['prunable_weights'])}):")
@@ -47,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
               f"coverage {summary.get('coverage', 0.0):.1%} of prunable MACs")
         for g in groups:
             state = "prunable" if not g["blockers"] else "blocked: " + "; ".join(g["blockers"])
-            print(f"  group {g['id']:<4} size {g['size']:<6} {state}")
+            print(f"  group {g['id']:<4} {short(g['name'], 44):<44} {g['size']:>6} channels  {state}")
             if args.groups:
+                print(f"      layers: {', '.join(g['layers']) or '-'}")
                 for m in g["members"]:
                     print(f"      {m}")
     for reason in summary.get("unanalysed", []):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from onnxprune.cli.flags import add_old_spelling
 from onnxprune.cli.options import add_runtime_options
+from onnxprune.config import BENCH_RUNS, BENCH_WARMUP
 from onnxprune.core.errors import ConfigError
 
 
@@ -28,9 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "the GPU (I/O binding).",
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help=".onnx files; the first is the baseline")
-    p.add_argument("--batch", default="1", help="comma-separated batch sizes (default 1), e.g. 1,8,32")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs per model (default 5)")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per model (default 50)")
+    p.add_argument("--batches", default="1", metavar="B,B,...",
+                   help="comma-separated batch sizes (default 1), e.g. 1,8,32")
+    add_old_spelling(p, "--batch", new="--batches", dest="batches")
+    p.add_argument("--warmup", type=int, default=BENCH_WARMUP,
+                   help=f"untimed runs per model (default {BENCH_WARMUP})")
+    p.add_argument("--runs", type=int, default=BENCH_RUNS, help=f"timed runs per model (default {BENCH_RUNS})")
     add_runtime_options(p, dim_help="value of a named dynamic input dim other than the batch (repeatable)",
                         seed_help="seed of the generated inputs (default 0)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
@@ -41,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from onnxprune.config import parse_dims
     from onnxprune.runtime.bench import benchmark
 
-    report = benchmark(args.models, providers=args.providers, batches=_ints(args.batch, "--batch"),
+    report = benchmark(args.models, providers=args.providers, batches=_ints(args.batches, "--batches"),
                        threads=args.threads, warmup=args.warmup, runs=args.runs, dims=parse_dims(args.dim),
                        seed=args.seed)
     if args.json:

@@ -1,9 +1,11 @@
-"""``onnxprune eval MODEL --data test.npz``: top-1/top-5 accuracy of a classifier, run in onnxruntime."""
+"""``onnxprune eval MODEL --eval-data test.npz``: top-1/top-5 accuracy of a classifier, run in onnxruntime."""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from onnxprune.cli.flags import add_old_spelling
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -13,22 +15,30 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "input's name, samples on axis 0) and an integer label array.",
     )
     p.add_argument("model", help="the .onnx classifier")
-    p.add_argument("--data", required=True, metavar="NPZ", help="labelled data, e.g. models/digits_cnn_test.npz")
+    p.add_argument("--eval-data", metavar="NPZ",
+                   help="labelled data (required), e.g. models/digits_cnn_test.npz; the name prune and "
+                        "sensitivity use too")
+    add_old_spelling(p, "--data", new="--eval-data", dest="eval_data")
     p.add_argument("--labels", default="labels", metavar="KEY", help="key of the label array (default: labels)")
-    p.add_argument("--output", default=None, metavar="NAME",
+    p.add_argument("--output-name", default=None, metavar="NAME",
                    help="output holding class scores (default: the first float [N, classes] output)")
-    p.add_argument("--batch", type=int, default=256, metavar="B", help="samples per run (default 256)")
+    add_old_spelling(p, "--output", new="--output-name", dest="output_name")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N", help="samples per run (default 256)")
+    add_old_spelling(p, "--batch", new="--batch-size", dest="batch_size", type=int)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from onnxprune.core.errors import ConfigError
     from onnxprune.runtime.evaluate import evaluate_accuracy
 
-    result = evaluate_accuracy(args.model, args.data, labels=args.labels, output=args.output,
-                               batch_size=args.batch)
+    if args.eval_data is None:
+        raise ConfigError("eval needs labelled data: --eval-data test.npz (inputs keyed by input name, plus labels)")
+    result = evaluate_accuracy(args.model, args.eval_data, labels=args.labels, output=args.output_name,
+                               batch_size=args.batch_size)
     if args.json:
-        print(json.dumps({"model": args.model, "data": args.data, **result.as_dict()}, indent=2))
+        print(json.dumps({"model": args.model, "data": args.eval_data, **result.as_dict()}, indent=2))
         return 0
     if args.quiet:
         return 0

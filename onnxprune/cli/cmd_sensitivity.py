@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes for --executor processes (default: one per core)")
     p.add_argument("--max-samples", type=int, default=256, help="calibration samples used (default 256)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="save error-vs-ratio curves (needs matplotlib)")
+    p.add_argument("--plot", metavar="FILE.png", help='save error-vs-ratio curves (needs: pip install -e ".[plot]")')
     return p
 
 

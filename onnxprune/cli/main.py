@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 1 user error or failed check, 2 usage, 3 bug, 130 Ctrl-C)."""
+    """Run the CLI; returns the exit status (0 ok, 1 user error or failed check, 2 usage, 3 bug, 4 a ``validate``
+    bound crossed, 130 Ctrl-C)."""
     parser = build_parser()
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
@@ -63,7 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="onnxprune: %(levelname)s: %(message)s",
         force=True,
     )
+    from onnxprune.cli.flags import DEPRECATED_DEST
     from onnxprune.core.progress import progress_switched_on, set_progress_enabled
+
+    for note in getattr(args, DEPRECATED_DEST, ()):  # old flag spellings still work, for one version
+        logging.getLogger(__name__).warning(note)
 
     progress_before = progress_switched_on()
     if quiet:

@@ -8,6 +8,11 @@ the constant subgraph only, with the very runtime that would compute it later (o
 stores the result as an initializer. The folded model is therefore the original model, bit for bit in its
 outputs. Recipes that cannot be folded (random ops, custom-domain ops, control flow, a kernel error) are
 reported, so the layers they feed are listed as not prunable instead of being pruned wrongly.
+
+Folding never changes a model's precision: ``QuantizeLinear``/``DequantizeLinear`` are never evaluated (a
+quantized weight stays an int8 tensor behind its DequantizeLinear, which the pruners handle in place), and
+a value is not stored when it would be wider than a same-sized constant it is computed from (a ``Cast`` of
+int8 or float16 weights to float32 is a dequantization by hand).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from onnx import ModelProto, NodeProto, helper, numpy_helper
 
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.ir import GraphIndex, copy_fields, node_label
+from onnxprune.core.quant import QDQ_OPS, dequantized
 from onnxprune.core.weights import WEIGHT_SLOT
 
 log = logging.getLogger(__name__)
@@ -77,6 +83,8 @@ def _blocker(node: NodeProto) -> str:
         return f"{node_label(node)} is a custom-domain op ({node.domain}) onnxprune cannot evaluate"
     if node.op_type in NONDETERMINISTIC:
         return f"{node_label(node)} draws random numbers at run time"
+    if node.op_type in QDQ_OPS:
+        return f"{node_label(node)} is quantization; folding it would store the weight in another precision"
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
         return f"{node_label(node)} has a subgraph (control flow)"
     return ""
@@ -220,9 +228,15 @@ def fold_constants(model: ModelProto, run: GraphRunner) -> FoldResult:
             for name in frontier:
                 status[name] = f"evaluating its constant subgraph failed ({exc})"
     for name in list(values):
+        _, inits = _cone(idx, [name])
+        wider = _widened(idx, inits, values[name])
+        if wider:
+            log.info("not folding %s: %s", name, wider)
+            status[name] = wider
+            del values[name]
+            continue
         if name in weight_inputs:
             continue
-        _, inits = _cone(idx, [name])
         source_bytes = sum(idx.initializers[i].ByteSize() for i in inits)
         if values[name].nbytes > max(GROWTH_FLOOR, GROWTH_LIMIT * source_bytes):
             log.debug("not folding %s: %d bytes from %d bytes of constants", name, values[name].nbytes,
@@ -234,6 +248,9 @@ def fold_constants(model: ModelProto, run: GraphRunner) -> FoldResult:
             continue
         name = node.input[slot]
         state = status.get(name, _DYNAMIC)
+        quant = dequantized(idx, idx.resolve_identity(name))
+        if quant is not None and not quant.reason:
+            continue  # a quantized weight: pruned in place through its DequantizeLinear
         if state not in (_CONST, _DYNAMIC) and name not in values:
             unfolded.append(Unfolded(name, node_label(node), state))
     if not values:
@@ -242,6 +259,23 @@ def fold_constants(model: ModelProto, run: GraphRunner) -> FoldResult:
     folded = tuple(name for name in frontier if name in values)
     log.info("folded %d run-time constants into initializers: %s", len(folded), ", ".join(folded))
     return FoldResult(new, folded, removed, tuple(unfolded))
+
+
+def _widened(idx: GraphIndex, inits: set[str], value: np.ndarray) -> str:
+    """Why storing ``value`` would change precision ('' if it would not): a source constant with as many
+    elements is stored in a narrower type (int8 or float16 weights cast up to float32)."""
+    if value.dtype.kind != "f":
+        return ""  # shape arithmetic (int32 -> int64) is not a weight's precision
+    for name in sorted(inits):
+        tensor = idx.initializers[name]
+        numel = int(np.prod(tensor.dims, dtype=np.int64))
+        if numel != value.size or numel <= 1:
+            continue
+        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        if itemsize < value.dtype.itemsize:
+            return (f"it would store '{name}' ({onnx.TensorProto.DataType.Name(tensor.data_type)}) as "
+                    f"{value.dtype}, changing the model's precision")
+    return ""
 
 
 def _rebuild(model: ModelProto, idx: GraphIndex, values: dict[str, np.ndarray]) -> tuple[ModelProto, tuple[str, ...]]:

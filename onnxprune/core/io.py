@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from onnx import GraphProto, ModelProto, TensorProto, numpy_helper
 
 from onnxprune.core.errors import ModelLoadError, OutputError, UnsupportedModelError, first_line
+from onnxprune.core.formats import export_hint
 from onnxprune.core.ir import copy_fields
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,8 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
     if not path.exists():
         raise ModelLoadError(f"{where}: no such file; check the path")
     if path.is_dir():
-        raise ModelLoadError(f"{where}: is a directory, not an ONNX file; pass the .onnx file inside it")
+        raise ModelLoadError(export_hint(path) or f"{where}: is a directory, not an ONNX file; pass the .onnx "
+                                                  f"file inside it")
     try:
         size = path.stat().st_size
         if size == 0:
@@ -199,15 +201,15 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
         raise
     except (DecodeError, RuntimeError, ValueError, TypeError) as exc:
         raise ModelLoadError(
-            f"{where}: not a readable ONNX model ({type(exc).__name__}: {first_line(exc)}); "
-            f"the file may be truncated or of another format, re-export it"
+            export_hint(path) or f"{where}: not a readable ONNX model ({type(exc).__name__}: {first_line(exc)}); "
+                                 f"the file may be truncated or of another format, re-export it"
         ) from exc
     except OSError as exc:
         raise ModelLoadError(f"{where}: cannot read ({exc.strerror or exc}); check permissions") from exc
     if not model.HasField("graph") or model.ir_version == 0:
         raise ModelLoadError(
-            f"{where}: parses as protobuf but is not an ONNX model (no graph or ir_version); "
-            f"pass the exported .onnx file"
+            export_hint(path) or f"{where}: parses as protobuf but is not an ONNX model (no graph or ir_version); "
+                                 f"pass the exported .onnx file"
         )
     _check_external_files(model, path.parent, where)
     if not weights:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import numpy as np
 import onnx
@@ -236,13 +236,22 @@ def node_label(node: NodeProto) -> str:
 
 
 # -- shapes ----------------------------------------------------------------------------------------
+def is_fixed_dim(d: onnx.TensorShapeProto.Dimension) -> bool:
+    """A declared dim with a real size. Paddle and some converters store "unknown" as ``dim_value: -1``: that
+    is dynamic, never a size (taken as one, it gave negative MACs and an empty validation run)."""
+    return d.HasField("dim_value") and d.dim_value >= 0
+
+
 def shape_of_type(type_proto: onnx.TypeProto) -> Shape | None:
-    """Dims of a tensor type (int, symbolic str or None per dim); None when it has no shape."""
+    """Dims of a tensor type (int, symbolic str or None per dim); None when it has no shape.
+
+    A negative ``dim_value`` (``-1``, "unknown" in Paddle exports) is a dynamic dim without a name: None.
+    """
     if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
         return None
     dims: list[int | str | None] = []
     for d in type_proto.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
+        if is_fixed_dim(d):
             dims.append(int(d.dim_value))
         elif d.HasField("dim_param"):
             dims.append(d.dim_param)
@@ -280,18 +289,38 @@ def empty_like(model: ModelProto) -> ModelProto:
     return out
 
 
-def shape_skeleton(model: ModelProto, dims: dict[str, int] | None = None, default_dim: int = 1, *,
-                   value_info: Iterable[str] = ()) -> ModelProto:
+def dim_key(input_name: str, axis: int) -> str:
+    """The ``dims`` key of one axis of one input, ``"input_ids:1"`` (``--dim input_ids:1=16``)."""
+    return f"{input_name}:{axis}"
+
+
+def lookup_dim(dims: Mapping[str, int], input_name: str, axis: int, dim: int | str | None) -> int | None:
+    """The value ``dims`` gives one dynamic axis of a graph input, or None.
+
+    Keys, most specific first: ``INPUT:AXIS`` (axis index), ``INPUT:NAME`` (the axis' dim name), ``NAME``.
+    The first two address dims a name cannot (unnamed, ``-1``, or one ``?`` used for several axes).
+    """
+    for key in (dim_key(input_name, axis), f"{input_name}:{dim}" if isinstance(dim, str) and dim else None,
+                dim if isinstance(dim, str) and dim else None):
+        if key is not None and key in dims:
+            return int(dims[key])
+    return None
+
+
+def shape_skeleton(model: ModelProto, dims: Mapping[str, int] | None = None, default_dim: int = 1, *,
+                   value_info: Iterable[str] = (), keep_symbolic: bool = False) -> ModelProto:
     """A weightless copy of ``model`` for cheap shape inference.
 
     Large float initializers become typed graph inputs (their values are never needed to infer shapes),
-    so copying and inferring stays fast on 100 MB models. Symbolic input dims are fixed from ``dims``
-    (by name) or ``default_dim``.
+    so copying and inferring stays fast on 100 MB models. Dynamic input dims are fixed from ``dims``
+    (see :func:`lookup_dim`) or ``default_dim``, unless ``keep_symbolic``.
 
     Args:
         model: the model (not modified).
-        dims: values of symbolic input dims, by name.
-        default_dim: value of the other symbolic input dims.
+        dims: values of dynamic input dims, by name or ``INPUT:AXIS`` (:func:`lookup_dim`).
+        default_dim: value of the other dynamic input dims.
+        keep_symbolic: leave dynamic dims as declared, so inferred shapes keep their symbolic names (what
+            a saved model's ``value_info`` must say: a batch fixed to 1 there pins the output's shape).
         value_info: names of tensors whose declared ``value_info`` shape is copied in. Only name tensors
             that inference leaves unknown (:func:`infer_static_shapes` does): onnx lets a declared shape win
             over an inferred one, so copying all of them would let a stale export override the truth.
@@ -302,28 +331,38 @@ def shape_skeleton(model: ModelProto, dims: dict[str, int] | None = None, defaul
     g = skel.graph
     g.node.extend(model.graph.node)
     g.output.extend(model.graph.output)
+    _clear_negative_dims(g.output)
     inits = {t.name for t in model.graph.initializer}
     fixed: dict[str, int] = {}
+    clashing: set[str] = set()
     for inp in model.graph.input:
         if inp.name in inits:
             continue
         new = g.input.add()
         new.CopyFrom(inp)
-        if new.type.HasField("tensor_type"):
-            for d in new.type.tensor_type.shape.dim:
-                if not d.HasField("dim_value"):
-                    value = dims.get(d.dim_param, default_dim) if d.HasField("dim_param") else default_dim
-                    if d.HasField("dim_param"):
-                        fixed[d.dim_param] = int(value)
-                    d.Clear()
-                    d.dim_value = int(value)
+        _clear_negative_dims([new])
+        if new.type.HasField("tensor_type") and not keep_symbolic:
+            for axis, d in enumerate(new.type.tensor_type.shape.dim):
+                if is_fixed_dim(d):
+                    continue
+                name = d.dim_param if d.HasField("dim_param") else None
+                value = lookup_dim(dims, inp.name, axis, name)
+                value = default_dim if value is None else value
+                if name:
+                    if fixed.setdefault(name, int(value)) != int(value):
+                        clashing.add(name)  # one '?' for several axes: its value is no one value
+                d.Clear()
+                d.dim_value = int(value)
+    for name in clashing:
+        del fixed[name]
     wanted = set(value_info)
     for vi in model.graph.value_info:
         if vi.name in wanted:
             new = g.value_info.add()
             new.CopyFrom(vi)
+            _clear_negative_dims([new])
             for d in new.type.tensor_type.shape.dim if new.type.HasField("tensor_type") else ():
-                if d.HasField("dim_param") and d.dim_param in fixed:
+                if d.HasField("dim_param") and d.dim_param in fixed and not keep_symbolic:
                     value = fixed[d.dim_param]
                     d.Clear()
                     d.dim_value = value
@@ -336,11 +375,20 @@ def shape_skeleton(model: ModelProto, dims: dict[str, int] | None = None, defaul
     return skel
 
 
+def _clear_negative_dims(values: Iterable[onnx.ValueInfoProto]) -> None:
+    """Make declared ``-1`` dims unknown (in a skeleton only), so onnx never meets them as sizes."""
+    for vi in values:
+        if vi.type.HasField("tensor_type"):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.HasField("dim_value") and d.dim_value < 0:
+                    d.Clear()
+
+
 #: Evaluates runtime shape arithmetic on an inferred skeleton: ``(skeleton, shapes) -> shapes``.
 ShapeFolder = Callable[[ModelProto, dict[str, Shape]], dict[str, Shape]]
 
 
-def infer_static_shapes(model: ModelProto, dims: dict[str, int] | None = None, default_dim: int = 1,
+def infer_static_shapes(model: ModelProto, dims: Mapping[str, int] | None = None, default_dim: int = 1,
                         strict: bool = False, folder: ShapeFolder | None = None) -> dict[str, Shape]:
     """Shapes of every tensor (inputs, intermediates, outputs, initializers) after shape inference.
 

@@ -1,7 +1,9 @@
-"""Progress bars that show on a terminal and stay silent everywhere else.
+"""Progress: a bar on a terminal, plain lines everywhere else.
 
-Why: a bar helps a person waiting on a 10-minute calibration, but in a pipe, a log file or CI it only
-adds noise (carriage returns in logs). Bars go to stderr, so stdout stays clean for ``--json``.
+Why: a bar helps a person waiting on a 10-minute calibration, but in a pipe, a log file or CI its carriage
+returns only add noise; there a long loop prints one line every 10 % (or every 10 s when the total is
+unknown or the steps are slow) instead, so a log still shows that work goes on. Loops that end within
+:data:`LINE_AFTER_S` print nothing. Both go to stderr, so stdout stays clean for ``--json``.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from tqdm import tqdm
@@ -17,6 +19,11 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 _enabled = True
+
+#: Plain progress lines start only once a loop has run this long (short loops stay silent).
+LINE_AFTER_S = 2.0
+#: ... and then come at least every this many seconds, or at every 10 % of a known total.
+LINE_EVERY_S = 10.0
 
 
 def set_progress_enabled(enabled: bool) -> None:
@@ -39,63 +46,60 @@ def progress_enabled() -> bool:
 
 
 def progress(iterable: Iterable[T], *, desc: str, total: int | None = None) -> Iterator[T]:
-    """Wrap ``iterable`` in a tqdm bar when bars should show, else return it unchanged.
+    """Wrap ``iterable`` in a tqdm bar on a terminal, or in progress lines elsewhere (see the module).
 
     Example:
         >>> list(progress(range(3), desc="runs"))
         [0, 1, 2]
     """
-    if not progress_enabled():
+    if progress_enabled():
+        return iter(tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True))
+    if not _enabled:
         return iter(iterable)
-    return iter(tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr, dynamic_ncols=True))
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    return _lines(iterable, desc=desc, total=total)
 
 
-def stage_lines_enabled() -> bool:
-    """True when long runs should write one plain line per stage: switched on and stderr is no terminal
-    (a log file, a pipe, CI), where bars would only leave carriage returns."""
-    stream = sys.stderr
-    return _enabled and stream is not None and not (hasattr(stream, "isatty") and stream.isatty())
+def _lines(iterable: Iterable[T], *, desc: str, total: int | None) -> Iterator[T]:
+    """Yield from ``iterable``, writing ``onnxprune: DESC: 40% (4/10), 12 s`` lines to stderr as it goes."""
+    start = time.monotonic()
+    last_time, last_tenth, done = start, 0, 0
+    for item in iterable:
+        yield item
+        done += 1
+        now = time.monotonic()
+        if now - start < LINE_AFTER_S:
+            continue
+        tenth = done * 10 // total if total else 0
+        if tenth > last_tenth or now - last_time >= LINE_EVERY_S:
+            share = f"{done / total:.0%} ({done}/{total})" if total else f"{done} done"
+            stream = sys.stderr
+            if stream is not None:
+                stream.write(f"onnxprune: {desc}: {share}, {now - start:.0f} s\n")
+                stream.flush()
+            last_time, last_tenth = now, tenth
 
 
 class Stages:
-    """Progress of a long run in stages: a bar per stage on a terminal, else one line per finished stage
-    (``onnxprune: <stage>: <count> <unit> in <s>s (<s>s total)``) and a line every ``every`` seconds
-    while a long stage runs.
+    """One line per finished stage of a long run (``onnxprune: <stage>: <count> <unit> in <s>s (<s>s total)``)
+    on stderr when it is not a terminal, so a log shows where the time of a sensitivity or budget run went;
+    loops inside a stage show their progress through :func:`progress`.
 
     Example:
         >>> clock = Stages()
         >>> clock.done("calibration", 256, "samples")  # doctest: +SKIP
     """
 
-    def __init__(self, every: float = 30.0) -> None:
-        self._start = self._last = time.perf_counter()
-        self._every = every
+    def __init__(self) -> None:
+        self._start = self._last = time.monotonic()
 
     def done(self, stage: str, count: int, unit: str) -> None:
         """Report that ``stage`` finished ``count`` ``unit``."""
-        now = time.perf_counter()
-        if stage_lines_enabled():
-            sys.stderr.write(f"onnxprune: {stage}: {count} {unit} in {now - self._last:.1f}s "
-                             f"({now - self._start:.1f}s total)\n")
+        now = time.monotonic()
+        stream = sys.stderr
+        if _enabled and stream is not None and not (hasattr(stream, "isatty") and stream.isatty()):
+            stream.write(f"onnxprune: {stage}: {count} {unit} in {now - self._last:.1f}s "
+                         f"({now - self._start:.1f}s total)\n")
+            stream.flush()
         self._last = now
-
-    def ticker(self, stage: str, total: int) -> Callable[[int], None]:
-        """A callback taking the number of finished items of ``stage`` (of ``total``)."""
-        if progress_enabled():
-            bar = tqdm(total=total, desc=stage, leave=False, file=sys.stderr, dynamic_ncols=True)
-
-            def tick_bar(i: int) -> None:
-                bar.update(i - bar.n)
-                if i >= total:
-                    bar.close()
-
-            return tick_bar
-        state = {"t": time.perf_counter()}
-
-        def tick_line(i: int) -> None:
-            now = time.perf_counter()
-            if i < total and now - state["t"] >= self._every and stage_lines_enabled():
-                sys.stderr.write(f"onnxprune: {stage}: {i}/{total} after {now - self._last:.1f}s\n")
-                state["t"] = now
-
-        return tick_line

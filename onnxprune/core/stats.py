@@ -1,6 +1,7 @@
 """Model statistics: parameters, multiply-accumulates (MACs) and the op histogram.
 
-MACs are counted from inferred shapes at batch 1 for the ops that dominate compute (Conv, ConvTranspose,
+MACs are counted from inferred shapes at batch 1 (other dynamic input axes at the sizes passed in ``dims``;
+``onnxprune.runtime.dims`` chooses and reports them) for the ops that dominate compute (Conv, ConvTranspose,
 Gemm, MatMul); everything else is treated as free, which is how pruning papers and tools report them.
 """
 
@@ -15,6 +16,7 @@ import numpy as np
 from onnx import ModelProto, NodeProto, numpy_helper
 
 from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, Shape, attr, constant_node_value, node_key
+from onnxprune.core.quant import quantized_data, zero_point
 from onnxprune.core.shapefold import infer_shapes
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -27,13 +29,20 @@ def _numel(dims: Sequence[int]) -> int:
 def count_params(model: ModelProto, *, nonzero: bool = False) -> int:
     """Number of floating-point parameters (initializers, and Constant-node tensors larger than a scalar).
 
-    Integer tensors (shapes, indices) are not parameters. With ``nonzero=True`` only non-zero entries
-    count, which is the honest parameter count of an unstructured-sparse model.
+    Integer tensors (shapes, indices) are not parameters, except the quantized weights and biases of a QDQ
+    model (integers read through ``DequantizeLinear``). With ``nonzero=True`` only non-zero entries count
+    (for a quantized tensor: entries other than its zero point), which is the honest parameter count of an
+    unstructured-sparse model.
     """
     total = 0
+    index = GraphIndex(model)
+    quant = quantized_data(index)
     for t in model.graph.initializer:
-        if t.data_type in FLOAT_TYPES:
-            if nonzero:
+        if t.data_type in FLOAT_TYPES or t.name in quant:
+            if nonzero and t.name in quant:
+                stored = numpy_helper.to_array(t)
+                total += int(np.count_nonzero(stored != zero_point(index, quant[t.name], stored.ndim)))
+            elif nonzero:
                 total += int(np.count_nonzero(numpy_helper.to_array(t)))
             else:
                 total += _numel(t.dims)
@@ -46,7 +55,8 @@ def count_params(model: ModelProto, *, nonzero: bool = False) -> int:
 
 
 def _known(shape: Shape | None) -> TypeGuard[tuple[int, ...]]:
-    return shape is not None and all(isinstance(d, int) for d in shape)
+    """Every dim a real size: a negative one (an export's ``-1``) is unknown, never counted."""
+    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
 
 
 def node_macs(node: NodeProto, shapes: dict[str, Shape], opset: int) -> int | None:

@@ -10,6 +10,10 @@ dot product.
 A weight is keyed by its *storage*: the initializer or ``Constant`` node output that really holds the
 values after following ``Identity`` nodes, so a tensor shared by several layers (directly or through an
 ``Identity``) is listed once, with all its readers.
+
+A quantized (QDQ) weight, an ``int8``/``uint8`` constant read through ``DequantizeLinear``, is listed by its
+integer storage with :attr:`PrunableWeight.quant` set: sparsity then scores entries by their dequantized
+value and zeroes them by setting them to their zero point, so the model stays quantized.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, attr, copy_fields, node_key, node_label
+from onnxprune.core.quant import QOPERATOR_OPS, QUANT_TYPES, Dequantized, dequantized
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,8 @@ class PrunableWeight:
             Empty when there is no single answer (readers disagree, grouped ConvTranspose); then
             ``reduction_note`` says why.
         reduction_note: why ``reduction_axes`` is empty, else ``""``.
+        quant: for a weight stored as int8/uint8 behind ``DequantizeLinear``, its scale, zero point and axis;
+            None for a float weight.
     """
 
     name: str
@@ -66,6 +73,7 @@ class PrunableWeight:
     data_type: int
     reduction_axes: tuple[int, ...]
     reduction_note: str = ""
+    quant: Dequantized | None = None
 
     @property
     def numel(self) -> int:
@@ -132,16 +140,23 @@ def scan_weights(model: ModelProto) -> WeightScan:
     skipped: list[SkippedWeight] = []
     seen: set[str] = set()
     for node in model.graph.node:
+        if node.op_type in QOPERATOR_OPS and node.domain in ("", "ai.onnx", "com.microsoft"):
+            skipped.append(SkippedWeight(node_label(node), f"{node_label(node)} is a QOperator-format op, which "
+                                         "onnxprune does not prune; quantize with QuantFormat.QDQ instead"))
+            continue
         slot = WEIGHT_SLOT.get(node.op_type)
         if slot is None or node.domain not in ("", "ai.onnx") or len(node.input) <= slot:
             continue
-        if not node.input[slot] or not idx.is_constant(node.input[slot]):
+        if not node.input[slot]:
             continue
-        src = idx.resolve_identity(node.input[slot])
+        dq = None if idx.is_constant(node.input[slot]) else dequantized(idx, idx.resolve_identity(node.input[slot]))
+        if dq is None and not idx.is_constant(node.input[slot]):
+            continue
+        src = dq.data if dq is not None else idx.resolve_identity(node.input[slot])
         if src in seen:
             continue
         seen.add(src)
-        found = _inspect(idx, src, outputs, keys)
+        found = _inspect(idx, src, outputs, keys, dq)
         if isinstance(found, SkippedWeight):
             log.debug("not prunable: %s (%s)", found.name, found.reason)
             skipped.append(found)
@@ -150,15 +165,29 @@ def scan_weights(model: ModelProto) -> WeightScan:
     return WeightScan(tuple(weights), tuple(skipped))
 
 
+def _same_quant(idx: GraphIndex, node: NodeProto, dq: Dequantized) -> bool:
+    """``node`` is a DequantizeLinear of ``dq``'s data with the same scale, zero point and axis."""
+    if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx") or not node.output:
+        return False
+    other = dequantized(idx, node.output[0])
+    return other is not None and (other.data, other.scale, other.zero_point, other.axis) == (
+        dq.data, dq.scale, dq.zero_point, dq.axis)
+
+
 def _inspect(
-    idx: GraphIndex, src: str, outputs: set[str], keys: dict[int, tuple[int, str]]
+    idx: GraphIndex, src: str, outputs: set[str], keys: dict[int, tuple[int, str]], dq: Dequantized | None = None
 ) -> PrunableWeight | SkippedWeight:
-    """Classify the constant ``src``: a prunable weight, or a refusal with its reason."""
+    """Classify the constant ``src`` (read through ``dq`` when quantized): a prunable weight, or a refusal."""
     kind: WeightKind = "initializer" if src in idx.initializers else "constant"
     tensor = idx.initializers[src] if kind == "initializer" else _constant_tensor(idx.constant_nodes[src])
     if tensor is None:
         return SkippedWeight(src, "Constant node does not store a 'value' tensor")
-    if tensor.data_type not in SPARSIFIABLE_TYPES:
+    if dq is not None and dq.reason:
+        return SkippedWeight(src, dq.reason)
+    if dq is not None and tensor.data_type not in QUANT_TYPES:
+        return SkippedWeight(src, f"quantized element type {TensorProto.DataType.Name(tensor.data_type)} is not "
+                                  f"int8 or uint8")
+    if dq is None and tensor.data_type not in SPARSIFIABLE_TYPES:
         return SkippedWeight(src, f"element type {TensorProto.DataType.Name(tensor.data_type)} is not float")
     readers: list[NodeProto] = []
     stack = [src]
@@ -169,6 +198,10 @@ def _inspect(
         for node in idx.consumers.get(name, []):
             if node.op_type == "Identity" and node.domain in ("", "ai.onnx"):
                 stack.append(node.output[0])
+                continue
+            if dq is not None and _same_quant(idx, node, dq) and list(node.input).count(name) == 1 \
+                    and node.input[0] == name:
+                stack.append(node.output[0])  # the dequantized weight: its readers are the layers
                 continue
             slot = WEIGHT_SLOT.get(node.op_type) if node.domain in ("", "ai.onnx") else None
             slots = [i for i, inp in enumerate(node.input) if inp == name]
@@ -192,6 +225,7 @@ def _inspect(
         data_type=int(tensor.data_type),
         reduction_axes=axes,
         reduction_note=note,
+        quant=dq,
     )
 
 

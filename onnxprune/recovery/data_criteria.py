@@ -26,6 +26,7 @@ from onnx import ModelProto, NodeProto
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import load_model
 from onnxprune.core.ir import GraphIndex, attr
+from onnxprune.core.quant import dequantize
 from onnxprune.core.weights import PrunableWeight, find_prunable_weights, get_weight
 from onnxprune.recovery.calibrate import GRAM_OPS, ActivationStats, ChannelStats, collect_stats
 from onnxprune.structured.analysis import ChannelGroup, DependencyGraph, ParamCut
@@ -198,7 +199,10 @@ def row_ranks(scores: np.ndarray, axis: int) -> np.ndarray:
 
 def _weight_score(model: ModelProto, idx: GraphIndex, pw: PrunableWeight, nodes: list[NodeProto],
                   stats: ActivationStats, criterion: str) -> np.ndarray:
-    w = get_weight(model, pw).astype(np.float64)
+    w = get_weight(model, pw)
+    if pw.quant is not None:  # rank quantized entries by their dequantized value, as magnitude sparsity does
+        w = dequantize(idx, pw.quant, w)
+    w = w.astype(np.float64)
     factors = []
     for node in nodes:
         cs = stats.channels.get(node.input[0])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,6 +23,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxprune.core.errors import ConfigError
+from onnxprune.core.progress import progress
 from onnxprune.core.stats import model_stats
 from onnxprune.recovery.calibrate import ActivationStats
 from onnxprune.structured.analysis import DependencyGraph, analyze
@@ -204,8 +205,7 @@ def check_executor(executor: str, workers: int | None) -> None:
 
 def measure_candidates(evaluator: CandidateEvaluator, tasks: Sequence[Task], *, error: bool = True,
                        accuracy: bool = True, executor: str = "local", workers: int | None = None,
-                       on_done: Callable[[int], None] | None = None, ray_address: str | None = None
-                       ) -> list[Measured]:
+                       desc: str = "candidates", ray_address: str | None = None) -> list[Measured]:
     """Measure every ``(group, ratio)`` task on the whole model; results in task order.
 
     Args:
@@ -217,24 +217,20 @@ def measure_candidates(evaluator: CandidateEvaluator, tasks: Sequence[Task], *, 
         workers: pool size (default: one per core, at most one per task); for ``ray`` without an address,
             the CPUs of the local cluster it starts.
         ray_address: the Ray cluster to join (``ray`` only; default: start a local one).
-        on_done: called with the number of finished tasks after each one (progress lines).
+        desc: what the progress bar (or progress lines) call these measurements.
 
     Raises:
         ConfigError: unknown executor or bad worker count.
     """
     check_executor(executor, workers)
-    out: list[Measured] = []
     if executor == "local" or (executor == "processes" and len(tasks) <= 1):
-        for i, task in enumerate(tasks, start=1):
-            out.append(evaluator.measure(task, error=error, accuracy=accuracy))
-            if on_done is not None:
-                on_done(i)
-        return out
+        return [evaluator.measure(task, error=error, accuracy=accuracy)
+                for task in progress(tasks, desc=desc, total=len(tasks))]
     if executor == "ray":
         from onnxprune.recovery.ray_executor import measure_on_ray
 
         return measure_on_ray(evaluator.spec, tasks, error=error, accuracy=accuracy, address=ray_address,
-                              workers=workers, on_done=on_done)
+                              workers=workers, desc=desc)
     cores = os.cpu_count() or 1
     n = max(1, min(workers or cores, len(tasks)))
     threads = max(1, cores // n)
@@ -242,8 +238,5 @@ def measure_candidates(evaluator: CandidateEvaluator, tasks: Sequence[Task], *, 
     ctx = multiprocessing.get_context("spawn")  # onnxruntime's threads do not survive a fork
     with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
                              initargs=(evaluator.spec, threads)) as pool:
-        for i, result in enumerate(pool.map(_run_task, [(t, error, accuracy) for t in tasks]), start=1):
-            out.append(result)
-            if on_done is not None:
-                on_done(i)
-    return out
+        results = pool.map(_run_task, [(t, error, accuracy) for t in tasks])
+        return list(progress(results, desc=desc, total=len(tasks)))

@@ -13,10 +13,11 @@ from __future__ import annotations
 import atexit
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from onnxprune.core.errors import ConfigError, OnnxPruneError
+from onnxprune.core.progress import progress
 from onnxprune.recovery.executor import CandidateEvaluator, CandidateSpec, Measured, Task
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def _measure(run_id: str, spec_box: list[Any], task: Task, error: bool, accuracy
 
 
 def measure_on_ray(spec: CandidateSpec, tasks: Sequence[Task], *, error: bool, accuracy: bool,
-                   address: str | None, workers: int | None, on_done: Callable[[int], None] | None) -> list[Measured]:
+                   address: str | None, workers: int | None, desc: str = "candidates") -> list[Measured]:
     """Measure ``tasks`` on Ray: join the cluster at ``address``, or start a local one of ``workers`` CPUs.
 
     Raises:
@@ -71,14 +72,12 @@ def measure_on_ray(spec: CandidateSpec, tasks: Sequence[Task], *, error: bool, a
     refs = [remote.remote(run_id, box, t, error, accuracy) for t in tasks]
     out: list[Measured] = []
     failed: list[str] = []
-    for i, (task, ref) in enumerate(zip(tasks, refs, strict=True), start=1):
+    for task, ref in progress(list(zip(tasks, refs, strict=True)), desc=desc):
         try:
             out.append(ray.get(ref))
         except (ray.exceptions.RayError, OnnxPruneError) as exc:
             failed.append(f"group {task[0]} at ratio {task[1]:g} ({type(exc).__name__})")
             out.append(Measured(None, None))
-        if on_done is not None:
-            on_done(i)
     if failed:
         raise OnnxPruneError(f"{len(failed)} of {len(tasks)} candidates failed on Ray after {MAX_RETRIES} "
                              f"retries: {', '.join(failed[:10])}{' ...' if len(failed) > 10 else ''}")

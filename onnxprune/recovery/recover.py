@@ -33,6 +33,7 @@ from onnx import ModelProto, NodeProto, helper, numpy_helper
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import load_model
 from onnxprune.core.ir import GraphIndex, attr
+from onnxprune.core.quant import quantized_data
 from onnxprune.core.weights import PrunableWeight, find_prunable_weights, get_weight, set_weight
 from onnxprune.recovery.calibrate import GRAM_OPS, ActivationStats, collect_stats, rows_to_weight, weight_rows
 from onnxprune.structured.analysis import DependencyGraph
@@ -393,6 +394,19 @@ def _drop_if_unused(idx: GraphIndex, name: str, old_reader: NodeProto) -> None:
 
 
 # -- unstructured / N:M recovery -------------------------------------------------------------------
+def refuse_quantized(model: ModelProto) -> None:
+    """Refuse a QDQ model: a re-fit computes float weights, and writing them would de-quantize the model.
+
+    Raises:
+        ConfigError: the model has weights stored as integers behind DequantizeLinear.
+    """
+    quant = quantized_data(GraphIndex(model))
+    if quant:
+        raise ConfigError(f"recovery re-fits float weights, but this model is quantized (e.g. "
+                          f"'{next(iter(quant))}' behind DequantizeLinear); pass --recover none (bias is the "
+                          f"default with --calib), or recover the float model and quantize it afterwards")
+
+
 def recover_sparse(
     original: str | os.PathLike[str] | ModelProto,
     sparse_model: str | os.PathLike[str] | ModelProto,
@@ -434,6 +448,7 @@ def recover_sparse(
     if method not in ("lstsq", "bias"):
         raise ConfigError(f"sparse recovery method must be lstsq or bias, got '{method}'")
     orig = load_model(original, check=False)
+    refuse_quantized(orig)
     out = load_model(sparse_model, check=False)
     idx_o = GraphIndex(orig)
     idx = GraphIndex(out)
@@ -671,6 +686,7 @@ def recover_structured(
     if method == "lstsq" and stats_or_data is None:
         raise ConfigError("recovery 'lstsq' needs calibration data; pass --calib data.npz or use --recover bias")
     orig = load_model(original_model, check=False)
+    refuse_quantized(orig)
     out = load_model(pruned_model, check=False)
     cuts = sink_cuts(orig, dg, plan)
     if not cuts:

@@ -374,7 +374,7 @@ class SensitivityRun:
         if eval_data is not None:
             self.base_acc = evaluator.accuracy(m)
             measured = measure_candidates(evaluator, tasks, error=False, executor=executor, workers=workers,
-                                          on_done=clock.ticker("accuracy", len(tasks)), ray_address=ray_address)
+                                          desc="accuracy", ray_address=ray_address)
             self.accs = {t: r.accuracy for t, r in zip(tasks, measured, strict=True)}
             clock.done("accuracy", len(tasks), "candidates")
         self.base = model_stats(m)
@@ -385,8 +385,7 @@ class SensitivityRun:
         if not todo:
             return 0
         measured = measure_candidates(self.evaluator, todo, accuracy=False, executor=self.executor,
-                                      workers=self.workers, on_done=self.clock.ticker(stage, len(todo)),
-                                      ray_address=self.ray_address)
+                                      workers=self.workers, desc=stage, ray_address=self.ray_address)
         for t, r in zip(todo, measured, strict=True):
             assert r.error is not None  # asked for
             self.errors[t] = r.error

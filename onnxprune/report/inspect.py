@@ -5,6 +5,7 @@ Kept apart from the CLI so tests and scripts get the same numbers the user sees.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -13,8 +14,10 @@ from onnx import ModelProto
 
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.io import load_model
-from onnxprune.core.ir import input_shapes, opset_of
+from onnxprune.core.ir import input_shapes, is_fixed_dim, opset_of
 from onnxprune.core.stats import model_stats
+
+log = logging.getLogger(__name__)
 
 
 def _io_list(model: ModelProto, which: str) -> list[dict[str, Any]]:
@@ -24,7 +27,7 @@ def _io_list(model: ModelProto, which: str) -> list[dict[str, Any]]:
         if vi.name in inits:
             continue
         tt = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+        shape = [d.dim_value if is_fixed_dim(d) else (d.dim_param or "?") for d in tt.shape.dim]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else "?"
         entries.append({"name": vi.name, "dtype": dtype, "shape": shape})
     return entries
@@ -35,7 +38,15 @@ def analyze_summary(source: str | os.PathLike[str] | ModelProto, *, dims: dict[s
     """Parameters, MACs at batch 1, op histogram, prunable weights, opset, I/O and channel groups."""
     model = load_model(source)
     from onnxprune.core.weights import find_prunable_weights
+    from onnxprune.runtime.dims import DimResolution, resolve_dims
 
+    # MACs at sizes the model accepts, never at a silent 1 (or -1) for a dynamic axis: chosen ones are said.
+    try:
+        res = resolve_dims(model, dims=dims, required=False)
+    except OnnxPruneError as exc:  # an input onnxprune cannot feed (a sequence): counted as given
+        log.info("no sizes chosen for dynamic inputs: %s", exc)
+        res = DimResolution(dims=dict(dims or {}))
+    dims = res.dims
     stats = model_stats(model, dims=dims)
     summary: dict[str, Any] = {
         "opset": opset_of(model),
@@ -46,6 +57,7 @@ def analyze_summary(source: str | os.PathLike[str] | ModelProto, *, dims: dict[s
         "params": stats.params,
         "nonzero_params": stats.nonzero_params,
         "macs": stats.macs,
+        "dims_assumed": res.report(),
         "macs_by_node": stats.macs_by_node,
         "op_histogram": stats.op_histogram,
         "prunable_weights": [

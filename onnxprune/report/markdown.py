@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from onnxprune.core.io import check_output_path
+from onnxprune.report.drift import DETAIL_HEADER, comparisons, detail_rows, drift_lines, pct
+from onnxprune.runtime.bench_verdict import NOISE_ADVICE, bench_flags
 
 #: Groups listed in full up to this many; the rest are counted.
 MAX_GROUP_ROWS = 200
@@ -61,11 +63,13 @@ def _size_section(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[s
     return ["## Size", "", *_table(("", "before", "after", "after / before"), rows), ""]
 
 
-def _groups_section(groups: Any) -> list[str]:
+def _groups_section(groups: Any, *, blocked: Sequence[Mapping[str, Any]] = (), round_to: Any = None) -> list[str]:
     lines = ["## Groups pruned", ""]
     if isinstance(groups, Mapping):
         groups = [{"group": k, **(v if isinstance(v, Mapping) else {"value": v})} for k, v in groups.items()]
     groups = list(groups or [])
+    if groups and all("size_before" in g and "size_after" in g for g in groups):
+        return lines + _named_groups(groups, blocked, round_to)
     if not groups:
         return lines + ["No group was pruned.", ""]
     columns: list[str] = []
@@ -80,35 +84,89 @@ def _groups_section(groups: Any) -> list[str]:
     return lines + [""]
 
 
+def _named_groups(groups: list[Mapping[str, Any]], blocked: Sequence[Mapping[str, Any]], round_to: Any) -> list[str]:
+    """A prune report's groups: the cut ones by name, then how many were left whole, then the blocked ones."""
+    def name(g: Mapping[str, Any]) -> str:
+        return str(g.get("name") or f"group {g['id']}")
+
+    cut = [g for g in groups if g["size_after"] != g["size_before"]]
+    whole = [g for g in groups if g["size_after"] == g["size_before"]]
+    lines: list[str] = []
+    if cut:
+        rows = [(name(g), g.get("layers") or "-", g["size_before"], g["size_after"],
+                 f"{100 * g['size_after'] / g['size_before']:.1f}%" if g["size_before"] else "-",
+                 g.get("criterion")) for g in cut[:MAX_GROUP_ROWS]]
+        lines += _table(("group", "layers", "channels before", "after", "kept", "criterion"), rows)
+        if len(cut) > MAX_GROUP_ROWS:
+            lines.append(f"\n... and {len(cut) - MAX_GROUP_ROWS} more groups (see the JSON report).")
+    else:
+        lines.append("No group was pruned.")
+    if whole:
+        why = f" (--round-to {round_to} rounds their cut up to the full width)" if round_to else ""
+        lines += ["", f"{len(whole)} of {len(groups)} prunable groups were left unpruned{why}: "
+                  + _cell([name(g) for g in whole]) + "."]
+    if blocked:
+        lines += ["", "### Blocked groups (never pruned)", ""]
+        lines += _table(("group", "channels", "why"), [(name(b), b.get("size"), b.get("reason")) for b in
+                                                       blocked[:MAX_GROUP_ROWS]])
+    return lines + [""]
+
+
 def _one_validation(title: str, v: Mapping[str, Any]) -> list[str]:
-    lines = [f"### {title}", "", f"**{'PASS' if v.get('passed') else 'FAIL'}** - {v.get('summary', '')}", ""]
+    """An exactness check: a verdict, and per output the figures that the verdict rests on."""
+    passed = bool(v.get("within_tolerance", v.get("passed"))) if "outputs" in v else bool(v.get("passed"))
+    if "comparisons" in v:
+        passed = bool(v.get("passed")) and all(c.get("within_tolerance", c.get("passed"))
+                                               for c in (v.get("comparisons") or {}).values())
+    lines = [f"### {title}", "", f"**{'PASS' if passed else 'FAIL'}** - {v.get('summary', '')}", ""]
     failed = [c for c in v.get("checks", []) if not c.get("passed")]
     for c in failed:
         lines.append(f"- check `{c['name']}` failed: {c.get('message', '')}")
     rows = []
-    for provider, cmp in (v.get("comparisons") or {}).items():
+    for provider, cmp in comparisons(v):
         for o in cmp.get("outputs", []):
-            rows.append((provider, o["name"], o["max_abs"], o["max_rel"], o["mean_abs"], o["cosine"],
-                         o.get("top1"), o.get("top5"), o["needed_atol"], o["needed_rtol"],
+            rows.append((provider, o["name"], o.get("dtype"), o["max_abs"], o["max_rel"], o["mean_abs"], o["cosine"],
+                         o["needed_atol"], o["needed_rtol"],
                          "ok" if o["passed"] else ("FAIL: " + o["problem"] if o.get("problem") else "FAIL")))
     if rows:
-        lines += _table(("provider", "output", "max abs diff", "max rel diff", "mean abs diff", "cosine",
-                         "top-1 agree", "top-5 agree", "atol that passes", "rtol that passes", "result"), rows)
+        lines += _table(("provider", "output", "dtype", "max abs diff", "max rel diff", "mean abs diff", "cosine",
+                         "atol that passes", "rtol that passes", "result"), rows)
     if v.get("inputs"):
         lines.append(f"\nInputs: {v['inputs']}; {v.get('samples')} sample(s); "
-                     f"atol={v.get('atol')} rtol={v.get('rtol')}" + (" (report only)" if v.get("report_only") else ""))
+                     f"atol={v.get('atol')} rtol={v.get('rtol')}")
+    return lines + [""]
+
+
+def _drift_section(title: str, v: Mapping[str, Any]) -> list[str]:
+    """Drift is a measurement (pruning changes outputs on purpose): no verdict, per floating output, named."""
+    lines = [f"### {title}", "", "Measured, not enforced: pruning changes the outputs by design. "
+             "Floating outputs only count as drift; other outputs are listed for completeness.", ""]
+    for c in v.get("checks", []):
+        if not c.get("passed"):
+            lines.append(f"- check `{c['name']}` failed: {c.get('message', '')}")
+    for line in drift_lines(v, width=200):
+        lines.append(f"- worst output: {line}")
+    lines.append("")
+    lines += _table(DETAIL_HEADER, detail_rows(v))
+    if v.get("inputs"):
+        lines.append(f"\nInputs: {v['inputs']}; {v.get('samples')} sample(s).")
     return lines + [""]
 
 
 def _validation_section(validation: Mapping[str, Any]) -> list[str]:
     lines = ["## Validation", ""]
     if "comparisons" in validation or "checks" in validation:
+        if validation.get("report_only"):
+            return lines + _drift_section("Pruned vs original (drift)", validation)
         return lines + _one_validation("Pruned vs original", validation)
     titles = {"exact": "Exactness (pruned vs original with dropped channels silenced)",
-              "drift": "Drift from the original (report only)", "sparse_storage": "Sparse storage"}
+              "drift": "Drift from the original", "sparse_storage": "Sparse storage"}
     for key, value in validation.items():
         if isinstance(value, Mapping):
-            lines += _one_validation(titles.get(key, key), value)
+            if key == "drift" or value.get("report_only"):
+                lines += _drift_section(titles.get(key, key), value)
+            else:
+                lines += _one_validation(titles.get(key, key), value)
     return lines
 
 
@@ -130,6 +188,11 @@ def _bench_section(bench: Mapping[str, Any]) -> list[str]:
     lines += _table(("model", "provider", "batch", "p50 ms", "p90 ms", "p99 ms", "items/s", "speedup",
                      "ideal (MAC ratio)", "speedup / ideal", "peak RSS MB", ""), rows)
     lines.append("")
+    flags = bench_flags(bench.get("results", []))
+    for f in flags:
+        lines.append(f"- **{f['model']}** on {f['provider']} at batch {f['batch']}: {'; '.join(f['reasons'])}")
+    if flags:
+        lines.append(f"- {NOISE_ADVICE}")
     for s in bench.get("skipped", []):
         lines.append(f"- skipped {s['model']} on {s['provider']} at batch {s['batch']}: {s['reason']}")
     for note in bench.get("notes", []):
@@ -167,14 +230,19 @@ def render_markdown(
     if stats_before or stats_after:
         lines += _size_section(stats_before or {}, stats_after or {})
     if groups is not None:
-        lines += _groups_section(groups)
+        lines += _groups_section(groups, blocked=report.get("blocked") or (),
+                                 round_to=(settings or {}).get("round_to"))
     if validation:
         lines += _validation_section(validation)
     accuracy = report.get("accuracy")
     if accuracy:
-        keys = [k for k in accuracy.get("before", {}) if isinstance(accuracy["before"][k], (int, float))]
-        rows = [(k, accuracy["before"].get(k), accuracy.get("after", {}).get(k)) for k in keys]
-        lines += ["## Accuracy", "", *_table(("metric", "before", "after"), rows), ""]
+        before, after = accuracy.get("before", {}), accuracy.get("after", {})
+        rows = [(label, pct(before.get(k)), pct(after.get(k)),
+                 "-" if before.get(k) is None or after.get(k) is None
+                 else f"{100 * (float(after[k]) - float(before[k])):+.2f} pts")
+                for k, label in (("top1", "top-1"), ("top5", "top-5")) if k in before]
+        lines += ["## Accuracy", "", *_table(("metric", "before", "after", "change"), rows),
+                  "", f"On {after.get('n', before.get('n'))} labelled samples.", ""]
     if bench:
         lines += _bench_section(bench)
     warnings = report.get("warnings")

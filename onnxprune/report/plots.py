@@ -2,7 +2,7 @@
 
 Why: the question after pruning is "did the saved compute turn into saved time?"; a latency-vs-MACs plot
 shows it at a glance (points on a line through the origin would be ideal scaling). matplotlib is an
-optional extra (``pip install onnxprune[plot]``); it is imported only here, with the non-interactive Agg
+optional extra (``pip install -e ".[plot]"``); it is imported only here, with the non-interactive Agg
 canvas, so no display and no global backend change are needed.
 """
 
@@ -27,7 +27,7 @@ def _matplotlib() -> tuple[Any, Any]:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise ConfigError("plots need matplotlib; install it with: pip install onnxprune[plot]") from exc
+        raise ConfigError('plots need matplotlib; install it with: pip install -e ".[plot]"') from exc
     return Figure, FigureCanvasAgg
 
 
@@ -41,7 +41,8 @@ def _layer_rows(layers: Layers | None) -> list[tuple[str, int, int]]:
             rows.append((str(name), int(before_n), int(after_n)))
         return rows
     for item in layers:
-        name = item.get("name", item.get("layer", f"group {item['id']}" if "id" in item else "?"))
+        # A prune report's groups carry the name of their layers (structured.naming.group_name).
+        name = item.get("name") or item.get("layer") or (f"group {item['id']}" if "id" in item else "?")
         before = next((item[k] for k in ("before", "channels_before", "size_before") if k in item), None)
         after = next((item[k] for k in ("after", "channels_after", "size_after") if k in item), None)
         if before is None or after is None:
@@ -156,7 +157,7 @@ def plot_sensitivity(report: SensitivityReport, path: str | os.PathLike[str], *,
     """Save error-vs-ratio curves (the ``top`` most sensitive groups labelled) as an image.
 
     Raises:
-        ConfigError: matplotlib is not installed (``pip install onnxprune[plot]``), or the suffix names
+        ConfigError: matplotlib is not installed (``pip install -e ".[plot]"``), or the suffix names
             no image format.
         OutputError: the file cannot be written.
     """

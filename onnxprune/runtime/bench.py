@@ -43,6 +43,7 @@ from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import file_size, load_model, save_model
 from onnxprune.core.progress import progress
 from onnxprune.core.stats import model_stats
+from onnxprune.runtime.bench_verdict import NOISE_ADVICE, bench_flags
 from onnxprune.runtime.feeds import fixed_batch_size, input_specs, random_feeds
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ class BenchReport:
             "settings": dict(self.settings),
             "machine": dict(self.machine),
             "notes": list(self.notes),
+            "flags": bench_flags([r.to_dict() for r in self.results]),
         }
 
     def to_text(self) -> str:
@@ -235,9 +237,13 @@ def format_bench(report: Mapping[str, object]) -> str:
     head = (f"{'model':<16} {'provider':<8} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
             f"{'items/s':>10} {'speedup':>8} {'ideal':>7} {'sp/ideal':>8} {'peak MB':>8}")
     lines += ["", head, "-" * len(head)]
+    flagged = {(f["model"], f["provider"], f["batch"]): f["reasons"] for f in bench_flags(results)}
     for r in results:
         mem = r["peak_rss_bytes"]
         flag = "  SLOWER than the first model" if r["slower"] else ""
+        reasons = flagged.get((r["model"], r["provider"], r["batch"]))
+        if reasons:
+            flag += "  " + "; ".join(reasons)
         lines.append(
             f"{str(r['model'])[:16]:<16} {r['provider']:<8} {r['batch']:>5} {r['p50_ms']:>9.3f} "
             f"{r['p90_ms']:>9.3f} {r['p99_ms']:>9.3f} {r['throughput']:>10.1f} "
@@ -250,6 +256,8 @@ def format_bench(report: Mapping[str, object]) -> str:
     if slow:
         lines.append("WARNING: slower than the first model: " + ", ".join(
             f"{r['model']} ({r['provider']}, batch {r['batch']}, speedup {r['speedup']:.2f})" for r in slow))
+    if flagged:
+        lines.append(f"WARNING: {NOISE_ADVICE}")
     for note in report.get("notes", []):  # type: ignore[attr-defined]
         lines.append(f"note: {note}")
     return "\n".join(lines)
@@ -362,6 +370,10 @@ def benchmark(
         infos: list[ModelInfo] = []
         for label, source in zip(labels, models, strict=True):
             proto = load_model(source)
+            if not paths:  # dynamic axes without --dim: the sizes the first model accepts (runtime/dims.py)
+                from onnxprune.runtime.dims import resolve_dims
+
+                dims = resolve_dims(proto, dims=dims, seed=seed).dims
             if isinstance(source, ModelProto):
                 # Sessions load from a file, so the session's memory excludes a serialized copy.
                 path = save_model(proto, Path(tmp) / f"{len(paths)}.onnx")

@@ -11,9 +11,11 @@ Conventions (documented for users in the CLI help):
   batch axis. Batches are cut along axis 0.
 * **Dynamic dims of generated inputs.** A dynamic *first* dim is batch-like: it takes ``batch``
   (``--batch``) when one is given, else its value in ``dims`` if named there, else 1. Any other dynamic
-  dim takes its value from ``dims`` (``--dim name=value``, by the dim's name, wherever it appears); one
-  without a value is an error naming the dim: guessing 1 there would break a model whose spatial or
-  sequence size must be larger, with a cryptic onnxruntime error.
+  dim takes its value from ``dims``: ``--dim name=value`` by the dim's name wherever it appears, or
+  ``--dim input:axis=value`` for one axis (see :func:`onnxprune.core.ir.lookup_dim`). One without a value
+  is an error naming the axis: guessing 1 there would break a model whose spatial or sequence size must be
+  larger, with a cryptic onnxruntime error. :mod:`onnxprune.runtime.dims` chooses values that the model
+  accepts when the user gave none.
 * **Generated values.** Float inputs: standard normal. Integer inputs: uniform in ``[0, int_high)``
   (default 8, small enough for most embedding tables). Bool inputs: fair coin. All from
   ``numpy.random.default_rng(seed)``, so a seed reproduces the inputs exactly.
@@ -33,7 +35,7 @@ import onnx
 from onnx import ModelProto, helper
 
 from onnxprune.core.errors import CalibrationError, ConfigError, ModelLoadError
-from onnxprune.core.ir import shape_of_type
+from onnxprune.core.ir import dim_key, lookup_dim, shape_of_type
 
 log = logging.getLogger(__name__)
 
@@ -115,18 +117,19 @@ def concrete_shape(spec: InputSpec, *, batch: int | None = None,
         )
     out: list[int] = []
     for axis, d in enumerate(spec.shape):
+        value = None if isinstance(d, int) else lookup_dim(dims, spec.name, axis, d)
         if isinstance(d, int):
             out.append(d)
         elif axis == 0 and batch is not None:
             out.append(int(batch))
-        elif isinstance(d, str) and d in dims:
-            out.append(int(dims[d]))
+        elif value is not None:
+            out.append(value)
         elif axis == 0:
             out.append(1)
         else:
-            hint = f"--dim {d}=VALUE" if d else "--data inputs.npz (the dim has no name to set)"
             raise ConfigError(
-                f"input '{spec.name}' axis {axis} is dynamic ('{d or '?'}') and has no value; pass {hint}"
+                f"input '{spec.name}' axis {axis} is dynamic ('{d or '?'}') and has no value; "
+                f"pass --dim {dim_key(spec.name, axis)}=VALUE"
             )
     return tuple(out)
 

@@ -126,7 +126,7 @@ def check_provider_available(name: str) -> str:
         if full == "CUDAExecutionProvider":
             raise ConfigError(
                 f"CUDAExecutionProvider is not available (installed onnxruntime has: {available}); "
-                f"install onnxprune[gpu] (onnxruntime-gpu) on a machine with an NVIDIA GPU"
+                f'install the gpu extra (pip install -e ".[gpu]", onnxruntime-gpu) on a machine with an NVIDIA GPU'
             )
         raise ConfigError(
             f"{full} is not available (installed onnxruntime has: {available}); "
@@ -264,7 +264,7 @@ def create_session(
     if not used or used[0] != full:
         raise ConfigError(
             f"onnxruntime fell back from {full} to {used} for {label}; check the GPU driver and "
-            f"CUDA/cuDNN libraries (onnxprune[gpu] needs a working NVIDIA setup)"
+            f'CUDA/cuDNN libraries (the ".[gpu]" extra needs a working NVIDIA setup)'
         )
     return session
 

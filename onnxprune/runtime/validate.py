@@ -38,7 +38,7 @@ from onnxprune.core.errors import (
     first_line,
 )
 from onnxprune.core.io import PROTOBUF_LIMIT, checker_view, file_size, load_model, model_nbytes
-from onnxprune.core.ir import shape_skeleton
+from onnxprune.core.ir import dim_key, shape_skeleton
 from onnxprune.core.progress import progress
 from onnxprune.core.shapefold import infer_shapes
 from onnxprune.runtime.feeds import (
@@ -112,6 +112,8 @@ class OutputComparison:
         needed_atol: smallest atol that would pass with the given rtol.
         needed_rtol: smallest rtol that would pass with the given atol (``inf``: no rtol would).
         problem: a structural mismatch (missing output, shape, dtype, NaN/Inf), empty if none.
+        dtype: the original's output dtype (``"float32"``, ``"int64"``, ...); drift is a measure of
+            floating outputs only (a class label's max|diff| means nothing).
     """
 
     name: str
@@ -127,11 +129,12 @@ class OutputComparison:
     needed_atol: float
     needed_rtol: float
     problem: str = ""
+    dtype: str = ""
 
     def to_dict(self) -> dict[str, object]:
         """JSON-able dict (non-finite numbers as strings)."""
         return {
-            "name": self.name, "shape": list(self.shape), "elements": self.elements,
+            "name": self.name, "dtype": self.dtype, "shape": list(self.shape), "elements": self.elements,
             "max_abs": json_number(self.max_abs), "max_rel": json_number(self.max_rel),
             "mean_abs": json_number(self.mean_abs), "cosine": json_number(self.cosine),
             "top1": json_number(self.top1), "top5": json_number(self.top5), "passed": self.passed,
@@ -232,6 +235,7 @@ class _OutputAccumulator:
 
     name: str
     shape: tuple[int, ...] | None = None
+    dtype: str = ""
     elements: int = 0
     max_abs: float = 0.0
     max_rel: float = 0.0
@@ -260,6 +264,7 @@ class _OutputAccumulator:
         ref, cand = np.asarray(ref), np.asarray(cand)
         if self.shape is None:
             self.shape = tuple(int(d) for d in ref.shape)
+            self.dtype = str(ref.dtype)
         if ref.shape != cand.shape:
             self.problems.append(f"shape {tuple(cand.shape)} differs from the original's {tuple(ref.shape)}")
             return
@@ -327,6 +332,7 @@ class _OutputAccumulator:
             needed_atol=math.inf if problem else self.needed_atol,
             needed_rtol=math.inf if problem else self.needed_rtol,
             problem=problem,
+            dtype=self.dtype,
         )
 
 
@@ -577,22 +583,29 @@ def _batches(
                 f"use --samples {n - n % fixed or fixed}"
             )
         return list(iter_batches(feeds, batch_size)), f"data {data}", n, batch_size
+    from onnxprune.runtime.dims import resolve_dims
+
+    res = resolve_dims(model, dims=dims, seed=seed)  # sizes for dynamic axes without --dim (runtime/dims.py)
+    dims = res.dims
     count = DEFAULT_SAMPLES if samples is None else samples
     if fixed is not None:
         count = math.ceil(count / fixed) * fixed
     sizes = [min(batch_size, count - start) for start in range(0, count, batch_size)]
     batches = [random_feeds(model, seed=seed + i, batch=b, dims=dims) for i, b in enumerate(sizes)]
-    dims_text = "".join(f" {k}={v}" for k, v in sorted(dims.items()))
+    dims_text = "".join(sorted({f" {c.label}={c.value}" for c in res.chosen if c.axis > 0}))  # axis 0: the batch
     return batches, f"random seed={seed}{dims_text}", count, batch_size
 
 
 def _batch_dims(specs: Sequence[InputSpec], batch: Mapping[str, np.ndarray], dims: Mapping[str, int]) -> dict[str, int]:
-    """Named dynamic dims as the first batch really has them (for strict shape inference)."""
+    """Dynamic dims as the first batch really has them (for strict shape inference), by name and by axis."""
     out = dict(dims)
     for spec in specs:
         for axis, d in enumerate(spec.shape or ()):
-            if isinstance(d, str) and spec.name in batch and np.ndim(batch[spec.name]) > axis:
-                out.setdefault(d, int(np.shape(batch[spec.name])[axis]))
+            if not isinstance(d, int) and spec.name in batch and np.ndim(batch[spec.name]) > axis:
+                size = int(np.shape(batch[spec.name])[axis])
+                out[dim_key(spec.name, axis)] = size
+                if isinstance(d, str) and d:
+                    out.setdefault(d, size)
     return out
 
 

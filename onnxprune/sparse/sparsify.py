@@ -13,6 +13,11 @@ Why it is built this way:
   models fast.
 * **Lossless for survivors.** Surviving weights keep their exact bits and dtype (float32, float16,
   bfloat16, double); only the chosen entries become ``+0.0``.
+* **Quantized weights stay quantized.** An int8/uint8 weight behind ``DequantizeLinear`` (a QDQ model) is
+  scored by the magnitude of its dequantized value ``(q - zero_point) * scale`` and zeroed by setting the
+  chosen entries to their zero point (per tensor, or per channel along the DequantizeLinear ``axis``): the
+  dtype, the scale, the zero point and every Q/DQ node stay as they are, and "zero" means "equal to the
+  zero point" in counts and reports.
 * **A hook for data-aware criteria.** ``scores`` replaces ``|W|`` by any array of the weight's shape
   (e.g. wanda's ``|W| * ||X||``); weights are found by :mod:`onnxprune.core.weights`, which the calibration
   code reuses, so both sides agree on names and reduction axes.
@@ -35,7 +40,8 @@ from onnx import ModelProto, helper
 
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import load_model
-from onnxprune.core.ir import matches_any
+from onnxprune.core.ir import GraphIndex, matches_any
+from onnxprune.core.quant import dequantize, zero_point
 from onnxprune.core.weights import (
     PrunableWeight,
     SkippedWeight,
@@ -247,10 +253,35 @@ def _magnitude(w: np.ndarray) -> np.ndarray:
     return np.abs(w.astype(np.float32))
 
 
-def _score_key(pw: PrunableWeight, w: np.ndarray, scores: Mapping[str, np.ndarray] | None) -> np.ndarray:
-    """The array whose smallest entries are pruned: ``|w|``, or the caller's scores with zeros first."""
+class _Zeros:
+    """What "zero" means for each weight of one model: ``0``, or the zero point of a quantized weight."""
+
+    def __init__(self, model: ModelProto) -> None:
+        self._model = model
+        self._index: GraphIndex | None = None
+
+    def _idx(self) -> GraphIndex:
+        if self._index is None:
+            self._index = GraphIndex(self._model)
+        return self._index
+
+    def zero(self, pw: PrunableWeight, w: np.ndarray) -> np.ndarray:
+        """The zero of ``pw``, shaped to broadcast against ``w``, in ``w``'s dtype."""
+        if pw.quant is None:
+            return np.zeros((), dtype=w.dtype)
+        return zero_point(self._idx(), pw.quant, w.ndim)
+
+    def values(self, pw: PrunableWeight, w: np.ndarray) -> np.ndarray:
+        """The values whose magnitude ranks entries: ``w``, or ``(q - zero_point) * scale`` when quantized."""
+        return w if pw.quant is None else dequantize(self._idx(), pw.quant, w)
+
+
+def _score_key(pw: PrunableWeight, w: np.ndarray, scores: Mapping[str, np.ndarray] | None,
+               zeros: _Zeros) -> np.ndarray:
+    """The array whose smallest entries are pruned: ``|w|`` (dequantized), or the caller's scores with zeros
+    first."""
     if scores is None:
-        return _magnitude(w)
+        return _magnitude(zeros.values(pw, w))
     if pw.name not in scores:
         raise ConfigError(f"scores has no entry for weight '{pw.name}'; give one for every prunable weight "
                           f"or exclude it")
@@ -262,7 +293,7 @@ def _score_key(pw: PrunableWeight, w: np.ndarray, scores: Mapping[str, np.ndarra
     key = s.astype(np.float64, copy=True)
     if np.isnan(key).any():
         raise ConfigError(f"scores for weight '{pw.name}' contain NaN; fix the scoring (e.g. empty calibration)")
-    key[w == 0] = -np.inf  # already-zero weights are pruned first, whatever the criterion says
+    key[w == zeros.zero(pw, w)] = -np.inf  # already-zero weights are pruned first, whatever the criterion says
     return key
 
 
@@ -388,19 +419,22 @@ def _output(source: ModelProto, weights: Sequence[PrunableWeight]) -> ModelProto
     return copy_model_without_weights(source, [pw.name for pw in weights if pw.kind == "initializer"])
 
 
-def _apply(out: ModelProto, pw: PrunableWeight, w: np.ndarray, mask: np.ndarray, target: float) -> LayerReport:
-    """Write ``w`` with the ``mask``ed entries zeroed into ``out`` (``w`` itself is not modified).
+def _apply(out: ModelProto, pw: PrunableWeight, w: np.ndarray, mask: np.ndarray, target: float,
+           zero_value: np.ndarray) -> LayerReport:
+    """Write ``w`` with the ``mask``ed entries set to ``zero_value`` into ``out`` (``w`` is not modified).
 
     Entries that are already zero are left as they are (a ``-0.0`` keeps its sign bit), so a weight that
-    needs no new zeros comes out bit-identical. ``mask`` is consumed (edited in place).
+    needs no new zeros comes out bit-identical. ``mask`` is consumed (edited in place). ``zero_value`` is
+    ``0`` for a float weight and the (per-channel) zero point of a quantized one.
     """
     flat = w.reshape(-1)
-    zero = flat == 0
+    fill = zero_value.reshape(-1) if zero_value.size == 1 else np.broadcast_to(zero_value, w.shape).reshape(-1)
+    zero = flat == fill
     before = int(np.count_nonzero(zero))
     hit = mask.reshape(-1)
     hit &= ~zero
     del zero
-    data = little_endian_bytes(np.where(hit, np.zeros((), dtype=flat.dtype), flat))
+    data = little_endian_bytes(np.where(hit, fill[0] if fill.size == 1 else fill, flat))
     set_weight_bytes(out, pw, data)  # the zeroed array is already freed when protobuf copies the bytes
     del data
     return LayerReport(pw.name, pw.readers, pw.shape, pw.numel, before, before + int(np.count_nonzero(hit)),
@@ -466,12 +500,13 @@ def sparsify(
         targets[pw.name] = float(overrides[hit]) if hit is not None else (sparsity if scope == "layer" else None)
 
     pooled = [pw for pw in sel.weights if targets[pw.name] is None]
-    threshold, budget = _global_threshold(source, pooled, sparsity, scores)
+    zeros = _Zeros(source)
+    threshold, budget = _global_threshold(source, pooled, sparsity, scores, zeros)
     out = _output(source, sel.weights)
     reports: list[LayerReport] = []
     for pw in sel.weights:
         w = get_weight(source, pw, copy=False)
-        key = _score_key(pw, w, scores).ravel()
+        key = _score_key(pw, w, scores, zeros).ravel()
         target = targets[pw.name]
         if target is not None:
             mask = _lowest_k(key, round(target * pw.numel))
@@ -481,7 +516,7 @@ def sparsify(
             mask, used_ties = _smallest_mask(key.astype(threshold.dtype, copy=False), threshold, budget)
             budget -= used_ties
         del key  # free the scores before _apply allocates the new tensor: peak memory is what users feel
-        reports.append(_apply(out, pw, w, mask, sparsity if target is None else target))
+        reports.append(_apply(out, pw, w, mask, sparsity if target is None else target, zeros.zero(pw, w)))
         del w, mask
     result = SparsifyResult(
         model=out,
@@ -500,11 +535,14 @@ def _key_dtype(pw: PrunableWeight, scores: Mapping[str, np.ndarray] | None) -> n
     """The dtype :func:`_score_key` returns for ``pw`` (float64 for caller scores)."""
     if scores is not None:
         return np.dtype(np.float64)
+    if pw.quant is not None:
+        return np.dtype(np.float32)  # the magnitude of the dequantized value
     return _magnitude(np.zeros(1, dtype=helper.tensor_dtype_to_np_dtype(pw.data_type))).dtype
 
 
 def _global_threshold(
-    model: ModelProto, pooled: list[PrunableWeight], sparsity: float, scores: Mapping[str, np.ndarray] | None
+    model: ModelProto, pooled: list[PrunableWeight], sparsity: float, scores: Mapping[str, np.ndarray] | None,
+    zeros: _Zeros,
 ) -> tuple[np.generic | None, int]:
     """Threshold and tie budget that give exactly ``round(sparsity * total)`` zeros over ``pooled``.
 
@@ -520,7 +558,7 @@ def _global_threshold(
     buffer = np.empty(total, dtype=np.result_type(*[_key_dtype(pw, scores) for pw in pooled]))
     offset = 0
     for pw in pooled:
-        key = _score_key(pw, get_weight(model, pw), scores).ravel()
+        key = _score_key(pw, get_weight(model, pw), scores, zeros).ravel()
         buffer[offset : offset + key.size] = key
         offset += key.size
         del key
@@ -583,11 +621,12 @@ def sparsify_nm(
         else:
             chosen.append(pw)
     out = _output(source, chosen)
+    zeros = _Zeros(source)
     reports: list[LayerReport] = []
     for pw in chosen:
         w = get_weight(source, pw, copy=False)
-        mask = _nm_mask(pw, _score_key(pw, w, scores), n, m)
-        reports.append(_apply(out, pw, w, mask, (m - n) / m))
+        mask = _nm_mask(pw, _score_key(pw, w, scores, zeros), n, m)
+        reports.append(_apply(out, pw, w, mask, (m - n) / m, zeros.zero(pw, w)))
         del w, mask
     result = SparsifyResult(
         model=out,

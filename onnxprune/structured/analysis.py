@@ -31,6 +31,7 @@ from onnx import ModelProto, NodeProto
 from onnxprune.core.errors import OnnxPruneError, UnsupportedModelError
 from onnxprune.core.io import load_model
 from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, node_label
+from onnxprune.core.quant import QOPERATOR_OPS, quantized_data
 from onnxprune.core.shapefold import infer_shapes
 from onnxprune.structured.axes import ChannelAxis, Coupling, Identity, IndexMap, compress_map
 from onnxprune.structured.rules.base import Blocked, OpRule, RuleContext
@@ -379,7 +380,7 @@ class _Walk:
                     self.block(s, f"constant '{name}' is a graph output (as '{alias}')")
             if name in idx.initializers and name in {i.name for i in idx.graph.input}:
                 log.debug("initializer %s is also a graph input; its declared shape will follow the cut", name)
-            return idx.const_readers(name)
+            return self.ctx.const_readers(name)  # through Identity and a quantized weight's DequantizeLinear
         if name in self.inputs:
             self.block(s, f"'{name}' is a graph input; its shape is part of the model's interface")
         if name in self.outputs:
@@ -429,6 +430,9 @@ class _Walk:
         for node in self.index.graph.node:
             rule = self.rules.lookup(node.domain, node.op_type, self.index.opset)
             if rule is None:
+                if node.op_type in QOPERATOR_OPS:  # a quantized layer onnxprune cannot cut: say so, never skip silently
+                    self.not_analysed(f"{node_label(node)} is a QOperator-format op, which onnxprune does not "
+                                      f"prune; quantize with QuantFormat.QDQ instead")
                 continue
             label = node_label(node)
             try:
@@ -582,12 +586,13 @@ def _build(walk: _Walk, model: ModelProto) -> DependencyGraph:
     index = walk.index
     const_shapes: dict[str, tuple[int, ...]] = {}
     counted: dict[str, bool | str] = {}
+    quant = quantized_data(index)  # integer weights of a QDQ model count as parameters (core.stats)
     for s in walk.base:
         name = s.tensor
         if name in index.initializers:
             t = index.initializers[name]
             const_shapes[name] = tuple(int(d) for d in t.dims)
-            counted[name] = t.data_type in FLOAT_TYPES
+            counted[name] = t.data_type in FLOAT_TYPES or name in quant
         elif name in index.constant_nodes:
             value = index.const_value(name)
             if value is not None:

@@ -20,6 +20,7 @@ from onnx import ModelProto
 
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.ir import GraphIndex
+from onnxprune.core.quant import dequantize, quantized_data
 from onnxprune.structured.analysis import ChannelGroup, DependencyGraph, ParamCut
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ class ImportanceContext:
             value = self._index[0].const_value(name)
             if value is None:
                 raise ConfigError(f"constant '{name}' not found in the model; was the plan made for it?")
+            dq = quantized_data(self._index[0]).get(name) if value.dtype.kind in "iu" else None
+            if dq is not None:  # a quantized weight is scored by its dequantized values (per-channel scales)
+                value = dequantize(self._index[0], dq, value)
             self._cache[name] = value
         return self._cache[name]
 

@@ -16,6 +16,7 @@ from onnx import ModelProto, TensorProto, numpy_helper
 
 from onnxprune.core.io import save_model
 from onnxprune.core.ir import GraphIndex, tensor_like
+from onnxprune.core.quant import quantized_data, zero_point
 from onnxprune.core.weights import copy_model_without_weights
 from onnxprune.structured.analysis import DependencyGraph
 from onnxprune.structured.plan import PrunePlan, check_plan
@@ -35,7 +36,7 @@ def zeroed_reference(model: ModelProto, dg: DependencyGraph, plan: PrunePlan) ->
     m = copy_model_without_weights(model, [name for name in zero if name in source.initializers])
     index = GraphIndex(m)
     for name, cuts in zero.items():
-        value = _zeroed(np.asarray(source.const_value(name)), cuts)
+        value = _zeroed(np.asarray(source.const_value(name)), cuts, _zero_of(source, name))
         write_const(index, name, value)
         del value
     return m
@@ -53,13 +54,15 @@ def write_zeroed_reference(model: ModelProto, dg: DependencyGraph, plan: PrunePl
         The path written.
     """
     zero = _zero_cuts(dg, plan)
-    if any(name not in GraphIndex(model).initializers for name in zero):
+    source = GraphIndex(model)
+    if any(name not in source.initializers for name in zero):
         return save_model(zeroed_reference(model, dg, plan), path, external_data=True)
 
     def replace(tensor: TensorProto) -> TensorProto:
         if tensor.name not in zero:
             return tensor
-        return tensor_like(tensor, _zeroed(numpy_helper.to_array(tensor), zero[tensor.name]))
+        return tensor_like(tensor, _zeroed(numpy_helper.to_array(tensor), zero[tensor.name],
+                                           _zero_of(source, tensor.name)))
 
     return save_model(model, path, external_data=True, replace=replace)
 
@@ -81,11 +84,22 @@ def _zero_cuts(dg: DependencyGraph, plan: PrunePlan) -> dict[str, list[tuple[int
     return zero
 
 
-def _zeroed(value: np.ndarray, cuts: list[tuple[int, np.ndarray]]) -> np.ndarray:
-    """A copy of ``value`` with the given positions along the given axes set to zero."""
+def _zero_of(index: GraphIndex, name: str) -> np.ndarray | None:
+    """The zero point of a quantized weight (its dequantized zero), None for a float constant."""
+    dq = quantized_data(index).get(name)
+    if dq is None:
+        return None
+    shape = index.const_shape(name) or ()
+    return zero_point(index, dq, len(shape))
+
+
+def _zeroed(value: np.ndarray, cuts: list[tuple[int, np.ndarray]], fill: np.ndarray | None = None) -> np.ndarray:
+    """A copy of ``value`` with the given positions along the given axes set to zero (to ``fill``, the zero
+    point, for a quantized weight, so that it dequantizes to exactly 0 and the reference stays quantized)."""
     out = np.array(value, copy=True)
+    full = None if fill is None else np.broadcast_to(fill, out.shape)
     for axis, pos in cuts:
         index_tuple = [slice(None)] * out.ndim
         index_tuple[axis] = pos  # type: ignore[call-overload]
-        out[tuple(index_tuple)] = 0
+        out[tuple(index_tuple)] = 0 if full is None else full[tuple(index_tuple)]
     return out

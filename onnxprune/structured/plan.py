@@ -18,6 +18,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxprune.core.errors import ConfigError, PlanError
+from onnxprune.core.io import load_model
 from onnxprune.core.ir import matches_any
 from onnxprune.structured.analysis import ChannelGroup, DependencyGraph
 from onnxprune.structured.importance import ImportanceContext, criterion_used, get_criterion
@@ -232,15 +233,17 @@ def validate_options(*, ratio: float, round_to: int | None, min_channels: int,
             raise ConfigError(f"group_ratios names group {gid}, but the model has groups 0..{len(dg.groups) - 1}")
 
 
-def make_plan(model: ModelProto, dg: DependencyGraph, *, ratio: float, importance: str | Callable = "l2",
-              global_rank: bool = False, round_to: int | None = None, min_channels: int = 1,
+def make_plan(model: ModelProto | str | os.PathLike[str], dg: DependencyGraph, *, ratio: float,
+              importance: str | Callable = "l2", global_rank: bool = False, round_to: int | None = None,
+              min_channels: int = 1,
               exclude: Iterable[str] = (), seed: int = 0, group_ratios: Mapping[int, float] | None = None,
               statistics: Mapping[str, object] | None = None) -> PrunePlan:
     """Choose the channels to keep in every prunable group.
 
     Args:
-        model: the analysed model (weights are read for importance).
-        dg: its dependency graph.
+        model: the analysed model (weights are read for importance): a ``ModelProto`` or a path, as for
+            :func:`~onnxprune.structured.surgery.apply_plan`.
+        dg: its dependency graph (from :func:`~onnxprune.structured.analysis.analyze`).
         ratio: share of each group's channels to remove (``round(ratio * size)``, half up).
         importance: criterion name (see :func:`onnxprune.structured.importance.available_criteria`) or a callable.
         global_rank: rank all groups' channels together under one threshold instead of per group.
@@ -255,11 +258,17 @@ def make_plan(model: ModelProto, dg: DependencyGraph, *, ratio: float, importanc
         The :class:`PrunePlan` (prunable groups only).
 
     Raises:
-        ConfigError: an option is out of range or the criterion is unknown.
+        ConfigError: an option is out of range, the criterion is unknown or ``dg`` is not a dependency graph.
+        ModelLoadError: ``model`` is a path that cannot be loaded.
 
     Example:
         >>> plan = make_plan(model, analyze(model), ratio=0.3)  # doctest: +SKIP
     """
+    if not isinstance(dg, DependencyGraph):
+        raise ConfigError(f"make_plan needs the model's DependencyGraph (from analyze(model)) as dg, "
+                          f"got {type(dg).__name__}")
+    if not isinstance(model, ModelProto):
+        model = load_model(model, check=False)
     validate_options(ratio=ratio, round_to=round_to, min_channels=min_channels, group_ratios=group_ratios, dg=dg)
     patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
     criterion = get_criterion(importance) if isinstance(importance, str) else importance

@@ -15,10 +15,12 @@ from onnx import ModelProto
 
 from onnxprune.core.io import load_model
 from onnxprune.core.ir import GraphIndex, attr
+from onnxprune.core.quant import quantized_outputs
 from onnxprune.core.shapefold import infer_shapes
 from onnxprune.core.stats import WEIGHTED_OPS, node_macs
 from onnxprune.structured.analysis import DependencyGraph, analyze
 from onnxprune.structured.axes import ChannelAxis
+from onnxprune.structured.naming import group_layers, group_name
 from onnxprune.structured.plan import PrunePlan, make_plan, validate_options
 from onnxprune.structured.rules.registry import RuleSpec
 from onnxprune.structured.surgery import apply_plan
@@ -48,10 +50,12 @@ def coverage(model: ModelProto, dg: DependencyGraph, shapes: dict | None = None)
     group its channels belong to is prunable (a grouped convolution's two sides are one group).
     """
     index = GraphIndex(model)
+    quantized = {out for out, dq in quantized_outputs(index).items() if not dq.reason}
     shapes = shapes if shapes is not None else infer_shapes(model)
     total = covered = 0.0
     for node in model.graph.node:
-        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2 or not index.is_constant(node.input[1]):
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2 or not (
+                index.is_constant(node.input[1]) or node.input[1] in quantized):
             continue
         macs = node_macs(node, shapes, index.opset)
         if not macs:
@@ -79,12 +83,15 @@ def build_report(model: ModelProto, dg: DependencyGraph, plan: PrunePlan) -> dic
         g = dg.groups[gid]
         groups.append({
             "id": gid,
+            "name": group_name(g),
+            "layers": group_layers(g),
             "size_before": g.size,
             "size_after": len(keep),
             "members": [str(s) for s in g.members],
             "criterion": plan.criterion_for(gid),
         })
-    blocked = [{"id": g.id, "size": g.size, "reason": "; ".join(g.blockers)} for g in dg.groups if not g.prunable]
+    blocked = [{"id": g.id, "name": group_name(g), "size": g.size, "reason": "; ".join(g.blockers)}
+               for g in dg.groups if not g.prunable]
     return {
         "groups": groups,
         "blocked": blocked,
@@ -147,6 +154,8 @@ def describe_groups(model: ModelProto, *, dims: Mapping[str, int] | None = None)
     dg = analyze(model, dims=dict(dims) if dims else None)
     groups = [{
         "id": g.id,
+        "name": group_name(g),
+        "layers": group_layers(g),
         "size": g.size,
         "blockers": list(g.blockers),
         "sources": [f"{c.node} ({c.op_type})" for c in g.sources],

@@ -130,6 +130,10 @@ def _refresh_value_info(model: ModelProto, original: ModelProto, original_vi: se
         else:
             raise OnnxPruneError(f"the pruned graph fails shape inference ({str(exc).splitlines()[0]}); this is "
                                  f"a bug in an op rule, please report it with the model") from exc
+    if original_vi:
+        # The check above fixes dynamic dims to 1; the shapes a saved model declares must keep them dynamic
+        # (a value_info with batch 1 pins the output's shape in onnxruntime: "Expected shape {1,10}").
+        inferred = onnx.shape_inference.infer_shapes(shape_skeleton(model, keep_symbolic=True), data_prop=True)
     model.graph.value_info.extend(vi for vi in inferred.graph.value_info if vi.name in original_vi)
 
 
@@ -147,7 +151,7 @@ def apply_plan(model: ModelProto | str | os.PathLike[str], plan: PrunePlan, *, d
         A new, pruned ``ModelProto`` with the same graph inputs and outputs.
 
     Raises:
-        PlanError: the plan was made for another model or does not fit its groups.
+        PlanError: ``plan`` is not a PrunePlan, was made for another model or does not fit its groups.
 
     Example:
         >>> pruned = apply_plan(model, make_plan(model, dg, ratio=0.5), dg=dg)  # doctest: +SKIP
@@ -155,6 +159,9 @@ def apply_plan(model: ModelProto | str | os.PathLike[str], plan: PrunePlan, *, d
     # The source is only read. The output is a copy without the weights about to be sliced, so that memory
     # holds the source plus the (smaller) pruned model, never a second full copy (protobuf keeps replaced
     # bytes alive until the whole message is freed).
+    if not isinstance(plan, PrunePlan):
+        raise PlanError(f"plan must be a PrunePlan (from make_plan() or PrunePlan.load(path)), "
+                        f"got {type(plan).__name__}")
     src = model if isinstance(model, ModelProto) else load_model(model, check=False)
     fingerprint = model_fingerprint(src)
     if fingerprint != plan.fingerprint:

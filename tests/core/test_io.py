@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from builders import conv_bn_relu, make_model, mlp, vinfo
+from faults import FullDisk
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.core import io as opio
@@ -128,39 +129,6 @@ def test_load_copies_a_model_proto() -> None:
     assert loaded == model and loaded is not model
     loaded.graph.node[0].name = "changed"
     assert model.graph.node[0].name == "fc1"
-
-
-class FullDisk:
-    """``open`` replacement whose files raise ENOSPC once ``budget`` bytes have been written in total."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.written = 0
-
-    def __call__(self, path: object, mode: str = "r", *args: object, **kwargs: object):
-        fh = open(path, mode, *args, **kwargs)
-        if "w" not in mode:
-            return fh
-        disk = self
-        real_write = fh.write
-
-        class Handle:
-            def __getattr__(self, name: str) -> object:
-                return getattr(fh, name)
-
-            def __enter__(self) -> Handle:
-                return self
-
-            def __exit__(self, *exc: object) -> None:
-                fh.close()
-
-            def write(self, data: bytes) -> int:
-                if disk.written + len(data) > disk.budget:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                disk.written += len(data)
-                return real_write(data)
-
-        return Handle()
 
 
 @pytest.mark.parametrize("external", [False, True])

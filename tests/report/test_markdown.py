@@ -85,5 +85,71 @@ def test_plot_errors(tmp_path, bench_dict, monkeypatch):
     with pytest.raises(ConfigError, match="needs 'before' and 'after'"):
         plot_report(tmp_path / "p.png", layers=[{"name": "fc1"}])
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
-    with pytest.raises(ConfigError, match=r"pip install onnxprune\[plot\]"):
+    with pytest.raises(ConfigError, match=r"pip install -e \"\.\[plot\]\""):
         plot_report(tmp_path / "p.png", bench=bench_dict)
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    end = text.find("\n#", start + len(heading))
+    return text[start:] if end < 0 else text[start:end]
+
+
+def test_drift_is_a_measurement_without_a_pass_fail_verdict():
+    drift = validate_models(mlp(), mlp(seed=1), samples=2, report_only=True).to_dict()
+    exact = validate_models(mlp(), mlp(), samples=2).to_dict()
+    text = render_markdown(report={"mode": "structured", "validation": {"exact": exact, "drift": drift}})
+    section = _section(text, "### Drift from the original")
+    # the old report headed this "**PASS**" and marked every row "FAIL"
+    assert "PASS" not in section and "FAIL" not in section
+    assert "Measured, not enforced" in section and "worst output: cpu: 'out' cosine" in section
+    assert "**PASS**" in _section(text, "### Exactness")
+
+
+def test_groups_pruned_lists_only_cut_groups_by_name():
+    groups = [{"id": 0, "name": "fc1 (+1)", "layers": ["fc1", "fc2"], "size_before": 32, "size_after": 24,
+               "criterion": "l2"},
+              {"id": 1, "name": "fc2 (+1)", "layers": ["fc2", "fc3"], "size_before": 6, "size_after": 6,
+               "criterion": "l2"}]
+    blocked = [{"id": 2, "name": "fc3", "size": 4, "reason": "'out' is a graph output"}]
+    text = render_markdown(report={"mode": "structured", "settings": {"round_to": 8}, "groups": groups,
+                                   "blocked": blocked})
+    section = _section(text, "## Groups pruned")
+    assert "| fc1 (+1) | fc1, fc2 | 32 | 24 | 75.0% | l2 |" in section
+    assert "| 6 | 6 |" not in section  # a group left whole is not "pruned"
+    assert "1 of 2 prunable groups were left unpruned (--round-to 8 rounds their cut up to the full width): " \
+           "fc2 (+1)." in section
+    assert "| fc3 | 4 | 'out' is a graph output |" in text
+
+
+def test_prune_report_md_on_the_mlp_measures_drift_on_probabilities(tmp_path, capsys):
+    from pathlib import Path
+
+    from onnxprune.cli.main import main
+
+    root = Path(__file__).resolve().parents[2]
+    md = tmp_path / "r.md"
+    assert main(["prune", str(root / "models" / "digits_mlp.onnx"), "-o", str(tmp_path / "p.onnx"), "-q",
+                 "--report-md", str(md), "--eval-data", str(root / "models" / "digits_mlp_test.npz")]) == 0
+    text = md.read_text()
+    drift = _section(text, "### Drift from the original")
+    assert "worst output: cpu: 'probabilities' cosine 0.9917, top-1 agree 98.33%, max|diff| 0.709" in drift
+    assert "| cpu | label | int64 | - |" in drift and "not a drift measure" in drift
+    assert "| top-1 | 98.33% | 96.67% | -1.67 pts |" in text
+    assert "| MatMul (+1) | MatMul, MatMul1 | 128 | 90 | 70.3% | l2 |" in text
+
+
+def test_plot_bars_are_named_by_layer(tmp_path, capsys):
+    matplotlib = pytest.importorskip("matplotlib")
+    from pathlib import Path
+
+    from onnxprune.cli.main import main
+
+    root = Path(__file__).resolve().parents[2]
+    svg = tmp_path / "p.svg"
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # keep text as text, to read the labels back
+        assert main(["prune", str(root / "models" / "digits_cnn.onnx"), "-o", str(tmp_path / "p.onnx"), "-q",
+                     "--no-validate", "--plot", str(svg)]) == 0
+    text = svg.read_text()
+    assert "/features/features.0/Conv (+3)" in text
+    assert "group 0" not in text

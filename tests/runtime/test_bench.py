@@ -50,7 +50,7 @@ def test_benchmark_alternates_models_and_reports_a_json_schema():
     for case in report.cases:
         assert case.order == ("a", "b", "c") * 3
     data = json.loads(json.dumps(report.to_dict()))
-    assert set(data) == {"models", "results", "skipped", "cases", "settings", "machine", "notes"}
+    assert set(data) == {"models", "results", "skipped", "cases", "settings", "machine", "notes", "flags"}
     assert len(data["results"]) == 6 and all(set(r) == RESULT_KEYS for r in data["results"])
     assert {"date", "cpu", "cores", "onnxruntime"} <= set(data["machine"])
     assert data["settings"]["runs"] == 3 and data["settings"]["batches"] == [1, 2]
@@ -93,7 +93,7 @@ def test_cli_bench_json_and_table(tmp_path, capsys):
     b.parent.mkdir()
     onnx.save(mlp(hidden=64), a)
     onnx.save(mlp(hidden=16), b)
-    assert main(["bench", str(a), str(b), "--runs", "2", "--warmup", "0", "--batch", "1,3", "--json"]) == 0
+    assert main(["bench", str(a), str(b), "--runs", "2", "--warmup", "0", "--batches", "1,3", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [m["name"] for m in data["models"]] == ["model", "model#2"]  # same stem, still told apart
     assert data["models"][0]["file_size"] == a.stat().st_size
@@ -106,7 +106,7 @@ def test_cli_bench_json_and_table(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
-        (["--batch", "1,x"], "comma-separated integers"),
+        (["--batches", "1,x"], "comma-separated integers"),
         (["--providers", "cuda,gpu"], "unknown provider"),
         (["--dim", "=3"], "NAME=VALUE"),
     ],

@@ -147,19 +147,19 @@ def test_unreadable_data_file(tmp_path: Path) -> None:
 def test_cli_prints_accuracy_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     model, data = MODELS / "digits_cnn.onnx", MODELS / "digits_cnn_test.npz"
     expected = MANIFEST["digits_cnn"]["accuracy"]["top1"]
-    assert main(["eval", str(model), "--data", str(data), "--batch", "50"]) == 0
+    assert main(["eval", str(model), "--eval-data", str(data), "--batch-size", "50"]) == 0
     out = capsys.readouterr().out
     assert f"top-1 {expected:.2%}" in out and "360 samples" in out
-    assert main(["eval", str(model), "--data", str(data), "--json"]) == 0
+    assert main(["eval", str(model), "--eval-data", str(data), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["top1"] == pytest.approx(expected) and report["n"] == 360 and report["output"] == "logits"
 
 
 def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["eval", str(MODELS / "digits_mlp.onnx"), "--data", str(MODELS / "digits_cnn_test.npz")])
+    code = main(["eval", str(MODELS / "digits_mlp.onnx"), "--eval-data", str(MODELS / "digits_cnn_test.npz")])
     err = capsys.readouterr().err
     assert code == 1
     assert err.startswith("onnxprune: error: ") and err.count("\n") == 1 and "the model wants" in err
-    code = main(["eval", str(MODELS / "digits_cnn.onnx"), "--data", str(MODELS / "digits_cnn_test.npz"),
+    code = main(["eval", str(MODELS / "digits_cnn.onnx"), "--eval-data", str(MODELS / "digits_cnn_test.npz"),
                  "--labels", "y"])
     assert code == 1 and "no label array 'y'" in capsys.readouterr().err

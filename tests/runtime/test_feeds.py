@@ -59,7 +59,7 @@ def test_batch_wins_on_the_first_axis_and_dims_fill_it_otherwise():
 
 
 def test_dynamic_non_batch_dim_without_value_is_an_error_naming_it():
-    with pytest.raises(ConfigError, match=r"input 'ids' axis 1 is dynamic \('seq'\).*--dim seq=VALUE"):
+    with pytest.raises(ConfigError, match=r"input 'ids' axis 1 is dynamic \('seq'\).*--dim ids:1=VALUE"):
         random_feeds(seq_tokens(), seed=0)
 
 

@@ -79,7 +79,7 @@ def test_bad_thread_count():
 
 @pytest.mark.skipif(HAS_CUDA, reason="CUDA is available here; the unavailable-provider message cannot be seen")
 def test_cuda_missing_says_how_to_install():
-    with pytest.raises(ConfigError, match=r"CUDAExecutionProvider is not available .*onnxprune\[gpu\]"):
+    with pytest.raises(ConfigError, match=r"CUDAExecutionProvider is not available .*pip install -e \"\.\[gpu\]\""):
         create_session(mlp(), provider="cuda")
 
 

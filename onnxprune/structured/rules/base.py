@@ -4,6 +4,11 @@ A rule answers two questions for one node: which positions of its tensors are th
 (:meth:`OpRule.couplings`), and which attributes or shape constants must change once channels are gone
 (:meth:`OpRule.rewrite`). Rules never touch the graph during analysis; during surgery they edit only their
 own node through :class:`RewriteContext`, which copies shared constants before changing them.
+
+A quantized weight (a supported ``DequantizeLinear`` of an int8/uint8 constant) is seen through, like an
+``Identity``: :meth:`_Context.slot` names its integer storage, so rules cut the stored tensor in place and
+the ``DequantizeLinear`` rule (``quant.py``) slices its per-channel scale and zero point. The model stays
+quantized; nothing is folded to float.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from onnx import NodeProto
 
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.ir import GraphIndex, attr, attr_ints, node_label, set_attr
+from onnxprune.core.quant import Dequantized, quantized_outputs
 from onnxprune.structured.axes import ChannelAxis, Coupling, Identity
 
 
@@ -29,6 +35,34 @@ class _Context:
         self.index = index
         self.opset = index.opset
         self._shapes = shapes
+        self._dequantized = quantized_outputs(index)
+
+    def quantized(self, name: str) -> Dequantized | None:
+        """The supported quantized weight whose DequantizeLinear writes ``name`` (through Identity), else None."""
+        dq = self._dequantized.get(self.index.resolve_identity(name)) if name else None
+        return dq if dq is not None and not dq.reason else None
+
+    def quant_reason(self, name: str) -> str:
+        """Why the quantized weight behind ``name`` cannot be cut in place ('' when it is not one, or can)."""
+        dq = self._dequantized.get(self.index.resolve_identity(name)) if name else None
+        return dq.reason if dq is not None else ""
+
+    def const_readers(self, name: str) -> list[NodeProto]:
+        """Nodes reading the constant ``name``, through Identity and through the DequantizeLinear of a
+        quantized weight (the DequantizeLinear itself included, so its scales are cut too)."""
+        readers = self.index.const_readers(name)
+        extra: list[NodeProto] = []
+        for node in readers:
+            if node.op_type == "DequantizeLinear" and node.output and self.quantized(node.output[0]) is not None \
+                    and self.index.resolve_identity(node.input[0]) == self.index.resolve_identity(name):
+                stack = [node.output[0]]
+                while stack:
+                    for reader in self.index.consumers.get(stack.pop(), []):
+                        if reader.op_type == "Identity":
+                            stack.append(reader.output[0])
+                        else:
+                            extra.append(reader)
+        return readers + extra
 
     def attr(self, node: NodeProto, name: str, default: object = None) -> object:
         """An attribute of ``node``, falling back to the op schema default."""
@@ -47,6 +81,9 @@ class _Context:
 
     def _lookup(self, name: str) -> tuple | None:
         """The shape as known (constants from their value, others from inference); None when unknown."""
+        dq = self.quantized(name)
+        if dq is not None:
+            return self.index.const_shape(dq.data)
         if self.index.is_constant(name):
             return self.index.const_shape(name)
         return self._shapes.get(name)
@@ -59,6 +96,9 @@ class _Context:
         """The slot for ``axis`` of ``name`` (negative axes allowed; constants named by their source)."""
         if axis < 0:
             axis += self.rank(name)
+        dq = self.quantized(name)
+        if dq is not None:
+            return ChannelAxis(dq.data, axis)
         if self.index.is_constant(name):
             name = self.index.resolve_identity(name)
         return ChannelAxis(name, axis)
@@ -97,7 +137,8 @@ class RuleContext(_Context):
         return len(shape)
 
     def is_const(self, name: str) -> bool:
-        return bool(name) and self.index.is_constant(name)
+        """A stored constant, or a quantized weight (cut in its integer storage)."""
+        return bool(name) and (self.index.is_constant(name) or self.quantized(name) is not None)
 
     def const(self, name: str) -> np.ndarray:
         """The value of a constant input; raises :class:`Blocked` when it is computed at runtime."""

@@ -34,7 +34,9 @@ class ConvRule(OpRule):
         x, w, y = node.input[0], node.input[1], node.output[0]
         b = node.input[2] if len(node.input) > 2 and node.input[2] else ""
         if not ctx.is_const(w):
-            raise Blocked(f"{node_label(node)} has weights computed at runtime ('{w}')")
+            reason = ctx.quant_reason(w)
+            raise Blocked(f"{node_label(node)}: quantized weight '{w}' cannot be cut in place ({reason})" if reason
+                          else f"{node_label(node)} has weights computed at runtime ('{w}')")
         transposed = node.op_type == "ConvTranspose"
         w_in, w_out = (0, 1) if transposed else (1, 0)
         group = ctx.int_attr(node, "group", 1)
@@ -91,7 +93,7 @@ def _contract(node: NodeProto, a: str, a_axis: int, b: str, b_axis: int, ctx: Ru
     if a_const == b_const:
         what = "two activations" if not a_const else "two constants"
         raise Blocked(f"{node_label(node)} contracts {what} over the cut axis; only a constant weight can "
-                      f"absorb a cut")
+                      f"absorb a cut" + (f" ({ctx.quant_reason(b)})" if ctx.quant_reason(b) else ""))
     if b_const:
         return [Coupling(ctx.slot(a, a_axis), ctx.slot(b, b_axis), role="sink", input_index=1)]
     return [Coupling(ctx.slot(b, b_axis), ctx.slot(a, a_axis), role="sink", input_index=0)]

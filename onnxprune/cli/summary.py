@@ -1,0 +1,182 @@
+"""The console summary of ``onnxprune prune``: what changed, which layers, how far outputs moved, how fast.
+
+Why a module of its own: the summary is what most users read, and it must stay readable (lines under 100
+characters, names instead of group numbers, percentages for accuracy, a "kept" column that means what it
+says) while the details go to ``--verbose`` and the reports. Everything is read from the run's report dict;
+nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from onnxprune.report.drift import detail_text, drift_lines, exact_lines, fmt, pct, short
+from onnxprune.runtime.bench_verdict import NOISE_ADVICE, bench_flags
+
+#: Groups listed without ``--verbose`` (the ones that lost the most channels).
+TOP_GROUPS = 5
+#: Width of the label column.
+LABEL = 22
+#: No summary line is longer than this.
+MAX_LINE = 99
+
+
+def human(n: float) -> str:
+    """``1234567`` → ``1.23M``."""
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:g}"
+
+
+def _row(label: str, text: str) -> str:
+    return f"  {label:<{LABEL}}{text}"
+
+
+def _rows(label: str, texts: Sequence[str]) -> list[str]:
+    """The first text beside ``label``, the others aligned under it."""
+    return [_row(label if i == 0 else "", t) for i, t in enumerate(texts)]
+
+
+def size_lines(report: Mapping[str, Any]) -> list[str]:
+    """Params, MACs and file size before/after; ``kept`` is after / before (``--ratio`` is the share removed)."""
+    rows = [
+        ("params" + (" (non-zero)" if report["mode"] != "structured" else ""),
+         report["params_before"], report["params_after"]),
+        ("MACs (batch 1)", report["macs_before"], report["macs_after"]),
+        ("file size (bytes)", report["file_size_before"], report["file_size_after"]),
+    ]
+    lines = [f"  {'':<{LABEL}}{'before':>12}{'after':>12}{'kept':>9}"]
+    for label, before, after in rows:
+        kept = f"{100 * after / before:.1f}%" if before else "-"
+        lines.append(f"  {label:<{LABEL}}{human(before):>12}{human(after):>12}{kept:>9}")
+    return lines
+
+
+def _pruned(g: Mapping[str, Any]) -> bool:
+    return g.get("size_after", g.get("size_before")) != g.get("size_before")
+
+
+def _group_row(g: Mapping[str, Any]) -> str:
+    before, after = int(g["size_before"]), int(g["size_after"])
+    name = short(str(g.get("name") or f"group {g['id']}"), 48)
+    state = f"kept {100 * after / before:.0f}%" if before and after != before else "unpruned"
+    return f"    {name:<48} {before:>6} -> {after:<6} {state}"
+
+
+def group_lines(report: Mapping[str, Any], *, verbose: bool) -> list[str]:
+    """Which groups were cut (named by their layers), which were left whole, and which were blocked."""
+    groups = list(report.get("groups", []))
+    blocked = list(report.get("blocked", []))
+    pruned = [g for g in groups if _pruned(g)]
+    lines = [_row("channel groups", f"{len(pruned)} of {len(groups)} pruned, {len(blocked)} blocked, "
+                                    f"coverage {100 * float(report.get('coverage', 0.0)):.1f}%")]
+    if verbose:
+        lines += [_group_row(g) for g in groups]
+        for b in blocked:
+            name = short(str(b.get("name") or f"group {b['id']}"), 40)
+            lines.append(f"    {name:<40} blocked: {b.get('reason', '')}")
+    else:
+        top = sorted(pruned, key=lambda g: (int(g["size_after"]) - int(g["size_before"]), int(g["id"])))
+        lines += [_group_row(g) for g in top[:TOP_GROUPS]]
+        if len(pruned) > TOP_GROUPS:
+            lines.append(f"    ... and {len(pruned) - TOP_GROUPS} more pruned groups (--verbose lists all)")
+    unpruned = len(groups) - len(pruned)
+    if unpruned:
+        why = ""
+        round_to = (report.get("settings") or {}).get("round_to")
+        if round_to:
+            why = f": --round-to {round_to} rounds their cut up to the full width"
+        lines.append(_row("left unpruned", f"{unpruned} of {len(groups)} groups{why}"))
+    return lines
+
+
+def validation_lines(validation: Mapping[str, Any], *, verbose: bool) -> list[str]:
+    """Exactness verdict and drift, one short line per provider; every output's figures with ``verbose``."""
+    lines = []
+    if "exact" in validation:
+        lines += _rows("exactness", exact_lines(validation["exact"]))
+    if "drift" in validation:
+        width = MAX_LINE - 2 - LABEL
+        lines += _rows("drift vs original", drift_lines(validation["drift"], width=width))
+        if verbose:
+            drift = validation["drift"]
+            lines.append(f"    drift on {drift.get('samples')} samples, {drift.get('inputs')}:")
+            lines += detail_text(drift, indent="    ")
+    if "sparse_storage" in validation:
+        lines += _rows("sparse storage", exact_lines(validation["sparse_storage"]))
+    return lines
+
+
+def accuracy_lines(accuracy: Mapping[str, Any], *, verbose: bool) -> list[str]:
+    """Top-1 (and with ``verbose`` top-5) accuracy before → after, in percent, with the change in points."""
+    b, a = accuracy["before"], accuracy["after"]
+    lines = []
+    for key, label in (("top1", "top-1 accuracy"), ("top5", "top-5 accuracy"))[:2 if verbose else 1]:
+        if b.get(key) is None or a.get(key) is None:
+            continue
+        change = 100 * (float(a[key]) - float(b[key]))
+        lines.append(_row(label, f"{pct(b[key])} -> {pct(a[key])} ({change:+.2f} pts, n={a.get('n')})"))
+    return lines
+
+
+def bench_lines(bench: Mapping[str, Any], *, verbose: bool) -> list[str]:
+    """One row per provider and batch: original → pruned p50, speedup against the MAC ideal, flags."""
+    results = list(bench.get("results", []))
+    flags = {(f["model"], f["provider"], f["batch"]): f["reasons"] for f in bench_flags(results)}
+    base = {(r["provider"], r["batch"]): r for r in results if r.get("model") == "original"}
+    rows = []
+    for r in results:
+        b = base.get((r["provider"], r["batch"]))
+        if r.get("model") == "original" or b is None:
+            continue
+        text = (f"{r['provider']} batch {r['batch']}: {b['p50_ms']:.3f} -> {r['p50_ms']:.3f} ms, "
+                f"{fmt(r.get('speedup'), '.2f')}x (ideal {fmt(r.get('ideal_speedup'), '.2f')}x)")
+        reasons = flags.get((r["model"], r["provider"], r["batch"]), []) + flags.get(
+            ("original", r["provider"], r["batch"]), [])
+        if r.get("slower"):
+            text += " SLOWER"
+        if reasons:
+            text += " " + "/".join(sorted({x.split(":")[0] for x in reasons}))
+        rows.append(text)
+        if verbose:
+            rows += [f"  {x}" for x in reasons]
+    lines = _rows("speed (p50)", rows)
+    if flags:
+        lines.append(_row("", NOISE_ADVICE))
+    return lines
+
+
+def dims_lines(report: Mapping[str, Any]) -> list[str]:
+    """The input sizes onnxprune chose for dynamic axes (MACs and checks use them), when it chose any."""
+    from onnxprune.runtime.dims import describe_assumed
+
+    text = describe_assumed(report.get("dims_assumed", []))
+    return [_row("input dims", text)] if text else []
+
+
+def summary_lines(report: Mapping[str, Any], output: str, *, verbose: bool = False) -> list[str]:
+    """Every line of the summary, in order (see the module doc)."""
+    lines = [f"onnxprune prune --mode {report['mode']}  ->  {output}", *size_lines(report)]
+    lines += dims_lines(report)
+    if "sparsity" in report:
+        lines.append(_row("sparsity achieved", f"{100 * float(report['sparsity']['overall']):.2f}%"))
+    if "groups" in report:
+        lines += group_lines(report, verbose=verbose)
+    if report.get("validation"):
+        lines += validation_lines(report["validation"], verbose=verbose)
+    if "accuracy" in report:
+        lines += accuracy_lines(report["accuracy"], verbose=verbose)
+    if report.get("bench"):
+        lines += bench_lines(report["bench"], verbose=verbose)
+    skipped = list(report.get("skipped", []))
+    for item in skipped if verbose else skipped[:10]:
+        lines.append(f"  skipped {item['name']}: {item['reason']}")
+    lines.append(_row("time", f"{report['seconds']:.2f} s"))
+    return lines
+
+
+def print_summary(report: Mapping[str, Any], output: str, *, verbose: bool = False) -> None:
+    """Print :func:`summary_lines` on stdout."""
+    print("\n".join(summary_lines(report, output, verbose=verbose)))

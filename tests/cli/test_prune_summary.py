@@ -1,0 +1,93 @@
+"""The ``prune`` console summary: named groups, percent accuracy, "kept", short lines, benchmark rows.
+
+Every test runs the real CLI through ``main([...])`` on a real model and reads what a user would read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import onnx
+from builders import mlp3
+
+from onnxprune.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+CNN = str(ROOT / "models" / "digits_cnn.onnx")
+MLP = str(ROOT / "models" / "digits_mlp.onnx")
+
+
+def _prune(tmp_path, capsys, model: str, *extra: str) -> tuple[str, str]:
+    assert main(["prune", model, "-o", str(tmp_path / "out.onnx"), *extra]) == 0
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_mlp_drift_is_measured_on_the_probabilities_not_the_int64_label(tmp_path, capsys) -> None:
+    out, _ = _prune(tmp_path, capsys, MLP)
+    drift = next(line for line in out.splitlines() if "drift vs original" in line)
+    # The MLP has an int64 'label' output (a class number) and a float 'probabilities' output.
+    assert "'probabilities'" in drift and "cosine" in drift
+    assert "label" not in drift
+
+
+def test_summary_names_the_pruned_layers(tmp_path, capsys) -> None:
+    out, _ = _prune(tmp_path, capsys, CNN, "--no-validate")
+    assert "4 of 4 pruned, 1 blocked" in out
+    # each pruned group is named by its first producing layer and how many more layers move with it
+    assert re.search(r"/features/features\.0/Conv \(\+3\)\s+32 -> 22\s+kept 69%", out), out
+    assert "/features/features.7/Conv (+1)" in out
+    assert "group 0" not in out
+
+
+def test_verbose_lists_every_group_and_the_blocked_ones(tmp_path, capsys) -> None:
+    out, _ = _prune(tmp_path, capsys, CNN, "--no-validate", "--verbose")
+    assert "/head/Gemm" in out and "blocked: 'logits' is a graph output" in out
+
+
+def test_kept_column_percent_accuracy_and_short_lines(tmp_path, capsys) -> None:
+    out, _ = _prune(tmp_path, capsys, CNN, "--eval-data", str(ROOT / "models" / "digits_cnn_test.npz"))
+    header = out.splitlines()[1]
+    assert header.split() == ["before", "after", "kept"]  # after/before, not "ratio" (--ratio is the share removed)
+    assert re.search(r"params\s+75\.56k\s+37\.13k\s+49\.1%", out), out
+    assert re.search(r"top-1 accuracy\s+99\.44% -> \d+\.\d\d% \([+-]\d+\.\d\d pts, n=360\)", out), out
+    assert re.search(r"exactness\s+cpu: pass, max\|diff\| \S+ on 360 samples", out), out
+    too_long = [line for line in out.splitlines()[1:] if len(line) >= 100]  # [0] holds the user's -o path
+    assert not too_long, too_long
+
+
+def test_round_to_says_which_groups_it_left_unpruned(tmp_path, capsys) -> None:
+    model = tmp_path / "mlp3.onnx"
+    onnx.save(mlp3(h1=32, h2=6), model)  # 32 -> 22 rounds to 24; 6 -> 4 rounds back up to 6
+    out, _ = _prune(tmp_path, capsys, str(model), "--round-to", "8", "--no-validate")
+    assert "1 of 2 pruned" in out
+    assert re.search(r"left unpruned\s+1 of 2 groups: --round-to 8 rounds their cut up to the full width", out), out
+
+
+def test_bench_rows_reach_the_console(tmp_path, capsys) -> None:
+    out, _ = _prune(tmp_path, capsys, MLP, "--no-validate", "--bench", "--runs", "3", "--warmup", "0")
+    rows = [line for line in out.splitlines() if re.search(r"cpu batch \d+: [\d.]+ -> [\d.]+ ms, [\d.]+x", line)]
+    assert len(rows) == 2, out  # batches 1 and 8
+    assert "speed (p50)" in rows[0] and "(ideal 1.66x)" in rows[0]
+
+
+def test_a_slower_pruned_model_is_warned_about_with_the_round_to_hint(tmp_path, capsys, monkeypatch) -> None:
+    """Timings are real; the result is then marked slower, as it really was on the digits CNN (0.63x)."""
+    import onnxprune.runtime.bench as bench_module
+
+    real = bench_module.benchmark
+
+    def slower(*args, **kwargs):
+        report = real(*args, **kwargs)
+        results = tuple(dataclasses.replace(r, speedup=0.63, slower=True) if r.model == "pruned" else r
+                        for r in report.results)
+        return dataclasses.replace(report, results=results)
+
+    monkeypatch.setattr(bench_module, "benchmark", slower)
+    out, err = _prune(tmp_path, capsys, MLP, "--no-validate", "--bench", "--runs", "2", "--warmup", "0",
+                      "--batch", "1")
+    assert "0.63x (ideal 1.66x) SLOWER" in out
+    assert "WARNING: the pruned model is SLOWER than the original (cpu batch 1: 0.63x)" in err
+    assert "--round-to 8" in err
