@@ -128,8 +128,22 @@ def test_stage_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
     args = ["sensitivity", CNN, "--calib", CNN_CALIB, "--ratios", "0.5", "--max-samples", "32"]
     assert main(args) == 0
     err = capsys.readouterr().err.splitlines()
-    stages = [line.split(":")[1].strip() for line in err if line.startswith("onnxprune: ")]
+    stages = [line.split(":")[1].strip() for line in err if line.startswith("onnxprune: ") and line.endswith("total)")]
     assert stages == ["calibration", "candidate plans", "gram scores", "whole-model anchors"], err
     assert "onnxprune: calibration: 32 samples in " in err[0] and err[0].endswith("s total)")
     assert main([*args, "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_budget_options_need_a_budget_and_are_checked(tmp_path, capsys):
+    from onnxprune.cli.main import main
+
+    out = str(tmp_path / "o.onnx")
+    assert main(["prune", CNN, "-o", out, "--executor", "processes"]) == 1
+    assert "--executor" in capsys.readouterr().err
+    assert main(["prune", CNN, "-o", out, "--target-macs", "0.5", "--executor", "processes", "--workers", "0"]) == 1
+    assert "--workers must be >= 1, got 0" in capsys.readouterr().err
+    from onnxprune.config import PruneConfig
+
+    with pytest.raises(ConfigError, match="sensitivity_method must be gram or model"):
+        PruneConfig(target_macs=0.5, sensitivity_method="guess").validate_options()
