@@ -9,12 +9,17 @@ rank correlation of the per-group scores (mean error over the ratios). With ``--
 both ways and, where the model ships a labelled test split, prunes with each allocation through
 :func:`onnxprune.prune` and reports top-1 on it.
 
+With ``--baseline-src DIR`` (a copy of an older ``onnxprune`` package, e.g. ``git archive main onnxprune | tar
+-x -C DIR``), the same sensitivity and budget are also timed with that code in a subprocess: "today's path"
+before this change (every candidate cut, counted and run on the whole model).
+
 Calibration: the model's ``<name>_calib.npz`` where shipped, else ``--samples`` seeded standard-normal
 inputs (written to a temporary npz). Run on an idle machine: the figures are wall times.
 
 Usage:
   .venv/bin/python tools/bench_sensitivity.py [--models models/digits_cnn.onnx ...] [--samples 256]
                                               [--recover none] [--budget] [--target-macs 0.5] [--json out.json]
+                                              [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -65,6 +70,41 @@ def timed(fn):  # type: ignore[no-untyped-def]
     return out, time.perf_counter() - start
 
 
+_BASELINE = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from onnxprune.recovery.sensitivity import sensitivity
+path, calib, recover, samples, budget, target = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), \\
+    sys.argv[6] == "1", float(sys.argv[7])
+t = time.perf_counter()
+rep = sensitivity(path, calib, recover=recover, max_samples=samples)
+out = {"sensitivity_s": time.perf_counter() - t, "scores": {g.group: g.score for g in rep.groups}}
+if budget:
+    from onnxprune.config import PruneConfig
+    from onnxprune.core.io import load_model
+    from onnxprune.recovery.budget import allocate_budget
+    from onnxprune.structured.analysis import analyze
+    m = load_model(path)
+    dg = analyze(m)
+    t = time.perf_counter()
+    ratios = allocate_budget(m, dg, PruneConfig(target_macs=target, calib=calib))
+    out["budget_s"] = time.perf_counter() - t
+    out["ratios"] = ratios
+print("BASELINE " + json.dumps(out))
+"""
+
+
+def run_baseline(src: str, path: Path, calib: str, args: argparse.Namespace) -> dict[str, object]:
+    """Time the older package in ``src`` on the same model and data (a subprocess, so imports do not mix)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _BASELINE, src, str(path), calib, args.recover, str(args.samples),
+                           "1" if args.budget else "0", str(args.target_macs)],
+                          capture_output=True, text=True, check=True)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("BASELINE "))
+    return json.loads(line[len("BASELINE "):])
+
+
 def bench_model(path: Path, args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     calib, calib_desc = calibration(path, args.samples, tmp)
     row: dict[str, object] = {"model": path.name, "calib": calib_desc, "recover": args.recover}
@@ -77,6 +117,16 @@ def bench_model(path: Path, args: argparse.Namespace, tmp: Path) -> dict[str, ob
                spearman=round(spearman([g.score for g in fast.groups], [g.score for g in exact.groups]), 4),
                whole_model_runs_gram=sum(sum(g.exact) for g in fast.groups),
                whole_model_runs_model=sum(len(g.ratios) for g in exact.groups))
+    if args.baseline_src:
+        base = run_baseline(args.baseline_src, path, calib, args)
+        today = base["scores"]
+        assert isinstance(today, dict)
+        row.update(sensitivity_today_s=round(float(base["sensitivity_s"]), 1),  # type: ignore[arg-type]
+                   speedup_vs_today=round(float(base["sensitivity_s"]) / t_gram, 2),  # type: ignore[arg-type]
+                   spearman_vs_today=round(spearman([g.score for g in fast.groups],
+                                                    [today[str(g.group)] for g in fast.groups]), 4))
+        if args.budget:
+            row.update(budget_today_s=round(float(base["budget_s"]), 1))  # type: ignore[arg-type]
     if args.budget:
         m = load_model(path)
         dg = analyze(m)
@@ -104,6 +154,7 @@ def main() -> int:
     p.add_argument("--budget", action="store_true", help="also time --target-macs budgets both ways")
     p.add_argument("--target-macs", type=float, default=0.5)
     p.add_argument("--json", help="write the rows here")
+    p.add_argument("--baseline-src", help="folder holding an older onnxprune package to time as today's path")
     args = p.parse_args()
     import onnx
     import onnxruntime
