@@ -90,8 +90,18 @@ if budget:
     ratios = allocate_budget(m, dg, PruneConfig(target_macs=target, calib=calib))
     out["budget_s"] = time.perf_counter() - t
     out["ratios"] = ratios
+    if sys.argv[8]:
+        import onnxprune
+        res = onnxprune.prune(path, PruneConfig(target_macs=target, calib=calib, eval_data=sys.argv[8]))
+        out["top1"] = res.report["accuracy"]["after"]["top1"]
 print("BASELINE " + json.dumps(out))
 """
+
+
+def test_split(path: Path) -> str:
+    """The model's shipped labelled test split, or "" when there is none."""
+    test = path.with_name(path.stem + "_test.npz")
+    return str(test) if test.exists() else ""
 
 
 def run_baseline(src: str, path: Path, calib: str, args: argparse.Namespace) -> dict[str, object]:
@@ -99,7 +109,7 @@ def run_baseline(src: str, path: Path, calib: str, args: argparse.Namespace) -> 
     import subprocess
 
     proc = subprocess.run([sys.executable, "-c", _BASELINE, src, str(path), calib, args.recover, str(args.samples),
-                           "1" if args.budget else "0", str(args.target_macs)],
+                           "1" if args.budget else "0", str(args.target_macs), test_split(path)],
                           capture_output=True, text=True, check=True)
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("BASELINE "))
     return json.loads(line[len("BASELINE "):])
@@ -126,7 +136,8 @@ def bench_model(path: Path, args: argparse.Namespace, tmp: Path) -> dict[str, ob
                    spearman_vs_today=round(spearman([g.score for g in fast.groups],
                                                     [today[str(g.group)] for g in fast.groups]), 4))
         if args.budget:
-            row.update(budget_today_s=round(float(base["budget_s"]), 1))  # type: ignore[arg-type]
+            row.update(budget_today_s=round(float(base["budget_s"]), 1),  # type: ignore[arg-type]
+                       budget_top1_today=base.get("top1"))
     if args.budget:
         m = load_model(path)
         dg = analyze(m)
@@ -135,8 +146,8 @@ def bench_model(path: Path, args: argparse.Namespace, tmp: Path) -> dict[str, ob
         ratios_gram, tb_gram = timed(lambda: allocate_budget(m, dg, cfg.with_(sensitivity_method="gram")))
         row.update(budget_model_s=round(tb_model, 1), budget_gram_s=round(tb_gram, 1),
                    budget_speedup=round(tb_model / tb_gram, 2), same_allocation=ratios_model == ratios_gram)
-        test = path.with_name(path.stem + "_test.npz")
-        if test.exists():
+        test = test_split(path)
+        if test:
             import onnxprune
 
             for name, method in (("model", "model"), ("gram", "gram")):
