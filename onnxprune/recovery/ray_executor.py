@@ -38,6 +38,24 @@ def import_ray() -> Any:
     return ray
 
 
+def start_ray(ray: Any, address: str | None, workers: int | None) -> None:
+    """Join the cluster at ``address`` or start a local one of ``workers`` CPUs, unless Ray already runs here;
+    a cluster started here serves every later call of this process and stops when it exits.
+
+    Raises:
+        ConfigError: the cluster cannot be started or reached.
+    """
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at '{address}'" if address else "a local Ray cluster"
+        raise ConfigError(f"cannot start or join {where}: {exc}; check --ray-address") from None
+    atexit.register(ray.shutdown)
+
+
 def _measure(run_id: str, spec_box: list[Any], task: Task, error: bool, accuracy: bool) -> Measured:
     """Ray task body: build (once per worker and run) the evaluator, measure one candidate."""
     global _cached
@@ -58,14 +76,7 @@ def measure_on_ray(spec: CandidateSpec, tasks: Sequence[Task], *, error: bool, a
         OnnxPruneError: candidates that failed after every retry (named).
     """
     ray = import_ray()
-    if not ray.is_initialized():
-        try:
-            ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"the Ray cluster at '{address}'" if address else "a local Ray cluster"
-            raise ConfigError(f"cannot start or join {where}: {exc}; check --ray-address") from None
-        atexit.register(ray.shutdown)  # one cluster serves every measurement of this process
+    start_ray(ray, address, workers)
     remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_measure)
     box = [ray.put(spec)]
     run_id = uuid.uuid4().hex
