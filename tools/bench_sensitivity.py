@@ -19,7 +19,7 @@ inputs (written to a temporary npz). Run on an idle machine: the figures are wal
 Usage:
   .venv/bin/python tools/bench_sensitivity.py [--models models/digits_cnn.onnx ...] [--samples 256]
                                               [--recover none] [--budget] [--target-macs 0.5] [--json out.json]
-                                              [--baseline-src DIR]
+                                              [--baseline-src DIR] [--scaling 1,2]
 """
 
 from __future__ import annotations
@@ -127,6 +127,11 @@ def bench_model(path: Path, args: argparse.Namespace, tmp: Path) -> dict[str, ob
                spearman=round(spearman([g.score for g in fast.groups], [g.score for g in exact.groups]), 4),
                whole_model_runs_gram=sum(sum(g.exact) for g in fast.groups),
                whole_model_runs_model=sum(len(g.ratios) for g in exact.groups))
+    for w in args.scaling:
+        scaled, t_w = timed(lambda w=w: sensitivity(str(path), calib, recover=args.recover, method="model",
+                                                    max_samples=args.samples, executor="processes", workers=w))
+        assert scaled.to_dict() == exact.to_dict(), "processes executor changed the result"
+        row[f"sensitivity_model_processes_{w}_s"] = round(t_w, 1)
     if args.baseline_src:
         base = run_baseline(args.baseline_src, path, calib, args)
         today = base["scores"]
@@ -166,6 +171,8 @@ def main() -> int:
     p.add_argument("--target-macs", type=float, default=0.5)
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--baseline-src", help="folder holding an older onnxprune package to time as today's path")
+    p.add_argument("--scaling", type=lambda t: [int(x) for x in t.split(",")], default=[],
+                   metavar="W,W", help="also time the whole-model path on W worker processes (results must match)")
     args = p.parse_args()
     import onnx
     import onnxruntime
