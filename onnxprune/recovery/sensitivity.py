@@ -342,13 +342,15 @@ class SensitivityRun:
         clock = self.clock = Stages()
         meter = OutputErrorMeter(m, calib, batch_size=batch_size, max_samples=max_samples)
         self.samples = meter.samples
-        statistics = criterion_statistics(m, dg, importance, meter.batches)
+        # a file is read again whole (as before); an iterable was consumed by the meter, which kept its batches
+        statistics = criterion_statistics(m, dg, importance, calib if isinstance(calib, (str, os.PathLike))
+                                          else meter.batches)
         scorer = None
         if method == "gram":
             from onnxprune.recovery.gram_score import GramScorer
 
             # the one calibration pass: every consumer's Gram (and input means) serves scoring and recovery alike
-            stats = recovery_stats(m, dg, meter.batches, "lstsq" if recover != "bias" else "both")
+            stats = recovery_stats(m, dg, meter.batches, "lstsq" if recover != "bias" else "both")  # Grams (+ means)
             assert stats is not None
             rstats = stats if recover != "none" else None
             scorer = GramScorer(m, dg, stats, recover=recover)
