@@ -59,11 +59,14 @@ def test_gram_score_equals_brute_force_consumer_error(recover):
     assert scorer.score(plan) == pytest.approx(np.sqrt(err / energy), rel=1e-6)
 
 
-def test_gram_ranking_agrees_with_whole_model_on_digits_cnn():
-    fast = sensitivity(CNN, CNN_CALIB, recover="bias")
-    exact = sensitivity(CNN, CNN_CALIB, recover="bias", method="model")
+@pytest.mark.parametrize("recover", ["none", "bias", "lstsq"])
+def test_gram_ranking_agrees_with_whole_model_on_digits_cnn(recover):
+    fast = sensitivity(CNN, CNN_CALIB, recover=recover)
+    exact = sensitivity(CNN, CNN_CALIB, recover=recover, method="model")
     assert fast.method == "gram" and exact.method == "model"
     assert spearman([g.score for g in fast.groups], [g.score for g in exact.groups]) >= 0.9
+    # every candidate, not only the 4 group scores (measured 0.98-0.99)
+    assert spearman([e for g in fast.groups for e in g.errors], [e for g in exact.groups for e in g.errors]) >= 0.9
     for f, e in zip(fast.groups, exact.groups, strict=True):
         assert f.macs == e.macs and f.params == e.params and f.kept == e.kept
         mid = len(f.ratios) // 2  # the anchor is measured on the whole model: equal there
