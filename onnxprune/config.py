@@ -115,6 +115,10 @@ class PruneConfig:
     target_macs: float | None = None
     target_params: float | None = None
     max_error: float | None = None
+    sensitivity_method: str = "gram"  # how budgets measure candidates: gram (fast) or model (reference)
+    executor: str = "local"  # where whole-model candidate runs go: local, processes or ray
+    workers: int | None = None
+    ray_address: str | None = None
     eval_data: str | None = None
     labels: str = "labels"
     # validation
@@ -231,6 +235,12 @@ class PruneConfig:
         _unit(opt("target_params"), self.target_params, closed_top=True, open_bottom=True)
         if self.max_error is not None and not (math.isfinite(self.max_error) and self.max_error > 0):
             raise ConfigError(f"{opt('max_error')} must be > 0, got {self.max_error}")
+        if self.sensitivity_method not in ("gram", "model"):
+            raise ConfigError(f"{opt('sensitivity_method')} must be gram or model, got '{self.sensitivity_method}'")
+        if self.executor not in ("local", "processes", "ray"):
+            raise ConfigError(f"{opt('executor')} must be local, processes or ray, got '{self.executor}'")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"{opt('workers')} must be >= 1, got {self.workers}")
         if not (math.isfinite(self.atol) and self.atol >= 0 and math.isfinite(self.rtol) and self.rtol >= 0):
             raise ConfigError(f"{opt('atol')} and {opt('rtol')} must be >= 0, got {self.atol} and {self.rtol}")
         for name, value in self.dims.items():

@@ -46,6 +46,10 @@ MODES_OF: dict[str, tuple[str, ...]] = {
     "target_macs": ("structured",),
     "target_params": ("structured",),
     "max_error": ("structured",),
+    "sensitivity_method": ("structured",),
+    "executor": ("structured",),
+    "workers": ("structured",),
+    "ray_address": ("structured",),
 }
 
 #: What to use instead, when an option is set for a mode that does not read it.
@@ -57,12 +61,17 @@ _INSTEAD: dict[tuple[str, str], str] = {
 
 #: Options a saved plan decides: with ``plan_in`` they would be ignored.
 PLAN_DECIDES = ("ratio", "scope", "global_rank", "round_to", "min_channels", "grouped_conv", "importance",
-                "target_macs", "target_params", "max_error")
+                "target_macs", "target_params", "max_error", "sensitivity_method", "executor", "workers",
+                "ray_address")
 
 #: Options read only when another one is set: option -> (the options, any of which enables it).
 NEEDS: dict[str, tuple[str, ...]] = {
     "labels": ("eval_data",),
     "max_error": ("target_macs", "target_params"),
+    "sensitivity_method": ("target_macs", "target_params"),
+    "executor": ("target_macs", "target_params"),
+    "workers": ("target_macs", "target_params"),
+    "ray_address": ("target_macs", "target_params"),
     "bench_batches": ("bench",),
     "bench_runs": ("bench",),
     "bench_warmup": ("bench",),

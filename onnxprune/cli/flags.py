@@ -26,7 +26,8 @@ PRUNE_FLAGS: dict[str, str] = {
     "labels": "--labels", "validate": "--no-validate", "atol": "--atol", "rtol": "--rtol", "dims": "--dim",
     "providers": "--providers", "validation_data": "--data", "bench": "--bench", "bench_batches": "--batches",
     "bench_runs": "--runs", "bench_warmup": "--warmup", "threads": "--threads",
-    "external_data": "--external-data",
+    "external_data": "--external-data", "sensitivity_method": "--exact-sensitivity", "executor": "--executor",
+    "workers": "--workers", "ray_address": "--ray-address",
 }
 
 #: Where parsed arguments keep the deprecation notes of old spellings, for ``main`` to log.
