@@ -655,3 +655,57 @@ def audio_encoder(seed: int = 0, c: int = 8, kernel: int = 100, classes: int = 4
     g.nodes.append(helper.make_node("Gemm", [m, g.weight((classes, c)), g.weight((classes,))], ["logits"],
                                     name="fc", transB=1))
     return g.build([vinfo("input_values", ["batch", "sequence"])], [vinfo("logits", ["batch", classes])], "audio")
+
+
+def attention_block(seed: int = 0, d: int = 8, heads: int = 2, t: int = 4, *, bias: bool = True,
+                    runtime_target: bool = False, mask: bool = True, shape_op: str = "",
+                    gemm_out: bool = False) -> onnx.ModelProto:
+    """Multi-head self-attention over ``x [B, T, d]`` with a residual, as torch/HF export it.
+
+    Q, K, V = MatMul (+ Add bias) → Reshape [B, T, heads, d/heads] → Transpose → Q·Kᵀ → Mul scale → Add mask
+    → Softmax → ·V → Transpose → Reshape [B, T, d] → output MatMul (+ bias) → + x. ``runtime_target`` builds
+    the reshape targets as torch does: ``Concat(Unsqueeze(Gather(Shape(x), i)), ..., [heads], [head_dim])``
+    and ``Concat(Slice(Shape(ctx), 0, 2), [d])``. ``shape_op`` computes the ``heads`` piece of every split
+    target with that op (``Max`` of two constants) instead of storing it: unknown shape arithmetic.
+    """
+    g = GraphBuilder(seed)
+    hd = d // heads
+
+    def proj(x: str) -> str:
+        y = g.op("MatMul", [x, g.weight((d, d))])
+        return g.op("Add", [y, g.weight((d,), "b")]) if bias else y
+
+    def dim(x: str, i: int) -> str:
+        gathered = g.op("Gather", [g.op("Shape", [x]), g.const(np.array(i, np.int64))], axis=0)
+        return g.op("Unsqueeze", [gathered, g.const(np.array([0], np.int64))])
+
+    def split(y: str, perm: list[int]) -> str:
+        if runtime_target:
+            count = g.op(shape_op, [g.const(np.array([heads], np.int64)), g.const(np.array([1], np.int64))]) \
+                if shape_op else g.op("Unsqueeze", [g.const(np.array(heads, np.int64)), g.const(np.array([0], np.int64))])
+            target = g.op("Concat", [dim(y, 0), dim(y, 1), count, g.const(np.array([hd], np.int64))], axis=0)
+        else:
+            target = g.const(np.array([0, t, heads, hd], np.int64))
+        return g.op("Transpose", [g.op("Reshape", [y, target])], perm=perm)
+
+    q = split(proj("x"), [0, 2, 1, 3])
+    k = split(proj("x"), [0, 2, 3, 1])
+    v = split(proj("x"), [0, 2, 1, 3])
+    s = g.op("Mul", [g.op("MatMul", [q, k]), g.const(np.array(1.0 / np.sqrt(hd), np.float32))])
+    if mask:
+        s = g.op("Add", [s, g.const(np.triu(np.full((t, t), -1e4, np.float32), 1))])
+    c = g.op("Transpose", [g.op("MatMul", [g.op("Softmax", [s], axis=-1), v])], perm=[0, 2, 1, 3])
+    if runtime_target:
+        lead = g.op("Slice", [g.op("Shape", [c]), g.const(np.array([0], np.int64)), g.const(np.array([2], np.int64))])
+        target = g.op("Concat", [lead, g.const(np.array([d], np.int64))], axis=0)
+    else:
+        target = g.const(np.array([-1, t, d], np.int64))
+    merged = g.op("Reshape", [c, target])
+    if gemm_out:
+        flat = g.op("Reshape", [merged, g.const(np.array([-1, d], np.int64))])
+        out = g.op("Gemm", [flat, g.weight((d, d)), g.weight((d,), "b")], transB=1)
+        out = g.op("Reshape", [out, g.const(np.array([-1, t, d], np.int64))])
+    else:
+        out = proj(merged)
+    g.nodes.append(helper.make_node("Add", ["x", out], ["out"], name="residual"))
+    return g.build([vinfo("x", ["B", t, d])], [vinfo("out", ["B", t, d])])

@@ -13,6 +13,7 @@ import numpy as np
 from onnx import NodeProto
 
 from onnxprune.core.ir import node_label
+from onnxprune.structured.attention import check_target_entry, rewrite_target, split_couplings
 from onnxprune.structured.axes import Block, ChannelAxis, Coupling, Identity, Offset
 from onnxprune.structured.rules.base import (
     Blocked,
@@ -223,10 +224,19 @@ class ReshapeRule(OpRule):
         axis = data_axis(node, slot, ctx)
         x, y = node.input[0], node.output[0]
         s_in, s_out = ctx.shape(x), ctx.shape(y)
-        if node.op_type == "Reshape" and not ctx.is_const(node.input[1]):
-            raise Blocked(f"{node_label(node)} computes its target shape at runtime ('{node.input[1]}'); "
-                          f"onnxprune cannot prove it follows the cut (constant-fold the model first)")
-        if is_output(node, slot):
+        runtime = node.op_type == "Reshape" and not ctx.is_const(node.input[1])
+        heads = split_couplings(node, axis, is_output(node, slot), ctx) if node.op_type == "Reshape" else None
+        if heads is None:
+            heads = self._folds(node, axis, is_output(node, slot), ctx)
+        if runtime:  # the output axis that changes with the cut must be a constant piece of the target
+            check_target_entry(node, heads[0].a.axis if heads[0].a.tensor == y else heads[0].b.axis, ctx)
+        return heads
+
+    def _folds(self, node: NodeProto, axis: int, output_side: bool, ctx: RuleContext) -> list[Coupling]:
+        """An axis kept as is, or folded as the leading axis of a merge."""
+        x, y = node.input[0], node.output[0]
+        s_in, s_out = ctx.shape(x), ctx.shape(y)
+        if output_side:
             for a in range(len(s_in)):
                 found = fold_axis(s_in, a, s_out)
                 if found is not None and found[0] == axis:
@@ -247,6 +257,9 @@ class ReshapeRule(OpRule):
         y = node.output[0]
         old, new = ctx.shape(y), ctx.new_shape(y)
         if old == new:
+            return
+        if not ctx.index.is_constant(node.input[1]):
+            rewrite_target(node, ctx)
             return
         target = ctx.const(node.input[1]).astype(np.int64).reshape(-1).copy()
         for b, (o, n) in enumerate(zip(old, new, strict=True)):

@@ -1,0 +1,101 @@
+"""Attention heads: a head is one root channel; cutting heads slices Q/K/V columns by head blocks, the output
+projection's input rows, and rewrites the head count in static and runtime reshape targets.
+
+Every cut is proven against the oracle (pruned == original with the dropped heads' output-projection rows
+zeroed) in onnxruntime and the reference evaluator, with the exact parameter drop (``check_prune``).
+"""
+
+from __future__ import annotations
+
+import builders
+import numpy as np
+import pytest
+from oracle_check import check_prune
+
+from onnxprune.core.errors import PlanError
+from onnxprune.structured.analysis import analyze
+from onnxprune.structured.axes import Block
+from onnxprune.structured.plan import PrunePlan
+from onnxprune.structured.surgery import apply_plan
+
+CASES = [
+    pytest.param(dict(heads=2), id="static-2-heads"),
+    pytest.param(dict(heads=4, d=16), id="static-4-heads"),
+    pytest.param(dict(heads=2, bias=False), id="static-no-bias"),
+    pytest.param(dict(heads=2, runtime_target=True), id="runtime-2-heads"),
+    pytest.param(dict(heads=4, d=16, runtime_target=True), id="runtime-4-heads"),
+    pytest.param(dict(heads=4, d=16, runtime_target=True, bias=False, mask=False), id="runtime-no-bias"),
+    pytest.param(dict(heads=4, d=16, gemm_out=True), id="gemm-output-projection"),
+]
+
+
+def _head_group(model):
+    dg = analyze(model)
+    heads = [g for g in dg.prunable_groups if len(g.sources) == 3]
+    assert len(heads) == 1, dg.summary()
+    return dg, heads[0]
+
+
+@pytest.mark.parametrize("kw", CASES)
+def test_head_group_is_whole_heads_of_q_k_v_and_the_output_rows(kw) -> None:
+    model = builders.attention_block(**kw)
+    dg, g = _head_group(model)
+    hd = kw.get("d", 8) // kw["heads"]
+    assert g.size == kw["heads"]
+    assert all(c.map == Block(hd) for c in g.sources) and len(g.sinks) == 1 and g.sinks[0].map == Block(hd)
+    assert len([c for c in g.cuts if c.role == "param"]) == (3 if kw.get("bias", True) else 0)
+
+
+@pytest.mark.parametrize("kw", CASES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_head_cuts_match_the_oracle(kw, seed: int) -> None:
+    check_prune(builders.attention_block(seed=seed, **kw), plan="random", seed=seed)
+
+
+@pytest.mark.parametrize("runtime", [False, True])
+def test_head_count_is_rewritten_and_the_pruned_model_keeps_dynamic_batch(runtime: bool) -> None:
+    from oracle_check import run_ort
+
+    model = builders.attention_block(heads=4, d=16, runtime_target=runtime)
+    dg, g = _head_group(model)
+    plan = PrunePlan(fingerprint=dg.fingerprint, keep={g.id: np.array([0, 2], np.int64)}, sizes={g.id: 4})
+    pruned = apply_plan(model, plan, dg=dg)
+    consts = [np.asarray(v) for v in _int_consts(pruned)]
+    assert any(c.tolist() in ([0, 4, 2, 4], [2]) for c in consts)  # the head count became 2
+    assert not any(c.tolist() in ([0, 4, 4, 4], [4]) and c.size > 1 for c in consts if c.tolist() != [16])
+    x = np.random.default_rng(0).standard_normal((3, 4, 16)).astype(np.float32)
+    assert run_ort(pruned, {"x": x})[0].shape == (3, 4, 16)
+
+
+def _int_consts(model):
+    from onnx import numpy_helper
+
+    for t in model.graph.initializer:
+        if t.data_type == 7:
+            yield numpy_helper.to_array(t)
+
+
+def test_a_partial_head_plan_is_refused() -> None:
+    """A plan counting channels instead of heads (keeping half a head) does not fit the group."""
+    model = builders.attention_block(heads=2)
+    dg, g = _head_group(model)
+    plan = PrunePlan(fingerprint=dg.fingerprint, keep={g.id: np.array([0, 1, 2, 3, 4, 5], np.int64)},
+                     sizes={g.id: 8})
+    with pytest.raises(PlanError, match="has 8 channels, the model has 2"):
+        apply_plan(model, plan, dg=dg)
+
+
+def test_unknown_shape_arithmetic_stays_blocked_with_its_reason() -> None:
+    model = builders.attention_block(heads=2, runtime_target=True, shape_op="Max")
+    dg = analyze(model)
+    q = [g for g in dg.groups if g.sources and g.sources[0].node == "MatMul_3"]
+    assert q and not q[0].prunable
+    assert any("computed at runtime by 'Max_" in b and "(Max)" in b for b in q[0].blockers)
+
+
+def test_the_per_head_dim_is_never_cut() -> None:
+    """The head_dim axis of the split is no channel axis: only whole heads are roots."""
+    model = builders.attention_block(heads=2)
+    dg, g = _head_group(model)
+    split_out = [s for s in g.members if s.tensor.startswith("reshape_") and s.axis == 2]
+    assert split_out and all(dg.group_of(type(s)(s.tensor, 3)) == () for s in split_out)
