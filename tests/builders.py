@@ -659,7 +659,7 @@ def audio_encoder(seed: int = 0, c: int = 8, kernel: int = 100, classes: int = 4
 
 def attention_block(seed: int = 0, d: int = 8, heads: int = 2, t: int = 4, *, bias: bool = True,
                     runtime_target: bool = False, mask: bool = True, shape_op: str = "",
-                    gemm_out: bool = False) -> onnx.ModelProto:
+                    gemm_out: bool = False, kv_heads: int | None = None, repeat: str = "expand") -> onnx.ModelProto:
     """Multi-head self-attention over ``x [B, T, d]`` with a residual, as torch/HF export it.
 
     Q, K, V = MatMul (+ Add bias) → Reshape [B, T, heads, d/heads] → Transpose → Q·Kᵀ → Mul scale → Add mask
@@ -667,30 +667,49 @@ def attention_block(seed: int = 0, d: int = 8, heads: int = 2, t: int = 4, *, bi
     the reshape targets as torch does: ``Concat(Unsqueeze(Gather(Shape(x), i)), ..., [heads], [head_dim])``
     and ``Concat(Slice(Shape(ctx), 0, 2), [d])``. ``shape_op`` computes the ``heads`` piece of every split
     target with that op (``Max`` of two constants) instead of storing it: unknown shape arithmetic.
+    ``kv_heads`` < ``heads`` gives grouped-query attention: K and V have ``kv_heads`` heads, each repeated for
+    ``heads / kv_heads`` query heads as Hugging Face's ``repeat_kv`` exports it (``Unsqueeze -> Expand ->
+    Reshape``, or ``Tile`` with ``repeat="tile"``; ``repeat="expand-runtime"`` builds the Expand target as a
+    ``Concat`` of the runtime batch and constants).
     """
     g = GraphBuilder(seed)
     hd = d // heads
+    kv = kv_heads or heads
+    n_rep = heads // kv
 
-    def proj(x: str) -> str:
-        y = g.op("MatMul", [x, g.weight((d, d))])
-        return g.op("Add", [y, g.weight((d,), "b")]) if bias else y
+    def proj(x: str, width: int = d) -> str:
+        y = g.op("MatMul", [x, g.weight((d, width))])
+        return g.op("Add", [y, g.weight((width,), "b")]) if bias else y
 
     def dim(x: str, i: int) -> str:
         gathered = g.op("Gather", [g.op("Shape", [x]), g.const(np.array(i, np.int64))], axis=0)
         return g.op("Unsqueeze", [gathered, g.const(np.array([0], np.int64))])
 
-    def split(y: str, perm: list[int]) -> str:
+    def split(y: str, perm: list[int], n: int = heads) -> str:
         if runtime_target:
-            count = g.op(shape_op, [g.const(np.array([heads], np.int64)), g.const(np.array([1], np.int64))]) \
-                if shape_op else g.op("Unsqueeze", [g.const(np.array(heads, np.int64)), g.const(np.array([0], np.int64))])
+            count = g.op(shape_op, [g.const(np.array([n], np.int64)), g.const(np.array([1], np.int64))]) \
+                if shape_op else g.op("Unsqueeze", [g.const(np.array(n, np.int64)), g.const(np.array([0], np.int64))])
             target = g.op("Concat", [dim(y, 0), dim(y, 1), count, g.const(np.array([hd], np.int64))], axis=0)
         else:
-            target = g.const(np.array([0, t, heads, hd], np.int64))
+            target = g.const(np.array([0, t, n, hd], np.int64))
         return g.op("Transpose", [g.op("Reshape", [y, target])], perm=perm)
 
+    def repeat_kv(y: str, tail: list[int]) -> str:
+        if n_rep == 1:
+            return y
+        u = g.op("Unsqueeze", [y, g.const(np.array([2], np.int64))])
+        if repeat == "tile":
+            r = g.op("Tile", [u, g.const(np.array([1, 1, n_rep, 1, 1], np.int64))])
+        elif repeat == "expand-runtime":
+            shape = g.op("Concat", [dim(y, 0), g.const(np.array([kv, n_rep, *tail], np.int64))], axis=0)
+            r = g.op("Expand", [u, shape])
+        else:
+            r = g.op("Expand", [u, g.const(np.array([1, kv, n_rep, *tail], np.int64))])
+        return g.op("Reshape", [r, g.const(np.array([-1, heads, *tail], np.int64))])
+
     q = split(proj("x"), [0, 2, 1, 3])
-    k = split(proj("x"), [0, 2, 3, 1])
-    v = split(proj("x"), [0, 2, 1, 3])
+    k = repeat_kv(split(proj("x", kv * hd), [0, 2, 3, 1], kv), [hd, t])
+    v = repeat_kv(split(proj("x", kv * hd), [0, 2, 1, 3], kv), [t, hd])
     s = g.op("Mul", [g.op("MatMul", [q, k]), g.const(np.array(1.0 / np.sqrt(hd), np.float32))])
     if mask:
         s = g.op("Add", [s, g.const(np.triu(np.full((t, t), -1e4, np.float32), 1))])

@@ -167,8 +167,12 @@ def check_target_entry(node: NodeProto, entry: int, ctx: RuleContext) -> None:
     raise Blocked(f"{node_label(node)}: its target has no entry {entry}")
 
 
-def rewrite_target(node: NodeProto, ctx: RewriteContext) -> None:
-    """Write the new sizes of the output axes that lost positions into the target's constant pieces."""
+def rewrite_target(node: NodeProto, ctx: RewriteContext, *, offset: int = 0) -> None:
+    """Write the new sizes of the output axes that lost positions into the target's constant pieces.
+
+    Target entry ``e`` is output axis ``e + offset`` (an Expand target may be shorter than its output). An
+    entry of 1 (Expand: keep the input's size), 0 (Reshape: copy it) or -1 (infer it) needs no rewrite.
+    """
     y = node.output[0]
     old, new = ctx.shape(y), ctx.new_shape(y)
     if old == new:
@@ -182,9 +186,10 @@ def rewrite_target(node: NodeProto, ctx: RewriteContext) -> None:
         if piece.values is None:
             continue
         values = piece.values.copy()
-        for b in range(piece.start, piece.start + piece.length):
-            if old[b] != new[b] and values[b - piece.start] > 0:
-                values[b - piece.start] = new[b]
+        for e in range(piece.start, piece.start + piece.length):
+            b = e + offset
+            if old[b] != new[b] and values[e - piece.start] > 1:
+                values[e - piece.start] = new[b]
         if not np.array_equal(values, piece.values):
             original = ctx.const(piece.node.input[piece.input_index])
             log.debug("%s: target piece %s -> %s", node_label(node), piece.values.tolist(), values.tolist())

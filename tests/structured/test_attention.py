@@ -99,3 +99,33 @@ def test_the_per_head_dim_is_never_cut() -> None:
     dg, g = _head_group(model)
     split_out = [s for s in g.members if s.tensor.startswith("reshape_") and s.axis == 2]
     assert split_out and all(dg.group_of(type(s)(s.tensor, 3)) == () for s in split_out)
+
+
+GQA = [
+    pytest.param(dict(repeat="expand"), id="expand"),
+    pytest.param(dict(repeat="tile"), id="tile"),
+    pytest.param(dict(repeat="expand-runtime", runtime_target=True), id="expand-runtime-targets"),
+    pytest.param(dict(repeat="expand", bias=False, kv_heads=4, heads=8, d=32), id="8q-4kv"),
+]
+
+
+@pytest.mark.parametrize("kw", GQA)
+def test_grouped_query_attention_removes_whole_kv_groups(kw) -> None:
+    """A root is a KV head with all its query heads: K/V lose ``head_dim`` columns, Q loses
+    ``n_rep * head_dim``; the repeat factor is untouched, so it still divides."""
+    kw = {"heads": 4, "kv_heads": 2, "d": 16, **kw}
+    model = builders.attention_block(**kw)
+    dg, g = _head_group(model)
+    hd, n_rep = kw["d"] // kw["heads"], kw["heads"] // kw["kv_heads"]
+    assert g.size == kw["kv_heads"]
+    assert sorted(c.map.size for c in g.sources) == [hd, hd, n_rep * hd]  # type: ignore[attr-defined]
+    for seed in range(3):
+        check_prune(model, plan="random", seed=seed)
+
+
+def test_multi_query_attention_stays_blocked_with_its_reason() -> None:
+    """One KV head for every query head: removing KV groups would remove the attention; pruning query
+    heads inside the group is not done, and the reason says so."""
+    dg = analyze(builders.attention_block(heads=4, kv_heads=1, d=16))
+    q = [g for g in dg.groups if g.sources and g.sources[0].node == "MatMul_3"][0]
+    assert not q.prunable and any("copies, not channels" in b for b in q.blockers)
