@@ -121,7 +121,7 @@ def target_pieces(node: NodeProto, ctx: RuleContext | RewriteContext) -> list[Ta
             raise Blocked(f"{node_label(node)}: the target '{target}' has no readable value")
         return [TargetPiece(0, value.size, value.astype(np.int64).reshape(-1), node, 1)]
     concat = index.producer.get(target)
-    if concat is None or concat.op_type != "Concat" or int(ctx.attr(concat, "axis", 0) or 0) != 0:
+    if concat is None or concat.op_type != "Concat" or ctx.int_attr(concat, "axis", 0) != 0:
         op = f"{node_label(concat)}" if concat is not None else "a graph input"
         raise Blocked(f"{node_label(node)} computes its target shape at runtime with {op}; onnxprune cannot prove "
                       f"it follows the cut (only a Concat of constants and runtime dims is read; constant-fold the "

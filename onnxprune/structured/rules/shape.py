@@ -222,8 +222,7 @@ class ReshapeRule(OpRule):
 
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
         axis = data_axis(node, slot, ctx)
-        x, y = node.input[0], node.output[0]
-        s_in, s_out = ctx.shape(x), ctx.shape(y)
+        y = node.output[0]
         runtime = node.op_type == "Reshape" and not ctx.is_const(node.input[1])
         heads = split_couplings(node, axis, is_output(node, slot), ctx) if node.op_type == "Reshape" else None
         if heads is None:
