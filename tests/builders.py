@@ -659,7 +659,8 @@ def audio_encoder(seed: int = 0, c: int = 8, kernel: int = 100, classes: int = 4
 
 def attention_block(seed: int = 0, d: int = 8, heads: int = 2, t: int = 4, *, bias: bool = True,
                     runtime_target: bool = False, mask: bool = True, shape_op: str = "",
-                    gemm_out: bool = False, kv_heads: int | None = None, repeat: str = "expand") -> onnx.ModelProto:
+                    gemm_out: bool = False, kv_heads: int | None = None, repeat: str = "expand",
+                    fused: str = "") -> onnx.ModelProto:
     """Multi-head self-attention over ``x [B, T, d]`` with a residual, as torch/HF export it.
 
     Q, K, V = MatMul (+ Add bias) → Reshape [B, T, heads, d/heads] → Transpose → Q·Kᵀ → Mul scale → Add mask
@@ -670,7 +671,8 @@ def attention_block(seed: int = 0, d: int = 8, heads: int = 2, t: int = 4, *, bi
     ``kv_heads`` < ``heads`` gives grouped-query attention: K and V have ``kv_heads`` heads, each repeated for
     ``heads / kv_heads`` query heads as Hugging Face's ``repeat_kv`` exports it (``Unsqueeze -> Expand ->
     Reshape``, or ``Tile`` with ``repeat="tile"``; ``repeat="expand-runtime"`` builds the Expand target as a
-    ``Concat`` of the runtime batch and constants).
+    ``Concat`` of the runtime batch and constants). ``fused="split"`` or ``"slice"`` computes Q, K, V with one
+    packed ``[d, 3d]`` weight (GPT-2's ``c_attn``) cut apart by ``Split`` or three ``Slice`` nodes.
     """
     g = GraphBuilder(seed)
     hd = d // heads
@@ -707,9 +709,18 @@ def attention_block(seed: int = 0, d: int = 8, heads: int = 2, t: int = 4, *, bi
             r = g.op("Expand", [u, g.const(np.array([1, kv, n_rep, *tail], np.int64))])
         return g.op("Reshape", [r, g.const(np.array([-1, heads, *tail], np.int64))])
 
-    q = split(proj("x"), [0, 2, 1, 3])
-    k = repeat_kv(split(proj("x", kv * hd), [0, 2, 3, 1], kv), [hd, t])
-    v = repeat_kv(split(proj("x", kv * hd), [0, 2, 1, 3], kv), [t, hd])
+    if fused:
+        packed = proj("x", 3 * d)
+        if fused == "split":
+            parts = g.op("Split", [packed, g.const(np.array([d, d, d], np.int64))], n_out=3, axis=2)
+        else:
+            parts = [g.op("Slice", [packed, g.const(np.array([k * d], np.int64)), g.const(np.array([(k + 1) * d], np.int64)),
+                                    g.const(np.array([2], np.int64))]) for k in range(3)]
+        q, k, v = (split(parts[0], [0, 2, 1, 3]), split(parts[1], [0, 2, 3, 1]), split(parts[2], [0, 2, 1, 3]))
+    else:
+        q = split(proj("x"), [0, 2, 1, 3])
+        k = repeat_kv(split(proj("x", kv * hd), [0, 2, 3, 1], kv), [hd, t])
+        v = repeat_kv(split(proj("x", kv * hd), [0, 2, 1, 3], kv), [t, hd])
     s = g.op("Mul", [g.op("MatMul", [q, k]), g.const(np.array(1.0 / np.sqrt(hd), np.float32))])
     if mask:
         s = g.op("Add", [s, g.const(np.triu(np.full((t, t), -1e4, np.float32), 1))])

@@ -26,12 +26,14 @@ CASES = [
     pytest.param(dict(heads=4, d=16, runtime_target=True), id="runtime-4-heads"),
     pytest.param(dict(heads=4, d=16, runtime_target=True, bias=False, mask=False), id="runtime-no-bias"),
     pytest.param(dict(heads=4, d=16, gemm_out=True), id="gemm-output-projection"),
+    pytest.param(dict(heads=2, fused="split"), id="fused-qkv-split"),
+    pytest.param(dict(heads=4, d=16, fused="slice", runtime_target=True), id="fused-qkv-slice-runtime"),
 ]
 
 
 def _head_group(model):
     dg = analyze(model)
-    heads = [g for g in dg.prunable_groups if len(g.sources) == 3]
+    heads = dg.prunable_groups  # the output projection feeds the graph output: only the heads are prunable
     assert len(heads) == 1, dg.summary()
     return dg, heads[0]
 
@@ -42,8 +44,16 @@ def test_head_group_is_whole_heads_of_q_k_v_and_the_output_rows(kw) -> None:
     dg, g = _head_group(model)
     hd = kw.get("d", 8) // kw["heads"]
     assert g.size == kw["heads"]
-    assert all(c.map == Block(hd) for c in g.sources) and len(g.sinks) == 1 and g.sinks[0].map == Block(hd)
-    assert len([c for c in g.cuts if c.role == "param"]) == (3 if kw.get("bias", True) else 0)
+    assert len(g.sinks) == 1 and g.sinks[0].map == Block(hd)
+    if kw.get("fused"):  # one packed weight: head h owns columns [h*hd, (h+1)*hd) of each of Q, K and V
+        (src,) = g.sources
+        d = kw.get("d", 8)
+        want = np.concatenate([np.arange(hd) + k * d for k in range(3)])
+        assert src.positions(np.array([0])).tolist() == want.tolist()
+        assert src.positions(np.array([1])).tolist() == (want + hd).tolist()
+    else:
+        assert all(c.map == Block(hd) for c in g.sources) and len(g.sources) == 3
+        assert len([c for c in g.cuts if c.role == "param"]) == (3 if kw.get("bias", True) else 0)
 
 
 @pytest.mark.parametrize("kw", CASES)
