@@ -714,8 +714,9 @@ def attention_block(seed: int = 0, d: int = 8, heads: int = 2, t: int = 4, *, bi
         if fused == "split":
             parts = g.op("Split", [packed, g.const(np.array([d, d, d], np.int64))], n_out=3, axis=2)
         else:
-            parts = [g.op("Slice", [packed, g.const(np.array([k * d], np.int64)), g.const(np.array([(k + 1) * d], np.int64)),
-                                    g.const(np.array([2], np.int64))]) for k in range(3)]
+            parts = [g.op("Slice", [packed, g.const(np.array([k * d], np.int64)),
+                                    g.const(np.array([(k + 1) * d], np.int64)), g.const(np.array([2], np.int64))])
+                     for k in range(3)]
         q, k, v = (split(parts[0], [0, 2, 1, 3]), split(parts[1], [0, 2, 3, 1]), split(parts[2], [0, 2, 1, 3]))
     else:
         q = split(proj("x"), [0, 2, 1, 3])
