@@ -666,8 +666,8 @@ def attention_block(seed: int = 0, d: int = 8, heads: int = 2, t: int = 4, *, bi
     Q, K, V = MatMul (+ Add bias) → Reshape [B, T, heads, d/heads] → Transpose → Q·Kᵀ → Mul scale → Add mask
     → Softmax → ·V → Transpose → Reshape [B, T, d] → output MatMul (+ bias) → + x. ``runtime_target`` builds
     the reshape targets as torch does: ``Concat(Unsqueeze(Gather(Shape(x), i)), ..., [heads], [head_dim])``
-    and ``Concat(Slice(Shape(ctx), 0, 2), [d])``. ``shape_op`` computes the ``heads`` piece of every split
-    target with that op (``Max`` of two constants) instead of storing it: unknown shape arithmetic.
+    and ``Concat(Slice(Shape(ctx), 0, 2), [d])``. ``shape_op`` computes the ``heads`` and ``head_dim`` pieces of
+    every split target with that op (``Max`` of two constants) instead of storing them: unknown shape arithmetic.
     ``kv_heads`` < ``heads`` gives grouped-query attention: K and V have ``kv_heads`` heads, each repeated for
     ``heads / kv_heads`` query heads as Hugging Face's ``repeat_kv`` exports it (``Unsqueeze -> Expand ->
     Reshape``, or ``Tile`` with ``repeat="tile"``; ``repeat="expand-runtime"`` builds the Expand target as a
@@ -691,7 +691,9 @@ def attention_block(seed: int = 0, d: int = 8, heads: int = 2, t: int = 4, *, bi
         if runtime_target:
             count = g.op(shape_op, [g.const(np.array([n], np.int64)), g.const(np.array([1], np.int64))]) \
                 if shape_op else g.op("Unsqueeze", [g.const(np.array(n, np.int64)), g.const(np.array([0], np.int64))])
-            target = g.op("Concat", [dim(y, 0), dim(y, 1), count, g.const(np.array([hd], np.int64))], axis=0)
+            size = g.op(shape_op, [g.const(np.array([hd], np.int64)), g.const(np.array([1], np.int64))]) \
+                if shape_op else g.const(np.array([hd], np.int64))
+            target = g.op("Concat", [dim(y, 0), dim(y, 1), count, size], axis=0)
         else:
             target = g.const(np.array([0, t, n, hd], np.int64))
         return g.op("Transpose", [g.op("Reshape", [y, target])], perm=perm)

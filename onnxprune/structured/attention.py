@@ -30,7 +30,7 @@ from onnx import NodeProto
 
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.ir import node_label
-from onnxprune.structured.axes import Block, Coupling
+from onnxprune.structured.axes import Block, Coupling, Table
 from onnxprune.structured.rules.base import Blocked, RewriteContext, RuleContext
 
 log = logging.getLogger(__name__)
@@ -55,29 +55,72 @@ def head_split(s_in: tuple[int, ...], s_out: tuple[int, ...], axis: int) -> int 
     return None
 
 
-def split_couplings(node: NodeProto, axis: int, output_side: bool, ctx: RuleContext) -> list[Coupling] | None:
-    """Couplings of a Reshape that splits a width into heads, or None when ``axis`` is no head split.
+def _moved(node: NodeProto, axis: int, ctx: RuleContext) -> int | None:
+    """Where axis ``axis`` of the input of an Unsqueeze/Squeeze/Transpose lands in its output (None: gone)."""
+    rank = ctx.rank(node.input[0])
+    if node.op_type == "Transpose":
+        perm = ctx.ints_attr(node, "perm") or list(range(rank - 1, -1, -1))
+        return perm.index(axis)
+    given = ctx.folded(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    axes = [int(a) for a in given.reshape(-1)] if given is not None else ctx.ints_attr(node, "axes")
+    if node.op_type == "Unsqueeze":
+        out_rank = rank + len(axes)
+        inserted = {a + out_rank if a < 0 else a for a in axes}
+        kept = [b for b in range(out_rank) if b not in inserted]
+        return kept[axis]
+    shape = ctx.shape(node.input[0])
+    squeezed = {a + rank if a < 0 else a for a in axes} if axes else {a for a in range(rank) if shape[a] == 1}
+    return None if axis in squeezed else axis - sum(1 for a in squeezed if a < axis)
 
-    ``axis`` is an axis of the input (``output_side`` False) or of the output. The per-head axis of the
-    output is refused: heads are cut whole, never inside.
+
+def _parts_axis(name: str, axis: int, ctx: RuleContext) -> bool:
+    """Whether axis ``axis`` of ``name`` only selects parts: every reader (after Unsqueeze/Squeeze/Transpose
+    moves) is a Gather with constant indices on that axis, as torch cuts a packed QKV projection apart."""
+    for _ in range(16):
+        users = ctx.index.consumers.get(name, [])
+        if not users or name in ctx.index.graph_outputs:
+            return False
+        if len(users) == 1 and users[0].op_type in ("Unsqueeze", "Squeeze", "Transpose"):
+            moved = _moved(users[0], axis, ctx)
+            if moved is None:
+                return False
+            name, axis = users[0].output[0], moved
+            continue
+        rank = ctx.rank(name)
+        return all(u.op_type == "Gather" and u.input[0] == name and name not in u.input[1:]
+                   and ctx.int_attr(u, "axis", 0) % rank == axis and ctx.folded(u.input[1]) is not None
+                   for u in users)
+    return False
+
+
+def split_couplings(node: NodeProto, axis: int, output_side: bool, ctx: RuleContext) -> list[Coupling] | None:
+    """Couplings of a Reshape that splits a width ``P*Q`` into ``(P, Q)``, or None when ``axis`` is no such split.
+
+    Two readings, chosen by what reads the leading ``P`` axis: when only Gathers with constant indices
+    select its parts (a packed ``[3E]`` QKV projection reshaped to ``[3, E]``), channel ``j`` of the ``Q``
+    axis is input positions ``k*Q + j`` of every part; otherwise the ``P`` axis is the heads and each head is
+    a block of ``Q`` input channels, and the per-head axis is refused: heads are cut whole, never inside.
+    ``axis`` is an axis of the input (``output_side`` False) or of the output.
     """
     x, y = node.input[0], node.output[0]
     s_in, s_out = ctx.shape(x), ctx.shape(y)
-    if output_side:
-        for a in range(len(s_in)):
-            b = head_split(s_in, s_out, a)
-            if b is None:
-                continue
-            if b == axis:
-                return [Coupling(ctx.slot(y, b), ctx.slot(x, a), Block(s_out[b + 1]))]
-            if b + 1 == axis:
-                raise Blocked(f"{node_label(node)}: axis {axis} of '{y}' {s_out} is the per-head dim of a head "
-                              f"split; heads are cut whole, never inside")
-        return None
-    b = head_split(s_in, s_out, axis)
-    if b is None:
-        return None
-    return [Coupling(ctx.slot(y, b), ctx.slot(x, axis), Block(s_out[b + 1]))]
+    candidates = range(len(s_in)) if output_side else [axis]
+    for a in candidates:
+        b = head_split(s_in, s_out, a)
+        if b is None or (output_side and axis not in (b, b + 1)):
+            continue
+        p, q = s_out[b], s_out[b + 1]
+        if _parts_axis(y, b, ctx):
+            if output_side and axis == b:
+                raise Blocked(f"{node_label(node)}: axis {axis} of '{y}' {s_out} selects the parts of a packed "
+                              f"projection; it cannot be cut")
+            positions = np.arange(p * q, dtype=np.int64)
+            return [Coupling(ctx.slot(y, b + 1), ctx.slot(x, a), Table(positions, positions % q))]
+        if output_side and axis == b + 1:
+            raise Blocked(f"{node_label(node)}: axis {axis} of '{y}' {s_out} is the per-head dim of a head "
+                          f"split; heads are cut whole, never inside")
+        return [Coupling(ctx.slot(y, b), ctx.slot(x, a), Block(q))]
+    return None
 
 
 @dataclass(frozen=True)
@@ -107,6 +150,27 @@ def _single_reader(name: str, ctx: RuleContext | RewriteContext, what: str) -> N
                       f"them all")
 
 
+def _piece_length(name: str, ctx: RuleContext | RewriteContext) -> int | None:
+    """Length of a 1-D piece of a target: inferred, or a ``Slice`` of a ``Shape`` with constant bounds."""
+    shape = ctx._lookup(name)
+    if shape is not None and len(shape) == 1 and isinstance(shape[0], int) and shape[0] >= 0:
+        return int(shape[0])
+    node = ctx.index.producer.get(name)
+    if node is None or node.op_type != "Slice" or ctx.opset < 10:
+        return None
+    source = ctx.index.producer.get(node.input[0])
+    if source is None or source.op_type != "Shape" or ctx.opset >= 15 and any(a.name in ("start", "end")
+                                                                                for a in source.attribute):
+        return None
+    bounds = [ctx.folded(node.input[k]) if len(node.input) > k and node.input[k] else None for k in (1, 2, 3, 4)]
+    if bounds[0] is None or bounds[1] is None or (len(node.input) > 3 and node.input[3] and bounds[2] is None):
+        return None
+    step = int(bounds[3].reshape(-1)[0]) if bounds[3] is not None else 1
+    rank = len(ctx._lookup(source.input[0]) or ())
+    return len(range(rank)[slice(int(bounds[0].reshape(-1)[0]), int(bounds[1].reshape(-1)[0]), step)]) \
+        if rank else None
+
+
 def target_pieces(node: NodeProto, ctx: RuleContext | RewriteContext) -> list[TargetPiece]:
     """The pieces of a Reshape's target (a constant, or a ``Concat`` of constants and runtime values).
 
@@ -127,39 +191,94 @@ def target_pieces(node: NodeProto, ctx: RuleContext | RewriteContext) -> list[Ta
                       f"it follows the cut (only a Concat of constants and runtime dims is read; constant-fold the "
                       f"model first)")
     _single_reader(target, ctx, f"{node_label(node)}: the target")
+    return _concat_pieces(concat, 0, ctx.rank(node.output[0]), ctx)
+
+
+def _concat_pieces(concat: NodeProto, start: int, total: int, ctx: RuleContext | RewriteContext) -> list[TargetPiece]:
+    """Pieces of a ``Concat`` (axis 0) of ``total`` entries starting at entry ``start``; a piece that is itself
+    a single-reader ``Concat`` (torch's ``unflatten`` sizes) is read piece by piece."""
+    index = ctx.index
+    lengths = [_piece_length(name, ctx) for name in concat.input]
+    unknown = [k for k, n in enumerate(lengths) if n is None]
+    if len(unknown) == 1:  # the entries add up to the whole
+        lengths[unknown[0]] = total - sum(n for n in lengths if n is not None)
     pieces: list[TargetPiece] = []
-    start = 0
     for k, name in enumerate(concat.input):
-        shape = ctx._lookup(name)
-        if shape is None or len(shape) != 1 or not isinstance(shape[0], int) or shape[0] < 0:
-            raise Blocked(f"{node_label(concat)}: the length of target piece '{name}' is unknown ({shape})")
-        n = int(shape[0])
+        n = lengths[k]
+        if n is None or n < 0:
+            raise Blocked(f"{node_label(concat)}: the length of target piece '{name}' is unknown "
+                          f"({ctx._lookup(name)})")
         value = index.const_value(name) if index.is_constant(name) else None
+        producer = index.producer.get(name)
+        data = producer.input[0] if producer is not None and producer.input else ""
         if value is not None:
             pieces.append(TargetPiece(start, n, value.astype(np.int64).reshape(-1), concat, k))
+        elif producer is not None and producer.op_type == "Unsqueeze" and index.is_constant(data) \
+                and index.const_value(data) is not None:
+            _single_reader(name, ctx, f"{node_label(concat)}: the target piece")
+            scalar = np.asarray(index.const_value(data))
+            pieces.append(TargetPiece(start, n, scalar.astype(np.int64).reshape(-1), producer, 0))
+        elif producer is not None and producer.op_type == "Concat" and ctx.int_attr(producer, "axis", 0) == 0 \
+                and len(index.consumers.get(name, [])) == 1 and name not in index.graph_outputs:
+            pieces.extend(_concat_pieces(producer, start, n, ctx))
         else:
-            producer = index.producer.get(name)
-            data = producer.input[0] if producer is not None and producer.input else ""
-            scalar = index.const_value(data) if producer is not None and producer.op_type == "Unsqueeze" \
-                and index.is_constant(data) else None
-            if scalar is not None and producer is not None:
-                _single_reader(name, ctx, f"{node_label(concat)}: the target piece")
-                pieces.append(TargetPiece(start, n, scalar.astype(np.int64).reshape(-1), producer, 0))
-            else:
-                origin = node_label(producer) if producer is not None else f"graph input '{name}'"
-                pieces.append(TargetPiece(start, n, None, concat, k, origin))
+            origin = node_label(producer) if producer is not None else f"graph input '{name}'"
+            pieces.append(TargetPiece(start, n, None, concat, k, origin))
         start += n
     return pieces
 
 
-def check_target_entry(node: NodeProto, entry: int, ctx: RuleContext) -> None:
-    """Raise :class:`Blocked` unless target entry ``entry`` of a runtime-target Reshape can be rewritten."""
-    for piece in target_pieces(node, ctx):
+#: Ops whose outputs are non-negative when their inputs are (shape entries read and combined).
+_NONNEGATIVE_OPS = frozenset({"Shape", "Gather", "Slice", "Squeeze", "Unsqueeze", "Cast", "Concat", "Reshape",
+                              "Identity", "Mul", "Div"})
+
+
+def _nonnegative(name: str, ctx: RuleContext, budget: int = 64) -> bool:
+    """Whether a runtime shape value is provably >= 0: built from ``Shape`` by ops that keep signs, with
+    non-negative constant factors (indices of Gather/Slice may be anything)."""
+    stack, seen = [name], set()
+    while stack and budget > 0:
+        t = stack.pop()
+        budget -= 1
+        if t in seen:
+            continue
+        seen.add(t)
+        node = ctx.index.producer.get(t)
+        if node is None or ctx.index.is_constant(t):
+            value = ctx.folded(t)
+            if value is None or (value < 0).any():
+                return False
+            continue
+        if node.op_type not in _NONNEGATIVE_OPS:
+            return False
+        if node.op_type == "Shape":
+            continue
+        data = node.input[:1] if node.op_type in ("Gather", "Slice", "Squeeze", "Unsqueeze", "Reshape") else \
+            list(node.input)
+        stack.extend(i for i in data if i)
+    return not stack
+
+
+def check_target_entry(node: NodeProto, entry: int, ctx: RuleContext, *, infer: bool = False) -> None:
+    """Raise :class:`Blocked` unless target entry ``entry`` of a runtime target can be rewritten.
+
+    A constant piece is rewritten with the new size. With ``infer`` (a Reshape), a runtime piece of one
+    entry is replaced by ``-1`` (the size inferred from the others), when no other entry can be ``-1``: the
+    other constant pieces are not, and the other runtime pieces are provably non-negative shape values.
+    """
+    pieces = target_pieces(node, ctx)
+    for piece in pieces:
         if piece.start <= entry < piece.start + piece.length:
             if piece.values is None:
+                others = [p for p in pieces if p is not piece]
+                if infer and piece.length == 1 and all(
+                        (p.values is not None and not (p.values < 0).any())
+                        or (p.values is None and _nonnegative(p.node.input[p.input_index], ctx)) for p in others):
+                    return
                 raise Blocked(f"{node_label(node)}: entry {entry} of its target, which changes with the cut, is "
-                              f"computed at runtime by {piece.origin}; onnxprune rewrites only constant pieces "
-                              f"(constant-fold the model first)")
+                              f"computed at runtime by {piece.origin}; onnxprune rewrites only constant pieces, or "
+                              f"a Reshape's single runtime entry when the others are known dims (constant-fold the "
+                              f"model first)")
             if piece.values[entry - piece.start] == 0:
                 raise Blocked(f"{node_label(node)}: entry {entry} of its target copies an input dim (0); onnxprune "
                               f"cannot prove which")
@@ -182,8 +301,16 @@ def rewrite_target(node: NodeProto, ctx: RewriteContext, *, offset: int = 0) -> 
     except Blocked as exc:  # the analysis blocked such groups: reaching here is a bug
         raise OnnxPruneError(f"{node_label(node)}: the target cannot be rewritten at surgery ({exc}); this is a "
                              f"bug in the attention rule, please report it with the model") from exc
+    inferred = 0
     for piece in pieces:
         if piece.values is None:
+            if any(old[b] != new[b] for b in range(piece.start + offset, piece.start + offset + piece.length)):
+                # the analysis proved this is the Reshape's only entry that can be -1 (check_target_entry)
+                inferred += 1
+                if inferred > 1 or node.op_type != "Reshape":
+                    raise OnnxPruneError(f"{node_label(node)}: more than one runtime entry of its target changes; "
+                                         f"this is a bug in the attention rule, please report it with the model")
+                ctx.set_const_input(piece.node, piece.input_index, np.array([-1], dtype=np.int64))
             continue
         values = piece.values.copy()
         for e in range(piece.start, piece.start + piece.length):

@@ -228,7 +228,7 @@ class ReshapeRule(OpRule):
         if heads is None:
             heads = self._folds(node, axis, is_output(node, slot), ctx)
         if runtime:  # the output axis that changes with the cut must be a constant piece of the target
-            check_target_entry(node, heads[0].a.axis if heads[0].a.tensor == y else heads[0].b.axis, ctx)
+            check_target_entry(node, heads[0].a.axis if heads[0].a.tensor == y else heads[0].b.axis, ctx, infer=True)
         return heads
 
     def _folds(self, node: NodeProto, axis: int, output_side: bool, ctx: RuleContext) -> list[Coupling]:
@@ -270,8 +270,8 @@ class ReshapeRule(OpRule):
 def _read_positions(node: NodeProto, ctx: RuleContext, n: int) -> tuple[set[int], str]:
     """Which entries of a ``Shape`` output (length ``n``) its consumers read, and the first reader of all.
 
-    A ``Gather`` (axis 0) or ``Slice`` (axis 0) with constant indices reads only those entries; any other
-    consumer (a graph output included) is taken to read every entry.
+    A ``Gather`` (axis 0) or ``Slice`` (axis 0) with constant indices (stored, or computed from constants
+    only) reads only those entries; any other consumer (a graph output included) is taken to read every entry.
     """
     out = node.output[0]
     read: set[int] = set()
@@ -280,15 +280,15 @@ def _read_positions(node: NodeProto, ctx: RuleContext, n: int) -> tuple[set[int]
     everything = ""
     for user in ctx.index.consumers.get(out, []):
         if user.op_type == "Gather" and user.input[0] == out and out not in user.input[1:] \
-                and ctx.int_attr(user, "axis", 0) == 0 and ctx.is_const(user.input[1]):
-            idx = ctx.const(user.input[1]).astype(np.int64).reshape(-1)
+                and ctx.int_attr(user, "axis", 0) == 0 and ctx.folded(user.input[1]) is not None:
+            idx = np.asarray(ctx.folded(user.input[1])).astype(np.int64).reshape(-1)
             read.update(int(i) + n if i < 0 else int(i) for i in idx)
             continue
         if user.op_type == "Slice" and user.input[0] == out and out not in user.input[1:] and ctx.opset >= 10 \
-                and all(ctx.is_const(i) for i in user.input[1:] if i):
+                and all(ctx.folded(i) is not None for i in user.input[1:] if i):
             starts, ends, axes, steps = (
-                [int(v) for v in ctx.const(user.input[k]).reshape(-1)] if len(user.input) > k and user.input[k]
-                else None for k in (1, 2, 3, 4))
+                [int(v) for v in np.asarray(ctx.folded(user.input[k])).reshape(-1)]
+                if len(user.input) > k and user.input[k] else None for k in (1, 2, 3, 4))
             if starts is not None and ends is not None and all(a in (0, -1) for a in (axes or [0])):
                 read.update(range(n)[slice(starts[0], ends[0], (steps or [1])[0])])
                 continue
