@@ -7,6 +7,8 @@ zeroed) in onnxruntime and the reference evaluator, with the exact parameter dro
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import builders
 import numpy as np
 import pytest
@@ -139,3 +141,48 @@ def test_multi_query_attention_stays_blocked_with_its_reason() -> None:
     dg = analyze(builders.attention_block(heads=4, kv_heads=1, d=16))
     q = [g for g in dg.groups if g.sources and g.sources[0].node == "MatMul_3"][0]
     assert not q.prunable and any("copies, not channels" in b for b in q.blockers)
+
+
+# -- torch's nn.MultiheadAttention exports (committed models) ---------------------------------------------
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.mark.parametrize("name", ["digits_transformer", "tv_vit_b_16"])
+def test_torch_multihead_attention_heads_are_prunable_and_exact(name: str) -> None:
+    """torch packs Q, K, V in one ``[E, 3E]`` weight, reshapes its output to ``[.., 3, E]``, picks the parts
+    with Gather, splits heads with a runtime target ``Concat(S, B*num_heads, head_dim)`` and merges them with
+    ``Concat(S*B, E)`` read from the stream's shape. Every layer's 4 heads of 16 channels are one group:
+    head ``h`` owns 16 columns in each of Q, K and V of the packed weight and 16 input rows of out_proj."""
+    from onnxprune.core.io import load_model
+
+    model = load_model(MODELS / f"{name}.onnx")
+    dg = analyze(model)
+    heads = [g for g in dg.prunable_groups if any("self_att" in c.node for c in g.sinks)]
+    assert len(heads) == (2 if name == "digits_transformer" else 4), dg.summary()
+    for g in heads:
+        (src,) = g.sources
+        assert g.size == 4 and g.sinks[0].map == Block(16)
+        assert src.positions(np.array([1])).tolist() == [p + k * 64 for k in range(3) for p in range(16, 32)]
+    for seed in range(2):
+        check_prune(model, plan="random", seed=seed, evaluator=False)
+    check_prune(model, ratio=0.5, evaluator=False)
+
+
+@pytest.mark.parametrize("name", ["digits_transformer", "tv_vit_b_16"])
+def test_pruned_torch_attention_keeps_dynamic_batch(name: str) -> None:
+    """The replaced runtime entries (``-1``) and rewritten head counts hold at any batch size."""
+    from oracle_check import assert_close, run_ort, seeded_feeds
+
+    from onnxprune.core.io import load_model
+    from onnxprune.structured.oracle import zeroed_reference
+    from onnxprune.structured.plan import make_plan
+
+    model = load_model(MODELS / f"{name}.onnx")
+    dg = analyze(model)
+    plan = make_plan(model, dg, ratio=0.5)
+    pruned = apply_plan(model, plan, dg=dg)
+    reference = zeroed_reference(model, dg, plan)
+    for batch in (1, 5):
+        feeds = {k: np.repeat(v[:1], batch, axis=0) + np.float32(0.1) * batch
+                 for k, v in seeded_feeds(model, 0).items()}
+        assert_close(run_ort(pruned, feeds), run_ort(reference, feeds), 1e-4, f"batch {batch}")
