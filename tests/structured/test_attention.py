@@ -180,6 +180,9 @@ def test_pruned_torch_attention_keeps_dynamic_batch(name: str) -> None:
     model = load_model(MODELS / f"{name}.onnx")
     dg = analyze(model)
     plan = make_plan(model, dg, ratio=0.5)
+    cut_heads = [gid for gid, keep in plan.keep.items()
+                 if len(keep) < dg.groups[gid].size and any("self_att" in c.node for c in dg.groups[gid].sinks)]
+    assert len(cut_heads) == (2 if name == "digits_transformer" else 4)
     pruned = apply_plan(model, plan, dg=dg)
     reference = zeroed_reference(model, dg, plan)
     for batch in (1, 5):
