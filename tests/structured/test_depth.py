@@ -83,7 +83,7 @@ def test_consecutive_blocks_removed_together_chain_the_stream() -> None:
     """y1 = x + f(x); y2 = y1 + g(y1): removing both leaves y2 = x."""
     g = builders.GraphBuilder(0)
     y = "x"
-    for k in range(3):
+    for _ in range(3):
         h = g.op("Relu", [g.op("MatMul", [y, g.weight((8, 16))])])
         y = g.op("Add", [y, g.op("Add", [g.op("MatMul", [h, g.weight((16, 8))]), g.weight((8,), "b")])])
     g.nodes.append(onnx.helper.make_node("MatMul", [y, g.weight((8, 3))], ["out"], name="head"))
