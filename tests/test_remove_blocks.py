@@ -57,3 +57,11 @@ def test_bad_remove_blocks_is_one_line(flags: list[str], message: str, tmp_path:
 def test_remove_blocks_is_a_structured_option() -> None:
     with pytest.raises(ConfigError, match="remove_blocks"):
         PruneConfig(mode="unstructured", remove_blocks=1)
+
+
+def test_analyze_lists_residual_blocks_lowest_norm_first(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", str(MODELS / "digits_transformer.onnx")]) == 0
+    text = capsys.readouterr().out
+    assert "residual blocks: 4 removable with --remove-blocks" in text
+    lines = [line for line in text.splitlines() if " last /encoder" in line]
+    assert [("self_attn" in line) for line in lines] == [True, True, False, False]

@@ -57,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"      layers: {', '.join(g['layers']) or '-'}")
                 for m in g["members"]:
                     print(f"      {m}")
+    blocks = summary.get("residual_blocks")
+    if blocks:
+        print(f"residual blocks: {len(blocks)} removable with --remove-blocks (smallest norm of the last "
+              f"projection goes first)")
+        for b in sorted(blocks, key=lambda b: b["score"]):
+            print(f"  {short(b['add'], 44):<44} last {short(b['last'], 40):<40} norm {b['score']:.3g}")
     for reason in summary.get("unanalysed", []):
         print(f"  not analysed: {reason}")
     if summary.get("analysis_error"):
