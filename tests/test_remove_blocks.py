@@ -65,3 +65,11 @@ def test_analyze_lists_residual_blocks_lowest_norm_first(capsys: pytest.CaptureF
     assert "residual blocks: 4 removable with --remove-blocks" in text
     lines = [line for line in text.splitlines() if " last /encoder" in line]
     assert [("self_attn" in line) for line in lines] == [True, True, False, False]
+
+
+def test_dry_run_names_the_blocks_it_would_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.onnx"
+    assert main(["prune", str(MODELS / "tv_resnet18.onnx"), "-o", str(out), "--remove-blocks", "2",
+                 "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "residual block /layer1/layer1.1/Add removed" in text and not out.exists()
