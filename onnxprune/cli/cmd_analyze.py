@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
               f"coverage {summary.get('coverage', 0.0):.1%} of prunable MACs")
         for g in groups:
             state = "prunable" if not g["blockers"] else "blocked: " + "; ".join(g["blockers"])
+            if g.get("attention"):
+                state += f" (attention: {g['attention']['heads']} heads of {g['attention']['head_channels']} channels)"
             print(f"  group {g['id']:<4} {short(g['name'], 44):<44} {g['size']:>6} channels  {state}")
             if args.groups:
                 print(f"      layers: {', '.join(g['layers']) or '-'}")

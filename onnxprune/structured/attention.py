@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import NodeProto
@@ -33,7 +34,28 @@ from onnxprune.core.ir import node_label
 from onnxprune.structured.axes import Block, Coupling, Table
 from onnxprune.structured.rules.base import Blocked, RewriteContext, RuleContext
 
+if TYPE_CHECKING:  # analysis imports the rules, which import this module
+    from onnxprune.structured.analysis import ChannelGroup
+
 log = logging.getLogger(__name__)
+
+
+def attention_heads(group: ChannelGroup) -> dict[str, int] | None:
+    """``{"heads": n, "head_channels": k}`` when a group is attention heads cut whole, else None.
+
+    Recognised by its effect: every root channel is a block of ``k > 1`` input rows of the output projection
+    (its sinks) and of MatMul/Gemm columns (its sources, Q/K/V, packed or not). With grouped-query attention
+    a root is a KV group and ``k`` counts the channels of all its query heads.
+    """
+    sinks, sources = group.sinks, group.sources
+    if not sinks or not sources or any(c.op_type not in ("MatMul", "Gemm") for c in sources + sinks):
+        return None
+    sizes = {len(c.positions(np.array([0], dtype=np.int64))) for c in sinks}
+    if len(sizes) != 1 or min(sizes) <= 1 or not all(isinstance(c.map, Block) for c in sinks):
+        return None
+    if all(len(c.positions(np.array([0], dtype=np.int64))) == 1 for c in sources):
+        return None
+    return {"heads": group.size, "head_channels": sizes.pop()}
 
 
 def _prod(values: tuple[int, ...]) -> int:

@@ -189,3 +189,15 @@ def test_pruned_torch_attention_keeps_dynamic_batch(name: str) -> None:
         feeds = {k: np.repeat(v[:1], batch, axis=0) + np.float32(0.1) * batch
                  for k, v in seeded_feeds(model, 0).items()}
         assert_close(run_ort(pruned, feeds), run_ort(reference, feeds), 1e-4, f"batch {batch}")
+
+
+def test_analyze_describes_attention_groups() -> None:
+    from onnxprune.core.io import load_model
+    from onnxprune.structured.prune import describe_groups
+
+    groups = describe_groups(load_model(MODELS / "digits_transformer.onnx"))["groups"]
+    described = [g["attention"] for g in groups if g["attention"]]
+    assert described == [{"heads": 4, "head_channels": 16}] * 2
+    assert all(g["attention"] is None for g in groups if "linear1" in g["name"])  # an FFN is no attention
+    gqa = describe_groups(builders.attention_block(heads=4, kv_heads=2, d=16))["groups"]
+    assert [g["attention"] for g in gqa if g["attention"]] == [{"heads": 2, "head_channels": 8}]  # KV groups
