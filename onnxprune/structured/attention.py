@@ -293,7 +293,8 @@ def check_target_entry(node: NodeProto, entry: int, ctx: RuleContext, *, infer: 
         if piece.start <= entry < piece.start + piece.length:
             if piece.values is None:
                 others = [p for p in pieces if p is not piece]
-                if infer and piece.length == 1 and all(
+                literal_zero = ctx.opset >= 14 and ctx.int_attr(node, "allowzero", 0) == 1  # -1 needs no 0 dims
+                if infer and piece.length == 1 and not literal_zero and all(
                         (p.values is not None and not (p.values < 0).any())
                         or (p.values is None and _nonnegative(p.node.input[p.input_index], ctx)) for p in others):
                     return

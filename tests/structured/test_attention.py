@@ -201,3 +201,29 @@ def test_analyze_describes_attention_groups() -> None:
     assert all(g["attention"] is None for g in groups if "linear1" in g["name"])  # an FFN is no attention
     gqa = describe_groups(builders.attention_block(heads=4, kv_heads=2, d=16))["groups"]
     assert [g["attention"] for g in gqa if g["attention"]] == [{"heads": 2, "head_channels": 8}]  # KV groups
+
+
+@pytest.mark.parametrize("allowzero", [0, 1])
+def test_a_runtime_head_count_becomes_minus_one_unless_allowzero(allowzero: int) -> None:
+    """The changing entry computed at run time (by ``Max``) is replaced by -1 when every other entry is a
+    known dim; with ``allowzero=1`` a runtime 0 would be a literal empty dim, so it stays blocked."""
+    from onnx import helper, numpy_helper
+
+    model = builders.attention_block(heads=2, runtime_target=True, shape_op="Max")
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type == "Concat" and len(node.input) == 4:  # (B, T, heads, head_dim) of a split
+            name = f"{node.name}_head_dim"
+            model.graph.initializer.append(numpy_helper.from_array(np.array([4], np.int64), name))
+            assert producers[node.input[3]].op_type == "Max"
+            node.input[3] = name
+        if node.op_type == "Reshape":
+            node.attribute.append(helper.make_attribute("allowzero", allowzero))
+    dg = analyze(model)
+    heads = [g for g in dg.groups if len(g.sources) == 3]
+    if allowzero:
+        assert not heads and any("computed at runtime by 'Max_" in " ".join(g.blockers) for g in dg.groups)
+    else:
+        assert len(heads) == 1 and heads[0].prunable
+        for seed in range(2):
+            check_prune(model, plan="random", seed=seed)
