@@ -354,9 +354,20 @@ def _remove_blocks(original: ModelProto, config: PruneConfig) -> tuple[ModelProt
     """Remove ``config.remove_blocks`` residual branches, proven against their oracle when validating."""
     from onnxprune.structured.depth import choose_branches, depth_reference, remove_branches, residual_branches
 
-    chosen = choose_branches(residual_branches(original), config.remove_blocks)
+    branches = residual_branches(original)
+    scores = [b.score for b in branches]
+    criterion = "norm of the last projection"
+    if config.calib and 0 < config.remove_blocks <= len(branches):
+        from onnxprune.recovery.block_influence import block_influence
+
+        scores = block_influence(original, branches, config.calib, provider=config.providers[0])
+        criterion = "block influence (1 - cosine of the stream before and after, on --calib)"
+    chosen = choose_branches(branches, config.remove_blocks, scores=scores)
     model = remove_branches(original, chosen)
-    report: dict[str, Any] = {"removed_blocks": [{"add": b.add, "last": b.last, "score": b.score} for b in chosen]}
+    score_of = {b.add: s for b, s in zip(branches, scores, strict=True)}
+    report: dict[str, Any] = {"criterion": criterion,
+                              "removed_blocks": [{"add": b.add, "last": b.last, "score": score_of[b.add]}
+                                                 for b in chosen]}
     if config.validate:
         report["exact"] = _compare_exact(depth_reference(original, chosen), model, config,
                                          "depth (blocks removed == original with their last projections zeroed)")

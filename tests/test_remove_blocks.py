@@ -73,3 +73,11 @@ def test_dry_run_names_the_blocks_it_would_remove(tmp_path: Path, capsys: pytest
                  "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "residual block /layer1/layer1.1/Add removed" in text and not out.exists()
+
+
+def test_with_calibration_blocks_are_chosen_by_influence() -> None:
+    result = prune(str(MODELS / "digits_transformer.onnx"),
+                   PruneConfig(remove_blocks=1, ratio=0.0, calib=str(MODELS / "digits_transformer_calib.npz")))
+    depth = result.report["depth"]
+    assert depth["criterion"].startswith("block influence")
+    assert [b["add"] for b in depth["removed_blocks"]] == ["/encoder/layers.0/Add_1"] and depth["exact"]["passed"]

@@ -142,12 +142,15 @@ def residual_branches(model: ModelProto) -> list[ResidualBranch]:
     return result
 
 
-def choose_branches(branches: Sequence[ResidualBranch], count: int) -> list[ResidualBranch]:
-    """The ``count`` branches with the smallest score (ties: graph order)."""
+def choose_branches(branches: Sequence[ResidualBranch], count: int, *,
+                    scores: Sequence[float] | None = None) -> list[ResidualBranch]:
+    """The ``count`` branches with the smallest score (``scores``, e.g. block influence measured on data, or
+    each branch's own data-free score; ties: graph order)."""
     if not 0 <= count <= len(branches):
         raise ConfigError(f"cannot remove {count} residual blocks: the model has {len(branches)} removable ones "
                           f"(see `onnxprune analyze`); pick 0..{len(branches)}")
-    order = sorted(range(len(branches)), key=lambda k: (branches[k].score, k))[:count]
+    key = list(scores) if scores is not None else [b.score for b in branches]
+    order = sorted(range(len(branches)), key=lambda k: (key[k], k))[:count]
     return [branches[k] for k in sorted(order)]
 
 
