@@ -26,7 +26,7 @@ from onnxprune.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MODES = ("structured", "unstructured", "nm")
+MODES = ("structured", "unstructured", "nm", "width")
 
 #: The modes that read each mode-specific option (options not listed apply to every mode).
 MODES_OF: dict[str, tuple[str, ...]] = {
@@ -36,7 +36,7 @@ MODES_OF: dict[str, tuple[str, ...]] = {
     "min_size": ("unstructured", "nm"),
     "nm": ("nm",),
     "sparse_storage": ("unstructured", "nm"),
-    "ratio": ("structured",),
+    "ratio": ("structured", "width"),
     "global_rank": ("structured",),
     "round_to": ("structured",),
     "min_channels": ("structured",),
@@ -229,6 +229,9 @@ def check_applicable(given: Iterable[str], values: Mapping[str, Any]) -> None:
         if param in given and not any(values.get(e) for e in enablers):
             needed = " or ".join(opt(e) for e in enablers)
             raise ConfigError(f"{opt(param)} applies only with {needed}; add it or drop {opt(param)}")
+    if mode == "width" and not values.get("calib"):
+        raise ConfigError(f"{setting('mode', 'width')} is not exact and re-fits the stream's readers on calibration "
+                          f"data; pass {opt('calib')} data.npz")
     if values.get("max_error") is not None and not values.get("calib"):
         raise ConfigError(f"{opt('max_error')} is measured on calibration data; pass {opt('calib')}")
 
@@ -248,9 +251,13 @@ def check_importance(name: str, mode: str, *, has_calib: bool, weight_criteria: 
         ConfigError: unknown, not for this mode, or data-aware without calibration data.
     """
     data = tuple(data_criteria)
-    weights = tuple(c for c in weight_criteria if c not in data) if mode == "structured" else SPARSE_WEIGHT_CRITERIA
+    structured = mode in ("structured", "width")
+    weights = tuple(c for c in weight_criteria if c not in data) if structured else SPARSE_WEIGHT_CRITERIA
     valid = f"{', '.join(weights)} (weights only) or {', '.join(data)} (with {opt('calib')})"
     if name in data:
+        if mode == "width":
+            raise ConfigError(f"{setting('mode', 'width')} ranks stream channels by weights; "
+                              f"choose {', '.join(weights)}")
         if not has_calib:
             raise ConfigError(f"{setting('importance', name)} ranks by activations and needs calibration data; "
                               f"pass {opt('calib')} data.npz, or use one of {', '.join(weights)}")

@@ -127,6 +127,15 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
     plan = None
     if config.mode == "structured":
         pruned, exact_reference, plan, extra = _run_structured(original, config, warnings, scratch)
+    elif config.mode == "width":  # not exact (LayerNorm over fewer channels): drift is measured, not proven
+        from onnxprune.recovery.slicegpt import prune_stream_width
+
+        pruned, rotated, width = prune_stream_width(
+            original, ratio=config.ratio, calib=config.calib, refit=config.recovery != "none",
+            importance=config.importance if "importance" in config.given else None, dims=config.dims)
+        if rotated is not None and config.validate:  # the rotation itself must be exact
+            width["rotation_check"] = _compare_exact(original, rotated, config, "rotation exactness")
+        exact_reference, extra = None, {"width": width}
     else:
         pruned, exact_reference, extra = _run_sparse(original, config, warnings)
     report.update(extra)
@@ -146,7 +155,7 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
     stats_after = model_stats(pruned, dims=config.dims)
     report.update(_size_report(config, stats_before, stats_after))
 
-    if config.mode != "structured" and config.sparse_storage:
+    if config.mode in ("unstructured", "nm") and config.sparse_storage:
         from onnxprune.sparse.storage import to_sparse_storage
 
         dense = pruned
@@ -234,6 +243,7 @@ def _settings(config: PruneConfig) -> dict[str, Any]:
                        "plan_in", "target_macs", "target_params", "max_error", "remove_blocks"),
         "unstructured": ("sparsity", "scope", "layer_sparsity", "min_size", "exclude", "importance"),
         "nm": ("nm", "min_size", "exclude", "importance"),
+        "width": ("ratio", "importance"),
     }[config.mode]
     settings = {k: getattr(config, k) for k in keys}
     settings["calib"] = config.calib
@@ -242,7 +252,7 @@ def _settings(config: PruneConfig) -> dict[str, Any]:
 
 
 def _size_report(config: PruneConfig, before: ModelStats, after: ModelStats) -> dict[str, Any]:
-    nonzero = config.mode != "structured"
+    nonzero = config.mode not in ("structured", "width")
     return {
         "params_before": before.nonzero_params if nonzero else before.params,
         "params_after": after.nonzero_params if nonzero else after.params,

@@ -742,3 +742,42 @@ def attention_block(seed: int = 0, d: int = 8, heads: int = 2, t: int = 4, *, bi
         out = proj(merged)
     g.nodes.append(helper.make_node("Add", ["x", out], ["out"], name="residual"))
     return g.build([vinfo("x", ["B", t, d])], [vinfo("out", ["B", t, d])])
+
+
+def norm_block(seed: int = 0, d: int = 8, hidden: int = 16, t: int = 4, classes: int = 5, *,
+               pre_norm: bool = True, ln_output: bool = False) -> onnx.ModelProto:
+    """A one-block transformer with random LayerNorm scales/shifts: pre-norm ``x + FFN(LN(x))`` then a
+    final LN, token mean and a Gemm head; ``pre_norm=False`` is post-norm ``LN(x + FFN(x))``;
+    ``ln_output`` also exposes the first LN's output as a graph output."""
+    g = GraphBuilder(seed)
+    ln1 = g.op("LayerNormalization", ["x", g.weight((d,), "gamma", low=0.5), g.weight((d,), "beta")], axis=-1)
+    src = ln1 if pre_norm else "x"
+    h = g.op("Relu", [g.op("Add", [g.op("MatMul", [src, g.weight((d, hidden))]), g.weight((hidden,))])])
+    y = g.op("Add", [g.op("MatMul", [h, g.weight((hidden, d))]), g.weight((d,))])
+    res = g.op("Add", [ln1 if not pre_norm else "x", y])
+    ln2 = g.op("LayerNormalization", [res, g.weight((d,), "gamma", low=0.5), g.weight((d,), "beta")], axis=-1)
+    pooled = g.op("ReduceMean", [ln2], axes=[1], keepdims=0)
+    g.nodes.append(helper.make_node("Gemm", [pooled, g.weight((classes, d)), g.weight((classes,))], ["logits"],
+                                    name="head", transB=1))
+    outputs = [vinfo("logits", ["B", classes])]
+    if ln_output:
+        outputs.append(vinfo(ln1, ["B", t, d]))
+    return g.build([vinfo("x", ["B", t, d])], outputs)
+
+
+def prenorm_stack(seed: int = 0, d_in: int = 4, d: int = 16, hidden: int = 24, t: int = 5, blocks: int = 2,
+                  classes: int = 5) -> onnx.ModelProto:
+    """A pre-norm transformer-like stack: token embedding (MatMul + bias + positions) into a width-``d`` stream,
+    ``blocks`` × ``x + FFN(LN(x))``, a final LN, token mean and a Gemm head; LayerNorm scales/shifts random."""
+    g = GraphBuilder(seed)
+    x = g.op("Add", [g.op("Add", [g.op("MatMul", ["x", g.weight((d_in, d))]), g.weight((d,))]),
+                     g.weight((1, t, d))])
+    for _ in range(blocks):
+        ln = g.op("LayerNormalization", [x, g.weight((d,), "gamma", low=0.5), g.weight((d,), "beta")], axis=-1)
+        h = g.op("Relu", [g.op("Add", [g.op("MatMul", [ln, g.weight((d, hidden))]), g.weight((hidden,))])])
+        x = g.op("Add", [x, g.op("Add", [g.op("MatMul", [h, g.weight((hidden, d))]), g.weight((d,))])])
+    ln = g.op("LayerNormalization", [x, g.weight((d,), "gamma", low=0.5), g.weight((d,), "beta")], axis=-1)
+    pooled = g.op("ReduceMean", [ln], axes=[1], keepdims=0)
+    g.nodes.append(helper.make_node("Gemm", [pooled, g.weight((classes, d)), g.weight((classes,))], ["logits"],
+                                    name="head", transB=1))
+    return g.build([vinfo("x", ["B", t, d_in])], [vinfo("logits", ["B", classes])])

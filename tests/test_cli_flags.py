@@ -126,7 +126,9 @@ def test_prune_help_shows_every_default() -> None:
     text = re.sub(r"\s+", " ", _subparsers(build_parser())["prune"].format_help())
     for expected in ("(default structured)", "(default 0.3)", "(default l2)", "(default layer)",
                      "leave weights with fewer elements alone (default 0)", "(default 0.5)", "(default 2:4)",
-                     "(default 0.0001)", "(default 0.001)", "(default 50)", "(default 5)", "(default 1,8)",
+                     "absolute tolerance of the exactness check (default 0.0001)",
+                     "max|original|, of the exactness check (default 0.0001)", "(default 50)", "(default 5)",
+                     "(default 1,8)",
                      "(default cpu)", "(default labels)", "(default: bias with --calib, else none)"):
         assert expected in text, expected
 

@@ -123,7 +123,7 @@ def test_bad_data_or_provider_fails_before_any_work(case: str, data: dict[str, P
 
 def test_npy_is_explained_by_every_command(data: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["validate", str(data["dynamic"]), str(data["dynamic"]), "--data", str(data["npy"])],
-                 ["eval", str(data["dynamic"]), "--data", str(data["npy"])],
+                 ["eval", str(data["dynamic"]), "--eval-data", str(data["npy"])],
                  ["sensitivity", str(data["dynamic"]), "--calib", str(data["npy"])]):
         assert main(argv) == 1
         err = capsys.readouterr().err

@@ -28,8 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "--sparsity, --layer-sparsity or --nm without --mode select that mode (and say so).")
     p.add_argument("model", help="input .onnx file (never modified)")
     p.add_argument("-o", "--output", required=True, help="output .onnx file (written only if every check passes)")
-    p.add_argument("--mode", choices=["structured", "unstructured", "nm"], default=None,
-                   help=f"remove channels, zero single weights, or N:M patterns (default {d('mode')})")
+    p.add_argument("--mode", choices=["structured", "unstructured", "nm", "width"], default=None,
+                   help=f"remove channels, zero single weights, N:M patterns, or the residual stream's width "
+                        f"(width: not exact, needs --calib) (default {d('mode')})")
     p.add_argument("--scope", choices=["layer", "global"], default=None,
                    help="structured/unstructured: rank within each channel group/layer, or all together under "
                         f"one global threshold (default {d('scope')})")
@@ -86,7 +87,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.add_argument("--atol", type=float, default=None,
                    help=f"absolute tolerance of the exactness check (default {d('atol'):g})")
     v.add_argument("--rtol", type=float, default=None,
-                   help=f"relative tolerance of the exactness check (default {d('rtol'):g})")
+                   help="relative tolerance, as a share of each output's max|original|, of the exactness check "
+                        f"(default {d('rtol'):g})")
     v.add_argument("--dim", action="append", default=None, metavar="NAME=VALUE",
                    help="size of a dynamic input axis, by dim name or INPUT:AXIS (index or name), e.g. "
                         "--dim sequence=128 or --dim x:2=320 (default: from the data, else chosen and reported)")

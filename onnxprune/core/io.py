@@ -13,6 +13,7 @@ import ctypes
 import functools
 import logging
 import os
+import secrets
 import stat
 import sys
 import tempfile
@@ -600,12 +601,17 @@ def save_model(
     if external_data is None:
         external_data = model_nbytes(model) >= EXTERNAL_SWITCH_BYTES
     folder = out.parent if str(out.parent) else Path(".")
+    old_data = _own_data_files(out)  # before the temporary folder exists: nothing to clean up if it fails
+    # The name is chosen before the folder exists and the folder is made inside the try, so that a Ctrl-C
+    # arriving just after the mkdir still finds the finally that removes it (tempfile.mkdtemp would create it
+    # before returning, outside any try).
+    tmpdir = folder / f".onnxprune-tmp-{secrets.token_hex(6)}"
     try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=".onnxprune-tmp-", dir=folder))
-    except OSError as exc:
-        raise OutputError(f"cannot write in {folder} ({exc.strerror or exc}); choose another output path") from exc
-    old_data = _own_data_files(out)
-    try:
+        try:
+            tmpdir.mkdir(mode=0o700)
+        except OSError as exc:
+            raise OutputError(f"cannot write in {folder} ({exc.strerror or exc}); choose another output path") \
+                from exc
         tmp_model = tmpdir / out.name
         data_name = _free_data_name(out, old_data)
         tmp_data = tmpdir / data_name
@@ -618,15 +624,32 @@ def save_model(
             f"cannot write {out} ({exc.strerror or exc}); free disk space or choose another output path"
         ) from exc
     finally:
-        for leftover in tmpdir.glob("*"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-        with contextlib.suppress(OSError):
-            tmpdir.rmdir()
+        _remove_temporary_folder(tmpdir)
     for stale in old_data:  # the replaced model's data file, now read by nothing
         with contextlib.suppress(OSError):
             stale.unlink()
     return out
+
+
+def _remove_temporary_folder(tmpdir: Path) -> None:
+    """Remove a save's temporary folder, even when Ctrl-C strikes during the removal itself.
+
+    Why: the removal runs in a ``finally`` that a KeyboardInterrupt may be unwinding already, or that a SIGINT
+    may interrupt; either way the folder must go. An interrupt here finishes the removal first, then is raised.
+    """
+    interrupted: KeyboardInterrupt | None = None
+    for _ in range(3):
+        try:
+            for leftover in tmpdir.glob("*"):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+            with contextlib.suppress(OSError):
+                tmpdir.rmdir()
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
 
 
 def data_file_names(out: Path) -> tuple[str, str]:

@@ -1,0 +1,105 @@
+"""Rotate and slice the residual stream (SliceGPT) with Q from the PCA of its calibration activations.
+
+Why PCA: after the exact rotation (:mod:`onnxprune.structured.rotate`), the stream's coordinates are its
+principal directions ordered by variance, so slicing the last ones removes the least signal. One global Q is
+used for the whole stream (every norm's input pooled), as one stream group has one basis.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from onnx import ModelProto
+
+from onnxprune.core.errors import ConfigError
+from onnxprune.recovery.recover import sink_cuts
+from onnxprune.recovery.width import Data, _collect, refit_readers
+from onnxprune.structured.analysis import analyze
+from onnxprune.structured.plan import PrunePlan
+from onnxprune.structured.rotate import prepare_rotation, rotate, to_rms
+from onnxprune.structured.stream import stream_group_ids, stream_rules
+from onnxprune.structured.surgery import apply_plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """The sliced model, the exact rotated model before slicing (for the proof), and a JSON-able report."""
+
+    model: ModelProto
+    rotated: ModelProto
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def stream_basis(model: ModelProto, tensors: tuple[str, ...], data: Data, *,
+                 max_samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvectors (columns, by decreasing variance) and eigenvalues of the stream's second moment."""
+    values = _collect(model, list(tensors), data, max_samples)
+    cov: np.ndarray | None = None
+    for v in values.values():
+        x = v.reshape(-1, v.shape[-1]).astype(np.float64)
+        cov = x.T @ x if cov is None else cov + x.T @ x
+    assert cov is not None
+    w, vecs = np.linalg.eigh(cov)
+    order = np.argsort(w)[::-1]
+    return vecs[:, order], w[order]
+
+
+def slice_stream(model: ModelProto, *, ratio: float, calib: Data, refit: bool = True,
+                 max_samples: int | None = None) -> SliceResult:
+    """Remove ``ratio`` of a pre-norm model's stream width by rotation + slicing (+ optional reader re-fit).
+
+    Raises:
+        ConfigError: ``ratio`` outside ``[0, 1)``.
+        UnsupportedModelError: rotation is impossible (post-norm, per-channel ops, several streams).
+    """
+    if not 0 <= ratio < 1:
+        raise ConfigError(f"ratio must be in [0, 1), got {ratio}")
+    prep = prepare_rotation(model)
+    q, variance = stream_basis(prep.model, prep.stream, calib, max_samples=max_samples)
+    rotated_ln = rotate(prep, q)
+    exact = to_rms(rotated_ln, prep.norms, prep.width)
+    keep = max(1, prep.width - int(round(ratio * prep.width)))
+    dg = analyze(rotated_ln, extra_rules=stream_rules())
+    (group,) = [g for g in stream_group_ids(rotated_ln, dg) if dg.groups[g].prunable]
+    plan = PrunePlan(fingerprint=dg.fingerprint, keep={group: np.arange(keep)}, sizes={group: prep.width},
+                     criterion="pca")
+    sliced = to_rms(apply_plan(rotated_ln, plan, dg=dg, extra_rules=stream_rules()), prep.norms, prep.width)
+    report: dict[str, Any] = {
+        "exact": False, "rotation_exact": True, "width_before": prep.width, "width_after": keep,
+        "variance_kept": float(variance[:keep].sum() / max(variance.sum(), 1e-30)),
+        "params_removed_by_slicing": int(dg.params_removed(plan.keep)), "refit": []}
+    if refit:
+        cuts = [c for c in sink_cuts(rotated_ln, dg, plan) if c.node.op_type in ("MatMul", "Gemm")]
+        sliced, report["refit"] = refit_readers(exact, sliced, cuts, calib, max_samples=max_samples)
+    return SliceResult(sliced, exact, report)
+
+
+def prune_stream_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: bool = True,
+                       importance: str | None = None, dims: dict[str, int] | None = None
+                       ) -> tuple[ModelProto, ModelProto | None, dict[str, Any]]:
+    """``--mode width``: rotate + slice where the model allows it (pre-norm), else plain channel pruning.
+
+    A criterion asked for by name (``importance``) means channels chosen by it: plain pruning. Returns the
+    pruned model, the exact rotated model before slicing (``None`` for plain pruning) and the report, whose
+    ``method`` says which was used and, for plain pruning, why rotation was not.
+    """
+    from onnxprune.core.errors import UnsupportedModelError
+    from onnxprune.recovery.width import prune_width
+
+    if calib is None:
+        raise ConfigError("width pruning is not exact and needs calibration data; pass --calib data.npz")
+    why = f"--importance {importance} chooses the channels" if importance else ""
+    if not why:
+        try:
+            result = slice_stream(model, ratio=ratio, calib=calib, refit=refit)
+            return result.model, result.rotated, {"method": "rotate", **result.report}
+        except UnsupportedModelError as exc:
+            why = str(exc)
+    log.info("width: plain channel pruning (%s)", why)
+    plain = prune_width(model, ratio=ratio, calib=calib, refit=refit, importance=importance or "l2", dims=dims)
+    return plain.model, None, {"method": "plain", "why_not_rotated": why, **plain.report}

@@ -1,0 +1,192 @@
+"""Rotating the residual stream (SliceGPT's computational invariance), for pre-norm models.
+
+Why it is exact: with the LayerNorms' scale and shift folded into their readers
+(:mod:`onnxprune.structured.lnfold`) and every writer's output centred (so the stream's mean over its
+channels is zero), each LayerNorm computes ``x / sqrt(mean(x²) + eps)``, an RMSNorm, which commutes with
+any orthogonal ``Q``: ``RMS(x Q) = RMS(x) Q``. Multiplying every writer's output axis (weights, biases,
+positional tables, class tokens) by ``Q`` and every reader's input axis by ``Qᵀ`` then leaves the outputs
+unchanged. In a basis ordered by variance (the PCA of the stream, :mod:`onnxprune.recovery.slicegpt`), the
+last directions can be sliced away with little loss.
+
+Where it is impossible: post-norm models (the normalised output feeds the residual stream, so centring the
+writers changes what readers see), LayerNorms whose scale/shift cannot be folded, and streams that pass
+through anything but linear ops (a per-channel scale, a nonlinearity, a depthwise convolution: ConvNeXt).
+These raise :class:`~onnxprune.core.errors.UnsupportedModelError` naming the reason; plain width pruning
+(``--mode width``) still applies to them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import ModelProto, helper, numpy_helper
+
+from onnxprune.core.errors import UnsupportedModelError
+from onnxprune.core.ir import GraphIndex, attr
+from onnxprune.structured.analysis import DependencyGraph, analyze
+from onnxprune.structured.axes import Identity
+from onnxprune.structured.lnfold import fold_layernorm_affine
+from onnxprune.structured.stream import freeze_stream_shapes, stream_group_ids, stream_rules
+
+log = logging.getLogger(__name__)
+
+#: Ops a rotated stream may pass through: linear in the stream, and not per channel.
+LINEAR_PASS = ("Add", "Sub", "Transpose", "Reshape", "Concat", "Gather", "ReduceMean", "Identity", "Dropout",
+               "Flatten", "Squeeze", "Unsqueeze", "Expand", "MatMul", "Gemm", "Conv", "LayerNormalization")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A model ready to rotate: LayerNorm affines folded, writers centred (still exact, LayerNorms kept).
+
+    Attributes:
+        model: the rewritten model.
+        dg: its analysis with the stream rules.
+        group: the stream group id.
+        width: the stream's width.
+        norms: names of the stream's LayerNorm nodes (they become RMSNorms).
+        stream: the stream's tensors before the norms (whose PCA gives Q).
+    """
+
+    model: ModelProto
+    dg: DependencyGraph
+    group: int
+    width: int
+    norms: tuple[str, ...]
+    stream: tuple[str, ...]
+
+
+def _along(value: np.ndarray, axis: int, q: np.ndarray) -> np.ndarray:
+    """``value`` with its ``axis`` multiplied by ``q`` (``new[.., j, ..] = Σ_i value[.., i, ..] q[i, j]``)."""
+    moved = np.moveaxis(value.astype(np.float64), axis, -1) @ q
+    return np.moveaxis(moved, -1, axis).astype(value.dtype)
+
+
+def _set(idx: GraphIndex, name: str, value: np.ndarray) -> None:
+    tensor = idx.initializers.get(name)
+    if tensor is None:
+        raise UnsupportedModelError(f"stream constant '{name}' is not an initializer; it cannot be rotated")
+    tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
+
+
+def prepare_rotation(model: ModelProto) -> Prepared:
+    """Fold, freeze and centre a pre-norm model's stream (exact); raise where rotation is impossible.
+
+    Raises:
+        UnsupportedModelError: no single stream, a LayerNorm that cannot be folded (post-norm), an op that is
+            not linear in the stream, or a reader that sees the stream before a norm.
+    """
+    fold = fold_layernorm_affine(freeze_stream_shapes(model).model)
+    out = fold.model
+    dg = analyze(out, extra_rules=stream_rules())
+    ids = [g for g in stream_group_ids(out, dg) if dg.groups[g].prunable]
+    if len(ids) != 1:
+        raise UnsupportedModelError(f"rotation needs exactly one prunable residual stream, found {len(ids)}")
+    group = dg.groups[ids[0]]
+    idx = GraphIndex(out)
+    by_name = {n.name: n for n in out.graph.node}
+    members = {s.tensor for s in group.members}
+    norms = [n for n in out.graph.node if n.op_type == "LayerNormalization" and n.input[0] in members]
+    unfolded = [n.name for n in norms if any(n.name in k for k in fold.skipped)]
+    if unfolded:
+        why = next(v for k, v in fold.skipped.items() if unfolded[0] in k)
+        raise UnsupportedModelError(f"LayerNorm '{unfolded[0]}' cannot be folded ({why}); rotation needs a "
+                                    f"pre-norm model (plain width pruning applies)")
+    for name in group.nodes:
+        node = by_name.get(name)
+        if node is not None and node.op_type not in LINEAR_PASS:
+            raise UnsupportedModelError(f"the stream passes through '{name}' ({node.op_type}), which is not "
+                                        f"linear in it; rotation is impossible (plain width pruning applies)")
+    if any(not isinstance(m, Identity) for m in group.members.values()):
+        raise UnsupportedModelError("the stream is reshaped into another axis; rotation is impossible")
+    # Tensors after a norm: readers must see only those (centring changes what comes before).
+    post: set[str] = set()
+    todo = [n.output[0] for n in norms]
+    while todo:
+        t = todo.pop()
+        if t in post:
+            continue
+        post.add(t)
+        for user in idx.consumers.get(t, []):
+            if user.op_type not in ("MatMul", "Gemm", "Conv"):
+                todo.extend(o for o in user.output if o in members)
+    for cut in group.sinks:
+        if cut.activation is not None and cut.activation.tensor not in post:
+            raise UnsupportedModelError(f"'{cut.node}' reads the stream before a norm; centring it would change "
+                                        f"its output, so rotation is impossible (plain width pruning applies)")
+    norm_params = {i for n in norms for i in n.input[1:]}
+    done: set[tuple[str, int]] = set()
+    for cut in group.cuts:
+        if cut.role == "sink" or cut.tensor in norm_params or (cut.tensor, cut.axis) in done:
+            continue
+        node = by_name.get(cut.node) or idx.producer.get(cut.node)
+        if node is not None and any(o in post for o in node.output):
+            continue  # after a norm: rotated, not centred
+        value = idx.const_value(cut.tensor)
+        if value is None:
+            raise UnsupportedModelError(f"stream constant '{cut.tensor}' is computed at run time")
+        _set(idx, cut.tensor, value - value.astype(np.float64).mean(axis=cut.axis, keepdims=True).astype(value.dtype))
+        done.add((cut.tensor, cut.axis))
+    dg = analyze(out, extra_rules=stream_rules())  # the same structure; constants changed
+    stream = tuple(dict.fromkeys(n.input[0] for n in norms))
+    return Prepared(out, dg, ids[0], group.size, tuple(n.name for n in norms), stream)
+
+
+def rotate(prepared: Prepared, q: np.ndarray) -> ModelProto:
+    """The prepared model with every stream constant multiplied by ``q`` along its stream axis (LayerNorms
+    kept: call :func:`to_rms` for the exact model)."""
+    q = np.asarray(q, dtype=np.float64)
+    if q.shape != (prepared.width, prepared.width) or not np.allclose(q.T @ q, np.eye(prepared.width), atol=1e-6):
+        raise UnsupportedModelError(f"Q must be an orthogonal {prepared.width}x{prepared.width} matrix")
+    out = ModelProto()
+    out.CopyFrom(prepared.model)
+    idx = GraphIndex(out)
+    by_name = {n.name: n for n in out.graph.node}
+    norm_params = {i for name in prepared.norms for i in by_name[name].input[1:]}
+    done: set[tuple[str, int]] = set()
+    for cut in prepared.dg.groups[prepared.group].cuts:
+        if cut.tensor in norm_params or (cut.tensor, cut.axis) in done:
+            continue
+        value = idx.const_value(cut.tensor)
+        assert value is not None  # prepare_rotation checked every constant
+        _set(idx, cut.tensor, _along(value, cut.axis, q))
+        done.add((cut.tensor, cut.axis))
+    return out
+
+
+def to_rms(model: ModelProto, norms: tuple[str, ...], width: int) -> ModelProto:
+    """Replace each named LayerNorm by ``x / sqrt(Σx² / width + eps)`` (its scale and shift must be unit and
+    zero). With ``width`` the original stream width, a sliced stream keeps the original scale."""
+    out = ModelProto()
+    out.CopyFrom(model)
+    idx = GraphIndex(out)
+    graph = out.graph
+    for name in norms:
+        pos, node = next((i, n) for i, n in enumerate(graph.node) if n.name == name)
+        eps = float(attr(node, "epsilon", idx.opset, 1e-5))  # type: ignore[arg-type]
+        x, y = node.input[0], node.output[0]
+        p = idx.unique_name(f"{name}_rms")
+        axes, inv, e = f"{p}_axes", f"{p}_inv_width", f"{p}_eps"
+        dtype = np.float32
+        graph.initializer.extend([
+            numpy_helper.from_array(np.array([-1], dtype=np.int64), axes),
+            numpy_helper.from_array(np.array(1.0 / width, dtype=dtype), inv),
+            numpy_helper.from_array(np.array(eps, dtype=dtype), e)])
+        nodes = [
+            helper.make_node("Mul", [x, x], [f"{p}_sq"], name=f"{p}_sq"),
+            helper.make_node("ReduceSum", [f"{p}_sq", axes], [f"{p}_sum"], name=f"{p}_sum", keepdims=1),
+            helper.make_node("Mul", [f"{p}_sum", inv], [f"{p}_mean"], name=f"{p}_mean"),
+            helper.make_node("Add", [f"{p}_mean", e], [f"{p}_var"], name=f"{p}_var"),
+            helper.make_node("Sqrt", [f"{p}_var"], [f"{p}_std"], name=f"{p}_std"),
+            helper.make_node("Div", [x, f"{p}_std"], [y], name=f"{p}_div"),
+        ]
+        graph.node.remove(node)
+        for k, n in enumerate(nodes):
+            graph.node.insert(pos + k, n)
+    used = {i for n in graph.node for i in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return out

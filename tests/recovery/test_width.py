@@ -1,0 +1,133 @@
+"""Width pruning of the residual stream: shapes, exact parameter drop, re-fit vs no re-fit, refusal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.cli.main import main
+from onnxprune.core.stats import model_stats
+from onnxprune.recovery.width import prune_width
+from onnxprune.runtime.session import create_session, run_session
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+DIGITS = MODELS / "digits_transformer.onnx"
+CALIB = MODELS / "digits_transformer_calib.npz"
+TEST = MODELS / "digits_transformer_test.npz"
+
+
+def _check(model: onnx.ModelProto) -> None:
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+
+
+def _logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return run_session(create_session(model), {model.graph.input[0].name: x})[model.graph.output[0].name]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[onnx.ModelProto, dict[bool, object]]:
+    model = onnx.load(DIGITS)
+    return model, {refit: prune_width(model, ratio=0.25, calib=str(CALIB), refit=refit) for refit in (False, True)}
+
+
+def test_digits_width_shapes_and_params(digits) -> None:
+    model, results = digits
+    for result in results.values():
+        _check(result.model)
+        report = result.report
+        assert report["exact"] is False
+        assert report["streams"] == [{"group": report["streams"][0]["group"], "width_before": 64, "width_after": 48}]
+        removed = model_stats(model).params - model_stats(result.model).params
+        assert removed == report["params_removed_predicted"] > 0
+        ln = [n for n in result.model.graph.node if n.op_type == "LayerNormalization"]
+        inits = {t.name: t for t in result.model.graph.initializer}
+        assert all(list(inits[n.input[1]].dims) == [48] for n in ln)
+    x = np.load(TEST)["tokens"][:5]
+    assert _logits(results[True].model, x).shape == (5, 10)  # the batch axis stays dynamic
+
+
+def test_refit_improves_drift_and_accuracy(digits) -> None:
+    model, results = digits
+    data = np.load(TEST)
+    x, labels = data["tokens"], data["labels"]
+    ref = _logits(model, x)
+    cos = {k: _cosine(ref, _logits(r.model, x)) for k, r in results.items()}
+    top1 = {k: float((_logits(r.model, x).argmax(1) == labels).mean()) for k, r in results.items()}
+    assert cos[True] > cos[False] + 0.05, cos
+    assert top1[True] > top1[False], top1
+    assert all(f["rel_error_after"] < f["rel_error_before"] for f in results[True].report["refit"])
+
+
+def test_convnext_every_stage_stream_cut(tmp_path: Path) -> None:
+    model = onnx.load(MODELS / "tv_convnext_tiny.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32))
+    result = prune_width(model, ratio=0.25, calib=str(calib))
+    _check(result.model)
+    assert [(s["width_before"], s["width_after"]) for s in result.report["streams"]] == [
+        (8, 6), (16, 12), (32, 24), (64, 48)]
+    assert model_stats(model).params - model_stats(result.model).params == result.report["params_removed_predicted"]
+    x = np.load(calib)["input"][:2]
+    assert np.isfinite(_logits(result.model, x)).all()
+
+
+def test_width_refused_without_calib(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.onnx"
+    rc = main(["prune", str(DIGITS), "-o", str(out), "--mode", "width", "--ratio", "0.25"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and not out.exists()
+    assert "--calib" in err and "\n" not in err and "Traceback" not in err
+
+
+def test_width_cli_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    rc = main(["prune", str(DIGITS), "-o", str(out), "--mode", "width", "--ratio", "0.25", "--calib", str(CALIB),
+               "--report", str(report), "-q"])
+    assert rc == 0 and out.exists()
+    import json
+
+    rep = json.loads(report.read_text())
+    assert rep["mode"] == "width" and "exact" not in rep["validation"]
+    assert rep["params_before"] - rep["params_after"] == rep["width"]["params_removed_predicted"]
+
+
+def test_vit_stream_cut_through_class_token_and_patches(tmp_path: Path) -> None:
+    """The stream runs through the patch Conv + runtime Reshape, the class token's Expand, torch attention's
+    Shape reads and the class-token Gather: all cut consistently."""
+    model = onnx.load(MODELS / "tv_vit_b_16.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    result = prune_width(model, ratio=0.25, calib=str(calib))
+    _check(result.model)
+    assert [(s["width_before"], s["width_after"]) for s in result.report["streams"]] == [(64, 48)]
+    assert model_stats(model).params - model_stats(result.model).params == result.report["params_removed_predicted"]
+    assert _logits(result.model, np.load(calib)["input"][:3]).shape == (3, 10)
+
+
+def test_width_mode_rotates_pre_norm_and_says_why_not_post_norm(tmp_path: Path) -> None:
+    """--mode width rotates + slices a pre-norm model (the rotation proven exact in the run) and falls back to
+    plain channel pruning, saying why, for a post-norm one."""
+    import json
+
+    from tests.builders import prenorm_stack
+
+    src = tmp_path / "pre.onnx"
+    onnx.save(prenorm_stack(), src)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(1).standard_normal((64, 5, 4)).astype(np.float32))
+    reports = []
+    for model, data in ((src, calib), (DIGITS, CALIB)):
+        report = tmp_path / f"{model.stem}.json"
+        assert main(["prune", str(model), "-o", str(tmp_path / f"{model.stem}_out.onnx"), "--mode", "width",
+                     "--ratio", "0.25", "--calib", str(data), "--report", str(report), "-q"]) == 0
+        reports.append(json.loads(report.read_text())["width"])
+    assert reports[0]["method"] == "rotate" and reports[0]["rotation_check"]["passed"] is True
+    assert reports[1]["method"] == "plain" and "pre-norm" in reports[1]["why_not_rotated"]
