@@ -127,6 +127,18 @@ def _slice_params(node: NodeProto, ctx: RuleContext | RewriteContext) -> tuple[l
     return starts, ends, [_norm_axis(a, rank) for a in axes], steps
 
 
+def _const_axes(node: NodeProto, ctx: RuleContext | RewriteContext) -> list[int] | None:
+    """The axes a Slice slices when they are given as constants (opset >= 10, torch's ``x[..., :n]``), else
+    None (the caller then reads every parameter as before)."""
+    if ctx.opset < 10 or len(node.input) < 4 or not node.input[3]:
+        return None
+    value = ctx.folded(node.input[3])
+    if value is None:
+        return None
+    rank = len(ctx.shape(node.input[0]))
+    return [_norm_axis(int(a), rank) for a in value.reshape(-1)]
+
+
 def _window(start: int, end: int, n: int) -> tuple[int, int]:
     start = start + n if start < 0 else start
     end = end + n if end < 0 else end
@@ -141,6 +153,9 @@ class SliceRule(OpRule):
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
         axis = data_axis(node, slot, ctx)
         x, y = node.input[0], node.output[0]
+        known = _const_axes(node, ctx)
+        if known is not None and axis not in known:  # bounds of other axes may be computed at run time
+            return [Coupling(ctx.slot(y, axis), ctx.slot(x, axis))]
         starts, ends, axes, steps = _slice_params(node, ctx)
         if axis not in axes:
             return [Coupling(ctx.slot(y, axis), ctx.slot(x, axis))]
@@ -152,6 +167,9 @@ class SliceRule(OpRule):
 
     def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
         x = node.input[0]
+        known = _const_axes(node, ctx)
+        if known is not None and not any(ctx.changed(x, a) for a in known):
+            return  # no sliced axis lost positions (its bounds may be computed at run time)
         starts, ends, axes, steps = _slice_params(node, ctx)
         changed = False
         for k, axis in enumerate(axes):
