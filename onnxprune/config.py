@@ -104,6 +104,7 @@ class PruneConfig:
     min_channels: int = 1
     importance: str = "l2"
     grouped_conv: str = "within"  # grouped convs: "within" every group (group kept) or "whole" groups
+    remove_blocks: int = 0  # residual blocks (y = x + f(x)) removed first, lowest norm first (structured.depth)
     seed: int = 0
     plan_in: str | None = None
     plan_out: str | None = None
@@ -223,6 +224,8 @@ class PruneConfig:
             raise ConfigError(f"{opt('round_to')} must be >= 1, got {self.round_to}")
         if self.min_channels < 1:
             raise ConfigError(f"{opt('min_channels')} must be >= 1, got {self.min_channels}")
+        if not isinstance(self.remove_blocks, int) or self.remove_blocks < 0:
+            raise ConfigError(f"{opt('remove_blocks')} must be an integer >= 0, got {self.remove_blocks!r}")
         if self.grouped_conv not in ("within", "whole"):
             raise ConfigError(f"{opt('grouped_conv')} must be within or whole, got '{self.grouped_conv}'")
         if self.recover is not None and self.recover not in RECOVERY:

@@ -41,6 +41,7 @@ MODES_OF: dict[str, tuple[str, ...]] = {
     "round_to": ("structured",),
     "min_channels": ("structured",),
     "grouped_conv": ("structured",),
+    "remove_blocks": ("structured",),
     "plan_in": ("structured",),
     "plan_out": ("structured",),
     "target_macs": ("structured",),

@@ -62,6 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--grouped-conv", default=None, choices=["within", "whole"],
                    help="grouped convs: remove the same channels inside every group, keeping group (within), "
                         f"or remove whole groups (whole) (default {d('grouped_conv')})")
+    s.add_argument("--remove-blocks", type=int, default=None, metavar="N",
+                   help="first remove N residual blocks (y = x + f(x) -> x), those whose last projection has the "
+                        "smallest norm; then cut channels at --ratio (0 for depth only)")
     s.add_argument("--plan-in", help="apply a saved plan instead of ranking channels")
     s.add_argument("--plan-out", help="save the plan (kept channels per group) as JSON")
     p.add_argument("--exclude", action="append", default=None, metavar="PATTERN",
