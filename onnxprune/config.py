@@ -104,6 +104,7 @@ class PruneConfig:
     min_channels: int = 1
     importance: str = "l2"
     grouped_conv: str = "within"  # grouped convs: "within" every group (group kept) or "whole" groups
+    remove_blocks: int = 0  # residual blocks (y = x + f(x)) removed first, lowest norm first (structured.depth)
     seed: int = 0
     plan_in: str | None = None
     plan_out: str | None = None
@@ -117,6 +118,10 @@ class PruneConfig:
     max_error: float | None = None
     target_speedup: float | None = None  # budget by measured latency (onnxprune/speed.py), on the first
     target_latency: float | None = None  # bench batch: a speedup, or a latency in ms
+    sensitivity_method: str = "gram"  # how budgets measure candidates: gram (fast) or model (reference)
+    executor: str = "local"  # where whole-model candidate runs go: local, processes or ray
+    workers: int | None = None
+    ray_address: str | None = None
     eval_data: str | None = None
     labels: str = "labels"
     # validation
@@ -225,6 +230,8 @@ class PruneConfig:
             raise ConfigError(f"{opt('round_to')} must be auto or an integer >= 1, got {self.round_to!r}")
         if self.min_channels < 1:
             raise ConfigError(f"{opt('min_channels')} must be >= 1, got {self.min_channels}")
+        if not isinstance(self.remove_blocks, int) or self.remove_blocks < 0:
+            raise ConfigError(f"{opt('remove_blocks')} must be an integer >= 0, got {self.remove_blocks!r}")
         if self.grouped_conv not in ("within", "whole"):
             raise ConfigError(f"{opt('grouped_conv')} must be within or whole, got '{self.grouped_conv}'")
         if self.recover is not None and self.recover not in RECOVERY:
@@ -238,6 +245,12 @@ class PruneConfig:
         _check_latency_targets(self)
         if self.max_error is not None and not (math.isfinite(self.max_error) and self.max_error > 0):
             raise ConfigError(f"{opt('max_error')} must be > 0, got {self.max_error}")
+        if self.sensitivity_method not in ("gram", "model"):
+            raise ConfigError(f"{opt('sensitivity_method')} must be gram or model, got '{self.sensitivity_method}'")
+        if self.executor not in ("local", "processes", "ray"):
+            raise ConfigError(f"{opt('executor')} must be local, processes or ray, got '{self.executor}'")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"{opt('workers')} must be >= 1, got {self.workers}")
         if not (math.isfinite(self.atol) and self.atol >= 0 and math.isfinite(self.rtol) and self.rtol >= 0):
             raise ConfigError(f"{opt('atol')} and {opt('rtol')} must be >= 0, got {self.atol} and {self.rtol}")
         for name, value in self.dims.items():

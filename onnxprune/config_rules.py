@@ -41,6 +41,7 @@ MODES_OF: dict[str, tuple[str, ...]] = {
     "round_to": ("structured",),
     "min_channels": ("structured",),
     "grouped_conv": ("structured",),
+    "remove_blocks": ("structured",),
     "plan_in": ("structured",),
     "plan_out": ("structured",),
     "target_macs": ("structured",),
@@ -48,6 +49,10 @@ MODES_OF: dict[str, tuple[str, ...]] = {
     "max_error": ("structured",),
     "target_speedup": ("structured",),
     "target_latency": ("structured",),
+    "sensitivity_method": ("structured",),
+    "executor": ("structured",),
+    "workers": ("structured",),
+    "ray_address": ("structured",),
 }
 
 #: What to use instead, when an option is set for a mode that does not read it.
@@ -59,12 +64,17 @@ _INSTEAD: dict[tuple[str, str], str] = {
 
 #: Options a saved plan decides: with ``plan_in`` they would be ignored.
 PLAN_DECIDES = ("ratio", "scope", "global_rank", "round_to", "min_channels", "grouped_conv", "importance",
-                "target_macs", "target_params", "max_error", "target_speedup", "target_latency")
+                "target_macs", "target_params", "max_error", "sensitivity_method", "executor", "workers",
+                "ray_address", "target_speedup", "target_latency")
 
 #: Options read only when another one is set: option -> (the options, any of which enables it).
 NEEDS: dict[str, tuple[str, ...]] = {
     "labels": ("eval_data",),
     "max_error": ("target_macs", "target_params"),
+    "sensitivity_method": ("target_macs", "target_params"),
+    "executor": ("target_macs", "target_params"),
+    "workers": ("target_macs", "target_params"),
+    "ray_address": ("target_macs", "target_params"),
     "bench_batches": ("bench",),
     "bench_runs": ("bench",),
     "bench_warmup": ("bench",),

@@ -276,7 +276,8 @@ def _resolve_dims(model: ModelProto, config: PruneConfig, warnings: list[str]
 def _settings(config: PruneConfig) -> dict[str, Any]:
     keys = {
         "structured": ("ratio", "importance", "global_rank", "round_to", "min_channels", "seed", "exclude",
-                       "plan_in", "target_macs", "target_params", "max_error", "target_speedup", "target_latency"),
+                       "plan_in", "target_macs", "target_params", "max_error", "remove_blocks", "target_speedup",
+                       "target_latency"),
         "unstructured": ("sparsity", "scope", "layer_sparsity", "min_size", "exclude", "importance"),
         "nm": ("nm", "min_size", "exclude", "importance"),
         "width": ("ratio", "importance"),
@@ -351,6 +352,9 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
     from onnxprune.structured.prune import prune_structured
 
     plan_in = PrunePlan.load(config.plan_in) if config.plan_in else None
+    depth: dict[str, Any] = {}
+    if config.remove_blocks:
+        original, depth = _remove_blocks(original, config)
     # A saved plan's groups are those of the grouped-conv mode it was made with.
     grouped_conv = str(plan_in.meta.get("grouped_conv", config.grouped_conv)) if plan_in else config.grouped_conv
     dg = analyze(original, dims=config.dims, grouped_conv=grouped_conv)
@@ -395,6 +399,8 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
     extra["latency_model"] = latency
     if target is not None:
         extra["latency_target"] = target
+    if depth:
+        extra["depth"] = depth
     if config.recovery != "none":
         from onnxprune.recovery.recover import recover_structured
 
@@ -404,6 +410,31 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
         if isinstance(reference, (ModelProto, Path)):
             reference = _ExactBeforeRecovery(exact, reference)
     return model, reference, result.plan, extra
+
+
+def _remove_blocks(original: ModelProto, config: PruneConfig) -> tuple[ModelProto, dict[str, Any]]:
+    """Remove ``config.remove_blocks`` residual branches, proven against their oracle when validating."""
+    from onnxprune.structured.depth import choose_branches, depth_reference, remove_branches, residual_branches
+
+    branches = residual_branches(original)
+    scores = [b.score for b in branches]
+    criterion = "norm of the last projection"
+    if config.calib and 0 < config.remove_blocks <= len(branches):
+        from onnxprune.recovery.block_influence import block_influence
+
+        scores = block_influence(original, branches, config.calib, provider=config.providers[0])
+        criterion = "block influence (1 - cosine of the stream before and after, on --calib)"
+    chosen = choose_branches(branches, config.remove_blocks, scores=scores)
+    model = remove_branches(original, chosen)
+    score_of = {b.add: s for b, s in zip(branches, scores, strict=True)}
+    report: dict[str, Any] = {"criterion": criterion,
+                              "removed_blocks": [{"add": b.add, "last": b.last, "score": score_of[b.add]}
+                                                 for b in chosen]}
+    if config.validate:
+        report["exact"] = _compare_exact(depth_reference(original, chosen), model, config,
+                                         "depth (blocks removed == original with their last projections zeroed)")
+    log.info("removed %d residual blocks: %s", len(chosen), ", ".join(b.add for b in chosen))
+    return model, report
 
 
 def _warn_odd_widths(groups: list[dict[str, Any]], config: PruneConfig, warnings: list[str]) -> None:

@@ -657,6 +657,93 @@ def audio_encoder(seed: int = 0, c: int = 8, kernel: int = 100, classes: int = 4
     return g.build([vinfo("input_values", ["batch", "sequence"])], [vinfo("logits", ["batch", classes])], "audio")
 
 
+def attention_block(seed: int = 0, d: int = 8, heads: int = 2, t: int = 4, *, bias: bool = True,
+                    runtime_target: bool = False, mask: bool = True, shape_op: str = "",
+                    gemm_out: bool = False, kv_heads: int | None = None, repeat: str = "expand",
+                    fused: str = "") -> onnx.ModelProto:
+    """Multi-head self-attention over ``x [B, T, d]`` with a residual, as torch/HF export it.
+
+    Q, K, V = MatMul (+ Add bias) → Reshape [B, T, heads, d/heads] → Transpose → Q·Kᵀ → Mul scale → Add mask
+    → Softmax → ·V → Transpose → Reshape [B, T, d] → output MatMul (+ bias) → + x. ``runtime_target`` builds
+    the reshape targets as torch does: ``Concat(Unsqueeze(Gather(Shape(x), i)), ..., [heads], [head_dim])``
+    and ``Concat(Slice(Shape(ctx), 0, 2), [d])``. ``shape_op`` computes the ``heads`` and ``head_dim`` pieces of
+    every split target with that op (``Max`` of two constants) instead of storing them: unknown shape arithmetic.
+    ``kv_heads`` < ``heads`` gives grouped-query attention: K and V have ``kv_heads`` heads, each repeated for
+    ``heads / kv_heads`` query heads as Hugging Face's ``repeat_kv`` exports it (``Unsqueeze -> Expand ->
+    Reshape``, or ``Tile`` with ``repeat="tile"``; ``repeat="expand-runtime"`` builds the Expand target as a
+    ``Concat`` of the runtime batch and constants). ``fused="split"`` or ``"slice"`` computes Q, K, V with one
+    packed ``[d, 3d]`` weight (GPT-2's ``c_attn``) cut apart by ``Split`` or three ``Slice`` nodes.
+    """
+    g = GraphBuilder(seed)
+    hd = d // heads
+    kv = kv_heads or heads
+    n_rep = heads // kv
+
+    def proj(x: str, width: int = d) -> str:
+        y = g.op("MatMul", [x, g.weight((d, width))])
+        return g.op("Add", [y, g.weight((width,), "b")]) if bias else y
+
+    def dim(x: str, i: int) -> str:
+        gathered = g.op("Gather", [g.op("Shape", [x]), g.const(np.array(i, np.int64))], axis=0)
+        return g.op("Unsqueeze", [gathered, g.const(np.array([0], np.int64))])
+
+    def split(y: str, perm: list[int], n: int = heads) -> str:
+        if runtime_target:
+            count = g.op(shape_op, [g.const(np.array([n], np.int64)), g.const(np.array([1], np.int64))]) \
+                if shape_op else g.op("Unsqueeze", [g.const(np.array(n, np.int64)), g.const(np.array([0], np.int64))])
+            size = g.op(shape_op, [g.const(np.array([hd], np.int64)), g.const(np.array([1], np.int64))]) \
+                if shape_op else g.const(np.array([hd], np.int64))
+            target = g.op("Concat", [dim(y, 0), dim(y, 1), count, size], axis=0)
+        else:
+            target = g.const(np.array([0, t, n, hd], np.int64))
+        return g.op("Transpose", [g.op("Reshape", [y, target])], perm=perm)
+
+    def repeat_kv(y: str, tail: list[int]) -> str:
+        if n_rep == 1:
+            return y
+        u = g.op("Unsqueeze", [y, g.const(np.array([2], np.int64))])
+        if repeat == "tile":
+            r = g.op("Tile", [u, g.const(np.array([1, 1, n_rep, 1, 1], np.int64))])
+        elif repeat == "expand-runtime":
+            shape = g.op("Concat", [dim(y, 0), g.const(np.array([kv, n_rep, *tail], np.int64))], axis=0)
+            r = g.op("Expand", [u, shape])
+        else:
+            r = g.op("Expand", [u, g.const(np.array([1, kv, n_rep, *tail], np.int64))])
+        return g.op("Reshape", [r, g.const(np.array([-1, heads, *tail], np.int64))])
+
+    if fused:
+        packed = proj("x", 3 * d)
+        if fused == "split":
+            parts = g.op("Split", [packed, g.const(np.array([d, d, d], np.int64))], n_out=3, axis=2)
+        else:
+            parts = [g.op("Slice", [packed, g.const(np.array([k * d], np.int64)),
+                                    g.const(np.array([(k + 1) * d], np.int64)), g.const(np.array([2], np.int64))])
+                     for k in range(3)]
+        q, k, v = (split(parts[0], [0, 2, 1, 3]), split(parts[1], [0, 2, 3, 1]), split(parts[2], [0, 2, 1, 3]))
+    else:
+        q = split(proj("x"), [0, 2, 1, 3])
+        k = repeat_kv(split(proj("x", kv * hd), [0, 2, 3, 1], kv), [hd, t])
+        v = repeat_kv(split(proj("x", kv * hd), [0, 2, 1, 3], kv), [t, hd])
+    s = g.op("Mul", [g.op("MatMul", [q, k]), g.const(np.array(1.0 / np.sqrt(hd), np.float32))])
+    if mask:
+        s = g.op("Add", [s, g.const(np.triu(np.full((t, t), -1e4, np.float32), 1))])
+    c = g.op("Transpose", [g.op("MatMul", [g.op("Softmax", [s], axis=-1), v])], perm=[0, 2, 1, 3])
+    if runtime_target:
+        lead = g.op("Slice", [g.op("Shape", [c]), g.const(np.array([0], np.int64)), g.const(np.array([2], np.int64))])
+        target = g.op("Concat", [lead, g.const(np.array([d], np.int64))], axis=0)
+    else:
+        target = g.const(np.array([-1, t, d], np.int64))
+    merged = g.op("Reshape", [c, target])
+    if gemm_out:
+        flat = g.op("Reshape", [merged, g.const(np.array([-1, d], np.int64))])
+        out = g.op("Gemm", [flat, g.weight((d, d)), g.weight((d,), "b")], transB=1)
+        out = g.op("Reshape", [out, g.const(np.array([-1, t, d], np.int64))])
+    else:
+        out = proj(merged)
+    g.nodes.append(helper.make_node("Add", ["x", out], ["out"], name="residual"))
+    return g.build([vinfo("x", ["B", t, d])], [vinfo("out", ["B", t, d])])
+
+
 def norm_block(seed: int = 0, d: int = 8, hidden: int = 16, t: int = 4, classes: int = 5, *,
                pre_norm: bool = True, ln_output: bool = False) -> onnx.ModelProto:
     """A one-block transformer with random LayerNorm scales/shifts: pre-norm ``x + FFN(LN(x))`` then a

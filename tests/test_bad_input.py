@@ -551,3 +551,23 @@ def test_bench_option_out_of_range(args: list[str], match: str, dirs: tuple[Path
     source = src_dir / "mlp.onnx"
     onnx.save(mlp(), str(source))
     assert_cli_fails(["bench", str(source), *args], capsys, inputs=[source], out_dir=out_dir, match=match)
+
+
+def test_fold_leaves_a_computed_mask_alone() -> None:
+    """A bool mask computed from constants (GPT-2's legacy export: ConstantOfShape -> bool) is neither a weight
+    nor a shape: folding it into a BOOL initializer changed the model's stored types for nothing."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.core.fold import fold_constants
+    from onnxprune.runtime.session import run_constant_graph
+
+    shape = numpy_helper.from_array(np.array([3], np.int64), "mask_shape")
+    nodes = [helper.make_node("ConstantOfShape", ["mask_shape"], ["mask"],
+                              value=helper.make_tensor("v", TensorProto.BOOL, [1], [True])),
+             helper.make_node("Where", ["mask", "x", "x"], ["y"])]
+    graph = helper.make_graph(nodes, "masked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = fold_constants(model, run_constant_graph)
+    assert result.folded == ()
+    assert [t.data_type for t in result.model.graph.initializer] == [TensorProto.INT64]

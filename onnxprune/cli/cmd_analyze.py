@@ -52,11 +52,19 @@ def run(args: argparse.Namespace) -> int:
               f"coverage {summary.get('coverage', 0.0):.1%} of prunable MACs")
         for g in groups:
             state = "prunable" if not g["blockers"] else "blocked: " + "; ".join(g["blockers"])
+            if g.get("attention"):
+                state += f" (attention: {g['attention']['heads']} heads of {g['attention']['head_channels']} channels)"
             print(f"  group {g['id']:<4} {short(g['name'], 44):<44} {g['size']:>6} channels  {state}")
             if args.groups:
                 print(f"      layers: {', '.join(g['layers']) or '-'}")
                 for m in g["members"]:
                     print(f"      {m}")
+    blocks = summary.get("residual_blocks")
+    if blocks:
+        print(f"residual blocks: {len(blocks)} removable with --remove-blocks (smallest norm of the last "
+              f"projection goes first)")
+        for b in sorted(blocks, key=lambda b: b["score"]):
+            print(f"  {short(b['add'], 44):<44} last {short(b['last'], 40):<40} norm {b['score']:.3g}")
     for reason in summary.get("unanalysed", []):
         print(f"  not analysed: {reason}")
     if summary.get("analysis_error"):

@@ -72,6 +72,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--grouped-conv", default=None, choices=["within", "whole"],
                    help="grouped convs: remove the same channels inside every group, keeping group (within), "
                         f"or remove whole groups (whole) (default {d('grouped_conv')})")
+    s.add_argument("--remove-blocks", type=int, default=None, metavar="N",
+                   help="first remove N residual blocks (y = x + f(x) -> x), those whose last projection has the "
+                        "smallest norm; then cut channels at --ratio (0 for depth only)")
     s.add_argument("--plan-in", help="apply a saved plan instead of ranking channels")
     s.add_argument("--plan-out", help="save the plan (kept channels per group) as JSON")
     p.add_argument("--exclude", action="append", default=None, metavar="PATTERN",
@@ -90,6 +93,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="structured: the same for a latency in milliseconds (default: no budget)")
     c.add_argument("--max-error", type=float,
                    help="with a budget and --calib: stop before the calibration output error exceeds this")
+    c.add_argument("--exact-sensitivity", dest="sensitivity_method", action="store_const", const="model",
+                   default=None, help="with a budget: measure every candidate on the whole model (slow reference) "
+                                      "instead of Gram scores anchored by one whole-model run per group")
+    c.add_argument("--executor", choices=["local", "processes", "ray"], default=None,
+                   help="with a budget: run whole-model candidate measurements here, in worker processes or on "
+                        "Ray (default local)")
+    c.add_argument("--workers", type=int, default=None,
+                   help="worker processes (processes) or local Ray CPUs (ray) (default: one per core)")
+    c.add_argument("--ray-address", metavar="ADDRESS", default=None,
+                   help="with --executor ray: the cluster to join (default: start a local one)")
     c.add_argument("--eval-data", help="labelled .npz to report accuracy before/after")
     c.add_argument("--labels", default=None, help=f"labels key in --eval-data (default {d('labels')})")
     v = p.add_argument_group("validation and benchmark")

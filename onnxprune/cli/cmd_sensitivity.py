@@ -23,6 +23,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--importance", default="l2", help="criterion choosing the channels (default l2)")
     p.add_argument("--recover", default="none", choices=("none", "bias", "lstsq"),
                    help="recovery applied to each candidate before measuring (default none)")
+    p.add_argument("--method", choices=("gram", "model"), default="gram",
+                   help="gram: score candidates from Gram matrices, one whole-model run per group (default); "
+                        "model: run every candidate on the whole model (slow reference)")
+    p.add_argument("--executor", choices=("local", "processes", "ray"), default="local",
+                   help="run whole-model measurements here, in worker processes or on Ray (default local)")
+    p.add_argument("--ray-address", metavar="ADDRESS", help="Ray cluster to join (default: start a local one)")
+    p.add_argument("--workers", type=int, help="worker processes for --executor processes (default: one per core)")
     p.add_argument("--max-samples", type=int, default=256, help="calibration samples used (default 256)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", metavar="FILE.png", help='save error-vs-ratio curves (needs: pip install -e ".[plot]")')
@@ -42,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.plot, inputs=(args.model,), stream=True)
     report = sensitivity(args.model, args.calib, ratios=parse_ratios(args.ratios), eval_data=args.eval_data,
                          importance=args.importance, recover=args.recover, max_samples=args.max_samples,
-                         labels=args.labels)
+                         labels=args.labels, method=args.method, executor=args.executor, workers=args.workers,
+                         ray_address=args.ray_address)
     if args.plot:
         from onnxprune.report.plots import plot_sensitivity
 
@@ -54,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     acc = "" if report.accuracy is None else f", original top-1 {report.accuracy:.2%}"
     print(f"sensitivity of {args.model}: {len(report.groups)} prunable groups, {report.samples} calibration "
-          f"samples, importance {report.importance}, recover {report.recover}{acc}")
+          f"samples, importance {report.importance}, recover {report.recover}, method {report.method}{acc}")
     print("error = relative L2 of the outputs vs the original (||y - y_ref|| / ||y_ref||), least sensitive first")
     print(report.table())
     if args.plot:

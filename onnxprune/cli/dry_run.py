@@ -37,6 +37,8 @@ def dry_run(model: str, config: PruneConfig, *, quiet: bool = False) -> int:
         return 0
     print(f"dry run of onnxprune prune --mode {report['mode']} on {model}: nothing was written")
     if report["mode"] == "structured":
+        for block in (report.get("depth") or {}).get("removed_blocks", []):
+            print(f"  residual block {block['add']} removed (last projection {block['last']})")
         _print_groups(report)
     else:
         _print_layers(report)

@@ -19,7 +19,7 @@ PRUNE_FLAGS: dict[str, str] = {
     "mode": "--mode", "sparsity": "--sparsity", "scope": "--scope", "layer_sparsity": "--layer-sparsity",
     "min_size": "--min-size", "nm": "--nm", "sparse_storage": "--sparse-storage", "ratio": "--ratio",
     "global_rank": "--scope global", "round_to": "--round-to", "min_channels": "--min-channels",
-    "grouped_conv": "--grouped-conv",
+    "grouped_conv": "--grouped-conv", "remove_blocks": "--remove-blocks",
     "importance": "--importance", "seed": "--seed", "plan_in": "--plan-in", "plan_out": "--plan-out",
     "exclude": "--exclude", "calib": "--calib", "recover": "--recover", "target_macs": "--target-macs",
     "target_params": "--target-params", "max_error": "--max-error", "eval_data": "--eval-data",
@@ -29,6 +29,8 @@ PRUNE_FLAGS: dict[str, str] = {
     "external_data": "--external-data", "allow_slower": "--allow-slower",
     "target_speedup": "--target-speedup", "target_latency": "--target-latency", "latency_cache": "--no-cache",
     "latency_budget": "--latency-budget",
+    "sensitivity_method": "--exact-sensitivity", "executor": "--executor",
+    "workers": "--workers", "ray_address": "--ray-address",
 }
 
 #: Where parsed arguments keep the deprecation notes of old spellings, for ``main`` to log.

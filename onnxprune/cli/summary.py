@@ -72,6 +72,12 @@ def group_lines(report: Mapping[str, Any], *, verbose: bool) -> list[str]:
     pruned = [g for g in groups if _pruned(g)]
     lines = [_row("channel groups", f"{len(pruned)} of {len(groups)} pruned, {len(blocked)} blocked, "
                                     f"coverage {100 * float(report.get('coverage', 0.0)):.1f}%")]
+    depth = report.get("depth") or {}
+    removed = depth.get("removed_blocks", [])
+    if removed:  # --remove-blocks ran first, and was proven on its own (a failure stops the run)
+        proof = ", proven exact" if (depth.get("exact") or {}).get("passed") else ""
+        lines.insert(0, _row("residual blocks", f"{len(removed)} removed{proof}: "
+                                                f"{', '.join(short(str(b['add']), 40) for b in removed)}"))
     if verbose:
         lines += [_group_row(g) for g in groups]
         for b in blocked:

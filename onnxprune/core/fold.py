@@ -228,6 +228,10 @@ def fold_constants(model: ModelProto, run: GraphRunner) -> FoldResult:
             for name in frontier:
                 status[name] = f"evaluating its constant subgraph failed ({exc})"
     for name in list(values):
+        if values[name].dtype.kind not in "fiu":  # masks (bool) and strings are never weights nor shapes
+            log.debug("not folding %s: a %s tensor cannot be a weight or a shape", name, values[name].dtype)
+            del values[name]
+            continue
         _, inits = _cone(idx, [name])
         wider = _widened(idx, inits, values[name])
         if wider:

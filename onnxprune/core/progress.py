@@ -79,3 +79,27 @@ def _lines(iterable: Iterable[T], *, desc: str, total: int | None) -> Iterator[T
                 stream.write(f"onnxprune: {desc}: {share}, {now - start:.0f} s\n")
                 stream.flush()
             last_time, last_tenth = now, tenth
+
+
+class Stages:
+    """One line per finished stage of a long run (``onnxprune: <stage>: <count> <unit> in <s>s (<s>s total)``)
+    on stderr when it is not a terminal, so a log shows where the time of a sensitivity or budget run went;
+    loops inside a stage show their progress through :func:`progress`.
+
+    Example:
+        >>> clock = Stages()
+        >>> clock.done("calibration", 256, "samples")  # doctest: +SKIP
+    """
+
+    def __init__(self) -> None:
+        self._start = self._last = time.monotonic()
+
+    def done(self, stage: str, count: int, unit: str) -> None:
+        """Report that ``stage`` finished ``count`` ``unit``."""
+        now = time.monotonic()
+        stream = sys.stderr
+        if _enabled and stream is not None and not (hasattr(stream, "isatty") and stream.isatty()):
+            stream.write(f"onnxprune: {stage}: {count} {unit} in {now - self._last:.1f}s "
+                         f"({now - self._start:.1f}s total)\n")
+            stream.flush()
+        self._last = now

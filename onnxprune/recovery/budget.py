@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,16 +24,18 @@ from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import load_model
 from onnxprune.core.stats import model_stats
 from onnxprune.recovery.calibrate import ActivationStats
+from onnxprune.recovery.costs import CostModel
 from onnxprune.recovery.sensitivity import (
     DEFAULT_RATIOS,
     OutputErrorMeter,
     SensitivityReport,
+    SensitivityRun,
     criterion_statistics,
     recovery_stats,
-    sensitivity,
+    start_sensitivity,
 )
 from onnxprune.structured.analysis import DependencyGraph
-from onnxprune.structured.plan import make_plan
+from onnxprune.structured.plan import PrunePlan, make_plan
 from onnxprune.structured.surgery import apply_plan
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,19 @@ class _Candidate:
         self.plan_options = dict(plan_options or {})
         self.meter, self.recover, self.rstats = meter, recover, rstats
         self._cache: dict[tuple, tuple[int, int, ModelProto, object]] = {}
+        self._costs: CostModel | None = None
+
+    def plan(self, ratios: Mapping[int, float]) -> PrunePlan:
+        return make_plan(self.model, self.dg, ratio=0.0, importance=self.importance,
+                         group_ratios={g: r for g, r in ratios.items() if r > 0}, statistics=self.statistics,
+                         **self.plan_options)  # type: ignore[arg-type]
+
+    def cost(self, ratios: Mapping[int, float]) -> tuple[int, int]:
+        """``(MACs, params)`` counted without building the model (exact, see :mod:`onnxprune.recovery.costs`)."""
+        if self._costs is None:
+            self._costs = CostModel(self.model, self.dg)
+        found = self._costs.cost(self.plan(ratios).keep)
+        return found if found is not None else self.build(ratios)[:2]
 
     def build(self, ratios: Mapping[int, float]) -> tuple[int, int, ModelProto, object]:
         key = tuple(sorted((g, round(r, 9)) for g, r in ratios.items() if r > 0))
@@ -136,7 +151,7 @@ def allocate_detailed(
                       rstats=rstats, plan_options=plan_options)
 
     def fractions(ratios: Mapping[int, float]) -> tuple[float, float]:
-        macs, params, _, _ = cand.build(ratios)
+        macs, params = cand.cost(ratios)
         return macs / max(base.macs, 1), params / max(base.params, 1)
 
     def reached(ratios: Mapping[int, float]) -> bool:
@@ -187,11 +202,13 @@ def allocate_detailed(
         ratios = trial
         level[gid] += 1
         steps += 1
-    fm, fp = fractions(ratios)
     for note in notes:
         log.info(note)
-    return Allocation(ratios=ratios, macs=cand.build(ratios)[0], params=cand.build(ratios)[1], macs_fraction=fm,
-                      params_fraction=fp, error=error, reached=reached(ratios), steps=steps, notes=tuple(notes))
+    macs, params = cand.build(ratios)[:2]  # verified on the actual pruned model
+    fm, fp = macs / max(base.macs, 1), params / max(base.params, 1)
+    ok = (target_macs is None or fm <= target_macs + 1e-12) and (target_params is None or fp <= target_params + 1e-12)
+    return Allocation(ratios=ratios, macs=macs, params=params, macs_fraction=fm, params_fraction=fp, error=error,
+                      reached=ok, steps=steps, notes=tuple(notes))
 
 
 def allocate(
@@ -245,7 +262,8 @@ def allocate(
 
 def allocate_budget(model: ModelProto, dg: DependencyGraph, config: object) -> dict[int, float]:
     """The pipeline's entry: sensitivity on ``config.calib`` (seeded random inputs when there is none),
-    then :func:`allocate` with ``config``'s targets, criterion, recovery and ``max_error``.
+    then :func:`allocate` with ``config``'s targets, criterion, recovery and ``max_error``. The sensitivity
+    method (``gram`` or ``model``), executor and workers come from ``config`` too.
 
     Raises:
         ConfigError: as :func:`allocate`.
@@ -262,11 +280,37 @@ def allocate_budget(model: ModelProto, dg: DependencyGraph, config: object) -> d
                 for i in range(4)]
         if recover == "lstsq":
             recover = "none"
-    report = sensitivity(model, data, ratios=DEFAULT_RATIOS + (0.8, 0.9), importance=importance,  # type: ignore[arg-type]
-                         recover=recover, dg=dg)
-    return allocate(model, dg, report, target_macs=getattr(config, "target_macs", None),
-                    target_params=getattr(config, "target_params", None),
-                    max_error=getattr(config, "max_error", None), calib=data,  # type: ignore[arg-type]
-                    importance=importance, recover=recover,
-                    plan_options={k: getattr(config, k) for k in ("round_to", "min_channels", "exclude", "seed")
-                                  if hasattr(config, k)})
+    run = start_sensitivity(model, data, ratios=DEFAULT_RATIOS + (0.8, 0.9), importance=importance,  # type: ignore[arg-type]
+                            recover=recover, dg=dg, method=str(getattr(config, "sensitivity_method", "gram")),
+                            executor=str(getattr(config, "executor", "local")),
+                            workers=getattr(config, "workers", None), ray_address=getattr(config, "ray_address", None))
+    options = {k: getattr(config, k) for k in ("round_to", "min_channels", "exclude", "seed") if hasattr(config, k)}
+
+    def allocate_run(report: SensitivityReport) -> dict[int, float]:
+        return allocate(model, dg, report, target_macs=getattr(config, "target_macs", None),
+                        target_params=getattr(config, "target_params", None),
+                        max_error=getattr(config, "max_error", None), calib=data,  # type: ignore[arg-type]
+                        importance=importance, recover=recover, plan_options=options)
+
+    return refine_allocation(run, allocate_run)
+
+
+def refine_allocation(run: SensitivityRun, allocate_run: Callable[[SensitivityReport], dict[int, float]]
+                      ) -> dict[int, float]:
+    """Allocate on ``run``'s curves, measure on the whole model every curve point the greedy read that was
+    only estimated, and allocate again, until the greedy reads only whole-model points.
+
+    The greedy reads, for each group, the errors at every ratio up to one step past the one it chose; once
+    all of those are whole-model measurements, its steps are exactly those it would take on curves measured
+    entirely on the whole model, so the Gram estimates only decide which candidates are worth measuring.
+    """
+    while True:
+        report = run.report()
+        ratios = allocate_run(report)
+        touched = []
+        for g in report.groups:
+            r = ratios.get(g.group, 0.0)
+            level = g.ratios.index(r) if r in g.ratios else -1
+            touched += [(g.group, q) for q in g.ratios[:level + 2]]
+        if not run.refine(touched):
+            return ratios

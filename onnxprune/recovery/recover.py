@@ -575,9 +575,11 @@ def plan_keep(plan: object) -> dict[int, np.ndarray]:
     return {int(g): np.asarray(k, dtype=np.int64) for g, k in keep.items()}
 
 
-def sink_cuts(original: ModelProto, dg: DependencyGraph, plan: object) -> list[SinkCut]:
-    """Every Conv/Gemm/MatMul whose input channels ``plan`` removes, with kept inputs and outputs."""
-    idx = GraphIndex(original)
+def sink_cuts(original: ModelProto, dg: DependencyGraph, plan: object, *, idx: GraphIndex | None = None
+              ) -> list[SinkCut]:
+    """Every Conv/Gemm/MatMul whose input channels ``plan`` removes, with kept inputs and outputs
+    (``idx``: ``GraphIndex(original)``, when the caller keeps one)."""
+    idx = idx if idx is not None else GraphIndex(original)
     kept = dg.kept_positions(plan_keep(plan))
     out: dict[str, SinkCut] = {}
     for group in dg.groups:

@@ -19,24 +19,36 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import ModelProto
 
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import load_model
-from onnxprune.core.progress import progress
+from onnxprune.core.progress import Stages
 from onnxprune.core.stats import model_stats
 from onnxprune.recovery.calibrate import ActivationStats, collect_stats, iter_feeds
+from onnxprune.recovery.executor import (
+    CandidateEvaluator,
+    CandidateSpec,
+    Task,
+    check_executor,
+    measure_candidates,
+    single_group_plan,  # noqa: F401 - re-exported: it lived here first
+)
 from onnxprune.runtime.feeds import check_finite
-from onnxprune.structured.analysis import DependencyGraph, analyze
-from onnxprune.structured.plan import PrunePlan, make_plan
-from onnxprune.structured.surgery import apply_plan
+from onnxprune.structured.analysis import ChannelGroup, DependencyGraph, analyze
+
+if TYPE_CHECKING:
+    from onnxprune.recovery.gram_score import GramScorer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 METRIC = "relative_l2"
+#: How candidates are measured: Gram-scored and anchored (fast), or each on the whole model (reference).
+METHODS = ("gram", "model")
 
 @dataclass(frozen=True)
 class GroupSensitivity:
@@ -52,6 +64,7 @@ class GroupSensitivity:
         accuracies: top-1 on the evaluation data per ratio (``None`` without eval data).
         macs: MACs (batch 1) of the model with only this group pruned, per ratio.
         params: parameters of that model, per ratio.
+        exact: per ratio, whether the error was measured on the whole model (else Gram-estimated).
     """
 
     group: int
@@ -63,6 +76,7 @@ class GroupSensitivity:
     accuracies: tuple[float | None, ...]
     macs: tuple[int, ...]
     params: tuple[int, ...]
+    exact: tuple[bool, ...] = ()
 
     @property
     def score(self) -> float:
@@ -83,6 +97,7 @@ class SensitivityReport:
         macs / params: of the original model.
         accuracy: top-1 of the original model on the evaluation data, if given.
         groups: one :class:`GroupSensitivity` per prunable group, in group-id order.
+        method: ``gram`` or ``model`` (how candidates were measured, see :func:`sensitivity`).
     """
 
     metric: str
@@ -94,6 +109,7 @@ class SensitivityReport:
     params: int
     accuracy: float | None
     groups: tuple[GroupSensitivity, ...]
+    method: str = "model"
 
     def ranked(self) -> list[GroupSensitivity]:
         """Groups from least to most sensitive (mean error over the ratios, then id)."""
@@ -182,16 +198,6 @@ class OutputErrorMeter:
         return math.inf if math.isnan(err) else err  # NaN outputs: an error that cannot be measured is the worst
 
 
-def single_group_plan(model: ModelProto, dg: DependencyGraph, group_id: int, ratio: float, *,
-                      importance: str, statistics: Mapping[str, object] | None, seed: int = 0) -> PrunePlan:
-    """A plan that cuts only ``group_id`` by ``ratio`` (every other group keeps all its channels)."""
-    plan = make_plan(model, dg, ratio=0.0, importance=importance, group_ratios={group_id: ratio},
-                     statistics=statistics, seed=seed)
-    keep = {g: k for g, k in plan.keep.items() if g == group_id}
-    return PrunePlan(fingerprint=plan.fingerprint, keep=keep, sizes={group_id: plan.sizes[group_id]},
-                     criterion=plan.criterion, meta=plan.meta)
-
-
 def criterion_statistics(model: ModelProto, dg: DependencyGraph, importance: str,
                          data: object) -> Mapping[str, object] | None:
     """Calibration statistics a data-aware criterion needs (``None`` for weight-only criteria)."""
@@ -205,7 +211,8 @@ def criterion_statistics(model: ModelProto, dg: DependencyGraph, importance: str
 
 
 def recovery_stats(model: ModelProto, dg: DependencyGraph, data: object, recover: str) -> ActivationStats | None:
-    """Statistics for recovering any cut of ``dg``'s groups: every sink's Gram (lstsq) or input (bias)."""
+    """Statistics for recovering any cut of ``dg``'s groups: every sink's Gram (lstsq) or input (bias), or
+    both in one pass (``"both"``: what Gram scoring with bias recovery needs)."""
     if recover == "none" or data is None:
         return None
     from onnxprune.recovery.recover import recovery_input_axis, sink_cuts
@@ -216,7 +223,8 @@ def recovery_stats(model: ModelProto, dg: DependencyGraph, data: object, recover
     if recover == "lstsq":
         return collect_stats(model, data, gram_for=[c.key for c in cuts])  # type: ignore[arg-type]
     axes = {c.activation: recovery_input_axis(c) for c in cuts}
-    return collect_stats(model, data, tensors=axes)  # type: ignore[arg-type]
+    grams = [c.key for c in cuts] if recover == "both" else []
+    return collect_stats(model, data, tensors=axes, gram_for=grams)  # type: ignore[arg-type]
 
 
 def sensitivity(
@@ -232,34 +240,83 @@ def sensitivity(
     batch_size: int = 32,
     max_samples: int | None = 256,
     labels: str = "labels",
+    method: str = "gram",
+    executor: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> SensitivityReport:
     """Prune each prunable group alone at each ratio and measure the damage.
+
+    With ``method="model"`` every candidate is measured on the whole model (one onnxruntime session and
+    a pass over the calibration set each). With ``method="gram"`` (the default) one calibration pass
+    collects the input Gram matrix of every layer a group cut acts on; each candidate's curve is its
+    consumers' reconstruction error from those Grams (:mod:`onnxprune.recovery.gram_score`), scaled per
+    group by *one* whole-model measurement at the middle ratio, so it is on the model's output scale
+    and exact there. Groups whose cut reaches no Conv/Gemm/MatMul, or scores zero at the middle ratio,
+    are measured on the whole model at every ratio.
 
     Args:
         model: path or ``ModelProto`` (not modified).
         calib: calibration data (npz path or feed dicts) on which output errors are measured.
         ratios: shares of a group's channels to remove, in ``(0, 1)``.
-        eval_data: labelled npz for top-1 accuracy per candidate (optional).
+        eval_data: labelled npz for top-1 accuracy per candidate (optional; always whole-model).
         importance: criterion that picks the channels (data-aware ones use ``calib``).
         recover: ``none``, ``bias`` or ``lstsq`` applied to every candidate before measuring.
         dg: the model's dependency graph, if already built.
         groups: restrict to these group ids (default: every prunable group).
         batch_size, max_samples: calibration batching (the reference outputs of ``max_samples`` are kept).
         labels: key of the labels in ``eval_data``.
+        method: ``gram`` (fast, see above) or ``model`` (every candidate on the whole model: the reference).
+        executor: ``local``, ``processes`` (whole-model measurements spread over worker processes) or ``ray``
+            (over a Ray cluster; needs the ``distributed`` extra).
+        workers: worker processes for ``processes``, CPUs of the local Ray cluster for ``ray`` (default: all).
+        ray_address: Ray cluster to join (``ray`` only; default: start a local one).
 
     Returns:
         A :class:`SensitivityReport`.
 
     Raises:
-        ConfigError: bad ratios, criterion or recovery; CalibrationError: bad data.
+        ConfigError: bad ratios, criterion, recovery, method or executor; CalibrationError: bad data.
 
     Example:
         >>> report = sensitivity("cnn.onnx", "calib.npz", ratios=(0.2, 0.5))  # doctest: +SKIP
         >>> print(report.table())  # doctest: +SKIP
     """
+    return start_sensitivity(model, calib, ratios=ratios, eval_data=eval_data, importance=importance, recover=recover,
+                             dg=dg, groups=groups, batch_size=batch_size, max_samples=max_samples, labels=labels,
+                             method=method, executor=executor, workers=workers, ray_address=ray_address).report()
+
+
+def start_sensitivity(
+    model: str | os.PathLike[str] | ModelProto,
+    calib: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]],
+    *,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    eval_data: str | os.PathLike[str] | None = None,
+    importance: str = "l2",
+    recover: str = "none",
+    dg: DependencyGraph | None = None,
+    groups: Sequence[int] | None = None,
+    batch_size: int = 32,
+    max_samples: int | None = 256,
+    labels: str = "labels",
+    method: str = "gram",
+    executor: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
+) -> SensitivityRun:
+    """As :func:`sensitivity`, but returns the :class:`SensitivityRun` (its ``report()``, and ``refine()`` to
+    measure more points on the whole model).
+
+    Raises:
+        ConfigError, CalibrationError: as :func:`sensitivity`.
+    """
     ratios = parse_ratios(ratios)
     if recover not in ("none", "bias", "lstsq"):
         raise ConfigError(f"recover must be none, bias or lstsq, got '{recover}'")
+    if method not in METHODS:
+        raise ConfigError(f"sensitivity method must be one of {', '.join(METHODS)}, got '{method}'")
+    check_executor(executor, workers)
     m = load_model(model)
     if eval_data is not None:  # refuse bad labels now, not after the calibration statistics
         from onnxprune.runtime.evaluate import check_eval_data
@@ -271,38 +328,146 @@ def sensitivity(
         missing = sorted(set(groups) - {g.id for g in chosen})
         if missing:
             raise ConfigError(f"groups {missing} are not prunable groups of this model; see 'onnxprune analyze'")
-    meter = OutputErrorMeter(m, calib, batch_size=batch_size, max_samples=max_samples)
-    statistics = criterion_statistics(m, dg, importance, calib)
-    rstats = recovery_stats(m, dg, calib, recover)
-    evaluate = None
-    base_acc = None
-    if eval_data is not None:
-        from onnxprune.runtime.evaluate import evaluate_accuracy
+    return SensitivityRun(m, dg, chosen, calib, ratios=ratios, eval_data=eval_data, importance=importance,
+                          recover=recover, batch_size=batch_size, max_samples=max_samples, labels=labels,
+                          method=method, executor=executor, workers=workers, ray_address=ray_address)
 
-        def evaluate(candidate: ModelProto) -> float:
-            return float(evaluate_accuracy(candidate, eval_data, labels=labels).top1)
 
-        base_acc = evaluate(m)
-    base = model_stats(m)
-    results: list[GroupSensitivity] = []
-    for g in progress(chosen, desc="sensitivity", total=len(chosen)):
-        kept, errs, accs, macs, params = [], [], [], [], []
-        for r in ratios:
-            plan = single_group_plan(m, dg, g.id, r, importance=importance, statistics=statistics)
-            cand = apply_plan(m, plan, dg=dg)
-            if recover != "none":
-                from onnxprune.recovery.recover import recover_structured
+class SensitivityRun:
+    """One sensitivity analysis, with what it built kept (calibration, reference outputs, plans, costs), so
+    a budget can ask for more points measured exactly (:meth:`refine`) without calibrating again.
 
-                cand = recover_structured(m, cand, dg, plan, rstats, method=recover)
-            st = model_stats(cand)
-            kept.append(len(plan.keep[g.id]))
-            errs.append(meter.error(cand))
-            accs.append(evaluate(cand) if evaluate is not None else None)
-            macs.append(st.macs)
-            params.append(st.params)
-        source = g.sources[0].node if g.sources else (g.nodes[0] if g.nodes else f"group {g.id}")
-        results.append(GroupSensitivity(g.id, g.size, source, ratios, tuple(kept), tuple(errs), tuple(accs),
-                                        tuple(macs), tuple(params)))
-        log.debug("group %d: errors %s", g.id, errs)
-    return SensitivityReport(METRIC, ratios, importance, recover, meter.samples, base.macs, base.params, base_acc,
-                             tuple(results))
+    Made by :func:`start_sensitivity`.
+    """
+
+    def __init__(self, m: ModelProto, dg: DependencyGraph, chosen: Sequence[ChannelGroup],
+                 calib: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]], *, ratios: tuple[float, ...],
+                 eval_data: str | os.PathLike[str] | None, importance: str, recover: str, batch_size: int,
+                 max_samples: int | None, labels: str, method: str, executor: str, workers: int | None,
+                 ray_address: str | None = None) -> None:
+        self.model, self.dg, self.chosen, self.ratios = m, dg, list(chosen), ratios
+        self.importance, self.recover, self.method = importance, recover, method
+        self.executor, self.workers, self.ray_address = executor, workers, ray_address
+        clock = self.clock = Stages()
+        meter = OutputErrorMeter(m, calib, batch_size=batch_size, max_samples=max_samples)
+        self.samples = meter.samples
+        # a file is read again whole (as before); an iterable was consumed by the meter, which kept its batches
+        statistics = criterion_statistics(m, dg, importance, calib if isinstance(calib, (str, os.PathLike))
+                                          else meter.batches)
+        scorer = None
+        if method == "gram":
+            from onnxprune.recovery.gram_score import GramScorer
+
+            # the one calibration pass: every consumer's Gram (and input means) serves scoring and recovery alike
+            stats = recovery_stats(m, dg, meter.batches, "lstsq" if recover != "bias" else "both")  # Grams (+ means)
+            assert stats is not None
+            rstats = stats if recover != "none" else None
+            scorer = GramScorer(m, dg, stats, recover=recover)
+        else:
+            rstats = recovery_stats(m, dg, meter.batches, recover)
+        clock.done("calibration", meter.samples, "samples")
+        spec = CandidateSpec(m.SerializeToString(), tuple(meter.batches), tuple(meter.reference),
+                             tuple(meter.outputs), importance, recover, statistics, rstats,
+                             None if eval_data is None else str(eval_data), labels)
+        evaluator = self.evaluator = CandidateEvaluator(spec, model=m, dg=dg)
+        tasks: list[Task] = [(g.id, r) for g in chosen for r in ratios]
+        self.plans = evaluator.plans([g.id for g in chosen], ratios)
+        self.costs = {t: evaluator.cost(p) for t, p in self.plans.items()}
+        clock.done("candidate plans", len(tasks), "candidates")
+        self.errors: dict[Task, float] = {}
+        self.exact: set[Task] = set()
+        if scorer is not None:
+            self.errors, self.exact = _gram_errors(scorer, self, chosen, ratios, clock)
+        else:
+            self.refine(tasks, stage="whole-model candidates")
+        self.base_acc = None
+        self.accs: dict[Task, float | None] = dict.fromkeys(tasks)
+        if eval_data is not None:
+            self.base_acc = evaluator.accuracy(m)
+            measured = measure_candidates(evaluator, tasks, error=False, executor=executor, workers=workers,
+                                          desc="accuracy", ray_address=ray_address)
+            self.accs = {t: r.accuracy for t, r in zip(tasks, measured, strict=True)}
+            clock.done("accuracy", len(tasks), "candidates")
+        self.base = model_stats(m)
+
+    def refine(self, tasks: Iterable[Task], *, stage: str = "whole-model refinement") -> int:
+        """Measure ``tasks`` not measured yet on the whole model, replacing their estimates; how many were."""
+        todo = [t for t in dict.fromkeys(tasks) if t not in self.exact]
+        if not todo:
+            return 0
+        measured = measure_candidates(self.evaluator, todo, accuracy=False, executor=self.executor,
+                                      workers=self.workers, desc=stage, ray_address=self.ray_address)
+        for t, r in zip(todo, measured, strict=True):
+            assert r.error is not None  # asked for
+            self.errors[t] = r.error
+            self.exact.add(t)
+        self.clock.done(stage, len(todo), "candidates")
+        return len(todo)
+
+    def report(self) -> SensitivityReport:
+        """The report of what is measured now (estimates and exact points, see ``GroupSensitivity.exact``)."""
+        results: list[GroupSensitivity] = []
+        for g in self.chosen:
+            ts = [(g.id, r) for r in self.ratios]
+            source = g.sources[0].node if g.sources else (g.nodes[0] if g.nodes else f"group {g.id}")
+            results.append(GroupSensitivity(
+                g.id, g.size, source, self.ratios, tuple(len(self.plans[t].keep[g.id]) for t in ts),
+                tuple(self.errors[t] for t in ts), tuple(self.accs[t] for t in ts),
+                tuple(self.costs[t][0] for t in ts), tuple(self.costs[t][1] for t in ts),
+                tuple(t in self.exact for t in ts)))
+            log.debug("group %d: errors %s", g.id, [self.errors[t] for t in ts])
+        return SensitivityReport(METRIC, self.ratios, self.importance, self.recover, self.samples, self.base.macs,
+                                 self.base.params, self.base_acc, tuple(results), self.method)
+
+
+def _gram_errors(scorer: GramScorer, run: SensitivityRun, chosen: Sequence[ChannelGroup], ratios: Sequence[float],
+                 clock: Stages) -> tuple[dict[Task, float], set[Task]]:
+    """Gram-scored curves, each scaled by one whole-model measurement at the middle ratio (see :func:`sensitivity`)."""
+    local = {t: scorer.score(p) for t, p in run.plans.items()}
+    clock.done("gram scores", len(local), "candidates")
+    anchor = ratios[len(ratios) // 2]
+    model_tasks: list[Task] = []
+    for g in chosen:
+        curve = [local[(g.id, r)] for r in ratios]
+        at = local[(g.id, anchor)]
+        if any(v is None for v in curve) or at is None or at <= 0:
+            model_tasks += [(g.id, r) for r in ratios]  # nothing to scale: measure every ratio
+        else:
+            model_tasks.append((g.id, anchor))
+    run.refine(model_tasks, stage="whole-model anchors")
+    exact = run.errors
+    errors: dict[Task, float] = {}
+    for g in chosen:
+        if all((g.id, r) in exact for r in ratios):
+            errors.update({(g.id, r): exact[(g.id, r)] for r in ratios})
+            continue
+        at = local[(g.id, anchor)]
+        assert at is not None  # groups without a score were measured at every ratio above
+        scale = exact[(g.id, anchor)] / at
+        errors.update({(g.id, r): float(local[(g.id, r)] or 0.0) * scale for r in ratios})
+        errors[(g.id, anchor)] = exact[(g.id, anchor)]
+    return errors, set(run.exact)
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation of two score lists (ties get their mean rank): how well a fast
+    sensitivity ranks groups like the whole-model one.
+
+    Example:
+        >>> spearman([0.1, 0.5, 0.3], [1.0, 9.0, 2.0])
+        1.0
+    """
+    def ranks(x: Sequence[float]) -> np.ndarray:
+        arr = np.asarray(x, dtype=np.float64)
+        order = np.argsort(arr, kind="stable")
+        r = np.empty(len(arr))
+        r[order] = np.arange(len(arr), dtype=np.float64)
+        for v in np.unique(arr):
+            tie = arr == v
+            r[tie] = r[tie].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return 1.0 if np.array_equal(ra, rb) else 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])

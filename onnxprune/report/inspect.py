@@ -74,4 +74,8 @@ def analyze_summary(source: str | os.PathLike[str] | ModelProto, *, dims: dict[s
             summary.update(describe_groups(model, dims=dims))
         except OnnxPruneError as exc:
             summary["analysis_error"] = str(exc)
+        from onnxprune.structured.depth import residual_branches
+
+        summary["residual_blocks"] = [{"add": b.add, "last": b.last, "score": b.score, "nodes": b.nodes}
+                                      for b in residual_branches(model)]
     return summary

@@ -186,10 +186,55 @@ def random_feeds(
     if batch is not None and batch < 1:
         raise ConfigError(f"batch must be at least 1, got {batch}; pass --batch 1 or more")
     rng = np.random.default_rng(seed)
+    proto = _as_model(model)
+    bounds = index_bounds(proto)
     return {
-        spec.name: _random_array(rng, spec.dtype, concrete_shape(spec, batch=batch, dims=dims), int_high)
-        for spec in input_specs(model)
+        spec.name: _random_array(rng, spec.dtype, concrete_shape(spec, batch=batch, dims=dims),
+                                 min(int_high, bounds.get(spec.name, int_high)))
+        for spec in input_specs(proto)
     }
+
+
+#: Ops an integer input may pass through unchanged in value before it indexes a table.
+_VALUE_PRESERVING = ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten")
+
+
+def index_bounds(model: ModelProto) -> dict[str, int]:
+    """For integer inputs used as indices into a constant table, the table's size along the indexed axis.
+
+    Why: generated token ids must be valid ones. A text model's ``token_type_ids`` index a table of 2 rows;
+    drawing them from ``[0, 8)`` makes onnxruntime fail with an out-of-range Gather, which looks like a model
+    that cannot run at all. Followed through value-preserving ops (Cast, Identity, reshapes) to ``Gather``'s
+    indices input; the smallest table wins.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    tables = {t.name: list(t.dims) for t in model.graph.initializer}
+    bounds: dict[str, int] = {}
+    for vi in model.graph.input:
+        if vi.name in tables or vi.type.tensor_type.elem_type not in _INTEGER_TYPES:
+            continue
+        todo, seen = [vi.name], {vi.name}
+        while todo:
+            name = todo.pop()
+            for node in consumers.get(name, []):
+                if node.op_type in _VALUE_PRESERVING and node.input and node.input[0] == name:
+                    for out in node.output:
+                        if out not in seen:
+                            seen.add(out)
+                            todo.append(out)
+                elif node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name:
+                    dims = tables.get(node.input[0])
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    if dims and -len(dims) <= axis < len(dims) and dims[axis] > 0:
+                        bounds[vi.name] = min(bounds.get(vi.name, dims[axis]), int(dims[axis]))
+    return bounds
+
+
+_INTEGER_TYPES = (onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+                  onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64)
 
 
 def load_npz_feeds(path: str | os.PathLike[str], model: str | os.PathLike[str] | ModelProto, *,

@@ -19,6 +19,7 @@ from onnxprune.core.quant import quantized_outputs
 from onnxprune.core.shapefold import infer_shapes
 from onnxprune.core.stats import WEIGHTED_OPS, node_macs
 from onnxprune.structured.analysis import DependencyGraph, analyze
+from onnxprune.structured.attention import attention_heads
 from onnxprune.structured.axes import ChannelAxis
 from onnxprune.structured.naming import group_layers, group_name
 from onnxprune.structured.plan import PrunePlan, WidthChooser, make_plan, validate_options
@@ -163,6 +164,7 @@ def describe_groups(model: ModelProto, *, dims: Mapping[str, int] | None = None)
         "sources": [f"{c.node} ({c.op_type})" for c in g.sources],
         "sinks": [f"{c.node} ({c.op_type})" for c in g.sinks],
         "members": [str(s) for s in g.members],
+        "attention": attention_heads(g),
     } for g in dg.groups]
     return {"groups": groups, "coverage": round(coverage(model, dg, dict(dg.shapes)), 6),
             "unanalysed": list(dg.unanalysed)}

@@ -111,7 +111,8 @@ class _ConstSetter:
         old = node.input[input_index] if input_index < len(node.input) else ""
         base = f"{node.name or node.output[0]}_{old or 'input' + str(input_index)}"
         name = self.index.unique_name(base)
-        tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        # ascontiguousarray makes a 0-d value 1-d; a scalar piece of a shape (an Unsqueeze input) must stay 0-d
+        tensor = numpy_helper.from_array(np.ascontiguousarray(value).reshape(np.shape(value)), name)
         self.index.graph.initializer.append(tensor)
         while len(node.input) <= input_index:
             node.input.append("")

@@ -124,3 +124,28 @@ def test_iter_batches_cuts_axis_zero_with_a_short_last_batch():
         list(iter_batches(feeds, 0))
     with pytest.raises(CalibrationError, match="different sample counts"):
         list(iter_batches({"a": np.zeros(3), "b": np.zeros(4)}, 2))
+
+
+def test_generated_indices_stay_inside_the_tables_they_index() -> None:
+    """BERT's token_type_ids index a 2-row table: ids drawn from [0, 8) made onnxruntime fail (out-of-range
+    Gather), so every text model looked as if it ran at no size. Bounds follow Cast to Gather's indices."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    types = numpy_helper.from_array(np.ones((2, 4), np.float32), "type_table")
+    words = numpy_helper.from_array(np.ones((50, 4), np.float32), "word_table")
+    nodes = [helper.make_node("Gather", ["type_table", "token_type_ids"], ["t"]),
+             helper.make_node("Cast", ["input_ids"], ["ids32"], to=TensorProto.INT32),
+             helper.make_node("Gather", ["word_table", "ids32"], ["w"]),
+             helper.make_node("Add", ["t", "w"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "text", [helper.make_tensor_value_info(n, TensorProto.INT64, [1, 16])
+                        for n in ("input_ids", "token_type_ids")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 4])], [types, words])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for seed in range(5):
+        feeds = random_feeds(model, seed=seed)
+        assert feeds["token_type_ids"].max() < 2 and feeds["input_ids"].max() < 8
+        session.run(None, feeds)
+    assert random_feeds(model, seed=0, int_high=100)["input_ids"].max() < 50

@@ -21,6 +21,7 @@ from onnx import NodeProto
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.ir import GraphIndex, attr, attr_ints, node_label, set_attr
 from onnxprune.core.quant import Dequantized, quantized_outputs
+from onnxprune.core.shapefold import MAX_ELEMENTS, fold_values
 from onnxprune.structured.axes import ChannelAxis, Coupling, Identity
 
 
@@ -36,6 +37,22 @@ class _Context:
         self.opset = index.opset
         self._shapes = shapes
         self._dequantized = quantized_outputs(index)
+        self._folded: dict[str, np.ndarray] | None = None
+
+    def folded(self, name: str) -> np.ndarray | None:
+        """The value of a small integer tensor computed from constants only (``Mod``/``Add``/``Reshape`` of
+        constants, as torch exports ``unflatten`` bounds), else None. Nothing read from a shape is folded, so
+        the value holds at every input size."""
+        if self._folded is None:
+            # Constants are read through the index (at surgery it reads the source's weights), never the model.
+            known = {}
+            for t in self.index.model.graph.initializer:
+                if int(np.prod(t.dims)) <= MAX_ELEMENTS:
+                    value = self.index.const_value(t.name)
+                    if value is not None:
+                        known[t.name] = value
+            self._folded = fold_values(self.index.model, {}, known)
+        return self._folded.get(name) if name else None
 
     def quantized(self, name: str) -> Dequantized | None:
         """The supported quantized weight whose DequantizeLinear writes ``name`` (through Identity), else None."""

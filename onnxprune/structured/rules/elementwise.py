@@ -25,7 +25,7 @@ from onnxprune.structured.rules.registry import register_rule
 UNARY_OPS = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softplus",
     "Softsign", "Gelu", "Mish", "Erf", "Exp", "Log", "Sqrt", "Neg", "Abs", "Reciprocal", "Floor", "Ceil",
-    "Round", "Sign", "Sin", "Cos", "ThresholdedRelu", "Shrink", "Identity", "Cast", "Clip",
+    "Round", "Sign", "Sin", "Cos", "ThresholdedRelu", "Shrink", "Identity", "Cast", "Clip", "IsNaN", "IsInf", "Not",
 )
 BINARY_OPS = (
     "Add", "Sub", "Mul", "Div", "Pow", "PRelu", "Max", "Min", "Mean", "Sum", "Where", "Equal", "Less",

@@ -13,6 +13,7 @@ import numpy as np
 from onnx import NodeProto
 
 from onnxprune.core.ir import node_label
+from onnxprune.structured.attention import check_target_entry, rewrite_target, split_couplings
 from onnxprune.structured.axes import Block, ChannelAxis, Coupling, Identity, Offset
 from onnxprune.structured.rules.base import (
     Blocked,
@@ -126,6 +127,18 @@ def _slice_params(node: NodeProto, ctx: RuleContext | RewriteContext) -> tuple[l
     return starts, ends, [_norm_axis(a, rank) for a in axes], steps
 
 
+def _const_axes(node: NodeProto, ctx: RuleContext | RewriteContext) -> list[int] | None:
+    """The axes a Slice slices when they are given as constants (opset >= 10, torch's ``x[..., :n]``), else
+    None (the caller then reads every parameter as before)."""
+    if ctx.opset < 10 or len(node.input) < 4 or not node.input[3]:
+        return None
+    value = ctx.folded(node.input[3])
+    if value is None:
+        return None
+    rank = len(ctx.shape(node.input[0]))
+    return [_norm_axis(int(a), rank) for a in value.reshape(-1)]
+
+
 def _window(start: int, end: int, n: int) -> tuple[int, int]:
     start = start + n if start < 0 else start
     end = end + n if end < 0 else end
@@ -140,6 +153,9 @@ class SliceRule(OpRule):
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
         axis = data_axis(node, slot, ctx)
         x, y = node.input[0], node.output[0]
+        known = _const_axes(node, ctx)
+        if known is not None and axis not in known:  # bounds of other axes may be computed at run time
+            return [Coupling(ctx.slot(y, axis), ctx.slot(x, axis))]
         starts, ends, axes, steps = _slice_params(node, ctx)
         if axis not in axes:
             return [Coupling(ctx.slot(y, axis), ctx.slot(x, axis))]
@@ -151,6 +167,9 @@ class SliceRule(OpRule):
 
     def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
         x = node.input[0]
+        known = _const_axes(node, ctx)
+        if known is not None and not any(ctx.changed(x, a) for a in known):
+            return  # no sliced axis lost positions (its bounds may be computed at run time)
         starts, ends, axes, steps = _slice_params(node, ctx)
         changed = False
         for k, axis in enumerate(axes):
@@ -221,12 +240,20 @@ class ReshapeRule(OpRule):
 
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
         axis = data_axis(node, slot, ctx)
+        y = node.output[0]
+        runtime = node.op_type == "Reshape" and not ctx.is_const(node.input[1])
+        heads = split_couplings(node, axis, is_output(node, slot), ctx) if node.op_type == "Reshape" else None
+        if heads is None:
+            heads = self._folds(node, axis, is_output(node, slot), ctx)
+        if runtime:  # the output axis that changes with the cut must be a constant piece of the target
+            check_target_entry(node, heads[0].a.axis if heads[0].a.tensor == y else heads[0].b.axis, ctx, infer=True)
+        return heads
+
+    def _folds(self, node: NodeProto, axis: int, output_side: bool, ctx: RuleContext) -> list[Coupling]:
+        """An axis kept as is, or folded as the leading axis of a merge."""
         x, y = node.input[0], node.output[0]
         s_in, s_out = ctx.shape(x), ctx.shape(y)
-        if node.op_type == "Reshape" and not ctx.is_const(node.input[1]):
-            raise Blocked(f"{node_label(node)} computes its target shape at runtime ('{node.input[1]}'); "
-                          f"onnxprune cannot prove it follows the cut (constant-fold the model first)")
-        if is_output(node, slot):
+        if output_side:
             for a in range(len(s_in)):
                 found = fold_axis(s_in, a, s_out)
                 if found is not None and found[0] == axis:
@@ -248,6 +275,9 @@ class ReshapeRule(OpRule):
         old, new = ctx.shape(y), ctx.new_shape(y)
         if old == new:
             return
+        if not ctx.index.is_constant(node.input[1]):
+            rewrite_target(node, ctx)
+            return
         target = ctx.const(node.input[1]).astype(np.int64).reshape(-1).copy()
         for b, (o, n) in enumerate(zip(old, new, strict=True)):
             if o != n and target[b] > 0:
@@ -258,8 +288,8 @@ class ReshapeRule(OpRule):
 def _read_positions(node: NodeProto, ctx: RuleContext, n: int) -> tuple[set[int], str]:
     """Which entries of a ``Shape`` output (length ``n``) its consumers read, and the first reader of all.
 
-    A ``Gather`` (axis 0) or ``Slice`` (axis 0) with constant indices reads only those entries; any other
-    consumer (a graph output included) is taken to read every entry.
+    A ``Gather`` (axis 0) or ``Slice`` (axis 0) with constant indices (stored, or computed from constants
+    only) reads only those entries; any other consumer (a graph output included) is taken to read every entry.
     """
     out = node.output[0]
     read: set[int] = set()
@@ -268,15 +298,15 @@ def _read_positions(node: NodeProto, ctx: RuleContext, n: int) -> tuple[set[int]
     everything = ""
     for user in ctx.index.consumers.get(out, []):
         if user.op_type == "Gather" and user.input[0] == out and out not in user.input[1:] \
-                and ctx.int_attr(user, "axis", 0) == 0 and ctx.is_const(user.input[1]):
-            idx = ctx.const(user.input[1]).astype(np.int64).reshape(-1)
+                and ctx.int_attr(user, "axis", 0) == 0 and ctx.folded(user.input[1]) is not None:
+            idx = np.asarray(ctx.folded(user.input[1])).astype(np.int64).reshape(-1)
             read.update(int(i) + n if i < 0 else int(i) for i in idx)
             continue
         if user.op_type == "Slice" and user.input[0] == out and out not in user.input[1:] and ctx.opset >= 10 \
-                and all(ctx.is_const(i) for i in user.input[1:] if i):
+                and all(ctx.folded(i) is not None for i in user.input[1:] if i):
             starts, ends, axes, steps = (
-                [int(v) for v in ctx.const(user.input[k]).reshape(-1)] if len(user.input) > k and user.input[k]
-                else None for k in (1, 2, 3, 4))
+                [int(v) for v in np.asarray(ctx.folded(user.input[k])).reshape(-1)]
+                if len(user.input) > k and user.input[k] else None for k in (1, 2, 3, 4))
             if starts is not None and ends is not None and all(a in (0, -1) for a in (axes or [0])):
                 read.update(range(n)[slice(starts[0], ends[0], (steps or [1])[0])])
                 continue

@@ -123,3 +123,13 @@ def test_tanh_gelu_pattern() -> None:
         return g.op("Mul", [g.op("Mul", [y, t]), g.const(np.array(0.5, np.float32))])
 
     prove_random_cuts(sandwich(middle))
+
+
+@pytest.mark.parametrize("check", ["IsNaN", "IsInf"])
+def test_nan_guard_of_an_attention_softmax_passes_channels(check: str) -> None:
+    """Hugging Face's SDPA export guards its softmax: ``Where(IsNaN(p), 0, p)`` (``Not`` of the test too)."""
+    def middle(g, y):
+        flag = g.op("Not", [g.op("Not", [g.op(check, [y])])])
+        return g.op("Where", [flag, g.const(np.array(0.0, np.float32)), y])
+
+    prove_random_cuts(sandwich(middle))

@@ -210,3 +210,17 @@ def test_runtime_shape_arithmetic_gives_static_shapes_downstream() -> None:
     inner = [grp for grp in dg.groups if grp.size == 7]
     assert len(inner) == 1 and inner[0].prunable
     check_prune(model, ratio=0.5)
+
+
+def test_slice_with_runtime_bounds_on_another_axis_carries_channels() -> None:
+    """torch's ``x[..., : x.shape[-1] // 2]`` (rotary ``rotate_half``): the bounds are computed at run time,
+    but on the last axis only; the channel axis passes through and the Slice is left as it is."""
+    def middle(g, y):
+        half = g.op("Div", [g.op("Gather", [g.op("Shape", [y]), g.const(np.array([3], np.int64))], axis=0),
+                            g.const(np.array([2], np.int64))])
+        return g.op("Slice", [y, g.const(np.array([0], np.int64)), half, g.const(np.array([-1], np.int64))])
+
+    model = sandwich(middle)
+    dg, group = first_group(model)
+    assert group.prunable, dg.explain(group.id)
+    prove_random_cuts(model)

@@ -1,0 +1,127 @@
+"""Calibration over shards of a large ``.npz``: each worker reduces its sample range, the driver sums.
+
+Why this module exists: a calibration pass over a big data set is one long onnxruntime loop. Every statistic
+:func:`onnxprune.recovery.calibrate.collect_stats` keeps is a sum over samples (per-channel sums, Gram
+matrices ``XᵀX`` and column sums), so sample ranges can be reduced independently, in worker processes or on
+Ray, and added up: the result equals the single-process one up to float64 round-off. Workers receive the
+model bytes and the file *path* and read only their range.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import ModelProto
+
+from onnxprune.core.errors import CalibrationError, ConfigError
+from onnxprune.core.io import load_model
+from onnxprune.recovery.calibrate import ActivationStats, ChannelStats, GramStats, collect_stats
+from onnxprune.recovery.executor import check_executor
+
+
+@dataclass(frozen=True)
+class _Shard:
+    model: bytes
+    path: str
+    start: int
+    stop: int
+    tensors: dict[str, int | None]
+    gram_for: tuple[str, ...]
+    batch_size: int
+
+
+def _reduce_shard(shard: _Shard) -> ActivationStats:
+    from onnxprune.runtime.feeds import iter_batches, load_npz_feeds
+
+    model = ModelProto()
+    model.ParseFromString(shard.model)
+    feeds = {k: v[shard.start:shard.stop] for k, v in load_npz_feeds(shard.path, model).items()}
+    return collect_stats(model, list(iter_batches(feeds, shard.batch_size)), tensors=shard.tensors,
+                         gram_for=shard.gram_for, threads=1)
+
+
+def merge_stats(parts: Sequence[ActivationStats]) -> ActivationStats:
+    """Sum statistics reduced over disjoint sample ranges into those of all samples together.
+
+    Raises:
+        CalibrationError: no parts, or parts that measured different tensors, layers or widths.
+    """
+    if not parts:
+        raise CalibrationError("no calibration shard was reduced; the data holds no samples")
+    first = parts[0]
+    channels: dict[str, ChannelStats] = {}
+    for name, c0 in first.channels.items():
+        cs = [p.channels.get(name) for p in parts]
+        if any(c is None or c.channels != c0.channels or c.axis != c0.axis for c in cs):
+            raise CalibrationError(f"calibration shards disagree on tensor '{name}'")
+        present = [c for c in cs if c is not None]
+        count = sum(c.count for c in present)
+        pooled = {f: np.sum([getattr(c, f) * c.count for c in present], axis=0) / count
+                  for f in ("mean", "mean_sq", "mean_abs", "zero_frac")}
+        channels[name] = ChannelStats(tensor=name, axis=c0.axis, channels=c0.channels, count=count,
+                                      samples=sum(c.samples for c in present), **pooled)
+    grams: dict[str, GramStats] = {}
+    for name, g0 in first.grams.items():
+        gs = [p.grams.get(name) for p in parts]
+        if any(g is None or g.gram.shape != g0.gram.shape for g in gs):
+            raise CalibrationError(f"calibration shards disagree on layer '{name}'")
+        grams[name] = GramStats(node=name, tensor=g0.tensor, kind=g0.kind, groups=g0.groups,
+                                gram=np.sum([g.gram for g in gs if g is not None], axis=0),
+                                col_sum=np.sum([g.col_sum for g in gs if g is not None], axis=0),
+                                rows=sum(g.rows for g in gs if g is not None), kernel=g0.kernel)
+    return ActivationStats(channels=channels, grams=grams, samples=sum(p.samples for p in parts))
+
+
+def collect_stats_sharded(
+    model: str | os.PathLike[str] | ModelProto,
+    data: str | os.PathLike[str],
+    *,
+    shards: int,
+    tensors: Sequence[str] | Mapping[str, int | None] = (),
+    gram_for: Sequence[str] = (),
+    batch_size: int = 32,
+    executor: str = "processes",
+    ray_address: str | None = None,
+) -> ActivationStats:
+    """:func:`~onnxprune.recovery.calibrate.collect_stats` over ``shards`` sample ranges of an npz, reduced
+    in parallel (``local``, ``processes`` or ``ray``) and summed (:func:`merge_stats`).
+
+    Raises:
+        ConfigError: ``shards`` below 1, unknown executor; CalibrationError: bad data.
+
+    Example:
+        >>> stats = collect_stats_sharded("cnn.onnx", "big.npz", shards=8, gram_for=["conv2"])  # doctest: +SKIP
+    """
+    check_executor(executor, None)
+    if shards < 1:
+        raise ConfigError(f"shards must be >= 1, got {shards}")
+    m = load_model(model, check=False)
+    from onnxprune.recovery.calibrate import count_samples
+
+    n = count_samples(data)
+    if not n:
+        raise CalibrationError(f"{data}: no samples to calibrate on; give an npz whose arrays have samples")
+    bounds = np.linspace(0, n, min(shards, n) + 1).astype(int)
+    axes = dict(tensors) if isinstance(tensors, Mapping) else dict.fromkeys(tensors)
+    jobs = [_Shard(m.SerializeToString(), str(data), int(a), int(b), axes, tuple(gram_for), batch_size)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if executor == "local" or len(jobs) == 1:
+        parts = [_reduce_shard(j) for j in jobs]
+    elif executor == "processes":
+        import multiprocessing
+
+        with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_reduce_shard, jobs))
+    else:
+        from onnxprune.recovery.ray_executor import import_ray, start_ray
+
+        ray = import_ray()
+        start_ray(ray, ray_address, None)
+        remote = ray.remote(num_cpus=1, max_retries=3)(_reduce_shard)
+        parts = ray.get([remote.remote(j) for j in jobs])
+    return merge_stats(parts)

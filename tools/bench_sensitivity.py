@@ -1,0 +1,196 @@
+"""How much faster is Gram-scored sensitivity than measuring every candidate on the whole model, and does
+it rank groups the same way?
+
+For each model, times :func:`onnxprune.recovery.sensitivity.sensitivity` with ``method="model"`` (every
+candidate pruned, run by onnxruntime and compared, today's path) and ``method="gram"`` (one calibration
+pass, Gram-scored curves anchored by one whole-model run per group, the default), and reports the Spearman
+rank correlation of the per-group scores (mean error over the ratios). With ``--budget`` it also times the
+``--target-macs`` budget (sensitivity at 9 ratios plus the greedy allocation, :func:`allocate_budget`)
+both ways and, where the model ships a labelled test split, prunes with each allocation through
+:func:`onnxprune.prune` and reports top-1 on it.
+
+With ``--baseline-src DIR`` (a copy of an older ``onnxprune`` package, e.g. ``git archive main onnxprune | tar
+-x -C DIR``), the same sensitivity and budget are also timed with that code in a subprocess: "today's path"
+before this change (every candidate cut, counted and run on the whole model).
+
+Calibration: the model's ``<name>_calib.npz`` where shipped, else ``--samples`` seeded standard-normal
+inputs (written to a temporary npz). Run on an idle machine: the figures are wall times.
+
+Usage:
+  .venv/bin/python tools/bench_sensitivity.py [--models models/digits_cnn.onnx ...] [--samples 256]
+                                              [--recover none] [--budget] [--target-macs 0.5] [--json out.json]
+                                              [--baseline-src DIR] [--scaling 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from onnxprune.config import PruneConfig  # noqa: E402
+from onnxprune.core.io import load_model  # noqa: E402
+from onnxprune.recovery.budget import allocate_budget  # noqa: E402
+from onnxprune.recovery.sensitivity import sensitivity, spearman  # noqa: E402
+from onnxprune.runtime.feeds import input_specs  # noqa: E402
+from onnxprune.structured.analysis import analyze  # noqa: E402
+
+DEFAULT_MODELS = ("models/digits_cnn.onnx", "models/tv_regnet_x_400mf.onnx")
+
+
+def calibration(model_path: Path, samples: int, tmp: Path) -> tuple[str, str]:
+    """(npz path, description): the shipped calibration set, or seeded random inputs saved to ``tmp``."""
+    shipped = model_path.with_name(model_path.stem + "_calib.npz")
+    if shipped.exists():
+        return str(shipped), f"{shipped.name}"
+    m = load_model(model_path)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for spec in input_specs(m):
+        dims = [samples] + [d if isinstance(d, int) else 1 for d in (spec.shape or ())[1:]]
+        arrays[spec.name] = rng.standard_normal(dims).astype(spec.dtype)
+    path = tmp / f"{model_path.stem}_random.npz"
+    np.savez(path, **arrays)
+    return str(path), f"{samples} seeded N(0,1) samples"
+
+
+def timed(fn):  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+_BASELINE = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from onnxprune.recovery.sensitivity import sensitivity
+path, calib, recover, samples, budget, target = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), \\
+    sys.argv[6] == "1", float(sys.argv[7])
+t = time.perf_counter()
+rep = sensitivity(path, calib, recover=recover, max_samples=samples)
+out = {"sensitivity_s": time.perf_counter() - t, "scores": {g.group: g.score for g in rep.groups}}
+if budget:
+    from onnxprune.config import PruneConfig
+    from onnxprune.core.io import load_model
+    from onnxprune.recovery.budget import allocate_budget
+    from onnxprune.structured.analysis import analyze
+    m = load_model(path)
+    dg = analyze(m)
+    t = time.perf_counter()
+    ratios = allocate_budget(m, dg, PruneConfig(target_macs=target, calib=calib))
+    out["budget_s"] = time.perf_counter() - t
+    out["ratios"] = ratios
+    if sys.argv[8]:
+        import onnxprune
+        res = onnxprune.prune(path, PruneConfig(target_macs=target, calib=calib, eval_data=sys.argv[8]))
+        out["top1"] = res.report["accuracy"]["after"]["top1"]
+print("BASELINE " + json.dumps(out))
+"""
+
+
+def test_split(path: Path) -> str:
+    """The model's shipped labelled test split, or "" when there is none."""
+    test = path.with_name(path.stem + "_test.npz")
+    return str(test) if test.exists() else ""
+
+
+def run_baseline(src: str, path: Path, calib: str, args: argparse.Namespace) -> dict[str, object]:
+    """Time the older package in ``src`` on the same model and data (a subprocess, so imports do not mix)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _BASELINE, src, str(path), calib, args.recover, str(args.samples),
+                           "1" if args.budget else "0", str(args.target_macs), test_split(path)],
+                          capture_output=True, text=True, check=True)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("BASELINE "))
+    return json.loads(line[len("BASELINE "):])
+
+
+def bench_model(path: Path, args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+    calib, calib_desc = calibration(path, args.samples, tmp)
+    row: dict[str, object] = {"model": path.name, "calib": calib_desc, "recover": args.recover}
+    exact, t_model = timed(lambda: sensitivity(str(path), calib, recover=args.recover, method="model",
+                                               max_samples=args.samples))
+    fast, t_gram = timed(lambda: sensitivity(str(path), calib, recover=args.recover, method="gram",
+                                             max_samples=args.samples))
+    row.update(groups=len(exact.groups), sensitivity_model_s=round(t_model, 1), sensitivity_gram_s=round(t_gram, 1),
+               sensitivity_speedup=round(t_model / t_gram, 2),
+               spearman=round(spearman([g.score for g in fast.groups], [g.score for g in exact.groups]), 4),
+               whole_model_runs_gram=sum(sum(g.exact) for g in fast.groups),
+               whole_model_runs_model=sum(len(g.ratios) for g in exact.groups))
+    for w in args.scaling:
+        scaled, t_w = timed(lambda w=w: sensitivity(str(path), calib, recover=args.recover, method="model",
+                                                    max_samples=args.samples, executor="processes", workers=w))
+        assert scaled.to_dict() == exact.to_dict(), "processes executor changed the result"
+        row[f"sensitivity_model_processes_{w}_s"] = round(t_w, 1)
+    if args.baseline_src:
+        base = run_baseline(args.baseline_src, path, calib, args)
+        today = base["scores"]
+        assert isinstance(today, dict)
+        row.update(sensitivity_today_s=round(float(base["sensitivity_s"]), 1),  # type: ignore[arg-type]
+                   speedup_vs_today=round(float(base["sensitivity_s"]) / t_gram, 2),  # type: ignore[arg-type]
+                   spearman_vs_today=round(spearman([g.score for g in fast.groups],
+                                                    [today[str(g.group)] for g in fast.groups]), 4))
+        if args.budget:
+            row.update(budget_today_s=round(float(base["budget_s"]), 1),  # type: ignore[arg-type]
+                       budget_top1_today=base.get("top1"))
+    if args.budget:
+        m = load_model(path)
+        dg = analyze(m)
+        cfg = PruneConfig(target_macs=args.target_macs, calib=calib)
+        ratios_model, tb_model = timed(lambda: allocate_budget(m, dg, cfg.with_(sensitivity_method="model")))
+        ratios_gram, tb_gram = timed(lambda: allocate_budget(m, dg, cfg.with_(sensitivity_method="gram")))
+        row.update(budget_model_s=round(tb_model, 1), budget_gram_s=round(tb_gram, 1),
+                   budget_speedup=round(tb_model / tb_gram, 2), same_allocation=ratios_model == ratios_gram)
+        test = test_split(path)
+        if test:
+            import onnxprune
+
+            for name, method in (("model", "model"), ("gram", "gram")):
+                res = onnxprune.prune(str(path), PruneConfig(target_macs=args.target_macs, calib=calib,
+                                                             eval_data=str(test), sensitivity_method=method))
+                row[f"budget_top1_{name}"] = res.report["accuracy"]["after"]["top1"]
+    return row
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--recover", default="none", choices=("none", "bias", "lstsq"))
+    p.add_argument("--budget", action="store_true", help="also time --target-macs budgets both ways")
+    p.add_argument("--target-macs", type=float, default=0.5)
+    p.add_argument("--json", help="write the rows here")
+    p.add_argument("--baseline-src", help="folder holding an older onnxprune package to time as today's path")
+    p.add_argument("--scaling", type=lambda t: [int(x) for x in t.split(",")], default=[],
+                   metavar="W,W", help="also time the whole-model path on W worker processes (results must match)")
+    args = p.parse_args()
+    import onnx
+    import onnxruntime
+
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+               f"onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}")
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine}")
+    print("command: .venv/bin/python tools/bench_sensitivity.py " + " ".join(sys.argv[1:]))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            row = bench_model(Path(model), args, Path(tmp))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
