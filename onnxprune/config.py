@@ -100,7 +100,7 @@ class PruneConfig:
     # structured
     ratio: float = 0.3
     global_rank: bool = False
-    round_to: int | None = None
+    round_to: int | str | None = "auto"  # "auto": widths chosen by measured latency (onnxprune/speed.py)
     min_channels: int = 1
     importance: str = "l2"
     grouped_conv: str = "within"  # grouped convs: "within" every group (group kept) or "whole" groups
@@ -116,6 +116,8 @@ class PruneConfig:
     target_macs: float | None = None
     target_params: float | None = None
     max_error: float | None = None
+    target_speedup: float | None = None  # budget by measured latency (onnxprune/speed.py), on the first
+    target_latency: float | None = None  # bench batch: a speedup, or a latency in ms
     sensitivity_method: str = "gram"  # how budgets measure candidates: gram (fast) or model (reference)
     executor: str = "local"  # where whole-model candidate runs go: local, processes or ray
     workers: int | None = None
@@ -130,11 +132,14 @@ class PruneConfig:
     providers: tuple[str, ...] = ("cpu",)
     validation_data: str | None = None
     # benchmark
-    bench: bool = False
+    bench: bool | None = None  # None: on for structured prunes of small models (speed.AUTO_BENCH_MACS)
     bench_batches: tuple[int, ...] = (1, 8)
     bench_runs: int = BENCH_RUNS
     bench_warmup: int = BENCH_WARMUP
     threads: int | None = None
+    allow_slower: bool = False  # keep a result the benchmark finds slower than the original
+    latency_cache: bool = True  # read and write measured layer latency in the user cache folder
+    latency_budget: float = 2.0  # seconds of layer timing per prune for --round-to auto (cached results are free)
     # output
     external_data: bool | None = None
 
@@ -220,8 +225,9 @@ class PruneConfig:
             parse_nm(self.nm)
         if self.min_size < 0:
             raise ConfigError(f"{opt('min_size')} must be >= 0, got {self.min_size}")
-        if self.round_to is not None and self.round_to < 1:
-            raise ConfigError(f"{opt('round_to')} must be >= 1, got {self.round_to}")
+        if self.round_to is not None and self.round_to != "auto" and (
+                isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1):
+            raise ConfigError(f"{opt('round_to')} must be auto or an integer >= 1, got {self.round_to!r}")
         if self.min_channels < 1:
             raise ConfigError(f"{opt('min_channels')} must be >= 1, got {self.min_channels}")
         if not isinstance(self.remove_blocks, int) or self.remove_blocks < 0:
@@ -236,6 +242,7 @@ class PruneConfig:
                               f"pass {opt('calib')} data.npz")
         _unit(opt("target_macs"), self.target_macs, closed_top=True, open_bottom=True)
         _unit(opt("target_params"), self.target_params, closed_top=True, open_bottom=True)
+        _check_latency_targets(self)
         if self.max_error is not None and not (math.isfinite(self.max_error) and self.max_error > 0):
             raise ConfigError(f"{opt('max_error')} must be > 0, got {self.max_error}")
         if self.sensitivity_method not in ("gram", "model"):
@@ -255,12 +262,27 @@ class PruneConfig:
         if self.bench_runs < 1 or self.bench_warmup < 0:
             raise ConfigError(f"{opt('bench_runs')} must be >= 1 and {opt('bench_warmup')} >= 0, got "
                               f"{self.bench_runs}, {self.bench_warmup}")
+        if not (math.isfinite(self.latency_budget) and self.latency_budget >= 0):
+            raise ConfigError(f"{opt('latency_budget')} must be >= 0 seconds, got {self.latency_budget}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"{opt('threads')} must be >= 1, got {self.threads}")
         for pattern in self.exclude:
             if not pattern:
                 raise ConfigError(f"{opt('exclude')} needs a non-empty pattern, e.g. {setting('exclude', 'conv1*')}")
         return self
+
+
+def _check_latency_targets(config: PruneConfig) -> None:
+    """A latency budget is one target, > 0 (a speedup >= 1), and no MAC or parameter budget beside it."""
+    speedup, latency = config.target_speedup, config.target_latency
+    if speedup is not None and not (math.isfinite(speedup) and speedup >= 1):
+        raise ConfigError(f"{opt('target_speedup')} must be >= 1, got {speedup}")
+    if latency is not None and not (math.isfinite(latency) and latency > 0):
+        raise ConfigError(f"{opt('target_latency')} must be > 0 (milliseconds), got {latency}")
+    given = [n for n in ("target_speedup", "target_latency", "target_macs", "target_params")
+             if getattr(config, n) is not None]
+    if len(given) > 1 and any(n in given for n in ("target_speedup", "target_latency")):
+        raise ConfigError(f"{opt(given[0])} and {opt(given[1])} cannot be used together; choose one budget")
 
 
 #: The option names, in declaration order.

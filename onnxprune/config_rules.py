@@ -47,6 +47,8 @@ MODES_OF: dict[str, tuple[str, ...]] = {
     "target_macs": ("structured",),
     "target_params": ("structured",),
     "max_error": ("structured",),
+    "target_speedup": ("structured",),
+    "target_latency": ("structured",),
     "sensitivity_method": ("structured",),
     "executor": ("structured",),
     "workers": ("structured",),
@@ -63,7 +65,7 @@ _INSTEAD: dict[tuple[str, str], str] = {
 #: Options a saved plan decides: with ``plan_in`` they would be ignored.
 PLAN_DECIDES = ("ratio", "scope", "global_rank", "round_to", "min_channels", "grouped_conv", "importance",
                 "target_macs", "target_params", "max_error", "sensitivity_method", "executor", "workers",
-                "ray_address")
+                "ray_address", "target_speedup", "target_latency")
 
 #: Options read only when another one is set: option -> (the options, any of which enables it).
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -235,7 +237,9 @@ def check_applicable(given: Iterable[str], values: Mapping[str, Any]) -> None:
             raise ConfigError(f"{opt(param)} does not apply with {opt('plan_in')}: the saved plan fixes the "
                               f"channels kept; drop one of the two")
     for param, enablers in NEEDS.items():
-        if param in given and not any(values.get(e) for e in enablers):
+        # bench None is "automatic": a structured prune may time (onnxprune/speed.py), the other modes do not
+        auto = values.get("bench") is None and mode == "structured"
+        if param in given and not any(values.get(e) or (e == "bench" and auto) for e in enablers):
             needed = " or ".join(opt(e) for e in enablers)
             raise ConfigError(f"{opt(param)} applies only with {needed}; add it or drop {opt(param)}")
     if mode == "width" and not values.get("calib"):

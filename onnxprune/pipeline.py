@@ -22,7 +22,7 @@ from typing import Any
 from onnx import ModelProto
 
 from onnxprune.config import PruneConfig, as_config
-from onnxprune.core.errors import ConfigError, ValidationError
+from onnxprune.core.errors import ConfigError, SlowerModelError, ValidationError
 from onnxprune.core.io import (
     check_output_path,
     data_files,
@@ -75,6 +75,7 @@ def prune(
     config: PruneConfig | Mapping[str, Any] | None = None,
     *,
     output: str | os.PathLike[str] | None = None,
+    timer: Any = None,
 ) -> PruneResult:
     """Prune a model as ``config`` says, prove the result, and save it if ``output`` is given.
 
@@ -83,6 +84,9 @@ def prune(
         config: all options (default: structured pruning at ratio 0.3 with l2 importance); a dict is taken
             as ``PruneConfig``'s keyword arguments.
         output: where to save the pruned model; nothing is written if any step fails.
+        timer: how the original and the result are benchmarked, ``timer(original, pruned, config)`` returning a
+            ``BenchReport.to_dict()`` (default: :func:`onnxprune.runtime.bench.benchmark`); for tests and
+            custom runtimes.
 
     Returns:
         A :class:`PruneResult`.
@@ -96,12 +100,16 @@ def prune(
     """
     # Scratch files (the structured zeroed reference) live only as long as the run, whatever happens.
     with tempfile.TemporaryDirectory(prefix="onnxprune-run-", ignore_cleanup_errors=True) as scratch:
-        return _prune(source, config, output=output, scratch=Path(scratch))
+        return _prune(source, config, output=output, scratch=Path(scratch), timer=timer)
 
 
 def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Mapping[str, Any] | None, *,
-           output: str | os.PathLike[str] | None, scratch: Path) -> PruneResult:
-    """The body of :func:`prune`; ``scratch`` is an empty temporary folder removed after the run."""
+           output: str | os.PathLike[str] | None, scratch: Path, timer: Any = None,
+           first_try: dict[str, Any] | None = None) -> PruneResult:
+    """The body of :func:`prune`; ``scratch`` is an empty temporary folder removed after the run.
+
+    ``first_try``: the speed report of a first attempt found slower (this run is the one retry).
+    """
     config = as_config(config).validate_options()
     warnings: list[str] = []
     for note in config.notes:  # e.g. the mode inferred from the options given
@@ -125,8 +133,11 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
         report["folded_constants"] = folded
 
     plan = None
+    from onnxprune.speed import bench_wanted
+
+    bench_on = bench_wanted(config, stats_before.macs)
     if config.mode == "structured":
-        pruned, exact_reference, plan, extra = _run_structured(original, config, warnings, scratch)
+        pruned, exact_reference, plan, extra = _run_structured(original, config, warnings, scratch, bench_on)
     elif config.mode == "width":  # not exact (LayerNorm over fewer channels): drift is measured, not proven
         from onnxprune.recovery.slicegpt import prune_stream_width
 
@@ -138,6 +149,7 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
         exact_reference, extra = None, {"width": width}
     else:
         pruned, exact_reference, extra = _run_sparse(original, config, warnings)
+    latency = extra.pop("latency_model", None)
     report.update(extra)
     # One parse of the source file tells both its size on disk and whether its weights live beside it.
     source_data = data_files(inputs[0]) if inputs else []
@@ -170,19 +182,30 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
         after = evaluate_accuracy(pruned, config.eval_data, labels=config.labels)
         report["accuracy"] = {"before": _jsonable(before), "after": _jsonable(after)}
 
-    if config.bench:
-        from onnxprune.runtime.bench import benchmark
+    if bench_on:
+        report["bench"] = dict((timer or _benchmark)(baseline, pruned, config))
+        from onnxprune.speed import speed_decision
 
-        bench = benchmark([baseline, pruned], names=["original", "pruned"], providers=config.providers,
-                          batches=config.bench_batches, runs=config.bench_runs, warmup=config.bench_warmup,
-                          threads=config.threads, dims=config.dims)
-        report["bench"] = _jsonable(bench)
+        decision = speed_decision(report["bench"], config, retried=first_try is not None)
+        report["speed"] = {"verdicts": [v.to_dict() for v in decision.verdicts], "retried": first_try is not None}
+        if first_try is not None:
+            report["speed"]["first_try"] = first_try
+        if decision.retry is not None:
+            log.warning(decision.message)
+            return _prune(source, decision.retry, output=output, scratch=scratch, timer=timer,
+                          first_try=report["speed"])
+        if decision.refuse:
+            raise SlowerModelError(str(decision.message))
         from onnxprune.runtime.bench_verdict import slower_warning
 
-        slower = slower_warning(report["bench"], round_to=config.round_to, mode=config.mode)
+        slower = decision.message or slower_warning(report["bench"], round_to=config.round_to, mode=config.mode)
         if slower:
             log.warning(slower)
             warnings.append(slower)
+    if latency is not None:
+        from onnxprune.speed import keep_counts, latency_report
+
+        report["latency"] = latency_report(latency, keep_counts(plan), report.get("bench"))
 
     saved = None
     if output is not None:
@@ -198,6 +221,19 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
     report["warnings"] = warnings
     report["seconds"] = round(time.perf_counter() - started, 3)
     return PruneResult(model=pruned, report=report, plan=plan, output=saved, warnings=tuple(warnings))
+
+
+def _benchmark(baseline: str | os.PathLike[str] | ModelProto, pruned: ModelProto, config: PruneConfig) -> Any:
+    """Time the original and the result alternately (``--bench``; by default on small models: fewer runs,
+    no memory subprocesses)."""
+    from onnxprune.runtime.bench import benchmark
+    from onnxprune.speed import AUTO_BENCH_RUNS
+
+    auto = config.bench is None
+    return _jsonable(benchmark([baseline, pruned], names=["original", "pruned"], providers=config.providers,
+                     batches=config.bench_batches,
+                     runs=AUTO_BENCH_RUNS if auto and "bench_runs" not in config.given else config.bench_runs,
+                     warmup=config.bench_warmup, threads=config.threads, dims=config.dims, memory=not auto))
 
 
 def _fold(model: ModelProto, warnings: list[str]) -> tuple[ModelProto, list[str]]:
@@ -225,7 +261,7 @@ def _resolve_dims(model: ModelProto, config: PruneConfig, warnings: list[str]
     from onnxprune.runtime.dims import resolve_dims
 
     res = resolve_dims(model, dims=config.dims, data=(config.validation_data, config.eval_data, config.calib),
-                       seed=config.seed, required=config.validate or config.bench)
+                       seed=config.seed, required=config.validate or bool(config.bench))
     for key in res.unused:
         msg = f"--dim {key} names no dynamic axis of the model's inputs; it is ignored"
         log.warning(msg)
@@ -240,7 +276,8 @@ def _resolve_dims(model: ModelProto, config: PruneConfig, warnings: list[str]
 def _settings(config: PruneConfig) -> dict[str, Any]:
     keys = {
         "structured": ("ratio", "importance", "global_rank", "round_to", "min_channels", "seed", "exclude",
-                       "plan_in", "target_macs", "target_params", "max_error", "remove_blocks"),
+                       "plan_in", "target_macs", "target_params", "max_error", "remove_blocks", "target_speedup",
+                       "target_latency"),
         "unstructured": ("sparsity", "scope", "layer_sparsity", "min_size", "exclude", "importance"),
         "nm": ("nm", "min_size", "exclude", "importance"),
         "width": ("ratio", "importance"),
@@ -305,7 +342,8 @@ def _sparse_scores(original: ModelProto, config: PruneConfig) -> Any:
     return sparse_scores(original, config.calib, criterion=config.importance)
 
 
-def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[str], scratch: Path
+def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[str], scratch: Path,
+                    bench_on: bool = False
                     ) -> tuple[ModelProto, ModelProto | Path | _ExactBeforeRecovery | None, Any, dict[str, Any]]:
     from onnxprune.runtime.session import SESSION_FILE_BYTES
     from onnxprune.structured.analysis import analyze
@@ -328,11 +366,22 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
 
         group_ratios = allocate_budget(original, dg, config)
     ratio = 0.0 if group_ratios is not None else config.ratio  # a budget sets every group's ratio itself
+    latency, target = None, None
+    targets = config.target_speedup or config.target_latency
+    if config.round_to == "auto" or bench_on or targets:  # widths chosen by, predictions from, measured latency
+        from onnxprune.speed import latency_model
+
+        latency = latency_model(original, dg, config)
+    statistics = _structured_statistics(original, dg, config)
+    if latency is not None and targets and plan_in is None:
+        from onnxprune.speed import ratio_for_target
+
+        ratio, target = ratio_for_target(original, dg, config, latency, statistics=statistics)
     result = prune_structured(original, ratio=ratio, importance=config.importance,
                               global_rank=config.global_rank, round_to=config.round_to,
                               min_channels=config.min_channels, exclude=config.exclude, seed=config.seed,
-                              plan=plan_in, group_ratios=group_ratios, dg=dg,
-                              statistics=_structured_statistics(original, dg, config))
+                              plan=plan_in, group_ratios=group_ratios, dg=dg, statistics=statistics,
+                              width_chooser=None if latency is None or plan_in else latency.choose)
     # The reference is a full copy of the model, needed only to prove exactness (skip it with --no-validate):
     # a big one goes straight to a file, one tensor at a time, from which onnxruntime maps it when it runs
     # (measured on a 0.4 GB model, tools/bench_large.py: validated structured peak 2.96x -> 2.13x its size).
@@ -347,6 +396,9 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
         warnings.append(msg)
     model = result.model
     extra = dict(result.report)
+    extra["latency_model"] = latency
+    if target is not None:
+        extra["latency_target"] = target
     if depth:
         extra["depth"] = depth
     if config.recovery != "none":
@@ -391,7 +443,7 @@ def _warn_odd_widths(groups: list[dict[str, Any]], config: PruneConfig, warnings
     Measured on the digits CNN at ratio 0.3 (README): widths 22/45 ran at 0.64x the original's speed,
     --round-to 8 at 1.09x.
     """
-    if config.round_to is not None:
+    if config.round_to not in (None, 1):
         return
     odd = sorted({g["size_after"] for g in groups if g["size_after"] != g["size_before"] and g["size_after"] % 8})
     if odd:

@@ -25,7 +25,7 @@ def test_defaults_are_valid_and_recovery_follows_calibration() -> None:
         ({"mode": "magic"}, r"^mode must be one of"),
         ({"scope": "world"}, r"^scope"),
         ({"mode": "nm", "nm": "4:2"}, r"N:M pattern needs 0 < n < m"),
-        ({"round_to": 0}, r"^round_to must be >= 1"),
+        ({"round_to": 0}, r"^round_to must be auto or an integer >= 1"),
         ({"min_channels": 0}, r"^min_channels must be >= 1"),
         ({"mode": "unstructured", "min_size": -1}, r"^min_size"),
         ({"target_macs": 0.0}, r"^target_macs must be in \(0, 1\]"),

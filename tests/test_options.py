@@ -79,7 +79,7 @@ def test_api_sparsity_alone_selects_unstructured(mlp_file: Path, caplog: pytest.
     (["--max-error", "0.1"], r"--max-error applies only with --target-macs or --target-params"),
     (["--max-error", "0.1", "--target-macs", "0.5"], r"--max-error is measured on calibration data; pass --calib"),
     (["--labels", "y"], r"--labels applies only with --eval-data"),
-    (["--runs", "3"], r"--runs applies only with --bench"),
+    (["--mode", "unstructured", "--runs", "3"], r"--runs applies only with --bench"),
 ])
 def test_option_of_another_mode_is_refused(args: list[str], match: str, mlp_file: Path, out_dir: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
@@ -169,7 +169,7 @@ def test_prune_takes_a_dict_of_options(mlp_file: Path) -> None:
 @pytest.mark.parametrize(("make", "match"), [
     (lambda: PruneConfig(ratio="0.3"), r"^ratio must be a number, got str '0.3'"),  # type: ignore[arg-type]
     (lambda: PruneConfig(ratio=True), r"^ratio must be a number"),
-    (lambda: PruneConfig(round_to=2.5), r"^round_to must be an integer"),
+    (lambda: PruneConfig(round_to=2.5), r"^round_to must be auto or an integer"),
     (lambda: PruneConfig(0.3), r"keyword arguments only"),  # type: ignore[misc]
     (lambda: PruneConfig(ratio=1.0), r"^ratio must be in \[0, 1\), got 1.0$"),
     (lambda: PruneConfig(mode="sparse"), r"^mode must be one of structured, unstructured, nm, width, got 'sparse'$"),

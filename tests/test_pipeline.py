@@ -134,7 +134,7 @@ def test_markdown_report_and_bench(cnn: Path, tmp_path: Path) -> None:
 
 
 def test_odd_widths_warn_and_round_to_silences_it(cnn: Path, tmp_path: Path) -> None:
-    r = _prune([str(cnn), "-o", str(tmp_path / "a.onnx"), "--ratio", "0.3"], tmp_path / "a.json")
+    r = _prune([str(cnn), "-o", str(tmp_path / "a.onnx"), "--ratio", "0.3", "--round-to", "1"], tmp_path / "a.json")
     assert any("--round-to 8" in w for w in r["warnings"])  # 16 channels at 0.3 leave 11
     r = _prune([str(cnn), "-o", str(tmp_path / "b.onnx"), "--ratio", "0.3", "--round-to", "8"], tmp_path / "b.json")
     assert not any("--round-to" in w for w in r["warnings"])

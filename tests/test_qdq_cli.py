@@ -22,7 +22,7 @@ def _summary(model: onnx.ModelProto) -> tuple[Counter, dict[str, int]]:
     return ops, {t.name: t.data_type for t in model.graph.initializer}
 
 
-@pytest.mark.parametrize("mode", [["--mode", "structured", "--ratio", "0.3"],
+@pytest.mark.parametrize("mode", [["--mode", "structured", "--ratio", "0.3", "--round-to", "1"],
                                   ["--mode", "unstructured", "--sparsity", "0.5"],
                                   ["--mode", "nm", "--nm", "2:4"]])
 def test_every_mode_keeps_a_qdq_model_quantized(tmp_path: Path, mode: list[str]) -> None:

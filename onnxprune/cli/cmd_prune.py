@@ -20,6 +20,15 @@ def _csv_ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from exc
 
 
+def _round_to(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"'{text}' is neither auto nor an integer") from exc
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     d = default_of  # every default shown here is PruneConfig's own
     p = sub.add_parser(
@@ -55,8 +64,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--ratio", type=float, default=None,
                    help=f"fraction of channels to remove per group (default {d('ratio')})")
     add_old_spelling(s, "--global", new="--scope global", dest="scope", const="global", flag=True)
-    s.add_argument("--round-to", type=int, default=None, metavar="K",
-                   help="keep channel counts multiples of K (default: no rounding)")
+    s.add_argument("--round-to", type=_round_to, default=None, metavar="auto|K",
+                   help="auto: per group, the kept width near the ratio that measured latency says is fastest; "
+                        f"K: keep channel counts multiples of K (default {d('round_to')})")
     s.add_argument("--min-channels", type=int, default=None,
                    help=f"keep at least this many channels per group (default {d('min_channels')})")
     s.add_argument("--grouped-conv", default=None, choices=["within", "whole"],
@@ -76,6 +86,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     c.add_argument("--target-macs", type=float, help="keep at most this fraction of MACs (default: no budget)")
     c.add_argument("--target-params", type=float,
                    help="keep at most this fraction of parameters (default: no budget)")
+    c.add_argument("--target-speedup", type=float, metavar="X",
+                   help="structured: the lowest uniform ratio whose measured-latency prediction reaches this "
+                        "speedup on the first --batches size (default: no budget)")
+    c.add_argument("--target-latency", type=float, metavar="MS",
+                   help="structured: the same for a latency in milliseconds (default: no budget)")
     c.add_argument("--max-error", type=float,
                    help="with a budget and --calib: stop before the calibration output error exceeds this")
     c.add_argument("--exact-sensitivity", dest="sensitivity_method", action="store_const", const="model",
@@ -104,7 +119,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "--dim sequence=128 or --dim x:2=320 (default: from the data, else chosen and reported)")
     v.add_argument("--providers", default=None,
                    help=f"comma-separated: cpu, cuda, ... (default {','.join(d('providers'))})")
-    v.add_argument("--bench", action="store_true", default=None, help="append a before/after benchmark")
+    v.add_argument("--bench", action="store_true", default=None,
+                   help="append a before/after benchmark (default: on for structured prunes of small models)")
+    v.add_argument("--no-bench", dest="bench", action="store_false", default=None,
+                   help="no benchmark, not even the automatic one of small models (nor the never-slower check)")
     v.add_argument("--batches", type=_csv_ints, default=None, metavar="B,B,...",
                    help=f"with --bench: batch sizes (default {','.join(map(str, d('bench_batches')))})")
     add_old_spelling(v, "--batch", new="--batches", dest="batches", type=_csv_ints)
@@ -112,6 +130,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.add_argument("--warmup", type=int, default=None,
                    help=f"with --bench: untimed runs (default {d('bench_warmup')})")
     v.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    v.add_argument("--allow-slower", action="store_true", default=None,
+                   help="save the result even when the benchmark finds it slower than the original")
+    v.add_argument("--latency-budget", type=float, default=None, metavar="S",
+                   help="seconds of layer timing --round-to auto may spend; groups past it round up to 8 "
+                        f"(default {d('latency_budget'):g})")
+    v.add_argument("--no-cache", dest="latency_cache", action="store_false", default=None,
+                   help="do not read or write the measured-latency cache (~/.cache/onnxprune/latency)")
     o = p.add_argument_group("output")
     o.add_argument("--report", help="write the JSON report here ('-' or /dev/stdout: print it on stdout)")
     o.add_argument("--report-md", help="write a Markdown report here")

@@ -26,7 +26,10 @@ PRUNE_FLAGS: dict[str, str] = {
     "labels": "--labels", "validate": "--no-validate", "atol": "--atol", "rtol": "--rtol", "dims": "--dim",
     "providers": "--providers", "validation_data": "--data", "bench": "--bench", "bench_batches": "--batches",
     "bench_runs": "--runs", "bench_warmup": "--warmup", "threads": "--threads",
-    "external_data": "--external-data", "sensitivity_method": "--exact-sensitivity", "executor": "--executor",
+    "external_data": "--external-data", "allow_slower": "--allow-slower",
+    "target_speedup": "--target-speedup", "target_latency": "--target-latency", "latency_cache": "--no-cache",
+    "latency_budget": "--latency-budget",
+    "sensitivity_method": "--exact-sensitivity", "executor": "--executor",
     "workers": "--workers", "ray_address": "--ray-address",
 }
 

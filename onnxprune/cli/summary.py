@@ -154,6 +154,21 @@ def bench_lines(bench: Mapping[str, Any], *, verbose: bool) -> list[str]:
     return lines
 
 
+def latency_lines(report: Mapping[str, Any]) -> list[str]:
+    """The latency table's prediction per batch beside the measured speedup, and a retry if there was one."""
+    rows = []
+    for p in (report.get("latency") or {}).get("prediction", []):
+        text = f"batch {p['batch']}: predicted {p['predicted_speedup']:.2f}x"
+        if "measured_speedup" in p:
+            text += f", measured {p['measured_speedup']:.2f}x (error {100 * p['error']:+.0f}%)"
+        rows.append(text)
+    lines = _rows("latency model", rows)
+    if (report.get("speed") or {}).get("retried"):
+        lines.append(_row("", f"retried with --round-to {report['settings'].get('round_to')}: the first try "
+                              f"was slower"))
+    return lines
+
+
 def dims_lines(report: Mapping[str, Any]) -> list[str]:
     """The input sizes onnxprune chose for dynamic axes (MACs and checks use them), when it chose any."""
     from onnxprune.runtime.dims import describe_assumed
@@ -176,6 +191,7 @@ def summary_lines(report: Mapping[str, Any], output: str, *, verbose: bool = Fal
         lines += accuracy_lines(report["accuracy"], verbose=verbose)
     if report.get("bench"):
         lines += bench_lines(report["bench"], verbose=verbose)
+    lines += latency_lines(report)
     skipped = list(report.get("skipped", []))
     for item in skipped if verbose else skipped[:10]:
         lines.append(f"  skipped {item['name']}: {item['reason']}")

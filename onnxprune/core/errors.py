@@ -49,3 +49,7 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+class SlowerModelError(ValidationError):
+    """The pruned model ran slower than the original beyond the measured spread (``--allow-slower`` keeps it)."""

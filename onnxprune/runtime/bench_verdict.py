@@ -73,7 +73,7 @@ def bench_flags(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 NOISE_ADVICE = "timings are noisy: rerun with more --runs (e.g. 200) or on a quieter machine"
 
 
-def slower_warning(bench: Mapping[str, Any], *, round_to: int | None, mode: str = "structured") -> str | None:
+def slower_warning(bench: Mapping[str, Any], *, round_to: int | str | None, mode: str = "structured") -> str | None:
     """A loud one-line warning when a pruned model ran slower than the original, with what helps.
 
     ``round_to`` is the ``--round-to`` the model was pruned with: without one the hint is ``--round-to 8``
@@ -89,6 +89,8 @@ def slower_warning(bench: Mapping[str, Any], *, round_to: int | None, mode: str 
         hint = "zeroed weights do not speed up dense kernels; use --mode structured for speed"
     elif round_to is None:
         hint = "prune again with --round-to 8 (widths that are multiples of 8 run faster on CPU)"
+    elif not isinstance(round_to, int):
+        hint = "try --round-to 16 or a lower --ratio"
     else:
         hint = f"try a larger --round-to than {round_to} (e.g. 16) or a lower --ratio"
     return f"the pruned model is SLOWER than the original ({where}); {hint}, then compare with --bench"

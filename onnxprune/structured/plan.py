@@ -204,11 +204,42 @@ def _matches(group: ChannelGroup, patterns: tuple[str, ...]) -> bool:
     return matches_any(names, patterns)
 
 
-def _keep_count(n: int, drop: int, min_channels: int, round_to: int | None) -> int:
+#: ``round_to="auto"``: widths chosen by measured latency (a ``width_chooser``); without one, this rule.
+AUTO = "auto"
+AUTO_FALLBACK = 8
+
+#: ``width_chooser(group, k)``: the width to keep in ``group`` when the ratio asks for ``k`` channels.
+WidthChooser = Callable[[ChannelGroup, int], int]
+
+
+def _keep_count(n: int, drop: int, min_channels: int, round_to: int | str | None) -> int:
     k = max(n - drop, min(min_channels, n))
-    if round_to and k < n:
-        k = min(n, -(-k // round_to) * round_to)
+    step = AUTO_FALLBACK if round_to == AUTO else round_to
+    if isinstance(step, int) and step and k < n:
+        k = min(n, -(-k // step) * step)
     return k
+
+
+def auto_candidates(size: int, k: int, tolerance: float = 0.03) -> list[int]:
+    """Widths ``round_to="auto"`` may keep when the ratio asks for ``k`` of ``size`` channels.
+
+    ``k`` itself; ``k`` rounded up to multiples of 8, 16 and 32 (the full width only when rounding to 8
+    already reaches it in a group of 16 or more); and ``k`` rounded down to those multiples when that
+    drops at most ``tolerance`` of the group (at least one channel), so a chosen width never keeps much
+    fewer channels than asked.
+    """
+    if k >= size:
+        return [size]
+    out = {k}
+    floor_tol = max(1, int(tolerance * size))
+    for step in (8, 16, 32):
+        up = -(-k // step) * step
+        if up < size or (step == 8 and size >= 16):  # a group under 16 is never rounded back to its full width
+            out.add(min(up, size))
+        down = (k // step) * step
+        if down >= 1 and k - down <= floor_tol:
+            out.add(down)
+    return sorted(out)
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
@@ -217,13 +248,13 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return np.sort(order[:k]).astype(np.int64)
 
 
-def validate_options(*, ratio: float, round_to: int | None, min_channels: int,
+def validate_options(*, ratio: float, round_to: int | str | None, min_channels: int,
                      group_ratios: Mapping[int, float] | None, dg: DependencyGraph | None = None) -> None:
     """Check pruning options; raises :class:`ConfigError` naming the option and the valid range."""
     if not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
         raise ConfigError(f"ratio must be in [0, 1), got {ratio!r}")
-    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
-        raise ConfigError(f"round_to must be an integer >= 1, got {round_to!r}")
+    if round_to is not None and round_to != AUTO and (not isinstance(round_to, int) or round_to < 1):
+        raise ConfigError(f"round_to must be an integer >= 1 or 'auto', got {round_to!r}")
     if not isinstance(min_channels, int) or min_channels < 1:
         raise ConfigError(f"min_channels must be an integer >= 1, got {min_channels!r}")
     for gid, r in (group_ratios or {}).items():
@@ -234,10 +265,11 @@ def validate_options(*, ratio: float, round_to: int | None, min_channels: int,
 
 
 def make_plan(model: ModelProto | str | os.PathLike[str], dg: DependencyGraph, *, ratio: float,
-              importance: str | Callable = "l2", global_rank: bool = False, round_to: int | None = None,
+              importance: str | Callable = "l2", global_rank: bool = False, round_to: int | str | None = None,
               min_channels: int = 1,
               exclude: Iterable[str] = (), seed: int = 0, group_ratios: Mapping[int, float] | None = None,
-              statistics: Mapping[str, object] | None = None) -> PrunePlan:
+              statistics: Mapping[str, object] | None = None,
+              width_chooser: WidthChooser | None = None) -> PrunePlan:
     """Choose the channels to keep in every prunable group.
 
     Args:
@@ -247,12 +279,15 @@ def make_plan(model: ModelProto | str | os.PathLike[str], dg: DependencyGraph, *
         ratio: share of each group's channels to remove (``round(ratio * size)``, half up).
         importance: criterion name (see :func:`onnxprune.structured.importance.available_criteria`) or a callable.
         global_rank: rank all groups' channels together under one threshold instead of per group.
-        round_to: keep channel counts multiples of this (rounded up, never above the group size).
+        round_to: keep channel counts multiples of this (rounded up, never above the group size); ``"auto"``:
+            ``width_chooser`` picks each width among :func:`auto_candidates` (without one: multiples of 8).
         min_channels: never keep fewer channels than this in a group.
         exclude: shell-style patterns on node and weight names; matching groups are not cut.
         seed: seed for randomized criteria.
         group_ratios: per-group-id ratios overriding ``ratio`` (from a budget allocator).
         statistics: data for data-aware criteria (passed on as ``ImportanceContext.statistics``).
+        width_chooser: with ``round_to="auto"``, the width to keep per group (the pipeline passes one that
+            reads measured latency; this layer does not time anything itself).
 
     Returns:
         The :class:`PrunePlan` (prunable groups only).
@@ -284,6 +319,8 @@ def make_plan(model: ModelProto | str | os.PathLike[str], dg: DependencyGraph, *
         scores[g.id] = np.nan_to_num(s, nan=0.0)
         ctx.release()
     counts: dict[int, int] = {}
+    chooser = width_chooser if round_to == AUTO else None
+    round_to_count = None if chooser is not None else round_to
     if global_rank:
         floor = {g.id: min(min_channels, g.size) for g in groups}
         total = sum(g.size for g in groups)
@@ -298,11 +335,14 @@ def make_plan(model: ModelProto | str | os.PathLike[str], dg: DependencyGraph, *
                 dropped[gid] += 1
                 budget -= 1
         for g in groups:
-            counts[g.id] = _keep_count(g.size, dropped[g.id], min_channels, round_to)
+            counts[g.id] = _keep_count(g.size, dropped[g.id], min_channels, round_to_count)
     else:
         for g in groups:
             r = ratios.get(g.id, ratio)
-            counts[g.id] = _keep_count(g.size, _round_half_up(r * g.size), min_channels, round_to)
+            counts[g.id] = _keep_count(g.size, _round_half_up(r * g.size), min_channels, round_to_count)
+    if chooser is not None:
+        floor = {g.id: min(min_channels, g.size) for g in groups}
+        counts = {g.id: max(floor[g.id], min(g.size, int(chooser(g, counts[g.id])))) for g in groups}
     keep = {g.id: keep_every_source(g, _top(scores[g.id], counts[g.id]), scores[g.id]) for g in groups}
     meta: dict[str, object] = {"ratio": ratio, "global_rank": global_rank, "round_to": round_to,
                                "min_channels": min_channels, "seed": seed, "grouped_conv": dg.grouped_conv}

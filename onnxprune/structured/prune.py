@@ -22,7 +22,7 @@ from onnxprune.structured.analysis import DependencyGraph, analyze
 from onnxprune.structured.attention import attention_heads
 from onnxprune.structured.axes import ChannelAxis
 from onnxprune.structured.naming import group_layers, group_name
-from onnxprune.structured.plan import PrunePlan, make_plan, validate_options
+from onnxprune.structured.plan import PrunePlan, WidthChooser, make_plan, validate_options
 from onnxprune.structured.rules.registry import RuleSpec
 from onnxprune.structured.surgery import apply_plan
 
@@ -103,11 +103,12 @@ def build_report(model: ModelProto, dg: DependencyGraph, plan: PrunePlan) -> dic
 
 
 def prune_structured(model: ModelProto | str | os.PathLike[str], *, ratio: float, importance: str | Callable = "l2",
-                     global_rank: bool = False, round_to: int | None = None, min_channels: int = 1,
+                     global_rank: bool = False, round_to: int | str | None = None, min_channels: int = 1,
                      exclude: Iterable[str] = (), seed: int = 0, plan: PrunePlan | None = None,
                      group_ratios: Mapping[int, float] | None = None, extra_rules: Iterable[RuleSpec] = (),
                      statistics: Mapping[str, object] | None = None,
-                     dg: DependencyGraph | None = None) -> StructuredResult:
+                     dg: DependencyGraph | None = None,
+                     width_chooser: WidthChooser | None = None) -> StructuredResult:
     """Remove channels from a model; the input is never modified.
 
     Args:
@@ -115,7 +116,7 @@ def prune_structured(model: ModelProto | str | os.PathLike[str], *, ratio: float
         ratio: share of each prunable group's channels to remove, in ``[0, 1)``.
         importance: criterion name or callable (see :mod:`onnxprune.structured.importance`).
         global_rank: rank channels of all groups together.
-        round_to: keep channel counts multiples of this.
+        round_to: keep channel counts multiples of this, or ``"auto"`` (``width_chooser`` decides).
         min_channels: keep at least this many channels per group.
         exclude: shell-style patterns on node/weight names protecting their groups.
         seed: seed for randomized criteria.
@@ -124,6 +125,7 @@ def prune_structured(model: ModelProto | str | os.PathLike[str], *, ratio: float
         extra_rules: additional op rules (:class:`~onnxprune.structured.rules.registry.RuleSpec`).
         statistics: data for data-aware criteria.
         dg: the dependency graph of ``model`` if the caller already built it (saves a second analysis).
+        width_chooser: see :func:`~onnxprune.structured.plan.make_plan`.
 
     Returns:
         :class:`StructuredResult`.
@@ -145,7 +147,7 @@ def prune_structured(model: ModelProto | str | os.PathLike[str], *, ratio: float
     if plan is None:
         plan = make_plan(m, dg, ratio=ratio, importance=importance, global_rank=global_rank, round_to=round_to,
                          min_channels=min_channels, exclude=exclude, seed=seed, group_ratios=group_ratios,
-                         statistics=statistics)
+                         statistics=statistics, width_chooser=width_chooser)
     pruned = apply_plan(m, plan, dg=dg, extra_rules=rules)
     return StructuredResult(model=pruned, plan=plan, dg=dg, report=build_report(m, dg, plan))
 

@@ -34,7 +34,7 @@ def test_mlp_drift_is_measured_on_the_probabilities_not_the_int64_label(tmp_path
 
 
 def test_summary_names_the_pruned_layers(tmp_path, capsys) -> None:
-    out, _ = _prune(tmp_path, capsys, CNN, "--no-validate")
+    out, _ = _prune(tmp_path, capsys, CNN, "--no-validate", "--round-to", "1")
     assert "4 of 4 pruned, 1 blocked" in out
     # each pruned group is named by its first producing layer and how many more layers move with it
     assert re.search(r"/features/features\.0/Conv \(\+3\)\s+32 -> 22\s+kept 69%", out), out
@@ -48,7 +48,8 @@ def test_verbose_lists_every_group_and_the_blocked_ones(tmp_path, capsys) -> Non
 
 
 def test_kept_column_percent_accuracy_and_short_lines(tmp_path, capsys) -> None:
-    out, _ = _prune(tmp_path, capsys, CNN, "--eval-data", str(ROOT / "models" / "digits_cnn_test.npz"))
+    out, _ = _prune(tmp_path, capsys, CNN, "--eval-data", str(ROOT / "models" / "digits_cnn_test.npz"),
+                    "--round-to", "1", "--no-bench")
     header = out.splitlines()[1]
     assert header.split() == ["before", "after", "kept"]  # after/before, not "ratio" (--ratio is the share removed)
     assert re.search(r"params\s+75\.56k\s+37\.13k\s+49\.1%", out), out
@@ -67,7 +68,8 @@ def test_round_to_says_which_groups_it_left_unpruned(tmp_path, capsys) -> None:
 
 
 def test_bench_rows_reach_the_console(tmp_path, capsys) -> None:
-    out, _ = _prune(tmp_path, capsys, MLP, "--no-validate", "--bench", "--runs", "3", "--warmup", "0")
+    out, _ = _prune(tmp_path, capsys, MLP, "--no-validate", "--bench", "--runs", "3", "--warmup", "0",
+                    "--round-to", "1")
     rows = [line for line in out.splitlines() if re.search(r"cpu batch \d+: [\d.]+ -> [\d.]+ ms, [\d.]+x", line)]
     assert len(rows) == 2, out  # batches 1 and 8
     assert "speed (p50)" in rows[0] and "(ideal 1.66x)" in rows[0]
@@ -87,7 +89,20 @@ def test_a_slower_pruned_model_is_warned_about_with_the_round_to_hint(tmp_path, 
 
     monkeypatch.setattr(bench_module, "benchmark", slower)
     out, err = _prune(tmp_path, capsys, MLP, "--no-validate", "--bench", "--runs", "2", "--warmup", "0",
-                      "--batch", "1")
+                      "--batch", "1", "--round-to", "1", "--allow-slower")
     assert "0.63x (ideal 1.66x) SLOWER" in out
     assert "WARNING: the pruned model is SLOWER than the original (cpu batch 1: 0.63x)" in err
-    assert "--round-to 8" in err
+    assert "try a larger --round-to than 1" in err
+
+
+def test_latency_prediction_and_retry_reach_the_console() -> None:
+    from onnxprune.cli.summary import latency_lines
+
+    report = {"settings": {"round_to": 16}, "speed": {"retried": True},
+              "latency": {"prediction": [{"batch": 1, "predicted_speedup": 1.2, "measured_speedup": 1.1,
+                                          "error": -0.0833}, {"batch": 8, "predicted_speedup": 1.5}]}}
+    lines = latency_lines(report)
+    assert "batch 1: predicted 1.20x, measured 1.10x (error -8%)" in lines[0]
+    assert lines[1].strip() == "batch 8: predicted 1.50x"
+    assert "retried with --round-to 16" in lines[2]
+    assert latency_lines({}) == []

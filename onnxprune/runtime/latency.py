@@ -1,0 +1,215 @@
+"""Latency tables: small models timed in onnxruntime, cached per machine, provider and model.
+
+Why: the widths a pruned model keeps decide whether it runs faster, and only a measurement on the
+machine and provider it will run on can say which widths are fast (MACs are not time). The structured
+layer builds one-layer models per group and width (:mod:`onnxprune.structured.layer_models`); this module
+times them fairly (every candidate of one group alternately, round after round, medians, so a slow phase
+of a shared machine hits all candidates alike) within a time budget, and keeps the results in a user
+cache folder so a second prune of the same model on the same machine costs nothing.
+
+Cache: ``$ONNXPRUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/onnxprune/latency``, else
+``~/.cache/onnxprune/latency``; one JSON file per machine, provider, threads, onnxruntime version and model
+fingerprint, written atomically. A cache that cannot be read or written is ignored with a log line: a
+cache is never a reason to fail a prune.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from onnx import ModelProto
+
+from onnxprune.core.errors import OnnxPruneError, OutputError
+from onnxprune.core.io import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+#: Rounds per candidate set (each round runs every candidate once) and untimed runs before them; a set
+#: whose rounds take long stops after ``MIN_ROUNDS`` once ``SET_SECONDS`` have passed (big layers are
+#: steady enough, and the budget then covers more groups).
+ROUNDS = 9
+MIN_ROUNDS = 3
+SET_SECONDS = 0.3
+WARMUP = 2
+
+#: ``timer(models) -> median ms per model``: how layer models are timed (injectable: tests, other providers).
+Timer = Callable[[Sequence[ModelProto]], list[float]]
+
+
+def cache_dir() -> Path:
+    """The folder of latency tables (see the module doc)."""
+    explicit = os.environ.get("ONNXPRUNE_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "onnxprune" / "latency"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def table_key(*, provider: str, threads: int | None, fingerprint: str) -> str:
+    """Name of the cache file: machine, provider, threads, onnxruntime version and model fingerprint."""
+    import onnxruntime as ort
+
+    parts = [_cpu_name(), str(os.cpu_count()), platform.system(), provider, str(threads), ort.__version__,
+             fingerprint, str(CACHE_VERSION)]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+
+
+@dataclass
+class LatencyCache:
+    """Measured milliseconds by ``signature@batch``; ``path`` ``None`` means no cache (``--no-cache``)."""
+
+    path: Path | None
+    entries: dict[str, float] = field(default_factory=dict)
+    dirty: bool = False
+
+    @classmethod
+    def open(cls, key: str | None) -> LatencyCache:
+        """Read the table of ``key`` (``None``: an empty table that is never written)."""
+        if key is None:
+            return cls(None)
+        path = cache_dir() / f"{key}.json"
+        try:
+            doc = json.loads(path.read_text())
+            if isinstance(doc, dict) and doc.get("version") == CACHE_VERSION:
+                return cls(path, {str(k): float(v) for k, v in dict(doc.get("entries", {})).items()})
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.info("latency cache %s ignored (%s)", path, exc)
+        return cls(path)
+
+    def get(self, signature: str, batch: int) -> float | None:
+        return self.entries.get(f"{signature}@{batch}")
+
+    def put(self, signature: str, batch: int, ms: float) -> None:
+        self.entries[f"{signature}@{batch}"] = float(ms)
+        self.dirty = True
+
+    def save(self) -> None:
+        """Write the table atomically if it changed; a failure is logged, never raised."""
+        if self.path is None or not self.dirty:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.path, json.dumps({"version": CACHE_VERSION, "entries": self.entries},
+                                                    sort_keys=True), what="latency cache")
+            self.dirty = False
+        except (OSError, OutputError) as exc:
+            log.info("latency cache not written (%s)", exc)
+
+
+def onnxruntime_timer(*, provider: str = "cpu", threads: int | None = None, rounds: int = ROUNDS,
+                      warmup: int = WARMUP) -> Timer:
+    """A :data:`Timer` that runs the models in onnxruntime alternately and returns each one's median ms."""
+
+    def timer(models: Sequence[ModelProto]) -> list[float]:
+        from onnxprune.runtime.feeds import random_feeds
+        from onnxprune.runtime.session import create_session, run_session
+
+        runs = []
+        keep = []
+        for m in models:
+            session = create_session(m, provider=provider, threads=threads, name="layer")
+            feeds = random_feeds(m, seed=0)
+            names = [o.name for o in session.get_outputs()]
+            run_session(session, feeds, label="a layer timed alone")  # onnxruntime errors as typed errors
+
+            def run(s: object = session, f: dict = feeds, n: list = names) -> None:
+                s.run(n, f)  # type: ignore[attr-defined]
+
+            keep.append(session)
+            runs.append(run)
+        for _ in range(warmup):
+            for run in runs:
+                run()
+        times: list[list[int]] = [[] for _ in runs]
+        clock = time.perf_counter_ns
+        started = clock()
+        for i in range(rounds):
+            if i >= MIN_ROUNDS and clock() - started > SET_SECONDS * 1e9:
+                break
+            for k, run in enumerate(runs):
+                t0 = clock()
+                run()
+                times[k].append(clock() - t0)
+        return [float(np.median(t)) / 1e6 for t in times]
+
+    return timer
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What :func:`measure` timed: ms by signature and batch, what came from the cache, and time spent."""
+
+    ms: Mapping[tuple[str, int], float]
+    timed: int
+    cached: int
+    seconds: float
+    complete: bool
+
+
+def measure(sets: Sequence[tuple[int, Sequence[tuple[str, ModelProto]]]], *, timer: Timer, cache: LatencyCache,
+            budget_s: float) -> Measured:
+    """Time sets of candidate models, each set alternately, until the budget is spent.
+
+    Args:
+        sets: ``(batch, [(signature, model), ...])`` in priority order (the caller puts the costliest
+            groups first); models already in the cache are not run again.
+        timer: how to time one set.
+        cache: the cache to read and fill (saved at the end).
+        budget_s: stop starting new sets after this many seconds (0: only the cache is read).
+
+    Returns:
+        A :class:`Measured`; ``complete`` is False when the budget ran out before every set was timed.
+    """
+    started = time.perf_counter()
+    ms: dict[tuple[str, int], float] = {}
+    timed = cached = 0
+    complete = True
+    for batch, models in sets:
+        todo: dict[str, ModelProto] = {}
+        for sig, model in models:
+            hit = cache.get(sig, batch)
+            if hit is not None:
+                ms[(sig, batch)] = hit
+                cached += 1
+            elif (sig, batch) not in ms:
+                todo.setdefault(sig, model)
+        if not todo:
+            continue
+        if time.perf_counter() - started >= budget_s:
+            complete = False
+            continue
+        try:
+            values = timer(list(todo.values()))
+        except OnnxPruneError as exc:  # a layer onnxruntime cannot run alone: time it not, never fail the prune
+            log.info("layer timing skipped at batch %d: %s", batch, exc)
+            complete = False
+            continue
+        for sig, value in zip(todo, values, strict=True):
+            ms[(sig, batch)] = value
+            cache.put(sig, batch, value)
+            timed += 1
+    cache.save()
+    return Measured(ms, timed, cached, time.perf_counter() - started, complete)

@@ -1,0 +1,472 @@
+"""Widths chosen by measured latency, latency predictions, and the never-slower decision.
+
+Why here (beside the pipeline): the structured layer knows groups and builds one-layer models
+(:mod:`onnxprune.structured.layer_models`), the runtime layer times models and caches the results
+(:mod:`onnxprune.runtime.latency`); neither may import the other. This module joins them: a
+:class:`LatencyModel` times each group's layers at the widths ``round_to="auto"`` may choose, hands
+``make_plan`` a width chooser, predicts a plan's speedup, and :func:`speed_decision` turns a benchmark of
+the result into keep / retry with rounder widths / refuse.
+
+Two ways to time a candidate width: a small model (the default benchmark's range) is timed whole with only
+that group cut (it sees everything an odd width costs: onnxruntime's blocked layouts and the conversions
+around a layer that cannot use them); a big one has each heavy layer rebuilt and timed alone, which is
+cheap but flatters odd widths. Either way widths are chosen among multiples of 8 whenever the candidates
+hold one (timed alone, 21 channels of the digits CNN looked 11% faster than 24; in the model 22 ran 1.5x
+slower than 24, and whole-model timings of one small group on a shared machine are mostly noise).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from onnx import ModelProto
+
+from onnxprune.config import PruneConfig
+
+log = logging.getLogger(__name__)
+
+#: Structured prunes of models from ``AUTO_BENCH_MIN_MACS`` up to ``AUTO_BENCH_MACS`` MACs (at the batch
+#: analysed) are benchmarked by default. Below the minimum a run takes microseconds, per-op overhead
+#: decides its speed, and a refusal would say nothing a user can act on (pass --bench to check anyway).
+AUTO_BENCH_MACS = 50_000_000
+AUTO_BENCH_MIN_MACS = 1_000_000
+#: Runs of the default benchmark (``--bench`` uses ``--runs``); enough for the spread-aware decision.
+AUTO_BENCH_RUNS = 30
+#: Seconds of layer timing ``round_to="auto"`` may spend per prune (cached results cost nothing).
+LATENCY_BUDGET_S = 2.0
+#: Widths whose measured cost is within this share of the fastest count as equally fast.
+NEAR_TIE = 0.02
+#: Rounding a group back to its full width (no cut) must be this much faster than the best cut width.
+FULL_MARGIN = 0.10
+#: The retry after a slower result rounds widths up to multiples of this.
+RETRY_ROUND_TO = 16
+
+
+def _ceil_to(k: int, step: int, size: int) -> int:
+    return min(size, -(-k // step) * step)
+
+
+def _fixed_inputs(model: ModelProto, dims: Mapping[str, int], batch: int) -> ModelProto | None:
+    """A copy of ``model`` whose inputs' dynamic axes are fixed (first axis: ``batch``; others from ``dims``
+    by name); ``None`` when an axis has no size."""
+    from onnx import ModelProto as Proto
+
+    from onnxprune.core.ir import lookup_dim
+
+    out = Proto()
+    out.CopyFrom(model)
+    inits = {t.name for t in out.graph.initializer}
+    for vi in out.graph.input:
+        if vi.name in inits:
+            continue
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.dim_value:
+                continue
+            value = batch if axis == 0 else lookup_dim(dims, vi.name, axis, d.dim_param or None)
+            if value is None:
+                return None
+            d.dim_value = int(value)
+    return out
+
+
+def _batch_dims(model: ModelProto, dims: Mapping[str, int], batch: int) -> dict[str, int] | None:
+    """``dims`` with every input's first axis set to ``batch``; ``None`` when an input's batch is fixed otherwise."""
+    out = dict(dims)
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in inits or not vi.type.tensor_type.shape.dim:
+            continue
+        first = vi.type.tensor_type.shape.dim[0]
+        if first.dim_value:
+            if first.dim_value != batch:
+                return None
+        else:  # by name and by position: a resolved size of the batch axis may be keyed either way
+            if first.dim_param:
+                out[first.dim_param] = batch
+            out[f"{vi.name}:0"] = batch
+    return out
+
+
+class LatencyModel:
+    """Measured per-layer latency of a model's groups at candidate widths (see the module doc).
+
+    Each group is timed on first use, its candidate widths and its full width in one alternating set
+    per batch, until ``budget_s`` is spent; groups past the budget fall back to rounding up to 8.
+    """
+
+    def __init__(self, model: ModelProto, dg: Any, *, batches: Sequence[int], dims: Mapping[str, int],
+                 timer: Any, cache: Any, budget_s: float = LATENCY_BUDGET_S, context: bool = False) -> None:
+        self.model, self.dg, self.timer, self.cache, self.budget_s = model, dg, timer, cache, budget_s
+        self.batches = tuple(int(b) for b in batches)
+        self.dims = dict(dims)
+        self._shapes: dict[int, Mapping[str, tuple] | None] = {}
+        self._sigs: dict[tuple[int, int], dict[int, dict[str, str]]] = {}  # (group, batch) -> width -> layer -> sig
+        self._ms: dict[tuple[str, int], float] = {}
+        self.seconds = 0.0
+        self.timed = self.cached = 0
+        self.untimed: set[int] = set()
+        self.choices: dict[int, dict[str, Any]] = {}
+        #: Context mode: time the whole model with one group cut (small models, where a layer timed alone
+        #: misses the layout conversions an odd width costs its neighbours); else each layer alone.
+        self.context = context
+        self._layers: LatencyModel | None = None  # context mode: the layer-by-layer model that predicts
+
+    def _shapes_at(self, batch: int) -> Mapping[str, tuple] | None:
+        if batch not in self._shapes:
+            from onnxprune.core.shapefold import infer_shapes
+
+            dims = _batch_dims(self.model, self.dims, batch)
+            self._shapes[batch] = None if dims is None else infer_shapes(self.model, dims)
+        return self._shapes[batch]
+
+    def _measure(self, group: Any, widths: Sequence[int]) -> bool:
+        """Time ``group``'s layers at ``widths`` (plus its full width); False when nothing could be timed."""
+        from onnxprune.runtime.latency import measure
+        from onnxprune.structured.layer_models import layer_models
+
+        widths = sorted(set(widths) | {group.size})
+        sets = []
+        for batch in self.batches:
+            shapes = self._shapes_at(batch)
+            known = self._sigs.setdefault((group.id, batch), {})
+            todo = [w for w in widths if w not in known]
+            if shapes is None or not todo:
+                continue
+            layers = (self._whole_models(group, todo, batch) if self.context
+                      else [(lm.width, lm.node, lm.signature, lm.model)
+                            for lm in layer_models(self.model, self.dg, group, todo, shapes)])
+            for width, node, sig, _ in layers:
+                known.setdefault(width, {})[node] = sig
+            sets.append((batch, [(sig, m) for _, _, sig, m in layers]))
+        if sets:
+            left = max(0.0, self.budget_s - self.seconds)
+            got = measure(sets, timer=self.timer, cache=self.cache, budget_s=left)
+            self._ms.update(got.ms)
+            self.seconds += got.seconds
+            self.timed += got.timed
+            self.cached += got.cached
+        ok = all(self._cost_parts(group.id, w) is not None for w in widths)
+        if not ok:
+            self.untimed.add(group.id)
+        return ok
+
+    def _whole_models(self, group: Any, widths: Sequence[int], batch: int
+                      ) -> list[tuple[int, str, str, ModelProto]]:
+        """The whole model with only ``group`` cut to each width, inputs fixed at ``batch`` (context mode)."""
+        import hashlib
+
+        import numpy as np
+
+        from onnxprune.core.errors import OnnxPruneError
+        from onnxprune.structured.plan import PrunePlan, keep_every_source
+        from onnxprune.structured.surgery import apply_plan
+
+        out = []
+        for width in widths:
+            keep = keep_every_source(group, np.arange(width, dtype=np.int64))
+            try:
+                model = self.model if width >= group.size else apply_plan(
+                    self.model, PrunePlan(self.dg.fingerprint, {group.id: keep}, {group.id: group.size}),
+                    dg=self.dg)
+            except OnnxPruneError as exc:
+                log.info("group %d at width %d not timed in the model: %s", group.id, width, exc)
+                continue
+            fixed = _fixed_inputs(model, self.dims, batch)
+            if fixed is None:
+                continue
+            sig = hashlib.sha256(f"{self.dg.fingerprint}|{group.id}|{width}|{batch}|model".encode()).hexdigest()[:24]
+            out.append((width, "model", sig, fixed))
+        return out
+
+    def _cost_parts(self, gid: int, width: int) -> list[tuple[float, float]] | None:
+        """``[(ms at width, ms at full width)]`` per batch and layer; ``None`` if any is missing."""
+        size = self.dg.groups[gid].size
+        parts = []
+        for batch in self.batches:
+            if self._shapes.get(batch) is None:
+                continue
+            sigs = self._sigs.get((gid, batch), {})
+            full, here = sigs.get(size, {}), sigs.get(width, {})
+            if not full or set(full) != set(here):
+                return None
+            for node, sig in here.items():
+                a, b = self._ms.get((sig, batch)), self._ms.get((full[node], batch))
+                if a is None or b is None:
+                    return None
+                parts.append((a, b))
+        return parts or None
+
+    def relative_cost(self, gid: int, width: int) -> float | None:
+        """The group's layer time at ``width`` over that at full width, summed over layers and batches
+        (each batch weighted equally)."""
+        parts = self._cost_parts(gid, width)
+        if parts is None:
+            return None
+        return sum(a for a, _ in parts) / max(sum(b for _, b in parts), 1e-12)
+
+    def choose(self, group: Any, k: int) -> int:
+        """The :data:`~onnxprune.structured.plan.WidthChooser` of ``round_to="auto"``."""
+        from onnxprune.structured.plan import AUTO_FALLBACK, auto_candidates
+
+        candidates = auto_candidates(group.size, k)
+        fallback = _ceil_to(k, AUTO_FALLBACK, group.size)
+        aligned = [w for w in candidates if w % AUTO_FALLBACK == 0 and w < group.size]
+        if aligned:  # odd widths: a layer timed alone flatters them, a whole model's noise hides their cost
+            candidates = aligned  # (the full width is no candidate then: the group is still cut)
+        if len(candidates) == 1 or not self._measure(group, candidates):
+            self.choices[group.id] = {"asked": k, "chosen": fallback if len(candidates) > 1 else candidates[0],
+                                      "timed": False}
+            return int(self.choices[group.id]["chosen"])
+        costs = {w: self.relative_cost(group.id, w) for w in candidates}
+        cut = [c for w, c in costs.items() if c is not None and w < group.size]
+        whole = costs.get(group.size)
+        if cut and whole is not None and whole >= min(cut) * (1 - FULL_MARGIN):
+            del costs[group.size]  # the user asked for a cut: keeping the group whole must clearly pay
+        best = min(c for c in costs.values() if c is not None)
+        near = [w for w, c in costs.items() if c is not None and c <= best * (1 + NEAR_TIE)]
+        # Near-ties go to widths that are multiples of 8: a layer timed alone does not see the layout
+        # conversions an odd width costs its neighbours in the whole model (onnxruntime's blocked formats).
+        chosen = min(near, key=lambda w: (w % 8 != 0, abs(w - k), -w))
+        self.choices[group.id] = {"asked": k, "chosen": chosen, "timed": True,
+                                  "relative_ms": {str(w): round(c, 4) for w, c in costs.items() if c is not None}}
+        return chosen
+
+    def predict_speedup(self, keep_counts: Mapping[int, int],
+                        original_ms: Mapping[int, float] | None = None) -> dict[int, float]:
+        """Predicted speedup per batch of a plan keeping ``keep_counts[group]`` channels.
+
+        Each heavy layer's time at full width is scaled by its measured factor in every group that cuts it
+        (independent factors: a conv's input and output widths); in a group that could not be timed (budget)
+        the factor is kept/size, and a layer never timed is given the time per MAC of the timed ones. With
+        the original model's measured latency per batch (``original_ms``), the layers' summed time is their
+        share of the model and the rest stays as it is; without, the rest is assumed to scale like them.
+        """
+        from onnxprune.core.stats import node_macs
+        from onnxprune.structured.layer_models import timed_layers
+
+        for gid, k in keep_counts.items():
+            g = self.dg.groups[gid]
+            if k < g.size and self._cost_parts(gid, k) is None and gid not in self.untimed:
+                self._measure(g, [k])
+        if self.context:  # summed over many groups, whole-model timings add up their noise: predict from layers
+            if self._layers is None:
+                self._layers = LatencyModel(self.model, self.dg, batches=self.batches, dims=self.dims,
+                                            timer=self.timer, cache=self.cache, budget_s=self.budget_s)
+            return self._layers.predict_speedup(keep_counts, original_ms)
+        by_name = {n.name or (n.output[0] if n.output else ""): n for n in self.model.graph.node}
+        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 17)
+        out: dict[int, float] = {}
+        for batch in self.batches:
+            shapes = self._shapes_at(batch)
+            if shapes is None:
+                continue
+            full_ms: dict[str, float] = {}
+            factor: dict[str, float] = {}
+            for gid, k in keep_counts.items():
+                g = self.dg.groups[gid]
+                sigs = self._sigs.get((gid, batch), {})
+                for node in timed_layers(g):
+                    base = self._ms.get((sigs.get(g.size, {}).get(node, ""), batch))
+                    here = self._ms.get((sigs.get(k, {}).get(node, ""), batch))
+                    if base is not None:
+                        full_ms[node] = base
+                    share = here / base if base is not None and here is not None else k / g.size
+                    factor[node] = factor.get(node, 1.0) * share
+            macs = {n: node_macs(by_name[n], dict(shapes), opset) for n in factor if n in by_name}
+            timed = [n for n in full_ms if macs.get(n)]
+            rate = sum(full_ms[n] for n in timed) / sum(macs[n] or 0 for n in timed) if timed else None
+            for n in factor:
+                if n not in full_ms and macs.get(n):
+                    full_ms[n] = (macs[n] or 0) * (rate or 1.0)
+            total = sum(full_ms.values())
+            if total <= 0:
+                continue
+            kept = sum(full_ms[n] * factor[n] for n in full_ms) / total
+            model_ms = (original_ms or {}).get(batch) if rate is not None else None
+            share = min(1.0, total / model_ms) if model_ms else 1.0
+            out[batch] = 1.0 / max(1.0 - share * (1.0 - kept), 1e-12)
+        return out
+
+    def report(self) -> dict[str, Any]:
+        """JSON-able summary: cache use, time spent, groups left untimed, the widths chosen."""
+        return {"batches": list(self.batches), "budget_s": self.budget_s,
+                "timed_as": "whole model, one group cut" if self.context else "each layer alone",
+                "seconds": round(self.seconds, 3),
+                "layers_timed": self.timed, "layers_cached": self.cached,
+                "cache": str(self.cache.path) if self.cache.path is not None else None,
+                "groups_untimed": sorted(self.untimed),
+                "choices": {str(g): c for g, c in sorted(self.choices.items())}}
+
+
+def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any = None) -> LatencyModel:
+    """The :class:`LatencyModel` of a prune run: first provider, ``threads``, bench batches, the user cache."""
+    from onnxprune.runtime.latency import LatencyCache, onnxruntime_timer, table_key
+    from onnxprune.runtime.session import parse_providers
+
+    provider = parse_providers(config.providers)[0]
+    key = table_key(provider=provider, threads=config.threads, fingerprint=dg.fingerprint) \
+        if config.latency_cache else None
+    return LatencyModel(model, dg, batches=config.bench_batches, dims=config.dims,
+                        timer=timer or onnxruntime_timer(provider=provider, threads=config.threads),
+                        cache=LatencyCache.open(key), budget_s=config.latency_budget,
+                        context=_small(model, config))
+
+
+def _small(model: ModelProto, config: PruneConfig) -> bool:
+    """Small enough to time whole (the default benchmark's range, weights under 64 MB)."""
+    from onnxprune.core.io import model_nbytes
+    from onnxprune.core.stats import model_stats
+
+    if model_nbytes(model) > 64 * 2**20:
+        return False
+    return 0 < model_stats(model, dims=config.dims).macs <= AUTO_BENCH_MACS
+
+
+def bench_wanted(config: PruneConfig, macs: int) -> bool:
+    """``--bench``, or by default a structured prune of a model small enough to time in a few seconds."""
+    if config.bench is not None:
+        return bool(config.bench)
+    return config.mode == "structured" and config.validate and AUTO_BENCH_MIN_MACS <= macs <= AUTO_BENCH_MACS
+
+
+@dataclass(frozen=True)
+class SpeedDecision:
+    """What to do with a benchmarked result: keep it, retry with ``retry`` config, or refuse (``refuse``)."""
+
+    verdicts: tuple[Any, ...]
+    message: str | None = None
+    retry: PruneConfig | None = None
+    refuse: bool = False
+
+
+def retry_config(config: PruneConfig) -> PruneConfig | None:
+    """The config of the one retry after a slower result: widths rounded up to multiples of 16 (or 2x the
+    ``round_to`` asked); ``None`` when widths cannot change (a saved plan, or not structured)."""
+    if config.mode != "structured" or config.plan_in:
+        return None
+    step = config.round_to if isinstance(config.round_to, int) else None
+    return config.with_(round_to=RETRY_ROUND_TO if step is None or step < RETRY_ROUND_TO else 2 * step)
+
+
+def speed_decision(bench: Mapping[str, Any], config: PruneConfig, *, retried: bool) -> SpeedDecision:
+    """Keep, retry once with rounder widths, or refuse a result that is slower beyond the measured spread."""
+    from onnxprune.runtime.speed_verdict import bench_verdicts
+
+    verdicts = tuple(bench_verdicts(bench))
+    slow = [v for v in verdicts if v.slower]
+    if not slow or config.mode != "structured":  # zeroed weights cannot be made faster: the warning says so
+        return SpeedDecision(verdicts)
+    where = ", ".join(f"{v.provider} batch {v.batch}: {v.speedup:.2f}x (95% {v.low:.2f}-{v.high:.2f})" for v in slow)
+    retry = None if retried else retry_config(config)
+    if retry is not None:
+        return SpeedDecision(verdicts, f"the pruned model ran slower than the original ({where}); retrying with "
+                                       f"--round-to {retry.round_to}", retry=retry)
+    if config.allow_slower:
+        return SpeedDecision(verdicts, f"the pruned model is SLOWER than the original ({where}); kept because of "
+                                       f"--allow-slower")
+    return SpeedDecision(verdicts, f"the pruned model is slower than the original ({where}), so it was not "
+                                   f"saved; try a lower --ratio or a larger --round-to, or pass --allow-slower",
+                         refuse=True)
+
+
+def latency_report(latency: LatencyModel | None, keep_counts: Mapping[int, int],
+                   bench: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The report's ``latency``: the table's use, predicted speedup per batch and, with a benchmark, the
+    measured one and the prediction's error (predicted latency / measured latency - 1)."""
+    if latency is None:
+        return None
+    out = latency.report()
+    rows = []
+    results = {(r["model"], r["batch"]): r for r in (bench or {}).get("results", [])}
+    original = {int(b): float(r["p50_ms"]) for (m, b), r in results.items() if m == "original" and r.get("p50_ms")}
+    predicted = latency.predict_speedup(keep_counts, original)
+    for batch, sp in sorted(predicted.items()):
+        row: dict[str, Any] = {"batch": batch, "predicted_speedup": round(sp, 4)}
+        base, pruned = results.get(("original", batch)), results.get(("pruned", batch))
+        if base and pruned and pruned.get("p50_ms"):
+            measured = float(base["p50_ms"]) / float(pruned["p50_ms"])
+            predicted_ms = float(base["p50_ms"]) / sp
+            row.update(measured_speedup=round(measured, 4), predicted_ms=round(predicted_ms, 4),
+                       measured_ms=round(float(pruned["p50_ms"]), 4),
+                       error=round(predicted_ms / float(pruned["p50_ms"]) - 1, 4))
+        rows.append(row)
+    out["prediction"] = rows
+    return out
+
+
+def keep_counts(plan: Any) -> dict[int, int]:
+    """Kept width per group of a ``PrunePlan``."""
+    return {int(g): len(k) for g, k in plan.keep.items()} if plan is not None else {}
+
+
+#: A latency budget scans ratios on this grid, then bisects inside the bracket found (0.05 / 2**3).
+TARGET_GRID = 0.05
+TARGET_STEPS = 3
+MAX_TARGET_RATIO = 0.95
+
+
+def original_latency_ms(model: ModelProto, config: PruneConfig, batch: int) -> float:
+    """The original's p50 latency at ``batch`` on the first provider (10 runs after 2, no memory probe)."""
+    from onnxprune.runtime.bench import benchmark
+
+    report = benchmark([model], names=["original"], providers=config.providers[:1], batches=(batch,), runs=10,
+                       warmup=2, threads=config.threads, dims=config.dims, memory=False)
+    return float(report.results[0].p50_ms)
+
+
+def ratio_for_target(model: ModelProto, dg: Any, config: PruneConfig, latency: LatencyModel, *,
+                     statistics: Mapping[str, object] | None = None,
+                     original_ms: float | None = None) -> tuple[float, dict[str, Any]]:
+    """The lowest uniform ratio whose predicted speedup reaches ``--target-speedup`` (or the speedup that
+    ``--target-latency`` asks of the original's measured latency) on the first ``--batches`` size.
+
+    Every candidate ratio is planned as the final cut will be (criterion, widths chosen by latency), and its
+    speedup predicted from the latency table with the original's measured latency (``original_ms``, measured
+    when not given). Groups are cut uniformly; allocating time across groups by sensitivity is not done here.
+
+    Raises:
+        ConfigError: the target is out of reach even at ratio 0.95.
+    """
+    from onnxprune.core.errors import ConfigError
+    from onnxprune.structured.plan import AUTO, make_plan
+
+    batch = int(config.bench_batches[0])
+    if original_ms is None:
+        original_ms = original_latency_ms(model, config, batch)
+    target = config.target_speedup or original_ms / float(config.target_latency or original_ms)
+    chooser = latency.choose if config.round_to == AUTO else None
+
+    def predicted(ratio: float) -> float:
+        plan = make_plan(model, dg, ratio=ratio, importance=config.importance, global_rank=config.global_rank,
+                         round_to=config.round_to, min_channels=config.min_channels, exclude=config.exclude,
+                         seed=config.seed, statistics=statistics, width_chooser=chooser)
+        return latency.predict_speedup(keep_counts(plan), {batch: original_ms}).get(batch, 1.0)
+
+    info: dict[str, Any] = {"target_speedup": round(target, 4), "batch": batch,
+                            "original_ms": round(original_ms, 4)}
+    if target <= 1.0:
+        return 0.0, {**info, "ratio": 0.0, "predicted_speedup": 1.0}
+    best = predicted(MAX_TARGET_RATIO)
+    if best < target:
+        raise ConfigError(f"a {target:.2f}x speedup is out of reach: even ratio {MAX_TARGET_RATIO} is predicted "
+                          f"at {best:.2f}x (batch {batch}); ask for less")
+    # Predictions of tiny layers are noisy and need not rise with the ratio: take the lowest grid ratio from
+    # which every higher one reaches the target, then refine inside that bracket.
+    grid = [round(TARGET_GRID * i, 4) for i in range(1, int(MAX_TARGET_RATIO / TARGET_GRID) + 1)]
+    hi = MAX_TARGET_RATIO
+    for r in reversed(grid):
+        if predicted(r) < target:
+            break
+        hi = r
+    lo = max(0.0, hi - TARGET_GRID)
+    for _ in range(TARGET_STEPS):
+        mid = (lo + hi) / 2
+        if predicted(mid) >= target:
+            hi = mid
+        else:
+            lo = mid
+    ratio = round(hi, 4)
+    return ratio, {**info, "ratio": ratio, "predicted_speedup": round(predicted(ratio), 4)}

@@ -1,0 +1,86 @@
+"""Latency tables: timed in onnxruntime, cached atomically per key, no cache with --no-cache, a time budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from builders import conv_relu_conv
+
+from onnxprune.runtime.latency import LatencyCache, cache_dir, measure, onnxruntime_timer, table_key
+
+
+@pytest.fixture()
+def cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "lat"))
+    return tmp_path / "lat"
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("ONNXPRUNE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / "onnxprune" / "latency"
+
+
+def test_key_depends_on_provider_threads_and_model():
+    a = table_key(provider="cpu", threads=1, fingerprint="f")
+    assert a == table_key(provider="cpu", threads=1, fingerprint="f")
+    assert len({a, table_key(provider="cpu", threads=2, fingerprint="f"),
+                table_key(provider="cuda", threads=1, fingerprint="f"),
+                table_key(provider="cpu", threads=1, fingerprint="g")}) == 4
+
+
+def test_measured_values_are_cached_and_reused(cache_home):
+    model = conv_relu_conv(batch=1)
+    calls = []
+
+    def timer(models):
+        calls.append(len(models))
+        return [0.5 + i for i in range(len(models))]
+
+    cache = LatencyCache.open("k")
+    got = measure([(1, [("a", model), ("b", model), ("a", model)])], timer=timer, cache=cache, budget_s=10)
+    assert calls == [2] and got.ms == {("a", 1): 0.5, ("b", 1): 1.5} and got.complete
+    doc = json.loads((cache_home / "k.json").read_text())
+    assert doc["entries"] == {"a@1": 0.5, "b@1": 1.5}
+    assert not list(cache_home.glob("*.tmp*")) and [p.name for p in cache_home.iterdir()] == ["k.json"]
+    again = measure([(1, [("a", model), ("b", model)])], timer=timer, cache=LatencyCache.open("k"), budget_s=10)
+    assert calls == [2] and again.cached == 2 and again.timed == 0
+
+
+def test_no_cache_writes_nothing(cache_home):
+    model = conv_relu_conv(batch=1)
+    measure([(1, [("a", model)])], timer=lambda ms: [1.0] * len(ms), cache=LatencyCache.open(None), budget_s=10)
+    assert not cache_home.exists()
+
+
+def test_a_corrupt_cache_is_ignored(cache_home):
+    cache_home.mkdir(parents=True)
+    (cache_home / "k.json").write_text("{not json")
+    assert LatencyCache.open("k").entries == {}
+
+
+def test_budget_stops_new_sets():
+    model = conv_relu_conv(batch=1)
+    got = measure([(1, [("a", model)]), (8, [("a", model)])], timer=lambda ms: [1.0] * len(ms),
+                  cache=LatencyCache.open(None), budget_s=0)
+    assert got.ms == {} and not got.complete
+
+
+def test_onnxruntime_timer_times_real_sessions():
+    small, big = conv_relu_conv(c_mid=4, hw=8, batch=1), conv_relu_conv(c_mid=64, hw=48, batch=1)
+    ms = onnxruntime_timer(threads=1, rounds=5)([small, big])
+    assert len(ms) == 2 and 0 < ms[0] < ms[1]
+
+
+def test_a_set_onnxruntime_cannot_run_is_skipped_not_fatal():
+    from onnxprune.core.errors import UnsupportedModelError
+
+    model = conv_relu_conv(batch=1)
+
+    def failing(models):
+        raise UnsupportedModelError("onnxruntime (cpu) failed to run a layer timed alone: kernel error")
+
+    got = measure([(1, [("a", model)]), (8, [("b", model)])], timer=failing, cache=LatencyCache.open(None),
+                  budget_s=10)
+    assert got.ms == {} and not got.complete

@@ -1,0 +1,100 @@
+"""Never slower: a result the benchmark finds slower is retried with rounder widths, then refused unless
+--allow-slower.
+
+Real timing of a tiny model cannot be made to come out slower every time, so the benchmark is the
+pipeline's own ``timer`` parameter (never a mock of onnxruntime): a deterministic kernel-cost model in which
+a convolution whose output width is not a multiple of ``step`` takes a slow path (3x per MAC). The model
+is built so that pruning it hits that path: a 64-wide conv, cut at ratio 0.3.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from builders import conv_relu_conv
+from onnx import ModelProto
+
+from onnxprune import PruneConfig, prune
+from onnxprune.core.errors import SlowerModelError
+from onnxprune.core.io import load_model
+
+
+def slow_kernel_timer(step: int):
+    def cost(model: ModelProto) -> float:
+        inits = {t.name: list(t.dims) for t in model.graph.initializer}
+        total = 0.0
+        for node in model.graph.node:
+            if node.op_type == "Conv":
+                dims = inits[node.input[1]]
+                total += math.prod(dims) * (3.0 if dims[0] % step else 1.0)
+        return total / 1000
+
+    def timer(baseline, pruned, config):
+        rows = []
+        for name, m in (("original", baseline), ("pruned", pruned)):
+            ms = cost(m if isinstance(m, ModelProto) else load_model(m))
+            for batch in config.bench_batches:
+                rows.append({"model": name, "provider": "cpu", "batch": batch, "p50_ms": ms * batch,
+                             "times_ms": [ms * batch] * 15})
+        return {"results": rows}
+
+    return timer
+
+
+def slower_when_pruned():
+    return conv_relu_conv(c_in=8, c_mid=64, c_out=64, hw=8, batch=1)
+
+
+def test_slower_result_is_refused_and_nothing_written(tmp_path):
+    out = tmp_path / "o.onnx"
+    with pytest.raises(SlowerModelError) as info:
+        prune(slower_when_pruned(), PruneConfig(ratio=0.3, bench=True, bench_batches=(1, 8)), output=out,
+              timer=slow_kernel_timer(64))
+    msg = str(info.value)
+    assert "\n" not in msg and "slower than the original" in msg and "--allow-slower" in msg
+    assert "batch 1" in msg and "batch 8" in msg
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_allow_slower_keeps_it_and_says_so(tmp_path):
+    out = tmp_path / "o.onnx"
+    result = prune(slower_when_pruned(), PruneConfig(ratio=0.3, bench=True, allow_slower=True), output=out,
+                   timer=slow_kernel_timer(64))
+    assert out.exists()
+    assert any("SLOWER" in w and "--allow-slower" in w for w in result.warnings)
+    assert result.report["speed"]["retried"] is True  # the retry came first, and was still slower
+    assert result.report["speed"]["first_try"]["verdicts"][0]["slower"]
+
+
+def test_retry_with_rounder_widths_rescues_the_result(tmp_path):
+    out = tmp_path / "o.onnx"
+    result = prune(slower_when_pruned(), PruneConfig(ratio=0.3, round_to=1, bench=True), output=out,
+                   timer=slow_kernel_timer(16))
+    assert out.exists()
+    speed = result.report["speed"]
+    assert speed["retried"] and speed["first_try"]["verdicts"][0]["slower"]
+    assert not any(v["slower"] for v in speed["verdicts"])
+    assert result.report["settings"]["round_to"] == 16
+    assert sorted(g["size_after"] for g in result.report["groups"]) == [48]
+
+
+def test_faster_result_is_kept_without_retry(tmp_path):
+    out = tmp_path / "o.onnx"
+    result = prune(slower_when_pruned(), PruneConfig(ratio=0.5, round_to=1, bench=True), output=out,
+                   timer=slow_kernel_timer(16))
+    assert out.exists() and result.report["speed"]["retried"] is False
+
+
+def test_sparse_modes_warn_but_never_refuse(tmp_path):
+    """Zeroed weights run the same dense kernels: no widths to adjust, so a slower row only warns."""
+    def pruned_twice_as_slow(baseline, pruned, config):
+        return {"results": [{"model": name, "provider": "cpu", "batch": 1, "p50_ms": ms, "speedup": 1.0 / ms,
+                             "slower": name == "pruned", "times_ms": [ms] * 15}
+                            for name, ms in (("original", 1.0), ("pruned", 2.0))]}
+
+    out = tmp_path / "o.onnx"
+    result = prune(slower_when_pruned(), PruneConfig(mode="unstructured", sparsity=0.5, bench=True,
+                                                     bench_batches=(1,)), output=out, timer=pruned_twice_as_slow)
+    assert out.exists() and result.report["speed"]["verdicts"][0]["slower"]
+    assert any("zeroed weights do not speed up dense kernels" in w for w in result.warnings)
