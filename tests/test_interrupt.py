@@ -38,10 +38,26 @@ def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+_SPAWNED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans():
+    """A child that outlives a failed test would keep a core busy for hours (seen: benchmarks left running)."""
+    yield
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def _spawn(argv: list[str]) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "onnxprune", *argv], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "onnxprune", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
+    _SPAWNED.append(proc)
+    return proc
 
 
 def _wait_until_running(proc: subprocess.Popen[str], marker: str = "onnxruntime_pybind11_state",
