@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 from oracle_check import assert_close, run_ort, seeded_feeds
-from test_structured_property import random_model
+from random_models import random_model
 
 from onnxprune.config import PruneConfig
 from onnxprune.core.errors import OnnxPruneError
