@@ -320,16 +320,33 @@ def _small(model: ModelProto, config: PruneConfig) -> bool:
     from onnxprune.core.io import model_nbytes
     from onnxprune.core.stats import model_stats
 
-    if model_nbytes(model) > 64 * 2**20:
+    if model_nbytes(model) > AUTO_BENCH_MAX_BYTES:
         return False
     return 0 < model_stats(model, dims=config.dims).macs <= AUTO_BENCH_MACS
 
 
-def bench_wanted(config: PruneConfig, macs: int) -> bool:
+#: Weights above this are neither benchmarked nor layer-timed by default: both hold extra copies of layers or
+#: models, which broke the 2.5x peak-memory bound of a prune run (2.64x on the 100 MB model of
+#: ``tests/test_large.py``). Such models get ``round_to=8`` unless the user asks for ``auto`` or a benchmark.
+AUTO_BENCH_MAX_BYTES = 64 * 2**20
+
+
+def bench_wanted(config: PruneConfig, macs: int, nbytes: int = 0) -> bool:
     """``--bench``, or by default a structured prune of a model small enough to time in a few seconds."""
     if config.bench is not None:
         return bool(config.bench)
-    return config.mode == "structured" and config.validate and AUTO_BENCH_MIN_MACS <= macs <= AUTO_BENCH_MACS
+    return (config.mode == "structured" and config.validate and AUTO_BENCH_MIN_MACS <= macs <= AUTO_BENCH_MACS
+            and nbytes <= AUTO_BENCH_MAX_BYTES)
+
+
+def default_widths(config: PruneConfig, nbytes: int) -> PruneConfig:
+    """The config with ``round_to=8`` when ``auto`` is only the default and the model is too large to time
+    within the memory bound (see ``AUTO_BENCH_MAX_BYTES``); unchanged otherwise."""
+    if (config.mode == "structured" and config.round_to == "auto" and "round_to" not in config.given
+            and nbytes > AUTO_BENCH_MAX_BYTES):
+        log.info("round_to=8: layer timing is skipped for models over %d MB of weights", AUTO_BENCH_MAX_BYTES >> 20)
+        return config.with_(round_to=8)
+    return config
 
 
 @dataclass(frozen=True)
