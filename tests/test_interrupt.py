@@ -54,8 +54,12 @@ def _no_orphans():
 
 def _spawn(argv: list[str]) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # A test run started in the background by a shell without job control inherits SIGINT ignored, and so
+    # would the child (Python then never raises KeyboardInterrupt): give the child the default disposition,
+    # as a terminal's foreground process has.
     proc = subprocess.Popen([sys.executable, "-m", "onnxprune", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _SPAWNED.append(proc)
     return proc
 
