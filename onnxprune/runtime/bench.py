@@ -32,7 +32,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -502,18 +502,9 @@ def _time_case(infos: list[ModelInfo], paths: list[Path], *, provider: str, batc
         run()
         keep_alive.append(session)
         runners.append(run)
-    for _ in range(warmup):
-        for run in runners:
-            run()
-    times: list[list[int]] = [[] for _ in infos]
-    order: list[str] = []
-    clock = time.perf_counter_ns
-    for _ in progress(range(runs), desc=f"bench {provider} batch {batch}", total=runs):
-        for k, run in enumerate(runners):
-            t0 = clock()
-            run()
-            times[k].append(clock() - t0)
-            order.append(infos[k].name)
+    times = time_alternately(runners, progress(range(runs), desc=f"bench {provider} batch {batch}", total=runs),
+                             warmup=warmup)
+    order = [info.name for _ in range(runs) for info in infos]
     results = []
     for k, info in enumerate(infos):
         p50, p90, p99, mean, fastest = _percentiles(times[k])
@@ -522,6 +513,30 @@ def _time_case(infos: list[ModelInfo], paths: list[Path], *, provider: str, batc
                                    times_ms=tuple(t / 1e6 for t in times[k])))
     del keep_alive
     return results, tuple(order)
+
+
+def time_alternately(runners: Sequence[Callable[[], object]], rounds: Iterable[int], *, warmup: int,
+                     stop_after_s: float | None = None, min_rounds: int = 0) -> list[list[int]]:
+    """Warm each runner up, then run them in turn once per round, timing every run (ns, one list per runner).
+
+    Why alternate: a slow phase of a shared machine then hits every model of a round alike. ``stop_after_s``
+    ends the rounds early once that much time has passed and ``min_rounds`` were made (the latency table's
+    time budget); the benchmark runs every round.
+    """
+    for _ in range(warmup):
+        for run in runners:
+            run()
+    times: list[list[int]] = [[] for _ in runners]
+    clock = time.perf_counter_ns
+    started = clock()
+    for i in rounds:
+        if stop_after_s is not None and i >= min_rounds and clock() - started > stop_after_s * 1e9:
+            break
+        for k, run in enumerate(runners):
+            t0 = clock()
+            run()
+            times[k].append(clock() - t0)
+    return times
 
 
 def paired_ratio(a: BenchResult, b: BenchResult) -> float:

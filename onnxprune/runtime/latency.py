@@ -124,6 +124,7 @@ def onnxruntime_timer(*, provider: str = "cpu", threads: int | None = None, roun
     """A :data:`Timer` that runs the models in onnxruntime alternately and returns each one's median ms."""
 
     def timer(models: Sequence[ModelProto]) -> list[float]:
+        from onnxprune.runtime.bench import time_alternately
         from onnxprune.runtime.feeds import random_feeds
         from onnxprune.runtime.session import create_session, run_session
 
@@ -140,19 +141,7 @@ def onnxruntime_timer(*, provider: str = "cpu", threads: int | None = None, roun
 
             keep.append(session)
             runs.append(run)
-        for _ in range(warmup):
-            for run in runs:
-                run()
-        times: list[list[int]] = [[] for _ in runs]
-        clock = time.perf_counter_ns
-        started = clock()
-        for i in range(rounds):
-            if i >= MIN_ROUNDS and clock() - started > SET_SECONDS * 1e9:
-                break
-            for k, run in enumerate(runs):
-                t0 = clock()
-                run()
-                times[k].append(clock() - t0)
+        times = time_alternately(runs, range(rounds), warmup=warmup, stop_after_s=SET_SECONDS, min_rounds=MIN_ROUNDS)
         return [float(np.median(t)) / 1e6 for t in times]
 
     return timer
