@@ -135,8 +135,9 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
     plan = None
     from onnxprune.speed import bench_wanted, default_widths
 
-    config = default_widths(config, model_nbytes(original))
-    bench_on = bench_wanted(config, stats_before.macs, model_nbytes(original))
+    nbytes = model_nbytes(original)
+    config = default_widths(config, nbytes)
+    bench_on = bench_wanted(config, stats_before.macs, nbytes)
     if config.mode == "structured":
         pruned, exact_reference, plan, extra = _run_structured(original, config, warnings, scratch, bench_on)
     elif config.mode == "width":  # not exact (LayerNorm over fewer channels): drift is measured, not proven
