@@ -91,12 +91,12 @@ def _learned_activations(index: GraphIndex) -> set[str]:
         if node.op_type == "Shape":
             continue
         ins = [i for i in node.input if i]
-        weighted = (
-            node.op_type in _WEIGHTED and len(ins) > 1 and index.is_constant(ins[1]) and not index.is_constant(ins[0])
-        ) or (
-            node.op_type == "Gather" and len(ins) == 2 and index.is_constant(ins[0])
-            and not index.is_constant(ins[1]) and np.ndim(index.const_value(ins[0])) >= 2
-        )
+        if node.op_type == "Gather":  # an embedding lookup: a constant table read at run-time indices
+            table = index.const_value(ins[0]) if len(ins) == 2 and not index.is_constant(ins[1]) else None
+            weighted = table is not None and table.ndim >= 2
+        else:
+            weighted = (node.op_type in _WEIGHTED and len(ins) > 1 and index.is_constant(ins[1])
+                        and not index.is_constant(ins[0]))
         if weighted or any(i in learned for i in ins):
             learned.update(o for o in node.output if o)
     return learned
