@@ -15,7 +15,8 @@ optimizer where ``tools/fused_exports.py`` wrote them) it runs the public API ex
 
 Coverage is the share of weighted-layer MACs whose input or output side sits in a prunable group (each side
 counts half). Heads and feed-forward neurons alone reach at most 0.50 on a transformer: every projection has
-one side on the residual stream, which structured mode leaves to ``--mode width``.
+one side on the residual stream, which structured mode leaves to ``--mode width``; the last column is the
+share reached when the stream is a group too (``onnxprune.recovery.width.stream_coverage``).
 
 Run from the repository root (project venv)::
 
@@ -43,6 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from onnxprune import PruneConfig, prune  # noqa: E402
 from onnxprune.core.errors import OnnxPruneError  # noqa: E402
+from onnxprune.core.io import load_model  # noqa: E402
+from onnxprune.recovery.width import stream_coverage  # noqa: E402
 from onnxprune.runtime.feeds import random_feeds  # noqa: E402
 from onnxprune.runtime.session import create_session, run_session  # noqa: E402
 
@@ -124,6 +127,9 @@ def measure(path: Path) -> dict[str, Any]:
     exact = rep.get("validation", {}).get("exact", {})
     row.update({
         "coverage": rep.get("coverage"),
+        "coverage_with_stream": stream_coverage(load_model(path), dims={
+            d["name"] if d.get("name") else f"{d['input']}:{d['axis']}": d["value"]
+            for d in rep.get("dims_assumed", [])}),
         "attention": attention_cells(rep),
         "macs_before": rep["macs_before"], "macs_after": rep["macs_after"],
         "exact": exact.get("passed"), "max_diff": worst_diff(exact),
@@ -146,11 +152,12 @@ def _num(value: Any, fmt: str) -> str:
 
 def render(rows: list[dict[str, Any]], before: dict[str, float], argv: list[str]) -> str:
     head = ("| model | attention groups prunable/found (heads) | coverage before | coverage | MACs kept @0.3 "
-            "| oracle @0.3 | runs at batch 3 (+3 tokens) | 1 block removed: MACs kept, oracle |")
-    lines = [head, "|---|---|---:|---:|---:|---|---|---|"]
+            "| oracle @0.3 | runs at batch 3 (+3 tokens) | 1 block removed: MACs kept, oracle "
+            "| coverage with the stream (`--mode width`) |")
+    lines = [head, "|---|---|---:|---:|---:|---|---|---|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| `{r['model']}` | refused: {r['error'][:160]} | | | | | | |")
+            lines.append(f"| `{r['model']}` | refused: {r['error'][:160]} | | | | | | | |")
             continue
         found, heads = r["attention"]
         kept = r["macs_after"] / r["macs_before"] if r["macs_before"] else 0.0
@@ -162,7 +169,8 @@ def render(rows: list[dict[str, Any]], before: dict[str, float], argv: list[str]
             dk = d["macs_after"] / r["macs_before"] if r["macs_before"] else 0.0
             depth = f"{dk:.0%}, {'pass' if d['passed'] else 'FAIL'} ({_num(d['max_diff'], '.1e')})"
         lines.append(f"| `{r['model']}` | {found} ({heads}) | {_num(before.get(r['model']), '.2f')} "
-                     f"| {_num(r['coverage'], '.2f')} | {kept:.0%} | {oracle} | {r['dynamic']} | {depth} |")
+                     f"| {_num(r['coverage'], '.2f')} | {kept:.0%} | {oracle} | {r['dynamic']} | {depth} "
+                     f"| {_num(r.get('coverage_with_stream'), '.2f')} |")
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines.append("")
     lines.append(f"Measured {stamp} on {platform.machine()}, {platform.python_version()}, with "

@@ -131,3 +131,19 @@ def test_width_mode_rotates_pre_norm_and_says_why_not_post_norm(tmp_path: Path) 
         reports.append(json.loads(report.read_text())["width"])
     assert reports[0]["method"] == "rotate" and reports[0]["rotation_check"]["passed"] is True
     assert reports[1]["method"] == "plain" and "pre-norm" in reports[1]["why_not_rotated"]
+
+
+def test_stream_coverage_counts_the_stream_on_top_of_heads_and_ffn() -> None:
+    """Heads + FFN reach half of a transformer's weighted MACs (each projection has one side on the stream);
+    with the stream as a group the rest is reached too. A model whose stream is a graph output keeps it."""
+    from onnxprune.core.io import load_model
+    from onnxprune.recovery.width import stream_coverage
+    from onnxprune.structured.analysis import analyze
+    from onnxprune.structured.prune import coverage
+
+    model = load_model(DIGITS)
+    structured = coverage(model, analyze(model))
+    assert 0.45 < structured <= 0.5
+    assert stream_coverage(model) > 0.99
+    convnext = load_model(MODELS / "tv_convnext_tiny.onnx")
+    assert stream_coverage(convnext) > coverage(convnext, analyze(convnext)) + 0.5
