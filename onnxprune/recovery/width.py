@@ -123,6 +123,7 @@ def _collect(model: ModelProto, tensors: list[str], data: Data, max_samples: int
     """Every calibration batch's values of ``tensors``, concatenated along the first axis (rows)."""
     from onnxprune.runtime.session import create_session, run_session
 
+    tensors = list(dict.fromkeys(tensors))  # readers sharing one input (q, k, v) ask for it once each
     probe = with_outputs(model, tensors)
     session = create_session(probe)
     parts: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
