@@ -36,7 +36,7 @@ from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.ir import node_label
 from onnxprune.structured.axes import Block, Coupling, Table
 from onnxprune.structured.rules.base import Blocked, RewriteContext, RuleContext
-from onnxprune.structured.target_versions import PieceEdit, is_shared, write_versions
+from onnxprune.structured.target_versions import PieceEdit, is_shared, write_versions, written
 
 if TYPE_CHECKING:  # analysis imports the rules, which import this module
     from onnxprune.structured.analysis import ChannelGroup
@@ -342,7 +342,7 @@ def rewrite_target(node: NodeProto, ctx: RewriteContext, *, offset: int = 0) -> 
     target read by several nodes gets one version per distinct rewrite (:func:`write_versions`).
     """
     y = node.output[0]
-    if ctx.shape(y) == ctx.new_shape(y):
+    if ctx.shape(y) == ctx.new_shape(y) or written(node, ctx):
         return
     try:
         pieces = target_pieces(node, ctx)

@@ -27,7 +27,7 @@ from onnxprune.structured.rules.base import RewriteContext
 
 log = logging.getLogger(__name__)
 
-#: Key of the set of shared targets already rewritten, in :attr:`RewriteContext.memo`.
+#: Key of the ids of the readers already given their version, in :attr:`RewriteContext.memo`.
 _DONE = "target_versions"
 
 
@@ -55,19 +55,23 @@ def is_shared(target: str, ctx: RewriteContext) -> bool:
     return not ctx.index.is_constant(target) and len(ctx.index.consumers.get(target, [])) > 1
 
 
+def written(reader: NodeProto, ctx: RewriteContext) -> bool:
+    """Whether ``reader`` already reads its version (written when the first reader of its target was)."""
+    return id(reader) in ctx.memo.get(_DONE, set())  # type: ignore[operator]
+
+
 def write_versions(target: str, edits_of: Callable[[NodeProto], Sequence[PieceEdit]], ctx: RewriteContext) -> None:
     """Rewrite a shared target once for all its readers: one version per distinct list of edits.
 
     Args:
         target: the shared target tensor (the output of a ``Concat``).
         edits_of: the edits a reader needs (empty: the original values); called once per reader.
-        ctx: the surgery's context; a second call for the same target does nothing.
+        ctx: the surgery's context; every reader is marked :func:`written`, so that its own rewrite later
+            does nothing (its target may be a copy by then, whose new constants the index does not know).
     """
-    done: set[str] = ctx.memo.setdefault(_DONE, set())  # type: ignore[assignment]
-    if target in done:
-        return
-    done.add(target)
+    done: set[int] = ctx.memo.setdefault(_DONE, set())  # type: ignore[assignment]
     readers = list(ctx.index.consumers.get(target, []))
+    done.update(id(r) for r in readers)
     groups: dict[tuple, tuple[list[PieceEdit], list[NodeProto]]] = {}
     for reader in readers:
         edits = list(edits_of(reader))
