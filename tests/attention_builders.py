@@ -100,12 +100,16 @@ def shared_target_layers(seed: int = 0, d: int = 8, heads: int = 2, layers: int 
     """``layers`` BERT-style attention blocks over ``x [B, T, d]`` whose six head splits read one target and
     whose merges read another, as the dynamo exporter de-duplicates them: ``Concat(Shape(x)[0:1],
     Shape(x)[1:2], [heads], [head_dim])`` and ``Concat(.., .., [d])``. ``head_count="inferred"`` writes the
-    head count as ``-1`` (what the dynamo BERT export does), so no reader needs a rewrite."""
+    head count as ``-1`` (what the dynamo BERT export does), so no reader needs a rewrite; ``"unsqueeze"`` as
+    ``Unsqueeze(heads)`` of a scalar, so a version copies that node too."""
     g = GraphBuilder(seed)
     hd = d // heads
     shape = g.op("Shape", ["x"])
     lead = [g.op("Slice", [shape, g.const(_i64(k)), g.const(_i64(k + 1))]) for k in (0, 1)]
-    count = g.const(_i64(heads if head_count == "constant" else -1))
+    if head_count == "unsqueeze":
+        count = g.op("Unsqueeze", [g.const(np.array(heads, np.int64)), g.const(_i64(0))])
+    else:
+        count = g.const(_i64(heads if head_count == "constant" else -1))
     split = g.op("Concat", [*lead, count, g.const(_i64(hd))], axis=0)
     merge = g.op("Concat", [*lead, g.const(_i64(d))], axis=0)
     x = "x"

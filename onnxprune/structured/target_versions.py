@@ -80,8 +80,11 @@ def write_versions(target: str, edits_of: Callable[[NodeProto], Sequence[PieceEd
     versions = list(groups.values())
     if len(versions) > 1:
         log.debug("target %s: %d versions for %d readers", target, len(versions), len(readers))
+    # Paths from the target's producer to every node any version edits, read before a copy adds readers to
+    # them; each copy copies them all, so that the in-place edits of the first version reach no copy.
+    chains = {id(e.node): _chain(e.node, target, ctx) for edits, _ in versions for e in edits}
     for edits, group in versions[1:]:  # copies first: they are made from the original values
-        top = _copy_tree(target, edits, ctx)
+        top = _copy_tree(target, list(chains.values()), ctx)
         for reader in group:
             _redirect(reader, target, top, ctx)
         for edit, node in zip(edits, [top[e.node.output[0]] for e in edits], strict=True):
@@ -90,20 +93,26 @@ def write_versions(target: str, edits_of: Callable[[NodeProto], Sequence[PieceEd
         ctx.set_const_input(edit.node, edit.input_index, edit.value)
 
 
-def _copy_tree(target: str, edits: Sequence[PieceEdit], ctx: RewriteContext) -> dict[str, NodeProto]:
-    """Copies of the target's producer and of every node between it and an edited node, wired together;
-    returns original output name → copy (the target's own producer under ``target``)."""
+def _chain(node: NodeProto, target: str, ctx: RewriteContext) -> list[NodeProto]:
+    """The nodes from ``node`` (a node holding a piece) up to the target's producer, following the one reader
+    of each."""
+    root = ctx.index.producer[target]
+    chain = [node]
+    while chain[-1] is not root:
+        parents = ctx.index.consumers.get(chain[-1].output[0], [])
+        if len(parents) != 1:  # the analysis reads nested pieces only when they have one reader
+            raise OnnxPruneError(f"{node_label(chain[-1])}: a piece of the shared target '{target}' has "
+                                 f"{len(parents)} readers; this is a bug, please report it with the model")
+        chain.append(parents[0])
+    return chain
+
+
+def _copy_tree(target: str, chains: Sequence[list[NodeProto]], ctx: RewriteContext) -> dict[str, NodeProto]:
+    """Copies of the target's producer and of every node on ``chains`` (edited node → producer), wired
+    together; returns original output name → copy (the target's own producer under ``target``)."""
     index = ctx.index
-    root = index.producer[target]
-    copies: dict[str, NodeProto] = {target: _copy_node(root, ctx)}
-    for edit in edits:
-        chain = [edit.node]
-        while chain[-1] is not root:
-            parents = index.consumers.get(chain[-1].output[0], [])
-            if len(parents) != 1:  # the analysis reads nested pieces only when they have one reader
-                raise OnnxPruneError(f"{node_label(chain[-1])}: a piece of the shared target '{target}' has "
-                                     f"{len(parents)} readers; this is a bug, please report it with the model")
-            chain.append(parents[0])
+    copies: dict[str, NodeProto] = {target: _copy_node(index.producer[target], ctx)}
+    for chain in chains:
         for child, parent in zip(reversed(chain[:-1]), reversed(chain[1:]), strict=True):
             name = child.output[0]
             if name in copies:

@@ -26,13 +26,13 @@ def _head_groups(model):
     return dg, heads
 
 
-@pytest.mark.parametrize("head_count", ["constant", "inferred"])
+@pytest.mark.parametrize("head_count", ["constant", "inferred", "unsqueeze"])
 def test_each_layer_keeps_its_own_head_group(head_count: str) -> None:
     dg, heads = _head_groups(ab.shared_target_layers(layers=2, head_count=head_count))
     assert len(heads) == 2 and all(g.size == 2 for g in heads), dg.summary()
 
 
-@pytest.mark.parametrize("head_count", ["constant", "inferred"])
+@pytest.mark.parametrize("head_count", ["constant", "inferred", "unsqueeze"])
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_random_cuts_of_layers_sharing_a_target_match_the_oracle(head_count: str, seed: int) -> None:
     check_prune(ab.shared_target_layers(seed=seed, heads=4, d=16, layers=2, head_count=head_count),
@@ -45,10 +45,11 @@ def _plan(dg, heads, keeps):
                      sizes={g.id: g.size for g in heads})
 
 
-def test_layers_cut_differently_read_their_own_versions() -> None:
+@pytest.mark.parametrize("head_count", ["constant", "unsqueeze"])
+def test_layers_cut_differently_read_their_own_versions(head_count: str) -> None:
     """Layer 1 keeps 1 head of 4, layer 2 keeps 3, layer 3 keeps all: three versions of the split target (the
     original, edited for layer 1, its first reader; copies for layers 2 and 3) and three of the merge target."""
-    model = ab.shared_target_layers(heads=4, d=16, layers=3)
+    model = ab.shared_target_layers(heads=4, d=16, layers=3, head_count=head_count)
     dg, heads = _head_groups(model)
     assert len(heads) == 3
     plan = _plan(dg, heads, [[2], [0, 1, 3], [0, 1, 2, 3]])
@@ -56,7 +57,13 @@ def test_layers_cut_differently_read_their_own_versions() -> None:
     concats = [n for n in pruned.graph.node if n.op_type == "Concat"]
     inits = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
     pieces = sorted(tuple(int(v) for v in inits[n.input[2]].reshape(-1)) for n in concats if n.input[2] in inits)
-    assert pieces == [(1,), (3,), (4,), (4,), (12,), (16,)]  # split head counts 1, 3, 4; merge widths 4, 12, 16
+    if head_count == "constant":  # split head counts 1, 3, 4; merge widths 4, 12, 16
+        assert pieces == [(1,), (3,), (4,), (4,), (12,), (16,)]
+    else:  # the head counts sit behind copies of the Unsqueeze
+        assert pieces == [(4,), (12,), (16,)]
+        counts = sorted(int(inits[n.input[0]]) for n in pruned.graph.node if n.op_type == "Unsqueeze"
+                        and n.input[0] in inits and inits[n.input[0]].ndim == 0)
+        assert counts == [1, 3, 4]
     reference = zeroed_reference(model, dg, plan)
     for batch, seq in ((1, 3), (2, 5), (3, 9)):
         x = np.random.default_rng(seq).standard_normal((batch, seq, 16)).astype(np.float32)
