@@ -17,6 +17,7 @@ import onnx
 from google.protobuf.message import Message
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
+from onnxprune.core.contrib_shapes import CONTRIB_DEFAULT_DOMAIN, contrib_outputs
 from onnxprune.core.errors import UnsupportedModelError
 
 GENERATED_PREFIX = "onnxprune_"
@@ -407,17 +408,22 @@ def infer_static_shapes(model: ModelProto, dims: Mapping[str, int] | None = None
     """
     declared = {vi.name: d for vi in model.graph.value_info if (d := shape_of_type(vi.type)) is not None}
     used: set[str] = set()
+    fused: dict[str, onnx.ValueInfoProto] = {}  # outputs of onnxruntime's fused ops, sized by contrib_shapes
     skel = shape_skeleton(model, dims, default_dim)
-    shapes = _inferred_shapes(skel, strict)
-    while declared:
-        frontier = _declared_frontier(model, shapes, declared)
-        if not frontier:
+    inferred = _infer(skel, strict)
+    shapes = collect_shapes(inferred)
+    while True:
+        frontier = _declared_frontier(model, shapes, declared) if declared else set()
+        grown = _fused_frontier(model, shapes, collect_types(inferred), fused)
+        if not frontier and not grown:
             break
         used |= frontier
         for name in frontier:
             del declared[name]
         skel = shape_skeleton(model, dims, default_dim, value_info=used)
-        shapes = _inferred_shapes(skel, strict)
+        skel.graph.value_info.extend(fused.values())
+        inferred = _infer(skel, strict)
+        shapes = collect_shapes(inferred)
     if folder is not None:
         shapes = folder(skel, shapes)
     for node in model.graph.node:
@@ -428,15 +434,40 @@ def infer_static_shapes(model: ModelProto, dims: Mapping[str, int] | None = None
     return shapes
 
 
-def _inferred_shapes(skel: ModelProto, strict: bool) -> dict[str, Shape]:
-    """One onnx inference pass over a skeleton: the shape of every tensor it types."""
+def _infer(skel: ModelProto, strict: bool) -> ModelProto:
+    """One onnx inference pass over a skeleton (the skeleton itself when inference fails, unless strict)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(skel, strict_mode=strict, data_prop=True)
+        return onnx.shape_inference.infer_shapes(skel, strict_mode=strict, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
         if strict:
             raise UnsupportedModelError(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
-        inferred = skel
-    return collect_shapes(inferred)
+        return skel
+
+
+def collect_types(inferred: ModelProto) -> dict[str, int]:
+    """The element type of every tensor an inferred model types."""
+    types = {t.name: int(t.data_type) for t in inferred.graph.initializer}
+    for vi in itertools.chain(inferred.graph.input, inferred.graph.value_info, inferred.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = int(vi.type.tensor_type.elem_type)
+    return types
+
+
+def _fused_frontier(model: ModelProto, shapes: dict[str, Shape], types: dict[str, int],
+                    fused: dict[str, onnx.ValueInfoProto]) -> bool:
+    """Declare (in ``fused``) the outputs of onnxruntime's fused ops that inference left unknown and
+    :func:`onnxprune.core.contrib_shapes.contrib_outputs` can size from known inputs; True when any was added."""
+    grown = False
+    for node in model.graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type not in CONTRIB_DEFAULT_DOMAIN:
+            continue
+        if all(not o or o in shapes or o in fused for o in node.output):
+            continue
+        for name, (elem, shape) in contrib_outputs(node, shapes, types).items():
+            if name not in shapes and name not in fused:
+                fused[name] = helper.make_tensor_value_info(name, elem, list(shape))
+                grown = True
+    return grown
 
 
 def collect_shapes(inferred: ModelProto) -> dict[str, Shape]:
