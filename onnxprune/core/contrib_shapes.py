@@ -115,7 +115,7 @@ def _mha(node: NodeProto, shapes: Mapping[str, Shape], types: Mapping[str, int])
 
 def _gqa(node: NodeProto, shapes: Mapping[str, Shape], types: Mapping[str, int]) -> Typed | None:
     """GroupQueryAttention: ``query [B, S, N*H]`` (or packed ``[B, S, (N + 2*KV)*H]`` without key) gives
-    ``[B, S, N*H]``."""
+    ``[B, S, N*H]`` and the KV cache ``present_key``/``present_value`` ``[B, KV, ?, H]``."""
     q = node.input[0]
     if q not in shapes or q not in types or len(shapes[q]) != 3:
         return None
@@ -126,7 +126,8 @@ def _gqa(node: NodeProto, shapes: Mapping[str, Shape], types: Mapping[str, int])
     if width is None or n <= 0:
         return {0: (types[q], (qs[0], qs[1], None))}
     head = width // (n + 2 * kv) if packed else width // n
-    return {0: (types[q], (qs[0], qs[1], n * head))}
+    cache = (qs[0], kv, None, head)  # the KV cache's length depends on the run's total sequence length
+    return {0: (types[q], (qs[0], qs[1], n * head)), 1: (types[q], cache), 2: (types[q], cache)}
 
 
 _MS_SHAPES: dict[str, Callable[[NodeProto, Mapping[str, Shape], Mapping[str, int]], Typed | None]] = {
