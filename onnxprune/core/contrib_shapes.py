@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from onnx import NodeProto, helper
+from onnx import ModelProto, NodeProto, helper
 
 Shape = tuple  # tuple[int | str | None, ...], as core.ir.Shape (not imported: ir imports this module)
 #: (elem_type, shape) of each output this module sizes, by output index.
@@ -170,3 +170,21 @@ def contrib_outputs(node: NodeProto, shapes: Mapping[str, Shape],
     if not typed:
         return {}
     return {node.output[i]: value for i, value in typed.items() if i < len(node.output) and node.output[i]}
+
+
+def retag_default_domain(model: ModelProto) -> None:
+    """Move onnxruntime's default-domain fused norms of a *copy* made for onnx's checker or inference into
+    ``com.microsoft`` (in place).
+
+    Why: onnxruntime registers ``SimplifiedLayerNormalization`` and ``SkipSimplifiedLayerNormalization`` in
+    the default domain (its transformer optimizer writes them there for Llama-like models), where onnx has
+    no such op, so ``onnx.checker`` and strict inference refuse the whole model although onnxruntime runs
+    it. In ``com.microsoft`` onnx skips them like any custom op. Never call this on a model that is saved.
+    """
+    moved = False
+    for node in model.graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type in CONTRIB_DEFAULT_DOMAIN:
+            node.domain = MS
+            moved = True
+    if moved and not any(o.domain == MS for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS, 1))
