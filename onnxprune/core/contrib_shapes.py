@@ -146,8 +146,8 @@ _MS_SHAPES: dict[str, Callable[[NodeProto, Mapping[str, Shape], Mapping[str, int
     "BiasAdd": _same,
     "RotaryEmbedding": _same,
 }
-#: onnxruntime registers these in the default domain, where onnx has no schema for them.
-CONTRIB_DEFAULT_DOMAIN = {"SimplifiedLayerNormalization": _same, "SkipSimplifiedLayerNormalization": _skip_norm}
+#: onnxruntime registers this one in the default domain, where onnx has no schema for it.
+CONTRIB_DEFAULT_DOMAIN = {"SimplifiedLayerNormalization": _same}
 
 
 def contrib_outputs(node: NodeProto, shapes: Mapping[str, Shape],
@@ -173,13 +173,13 @@ def contrib_outputs(node: NodeProto, shapes: Mapping[str, Shape],
 
 
 def retag_default_domain(model: ModelProto) -> None:
-    """Move onnxruntime's default-domain fused norms of a *copy* made for onnx's checker or inference into
+    """Move onnxruntime's default-domain fused norm of a *copy* made for onnx's checker or inference into
     ``com.microsoft`` (in place).
 
-    Why: onnxruntime registers ``SimplifiedLayerNormalization`` and ``SkipSimplifiedLayerNormalization`` in
-    the default domain (its transformer optimizer writes them there for Llama-like models), where onnx has
-    no such op, so ``onnx.checker`` and strict inference refuse the whole model although onnxruntime runs
-    it. In ``com.microsoft`` onnx skips them like any custom op. Never call this on a model that is saved.
+    Why: onnxruntime registers ``SimplifiedLayerNormalization`` (RMSNorm) in the default domain (its
+    transformer optimizer writes it there for Llama-like models), where onnx has no such op, so
+    ``onnx.checker`` and strict inference refuse the whole model although onnxruntime runs it. In
+    ``com.microsoft`` onnx skips it like any custom op. Never call this on a model that is saved.
     """
     moved = False
     for node in model.graph.node:

@@ -42,6 +42,7 @@ class StreamNormRule(OpRule):
                       f"(structured mode keeps the stream, --mode width narrows it)")
 
 
-@register_rule("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization")
+@register_rule("SimplifiedLayerNormalization")
 class DefaultDomainStreamNormRule(StreamNormRule):
-    """onnxruntime registers these two in the default domain, where onnx has no op of that name."""
+    """onnxruntime registers ``SimplifiedLayerNormalization`` (RMSNorm) in the default domain, where onnx has
+    no op of that name."""

@@ -15,6 +15,7 @@ import pytest
 from onnx import TensorProto, helper
 from oracle_check import check_prune, run_ort
 
+from onnxprune.core.io import checker_view
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.oracle import zeroed_reference
 from onnxprune.structured.plan import PrunePlan, make_plan
@@ -72,7 +73,7 @@ def keep_heads(model: onnx.ModelProto, heads: list[int]) -> tuple[object, PruneP
 def prove(model: onnx.ModelProto, dg, plan: PrunePlan, feeds: dict) -> onnx.ModelProto:
     """The oracle on given feeds (masks, lengths and token ids need valid values, not random ones)."""
     pruned = apply_plan(model, plan, dg=dg)
-    onnx.checker.check_model(pruned)
+    onnx.checker.check_model(checker_view(pruned, "pruned"))  # onnxruntime's default-domain norms as custom ops
     np.testing.assert_allclose(run_ort(pruned, feeds)[0], run_ort(zeroed_reference(model, dg, plan), feeds)[0],
                                atol=1e-5)
     return pruned
@@ -249,3 +250,28 @@ def test_embed_layer_normalization_blocks_and_sizes_its_output() -> None:
     assert dg.shapes[y][-1] == D
     plan = make_plan(model, dg, ratio=0.5)
     prove(model, dg, plan, {"ids": np.array([[1, 7, 49], [0, 3, 5]], np.int32)})
+
+
+def test_default_domain_rms_norm_of_onnxruntime_loads_analyzes_and_blocks(tmp_path) -> None:
+    # onnxruntime's optimizer writes it in the default domain, where onnx's checker knows no such op
+    op = "SimplifiedLayerNormalization"
+    from onnxprune.core.io import load_model
+
+    g = builders.GraphBuilder(0)
+    h = g.op("MatMul", ["x", g.weight((D, D), "w")])
+    g.nodes.append(helper.make_node(op, [h, g.weight((D,), "gamma", 0.5)], ["norm"], name="norm", epsilon=1e-5))
+    g.nodes.append(helper.make_node("MatMul", ["norm", g.weight((D, 24), "up_w")], ["up"], name="up"))
+    g.nodes.append(helper.make_node("Relu", ["up"], ["act"], name="act"))
+    g.nodes.append(helper.make_node("MatMul", ["act", g.weight((24, D), "down_w")], ["out"], name="down"))
+    model = builders.make_model(g.nodes, [builders.vinfo("x", ["batch", "seq", D])],
+                                [builders.vinfo("out", ["batch", "seq", D])], g.inits, check=False)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    loaded = load_model(path)  # the checker sees them as custom ops
+    dg = analyze(loaded)
+    assert any(f"({op}) normalizes over the residual stream" in b for g in dg.groups for b in g.blockers), \
+        dg.summary()
+    assert len(dg.prunable_groups) == 1  # shapes flow past the norm: the 24 neurons after it
+    x = np.random.default_rng(0).standard_normal((2, 3, D)).astype(np.float32)
+    pruned = prove(loaded, dg, make_plan(loaded, dg, ratio=0.5), {"x": x})
+    assert init_shape(pruned, "up_w") == [D, 12]
