@@ -16,6 +16,7 @@ from onnx import helper
 from onnxprune.cli.main import main
 from onnxprune.core.io import load_model
 from onnxprune.structured.analysis import analyze
+from onnxprune.structured.attention import attention_heads
 from onnxprune.structured.prune import coverage
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "fused" / "bert_fused.onnx"
@@ -32,6 +33,7 @@ def test_fused_bert_heads_and_feed_forward_are_prunable() -> None:
     heads = [g for g in dg.prunable_groups if any(c.op_type == "Attention" and c.role == "source" for c in g.cuts)]
     ffn = [g for g in dg.prunable_groups if any(c.op_type == "BiasGelu" for c in g.cuts)]
     assert [g.size for g in heads] == [4, 4] and [g.size for g in ffn] == [128, 128], dg.summary()
+    assert [attention_heads(g) for g in heads] == [{"heads": 4, "head_channels": 16}] * 2  # what analyze shows
     # every weighted layer's non-stream side: the residual stream is blocked by the SkipLayerNormalizations
     assert coverage(model, dg, dict(dg.shapes)) == 0.5
     assert any("normalizes over the residual stream" in b for g in dg.groups for b in g.blockers)

@@ -17,6 +17,7 @@ from oracle_check import check_prune, run_ort
 
 from onnxprune.core.io import checker_view
 from onnxprune.structured.analysis import analyze
+from onnxprune.structured.attention import attention_heads
 from onnxprune.structured.oracle import zeroed_reference
 from onnxprune.structured.plan import PrunePlan, make_plan
 from onnxprune.structured.surgery import apply_plan
@@ -160,6 +161,7 @@ def test_group_query_attention_removes_whole_kv_groups_and_rewrites_both_head_co
     dg = analyze(model)
     (group,) = dg.prunable_groups
     assert group.size == 2  # two KV groups of one KV head and two query heads each
+    assert attention_heads(group) == {"heads": 2, "head_channels": 16}
     plan = PrunePlan(fingerprint=dg.fingerprint, keep={group.id: np.array([1], np.int64)}, sizes={group.id: 2},
                      criterion="test")
     x = np.random.default_rng(0).standard_normal((2, 5, D)).astype(np.float32)
