@@ -2,7 +2,7 @@
 
 Two steps, two environments:
 
-* ``export`` (a venv with torch, transformers and sympy, e.g. ``/work/venv-torch``): exports small BERT,
+* ``export`` (a venv with torch, transformers and sympy): exports small BERT,
   GPT-2 and ViT models with eager attention (the pattern the optimizer fuses into ``com.microsoft``
   ``Attention``; the SDPA pattern of today's default exports is left unfused), and also optimizes the
   existing real exports in ``~/.cache/onnxprune/real-exports/`` as they are (never rewritten: results go
@@ -12,7 +12,7 @@ Two steps, two environments:
   and a structured prune at ``--ratio`` proven by the oracle in onnxruntime at other batch/sequence sizes.
 
 Example:
-    /work/venv-torch/bin/python tools/fused_exports.py export --ship
+    .venv-export/bin/python tools/fused_exports.py export --ship
     .venv/bin/python tools/fused_exports.py judge
 """
 
