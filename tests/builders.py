@@ -456,20 +456,21 @@ def computed_weights(seed: int = 0, c_in: int = 3, c_mid: int = 8, c_out: int = 
 
 
 def custom_op_chain(seed: int = 0, c: int = 8, hw: int = 6, *, custom_first: bool = False) -> onnx.ModelProto:
-    """conv1 → Relu → conv2 → com.microsoft Gelu (a contrib op onnxruntime runs) → head conv → out.
+    """conv1 → Relu → conv2 → com.microsoft Trilu (a contrib op onnxruntime runs, onnxprune has no rule for) →
+    head conv → out.
 
     The custom op touches conv2's output channels, so that group must be blocked while conv1 → conv2
-    still prunes. ``custom_first=True`` puts the Gelu after conv1 instead, so the prunable conv2 → head
+    still prunes. ``custom_first=True`` puts the Trilu after conv1 instead, so the prunable conv2 → head
     group lies *after* the custom op (onnx cannot infer shapes through it).
     """
     g = GraphBuilder(seed)
     a = g.conv("x", 3, c)
     if custom_first:
-        a = g.op("Gelu", [a])
+        a = g.op("Trilu", [a])
         g.nodes[-1].domain = "com.microsoft"
         b = g.op("Relu", [g.conv(a, c, c)])
     else:
-        b = g.op("Gelu", [g.conv(g.op("Relu", [a]), c, c)])
+        b = g.op("Trilu", [g.conv(g.op("Relu", [a]), c, c)])
         g.nodes[-1].domain = "com.microsoft"
     g.nodes.append(helper.make_node("Conv", [b, g.weight((4, c, 1, 1))], ["out"], name="head"))
     return g.build([vinfo("x", [1, 3, hw, hw])], [vinfo("out", [1, 4, hw, hw])], "custom",
@@ -529,13 +530,13 @@ def mlp3(seed: int = 0, d_in: int = 8, h1: int = 12, h2: int = 10, d_out: int = 
 
 
 def custom_op_flatten(seed: int = 0, c: int = 4, hw: int = 3, *, declare: bool = False) -> onnx.ModelProto:
-    """conv1 → com.microsoft Gelu → conv2 → Relu → Flatten → Gemm → out[1, 5].
+    """conv1 → com.microsoft Trilu → conv2 → Relu → Flatten → Gemm → out[1, 5].
 
     Flatten needs the whole shape of conv2's output, which onnx cannot infer past the custom op unless
-    ``declare=True`` puts the Gelu output's shape in ``value_info`` (as exporters often do).
+    ``declare=True`` puts the Trilu output's shape in ``value_info`` (as exporters often do).
     """
     g = GraphBuilder(seed)
-    a = g.op("Gelu", [g.conv("x", 3, c)])
+    a = g.op("Trilu", [g.conv("x", 3, c)])
     g.nodes[-1].domain = "com.microsoft"
     f = g.op("Flatten", [g.op("Relu", [g.conv(a, c, c)])], axis=1)
     g.nodes.append(helper.make_node("Gemm", [f, g.weight((c * hw * hw, 5))], ["out"], name="head"))

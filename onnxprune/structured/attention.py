@@ -48,11 +48,13 @@ def attention_heads(group: ChannelGroup) -> dict[str, int] | None:
     """``{"heads": n, "head_channels": k}`` when a group is attention heads cut whole, else None.
 
     Recognised by its effect: every root channel is a block of ``k > 1`` input rows of the output projection
-    (its sinks) and of MatMul/Gemm columns (its sources, Q/K/V, packed or not). With grouped-query attention
+    (its sinks) and of MatMul/Gemm columns (its sources, Q/K/V, packed or not, or the packed weight of
+    onnxruntime's fused ``Attention``). With grouped-query attention
     a root is a KV group and ``k`` counts the channels of all its query heads.
     """
     sinks, sources = group.sinks, group.sources
-    if not sinks or not sources or any(c.op_type not in ("MatMul", "Gemm") for c in sources + sinks):
+    if not sinks or not sources or any(c.op_type not in ("MatMul", "Gemm") for c in sinks) \
+            or any(c.op_type not in ("MatMul", "Gemm", "Attention") for c in sources):
         return None
     sizes = {len(c.positions(np.array([0], dtype=np.int64))) for c in sinks}
     if len(sizes) != 1 or min(sizes) <= 1 or not all(isinstance(c.map, Block) for c in sinks):
