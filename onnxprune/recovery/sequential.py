@@ -32,7 +32,7 @@ from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import load_model
 from onnxprune.core.ir import GraphIndex
 from onnxprune.core.weights import PrunableWeight, SkippedWeight, find_prunable_weights
-from onnxprune.recovery.calibrate import GRAM_OPS, ActivationStats, collect_stats
+from onnxprune.recovery.calibrate import GRAM_OPS, ActivationStats, collect_paired_grams, collect_stats
 from onnxprune.recovery.data_criteria import DATA_CRITERIA, input_axis, sparse_scores
 from onnxprune.recovery.recover import recover_sparse, refuse_quantized
 from onnxprune.recovery.sparsegpt import SparseGPTUpdate, gram_layers, refuse_quantized_sparsegpt
@@ -122,6 +122,7 @@ def sparsify_calibrated(
     min_size: int = 0,
     refit: bool = False,
     sequential: bool = False,
+    dense_target: bool = True,
     batch_size: int = 32,
     max_samples: int | None = None,
     provider: str = "cpu",
@@ -139,6 +140,9 @@ def sparsify_calibrated(
         layer_sparsity, exclude, min_size: as in :func:`onnxprune.sparse.sparsify.sparsify`.
         refit: re-fit the survivors of each layer by masked least squares (``--recover lstsq``).
         sequential: measure each stage on the model already pruned before it (``depth + 1`` passes).
+        dense_target: with ``sequential``, SparseGPT and the re-fit aim at each layer's output in the dense
+            model (``‖XW − X̃Ŵ‖``, from the cross term of both models' inputs, which runs the dense model beside
+            the pruned one in each pass) rather than at the dense weight on the new inputs (``‖X̃W − X̃Ŵ‖``).
         batch_size, max_samples, provider: calibration runs.
 
     Returns:
@@ -163,6 +167,7 @@ def sparsify_calibrated(
     if sequential and not isinstance(calib, (str, os.PathLike)) and iter(calib) is calib:
         raise ConfigError("sequential calibration reads the data once per stage; pass an .npz path or a list of "
                           "feed dicts, not a one-shot iterator")
+    dense = current
     weights = find_prunable_weights(current)
     order = {pw.name: i for i, pw in enumerate(weights)}
     stages = layer_stages(current) if sequential else dict.fromkeys(order, 0)
@@ -172,7 +177,9 @@ def sparsify_calibrated(
     for stage in sorted(set(stages.values())):
         names = [pw.name for pw in weights if stages[pw.name] == stage]
         stage_weights = [pw for pw in weights if pw.name in set(names)]
-        stats = _measure(current, calib, stage_weights, criterion, refit, batch_size, max_samples, provider)
+        reference = dense if sequential and dense_target and stage > 0 else None
+        stats = _measure(current, reference, calib, stage_weights, criterion, refit, batch_size, max_samples,
+                         provider)
         scores = sparse_scores(current, stats, criterion=criterion) if criterion in DATA_CRITERIA else None
         update = SparseGPTUpdate(current, stats) if criterion == "sparsegpt" else None
         only = names if sequential else None
@@ -190,6 +197,7 @@ def sparsify_calibrated(
     seconds = time.perf_counter() - start
     passes = len(results)
     info: dict[str, Any] = {"calibration": {"sequential": sequential, "stages": passes, "passes": passes,
+                                            "dense_target": sequential and dense_target,
                                             "seconds": round(seconds, 3)}}
     if updates:
         info["sparsegpt"] = {"updated": [n for u in updates for n in u.updated],
@@ -202,10 +210,10 @@ def sparsify_calibrated(
     return CalibratedSparsity(current, _merge(results, order), info)
 
 
-def _measure(model: ModelProto, calib: Data, weights: Sequence[PrunableWeight], criterion: str, refit: bool,
-             batch_size: int, max_samples: int | None, provider: str) -> ActivationStats:
+def _measure(model: ModelProto, reference: ModelProto | None, calib: Data, weights: Sequence[PrunableWeight],
+             criterion: str, refit: bool, batch_size: int, max_samples: int | None, provider: str) -> ActivationStats:
     """One calibration pass for these weights: their readers' input columns (Wanda-like criteria) and
-    input Gram matrices (SparseGPT, re-fit)."""
+    input Gram matrices (SparseGPT, re-fit), with the cross term against ``reference``'s inputs when given."""
     idx = GraphIndex(model)
     tensors: dict[str, int | None] = {}
     if criterion in DATA_CRITERIA:
@@ -215,6 +223,9 @@ def _measure(model: ModelProto, calib: Data, weights: Sequence[PrunableWeight], 
                 if node.op_type in GRAM_OPS:
                     tensors[node.input[0]] = input_axis(node, idx.opset)
     grams = gram_layers(model, weights) if criterion == "sparsegpt" or refit else []
+    if grams and reference is not None:
+        return collect_paired_grams(reference, model, calib, layers=grams, tensors=tensors, batch_size=batch_size,
+                                    max_samples=max_samples, provider=provider)
     return collect_stats(model, calib, tensors=tensors, gram_for=grams, batch_size=batch_size,
                          max_samples=max_samples, provider=provider)
 

@@ -102,7 +102,7 @@ def _upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:
 
 def sparsegpt_rows(w: np.ndarray, gram: np.ndarray, *, zeros: int | None = None,
                    nm: tuple[int, int] | None = None, block_size: int = BLOCK_SIZE,
-                   damp: float = DAMP) -> tuple[np.ndarray, np.ndarray]:
+                   damp: float = DAMP, cross: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """SparseGPT on one weight in row layout: rows are outputs, columns the inputs ``gram`` describes.
 
     Args:
@@ -112,6 +112,10 @@ def sparsegpt_rows(w: np.ndarray, gram: np.ndarray, *, zeros: int | None = None,
         nm: ``(n, m)``: keep ``n`` of every ``m`` consecutive columns of each row (``K % m == 0``).
         block_size: columns per block (rounded down to a multiple of ``m`` for N:M, at least ``m``).
         damp: dampening relative to the mean diagonal of ``gram``.
+        cross: ``(K, K)`` ``X̃ᵀX`` when ``gram`` is ``X̃ᵀX̃`` of the input the layer now sees and the target is
+            ``X w`` on another input (the dense model's, in sequential calibration): the updates then start
+            from the unconstrained optimum ``w* = (X̃ᵀX̃ + λI)⁻¹ X̃ᵀX w``, since ``‖Xw − X̃v‖² = ‖X̃(w* − v)‖²``
+            up to a constant. Entries of ``w`` that are zero stay zero.
 
     Returns:
         ``(values, mask)``: ``(R, K)`` float64 weights with zeros where ``mask`` is True.
@@ -133,6 +137,8 @@ def sparsegpt_rows(w: np.ndarray, gram: np.ndarray, *, zeros: int | None = None,
     h[dead, dead] = 1.0
     h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
     u = _upper_cholesky_of_inverse(h)
+    if cross is not None:
+        weights = (u.T @ (u @ (np.asarray(cross, dtype=np.float64) @ weights.T))).T  # H⁻¹ = UᵀU
     if nm is not None:
         block_size = max(nm[1], block_size - block_size % nm[1])
     starts = list(range(0, k, block_size))
@@ -256,7 +262,7 @@ class SparseGPTUpdate:
         for g in range(rows.shape[0]):
             new_rows[g], mask_rows[g] = sparsegpt_rows(
                 rows[g], gs.gram[g], zeros=counts[g] if target.zeros is not None else None, nm=target.nm,
-                block_size=self.block_size, damp=self.damp)
+                block_size=self.block_size, damp=self.damp, cross=None if gs.cross is None else gs.cross[g])
         mask = rows_to_weight(node, mask_rows, w.shape, self._idx.opset)
         values = _write_dtype(rows_to_weight(node, new_rows, w.shape, self._idx.opset), mask, w.dtype)
         self.updated.append(pw.name)
