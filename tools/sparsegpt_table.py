@@ -58,7 +58,7 @@ def _scores(model: object, feeds: dict) -> np.ndarray:
     return np.asarray(run_session(session, feeds)[name], dtype=np.float64)
 
 
-def rows_for(name: str, patterns: list[str]) -> list[dict]:
+def rows_for(name: str, patterns: list[str], dense_target: bool = True) -> list[dict]:
     model = load_model(MODELS / f"{name}.onnx")
     calib, test = MODELS / f"{name}_calib.npz", MODELS / f"{name}_test.npz"
     dense = float(evaluate_accuracy(model, test).top1)
@@ -77,7 +77,7 @@ def rows_for(name: str, patterns: list[str]) -> list[dict]:
                     passes = 0
                 else:
                     out = sparsify_calibrated(model, calib, criterion=criterion, sparsity=0.5, nm=nm, refit=refit,
-                                              sequential=sequential)
+                                              sequential=sequential, dense_target=dense_target)
                     pruned, passes = out.model, out.info["calibration"]["passes"]
                 seconds = time.perf_counter() - start
                 top1 = float(evaluate_accuracy(pruned, test).top1)
@@ -100,15 +100,49 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def pivot(rows: list[dict]) -> str:
+    """The same rows, one line per model, sparsity and calibration; cells ``top-1 / output MSE``."""
+    labels = [label for label, _, _ in METHODS]
+    out = ["| model | sparsity | calibration | " + " | ".join(labels) + " | time one-shot → sequential (s) |",
+           "|---|---|---|" + "---|" * (len(labels) + 1)]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for pattern in ("50%", "2:4"):
+            for calibration in ("one-shot", "sequential"):
+                cells = []
+                for label in labels:
+                    r = next((r for r in rows if r["model"] == model and r["pattern"] == pattern
+                              and r["method"] == label
+                              and r["calibration"] in ((calibration, "none") if calibration == "one-shot"
+                                                       else (calibration,))), None)
+                    cells.append("" if r is None else f"{r['top1']:.2%} / {r['mse']:.3g}")
+                times = [r["seconds"] for r in rows if r["model"] == model and r["pattern"] == pattern
+                         and r["method"] == "sparsegpt"]
+                when = f"sparsegpt {times[0]:.2f} → {times[1]:.2f}" if calibration == "one-shot" and len(times) == 2 \
+                    else ""
+                if any(cells):
+                    out.append(f"| {model} | {pattern} | {calibration} | " + " | ".join(cells) + f" | {when} |")
+    return "\n".join(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="digits_mlp,digits_cnn,digits_transformer")
     parser.add_argument("--patterns", default="50%,2:4", help="comma-separated: 50%% (unstructured) and/or 2:4")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--self-target", action="store_true",
+                        help="sequential rows aim at the dense weight on the pruned inputs (dense_target=False)")
+    parser.add_argument("--from-json", help="print the tables of rows written earlier with --json; run nothing")
     args = parser.parse_args()
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text())
+        print(markdown(rows) + "\n\n" + pivot(rows))
+        return 0
     start = time.perf_counter()
-    rows = [r for name in args.models.split(",") for r in rows_for(name.strip(), args.patterns.split(","))]
+    rows = [r for name in args.models.split(",")
+            for r in rows_for(name.strip(), args.patterns.split(","), dense_target=not args.self_target)]
     print(markdown(rows))
+    print()
+    print(pivot(rows))
     print(f"\n(total {time.perf_counter() - start:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
