@@ -30,7 +30,7 @@ from onnx import ModelProto
 
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import load_model
-from onnxprune.core.ir import GraphIndex
+from onnxprune.core.ir import GraphIndex, node_key
 from onnxprune.core.weights import PrunableWeight, SkippedWeight, find_prunable_weights
 from onnxprune.recovery.calibrate import GRAM_OPS, ActivationStats, collect_paired_grams, collect_stats
 from onnxprune.recovery.data_criteria import DATA_CRITERIA, input_axis, sparse_scores
@@ -67,7 +67,8 @@ def layer_stages(model: ModelProto) -> dict[str, int]:
             weighted.setdefault(reader, pw.name)
     depth: dict[str, int] = {}
     node_stage: dict[str, int] = {}
-    for key, node in idx.nodes_by_name.items():
+    for i, node in enumerate(idx.graph.node):  # every node, even one whose name another node has too
+        key = node_key(node, i)
         level = max((depth.get(t, 0) for t in node.input if t and not idx.is_constant(t)), default=0)
         if key in weighted:
             node_stage[key] = level

@@ -277,8 +277,8 @@ class SparseGPTUpdate:
             return f"a batched MatMul weight of shape {list(w.shape)}"
         if pw.readers[0] not in self.stats.grams:
             return "no input Gram matrix was collected for its layer"
-        if w.dtype.kind != "f" and w.dtype.name != "bfloat16":
-            return f"stored as {w.dtype}"
+        if w.dtype not in (np.float16, np.float32, np.float64):
+            return f"stored as {w.dtype} (SparseGPT writes float16, float32 and float64 weights)"
         return ""
 
     def report(self) -> dict[str, object]:
