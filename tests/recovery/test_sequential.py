@@ -140,14 +140,15 @@ def test_cli_sequential_refusals_are_one_line(tmp_path: Path, capsys: pytest.Cap
     assert code == 1 and match in err and len(err.splitlines()) == 1 and not out.exists()
 
 
-def test_cli_sequential_sparsegpt_reports_its_passes(tmp_path: Path) -> None:
+def test_cli_sequential_sparsegpt_reports_its_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
     out, report = tmp_path / "out.onnx", tmp_path / "r.json"
     code = main(["prune", str(MODELS / "digits_mlp.onnx"), "-o", str(out), "--mode", "unstructured",
                  "--sparsity", "0.5", "--importance", "sparsegpt", "--sequential", "--recover", "lstsq",
-                 "--calib", str(MODELS / "digits_mlp_calib.npz"), "--report", str(report), "--quiet"])
+                 "--calib", str(MODELS / "digits_mlp_calib.npz"), "--report", str(report)])
     assert code == 0
+    assert "calibration           sequential, 3 pass(es) over --calib" in capsys.readouterr().out
     text = json.loads(report.read_text())
     found = json.dumps(text)
     assert '"passes": 3' in found and '"sequential": true' in found
