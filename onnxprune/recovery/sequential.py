@@ -30,7 +30,7 @@ from onnx import ModelProto
 
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import load_model
-from onnxprune.core.ir import GraphIndex, node_key
+from onnxprune.core.ir import GraphIndex, matches_any, node_key
 from onnxprune.core.weights import PrunableWeight, SkippedWeight, find_prunable_weights
 from onnxprune.recovery.calibrate import GRAM_OPS, ActivationStats, collect_paired_grams, collect_stats
 from onnxprune.recovery.data_criteria import DATA_CRITERIA, input_axis, sparse_scores
@@ -175,15 +175,20 @@ def sparsify_calibrated(
     start = time.perf_counter()
     results: list[SparsifyResult] = []
     updates: list[SparseGPTUpdate] = []
+    passes = 0
     for stage in sorted(set(stages.values())):
         names = [pw.name for pw in weights if stages[pw.name] == stage]
         stage_weights = [pw for pw in weights if pw.name in set(names)]
-        reference = dense if sequential and dense_target and stage > 0 else None
-        stats = _measure(current, reference, calib, stage_weights, criterion, refit, batch_size, max_samples,
-                         provider)
-        scores = sparse_scores(current, stats, criterion=criterion) if criterion in DATA_CRITERIA else None
-        update = SparseGPTUpdate(current, stats) if criterion == "sparsegpt" else None
         only = names if sequential else None
+        stats: ActivationStats | None = None
+        scores, update = None, None
+        if any(_may_prune(pw, exclude, min_size, nm) for pw in stage_weights):  # else no pass: nothing to measure
+            reference = dense if sequential and dense_target and stage > 0 else None
+            stats = _measure(current, reference, calib, stage_weights, criterion, refit, batch_size, max_samples,
+                             provider)
+            passes += 1
+            scores = sparse_scores(current, stats, criterion=criterion) if criterion in DATA_CRITERIA else None
+            update = SparseGPTUpdate(current, stats) if criterion == "sparsegpt" else None
         if nm is None:
             res = sparsify(current, sparsity=sparsity, scope=scope, layer_sparsity=layer_sparsity, exclude=exclude,
                            min_size=min_size, scores=scores, update=update, only=only)
@@ -193,11 +198,10 @@ def sparsify_calibrated(
         results.append(res)
         if update is not None:
             updates.append(update)
-        current = recover_sparse(current, res.model, stats, method="lstsq") if refit else res.model
+        current = recover_sparse(current, res.model, stats, method="lstsq") if refit and stats else res.model
         log.debug("stage %d: %d weights pruned", stage, len(res.layers))
     seconds = time.perf_counter() - start
-    passes = len(results)
-    info: dict[str, Any] = {"calibration": {"sequential": sequential, "stages": passes, "passes": passes,
+    info: dict[str, Any] = {"calibration": {"sequential": sequential, "stages": len(results), "passes": passes,
                                             "dense_target": sequential and dense_target,
                                             "seconds": round(seconds, 3)}}
     if updates:
@@ -209,6 +213,13 @@ def sparsify_calibrated(
     log.info("%s calibration: %d pass(es) over the data, %.2f s", "sequential" if sequential else "one-shot",
              passes, seconds)
     return CalibratedSparsity(current, _merge(results, order), info)
+
+
+def _may_prune(pw: PrunableWeight, exclude: Sequence[str], min_size: int, nm: tuple[int, int] | None) -> bool:
+    """Whether sparsify may prune ``pw`` (not excluded, not too small, N:M-able), so its stage needs a pass."""
+    if matches_any([pw.name, *pw.readers], tuple(exclude)) or pw.numel < min_size:
+        return False
+    return nm is None or bool(pw.reduction_axes) and pw.reduction_size % nm[1] == 0
 
 
 def _measure(model: ModelProto, reference: ModelProto | None, calib: Data, weights: Sequence[PrunableWeight],

@@ -114,6 +114,8 @@ def test_sequential_keeps_the_exact_count_and_reports_each_layer_once() -> None:
                               sequential=True, exclude=["coefficient2"])
     assert [r.name for r in out.result.layers] == ["coefficient", "coefficient1"]
     assert [s.name for s in out.result.skipped] == ["coefficient2"]
+    # the last stage has nothing to prune: no calibration pass for it
+    assert out.info["calibration"]["stages"] == 3 and out.info["calibration"]["passes"] == 2
     for layer in out.result.layers:
         assert layer.zeros_after == round(0.3 * layer.numel)
 
