@@ -33,6 +33,7 @@ from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.ir import node_label
 from onnxprune.structured.axes import Block, Coupling, Table
 from onnxprune.structured.rules.base import Blocked, RewriteContext, RuleContext
+from onnxprune.structured.shape_reads import following_entries
 
 if TYPE_CHECKING:  # analysis imports the rules, which import this module
     from onnxprune.structured.analysis import ChannelGroup
@@ -317,7 +318,8 @@ def rewrite_target(node: NodeProto, ctx: RewriteContext, *, offset: int = 0) -> 
     """
     y = node.output[0]
     old, new = ctx.shape(y), ctx.new_shape(y)
-    if old == new:
+    follows = following_entries(node, ctx)  # shape reads that give their axis its new size by themselves
+    if all(old[e + offset] == new[e + offset] for e in range(len(old) - offset) if e not in follows):
         return
     try:
         pieces = target_pieces(node, ctx)
@@ -327,7 +329,8 @@ def rewrite_target(node: NodeProto, ctx: RewriteContext, *, offset: int = 0) -> 
     inferred = 0
     for piece in pieces:
         if piece.values is None:
-            if any(old[b] != new[b] for b in range(piece.start + offset, piece.start + offset + piece.length)):
+            if any(old[b] != new[b] for b in range(piece.start + offset, piece.start + offset + piece.length)
+                   if b - offset not in follows):
                 # the analysis proved this is the Reshape's only entry that can be -1 (check_target_entry)
                 inferred += 1
                 if inferred > 1 or node.op_type != "Reshape":

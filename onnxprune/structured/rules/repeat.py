@@ -21,6 +21,7 @@ from onnxprune.structured.attention import check_target_entry, rewrite_target
 from onnxprune.structured.axes import ChannelAxis, Coupling, Identity, Table
 from onnxprune.structured.rules.base import Blocked, OpRule, RewriteContext, RuleContext, data_axis, is_output
 from onnxprune.structured.rules.registry import register_rule
+from onnxprune.structured.shape_reads import follow_target
 
 
 def _aligned(node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> tuple[int, int]:
@@ -46,7 +47,11 @@ class ExpandRule(OpRule):
             raise Blocked(f"{node_label(node)}: axis {a} of '{x}' does not match axis {b} of '{y}'")
         entry = b - (ctx.rank(y) - ctx.shape(node.input[1])[0])
         if not ctx.is_const(node.input[1]) and entry >= 0:
-            check_target_entry(node, entry, ctx)
+            try:
+                check_target_entry(node, entry, ctx)
+            except Blocked:
+                if not follow_target(node, b, ctx):  # a shape read of the cut axis (repeat_kv's target)
+                    raise
         return [Coupling(ctx.slot(x, a), ctx.slot(y, b), Identity())]
 
     def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
