@@ -13,11 +13,13 @@ and a plan can only keep or drop whole heads. The ``head_dim`` axis is never cut
 
 Reshape targets are constants or, as torch exports them, computed at run time:
 ``Concat(Unsqueeze(Gather(Shape(x), i)), ..., num_heads, head_dim)``. :func:`target_pieces` reads such a
-target as pieces; an entry of the target may change with the cut only when its piece is a constant
-(an initializer, a ``Constant`` node, or the ``Unsqueeze`` of one), which the surgery rewrites. Runtime
-pieces stay as they are: a ``Shape`` of a cut axis is blocked by the ``Shape`` rule, so what they compute
-cannot change. Any other shape arithmetic (a piece computed by another op at a position that must change,
-a target not built by ``Concat``, a target shared with other nodes) blocks with its reason.
+target as pieces; an entry of the target may change with the cut when its piece is a constant
+(an initializer, a ``Constant`` node, or the ``Unsqueeze`` of one), which the surgery rewrites, or when it is
+a run-time read of an axis that shrinks in step with it (``x.view(-1, x.size(-1))``, ``repeat_kv``'s
+``Where``-wrapped expand target: :mod:`onnxprune.structured.shape_reads` proves it, and surgery leaves it).
+Other runtime pieces stay as they are: a ``Shape`` of a cut axis is allowed only into such entries, so what
+they compute cannot change. Any other shape arithmetic (a piece computed by another op at a position that
+must change, a target not built by ``Concat``, a target shared with other nodes) blocks with its reason.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ def attention_heads(group: ChannelGroup) -> dict[str, int] | None:
 
     Recognised by its effect: every root channel is a block of ``k > 1`` input rows of the output projection
     (its sinks) and of MatMul/Gemm columns (its sources, Q/K/V, packed or not). With grouped-query attention
-    a root is a KV group and ``k`` counts the channels of all its query heads.
+    a root is a KV group and ``k`` counts the channels of all its query heads: then ``"query_heads_per_kv"``
+    (> 1) says so, and that whole KV groups are cut (a KV head with all its query heads, so the repeat factor
+    still divides), never query heads inside a group.
     """
     sinks, sources = group.sinks, group.sources
     if not sinks or not sources or any(c.op_type not in ("MatMul", "Gemm") for c in sources + sinks):
@@ -56,7 +60,13 @@ def attention_heads(group: ChannelGroup) -> dict[str, int] | None:
         return None
     if all(len(c.positions(np.array([0], dtype=np.int64))) == 1 for c in sources):
         return None
-    return {"heads": group.size, "head_channels": sizes.pop()}
+    head_channels = sizes.pop()
+    result = {"heads": group.size, "head_channels": head_channels}
+    if all(isinstance(c.map, Block) for c in sources):  # K/V hold one head per root, Q n_rep of them
+        smallest = min(len(c.positions(np.array([0], dtype=np.int64))) for c in sources)
+        if head_channels % smallest == 0 and head_channels // smallest > 1:
+            result["query_heads_per_kv"] = head_channels // smallest
+    return result
 
 
 def _prod(values: tuple[int, ...]) -> int:

@@ -20,12 +20,13 @@ import numpy as np
 import onnx
 import pytest
 from builders import GraphBuilder, vinfo
-from oracle_check import assert_close, random_plan, run_ort
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
+from oracle_check import assert_close, random_plan, run_ort
 
 from onnxprune.core.stats import count_params
 from onnxprune.structured.analysis import analyze
+from onnxprune.structured.attention import attention_heads
 from onnxprune.structured.oracle import zeroed_reference
 from onnxprune.structured.surgery import apply_plan
 
@@ -226,7 +227,18 @@ def test_where_expand_repeat_kv_cuts_whole_kv_groups(heads: int, kv_heads: int, 
     (g,) = [g for g in dg.prunable_groups if g.size == kv_heads]
     assert sorted(c.positions(np.array([0])).size for c in g.sources) == [hd, hd, n_rep * hd]
     assert [c.positions(np.array([0])).size for c in g.sinks] == [n_rep * hd]
+    assert attention_heads(g) == {"heads": kv_heads, "head_channels": n_rep * hd, "query_heads_per_kv": n_rep}
     prove(model)
+
+
+def test_analyze_says_kv_groups_are_cut_whole(tmp_path, capsys) -> None:
+    from onnxprune.cli.main import main
+
+    path = tmp_path / "gqa.onnx"
+    onnx.save(attention(heads=4, kv_heads=2), path)
+    assert main(["analyze", str(path), "--dim", "T=5"]) == 0
+    assert "(attention: 2 KV heads with 2 query heads each, 8 channels; cut as whole KV groups)" in \
+        capsys.readouterr().out
 
 
 def test_a_kv_count_read_as_the_repeat_factor_is_blocked() -> None:

@@ -15,7 +15,6 @@ from onnx import NodeProto
 from onnxprune.core.ir import node_label
 from onnxprune.structured.attention import check_target_entry, rewrite_target, split_couplings
 from onnxprune.structured.axes import Block, ChannelAxis, Coupling, Identity, Offset
-from onnxprune.structured.shape_reads import follow_read, follow_target
 from onnxprune.structured.rules.base import (
     Blocked,
     OpRule,
@@ -25,6 +24,7 @@ from onnxprune.structured.rules.base import (
     is_output,
 )
 from onnxprune.structured.rules.registry import register_rule
+from onnxprune.structured.shape_reads import follow_read, follow_target
 
 INT64_MAX = 2**63 - 1
 
