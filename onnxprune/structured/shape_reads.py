@@ -154,6 +154,11 @@ class _Evaluator:
         return result
 
 
+def evaluate(name: str, ctx: Context) -> Value | None:
+    """The symbolic entries of the small 1-D integer tensor ``name`` (None: no shape value, e.g. data)."""
+    return _Evaluator(ctx).value(name)
+
+
 #: Ops whose failure to evaluate means the output is no shape value at all (data in, data out).
 _STRICT = frozenset({"Gather", "Slice", "Squeeze", "Unsqueeze", "Identity", "Reshape", "Flatten", "Cast", "Concat"})
 
@@ -216,8 +221,8 @@ def _same(ev: _Evaluator, node: NodeProto, k: int) -> Value | None:
     return ev.value(node.input[0])
 
 
-_NUMERIC = frozenset({TensorProto.INT64, TensorProto.INT32, TensorProto.INT16, TensorProto.INT8, TensorProto.UINT64,
-                      TensorProto.UINT32, TensorProto.UINT16, TensorProto.UINT8, TensorProto.FLOAT,
+#: Casts that keep every realistic size exactly (narrower integers could wrap, half floats round).
+_NUMERIC = frozenset({TensorProto.INT64, TensorProto.INT32, TensorProto.UINT64, TensorProto.UINT32, TensorProto.FLOAT,
                       TensorProto.DOUBLE})
 
 
@@ -393,10 +398,17 @@ def following_entries(node: NodeProto, ctx: RewriteContext) -> set[int]:
     """Target entries of a ``Reshape``/``Expand`` that are run-time shape reads following this cut: the read
     axis, cut or not, gives the output axis its new size, so surgery leaves them as they are."""
     value = _Evaluator(ctx).value(node.input[1]) or ()
-    out = ctx.new_shape(node.output[0])
-    offset = len(out) - len(value)
-    return {e for e, v in enumerate(value) if isinstance(v, Size) and 0 <= e + offset < len(out)
-            and v.scale * len(ctx.kept(v.tensor, v.axis)) == out[e + offset]}
+    old, new = ctx.shape(node.output[0]), ctx.new_shape(node.output[0])
+    offset = len(new) - len(value)
+    follows = set()
+    for e, v in enumerate(value):
+        if not isinstance(v, Size) or not 0 <= e + offset < len(new) or old[e + offset] == new[e + offset]:
+            continue
+        read = ctx._lookup(v.tensor)
+        if read is not None and all(isinstance(d, int) for d in read) \
+                and v.scale * len(ctx.kept(v.tensor, v.axis)) == new[e + offset]:
+            follows.add(e)
+    return follows
 
 
 def unfollowed(size_reads: Iterable[SizeRead], base: Mapping[ChannelAxis, int], sizes: Mapping[ChannelAxis, int],

@@ -258,3 +258,56 @@ def test_a_kv_count_through_unfollowed_arithmetic_is_blocked() -> None:
     q = _group(dg, "MatMul")
     assert not q.prunable
     assert any("(Div)" in b for b in q.blockers), q.blockers
+
+
+# -- the symbolic evaluation, one op at a time ----------------------------------------------------------------------
+def _evaluated(build) -> object:
+    """Entries of ``build(g, size)``'s result, where ``size`` is ``[x.size(2)]`` of ``x [B, T, 8]``."""
+    from onnxprune.core.ir import GraphIndex
+    from onnxprune.core.shapefold import infer_shapes
+    from onnxprune.structured.rules.base import RuleContext
+    from onnxprune.structured.shape_reads import evaluate
+
+    g = GraphBuilder(0)
+    shape = g.op("Shape", ["x"])
+    out = build(g, shape)  # left dangling: only its value is read
+    g.nodes.append(helper.make_node("Identity", ["x"], ["y"], name="y"))
+    model = g.build([vinfo("x", ["B", "T", 8])], [vinfo("y", ["B", "T", 8])])
+    return evaluate(out, RuleContext(GraphIndex(model), infer_shapes(model, {"B": 1, "T": T})))
+
+
+def _c(g: GraphBuilder, *values: int) -> str:
+    return g.const(_i64(*values))
+
+
+@pytest.mark.parametrize(("build", "want"), [
+    pytest.param(lambda g, s: g.op("Gather", [s, g.const(np.array(-1, np.int64))], axis=0), "S2", id="gather-negative"),
+    pytest.param(lambda g, s: g.op("Slice", [s, _c(g, -1), _c(g, -4), _c(g, 0), _c(g, -1)]), "S2 S1 S0",
+                 id="slice-reversed"),
+    pytest.param(lambda g, s: g.op("Mul", [s, _c(g, 3)]), "S0*3 S1*3 S2*3", id="mul-positive"),
+    pytest.param(lambda g, s: g.op("Mul", [s, _c(g, -1)]), "M M M", id="mul-negative"),
+    pytest.param(lambda g, s: g.op("Mul", [s, s]), "M M M", id="mul-of-sizes"),
+    pytest.param(lambda g, s: g.op("Add", [s, _c(g, 0)]), "M M M", id="add"),
+    pytest.param(lambda g, s: g.op("Cast", [s], to=onnx.TensorProto.INT8), "M M M", id="cast-int8"),
+    pytest.param(lambda g, s: g.op("Cast", [g.op("Cast", [s], to=onnx.TensorProto.FLOAT)],
+                                   to=onnx.TensorProto.INT64), "S0 S1 S2", id="cast-float-and-back"),
+    pytest.param(lambda g, s: g.op("Equal", [s, _c(g, -1)]), "0 0 0", id="equal-negative"),
+    pytest.param(lambda g, s: g.op("Equal", [s, _c(g, 8)]), "M M M", id="equal-nonnegative"),
+    pytest.param(lambda g, s: g.op("Where", [g.op("Equal", [s, _c(g, 8)]), _c(g, 1), s]), "M M M",
+                 id="where-unknown-condition"),
+    pytest.param(lambda g, s: g.op("Where", [g.op("Equal", [s, _c(g, -1)]), _c(g, 1), s]), "S0 S1 S2",
+                 id="where-known-condition"),
+    pytest.param(lambda g, s: g.op("Concat", [_c(g, -1), g.op("Slice", [s, _c(g, 2), _c(g, 3)])], axis=0), "-1 S2",
+                 id="concat"),
+])
+def test_symbolic_shape_values(build, want: str) -> None:
+    """``S<a>[*k]``: k times the size of axis a of x; ``M``: arithmetic onnxprune does not follow."""
+    from onnxprune.structured.shape_reads import Mixed, Size
+
+    def text(e) -> str:
+        if isinstance(e, Size):
+            return f"S{e.axis}" + (f"*{e.scale}" if e.scale != 1 else "")
+        return "M" if isinstance(e, Mixed) else str(e)
+
+    value = _evaluated(build)
+    assert value is not None and " ".join(text(e) for e in value) == want
