@@ -13,13 +13,11 @@ and a plan can only keep or drop whole heads. The ``head_dim`` axis is never cut
 
 Reshape targets are constants or, as torch exports them, computed at run time:
 ``Concat(Unsqueeze(Gather(Shape(x), i)), ..., num_heads, head_dim)``. :func:`target_pieces` reads such a
-target as pieces; an entry of the target may change with the cut when its piece is a constant
-(an initializer, a ``Constant`` node, or the ``Unsqueeze`` of one), which the surgery rewrites, or when it is
-a run-time read of an axis that shrinks in step with it (``x.view(-1, x.size(-1))``, ``repeat_kv``'s
-``Where``-wrapped expand target: :mod:`onnxprune.structured.shape_reads` proves it, and surgery leaves it).
-Other runtime pieces stay as they are: a ``Shape`` of a cut axis is allowed only into such entries, so what
-they compute cannot change. Any other shape arithmetic (a piece computed by another op at a position that
-must change, a target not built by ``Concat``, a target shared with other nodes) blocks with its reason.
+target as pieces; an entry of the target may change with the cut only when its piece is a constant
+(an initializer, a ``Constant`` node, or the ``Unsqueeze`` of one), which the surgery rewrites. Runtime
+pieces stay as they are: a ``Shape`` of a cut axis is blocked by the ``Shape`` rule, so what they compute
+cannot change. Any other shape arithmetic (a piece computed by another op at a position that must change,
+a target not built by ``Concat``, a target shared with other nodes) blocks with its reason.
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.ir import node_label
 from onnxprune.structured.axes import Block, Coupling, Table
 from onnxprune.structured.rules.base import Blocked, RewriteContext, RuleContext
-from onnxprune.structured.shape_reads import following_entries
 
 if TYPE_CHECKING:  # analysis imports the rules, which import this module
     from onnxprune.structured.analysis import ChannelGroup
@@ -328,8 +325,7 @@ def rewrite_target(node: NodeProto, ctx: RewriteContext, *, offset: int = 0) -> 
     """
     y = node.output[0]
     old, new = ctx.shape(y), ctx.new_shape(y)
-    follows = following_entries(node, ctx)  # shape reads that give their axis its new size by themselves
-    if all(old[e + offset] == new[e + offset] for e in range(len(old) - offset) if e not in follows):
+    if old == new:
         return
     try:
         pieces = target_pieces(node, ctx)
@@ -339,8 +335,7 @@ def rewrite_target(node: NodeProto, ctx: RewriteContext, *, offset: int = 0) -> 
     inferred = 0
     for piece in pieces:
         if piece.values is None:
-            if any(old[b] != new[b] for b in range(piece.start + offset, piece.start + offset + piece.length)
-                   if b - offset not in follows):
+            if any(old[b] != new[b] for b in range(piece.start + offset, piece.start + offset + piece.length)):
                 # the analysis proved this is the Reshape's only entry that can be -1 (check_target_entry)
                 inferred += 1
                 if inferred > 1 or node.op_type != "Reshape":

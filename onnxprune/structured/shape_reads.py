@@ -21,7 +21,7 @@ of the shape subgraph:
 
 A proven read is a :class:`~onnxprune.structured.axes.Coupling` between the cut axis and the consumer's output
 axis (``Block(scale)``), so the analysis cuts both the same way and nothing needs rewriting at surgery
-(:func:`following_entries`). A read that reaches anything else (arithmetic that mixes it, a ``Range``, a
+(:func:`follows_cut`). A read that reaches anything else (arithmetic that mixes it, a ``Range``, a
 ``Tile`` repeat, an index, a graph output, data) blocks the group with the op named (:func:`follow_read`).
 """
 
@@ -392,6 +392,15 @@ def follow_target(node: NodeProto, out_axis: int, ctx: RuleContext) -> bool:
         return False
     ctx.size_reads[_size_read(node, out_axis, size, ctx, blame_read=False)] = None
     return True
+
+
+def follows_cut(node: NodeProto, ctx: RewriteContext) -> bool:
+    """Whether every target entry of a ``Reshape``/``Expand`` whose output axis lost positions is a run-time
+    shape read that gives it its new size (then surgery leaves the target as it is)."""
+    old, new = ctx.shape(node.output[0]), ctx.new_shape(node.output[0])
+    offset = len(old) - ctx.shape(node.input[1])[0]
+    changed = {b - offset for b in range(len(old)) if old[b] != new[b]}
+    return bool(changed) and changed <= following_entries(node, ctx)
 
 
 def following_entries(node: NodeProto, ctx: RewriteContext) -> set[int]:

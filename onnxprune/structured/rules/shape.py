@@ -24,7 +24,7 @@ from onnxprune.structured.rules.base import (
     is_output,
 )
 from onnxprune.structured.rules.registry import register_rule
-from onnxprune.structured.shape_reads import follow_read, follow_target
+from onnxprune.structured.shape_reads import follow_read, follow_target, follows_cut
 
 INT64_MAX = 2**63 - 1
 
@@ -282,7 +282,8 @@ class ReshapeRule(OpRule):
         if old == new:
             return
         if not ctx.index.is_constant(node.input[1]):
-            rewrite_target(node, ctx)
+            if not follows_cut(node, ctx):  # run-time reads of the cut axes give it its new shape by themselves
+                rewrite_target(node, ctx)
             return
         target = ctx.const(node.input[1]).astype(np.int64).reshape(-1).copy()
         for b, (o, n) in enumerate(zip(old, new, strict=True)):
