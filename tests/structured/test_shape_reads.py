@@ -74,7 +74,8 @@ def gpt2_mlp(seed: int = 0, d: int = 8, hidden: int = 16, *, read: str = "", how
 
 
 def attention(seed: int = 0, d: int = 16, heads: int = 4, kv_heads: int | None = None, *, key: str = "transpose",
-              repeat: str = "where-expand", n_rep_entry: str = "const", merge: str = "mul") -> onnx.ModelProto:
+              repeat: str = "where-expand", n_rep_entry: str = "const", merge: str = "mul",
+              out_proj: str = "matmul") -> onnx.ModelProto:
     """Self-attention over ``x [B, T, d]`` with a residual.
 
     ``key="dynamo"`` turns K ``[B, H, S, D]`` into Kᵀ as the dynamo exporter decomposes attention: ``Shape`` ->
@@ -83,7 +84,8 @@ def attention(seed: int = 0, d: int = 16, heads: int = 4, kv_heads: int | None =
     ``Expand`` to ``Where(Equal(t, -1), ones, t)``, ``t = (b, kv, n_rep, slen, hd)`` read from the shape, then
     ``Reshape`` to ``(b, kv * n_rep, slen, hd)``. ``n_rep_entry="kv"`` reads ``n_rep`` from the KV count instead of
     a constant (equal when ``n_rep == kv``; wrong after a cut), ``merge="div"`` writes ``kv * n_rep`` as
-    ``(kv * 2 * n_rep) / 2`` (arithmetic onnxprune does not follow).
+    ``(kv * 2 * n_rep) / 2`` (arithmetic onnxprune does not follow). ``out_proj="conv1d"`` is GPT-2's output
+    projection: a Conv1D whose flatten reads the merged heads' width at run time.
     """
     g = GraphBuilder(seed)
     hd = d // heads
@@ -129,7 +131,10 @@ def attention(seed: int = 0, d: int = 16, heads: int = 4, kv_heads: int | None =
     s = g.op("Mul", [g.op("MatMul", [q, k]), g.const(np.array(1.0 / np.sqrt(hd), np.float32))])
     c = g.op("Transpose", [g.op("MatMul", [g.op("Softmax", [s], axis=-1), v])], perm=[0, 2, 1, 3])
     merged = g.op("Reshape", [c, g.op("Concat", [_dim(g, c, 0), _dim(g, c, 1), g.const(_i64(d))], axis=0)])
-    out = g.op("Add", [g.op("MatMul", [merged, g.weight((d, d))]), g.weight((d,), "b")])
+    if out_proj == "conv1d":
+        out = _conv1d(g, merged, d, d)
+    else:
+        out = g.op("Add", [g.op("MatMul", [merged, g.weight((d, d))]), g.weight((d,), "b")])
     g.nodes.append(helper.make_node("Add", ["x", out], ["out"], name="residual"))
     return g.build([vinfo("x", ["B", "T", d])], [vinfo("out", ["B", "T", d])])
 
@@ -201,6 +206,16 @@ def test_a_read_of_another_tensor_of_the_same_width_does_not_follow() -> None:
     assert hidden and not hidden[0].prunable, dg.summary()
     assert any(re.search(r"at run time to the size of axis 2 of 'x', which the cut does not change in step", b)
                for b in hidden[0].blockers), hidden[0].blockers
+
+
+def test_gpt2_conv1d_output_projection_reads_the_remaining_heads() -> None:
+    """GPT-2's c_proj flattens the merged heads with ``view(-1, x.size(-1))``: after a head cut it reads the
+    remaining heads' width; heads (with Q, K, V and c_proj's rows) are one prunable group, exact."""
+    model = attention(out_proj="conv1d")
+    dg = _analyze(model)
+    heads = [g for g in dg.prunable_groups if g.size == 4]
+    assert len(heads) == 1 and [c.op_type for c in heads[0].sinks] == ["Gemm"], dg.summary()
+    prove(model)
 
 
 # -- dynamo Shape -> Slice --------------------------------------------------------------------------------------
