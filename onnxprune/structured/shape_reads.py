@@ -398,7 +398,10 @@ def follows_cut(node: NodeProto, ctx: RewriteContext) -> bool:
     """Whether every target entry of a ``Reshape``/``Expand`` whose output axis lost positions is a run-time
     shape read that gives it its new size (then surgery leaves the target as it is)."""
     old, new = ctx.shape(node.output[0]), ctx.new_shape(node.output[0])
-    offset = len(old) - ctx.shape(node.input[1])[0]
+    value = _Evaluator(ctx).value(node.input[1])  # the target may be a version surgery just wrote: no shape
+    if value is None:
+        return False
+    offset = len(old) - len(value)
     changed = {b - offset for b in range(len(old)) if old[b] != new[b]}
     return bool(changed) and changed <= following_entries(node, ctx)
 
