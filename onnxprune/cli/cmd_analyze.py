@@ -20,6 +20,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def attention_note(attention: dict) -> str:
+    """How a group of attention heads is cut, e.g. ``(attention: 4 heads of 16 channels)``; with grouped-query
+    attention a root is a KV head with all its query heads."""
+    per_kv = attention.get("query_heads_per_kv")
+    if per_kv:
+        return (f" (attention: {attention['heads']} KV heads with {per_kv} query heads each, "
+                f"{attention['head_channels']} channels; cut as whole KV groups)")
+    return f" (attention: {attention['heads']} heads of {attention['head_channels']} channels)"
+
+
 def run(args: argparse.Namespace) -> int:
     from onnxprune.config import parse_dims
 
@@ -53,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         for g in groups:
             state = "prunable" if not g["blockers"] else "blocked: " + "; ".join(g["blockers"])
             if g.get("attention"):
-                state += f" (attention: {g['attention']['heads']} heads of {g['attention']['head_channels']} channels)"
+                state += attention_note(g["attention"])
             print(f"  group {g['id']:<4} {short(g['name'], 44):<44} {g['size']:>6} channels  {state}")
             if args.groups:
                 print(f"      layers: {', '.join(g['layers']) or '-'}")

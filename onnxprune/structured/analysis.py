@@ -40,6 +40,7 @@ from onnxprune.core.shapefold import infer_shapes
 from onnxprune.structured.axes import ChannelAxis, Coupling, Identity, IndexMap, compress_map
 from onnxprune.structured.rules.base import GROUPED_CONV_MODES, Blocked, OpRule, RuleContext
 from onnxprune.structured.rules.registry import RuleSet, RuleSpec
+from onnxprune.structured.shape_reads import unfollowed
 from onnxprune.structured.sharing import ConstVersion, const_versions, reader_key, split_constants
 
 log = logging.getLogger(__name__)
@@ -581,6 +582,8 @@ def _build(walk: _Walk, model: ModelProto) -> DependencyGraph:
         for gid in present:
             pos = np.flatnonzero(g == gid).astype(np.int64)
             members[int(gid)][s] = compress_map(pos, r[pos], int(sizes[int(gid)]))
+    for s, reason in unfollowed(walk.ctx.size_reads, walk.base, walk.sizes, cls):  # shape reads proven on classes
+        walk.block(s, reason)
     blockers: list[list[str]] = [[] for _ in range(n_groups)]
     for s, reasons in walk.blocked.items():
         for gid in slot_groups.get(s, ()):

@@ -49,8 +49,10 @@ def attention_heads(group: ChannelGroup) -> dict[str, int] | None:
 
     Recognised by its effect: every root channel is a block of ``k > 1`` input rows of the output projection
     (its sinks) and of MatMul/Gemm columns (its sources, Q/K/V, packed or not, or the packed weight of
-    onnxruntime's fused ``Attention``). With grouped-query attention
-    a root is a KV group and ``k`` counts the channels of all its query heads.
+    onnxruntime's fused ``Attention``). With grouped-query attention a root is a KV group and ``k`` counts the
+    channels of all its query heads: then ``"query_heads_per_kv"`` (> 1) says so, and that whole KV groups are
+    cut (a KV head with all its query heads, so the repeat factor still divides), never query heads inside a
+    group.
     """
     sinks, sources = group.sinks, group.sources
     if not sinks or not sources or any(c.op_type not in ("MatMul", "Gemm") for c in sinks) \
@@ -61,7 +63,13 @@ def attention_heads(group: ChannelGroup) -> dict[str, int] | None:
         return None
     if all(len(c.positions(np.array([0], dtype=np.int64))) == 1 for c in sources):
         return None
-    return {"heads": group.size, "head_channels": sizes.pop()}
+    head_channels = sizes.pop()
+    result = {"heads": group.size, "head_channels": head_channels}
+    if all(isinstance(c.map, Block) for c in sources):  # K/V hold one head per root, Q n_rep of them
+        smallest = min(len(c.positions(np.array([0], dtype=np.int64))) for c in sources)
+        if head_channels % smallest == 0 and head_channels // smallest > 1:
+            result["query_heads_per_kv"] = head_channels // smallest
+    return result
 
 
 def _prod(values: tuple[int, ...]) -> int:

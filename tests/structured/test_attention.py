@@ -200,7 +200,8 @@ def test_analyze_describes_attention_groups() -> None:
     assert described == [{"heads": 4, "head_channels": 16}] * 2
     assert all(g["attention"] is None for g in groups if "linear1" in g["name"])  # an FFN is no attention
     gqa = describe_groups(builders.attention_block(heads=4, kv_heads=2, d=16))["groups"]
-    assert [g["attention"] for g in gqa if g["attention"]] == [{"heads": 2, "head_channels": 8}]  # KV groups
+    assert [g["attention"] for g in gqa if g["attention"]] == [{"heads": 2, "head_channels": 8,  # KV groups
+                                                                "query_heads_per_kv": 2}]
 
 
 @pytest.mark.parametrize("allowzero", [0, 1])

@@ -14,6 +14,7 @@ quantized; nothing is folded to float.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from onnx import NodeProto
@@ -121,6 +122,21 @@ class _Context:
         return ChannelAxis(name, axis)
 
 
+@dataclass(frozen=True)
+class SizeRead:
+    """A run-time read of the size of axis ``read`` that lands, times ``scale``, in the shape entry of axis
+    ``into`` (:mod:`onnxprune.structured.shape_reads`). The read follows every cut exactly when ``into`` keeps
+    ``scale`` positions per kept position of ``read``, which the analysis checks on the final channel classes;
+    where it does not, the groups of ``blame`` (the side whose cut would make the value wrong) are blocked
+    with ``reason``."""
+
+    read: ChannelAxis
+    into: ChannelAxis
+    scale: int
+    blame: ChannelAxis
+    reason: str
+
+
 #: How grouped convolutions are cut: ``within`` removes the same channels inside every group and keeps
 #: ``group`` (DepGraph's way); ``whole`` removes whole groups and lowers ``group``.
 GROUPED_CONV_MODES = ("within", "whole")
@@ -135,6 +151,8 @@ class RuleContext(_Context):
     def __init__(self, index: GraphIndex, shapes: dict[str, tuple], *, grouped_conv: str = "within") -> None:
         super().__init__(index, shapes)
         self.grouped_conv = grouped_conv
+        #: Size reads rules relied on; checked once the channel classes are known (an ordered set).
+        self.size_reads: dict[SizeRead, None] = {}
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The static shape of a tensor; raises :class:`Blocked` when any dim is unknown."""

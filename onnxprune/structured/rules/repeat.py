@@ -21,6 +21,7 @@ from onnxprune.structured.attention import check_target_entry, rewrite_target
 from onnxprune.structured.axes import ChannelAxis, Coupling, Identity, Table
 from onnxprune.structured.rules.base import Blocked, OpRule, RewriteContext, RuleContext, data_axis, is_output
 from onnxprune.structured.rules.registry import register_rule
+from onnxprune.structured.shape_reads import follow_target, follows_cut
 
 
 def _aligned(node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> tuple[int, int]:
@@ -46,7 +47,11 @@ class ExpandRule(OpRule):
             raise Blocked(f"{node_label(node)}: axis {a} of '{x}' does not match axis {b} of '{y}'")
         entry = b - (ctx.rank(y) - ctx.shape(node.input[1])[0])
         if not ctx.is_const(node.input[1]) and entry >= 0:
-            check_target_entry(node, entry, ctx)
+            try:
+                check_target_entry(node, entry, ctx)
+            except Blocked:
+                if not follow_target(node, b, ctx):  # a shape read of the cut axis (repeat_kv's target)
+                    raise
         return [Coupling(ctx.slot(x, a), ctx.slot(y, b), Identity())]
 
     def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
@@ -55,7 +60,8 @@ class ExpandRule(OpRule):
         if old == new:
             return
         if not ctx.index.is_constant(node.input[1]):
-            rewrite_target(node, ctx, offset=len(old) - ctx.shape(node.input[1])[0])
+            if not follows_cut(node, ctx):  # repeat_kv's target read from the shape follows the cut by itself
+                rewrite_target(node, ctx, offset=len(old) - ctx.shape(node.input[1])[0])
             return
         target = ctx.const(node.input[1]).astype(np.int64).reshape(-1).copy()
         shift = len(old) - len(target)

@@ -25,6 +25,7 @@ from onnxprune.structured.rules.base import (
     is_output,
 )
 from onnxprune.structured.rules.registry import register_rule
+from onnxprune.structured.shape_reads import follow_read, follow_target, follows_cut
 
 INT64_MAX = 2**63 - 1
 
@@ -248,8 +249,13 @@ class ReshapeRule(OpRule):
             heads = packed_split_couplings(node, axis, is_output(node, slot), ctx)
         if heads is None:
             heads = self._folds(node, axis, is_output(node, slot), ctx)
-        if runtime:  # the output axis that changes with the cut must be a constant piece of the target
-            check_target_entry(node, heads[0].a.axis if heads[0].a.tensor == y else heads[0].b.axis, ctx, infer=True)
+        if runtime:  # the output axis that changes with the cut: a constant piece, -1, or a shape read following it
+            out_axis = heads[0].a.axis if heads[0].a.tensor == y else heads[0].b.axis
+            try:
+                check_target_entry(node, out_axis, ctx, infer=True)
+            except Blocked:
+                if not follow_target(node, out_axis, ctx):
+                    raise
         return heads
 
     def _folds(self, node: NodeProto, axis: int, output_side: bool, ctx: RuleContext) -> list[Coupling]:
@@ -279,7 +285,8 @@ class ReshapeRule(OpRule):
         if old == new:
             return
         if not ctx.index.is_constant(node.input[1]):
-            rewrite_target(node, ctx)
+            if not follows_cut(node, ctx):  # run-time reads of the cut axes give it its new shape by themselves
+                rewrite_target(node, ctx)
             return
         target = ctx.const(node.input[1]).astype(np.int64).reshape(-1).copy()
         for b, (o, n) in enumerate(zip(old, new, strict=True)):
@@ -288,45 +295,15 @@ class ReshapeRule(OpRule):
         ctx.set_const_input(node, 1, target)
 
 
-def _read_positions(node: NodeProto, ctx: RuleContext, n: int) -> tuple[set[int], str]:
-    """Which entries of a ``Shape`` output (length ``n``) its consumers read, and the first reader of all.
-
-    A ``Gather`` (axis 0) or ``Slice`` (axis 0) with constant indices (stored, or computed from constants
-    only) reads only those entries; any other consumer (a graph output included) is taken to read every entry.
-    """
-    out = node.output[0]
-    read: set[int] = set()
-    if out in ctx.index.graph_outputs:
-        return set(range(n)), f"graph output '{out}'"
-    everything = ""
-    for user in ctx.index.consumers.get(out, []):
-        if user.op_type == "Gather" and user.input[0] == out and out not in user.input[1:] \
-                and ctx.int_attr(user, "axis", 0) == 0 and ctx.folded(user.input[1]) is not None:
-            idx = np.asarray(ctx.folded(user.input[1])).astype(np.int64).reshape(-1)
-            read.update(int(i) + n if i < 0 else int(i) for i in idx)
-            continue
-        if user.op_type == "Slice" and user.input[0] == out and out not in user.input[1:] and ctx.opset >= 10 \
-                and all(ctx.folded(i) is not None for i in user.input[1:] if i):
-            starts, ends, axes, steps = (
-                [int(v) for v in np.asarray(ctx.folded(user.input[k])).reshape(-1)]
-                if len(user.input) > k and user.input[k] else None for k in (1, 2, 3, 4))
-            if starts is not None and ends is not None and all(a in (0, -1) for a in (axes or [0])):
-                read.update(range(n)[slice(starts[0], ends[0], (steps or [1])[0])])
-                continue
-        everything = everything or node_label(user)
-    if everything:
-        read.update(range(n))
-    return read, everything
-
-
 @register_rule("Shape", "Size")
 class ShapeRule(OpRule):
     """``Shape``/``Size`` carry no channel, but their values change when a dimension they report is cut.
 
-    A ``Shape`` whose output is read only through ``Gather``/``Slice`` of other dimensions (constant
-    indices), or whose ``start``/``end`` leave the cut axis out, does not depend on the channel count: no
-    coupling and no blocker. When the cut dimension is read, the value would silently change after the cut
-    (a reshape target, a split size), so the slot is blocked with the reader named.
+    A ``Shape`` whose ``start``/``end`` leave the cut axis out does not depend on the channel count. A read of
+    the cut axis is safe when everything computed from it lands in shape entries whose axes shrink with it
+    (``x.view(-1, x.size(-1))``, ``repeat_kv``'s expand target): those are coupled to the cut axis
+    (:func:`~onnxprune.structured.shape_reads.follow_read`). Any other use (arithmetic that mixes it, a
+    graph output, data) would silently change after the cut, so the slot is blocked with the use named.
     """
 
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
@@ -343,9 +320,5 @@ class ShapeRule(OpRule):
         start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
         if not start <= slot.axis < end:
             return []
-        read, everything = _read_positions(node, ctx, end - start)
-        if slot.axis - start in read:
-            via = f"used whole by {everything}" if everything else "read by a Gather/Slice of that entry"
-            raise Blocked(f"{node_label(node)} reports the size of cut axis {slot.axis} of '{x}' ({via}); the "
-                          f"value computed from it would change after the cut")
+        follow_read(node, slot.axis, ctx)
         return []

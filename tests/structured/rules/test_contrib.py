@@ -161,7 +161,7 @@ def test_group_query_attention_removes_whole_kv_groups_and_rewrites_both_head_co
     dg = analyze(model)
     (group,) = dg.prunable_groups
     assert group.size == 2  # two KV groups of one KV head and two query heads each
-    assert attention_heads(group) == {"heads": 2, "head_channels": 16}
+    assert attention_heads(group) == {"heads": 2, "head_channels": 16, "query_heads_per_kv": 2}  # whole KV groups
     plan = PrunePlan(fingerprint=dg.fingerprint, keep={group.id: np.array([1], np.int64)}, sizes={group.id: 2},
                      criterion="test")
     x = np.random.default_rng(0).standard_normal((2, 5, D)).astype(np.float32)

@@ -140,13 +140,30 @@ def test_channel_shuffle_is_blocked_with_a_reason() -> None:
     assert not grp.prunable and "channel shuffle" in " ".join(grp.blockers)
 
 
-def test_runtime_reshape_target_is_blocked() -> None:
+def test_a_reshape_to_its_own_runtime_shape_follows_the_cut() -> None:
+    """``Reshape(y, Shape(y))``: every entry of the target is the run-time size of the same axis of ``y``, so
+    after the cut it reads the new width (shape_reads); the cut is exact."""
+    def middle(g, y):
+        return g.op("Reshape", [y, g.op("Shape", [y])])
+
+    model = sandwich(middle)
+    assert first_group(model)[1].prunable
+    prove_random_cuts(model)
+
+
+def test_a_runtime_target_halving_the_cut_axis_is_blocked() -> None:
+    """The channel entry of the target is ``Shape(y)[1] / 2`` (arithmetic that is not followed): blocked."""
     def middle(g, y):
         shape = g.op("Shape", [y])
-        return g.op("Reshape", [y, shape])
+        half = g.op("Div", [g.op("Slice", [shape, g.const(np.array([1], np.int64)), g.const(np.array([2], np.int64))]),
+                            g.const(np.array([2], np.int64))])
+        target = g.op("Concat", [g.const(np.array([1], np.int64)), half, g.const(np.array([-1], np.int64))], axis=0)
+        return g.op("Reshape", [g.op("Reshape", [y, target]), g.const(np.array([1, 6, 5, 5], np.int64))])
 
     _, grp = first_group(sandwich(middle))
     assert not grp.prunable
+    assert any(re.search(r"reports the size of cut axis 1 .*entry 1 is computed from it by 'Div_\d+' \(Div\)", b)
+               for b in grp.blockers), grp.blockers
 
 
 def _scaled_by(g, y, read) -> str:
