@@ -214,8 +214,9 @@ def measure_candidates(evaluator: CandidateEvaluator, tasks: Sequence[Task], *, 
         error / accuracy: what to measure.
         executor: ``local`` (this process), ``processes`` (a pool of worker processes) or ``ray``
             (:mod:`onnxprune.recovery.ray_executor`).
-        workers: pool size (default: one per core, at most one per task); for ``ray`` without an address,
-            the CPUs of the local cluster it starts.
+        workers: pool size (default: one per core, at most one per task); for ``ray``, the candidates run at
+            a time (default: as many as the cluster takes) and, without an address, the CPUs of the local
+            cluster it starts.
         ray_address: the Ray cluster to join (``ray`` only; default: start a local one).
         desc: what the progress bar (or progress lines) call these measurements.
 
