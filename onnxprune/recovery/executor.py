@@ -102,6 +102,8 @@ class CandidateEvaluator:
         self.dg = dg if dg is not None else analyze(model)
         self.threads = threads
         self._costs: CostModel | None = None
+        #: plans already made for tasks (by :meth:`plans`), reused by :meth:`plan` in this process
+        self.known_plans: Mapping[Task, PrunePlan] = {}
         self._create, self._run = create_session, run_session
         ref = spec.reference
         self.ref_norm = float(np.sqrt(sum(float(np.sum(np.square(r[n], dtype=np.float64)))
@@ -109,6 +111,9 @@ class CandidateEvaluator:
 
     def plan(self, group_id: int, ratio: float) -> PrunePlan:
         """The plan cutting only ``group_id`` by ``ratio`` with the spec's criterion."""
+        known = self.known_plans.get((group_id, ratio))
+        if known is not None:
+            return known
         return single_group_plan(self.model, self.dg, group_id, ratio, importance=self.spec.importance,
                                  statistics=self.spec.statistics)
 

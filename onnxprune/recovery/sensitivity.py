@@ -380,8 +380,10 @@ class SensitivityRun:
         self.plans = evaluator.plans([g.id for g in chosen], ratios)
         self.costs = {t: evaluator.cost(p) for t, p in self.plans.items()}
         clock.done("candidate plans", len(tasks), "candidates")
+        evaluator.known_plans = self.plans
         self.errors: dict[Task, float] = {}
         self.exact: set[Task] = set()
+        self._cuts: dict[tuple[int, bytes], float] = {}  # whole-model error of each distinct cut measured
         if scorer is not None:
             self.errors, self.exact = _gram_errors(scorer, self, chosen, ratios, clock)
         else:
@@ -397,18 +399,38 @@ class SensitivityRun:
         self.base = model_stats(m)
 
     def refine(self, tasks: Iterable[Task], *, stage: str = "whole-model refinement") -> int:
-        """Measure ``tasks`` not measured yet on the whole model, replacing their estimates; how many were."""
+        """Measure ``tasks`` not measured yet on the whole model, replacing their estimates; how many were.
+
+        A candidate that cuts nothing is the original model (error 0), and candidates of one group whose
+        plans keep the same channels (a small group at neighbouring ratios) are the same model: each
+        distinct cut runs once.
+        """
         todo = [t for t in dict.fromkeys(tasks) if t not in self.exact]
         if not todo:
             return 0
-        measured = measure_candidates(self.evaluator, todo, accuracy=False, executor=self.executor,
+        runs: dict[tuple[int, bytes], Task] = {}
+        for t in todo:
+            key = self.cut(t)
+            if key is not None and key not in self._cuts:
+                runs.setdefault(key, t)
+        measured = measure_candidates(self.evaluator, list(runs.values()), accuracy=False, executor=self.executor,
                                       workers=self.workers, desc=stage, ray_address=self.ray_address)
-        for t, r in zip(todo, measured, strict=True):
+        for key, r in zip(runs, measured, strict=True):
             assert r.error is not None  # asked for
-            self.errors[t] = r.error
+            self._cuts[key] = r.error
+        for t in todo:
+            key = self.cut(t)
+            self.errors[t] = 0.0 if key is None else self._cuts[key]
             self.exact.add(t)
-        self.clock.done(stage, len(todo), "candidates")
+        if runs:
+            self.clock.done(stage, len(runs), "candidates")
         return len(todo)
+
+    def cut(self, task: Task) -> tuple[int, bytes] | None:
+        """What candidate ``task`` builds: its group and kept channels, ``None`` when it cuts nothing."""
+        plan = self.plans[task]
+        keep = np.asarray(plan.keep[task[0]], dtype=np.int64)
+        return None if keep.size == plan.sizes[task[0]] else (task[0], keep.tobytes())
 
     def report(self) -> SensitivityReport:
         """The report of what is measured now (estimates and exact points, see ``GroupSensitivity.exact``)."""
@@ -429,7 +451,9 @@ class SensitivityRun:
 def _gram_errors(scorer: GramScorer, run: SensitivityRun, chosen: Sequence[ChannelGroup], ratios: Sequence[float],
                  clock: Stages) -> tuple[dict[Task, float], set[Task]]:
     """Gram-scored curves, each scaled by one whole-model measurement at the middle ratio (see :func:`sensitivity`)."""
-    local = {t: scorer.score(p) for t, p in run.plans.items()}
+    nothing = [t for t in run.plans if run.cut(t) is None]
+    run.refine(nothing, stage="uncut candidates")  # the original model: error 0, nothing run
+    local = {t: 0.0 if t in run.exact else scorer.score(p) for t, p in run.plans.items()}
     clock.done("gram scores", len(local), "candidates")
     anchor = ratios[len(ratios) // 2]
     model_tasks: list[Task] = []

@@ -183,3 +183,38 @@ def test_budget_options_need_a_budget_and_are_checked(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="sensitivity_method must be gram or model"):
         PruneConfig(target_macs=0.5, sensitivity_method="guess").validate_options()
+
+
+@pytest.mark.parametrize("method", ["model", "gram"])
+def test_each_distinct_cut_runs_once(monkeypatch, method):
+    """A group of 4 at ratios 0.1/0.2/0.3 keeps 4/3/3 channels: the first is the original model (error 0, no
+    run) and the other two are one model, run once; the errors are those of measuring each."""
+    from onnxprune.recovery.executor import CandidateEvaluator
+
+    model = _grouped_sink_model()
+    data = [{"x": np.random.default_rng(1).standard_normal((16, 3, 6, 6)).astype(np.float32)}]
+    runs: list[tuple[int, float]] = []
+    measure = CandidateEvaluator.measure
+
+    def counted(self, task, **kw):
+        runs.append(task)
+        return measure(self, task, **kw)
+
+    monkeypatch.setattr(CandidateEvaluator, "measure", counted)
+    (g,) = sensitivity(model, data, ratios=(0.1, 0.2, 0.3), method=method).groups
+    assert g.kept == (4, 3, 3) and len(runs) == 1
+    assert g.errors[0] == 0.0 and g.exact[0] and g.errors[1] > 0
+    assert g.errors[2] == pytest.approx(g.errors[1], rel=1e-12)  # gram: the anchor's scale times the same score
+    dg = analyze(model)
+    alone = [measure(ev, (g.group, r)).error for ev in [_evaluator(model, dg, data)] for r in g.ratios]
+    assert list(g.errors) == pytest.approx(alone, rel=1e-12)
+
+
+def _evaluator(model, dg, data):
+    from onnxprune.recovery.executor import CandidateEvaluator, CandidateSpec
+    from onnxprune.recovery.sensitivity import OutputErrorMeter
+
+    meter = OutputErrorMeter(model, data)
+    spec = CandidateSpec(model.SerializeToString(), tuple(meter.batches), tuple(meter.reference),
+                         tuple(meter.outputs), "l2", "none", None, None, None, "labels")
+    return CandidateEvaluator(spec, model=model, dg=dg)
