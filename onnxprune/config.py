@@ -260,6 +260,10 @@ class PruneConfig:
             raise ConfigError(f"{opt('sensitivity_method')} must be gram or model, got '{self.sensitivity_method}'")
         if self.executor not in ("local", "processes", "ray"):
             raise ConfigError(f"{opt('executor')} must be local, processes or ray, got '{self.executor}'")
+        if self.executor == "ray":  # fail before any work when Ray is missing
+            from onnxprune.recovery.ray_executor import import_ray
+
+            import_ray()
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"{opt('workers')} must be >= 1, got {self.workers}")
         if not (math.isfinite(self.atol) and self.atol >= 0 and math.isfinite(self.rtol) and self.rtol >= 0):

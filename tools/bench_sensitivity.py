@@ -13,13 +13,21 @@ With ``--baseline-src DIR`` (a copy of an older ``onnxprune`` package, e.g. ``gi
 -x -C DIR``), the same sensitivity and budget are also timed with that code in a subprocess: "today's path"
 before this change (every candidate cut, counted and run on the whole model).
 
+With ``--scaling 1,2`` the whole-model path is also timed on 1 and 2 workers of each ``--executors``
+(``processes``: a pool of worker processes; ``ray``: one local cluster of ``--ray-cpus`` CPUs, default the
+largest width, started once and timed at each width by bounding the candidates in flight, or the cluster at
+``--ray-address``); every result must equal the local one, and the row reports the speedup from 1 worker.
+On a bigger box: ``--scaling 1,2,4,8,16 --ray-cpus 16``.
+
 Calibration: the model's ``<name>_calib.npz`` where shipped, else ``--samples`` seeded standard-normal
 inputs (written to a temporary npz). Run on an idle machine: the figures are wall times.
 
 Usage:
   .venv/bin/python tools/bench_sensitivity.py [--models models/digits_cnn.onnx ...] [--samples 256]
-                                              [--recover none] [--budget] [--target-macs 0.5] [--json out.json]
-                                              [--baseline-src DIR] [--scaling 1,2]
+                                              [--recover none] [--ratios 0.1,0.5] [--budget] [--target-macs 0.5]
+                                              [--json out.json]
+                                              [--baseline-src DIR] [--scaling 1,2] [--executors processes,ray]
+                                              [--ray-cpus N] [--ray-address ADDRESS] [--scaling-only]
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from onnxprune.config import PruneConfig  # noqa: E402
 from onnxprune.core.io import load_model  # noqa: E402
 from onnxprune.recovery.budget import allocate_budget  # noqa: E402
-from onnxprune.recovery.sensitivity import sensitivity, spearman  # noqa: E402
+from onnxprune.recovery.sensitivity import DEFAULT_RATIOS, sensitivity, spearman  # noqa: E402
 from onnxprune.runtime.feeds import input_specs  # noqa: E402
 from onnxprune.structured.analysis import analyze  # noqa: E402
 
@@ -62,6 +70,13 @@ def calibration(model_path: Path, samples: int, tmp: Path) -> tuple[str, str]:
     path = tmp / f"{model_path.stem}_random.npz"
     np.savez(path, **arrays)
     return str(path), f"{samples} seeded N(0,1) samples"
+
+
+def whole_model_runs(report) -> int:  # type: ignore[no-untyped-def]
+    """Distinct candidates run on the whole model (an uncut one is the original, and a group's ratios that keep
+    the same number of channels keep the same channels: one run)."""
+    return len({(g.group, k) for g in report.groups for k, e in zip(g.kept, g.exact, strict=True)
+                if e and k < g.size})
 
 
 def timed(fn):  # type: ignore[no-untyped-def]
@@ -115,23 +130,61 @@ def run_baseline(src: str, path: Path, calib: str, args: argparse.Namespace) -> 
     return json.loads(line[len("BASELINE "):])
 
 
+def scaling(path: Path, calib: str, expected: dict[str, object], args: argparse.Namespace) -> dict[str, object]:
+    """Whole-model sensitivity on each width of ``args.scaling`` for each executor; results must equal ``expected``."""
+    from onnxprune.recovery.sensitivity import OutputErrorMeter
+
+    meter = OutputErrorMeter(load_model(path), calib, max_samples=args.samples)
+    state = path.stat().st_size + sum(a.nbytes for d in (*meter.batches, *meter.reference) for a in d.values())
+    out: dict[str, object] = {"worker_state_mb": round(state / 2**20, 1)}  # what each worker holds: model + data
+    for executor in args.executors:
+        if executor == "ray":
+            try:
+                import ray
+            except ImportError:
+                out["ray"] = 'not installed (pip install -e ".[distributed]")'
+                continue
+            cpus = None if args.ray_address else args.ray_cpus or max(args.scaling)
+            _, t_init = timed(lambda c=cpus: ray.init(address=args.ray_address, num_cpus=c, include_dashboard=False,
+                                                      log_to_driver=False, configure_logging=False))
+            out["ray_init_s"] = round(t_init, 1)
+            out["ray_cluster_cpus"] = int(ray.cluster_resources().get("CPU", 0))
+        times = {}
+        try:
+            for w in args.scaling:
+                scaled, t_w = timed(lambda w=w, e=executor: sensitivity(
+                    str(path), calib, recover=args.recover, method="model", max_samples=args.samples,
+                    ratios=args.ratios, executor=e, workers=w, ray_address=args.ray_address))
+                assert scaled.to_dict() == expected, f"{executor} on {w} workers changed the result"
+                times[w] = t_w
+                out[f"sensitivity_model_{executor}_{w}_s"] = round(t_w, 1)
+        finally:
+            if executor == "ray":
+                ray.shutdown()
+        base = min(times)
+        for w in times:
+            if w != base:
+                out[f"speedup_{executor}_{base}_to_{w}"] = round(times[base] / times[w], 2)
+    return out
+
+
 def bench_model(path: Path, args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     calib, calib_desc = calibration(path, args.samples, tmp)
     row: dict[str, object] = {"model": path.name, "calib": calib_desc, "recover": args.recover}
     exact, t_model = timed(lambda: sensitivity(str(path), calib, recover=args.recover, method="model",
-                                               max_samples=args.samples))
-    fast, t_gram = timed(lambda: sensitivity(str(path), calib, recover=args.recover, method="gram",
-                                             max_samples=args.samples))
-    row.update(groups=len(exact.groups), sensitivity_model_s=round(t_model, 1), sensitivity_gram_s=round(t_gram, 1),
-               sensitivity_speedup=round(t_model / t_gram, 2),
-               spearman=round(spearman([g.score for g in fast.groups], [g.score for g in exact.groups]), 4),
-               whole_model_runs_gram=sum(sum(g.exact) for g in fast.groups),
-               whole_model_runs_model=sum(len(g.ratios) for g in exact.groups))
-    for w in args.scaling:
-        scaled, t_w = timed(lambda w=w: sensitivity(str(path), calib, recover=args.recover, method="model",
-                                                    max_samples=args.samples, executor="processes", workers=w))
-        assert scaled.to_dict() == exact.to_dict(), "processes executor changed the result"
-        row[f"sensitivity_model_processes_{w}_s"] = round(t_w, 1)
+                                               max_samples=args.samples, ratios=args.ratios))
+    row.update(groups=len(exact.groups), sensitivity_model_s=round(t_model, 1),
+               candidates=sum(len(g.ratios) for g in exact.groups), whole_model_runs_model=whole_model_runs(exact))
+    if not args.scaling_only:
+        fast, t_gram = timed(lambda: sensitivity(str(path), calib, recover=args.recover, method="gram",
+                                                 max_samples=args.samples, ratios=args.ratios))
+        row.update(sensitivity_gram_s=round(t_gram, 1), sensitivity_speedup=round(t_model / t_gram, 2),
+                   spearman=round(spearman([g.score for g in fast.groups], [g.score for g in exact.groups]), 4),
+                   whole_model_runs_gram=whole_model_runs(fast))
+    if args.scaling:
+        row.update(scaling(path, calib, exact.to_dict(), args))
+    if args.scaling_only:
+        return row
     if args.baseline_src:
         base = run_baseline(args.baseline_src, path, calib, args)
         today = base["scores"]
@@ -167,12 +220,19 @@ def main() -> int:
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--recover", default="none", choices=("none", "bias", "lstsq"))
+    p.add_argument("--ratios", type=lambda t: tuple(float(x) for x in t.split(",")), default=DEFAULT_RATIOS,
+                   help="sensitivity ratios (default: the 7 default ones)")
     p.add_argument("--budget", action="store_true", help="also time --target-macs budgets both ways")
     p.add_argument("--target-macs", type=float, default=0.5)
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--baseline-src", help="folder holding an older onnxprune package to time as today's path")
     p.add_argument("--scaling", type=lambda t: [int(x) for x in t.split(",")], default=[],
-                   metavar="W,W", help="also time the whole-model path on W worker processes (results must match)")
+                   metavar="W,W", help="also time the whole-model path on W workers (results must match)")
+    p.add_argument("--executors", type=lambda t: [x for x in t.split(",") if x], default=["processes", "ray"],
+                   metavar="E,E", help="executors --scaling times (default processes,ray)")
+    p.add_argument("--ray-cpus", type=int, help="CPUs of the local Ray cluster (default: the largest --scaling)")
+    p.add_argument("--ray-address", help="time on the Ray cluster at this address instead of a local one")
+    p.add_argument("--scaling-only", action="store_true", help="time only the whole-model path and --scaling")
     args = p.parse_args()
     import onnx
     import onnxruntime

@@ -106,7 +106,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="with a budget: run whole-model candidate measurements here, in worker processes or on "
                         "Ray (default local)")
     c.add_argument("--workers", type=int, default=None,
-                   help="worker processes (processes) or local Ray CPUs (ray) (default: one per core)")
+                   help="worker processes (processes), or candidates run at a time on Ray and the CPUs of the "
+                        "local cluster it starts (ray) (default: one per core)")
     c.add_argument("--ray-address", metavar="ADDRESS", default=None,
                    help="with --executor ray: the cluster to join (default: start a local one)")
     c.add_argument("--eval-data", help="labelled .npz to report accuracy before/after")

@@ -29,7 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=("local", "processes", "ray"), default="local",
                    help="run whole-model measurements here, in worker processes or on Ray (default local)")
     p.add_argument("--ray-address", metavar="ADDRESS", help="Ray cluster to join (default: start a local one)")
-    p.add_argument("--workers", type=int, help="worker processes for --executor processes (default: one per core)")
+    p.add_argument("--workers", type=int,
+                   help="worker processes (processes), or candidates run at a time on Ray and the CPUs of the local "
+                        "cluster it starts (ray) (default: one per core)")
     p.add_argument("--max-samples", type=int, default=256, help="calibration samples used (default 256)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", metavar="FILE.png", help='save error-vs-ratio curves (needs: pip install -e ".[plot]")')

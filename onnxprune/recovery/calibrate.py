@@ -533,10 +533,9 @@ class _GramAcc:
             raise CalibrationError(
                 f"layer '{self.name}' input width changed between batches ({self.gram.shape[1]} vs {k})"
             )
-        for gi in range(g):
-            block = np.ascontiguousarray(rows[:, gi, :], dtype=np.float64)
-            self.gram[gi] += block.T @ block
-            self.col_sum[gi] += block.sum(axis=0)
+        blocks = np.ascontiguousarray(rows.transpose(1, 0, 2), dtype=np.float64)  # (g, r, k): one matmul, all groups
+        self.gram += np.matmul(blocks.transpose(0, 2, 1), blocks)
+        self.col_sum += blocks.sum(axis=1)
         self.rows += r
 
     def result(self) -> GramStats:

@@ -102,6 +102,8 @@ class CandidateEvaluator:
         self.dg = dg if dg is not None else analyze(model)
         self.threads = threads
         self._costs: CostModel | None = None
+        #: plans already made for tasks (by :meth:`plans`), reused by :meth:`plan` in this process
+        self.known_plans: Mapping[Task, PrunePlan] = {}
         self._create, self._run = create_session, run_session
         ref = spec.reference
         self.ref_norm = float(np.sqrt(sum(float(np.sum(np.square(r[n], dtype=np.float64)))
@@ -109,6 +111,9 @@ class CandidateEvaluator:
 
     def plan(self, group_id: int, ratio: float) -> PrunePlan:
         """The plan cutting only ``group_id`` by ``ratio`` with the spec's criterion."""
+        known = self.known_plans.get((group_id, ratio))
+        if known is not None:
+            return known
         return single_group_plan(self.model, self.dg, group_id, ratio, importance=self.spec.importance,
                                  statistics=self.spec.statistics)
 
@@ -214,8 +219,9 @@ def measure_candidates(evaluator: CandidateEvaluator, tasks: Sequence[Task], *, 
         error / accuracy: what to measure.
         executor: ``local`` (this process), ``processes`` (a pool of worker processes) or ``ray``
             (:mod:`onnxprune.recovery.ray_executor`).
-        workers: pool size (default: one per core, at most one per task); for ``ray`` without an address,
-            the CPUs of the local cluster it starts.
+        workers: pool size (default: one per core, at most one per task); for ``ray``, the candidates run at
+            a time (default: as many as the cluster takes) and, without an address, the CPUs of the local
+            cluster it starts.
         ray_address: the Ray cluster to join (``ray`` only; default: start a local one).
         desc: what the progress bar (or progress lines) call these measurements.
 

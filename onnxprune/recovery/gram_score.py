@@ -13,6 +13,9 @@ Conv), collected once by :func:`onnxprune.recovery.calibrate.collect_stats`:
   and the residual is computed from the same Gram (without the ridge it is ``tr(W_D S W_Dᵀ)``, ``S`` the
   Schur complement of the kept block).
 
+A grouped Conv sink (``group > 1``, cut inside its conv groups) is scored from its per-group Grams as
+cut, without recovery, since recovery does not re-fit grouped layers.
+
 In every case the error of a candidate layer ``W + ΔW``, ``b + Δb`` against the original is
 ``Σ_o ΔW_o G ΔW_oᵀ + 2 Δb_o ΔW_o·s + n Δb_o²`` (``s`` the column sums, ``n`` the rows), i.e. exactly what
 :func:`onnxprune.recovery.recover.recover_structured` would leave on that layer. A candidate's score is the
@@ -40,6 +43,7 @@ from onnxprune.recovery.recover import (
     _kernel_size,
     _out_channels,
     affine_refit,
+    conv_groups,
     layer_bias,
     sink_cuts,
 )
@@ -54,11 +58,11 @@ SCORE_RECOVERIES = ("none", "bias", "lstsq")
 class _Layer:
     """One sink's original weight rows, bias and input statistics (cached across candidates)."""
 
-    rows: np.ndarray  # (O, K) float64
-    bias: np.ndarray  # (O,) float64
+    rows: np.ndarray  # (G, O/G, K) float64, G conv groups (1 for a plain layer)
+    bias: np.ndarray  # (G, O/G) float64
     kernel: int  # im2col columns per input channel
     gram: GramStats
-    energy: np.ndarray  # (O,) ‖X w_oᵀ + b_o‖² per output channel
+    energy: np.ndarray  # (G, O/G) ‖X w_oᵀ + b_o‖² per output channel
 
 
 def layer_error(rows: np.ndarray, bias: np.ndarray, gs: GramStats, keep_cols: np.ndarray, drop_cols: np.ndarray,
@@ -124,11 +128,11 @@ class GramScorer:
             w = self._idx.const_value(cut.node.input[1])
             assert w is not None  # sink_cuts only yields layers with a constant weight
             n_out = _out_channels(cut.node, w.shape, self._idx.opset)
-            rows = weight_rows(cut.node, w.astype(np.float64), self._idx.opset)[0]
-            bias = layer_bias(self._idx, cut.node, n_out)
+            rows = weight_rows(cut.node, w.astype(np.float64), self._idx.opset)
+            bias = layer_bias(self._idx, cut.node, n_out).reshape(rows.shape[:2])
             gs = self.stats.gram(cut.key)
-            energy = (np.einsum("ok,ok->o", rows @ gs.gram[0], rows) + 2.0 * bias * (rows @ gs.col_sum[0])
-                      + gs.rows * bias * bias)
+            energy = (np.einsum("gok,gkl,gol->go", rows, gs.gram, rows)
+                      + 2.0 * bias * np.einsum("gok,gk->go", rows, gs.col_sum) + gs.rows * bias * bias)
             found = _Layer(rows, bias, _kernel_size(cut.node, w.shape), gs, energy)
             self._layers[cut.key] = found
         return found
@@ -136,22 +140,26 @@ class GramScorer:
     def sink_errors(self, plan: object) -> dict[str, tuple[float, float]]:
         """Per scored sink of ``plan``: ``(squared error, squared output norm)`` on its kept outputs."""
         out: dict[str, tuple[float, float]] = {}
-        for cut in sink_cuts(self.model, self.dg, plan, idx=self._idx):
-            if cut.key not in self.stats.grams or self.stats.grams[cut.key].groups != 1:
+        for cut in sink_cuts(self.model, self.dg, plan, idx=self._idx, grouped=True):
+            gs = self.stats.grams.get(cut.key)
+            if gs is None or gs.groups != conv_groups(cut.node, self._idx.opset):
                 continue
             layer = self._layer(cut)
-            width = layer.rows.shape[1] // layer.kernel
+            width = layer.rows.shape[2] // layer.kernel
             keep_cols = _expand_cols(cut.keep_in, layer.kernel)
             drop_cols = _expand_cols(np.setdiff1d(np.arange(width), cut.keep_in), layer.kernel)
+            if gs.groups != 1:
+                out[cut.key] = _grouped_error(layer, cut.keep_out, drop_cols)
+                continue
             means = None
             if self.recover == "bias":  # the per-channel means recovery folds in (recover._column_means)
                 cs = self.stats.channels.get(cut.activation)
                 chan = cs.mean if cs is not None and cs.channels == width else (
                     layer.gram.col_mean[0].reshape(width, layer.kernel).mean(axis=1))
                 means = np.repeat(chan, layer.kernel)
-            err = layer_error(layer.rows[cut.keep_out], layer.bias[cut.keep_out], layer.gram, keep_cols, drop_cols,
-                              self.recover, channel_means=means, ridge=self.ridge)
-            out[cut.key] = (err, float(np.sum(layer.energy[cut.keep_out])))
+            err = layer_error(layer.rows[0][cut.keep_out], layer.bias[0][cut.keep_out], layer.gram, keep_cols,
+                              drop_cols, self.recover, channel_means=means, ridge=self.ridge)
+            out[cut.key] = (err, float(np.sum(layer.energy[0][cut.keep_out])))
         return out
 
     def score(self, plan: object) -> float | None:
@@ -164,8 +172,22 @@ class GramScorer:
         return math.sqrt(err / energy) if energy > 0 else math.sqrt(err)
 
 
+def _grouped_error(layer: _Layer, keep_out: np.ndarray, drop_cols: np.ndarray) -> tuple[float, float]:
+    """``(squared error, squared output norm)`` of a grouped Conv whose every conv group lost the input
+    columns ``drop_cols``, on the kept outputs ``keep_out`` (original numbering): ``Σ_o w_oD G_gDD w_oDᵀ``
+    over each output ``o`` of group ``g``, the weights left as they are."""
+    groups, per_group = layer.energy.shape
+    kept = np.zeros(groups * per_group, dtype=bool)
+    kept[keep_out] = True
+    kept = kept.reshape(groups, per_group)
+    delta = layer.rows[:, :, drop_cols]
+    g_dd = layer.gram.gram[:, drop_cols][:, :, drop_cols]
+    quad = np.einsum("god,gde,goe->go", delta, g_dd, delta)
+    return max(float(np.sum(quad[kept])), 0.0), float(np.sum(layer.energy[kept]))
+
+
 def scorable_sinks(model: ModelProto, dg: DependencyGraph, group_ids: Mapping[int, int] | None = None) -> list[str]:
     """Keys of every Conv/Gemm/MatMul sink any prunable group (or those of ``group_ids``) would cut."""
     one = {g.id: np.zeros(1, dtype=np.int64) for g in dg.prunable_groups
            if g.size > 1 and (group_ids is None or g.id in group_ids)}
-    return [c.key for c in sink_cuts(model, dg, one)] if one else []
+    return [c.key for c in sink_cuts(model, dg, one, grouped=True)] if one else []

@@ -1,20 +1,21 @@
-"""Whole-model candidate measurements on a Ray cluster (``--executor ray``; optional extra ``distributed``).
+"""Work spread over a Ray cluster (``--executor ray``; optional extra ``distributed``).
 
 Why this module exists: a budget on a big model and a real validation set is hours of independent
-candidate runs; users who outgrow one machine already run Ray. The :class:`CandidateSpec` goes into Ray's
-object store once (``ray.put``); each task carries only its ``(group, ratio)`` and a reference to the spec,
-which a worker fetches and turns into an evaluator once, then reuses for every later task of the same run.
-A task whose worker dies is retried by Ray (``max_retries``); candidates that still fail are named in one
-error. Results are gathered in task order, so they do not depend on the number of workers.
+candidate runs, and a calibration pass over a big data set is one long loop; users who outgrow one machine
+already run Ray. What every task shares (the :class:`CandidateSpec`, or the model of a sharded calibration)
+goes into Ray's object store once (``ray.put``); each task carries only its own small item and that
+reference, boxed in a list so Ray does not fetch the shared object for every task. A worker fetches it and
+builds what it needs (an evaluator) once, then reuses it for every later task of the same run. A task whose
+worker dies is retried by Ray (:data:`MAX_RETRIES`); items that still fail are named in one error. Results
+are gathered in task order and each task is computed alone, so they do not depend on the number of workers.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
-import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from onnxprune.core.errors import ConfigError, OnnxPruneError
 from onnxprune.core.progress import progress
@@ -26,7 +27,11 @@ log = logging.getLogger(__name__)
 MAX_RETRIES = 3
 INSTALL_HINT = 'pip install -e ".[distributed]" (or pip install ray)'
 
-_cached: tuple[str, CandidateEvaluator] | None = None
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Per worker process: the object a run's shared reference was turned into, keyed by that reference.
+_cached: tuple[str, Any] | None = None
 
 
 def import_ray() -> Any:
@@ -56,40 +61,79 @@ def start_ray(ray: Any, address: str | None, workers: int | None) -> None:
     atexit.register(ray.shutdown)
 
 
-def _measure(run_id: str, spec_box: list[Any], task: Task, error: bool, accuracy: bool) -> Measured:
-    """Ray task body: build (once per worker and run) the evaluator, measure one candidate."""
+def shared(box: list[Any], build: Callable[[Any], T]) -> T:
+    """In a worker: ``build(value)`` of the object boxed in ``box``, fetched and built once per worker and run."""
     global _cached
-    if _cached is None or _cached[0] != run_id:
+    key = box[0].hex()
+    if _cached is None or _cached[0] != key:
         import ray
 
-        spec = ray.get(spec_box[0])  # boxed, so Ray does not fetch it for every task
-        _cached = (run_id, CandidateEvaluator(spec, threads=1))
-    return _cached[1].measure(task, error=error, accuracy=accuracy)
+        _cached = (key, build(ray.get(box[0])))
+    return _cached[1]
+
+
+def map_on_ray(body: Callable[[list[Any], T], R], common: object, items: Sequence[T], *, workers: int | None,
+               address: str | None, desc: str) -> tuple[list[R | None], list[tuple[int, BaseException]]]:
+    """Run ``body(box, item)`` on Ray for every item, ``common`` put in the object store once and boxed.
+
+    At most ``workers`` tasks are in flight at a time (default: as many as the cluster takes), so one
+    cluster can be measured at several widths; which worker runs which item does not change its result.
+
+    Returns:
+        results in item order (``None`` where the item failed) and ``(index, error)`` of every failed item.
+
+    Raises:
+        ConfigError: Ray is not installed, or the cluster cannot be reached.
+    """
+    ray = import_ray()
+    start_ray(ray, address, workers)
+    remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(body)
+    box = [ray.put(common)]
+    limit = len(items) if workers is None else max(1, workers)
+    results: list[R | None] = [None] * len(items)
+    failed: list[tuple[int, BaseException]] = []
+    pending: dict[Any, int] = {}
+    queued = iter(range(len(items)))
+
+    def fill() -> None:
+        for i in queued:
+            pending[remote.remote(box, items[i])] = i
+            if len(pending) >= limit:
+                return
+
+    fill()
+    for _ in progress(range(len(items)), desc=desc, total=len(items)):
+        (ref,), _rest = ray.wait(list(pending), num_returns=1)
+        i = pending.pop(ref)
+        try:
+            results[i] = ray.get(ref)
+        except (ray.exceptions.RayError, OnnxPruneError) as exc:
+            failed.append((i, exc))
+        fill()
+    return results, sorted(failed, key=lambda f: f[0])
+
+
+def _measure(box: list[Any], item: tuple[Task, bool, bool]) -> Measured:
+    """Ray task body: measure one candidate with this worker's evaluator of the run's spec."""
+    task, error, accuracy = item
+    evaluator = shared(box, lambda spec: CandidateEvaluator(spec, threads=1))
+    return evaluator.measure(task, error=error, accuracy=accuracy)
 
 
 def measure_on_ray(spec: CandidateSpec, tasks: Sequence[Task], *, error: bool, accuracy: bool,
                    address: str | None, workers: int | None, desc: str = "candidates") -> list[Measured]:
-    """Measure ``tasks`` on Ray: join the cluster at ``address``, or start a local one of ``workers`` CPUs.
+    """Measure ``tasks`` on Ray: join the cluster at ``address``, or start a local one of ``workers`` CPUs;
+    at most ``workers`` candidates run at a time.
 
     Raises:
         ConfigError: Ray is not installed, or the cluster cannot be reached.
         OnnxPruneError: candidates that failed after every retry (named).
     """
-    ray = import_ray()
-    start_ray(ray, address, workers)
-    remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_measure)
-    box = [ray.put(spec)]
-    run_id = uuid.uuid4().hex
-    refs = [remote.remote(run_id, box, t, error, accuracy) for t in tasks]
-    out: list[Measured] = []
-    failed: list[str] = []
-    for task, ref in progress(list(zip(tasks, refs, strict=True)), desc=desc):
-        try:
-            out.append(ray.get(ref))
-        except (ray.exceptions.RayError, OnnxPruneError) as exc:
-            failed.append(f"group {task[0]} at ratio {task[1]:g} ({type(exc).__name__})")
-            out.append(Measured(None, None))
+    results, failed = map_on_ray(_measure, spec, [(t, error, accuracy) for t in tasks], workers=workers,
+                                 address=address, desc=desc)
     if failed:
-        raise OnnxPruneError(f"{len(failed)} of {len(tasks)} candidates failed on Ray after {MAX_RETRIES} "
-                             f"retries: {', '.join(failed[:10])}{' ...' if len(failed) > 10 else ''}")
-    return out
+        names = [f"group {tasks[i][0]} at ratio {tasks[i][1]:g} ({type(exc).__name__})" for i, exc in failed]
+        raise OnnxPruneError(f"{len(failed)} of {len(tasks)} candidates failed on Ray (each retried up to "
+                             f"{MAX_RETRIES} times when its worker died): {', '.join(names[:10])}"
+                             f"{' ...' if len(names) > 10 else ''}")
+    return [r for r in results if r is not None]

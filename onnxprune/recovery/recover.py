@@ -579,10 +579,12 @@ def plan_keep(plan: object) -> dict[int, np.ndarray]:
     return {int(g): np.asarray(k, dtype=np.int64) for g, k in keep.items()}
 
 
-def sink_cuts(original: ModelProto, dg: DependencyGraph, plan: object, *, idx: GraphIndex | None = None
-              ) -> list[SinkCut]:
+def sink_cuts(original: ModelProto, dg: DependencyGraph, plan: object, *, idx: GraphIndex | None = None,
+              grouped: bool = False) -> list[SinkCut]:
     """Every Conv/Gemm/MatMul whose input channels ``plan`` removes, with kept inputs and outputs
-    (``idx``: ``GraphIndex(original)``, when the caller keeps one)."""
+    (``idx``: ``GraphIndex(original)``, when the caller keeps one). Grouped Convs are left out (recovery
+    does not re-fit them) unless ``grouped``: then ``keep_in`` holds the kept input positions of every
+    conv group (weight axis 1)."""
     idx = idx if idx is not None else GraphIndex(original)
     kept = dg.kept_positions(plan_keep(plan))
     out: dict[str, SinkCut] = {}
@@ -604,12 +606,17 @@ def sink_cuts(original: ModelProto, dg: DependencyGraph, plan: object, *, idx: G
             shape = dg.const_shapes.get(cut.tensor) or idx.const_shape(node.input[1])
             if shape is None:
                 continue
-            if node.op_type == "Conv" and int(attr(node, "group", idx.opset, 1)) != 1:  # type: ignore[call-overload]
+            if not grouped and conv_groups(node, idx.opset) != 1:
                 log.info("not re-fitting grouped Conv %s: its surviving groups keep all their inputs", key)
                 continue
             keep_out = kept.get(ChannelAxis(cut.tensor, out_axis), np.arange(shape[out_axis], dtype=np.int64))
             out[key] = SinkCut(key, node, cut.tensor, in_axis, out_axis, kept[wslot], keep_out, node.input[0])
     return list(out.values())
+
+
+def conv_groups(node: NodeProto, opset: int) -> int:
+    """A Conv's ``group`` attribute (1 for other layers)."""
+    return int(attr(node, "group", opset, 1)) if node.op_type == "Conv" else 1  # type: ignore[call-overload]
 
 
 def _kernel_size(node: NodeProto, w_shape: Sequence[int]) -> int:

@@ -210,20 +210,25 @@ def criterion_statistics(model: ModelProto, dg: DependencyGraph, importance: str
     return collect_group_stats(model, dg, data)  # type: ignore[arg-type]
 
 
-def recovery_stats(model: ModelProto, dg: DependencyGraph, data: object, recover: str) -> ActivationStats | None:
+def recovery_stats(model: ModelProto, dg: DependencyGraph, data: object, recover: str, *,
+                   grouped: bool = False) -> ActivationStats | None:
     """Statistics for recovering any cut of ``dg``'s groups: every sink's Gram (lstsq) or input (bias), or
-    both in one pass (``"both"``: what Gram scoring with bias recovery needs)."""
+    both in one pass (``"both"``: what Gram scoring with bias recovery needs); ``grouped`` adds the Grams
+    of grouped Conv sinks (Gram scoring reads them; recovery leaves those layers as cut)."""
     if recover == "none" or data is None:
         return None
-    from onnxprune.recovery.recover import recovery_input_axis, sink_cuts
+    from onnxprune.core.ir import opset_of
+    from onnxprune.recovery.recover import conv_groups, recovery_input_axis, sink_cuts
 
     # keeping one channel of every group makes every sink of a prunable group show up as cut
     one = {g.id: np.zeros(1, dtype=np.int64) for g in dg.prunable_groups if g.size > 1}
-    cuts = sink_cuts(model, dg, one) if one else []
+    every = sink_cuts(model, dg, one, grouped=grouped) if one else []
+    opset = opset_of(model)
+    cuts = [c for c in every if conv_groups(c.node, opset) == 1]
     if recover == "lstsq":
-        return collect_stats(model, data, gram_for=[c.key for c in cuts])  # type: ignore[arg-type]
+        return collect_stats(model, data, gram_for=[c.key for c in every])  # type: ignore[arg-type]
     axes = {c.activation: recovery_input_axis(c) for c in cuts}
-    grams = [c.key for c in cuts] if recover == "both" else []
+    grams = [c.key for c in every] if recover == "both" else []
     return collect_stats(model, data, tensors=axes, gram_for=grams)  # type: ignore[arg-type]
 
 
@@ -359,7 +364,8 @@ class SensitivityRun:
             from onnxprune.recovery.gram_score import GramScorer
 
             # the one calibration pass: every consumer's Gram (and input means) serves scoring and recovery alike
-            stats = recovery_stats(m, dg, meter.batches, "lstsq" if recover != "bias" else "both")  # Grams (+ means)
+            stats = recovery_stats(m, dg, meter.batches, "lstsq" if recover != "bias" else "both",  # Grams (+ means)
+                                   grouped=True)
             assert stats is not None
             rstats = stats if recover != "none" else None
             scorer = GramScorer(m, dg, stats, recover=recover)
@@ -374,8 +380,10 @@ class SensitivityRun:
         self.plans = evaluator.plans([g.id for g in chosen], ratios)
         self.costs = {t: evaluator.cost(p) for t, p in self.plans.items()}
         clock.done("candidate plans", len(tasks), "candidates")
+        evaluator.known_plans = self.plans
         self.errors: dict[Task, float] = {}
         self.exact: set[Task] = set()
+        self._cuts: dict[tuple[int, bytes], float] = {}  # whole-model error of each distinct cut measured
         if scorer is not None:
             self.errors, self.exact = _gram_errors(scorer, self, chosen, ratios, clock)
         else:
@@ -391,18 +399,38 @@ class SensitivityRun:
         self.base = model_stats(m)
 
     def refine(self, tasks: Iterable[Task], *, stage: str = "whole-model refinement") -> int:
-        """Measure ``tasks`` not measured yet on the whole model, replacing their estimates; how many were."""
+        """Measure ``tasks`` not measured yet on the whole model, replacing their estimates; how many were.
+
+        A candidate that cuts nothing is the original model (error 0), and candidates of one group whose
+        plans keep the same channels (a small group at neighbouring ratios) are the same model: each
+        distinct cut runs once.
+        """
         todo = [t for t in dict.fromkeys(tasks) if t not in self.exact]
         if not todo:
             return 0
-        measured = measure_candidates(self.evaluator, todo, accuracy=False, executor=self.executor,
+        runs: dict[tuple[int, bytes], Task] = {}
+        for t in todo:
+            key = self.cut(t)
+            if key is not None and key not in self._cuts:
+                runs.setdefault(key, t)
+        measured = measure_candidates(self.evaluator, list(runs.values()), accuracy=False, executor=self.executor,
                                       workers=self.workers, desc=stage, ray_address=self.ray_address)
-        for t, r in zip(todo, measured, strict=True):
+        for key, r in zip(runs, measured, strict=True):
             assert r.error is not None  # asked for
-            self.errors[t] = r.error
+            self._cuts[key] = r.error
+        for t in todo:
+            key = self.cut(t)
+            self.errors[t] = 0.0 if key is None else self._cuts[key]
             self.exact.add(t)
-        self.clock.done(stage, len(todo), "candidates")
+        if runs:
+            self.clock.done(stage, len(runs), "candidates")
         return len(todo)
+
+    def cut(self, task: Task) -> tuple[int, bytes] | None:
+        """What candidate ``task`` builds: its group and kept channels, ``None`` when it cuts nothing."""
+        plan = self.plans[task]
+        keep = np.asarray(plan.keep[task[0]], dtype=np.int64)
+        return None if keep.size == plan.sizes[task[0]] else (task[0], keep.tobytes())
 
     def report(self) -> SensitivityReport:
         """The report of what is measured now (estimates and exact points, see ``GroupSensitivity.exact``)."""
@@ -423,7 +451,9 @@ class SensitivityRun:
 def _gram_errors(scorer: GramScorer, run: SensitivityRun, chosen: Sequence[ChannelGroup], ratios: Sequence[float],
                  clock: Stages) -> tuple[dict[Task, float], set[Task]]:
     """Gram-scored curves, each scaled by one whole-model measurement at the middle ratio (see :func:`sensitivity`)."""
-    local = {t: scorer.score(p) for t, p in run.plans.items()}
+    nothing = [t for t in run.plans if run.cut(t) is None]
+    run.refine(nothing, stage="uncut candidates")  # the original model: error 0, nothing run
+    local = {t: 0.0 if t in run.exact else scorer.score(p) for t, p in run.plans.items()}
     clock.done("gram scores", len(local), "candidates")
     anchor = ratios[len(ratios) // 2]
     model_tasks: list[Task] = []

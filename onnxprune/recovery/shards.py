@@ -3,8 +3,9 @@
 Why this module exists: a calibration pass over a big data set is one long onnxruntime loop. Every statistic
 :func:`onnxprune.recovery.calibrate.collect_stats` keeps is a sum over samples (per-channel sums, Gram
 matrices ``XᵀX`` and column sums), so sample ranges can be reduced independently, in worker processes or on
-Ray, and added up: the result equals the single-process one up to float64 round-off. Workers receive the
-model bytes and the file *path* and read only their range.
+Ray, and added up in shard order: the result equals the single-process one up to float64 round-off, and
+does not depend on the number of workers. Workers receive the model once (a worker process's initializer, or
+Ray's object store) and the file *path*, and read only their range.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from onnx import ModelProto
@@ -25,7 +27,8 @@ from onnxprune.recovery.executor import check_executor
 
 @dataclass(frozen=True)
 class _Shard:
-    model: bytes
+    """One sample range to reduce (the model travels separately, once per worker)."""
+
     path: str
     start: int
     stop: int
@@ -34,14 +37,37 @@ class _Shard:
     batch_size: int
 
 
-def _reduce_shard(shard: _Shard) -> ActivationStats:
+def _parse(model: bytes) -> ModelProto:
+    m = ModelProto()
+    m.ParseFromString(model)
+    return m
+
+
+def _reduce_shard(model: ModelProto, shard: _Shard) -> ActivationStats:
     from onnxprune.runtime.feeds import iter_batches, load_npz_feeds
 
-    model = ModelProto()
-    model.ParseFromString(shard.model)
     feeds = {k: v[shard.start:shard.stop] for k, v in load_npz_feeds(shard.path, model).items()}
     return collect_stats(model, list(iter_batches(feeds, shard.batch_size)), tensors=shard.tensors,
                          gram_for=shard.gram_for, threads=1)
+
+
+_worker_model: ModelProto | None = None
+
+
+def _init_worker(model: bytes) -> None:
+    global _worker_model
+    _worker_model = _parse(model)
+
+
+def _reduce_in_worker(shard: _Shard) -> ActivationStats:
+    assert _worker_model is not None  # set by _init_worker in every worker process
+    return _reduce_shard(_worker_model, shard)
+
+
+def _reduce_on_ray(box: list[Any], shard: _Shard) -> ActivationStats:
+    from onnxprune.recovery.ray_executor import shared
+
+    return _reduce_shard(shared(box, _parse), shard)
 
 
 def merge_stats(parts: Sequence[ActivationStats]) -> ActivationStats:
@@ -86,17 +112,22 @@ def collect_stats_sharded(
     batch_size: int = 32,
     executor: str = "processes",
     ray_address: str | None = None,
+    workers: int | None = None,
 ) -> ActivationStats:
     """:func:`~onnxprune.recovery.calibrate.collect_stats` over ``shards`` sample ranges of an npz, reduced
     in parallel (``local``, ``processes`` or ``ray``) and summed (:func:`merge_stats`).
 
+    ``workers`` bounds the shards reduced at a time (default: one per core, or every shard on Ray); the
+    result depends on ``shards`` only.
+
     Raises:
-        ConfigError: ``shards`` below 1, unknown executor; CalibrationError: bad data.
+        ConfigError: ``shards`` below 1, unknown executor, Ray missing or unreachable; CalibrationError: bad
+        data, or (Ray) shards that failed after every retry, named.
 
     Example:
         >>> stats = collect_stats_sharded("cnn.onnx", "big.npz", shards=8, gram_for=["conv2"])  # doctest: +SKIP
     """
-    check_executor(executor, None)
+    check_executor(executor, workers)
     if shards < 1:
         raise ConfigError(f"shards must be >= 1, got {shards}")
     m = load_model(model, check=False)
@@ -107,21 +138,26 @@ def collect_stats_sharded(
         raise CalibrationError(f"{data}: no samples to calibrate on; give an npz whose arrays have samples")
     bounds = np.linspace(0, n, min(shards, n) + 1).astype(int)
     axes = dict(tensors) if isinstance(tensors, Mapping) else dict.fromkeys(tensors)
-    jobs = [_Shard(m.SerializeToString(), str(data), int(a), int(b), axes, tuple(gram_for), batch_size)
+    jobs = [_Shard(str(data), int(a), int(b), axes, tuple(gram_for), batch_size)
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     if executor == "local" or len(jobs) == 1:
-        parts = [_reduce_shard(j) for j in jobs]
+        parts = [_reduce_shard(m, j) for j in jobs]
     elif executor == "processes":
         import multiprocessing
 
-        with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1),
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
-            parts = list(pool.map(_reduce_shard, jobs))
+        with ProcessPoolExecutor(max_workers=min(len(jobs), workers or os.cpu_count() or 1),
+                                 mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(m.SerializeToString(),)) as pool:
+            parts = list(pool.map(_reduce_in_worker, jobs))
     else:
-        from onnxprune.recovery.ray_executor import import_ray, start_ray
+        from onnxprune.recovery.ray_executor import MAX_RETRIES, map_on_ray
 
-        ray = import_ray()
-        start_ray(ray, ray_address, None)
-        remote = ray.remote(num_cpus=1, max_retries=3)(_reduce_shard)
-        parts = ray.get([remote.remote(j) for j in jobs])
+        got, failed = map_on_ray(_reduce_on_ray, m.SerializeToString(), jobs, workers=workers, address=ray_address,
+                                 desc="calibration shards")
+        if failed:
+            names = ", ".join(f"shard {i} (samples {jobs[i].start}-{jobs[i].stop}: {type(exc).__name__})"
+                              for i, exc in failed)
+            raise CalibrationError(f"{len(failed)} of {len(jobs)} calibration shards failed on Ray (each retried "
+                                   f"up to {MAX_RETRIES} times when its worker died): {names}")
+        parts = [p for p in got if p is not None]
     return merge_stats(parts)

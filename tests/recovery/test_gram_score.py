@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from builders import mlp3
+from onnx import helper
 
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.stats import model_stats
@@ -57,6 +58,38 @@ def test_gram_score_equals_brute_force_consumer_error(recover):
         energy += float(np.sum(y**2))
     # rel 1e-6: the model computes r1 in float32, this test in float64; a dropped term costs far more
     assert scorer.score(plan) == pytest.approx(np.sqrt(err / energy), rel=1e-6)
+
+
+def _grouped_sink_model():
+    """x → Conv 1x1 (3→8) → Relu → grouped Conv 3x3 (8→8, group=2) → out: cutting inside the conv groups
+    drops the same input positions of both groups, and the grouped Conv's output is the model's."""
+    from builders import GraphBuilder, vinfo
+
+    g = GraphBuilder(3)
+    a = g.op("Relu", [g.conv("x", 3, 8, k=1)])
+    g.nodes.append(helper.make_node("Conv", [a, g.weight((8, 4, 3, 3)), g.weight((8,))], ["out"], name="grouped",
+                                    group=2, pads=[1, 1, 1, 1]))
+    return g.build([vinfo("x", ["N", 3, 6, 6])], [vinfo("out", ["N", 8, 6, 6])])
+
+
+@pytest.mark.parametrize("recover", ["none", "lstsq"])
+def test_grouped_conv_sink_is_scored_exactly(recover):
+    """The grouped Conv is the only sink and its output the model's: its Gram score is the whole-model error
+    onnxruntime measures (recovery leaves grouped layers as cut, so with lstsq too)."""
+    model = _grouped_sink_model()
+    dg = analyze(model)
+    data = [{"x": np.random.default_rng(s).standard_normal((16, 3, 6, 6)).astype(np.float32)} for s in (1, 2)]
+    (group,) = [g for g in dg.prunable_groups if g.size > 1]
+    assert group.size == 4  # positions inside each conv group of 4 inputs
+    exact = sensitivity(model, data, ratios=(0.25, 0.5, 0.75), method="model", recover=recover).groups[0]
+    stats = collect_stats(model, data, gram_for=scorable_sinks(model, dg))
+    scorer = GramScorer(model, dg, stats, recover=recover)
+    for ratio, err in zip(exact.ratios, exact.errors, strict=True):
+        plan = single_group_plan(model, dg, group.id, ratio, importance="l2", statistics=None)
+        assert scorer.score(plan) == pytest.approx(err, rel=1e-5)  # float32 model, float64 Grams
+    fast = sensitivity(model, data, ratios=(0.25, 0.5, 0.75), recover=recover).groups[0]
+    assert sum(fast.exact) == 1  # scored, one whole-model anchor (was: every ratio on the whole model)
+    assert fast.errors == pytest.approx(exact.errors, rel=1e-5)
 
 
 @pytest.mark.parametrize("recover", ["none", "bias", "lstsq"])
@@ -150,3 +183,38 @@ def test_budget_options_need_a_budget_and_are_checked(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="sensitivity_method must be gram or model"):
         PruneConfig(target_macs=0.5, sensitivity_method="guess").validate_options()
+
+
+@pytest.mark.parametrize("method", ["model", "gram"])
+def test_each_distinct_cut_runs_once(monkeypatch, method):
+    """A group of 4 at ratios 0.1/0.2/0.3 keeps 4/3/3 channels: the first is the original model (error 0, no
+    run) and the other two are one model, run once; the errors are those of measuring each."""
+    from onnxprune.recovery.executor import CandidateEvaluator
+
+    model = _grouped_sink_model()
+    data = [{"x": np.random.default_rng(1).standard_normal((16, 3, 6, 6)).astype(np.float32)}]
+    runs: list[tuple[int, float]] = []
+    measure = CandidateEvaluator.measure
+
+    def counted(self, task, **kw):
+        runs.append(task)
+        return measure(self, task, **kw)
+
+    monkeypatch.setattr(CandidateEvaluator, "measure", counted)
+    (g,) = sensitivity(model, data, ratios=(0.1, 0.2, 0.3), method=method).groups
+    assert g.kept == (4, 3, 3) and len(runs) == 1
+    assert g.errors[0] == 0.0 and g.exact[0] and g.errors[1] > 0
+    assert g.errors[2] == pytest.approx(g.errors[1], rel=1e-12)  # gram: the anchor's scale times the same score
+    dg = analyze(model)
+    alone = [measure(ev, (g.group, r)).error for ev in [_evaluator(model, dg, data)] for r in g.ratios]
+    assert list(g.errors) == pytest.approx(alone, rel=1e-12)
+
+
+def _evaluator(model, dg, data):
+    from onnxprune.recovery.executor import CandidateEvaluator, CandidateSpec
+    from onnxprune.recovery.sensitivity import OutputErrorMeter
+
+    meter = OutputErrorMeter(model, data)
+    spec = CandidateSpec(model.SerializeToString(), tuple(meter.batches), tuple(meter.reference),
+                         tuple(meter.outputs), "l2", "none", None, None, None, "labels")
+    return CandidateEvaluator(spec, model=model, dg=dg)

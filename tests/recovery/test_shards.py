@@ -1,4 +1,5 @@
-"""Sharded calibration: the sum of shards equals one pass to float64 round-off (local, processes, Ray)."""
+"""Sharded calibration: the sum of shards equals one pass to float64 round-off (local, processes; Ray in
+test_ray_executor.py)."""
 
 from __future__ import annotations
 
@@ -49,15 +50,3 @@ def test_channel_stats_merge(tmp_path):
     node = next(n for n in onnx.load(CNN).graph.node if n.op_type == "Relu")
     one = collect_stats(CNN, CNN_CALIB, tensors={node.output[0]: 1})
     _same(collect_stats_sharded(CNN, CNN_CALIB, shards=4, tensors={node.output[0]: 1}, executor="local"), one)
-
-
-@pytest.mark.slow
-def test_shards_on_ray_equal_one_pass():
-    ray = pytest.importorskip("ray")
-    layers = _layers()
-    one = collect_stats(CNN, CNN_CALIB, gram_for=layers)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        _same(collect_stats_sharded(CNN, CNN_CALIB, shards=2, gram_for=layers, executor="ray"), one)
-    finally:
-        ray.shutdown()
