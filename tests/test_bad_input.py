@@ -571,3 +571,30 @@ def test_fold_leaves_a_computed_mask_alone() -> None:
     result = fold_constants(model, run_constant_graph)
     assert result.folded == ()
     assert [t.data_type for t in result.model.graph.initializer] == [TensorProto.INT64]
+
+
+@pytest.mark.parametrize("vocab", [16, 512])
+def test_fold_does_not_store_a_tied_table_twice(vocab: int, tmp_path: Path) -> None:
+    """A tied LM head reads ``Transpose(embedding)`` while the embedding Gather reads the table itself
+    (the dynamo exporter's GPT-2). Folding the transpose would store the table twice and make the pruned file
+    bigger than the original; a small table (under 64 KB) may still be folded."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.core.fold import fold_constants
+    from onnxprune.runtime.session import run_constant_graph
+
+    table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((vocab, 32)).astype(np.float32), "wte")
+    nodes = [helper.make_node("Gather", ["wte", "ids"], ["emb"]),
+             helper.make_node("Transpose", ["wte"], ["wte_t"], perm=[1, 0]),
+             helper.make_node("MatMul", ["emb", "wte_t"], ["logits"])]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 4, vocab])], [table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = fold_constants(model, run_constant_graph)
+    stored = sum(t.ByteSize() for t in result.model.graph.initializer)
+    if vocab * 32 * 4 >= 1 << 16:
+        assert result.folded == ()
+        assert stored == table.ByteSize()
+        assert any("tied weights" in u.reason for u in result.unfolded)
+    else:
+        assert result.folded == ("wte_t",)

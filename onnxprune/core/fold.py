@@ -232,8 +232,8 @@ def fold_constants(model: ModelProto, run: GraphRunner) -> FoldResult:
             log.debug("not folding %s: a %s tensor cannot be a weight or a shape", name, values[name].dtype)
             del values[name]
             continue
-        _, inits = _cone(idx, [name])
-        wider = _widened(idx, inits, values[name])
+        cone, inits = _cone(idx, [name])
+        wider = _widened(idx, inits, values[name]) or _duplicated(idx, cone, inits, values[name])
         if wider:
             log.info("not folding %s: %s", name, wider)
             status[name] = wider
@@ -263,6 +263,27 @@ def fold_constants(model: ModelProto, run: GraphRunner) -> FoldResult:
     folded = tuple(name for name in frontier if name in values)
     log.info("folded %d run-time constants into initializers: %s", len(folded), ", ".join(folded))
     return FoldResult(new, folded, removed, tuple(unfolded))
+
+
+#: A folded value at least this big is not stored next to a constant it is computed from that other nodes
+#: still read (a tied LM head ``MatMul(x, Transpose(embedding))``): that would store the table twice.
+DUPLICATE_FLOOR = 1 << 16
+
+
+def _duplicated(idx: GraphIndex, cone: list[NodeProto], inits: set[str], value: np.ndarray) -> str:
+    """Why storing ``value`` would store a big constant twice ('' if it would not): a source constant of
+    the same size stays read outside the recipe, so folding keeps both (tied weights)."""
+    if value.nbytes < DUPLICATE_FLOOR:
+        return ""
+    inside = {id(n) for n in cone}
+    for name in sorted(inits):
+        tensor = idx.initializers[name]
+        if int(np.prod(tensor.dims, dtype=np.int64)) != value.size:
+            continue
+        if any(id(r) not in inside for r in idx.consumers.get(name, [])):
+            return (f"it is computed from '{name}', which other nodes also read (tied weights); storing it "
+                    "would keep a second copy")
+    return ""
 
 
 def _widened(idx: GraphIndex, inits: set[str], value: np.ndarray) -> str:
