@@ -177,11 +177,13 @@ class PruneConfig:
             self.validate_options()  # again for the mode inferred (N:M pattern, recovery without data)
         check_applicable(given, {f.name: getattr(self, f.name) for f in fields(self)})
         if not self.plan_in:
-            from onnxprune.recovery.data_criteria import DATA_CRITERIA
+            from onnxprune.recovery.data_criteria import DATA_CRITERIA, GROUP_ONLY_CRITERIA
             from onnxprune.structured.importance import available_criteria
 
+            data = DATA_CRITERIA if mode == "structured" else tuple(c for c in DATA_CRITERIA
+                                                                    if c not in GROUP_ONLY_CRITERIA)
             check_importance(self.importance, mode, has_calib=bool(self.calib),
-                             weight_criteria=available_criteria(), data_criteria=DATA_CRITERIA)
+                             weight_criteria=available_criteria(), data_criteria=data)
 
     @property
     def given(self) -> frozenset[str]:

@@ -45,7 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         f"one global threshold (default {d('scope')})")
     p.add_argument("--importance", default=None,
                    help=f"criterion (default {d('importance')}): structured l1, l2, fpgm, bn_scale, random; "
-                        "unstructured/nm magnitude (= l1 = l2); with --calib: activation, apoz, wanda")
+                        "unstructured/nm magnitude (= l1 = l2); with --calib: activation, apoz, wanda, and for "
+                        "structured ablation (attention heads: output error with the head silenced)")
     p.add_argument("--seed", type=int, default=None,
                    help=f"seed for random criteria and generated inputs (default {d('seed')})")
     p.add_argument("--dry-run", action="store_true",
