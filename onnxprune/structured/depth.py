@@ -22,6 +22,7 @@ from onnx import ModelProto, helper
 
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.ir import GraphIndex, node_label
+from onnxprune.core.stats import model_stats
 from onnxprune.core.weights import copy_model_without_weights
 from onnxprune.structured.surgery import write_const
 
@@ -152,6 +153,32 @@ def choose_branches(branches: Sequence[ResidualBranch], count: int, *,
     key = list(scores) if scores is not None else [b.score for b in branches]
     order = sorted(range(len(branches)), key=lambda k: (key[k], k))[:count]
     return [branches[k] for k in sorted(order)]
+
+
+def choose_for_macs(model: ModelProto, branches: Sequence[ResidualBranch], target: float, *,
+                    scores: Sequence[float] | None = None, dims: dict[str, int] | None = None
+                    ) -> tuple[list[ResidualBranch], float]:
+    """The fewest lowest-scored branches whose removal keeps at most ``target`` of the model's MACs, and the
+    share kept.
+
+    Blocks go in score order (as :func:`choose_branches` takes them) until the budget is met; MACs are
+    counted on the model with those blocks really removed, so shared or dead computations are not guessed.
+
+    Raises:
+        ConfigError: even removing every removable block keeps more than ``target`` (the message says how
+            much that keeps).
+    """
+    before = model_stats(model, dims=dims).macs
+    share = 1.0
+    for count in range(len(branches) + 1):
+        chosen = choose_branches(branches, count, scores=scores)
+        if count:
+            share = model_stats(remove_branches(model, chosen), dims=dims).macs / max(before, 1)
+        if share <= target + 1e-12:
+            return chosen, share
+    raise ConfigError(f"removing all {len(branches)} removable residual blocks keeps {share:.1%} of the MACs, "
+                      f"above the target {target:.1%}; raise the target, or cut channels too (a ratio) "
+                      f"and budget the blocks by count")
 
 
 def depth_reference(model: ModelProto, branches: Iterable[ResidualBranch]) -> ModelProto:
