@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import ModelProto, helper
+from onnx import ModelProto, NodeProto, helper
 
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.ir import GraphIndex, node_label
@@ -62,13 +62,45 @@ class ResidualBranch:
     nodes: int
 
 
-def _branch_nodes(index: GraphIndex, out: str, stream: str) -> list | None:
-    """Nodes computing ``out`` from ``stream`` and constants only (None: another activation is read)."""
+@dataclass(frozen=True)
+class ResidualJoin:
+    """An Add where a branch computed from the stream joins it again, removable or not (``analyze`` lists these).
+
+    Attributes:
+        add: the joining Add node.
+        stream: ``x``, the tensor that goes on.
+        start: where the branch starts: the node producing ``x`` (or ``input NAME``).
+        kind: ``attention`` (has a Softmax), ``mlp`` (MatMul/Gemm), ``conv`` or ``other``.
+        nodes: how many nodes compute the branch (counted up to :data:`MAX_BRANCH_NODES`).
+        branch: the removable branch, or None.
+        why: why it is not removable (empty when it is).
+    """
+
+    add: str
+    stream: str
+    start: str
+    kind: str
+    nodes: int
+    branch: ResidualBranch | None
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class _Walk:
+    nodes: list
+    reads_stream: bool
+    foreign: str | None  # a graph input other than the stream that the branch reads
+    too_big: bool
+
+
+def _walk(index: GraphIndex, out: str, stream: str) -> _Walk:
+    """The nodes computing ``out`` back to ``stream``, constants and graph inputs."""
     inputs = {i.name for i in index.graph.input} - set(index.initializers)
     seen: dict[int, object] = {}
     stack = [out]
     visited: set[str] = set()
     reads_stream = False
+    foreign: str | None = None
     while stack:
         t = stack.pop()
         if t in visited:
@@ -81,23 +113,30 @@ def _branch_nodes(index: GraphIndex, out: str, stream: str) -> list | None:
             continue
         node = index.producer.get(t)
         if node is None:
-            return None  # a graph input other than the stream
+            foreign = foreign or t  # a graph input other than the stream
+            continue
         if id(node) not in seen:
             seen[id(node)] = node
             if len(seen) > MAX_BRANCH_NODES:
-                return None
+                return _Walk(list(seen.values()), reads_stream, foreign, True)
             stack.extend(i for i in node.input if i)
-    return list(seen.values()) if reads_stream else None
+    return _Walk(list(seen.values()), reads_stream, foreign, False)
 
 
-def _last_projection(index: GraphIndex, out: str) -> tuple[str, list[str]] | None:
-    """The last weighted node before ``out`` and the constants to zero so that ``out`` is zero."""
+def _branch_nodes(index: GraphIndex, out: str, stream: str) -> list | None:
+    """Nodes computing ``out`` from ``stream`` and constants only (None: another activation is read)."""
+    walk = _walk(index, out, stream)
+    return walk.nodes if walk.reads_stream and walk.foreign is None and not walk.too_big else None
+
+
+def _last_projection(index: GraphIndex, out: str) -> tuple[str, list[str]] | str:
+    """The last weighted node before ``out`` and the constants to zero so that ``out`` is zero, or why not."""
     zero: list[str] = []
     t = out
     for _ in range(32):
         node = index.producer.get(t)
         if node is None:
-            return None
+            return f"it ends at graph input '{t}' before any weighted layer"
         data = node.input if node.op_type in ("Add", "Mul", "MatMul", "Gemm", "Conv") else node.input[:1]
         consts = [i for i in data if i and index.is_constant(i)]
         acts = [i for i in data if i and not index.is_constant(i)]
@@ -105,42 +144,79 @@ def _last_projection(index: GraphIndex, out: str) -> tuple[str, list[str]] | Non
                 and acts[0] == node.input[0]:
             zero.extend(index.resolve_identity(i) for i in node.input[1:] if i)
             return node.name or node.output[0], zero
-        if node.op_type not in _ZERO_TAIL or len(acts) != 1:
-            return None
+        if node.op_type not in _ZERO_TAIL:
+            return f"its last op {node_label(node)} does not give zero for zero input"
+        if len(acts) != 1:
+            return f"{node_label(node)} after its last layer reads {len(acts)} activations"
         if node.op_type == "BatchNormalization":
             zero.extend(index.resolve_identity(i) for i in node.input[1:3])
         elif node.op_type in ("Add", "Mul"):
             zero.extend(index.resolve_identity(i) for i in consts)
         t = acts[0]
-    return None
+    return "no weighted layer within 32 ops of the join"
+
+
+def _kind(nodes: list) -> str:
+    ops = {n.op_type for n in nodes}
+    if "Softmax" in ops:
+        return "attention"
+    if "Conv" in ops:
+        return "conv"
+    return "mlp" if ops & {"MatMul", "Gemm"} else "other"
+
+
+def _examine(index: GraphIndex, node: NodeProto, out: str, stream: str) -> tuple[_Walk, ResidualBranch | str]:
+    """The branch ``out`` joining ``stream`` at Add ``node``: removable, or why not."""
+    walk = _walk(index, out, stream)
+    if walk.too_big:
+        return walk, f"the branch has more than {MAX_BRANCH_NODES} nodes"
+    if walk.foreign is not None:
+        return walk, f"the branch also reads '{walk.foreign}', not only the stream"
+    if len(index.consumers.get(out, [])) != 1 or out in index.graph_outputs:
+        return walk, f"the branch output '{out}' is also read elsewhere"
+    last = _last_projection(index, out)
+    if isinstance(last, str):
+        return walk, last
+    weight = [index.const_value(z) for z in last[1]]
+    zero = tuple(dict.fromkeys(last[1]))
+    if any(w is None for w in weight) or any(len(index.const_readers(z)) != 1 for z in zero):
+        return walk, f"the constants of its last layer {last[0]} are shared with other nodes"
+    score = float(np.sqrt(sum(float(np.sum(np.square(w, dtype=np.float64))) for w in weight if w is not None)))
+    return walk, ResidualBranch(node.name or node.output[0], stream, out, node.output[0], last[0], zero, score,
+                                len(walk.nodes))
+
+
+def residual_joins(model: ModelProto) -> list[ResidualJoin]:
+    """Every Add where a branch with a weighted layer, computed from one input, joins it again (graph order,
+    removable or not; a GELU's ``x + 0.044715 x³`` is no block)."""
+    index = GraphIndex(model)
+    result: list[ResidualJoin] = []
+    for node in index.graph.node:
+        if node.op_type != "Add" or len(node.input) != 2 or any(index.is_constant(i) for i in node.input):
+            continue
+        found: list[tuple[str, _Walk, ResidualBranch | str]] = []
+        for side in (0, 1):
+            out, stream = node.input[side], node.input[1 - side]
+            walk, outcome = _examine(index, node, out, stream)
+            if walk.reads_stream:
+                found.append((stream, walk, outcome))
+        found = [f for f in found if any(n.op_type in _WEIGHTED for n in f[1].nodes)]  # a block has a layer
+        if not found:
+            continue
+        stream, walk, outcome = next((f for f in found if isinstance(f[2], ResidualBranch)), found[0])
+        producer = index.producer.get(stream)
+        start = (producer.name or producer.output[0]) if producer is not None else f"input {stream}"
+        branch = outcome if isinstance(outcome, ResidualBranch) else None
+        if branch is None:
+            log.debug("%s: not removable: %s", node_label(node), outcome)
+        result.append(ResidualJoin(node.name or node.output[0], stream, start, _kind(walk.nodes), len(walk.nodes),
+                                   branch, "" if branch is not None else str(outcome)))
+    return result
 
 
 def residual_branches(model: ModelProto) -> list[ResidualBranch]:
     """Every removable residual branch, in graph order."""
-    index = GraphIndex(model)
-    result: list[ResidualBranch] = []
-    for node in index.graph.node:
-        if node.op_type != "Add" or len(node.input) != 2 or any(index.is_constant(i) for i in node.input):
-            continue
-        for side in (0, 1):
-            out, stream = node.input[side], node.input[1 - side]
-            if len(index.consumers.get(out, [])) != 1 or out in index.graph_outputs:
-                continue
-            nodes = _branch_nodes(index, out, stream)
-            last = _last_projection(index, out) if nodes else None
-            if nodes is None or last is None:
-                continue
-            weight = [index.const_value(z) for z in last[1]]
-            zero = tuple(dict.fromkeys(last[1]))
-            if any(w is None for w in weight) or any(len(index.const_readers(z)) != 1 for z in zero):
-                log.debug("%s: the branch's last constants are shared; not removable", node_label(node))
-                continue
-            score = float(np.sqrt(sum(float(np.sum(np.square(w, dtype=np.float64))) for w in weight
-                                      if w is not None)))
-            result.append(ResidualBranch(node.name or node.output[0], stream, out, node.output[0], last[0], zero,
-                                         score, len(nodes)))
-            break
-    return result
+    return [j.branch for j in residual_joins(model) if j.branch is not None]
 
 
 def choose_branches(branches: Sequence[ResidualBranch], count: int, *,
