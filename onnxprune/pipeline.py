@@ -286,6 +286,8 @@ def _settings(config: PruneConfig) -> dict[str, Any]:
         "width": ("ratio", "importance"),
     }[config.mode]
     settings = {k: getattr(config, k) for k in keys}
+    if config.mode == "depth" and "ratio" not in config.given:
+        settings["ratio"] = 0.0  # depth alone: no channel is cut
     settings["calib"] = config.calib
     settings["recover"] = config.recovery
     return settings

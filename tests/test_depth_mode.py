@@ -23,6 +23,7 @@ def test_a_macs_budget_removes_blocks_and_no_channel() -> None:
     assert block["add"] == "/encoder/layers.0/Add" and report["depth"]["exact"]["passed"]
     assert report["macs_after"] <= 0.8 * report["macs_before"]
     assert result.plan is not None and result.plan.channels_removed == 0
+    assert report["settings"]["ratio"] == 0.0 and report["settings"]["target_macs"] == 0.8
 
 
 def test_depth_by_budget_then_width_in_one_run() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from onnx import numpy_helper
 from oracle_check import assert_equivalent, run_ort
 
@@ -31,7 +32,8 @@ def _outputs(model, names: list[str], feeds: dict) -> list[np.ndarray]:
     return [np.asarray(a, dtype=np.float64) for a in run_ort(with_outputs(model, names), feeds)[-len(names):]]
 
 
-def test_lstsq_refits_the_output_projection_over_the_kept_heads() -> None:
+@pytest.mark.parametrize("ridge", [DEFAULT_RIDGE, 1.0])  # 1.0: a ridge big enough to show a regularized bias
+def test_lstsq_refits_the_output_projection_over_the_kept_heads(ridge: float) -> None:
     model = load_model(MODELS / "digits_transformer.onnx")
     dg = analyze(model)
     group = next(g for g in dg.prunable_groups if attention_heads(g))
@@ -40,7 +42,7 @@ def test_lstsq_refits_the_output_projection_over_the_kept_heads() -> None:
     plan = PrunePlan(fingerprint=dg.fingerprint, keep={group.id: keep}, sizes={group.id: group.size})
     pruned = apply_plan(model, plan)
     assert_equivalent(model, pruned, zeroed_reference(model, dg, plan), evaluator=False)
-    refit = recover_structured(model, pruned, dg, plan, CALIB, method="lstsq")
+    refit = recover_structured(model, pruned, dg, plan, CALIB, method="lstsq", ridge=ridge)
 
     node = next(n for n in model.graph.node if (n.name or n.output[0]) == sink.node)
     assert node.op_type == "Gemm" and sink.axis == 1  # out_proj: y = x Wᵀ + b
@@ -50,7 +52,7 @@ def test_lstsq_refits_the_output_projection_over_the_kept_heads() -> None:
     cols = sink.positions(keep)
     xk = x[:, cols]
     w = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == sink.tensor)).astype(np.float64)
-    lam = DEFAULT_RIDGE * float(np.mean(np.diag(xk.T @ xk)))
+    lam = ridge * float(np.mean(np.diag(xk.T @ xk)))
     a = np.vstack([np.hstack([xk, np.ones((len(xk), 1))]),
                    np.hstack([np.sqrt(lam) * np.eye(len(cols)), np.zeros((len(cols), 1))])])
     rhs = np.vstack([y, np.sqrt(lam) * w[:, cols].T])
