@@ -240,6 +240,8 @@ def _weight_score(model: ModelProto, idx: GraphIndex, pw: PrunableWeight, nodes:
 STATS_KEY = "activations"
 #: Key of the calibration data itself (an npz path or a list of feed dicts), for criteria that run the model.
 DATA_KEY = "calibration_data"
+#: Key of the ablation errors already measured, by group id (budgets plan many times with the same statistics).
+ABLATION_KEY = "ablation_errors"
 
 
 def group_activation_slots(dg: DependencyGraph) -> dict[str, int]:
@@ -282,7 +284,7 @@ def collect_group_stats(
     heads = [c.node for g in dg.prunable_groups if attention_heads(g) for c in head_sinks(g)]
     stats = collect_stats(model, data, tensors=group_activation_slots(dg), batch_size=batch_size,
                           max_samples=max_samples, gram_for=list(dict.fromkeys(heads)))
-    return {STATS_KEY: stats, DATA_KEY: data}
+    return {STATS_KEY: stats, DATA_KEY: data, ABLATION_KEY: {}}
 
 
 def _stats(ctx: ImportanceContext, criterion: str) -> ActivationStats:
@@ -353,9 +355,14 @@ def ablation_importance(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarr
 
     The fallback is recorded per group by :func:`~onnxprune.structured.importance.criterion_used`.
     """
-    data = (ctx.statistics or {}).get(DATA_KEY)
+    statistics = ctx.statistics or {}
+    data, cache = statistics.get(DATA_KEY), statistics.get(ABLATION_KEY)
     if attention_heads(group) and data is not None:
-        errors = head_ablation(group, ctx.model, data)  # type: ignore[arg-type]
+        errors = cache.get(group.id) if isinstance(cache, dict) else None
+        if errors is None:
+            errors = head_ablation(group, ctx.model, data)  # type: ignore[arg-type]
+            if isinstance(cache, dict):
+                cache[group.id] = errors
         if errors is not None:
             return normalize(errors)
     return activation_importance(group, ctx)
