@@ -456,20 +456,21 @@ def computed_weights(seed: int = 0, c_in: int = 3, c_mid: int = 8, c_out: int = 
 
 
 def custom_op_chain(seed: int = 0, c: int = 8, hw: int = 6, *, custom_first: bool = False) -> onnx.ModelProto:
-    """conv1 → Relu → conv2 → com.microsoft Gelu (a contrib op onnxruntime runs) → head conv → out.
+    """conv1 → Relu → conv2 → com.microsoft Trilu (a contrib op onnxruntime runs, onnxprune has no rule for) →
+    head conv → out.
 
     The custom op touches conv2's output channels, so that group must be blocked while conv1 → conv2
-    still prunes. ``custom_first=True`` puts the Gelu after conv1 instead, so the prunable conv2 → head
+    still prunes. ``custom_first=True`` puts the Trilu after conv1 instead, so the prunable conv2 → head
     group lies *after* the custom op (onnx cannot infer shapes through it).
     """
     g = GraphBuilder(seed)
     a = g.conv("x", 3, c)
     if custom_first:
-        a = g.op("Gelu", [a])
+        a = g.op("Trilu", [a])
         g.nodes[-1].domain = "com.microsoft"
         b = g.op("Relu", [g.conv(a, c, c)])
     else:
-        b = g.op("Gelu", [g.conv(g.op("Relu", [a]), c, c)])
+        b = g.op("Trilu", [g.conv(g.op("Relu", [a]), c, c)])
         g.nodes[-1].domain = "com.microsoft"
     g.nodes.append(helper.make_node("Conv", [b, g.weight((4, c, 1, 1))], ["out"], name="head"))
     return g.build([vinfo("x", [1, 3, hw, hw])], [vinfo("out", [1, 4, hw, hw])], "custom",
@@ -529,13 +530,13 @@ def mlp3(seed: int = 0, d_in: int = 8, h1: int = 12, h2: int = 10, d_out: int = 
 
 
 def custom_op_flatten(seed: int = 0, c: int = 4, hw: int = 3, *, declare: bool = False) -> onnx.ModelProto:
-    """conv1 → com.microsoft Gelu → conv2 → Relu → Flatten → Gemm → out[1, 5].
+    """conv1 → com.microsoft Trilu → conv2 → Relu → Flatten → Gemm → out[1, 5].
 
     Flatten needs the whole shape of conv2's output, which onnx cannot infer past the custom op unless
-    ``declare=True`` puts the Gelu output's shape in ``value_info`` (as exporters often do).
+    ``declare=True`` puts the Trilu output's shape in ``value_info`` (as exporters often do).
     """
     g = GraphBuilder(seed)
-    a = g.op("Gelu", [g.conv("x", 3, c)])
+    a = g.op("Trilu", [g.conv("x", 3, c)])
     g.nodes[-1].domain = "com.microsoft"
     f = g.op("Flatten", [g.op("Relu", [g.conv(a, c, c)])], axis=1)
     g.nodes.append(helper.make_node("Gemm", [f, g.weight((c * hw * hw, 5))], ["out"], name="head"))
@@ -765,18 +766,36 @@ def norm_block(seed: int = 0, d: int = 8, hidden: int = 16, t: int = 4, classes:
     return g.build([vinfo("x", ["B", t, d])], outputs)
 
 
+def _rms_norm(g: GraphBuilder, x: str, d: int) -> str:
+    """Llama's RMSNorm as torch exports it: ``x * (1 / sqrt(mean(x^2, -1) + eps)) * gamma``."""
+    mean = g.op("ReduceMean", [g.op("Pow", [x, g.const(np.float32(2.0))])], axes=[-1], keepdims=1)
+    scale = g.op("Div", [g.const(np.float32(1.0)), g.op("Sqrt", [g.op("Add", [mean, g.const(np.float32(1e-6))])])])
+    return g.op("Mul", [g.weight((d,), "gamma", low=0.5), g.op("Mul", [x, scale])])
+
+
 def prenorm_stack(seed: int = 0, d_in: int = 4, d: int = 16, hidden: int = 24, t: int = 5, blocks: int = 2,
-                  classes: int = 5) -> onnx.ModelProto:
+                  classes: int = 5, *, norm: str = "layer", gated: bool = False) -> onnx.ModelProto:
     """A pre-norm transformer-like stack: token embedding (MatMul + bias + positions) into a width-``d`` stream,
-    ``blocks`` × ``x + FFN(LN(x))``, a final LN, token mean and a Gemm head; LayerNorm scales/shifts random."""
+    ``blocks`` × ``x + FFN(LN(x))``, a final LN, token mean and a Gemm head; LayerNorm scales/shifts random.
+
+    ``norm="rms"`` writes every norm as Llama's exported RMSNorm; ``gated`` makes the FFN
+    ``relu(n W1) * (n W3)`` (two readers of one norm output, as gate/up or q/k/v projections are)."""
     g = GraphBuilder(seed)
     x = g.op("Add", [g.op("Add", [g.op("MatMul", ["x", g.weight((d_in, d))]), g.weight((d,))]),
                      g.weight((1, t, d))])
+
+    def normed(x: str) -> str:
+        if norm == "rms":
+            return _rms_norm(g, x, d)
+        return g.op("LayerNormalization", [x, g.weight((d,), "gamma", low=0.5), g.weight((d,), "beta")], axis=-1)
+
     for _ in range(blocks):
-        ln = g.op("LayerNormalization", [x, g.weight((d,), "gamma", low=0.5), g.weight((d,), "beta")], axis=-1)
+        ln = normed(x)
         h = g.op("Relu", [g.op("Add", [g.op("MatMul", [ln, g.weight((d, hidden))]), g.weight((hidden,))])])
+        if gated:
+            h = g.op("Mul", [h, g.op("MatMul", [ln, g.weight((d, hidden))])])
         x = g.op("Add", [x, g.op("Add", [g.op("MatMul", [h, g.weight((hidden, d))]), g.weight((d,))])])
-    ln = g.op("LayerNormalization", [x, g.weight((d,), "gamma", low=0.5), g.weight((d,), "beta")], axis=-1)
+    ln = normed(x)
     pooled = g.op("ReduceMean", [ln], axes=[1], keepdims=0)
     g.nodes.append(helper.make_node("Gemm", [pooled, g.weight((classes, d)), g.weight((classes,))], ["logits"],
                                     name="head", transB=1))

@@ -26,6 +26,7 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 from onnx import GraphProto, ModelProto, TensorProto, numpy_helper
 
+from onnxprune.core.contrib_shapes import retag_default_domain
 from onnxprune.core.densify import densify_sparse_initializers
 from onnxprune.core.errors import ModelLoadError, OutputError, UnsupportedModelError, first_line
 from onnxprune.core.formats import export_hint
@@ -269,6 +270,7 @@ def _checker_view(model: ModelProto, where: str, *, external_checked: bool = Fal
     view = ModelProto()
     copy_fields(view, model, skip=("graph",))
     copy_fields(view.graph, model.graph, skip=("initializer",))
+    retag_default_domain(view)  # onnxruntime's default-domain fused norms, which onnx does not know
     declared = {i.name for i in model.graph.input}
     for tensor in model.graph.initializer:
         external = tensor.data_location == TensorProto.EXTERNAL

@@ -17,6 +17,7 @@ import onnx
 from google.protobuf.message import Message
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
+from onnxprune.core.contrib_shapes import CONTRIB_DEFAULT_DOMAIN, contrib_outputs, retag_default_domain
 from onnxprune.core.errors import UnsupportedModelError
 
 GENERATED_PREFIX = "onnxprune_"
@@ -330,6 +331,7 @@ def shape_skeleton(model: ModelProto, dims: Mapping[str, int] | None = None, def
     skel = empty_like(model)
     g = skel.graph
     g.node.extend(model.graph.node)
+    retag_default_domain(skel)  # onnxruntime's default-domain fused norms, which onnx does not know
     g.output.extend(model.graph.output)
     _clear_negative_dims(g.output)
     inits = {t.name for t in model.graph.initializer}
@@ -407,19 +409,26 @@ def infer_static_shapes(model: ModelProto, dims: Mapping[str, int] | None = None
     """
     declared = {vi.name: d for vi in model.graph.value_info if (d := shape_of_type(vi.type)) is not None}
     used: set[str] = set()
+    fused: dict[str, onnx.ValueInfoProto] = {}  # outputs of onnxruntime's fused ops, sized by contrib_shapes
     skel = shape_skeleton(model, dims, default_dim)
-    shapes = _inferred_shapes(skel, strict)
-    while declared:
-        frontier = _declared_frontier(model, shapes, declared)
-        if not frontier:
+    inferred = _infer(skel, strict)
+    shapes = collect_shapes(inferred)
+    while True:
+        while True:
+            frontier = _declared_frontier(model, shapes, declared) if declared else set()
+            grown = _fused_frontier(model, shapes, collect_types(inferred), fused)
+            if not frontier and not grown:
+                break
+            used |= frontier
+            for name in frontier:
+                del declared[name]
+            skel, inferred, shapes = _reinfer(model, dims, default_dim, strict, used, fused)
+        if folder is not None:
+            shapes = folder(skel, shapes)
+        # folding can size the input of a fused op (a Reshape to a runtime target before it): size it, go on
+        if folder is None or not _fused_frontier(model, shapes, collect_types(inferred), fused):
             break
-        used |= frontier
-        for name in frontier:
-            del declared[name]
-        skel = shape_skeleton(model, dims, default_dim, value_info=used)
-        shapes = _inferred_shapes(skel, strict)
-    if folder is not None:
-        shapes = folder(skel, shapes)
+        skel, inferred, shapes = _reinfer(model, dims, default_dim, strict, used, fused)
     for node in model.graph.node:
         if node.op_type == "Constant":
             value = constant_node_value(node)
@@ -428,15 +437,61 @@ def infer_static_shapes(model: ModelProto, dims: Mapping[str, int] | None = None
     return shapes
 
 
-def _inferred_shapes(skel: ModelProto, strict: bool) -> dict[str, Shape]:
-    """One onnx inference pass over a skeleton: the shape of every tensor it types."""
+def _reinfer(model: ModelProto, dims: Mapping[str, int] | None, default_dim: int, strict: bool, used: set[str],
+             fused: dict[str, onnx.ValueInfoProto]) -> tuple[ModelProto, ModelProto, dict[str, Shape]]:
+    """A skeleton with the declared shapes in ``used`` and the fused ops' outputs, inferred."""
+    skel = shape_skeleton(model, dims, default_dim, value_info=used - set(fused))
+    skel.graph.value_info.extend(fused.values())
+    inferred = _infer(skel, strict)
+    return skel, inferred, collect_shapes(inferred)
+
+
+def _infer(skel: ModelProto, strict: bool) -> ModelProto:
+    """One onnx inference pass over a skeleton (the skeleton itself when inference fails, unless strict)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(skel, strict_mode=strict, data_prop=True)
+        return onnx.shape_inference.infer_shapes(skel, strict_mode=strict, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
         if strict:
             raise UnsupportedModelError(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
-        inferred = skel
-    return collect_shapes(inferred)
+        return skel
+
+
+def collect_types(inferred: ModelProto) -> dict[str, int]:
+    """The element type of every tensor an inferred model types."""
+    types = {t.name: int(t.data_type) for t in inferred.graph.initializer}
+    for vi in itertools.chain(inferred.graph.input, inferred.graph.value_info, inferred.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = int(vi.type.tensor_type.elem_type)
+    return types
+
+
+def _is_static(shape: Shape | None) -> bool:
+    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+
+
+def _known_dims(shape: Shape | None) -> int:
+    """How many dims of a shape are sizes (-1: no shape at all)."""
+    return -1 if shape is None else sum(1 for d in shape if isinstance(d, int) and d >= 0)
+
+
+def _fused_frontier(model: ModelProto, shapes: dict[str, Shape], types: dict[str, int],
+                    fused: dict[str, onnx.ValueInfoProto]) -> bool:
+    """Declare (in ``fused``) the outputs of onnxruntime's fused ops that inference left unknown and
+    :func:`onnxprune.core.contrib_shapes.contrib_outputs` can size from known inputs; True when any was added."""
+    grown = False
+    for node in model.graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type not in CONTRIB_DEFAULT_DOMAIN:
+            continue
+        if all(not o or _is_static(shapes.get(o)) for o in node.output):
+            continue
+        for name, (elem, shape) in contrib_outputs(node, shapes, types).items():
+            # more sizes beat fewer: what the optimizer declared ('unk__4' batch dims), or an earlier round's
+            # answer from inputs that folding has sized since
+            had = shape_of_type(fused[name].type) if name in fused else shapes.get(name)
+            if _known_dims(shape) > _known_dims(had):
+                fused[name] = helper.make_tensor_value_info(name, elem, list(shape))
+                grown = True
+    return grown
 
 
 def collect_shapes(inferred: ModelProto) -> dict[str, Shape]:

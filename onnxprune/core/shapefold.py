@@ -185,6 +185,7 @@ FOLDERS: dict[str, Fold] = {
     "Cast": _cast,
     "Concat": lambda node, xs, opset: [np.concatenate(xs, axis=_int(node, "axis", opset, 0))],
     "Identity": lambda node, xs, opset: [xs[0]],
+    "Transpose": lambda node, xs, opset: [np.transpose(xs[0], _ints(node, "perm", opset) or None)],
     "Add": _elementwise(np.add),
     "Sub": _elementwise(np.subtract),
     "Mul": _elementwise(np.multiply),

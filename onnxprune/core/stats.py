@@ -2,7 +2,8 @@
 
 MACs are counted from inferred shapes at batch 1 (other dynamic input axes at the sizes passed in ``dims``;
 ``onnxprune.runtime.dims`` chooses and reports them) for the ops that dominate compute (Conv, ConvTranspose,
-Gemm, MatMul); everything else is treated as free, which is how pruning papers and tools report them.
+Gemm, MatMul, and the packed Q/K/V projection of onnxruntime's fused ``Attention``); everything else is
+treated as free, which is how pruning papers and tools report them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, Shape, attr, constant_nod
 from onnxprune.core.quant import quantized_data, zero_point
 from onnxprune.core.shapefold import infer_shapes
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Attention")
 
 
 def _numel(dims: Sequence[int]) -> int:
@@ -85,6 +86,12 @@ def node_macs(node: NodeProto, shapes: dict[str, Shape], opset: int) -> int | No
         if not (_known(a) and _known(out)) or not a:
             return None
         return _numel(out) * int(a[-1])
+    if op == "Attention" and node.domain == "com.microsoft":
+        # onnxruntime's fused attention: its packed Q/K/V projection ``input [.., hidden] @ weights [hidden, q+k+v]``
+        x, w = shapes.get(ins[0]), shapes.get(ins[1])
+        if not (_known(x) and _known(w)) or len(w) != 2:
+            return None
+        return _numel(x) * int(w[1])
     return 0
 
 

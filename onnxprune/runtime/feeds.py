@@ -225,8 +225,13 @@ def index_bounds(model: ModelProto) -> dict[str, int]:
                         if out not in seen:
                             seen.add(out)
                             todo.append(out)
-                elif node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name:
-                    dims = tables.get(node.input[0])
+                elif (node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name) or (
+                        (node.domain, node.op_type) == ("com.microsoft", "EmbedLayerNormalization")
+                        and name in node.input[:2]):
+                    # EmbedLayerNormalization looks input_ids up in input 2, segment_ids in input 4
+                    table = node.input[0] if node.op_type == "Gather" else \
+                        node.input[2 if node.input[0] == name else 4] if len(node.input) > 4 else ""
+                    dims = tables.get(table)
                     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
                     if dims and -len(dims) <= axis < len(dims) and dims[axis] > 0:
                         bounds[vi.name] = min(bounds.get(vi.name, dims[axis]), int(dims[axis]))

@@ -17,7 +17,10 @@ target as pieces; an entry of the target may change with the cut only when its p
 (an initializer, a ``Constant`` node, or the ``Unsqueeze`` of one), which the surgery rewrites. Runtime
 pieces stay as they are: a ``Shape`` of a cut axis is blocked by the ``Shape`` rule, so what they compute
 cannot change. Any other shape arithmetic (a piece computed by another op at a position that must change,
-a target not built by ``Concat``, a target shared with other nodes) blocks with its reason.
+a target not built by ``Concat``, a constant piece behind an ``Unsqueeze`` shared with other nodes) blocks
+with its reason. A target ``Concat`` read by several reshapes is rewritten once per distinct result
+(:mod:`onnxprune.structured.target_versions`). A width packed as ``(parts, heads, head_dim)`` is read by
+:mod:`onnxprune.structured.packed_heads`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.ir import node_label
 from onnxprune.structured.axes import Block, Coupling, Table
 from onnxprune.structured.rules.base import Blocked, RewriteContext, RuleContext
+from onnxprune.structured.target_versions import PieceEdit, is_shared, write_versions, written
 
 if TYPE_CHECKING:  # analysis imports the rules, which import this module
     from onnxprune.structured.analysis import ChannelGroup
@@ -44,11 +48,13 @@ def attention_heads(group: ChannelGroup) -> dict[str, int] | None:
     """``{"heads": n, "head_channels": k}`` when a group is attention heads cut whole, else None.
 
     Recognised by its effect: every root channel is a block of ``k > 1`` input rows of the output projection
-    (its sinks) and of MatMul/Gemm columns (its sources, Q/K/V, packed or not). With grouped-query attention
+    (its sinks) and of MatMul/Gemm columns (its sources, Q/K/V, packed or not, or the packed weight of
+    onnxruntime's fused ``Attention``). With grouped-query attention
     a root is a KV group and ``k`` counts the channels of all its query heads.
     """
     sinks, sources = group.sinks, group.sources
-    if not sinks or not sources or any(c.op_type not in ("MatMul", "Gemm") for c in sources + sinks):
+    if not sinks or not sources or any(c.op_type not in ("MatMul", "Gemm") for c in sinks) \
+            or any(c.op_type not in ("MatMul", "Gemm", "Attention") for c in sources):
         return None
     sizes = {len(c.positions(np.array([0], dtype=np.int64))) for c in sinks}
     if len(sizes) != 1 or min(sizes) <= 1 or not all(isinstance(c.map, Block) for c in sinks):
@@ -95,7 +101,7 @@ def _moved(node: NodeProto, axis: int, ctx: RuleContext) -> int | None:
     return None if axis in squeezed else axis - sum(1 for a in squeezed if a < axis)
 
 
-def _parts_axis(name: str, axis: int, ctx: RuleContext) -> bool:
+def parts_axis(name: str, axis: int, ctx: RuleContext) -> bool:
     """Whether axis ``axis`` of ``name`` only selects parts: every reader (after Unsqueeze/Squeeze/Transpose
     moves) is a Gather with constant indices on that axis, as torch cuts a packed QKV projection apart."""
     for _ in range(16):
@@ -109,19 +115,34 @@ def _parts_axis(name: str, axis: int, ctx: RuleContext) -> bool:
             name, axis = users[0].output[0], moved
             continue
         rank = ctx.rank(name)
-        return all(u.op_type == "Gather" and u.input[0] == name and name not in u.input[1:]
-                   and ctx.int_attr(u, "axis", 0) % rank == axis and ctx.folded(u.input[1]) is not None
+        return all(u.input[0] == name and name not in u.input[1:] and selects_parts(u, axis, rank, ctx)
                    for u in users)
+    return False
+
+
+def selects_parts(user: NodeProto, axis: int, rank: int, ctx: RuleContext) -> bool:
+    """Whether ``user`` only picks whole parts along axis ``axis`` of its data input: a Gather with constant
+    indices (torch's ``unbind`` as the legacy exporter writes it), a Split (``unbind``/``chunk``), or a Slice
+    with constant bounds whose axes include ``axis`` (the dynamo exporter's ``unbind``)."""
+    if user.op_type == "Gather":
+        return ctx.int_attr(user, "axis", 0) % rank == axis and ctx.folded(user.input[1]) is not None
+    if user.op_type == "Split":
+        return ctx.int_attr(user, "axis", 0) % rank == axis
+    if user.op_type == "Slice" and ctx.opset >= 10 and len(user.input) > 3 and user.input[3]:
+        axes = ctx.folded(user.input[3])
+        return axes is not None and axis in {int(a) % rank for a in axes.reshape(-1)} and all(
+            ctx.folded(i) is not None for i in user.input[1:] if i)
     return False
 
 
 def split_couplings(node: NodeProto, axis: int, output_side: bool, ctx: RuleContext) -> list[Coupling] | None:
     """Couplings of a Reshape that splits a width ``P*Q`` into ``(P, Q)``, or None when ``axis`` is no such split.
 
-    Two readings, chosen by what reads the leading ``P`` axis: when only Gathers with constant indices
-    select its parts (a packed ``[3E]`` QKV projection reshaped to ``[3, E]``), channel ``j`` of the ``Q``
-    axis is input positions ``k*Q + j`` of every part; otherwise the ``P`` axis is the heads and each head is
-    a block of ``Q`` input channels, and the per-head axis is refused: heads are cut whole, never inside.
+    Two readings, chosen by what reads the leading ``P`` axis: when only Gathers with constant indices,
+    Splits or Slices (:func:`selects_parts`) select its parts (a packed ``[3E]`` QKV projection reshaped to
+    ``[3, E]``), channel ``j`` of the ``Q`` axis is input positions ``k*Q + j`` of every part; otherwise the
+    ``P`` axis is the heads and each head is a block of ``Q`` input channels, and the per-head axis is
+    refused: heads are cut whole, never inside.
     ``axis`` is an axis of the input (``output_side`` False) or of the output.
     """
     x, y = node.input[0], node.output[0]
@@ -132,7 +153,7 @@ def split_couplings(node: NodeProto, axis: int, output_side: bool, ctx: RuleCont
         if b is None or (output_side and axis not in (b, b + 1)):
             continue
         p, q = s_out[b], s_out[b + 1]
-        if _parts_axis(y, b, ctx):
+        if parts_axis(y, b, ctx):
             if output_side and axis == b:
                 raise Blocked(f"{node_label(node)}: axis {axis} of '{y}' {s_out} selects the parts of a packed "
                               f"projection; it cannot be cut")
@@ -196,8 +217,12 @@ def _piece_length(name: str, ctx: RuleContext | RewriteContext) -> int | None:
 def target_pieces(node: NodeProto, ctx: RuleContext | RewriteContext) -> list[TargetPiece]:
     """The pieces of a Reshape's target (a constant, or a ``Concat`` of constants and runtime values).
 
+    A ``Concat`` read by several nodes (the dynamo exporter de-duplicates identical targets across heads and
+    layers) is read all the same: the surgery gives each distinct rewrite its own copy
+    (:mod:`onnxprune.structured.target_versions`).
+
     Raises:
-        Blocked: the target is computed by anything but ``Concat`` (axis 0), or is shared with other nodes.
+        Blocked: the target is computed by anything but ``Concat`` (axis 0), or is a graph output.
     """
     target = node.input[1]
     index = ctx.index
@@ -212,7 +237,9 @@ def target_pieces(node: NodeProto, ctx: RuleContext | RewriteContext) -> list[Ta
         raise Blocked(f"{node_label(node)} computes its target shape at runtime with {op}; onnxprune cannot prove "
                       f"it follows the cut (only a Concat of constants and runtime dims is read; constant-fold the "
                       f"model first)")
-    _single_reader(target, ctx, f"{node_label(node)}: the target")
+    if target in index.graph_outputs:  # readers of a shared target get their own versions at surgery; an
+        raise Blocked(f"{node_label(node)}: the target '{target}' is a graph output; rewriting its head count "
+                      f"would change the model's outputs")  # output has no version to give
     return _concat_pieces(concat, 0, ctx.rank(node.output[0]), ctx)
 
 
@@ -313,17 +340,40 @@ def rewrite_target(node: NodeProto, ctx: RewriteContext, *, offset: int = 0) -> 
     """Write the new sizes of the output axes that lost positions into the target's constant pieces.
 
     Target entry ``e`` is output axis ``e + offset`` (an Expand target may be shorter than its output). An
-    entry of 1 (Expand: keep the input's size), 0 (Reshape: copy it) or -1 (infer it) needs no rewrite.
+    entry of 1 (Expand: keep the input's size), 0 (Reshape: copy it) or -1 (infer it) needs no rewrite. A
+    target read by several nodes gets one version per distinct rewrite (:func:`write_versions`).
     """
     y = node.output[0]
-    old, new = ctx.shape(y), ctx.new_shape(y)
-    if old == new:
+    if ctx.shape(y) == ctx.new_shape(y) or written(node, ctx):
         return
     try:
         pieces = target_pieces(node, ctx)
     except Blocked as exc:  # the analysis blocked such groups: reaching here is a bug
         raise OnnxPruneError(f"{node_label(node)}: the target cannot be rewritten at surgery ({exc}); this is a "
                              f"bug in the attention rule, please report it with the model") from exc
+    if is_shared(node.input[1], ctx):
+        target = node.input[1]
+        write_versions(target, lambda reader: _reader_edits(reader, target, pieces, ctx), ctx)
+        return
+    for edit in _piece_edits(node, pieces, ctx, offset):
+        ctx.set_const_input(edit.node, edit.input_index, edit.value)
+
+
+def _reader_edits(reader: NodeProto, target: str, pieces: list[TargetPiece], ctx: RewriteContext) -> list[PieceEdit]:
+    """The edits one reader of a shared target needs: those of a Reshape/Expand whose output lost positions
+    (its target entries are right-aligned with its output axes), none for any other reader."""
+    y = reader.output[0] if reader.output else ""
+    shape = ctx._lookup(y)
+    if reader.op_type not in ("Reshape", "Expand") or len(reader.input) < 2 or reader.input[1] != target \
+            or shape is None or not any(ctx.changed(y, a) for a in range(len(shape))):
+        return []
+    return _piece_edits(reader, pieces, ctx, len(shape) - sum(p.length for p in pieces))
+
+
+def _piece_edits(node: NodeProto, pieces: list[TargetPiece], ctx: RewriteContext, offset: int) -> list[PieceEdit]:
+    """The new constants the pieces of ``node``'s target need after the cut (see :func:`rewrite_target`)."""
+    old, new = ctx.shape(node.output[0]), ctx.new_shape(node.output[0])
+    edits: list[PieceEdit] = []
     inferred = 0
     for piece in pieces:
         if piece.values is None:
@@ -333,7 +383,7 @@ def rewrite_target(node: NodeProto, ctx: RewriteContext, *, offset: int = 0) -> 
                 if inferred > 1 or node.op_type != "Reshape":
                     raise OnnxPruneError(f"{node_label(node)}: more than one runtime entry of its target changes; "
                                          f"this is a bug in the attention rule, please report it with the model")
-                ctx.set_const_input(piece.node, piece.input_index, np.array([-1], dtype=np.int64))
+                edits.append(PieceEdit(piece.node, piece.input_index, np.array([-1], dtype=np.int64)))
             continue
         values = piece.values.copy()
         for e in range(piece.start, piece.start + piece.length):
@@ -343,4 +393,6 @@ def rewrite_target(node: NodeProto, ctx: RewriteContext, *, offset: int = 0) -> 
         if not np.array_equal(values, piece.values):
             original = ctx.const(piece.node.input[piece.input_index])
             log.debug("%s: target piece %s -> %s", node_label(node), piece.values.tolist(), values.tolist())
-            ctx.set_const_input(piece.node, piece.input_index, values.reshape(original.shape).astype(original.dtype))
+            edits.append(PieceEdit(piece.node, piece.input_index,
+                                   values.reshape(original.shape).astype(original.dtype)))
+    return edits

@@ -63,7 +63,7 @@ def coverage(model: ModelProto, dg: DependencyGraph, shapes: dict | None = None)
             continue
         x, y = node.input[0], node.output[0]
         rank_x, rank_y = len(shapes.get(x, ())), len(shapes.get(y, ()))
-        if node.op_type == "MatMul":
+        if node.op_type in ("MatMul", "Attention"):  # Attention: onnxruntime's, with a packed Q/K/V weight
             sides = [(x, rank_x - 1), (y, rank_y - 1)]
         elif node.op_type == "Gemm":
             sides = [(x, 0 if attr(node, "transA", index.opset) else 1), (y, 1)]
@@ -90,9 +90,10 @@ def build_report(model: ModelProto, dg: DependencyGraph, plan: PrunePlan) -> dic
             "size_after": len(keep),
             "members": [str(s) for s in g.members],
             "criterion": plan.criterion_for(gid),
+            "attention": attention_heads(g),
         })
-    blocked = [{"id": g.id, "name": group_name(g), "size": g.size, "reason": "; ".join(g.blockers)}
-               for g in dg.groups if not g.prunable]
+    blocked = [{"id": g.id, "name": group_name(g), "size": g.size, "reason": "; ".join(g.blockers),
+                "attention": attention_heads(g)} for g in dg.groups if not g.prunable]
     return {
         "groups": groups,
         "blocked": blocked,

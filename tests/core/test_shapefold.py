@@ -49,6 +49,8 @@ CASES = [
     ("ReduceSum", [_i64(2, 3, 4), _i64(0)], {"keepdims": 1}),
     ("Max", [_i64(1, 5), _i64(3, 2), _i64(0, 9)], {}),
     ("Sqrt", [np.array([4.0, 2.0], np.float32)], {}),
+    ("Transpose", [np.arange(8, dtype=np.int64).reshape(4, 2)], {"perm": [1, 0]}),
+    ("Transpose", [np.arange(24, dtype=np.int64).reshape(2, 3, 4)], {}),
 ]
 
 
@@ -111,3 +113,37 @@ def test_folded_shapes_are_the_runtime_shapes(name: str) -> None:
 def test_macs_of_runtime_reshaped_models_are_all_known() -> None:
     model = load_model(MODELS / "tv_shufflenet_v2_x0_5.onnx")
     assert model_stats(model).unknown_macs == []
+
+
+def _window_pad(hw: int, c: int = 4, window: int = 7) -> onnx.ModelProto:
+    """Swin's window padding as torch exports ``F.pad(x, (0, 0, 0, pad_w, 0, pad_h))``: the pad sizes come from
+    the input's shape, and torch's last-axis-first order is turned into ONNX's through ``Reshape [-1, 2] ->
+    Slice (reversed) -> Transpose -> Reshape [-1]``."""
+    g = builders.GraphBuilder(0)
+
+    def pad_of(axis: int) -> str:
+        size = g.op("Gather", [g.op("Shape", ["x"]), g.const(np.array(axis, np.int64))], axis=0)
+        w = g.const(np.array(window, np.int64))
+        p = g.op("Mod", [g.op("Sub", [w, g.op("Mod", [size, w])]), w])
+        return g.op("Unsqueeze", [p, g.const(_i64(0))])
+
+    zero = g.const(_i64(0))
+    torch_pads = g.op("Concat", [zero, zero, zero, pad_of(2), zero, pad_of(1)], axis=0)
+    rest = g.op("ConstantOfShape", [g.op("Sub", [g.const(_i64(8)), g.op("Shape", [torch_pads])])],
+                value=helper.make_tensor("v", TensorProto.INT64, [1], [0]))
+    pairs = g.op("Reshape", [g.op("Concat", [torch_pads, rest], axis=0), g.const(_i64(-1, 2))])
+    rev = g.op("Slice", [pairs, g.const(_i64(-1)), g.const(_i64(-(2**63) + 1)), g.const(_i64(0)), g.const(_i64(-1))])
+    pads = g.op("Reshape", [g.op("Transpose", [rev], perm=[1, 0]), g.const(_i64(-1))])
+    g.nodes.append(helper.make_node("Pad", ["x", pads], ["out"], name="pad", mode="constant"))
+    return g.build([builders.vinfo("x", [1, hw, hw, c])], [builders.vinfo("out", [1, "H", "W", c])])
+
+
+def test_pad_sizes_computed_through_a_transpose_are_folded() -> None:
+    """The padded shape is static and is what onnxruntime computes (the Swin exports had every later shape
+    symbolic, so no group could even be sized)."""
+    model = _window_pad(hw=10)
+    shapes = infer_shapes(model)
+    x = np.random.default_rng(0).standard_normal((1, 10, 10, 4)).astype(np.float32)
+    (out,) = run_ort(model, {"x": x})
+    assert out.shape == (1, 14, 14, 4)
+    assert shapes["out"] == out.shape

@@ -93,7 +93,7 @@ def test_declared_value_info_fills_gaps_but_never_overrides_inference() -> None:
     from onnxprune.core.shapefold import infer_shapes
 
     model = builders.custom_op_flatten(declare=True)
-    gelu_out = next(n for n in model.graph.node if n.op_type == "Gelu").output[0]
+    gelu_out = next(n for n in model.graph.node if n.op_type == "Trilu").output[0]
     conv2_out = next(n for n in model.graph.node if n.input and n.input[0] == gelu_out).output[0]
     assert gelu_out not in infer_shapes(builders.custom_op_flatten(declare=False))
     shapes = infer_shapes(model)
@@ -107,8 +107,8 @@ def test_declared_value_info_fills_gaps_but_never_overrides_inference() -> None:
 
 def test_custom_domain_op_with_a_standard_name_is_not_taken_as_same_shape() -> None:
     dg = analyze(builders.custom_op_chain(custom_first=True))
-    gelu = next(n for n in builders.custom_op_chain(custom_first=True).graph.node if n.op_type == "Gelu")
-    assert gelu.output[0] not in dg.shapes  # com.microsoft Gelu: no schema, so no shape is assumed
+    gelu = next(n for n in builders.custom_op_chain(custom_first=True).graph.node if n.op_type == "Trilu")
+    assert gelu.output[0] not in dg.shapes  # com.microsoft Trilu: no schema, so no shape is assumed
     assert [g.prunable for g in dg.groups] == [False, True, False]
     assert dg.unanalysed == ()
 
@@ -116,7 +116,7 @@ def test_custom_domain_op_with_a_standard_name_is_not_taken_as_same_shape() -> N
 def test_layer_that_cannot_be_sized_is_reported_not_dropped() -> None:
     g = builders.GraphBuilder(0)
     h = g.op("MatMul", ["x", g.weight((4, 6))])
-    h = g.op("FastGelu", [h])
+    h = g.op("Trilu", [h])
     g.nodes[-1].domain = "com.microsoft"
     h = g.op("MatMul", [h, g.weight((6, 3))])
     g.nodes.append(helper.make_node("Relu", [h], ["out"], name="act"))

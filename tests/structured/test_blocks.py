@@ -45,17 +45,19 @@ def test_attention_whose_heads_are_not_found_is_listed_with_the_reason() -> None
 
 
 def _branch_reading(extra: bool) -> onnx.ModelProto:
-    """``y = x + (x * m) W`` with ``m`` a second graph input (extra) or a constant."""
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32), "w")
-    inits = [w] if extra else [w, numpy_helper.from_array(np.ones(4, np.float32), "m")]
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])]
-    if extra:
-        inputs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, [2, 4]))
-    nodes = [helper.make_node("Mul", ["x", "m"], ["xm"], name="gate"),
+    """``e = in W0``, ``x = Relu(e)``, ``y = x + (x * m) W`` with ``m`` the earlier activation ``e`` (extra: a
+    skip from further back, no block) or a constant."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), n) for n in ("w0", "w")]
+    if not extra:
+        inits.append(numpy_helper.from_array(np.ones(4, np.float32), "c"))
+    nodes = [helper.make_node("MatMul", ["in", "w0"], ["e"], name="embed"),
+             helper.make_node("Relu", ["e"], ["x"], name="act"),
+             helper.make_node("Mul", ["x", "e" if extra else "c"], ["xm"], name="gate"),
              helper.make_node("MatMul", ["xm", "w"], ["f"], name="proj"),
              helper.make_node("Add", ["x", "f"], ["y"], name="join")]
-    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
-                              inits)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("in", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -63,9 +65,10 @@ def _branch_reading(extra: bool) -> onnx.ModelProto:
 def test_residual_joins_say_where_what_and_why_not(extra: bool) -> None:
     model = _branch_reading(extra)
     (join,) = residual_joins(model)
-    assert (join.add, join.start, join.kind, join.nodes) == ("join", "input x", "mlp", 2)
+    assert (join.add, join.start, join.kind, join.nodes) == ("join", "act", "mlp", 2)
     if extra:
-        assert join.branch is None and join.why == "the branch also reads 'm', not only the stream"
+        assert join.branch is None
+        assert join.why == "the branch also reads 'e', an earlier activation of the stream's path"
         return
     assert join.branch is not None and join.why == ""
     feeds = seeded_feeds(model)

@@ -189,6 +189,8 @@ class RewriteContext(_Context):
         super().__init__(index, shapes)
         self._kept = kept
         self._set_const = set_const
+        #: scratch space of one surgery, for rewrites done once for several nodes (shared targets)
+        self.memo: dict[str, object] = {}
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape in the original model (before the cut).

@@ -15,6 +15,7 @@ from onnx import NodeProto
 from onnxprune.core.ir import node_label
 from onnxprune.structured.attention import check_target_entry, rewrite_target, split_couplings
 from onnxprune.structured.axes import Block, ChannelAxis, Coupling, Identity, Offset
+from onnxprune.structured.packed_heads import packed_split_couplings
 from onnxprune.structured.rules.base import (
     Blocked,
     OpRule,
@@ -243,6 +244,8 @@ class ReshapeRule(OpRule):
         y = node.output[0]
         runtime = node.op_type == "Reshape" and not ctx.is_const(node.input[1])
         heads = split_couplings(node, axis, is_output(node, slot), ctx) if node.op_type == "Reshape" else None
+        if heads is None and node.op_type == "Reshape":
+            heads = packed_split_couplings(node, axis, is_output(node, slot), ctx)
         if heads is None:
             heads = self._folds(node, axis, is_output(node, slot), ctx)
         if runtime:  # the output axis that changes with the cut must be a constant piece of the target
