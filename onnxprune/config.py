@@ -13,7 +13,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from onnxprune.config_rules import MODES, check_applicable, check_importance, coerce, opt, resolve_mode, setting
+from onnxprune.config_rules import (
+    MODES,
+    check_applicable,
+    check_importance,
+    check_sequential,
+    coerce,
+    opt,
+    resolve_mode,
+    setting,
+)
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.ir import matches_any  # noqa: F401 - re-exported: options select layers with it
 from onnxprune.sparse.sparsify import parse_nm
@@ -113,6 +122,7 @@ class PruneConfig:
     # data-aware pruning and recovery
     calib: str | None = None
     recover: str | None = None  # None: "bias" when calib is given, else "none"
+    sequential: bool = False  # sparse modes: each layer's statistics from the model already pruned before it
     target_macs: float | None = None
     target_params: float | None = None
     max_error: float | None = None
@@ -184,6 +194,7 @@ class PruneConfig:
                                                                     if c not in GROUP_ONLY_CRITERIA)
             check_importance(self.importance, mode, has_calib=bool(self.calib),
                              weight_criteria=available_criteria(), data_criteria=data)
+            check_sequential({f.name: getattr(self, f.name) for f in fields(self)})
 
     @property
     def given(self) -> frozenset[str]:

@@ -53,6 +53,7 @@ MODES_OF: dict[str, tuple[str, ...]] = {
     "executor": ("structured",),
     "workers": ("structured",),
     "ray_address": ("structured",),
+    "sequential": ("unstructured", "nm"),
 }
 
 #: What to use instead, when an option is set for a mode that does not read it.
@@ -78,10 +79,13 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "bench_batches": ("bench",),
     "bench_runs": ("bench",),
     "bench_warmup": ("bench",),
+    "sequential": ("calib",),
 }
 
 #: Criteria of the sparse modes that read only the weights (all three mean |w|).
 SPARSE_WEIGHT_CRITERIA = ("magnitude", "l1", "l2")
+#: Data-aware criteria of the sparse modes only (they update weights, so they have no channel score).
+SPARSE_DATA_CRITERIA = ("sparsegpt",)
 
 _SPELLING: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("onnxprune_spelling",
                                                                                       default=None)
@@ -266,10 +270,13 @@ def check_importance(name: str, mode: str, *, has_calib: bool, weight_criteria: 
     Raises:
         ConfigError: unknown, not for this mode, or data-aware without calibration data.
     """
-    data = tuple(data_criteria)
     structured = mode in ("structured", "width", "depth")
+    data = tuple(data_criteria) + (() if structured else SPARSE_DATA_CRITERIA)
     weights = tuple(c for c in weight_criteria if c not in data) if structured else SPARSE_WEIGHT_CRITERIA
     valid = f"{', '.join(weights)} (weights only) or {', '.join(data)} (with {opt('calib')})"
+    if name in SPARSE_DATA_CRITERIA and not has_calib and not structured:
+        raise ConfigError(f"{setting('importance', name)} chooses zeros and updates weights from each layer's input "
+                          f"on calibration data; pass {opt('calib')} data.npz, or use one of {', '.join(weights)}")
     if name in data:
         if mode == "width":
             raise ConfigError(f"{setting('mode', 'width')} ranks stream channels by weights; "
@@ -280,10 +287,36 @@ def check_importance(name: str, mode: str, *, has_calib: bool, weight_criteria: 
         return
     if name in weights:
         return
-    every = set(weight_criteria) | set(SPARSE_WEIGHT_CRITERIA) | set(data)
+    every = set(weight_criteria) | set(SPARSE_WEIGHT_CRITERIA) | set(data) | set(SPARSE_DATA_CRITERIA)
     if name in every:
         raise ConfigError(f"{setting('importance', name)} does not apply to {setting('mode', mode)}; "
                           f"choose {valid}")
     lower = f" (names are lower-case: did you mean '{name.lower()}'?)" if name.lower() in every else ""
     raise ConfigError(f"unknown {opt('importance')} criterion '{name}'{lower}; for {setting('mode', mode)} "
                       f"choose {valid}")
+
+
+def check_sequential(values: Mapping[str, Any]) -> None:
+    """Refuse ``sequential`` and ``sparsegpt`` where they would mean nothing (or a different thing).
+
+    Both prune each layer to its own exact count, so a global threshold is refused; ``sequential`` re-measures
+    statistics, so it needs a criterion or a re-fit that reads them.
+
+    Raises:
+        ConfigError: naming the options and the way out.
+    """
+    if values.get("mode") not in ("unstructured", "nm"):
+        return
+    global_scope = values.get("mode") == "unstructured" and values.get("scope") == "global"
+    if values.get("importance") in SPARSE_DATA_CRITERIA and global_scope:
+        raise ConfigError(f"{setting('importance', values['importance'])} prunes each layer to its own exact count; "
+                          f"use {setting('scope', 'layer')}")
+    if not values.get("sequential"):
+        return
+    if global_scope:
+        raise ConfigError(f"{opt('sequential')} prunes stage by stage, each layer to its own count; "
+                          f"use {setting('scope', 'layer')}")
+    if values.get("importance") in SPARSE_WEIGHT_CRITERIA and values.get("recover") != "lstsq":
+        raise ConfigError(f"{opt('sequential')} re-measures calibration statistics for the data-aware methods; "
+                          f"add {setting('importance', 'sparsegpt')} (or wanda, activation, apoz) or "
+                          f"{setting('recover', 'lstsq')}")

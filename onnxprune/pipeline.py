@@ -281,8 +281,8 @@ def _settings(config: PruneConfig) -> dict[str, Any]:
                        "plan_in", "target_macs", "target_params", "max_error", "remove_blocks", "target_speedup",
                        "target_latency"),
         "depth": ("remove_blocks", "target_macs", "ratio", "importance", "exclude"),
-        "unstructured": ("sparsity", "scope", "layer_sparsity", "min_size", "exclude", "importance"),
-        "nm": ("nm", "min_size", "exclude", "importance"),
+        "unstructured": ("sparsity", "scope", "layer_sparsity", "min_size", "exclude", "importance", "sequential"),
+        "nm": ("nm", "min_size", "exclude", "importance", "sequential"),
         "width": ("ratio", "importance"),
     }[config.mode]
     settings = {k: getattr(config, k) for k in keys}
@@ -316,6 +316,8 @@ def _run_sparse(original: ModelProto, config: PruneConfig, warnings: list[str]
                 ) -> tuple[ModelProto, None, dict[str, Any]]:
     from onnxprune.sparse.sparsify import parse_nm, sparsify, sparsify_nm
 
+    if config.importance == "sparsegpt" or config.sequential:
+        return _run_calibrated_sparse(original, config, warnings)
     scores = None
     if config.importance not in ("l1", "l2", "magnitude"):
         scores = _sparse_scores(original, config)
@@ -337,6 +339,22 @@ def _run_sparse(original: ModelProto, config: PruneConfig, warnings: list[str]
     # The sparse model *is* the original with those entries zeroed: exactness holds by construction and
     # the test suite proves it; validation checks it runs and measures drift.
     return model, None, extra
+
+
+def _run_calibrated_sparse(original: ModelProto, config: PruneConfig, warnings: list[str]
+                           ) -> tuple[ModelProto, None, dict[str, Any]]:
+    """SparseGPT and sequential calibration (onnxprune/recovery/sequential.py); weights change, as with lstsq."""
+    from onnxprune.recovery.sequential import sparsify_calibrated
+    from onnxprune.sparse.sparsify import parse_nm
+
+    assert config.calib is not None  # PruneConfig refuses sparsegpt and sequential without it
+    out = sparsify_calibrated(
+        original, config.calib, criterion=config.importance, sparsity=config.sparsity,
+        nm=parse_nm(config.nm) if config.mode == "nm" else None, scope=config.scope,
+        layer_sparsity=config.layer_sparsity, exclude=config.exclude, min_size=config.min_size,
+        refit=config.recovery == "lstsq", sequential=config.sequential, provider=config.providers[0])
+    _warn_unmatched(list(out.result.unmatched_patterns), warnings, "--exclude/--layer-sparsity")
+    return out.model, None, out.report()
 
 
 def _sparse_scores(original: ModelProto, config: PruneConfig) -> Any:

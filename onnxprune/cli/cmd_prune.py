@@ -46,8 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         f"one global threshold (default {d('scope')})")
     p.add_argument("--importance", default=None,
                    help=f"criterion (default {d('importance')}): structured l1, l2, fpgm, bn_scale, random; "
-                        "unstructured/nm magnitude (= l1 = l2); with --calib: activation, apoz, wanda, and for "
-                        "structured ablation (attention heads: output error with the head silenced)")
+                        "unstructured/nm magnitude (= l1 = l2); with --calib: activation, apoz, wanda; "
+                        "structured with --calib: ablation (attention heads: output error with the head silenced); "
+                        "unstructured/nm with --calib: sparsegpt (zeros and weight updates from each layer's "
+                        "input Gram matrix)")
     p.add_argument("--seed", type=int, default=None,
                    help=f"seed for random criteria and generated inputs (default {d('seed')})")
     p.add_argument("--dry-run", action="store_true",
@@ -86,6 +88,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     c.add_argument("--calib", help="calibration inputs .npz (keys = input names, leading axis = samples)")
     c.add_argument("--recover", choices=["none", "bias", "lstsq"], default=None,
                    help="repair remaining weights (default: bias with --calib, else none)")
+    c.add_argument("--sequential", action="store_true", default=None,
+                   help="unstructured/nm with --calib: measure each layer on the model already pruned (and "
+                        "re-fitted) before it, one calibration pass per stage of layers (default: one pass on "
+                        "the dense model)")
     c.add_argument("--target-macs", type=float,
                    help="keep at most this fraction of MACs (default: no budget); with --mode depth, by removing "
                         "the fewest lowest-scored residual blocks")

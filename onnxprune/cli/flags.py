@@ -30,7 +30,7 @@ PRUNE_FLAGS: dict[str, str] = {
     "target_speedup": "--target-speedup", "target_latency": "--target-latency", "latency_cache": "--no-cache",
     "latency_budget": "--latency-budget",
     "sensitivity_method": "--exact-sensitivity", "executor": "--executor",
-    "workers": "--workers", "ray_address": "--ray-address",
+    "workers": "--workers", "ray_address": "--ray-address", "sequential": "--sequential",
 }
 
 #: Where parsed arguments keep the deprecation notes of old spellings, for ``main`` to log.

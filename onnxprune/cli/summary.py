@@ -183,6 +183,16 @@ def summary_lines(report: Mapping[str, Any], output: str, *, verbose: bool = Fal
     lines += dims_lines(report)
     if "sparsity" in report:
         lines.append(_row("sparsity achieved", f"{100 * float(report['sparsity']['overall']):.2f}%"))
+    calibration = report.get("calibration")
+    if isinstance(calibration, dict):  # sparsegpt / --sequential (onnxprune/recovery/sequential.py)
+        kind = "sequential" if calibration.get("sequential") else "one-shot"
+        lines.append(_row("calibration", f"{kind}, {calibration.get('passes')} pass(es) over --calib, "
+                                         f"{float(calibration.get('seconds', 0)):.2f} s"))
+    declined = (report.get("sparsegpt") or {}).get("magnitude_instead") if isinstance(report.get("sparsegpt"), dict) \
+        else None
+    if declined:
+        lines.append(_row("sparsegpt", f"{len(declined)} weight(s) pruned by magnitude instead "
+                                       f"(e.g. {declined[0]['name']}: {declined[0]['reason']})"[:78]))
     if "groups" in report:
         lines += group_lines(report, verbose=verbose)
     if report.get("validation"):

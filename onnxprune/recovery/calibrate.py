@@ -101,6 +101,9 @@ class GramStats:
         col_sum: ``(groups, K)`` float64, ``Σ x`` over all rows (gives the column means, for biases).
         rows: number of rows reduced.
         kernel: Conv kernel shape (empty for linear layers).
+        cross: ``(groups, K, K)`` ``Σ x r̂ᵀ`` of this input ``x`` against the same layer's input ``r`` in a
+            reference model on the same samples (:func:`collect_paired_grams`), else ``None``. Re-fits and
+            SparseGPT then aim at the reference layer's output ``R W`` instead of ``X W``.
     """
 
     node: str
@@ -111,6 +114,7 @@ class GramStats:
     col_sum: np.ndarray
     rows: int
     kernel: tuple[int, ...] = ()
+    cross: np.ndarray | None = None
 
     @property
     def col_mean(self) -> np.ndarray:
@@ -485,20 +489,39 @@ class _GramAcc:
             )
         self.gram: np.ndarray | None = None
         self.col_sum: np.ndarray | None = None
+        self.cross: np.ndarray | None = None
         self.rows = 0
 
-    def add(self, x: np.ndarray) -> None:
+    def _row_chunks(self, x: np.ndarray) -> Iterator[np.ndarray]:
+        """The layer's input as ``(rows, groups, K)`` chunks (im2col patches for a Conv, a few samples at once)."""
         if self.kind == "conv":
             assert self.geom is not None
             n = x.shape[0]
             per_sample = max(int(np.prod(x.shape[1:])) * int(np.prod(self.geom.kernel)), 1)
             step = max(1, _CHUNK_ELEMS // per_sample)
             for start in range(0, n, step):
-                self._add_rows(im2col(x[start:start + step], self.geom))
+                yield im2col(x[start:start + step], self.geom)
         else:
             if self.trans_a:
                 x = x.T
-            self._add_rows(x.reshape(-1, 1, x.shape[-1]))
+            yield x.reshape(-1, 1, x.shape[-1])
+
+    def add(self, x: np.ndarray) -> None:
+        for rows in self._row_chunks(x):
+            self._add_rows(rows)
+
+    def add_paired(self, x: np.ndarray, reference: np.ndarray) -> None:
+        """Add ``x`` and the cross term ``Σ x rᵀ`` against the reference model's input on the same samples."""
+        if reference.shape != x.shape:
+            raise CalibrationError(f"layer '{self.name}': input shape {x.shape} differs from the reference "
+                                   f"model's {reference.shape}")
+        for rows, ref in zip(self._row_chunks(x), self._row_chunks(reference), strict=True):
+            self._add_rows(rows)
+            if self.cross is None:
+                self.cross = np.zeros((rows.shape[1], rows.shape[2], rows.shape[2]))
+            for gi in range(rows.shape[1]):
+                self.cross[gi] += np.ascontiguousarray(rows[:, gi, :], dtype=np.float64).T @ np.ascontiguousarray(
+                    ref[:, gi, :], dtype=np.float64)
 
     def _add_rows(self, rows: np.ndarray) -> None:
         r, g, k = rows.shape
@@ -521,7 +544,7 @@ class _GramAcc:
             raise CalibrationError("no calibration batch was run; the data holds no samples")
         return GramStats(
             node=self.name, tensor=self.tensor, kind=self.kind, groups=self.gram.shape[0], gram=self.gram,
-            col_sum=self.col_sum, rows=self.rows, kernel=self.geom.kernel if self.geom else (),
+            col_sum=self.col_sum, rows=self.rows, kernel=self.geom.kernel if self.geom else (), cross=self.cross,
         )
 
 
@@ -648,3 +671,59 @@ def collect_stats(
         grams={g.name: g.result() for g in gram_accs},
         samples=samples,
     )
+
+
+def collect_paired_grams(
+    reference: ModelProto,
+    model: ModelProto,
+    data: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]],
+    *,
+    layers: Sequence[str],
+    tensors: Mapping[str, int | None] | None = None,
+    batch_size: int = 32,
+    max_samples: int | None = None,
+    provider: str = "cpu",
+) -> ActivationStats:
+    """Gram matrices of ``model``'s layer inputs plus their cross term with ``reference``'s, on the same samples.
+
+    Why: sequential calibration measures a layer on the model already pruned before it (``X̃``); with the cross
+    term ``X̃ᵀX`` against the dense model's input ``X`` a re-fit can aim at the dense layer's output ``X W``,
+    so it also repairs what the layers before it lost. Both models must have the same layer names and input
+    tensors (weights may differ). Two onnxruntime sessions, one pass over the data.
+
+    Args:
+        reference: the dense model.
+        model: the partly pruned model whose layers are measured.
+        data: as for :func:`collect_stats`.
+        layers: the Conv/Gemm/MatMul layers to measure.
+        tensors: channel statistics of ``model`` to collect on the way (tensor → axis).
+        batch_size, max_samples, provider: calibration runs.
+
+    Returns:
+        :class:`ActivationStats` of ``model`` whose ``grams`` carry ``cross``.
+    """
+    from onnxprune.runtime.session import create_session, run_session
+
+    idx = GraphIndex(model)
+    accs = [_GramAcc(node, idx, key) for key, node in dict(resolve_layer(idx, n) for n in layers).items()]
+    axes = dict(tensors or {})
+    fetch = list(dict.fromkeys([*axes, *(g.tensor for g in accs)]))
+    ref_fetch = list(dict.fromkeys(g.tensor for g in accs))
+    session = create_session(with_outputs(model, fetch), provider=provider)
+    ref_session = create_session(with_outputs(reference, ref_fetch), provider=provider)
+    chan_accs = {t: _ChannelAcc(t, ax) for t, ax in axes.items()}
+    samples = 0
+    for feed in iter_feeds(model, data, batch_size=batch_size, max_samples=max_samples):
+        values = run_session(session, feed, outputs=fetch, label="the calibration model")
+        ref_values = run_session(ref_session, feed, outputs=ref_fetch, label="the reference model")
+        for t, value in (*values.items(), *ref_values.items()):
+            check_finite(np.asarray(value), f"activation '{t}' on the calibration data (--calib)")
+        for t, acc in chan_accs.items():
+            acc.add(values[t])
+        for g in accs:
+            g.add_paired(values[g.tensor], ref_values[g.tensor])
+        samples += _batch_samples(feed)
+    if samples == 0:
+        raise CalibrationError("calibration data holds no samples; pass at least one batch")
+    return ActivationStats(channels={t: a.result() for t, a in chan_accs.items()},
+                           grams={g.name: g.result() for g in accs}, samples=samples)

@@ -196,7 +196,8 @@ def bn_channel_mean(beta: np.ndarray, gamma: np.ndarray, *, relu: bool) -> np.nd
 
 # -- masked re-fit (unstructured, N:M) -------------------------------------------------------------
 def masked_refit(w: np.ndarray, mask: np.ndarray, gram: np.ndarray, *, ridge: float = DEFAULT_RIDGE,
-                 method: str = "auto", max_iter: int = 200, tol: float = 1e-6) -> np.ndarray:
+                 method: str = "auto", max_iter: int = 200, tol: float = 1e-6,
+                 cross: np.ndarray | None = None) -> np.ndarray:
     """Re-fit each row's surviving weights, mask fixed, to reproduce the dense row's output.
 
     Per row ``o`` with kept set ``S``: ``w_S = (G_SS + λI)⁻¹ (G_S: w + λ w_S)`` — the least-squares fit
@@ -212,6 +213,8 @@ def masked_refit(w: np.ndarray, mask: np.ndarray, gram: np.ndarray, *, ridge: fl
         ridge: relative ridge (≥ 0).
         method: ``"auto"``, ``"direct"`` or ``"cg"``.
         max_iter: CG iteration cap; tol: CG relative residual target.
+        cross: ``(K, K)`` ``X̃ᵀX`` when the layer's input is ``X̃`` (``gram = X̃ᵀX̃``) but the target is the
+            output on another input ``X`` (sequential calibration: the dense model's); default ``gram``.
 
     Returns:
         ``(O, K)`` float64 weights, exactly zero outside ``mask``.
@@ -224,24 +227,24 @@ def masked_refit(w: np.ndarray, mask: np.ndarray, gram: np.ndarray, *, ridge: fl
     if method not in ("auto", "direct", "cg"):
         raise ConfigError(f"masked_refit method must be auto, direct or cg, got '{method}'")
     lam = _ridge_value(gram, ridge)
+    target = w @ (gram if cross is None else np.asarray(cross, dtype=np.float64).T)  # row o: (X̃ᵀX w_o)ᵀ
     if method == "auto":
         kept = mask.sum(axis=1).astype(np.float64)
         distinct = len({row.tobytes() for row in np.packbits(mask, axis=1)})
         flops = float(np.sum(kept**3)) / 3 * min(1.0, distinct / max(len(kept), 1)) + float(np.sum(kept**2))
         method = "direct" if flops <= _DIRECT_FLOPS else "cg"
     if method == "direct":
-        return _masked_direct(w, mask, gram, lam)
-    return _masked_cg(w, mask, gram, lam, max_iter=max_iter, tol=tol)
+        return _masked_direct(w, mask, gram, lam, target)
+    return _masked_cg(w, mask, gram, lam, target, max_iter=max_iter, tol=tol)
 
 
-def _masked_direct(w: np.ndarray, mask: np.ndarray, gram: np.ndarray, lam: float) -> np.ndarray:
+def _masked_direct(w: np.ndarray, mask: np.ndarray, gram: np.ndarray, lam: float, gw: np.ndarray) -> np.ndarray:
     out = np.zeros_like(w)
     packed = np.packbits(mask, axis=1)
     groups: dict[bytes, list[int]] = {}
     for i, row in enumerate(packed):
         groups.setdefault(row.tobytes(), []).append(i)
     index_groups = [np.asarray(rows, dtype=np.int64) for rows in groups.values()]
-    gw = w @ gram  # (O, K): row o is (G w_o)ᵀ
     for rows in index_groups:
         s = np.flatnonzero(mask[rows[0]])
         if s.size == 0:
@@ -252,7 +255,7 @@ def _masked_direct(w: np.ndarray, mask: np.ndarray, gram: np.ndarray, lam: float
     return out
 
 
-def _masked_cg(w: np.ndarray, mask: np.ndarray, gram: np.ndarray, lam: float, *, max_iter: int,
+def _masked_cg(w: np.ndarray, mask: np.ndarray, gram: np.ndarray, lam: float, gw: np.ndarray, *, max_iter: int,
                tol: float) -> np.ndarray:
     """Jacobi-preconditioned CG on all rows at once, each row restricted to its mask."""
     m = mask.astype(np.float64)
@@ -262,7 +265,7 @@ def _masked_cg(w: np.ndarray, mask: np.ndarray, gram: np.ndarray, lam: float, *,
         return (v @ gram + lam * v) * m
 
     x = w * m
-    rhs = (w @ gram + lam * w) * m
+    rhs = (gw + lam * w) * m
     r = rhs - apply(x)
     inv_diag = np.where(a_diag > 0, 1.0 / np.where(a_diag > 0, a_diag, 1.0), 0.0)
     z = r * inv_diag
@@ -502,7 +505,8 @@ def recover_sparse(
         sparse_rows = weight_rows(node, w_sparse.astype(np.float64), idx.opset)
         if method == "lstsq":
             new_rows = np.stack([
-                masked_refit(dense_rows[g], sparse_rows[g] != 0, gs.gram[g], ridge=ridge)
+                masked_refit(dense_rows[g], sparse_rows[g] != 0, gs.gram[g], ridge=ridge,
+                             cross=None if gs.cross is None else gs.cross[g])
                 for g in range(gs.groups)
             ])
             value = rows_to_weight(node, new_rows, w_dense.shape, idx.opset).astype(w_dense.dtype)

@@ -21,6 +21,10 @@ Why it is built this way:
 * **A hook for data-aware criteria.** ``scores`` replaces ``|W|`` by any array of the weight's shape
   (e.g. wanda's ``|W| * ||X||``); weights are found by :mod:`onnxprune.core.weights`, which the calibration
   code reuses, so both sides agree on names and reduction axes.
+* **A hook for methods that also update weights.** ``update`` (see :class:`WeightUpdate`) lets a method such
+  as SparseGPT choose each layer's zeros itself and change the surviving weights, while this module keeps
+  the selection of weights, the exact counts, the reports and the writing in one place. The count it is
+  given is the one magnitude sparsity would use, so the exactness promise is the same.
 
 The input model is never modified; a new ``ModelProto`` is returned in a :class:`SparsifyResult`.
 """
@@ -31,7 +35,7 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +59,26 @@ from onnxprune.core.weights import (
 log = logging.getLogger(__name__)
 
 SCOPES = ("layer", "global")
+
+
+@dataclass(frozen=True)
+class LayerTarget:
+    """What one weight must reach, as :data:`WeightUpdate` is told it.
+
+    Attributes:
+        zeros: unstructured: the exact number of entries to zero (already-zero entries count first).
+        nm: N:M: ``(n, m)``, keep ``n`` of every ``m`` consecutive entries along the reduction axes.
+    """
+
+    zeros: int | None = None
+    nm: tuple[int, int] | None = None
+
+
+#: ``update(pw, w, target) -> (mask, values)`` or ``None``: a method that picks the entries to zero (``mask``,
+#: True = zero; already-zero entries of ``w`` must be in it) and returns the new values of the others
+#: (``values``, in ``w``'s dtype and shape). ``None`` means "not for this weight": the ``scores`` (or ``|W|``)
+#: decide as usual.
+WeightUpdate = Callable[[PrunableWeight, np.ndarray, LayerTarget], "tuple[np.ndarray, np.ndarray] | None"]
 
 
 
@@ -420,25 +444,54 @@ def _output(source: ModelProto, weights: Sequence[PrunableWeight]) -> ModelProto
 
 
 def _apply(out: ModelProto, pw: PrunableWeight, w: np.ndarray, mask: np.ndarray, target: float,
-           zero_value: np.ndarray) -> LayerReport:
+           zero_value: np.ndarray, values: np.ndarray | None = None) -> LayerReport:
     """Write ``w`` with the ``mask``ed entries set to ``zero_value`` into ``out`` (``w`` is not modified).
 
     Entries that are already zero are left as they are (a ``-0.0`` keeps its sign bit), so a weight that
     needs no new zeros comes out bit-identical. ``mask`` is consumed (edited in place). ``zero_value`` is
-    ``0`` for a float weight and the (per-channel) zero point of a quantized one.
+    ``0`` for a float weight and the (per-channel) zero point of a quantized one. ``values`` (from a
+    :data:`WeightUpdate`) replaces the surviving entries; the zeros after are then counted on what is written.
     """
     flat = w.reshape(-1)
     fill = zero_value.reshape(-1) if zero_value.size == 1 else np.broadcast_to(zero_value, w.shape).reshape(-1)
     zero = flat == fill
     before = int(np.count_nonzero(zero))
     hit = mask.reshape(-1)
+    if values is not None:  # masked entries keep their old bits here (so a -0.0 stays), then hit zeroes them
+        flat = np.where(hit, flat, values.reshape(-1).astype(w.dtype, copy=False))
     hit &= ~zero
     del zero
-    data = little_endian_bytes(np.where(hit, fill[0] if fill.size == 1 else fill, flat))
+    written = np.where(hit, fill[0] if fill.size == 1 else fill, flat)
+    after = before + int(np.count_nonzero(hit)) if values is None else int(np.count_nonzero(written == fill))
+    data = little_endian_bytes(written)
+    del written
     set_weight_bytes(out, pw, data)  # the zeroed array is already freed when protobuf copies the bytes
     del data
-    return LayerReport(pw.name, pw.readers, pw.shape, pw.numel, before, before + int(np.count_nonzero(hit)),
-                       target)
+    return LayerReport(pw.name, pw.readers, pw.shape, pw.numel, before, after, target)
+
+
+def _restrict(sel: _Selection, only: Collection[str] | None) -> _Selection:
+    """``sel`` limited to the weights named in ``only`` (all of them for ``None``); the others are not
+    reported at all, so a caller pruning a model in several calls (stage by stage) reports each weight once."""
+    if only is None:
+        return sel
+    wanted = set(only)
+    return _Selection(tuple(pw for pw in sel.weights if pw.name in wanted), sel.skipped, sel.unmatched_exclude)
+
+
+def _updated(update: WeightUpdate | None, pw: PrunableWeight, w: np.ndarray, target: LayerTarget
+             ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Run ``update`` on one weight and check what it gives back: a bool mask and values of ``w``'s shape."""
+    if update is None:
+        return None
+    got = update(pw, w, target)
+    if got is None:
+        return None
+    mask, values = np.asarray(got[0]), np.asarray(got[1])
+    if mask.shape != w.shape or values.shape != w.shape or mask.dtype != np.bool_:
+        raise ConfigError(f"weight update for '{pw.name}' returned mask {mask.shape} ({mask.dtype}) and values "
+                          f"{values.shape}, expected a bool mask and values of shape {w.shape}")
+    return mask.copy(), values
 
 
 def sparsify(
@@ -450,6 +503,8 @@ def sparsify(
     exclude: Sequence[str] = (),
     min_size: int = 0,
     scores: Mapping[str, np.ndarray] | None = None,
+    update: WeightUpdate | None = None,
+    only: Collection[str] | None = None,
 ) -> SparsifyResult:
     """Zero the lowest-scoring weights of every prunable layer (unstructured sparsity).
 
@@ -466,6 +521,9 @@ def sparsify(
         min_size: weights with fewer elements are left dense (small layers are cheap and sensitive).
         scores: optional weight name → importance array of the weight's shape (higher = keep); default
             ``|W|``. Every covered weight needs an entry. Zero weights are pruned first regardless.
+        update: optional :data:`WeightUpdate` (layer scope only) that zeroes exactly the count it is given
+            and may change the surviving weights (SparseGPT); weights it declines fall back to ``scores``.
+        only: prune only the weights of these names (the others are left as they are and not reported).
 
     Returns:
         A :class:`SparsifyResult` with the new model and a per-layer report.
@@ -489,8 +547,10 @@ def sparsify(
     exclude = _check_patterns(exclude, "exclude")
     min_size = _check_min_size(min_size)
 
+    if update is not None and scope != "layer":
+        raise ConfigError("a weight update (sparsegpt) prunes each layer to its own exact count; use scope 'layer'")
     source = _source(model)
-    sel = _select(source, exclude, min_size, scores)
+    sel = _restrict(_select(source, exclude, min_size, scores), only)
     targets: dict[str, float | None] = {}
     used: set[str] = set()
     for pw in sel.weights:
@@ -506,8 +566,13 @@ def sparsify(
     reports: list[LayerReport] = []
     for pw in sel.weights:
         w = get_weight(source, pw, copy=False)
-        key = _score_key(pw, w, scores, zeros).ravel()
         target = targets[pw.name]
+        got = _updated(update, pw, w, LayerTarget(zeros=round(target * pw.numel))) if target is not None else None
+        if got is not None:
+            reports.append(_apply(out, pw, w, got[0], target, zeros.zero(pw, w), got[1]))  # type: ignore[arg-type]
+            del w, got
+            continue
+        key = _score_key(pw, w, scores, zeros).ravel()
         if target is not None:
             mask = _lowest_k(key, round(target * pw.numel))
         elif threshold is None:
@@ -577,6 +642,8 @@ def sparsify_nm(
     exclude: Sequence[str] = (),
     min_size: int = 0,
     scores: Mapping[str, np.ndarray] | None = None,
+    update: WeightUpdate | None = None,
+    only: Collection[str] | None = None,
 ) -> SparsifyResult:
     """Semi-structured N:M sparsity: in every group of ``m`` consecutive weights along the reduction axis,
     keep the ``n`` with the largest score.
@@ -593,6 +660,9 @@ def sparsify_nm(
         exclude: shell-style patterns (weight or node names) of weights to leave dense.
         min_size: weights with fewer elements are left dense.
         scores: optional weight name → importance array (higher = keep); default ``|W|``.
+        update: optional :data:`WeightUpdate` that picks each group's zeros itself and may change the
+            surviving weights (SparseGPT); weights it declines fall back to ``scores``.
+        only: prune only the weights of these names (the others are left as they are and not reported).
 
     Returns:
         A :class:`SparsifyResult` (``mode`` is ``"n:m"`` spelled as ``"2:4"``).
@@ -608,7 +678,7 @@ def sparsify_nm(
     exclude = _check_patterns(exclude, "exclude")
     min_size = _check_min_size(min_size)
     source = _source(model)
-    sel = _select(source, exclude, min_size, scores)
+    sel = _restrict(_select(source, exclude, min_size, scores), only)
     skipped = list(sel.skipped)
     chosen: list[PrunableWeight] = []
     for pw in sel.weights:
@@ -625,6 +695,11 @@ def sparsify_nm(
     reports: list[LayerReport] = []
     for pw in chosen:
         w = get_weight(source, pw, copy=False)
+        got = _updated(update, pw, w, LayerTarget(nm=(n, m)))
+        if got is not None:
+            reports.append(_apply(out, pw, w, got[0], (m - n) / m, zeros.zero(pw, w), got[1]))
+            del w, got
+            continue
         mask = _nm_mask(pw, _score_key(pw, w, scores, zeros), n, m)
         reports.append(_apply(out, pw, w, mask, (m - n) / m, zeros.zero(pw, w)))
         del w, mask
