@@ -113,7 +113,7 @@ class PruneConfig:
     min_channels: int = 1
     importance: str = "l2"
     grouped_conv: str = "within"  # grouped convs: "within" every group (group kept) or "whole" groups
-    remove_blocks: int = 0  # residual blocks (y = x + f(x)) removed first, lowest norm first (structured.depth)
+    remove_blocks: int = 0  # residual blocks (y = x + f(x)) removed first, lowest score first (structured.depth)
     seed: int = 0
     plan_in: str | None = None
     plan_out: str | None = None
@@ -179,7 +179,7 @@ class PruneConfig:
         if self.global_rank and "scope" in given and self.scope != "global":
             raise ConfigError(f"{opt('global_rank')} and {setting('scope', self.scope)} contradict each other; "
                               f"use {setting('scope', 'global')}")
-        if mode == "structured":  # one idea, one option: global_rank is scope="global" in structured mode
+        if mode in ("structured", "depth"):  # one idea, one option: global_rank is scope="global" in structured mode
             scope = "global" if self.global_rank else self.scope
             object.__setattr__(self, "scope", scope)
             object.__setattr__(self, "global_rank", scope == "global")
@@ -187,11 +187,13 @@ class PruneConfig:
             self.validate_options()  # again for the mode inferred (N:M pattern, recovery without data)
         check_applicable(given, {f.name: getattr(self, f.name) for f in fields(self)})
         if not self.plan_in:
-            from onnxprune.recovery.data_criteria import DATA_CRITERIA
+            from onnxprune.recovery.data_criteria import DATA_CRITERIA, GROUP_ONLY_CRITERIA
             from onnxprune.structured.importance import available_criteria
 
+            data = DATA_CRITERIA if mode in ("structured", "depth") else tuple(c for c in DATA_CRITERIA
+                                                                    if c not in GROUP_ONLY_CRITERIA)
             check_importance(self.importance, mode, has_calib=bool(self.calib),
-                             weight_criteria=available_criteria(), data_criteria=DATA_CRITERIA)
+                             weight_criteria=available_criteria(), data_criteria=data)
             check_sequential({f.name: getattr(self, f.name) for f in fields(self)})
 
     @property
@@ -248,7 +250,7 @@ class PruneConfig:
         if self.recover is not None and self.recover not in RECOVERY:
             raise ConfigError(f"{opt('recover')} must be one of {', '.join(RECOVERY)}, got '{self.recover}'")
         if self.recover in ("bias", "lstsq") and not self.calib and not (
-                self.recover == "bias" and self.mode == "structured"):
+                self.recover == "bias" and self.mode in ("structured", "depth")):
             raise ConfigError(f"{setting('recover', self.recover)} needs calibration data; "
                               f"pass {opt('calib')} data.npz")
         _unit(opt("target_macs"), self.target_macs, closed_top=True, open_bottom=True)

@@ -26,25 +26,25 @@ from onnxprune.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MODES = ("structured", "unstructured", "nm", "width")
+MODES = ("structured", "unstructured", "nm", "width", "depth")
 
 #: The modes that read each mode-specific option (options not listed apply to every mode).
 MODES_OF: dict[str, tuple[str, ...]] = {
     "sparsity": ("unstructured",),
     "layer_sparsity": ("unstructured",),
-    "scope": ("structured", "unstructured"),
+    "scope": ("structured", "unstructured", "depth"),
     "min_size": ("unstructured", "nm"),
     "nm": ("nm",),
     "sparse_storage": ("unstructured", "nm"),
-    "ratio": ("structured", "width"),
-    "global_rank": ("structured",),
-    "round_to": ("structured",),
-    "min_channels": ("structured",),
-    "grouped_conv": ("structured",),
-    "remove_blocks": ("structured",),
+    "ratio": ("structured", "width", "depth"),
+    "global_rank": ("structured", "depth"),
+    "round_to": ("structured", "depth"),
+    "min_channels": ("structured", "depth"),
+    "grouped_conv": ("structured", "depth"),
+    "remove_blocks": ("structured", "depth"),
     "plan_in": ("structured",),
     "plan_out": ("structured",),
-    "target_macs": ("structured",),
+    "target_macs": ("structured", "depth"),
     "target_params": ("structured",),
     "max_error": ("structured",),
     "target_speedup": ("structured",),
@@ -246,6 +246,9 @@ def check_applicable(given: Iterable[str], values: Mapping[str, Any]) -> None:
         if param in given and not any(values.get(e) or (e == "bench" and auto) for e in enablers):
             needed = " or ".join(opt(e) for e in enablers)
             raise ConfigError(f"{opt(param)} applies only with {needed}; add it or drop {opt(param)}")
+    if mode == "depth" and bool(values.get("remove_blocks")) == (values.get("target_macs") is not None):
+        raise ConfigError(f"{setting('mode', 'depth')} removes whole residual blocks: give {opt('remove_blocks')} N "
+                          f"or {opt('target_macs')} F (one of the two)")
     if mode == "width" and not values.get("calib"):
         raise ConfigError(f"{setting('mode', 'width')} is not exact and re-fits the stream's readers on calibration "
                           f"data; pass {opt('calib')} data.npz")
@@ -267,7 +270,7 @@ def check_importance(name: str, mode: str, *, has_calib: bool, weight_criteria: 
     Raises:
         ConfigError: unknown, not for this mode, or data-aware without calibration data.
     """
-    structured = mode in ("structured", "width")
+    structured = mode in ("structured", "width", "depth")
     data = tuple(data_criteria) + (() if structured else SPARSE_DATA_CRITERIA)
     weights = tuple(c for c in weight_criteria if c not in data) if structured else SPARSE_WEIGHT_CRITERIA
     valid = f"{', '.join(weights)} (weights only) or {', '.join(data)} (with {opt('calib')})"

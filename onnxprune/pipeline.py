@@ -138,7 +138,7 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
     nbytes = model_nbytes(original)
     config = default_widths(config, nbytes)
     bench_on = bench_wanted(config, stats_before.macs, nbytes)
-    if config.mode == "structured":
+    if config.mode in ("structured", "depth"):  # depth: blocks removed, then channels only at a ratio given
         pruned, exact_reference, plan, extra = _run_structured(original, config, warnings, scratch, bench_on)
     elif config.mode == "width":  # not exact (LayerNorm over fewer channels): drift is measured, not proven
         from onnxprune.recovery.slicegpt import prune_stream_width
@@ -280,18 +280,21 @@ def _settings(config: PruneConfig) -> dict[str, Any]:
         "structured": ("ratio", "importance", "global_rank", "round_to", "min_channels", "seed", "exclude",
                        "plan_in", "target_macs", "target_params", "max_error", "remove_blocks", "target_speedup",
                        "target_latency"),
+        "depth": ("remove_blocks", "target_macs", "ratio", "importance", "exclude"),
         "unstructured": ("sparsity", "scope", "layer_sparsity", "min_size", "exclude", "importance", "sequential"),
         "nm": ("nm", "min_size", "exclude", "importance", "sequential"),
         "width": ("ratio", "importance"),
     }[config.mode]
     settings = {k: getattr(config, k) for k in keys}
+    if config.mode == "depth" and "ratio" not in config.given:
+        settings["ratio"] = 0.0  # depth alone: no channel is cut
     settings["calib"] = config.calib
     settings["recover"] = config.recovery
     return settings
 
 
 def _size_report(config: PruneConfig, before: ModelStats, after: ModelStats) -> dict[str, Any]:
-    nonzero = config.mode not in ("structured", "width")
+    nonzero = config.mode not in ("structured", "width", "depth")
     return {
         "params_before": before.nonzero_params if nonzero else before.params,
         "params_after": after.nonzero_params if nonzero else after.params,
@@ -373,7 +376,7 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
 
     plan_in = PrunePlan.load(config.plan_in) if config.plan_in else None
     depth: dict[str, Any] = {}
-    if config.remove_blocks:
+    if config.remove_blocks or config.mode == "depth":
         original, depth = _remove_blocks(original, config)
     # A saved plan's groups are those of the grouped-conv mode it was made with.
     grouped_conv = str(plan_in.meta.get("grouped_conv", config.grouped_conv)) if plan_in else config.grouped_conv
@@ -381,14 +384,17 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
     names = [n.name for n in original.graph.node] + [t.name for t in original.graph.initializer]
     _warn_unmatched([p for p in config.exclude if not matches_any(names, (p,))], warnings, "--exclude")
     group_ratios = None
-    if config.target_macs or config.target_params:
+    if (config.target_macs or config.target_params) and config.mode == "structured":  # depth: budgets blocks
         from onnxprune.recovery.budget import allocate_budget
 
         group_ratios = allocate_budget(original, dg, config)
     ratio = 0.0 if group_ratios is not None else config.ratio  # a budget sets every group's ratio itself
+    depth_only = config.mode == "depth" and "ratio" not in config.given  # a ratio asks for width pruning too
+    ratio = 0.0 if depth_only else ratio
     latency, target = None, None
     targets = config.target_speedup or config.target_latency
-    if config.round_to == "auto" or bench_on or targets:  # widths chosen by, predictions from, measured latency
+    # widths chosen by, predictions from, measured latency (none to choose when only blocks go)
+    if (config.round_to == "auto" and not depth_only) or bench_on or targets:
         from onnxprune.speed import latency_model
 
         latency = latency_model(original, dg, config)
@@ -433,18 +439,30 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
 
 
 def _remove_blocks(original: ModelProto, config: PruneConfig) -> tuple[ModelProto, dict[str, Any]]:
-    """Remove ``config.remove_blocks`` residual branches, proven against their oracle when validating."""
-    from onnxprune.structured.depth import choose_branches, depth_reference, remove_branches, residual_branches
+    """Remove ``config.remove_blocks`` residual branches (depth mode: or the fewest that meet ``target_macs``),
+    proven against their oracle when validating."""
+    from onnxprune.structured.depth import (
+        choose_branches,
+        choose_for_macs,
+        depth_reference,
+        remove_branches,
+        residual_branches,
+    )
 
     branches = residual_branches(original)
     scores = [b.score for b in branches]
     criterion = "norm of the last projection"
-    if config.calib and 0 < config.remove_blocks <= len(branches):
+    by_macs = config.mode == "depth" and config.target_macs is not None
+    if config.calib and branches and (by_macs or 0 < config.remove_blocks <= len(branches)):
         from onnxprune.recovery.block_influence import block_influence
 
         scores = block_influence(original, branches, config.calib, provider=config.providers[0])
         criterion = "block influence (1 - cosine of the stream before and after, on --calib)"
-    chosen = choose_branches(branches, config.remove_blocks, scores=scores)
+    if by_macs:
+        chosen, _ = choose_for_macs(original, branches, float(config.target_macs or 1.0), scores=scores,
+                                    dims=config.dims)
+    else:
+        chosen = choose_branches(branches, config.remove_blocks, scores=scores)
     model = remove_branches(original, chosen)
     score_of = {b.add: s for b, s in zip(branches, scores, strict=True)}
     report: dict[str, Any] = {"criterion": criterion,

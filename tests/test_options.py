@@ -172,7 +172,8 @@ def test_prune_takes_a_dict_of_options(mlp_file: Path) -> None:
     (lambda: PruneConfig(round_to=2.5), r"^round_to must be auto or an integer"),
     (lambda: PruneConfig(0.3), r"keyword arguments only"),  # type: ignore[misc]
     (lambda: PruneConfig(ratio=1.0), r"^ratio must be in \[0, 1\), got 1.0$"),
-    (lambda: PruneConfig(mode="sparse"), r"^mode must be one of structured, unstructured, nm, width, got 'sparse'$"),
+    (lambda: PruneConfig(mode="sparse"),
+     r"^mode must be one of structured, unstructured, nm, width, depth, got 'sparse'$"),
     (lambda: PruneConfig(exclude=["a", 3]), r"^exclude must be a string"),  # type: ignore[list-item]
     (lambda: PruneConfig(validate="no"), r"^validate must be True or False"),  # type: ignore[arg-type]
 ])

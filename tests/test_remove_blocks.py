@@ -44,7 +44,7 @@ def test_depth_only_removes_a_resnet_block(tmp_path: Path, capsys: pytest.Captur
 @pytest.mark.parametrize(("flags", "message"), [
     (["--remove-blocks", "9"], "cannot remove 9 residual blocks: the model has 5 removable ones"),
     (["--remove-blocks", "-1"], "--remove-blocks must be an integer >= 0"),
-    (["--remove-blocks", "1", "--sparsity", "0.5"], "--remove-blocks (--mode structured)"),
+    (["--remove-blocks", "1", "--sparsity", "0.5"], "--remove-blocks (--mode structured or --mode depth)"),
 ])
 def test_bad_remove_blocks_is_one_line(flags: list[str], message: str, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:

@@ -69,14 +69,40 @@ def run(args: argparse.Namespace) -> int:
                 print(f"      layers: {', '.join(g['layers']) or '-'}")
                 for m in g["members"]:
                     print(f"      {m}")
-    blocks = summary.get("residual_blocks")
-    if blocks:
-        print(f"residual blocks: {len(blocks)} removable with --remove-blocks (smallest norm of the last "
-              f"projection goes first)")
-        for b in sorted(blocks, key=lambda b: b["score"]):
-            print(f"  {short(b['add'], 44):<44} last {short(b['last'], 40):<40} norm {b['score']:.3g}")
+    _print_blocks(summary)
     for reason in summary.get("unanalysed", []):
         print(f"  not analysed: {reason}")
     if summary.get("analysis_error"):
         print(f"structured analysis unavailable: {summary['analysis_error']}")
     return 0
+
+
+def _print_blocks(summary: dict) -> None:
+    """Attention blocks and residual branches, one line each (readable on a 12-layer model)."""
+    attention = summary.get("attention_blocks") or []
+    if attention:
+        ok = sum(1 for a in attention if a["prunable"])
+        print(f"attention blocks: {len(attention)} ({ok} prunable by whole heads)")
+        for a in attention:
+            if a["heads"] is None:
+                print(f"  {short(a['softmax'], 40):<40} blocked: {_clip(a['why'], 90)}")
+                continue
+            kv = f", {a['kv_heads']} kv heads (cut by kv group)" if a["unit"] == "kv groups" else ""
+            state = f"prunable (group {a['group']})" if a["prunable"] else f"blocked: {_clip(a['why'], 60)}"
+            print(f"  {short(a['output_projection'], 40):<40} {a['heads']} heads x {a['head_dim']}{kv}  {state}")
+    blocks = summary.get("residual_blocks") or []
+    if blocks:
+        removable = sorted((b for b in blocks if b["removable"]), key=lambda b: b["score"])
+        kept = [b for b in blocks if not b["removable"]]
+        print(f"residual blocks: {len(removable)} removable with --remove-blocks or --mode depth (smallest norm "
+              f"of the last projection first), {len(kept)} not")
+        for b in removable + kept:
+            what = f"{b['kind']:<9} {b['nodes']:>4} nodes  from {short(b['start'], 32):<32}"
+            state = f"last {short(b['last'], 32)} norm {b['score']:.3g}" if b["removable"] else \
+                f"kept: {_clip(b['why'], 60)}"
+            print(f"  {short(b['add'], 32):<32} {what} {state}")
+
+
+def _clip(text: str, width: int) -> str:
+    """A reason cut to ``width`` characters, keeping its start (where it names the node and the cause)."""
+    return text if len(text) <= width else text[:width - 3] + "..."

@@ -37,15 +37,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "--sparsity, --layer-sparsity or --nm without --mode select that mode (and say so).")
     p.add_argument("model", help="input .onnx file (never modified)")
     p.add_argument("-o", "--output", required=True, help="output .onnx file (written only if every check passes)")
-    p.add_argument("--mode", choices=["structured", "unstructured", "nm", "width"], default=None,
-                   help=f"remove channels, zero single weights, N:M patterns, or the residual stream's width "
-                        f"(width: not exact, needs --calib) (default {d('mode')})")
+    p.add_argument("--mode", choices=["structured", "unstructured", "nm", "width", "depth"], default=None,
+                   help=f"remove channels, zero single weights, N:M patterns, the residual stream's width "
+                        f"(width: not exact, needs --calib), or whole residual blocks (depth: --remove-blocks N or "
+                        f"--target-macs F, then channels too with --ratio) (default {d('mode')})")
     p.add_argument("--scope", choices=["layer", "global"], default=None,
                    help="structured/unstructured: rank within each channel group/layer, or all together under "
                         f"one global threshold (default {d('scope')})")
     p.add_argument("--importance", default=None,
                    help=f"criterion (default {d('importance')}): structured l1, l2, fpgm, bn_scale, random; "
                         "unstructured/nm magnitude (= l1 = l2); with --calib: activation, apoz, wanda; "
+                        "structured with --calib: ablation (attention heads: output error with the head silenced); "
                         "unstructured/nm with --calib: sparsegpt (zeros and weight updates from each layer's "
                         "input Gram matrix)")
     p.add_argument("--seed", type=int, default=None,
@@ -76,7 +78,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         f"or remove whole groups (whole) (default {d('grouped_conv')})")
     s.add_argument("--remove-blocks", type=int, default=None, metavar="N",
                    help="first remove N residual blocks (y = x + f(x) -> x), those whose last projection has the "
-                        "smallest norm; then cut channels at --ratio (0 for depth only)")
+                        "smallest norm (with --calib: the smallest block influence); then cut channels at --ratio "
+                        "(0, or --mode depth without --ratio, for depth only)")
     s.add_argument("--plan-in", help="apply a saved plan instead of ranking channels")
     s.add_argument("--plan-out", help="save the plan (kept channels per group) as JSON")
     p.add_argument("--exclude", action="append", default=None, metavar="PATTERN",
@@ -89,7 +92,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="unstructured/nm with --calib: measure each layer on the model already pruned (and "
                         "re-fitted) before it, one calibration pass per stage of layers (default: one pass on "
                         "the dense model)")
-    c.add_argument("--target-macs", type=float, help="keep at most this fraction of MACs (default: no budget)")
+    c.add_argument("--target-macs", type=float,
+                   help="keep at most this fraction of MACs (default: no budget); with --mode depth, by removing "
+                        "the fewest lowest-scored residual blocks")
     c.add_argument("--target-params", type=float,
                    help="keep at most this fraction of parameters (default: no budget)")
     c.add_argument("--target-speedup", type=float, metavar="X",

@@ -36,13 +36,13 @@ def dry_run(model: str, config: PruneConfig, *, quiet: bool = False) -> int:
     if quiet:
         return 0
     print(f"dry run of onnxprune prune --mode {report['mode']} on {model}: nothing was written")
-    if report["mode"] == "structured":
+    if report["mode"] in ("structured", "depth"):
         for block in (report.get("depth") or {}).get("removed_blocks", []):
             print(f"  residual block {block['add']} removed (last projection {block['last']})")
         _print_groups(report)
     else:
         _print_layers(report)
-    kind = "params" if report["mode"] == "structured" else "params (non-zero)"
+    kind = "params" if report["mode"] in ("structured", "depth") else "params (non-zero)"
     for label, key in ((kind, "params"), ("MACs (batch 1)", "macs")):
         before, after = report[f"{key}_before"], report[f"{key}_after"]
         share = f" ({after / before:.1%} kept)" if before else ""

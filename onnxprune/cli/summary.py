@@ -42,7 +42,7 @@ def _rows(label: str, texts: Sequence[str]) -> list[str]:
 def size_lines(report: Mapping[str, Any]) -> list[str]:
     """Params, MACs and file size before/after; ``kept`` is after / before (``--ratio`` is the share removed)."""
     rows = [
-        ("params" + (" (non-zero)" if report["mode"] not in ("structured", "width") else ""),
+        ("params" + (" (non-zero)" if report["mode"] not in ("structured", "width", "depth") else ""),
          report["params_before"], report["params_after"]),
         ("MACs (batch 1)", report["macs_before"], report["macs_after"]),
         ("file size (bytes)", report["file_size_before"], report["file_size_after"]),

@@ -10,6 +10,12 @@ is. Three criteria, usable for structured, unstructured and N:M pruning:
   important (structured score ``1 − APoZ``; sparse: ``|W| × (1 − APoZ_j)``).
 * ``wanda`` — ``|W| × ‖x_j‖₂`` (Sun et al., 2023): per weight for sparse pruning; for a structured channel
   the sum of this score over every weight that reads the channel in its consumers (sinks).
+* ``ablation`` — attention heads only: the output error when the head alone is silenced (one pass per head);
+  other groups are scored by ``activation`` (the plan records the fallback).
+
+An attention head group (whole heads as root channels) scored by ``activation`` or ``ablation`` gets the
+head measures of :mod:`onnxprune.recovery.head_criteria`: a head's output norm as the output projection sees
+it, or the error when it is silenced.
 
 Statistics come from :func:`onnxprune.recovery.calibrate.collect_stats`, one onnxruntime pass per call.
 """
@@ -29,7 +35,9 @@ from onnxprune.core.ir import GraphIndex, attr
 from onnxprune.core.quant import dequantize
 from onnxprune.core.weights import PrunableWeight, find_prunable_weights, get_weight
 from onnxprune.recovery.calibrate import GRAM_OPS, ActivationStats, ChannelStats, collect_stats
+from onnxprune.recovery.head_criteria import head_ablation, head_output_norm, head_sinks
 from onnxprune.structured.analysis import ChannelGroup, DependencyGraph, ParamCut
+from onnxprune.structured.attention import attention_heads
 from onnxprune.structured.axes import ChannelAxis
 from onnxprune.structured.importance import (
     ImportanceContext,
@@ -43,7 +51,9 @@ from onnxprune.structured.importance import (
 log = logging.getLogger(__name__)
 
 #: The data-aware criteria, by the name used with ``--importance``.
-DATA_CRITERIA = ("activation", "apoz", "wanda")
+DATA_CRITERIA = ("activation", "apoz", "wanda", "ablation")
+#: Data-aware criteria that score only structured channel groups (no per-weight score for sparse modes).
+GROUP_ONLY_CRITERIA = ("ablation",)
 
 
 def check_criterion(criterion: str) -> str:
@@ -139,6 +149,9 @@ def sparse_scores(
         >>> sparsify("mlp.onnx", sparsity=0.7, scores=scores)  # doctest: +SKIP
     """
     check_criterion(criterion)
+    if criterion in GROUP_ONLY_CRITERIA:
+        raise ConfigError(f"criterion '{criterion}' scores attention heads, not single weights; use one of "
+                          f"{', '.join(c for c in DATA_CRITERIA if c not in GROUP_ONLY_CRITERIA)}")
     if comparison not in ("output", "layer"):
         raise ConfigError(f"comparison must be 'output' or 'layer', got '{comparison}'")
     m = load_model(model, check=False)
@@ -225,6 +238,10 @@ def _weight_score(model: ModelProto, idx: GraphIndex, pw: PrunableWeight, nodes:
 # -- structured criteria (channel groups) ----------------------------------------------------------
 #: Key of :attr:`onnxprune.structured.importance.ImportanceContext.statistics` holding the :class:`ActivationStats`.
 STATS_KEY = "activations"
+#: Key of the calibration data itself (an npz path or a list of feed dicts), for criteria that run the model.
+DATA_KEY = "calibration_data"
+#: Key of the ablation errors already measured, by group id (budgets plan many times with the same statistics).
+ABLATION_KEY = "ablation_errors"
 
 
 def group_activation_slots(dg: DependencyGraph) -> dict[str, int]:
@@ -251,15 +268,23 @@ def collect_group_stats(
 ) -> dict[str, object]:
     """Calibrate once for the structured data criteria; pass the result as ``statistics=``.
 
+    Besides the channel statistics, the Gram of each attention output projection's input is collected (the
+    head output norm reads it), and the data are kept for criteria that run the model (``ablation``).
+
     Returns:
-        ``{"activations": ActivationStats}`` ready for :class:`~onnxprune.structured.importance.ImportanceContext`.
+        ``{"activations": ActivationStats, "calibration_data": data}`` ready for
+        :class:`~onnxprune.structured.importance.ImportanceContext`.
 
     Example:
         >>> stats = collect_group_stats(model, dg, "calib.npz")  # doctest: +SKIP
         >>> ctx = ImportanceContext(model, dg, statistics=stats)  # doctest: +SKIP
     """
-    return {STATS_KEY: collect_stats(model, data, tensors=group_activation_slots(dg), batch_size=batch_size,
-                                     max_samples=max_samples)}
+    if not isinstance(data, (str, os.PathLike)):
+        data = list(data)  # read twice: once here, once per ablated block
+    heads = [c.node for g in dg.prunable_groups if attention_heads(g) for c in head_sinks(g)]
+    stats = collect_stats(model, data, tensors=group_activation_slots(dg), batch_size=batch_size,
+                          max_samples=max_samples, gram_for=list(dict.fromkeys(heads)))
+    return {STATS_KEY: stats, DATA_KEY: data, ABLATION_KEY: {}}
 
 
 def _stats(ctx: ImportanceContext, criterion: str) -> ActivationStats:
@@ -304,10 +329,43 @@ def _group_channel_score(group: ChannelGroup, ctx: ImportanceContext, criterion:
 structured_statistics = collect_group_stats
 
 
+def _head_weights(group: ChannelGroup, ctx: ImportanceContext) -> dict[str, np.ndarray]:
+    return {c.tensor: np.asarray(ctx.weight(c.tensor), dtype=np.float64) for c in head_sinks(group)}
+
+
 @register_criterion("activation")
 def activation_importance(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
-    """Mean |activation| of each channel where its consumers read it (needs calibration data)."""
+    """Mean |activation| of each channel where its consumers read it (needs calibration data).
+
+    A group of attention heads is scored by each head's output norm as the output projection sees it
+    (:func:`~onnxprune.recovery.head_criteria.head_output_norm`), which weighs the head's activations by the
+    rows they are multiplied by.
+    """
+    if attention_heads(group):
+        norms = head_output_norm(group, _head_weights(group, ctx), _stats(ctx, "activation"))
+        if norms is not None:
+            return normalize(norms)
+        log.info("group %d: no Gram of its output projection; heads scored by their channels' mean |x|", group.id)
     return _group_channel_score(group, ctx, "activation")
+
+
+@register_criterion("ablation")
+def ablation_importance(group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
+    """Attention heads: the output error when each head alone is silenced; other groups: ``activation``.
+
+    The fallback is recorded per group by :func:`~onnxprune.structured.importance.criterion_used`.
+    """
+    statistics = ctx.statistics or {}
+    data, cache = statistics.get(DATA_KEY), statistics.get(ABLATION_KEY)
+    if attention_heads(group) and data is not None:
+        errors = cache.get(group.id) if isinstance(cache, dict) else None
+        if errors is None:
+            errors = head_ablation(group, ctx.model, data)  # type: ignore[arg-type]
+            if isinstance(cache, dict):
+                cache[group.id] = errors
+        if errors is not None:
+            return normalize(errors)
+    return activation_importance(group, ctx)
 
 
 @register_criterion("apoz")

@@ -74,8 +74,11 @@ def analyze_summary(source: str | os.PathLike[str] | ModelProto, *, dims: dict[s
             summary.update(describe_groups(model, dims=dims))
         except OnnxPruneError as exc:
             summary["analysis_error"] = str(exc)
-        from onnxprune.structured.depth import residual_branches
+        from onnxprune.structured.depth import residual_joins
 
-        summary["residual_blocks"] = [{"add": b.add, "last": b.last, "score": b.score, "nodes": b.nodes}
-                                      for b in residual_branches(model)]
+        summary["residual_blocks"] = [
+            {"add": j.add, "start": j.start, "stream": j.stream, "kind": j.kind, "nodes": j.nodes,
+             "removable": j.branch is not None, "last": j.branch.last if j.branch else None,
+             "score": j.branch.score if j.branch else None, "why": j.why}
+            for j in residual_joins(model)]
     return summary

@@ -19,10 +19,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import ModelProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, helper, numpy_helper
 
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.ir import GraphIndex, node_label
+from onnxprune.core.stats import model_stats
 from onnxprune.core.weights import copy_model_without_weights
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,38 @@ def _learned_activations(index: GraphIndex) -> set[str]:
     return learned
 
 
-def _branch_nodes(index: GraphIndex, out: str, stream: str, learned: set[str]) -> list | None:
-    """Nodes computing ``out`` from ``stream``, constants and side inputs (None: not a residual branch).
+@dataclass(frozen=True)
+class ResidualJoin:
+    """An Add where a branch computed from the stream joins it again, removable or not (``analyze`` lists these).
+
+    Attributes:
+        add: the joining Add node.
+        stream: ``x``, the tensor that goes on.
+        start: where the branch starts: the node producing ``x`` (or ``input NAME``).
+        kind: ``attention`` (has a Softmax), ``mlp`` (MatMul/Gemm), ``conv`` or ``other``.
+        nodes: how many nodes compute the branch (counted up to :data:`MAX_BRANCH_NODES`).
+        branch: the removable branch, or None.
+        why: why it is not removable (empty when it is).
+    """
+
+    add: str
+    stream: str
+    start: str
+    kind: str
+    nodes: int
+    branch: ResidualBranch | None
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class _Walk:
+    nodes: list
+    reads_stream: bool
+    why: str  # why the nodes are no residual branch ("" when they are)
+
+
+def _walk(index: GraphIndex, out: str, stream: str, learned: set[str]) -> _Walk:
+    """The nodes computing ``out`` back to ``stream``, constants and side inputs, and why they are no branch.
 
     Side inputs are what attention reads besides the stream: graph inputs (an attention mask, position ids),
     values computed from them and from shapes alone (masks, rotary tables), and ``Shape`` reads. What makes a
@@ -113,12 +144,13 @@ def _branch_nodes(index: GraphIndex, out: str, stream: str, learned: set[str]) -
     """
     inputs = {i.name for i in index.graph.input} - set(index.initializers)
     if stream not in learned and stream not in inputs:
-        return None  # a processed mask or other side value is not a residual stream
+        return _Walk([], False, "a side value, not a residual stream")
     upstream = (_data_ancestors(index, stream) & learned) - {stream}
     seen: dict[int, object] = {}
     stack = [out]
     visited: set[str] = set()
     reads_stream = False
+    why = ""
     while stack:
         t = stack.pop()
         if t in visited:
@@ -130,27 +162,36 @@ def _branch_nodes(index: GraphIndex, out: str, stream: str, learned: set[str]) -
         if t in inputs or (index.is_constant(t) and t in index.initializers):
             continue
         if t in upstream:
-            return None  # an earlier activation of the stream's path
+            why = why or f"the branch also reads '{t}', an earlier activation of the stream's path"
+            continue
         node = index.producer.get(t)
         if node is None:
-            return None
+            why = why or f"the branch reads '{t}', which no node computes"
+            continue
         if id(node) not in seen:
             seen[id(node)] = node
             if len(seen) > MAX_BRANCH_NODES:
-                return None
+                return _Walk(list(seen.values()), reads_stream, f"the branch has more than {MAX_BRANCH_NODES} nodes")
             if node.op_type != "Shape":
                 stack.extend(i for i in node.input if i)
-    return list(seen.values()) if reads_stream else None
+    return _Walk(list(seen.values()), reads_stream, why)
 
 
-def _last_projection(index: GraphIndex, out: str) -> tuple[str, list[tuple[str, int]]] | None:
-    """The last weighted node before ``out`` and the constant slots to zero so that ``out`` is zero."""
+def _branch_nodes(index: GraphIndex, out: str, stream: str, learned: set[str]) -> list | None:
+    """Nodes computing ``out`` from ``stream``, constants and side inputs (None: not a residual branch)."""
+    walk = _walk(index, out, stream, learned)
+    return walk.nodes if walk.reads_stream and not walk.why else None
+
+
+def _last_projection(index: GraphIndex, out: str) -> tuple[str, list[tuple[str, int]]] | str:
+    """The last weighted node before ``out`` and the constant slots to zero so that ``out`` is zero, or why
+    there is none."""
     zero: list[tuple[str, int]] = []
     t = out
     for _ in range(32):
         node = index.producer.get(t)
         if node is None:
-            return None
+            return f"it ends at graph input '{t}' before any weighted layer"
         data = node.input if node.op_type in ("Add", "Mul", "MatMul", "Gemm", "Conv") else node.input[:1]
         consts = [i for i in data if i and index.is_constant(i)]
         acts = [i for i in data if i and not index.is_constant(i)]
@@ -158,43 +199,78 @@ def _last_projection(index: GraphIndex, out: str) -> tuple[str, list[tuple[str, 
                 and acts[0] == node.input[0]:
             zero.extend((node.output[0], k) for k in range(1, len(node.input)) if node.input[k])
             return node.name or node.output[0], zero
-        if node.op_type not in _ZERO_TAIL or len(acts) != 1:
-            return None
+        if node.op_type not in _ZERO_TAIL:
+            return f"its last op {node_label(node)} does not give zero for zero input"
+        if len(acts) != 1:
+            return f"{node_label(node)} after its last layer reads {len(acts)} activations"
         if node.op_type == "BatchNormalization":
             zero.extend((node.output[0], k) for k in (1, 2))
         elif node.op_type in ("Add", "Mul"):
             zero.extend((node.output[0], k) for k, i in enumerate(node.input) if i in consts)
         t = acts[0]
-    return None
+    return "no weighted layer within 32 ops of the join"
+
+
+def _kind(nodes: list) -> str:
+    ops = {n.op_type for n in nodes}
+    if "Softmax" in ops:
+        return "attention"
+    if "Conv" in ops:
+        return "conv"
+    return "mlp" if ops & {"MatMul", "Gemm"} else "other"
+
+
+def _examine(index: GraphIndex, node: NodeProto, out: str, stream: str, learned: set[str]
+             ) -> tuple[_Walk, ResidualBranch | str]:
+    """The branch ``out`` joining ``stream`` at Add ``node``: removable, or why not."""
+    walk = _walk(index, out, stream, learned)
+    if walk.why:
+        return walk, walk.why
+    if len(index.consumers.get(out, [])) != 1 or out in index.graph_outputs:
+        return walk, f"the branch output '{out}' is also read elsewhere"
+    last = _last_projection(index, out)
+    if isinstance(last, str):
+        return walk, last
+    zero = tuple(dict.fromkeys(last[1]))
+    weight = [index.const_value(index.producer[o].input[k]) for o, k in zero]
+    if any(w is None for w in weight):
+        return walk, f"a constant of the tail after {last[0]} cannot be read"
+    score = float(np.sqrt(sum(float(np.sum(np.square(w, dtype=np.float64))) for w in weight if w is not None)))
+    return walk, ResidualBranch(node.name or node.output[0], stream, out, node.output[0], last[0], zero, score,
+                                len(walk.nodes))
+
+
+def residual_joins(model: ModelProto) -> list[ResidualJoin]:
+    """Every Add where a branch with a weighted layer, computed from one input, joins it again (graph order,
+    removable or not; a GELU's ``x + 0.044715 x³`` is no block)."""
+    index = GraphIndex(model)
+    learned = _learned_activations(index)
+    result: list[ResidualJoin] = []
+    for node in index.graph.node:
+        if node.op_type != "Add" or len(node.input) != 2 or any(index.is_constant(i) for i in node.input):
+            continue
+        found: list[tuple[str, _Walk, ResidualBranch | str]] = []
+        for side in (0, 1):
+            out, stream = node.input[side], node.input[1 - side]
+            walk, outcome = _examine(index, node, out, stream, learned)
+            if walk.reads_stream and any(n.op_type in _WEIGHTED for n in walk.nodes):  # a block has a layer
+                found.append((stream, walk, outcome))
+        if not found:
+            continue
+        stream, walk, outcome = next((f for f in found if isinstance(f[2], ResidualBranch)), found[0])
+        producer = index.producer.get(stream)
+        start = (producer.name or producer.output[0]) if producer is not None else f"input {stream}"
+        branch = outcome if isinstance(outcome, ResidualBranch) else None
+        if branch is None:
+            log.debug("%s: not removable: %s", node_label(node), outcome)
+        result.append(ResidualJoin(node.name or node.output[0], stream, start, _kind(walk.nodes), len(walk.nodes),
+                                   branch, "" if branch is not None else str(outcome)))
+    return result
 
 
 def residual_branches(model: ModelProto) -> list[ResidualBranch]:
     """Every removable residual branch, in graph order."""
-    index = GraphIndex(model)
-    learned = _learned_activations(index)
-    result: list[ResidualBranch] = []
-    for node in index.graph.node:
-        if node.op_type != "Add" or len(node.input) != 2 or any(index.is_constant(i) for i in node.input):
-            continue
-        for side in (0, 1):
-            out, stream = node.input[side], node.input[1 - side]
-            if len(index.consumers.get(out, [])) != 1 or out in index.graph_outputs:
-                continue
-            nodes = _branch_nodes(index, out, stream, learned)
-            last = _last_projection(index, out) if nodes else None
-            if nodes is None or last is None:
-                continue
-            zero = tuple(dict.fromkeys(last[1]))
-            weight = [index.const_value(index.producer[o].input[k]) for o, k in zero]
-            if any(w is None for w in weight):
-                log.debug("%s: a constant of the branch's tail cannot be read; not removable", node_label(node))
-                continue
-            score = float(np.sqrt(sum(float(np.sum(np.square(w, dtype=np.float64))) for w in weight
-                                      if w is not None)))
-            result.append(ResidualBranch(node.name or node.output[0], stream, out, node.output[0], last[0], zero,
-                                         score, len(nodes)))
-            break
-    return result
+    return [j.branch for j in residual_joins(model) if j.branch is not None]
 
 
 def choose_branches(branches: Sequence[ResidualBranch], count: int, *,
@@ -207,6 +283,32 @@ def choose_branches(branches: Sequence[ResidualBranch], count: int, *,
     key = list(scores) if scores is not None else [b.score for b in branches]
     order = sorted(range(len(branches)), key=lambda k: (key[k], k))[:count]
     return [branches[k] for k in sorted(order)]
+
+
+def choose_for_macs(model: ModelProto, branches: Sequence[ResidualBranch], target: float, *,
+                    scores: Sequence[float] | None = None, dims: dict[str, int] | None = None
+                    ) -> tuple[list[ResidualBranch], float]:
+    """The fewest lowest-scored branches whose removal keeps at most ``target`` of the model's MACs, and the
+    share kept.
+
+    Blocks go in score order (as :func:`choose_branches` takes them) until the budget is met; MACs are
+    counted on the model with those blocks really removed, so shared or dead computations are not guessed.
+
+    Raises:
+        ConfigError: even removing every removable block keeps more than ``target`` (the message says how
+            much that keeps).
+    """
+    before = model_stats(model, dims=dims).macs
+    share = 1.0
+    for count in range(len(branches) + 1):
+        chosen = choose_branches(branches, count, scores=scores)
+        if count:
+            share = model_stats(remove_branches(model, chosen), dims=dims).macs / max(before, 1)
+        if share <= target + 1e-12:
+            return chosen, share
+    raise ConfigError(f"removing all {len(branches)} removable residual blocks keeps {share:.1%} of the MACs, "
+                      f"above the target {target:.1%}; raise the target, or cut channels too (a ratio) "
+                      f"and budget the blocks by count")
 
 
 def depth_reference(model: ModelProto, branches: Iterable[ResidualBranch]) -> ModelProto:

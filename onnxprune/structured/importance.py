@@ -22,6 +22,7 @@ from onnxprune.core.errors import ConfigError
 from onnxprune.core.ir import GraphIndex
 from onnxprune.core.quant import dequantize, quantized_data
 from onnxprune.structured.analysis import ChannelGroup, DependencyGraph, ParamCut
+from onnxprune.structured.attention import attention_heads
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,8 @@ def criterion_used(group: ChannelGroup, criterion: str) -> str:
     """
     if criterion == "bn_scale" and not _bn_gammas(group):
         return "bn_scale (no BatchNormalization: l2)"
+    if criterion == "ablation" and attention_heads(group) is None:
+        return "ablation (not attention heads: activation)"
     return criterion
 
 

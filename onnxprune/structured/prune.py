@@ -167,5 +167,7 @@ def describe_groups(model: ModelProto, *, dims: Mapping[str, int] | None = None)
         "members": [str(s) for s in g.members],
         "attention": attention_heads(g),
     } for g in dg.groups]
+    from onnxprune.structured.blocks import attention_blocks
+
     return {"groups": groups, "coverage": round(coverage(model, dg, dict(dg.shapes)), 6),
-            "unanalysed": list(dg.unanalysed)}
+            "unanalysed": list(dg.unanalysed), "attention_blocks": attention_blocks(model, dg)}

@@ -95,6 +95,31 @@ def test_consecutive_blocks_removed_together_chain_the_stream() -> None:
     np.testing.assert_array_equal(pruned.graph.node[0].input[0], "x")
 
 
+def test_a_macs_budget_removes_the_fewest_lowest_scored_blocks_exactly() -> None:
+    from onnxprune.core.stats import model_stats
+    from onnxprune.structured.depth import choose_for_macs
+
+    model = load_model(MODELS / "digits_transformer.onnx")
+    branches = residual_branches(model)
+    macs = model_stats(model).macs
+    one = model_stats(remove_branches(model, choose_branches(branches, 1))).macs / macs
+    two = model_stats(remove_branches(model, choose_branches(branches, 2))).macs / macs
+    assert two < one < 1.0
+    for target, count in ((1.0, 0), (one, 1), ((one + two) / 2, 2)):
+        chosen, share = choose_for_macs(model, branches, target)
+        assert chosen == choose_branches(branches, count) and share <= target
+        if chosen:
+            assert model_stats(_prove(model, chosen)).macs / macs == pytest.approx(share)
+    scores = [-b.score for b in branches]  # another order (as block influence gives) is followed
+    first = choose_branches(branches, 1, scores=scores)
+    assert first != choose_branches(branches, 1)
+    chosen, _ = choose_for_macs(model, branches, model_stats(remove_branches(model, first)).macs / macs, scores=scores)
+    assert chosen == first
+    everything = model_stats(remove_branches(model, branches)).macs / macs
+    with pytest.raises(ConfigError, match=r"removing all 4 removable residual blocks keeps"):
+        choose_for_macs(model, branches, everything / 2)
+
+
 def _masked_blocks(*, shared_bias: bool, skip_from_embedding: bool = False) -> onnx.ModelProto:
     """Two blocks ``y = x + f(x, mask)`` as exporters write attention: the branch also reads a mask computed
     from a graph input (and a ``Shape`` of the stream), and, with ``shared_bias``, every last projection

@@ -123,3 +123,24 @@ def test_bn_scale_fallback_is_recorded_per_group_and_warned() -> None:
     again = PrunePlan.from_json(plan.to_json())
     assert again.criterion_for(1) == plan.criterion_for(1) and again.warnings() == plan.warnings()
     assert make_plan(model, dg, ratio=0.5, importance="l2").warnings() == []
+
+
+def test_l2_scores_whole_heads_by_their_q_k_v_columns_and_output_rows() -> None:
+    """A head is one root: its score is the mean of its normalized norms over Q, K, V (columns ``[h*D,
+    (h+1)*D)`` of each) and the output projection (the same rows), so every head is scored as one unit."""
+    from onnxprune.structured.attention import attention_heads
+
+    d, heads = 16, 4
+    model = builders.attention_block(heads=heads, d=d)
+    ctx = _ctx(model)
+    (group,) = [g for g in ctx.dg.groups if attention_heads(g)]
+    hd = d // heads
+    weights = [c.tensor for c in group.sources] + [c.tensor for c in group.sinks]
+    assert len(group.sources) == 3 and len(group.sinks) == 1
+    per_member = []
+    for name in weights:
+        w = _weight(model, name)
+        w = w if name in [c.tensor for c in group.sources] else w.T  # output projection: rows are inputs
+        norms = np.array([np.linalg.norm(w[:, h * hd:(h + 1) * hd]) for h in range(heads)])
+        per_member.append(norms / norms.max())
+    np.testing.assert_allclose(get_criterion("l2")(group, ctx), np.mean(per_member, axis=0), rtol=1e-12)
