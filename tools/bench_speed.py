@@ -69,7 +69,8 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
             if label == "auto":
                 dg = analyze(original, dims=cfg.dims or None)
                 for t in threads:
-                    predicted[(ratio, t)] = (latency_model(original, dg, cfg.with_(threads=t)), result.plan)
+                    predicted[(ratio, t)] = (latency_model(original, dg, cfg.with_(threads=t), calibrate=True),
+                                            result.plan)
     names = ["original"] + [f"{r}-{label}" for r in ratios for label, _ in VARIANTS] + extra_names
     models = [original] + [pruned[(r, label)] for r in ratios for label, _ in VARIANTS] + extra_models
     for t in threads:
