@@ -549,8 +549,8 @@ def latency_report(latency: LatencyModel | None, keep_counts: Mapping[int, int],
     out["prediction"] = rows
     calibration = latency.calibration_report()
     if calibration is not None:  # a plan equal to the reference cut is a calibration point, not a prediction
-        calibration["plan_is_reference"] = {str(k): v for k, v in keep_counts.items() if v < latency.dg.groups[k].size} \
-            == {str(k): v for k, v in latency.reference_keep().items()}
+        cut = {k: v for k, v in keep_counts.items() if v < latency.dg.groups[k].size}
+        calibration["plan_is_reference"] = cut == latency.reference_keep()
         out["calibration"] = calibration
     return out
 

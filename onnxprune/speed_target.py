@@ -91,7 +91,7 @@ def allocate_for_target(model: ModelProto, dg: Any, config: PruneConfig, latency
         assert table is not None and table.calibration is not None
         base = table.calibration.ms(table.layer_sum({}))
         goal = base / target
-        found = allocate_latency(levels, sizes, table.predict_ms, goal)
+        found = allocate_latency(levels, sizes, table.calibrated_ms, goal)
         if not found.reached:
             raise ConfigError(f"a {target:.2f}x speedup is out of reach: cutting every group to ratio "
                               f"{TARGET_RATIOS[-1]} is predicted at {base / found.predicted_ms:.2f}x (batch {batch}); "

@@ -37,7 +37,7 @@ class LatencyAllocation:
         levels: group id -> index of the chosen step in its levels (groups left whole are absent).
         widths: group id -> kept width (groups left whole are absent).
         predicted_ms: predicted latency of the chosen widths.
-        error: summed error of the chosen steps (the ranking's estimate of the damage).
+        error: the ranking's estimate of the damage: the root of the summed squared errors of the chosen steps.
         reached: whether the predicted latency meets the target.
         steps: greedy steps taken.
     """
@@ -57,8 +57,11 @@ def allocate_latency(levels: Mapping[int, Levels], sizes: Mapping[int, int],
     saved, until ``predict_ms(widths) <= target_ms``.
 
     Args:
-        levels: per group, its steps ``(width, error)`` (error of that group cut alone, as a sensitivity
-            report measures it; errors of different groups are added).
+        levels: per group, its steps ``(width, error)``: the relative L2 error of that group cut alone, as a
+            sensitivity report measures it. Errors of different groups are added in squares: independent
+            perturbations add their energies, and adding the errors themselves (concave in the energy)
+            would favour cutting a few groups very deeply (on ResNet-50 it cut 7 groups by 90% and doubled
+            the output error of a uniform cut at the same latency).
         sizes: full width per group.
         predict_ms: predicted latency of a ``{group: width}`` plan (groups absent are whole).
         target_ms: the latency to reach.
@@ -73,8 +76,8 @@ def allocate_latency(levels: Mapping[int, Levels], sizes: Mapping[int, int],
     steps = 0
     notes: list[str] = []
 
-    def err(gid: int) -> float:
-        return float(levels[gid][chosen[gid]][1]) if gid in chosen else 0.0
+    def err(gid: int) -> float:  # errors of different groups add in energy (squares), see the docstring
+        return float(levels[gid][chosen[gid]][1]) ** 2 if gid in chosen else 0.0
 
     while now > target_ms:
         best: tuple[float, float, int, int] | None = None  # (error per ms, -ms saved, group, next level)
@@ -89,7 +92,7 @@ def allocate_latency(levels: Mapping[int, Levels], sizes: Mapping[int, int],
             saved = now - predict_ms(trial)
             if not saved > 0:
                 continue
-            d_err = max(float(steps_of[i][1]) - err(gid), 0.0)
+            d_err = max(float(steps_of[i][1]) ** 2 - err(gid), 0.0)
             key = (d_err / saved, -saved, gid, i)
             if best is None or key < best:
                 best = key
@@ -104,7 +107,7 @@ def allocate_latency(levels: Mapping[int, Levels], sizes: Mapping[int, int],
         steps += 1
     for note in notes:
         log.info(note)
-    total = sum(err(g) for g in chosen)
+    total = math.sqrt(sum(err(g) for g in chosen))
     return LatencyAllocation(dict(chosen), dict(widths), now, total, now <= target_ms, steps, tuple(notes))
 
 
@@ -113,9 +116,12 @@ def data_free_errors(model: ModelProto, dg: DependencyGraph, plans: Sequence[obj
 
     The data-free stand-in for a measured sensitivity (no calibration data): a group cut at a plan drops
     input channels of its sink layers (the Conv/Gemm/MatMul that read it), and with white inputs the output
-    error of such a layer is the energy of the dropped weight columns. Per group, ``sqrt(dropped energy /
-    total energy)`` over its sinks, ``0`` where the plan keeps the group whole and ``1`` where a group has no
-    weighted sink (nothing to weigh it by: it then goes last).
+    error of such a layer is the energy of the dropped weight columns. Per group, the root of the summed
+    relative energies of its sinks (``sqrt(sum_s dropped_s / total_s)``): each reader is perturbed on its own
+    and the perturbations add in energy, so a residual stream read by seven blocks weighs seven times one
+    block's inner channels (pooled into one ratio, all groups of a random-weight ResNet-50 had the same
+    curve, and the allocation cut the streams by 90%). ``0`` where the plan keeps the group whole and ``1``
+    where a group has no weighted sink (nothing to weigh it by: it then goes last).
     """
     idx = GraphIndex(model)
     out: dict[int, list[float]] = {}
@@ -137,11 +143,11 @@ def data_free_errors(model: ModelProto, dg: DependencyGraph, plans: Sequence[obj
                 errors.append(1.0)
                 continue
             dropped = np.setdiff1d(np.arange(g.size, dtype=np.int64), np.asarray(keep, dtype=np.int64))
-            lost = total = 0.0
+            energy = 0.0
             for cut, w in sinks:
-                pos = cut.positions(dropped)
-                total += float(np.sum(w * w))
-                lost += float(np.sum(np.take(w, pos, axis=cut.axis) ** 2))
-            errors.append(math.sqrt(lost / total) if total > 0 else 1.0)
+                total = float(np.sum(w * w))
+                lost = float(np.sum(np.take(w, cut.positions(dropped), axis=cut.axis) ** 2))
+                energy += lost / total if total > 0 else 1.0
+            errors.append(math.sqrt(energy))
         out[g.id] = errors
     return out

@@ -99,7 +99,7 @@ class LayerTable:
         if not measured:
             return width / size
         points = sorted({0: 0.0, size: 1.0, **measured}.items())
-        for (w0, f0), (w1, f1) in zip(points, points[1:]):
+        for (w0, f0), (w1, f1) in zip(points, points[1:], strict=False):
             if w0 <= width <= w1:
                 return f0 + (f1 - f0) * (width - w0) / max(w1 - w0, 1)
         return width / size
@@ -114,6 +114,16 @@ class LayerTable:
                 if layer in scale:
                     scale[layer] *= self.factor(gid, int(width), layer)
         return sum(self.layers[n] * scale[n] for n in self.layers)
+
+    def calibrated_ms(self, keep: Mapping[int, int]) -> float:
+        """The calibrated prediction of a plan (a latency budget's cost function).
+
+        Raises:
+            ValueError: the table has no calibration.
+        """
+        if self.calibration is None:
+            raise ValueError("this latency table has no whole-model calibration")
+        return self.calibration.ms(self.layer_sum(keep))
 
     def predict_ms(self, keep: Mapping[int, int], original_ms: float | None = None) -> float | None:
         """Predicted time of the plan: calibrated when a fit exists; else the layers' share of

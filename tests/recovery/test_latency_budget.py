@@ -77,3 +77,38 @@ def test_data_free_errors_are_the_dropped_columns_energy():
         want = math.sqrt(np.sum(w[:, dropped] ** 2) / np.sum(w ** 2))
         assert e == pytest.approx(want)
     assert errors[g.id] == sorted(errors[g.id]) and 0 < errors[g.id][0] < errors[g.id][-1] < 1
+
+
+def test_errors_of_groups_add_in_squares():
+    # relative errors 0.3, 0.5, 0.6 per step (like sqrt of the energy removed): summed as they are, a second
+    # step on group 0 (+0.2) would look cheaper than a first on group 1 (+0.3); in energy it is not
+    # (+0.16 against +0.09), so two equal groups are cut alike
+    t = _table()
+    levels = {g: [(12, 0.3), (8, 0.5), (4, 0.6)] for g in (0, 1)}
+    got = allocate_latency(levels, {0: 16, 1: 16}, t.predict_ms, 11.0)  # two steps of 1.5 ms
+    assert got.widths == {0: 12, 1: 12}
+    assert got.error == pytest.approx(math.sqrt(2 * 0.09))
+
+
+def test_each_reader_of_a_group_adds_its_own_share():
+    """A group read by two layers weighs both: its error energy is the sum of their relative energies."""
+    from builders import init, make_model, rng, vinfo
+    from onnx import helper
+
+    r = rng(1)
+    w2a = r.standard_normal((8, 16, 1, 1)).astype(np.float32)
+    w2b = (r.standard_normal((8, 16, 1, 1)) * np.linspace(0.1, 2.0, 16)[None, :, None, None]).astype(np.float32)
+    inits = [init("w1", r.standard_normal((16, 4, 3, 3)).astype(np.float32)), init("w2a", w2a), init("w2b", w2b)]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["ra"], name="r1"),
+             helper.make_node("Conv", ["ra", "w2a"], ["b"], name="c2a"),
+             helper.make_node("Conv", ["ra", "w2b"], ["c"], name="c2b"),
+             helper.make_node("Add", ["b", "c"], ["out"], name="add")]
+    model = make_model(nodes, [vinfo("x", [1, 4, 6, 6])], [vinfo("out", [1, 8, 6, 6])], inits)
+    dg = analyze(model)
+    g = next(x for x in dg.prunable_groups if x.size == 16)
+    plan = make_plan(model, dg, ratio=0.5)
+    dropped = np.setdiff1d(np.arange(16), plan.keep[g.id])
+    want = sum(float(np.sum(w[:, dropped].astype(np.float64) ** 2) / np.sum(w.astype(np.float64) ** 2))
+               for w in (w2a, w2b))
+    assert data_free_errors(model, dg, [plan])[g.id][0] == pytest.approx(math.sqrt(want))
