@@ -92,9 +92,17 @@ def allocate_for_target(model: ModelProto, dg: Any, config: PruneConfig, latency
         base = table.calibration.ms(table.layer_sum({}))
         goal = base / target
         found = allocate_latency(levels, sizes, table.calibrated_ms, goal)
+        if not found.reached and not checks:  # predicted out of reach: time the deepest plan, then decide
+            measured = latency.add_measurement(batch, found.widths)
+            checks.append({"predicted_speedup": round(base / found.predicted_ms, 4),
+                           "measured_speedup": None if measured is None else round(measured, 4)})
+            if measured is not None and measured >= target:
+                continue
         if not found.reached:
+            timed = checks[-1]["measured_speedup"] if checks else None
             raise ConfigError(f"a {target:.2f}x speedup is out of reach: cutting every group to ratio "
-                              f"{TARGET_RATIOS[-1]} is predicted at {base / found.predicted_ms:.2f}x (batch {batch}); "
+                              f"{TARGET_RATIOS[-1]} is predicted at {base / found.predicted_ms:.2f}x"
+                              f"{f' and timed at {timed:.2f}x' if timed is not None else ''} (batch {batch}); "
                               f"ask for less")
         predicted = base / found.predicted_ms
         measured = latency.add_measurement(batch, found.widths)

@@ -6,9 +6,9 @@ changes) dominates, and every layer timed alone carries its own copy of that ove
 factors says "no speedup" where the model ran 1.8x faster (+88% error on the digits CNN). With two threads
 on a shared machine, small layers parallelise worse than the layer timings of big ones suggest (-34% on
 ResNet-50). Both are affine distortions of the layer sum ``S``: the whole model takes ``O + c * S``.
-Measuring the whole model at two plans (the original and one reference cut that is not the plan to
-predict) fixes the fixed cost ``O`` and the scale ``c``; every candidate plan is then predicted from its
-layer sum. Pure arithmetic on data, so the logic is tested with tables given as data.
+Measuring the whole model at a few plans (the original and reference cuts that are not the plan to
+predict) fixes the fixed cost ``O`` and the scale ``c`` (least squares); every candidate plan is then
+predicted from its layer sum. Pure arithmetic on data, so the logic is tested with tables given as data.
 """
 
 from __future__ import annotations
