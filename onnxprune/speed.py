@@ -454,7 +454,7 @@ def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any
                         cache=LatencyCache.open(key), budget_s=config.latency_budget,
                         context=_small(model, config), calibrate=calibrate,
                         model_timer=None if timer is not None else onnxruntime_timer(
-                            provider=provider, threads=config.threads, set_seconds=CALIBRATION_SET_S))
+                            provider=provider, threads=config.threads, set_seconds=CALIBRATION_SET_S, fastest=True))
 
 
 def _small(model: ModelProto, config: PruneConfig) -> bool:

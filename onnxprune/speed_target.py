@@ -32,7 +32,7 @@ TARGET_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: A plan whose measured speedup is within this share of the target is kept without another allocation.
 TARGET_TOLERANCE = 0.05
 #: Whole-model checks (each times the plan and the original alternately) before the last plan is kept.
-TARGET_CHECKS = 3
+TARGET_CHECKS = 2
 
 
 def _errors(model: ModelProto, dg: Any, config: PruneConfig, plans: list[Any]) -> tuple[dict[int, list[float]], str]:
