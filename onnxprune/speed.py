@@ -589,7 +589,8 @@ def ratio_for_target(model: ModelProto, dg: Any, config: PruneConfig, latency: L
 
     Every candidate ratio is planned as the final cut will be (criterion, widths chosen by latency), and its
     speedup predicted from the latency table with the original's measured latency (``original_ms``, measured
-    when not given). Groups are cut uniformly; allocating time across groups by sensitivity is not done here.
+    when not given). Groups are cut uniformly: the pipeline allocates by sensitivity instead
+    (:func:`onnxprune.speed_target.allocate_for_target`); this is the uniform cut it is compared with.
 
     Raises:
         ConfigError: the target is out of reach even at ratio 0.95.
