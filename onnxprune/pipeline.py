@@ -397,12 +397,13 @@ def _run_structured(original: ModelProto, config: PruneConfig, warnings: list[st
     if (config.round_to == "auto" and not depth_only) or bench_on or targets:
         from onnxprune.speed import latency_model
 
-        latency = latency_model(original, dg, config)
+        latency = latency_model(original, dg, config, calibrate=bool(bench_on or targets))
     statistics = _structured_statistics(original, dg, config)
     if latency is not None and targets and plan_in is None:
-        from onnxprune.speed import ratio_for_target
+        from onnxprune.speed_target import allocate_for_target
 
-        ratio, target = ratio_for_target(original, dg, config, latency, statistics=statistics)
+        group_ratios, target = allocate_for_target(original, dg, config, latency, statistics=statistics)
+        ratio = 0.0
     result = prune_structured(original, ratio=ratio, importance=config.importance,
                               global_rank=config.global_rank, round_to=config.round_to,
                               min_channels=config.min_channels, exclude=config.exclude, seed=config.seed,

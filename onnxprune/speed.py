@@ -25,6 +25,7 @@ from typing import Any
 from onnx import ModelProto
 
 from onnxprune.config import PruneConfig
+from onnxprune.runtime.prediction import Calibration, LayerTable
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,12 @@ LATENCY_BUDGET_S = 2.0
 NEAR_TIE = 0.02
 #: Rounding a group back to its full width (no cut) must be this much faster than the best cut width.
 FULL_MARGIN = 0.10
+#: The calibration's reference cuts remove these shares of every group (widths rounded up to multiples of 8).
+#: Two cuts, not one: a width can switch a kernel's path (the digits CNN ran 1.08x faster at 24 of 32
+#: channels and 2.4x at 16), and a fit through one such cut mispredicts every other width.
+REFERENCE_RATIOS = (0.25, 0.6)
+#: Seconds each whole-model calibration set may take before it stops (after at least 3 rounds).
+CALIBRATION_SET_S = 2.0
 #: The retry after a slower result rounds widths up to multiples of this.
 RETRY_ROUND_TO = 16
 
@@ -98,8 +105,16 @@ class LatencyModel:
     """
 
     def __init__(self, model: ModelProto, dg: Any, *, batches: Sequence[int], dims: Mapping[str, int],
-                 timer: Any, cache: Any, budget_s: float = LATENCY_BUDGET_S, context: bool = False) -> None:
+                 timer: Any, cache: Any, budget_s: float = LATENCY_BUDGET_S, context: bool = False,
+                 model_timer: Any = None, calibrate: bool = False) -> None:
         self.model, self.dg, self.timer, self.cache, self.budget_s = model, dg, timer, cache, budget_s
+        #: Times whole models for the calibration (default: ``timer``); calibrate only when asked (it runs
+        #: the whole model twice per batch; see :mod:`onnxprune.runtime.prediction`).
+        self.model_timer = model_timer or timer
+        self.calibrate = calibrate
+        self._points: dict[int, list[tuple[dict[int, int], float]]] = {}
+        self._extra_points: dict[int, list[tuple[dict[int, int], float]]] = {}
+        self._measured_rate: dict[int, bool] = {}
         self.batches = tuple(int(b) for b in batches)
         self.dims = dict(dims)
         self._shapes: dict[int, Mapping[str, tuple] | None] = {}
@@ -234,60 +249,183 @@ class LatencyModel:
                                   "relative_ms": {str(w): round(c, 4) for w, c in costs.items() if c is not None}}
         return chosen
 
+    def table(self, batch: int, keep_counts: Mapping[int, int] = {}) -> LayerTable | None:  # noqa: B006
+        """The layer table at ``batch`` over every prunable group's heavy layers (``keep_counts``' widths
+        measured first where the budget allows); calibrated when :attr:`calibrate` is on (see
+        :mod:`onnxprune.runtime.prediction`). ``None`` when the batch's shapes are unknown.
+
+        A layer's full-width time is measured, or priced at the time per MAC of the measured ones (MACs
+        when none is); a group's factors are its measured widths (see :class:`LayerTable`).
+        """
+        from onnxprune.core.stats import node_macs
+        from onnxprune.runtime.prediction import LayerTable
+        from onnxprune.structured.layer_models import timed_layers
+
+        if self.context:  # summed over many groups, whole-model timings add up their noise: predict from layers
+            return self._layer_model().table(batch, keep_counts)
+        for gid, k in keep_counts.items():
+            g = self.dg.groups[gid]
+            if k < g.size and self._cost_parts(gid, k) is None and gid not in self.untimed:
+                self._measure(g, [k])
+        shapes = self._shapes_at(batch)
+        if shapes is None:
+            return None
+        by_name = {n.name or (n.output[0] if n.output else ""): n for n in self.model.graph.node}
+        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 17)
+        full_ms: dict[str, float] = {}
+        cuts: dict[int, tuple[str, ...]] = {}
+        sizes: dict[int, int] = {}
+        factors: dict[int, dict[int, dict[str, float]]] = {}
+        for g in self.dg.groups:
+            if not (g.prunable or g.id in keep_counts):
+                continue
+            sigs = self._sigs.get((g.id, batch), {})
+            cuts[g.id], sizes[g.id] = timed_layers(g), g.size
+            for node in cuts[g.id]:
+                base = self._ms.get((sigs.get(g.size, {}).get(node, ""), batch))
+                if base is None:
+                    continue
+                full_ms[node] = base
+                for width, per in sigs.items():
+                    here = self._ms.get((per.get(node, ""), batch))
+                    if width < g.size and here is not None:
+                        factors.setdefault(g.id, {}).setdefault(width, {})[node] = here / base
+        names = {n for c in cuts.values() for n in c}
+        macs = {n: node_macs(by_name[n], dict(shapes), opset) for n in names if n in by_name}
+        timed = [n for n in full_ms if macs.get(n)]
+        rate = sum(full_ms[n] for n in timed) / sum(macs[n] or 0 for n in timed) if timed else None
+        for n in names:
+            if n not in full_ms and macs.get(n):
+                full_ms[n] = (macs[n] or 0) * (rate or 1.0)
+        table = LayerTable(full_ms, cuts, sizes, factors)
+        self._measured_rate[batch] = rate is not None
+        if self.calibrate:
+            points = self._calibration_points(batch)
+            fit = Calibration.fit([(table.layer_sum(keep), ms) for keep, ms in points])
+            table = LayerTable(full_ms, cuts, sizes, factors, fit)
+        return table
+
+    def _layer_model(self) -> LatencyModel:
+        if self._layers is None:
+            self._layers = LatencyModel(self.model, self.dg, batches=self.batches, dims=self.dims,
+                                        timer=self.timer, cache=self.cache, budget_s=self.budget_s,
+                                        model_timer=self.model_timer, calibrate=self.calibrate)
+        return self._layers
+
+    def reference_keeps(self) -> list[dict[int, int]]:
+        """The calibration's reference cuts: every prunable group at each of :data:`REFERENCE_RATIOS`, widths
+        rounded up to multiples of 8 (fixed plans, so the plan to predict is normally not a calibration point)."""
+        out = []
+        for ratio in REFERENCE_RATIOS:
+            keep = {}
+            for g in self.dg.prunable_groups:
+                k = _ceil_to(max(1, g.size - int(round(ratio * g.size))), 8, g.size)
+                if k < g.size:
+                    keep[g.id] = k
+            if keep and keep not in out:
+                out.append(keep)
+        return out
+
+    def _calibration_points(self, batch: int) -> list[tuple[dict[int, int], float]]:
+        """``(keep counts, measured ms)`` of whole-model runs at ``batch``: the original and the reference cuts
+        timed alternately once (cached), plus any plan measured since (:meth:`add_measurement`)."""
+        if batch not in self._points:
+            self._points[batch] = self._measure_plans(batch, [{}, *self.reference_keeps()])
+        return self._points[batch] + self._extra_points.get(batch, [])
+
+    def add_measurement(self, batch: int, keep_counts: Mapping[int, int]) -> float | None:
+        """Time ``keep_counts``' plan and the original alternately at ``batch``; both join the calibration.
+        Returns the measured speedup (``None`` when it could not be built or timed)."""
+        if self.context:  # the calibration lives with the layer table that predicts
+            return self._layer_model().add_measurement(batch, keep_counts)
+        got = self._measure_plans(batch, [{}, dict(keep_counts)], cached=False)
+        if len(got) != 2:
+            return None
+        self._extra_points.setdefault(batch, []).extend(got)
+        return got[0][1] / max(got[1][1], 1e-12)
+
+    def _measure_plans(self, batch: int, keeps: Sequence[Mapping[int, int]], *, cached: bool = True
+                       ) -> list[tuple[dict[int, int], float]]:
+        """Whole-model runs of plans keeping the first ``keep[g]`` channels of each group, timed alternately."""
+        import hashlib
+
+        import numpy as np
+
+        from onnxprune.core.errors import OnnxPruneError
+        from onnxprune.structured.plan import PrunePlan, keep_every_source
+        from onnxprune.structured.surgery import apply_plan
+
+        models, sigs = [], []
+        for keep in keeps:
+            plan = {gid: keep_every_source(self.dg.groups[gid], np.arange(k, dtype=np.int64))
+                    for gid, k in sorted(keep.items()) if k < self.dg.groups[gid].size}
+            try:
+                model = self.model if not plan else apply_plan(
+                    self.model, PrunePlan(self.dg.fingerprint, plan, {g: self.dg.groups[g].size for g in plan}),
+                    dg=self.dg)
+            except OnnxPruneError as exc:
+                log.info("calibration plan not built: %s", exc)
+                return []
+            fixed = _fixed_inputs(model, self.dims, batch)
+            if fixed is None:
+                return []
+            widths = ",".join(f"{g}:{len(k)}" for g, k in plan.items())
+            sigs.append(hashlib.sha256(f"{self.dg.fingerprint}|calibration|{widths}|{batch}".encode()).hexdigest()[:24])
+            models.append(fixed)
+        hits = [self.cache.get(sig, batch) for sig in sigs] if cached else [None] * len(sigs)
+        if any(h is None for h in hits):
+            from onnxprune.core.errors import OnnxPruneError as Failed
+
+            try:
+                values = self.model_timer(models)
+            except Failed as exc:
+                log.info("whole-model calibration skipped at batch %d: %s", batch, exc)
+                return []
+            for sig, value in zip(sigs, values, strict=True):
+                self.cache.put(sig, batch, value)
+            self.cache.save()
+            hits = list(values)
+        return [(dict(k), float(ms)) for k, ms in zip(keeps, hits, strict=True) if ms is not None]
+
+    def predict_ms(self, keep_counts: Mapping[int, int], batch: int) -> float | None:
+        """Calibrated predicted latency (ms) of a plan at ``batch``; ``None`` without a calibration."""
+        table = self.table(batch, keep_counts)
+        if table is None or table.calibration is None:
+            return None
+        return table.predict_ms(keep_counts)
+
     def predict_speedup(self, keep_counts: Mapping[int, int],
                         original_ms: Mapping[int, float] | None = None) -> dict[int, float]:
         """Predicted speedup per batch of a plan keeping ``keep_counts[group]`` channels.
 
         Each heavy layer's time at full width is scaled by its measured factor in every group that cuts it
-        (independent factors: a conv's input and output widths); in a group that could not be timed (budget)
-        the factor is kept/size, and a layer never timed is given the time per MAC of the timed ones. With
-        the original model's measured latency per batch (``original_ms``), the layers' summed time is their
-        share of the model and the rest stays as it is; without, the rest is assumed to scale like them.
+        (independent factors: a conv's input and output widths), see :class:`LayerTable`. Calibrated
+        (:attr:`calibrate`), the whole model is ``overhead + scale * layer sum``, fitted on whole-model runs of
+        the original and a reference cut. Uncalibrated, with the original model's measured latency per batch
+        (``original_ms``) the layers' summed time is their share of the model and the rest stays as it is;
+        without, the rest is assumed to scale like them.
         """
-        from onnxprune.core.stats import node_macs
-        from onnxprune.structured.layer_models import timed_layers
-
-        for gid, k in keep_counts.items():
-            g = self.dg.groups[gid]
-            if k < g.size and self._cost_parts(gid, k) is None and gid not in self.untimed:
-                self._measure(g, [k])
-        if self.context:  # summed over many groups, whole-model timings add up their noise: predict from layers
-            if self._layers is None:
-                self._layers = LatencyModel(self.model, self.dg, batches=self.batches, dims=self.dims,
-                                            timer=self.timer, cache=self.cache, budget_s=self.budget_s)
-            return self._layers.predict_speedup(keep_counts, original_ms)
-        by_name = {n.name or (n.output[0] if n.output else ""): n for n in self.model.graph.node}
-        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 17)
         out: dict[int, float] = {}
         for batch in self.batches:
-            shapes = self._shapes_at(batch)
-            if shapes is None:
+            table = self.table(batch, keep_counts)
+            if table is None:
                 continue
-            full_ms: dict[str, float] = {}
-            factor: dict[str, float] = {}
-            for gid, k in keep_counts.items():
-                g = self.dg.groups[gid]
-                sigs = self._sigs.get((gid, batch), {})
-                for node in timed_layers(g):
-                    base = self._ms.get((sigs.get(g.size, {}).get(node, ""), batch))
-                    here = self._ms.get((sigs.get(k, {}).get(node, ""), batch))
-                    if base is not None:
-                        full_ms[node] = base
-                    share = here / base if base is not None and here is not None else k / g.size
-                    factor[node] = factor.get(node, 1.0) * share
-            macs = {n: node_macs(by_name[n], dict(shapes), opset) for n in factor if n in by_name}
-            timed = [n for n in full_ms if macs.get(n)]
-            rate = sum(full_ms[n] for n in timed) / sum(macs[n] or 0 for n in timed) if timed else None
-            for n in factor:
-                if n not in full_ms and macs.get(n):
-                    full_ms[n] = (macs[n] or 0) * (rate or 1.0)
-            total = sum(full_ms.values())
-            if total <= 0:
-                continue
-            kept = sum(full_ms[n] * factor[n] for n in full_ms) / total
-            model_ms = (original_ms or {}).get(batch) if rate is not None else None
-            share = min(1.0, total / model_ms) if model_ms else 1.0
-            out[batch] = 1.0 / max(1.0 - share * (1.0 - kept), 1e-12)
+            rated = (self._layer_model() if self.context else self)._measured_rate.get(batch)
+            base = (original_ms or {}).get(batch) if rated else None
+            sp = table.speedup(keep_counts, base)
+            if sp is not None:
+                out[batch] = sp
+        return out
+
+    def calibration_report(self) -> dict[str, Any] | None:
+        """Per batch: the fitted overhead and scale and the reference cut (``None`` when not calibrated)."""
+        if not self.calibrate:
+            return None
+        out: dict[str, Any] = {"reference_ratios": list(REFERENCE_RATIOS)}
+        for batch in self.batches:
+            table = self.table(batch)
+            if table is not None and table.calibration is not None:
+                out[str(batch)] = table.calibration.to_dict()
         return out
 
     def report(self) -> dict[str, Any]:
@@ -301,8 +439,10 @@ class LatencyModel:
                 "choices": {str(g): c for g, c in sorted(self.choices.items())}}
 
 
-def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any = None) -> LatencyModel:
-    """The :class:`LatencyModel` of a prune run: first provider, ``threads``, bench batches, the user cache."""
+def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any = None,
+                  calibrate: bool = False) -> LatencyModel:
+    """The :class:`LatencyModel` of a prune run: first provider, ``threads``, bench batches, the user cache;
+    ``calibrate``: predictions fitted on whole-model runs (when a benchmark or a latency target needs them)."""
     from onnxprune.runtime.latency import LatencyCache, onnxruntime_timer, table_key
     from onnxprune.runtime.session import parse_providers
 
@@ -312,7 +452,9 @@ def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any
     return LatencyModel(model, dg, batches=config.bench_batches, dims=config.dims,
                         timer=timer or onnxruntime_timer(provider=provider, threads=config.threads),
                         cache=LatencyCache.open(key), budget_s=config.latency_budget,
-                        context=_small(model, config))
+                        context=_small(model, config), calibrate=calibrate,
+                        model_timer=None if timer is not None else onnxruntime_timer(
+                            provider=provider, threads=config.threads, set_seconds=CALIBRATION_SET_S, fastest=True))
 
 
 def _small(model: ModelProto, config: PruneConfig) -> bool:
@@ -411,6 +553,11 @@ def latency_report(latency: LatencyModel | None, keep_counts: Mapping[int, int],
                        error=round(predicted_ms / float(pruned["p50_ms"]) - 1, 4))
         rows.append(row)
     out["prediction"] = rows
+    calibration = latency.calibration_report()
+    if calibration is not None:  # a plan equal to the reference cut is a calibration point, not a prediction
+        cut = {k: v for k, v in keep_counts.items() if v < latency.dg.groups[k].size}
+        calibration["plan_is_reference"] = cut in latency.reference_keeps()
+        out["calibration"] = calibration
     return out
 
 
@@ -442,7 +589,8 @@ def ratio_for_target(model: ModelProto, dg: Any, config: PruneConfig, latency: L
 
     Every candidate ratio is planned as the final cut will be (criterion, widths chosen by latency), and its
     speedup predicted from the latency table with the original's measured latency (``original_ms``, measured
-    when not given). Groups are cut uniformly; allocating time across groups by sensitivity is not done here.
+    when not given). Groups are cut uniformly: the pipeline allocates by sensitivity instead
+    (:func:`onnxprune.speed_target.allocate_for_target`); this is the uniform cut it is compared with.
 
     Raises:
         ConfigError: the target is out of reach even at ratio 0.95.

@@ -5,7 +5,10 @@ layer latency, 2 s budget, cached), with no rounding (``--round-to 1``, the old 
 ``--round-to 8``; then times the original and every pruned model alternately (``runtime.bench.benchmark``)
 per thread count and batch. The table gives each variant's speedup over the original and its share of the
 MAC-ideal speedup (speedup / ideal), and the latency model's predicted speedup for the default variant
-with its error (predicted latency / measured latency - 1).
+with its error (predicted latency / measured latency - 1). Predictions are calibrated
+(``latency_model(..., calibrate=True)``: the original and two fixed reference cuts timed whole, see
+``onnxprune.runtime.prediction``); a row whose plan is one of those cuts is marked "(ref)", being a
+calibration point rather than a prediction.
 
 Usage:
   .venv/bin/python tools/bench_speed.py [--models digits_cnn,digits_mlp,...,resnet50] [--ratios 0.3,0.5]
@@ -69,7 +72,8 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
             if label == "auto":
                 dg = analyze(original, dims=cfg.dims or None)
                 for t in threads:
-                    predicted[(ratio, t)] = (latency_model(original, dg, cfg.with_(threads=t)), result.plan)
+                    predicted[(ratio, t)] = (latency_model(original, dg, cfg.with_(threads=t), calibrate=True),
+                                            result.plan)
     names = ["original"] + [f"{r}-{label}" for r in ratios for label, _ in VARIANTS] + extra_names
     models = [original] + [pruned[(r, label)] for r in ratios for label, _ in VARIANTS] + extra_models
     for t in threads:
@@ -87,13 +91,18 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
                 lm, plan = predicted[(ratio, t)]
                 p = lm.predict_speedup(keep_counts(plan), {batch: base.p50_ms}).get(batch)
                 row["predicted"] = p
+                cut = {g: k for g, k in keep_counts(plan).items() if k < lm.dg.groups[g].size}
+                row["reference"] = cut in lm.reference_keeps()
                 if p and row["auto_speedup"]:
                     row["error"] = (base.p50_ms / p) / (base.p50_ms / row["auto_speedup"]) - 1
                 rows.append(row)
         if target and t == threads[0]:
             r = report.result("target", "cpu", max(batches))
+            cut = list(target_info["group_ratios"].values())
             rows.append({"model": name, "target": target, "threads": t, "batch": max(batches),
-                         "ratio": target_info["ratio"], "predicted": target_info["predicted_speedup"],
+                         "ratio": f"{len(cut)} groups, {min(cut):g}-{max(cut):g}" if cut else "-",
+                         "allocation": target_info.get("allocation", "-"),
+                         "predicted": target_info["predicted_speedup"], "check": target_info.get("measured_speedup"),
                          "measured": r.speedup, "ideal": r.ideal_speedup})
     return rows
 
@@ -126,13 +135,15 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
             f"| {r['model']} | {r['ratio']} | {r['threads']} | {r['batch']} | {_f(r['ideal'])} | "
             f"{_f(r['auto_speedup'])} ({_f(r['auto_of_ideal'])}) | {_f(r['none_speedup'])} "
             f"({_f(r['none_of_ideal'])}) | {_f(r['r8_speedup'])} ({_f(r['r8_of_ideal'])}) | "
-            f"{_f(r['predicted'])} ({_f(None if err is None else 100 * err, '+.0f')}%) |")
+            f"{_f(r['predicted'])} ({_f(None if err is None else 100 * err, '+.0f')}%)"
+            f"{' (ref)' if r.get('reference') else ''} |")
     text = head + "\n".join(lines) + "\n"
     if targets:
-        text += ("\n| model | --target-speedup | threads | batch | ratio found | predicted | measured | ideal |\n"
-                 "|---|---|---|---|---|---|---|---|\n")
+        text += ("\n| model | --target-speedup | threads | batch | groups cut (ratios) | ranked by | predicted | "
+                 "measured by its check | measured here | ideal |\n|---|---|---|---|---|---|---|---|---|---|\n")
         text += "\n".join(f"| {r['model']} | {r['target']} | {r['threads']} | {r['batch']} | {r['ratio']} | "
-                          f"{_f(r['predicted'])} | {_f(r['measured'])} | {_f(r['ideal'])} |" for r in targets) + "\n"
+                          f"{r['allocation']} | {_f(r['predicted'])} | {_f(r['check'])} | {_f(r['measured'])} | "
+                          f"{_f(r['ideal'])} |" for r in targets) + "\n"
     return text
 
 

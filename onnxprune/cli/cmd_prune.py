@@ -98,8 +98,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     c.add_argument("--target-params", type=float,
                    help="keep at most this fraction of parameters (default: no budget)")
     c.add_argument("--target-speedup", type=float, metavar="X",
-                   help="structured: the lowest uniform ratio whose measured-latency prediction reaches this "
-                        "speedup on the first --batches size (default: no budget)")
+                   help="structured: per-group widths by latency saved per unit of sensitivity (--calib; "
+                        "without it a data-free criterion), predicted to reach this speedup on the first "
+                        "--batches size and checked by timing the plan (default: no budget)")
     c.add_argument("--target-latency", type=float, metavar="MS",
                    help="structured: the same for a latency in milliseconds (default: no budget)")
     c.add_argument("--max-error", type=float,

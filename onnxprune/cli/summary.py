@@ -162,6 +162,14 @@ def latency_lines(report: Mapping[str, Any]) -> list[str]:
         if "measured_speedup" in p:
             text += f", measured {p['measured_speedup']:.2f}x (error {100 * p['error']:+.0f}%)"
         rows.append(text)
+    target = report.get("latency_target") or {}
+    if target.get("checks"):
+        text = (f"target {target['target_speedup']:.2f}x at batch {target['batch']}: "
+                f"{len(target['group_ratios'])} groups cut, ranked by {target['allocation']}; predicted "
+                f"{target['predicted_speedup']:.2f}x")
+        if target.get("measured_speedup") is not None:
+            text += f", timed whole {target['measured_speedup']:.2f}x"
+        rows.append(text)
     lines = _rows("latency model", rows)
     if (report.get("speed") or {}).get("retried"):
         lines.append(_row("", f"retried with --round-to {report['settings'].get('round_to')}: the first try "
