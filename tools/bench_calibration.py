@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onnxprune.recovery.calibrate import collect_stats  # noqa: E402
-from onnxprune.recovery.recover import masked_refit, recover_structured, sink_cuts  # noqa: E402
+from onnxprune.recovery.recover import recover_structured, sink_cuts  # noqa: E402
+from onnxprune.recovery.solvers import masked_refit  # noqa: E402
 from onnxprune.structured.analysis import analyze  # noqa: E402
 from onnxprune.structured.plan import make_plan  # noqa: E402
 from onnxprune.structured.surgery import apply_plan  # noqa: E402

@@ -114,8 +114,6 @@ def worst_diff(exact: dict[str, Any]) -> float | None:
 
 def measure(path: Path) -> dict[str, Any]:
     feeds = example_feeds(path)
-    if feeds is None:  # shipped models: seeded inputs at batch 1
-        feeds = random_feeds(path, seed=0, batch=1)
     row: dict[str, Any] = {"model": path.stem, "folder": path.parent.name}
     t0 = time.perf_counter()
     try:
@@ -124,12 +122,14 @@ def measure(path: Path) -> dict[str, Any]:
         row["error"] = str(exc)
         return row
     rep = result.report
+    dims = {d["name"] if d.get("name") else f"{d['input']}:{d['axis']}": d["value"]
+            for d in rep.get("dims_assumed", [])}
+    if feeds is None:  # no example inputs: seeded ones at the sizes the run chose
+        feeds = random_feeds(path, seed=0, dims=dims)
     exact = rep.get("validation", {}).get("exact", {})
     row.update({
         "coverage": rep.get("coverage"),
-        "coverage_with_stream": stream_coverage(load_model(path), dims={
-            d["name"] if d.get("name") else f"{d['input']}:{d['axis']}": d["value"]
-            for d in rep.get("dims_assumed", [])}),
+        "coverage_with_stream": stream_coverage(load_model(path), dims=dims),
         "attention": attention_cells(rep),
         "macs_before": rep["macs_before"], "macs_after": rep["macs_after"],
         "exact": exact.get("passed"), "max_diff": worst_diff(exact),

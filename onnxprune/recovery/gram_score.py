@@ -37,16 +37,15 @@ from onnx import ModelProto
 from onnxprune.core.ir import GraphIndex
 from onnxprune.recovery.calibrate import ActivationStats, GramStats, weight_rows
 from onnxprune.recovery.recover import (
-    DEFAULT_RIDGE,
     SinkCut,
     _expand_cols,
     _kernel_size,
     _out_channels,
-    affine_refit,
     conv_groups,
     layer_bias,
     sink_cuts,
 )
+from onnxprune.recovery.solvers import DEFAULT_RIDGE, affine_refit
 from onnxprune.structured.analysis import DependencyGraph
 
 log = logging.getLogger(__name__)

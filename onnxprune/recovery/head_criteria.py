@@ -29,7 +29,6 @@ from onnx import ModelProto, helper
 
 from onnxprune.core.ir import GraphIndex
 from onnxprune.recovery.calibrate import ActivationStats, iter_feeds
-from onnxprune.runtime.session import create_session, run_session
 from onnxprune.structured.analysis import ChannelGroup, ParamCut
 from onnxprune.structured.importance import slice_rows
 
@@ -124,6 +123,10 @@ def head_ablation(group: ChannelGroup, model: ModelProto,
         for cut in sinks:
             feed[cut.tensor] = _silenced(feed[cut.tensor], cut, cut.positions(np.array([h], dtype=np.int64)))
         silenced.append(feed)
+    # imported here: data_criteria imports this module, and a CLI run must not load onnxruntime before its
+    # options are checked (see tests/recovery/test_ray_executor.py)
+    from onnxprune.runtime.session import create_session, run_session
+
     session = create_session(probe, provider=provider)
     outputs = [o.name for o in model.graph.output]
     error = np.zeros(group.size, dtype=np.float64)

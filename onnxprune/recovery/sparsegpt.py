@@ -41,7 +41,7 @@ from onnxprune.core.ir import GraphIndex
 from onnxprune.core.quant import quantized_data
 from onnxprune.core.weights import PrunableWeight, SkippedWeight
 from onnxprune.recovery.calibrate import GRAM_OPS, ActivationStats, rows_to_weight, weight_rows
-from onnxprune.recovery.recover import require_finite
+from onnxprune.recovery.solvers import require_finite
 from onnxprune.sparse.sparsify import LayerTarget
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from onnx import ModelProto, numpy_helper
 from onnxprune.core.errors import ConfigError, UnsupportedModelError
 from onnxprune.core.ir import GraphIndex
 from onnxprune.recovery.calibrate import iter_feeds, rows_to_weight, weight_rows, with_outputs
-from onnxprune.recovery.recover import DEFAULT_RIDGE, SinkCut, layer_bias, set_layer_bias, sink_cuts, solve_spd
+from onnxprune.recovery.recover import SinkCut, layer_bias, set_layer_bias, sink_cuts
+from onnxprune.recovery.solvers import DEFAULT_RIDGE, solve_spd
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.prune import coverage, prune_structured
 from onnxprune.structured.stream import freeze_stream_shapes, stream_group_ids, stream_rules

@@ -12,8 +12,8 @@ from onnxprune.core.stats import model_stats
 from onnxprune.recovery.calibrate import collect_stats
 from onnxprune.recovery.executor import single_group_plan
 from onnxprune.recovery.gram_score import GramScorer, scorable_sinks
-from onnxprune.recovery.recover import affine_refit
 from onnxprune.recovery.sensitivity import sensitivity, spearman
+from onnxprune.recovery.solvers import affine_refit
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.surgery import apply_plan
 

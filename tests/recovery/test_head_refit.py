@@ -16,7 +16,8 @@ from oracle_check import assert_equivalent, run_ort
 
 from onnxprune.core.io import load_model
 from onnxprune.recovery.calibrate import with_outputs
-from onnxprune.recovery.recover import DEFAULT_RIDGE, recover_structured
+from onnxprune.recovery.recover import recover_structured
+from onnxprune.recovery.solvers import DEFAULT_RIDGE
 from onnxprune.runtime.feeds import load_npz_feeds
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.attention import attention_heads

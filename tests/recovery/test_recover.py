@@ -16,15 +16,8 @@ from onnxprune.core.io import load_model
 from onnxprune.core.ir import GraphIndex, attr
 from onnxprune.core.weights import find_prunable_weights, get_weight, set_weight
 from onnxprune.recovery.calibrate import collect_stats, with_outputs
-from onnxprune.recovery.recover import (
-    affine_refit,
-    bn_channel_mean,
-    compensate_bias,
-    lstsq_refit,
-    masked_refit,
-    recover_sparse,
-    recover_structured,
-)
+from onnxprune.recovery.recover import recover_sparse, recover_structured
+from onnxprune.recovery.solvers import affine_refit, bn_channel_mean, compensate_bias, lstsq_refit, masked_refit
 from onnxprune.sparse.sparsify import sparsify, sparsify_nm
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.plan import PrunePlan

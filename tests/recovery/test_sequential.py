@@ -17,8 +17,8 @@ from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import load_model
 from onnxprune.core.weights import find_prunable_weights, get_weight
 from onnxprune.recovery.calibrate import collect_paired_grams, collect_stats
-from onnxprune.recovery.recover import masked_refit
 from onnxprune.recovery.sequential import layer_stages, sparsify_calibrated
+from onnxprune.recovery.solvers import masked_refit
 from onnxprune.runtime.feeds import load_npz_feeds
 from onnxprune.runtime.session import create_session, run_session
 
