@@ -124,3 +124,22 @@ def shared_target_layers(seed: int = 0, d: int = 8, heads: int = 2, layers: int 
         x = g.op("Add", [x, proj(g.op("Reshape", [c, merge]))])
     g.nodes.append(onnx.helper.make_node("Identity", [x], ["out"], name="out"))
     return g.build([vinfo("x", ["B", "T", d])], [vinfo("out", ["B", "T", d])])
+
+
+def _last(g: GraphBuilder, x: str, how: str = "") -> str:
+    """``[x.size(-1)]`` as GPT-2's Conv1D exports it: Shape -> Slice[-1:] -> Squeeze -> Unsqueeze; ``how``
+    changes the arithmetic (``"div"``: ``(2 * size) / 2``, which onnxprune does not follow)."""
+    size = g.op("Squeeze", [g.op("Slice", [g.op("Shape", [x]), g.const(_i64(-1)), g.const(_i64(np.iinfo(np.int64).max)),
+                                           g.const(_i64(0))]), g.const(_i64(0))])
+    if how == "div":
+        size = g.op("Div", [g.op("Mul", [size, g.const(np.array(2, np.int64))]), g.const(np.array(2, np.int64))])
+    return g.op("Unsqueeze", [size, g.const(_i64(0))])
+
+
+def conv1d(g: GraphBuilder, x: str, nx: int, nf: int, *, read: str = "", how: str = "") -> str:
+    """Hugging Face's Conv1D: ``size_out = x.size()[:-1] + (nf,)``; ``x.view(-1, x.size(-1))`` -> Gemm (addmm)
+    -> ``view(size_out)``. ``read`` names the tensor whose last size the flatten reads (default ``x``)."""
+    size_out = g.op("Concat", [_dim(g, x, 0), _dim(g, x, 1), g.const(_i64(nf))], axis=0)
+    flat = g.op("Reshape", [x, g.op("Concat", [g.const(_i64(-1)), _last(g, read or x, how)], axis=0)])
+    y = g.op("Gemm", [flat, g.weight((nx, nf)), g.weight((nf,), "b")])
+    return g.op("Reshape", [y, size_out])

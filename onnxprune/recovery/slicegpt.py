@@ -16,7 +16,7 @@ from onnx import ModelProto
 
 from onnxprune.core.errors import ConfigError
 from onnxprune.recovery.recover import sink_cuts
-from onnxprune.recovery.width import Data, _collect, refit_readers
+from onnxprune.recovery.width import Data, _collect, frozen_stream, refit_readers
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.plan import PrunePlan
 from onnxprune.structured.rotate import prepare_rotation, rotate, to_rms
@@ -59,7 +59,7 @@ def slice_stream(model: ModelProto, *, ratio: float, calib: Data, refit: bool = 
     """
     if not 0 <= ratio < 1:
         raise ConfigError(f"ratio must be in [0, 1), got {ratio}")
-    prep = prepare_rotation(model)
+    prep = prepare_rotation(frozen_stream(model).model)  # folded shape pieces first (see frozen_stream)
     q, variance = stream_basis(prep.model, prep.stream, calib, max_samples=max_samples)
     rotated_ln = rotate(prep, q)
     exact = to_rms(rotated_ln, prep.norms, prep.width)

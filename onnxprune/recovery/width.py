@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from onnxprune.recovery.recover import SinkCut, layer_bias, set_layer_bias, sink
 from onnxprune.recovery.solvers import DEFAULT_RIDGE, solve_spd
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.prune import coverage, prune_structured
-from onnxprune.structured.stream import freeze_stream_shapes, stream_group_ids, stream_rules
+from onnxprune.structured.stream import FrozenShapes, freeze_stream_shapes, stream_group_ids, stream_rules
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
     """
     if refit and calib is None:
         raise ConfigError("width pruning re-fits the stream's readers on calibration data; pass --calib data.npz")
-    frozen = freeze_stream_shapes(model)
+    frozen = frozen_stream(model)
     rules = stream_rules()
     dg = analyze(frozen.model, extra_rules=rules, dims=dict(dims) if dims else None)
     ids = stream_group_ids(frozen.model, dg)
@@ -99,6 +99,20 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
     return WidthResult(pruned, report)
 
 
+def frozen_stream(model: ModelProto) -> FrozenShapes:
+    """:func:`~onnxprune.structured.stream.freeze_stream_shapes`, then constant folding of what it made constant.
+
+    Why fold: freezing replaces a static ``Shape`` read of the stream's width by a constant, but the pieces
+    computed from it (``Unsqueeze`` → ``Concat`` into a reshape target, as GPT-2's Conv1D writes) stay
+    nodes; folded, they become constant target pieces the width rules rewrite. Both steps are exact.
+    """
+    from onnxprune.core.fold import fold_constants
+    from onnxprune.runtime.session import run_constant_graph
+
+    frozen = freeze_stream_shapes(model)
+    return replace(frozen, model=fold_constants(frozen.model, run_constant_graph).model)
+
+
 def stream_coverage(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> float:
     """Share of weighted-layer MACs in prunable groups once the residual stream is a group too.
 
@@ -106,7 +120,7 @@ def stream_coverage(model: ModelProto, *, dims: Mapping[str, int] | None = None)
     neurons alone reach at most half of a transformer's weighted MACs; this is the share that structured
     pruning and ``--mode width`` reach together (the stream part is not exact).
     """
-    frozen = freeze_stream_shapes(model)
+    frozen = frozen_stream(model)
     dg = analyze(frozen.model, extra_rules=stream_rules(), dims=dict(dims) if dims else None)
     return coverage(frozen.model, dg, dict(dg.shapes))
 

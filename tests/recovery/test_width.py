@@ -171,3 +171,35 @@ def test_rmsnorm_stream_with_shared_readers_is_cut_and_refit() -> None:
     assert logits.shape == (8, 5)
     # structured mode still blocks the RMS-normalized stream; width mode reaches it
     assert stream_coverage(model) > coverage(model, analyze(model)) + 0.3
+
+
+def _gpt2_prenorm(d: int = 16, hidden: int = 32) -> onnx.ModelProto:
+    """Embedding, then ``x + c_proj(relu(c_fc(LN(x))))`` with GPT-2's Conv1D layers, whose flatten reads the
+    stream's width at run time (``Shape -> Slice -> Squeeze -> Unsqueeze -> Concat`` into a reshape target)."""
+    from attention_builders import conv1d
+
+    g = builders.GraphBuilder(0)
+    x = g.op("MatMul", ["x", g.weight((4, d))])
+    ln = g.op("LayerNormalization", [x, g.weight((d,), "gamma", low=0.5), g.weight((d,), "beta")], axis=-1)
+    y = g.op("Add", [x, conv1d(g, g.op("Relu", [conv1d(g, ln, d, hidden)]), hidden, d)])
+    g.nodes.append(onnx.helper.make_node("MatMul", [y, g.weight((d, 3))], ["out"], name="head"))
+    return g.build([builders.vinfo("x", ["B", "T", 4])], [builders.vinfo("out", ["B", "T", 3])])
+
+
+def test_a_stream_width_read_at_run_time_is_cut_in_width_mode() -> None:
+    """GPT-2's Conv1D reads the stream's width into a reshape target at run time: freezing makes that read a
+    constant, and folding makes the pieces computed from it constants the width rules rewrite. Without the
+    folding the stream stayed blocked ("entry 1 of its target ... computed at runtime by Unsqueeze")."""
+    from onnxprune.recovery.width import stream_coverage
+
+    model = _gpt2_prenorm()
+    dims = {"B": 4, "T": 5}
+    assert stream_coverage(model, dims=dims) > 0.9
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((4, 5, 4)).astype(np.float32)} for _ in range(3)]
+    result = prune_width(model, ratio=0.25, calib=calib, dims=dims)
+    assert [s["width_after"] for s in result.report["streams"]] == [12]
+    for batch, t in ((1, 5), (3, 9)):  # the run-time reads still follow other sizes
+        x = rng.standard_normal((batch, t, 4)).astype(np.float32)
+        (out,) = run_session(create_session(result.model), {"x": x}).values()
+        assert out.shape == (batch, t, 3)

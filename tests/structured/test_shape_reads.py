@@ -19,6 +19,7 @@ import re
 import numpy as np
 import onnx
 import pytest
+from attention_builders import conv1d as _conv1d
 from builders import GraphBuilder, vinfo
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
@@ -42,25 +43,6 @@ def _dim(g: GraphBuilder, x: str, i: int) -> str:
     """``[x.size(i)]`` as torch's legacy exporter writes it: Shape -> Gather -> Unsqueeze."""
     return g.op("Unsqueeze", [g.op("Gather", [g.op("Shape", [x]), g.const(np.array(i, np.int64))], axis=0),
                               g.const(_i64(0))])
-
-
-def _last(g: GraphBuilder, x: str, how: str = "") -> str:
-    """``[x.size(-1)]`` as GPT-2's Conv1D exports it: Shape -> Slice[-1:] -> Squeeze -> Unsqueeze; ``how``
-    changes the arithmetic (``"div"``: ``(2 * size) / 2``, which onnxprune does not follow)."""
-    size = g.op("Squeeze", [g.op("Slice", [g.op("Shape", [x]), g.const(_i64(-1)), g.const(_i64(INT64_MAX)),
-                                           g.const(_i64(0))]), g.const(_i64(0))])
-    if how == "div":
-        size = g.op("Div", [g.op("Mul", [size, g.const(np.array(2, np.int64))]), g.const(np.array(2, np.int64))])
-    return g.op("Unsqueeze", [size, g.const(_i64(0))])
-
-
-def _conv1d(g: GraphBuilder, x: str, nx: int, nf: int, *, read: str = "", how: str = "") -> str:
-    """Hugging Face's Conv1D: ``size_out = x.size()[:-1] + (nf,)``; ``x.view(-1, x.size(-1))`` -> Gemm (addmm)
-    -> ``view(size_out)``. ``read`` names the tensor whose last size the flatten reads (default ``x``)."""
-    size_out = g.op("Concat", [_dim(g, x, 0), _dim(g, x, 1), g.const(_i64(nf))], axis=0)
-    flat = g.op("Reshape", [x, g.op("Concat", [g.const(_i64(-1)), _last(g, read or x, how)], axis=0)])
-    y = g.op("Gemm", [flat, g.weight((nx, nf)), g.weight((nf,), "b")])
-    return g.op("Reshape", [y, size_out])
 
 
 def gpt2_mlp(seed: int = 0, d: int = 8, hidden: int = 16, *, read: str = "", how: str = "") -> onnx.ModelProto:
