@@ -183,7 +183,7 @@ def _evaluate(model: ModelProto, idx: GraphIndex, targets: list[str], run: Graph
     return run(sub, targets)
 
 
-def fold_constants(model: ModelProto, run: GraphRunner) -> FoldResult:
+def fold_constants(model: ModelProto, run: GraphRunner, *, integers_only: bool = False) -> FoldResult:
     """Store every run-time-computed constant that a non-constant node reads as an initializer.
 
     A tensor is folded when it is computed only from initializers and ``Constant`` nodes through
@@ -194,6 +194,7 @@ def fold_constants(model: ModelProto, run: GraphRunner) -> FoldResult:
     Args:
         model: the model (not modified).
         run: evaluates the constant subgraph (``onnxprune.runtime.session.run_constant_graph``).
+        integers_only: fold shape arithmetic only (integer values), never a float tensor.
 
     Returns:
         A :class:`FoldResult`; ``result.model is model`` when there was nothing to fold.
@@ -228,7 +229,7 @@ def fold_constants(model: ModelProto, run: GraphRunner) -> FoldResult:
             for name in frontier:
                 status[name] = f"evaluating its constant subgraph failed ({exc})"
     for name in list(values):
-        if values[name].dtype.kind not in "fiu":  # masks (bool) and strings are never weights nor shapes
+        if values[name].dtype.kind not in ("iu" if integers_only else "fiu"):  # bool masks, strings: never
             log.debug("not folding %s: a %s tensor cannot be a weight or a shape", name, values[name].dtype)
             del values[name]
             continue

@@ -104,13 +104,14 @@ def frozen_stream(model: ModelProto) -> FrozenShapes:
 
     Why fold: freezing replaces a static ``Shape`` read of the stream's width by a constant, but the pieces
     computed from it (``Unsqueeze`` → ``Concat`` into a reshape target, as GPT-2's Conv1D writes) stay
-    nodes; folded, they become constant target pieces the width rules rewrite. Both steps are exact.
+    nodes; folded, they become constant target pieces the width rules rewrite. Both steps are exact. Only
+    integer (shape) values are folded: a float computed from a shape (an attention scale) stays a recipe.
     """
     from onnxprune.core.fold import fold_constants
     from onnxprune.runtime.session import run_constant_graph
 
     frozen = freeze_stream_shapes(model)
-    return replace(frozen, model=fold_constants(frozen.model, run_constant_graph).model)
+    return replace(frozen, model=fold_constants(frozen.model, run_constant_graph, integers_only=True).model)
 
 
 def stream_coverage(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> float:
