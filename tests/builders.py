@@ -765,18 +765,36 @@ def norm_block(seed: int = 0, d: int = 8, hidden: int = 16, t: int = 4, classes:
     return g.build([vinfo("x", ["B", t, d])], outputs)
 
 
+def _rms_norm(g: GraphBuilder, x: str, d: int) -> str:
+    """Llama's RMSNorm as torch exports it: ``x * (1 / sqrt(mean(x^2, -1) + eps)) * gamma``."""
+    mean = g.op("ReduceMean", [g.op("Pow", [x, g.const(np.float32(2.0))])], axes=[-1], keepdims=1)
+    scale = g.op("Div", [g.const(np.float32(1.0)), g.op("Sqrt", [g.op("Add", [mean, g.const(np.float32(1e-6))])])])
+    return g.op("Mul", [g.weight((d,), "gamma", low=0.5), g.op("Mul", [x, scale])])
+
+
 def prenorm_stack(seed: int = 0, d_in: int = 4, d: int = 16, hidden: int = 24, t: int = 5, blocks: int = 2,
-                  classes: int = 5) -> onnx.ModelProto:
+                  classes: int = 5, *, norm: str = "layer", gated: bool = False) -> onnx.ModelProto:
     """A pre-norm transformer-like stack: token embedding (MatMul + bias + positions) into a width-``d`` stream,
-    ``blocks`` × ``x + FFN(LN(x))``, a final LN, token mean and a Gemm head; LayerNorm scales/shifts random."""
+    ``blocks`` × ``x + FFN(LN(x))``, a final LN, token mean and a Gemm head; LayerNorm scales/shifts random.
+
+    ``norm="rms"`` writes every norm as Llama's exported RMSNorm; ``gated`` makes the FFN
+    ``relu(n W1) * (n W3)`` (two readers of one norm output, as gate/up or q/k/v projections are)."""
     g = GraphBuilder(seed)
     x = g.op("Add", [g.op("Add", [g.op("MatMul", ["x", g.weight((d_in, d))]), g.weight((d,))]),
                      g.weight((1, t, d))])
+
+    def normed(x: str) -> str:
+        if norm == "rms":
+            return _rms_norm(g, x, d)
+        return g.op("LayerNormalization", [x, g.weight((d,), "gamma", low=0.5), g.weight((d,), "beta")], axis=-1)
+
     for _ in range(blocks):
-        ln = g.op("LayerNormalization", [x, g.weight((d,), "gamma", low=0.5), g.weight((d,), "beta")], axis=-1)
+        ln = normed(x)
         h = g.op("Relu", [g.op("Add", [g.op("MatMul", [ln, g.weight((d, hidden))]), g.weight((hidden,))])])
+        if gated:
+            h = g.op("Mul", [h, g.op("MatMul", [ln, g.weight((d, hidden))])])
         x = g.op("Add", [x, g.op("Add", [g.op("MatMul", [h, g.weight((hidden, d))]), g.weight((d,))])])
-    ln = g.op("LayerNormalization", [x, g.weight((d,), "gamma", low=0.5), g.weight((d,), "beta")], axis=-1)
+    ln = normed(x)
     pooled = g.op("ReduceMean", [ln], axes=[1], keepdims=0)
     g.nodes.append(helper.make_node("Gemm", [pooled, g.weight((classes, d)), g.weight((classes,))], ["logits"],
                                     name="head", transB=1))

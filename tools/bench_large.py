@@ -2,6 +2,7 @@
 
 Usage:
     python tools/bench_large.py --size-gb 2.2 --workdir /tmp/onnxprune-large [--steps load,unstructured,...]
+    python tools/bench_large.py --arch prenorm --size-gb 1.0 --width 4096 --steps load,structured,width
 
 The model (a wide MLP: ``layers`` MatMul d×d weights with biases, then a small head) is generated straight
 into an external data file, one layer at a time, so generating it never holds the model in memory; it is
@@ -23,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -41,7 +43,11 @@ STEPS: dict[str, list[str]] = {
     "structured": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--ratio", "0.3", "-q"],
     "structured-novalidate": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--ratio", "0.3",
                               "--no-validate", "-q"],
+    "width": ["-m", "onnxprune", "prune", "{model}", "-o", "{out}", "--mode", "width", "--ratio", "0.25",
+              "--calib", "{calib}", "-q"],
 }
+#: Steps that need the pre-norm stack (``--arch prenorm``): a residual stream to slice.
+STREAM_STEPS = ("width",)
 DEFAULT_STEPS = ("load", "load+save", "unstructured-novalidate", "unstructured", "nm-novalidate", "nm",
                  "structured-novalidate", "structured")
 
@@ -57,6 +63,31 @@ class Measurement:
     stderr: str
 
 
+class ExternalWriter:
+    """Appends tensors to one external data file and returns initializers pointing into it."""
+
+    def __init__(self, fh: Any, data_name: str) -> None:
+        self.fh, self.data_name = fh, data_name
+
+    def __call__(self, name: str, array: np.ndarray) -> TensorProto:
+        offset = self.fh.tell()
+        self.fh.write(array.tobytes())
+        t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(array.shape))
+        t.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self.data_name), ("offset", str(offset)), ("length", str(array.nbytes))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+        return t
+
+
+def _save(path: Path, nodes: list, inits: list, inputs: list, outputs: list, name: str) -> int:
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench_large")
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path.stat().st_size + (path.parent / (path.name + ".data")).stat().st_size
+
+
 def write_wide_mlp(path: Path, *, d: int, layers: int, d_out: int = 16, batch: int = 2, seed: int = 0) -> int:
     """Write a ``layers``-deep d×d MLP to ``path`` with its weights in ``path.name + '.data'``.
 
@@ -67,17 +98,7 @@ def write_wide_mlp(path: Path, *, d: int, layers: int, d_out: int = 16, batch: i
     data_name = path.name + ".data"
     nodes, inits, prev = [], [], "x"
     with open(path.parent / data_name, "wb") as fh:
-
-        def external(name: str, array: np.ndarray) -> TensorProto:
-            offset = fh.tell()
-            fh.write(array.tobytes())
-            t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(array.shape))
-            t.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(array.nbytes))):
-                entry = t.external_data.add()
-                entry.key, entry.value = key, value
-            return t
-
+        external = ExternalWriter(fh, data_name)
         for i in range(layers):
             w = rng.standard_normal((d, d), dtype=np.float32)
             w *= np.float32(np.sqrt(2.0 / d))
@@ -90,12 +111,47 @@ def write_wide_mlp(path: Path, *, d: int, layers: int, d_out: int = 16, batch: i
             prev = f"r{i}"
         inits.append(external("head_w", (rng.standard_normal((d, d_out)) / np.sqrt(d)).astype(np.float32)))
     nodes.append(helper.make_node("MatMul", [prev, "head_w"], ["out"], name="head"))
-    graph = helper.make_graph(nodes, "wide_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, d])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, d_out])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench_large")
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path.stat().st_size + (path.parent / data_name).stat().st_size
+    return _save(path, nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, d])],
+                 [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, d_out])], "wide_mlp")
+
+
+def write_prenorm_stack(path: Path, *, d: int, layers: int, tokens: int = 4, d_in: int = 16, d_out: int = 16,
+                        batch: int = 2, seed: int = 0) -> int:
+    """Write a pre-norm residual stack (``x + W2 relu(W1 LN(x))`` per block, a final LN and a head) whose
+    stream of width ``d`` (after an input projection from ``d_in``) is what ``--mode width`` slices; two d×d
+    weights per block, in external data."""
+    rng = np.random.default_rng(seed)
+    data_name = path.name + ".data"
+    nodes, inits, prev = [], [], "embedded"
+    with open(path.parent / data_name, "wb") as fh:
+        external = ExternalWriter(fh, data_name)
+        inits.append(external("embed_w", (rng.standard_normal((d_in, d)) / np.sqrt(d_in)).astype(np.float32)))
+        nodes.append(helper.make_node("MatMul", ["x", "embed_w"], ["embedded"], name="embed"))
+
+        def norm(i: str, x: str) -> str:
+            inits.append(external(f"ln{i}_g", (1 + 0.1 * rng.standard_normal(d)).astype(np.float32)))
+            inits.append(external(f"ln{i}_b", (0.1 * rng.standard_normal(d)).astype(np.float32)))
+            nodes.append(helper.make_node("LayerNormalization", [x, f"ln{i}_g", f"ln{i}_b"], [f"n{i}"], axis=-1,
+                                          name=f"ln{i}"))
+            return f"n{i}"
+
+        for i in range(layers):
+            h = norm(str(i), prev)
+            for k, (a, b) in enumerate(((h, f"u{i}"), (f"r{i}", f"f{i}"))):
+                w = rng.standard_normal((d, d), dtype=np.float32)
+                w *= np.float32(np.sqrt(1.0 / d))
+                inits.append(external(f"w{i}_{k}", w))
+                del w
+                nodes.append(helper.make_node("MatMul", [a, f"w{i}_{k}"], [b], name=f"fc{i}_{k}"))
+            nodes.insert(len(nodes) - 1, helper.make_node("Relu", [f"u{i}"], [f"r{i}"], name=f"relu{i}"))
+            nodes.append(helper.make_node("Add", [prev, f"f{i}"], [f"s{i}"], name=f"residual{i}"))
+            prev = f"s{i}"
+        h = norm("_final", prev)
+        inits.append(external("head_w", (rng.standard_normal((d, d_out)) / np.sqrt(d)).astype(np.float32)))
+    nodes.append(helper.make_node("MatMul", [h, "head_w"], ["out"], name="head"))
+    return _save(path, nodes, inits,
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, tokens, d_in])],
+                 [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, tokens, d_out])], "prenorm_stack")
 
 
 #: Runs ``-m MODULE args`` or ``-c CODE args`` and, at exit, writes the process's VmHWM (peak resident set of
@@ -142,11 +198,21 @@ def measure(argv: list[str], *, timeout: float = 3600.0) -> tuple[int, int, floa
     return proc.returncode, peak, seconds, proc.stderr[-2000:]
 
 
+def write_calib(path: Path, model: Path, samples: int = 8) -> None:
+    """Seeded calibration inputs for ``model``'s one input (its declared shape, ``samples`` on axis 0)."""
+    x = onnx.load(str(model), load_external_data=False).graph.input[0]
+    dims = [samples] + [d.dim_value for d in x.type.tensor_type.shape.dim[1:]]
+    np.savez(path, **{x.name: np.random.default_rng(1).standard_normal(dims).astype(np.float32)})
+
+
 def run_step(step: str, model: Path, out_dir: Path) -> Measurement:
     """Run one step on ``model``, writing into an emptied ``out_dir``."""
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    argv = [a.format(model=model, out=out_dir / "out.onnx") for a in STEPS[step]]
+    calib = out_dir.parent / f"{model.stem}.calib.npz"
+    if not calib.exists():
+        write_calib(calib, model)
+    argv = [a.format(model=model, out=out_dir / "out.onnx", calib=calib) for a in STEPS[step]]
     code, peak, seconds, err = measure(argv)
     return Measurement(step, code, peak, seconds, err)
 
@@ -157,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=8192, help="hidden width d (default 8192: 268 MB per layer)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/onnxprune-large"))
     parser.add_argument("--steps", default=",".join(DEFAULT_STEPS))
+    parser.add_argument("--arch", choices=("mlp", "prenorm"), default="mlp",
+                        help="mlp: d×d layers (default); prenorm: a pre-norm residual stack (two d×d per block), "
+                             "needed by the width step")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--keep", action="store_true", help="keep the generated model")
     args = parser.parse_args(argv)
@@ -166,21 +235,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown steps {unknown}; choose from {', '.join(STEPS)}")
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    layer_bytes = 4 * args.width * args.width
+    layer_bytes = 4 * args.width * args.width * (2 if args.arch == "prenorm" else 1)
     layers = max(1, round(args.size_gb * 1e9 / layer_bytes))
+    if args.arch == "mlp" and any(s in STREAM_STEPS for s in steps):
+        parser.error(f"steps {', '.join(STREAM_STEPS)} need a residual stream: add --arch prenorm")
+    writer = "write_prenorm_stack" if args.arch == "prenorm" else "write_wide_mlp"
     model = work / "large.onnx"
     t0 = time.perf_counter()
     # Generate in a child: Linux counts a parent's resident memory at fork in its children's ru_maxrss, so
     # this process must stay small for the measurements below to be the steps' own.
-    gen = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from bench_large import "
-           "write_wide_mlp; write_wide_mlp(Path(sys.argv[2]), d=int(sys.argv[3]), layers=int(sys.argv[4]))")
+    gen = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; import bench_large; "
+           f"bench_large.{writer}(Path(sys.argv[2]), d=int(sys.argv[3]), layers=int(sys.argv[4]))")
     subprocess.run([sys.executable, "-c", gen, str(Path(__file__).parent), str(model), str(args.width), str(layers)],
                    check=True)
     size = model.stat().st_size + (work / (model.name + ".data")).stat().st_size
     print(f"generated {model} ({layers} layers of {args.width}x{args.width}, {size / 1e9:.3f} GB on disk) "
           f"in {time.perf_counter() - t0:.1f} s")
     tiny = work / "tiny.onnx"
-    write_wide_mlp(tiny, d=64, layers=2)
+    (write_prenorm_stack if args.arch == "prenorm" else write_wide_mlp)(tiny, d=64, layers=2)
     rows = []
     for step in steps:
         base = run_step(step, tiny, work / "out-tiny")
@@ -195,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}, onnx {onnx.__version__}, date {time.strftime('%Y-%m-%d')}")
-    print(f"model: {size / 1e9:.3f} GB ({layers}x MatMul {args.width}x{args.width}, external data)")
+    print(f"model: {size / 1e9:.3f} GB ({args.arch}, {layers} blocks of MatMul {args.width}x{args.width}, "
+          "external data)")
     print("| step | exit | time (s) | peak RSS (GB) | baseline (GB) | (peak-baseline)/size | peak/size | output (GB) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -204,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"size_bytes": size, "rows": rows}, indent=2))
     if not args.keep:
-        for p in work.glob("*.onnx*"):
+        for p in [*work.glob("*.onnx*"), *work.glob("*.calib.npz")]:
             p.unlink()
         shutil.rmtree(work / "out", ignore_errors=True)
         shutil.rmtree(work / "out-tiny", ignore_errors=True)

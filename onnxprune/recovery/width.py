@@ -30,7 +30,7 @@ from onnxprune.core.ir import GraphIndex
 from onnxprune.recovery.calibrate import iter_feeds, rows_to_weight, weight_rows, with_outputs
 from onnxprune.recovery.recover import DEFAULT_RIDGE, SinkCut, layer_bias, set_layer_bias, sink_cuts, solve_spd
 from onnxprune.structured.analysis import analyze
-from onnxprune.structured.prune import prune_structured
+from onnxprune.structured.prune import coverage, prune_structured
 from onnxprune.structured.stream import freeze_stream_shapes, stream_group_ids, stream_rules
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
         "streams_blocked": [{"group": g, "width": dg.groups[g].size, "blocker": dg.groups[g].blockers[0]}
                             for g in ids if g not in prunable],
         "params_removed_predicted": int(dg.params_removed(keep)),
+        # with the stream's rules, heads and feed-forward groups stay prunable too: what structured + width reach
+        "coverage_with_stream": round(coverage(frozen.model, dg, dict(dg.shapes)), 6),
         "shape_reads_frozen": frozen.constants, "reshape_targets_trailing": frozen.trailing,
         "refit": [],
     }
@@ -94,6 +96,18 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
         pruned, fitted = refit_readers(frozen.model, pruned, cuts, calib, ridge=ridge, max_samples=max_samples)
         report["refit"] = fitted
     return WidthResult(pruned, report)
+
+
+def stream_coverage(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> float:
+    """Share of weighted-layer MACs in prunable groups once the residual stream is a group too.
+
+    Structured mode leaves the stream blocked (LayerNorm normalizes over it), so heads and feed-forward
+    neurons alone reach at most half of a transformer's weighted MACs; this is the share that structured
+    pruning and ``--mode width`` reach together (the stream part is not exact).
+    """
+    frozen = freeze_stream_shapes(model)
+    dg = analyze(frozen.model, extra_rules=stream_rules(), dims=dict(dims) if dims else None)
+    return coverage(frozen.model, dg, dict(dg.shapes))
 
 
 def _rows(x: np.ndarray, cut: SinkCut, opset: int) -> np.ndarray:
@@ -109,6 +123,7 @@ def _collect(model: ModelProto, tensors: list[str], data: Data, max_samples: int
     """Every calibration batch's values of ``tensors``, concatenated along the first axis (rows)."""
     from onnxprune.runtime.session import create_session, run_session
 
+    tensors = list(dict.fromkeys(tensors))  # readers sharing one input (q, k, v) ask for it once each
     probe = with_outputs(model, tensors)
     session = create_session(probe)
     parts: dict[str, list[np.ndarray]] = {t: [] for t in tensors}

@@ -1,11 +1,12 @@
 """Depth: removing whole residual branches (``y = x + f(x)`` becomes ``y = x``).
 
-Why it is exact, and what the oracle is: a branch ``f`` is removable when its only activation input is the
-stream ``x`` (constants aside) and it ends in a *last projection* (MatMul/Gemm/Conv with a constant weight)
-followed only by ops that map zero to zero once their own constants are zeroed (bias Add, scale Mul,
-BatchNormalization, Reshape, Transpose, ...). Zeroing that weight and those constants makes ``f(x) == 0``
-exactly, so the model equals ``x + 0``: removing the branch (every reader of ``y`` reads ``x``; nodes nobody
-reads any more are dropped) must give the same outputs as :func:`depth_reference`.
+Why it is exact, and what the oracle is: a branch ``f`` is removable when the only activation it reads is
+the stream ``x`` (constants, graph inputs such as an attention mask, and ``Shape`` reads aside) and it ends
+in a *last projection* (MatMul/Gemm/Conv with a constant weight) followed only by ops that map zero to zero
+once their own constants are zeroed (bias Add, scale Mul, BatchNormalization, Reshape, Transpose, ...).
+Zeroing that weight and those constants makes ``f(x) == 0`` exactly, so the model equals ``x + 0``:
+removing the branch (every reader of ``y`` reads ``x``; nodes nobody reads any more are dropped) must give
+the same outputs as :func:`depth_reference`.
 
 Branches are found from the graph, not from names, and scored without data by the Frobenius norm of the
 last projection (with its bias): a branch that writes little into the stream goes first.
@@ -18,12 +19,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import ModelProto, helper
+from onnx import ModelProto, helper, numpy_helper
 
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.ir import GraphIndex, node_label
 from onnxprune.core.weights import copy_model_without_weights
-from onnxprune.structured.surgery import write_const
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,10 @@ class ResidualBranch:
         branch_out: ``f(x)``, the tensor that goes.
         output: ``y``.
         last: the last projection's node name.
-        zero: constants zeroed by the oracle (the last weight, its bias, the tail's constants).
+        zero: where the oracle puts zeros: ``(output of the reading node, input position)`` of the last weight,
+            its bias and the tail's constants. Slots, not constant names, because exporters share identical
+            constants (e.g. every zero-initialised bias de-duplicated into one): the oracle gives this reader
+            a zero of its own and leaves the other readers alone.
         score: Frobenius norm of the last projection's weight and bias (data-free).
         nodes: how many nodes compute ``f(x)``.
     """
@@ -56,14 +59,62 @@ class ResidualBranch:
     branch_out: str
     output: str
     last: str
-    zero: tuple[str, ...]
+    zero: tuple[tuple[str, int], ...]
     score: float
     nodes: int
 
 
-def _branch_nodes(index: GraphIndex, out: str, stream: str) -> list | None:
-    """Nodes computing ``out`` from ``stream`` and constants only (None: another activation is read)."""
+def _data_ancestors(index: GraphIndex, tensor: str) -> set[str]:
+    """Tensors ``tensor`` is computed from, by value (a ``Shape`` read is metadata and not followed)."""
+    seen: set[str] = set()
+    stack = [tensor]
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        node = index.producer.get(t)
+        if node is not None and node.op_type != "Shape":
+            stack.extend(i for i in node.input if i)
+    return seen
+
+
+def _learned_activations(index: GraphIndex) -> set[str]:
+    """Tensors whose value depends on a learned layer's output: a MatMul/Gemm/Conv applying a constant weight
+    to an activation, or an embedding lookup (Gather from a constant table of rank >= 2).
+
+    What is *not* in the set is side information computed from graph inputs, constants and shapes alone:
+    attention masks, position ids, rotary tables.
+    """
+    learned: set[str] = set()
+    for node in index.graph.node:  # topological order
+        if node.op_type == "Shape":
+            continue
+        ins = [i for i in node.input if i]
+        if node.op_type == "Gather":  # an embedding lookup: a constant table read at run-time indices
+            table = index.const_value(ins[0]) if len(ins) == 2 and not index.is_constant(ins[1]) else None
+            weighted = table is not None and table.ndim >= 2
+        else:
+            weighted = (node.op_type in _WEIGHTED and len(ins) > 1 and index.is_constant(ins[1])
+                        and not index.is_constant(ins[0]))
+        if weighted or any(i in learned for i in ins):
+            learned.update(o for o in node.output if o)
+    return learned
+
+
+def _branch_nodes(index: GraphIndex, out: str, stream: str, learned: set[str]) -> list | None:
+    """Nodes computing ``out`` from ``stream``, constants and side inputs (None: not a residual branch).
+
+    Side inputs are what attention reads besides the stream: graph inputs (an attention mask, position ids),
+    values computed from them and from shapes alone (masks, rotary tables), and ``Shape`` reads. What makes a
+    branch not a block is reading another *learned activation* that the stream itself was computed from (a
+    skip from further back, DenseNet- or U-Net style): that is refused. Removing the branch is exact either
+    way (``y = x``, dead nodes dropped); the rule keeps "block" meaning what users mean by it.
+    """
     inputs = {i.name for i in index.graph.input} - set(index.initializers)
+    if stream not in learned and stream not in inputs:
+        return None  # a processed mask or other side value is not a residual stream
+    upstream = (_data_ancestors(index, stream) & learned) - {stream}
     seen: dict[int, object] = {}
     stack = [out]
     visited: set[str] = set()
@@ -76,22 +127,25 @@ def _branch_nodes(index: GraphIndex, out: str, stream: str) -> list | None:
         if t == stream:
             reads_stream = True
             continue
-        if index.is_constant(t) and t not in inputs and t in index.initializers:
+        if t in inputs or (index.is_constant(t) and t in index.initializers):
             continue
+        if t in upstream:
+            return None  # an earlier activation of the stream's path
         node = index.producer.get(t)
         if node is None:
-            return None  # a graph input other than the stream
+            return None
         if id(node) not in seen:
             seen[id(node)] = node
             if len(seen) > MAX_BRANCH_NODES:
                 return None
-            stack.extend(i for i in node.input if i)
+            if node.op_type != "Shape":
+                stack.extend(i for i in node.input if i)
     return list(seen.values()) if reads_stream else None
 
 
-def _last_projection(index: GraphIndex, out: str) -> tuple[str, list[str]] | None:
-    """The last weighted node before ``out`` and the constants to zero so that ``out`` is zero."""
-    zero: list[str] = []
+def _last_projection(index: GraphIndex, out: str) -> tuple[str, list[tuple[str, int]]] | None:
+    """The last weighted node before ``out`` and the constant slots to zero so that ``out`` is zero."""
+    zero: list[tuple[str, int]] = []
     t = out
     for _ in range(32):
         node = index.producer.get(t)
@@ -102,14 +156,14 @@ def _last_projection(index: GraphIndex, out: str) -> tuple[str, list[str]] | Non
         acts = [i for i in data if i and not index.is_constant(i)]
         if node.op_type in _WEIGHTED and len(node.input) > 1 and index.is_constant(node.input[1]) and len(acts) == 1 \
                 and acts[0] == node.input[0]:
-            zero.extend(index.resolve_identity(i) for i in node.input[1:] if i)
+            zero.extend((node.output[0], k) for k in range(1, len(node.input)) if node.input[k])
             return node.name or node.output[0], zero
         if node.op_type not in _ZERO_TAIL or len(acts) != 1:
             return None
         if node.op_type == "BatchNormalization":
-            zero.extend(index.resolve_identity(i) for i in node.input[1:3])
+            zero.extend((node.output[0], k) for k in (1, 2))
         elif node.op_type in ("Add", "Mul"):
-            zero.extend(index.resolve_identity(i) for i in consts)
+            zero.extend((node.output[0], k) for k, i in enumerate(node.input) if i in consts)
         t = acts[0]
     return None
 
@@ -117,6 +171,7 @@ def _last_projection(index: GraphIndex, out: str) -> tuple[str, list[str]] | Non
 def residual_branches(model: ModelProto) -> list[ResidualBranch]:
     """Every removable residual branch, in graph order."""
     index = GraphIndex(model)
+    learned = _learned_activations(index)
     result: list[ResidualBranch] = []
     for node in index.graph.node:
         if node.op_type != "Add" or len(node.input) != 2 or any(index.is_constant(i) for i in node.input):
@@ -125,14 +180,14 @@ def residual_branches(model: ModelProto) -> list[ResidualBranch]:
             out, stream = node.input[side], node.input[1 - side]
             if len(index.consumers.get(out, [])) != 1 or out in index.graph_outputs:
                 continue
-            nodes = _branch_nodes(index, out, stream)
+            nodes = _branch_nodes(index, out, stream, learned)
             last = _last_projection(index, out) if nodes else None
             if nodes is None or last is None:
                 continue
-            weight = [index.const_value(z) for z in last[1]]
             zero = tuple(dict.fromkeys(last[1]))
-            if any(w is None for w in weight) or any(len(index.const_readers(z)) != 1 for z in zero):
-                log.debug("%s: the branch's last constants are shared; not removable", node_label(node))
+            weight = [index.const_value(index.producer[o].input[k]) for o, k in zero]
+            if any(w is None for w in weight):
+                log.debug("%s: a constant of the branch's tail cannot be read; not removable", node_label(node))
                 continue
             score = float(np.sqrt(sum(float(np.sum(np.square(w, dtype=np.float64))) for w in weight
                                       if w is not None)))
@@ -155,13 +210,20 @@ def choose_branches(branches: Sequence[ResidualBranch], count: int, *,
 
 
 def depth_reference(model: ModelProto, branches: Iterable[ResidualBranch]) -> ModelProto:
-    """The oracle: the original model (not modified) with each branch's last projection and tail zeroed."""
-    names = [z for b in branches for z in b.zero]
-    source = GraphIndex(model)
-    m = copy_model_without_weights(model, [n for n in names if n in source.initializers])
+    """The oracle: the original model (not modified) with each branch's last projection and tail zeroed.
+
+    Each zeroed slot reads a fresh zero initializer of its own, so a constant the exporter shares with
+    layers outside the branch keeps its value there.
+    """
+    m = copy_model_without_weights(model, [])
     index = GraphIndex(m)
-    for name in names:
-        write_const(index, name, np.zeros_like(np.asarray(source.const_value(name))))
+    for b in branches:
+        for output, k in b.zero:
+            node = index.producer[output]
+            value = np.asarray(index.const_value(node.input[k]))
+            name = f"{node.input[k]}__zero_{output}_{k}"
+            m.graph.initializer.append(numpy_helper.from_array(np.zeros_like(value), name))
+            node.input[k] = name
     return m
 
 

@@ -90,9 +90,10 @@ def build_report(model: ModelProto, dg: DependencyGraph, plan: PrunePlan) -> dic
             "size_after": len(keep),
             "members": [str(s) for s in g.members],
             "criterion": plan.criterion_for(gid),
+            "attention": attention_heads(g),
         })
-    blocked = [{"id": g.id, "name": group_name(g), "size": g.size, "reason": "; ".join(g.blockers)}
-               for g in dg.groups if not g.prunable]
+    blocked = [{"id": g.id, "name": group_name(g), "size": g.size, "reason": "; ".join(g.blockers),
+                "attention": attention_heads(g)} for g in dg.groups if not g.prunable]
     return {
         "groups": groups,
         "blocked": blocked,

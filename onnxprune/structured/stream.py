@@ -27,6 +27,7 @@ from onnxprune.structured.analysis import DependencyGraph
 from onnxprune.structured.axes import ChannelAxis, Coupling
 from onnxprune.structured.rules.base import Blocked, OpRule, RewriteContext, RuleContext, is_output, which_input
 from onnxprune.structured.rules.norm import LayerNormRule
+from onnxprune.structured.rules.pool import ReduceRule, reduce_axes
 from onnxprune.structured.rules.registry import RuleSpec
 from onnxprune.structured.rules.shape import ReshapeRule
 
@@ -177,9 +178,24 @@ class StreamExpandRule(OpRule):
         return [Coupling(ctx.slot(out, b), ctx.slot(c, a), role="param", input_index=0)]
 
 
+class StreamMeanRule(ReduceRule):
+    """``ReduceMean`` over exactly the last axis with ``keepdims=1``: the statistic of an RMSNorm (Llama's
+    ``x * rsqrt(mean(x^2) + eps)``) or of a LayerNorm written out in primitives. In width mode it averages
+    over the kept channels (not exact, like :class:`StreamLayerNormRule`); its output has one entry on that
+    axis and broadcasts back, so the cut channels do not flow through it."""
+
+    def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
+        rank = ctx.rank(node.input[0])
+        on_last = (not is_output(node, slot) and 0 in which_input(node, slot, ctx) and slot.axis == rank - 1)
+        if on_last and reduce_axes(node, ctx, rank) == [rank - 1] and ctx.int_attr(node, "keepdims", 1):
+            return []
+        return super().couplings(node, slot, ctx)
+
+
 def stream_rules() -> tuple[RuleSpec, ...]:
     """The ``extra_rules=`` of width pruning (see the module docstring)."""
     return (RuleSpec("LayerNormalization", StreamLayerNormRule(), since=17),
+            RuleSpec("ReduceMean", StreamMeanRule()),
             RuleSpec("Reshape", StreamReshapeRule()), RuleSpec("Gather", StreamGatherRule()),
             RuleSpec("Expand", StreamExpandRule()))
 
@@ -303,10 +319,11 @@ def freeze_stream_shapes(model: ModelProto) -> FrozenShapes:
 # -- the stream groups ------------------------------------------------------------------------------------
 def stream_group_ids(model: ModelProto, dg: DependencyGraph) -> list[int]:
     """Groups (of an analysis with :func:`stream_rules`) that hold the last axis a LayerNormalization
-    normalizes over: the residual streams (one per ConvNeXt stage, one for a plain transformer)."""
+    normalizes over, or a ``ReduceMean`` over the last axis takes its statistic from (RMSNorm, a LayerNorm
+    written out): the residual streams (one per ConvNeXt stage, one for a plain transformer)."""
     ids: set[int] = set()
     for node in model.graph.node:
-        if node.op_type != "LayerNormalization":
+        if node.op_type not in ("LayerNormalization", "ReduceMean"):
             continue
         shape = dg.shapes.get(node.input[0])
         if not shape:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import builders
 import numpy as np
 import onnx
 import pytest
@@ -131,3 +132,42 @@ def test_width_mode_rotates_pre_norm_and_says_why_not_post_norm(tmp_path: Path) 
         reports.append(json.loads(report.read_text())["width"])
     assert reports[0]["method"] == "rotate" and reports[0]["rotation_check"]["passed"] is True
     assert reports[1]["method"] == "plain" and "pre-norm" in reports[1]["why_not_rotated"]
+
+
+def test_stream_coverage_counts_the_stream_on_top_of_heads_and_ffn() -> None:
+    """Heads + FFN reach half of a transformer's weighted MACs (each projection has one side on the stream);
+    with the stream as a group the rest is reached too. A model whose stream is a graph output keeps it."""
+    from onnxprune.core.io import load_model
+    from onnxprune.recovery.width import stream_coverage
+    from onnxprune.structured.analysis import analyze
+    from onnxprune.structured.prune import coverage
+
+    model = load_model(DIGITS)
+    structured = coverage(model, analyze(model))
+    assert 0.45 < structured <= 0.5
+    assert stream_coverage(model) > 0.99
+    convnext = load_model(MODELS / "tv_convnext_tiny.onnx")
+    assert stream_coverage(convnext) > coverage(convnext, analyze(convnext)) + 0.5
+
+
+def test_rmsnorm_stream_with_shared_readers_is_cut_and_refit() -> None:
+    """Llama-style streams: RMSNorm written as Pow/ReduceMean/Sqrt/Div/Mul, and several readers of one norm
+    output (gate and up, as q/k/v are). Width mode cuts the stream, each reader is re-fitted on its own
+    rows (a reader's input collected once, not once per reader), and the re-fit lowers every reader's error."""
+    from onnxprune.recovery.width import stream_coverage
+    from onnxprune.structured.analysis import analyze
+    from onnxprune.structured.prune import coverage
+
+    model = builders.prenorm_stack(norm="rms", gated=True)
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((8, 5, 4)).astype(np.float32)} for _ in range(4)]
+    result = prune_width(model, ratio=0.25, calib=calib)
+    assert [s["width_after"] for s in result.report["streams"]] == [12]
+    fitted = result.report["refit"]
+    assert len(fitted) == 5  # 2 blocks x (gate, up) and the head: every reader of the stream
+    assert all(f["rel_error_after"] < 0.5 * f["rel_error_before"] for f in fitted)
+    session = create_session(result.model)
+    (logits,) = run_session(session, calib[0]).values()
+    assert logits.shape == (8, 5)
+    # structured mode still blocks the RMS-normalized stream; width mode reaches it
+    assert stream_coverage(model) > coverage(model, analyze(model)) + 0.3

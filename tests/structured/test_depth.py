@@ -93,3 +93,52 @@ def test_consecutive_blocks_removed_together_chain_the_stream() -> None:
     pruned = _prove(model, branches)
     assert [n.op_type for n in pruned.graph.node] == ["MatMul"]
     np.testing.assert_array_equal(pruned.graph.node[0].input[0], "x")
+
+
+def _masked_blocks(*, shared_bias: bool, skip_from_embedding: bool = False) -> onnx.ModelProto:
+    """Two blocks ``y = x + f(x, mask)`` as exporters write attention: the branch also reads a mask computed
+    from a graph input (and a ``Shape`` of the stream), and, with ``shared_bias``, every last projection
+    reads one de-duplicated zero bias (what exporters write for zero-initialised biases)."""
+    g = builders.GraphBuilder(0)
+    bias = g.const(np.zeros(8, np.float32), "shared_bias") if shared_bias else None
+    mask = g.op("Mul", [g.op("Sub", [g.const(np.float32(1.0)), "mask"]), g.const(np.float32(-1e4))])
+    embedded = g.op("MatMul", ["x", g.weight((8, 8))])
+    y = embedded
+    for _ in range(2):
+        width = g.op("Cast", [g.op("Shape", [y])], to=onnx.TensorProto.FLOAT)  # a shape read, metadata only
+        scores = g.op("Add", [g.op("MatMul", [y, g.weight((8, 8))]), mask])
+        h = g.op("Mul", [g.op("Softmax", [scores], axis=-1), g.op("ReduceMax", [width], keepdims=1)])
+        if skip_from_embedding:
+            h = g.op("Add", [h, embedded])  # reads a learned activation from before the stream
+        proj = g.op("MatMul", [h, g.weight((8, 8))])
+        y = g.op("Add", [y, g.op("Add", [proj, bias or g.weight((8,), "b")])])
+    g.nodes.append(onnx.helper.make_node("MatMul", [y, g.weight((8, 3))], ["out"], name="head"))
+    return g.build([builders.vinfo("x", ["B", 8]), builders.vinfo("mask", ["B", 8])],
+                   [builders.vinfo("out", ["B", 3])])
+
+
+@pytest.mark.parametrize("shared_bias", [False, True])
+def test_a_branch_reading_a_mask_and_a_shared_bias_is_removed_exactly(shared_bias: bool) -> None:
+    """Attention branches read the mask (a graph input) and shape reads; exporters share identical zero
+    biases between layers. Both blocks are found, each removal passes the oracle, and zeroing one block's
+    slot of the shared bias leaves the other block's bias alone."""
+    model = _masked_blocks(shared_bias=shared_bias)
+    branches = residual_branches(model)
+    assert len(branches) == 2
+    for chosen in ([branches[0]], [branches[1]], branches):
+        _prove(model, chosen)
+    if shared_bias:  # the oracle gives the zeroed reader a zero of its own; the shared one keeps its readers
+        reference = depth_reference(model, [branches[0]])
+        shared = [i.name for i in model.graph.initializer if i.name.startswith("shared_bias")]
+        readers = [n for n in reference.graph.node if shared[0] in n.input]
+        assert len(shared) == 1 and len(readers) == 1
+        value = [i for i in reference.graph.initializer if i.name == shared[0]][0]
+        assert value.dims == [8]  # still there, for the block that was not removed
+
+
+def test_a_branch_reading_an_earlier_learned_activation_is_not_a_block() -> None:
+    """A skip from further back (here the embedding output, read again by the second block) is not a residual
+    block of the second block's stream; the first block, whose stream *is* the embedding output, still is."""
+    branches = residual_branches(_masked_blocks(shared_bias=False, skip_from_embedding=True))
+    assert len(branches) == 1
+    assert branches[0].stream == "matmul_8"  # the embedding MatMul's output
