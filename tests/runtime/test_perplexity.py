@@ -16,6 +16,7 @@ from onnxprune.core.errors import CalibrationError, ConfigError
 from onnxprune.runtime.perplexity import evaluate_perplexity
 
 VOCAB = 7
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def _table(seed: int = 0) -> np.ndarray:
@@ -188,3 +189,12 @@ def test_cli_missing_ids_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["eval", str(model), "--perplexity", str(data)]) == 1
     err = capsys.readouterr().err
     assert "has no token ids 'input_ids'" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_shipped_language_model_matches_the_training_scripts_torch_perplexity() -> None:
+    """onnxruntime + this module on the held-out windows equal torch's cross-entropy at training time."""
+    info = json.loads((MODELS / "manifest.json").read_text())["models"]["tiny_gpt"]
+    result = evaluate_perplexity(MODELS / info["file"], MODELS / info["data"]["heldout"]["file"])
+    assert result.perplexity == pytest.approx(info["perplexity"]["heldout"], rel=1e-5)
+    assert result.perplexity < info["perplexity"]["unigram"] / 2
+    assert (result.sequences, result.tokens) == (256, 256 * 127)
