@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "input's name, samples on axis 0) and an integer label array; or, with --perplexity, a "
                     "causal language model's next-token perplexity on an .npz of token ids.",
     )
-    p.add_argument("model", help="the .onnx classifier")
+    p.add_argument("model", help="the .onnx classifier (or language model, with --perplexity)")
     p.add_argument("--eval-data", metavar="NPZ",
                    help="labelled data (required), e.g. models/digits_cnn_test.npz; the name prune and "
                         "sensitivity use too")
