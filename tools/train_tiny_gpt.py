@@ -361,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (default 1: on a busy shared machine, 2 threads measured 34 steps in 10 "
-                         "minutes, 1 thread 451)")
+                    help="torch threads (default 1; on the busy shared machine the shipped model came from, 2 "
+                         "threads under nice made 34 steps in 10 minutes, 1 thread without nice 451)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tie", action="store_true", help="tie the LM head to the token embedding")
     ap.add_argument("--d-model", type=int, default=GPTConfig.d_model)
