@@ -38,6 +38,7 @@ _LAZY = {
     "compare_outputs": "onnxprune.runtime.validate",
     "benchmark": "onnxprune.runtime.bench",
     "evaluate_accuracy": "onnxprune.runtime.evaluate",
+    "evaluate_perplexity": "onnxprune.runtime.perplexity",
 }
 
 
@@ -56,6 +57,7 @@ __all__ = [
     "compare_outputs",
     "benchmark",
     "evaluate_accuracy",
+    "evaluate_perplexity",
     "CalibrationError",
     "ChannelGroup",
     "DependencyGraph",

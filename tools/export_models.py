@@ -695,9 +695,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {names}")
     info: dict[str, dict[str, object]] = {}
+    foreign: dict[str, dict[str, object]] = {}  # entries another script writes (tools/train_tiny_gpt.py)
     old = out / "manifest.json"
-    if args.only and old.is_file():
-        info = json.loads(old.read_text())["models"]
+    if old.is_file():
+        previous = json.loads(old.read_text())["models"]
+        foreign = {k: v for k, v in previous.items() if k not in names}
+        if args.only:
+            info = previous
     digits = load_digits_split()
     for name in names:
         if name not in chosen:
@@ -708,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         secs = (_dt.datetime.now() - started).total_seconds()
         acc = f", top-1 {entry.accuracy['top1']:.2%}" if entry.accuracy else ""
         print(f"{name}: {info[name]['bytes']} bytes, {info[name]['params']} params{acc} ({secs:.1f} s)")
-    info = {k: info[k] for k in names if k in info}
+    info = {**{k: info[k] for k in names if k in info}, **foreign}
     write_manifest(out, info)
     return 0
 
