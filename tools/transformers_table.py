@@ -164,7 +164,7 @@ def render(rows: list[dict[str, Any]], before: dict[str, float], argv: list[str]
         oracle = f"{'pass' if r['exact'] else 'FAIL'} ({_num(r['max_diff'], '.1e')})"
         d = r.get("depth", {})
         if "error" in d:
-            depth = f"refused: {d['error'][:100]}"
+            depth = "none removable" if "0 removable" in d["error"] else f"refused: {d['error'][:100]}"
         else:
             dk = d["macs_after"] / r["macs_before"] if r["macs_before"] else 0.0
             depth = f"{dk:.0%}, {'pass' if d['passed'] else 'FAIL'} ({_num(d['max_diff'], '.1e')})"
