@@ -15,8 +15,8 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxprune.core.errors import ConfigError
+from onnxprune.recovery.reader_refit import Data, collect, refit_readers
 from onnxprune.recovery.recover import sink_cuts
-from onnxprune.recovery.width import Data, _collect, refit_readers
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.plan import PrunePlan
 from onnxprune.structured.rotate import prepare_rotation, rotate, to_rms
@@ -38,7 +38,7 @@ class SliceResult:
 def stream_basis(model: ModelProto, tensors: tuple[str, ...], data: Data, *,
                  max_samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvectors (columns, by decreasing variance) and eigenvalues of the stream's second moment."""
-    values = _collect(model, list(tensors), data, max_samples)
+    values = collect(model, list(tensors), data, max_samples)
     cov: np.ndarray | None = None
     for v in values.values():
         x = v.reshape(-1, v.shape[-1]).astype(np.float64)
