@@ -224,10 +224,8 @@ def _remove_dead(model: ModelProto) -> None:
         for n in dead:
             graph.node.remove(n)
     used = {i for n in graph.node for i in n.input} | outputs
-    kept = [t for t in graph.initializer if t.name in used]
-    if len(kept) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+    for i in reversed([i for i, t in enumerate(graph.initializer) if t.name not in used]):
+        del graph.initializer[i]  # by position: extending a kept list would copy every weight
 
 
 def _static_read(node: NodeProto, idx: GraphIndex, sx: tuple) -> np.ndarray | None:
