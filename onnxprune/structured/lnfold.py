@@ -15,10 +15,11 @@ of unit axes) are followed to the readers behind them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import ModelProto, NodeProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.core.ir import GraphIndex, attr, attr_ints, drop_unused_initializers, node_label
 from onnxprune.core.shapefold import infer_shapes
@@ -181,12 +182,15 @@ def _fold_into(idx: GraphIndex, node: NodeProto, gamma: np.ndarray, beta: np.nda
     idx.graph.node.insert(pos + 1, add_node)
 
 
-def fold_layernorm_affine(model: ModelProto, *, copy: bool = True) -> LayerNormFold:
+def fold_layernorm_affine(model: ModelProto, *, copy: bool = True,
+                          source: Mapping[str, TensorProto] | None = None) -> LayerNormFold:
     """Fold every foldable LayerNorm's scale and shift into its linear readers (exact); see the module doc.
 
     The input is not modified, unless ``copy=False`` (then it is edited and returned: a caller that owns a
-    fresh model saves a copy of it). LayerNorms already plain (unit scale, zero shift) are neither folded
-    nor reported as skipped.
+    fresh model saves a copy of it). ``source``: the values of initializers ``model`` holds without data
+    (by name); the fold reads them there and never writes into an existing initializer (each folded weight
+    is a new one). LayerNorms already plain (unit scale, zero shift) are neither folded nor reported as
+    skipped.
     """
     if copy:
         out = ModelProto()
@@ -198,6 +202,8 @@ def fold_layernorm_affine(model: ModelProto, *, copy: bool = True) -> LayerNormF
     skipped: dict[str, str] = {}
     for ln in [n for n in out.graph.node if n.op_type == "LayerNormalization"]:
         idx = GraphIndex(out)
+        if source:  # reads of data-less initializers go to their source (read-only)
+            idx.initializers.update({n: t for n, t in source.items() if n in idx.initializers})
         label = node_label(ln)
         rank = len(shapes.get(ln.input[0]) or ())
         axis = int(attr(ln, "axis", idx.opset, -1))  # type: ignore[call-overload]

@@ -79,8 +79,15 @@ def prepare_rotation(model: ModelProto) -> Prepared:
         UnsupportedModelError: no single stream, a LayerNorm that cannot be folded (post-norm), an op that is
             not linear in the stream, or a reader that sees the stream before a norm.
     """
-    fold = fold_layernorm_affine(freeze_stream_shapes(model).model, copy=False)  # the frozen copy is ours
+    # The frozen copy holds no big weights yet: the fold reads them from the input and writes each folded
+    # one once, then the others are filled once (a copy then rewritten would hold both versions).
+    frozen = freeze_stream_shapes(model, empty_weights=True)
+    source = {t.name: t for t in model.graph.initializer if t.name in frozen.empty}
+    fold = fold_layernorm_affine(frozen.model, copy=False, source=source)
     out = fold.model
+    for tensor in out.graph.initializer:
+        if tensor.name in source:
+            tensor.CopyFrom(source[tensor.name])
     dg = analyze(out, extra_rules=stream_rules())
     ids = [g for g in stream_group_ids(out, dg) if dg.groups[g].prunable]
     if len(ids) != 1:
