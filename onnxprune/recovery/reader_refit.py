@@ -43,7 +43,7 @@ Data = str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]]
 
 
 @contextmanager
-def _extra_outputs(model: ModelProto, tensors: list[str], as_inputs: Mapping[str, TensorProto] = {}
+def _extra_outputs(model: ModelProto, tensors: list[str], as_inputs: Mapping[str, TensorProto] | None = None
                    ) -> Iterator[ModelProto]:
     """``model`` itself, for the time of the ``with``, also outputting ``tensors`` (typed, stale value_info
     set aside) and reading the initializers ``as_inputs`` (which hold no data) as graph inputs.
@@ -52,6 +52,7 @@ def _extra_outputs(model: ModelProto, tensors: list[str], as_inputs: Mapping[str
     messages only and are undone on exit, so the model is as before (initializers moved to the end).
     """
     graph = model.graph
+    as_inputs = as_inputs or {}
     existing = {o.name for o in graph.output}
     wanted = [t for t in dict.fromkeys(tensors) if t not in existing]
     known = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
