@@ -85,10 +85,7 @@ def prepare_rotation(model: ModelProto) -> Prepared:
     source = {t.name: t for t in model.graph.initializer if t.name in frozen.empty}
     fold = fold_layernorm_affine(frozen.model, copy=False, source=source)
     out = fold.model
-    for tensor in out.graph.initializer:
-        if tensor.name in source:
-            tensor.CopyFrom(source[tensor.name])
-    dg = analyze(out, extra_rules=stream_rules())
+    dg = analyze(out, extra_rules=stream_rules())  # structure only: reads no big float values
     ids = [g for g in stream_group_ids(out, dg) if dg.groups[g].prunable]
     if len(ids) != 1:
         raise UnsupportedModelError(f"rotation needs exactly one prunable residual stream, found {len(ids)}")
@@ -126,17 +123,24 @@ def prepare_rotation(model: ModelProto) -> Prepared:
                                         f"its output, so rotation is impossible (plain width pruning applies)")
     norm_params = {i for n in norms for i in n.input[1:]}
     done: set[tuple[str, int]] = set()
+    reads = GraphIndex(out)  # values: those still without data are read from the input (read-only)
+    reads.initializers.update({n: t for n, t in source.items() if n in reads.initializers})
     for cut in group.cuts:
         if cut.role == "sink" or cut.tensor in norm_params or (cut.tensor, cut.axis) in done:
             continue
         node = by_name.get(cut.node) or idx.producer.get(cut.node)
         if node is not None and any(o in post for o in node.output):
             continue  # after a norm: rotated, not centred
-        value = idx.const_value(cut.tensor)
+        value = reads.const_value(cut.tensor)
         if value is None:
             raise UnsupportedModelError(f"stream constant '{cut.tensor}' is computed at run time")
         _set(idx, cut.tensor, value - value.astype(np.float64).mean(axis=cut.axis, keepdims=True).astype(value.dtype))
+        reads.initializers[cut.tensor] = idx.initializers[cut.tensor]  # centred along a second axis: read it
         done.add((cut.tensor, cut.axis))
+    written = {name for name, _ in done}
+    for tensor in out.graph.initializer:  # the rest, once each
+        if tensor.name in source and tensor.name not in written:
+            tensor.CopyFrom(source[tensor.name])
     dg = analyze(out, extra_rules=stream_rules())  # the same structure; constants changed
     stream = tuple(dict.fromkeys(n.input[0] for n in norms))
     return Prepared(out, dg, ids[0], group.size, tuple(n.name for n in norms), stream)
