@@ -88,7 +88,10 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
     if refit:
         assert calib is not None
         cuts = [c for c in sink_cuts(frozen.model, dg, result.plan) if c.node.op_type in ("MatMul", "Gemm")]
-        pruned, fitted = refit_readers(frozen.model, pruned, cuts, calib, ridge=ridge, max_samples=max_samples)
+        unfitted = [pruned]  # handed over with no reference left here: the re-fit frees it once copied
+        del pruned, result
+        pruned, fitted = refit_readers(frozen.model, unfitted.pop(), cuts, calib, ridge=ridge,
+                                       max_samples=max_samples)
         report["refit"] = fitted
     return WidthResult(pruned, report)
 
