@@ -20,6 +20,7 @@ from onnx import ModelProto, numpy_helper
 
 import onnxprune.recovery.slicegpt as slicegpt_module
 import onnxprune.recovery.width as width_module
+from onnxprune.core.errors import ConfigError
 from onnxprune.core.ir import GraphIndex
 from onnxprune.recovery.calibrate import iter_feeds, rows_to_weight, weight_rows, with_outputs
 from onnxprune.recovery.reader_refit import collect
@@ -119,3 +120,17 @@ def test_one_session_refit_equals_sequential_refit_on_digits_transformer(monkeyp
     test = np.load(MODELS / "digits_transformer_test.npz")
     names = {i.name for i in model.graph.input}
     _assert_same(fast, reference, {k: test[k][:64] for k in test.files if k in names})
+
+
+def test_collect_adds_outputs_in_place_and_restores_the_model_byte_for_byte() -> None:
+    """The probe edits the model itself (no copy of its weights): outputs added, declared value_info of the
+    fetched tensors set aside; afterwards the model must be exactly what it was."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(MODELS / "digits_transformer.onnx")))
+    names = [vi.name for vi in model.graph.value_info]
+    before = model.SerializeToString()
+    values = collect(model, [names[5], names[1]], str(MODELS / "digits_transformer_calib.npz"), 16)
+    assert model.SerializeToString() == before
+    assert values[names[1]].shape[0] == 16
+    with pytest.raises(ConfigError, match="not computed"):
+        collect(model, ["no_such_tensor"], str(MODELS / "digits_transformer_calib.npz"), 16)
+    assert model.SerializeToString() == before
