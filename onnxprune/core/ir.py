@@ -535,3 +535,15 @@ def matches_any(names: str | Iterable[str], patterns: Iterable[str]) -> bool:
     """
     candidates = [names] if isinstance(names, str) else list(names)
     return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in candidates)
+
+
+def drop_unused_initializers(graph: GraphProto) -> None:
+    """Delete, in place, the initializers no node of ``graph`` reads (its own nodes, not subgraphs').
+
+    Why not ``del graph.initializer[:]`` then ``extend(kept)``: that copies every kept tensor, weights
+    included, into the same message, and python protobuf (upb) keeps the old copies until the whole model
+    is freed; deleting by position copies nothing.
+    """
+    used = {i for n in graph.node for i in n.input}
+    for i in reversed([i for i, t in enumerate(graph.initializer) if t.name not in used]):
+        del graph.initializer[i]

@@ -15,8 +15,10 @@ import numpy as np
 from onnx import ModelProto
 
 from onnxprune.core.errors import ConfigError
+from onnxprune.core.io import release_memory
+from onnxprune.recovery.reader_refit import Data, collect, refit_readers
 from onnxprune.recovery.recover import sink_cuts
-from onnxprune.recovery.width import Data, _collect, frozen_stream, refit_readers
+from onnxprune.recovery.width import frozen_stream
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.plan import PrunePlan
 from onnxprune.structured.rotate import prepare_rotation, rotate, to_rms
@@ -38,7 +40,7 @@ class SliceResult:
 def stream_basis(model: ModelProto, tensors: tuple[str, ...], data: Data, *,
                  max_samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvectors (columns, by decreasing variance) and eigenvalues of the stream's second moment."""
-    values = _collect(model, list(tensors), data, max_samples)
+    values = collect(model, list(tensors), data, max_samples)
     cov: np.ndarray | None = None
     for v in values.values():
         x = v.reshape(-1, v.shape[-1]).astype(np.float64)
@@ -61,21 +63,28 @@ def slice_stream(model: ModelProto, *, ratio: float, calib: Data, refit: bool = 
         raise ConfigError(f"ratio must be in [0, 1), got {ratio}")
     prep = prepare_rotation(frozen_stream(model).model)  # folded shape pieces first (see frozen_stream)
     q, variance = stream_basis(prep.model, prep.stream, calib, max_samples=max_samples)
-    rotated_ln = rotate(prep, q)
-    exact = to_rms(rotated_ln, prep.norms, prep.width)
-    keep = max(1, prep.width - int(round(ratio * prep.width)))
-    dg = analyze(rotated_ln, extra_rules=stream_rules())
-    (group,) = [g for g in stream_group_ids(rotated_ln, dg) if dg.groups[g].prunable]
-    plan = PrunePlan(fingerprint=dg.fingerprint, keep={group: np.arange(keep)}, sizes={group: prep.width},
+    norms, width = prep.norms, prep.width
+    rotated = rotate(prep, q)
+    del prep  # each intermediate model is dropped as soon as the next exists: they are as big as the input
+    release_memory()
+    keep = max(1, width - int(round(ratio * width)))
+    dg = analyze(rotated, extra_rules=stream_rules())
+    (group,) = [g for g in stream_group_ids(rotated, dg) if dg.groups[g].prunable]
+    plan = PrunePlan(fingerprint=dg.fingerprint, keep={group: np.arange(keep)}, sizes={group: width},
                      criterion="pca")
-    sliced = to_rms(apply_plan(rotated_ln, plan, dg=dg, extra_rules=stream_rules()), prep.norms, prep.width)
+    sliced = to_rms(apply_plan(rotated, plan, dg=dg, extra_rules=stream_rules()), norms, width, inplace=True)
+    cuts = [c for c in sink_cuts(rotated, dg, plan) if c.node.op_type in ("MatMul", "Gemm")] if refit else []
+    exact = to_rms(rotated, norms, width, inplace=True)  # the cuts' nodes (readers) stay in it
+    del rotated
     report: dict[str, Any] = {
-        "exact": False, "rotation_exact": True, "width_before": prep.width, "width_after": keep,
+        "exact": False, "rotation_exact": True, "width_before": width, "width_after": keep,
         "variance_kept": float(variance[:keep].sum() / max(variance.sum(), 1e-30)),
         "params_removed_by_slicing": int(dg.params_removed(plan.keep)), "refit": []}
     if refit:
-        cuts = [c for c in sink_cuts(rotated_ln, dg, plan) if c.node.op_type in ("MatMul", "Gemm")]
-        sliced, report["refit"] = refit_readers(exact, sliced, cuts, calib, max_samples=max_samples)
+        # handed over without a reference left here, so the re-fit can free it once copied
+        unfitted = [sliced]
+        del sliced
+        sliced, report["refit"] = refit_readers(exact, unfitted.pop(), cuts, calib, max_samples=max_samples)
     return SliceResult(sliced, exact, report)
 
 

@@ -17,26 +17,21 @@ Convolution readers (ConvNeXt's downsampling layers) keep their sliced weights.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-from onnx import ModelProto, numpy_helper
+from onnx import ModelProto
 
 from onnxprune.core.errors import ConfigError, UnsupportedModelError
-from onnxprune.core.ir import GraphIndex
-from onnxprune.recovery.calibrate import iter_feeds, rows_to_weight, weight_rows, with_outputs
-from onnxprune.recovery.recover import SinkCut, layer_bias, set_layer_bias, sink_cuts
-from onnxprune.recovery.solvers import DEFAULT_RIDGE, solve_spd
+from onnxprune.recovery.reader_refit import Data, refit_readers
+from onnxprune.recovery.recover import sink_cuts
+from onnxprune.recovery.solvers import DEFAULT_RIDGE
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.prune import coverage, prune_structured
 from onnxprune.structured.stream import FrozenShapes, freeze_stream_shapes, stream_group_ids, stream_rules
 
 log = logging.getLogger(__name__)
-
-Data = str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -94,7 +89,10 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
     if refit:
         assert calib is not None
         cuts = [c for c in sink_cuts(frozen.model, dg, result.plan) if c.node.op_type in ("MatMul", "Gemm")]
-        pruned, fitted = refit_readers(frozen.model, pruned, cuts, calib, ridge=ridge, max_samples=max_samples)
+        unfitted = [pruned]  # handed over with no reference left here: the re-fit frees it once copied
+        del pruned, result
+        pruned, fitted = refit_readers(frozen.model, unfitted.pop(), cuts, calib, ridge=ridge,
+                                       max_samples=max_samples)
         report["refit"] = fitted
     return WidthResult(pruned, report)
 
@@ -124,97 +122,3 @@ def stream_coverage(model: ModelProto, *, dims: Mapping[str, int] | None = None)
     frozen = frozen_stream(model)
     dg = analyze(frozen.model, extra_rules=stream_rules(), dims=dict(dims) if dims else None)
     return coverage(frozen.model, dg, dict(dg.shapes))
-
-
-def _rows(x: np.ndarray, cut: SinkCut, opset: int) -> np.ndarray:
-    """A reader's input as ``(rows, K)``: features on the last axis (MatMul, Gemm) or axis 0 (Gemm transA)."""
-    from onnxprune.core.ir import attr
-
-    if cut.node.op_type == "Gemm" and attr(cut.node, "transA", opset, 0):
-        x = x.T
-    return x.reshape(-1, x.shape[-1]).astype(np.float64)
-
-
-def _collect(model: ModelProto, tensors: list[str], data: Data, max_samples: int | None) -> dict[str, np.ndarray]:
-    """Every calibration batch's values of ``tensors``, concatenated along the first axis (rows)."""
-    from onnxprune.runtime.session import create_session, run_session
-
-    tensors = list(dict.fromkeys(tensors))  # readers sharing one input (q, k, v) ask for it once each
-    probe = with_outputs(model, tensors)
-    session = create_session(probe)
-    parts: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
-    for feed in iter_feeds(model, data, max_samples=max_samples):
-        values = run_session(session, feed, outputs=tensors)
-        for t in tensors:
-            parts[t].append(values[t])
-    return {t: np.concatenate(v, axis=0) for t, v in parts.items()}
-
-
-def _order(model: ModelProto, cuts: list[SinkCut]) -> list[SinkCut]:
-    position = {n.output[0]: i for i, n in enumerate(model.graph.node) if n.output}
-    return sorted(cuts, key=lambda c: position.get(c.node.output[0], 0))
-
-
-def refit_readers(original: ModelProto, pruned: ModelProto, cuts: list[SinkCut], data: Data, *,
-                  ridge: float = DEFAULT_RIDGE, max_samples: int | None = None
-                  ) -> tuple[ModelProto, list[dict[str, Any]]]:
-    """Re-fit each reader in graph order on the pruned model's input so its output matches the original's.
-
-    Solves ``min ‖[X_p 1] [W'; b'] − (X_o W + b)‖² + λ‖W' − W_k‖²`` per reader, with ``X_p`` the reader's
-    input in the current pruned model and ``X_o`` in the original. Returns the new model and, per reader,
-    the relative output error before and after the fit (on the calibration data).
-    """
-    out = ModelProto()
-    out.CopyFrom(pruned)
-    idx_o = GraphIndex(original)
-    originals = _collect(original, [c.activation for c in cuts], data, max_samples)
-    fitted: list[dict[str, Any]] = []
-    for cut in _order(original, cuts):
-        idx = GraphIndex(out)
-        node = idx.nodes_by_name.get(cut.key)
-        if node is None:
-            raise ConfigError(f"reader '{cut.key}' is not in the pruned model")
-        w_o = idx_o.const_value(cut.node.input[1])
-        w_p = idx.const_value(node.input[1])
-        if w_o is None or w_p is None:
-            continue
-        rows_o = weight_rows(cut.node, w_o.astype(np.float64), idx_o.opset)[0]
-        n_out = rows_o.shape[0]
-        bias_o = layer_bias(idx_o, cut.node, n_out)
-        x_o = _rows(originals[cut.activation], cut, idx_o.opset)
-        x_p = _rows(_collect(out, [node.input[0]], data, max_samples)[node.input[0]], cut, idx.opset)
-        target = (x_o @ rows_o.T + bias_o)[:, cut.keep_out]
-        rows_p = weight_rows(node, w_p.astype(np.float64), idx.opset)[0]
-        bias_p = layer_bias(idx, node, rows_p.shape[0])
-        aug = np.hstack([x_p, np.ones((x_p.shape[0], 1))])
-        gram = aug.T @ aug
-        k = x_p.shape[1]
-        lam = ridge * max(float(np.mean(np.diag(gram)[:k])), 1e-12)
-        reg = np.full(k + 1, lam)
-        reg[k] = 0.0
-        prior = np.vstack([rows_p.T, bias_p[None]])
-        sol = solve_spd(gram + np.diag(reg), aug.T @ target + reg[:, None] * prior)
-        before = float(np.linalg.norm(aug @ prior - target) / max(np.linalg.norm(target), 1e-30))
-        after = float(np.linalg.norm(aug @ sol - target) / max(np.linalg.norm(target), 1e-30))
-        if not np.isfinite(sol).all():
-            raise UnsupportedModelError(f"re-fit of reader '{cut.key}' gave non-finite weights")
-        shape = idx.const_shape(node.input[1])
-        assert shape is not None
-        value = rows_to_weight(node, sol[:k].T[None], shape, idx.opset).astype(w_p.dtype)
-        _set_weight(idx, node, value)
-        set_layer_bias(idx, node, sol[k].astype(w_p.dtype), w_p.dtype)
-        fitted.append({"layer": cut.key, "rel_error_before": before, "rel_error_after": after})
-        log.info("re-fit %s: relative output error %.4f -> %.4f", cut.key, before, after)
-    return out, fitted
-
-
-def _set_weight(idx: GraphIndex, node: Any, value: np.ndarray) -> None:
-    """Give ``node`` its own weight initializer holding ``value`` (a tied weight is not changed for others)."""
-    name = idx.unique_name(f"{node.name or node.output[0]}_weight")
-    idx.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
-    old = node.input[1]
-    node.input[1] = name
-    if not any(old in n.input for n in idx.graph.node):
-        keep = [t for t in idx.graph.initializer if t.name != old]
-        del idx.graph.initializer[:]
-        idx.graph.initializer.extend(keep)

@@ -15,12 +15,13 @@ of unit axes) are followed to the readers behind them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import ModelProto, NodeProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
-from onnxprune.core.ir import GraphIndex, attr, attr_ints, node_label
+from onnxprune.core.ir import GraphIndex, attr, attr_ints, drop_unused_initializers, node_label
 from onnxprune.core.shapefold import infer_shapes
 
 log = logging.getLogger(__name__)
@@ -181,19 +182,28 @@ def _fold_into(idx: GraphIndex, node: NodeProto, gamma: np.ndarray, beta: np.nda
     idx.graph.node.insert(pos + 1, add_node)
 
 
-def fold_layernorm_affine(model: ModelProto) -> LayerNormFold:
+def fold_layernorm_affine(model: ModelProto, *, copy: bool = True,
+                          source: Mapping[str, TensorProto] | None = None) -> LayerNormFold:
     """Fold every foldable LayerNorm's scale and shift into its linear readers (exact); see the module doc.
 
-    The input is not modified. LayerNorms already plain (unit scale, zero shift) are neither folded nor
-    reported as skipped.
+    The input is not modified, unless ``copy=False`` (then it is edited and returned: a caller that owns a
+    fresh model saves a copy of it). ``source``: the values of initializers ``model`` holds without data
+    (by name); the fold reads them there and never writes into an existing initializer (each folded weight
+    is a new one). LayerNorms already plain (unit scale, zero shift) are neither folded nor reported as
+    skipped.
     """
-    out = ModelProto()
-    out.CopyFrom(model)
+    if copy:
+        out = ModelProto()
+        out.CopyFrom(model)
+    else:
+        out = model
     shapes = infer_shapes(out)
     folded: list[str] = []
     skipped: dict[str, str] = {}
     for ln in [n for n in out.graph.node if n.op_type == "LayerNormalization"]:
         idx = GraphIndex(out)
+        if source:  # reads of data-less initializers go to their source (read-only)
+            idx.initializers.update({n: t for n, t in source.items() if n in idx.initializers})
         label = node_label(ln)
         rank = len(shapes.get(ln.input[0]) or ())
         axis = int(attr(ln, "axis", idx.opset, -1))  # type: ignore[call-overload]
@@ -218,10 +228,7 @@ def fold_layernorm_affine(model: ModelProto) -> LayerNormFold:
         if beta is not None:
             ln.input[2] = _add_init(idx, f"{label}_zero_shift", np.zeros_like(beta))
         folded.append(label)
-    used = {i for n in out.graph.node for i in n.input}
-    kept = [t for t in out.graph.initializer if t.name in used]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(kept)
+    drop_unused_initializers(out.graph)
     for label, reason in skipped.items():
         log.info("LayerNorm %s not folded: %s", label, reason)
     return LayerNormFold(out, tuple(folded), skipped)

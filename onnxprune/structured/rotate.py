@@ -24,7 +24,8 @@ import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
 from onnxprune.core.errors import UnsupportedModelError
-from onnxprune.core.ir import GraphIndex, attr
+from onnxprune.core.ir import GraphIndex, attr, drop_unused_initializers
+from onnxprune.core.weights import copy_model_without_weights, little_endian_bytes
 from onnxprune.structured.analysis import DependencyGraph, analyze
 from onnxprune.structured.axes import Identity
 from onnxprune.structured.lnfold import fold_layernorm_affine
@@ -78,9 +79,13 @@ def prepare_rotation(model: ModelProto) -> Prepared:
         UnsupportedModelError: no single stream, a LayerNorm that cannot be folded (post-norm), an op that is
             not linear in the stream, or a reader that sees the stream before a norm.
     """
-    fold = fold_layernorm_affine(freeze_stream_shapes(model).model)
+    # The frozen copy holds no big weights yet: the fold reads them from the input and writes each folded
+    # one once, then the others are filled once (a copy then rewritten would hold both versions).
+    frozen = freeze_stream_shapes(model, empty_weights=True)
+    source = {t.name: t for t in model.graph.initializer if t.name in frozen.empty}
+    fold = fold_layernorm_affine(frozen.model, copy=False, source=source)
     out = fold.model
-    dg = analyze(out, extra_rules=stream_rules())
+    dg = analyze(out, extra_rules=stream_rules())  # structure only: reads no big float values
     ids = [g for g in stream_group_ids(out, dg) if dg.groups[g].prunable]
     if len(ids) != 1:
         raise UnsupportedModelError(f"rotation needs exactly one prunable residual stream, found {len(ids)}")
@@ -118,17 +123,24 @@ def prepare_rotation(model: ModelProto) -> Prepared:
                                         f"its output, so rotation is impossible (plain width pruning applies)")
     norm_params = {i for n in norms for i in n.input[1:]}
     done: set[tuple[str, int]] = set()
+    reads = GraphIndex(out)  # values: those still without data are read from the input (read-only)
+    reads.initializers.update({n: t for n, t in source.items() if n in reads.initializers})
     for cut in group.cuts:
         if cut.role == "sink" or cut.tensor in norm_params or (cut.tensor, cut.axis) in done:
             continue
         node = by_name.get(cut.node) or idx.producer.get(cut.node)
         if node is not None and any(o in post for o in node.output):
             continue  # after a norm: rotated, not centred
-        value = idx.const_value(cut.tensor)
+        value = reads.const_value(cut.tensor)
         if value is None:
             raise UnsupportedModelError(f"stream constant '{cut.tensor}' is computed at run time")
         _set(idx, cut.tensor, value - value.astype(np.float64).mean(axis=cut.axis, keepdims=True).astype(value.dtype))
+        reads.initializers[cut.tensor] = idx.initializers[cut.tensor]  # centred along a second axis: read it
         done.add((cut.tensor, cut.axis))
+    written = {name for name, _ in done}
+    for tensor in out.graph.initializer:  # the rest, once each
+        if tensor.name in source and tensor.name not in written:
+            tensor.CopyFrom(source[tensor.name])
     dg = analyze(out, extra_rules=stream_rules())  # the same structure; constants changed
     stream = tuple(dict.fromkeys(n.input[0] for n in norms))
     return Prepared(out, dg, ids[0], group.size, tuple(n.name for n in norms), stream)
@@ -136,31 +148,48 @@ def prepare_rotation(model: ModelProto) -> Prepared:
 
 def rotate(prepared: Prepared, q: np.ndarray) -> ModelProto:
     """The prepared model with every stream constant multiplied by ``q`` along its stream axis (LayerNorms
-    kept: call :func:`to_rms` for the exact model)."""
+    kept: call :func:`to_rms` for the exact model).
+
+    The copy is made without the rotated constants and each is written once (a tensor rotated along two
+    axes is rotated along both first): rewriting a copied tensor would keep both versions in memory.
+    """
     q = np.asarray(q, dtype=np.float64)
     if q.shape != (prepared.width, prepared.width) or not np.allclose(q.T @ q, np.eye(prepared.width), atol=1e-6):
         raise UnsupportedModelError(f"Q must be an orthogonal {prepared.width}x{prepared.width} matrix")
-    out = ModelProto()
-    out.CopyFrom(prepared.model)
-    idx = GraphIndex(out)
-    by_name = {n.name: n for n in out.graph.node}
+    source = GraphIndex(prepared.model)
+    by_name = {n.name: n for n in prepared.model.graph.node}
     norm_params = {i for name in prepared.norms for i in by_name[name].input[1:]}
-    done: set[tuple[str, int]] = set()
+    axes: dict[str, list[int]] = {}
     for cut in prepared.dg.groups[prepared.group].cuts:
-        if cut.tensor in norm_params or (cut.tensor, cut.axis) in done:
+        if cut.tensor in norm_params or cut.axis in axes.get(cut.tensor, []):
             continue
-        value = idx.const_value(cut.tensor)
+        if cut.tensor not in source.initializers:
+            raise UnsupportedModelError(f"stream constant '{cut.tensor}' is not an initializer; it cannot be "
+                                        f"rotated")
+        axes.setdefault(cut.tensor, []).append(cut.axis)
+    out = copy_model_without_weights(prepared.model, axes)
+    idx = GraphIndex(out)
+    for name, along in axes.items():
+        value = source.const_value(name)
         assert value is not None  # prepare_rotation checked every constant
-        _set(idx, cut.tensor, _along(value, cut.axis, q))
-        done.add((cut.tensor, cut.axis))
+        for axis in along:
+            value = _along(value, axis, q)
+        idx.initializers[name].raw_data = little_endian_bytes(value)
+        del value
     return out
 
 
-def to_rms(model: ModelProto, norms: tuple[str, ...], width: int) -> ModelProto:
+def to_rms(model: ModelProto, norms: tuple[str, ...], width: int, *, inplace: bool = False) -> ModelProto:
     """Replace each named LayerNorm by ``x / sqrt(Σx² / width + eps)`` (its scale and shift must be unit and
-    zero). With ``width`` the original stream width, a sliced stream keeps the original scale."""
-    out = ModelProto()
-    out.CopyFrom(model)
+    zero). With ``width`` the original stream width, a sliced stream keeps the original scale.
+
+    ``inplace``: edit ``model`` itself and return it (a caller that no longer needs the LayerNorm version
+    saves a copy of the model)."""
+    if inplace:
+        out = model
+    else:
+        out = ModelProto()
+        out.CopyFrom(model)
     idx = GraphIndex(out)
     graph = out.graph
     for name in norms:
@@ -185,8 +214,5 @@ def to_rms(model: ModelProto, norms: tuple[str, ...], width: int) -> ModelProto:
         graph.node.remove(node)
         for k, n in enumerate(nodes):
             graph.node.insert(pos + k, n)
-    used = {i for n in graph.node for i in n.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    drop_unused_initializers(graph)
     return out

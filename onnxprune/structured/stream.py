@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import ModelProto, NodeProto, numpy_helper
 
-from onnxprune.core.ir import GraphIndex, node_label
-from onnxprune.core.shapefold import infer_shapes
+from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, node_label
+from onnxprune.core.shapefold import MAX_ELEMENTS, infer_shapes
+from onnxprune.core.weights import copy_model_without_weights
 from onnxprune.structured.analysis import DependencyGraph
 from onnxprune.structured.axes import ChannelAxis, Coupling
 from onnxprune.structured.rules.base import Blocked, OpRule, RewriteContext, RuleContext, is_output, which_input
@@ -224,10 +225,8 @@ def _remove_dead(model: ModelProto) -> None:
         for n in dead:
             graph.node.remove(n)
     used = {i for n in graph.node for i in n.input} | outputs
-    kept = [t for t in graph.initializer if t.name in used]
-    if len(kept) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+    for i in reversed([i for i, t in enumerate(graph.initializer) if t.name not in used]):
+        del graph.initializer[i]  # by position: extending a kept list would copy every weight
 
 
 def _static_read(node: NodeProto, idx: GraphIndex, sx: tuple) -> np.ndarray | None:
@@ -265,15 +264,27 @@ class FrozenShapes:
     model: ModelProto
     constants: int
     trailing: int
+    #: initializers copied without their data (``empty_weights=True``); fill each before using the model
+    empty: frozenset[str] = frozenset()
 
 
-def freeze_stream_shapes(model: ModelProto) -> FrozenShapes:
+def freeze_stream_shapes(model: ModelProto, *, empty_weights: bool = False) -> FrozenShapes:
     """Exact rewrite: ``Gather(Shape(x), k)`` of dimensions fixed at every input size become constants, and a
     runtime reshape target ``Concat(..., [d])`` whose ``d`` is the reshaped tensor's fixed last dimension
     (kept as the output's last) ends in ``-1`` instead. The input is not modified.
+
+    ``empty_weights``: copy float initializers of more than ``MAX_ELEMENTS`` values without their data
+    (none of them is read here; their names are in ``empty``), for a caller that rewrites most of them and
+    fills the rest once (:func:`~onnxprune.core.weights.copy_model_without_weights` says why).
     """
-    out = ModelProto()
-    out.CopyFrom(model)
+    empty: frozenset[str] = frozenset()
+    if empty_weights:
+        empty = frozenset(t.name for t in model.graph.initializer
+                          if t.data_type in FLOAT_TYPES and int(np.prod(t.dims)) > MAX_ELEMENTS)
+        out = copy_model_without_weights(model, empty)
+    else:
+        out = ModelProto()
+        out.CopyFrom(model)
     dims = _static_dims(out)
     idx = GraphIndex(out)
     frozen: dict[str, np.ndarray] = {}
@@ -313,7 +324,7 @@ def freeze_stream_shapes(model: ModelProto) -> FrozenShapes:
         trailing += 1
     _remove_dead(out)
     log.info("froze %d static shape reads and %d reshape targets", len(frozen), trailing)
-    return FrozenShapes(out, len(frozen), trailing)
+    return FrozenShapes(out, len(frozen), trailing, empty)
 
 
 # -- the stream groups ------------------------------------------------------------------------------------
