@@ -148,6 +148,7 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
             importance=config.importance if "importance" in config.given else None, dims=config.dims)
         if rotated is not None and config.validate:  # the rotation itself must be exact
             width["rotation_check"] = _compare_exact(original, rotated, config, "rotation exactness")
+        del rotated  # as big as the model: not kept through validation and saving
         exact_reference, extra = None, {"width": width}
     else:
         pruned, exact_reference, extra = _run_sparse(original, config, warnings)
