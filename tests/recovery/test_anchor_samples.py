@@ -51,3 +51,11 @@ def test_refine_replaces_a_rough_anchor_with_the_full_measurement():
 def test_bad_anchor_samples_are_refused(bad):
     with pytest.raises(ConfigError, match="anchor_samples must be a positive integer or None"):
         sensitivity(CNN, CNN_CALIB, anchor_samples=bad)
+
+
+def test_rough_anchors_on_worker_processes_equal_local():
+    """The anchors' smaller calibration set travels to the workers: same report as in this process."""
+    args = {"ratios": (0.3, 0.5), "anchor_samples": 64}
+    local = sensitivity(CNN, CNN_CALIB, **args)
+    assert not any(g.exact[1] for g in local.groups)  # anchored on 64 of 256 samples
+    assert sensitivity(CNN, CNN_CALIB, executor="processes", workers=2, **args) == local
