@@ -24,7 +24,8 @@ inputs (written to a temporary npz). Run on an idle machine: the figures are wal
 
 Usage:
   .venv/bin/python tools/bench_sensitivity.py [--models models/digits_cnn.onnx ...] [--samples 256]
-                                              [--recover none] [--ratios 0.1,0.5] [--budget] [--target-macs 0.5]
+                                              [--recover none] [--ratios 0.1,0.5] [--anchor-samples 64,32,all]
+                                              [--budget] [--target-macs 0.5]
                                               [--json out.json]
                                               [--baseline-src DIR] [--scaling 1,2] [--executors processes,ray]
                                               [--ray-cpus N] [--ray-address ADDRESS] [--scaling-only]
@@ -49,7 +50,12 @@ sys.path.insert(0, str(ROOT))
 from onnxprune.config import PruneConfig  # noqa: E402
 from onnxprune.core.io import load_model  # noqa: E402
 from onnxprune.recovery.budget import allocate_budget  # noqa: E402
-from onnxprune.recovery.sensitivity import DEFAULT_RATIOS, sensitivity, spearman  # noqa: E402
+from onnxprune.recovery.sensitivity import (  # noqa: E402
+    DEFAULT_ANCHOR_SAMPLES,
+    DEFAULT_RATIOS,
+    sensitivity,
+    spearman,
+)
 from onnxprune.runtime.feeds import input_specs  # noqa: E402
 from onnxprune.structured.analysis import analyze  # noqa: E402
 
@@ -176,11 +182,19 @@ def bench_model(path: Path, args: argparse.Namespace, tmp: Path) -> dict[str, ob
     row.update(groups=len(exact.groups), sensitivity_model_s=round(t_model, 1),
                candidates=sum(len(g.ratios) for g in exact.groups), whole_model_runs_model=whole_model_runs(exact))
     if not args.scaling_only:
-        fast, t_gram = timed(lambda: sensitivity(str(path), calib, recover=args.recover, method="gram",
-                                                 max_samples=args.samples, ratios=args.ratios))
-        row.update(sensitivity_gram_s=round(t_gram, 1), sensitivity_speedup=round(t_model / t_gram, 2),
-                   spearman=round(spearman([g.score for g in fast.groups], [g.score for g in exact.groups]), 4),
-                   whole_model_runs_gram=whole_model_runs(fast))
+        for i, anchors in enumerate(args.anchor_samples):  # the first is the headline "gram" row
+            fast_a, t_a = timed(lambda a=anchors: sensitivity(str(path), calib, recover=args.recover, method="gram",
+                                                              max_samples=args.samples, ratios=args.ratios,
+                                                              anchor_samples=a))
+            rho = round(spearman([g.score for g in fast_a.groups], [g.score for g in exact.groups]), 4)
+            if i == 0:
+                fast, t_gram = fast_a, t_a
+                row.update(anchor_samples=anchors, sensitivity_gram_s=round(t_gram, 1),
+                           sensitivity_speedup=round(t_model / t_gram, 2), spearman=rho,
+                           whole_model_runs_gram=whole_model_runs(fast))
+            else:
+                row[f"sensitivity_gram_anchors_{anchors or 'all'}_s"] = round(t_a, 1)
+                row[f"spearman_anchors_{anchors or 'all'}"] = rho
     if args.scaling:
         row.update(scaling(path, calib, exact.to_dict(), args))
     if args.scaling_only:
@@ -222,6 +236,10 @@ def main() -> int:
     p.add_argument("--recover", default="none", choices=("none", "bias", "lstsq"))
     p.add_argument("--ratios", type=lambda t: tuple(float(x) for x in t.split(",")), default=DEFAULT_RATIOS,
                    help="sensitivity ratios (default: the 7 default ones)")
+    p.add_argument("--anchor-samples", type=lambda t: [None if x == "all" else int(x) for x in t.split(",")],
+                   default=[DEFAULT_ANCHOR_SAMPLES], metavar="N,N",
+                   help="samples of the gram path's anchors, each timed ('all': every sample; the first is the "
+                        f"headline row; default {DEFAULT_ANCHOR_SAMPLES})")
     p.add_argument("--budget", action="store_true", help="also time --target-macs budgets both ways")
     p.add_argument("--target-macs", type=float, default=0.5)
     p.add_argument("--json", help="write the rows here")
