@@ -23,6 +23,7 @@ from onnx import ModelProto, TensorProto
 from onnxprune.core.errors import CalibrationError, ConfigError
 from onnxprune.core.io import load_model
 from onnxprune.runtime.feeds import (
+    check_batch_size,
     check_feeds,
     fixed_batch_size,
     input_specs,
@@ -181,8 +182,7 @@ def evaluate_accuracy(
     """
     from onnxprune.runtime.session import create_session, run_session
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r} (--batch)")
+    check_batch_size(batch_size)
     proto = load_model(model)
     out_name, feeds, y = check_eval_data(proto, data, labels=labels, output=output)
     n = len(y)

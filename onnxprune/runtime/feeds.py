@@ -412,6 +412,14 @@ def num_samples(feeds: Mapping[str, np.ndarray]) -> int:
     return next(iter(counts.values()))
 
 
+def check_batch_size(batch_size: object) -> int:
+    """``batch_size`` itself when it is a positive integer (``bool`` is not), else a ``ConfigError``
+    naming the flag; the evaluations that run data through a model in batches share it."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r} (--batch-size)")
+    return batch_size
+
+
 def iter_batches(feeds: Mapping[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """Yield ``{name: array[i:i + batch_size]}`` along axis 0; the last batch may be smaller.
 

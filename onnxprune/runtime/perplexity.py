@@ -27,6 +27,7 @@ from onnxprune.core.errors import CalibrationError, ConfigError
 from onnxprune.core.io import load_model
 from onnxprune.runtime.feeds import (
     InputSpec,
+    check_batch_size,
     check_feeds,
     fixed_batch_size,
     index_bounds,
@@ -224,8 +225,7 @@ def evaluate_perplexity(
     """
     from onnxprune.runtime.session import create_session, run_session
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r} (--batch-size)")
+    check_batch_size(batch_size)
     proto = load_model(model)
     out_name, ids_name, feeds, mask = check_perplexity_data(proto, data, output=output, ids_input=ids_input)
     ids = feeds[ids_name]

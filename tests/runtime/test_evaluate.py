@@ -131,8 +131,8 @@ def test_bad_data_is_refused_in_one_line(change, error, match) -> None:
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"output 'probs' is not an output.*\['logits'\]"):
         evaluate_accuracy(class_scores(), _data(), output="probs")
-    with pytest.raises(ConfigError, match=r"batch_size must be a positive integer, got 0"):
-        evaluate_accuracy(class_scores(), _data(), batch_size=0)
+    with pytest.raises(ConfigError, match=r"batch_size must be a positive integer, got 0 \(--batch-size\)"):
+        evaluate_accuracy(class_scores(), _data(), batch_size=0)  # the flag's name, not its old spelling
 
 
 def test_unreadable_data_file(tmp_path: Path) -> None:
