@@ -275,6 +275,8 @@ def _substitute(skel: ModelProto, values: dict[str, np.ndarray]) -> ModelProto:
     g = out.graph
     g.input.extend(skel.graph.input)
     g.output.extend(skel.graph.output)
+    # declared shapes (the outputs of onnxruntime's fused ops, which onnx cannot infer) carry inference past them
+    g.value_info.extend(vi for vi in skel.graph.value_info if vi.name not in values)
     kept = [n for n in skel.graph.node if not all(o in values for o in n.output if o)]
     g.node.extend(kept)
     needed = {i for n in kept for i in n.input} | {o.name for o in skel.graph.output}

@@ -76,3 +76,38 @@ def test_a_fused_op_whose_input_only_folding_sizes_is_sized_after_it() -> None:
     assert shapes["g"] == (1, 6, 24) and shapes["out"] == (1, 6, D)
     got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": np.ones((2, 3, D), np.float32)})[0]
     assert got.shape == (1, 6, D)  # what onnxruntime computes
+
+
+def test_folding_after_a_fused_op_keeps_its_declared_output() -> None:
+    """The second layer of an optimized BERT: attention after a fused SkipLayerNormalization, its head split
+    a Reshape to a run-time target read from the fused op's output. Shape folding re-infers the graph with the
+    folded values; it must keep the fused op's declared output shape, or everything after it (the scores,
+    the softmax, the second layer's heads) stays unknown."""
+    nodes = [
+        helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma", "beta"], ["h"], domain=MS, epsilon=1e-5),
+        helper.make_node("Shape", ["h"], ["s"]),
+        helper.make_node("Gather", ["s", "i0"], ["b"], axis=0),
+        helper.make_node("Unsqueeze", ["b", "ax0"], ["bu"]),
+        helper.make_node("Gather", ["s", "i2"], ["w"], axis=0),
+        helper.make_node("Div", ["w", "n_heads"], ["hd"]),  # head_dim = width / heads: only folding computes it
+        helper.make_node("Unsqueeze", ["hd", "ax0"], ["hdu"]),
+        helper.make_node("Concat", ["bu", "minus1", "heads", "hdu"], ["target"], axis=0),  # view(b, -1, 4, hd)
+        helper.make_node("Reshape", ["h", "target"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["q"], perm=[0, 2, 1, 3]),
+        helper.make_node("Transpose", ["r"], ["k"], perm=[0, 2, 3, 1]),
+        helper.make_node("MatMul", ["q", "k"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["out"], axis=-1),
+    ]
+    consts = {"i0": np.array(0), "i2": np.array(2), "ax0": np.array([0]), "heads": np.array([4]),
+              "n_heads": np.array(4), "minus1": np.array([-1])}
+    inits = [numpy_helper.from_array(v.astype(np.int64), k) for k, v in consts.items()]
+    inits += [numpy_helper.from_array(np.ones(D, np.float32), n) for n in ("gamma", "beta")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, 1, ["batch", "seq", D])
+                                           for n in ("x", "skip")],
+                              [helper.make_tensor_value_info("out", 1, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)])
+    shapes = infer_shapes(model, {"batch": 2, "seq": 3})
+    assert shapes["scores"] == (2, 4, 3, 3) and shapes["out"] == (2, 4, 3, 3)
+    feeds = {n: np.ones((2, 3, D), np.float32) for n in ("x", "skip")}
+    got = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    assert got.shape == (2, 4, 3, 3)  # what onnxruntime computes
