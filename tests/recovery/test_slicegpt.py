@@ -38,3 +38,27 @@ def test_slicegpt_beats_plain_width_and_proves_rotation() -> None:
     assert c_slice > c_plain and c_slice > 0.99, (c_slice, c_plain)
     refit = slice_stream(model, ratio=0.25, calib=calib, refit=True)
     assert _cos(ref, _run(refit.model, x)) >= c_slice - 1e-4
+
+
+def test_a_handed_over_model_is_released_once_rotated_and_kept_when_refused() -> None:
+    """A one-element list hands the input over: emptied once rotated (so its memory can go before slicing and
+    re-fit), with the same result as slicing the model itself; a model refused for rotation stays in it and is
+    pruned plainly (the digits transformer is post-norm)."""
+    from pathlib import Path
+
+    from onnxprune.recovery.slicegpt import prune_stream_width
+
+    model = prenorm_stack()
+    r = np.random.default_rng(2)
+    calib = [{"x": r.standard_normal((32, 5, 4)).astype(np.float32)} for _ in range(2)]
+    held = [onnx.ModelProto.FromString(model.SerializeToString())]
+    handed = prune_stream_width(held, ratio=0.25, calib=calib)
+    assert held == [] and handed[2]["method"] == "rotate"
+    direct = prune_stream_width(model, ratio=0.25, calib=calib)
+    for a, b in zip(handed[:2], direct[:2]):
+        assert a is not None and b is not None and a.SerializeToString() == b.SerializeToString()
+    models = Path(__file__).resolve().parents[2] / "models"
+    post = onnx.load(models / "digits_transformer.onnx")
+    held = [post]
+    _, rotated, report = prune_stream_width(held, ratio=0.25, calib=str(models / "digits_transformer_calib.npz"))
+    assert held == [post] and rotated is None and report["method"] == "plain"
