@@ -55,7 +55,7 @@ def test_a_handed_over_model_is_released_once_rotated_and_kept_when_refused() ->
     handed = prune_stream_width(held, ratio=0.25, calib=calib)
     assert held == [] and handed[2]["method"] == "rotate"
     direct = prune_stream_width(model, ratio=0.25, calib=calib)
-    for a, b in zip(handed[:2], direct[:2]):
+    for a, b in zip(handed[:2], direct[:2], strict=True):
         assert a is not None and b is not None and a.SerializeToString() == b.SerializeToString()
     models = Path(__file__).resolve().parents[2] / "models"
     post = onnx.load(models / "digits_transformer.onnx")
