@@ -144,7 +144,7 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
         from onnxprune.recovery.slicegpt import prune_stream_width
 
         # Unless folding changed it, the source file is this model and what the checks run: our copy is
-        # handed over and freed once rotated, not held (as big as the model) through slicing and re-fit.
+        # handed over and freed once rotation is known possible, not held (as big as the model) to the end.
         handed, label = [original], f"<{original.graph.name or 'model'}>"
         reread = inputs[0] if inputs and not folded else None
         if reread is not None:

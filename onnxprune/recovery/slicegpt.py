@@ -21,7 +21,7 @@ from onnxprune.recovery.recover import sink_cuts
 from onnxprune.recovery.width import frozen_stream
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.plan import PrunePlan
-from onnxprune.structured.rotate import prepare_rotation, rotate, to_rms
+from onnxprune.structured.rotate import prepare_rotation, rotate, rotation_axes, to_rms
 from onnxprune.structured.stream import stream_group_ids, stream_rules
 from onnxprune.structured.surgery import apply_plan
 
@@ -55,9 +55,9 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
                  max_samples: int | None = None) -> SliceResult:
     """Remove ``ratio`` of a pre-norm model's stream width by rotation + slicing (+ optional reader re-fit).
 
-    ``model`` given as a one-element list is handed over: the list is emptied once the rotated model exists
-    (nothing after needs the input), so a caller that kept no other reference frees the input's memory
-    before slicing and re-fitting, the steps that hold the most. Before that, an error leaves it in the list.
+    ``model`` given as a one-element list is handed over: the list is emptied once the rotation is prepared
+    and known possible (nothing after reads the input), so a caller that kept no other reference frees the
+    input's memory before calibration, rotation, slicing and re-fit. A refusal leaves it in the list.
 
     Raises:
         ConfigError: ``ratio`` outside ``[0, 1)``.
@@ -68,10 +68,12 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
     owned = model if isinstance(model, list) else [model]
     del model
     prep = prepare_rotation(frozen_stream(owned[0]).model)  # folded shape pieces first (see frozen_stream)
+    rotation_axes(prep)  # the last refusal: from here on the input is not read again
+    owned.clear()  # (a handed-over one is freed here, before calibration runs)
+    release_memory()
     q, variance = stream_basis(prep.model, prep.stream, calib, max_samples=max_samples)
     norms, width = prep.norms, prep.width
     rotated = rotate(prep, q)
-    owned.clear()  # the input is not read again (a handed-over one is freed here)
     del prep  # each intermediate model is dropped as soon as the next exists: they are as big as the input
     release_memory()
     keep = max(1, width - int(round(ratio * width)))
@@ -103,7 +105,7 @@ def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, ca
     A criterion asked for by name (``importance``) means channels chosen by it: plain pruning. Returns the
     pruned model, the exact rotated model before slicing (``None`` for plain pruning) and the report, whose
     ``method`` says which was used and, for plain pruning, why rotation was not. A one-element list hands
-    the model over (see :func:`slice_stream`): it is freed once rotated, and kept for plain pruning.
+    the model over (see :func:`slice_stream`): freed once rotation is known possible, else kept for plain pruning.
     """
     from onnxprune.core.errors import UnsupportedModelError
     from onnxprune.recovery.width import prune_width

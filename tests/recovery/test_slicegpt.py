@@ -41,9 +41,9 @@ def test_slicegpt_beats_plain_width_and_proves_rotation() -> None:
 
 
 def test_a_handed_over_model_is_released_once_rotated_and_kept_when_refused() -> None:
-    """A one-element list hands the input over: emptied once rotated (so its memory can go before slicing and
-    re-fit), with the same result as slicing the model itself; a model refused for rotation stays in it and is
-    pruned plainly (the digits transformer is post-norm)."""
+    """A one-element list hands the input over: emptied once rotation is known possible (so its memory can go
+    before calibration, rotation and re-fit), with the same result as slicing the model itself; a model
+    refused for rotation stays in it and is pruned plainly (the digits transformer is post-norm)."""
     from pathlib import Path
 
     from onnxprune.recovery.slicegpt import prune_stream_width

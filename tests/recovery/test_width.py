@@ -206,7 +206,7 @@ def test_a_stream_width_read_at_run_time_is_cut_in_width_mode() -> None:
 
 
 def test_width_mode_from_a_file_reports_what_it_does_from_memory(tmp_path: Path) -> None:
-    """From a file the input is handed over and freed once rotated, the rotation checked against the file:
+    """From a file the input is handed over and freed before rotating, the rotation checked against the file:
     the same pruned model and the same report (the rotation check names the model, not a path)."""
     from onnxprune.pipeline import prune
     from tests.builders import prenorm_stack
