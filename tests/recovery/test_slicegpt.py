@@ -44,6 +44,7 @@ def test_a_handed_over_model_is_released_once_rotated_and_kept_when_refused() ->
     """A one-element list hands the input over: emptied once rotation is known possible (so its memory can go
     before calibration, rotation and re-fit), with the same result as slicing the model itself; a model
     refused for rotation stays in it and is pruned plainly (the digits transformer is post-norm)."""
+    from collections.abc import Iterator
     from pathlib import Path
 
     from onnxprune.recovery.slicegpt import prune_stream_width
@@ -52,7 +53,13 @@ def test_a_handed_over_model_is_released_once_rotated_and_kept_when_refused() ->
     r = np.random.default_rng(2)
     calib = [{"x": r.standard_normal((32, 5, 4)).astype(np.float32)} for _ in range(2)]
     held = [onnx.ModelProto.FromString(model.SerializeToString())]
-    handed = prune_stream_width(held, ratio=0.25, calib=calib)
+
+    class Released:  # calibration data that checks the input is gone whenever it is read
+        def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+            assert held == [], "calibration ran while the input was still held"
+            return iter(calib)
+
+    handed = prune_stream_width(held, ratio=0.25, calib=Released())
     assert held == [] and handed[2]["method"] == "rotate"
     direct = prune_stream_width(model, ratio=0.25, calib=calib)
     for a, b in zip(handed[:2], direct[:2], strict=True):
