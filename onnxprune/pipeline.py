@@ -143,11 +143,20 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
     elif config.mode == "width":  # not exact (LayerNorm over fewer channels): drift is measured, not proven
         from onnxprune.recovery.slicegpt import prune_stream_width
 
+        # Unless folding changed it, the source file is this model and what the checks run: our copy is
+        # handed over and freed once rotation is known possible, not held (as big as the model) to the end.
+        handed, label = [original], f"<{original.graph.name or 'model'}>"
+        reread = inputs[0] if inputs and not folded else None
+        if reread is not None:
+            original = ModelProto()  # not read again: `baseline` below is the source
         pruned, rotated, width = prune_stream_width(
-            original, ratio=config.ratio, calib=config.calib, refit=config.recovery != "none",
+            handed, ratio=config.ratio, calib=config.calib, refit=config.recovery != "none",
             importance=config.importance if "importance" in config.given else None, dims=config.dims)
+        del handed
         if rotated is not None and config.validate:  # the rotation itself must be exact
-            width["rotation_check"] = _compare_exact(original, rotated, config, "rotation exactness")
+            width["rotation_check"] = _compare_exact(original if reread is None else reread, rotated, config,
+                                                     "rotation exactness")
+            width["rotation_check"]["original"] = label  # the same report whether run from the file or not
         del rotated  # as big as the model: not kept through validation and saving
         exact_reference, extra = None, {"width": width}
     else:
@@ -518,7 +527,8 @@ def _validation_data(config: PruneConfig) -> str | None:
 
 
 # -- proof -----------------------------------------------------------------------------------------
-def _compare_exact(a: ModelProto | Path, b: ModelProto, config: PruneConfig, what: str) -> dict[str, Any]:
+def _compare_exact(a: ModelProto | str | os.PathLike[str], b: ModelProto, config: PruneConfig,
+                   what: str) -> dict[str, Any]:
     from onnxprune.runtime.validate import validate_models
 
     # Exact cuts still round: judge each output against its own scale (a detection head's pixel boxes).

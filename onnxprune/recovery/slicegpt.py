@@ -21,7 +21,7 @@ from onnxprune.recovery.recover import sink_cuts
 from onnxprune.recovery.width import frozen_stream
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.plan import PrunePlan
-from onnxprune.structured.rotate import prepare_rotation, rotate, to_rms
+from onnxprune.structured.rotate import prepare_rotation, rotate, rotation_axes, to_rms
 from onnxprune.structured.stream import stream_group_ids, stream_rules
 from onnxprune.structured.surgery import apply_plan
 
@@ -51,9 +51,13 @@ def stream_basis(model: ModelProto, tensors: tuple[str, ...], data: Data, *,
     return vecs[:, order], w[order]
 
 
-def slice_stream(model: ModelProto, *, ratio: float, calib: Data, refit: bool = True,
+def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: Data, refit: bool = True,
                  max_samples: int | None = None) -> SliceResult:
     """Remove ``ratio`` of a pre-norm model's stream width by rotation + slicing (+ optional reader re-fit).
+
+    ``model`` given as a one-element list is handed over: the list is emptied once the rotation is prepared
+    and known possible (nothing after reads the input), so a caller that kept no other reference frees the
+    input's memory before calibration, rotation, slicing and re-fit. A refusal leaves it in the list.
 
     Raises:
         ConfigError: ``ratio`` outside ``[0, 1)``.
@@ -61,7 +65,12 @@ def slice_stream(model: ModelProto, *, ratio: float, calib: Data, refit: bool = 
     """
     if not 0 <= ratio < 1:
         raise ConfigError(f"ratio must be in [0, 1), got {ratio}")
-    prep = prepare_rotation(frozen_stream(model).model)  # folded shape pieces first (see frozen_stream)
+    owned = model if isinstance(model, list) else [model]
+    del model
+    prep = prepare_rotation(frozen_stream(owned[0]).model)  # folded shape pieces first (see frozen_stream)
+    rotation_axes(prep)  # the last refusal: from here on the input is not read again
+    owned.clear()  # (a handed-over one is freed here, before calibration runs)
+    release_memory()
     q, variance = stream_basis(prep.model, prep.stream, calib, max_samples=max_samples)
     norms, width = prep.norms, prep.width
     rotated = rotate(prep, q)
@@ -88,27 +97,32 @@ def slice_stream(model: ModelProto, *, ratio: float, calib: Data, refit: bool = 
     return SliceResult(sliced, exact, report)
 
 
-def prune_stream_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: bool = True,
-                       importance: str | None = None, dims: dict[str, int] | None = None
+def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, calib: Data | None,
+                       refit: bool = True, importance: str | None = None, dims: dict[str, int] | None = None
                        ) -> tuple[ModelProto, ModelProto | None, dict[str, Any]]:
     """``--mode width``: rotate + slice where the model allows it (pre-norm), else plain channel pruning.
 
     A criterion asked for by name (``importance``) means channels chosen by it: plain pruning. Returns the
     pruned model, the exact rotated model before slicing (``None`` for plain pruning) and the report, whose
-    ``method`` says which was used and, for plain pruning, why rotation was not.
+    ``method`` says which was used and, for plain pruning, why rotation was not. A one-element list hands
+    the model over (see :func:`slice_stream`): freed once rotation is known possible, else kept for plain pruning.
     """
     from onnxprune.core.errors import UnsupportedModelError
     from onnxprune.recovery.width import prune_width
 
     if calib is None:
         raise ConfigError("width pruning is not exact and needs calibration data; pass --calib data.npz")
+    owned = model if isinstance(model, list) else [model]
+    del model
     why = f"--importance {importance} chooses the channels" if importance else ""
     if not why:
         try:
-            result = slice_stream(model, ratio=ratio, calib=calib, refit=refit)
+            result = slice_stream(owned, ratio=ratio, calib=calib, refit=refit)
             return result.model, result.rotated, {"method": "rotate", **result.report}
         except UnsupportedModelError as exc:
+            if not owned:  # refused after the input was released: nothing left to prune plainly
+                raise
             why = str(exc)
     log.info("width: plain channel pruning (%s)", why)
-    plain = prune_width(model, ratio=ratio, calib=calib, refit=refit, importance=importance or "l2", dims=dims)
+    plain = prune_width(owned[0], ratio=ratio, calib=calib, refit=refit, importance=importance or "l2", dims=dims)
     return plain.model, None, {"method": "plain", "why_not_rotated": why, **plain.report}

@@ -146,16 +146,11 @@ def prepare_rotation(model: ModelProto) -> Prepared:
     return Prepared(out, dg, ids[0], group.size, tuple(n.name for n in norms), stream)
 
 
-def rotate(prepared: Prepared, q: np.ndarray) -> ModelProto:
-    """The prepared model with every stream constant multiplied by ``q`` along its stream axis (LayerNorms
-    kept: call :func:`to_rms` for the exact model).
+def rotation_axes(prepared: Prepared) -> dict[str, list[int]]:
+    """The stream constants :func:`rotate` rewrites and the axes of each; raise where one cannot be rotated.
 
-    The copy is made without the rotated constants and each is written once (a tensor rotated along two
-    axes is rotated along both first): rewriting a copied tensor would keep both versions in memory.
+    Needs no ``Q``: a caller checks it before computing one, and may then drop the model it prepared from.
     """
-    q = np.asarray(q, dtype=np.float64)
-    if q.shape != (prepared.width, prepared.width) or not np.allclose(q.T @ q, np.eye(prepared.width), atol=1e-6):
-        raise UnsupportedModelError(f"Q must be an orthogonal {prepared.width}x{prepared.width} matrix")
     source = GraphIndex(prepared.model)
     by_name = {n.name: n for n in prepared.model.graph.node}
     norm_params = {i for name in prepared.norms for i in by_name[name].input[1:]}
@@ -167,6 +162,21 @@ def rotate(prepared: Prepared, q: np.ndarray) -> ModelProto:
             raise UnsupportedModelError(f"stream constant '{cut.tensor}' is not an initializer; it cannot be "
                                         f"rotated")
         axes.setdefault(cut.tensor, []).append(cut.axis)
+    return axes
+
+
+def rotate(prepared: Prepared, q: np.ndarray) -> ModelProto:
+    """The prepared model with every stream constant multiplied by ``q`` along its stream axis (LayerNorms
+    kept: call :func:`to_rms` for the exact model).
+
+    The copy is made without the rotated constants and each is written once (a tensor rotated along two
+    axes is rotated along both first): rewriting a copied tensor would keep both versions in memory.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    if q.shape != (prepared.width, prepared.width) or not np.allclose(q.T @ q, np.eye(prepared.width), atol=1e-6):
+        raise UnsupportedModelError(f"Q must be an orthogonal {prepared.width}x{prepared.width} matrix")
+    source = GraphIndex(prepared.model)
+    axes = rotation_axes(prepared)
     out = copy_model_without_weights(prepared.model, axes)
     idx = GraphIndex(out)
     for name, along in axes.items():

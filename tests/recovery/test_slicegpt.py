@@ -38,3 +38,34 @@ def test_slicegpt_beats_plain_width_and_proves_rotation() -> None:
     assert c_slice > c_plain and c_slice > 0.99, (c_slice, c_plain)
     refit = slice_stream(model, ratio=0.25, calib=calib, refit=True)
     assert _cos(ref, _run(refit.model, x)) >= c_slice - 1e-4
+
+
+def test_a_handed_over_model_is_released_once_rotated_and_kept_when_refused() -> None:
+    """A one-element list hands the input over: emptied once rotation is known possible (so its memory can go
+    before calibration, rotation and re-fit), with the same result as slicing the model itself; a model
+    refused for rotation stays in it and is pruned plainly (the digits transformer is post-norm)."""
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from onnxprune.recovery.slicegpt import prune_stream_width
+
+    model = prenorm_stack()
+    r = np.random.default_rng(2)
+    calib = [{"x": r.standard_normal((32, 5, 4)).astype(np.float32)} for _ in range(2)]
+    held = [onnx.ModelProto.FromString(model.SerializeToString())]
+
+    class Released:  # calibration data that checks the input is gone whenever it is read
+        def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+            assert held == [], "calibration ran while the input was still held"
+            return iter(calib)
+
+    handed = prune_stream_width(held, ratio=0.25, calib=Released())
+    assert held == [] and handed[2]["method"] == "rotate"
+    direct = prune_stream_width(model, ratio=0.25, calib=calib)
+    for a, b in zip(handed[:2], direct[:2], strict=True):
+        assert a is not None and b is not None and a.SerializeToString() == b.SerializeToString()
+    models = Path(__file__).resolve().parents[2] / "models"
+    post = onnx.load(models / "digits_transformer.onnx")
+    held = [post]
+    _, rotated, report = prune_stream_width(held, ratio=0.25, calib=str(models / "digits_transformer_calib.npz"))
+    assert held == [post] and rotated is None and report["method"] == "plain"

@@ -203,3 +203,21 @@ def test_a_stream_width_read_at_run_time_is_cut_in_width_mode() -> None:
         x = rng.standard_normal((batch, t, 4)).astype(np.float32)
         (out,) = run_session(create_session(result.model), {"x": x}).values()
         assert out.shape == (batch, t, 3)
+
+
+def test_width_mode_from_a_file_reports_what_it_does_from_memory(tmp_path: Path) -> None:
+    """From a file the input is handed over and freed before rotating, the rotation checked against the file:
+    the same pruned model and the same report (the rotation check names the model, not a path)."""
+    from onnxprune.pipeline import prune
+    from tests.builders import prenorm_stack
+
+    src = tmp_path / "pre.onnx"
+    onnx.save(prenorm_stack(), src)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(1).standard_normal((64, 5, 4)).astype(np.float32))
+    config = {"mode": "width", "ratio": 0.25, "calib": str(calib)}
+    from_file, from_memory = prune(src, config), prune(onnx.load(src), config)
+    assert from_file.model.SerializeToString() == from_memory.model.SerializeToString()
+    check = from_file.report["width"]["rotation_check"]
+    assert check == from_memory.report["width"]["rotation_check"] and check["passed"] is True
+    assert check["original"].startswith("<")
