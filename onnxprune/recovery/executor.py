@@ -117,9 +117,9 @@ class CandidateEvaluator:
         return single_group_plan(self.model, self.dg, group_id, ratio, importance=self.spec.importance,
                                  statistics=self.spec.statistics)
 
-    def build(self, plan: PrunePlan) -> ModelProto:
-        """The candidate model of ``plan``, recovered as the spec says."""
-        cand = apply_plan(self.model, plan, dg=self.dg)
+    def build(self, plan: PrunePlan, *, infer_shapes: bool = True) -> ModelProto:
+        """The candidate model of ``plan``, recovered as the spec says (``infer_shapes``: see ``apply_plan``)."""
+        cand = apply_plan(self.model, plan, dg=self.dg, infer_shapes=infer_shapes)
         if self.spec.recover != "none":
             from onnxprune.recovery.recover import recover_structured
 

@@ -29,6 +29,7 @@ from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import load_model
 from onnxprune.core.progress import Stages
 from onnxprune.core.stats import model_stats
+from onnxprune.recovery.anchor_submodel import SubModelAnchors, measure_anchors
 from onnxprune.recovery.calibrate import ActivationStats, collect_stats, iter_feeds
 from onnxprune.recovery.executor import (
     CandidateEvaluator,
@@ -470,11 +471,19 @@ class SensitivityRun:
                                                          reference=spec.reference[:kept]),
                                      model=self.model, dg=self.dg)
             sub.known_plans = self.plans
-            measured = measure_candidates(sub, list(runs.values()), accuracy=False, executor=self.executor,
-                                          workers=self.workers, desc=stage, ray_address=self.ray_address)
-            for key, r in zip(runs, measured, strict=True):
-                assert r.error is not None  # asked for
-                self._rough[key] = r.error
+            if self.executor == "local" and SubModelAnchors.supported(self.model):
+                # only what each cut changes runs, fed the dense model's activations (equal to round-off)
+                def build(key: tuple[int, bytes]) -> ModelProto:  # a throwaway candidate: no shape inference
+                    return sub.build(sub.plan(*runs[key]), infer_shapes=False)
+
+                self._rough.update(measure_anchors(self.model, build, list(runs), spec.batches[:kept],
+                                                   spec.reference[:kept], spec.outputs))
+            else:
+                measured = measure_candidates(sub, list(runs.values()), accuracy=False, executor=self.executor,
+                                              workers=self.workers, desc=stage, ray_address=self.ray_address)
+                for key, r in zip(runs, measured, strict=True):
+                    assert r.error is not None  # asked for
+                    self._rough[key] = r.error
             self.clock.done(stage, len(runs), f"candidates on {count} samples")
         return {t: 0.0 if (key := self.cut(t)) is None else self._rough[key] for t in tasks}
 

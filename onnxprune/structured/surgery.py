@@ -164,7 +164,7 @@ def _refresh_value_info(model: ModelProto, original: ModelProto, original_vi: se
 
 
 def apply_plan(model: ModelProto | str | os.PathLike[str], plan: PrunePlan, *, dg: DependencyGraph | None = None,
-               extra_rules: Iterable[RuleSpec] = ()) -> ModelProto:
+               extra_rules: Iterable[RuleSpec] = (), infer_shapes: bool = True) -> ModelProto:
     """Cut a model according to a plan; the input is not modified.
 
     Args:
@@ -172,6 +172,8 @@ def apply_plan(model: ModelProto | str | os.PathLike[str], plan: PrunePlan, *, d
         plan: the :class:`PrunePlan`.
         dg: its dependency graph, to skip re-analysis (must come from the same model).
         extra_rules: the rules the analysis used, when ``dg`` is not given.
+        infer_shapes: re-infer (and strictly check) the shapes; ``False`` drops every value_info instead, for
+            a throwaway candidate whose nodes are run as they are (sensitivity anchors' sub-models).
 
     Returns:
         A new, pruned ``ModelProto`` with the same graph inputs and outputs.
@@ -230,7 +232,10 @@ def apply_plan(model: ModelProto | str | os.PathLike[str], plan: PrunePlan, *, d
     slice_consts(index, dg.const_versions(plan.keep), targets=targets)
     index.initializers.update(targets)
     _remove_unused(m, setter.replaced)
-    _refresh_value_info(m, src, original_vi)
+    if infer_shapes:
+        _refresh_value_info(m, src, original_vi)
+    else:
+        del m.graph.value_info[:]
     for o in m.graph.output:
         if out_shapes[o.name] != o.type.SerializeToString():
             raise OnnxPruneError(f"graph output '{o.name}' changed type or shape; this is a bug, please report it")

@@ -54,8 +54,12 @@ def test_bad_anchor_samples_are_refused(bad):
 
 
 def test_rough_anchors_on_worker_processes_equal_local():
-    """The anchors' smaller calibration set travels to the workers: same report as in this process."""
+    """The anchors' smaller calibration set travels to the workers: same report as in this process (to
+    round-off: this process runs each anchor from cached activations, the workers on the whole model)."""
     args = {"ratios": (0.3, 0.5), "anchor_samples": 64}
     local = sensitivity(CNN, CNN_CALIB, **args)
     assert not any(g.exact[1] for g in local.groups)  # anchored on 64 of 256 samples
-    assert sensitivity(CNN, CNN_CALIB, executor="processes", workers=2, **args) == local
+    spread = sensitivity(CNN, CNN_CALIB, executor="processes", workers=2, **args)
+    for a, b in zip(spread.groups, local.groups, strict=True):
+        assert (a.group, a.kept, a.exact, a.macs) == (b.group, b.kept, b.exact, b.macs)
+        assert a.errors == pytest.approx(b.errors, rel=1e-6)  # float32 round-off (about 1e-9 here)

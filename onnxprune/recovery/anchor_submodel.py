@@ -1,0 +1,162 @@
+"""Whole-model anchors run from cached activations: only the part of a candidate its cut changes is run.
+
+Why this module exists: a sensitivity anchor (:meth:`onnxprune.recovery.sensitivity.SensitivityRun.estimate`)
+needs the model's output error when one group is cut. Everything upstream of the cut computes what the dense
+model computes, so running it again for each of the candidates is wasted work. Here each candidate is cut as
+usual, the nodes it changed (a node differing from the original's, or reading a different initializer) and
+everything downstream of them form a sub-model, and the sub-model is fed the dense model's activations at its
+inputs, collected in one pass of the dense model per flush of pending candidates. The ops that run are the
+candidate's own on the same inputs, so the error equals the whole-model one to float round-off (tested).
+
+Candidates are built and held until a flush (when the held sub-models pass :data:`FLUSH_BYTES`, and at the
+end); the activations of one flush are dropped after it, so memory is bounded by one flush's tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+from onnx import ModelProto, NodeProto, helper
+
+from onnxprune.recovery.calibrate import with_outputs
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+
+#: Serialized sub-model bytes held before the pending candidates are run (bounds memory on large models).
+FLUSH_BYTES = 256 << 20
+
+
+@dataclass
+class _Pending:
+    key: object
+    model: ModelProto | None  # the sub-model without its graph inputs; None: nothing changed (error 0)
+    needed: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+def _has_subgraph(node: NodeProto) -> bool:
+    return any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute)
+
+
+class SubModelAnchors:
+    """Measures candidates' relative L2 output errors by running only what their cut changed.
+
+    Args:
+        model: the original model.
+        batches / reference / outputs: the calibration batches, the original's outputs on them, and the
+            float outputs compared (as :class:`onnxprune.recovery.executor.CandidateSpec`).
+        threads: onnxruntime intra-op threads (``None``: its default).
+    """
+
+    def __init__(self, model: ModelProto, batches: Sequence[Mapping[str, np.ndarray]],
+                 reference: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str], *,
+                 threads: int | None = None) -> None:
+        from onnxprune.runtime.session import create_session, run_session
+
+        self._create, self._run = create_session, run_session
+        self.model, self.batches, self.reference = model, list(batches), list(reference)
+        self.outputs, self.threads = tuple(outputs), threads
+        self._nodes = {n.SerializeToString() for n in model.graph.node}
+        self._inits = {t.name: t for t in model.graph.initializer}
+        self._inputs = {i.name for i in model.graph.input}
+        self.ref_norm = math.sqrt(sum(float(np.sum(np.square(r[n], dtype=np.float64)))
+                                      for r in self.reference for n in self.outputs))
+        self._pending: list[_Pending] = []
+        self._held = 0
+        self.results: dict[object, float] = {}
+
+    @staticmethod
+    def supported(model: ModelProto) -> bool:
+        """Whether sub-models can be cut out of ``model`` (no control flow reading outer-scope names)."""
+        return not any(_has_subgraph(n) for n in model.graph.node) and not model.functions
+
+    def _changed(self, node: NodeProto, inits: Mapping[str, object]) -> bool:
+        if node.SerializeToString() not in self._nodes:
+            return True
+        for name in node.input:
+            t = inits.get(name)
+            if t is not None and (name not in self._inits or t != self._inits[name]):
+                return True
+        return False
+
+    def add(self, key: object, candidate: ModelProto) -> ModelProto | None:
+        """Queue ``candidate`` (measured under ``key`` in :attr:`results` at the next :meth:`flush`); the
+        sub-model that will run (its inputs added at the flush), ``None`` when no compared output changes."""
+        inits = {t.name: t for t in candidate.graph.initializer}
+        affected: set[str] = set()  # tensors whose values differ from the dense model's
+        nodes: list[NodeProto] = []
+        for node in candidate.graph.node:  # topological order
+            if self._changed(node, inits) or any(i in affected for i in node.input):
+                nodes.append(node)
+                affected.update(o for o in node.output if o)
+        outs = tuple(o for o in self.outputs if o in affected)
+        if not outs:
+            self._pending.append(_Pending(key, None, (), ()))
+            return None
+        produced = {o for n in nodes for o in n.output}
+        needed = tuple(dict.fromkeys(i for n in nodes for i in n.input
+                                     if i and i not in produced and i not in inits))
+        used = {i for n in nodes for i in n.input}
+        graph = helper.make_graph(nodes, "anchor", [], [o for o in candidate.graph.output if o.name in outs],
+                                  initializer=[t for t in candidate.graph.initializer if t.name in used])
+        sub = helper.make_model(graph, opset_imports=list(candidate.opset_import))
+        sub.ir_version = candidate.ir_version
+        self._pending.append(_Pending(key, sub, needed, outs))
+        self._held += sub.ByteSize()
+        if self._held >= FLUSH_BYTES:
+            self.flush()
+        return sub
+
+    def flush(self) -> None:
+        """Run every queued candidate: one dense pass for the activations they read, then each sub-model."""
+        pending, self._pending, self._held = self._pending, [], 0
+        if not pending:
+            return
+        wanted = list(dict.fromkeys(n for p in pending for n in p.needed if n not in self._inputs))
+        acts = self._activations(wanted)
+        for p in pending:
+            self.results[p.key] = 0.0 if p.model is None else self._measure(p, acts)
+
+    def _activations(self, wanted: Sequence[str]) -> list[dict[str, np.ndarray]]:
+        per_batch: list[dict[str, np.ndarray]] = [dict(b) for b in self.batches]
+        if wanted:
+            sess = self._create(with_outputs(self.model, wanted), threads=self.threads)
+            for feeds, batch in zip(per_batch, self.batches, strict=True):
+                feeds.update(self._run(sess, batch, outputs=list(wanted), label="the original model"))
+        log.debug("anchor sub-models: %d activations cached", len(wanted))
+        return per_batch
+
+    def _measure(self, p: _Pending, acts: Sequence[Mapping[str, np.ndarray]]) -> float:
+        assert p.model is not None  # callers skip uncut candidates
+        sub = p.model
+        first = acts[0]
+        sub.graph.input.extend(helper.make_tensor_value_info(
+            n, helper.np_dtype_to_tensor_dtype(first[n].dtype), ["batch", *first[n].shape[1:]])
+            for n in p.needed)  # shapes known, so onnxruntime optimizes the sub-model as the whole one
+        sess = self._create(sub, threads=self.threads)
+        total = 0.0
+        for feeds, ref in zip(acts, self.reference, strict=True):
+            got = self._run(sess, {n: feeds[n] for n in p.needed}, outputs=list(p.outputs),
+                            label="a pruned candidate")
+            for n in p.outputs:
+                total += float(np.sum(np.square(got[n].astype(np.float64) - ref[n])))
+        # as CandidateEvaluator.error, so an anchor equals its whole-model measurement
+        return float(np.sqrt(total) / self.ref_norm) if self.ref_norm > 0 else float(np.sqrt(total))
+
+
+def measure_anchors(model: ModelProto, build: Callable[[K], ModelProto], keys: Sequence[K],
+                    batches: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping[str, np.ndarray]],
+                    outputs: Sequence[str], *, threads: int | None = None) -> dict[K, float]:
+    """Relative L2 output error of the candidate ``build(key)`` for every key, from cached activations."""
+    runner = SubModelAnchors(model, batches, reference, outputs, threads=threads)
+    for key in keys:
+        runner.add(key, build(key))
+    runner.flush()
+    return {key: runner.results[key] for key in keys}
