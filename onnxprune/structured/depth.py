@@ -93,8 +93,8 @@ def _learned_activations(index: GraphIndex) -> set[str]:
             continue
         ins = [i for i in node.input if i]
         if node.op_type == "Gather":  # an embedding lookup: a constant table read at run-time indices
-            table = index.const_value(ins[0]) if len(ins) == 2 and not index.is_constant(ins[1]) else None
-            weighted = table is not None and table.ndim >= 2
+            table = index.const_shape(ins[0]) if len(ins) == 2 and not index.is_constant(ins[1]) else None
+            weighted = table is not None and len(table) >= 2  # the shape only: the table is never decoded
         else:
             weighted = (node.op_type in _WEIGHTED and len(ins) > 1 and index.is_constant(ins[1])
                         and not index.is_constant(ins[0]))
