@@ -152,17 +152,18 @@ def _drop_if_unused(idx: GraphIndex, name: str, old_reader: NodeProto) -> None:
 
 
 # -- unstructured / N:M recovery -------------------------------------------------------------------
-def refuse_quantized(model: ModelProto) -> None:
-    """Refuse a QDQ model: a re-fit computes float weights, and writing them would de-quantize the model.
+def refuse_quantized(model: ModelProto, *, doing: str = "recovery re-fits float weights",
+                     fix: str = "pass --recover none (bias is the default with --calib), or recover the float "
+                                "model and quantize it afterwards") -> None:
+    """Refuse a QDQ model: a method that computes float weights (``doing``) would de-quantize it.
 
     Raises:
-        ConfigError: the model has weights stored as integers behind DequantizeLinear.
+        ConfigError: the model has weights stored as integers behind DequantizeLinear; names ``fix``.
     """
     quant = quantized_data(GraphIndex(model))
     if quant:
-        raise ConfigError(f"recovery re-fits float weights, but this model is quantized (e.g. "
-                          f"'{next(iter(quant))}' behind DequantizeLinear); pass --recover none (bias is the "
-                          f"default with --calib), or recover the float model and quantize it afterwards")
+        raise ConfigError(f"{doing}, but this model is quantized (e.g. '{next(iter(quant))}' behind "
+                          f"DequantizeLinear); {fix}")
 
 
 def recover_sparse(

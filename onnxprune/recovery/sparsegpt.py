@@ -38,9 +38,9 @@ from onnx import ModelProto
 
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.ir import GraphIndex
-from onnxprune.core.quant import quantized_data
 from onnxprune.core.weights import PrunableWeight, SkippedWeight
 from onnxprune.recovery.calibrate import GRAM_OPS, ActivationStats, rows_to_weight, weight_rows
+from onnxprune.recovery.recover import refuse_quantized
 from onnxprune.recovery.solvers import require_finite
 from onnxprune.sparse.sparsify import LayerTarget
 
@@ -206,12 +206,9 @@ def refuse_quantized_sparsegpt(model: ModelProto) -> None:
     Raises:
         ConfigError: the model holds weights stored as integers behind DequantizeLinear.
     """
-    quant = quantized_data(GraphIndex(model))
-    if quant:
-        raise ConfigError(f"--importance sparsegpt updates the remaining weights in float, but this model is "
-                          f"quantized (e.g. '{next(iter(quant))}' behind DequantizeLinear); use --importance wanda "
-                          f"or magnitude (they keep the integer weights), or prune the float model and quantize "
-                          f"it afterwards")
+    refuse_quantized(model, doing="--importance sparsegpt updates the remaining weights in float",
+                     fix="use --importance wanda or magnitude (they keep the integer weights), or prune the float "
+                         "model and quantize it afterwards")
 
 
 @dataclass
