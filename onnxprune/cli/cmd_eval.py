@@ -51,14 +51,18 @@ def run(args: argparse.Namespace) -> int:
                           "labels), or token ids for a language model's --perplexity ids.npz")
     result = evaluate_accuracy(args.model, args.eval_data, labels=args.labels, output=args.output_name,
                                batch_size=256 if args.batch_size is None else args.batch_size)
-    if args.json:
-        print(json.dumps({"model": args.model, "data": args.eval_data, **result.as_dict()}, indent=2))
-        return 0
-    if args.quiet:
-        return 0
     top5 = f"   top-5 {result.top5:.2%}" if result.top5 is not None else ""
-    print(f"{args.model}: top-1 {result.top1:.2%}{top5}   ({result.n} samples, {result.num_classes} classes, "
-          f"output '{result.output}')")
+    return _show(args, args.eval_data, result.as_dict(),
+                 f"{args.model}: top-1 {result.top1:.2%}{top5}   ({result.n} samples, {result.num_classes} "
+                 f"classes, output '{result.output}')")
+
+
+def _show(args: argparse.Namespace, data: str, result: dict, line: str) -> int:
+    """Print a result as ``--json`` asks (model, data and the result's fields), or one line unless ``-q``."""
+    if args.json:
+        print(json.dumps({"model": args.model, "data": data, **result}, indent=2))
+    elif not args.quiet:
+        print(line)
     return 0
 
 
@@ -73,11 +77,6 @@ def _run_perplexity(args: argparse.Namespace) -> int:
         raise ConfigError("--labels is read only with --eval-data, not with --perplexity")
     result = evaluate_perplexity(args.model, args.perplexity, output=args.output_name, ids_input=args.ids_input,
                                  batch_size=16 if args.batch_size is None else args.batch_size)
-    if args.json:
-        print(json.dumps({"model": args.model, "data": args.perplexity, **result.as_dict()}, indent=2))
-        return 0
-    if args.quiet:
-        return 0
-    print(f"{args.model}: perplexity {result.perplexity:.4f}   (mean NLL {result.nll:.4f} nats/token, "
-          f"{result.tokens:,} tokens in {result.sequences} sequences, output '{result.output}')")
-    return 0
+    return _show(args, args.perplexity, result.as_dict(),
+                 f"{args.model}: perplexity {result.perplexity:.4f}   (mean NLL {result.nll:.4f} nats/token, "
+                 f"{result.tokens:,} tokens in {result.sequences} sequences, output '{result.output}')")
