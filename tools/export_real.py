@@ -322,6 +322,34 @@ def family_timm(ctx: Context) -> None:
             ctx.attempt(full, run)
 
 
+# ------------------------------------------------------------------------------------------------- resnest
+def family_resnest(ctx: Context) -> None:
+    """timm ResNeSt (split attention): resnest14d's layout at widths 16-128, radix 2, cardinality 1 and 2.
+
+    Why its own family: split attention reads ``RC // radix`` from a run-time ``Shape`` and softmaxes over the
+    radix axis (``rsoftmax``), the one attention form a CNN export carries; rerunning it leaves the timm
+    family's files alone. Built with timm's own ResNeSt model (``pretrained=False``, 10 classes, one block per
+    stage), exported with both torch exporters and a dynamic batch axis, 64x64 inputs.
+    """
+    import timm
+
+    def build(cardinality: int) -> Callable[[], tuple[Any, dict[str, Any], list[str], dict[str, dict[int, str]]]]:
+        def make() -> tuple[Any, dict[str, Any], list[str], dict[str, dict[int, str]]]:
+            torch = _seed_torch()
+            model = timm.create_model("resnest14d", pretrained=False, num_classes=10, channels=(16, 32, 64, 128),
+                                      stem_width=16, cardinality=cardinality)
+            example = {"input": torch.randn(2, 3, 64, 64)}
+            return model, example, ["logits"], {"input": {0: "batch"}, "logits": {0: "batch"}}
+
+        return make
+
+    for base, cardinality, cls in (
+        ("timm_resnest_r2", 1, "timm ResNeSt-14d layout, widths 16-128, radix 2 (split attention)"),
+        ("timm_resnest_r2c2", 2, "timm ResNeSt-14d layout, widths 16-128, radix 2, cardinality 2 (split attention)"),
+    ):
+        _both_exporters(ctx, base, build(cardinality), cls=cls)
+
+
 # ------------------------------------------------------------------------------------------ hugging face
 def family_hf(ctx: Context) -> None:
     """BERT, GPT-2, Llama (grouped-query attention), ViT, Whisper encoder, wav2vec2: tiny transformers configs.
@@ -581,8 +609,8 @@ def family_post(ctx: Context) -> None:
 
 
 FAMILIES: dict[str, Callable[[Context], None]] = {
-    "ultralytics": family_ultralytics, "timm": family_timm, "hf": family_hf, "keras": family_keras,
-    "paddle": family_paddle, "post": family_post,
+    "ultralytics": family_ultralytics, "timm": family_timm, "resnest": family_resnest, "hf": family_hf,
+    "keras": family_keras, "paddle": family_paddle, "post": family_post,
 }
 
 

@@ -91,7 +91,7 @@ def head_split(s_in: tuple[int, ...], s_out: tuple[int, ...], axis: int) -> int 
     return None
 
 
-def _moved(node: NodeProto, axis: int, ctx: RuleContext) -> int | None:
+def moved_axis(node: NodeProto, axis: int, ctx: RuleContext) -> int | None:
     """Where axis ``axis`` of the input of an Unsqueeze/Squeeze/Transpose lands in its output (None: gone)."""
     rank = ctx.rank(node.input[0])
     if node.op_type == "Transpose":
@@ -117,7 +117,7 @@ def parts_axis(name: str, axis: int, ctx: RuleContext) -> bool:
         if not users or name in ctx.index.graph_outputs:
             return False
         if len(users) == 1 and users[0].op_type in ("Unsqueeze", "Squeeze", "Transpose"):
-            moved = _moved(users[0], axis, ctx)
+            moved = moved_axis(users[0], axis, ctx)
             if moved is None:
                 return False
             name, axis = users[0].output[0], moved

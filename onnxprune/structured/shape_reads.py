@@ -12,10 +12,10 @@ width, and the consumer's axis shrinks with it. That is proven, never guessed, b
 of the shape subgraph:
 
 * every entry of a small 1-D integer value is an integer, a :class:`Size` (``scale`` times the run-time size
-  of one axis of one tensor) or a :class:`Mixed` (computed from sizes by arithmetic that is not followed, with
+  of one axis of one tensor, divided by ``divisor``) or a :class:`Mixed` (computed from sizes by arithmetic that is not followed, with
   the op that does it);
 * one evaluation rule per op (``Shape``, ``Gather``/``Slice`` of entries, ``Squeeze``/``Unsqueeze``/``Cast``/
-  ``Reshape``/``Identity``, ``Concat``, ``Mul`` by a positive constant, integer arithmetic, ``Equal`` of a size
+  ``Reshape``/``Identity``, ``Concat``, ``Mul`` and ``Div`` by a positive constant, integer arithmetic, ``Equal`` of a size
   and a negative constant (a size is never negative), ``Where`` with a known condition, ``ConstantOfShape``);
   any other op gives :class:`Mixed`.
 
@@ -48,11 +48,18 @@ MAX_DEPTH = 48
 
 @dataclass(frozen=True)
 class Size:
-    """``scale`` times the run-time size of axis ``axis`` of ``tensor``."""
+    """``scale`` times the run-time size of axis ``axis`` of ``tensor``, divided by ``divisor``.
+
+    A ``divisor`` > 1 is an integer ``Div`` by a positive constant (ResNeSt's ``RC // radix``): the value is
+    exact only while ``divisor`` divides ``scale`` times the size, which holds at the analysed sizes
+    (:func:`_size_read`) and at every cut the analysis lets through (:func:`unfollowed`); so floor division never
+    rounds. Nothing multiplies a divided size (floor then multiply is no exact fraction).
+    """
 
     tensor: str
     axis: int
     scale: int = 1
+    divisor: int = 1
 
 
 @dataclass(frozen=True)
@@ -278,8 +285,17 @@ def _mul(a: Entry, b: Entry) -> Entry | None:
         return a * b
     if isinstance(b, Size):
         a, b = b, a
-    if isinstance(a, Size) and isinstance(b, int) and b > 0:  # k * size follows a Block(k) of the axis
+    if isinstance(a, Size) and isinstance(b, int) and b > 0 and a.divisor == 1:  # k * size: a Block(k) of the axis
         return Size(a.tensor, a.axis, a.scale * b)
+    return None
+
+
+def _div(a: Entry, b: Entry) -> Entry | None:
+    """Integer division; a size divided by a positive constant stays a :class:`Size` (proven exact later)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return _trunc_div(a, b)
+    if isinstance(a, Size) and isinstance(b, int) and b > 0:
+        return Size(a.tensor, a.axis, a.scale, a.divisor * b)
     return None
 
 
@@ -298,7 +314,7 @@ _ARITH: dict[str, Callable[[Entry, Entry], Entry | None]] = {
     "Mul": _mul,
     "Add": _int_op(lambda a, b: a + b),
     "Sub": _int_op(lambda a, b: a - b),
-    "Div": _int_op(_trunc_div),
+    "Div": _div,
     "Max": _int_op(max),
     "Min": _int_op(min),
 }
@@ -361,18 +377,21 @@ def _sink_offset(node: NodeProto, ctx: Context) -> int:
 
 
 def _size_read(node: NodeProto, out_axis: int, size: Size, ctx: RuleContext, *, blame_read: bool) -> SizeRead:
-    """The check that ``node``'s output axis ``out_axis`` keeps ``size.scale`` positions per position of the
-    read axis (true at the analysed sizes, or :class:`Blocked`; the analysis checks it holds in every cut)."""
+    """The check that ``node``'s output axis ``out_axis`` keeps ``size.scale / size.divisor`` positions per
+    position of the read axis (true at the analysed sizes, or :class:`Blocked`; the analysis checks it holds in
+    every cut)."""
     y = node.output[0]
-    want, have = ctx.dim(size.tensor, size.axis) * size.scale, ctx.dim(y, out_axis)
-    if want != have:
-        raise Blocked(f"{node_label(node)}: axis {out_axis} of '{y}' ({have}) is set at run time from {size.scale} x "
-                      f"the size of axis {size.axis} of '{size.tensor}' ({want // size.scale}); the sizes disagree")
-    scaled = f"{size.scale} x " if size.scale > 1 else ""
-    reason = (f"{node_label(node)} sets axis {out_axis} of '{y}' at run time to {scaled}the size of axis {size.axis} "
+    read_size, have = ctx.dim(size.tensor, size.axis), ctx.dim(y, out_axis)
+    scaled = (f"{size.scale} x " if size.scale > 1 else "") + "the size"
+    if size.divisor > 1:
+        scaled += f" // {size.divisor}"
+    if read_size * size.scale != have * size.divisor:
+        raise Blocked(f"{node_label(node)}: axis {out_axis} of '{y}' ({have}) is set at run time to {scaled} of axis "
+                      f"{size.axis} of '{size.tensor}' ({read_size}); the sizes disagree")
+    reason = (f"{node_label(node)} sets axis {out_axis} of '{y}' at run time to {scaled} of axis {size.axis} "
               f"of '{size.tensor}', which the cut does not change in step with it")
     read, into = ctx.slot(size.tensor, size.axis), ctx.slot(y, out_axis)
-    return SizeRead(read, into, size.scale, read if blame_read else into, reason)
+    return SizeRead(read, into, size.scale, read if blame_read else into, reason, size.divisor)
 
 
 def follow_target(node: NodeProto, out_axis: int, ctx: RuleContext) -> bool:
@@ -418,7 +437,7 @@ def following_entries(node: NodeProto, ctx: RewriteContext) -> set[int]:
             continue
         read = ctx._lookup(v.tensor)
         if read is not None and all(isinstance(d, int) for d in read) \
-                and v.scale * len(ctx.kept(v.tensor, v.axis)) == new[e + offset]:
+                and v.scale * len(ctx.kept(v.tensor, v.axis)) == new[e + offset] * v.divisor:
             follows.add(e)
     return follows
 
@@ -428,15 +447,16 @@ def unfollowed(size_reads: Iterable[SizeRead], base: Mapping[ChannelAxis, int], 
     """The slots to block, each with its reason, for the size reads that do not follow every cut.
 
     ``cls`` is the channel class of every position (slot ``s`` holds ``cls[base[s]:base[s] + sizes[s]]``). A
-    read follows iff every class holds ``scale`` times as many positions of ``into`` as of ``read`` (classes
-    are kept or dropped whole); a slot the analysis never reached is never cut.
+    read follows iff every class holds ``scale / divisor`` times as many positions of ``into`` as of ``read``
+    (classes are kept or dropped whole, so a divided size stays a whole number); a slot the analysis never
+    reached is never cut.
     """
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     blocked = []
     for r in size_reads:
         (ca, na), (cb, nb) = (np.unique(cls[base[s]:base[s] + sizes[s]], return_counts=True) if s in base else empty
                               for s in (r.read, r.into))
-        if not (np.array_equal(ca, cb) and np.array_equal(nb, na * r.scale)):
+        if not (np.array_equal(ca, cb) and np.array_equal(nb * r.divisor, na * r.scale)):
             blocked.append((r.blame, r.reason))
     return blocked
 

@@ -124,17 +124,18 @@ class _Context:
 
 @dataclass(frozen=True)
 class SizeRead:
-    """A run-time read of the size of axis ``read`` that lands, times ``scale``, in the shape entry of axis
-    ``into`` (:mod:`onnxprune.structured.shape_reads`). The read follows every cut exactly when ``into`` keeps
-    ``scale`` positions per kept position of ``read``, which the analysis checks on the final channel classes;
-    where it does not, the groups of ``blame`` (the side whose cut would make the value wrong) are blocked
-    with ``reason``."""
+    """A run-time read of the size of axis ``read`` that lands, times ``scale`` and divided by ``divisor``, in
+    the shape entry of axis ``into`` (:mod:`onnxprune.structured.shape_reads`). The read follows every cut
+    exactly when ``into`` keeps ``scale / divisor`` positions per kept position of ``read``, which the analysis
+    checks on the final channel classes; where it does not, the groups of ``blame`` (the side whose cut would
+    make the value wrong) are blocked with ``reason``."""
 
     read: ChannelAxis
     into: ChannelAxis
     scale: int
     blame: ChannelAxis
     reason: str
+    divisor: int = 1
 
 
 #: How grouped convolutions are cut: ``within`` removes the same channels inside every group and keeps

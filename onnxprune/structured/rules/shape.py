@@ -16,6 +16,7 @@ from onnxprune.core.ir import node_label
 from onnxprune.structured.attention import check_target_entry, rewrite_target, split_couplings
 from onnxprune.structured.axes import Block, ChannelAxis, Coupling, Identity, Offset
 from onnxprune.structured.packed_heads import packed_split_couplings
+from onnxprune.structured.radix import radix_couplings
 from onnxprune.structured.rules.base import (
     Blocked,
     OpRule,
@@ -244,7 +245,9 @@ class ReshapeRule(OpRule):
         axis = data_axis(node, slot, ctx)
         y = node.output[0]
         runtime = node.op_type == "Reshape" and not ctx.is_const(node.input[1])
-        heads = split_couplings(node, axis, is_output(node, slot), ctx) if node.op_type == "Reshape" else None
+        heads = radix_couplings(node, axis, is_output(node, slot), ctx) if node.op_type == "Reshape" else None
+        if heads is None and node.op_type == "Reshape":
+            heads = split_couplings(node, axis, is_output(node, slot), ctx)
         if heads is None and node.op_type == "Reshape":
             heads = packed_split_couplings(node, axis, is_output(node, slot), ctx)
         if heads is None:
