@@ -12,12 +12,12 @@ width, and the consumer's axis shrinks with it. That is proven, never guessed, b
 of the shape subgraph:
 
 * every entry of a small 1-D integer value is an integer, a :class:`Size` (``scale`` times the run-time size
-  of one axis of one tensor, divided by ``divisor``) or a :class:`Mixed` (computed from sizes by arithmetic that is not followed, with
-  the op that does it);
+  of one axis of one tensor, divided by ``divisor``) or a :class:`Mixed` (computed from sizes by arithmetic
+  that is not followed, with the op that does it);
 * one evaluation rule per op (``Shape``, ``Gather``/``Slice`` of entries, ``Squeeze``/``Unsqueeze``/``Cast``/
-  ``Reshape``/``Identity``, ``Concat``, ``Mul`` and ``Div`` by a positive constant, integer arithmetic, ``Equal`` of a size
-  and a negative constant (a size is never negative), ``Where`` with a known condition, ``ConstantOfShape``);
-  any other op gives :class:`Mixed`.
+  ``Reshape``/``Identity``, ``Concat``, ``Mul`` and ``Div`` by a positive constant, integer arithmetic,
+  ``Equal`` of a size and a negative constant (a size is never negative), ``Where`` with a known condition,
+  ``ConstantOfShape``); any other op gives :class:`Mixed`.
 
 A proven read is a :class:`~onnxprune.structured.axes.Coupling` between the cut axis and the consumer's output
 axis (``Block(scale)``), so the analysis cuts both the same way and nothing needs rewriting at surgery
