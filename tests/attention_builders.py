@@ -128,11 +128,14 @@ def shared_target_layers(seed: int = 0, d: int = 8, heads: int = 2, layers: int 
 
 def _last(g: GraphBuilder, x: str, how: str = "") -> str:
     """``[x.size(-1)]`` as GPT-2's Conv1D exports it: Shape -> Slice[-1:] -> Squeeze -> Unsqueeze; ``how``
-    changes the arithmetic (``"div"``: ``(2 * size) / 2``, which onnxprune does not follow)."""
+    changes the arithmetic (``"div"``: ``(2 * size) / 2``, an exact division onnxprune follows; ``"sub"``:
+    ``2 * size - size``, arithmetic it does not follow)."""
     size = g.op("Squeeze", [g.op("Slice", [g.op("Shape", [x]), g.const(_i64(-1)), g.const(_i64(np.iinfo(np.int64).max)),
                                            g.const(_i64(0))]), g.const(_i64(0))])
     if how == "div":
         size = g.op("Div", [g.op("Mul", [size, g.const(np.array(2, np.int64))]), g.const(np.array(2, np.int64))])
+    elif how == "sub":
+        size = g.op("Sub", [g.op("Mul", [size, g.const(np.array(2, np.int64))]), size])
     return g.op("Unsqueeze", [size, g.const(_i64(0))])
 
 

@@ -66,7 +66,8 @@ def attention(seed: int = 0, d: int = 16, heads: int = 4, kv_heads: int | None =
     ``Expand`` to ``Where(Equal(t, -1), ones, t)``, ``t = (b, kv, n_rep, slen, hd)`` read from the shape, then
     ``Reshape`` to ``(b, kv * n_rep, slen, hd)``. ``n_rep_entry="kv"`` reads ``n_rep`` from the KV count instead of
     a constant (equal when ``n_rep == kv``; wrong after a cut), ``merge="div"`` writes ``kv * n_rep`` as
-    ``(kv * 2 * n_rep) / 2`` (arithmetic onnxprune does not follow). ``out_proj="conv1d"`` is GPT-2's output
+    ``(kv * 2 * n_rep) / 2`` (an exact division onnxprune follows), ``merge="sub"`` as ``2 * kv * n_rep - kv *
+    n_rep`` (arithmetic it does not follow). ``out_proj="conv1d"`` is GPT-2's output
     projection: a Conv1D whose flatten reads the merged heads' width at run time.
     """
     g = GraphBuilder(seed)
@@ -93,6 +94,8 @@ def attention(seed: int = 0, d: int = 16, heads: int = 4, kv_heads: int | None =
         if merge == "div":
             heads_now = g.op("Div", [g.op("Mul", [heads_now, g.const(np.array(2, np.int64))]),
                                      g.const(np.array(2, np.int64))])
+        elif merge == "sub":
+            heads_now = g.op("Sub", [g.op("Mul", [heads_now, g.const(np.array(2, np.int64))]), heads_now])
         merged = g.op("Concat", [unsq[0], g.op("Unsqueeze", [heads_now, g.const(_i64(0))]), unsq[2], unsq[3]], axis=0)
         return g.op("Reshape", [r, merged])
 
@@ -170,13 +173,22 @@ def test_gpt2_conv1d_flatten_reads_the_new_width() -> None:
 
 
 def test_gpt2_conv1d_flatten_through_unfollowed_arithmetic_is_blocked() -> None:
-    """The same read through ``(2 * size) / 2``: equal in value, but a Div is arithmetic onnxprune does not
-    follow, so the FFN stays blocked and the reason names the Div."""
-    dg = _analyze(gpt2_mlp(how="div"))
+    """The same read through ``2 * size - size``: equal in value, but a Sub of sizes is arithmetic onnxprune
+    does not follow, so the FFN stays blocked and the reason names the Sub."""
+    dg = _analyze(gpt2_mlp(how="sub"))
     (ffn,) = [g for g in dg.groups if g.size == 16]
     assert not ffn.prunable
-    assert any(re.search(r"reports the size of cut axis 2 of 'relu_\d+' .*computed from it by 'Div_\d+' \(Div\)", b)
+    assert any(re.search(r"reports the size of cut axis 2 of 'relu_\d+' .*computed from it by 'Sub_\d+' \(Sub\)", b)
                for b in ffn.blockers), ffn.blockers
+
+
+def test_gpt2_conv1d_flatten_through_an_exact_division_follows() -> None:
+    """The same read through ``(2 * size) / 2``: a Div by a positive constant that divides the read in every
+    cut is the size itself, so the FFN is prunable and exact at any batch and length."""
+    model = gpt2_mlp(how="div")
+    (ffn,) = [g for g in _analyze(model).groups if g.size == 16]
+    assert ffn.prunable, ffn.blockers
+    prove(model)
 
 
 def test_a_read_of_another_tensor_of_the_same_width_does_not_follow() -> None:
@@ -250,11 +262,20 @@ def test_a_kv_count_read_as_the_repeat_factor_is_blocked() -> None:
 
 
 def test_a_kv_count_through_unfollowed_arithmetic_is_blocked() -> None:
-    """``kv * n_rep`` written as ``(kv * 2 * n_rep) / 2``: the Div is not followed, so the heads stay blocked."""
-    dg = _analyze(attention(heads=4, kv_heads=2, merge="div"))
+    """``kv * n_rep`` written as ``2 * kv * n_rep - kv * n_rep``: the Sub is not followed, so the heads stay
+    blocked."""
+    dg = _analyze(attention(heads=4, kv_heads=2, merge="sub"))
     q = _group(dg, "MatMul")
     assert not q.prunable
-    assert any("(Div)" in b for b in q.blockers), q.blockers
+    assert any("(Sub)" in b for b in q.blockers), q.blockers
+
+
+def test_a_kv_count_through_an_exact_division_follows() -> None:
+    """``kv * n_rep`` written as ``(kv * 2 * n_rep) / 2``: an exact division of the read, so whole KV groups
+    stay prunable and exact."""
+    model = attention(heads=4, kv_heads=2, merge="div")
+    assert _group(_analyze(model), "MatMul").prunable
+    prove(model)
 
 
 # -- the symbolic evaluation, one op at a time ----------------------------------------------------------------------
@@ -285,6 +306,14 @@ def _c(g: GraphBuilder, *values: int) -> str:
     pytest.param(lambda g, s: g.op("Mul", [s, _c(g, -1)]), "M M M", id="mul-negative"),
     pytest.param(lambda g, s: g.op("Mul", [s, s]), "M M M", id="mul-of-sizes"),
     pytest.param(lambda g, s: g.op("Add", [s, _c(g, 0)]), "M M M", id="add"),
+    pytest.param(lambda g, s: g.op("Div", [s, _c(g, 2)]), "S0/2 S1/2 S2/2", id="div-positive"),
+    pytest.param(lambda g, s: g.op("Div", [g.op("Mul", [s, _c(g, 3)]), _c(g, 2)]), "S0*3/2 S1*3/2 S2*3/2",
+                 id="mul-then-div"),
+    pytest.param(lambda g, s: g.op("Div", [g.op("Div", [s, _c(g, 2)]), _c(g, 3)]), "S0/6 S1/6 S2/6", id="div-twice"),
+    pytest.param(lambda g, s: g.op("Mul", [g.op("Div", [s, _c(g, 4)]), _c(g, 2)]), "M M M", id="div-then-mul"),
+    pytest.param(lambda g, s: g.op("Div", [s, _c(g, -2)]), "M M M", id="div-negative"),
+    pytest.param(lambda g, s: g.op("Div", [s, s]), "M M M", id="div-by-sizes"),
+    pytest.param(lambda g, s: g.op("Div", [_c(g, 7), _c(g, -2)]), "-3", id="div-constants"),
     pytest.param(lambda g, s: g.op("Cast", [s], to=onnx.TensorProto.INT8), "M M M", id="cast-int8"),
     pytest.param(lambda g, s: g.op("Cast", [g.op("Cast", [s], to=onnx.TensorProto.FLOAT)],
                                    to=onnx.TensorProto.INT64), "S0 S1 S2", id="cast-float-and-back"),
@@ -298,12 +327,13 @@ def _c(g: GraphBuilder, *values: int) -> str:
                  id="concat"),
 ])
 def test_symbolic_shape_values(build, want: str) -> None:
-    """``S<a>[*k]``: k times the size of axis a of x; ``M``: arithmetic onnxprune does not follow."""
+    """``S<a>[*k][/d]``: k times the size of axis a of x (divided by d); ``M``: arithmetic onnxprune does not
+    follow."""
     from onnxprune.structured.shape_reads import Mixed, Size
 
     def text(e) -> str:
         if isinstance(e, Size):
-            return f"S{e.axis}" + (f"*{e.scale}" if e.scale != 1 else "")
+            return f"S{e.axis}" + (f"*{e.scale}" if e.scale != 1 else "") + (f"/{e.divisor}" if e.divisor != 1 else "")
         return "M" if isinstance(e, Mixed) else str(e)
 
     value = _evaluated(build)
