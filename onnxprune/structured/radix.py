@@ -154,16 +154,12 @@ def radix_couplings(node: NodeProto, axis: int, output_side: bool, ctx: RuleCont
     if here is None:
         return None
     r_in, r_out = here
-    if len(r_in) == 1 and len(r_out) > 1:
-        flat, parts, parts_side = (x, r_in[0]), (y, r_out), True
-    elif len(r_out) == 1 and len(r_in) > 1:
-        flat, parts, parts_side = (y, r_out[0]), (x, r_in), False
+    if len(r_in) == 1 and len(r_out) > 1:  # a split: the parts are output axes, the innermost is the channel
+        flat, many, channel, parts_side = (x, r_in[0]), y, r_out[-1], True
+    elif len(r_out) == 1 and len(r_in) > 1:  # a merge of parts back into one flat axis
+        flat, many, channel, parts_side = (y, r_out[0]), x, r_in[-1], False
     else:
         return None
-    many, axes = parts
-    channel = axes[-1]
-    if combined_across(many, channel, ctx, downstream=parts_side):
-        return None  # the innermost axis is itself combined across: no radix parts around it
     others = [(x, a, False) for a, n in enumerate(s_in) if n > 1] + [(y, b, True) for b, n in enumerate(s_out) if n > 1]
     if not any(combined_across(t, a, ctx, downstream=down) for t, a, down in others
                if (t, a) not in ((many, channel), flat)):

@@ -126,5 +126,7 @@ def test_a_softmax_over_the_per_part_channels_is_never_cut(runtime_target: bool)
     else:
         assert not g.prunable
         assert any("Softmax" in b and "normalizes over axis 3" in b for b in g.blockers), g.blockers
+        parts = [b for grp in dg.groups for b in grp.blockers if "is a part axis of a split attention" in b]
+        assert parts, dg.summary()  # the logits' group reaches the radix axis: refused, never cut
     _, _, pruned = check_prune(model, ratio=0.3)
     assert _conv_width(pruned) == _conv_width(model)
