@@ -75,12 +75,13 @@ def test_head_count_is_rewritten_and_the_pruned_model_runs_at_other_sizes(runtim
 
 
 def test_parts_that_are_not_selected_stay_blocked() -> None:
-    """A 5-D split whose leading axis is summed instead of taken apart is no packed projection: blocked, with
-    the reason."""
+    """A 5-D split whose leading axis is summed instead of taken apart is no packed projection: its parts are
+    combined, so it reads as split attention (the same channels cut in every part, :mod:`~onnxprune.structured.
+    radix`), and those channels meet ``q @ kᵀ`` of two activations: blocked, with the reason."""
     dg = analyze(ab.timm_attention(parts="sum"))
     assert not dg.prunable_groups
     reasons = " ".join(b for grp in dg.groups for b in grp.blockers)
-    assert "reads that as (parts, heads, head_dim) only when exactly one of the two leading axes" in reasons
+    assert "contracts two activations over the cut axis" in reasons
 
 
 @pytest.mark.parametrize("bias_table", ["gather", "folded"])
