@@ -164,8 +164,8 @@ def test_a_runtime_target_halving_the_cut_axis_is_blocked() -> None:
 
     _, grp = first_group(sandwich(middle))
     assert not grp.prunable
-    assert any(re.search(r"sets axis 1 of 'reshape_\d+' at run time to the size // 2 of axis 1 of 'conv_\d+', which the "
-                         r"cut does not change in step with it", b) for b in grp.blockers), grp.blockers
+    assert any(re.search(r"sets axis 1 of 'reshape_\d+' at run time to the size // 2 of axis 1 of 'conv_\d+', "
+                         r"which the cut does not change in step with it", b) for b in grp.blockers), grp.blockers
 
 
 def _scaled_by(g, y, read) -> str:
