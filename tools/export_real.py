@@ -636,14 +636,21 @@ def run_family(family: str, out: Path) -> None:
 
 
 def merge_manifest(out: Path) -> dict[str, Any]:
-    """Combine every family's part into ``manifest.json`` (models still on disk only)."""
+    """Combine every family's part into ``manifest.json`` (models still on disk only).
+
+    Versions of packages this venv lacks are kept from the manifest already there: a family rerun from another
+    venv (``--only resnest`` from the torch-only one) must not erase what the other families were exported with.
+    """
     models: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for part in sorted(out.glob(".manifest-*.json")):
         data = json.loads(part.read_text())
         models.update({k: v for k, v in data["models"].items() if (out / f"{k}.onnx").is_file()})
         skipped.update(data["skipped"])
-    manifest = {"versions": _versions(), "python": sys.version.split()[0], "models": models, "skipped": skipped}
+    previous = out / "manifest.json"
+    versions = json.loads(previous.read_text()).get("versions", {}) if previous.is_file() else {}
+    manifest = {"versions": {**versions, **_versions()}, "python": sys.version.split()[0], "models": models,
+                "skipped": skipped}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
 
