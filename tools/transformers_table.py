@@ -2,8 +2,9 @@
 
 Why this tool exists: the claim "every attention block's heads are prunable, exactly, on the exports users
 bring" must come from a command anyone can rerun. For each transformer (the shipped ones in ``models/``,
-the third-party exports ``tools/export_real.py`` writes, and the same after onnxruntime's transformer
-optimizer where ``tools/fused_exports.py`` wrote them) it runs the public API exactly as a user would:
+the third-party exports ``tools/export_real.py`` writes, ResNeSt's split attention among them, and the same
+after onnxruntime's transformer optimizer where ``tools/fused_exports.py`` wrote them) it runs the public API
+exactly as a user would:
 
 * ``prune(MODEL, PruneConfig(mode="structured", ratio=0.3, round_to=1))``: coverage, attention groups
   (prunable/found, with their head counts), MACs kept, and the pipeline's exactness oracle (the pruned model
@@ -54,13 +55,16 @@ CACHE = Path("~/.cache/onnxprune").expanduser()
 REAL = ("hf_bert_legacy", "hf_bert_dynamo", "hf_gpt2_legacy", "hf_gpt2_dynamo", "hf_llama_gqa_legacy",
         "hf_llama_gqa_dynamo", "hf_vit_legacy", "hf_vit_dynamo", "hf_whisper_encoder_legacy",
         "hf_whisper_encoder_dynamo", "hf_wav2vec2_legacy", "hf_wav2vec2_dynamo", "timm_deit_tiny",
-        "timm_deit_tiny_dynamo", "timm_swin_tiny", "timm_mobilevit_xxs")
+        "timm_deit_tiny_dynamo", "timm_swin_tiny", "timm_mobilevit_xxs", "timm_resnest_r2_legacy",
+        "timm_resnest_r2_dynamo", "timm_resnest_r2c2_legacy", "timm_resnest_r2c2_dynamo")
+#: Split attention at full width (timm resnest14d, torch legacy exporter; 34 MB, not shipped).
+RESNEST = CACHE / "resnest" / "timm_resnest14d.onnx"
 
 
 def candidates() -> list[Path]:
     """Every transformer at hand, shipped first."""
     paths = [p for p in (ROOT / "models").glob("*.onnx") if "transformer" in p.stem or "gpt" in p.stem]
-    paths += [CACHE / "real-exports" / f"{name}.onnx" for name in REAL]
+    paths += [CACHE / "real-exports" / f"{name}.onnx" for name in REAL] + [RESNEST]
     paths += sorted((CACHE / "fused-exports").glob("*.onnx"))
     return [p for p in paths if p.exists()]
 
