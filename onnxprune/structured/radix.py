@@ -15,7 +15,7 @@ softmax axis and the sum over parts stay as they are.
 
 Which reading a split takes is read from dataflow, not names: a Reshape is read here only when some axis of
 it (other than the cut one) is combined across within a few moves (``Transpose``/``Squeeze``/``Unsqueeze``)
-and elementwise ops: a ``Softmax``/``LogSoftmax`` or a ``ReduceSum``/``ReduceMean``/``ReduceMax`` over exactly
+and elementwise ops: a ``Softmax``/``LogSoftmax`` (opset 13 on) or a ``ReduceSum``/``ReduceMean``/``ReduceMax`` over
 that axis, downstream of the Reshape's output or upstream of its input. Multi-head attention never
 normalizes over its head axis, and a flatten ``C x H x W`` never combines across ``C``, so their readings
 (:mod:`onnxprune.structured.attention`, :mod:`onnxprune.structured.packed_heads`, the leading fold) are
@@ -77,6 +77,29 @@ def _forward(node: NodeProto, name: str, axis: int, ctx: RuleContext) -> tuple[s
     return y, out_axis
 
 
+def _step(t: str, a: int, ctx: RuleContext, downstream: bool) -> tuple[bool, list[tuple[str, int]]]:
+    """One step of :func:`combined_across` from axis ``a`` of ``t``: whether a neighbour combines across it,
+    and where the axis goes next."""
+    if downstream:
+        nxt = []
+        for user in ctx.index.consumers.get(t, []):
+            if user.input and user.input[0] == t and a in (_combined_axes(user, ctx) or ()):
+                return True, []
+            moved = _forward(user, t, a, ctx)
+            if moved is not None:
+                nxt.append(moved)
+        return False, nxt
+    producer = ctx.index.producer.get(t)
+    if producer is None or not producer.input or producer.domain not in ("", "ai.onnx"):
+        return False, []
+    if producer.op_type in ("Softmax", "LogSoftmax"):
+        return a in (_combined_axes(producer, ctx) or ()), []
+    if producer.op_type == "Transpose":
+        perm = ctx.ints_attr(producer, "perm") or list(range(ctx.rank(t) - 1, -1, -1))
+        return False, [(producer.input[0], perm[a])]
+    return False, [(producer.input[0], a)] if producer.op_type in UNARY_OPS else []
+
+
 def combined_across(name: str, axis: int, ctx: RuleContext, *, downstream: bool) -> bool:
     """Whether positions along axis ``axis`` of ``name`` are combined with each other (softmaxed over,
     summed or averaged) within a few moves and elementwise ops: after it (``downstream``) or before it (only
@@ -88,25 +111,13 @@ def combined_across(name: str, axis: int, ctx: RuleContext, *, downstream: bool)
             continue
         seen.add((t, a))
         budget -= 1
-        if downstream:
-            for user in ctx.index.consumers.get(t, []):
-                if user.input and user.input[0] == t and a in (_combined_axes(user, ctx) or ()):
-                    return True
-                nxt = _forward(user, t, a, ctx)
-                if nxt is not None:
-                    stack.append(nxt)
+        try:  # an unknown shape on the way ends that path: the Reshape is then read as before, never blocked here
+            found, nxt = _step(t, a, ctx, downstream)
+        except Blocked:
             continue
-        producer = ctx.index.producer.get(t)
-        if producer is None or not producer.input:
-            continue
-        if producer.op_type in ("Softmax", "LogSoftmax") and a in (_combined_axes(producer, ctx) or ()):
+        if found:
             return True
-        if producer.op_type == "Transpose":
-            rank = ctx.rank(t)
-            perm = ctx.ints_attr(producer, "perm") or list(range(rank - 1, -1, -1))
-            stack.append((producer.input[0], perm[a]))
-        elif producer.op_type in UNARY_OPS and producer.domain in ("", "ai.onnx"):
-            stack.append((producer.input[0], a))
+        stack.extend(nxt)
     return False
 
 
