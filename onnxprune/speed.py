@@ -48,6 +48,12 @@ FULL_MARGIN = 0.10
 REFERENCE_RATIOS = (0.25, 0.6)
 #: Seconds each whole-model calibration set may take before it stops (after at least 3 rounds).
 CALIBRATION_SET_S = 2.0
+#: A latency target's whole-model check of a plan against the original: alternating rounds (at most
+#: ``CHECK_ROUNDS``; after ``CHECK_SET_S`` seconds once ``CHECK_MIN_ROUNDS`` were made), every round kept for
+#: the spread-aware verdict.
+CHECK_ROUNDS = 15
+CHECK_MIN_ROUNDS = 5
+CHECK_SET_S = 4.0
 #: The retry after a slower result rounds widths up to multiples of this.
 RETRY_ROUND_TO = 16
 
@@ -106,8 +112,12 @@ class LatencyModel:
 
     def __init__(self, model: ModelProto, dg: Any, *, batches: Sequence[int], dims: Mapping[str, int],
                  timer: Any, cache: Any, budget_s: float = LATENCY_BUDGET_S, context: bool = False,
-                 model_timer: Any = None, calibrate: bool = False) -> None:
+                 model_timer: Any = None, calibrate: bool = False, check_timer: Any = None,
+                 provider: str = "cpu") -> None:
         self.model, self.dg, self.timer, self.cache, self.budget_s = model, dg, timer, cache, budget_s
+        #: Times a plan and the original whole, every round kept (``None``: ``model_timer``, one round);
+        #: see :meth:`check_plan`.
+        self.check_timer, self.provider = check_timer, provider
         #: Times whole models for the calibration (default: ``timer``); calibrate only when asked (it runs
         #: the whole model twice per batch; see :mod:`onnxprune.runtime.prediction`).
         self.model_timer = model_timer or timer
@@ -309,7 +319,8 @@ class LatencyModel:
         if self._layers is None:
             self._layers = LatencyModel(self.model, self.dg, batches=self.batches, dims=self.dims,
                                         timer=self.timer, cache=self.cache, budget_s=self.budget_s,
-                                        model_timer=self.model_timer, calibrate=self.calibrate)
+                                        model_timer=self.model_timer, calibrate=self.calibrate,
+                                        check_timer=self.check_timer, provider=self.provider)
         return self._layers
 
     def reference_keeps(self) -> list[dict[int, int]]:
@@ -344,9 +355,34 @@ class LatencyModel:
         self._extra_points.setdefault(batch, []).extend(got)
         return got[0][1] / max(got[1][1], 1e-12)
 
-    def _measure_plans(self, batch: int, keeps: Sequence[Mapping[int, int]], *, cached: bool = True
-                       ) -> list[tuple[dict[int, int], float]]:
-        """Whole-model runs of plans keeping the first ``keep[g]`` channels of each group, timed alternately."""
+    def check_plan(self, batch: int, keep_counts: Mapping[int, int]) -> Any:
+        """Time ``keep_counts``' plan and the original whole, alternately, at ``batch``; the plan's speedup as a
+        spread-aware :class:`~onnxprune.runtime.speed_verdict.SpeedVerdict` (median of per-round speedups and
+        its 95% interval), ``None`` when the plan could not be built or timed.
+
+        Unlike :meth:`add_measurement` the calibration is left as it is: a latency target corrects the goal it
+        hands the prediction instead (:mod:`onnxprune.runtime.target_steps`), which needs a fixed prediction.
+        """
+        from onnxprune.core.errors import OnnxPruneError
+        from onnxprune.runtime.speed_verdict import speed_verdict
+
+        if self.context:
+            return self._layer_model().check_plan(batch, keep_counts)
+        built = self._plan_models(batch, [{}, dict(keep_counts)])
+        if built is None:
+            return None
+        models = [m for _, m in built]
+        try:
+            rounds = (self.check_timer(models) if self.check_timer is not None
+                      else [[v] for v in self.model_timer(models)])
+        except OnnxPruneError as exc:
+            log.info("plan not timed whole at batch %d: %s", batch, exc)
+            return None
+        return speed_verdict(self.provider, batch, rounds[0], rounds[1])
+
+    def _plan_models(self, batch: int, keeps: Sequence[Mapping[int, int]]) -> list[tuple[str, ModelProto]] | None:
+        """``(cache signature, model with inputs fixed at batch)`` of plans keeping the first ``keep[g]``
+        channels of each group; ``None`` when one cannot be built."""
         import hashlib
 
         import numpy as np
@@ -355,7 +391,7 @@ class LatencyModel:
         from onnxprune.structured.plan import PrunePlan, keep_every_source
         from onnxprune.structured.surgery import apply_plan
 
-        models, sigs = [], []
+        out = []
         for keep in keeps:
             plan = {gid: keep_every_source(self.dg.groups[gid], np.arange(k, dtype=np.int64))
                     for gid, k in sorted(keep.items()) if k < self.dg.groups[gid].size}
@@ -365,19 +401,28 @@ class LatencyModel:
                     dg=self.dg)
             except OnnxPruneError as exc:
                 log.info("calibration plan not built: %s", exc)
-                return []
+                return None
             fixed = _fixed_inputs(model, self.dims, batch)
             if fixed is None:
-                return []
+                return None
             widths = ",".join(f"{g}:{len(k)}" for g, k in plan.items())
-            sigs.append(hashlib.sha256(f"{self.dg.fingerprint}|calibration|{widths}|{batch}".encode()).hexdigest()[:24])
-            models.append(fixed)
+            out.append((hashlib.sha256(f"{self.dg.fingerprint}|calibration|{widths}|{batch}".encode()).hexdigest()[:24],
+                        fixed))
+        return out
+
+    def _measure_plans(self, batch: int, keeps: Sequence[Mapping[int, int]], *, cached: bool = True
+                       ) -> list[tuple[dict[int, int], float]]:
+        """Whole-model runs of plans keeping the first ``keep[g]`` channels of each group, timed alternately."""
+        built = self._plan_models(batch, keeps)
+        if built is None:
+            return []
+        sigs = [sig for sig, _ in built]
         hits = [self.cache.get(sig, batch) for sig in sigs] if cached else [None] * len(sigs)
         if any(h is None for h in hits):
             from onnxprune.core.errors import OnnxPruneError as Failed
 
             try:
-                values = self.model_timer(models)
+                values = self.model_timer([m for _, m in built])
             except Failed as exc:
                 log.info("whole-model calibration skipped at batch %d: %s", batch, exc)
                 return []
@@ -443,7 +488,7 @@ def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any
                   calibrate: bool = False) -> LatencyModel:
     """The :class:`LatencyModel` of a prune run: first provider, ``threads``, bench batches, the user cache;
     ``calibrate``: predictions fitted on whole-model runs (when a benchmark or a latency target needs them)."""
-    from onnxprune.runtime.latency import LatencyCache, onnxruntime_timer, table_key
+    from onnxprune.runtime.latency import LatencyCache, onnxruntime_round_timer, onnxruntime_timer, table_key
     from onnxprune.runtime.session import parse_providers
 
     provider = parse_providers(config.providers)[0]
@@ -454,7 +499,11 @@ def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any
                         cache=LatencyCache.open(key), budget_s=config.latency_budget,
                         context=_small(model, config), calibrate=calibrate,
                         model_timer=None if timer is not None else onnxruntime_timer(
-                            provider=provider, threads=config.threads, set_seconds=CALIBRATION_SET_S, fastest=True))
+                            provider=provider, threads=config.threads, set_seconds=CALIBRATION_SET_S, fastest=True),
+                        check_timer=None if timer is not None else onnxruntime_round_timer(
+                            provider=provider, threads=config.threads, rounds=CHECK_ROUNDS, set_seconds=CHECK_SET_S,
+                            min_rounds=CHECK_MIN_ROUNDS, warmup=1),
+                        provider=provider)
 
 
 def _small(model: ModelProto, config: PruneConfig) -> bool:

@@ -119,13 +119,17 @@ class LatencyCache:
             log.info("latency cache not written (%s)", exc)
 
 
-def onnxruntime_timer(*, provider: str = "cpu", threads: int | None = None, rounds: int = ROUNDS,
-                      warmup: int = WARMUP, set_seconds: float = SET_SECONDS, fastest: bool = False) -> Timer:
-    """A :data:`Timer` that runs the models in onnxruntime alternately and returns each one's median ms
-    (rounds stop after ``set_seconds`` once ``MIN_ROUNDS`` were made); ``fastest``: each one's fastest run
-    instead, steadier than a median of few rounds of a big model on a loaded machine."""
+#: ``timer(models) -> ms of every round per model``: the rounds themselves, for a decision that reads the spread.
+RoundTimer = Callable[[Sequence[ModelProto]], list[list[float]]]
 
-    def timer(models: Sequence[ModelProto]) -> list[float]:
+
+def onnxruntime_round_timer(*, provider: str = "cpu", threads: int | None = None, rounds: int = ROUNDS,
+                            warmup: int = WARMUP, set_seconds: float = SET_SECONDS,
+                            min_rounds: int = MIN_ROUNDS) -> RoundTimer:
+    """A :data:`RoundTimer`: the models run in onnxruntime alternately, round after round (so a slow phase of a
+    shared machine hits every model of a round alike), until ``set_seconds`` once ``min_rounds`` were made."""
+
+    def timer(models: Sequence[ModelProto]) -> list[list[float]]:
         from onnxprune.runtime.bench import time_alternately
         from onnxprune.runtime.feeds import random_feeds
         from onnxprune.runtime.session import create_session, run_session
@@ -143,8 +147,22 @@ def onnxruntime_timer(*, provider: str = "cpu", threads: int | None = None, roun
 
             keep.append(session)
             runs.append(run)
-        times = time_alternately(runs, range(rounds), warmup=warmup, stop_after_s=set_seconds, min_rounds=MIN_ROUNDS)
-        return [float(np.min(t) if fastest else np.median(t)) / 1e6 for t in times]
+        times = time_alternately(runs, range(rounds), warmup=warmup, stop_after_s=set_seconds, min_rounds=min_rounds)
+        return [[v / 1e6 for v in t] for t in times]
+
+    return timer
+
+
+def onnxruntime_timer(*, provider: str = "cpu", threads: int | None = None, rounds: int = ROUNDS,
+                      warmup: int = WARMUP, set_seconds: float = SET_SECONDS, fastest: bool = False) -> Timer:
+    """A :data:`Timer` that runs the models in onnxruntime alternately and returns each one's median ms
+    (rounds stop after ``set_seconds`` once ``MIN_ROUNDS`` were made); ``fastest``: each one's fastest run
+    instead, steadier than a median of few rounds of a big model on a loaded machine."""
+    rounds_of = onnxruntime_round_timer(provider=provider, threads=threads, rounds=rounds, warmup=warmup,
+                                        set_seconds=set_seconds)
+
+    def timer(models: Sequence[ModelProto]) -> list[float]:
+        return [float(np.min(t) if fastest else np.median(t)) for t in rounds_of(models)]
 
     return timer
 
