@@ -123,7 +123,6 @@ class LatencyModel:
         self.model_timer = model_timer or timer
         self.calibrate = calibrate
         self._points: dict[int, list[tuple[dict[int, int], float]]] = {}
-        self._extra_points: dict[int, list[tuple[dict[int, int], float]]] = {}
         self._measured_rate: dict[int, bool] = {}
         self.batches = tuple(int(b) for b in batches)
         self.dims = dict(dims)
@@ -339,29 +338,18 @@ class LatencyModel:
 
     def _calibration_points(self, batch: int) -> list[tuple[dict[int, int], float]]:
         """``(keep counts, measured ms)`` of whole-model runs at ``batch``: the original and the reference cuts
-        timed alternately once (cached), plus any plan measured since (:meth:`add_measurement`)."""
+        timed alternately once (cached)."""
         if batch not in self._points:
             self._points[batch] = self._measure_plans(batch, [{}, *self.reference_keeps()])
-        return self._points[batch] + self._extra_points.get(batch, [])
-
-    def add_measurement(self, batch: int, keep_counts: Mapping[int, int]) -> float | None:
-        """Time ``keep_counts``' plan and the original alternately at ``batch``; both join the calibration.
-        Returns the measured speedup (``None`` when it could not be built or timed)."""
-        if self.context:  # the calibration lives with the layer table that predicts
-            return self._layer_model().add_measurement(batch, keep_counts)
-        got = self._measure_plans(batch, [{}, dict(keep_counts)], cached=False)
-        if len(got) != 2:
-            return None
-        self._extra_points.setdefault(batch, []).extend(got)
-        return got[0][1] / max(got[1][1], 1e-12)
+        return self._points[batch]
 
     def check_plan(self, batch: int, keep_counts: Mapping[int, int]) -> Any:
         """Time ``keep_counts``' plan and the original whole, alternately, at ``batch``; the plan's speedup as a
         spread-aware :class:`~onnxprune.runtime.speed_verdict.SpeedVerdict` (median of per-round speedups and
         its 95% interval), ``None`` when the plan could not be built or timed.
 
-        Unlike :meth:`add_measurement` the calibration is left as it is: a latency target corrects the goal it
-        hands the prediction instead (:mod:`onnxprune.runtime.target_steps`), which needs a fixed prediction.
+        The calibration is left as it is (refitting it with each checked plan moved the line only partly, and
+        two checks did not converge): a latency target corrects the goal it hands the prediction instead (:mod:`onnxprune.runtime.target_steps`), which needs a fixed prediction.
         """
         from onnxprune.core.errors import OnnxPruneError
         from onnxprune.runtime.speed_verdict import speed_verdict
