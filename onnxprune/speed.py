@@ -349,7 +349,8 @@ class LatencyModel:
         its 95% interval), ``None`` when the plan could not be built or timed.
 
         The calibration is left as it is (refitting it with each checked plan moved the line only partly, and
-        two checks did not converge): a latency target corrects the goal it hands the prediction instead (:mod:`onnxprune.runtime.target_steps`), which needs a fixed prediction.
+        two checks did not converge): a latency target corrects the goal it hands the prediction instead
+        (:mod:`onnxprune.runtime.target_steps`), which needs a fixed prediction.
         """
         from onnxprune.core.errors import OnnxPruneError
         from onnxprune.runtime.speed_verdict import speed_verdict
