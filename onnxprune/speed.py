@@ -258,10 +258,13 @@ class LatencyModel:
                                   "relative_ms": {str(w): round(c, 4) for w, c in costs.items() if c is not None}}
         return chosen
 
-    def table(self, batch: int, keep_counts: Mapping[int, int] = {}) -> LayerTable | None:  # noqa: B006
+    def table(self, batch: int, keep_counts: Mapping[int, int] = {},  # noqa: B006
+              holdout: bool = False) -> LayerTable | None:
         """The layer table at ``batch`` over every prunable group's heavy layers (``keep_counts``' widths
         measured first where the budget allows); calibrated when :attr:`calibrate` is on (see
-        :mod:`onnxprune.runtime.prediction`). ``None`` when the batch's shapes are unknown.
+        :mod:`onnxprune.runtime.prediction`). ``None`` when the batch's shapes are unknown. ``holdout``: the
+        calibration leaves out a reference cut equal to ``keep_counts``' plan, so the plan's prediction is a
+        prediction and not the fit through its own measurement (how a tool judges the model on such plans).
 
         A layer's full-width time is measured, or priced at the time per MAC of the measured ones (MACs
         when none is); a group's factors are its measured widths (see :class:`LayerTable`).
@@ -271,7 +274,7 @@ class LatencyModel:
         from onnxprune.structured.layer_models import timed_layers
 
         if self.context:  # summed over many groups, whole-model timings add up their noise: predict from layers
-            return self._layer_model().table(batch, keep_counts)
+            return self._layer_model().table(batch, keep_counts, holdout)
         for gid, k in keep_counts.items():
             g = self.dg.groups[gid]
             if k < g.size and self._cost_parts(gid, k) is None and gid not in self.untimed:
@@ -310,6 +313,9 @@ class LatencyModel:
         self._measured_rate[batch] = rate is not None
         if self.calibrate:
             points = self._calibration_points(batch)
+            if holdout:
+                cut = {g: k for g, k in keep_counts.items() if k < self.dg.groups[g].size}
+                points = [(keep, ms) for keep, ms in points if not keep or keep != cut]
             fit = Calibration.fit([(table.layer_sum(keep), ms) for keep, ms in points])
             table = LayerTable(full_ms, cuts, sizes, factors, fit)
         return table
@@ -428,8 +434,8 @@ class LatencyModel:
             return None
         return table.predict_ms(keep_counts)
 
-    def predict_speedup(self, keep_counts: Mapping[int, int],
-                        original_ms: Mapping[int, float] | None = None) -> dict[int, float]:
+    def predict_speedup(self, keep_counts: Mapping[int, int], original_ms: Mapping[int, float] | None = None,
+                        *, holdout: bool = False) -> dict[int, float]:
         """Predicted speedup per batch of a plan keeping ``keep_counts[group]`` channels.
 
         Each heavy layer's time at full width is scaled by its measured factor in every group that cuts it
@@ -437,11 +443,11 @@ class LatencyModel:
         (:attr:`calibrate`), the whole model is ``overhead + scale * layer sum``, fitted on whole-model runs of
         the original and a reference cut. Uncalibrated, with the original model's measured latency per batch
         (``original_ms``) the layers' summed time is their share of the model and the rest stays as it is;
-        without, the rest is assumed to scale like them.
+        without, the rest is assumed to scale like them. ``holdout``: see :meth:`table`.
         """
         out: dict[int, float] = {}
         for batch in self.batches:
-            table = self.table(batch, keep_counts)
+            table = self.table(batch, keep_counts, holdout)
             if table is None:
                 continue
             rated = (self._layer_model() if self.context else self)._measured_rate.get(batch)

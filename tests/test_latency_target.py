@@ -127,3 +127,19 @@ def _apply(model, dg, widths):
 
     keep = {g: keep_every_source(dg.groups[g], np.arange(w, dtype=np.int64)) for g, w in widths.items()}
     return apply_plan(model, PrunePlan(dg.fingerprint, keep, {g: dg.groups[g].size for g in keep}), dg=dg)
+
+
+def test_holdout_leaves_the_plans_own_reference_cut_out_of_the_calibration():
+    model = _three_convs()
+    dg = analyze(model)
+    lm = _missed_latency(model, dg)
+    ref = lm.reference_keeps()[0]
+    fitted = lm.table(1, ref).calibration
+    held = lm.table(1, ref, holdout=True).calibration
+    assert fitted is not None and held is not None
+    assert len(fitted.points) == 3 and len(held.points) == 2  # the original and the other reference cut
+    assert max(s for s, _ in held.points) == max(s for s, _ in fitted.points)  # the original stays
+    assert fitted.ms(lm.table(1, ref).layer_sum(ref)) != pytest.approx(held.ms(lm.table(1, ref).layer_sum(ref)))
+    assert lm.predict_speedup(ref, holdout=True)[1] != pytest.approx(lm.predict_speedup(ref)[1])
+    other = {g: k - 1 for g, k in ref.items()}  # not a reference cut: nothing to leave out
+    assert len(lm.table(1, other, holdout=True).calibration.points) == 3
