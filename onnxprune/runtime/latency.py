@@ -41,6 +41,11 @@ ROUNDS = 9
 MIN_ROUNDS = 3
 SET_SECONDS = 0.3
 WARMUP = 2
+#: Sets whose rounds are this quick go on until about ``FILL_SECONDS`` have passed (at most ``MAX_ROUNDS``
+#: rounds): a layer of 15 us timed 9 times is mostly noise (the digits MLP's layer table predicted 0.95x in
+#: one run and 1.11x in another for the same plan), and 200 rounds of it cost 10 ms.
+FILL_SECONDS = 0.05
+MAX_ROUNDS = 201
 
 #: ``timer(models) -> median ms per model``: how layer models are timed (injectable: tests, other providers).
 Timer = Callable[[Sequence[ModelProto]], list[float]]
@@ -125,9 +130,10 @@ RoundTimer = Callable[[Sequence[ModelProto]], list[list[float]]]
 
 def onnxruntime_round_timer(*, provider: str = "cpu", threads: int | None = None, rounds: int = ROUNDS,
                             warmup: int = WARMUP, set_seconds: float = SET_SECONDS,
-                            min_rounds: int = MIN_ROUNDS) -> RoundTimer:
+                            min_rounds: int = MIN_ROUNDS, fill_s: float = FILL_SECONDS) -> RoundTimer:
     """A :data:`RoundTimer`: the models run in onnxruntime alternately, round after round (so a slow phase of a
-    shared machine hits every model of a round alike), until ``set_seconds`` once ``min_rounds`` were made."""
+    shared machine hits every model of a round alike), until ``set_seconds`` once ``min_rounds`` were made;
+    ``rounds`` that took under ``fill_s`` are followed by more, up to ``fill_s`` (at most ``MAX_ROUNDS``)."""
 
     def timer(models: Sequence[ModelProto]) -> list[list[float]]:
         from onnxprune.runtime.bench import time_alternately
@@ -148,6 +154,12 @@ def onnxruntime_round_timer(*, provider: str = "cpu", threads: int | None = None
             keep.append(session)
             runs.append(run)
         times = time_alternately(runs, range(rounds), warmup=warmup, stop_after_s=set_seconds, min_rounds=min_rounds)
+        spent = sum(sum(t) for t in times) / 1e9
+        if len(times[0]) >= rounds and 0 < spent < fill_s:
+            more = min(MAX_ROUNDS - rounds, int(rounds * (fill_s / spent - 1)))
+            if more > 0:
+                extra = time_alternately(runs, range(more), warmup=0)
+                times = [a + b for a, b in zip(times, extra, strict=True)]
         return [[v / 1e6 for v in t] for t in times]
 
     return timer
