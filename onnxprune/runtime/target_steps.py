@@ -61,6 +61,10 @@ def next_goal(checks: Sequence[tuple[float, float]], target: float) -> float:
 
 
 def within(measured: float, low: float, high: float, target: float, tolerance: float) -> bool:
-    """Whether a measured speedup meets the target: within ``tolerance`` of it, or the target lies inside the
-    measured 95% interval (the spread cannot tell the plan from the target; another step would chase noise)."""
-    return abs(measured / target - 1) <= tolerance or low <= target <= high
+    """Whether a measured speedup ends the search: its median within ``tolerance`` of the target, or within
+    twice that while the measured 95% interval holds the target (the spread cannot tell the plan from the
+    target, and another step would chase noise). A median further off takes another step even when a wide
+    interval holds the target (ResNet-50 under load: 1.82x for 2x, interval 1.67-2.15x, then measured 1.70x
+    by the benchmark)."""
+    miss = abs(measured / target - 1)
+    return miss <= tolerance or (miss <= 2 * tolerance and low <= target <= high)

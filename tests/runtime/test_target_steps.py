@@ -51,3 +51,4 @@ def test_within_reads_the_tolerance_and_the_measured_interval():
     assert within(1.92, 1.90, 1.94, 2.0, 0.05)  # 4% off
     assert not within(1.85, 1.80, 1.90, 2.0, 0.05)  # 7.5% off and the interval excludes the target
     assert within(1.85, 1.70, 2.05, 2.0, 0.05)  # 7.5% off, but the spread cannot tell it from 2x
+    assert not within(1.78, 1.60, 2.10, 2.0, 0.05)  # 11% off: a wide interval is no reason to stop
