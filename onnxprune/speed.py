@@ -62,6 +62,11 @@ def _ceil_to(k: int, step: int, size: int) -> int:
     return min(size, -(-k // step) * step)
 
 
+def _cuts_conv(group: Any) -> bool:
+    """Whether the group's width is a Conv's input or output channels (blocked layouts apply)."""
+    return any(c.op_type == "Conv" and c.role in ("source", "sink") for c in group.cuts)
+
+
 def _fixed_inputs(model: ModelProto, dims: Mapping[str, int], batch: int) -> ModelProto | None:
     """A copy of ``model`` whose inputs' dynamic axes are fixed (first axis: ``batch``; others from ``dims``
     by name); ``None`` when an axis has no size."""
@@ -113,11 +118,14 @@ class LatencyModel:
     def __init__(self, model: ModelProto, dg: Any, *, batches: Sequence[int], dims: Mapping[str, int],
                  timer: Any, cache: Any, budget_s: float = LATENCY_BUDGET_S, context: bool = False,
                  model_timer: Any = None, calibrate: bool = False, check_timer: Any = None,
-                 provider: str = "cpu") -> None:
+                 provider: str = "cpu", conv_align: int = 8) -> None:
         self.model, self.dg, self.timer, self.cache, self.budget_s = model, dg, timer, cache, budget_s
         #: Times a plan and the original whole, every round kept (``None``: ``model_timer``, one round);
         #: see :meth:`check_plan`.
         self.check_timer, self.provider = check_timer, provider
+        #: Conv groups prefer widths that are multiples of this (the provider's blocked layout, see
+        #: :mod:`onnxprune.runtime.kernels`): layers timed alone do not see what other widths cost.
+        self.conv_align = conv_align
         #: Times whole models for the calibration (default: ``timer``); calibrate only when asked (it runs
         #: the whole model twice per batch; see :mod:`onnxprune.runtime.prediction`).
         self.model_timer = model_timer or timer
@@ -236,8 +244,11 @@ class LatencyModel:
         from onnxprune.structured.plan import AUTO_FALLBACK, auto_candidates
 
         candidates = auto_candidates(group.size, k)
-        fallback = _ceil_to(k, AUTO_FALLBACK, group.size)
-        aligned = [w for w in candidates if w % AUTO_FALLBACK == 0 and w < group.size]
+        step = self.conv_align if _cuts_conv(group) else AUTO_FALLBACK
+        if not any(w % step == 0 and w < group.size for w in candidates):
+            step = AUTO_FALLBACK
+        fallback = _ceil_to(k, step, group.size)
+        aligned = [w for w in candidates if w % step == 0 and w < group.size]
         if aligned:  # odd widths: a layer timed alone flatters them, a whole model's noise hides their cost
             candidates = aligned  # (the full width is no candidate then: the group is still cut)
         if len(candidates) == 1 or not self._measure(group, candidates):
@@ -253,7 +264,7 @@ class LatencyModel:
         near = [w for w, c in costs.items() if c is not None and c <= best * (1 + NEAR_TIE)]
         # Near-ties go to widths that are multiples of 8: a layer timed alone does not see the layout
         # conversions an odd width costs its neighbours in the whole model (onnxruntime's blocked formats).
-        chosen = min(near, key=lambda w: (w % 8 != 0, abs(w - k), -w))
+        chosen = min(near, key=lambda w: (w % step != 0, w % 8 != 0, abs(w - k), -w))
         self.choices[group.id] = {"asked": k, "chosen": chosen, "timed": True,
                                   "relative_ms": {str(w): round(c, 4) for w, c in costs.items() if c is not None}}
         return chosen
@@ -325,7 +336,8 @@ class LatencyModel:
             self._layers = LatencyModel(self.model, self.dg, batches=self.batches, dims=self.dims,
                                         timer=self.timer, cache=self.cache, budget_s=self.budget_s,
                                         model_timer=self.model_timer, calibrate=self.calibrate,
-                                        check_timer=self.check_timer, provider=self.provider)
+                                        check_timer=self.check_timer, provider=self.provider,
+                                        conv_align=self.conv_align)
         return self._layers
 
     def reference_keeps(self) -> list[dict[int, int]]:
@@ -483,6 +495,7 @@ def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any
                   calibrate: bool = False) -> LatencyModel:
     """The :class:`LatencyModel` of a prune run: first provider, ``threads``, bench batches, the user cache;
     ``calibrate``: predictions fitted on whole-model runs (when a benchmark or a latency target needs them)."""
+    from onnxprune.runtime.kernels import conv_alignment
     from onnxprune.runtime.latency import LatencyCache, onnxruntime_round_timer, onnxruntime_timer, table_key
     from onnxprune.runtime.session import parse_providers
 
@@ -498,7 +511,7 @@ def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any
                         check_timer=None if timer is not None else onnxruntime_round_timer(
                             provider=provider, threads=config.threads, rounds=CHECK_ROUNDS, set_seconds=CHECK_SET_S,
                             min_rounds=CHECK_MIN_ROUNDS, warmup=1),
-                        provider=provider)
+                        provider=provider, conv_align=conv_alignment(provider))
 
 
 def _small(model: ModelProto, config: PruneConfig) -> bool:
@@ -525,13 +538,22 @@ def bench_wanted(config: PruneConfig, macs: int, nbytes: int = 0) -> bool:
             and nbytes <= AUTO_BENCH_MAX_BYTES)
 
 
-def default_widths(config: PruneConfig, nbytes: int) -> PruneConfig:
-    """The config with ``round_to=8`` when ``auto`` is only the default and the model is too large to time
-    within the memory bound (see ``AUTO_BENCH_MAX_BYTES``); unchanged otherwise."""
+def default_widths(config: PruneConfig, nbytes: int, model: ModelProto | None = None) -> PruneConfig:
+    """The config with fixed widths when ``auto`` is only the default and the model is too large to time
+    within the memory bound (see ``AUTO_BENCH_MAX_BYTES``); unchanged otherwise. The fixed rule is multiples
+    of 8, or of the provider's conv alignment when ``model`` has a Conv (16 on an AVX-512 CPU, see
+    :mod:`onnxprune.runtime.kernels`)."""
     if (config.mode == "structured" and config.round_to == "auto" and "round_to" not in config.given
             and nbytes > AUTO_BENCH_MAX_BYTES):
-        log.info("round_to=8: layer timing is skipped for models over %d MB of weights", AUTO_BENCH_MAX_BYTES >> 20)
-        return config.with_(round_to=8)
+        step = 8
+        if model is not None and any(n.op_type == "Conv" for n in model.graph.node):
+            from onnxprune.runtime.kernels import conv_alignment
+            from onnxprune.runtime.session import parse_providers
+
+            step = conv_alignment(parse_providers(config.providers)[0])
+        log.info("round_to=%d: layer timing is skipped for models over %d MB of weights", step,
+                 AUTO_BENCH_MAX_BYTES >> 20)
+        return config.with_(round_to=step)
     return config
 
 

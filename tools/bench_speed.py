@@ -56,7 +56,7 @@ def _source(name: str):
 def run_model(name: str, ratios: list[float], batches: list[int], threads: list[int], runs: int,
               budget: float, target: float | None = None) -> list[dict]:
     original = _source(name)
-    default = default_widths(PruneConfig(ratio=ratios[0]), model_nbytes(original)).round_to
+    default = default_widths(PruneConfig(ratio=ratios[0]), model_nbytes(original), original).round_to
     rows = []
     fixed, auto, predicted = {}, {}, {}
     target_info: dict = {}

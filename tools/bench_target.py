@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         np.savez(calib, **feeds(model, seed=1000, batch=args.calib_samples))
     cfg = PruneConfig(target_speedup=args.target, validate=False, bench_batches=(args.batch,),
                       threads=args.threads, calib=calib)
-    settings = default_widths(cfg, model_nbytes(model))  # the pipeline's default widths for this model's size
+    settings = default_widths(cfg, model_nbytes(model), model)  # the pipeline's default widths for this model's size
     dg = analyze(model)
     lm = latency_model(model, dg, settings, calibrate=True)
     ratios, info = allocate_for_target(model, dg, settings, lm)  # what prune() does with --target-speedup
