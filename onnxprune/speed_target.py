@@ -10,7 +10,7 @@ calibration data, or without data from the data-free criterion
 calibrated layer table. :func:`onnxprune.recovery.latency_budget.allocate_latency` then deepens the cheapest
 cuts until the predicted latency meets a goal. The loop is closed on measurements: the chosen plan is timed
 whole against the original (alternating rounds, a spread-aware verdict), and while its measured speedup misses
-the target by more than :data:`TARGET_TOLERANCE` (and the target lies outside the measured interval), the goal
+the target by more than :data:`TARGET_TOLERANCE` (twice that when the measured interval holds the target), the goal
 handed to the prediction is corrected from the measured plans (:func:`onnxprune.runtime.target_steps.next_goal`,
 a secant on predicted against measured speedup) and the allocation runs again, at most :data:`TARGET_CHECKS`
 times. The plan measured nearest the target is kept, so the promise rests on a measurement of the plan itself.
