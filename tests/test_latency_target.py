@@ -143,3 +143,13 @@ def test_holdout_leaves_the_plans_own_reference_cut_out_of_the_calibration():
     assert lm.predict_speedup(ref, holdout=True)[1] != pytest.approx(lm.predict_speedup(ref)[1])
     other = {g: k - 1 for g, k in ref.items()}  # not a reference cut: nothing to leave out
     assert len(lm.table(1, other, holdout=True).calibration.points) == 3
+
+
+def test_reference_cuts_cut_groups_that_rounding_would_keep_whole():
+    from builders import conv_relu_conv
+
+    model = conv_relu_conv(c_in=4, c_mid=6, c_out=5, hw=6, batch=1)  # a 6-channel group, like attention heads
+    dg = analyze(model)
+    g = next(g for g in dg.prunable_groups if g.size == 6)
+    refs = _latency(model, dg).reference_keeps()
+    assert [r.get(g.id) for r in refs] == [4, 2]  # ratios 0.25 and 0.6, unrounded (rounded up to 8: 6, whole)
