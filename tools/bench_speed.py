@@ -1,10 +1,12 @@
 """Never slower? Speedup of pruned models with default widths (``--round-to auto``) against fixed widths.
 
 For each model and ratio, prunes with ``round_to="auto"`` (widths chosen by measured layer latency, 2 s
-budget, cached; timed at each thread count benchmarked, so a 2-thread row's widths were chosen at 2 threads;
-the "default widths" column says what a prune with no width flag uses for that model: ``auto``, or ``8`` for
-models over 64 MB of weights), with no rounding (``--round-to 1``, the old default) and with
-``--round-to 8``; then times the original and every pruned model alternately (``runtime.bench.benchmark``)
+budget, cached; timed at each thread count benchmarked, so a 2-thread row's widths were chosen at 2
+threads), with no rounding (``--round-to 1``, the old default) and with ``--round-to 8``; a model whose
+prune with no width flag is not ``auto`` (over 64 MB of weights: the fixed rule of
+``speed.default_widths``, 16 for a conv model on an AVX-512 CPU) is also pruned that way ("default flags";
+"default widths" says which rule). Then times the original and every pruned model alternately
+(``runtime.bench.benchmark``)
 per thread count and batch. The table gives each variant's speedup over the original and its share of the
 MAC-ideal speedup (speedup / ideal), and the latency model's predicted speedup for the default variant
 with its error (predicted latency / measured latency - 1). Predictions are calibrated
@@ -13,7 +15,8 @@ with its error (predicted latency / measured latency - 1). Predictions are calib
 out of the fit and marked "(held out)". Below the table: per model, how many predictions are within 15%.
 
 Usage:
-  .venv/bin/python tools/bench_speed.py [--models digits_cnn,digits_mlp,...,resnet50] [--ratios 0.3,0.5]
+  .venv/bin/python tools/bench_speed.py [--models digits_cnn,digits_mlp,digits_transformer,tv_mobilenet_v2,resnet50]
+                                        [--ratios 0.3,0.5]
                                         [--batches 1,8] [--threads 1,2] [--runs 20] [--resnet-runs 5]
                                         [--markdown table.md]
 
@@ -68,8 +71,9 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
         target_model = result.model
         target_info = result.report["latency_target"]
     dg = analyze(original)
+    variants = VARIANTS + ((("default", default),) if default != "auto" else ())  # no width flag, when not auto
     for ratio in ratios:
-        for label, round_to in VARIANTS[1:]:  # fixed rules: the widths do not depend on the thread count
+        for label, round_to in variants[1:]:  # fixed rules: the widths do not depend on the thread count
             cfg = PruneConfig(ratio=ratio, round_to=round_to, validate=False, bench_batches=tuple(batches))
             fixed[(ratio, label)] = prune(original, cfg).model
         for t in threads:  # widths chosen by latency are timed at the thread count they are benchmarked at
@@ -79,9 +83,9 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
             auto[(ratio, t)] = result.model
             predicted[(ratio, t)] = (latency_model(original, dg, cfg, calibrate=True), result.plan)
     for t in threads:
-        names = ["original"] + [f"{r}-{label}" for r in ratios for label, _ in VARIANTS]
+        names = ["original"] + [f"{r}-{label}" for r in ratios for label, _ in variants]
         models = [original] + [auto[(r, t)] if label == "auto" else fixed[(r, label)]
-                               for r in ratios for label, _ in VARIANTS]
+                               for r in ratios for label, _ in variants]
         if target_model is not None and t == threads[0]:
             names.append("target")
             models.append(target_model)
@@ -91,11 +95,13 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
                 row = {"model": name, "ratio": ratio, "threads": t, "batch": batch, "default": default}
                 base = report.result("original", "cpu", batch)
                 row["original_ms"] = base.p50_ms
-                for label, _ in VARIANTS:
+                for label, _ in variants:
                     r = report.result(f"{ratio}-{label}", "cpu", batch)
                     row[f"{label}_speedup"] = r.speedup
                     row["ideal"] = r.ideal_speedup if label == "auto" else row.get("ideal")
                     row[f"{label}_of_ideal"] = r.efficiency
+                if default == "auto":
+                    row["default_speedup"], row["default_of_ideal"] = row["auto_speedup"], row["auto_of_ideal"]
                 lm, plan = predicted[(ratio, t)]
                 keep = keep_counts(plan)
                 cut = {g: k for g, k in keep.items() if k < lm.dg.groups[g].size}
@@ -149,8 +155,9 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
         pass
     head = (f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu} "
             f"({platform.system()}, onnxruntime {ort.__version__}, shared machine), {seconds:.0f} s: `{command}`\n\n"
-            "| model | default widths | ratio | threads | batch | ideal | auto speedup (of ideal) | no rounding | "
-            "round-to 8 | predicted (error) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            "| model | default widths | ratio | threads | batch | ideal | default flags (of its ideal) | "
+            "auto speedup (of ideal) | no rounding | round-to 8 | predicted (error) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     targets = [r for r in rows if "target" in r]
     rows = [r for r in rows if "target" not in r]
@@ -158,6 +165,7 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
         err = r.get("error")
         lines.append(
             f"| {r['model']} | {r['default']} | {r['ratio']} | {r['threads']} | {r['batch']} | {_f(r['ideal'])} | "
+            f"{_f(r['default_speedup'])} ({_f(r['default_of_ideal'])}) | "
             f"{_f(r['auto_speedup'])} ({_f(r['auto_of_ideal'])}) | {_f(r['none_speedup'])} "
             f"({_f(r['none_of_ideal'])}) | {_f(r['r8_speedup'])} ({_f(r['r8_of_ideal'])}) | "
             f"{_f(r['predicted'])} ({_f(None if err is None else 100 * err, '+.0f')}%)"
@@ -175,7 +183,7 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="digits_cnn,digits_mlp,digits_transformer,resnet50")
+    p.add_argument("--models", default="digits_cnn,digits_mlp,digits_transformer,tv_mobilenet_v2,resnet50")
     p.add_argument("--ratios", type=lambda s: _list(float, s), default=[0.3, 0.5])
     p.add_argument("--batches", type=lambda s: _list(int, s), default=[1, 8])
     p.add_argument("--threads", type=lambda s: _list(int, s), default=[1, 2])
