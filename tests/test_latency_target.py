@@ -153,3 +153,25 @@ def test_reference_cuts_cut_groups_that_rounding_would_keep_whole():
     g = next(g for g in dg.prunable_groups if g.size == 6)
     refs = _latency(model, dg).reference_keeps()
     assert [r.get(g.id) for r in refs] == [4, 2]  # ratios 0.25 and 0.6, unrounded (rounded up to 8: 6, whole)
+
+
+def test_layers_timed_alone_are_taken_less_an_empty_run():
+    from test_latency_widths import _model_and_group
+
+    model, dg, g = _model_and_group()
+    run_ms = 7.0  # what every session run costs, empty or not
+
+    def timer(models):  # the empty model has no weights; a layer costs the run plus its weight size
+        out = []
+        for m in models:
+            w = [t for t in m.graph.initializer if len(t.dims) == 4]
+            out.append(run_ms + (math.prod(w[0].dims) / 1000 if w else 0.0))
+        return out
+
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=timer, cache=LatencyCache(None), empty_run=True)
+    assert lm.choose(g, 33) in (32, 40)
+    # the group's two convs: 8 -> 64 channels (3x3) and 64 -> 16 (3x3 or 1x1): time is linear in the width,
+    # so without the run's cost the width's share is exact
+    assert lm.relative_cost(g.id, 32) == pytest.approx(32 / 64)
+    table = lm.table(1)
+    assert table is not None and table.factor(g.id, 32, next(iter(table.cuts[g.id]))) == pytest.approx(0.5)
