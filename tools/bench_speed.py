@@ -12,7 +12,8 @@ MAC-ideal speedup (speedup / ideal), and the latency model's predicted speedup f
 with its error (predicted latency / measured latency - 1). Predictions are calibrated
 (``latency_model(..., calibrate=True)``: the original and two fixed reference cuts timed whole, see
 ``onnxprune.runtime.prediction``); a row whose plan is one of those cuts is predicted with that cut left
-out of the fit and marked "(held out)". Below the table: per model, how many predictions are within 15%.
+out of the fit ("held out"), and also as fitted with it ("fitted"). Below the table: per model, how many
+predictions are within 15%.
 
 Usage:
   .venv/bin/python tools/bench_speed.py [--models digits_cnn,digits_mlp,digits_transformer,tv_mobilenet_v2,resnet50]
@@ -110,7 +111,11 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
                 p = lm.predict_speedup(keep, {batch: base.p50_ms}, holdout=row["reference"]).get(batch)
                 row["predicted"] = p
                 if p and row["auto_speedup"]:
-                    row["error"] = (base.p50_ms / p) / (base.p50_ms / row["auto_speedup"]) - 1
+                    row["error"] = row["auto_speedup"] / p - 1  # predicted latency / measured latency - 1
+                if row["reference"]:  # and as the calibration point it also is
+                    fitted = lm.predict_speedup(keep, {batch: base.p50_ms}).get(batch)
+                    if fitted and row["auto_speedup"]:
+                        row["fitted"], row["fitted_error"] = fitted, row["auto_speedup"] / fitted - 1
                 rows.append(row)
         if target_model is not None and t == threads[0]:
             r = report.result("target", "cpu", max(batches))
@@ -142,6 +147,10 @@ def _f(x, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _fitted(r: dict) -> str:
+    return f"; fitted {_f(r['fitted'])} ({_f(100 * r['fitted_error'], '+.0f')}%)" if "fitted" in r else ""
+
+
 def markdown(rows: list[dict], command: str, seconds: float) -> str:
     import onnxruntime as ort
 
@@ -169,7 +178,8 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
             f"{_f(r['auto_speedup'])} ({_f(r['auto_of_ideal'])}) | {_f(r['none_speedup'])} "
             f"({_f(r['none_of_ideal'])}) | {_f(r['r8_speedup'])} ({_f(r['r8_of_ideal'])}) | "
             f"{_f(r['predicted'])} ({_f(None if err is None else 100 * err, '+.0f')}%)"
-            f"{' (held out)' if r.get('reference') else ''} |")
+            f"{' held out' if r.get('reference') else ''}"
+            f"{_fitted(r)} |")
     text = head + "\n".join(lines) + "\n\n" + errors_summary(rows)
     if targets:
         text += ("\n| model | --target-speedup | threads | batch | groups cut (ratios) | ranked by | predicted | "
