@@ -33,7 +33,8 @@ from onnxprune.core.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+#: 2: layer times are read less an empty run's, which version 1 tables lack; quick sets take more rounds.
+CACHE_VERSION = 2
 #: Rounds per candidate set (each round runs every candidate once) and untimed runs before them; a set
 #: whose rounds take long stops after ``MIN_ROUNDS`` once ``SET_SECONDS`` have passed (big layers are
 #: steady enough, and the budget then covers more groups).
