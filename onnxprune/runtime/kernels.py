@@ -4,10 +4,10 @@ Why: onnxruntime's CPU provider runs Conv in a blocked channel layout (NCHWc) wh
 machines with AVX-512 and 8 on AVX2 ones. A conv whose channels are not a multiple of the block keeps the
 plain layout, with layout conversions around it in the model; a layer timed alone pays such conversions at
 every width, so it flatters those widths. Measured on this project's AVX-512 machine: the digits CNN ran
-1.08x faster with 24 of 32 channels and 2.4x with 16; ResNet-50 pruned at ratio 0.3 with widths rounded to
-16 reached 1.01, 1.02 and 0.91 of its MAC-ideal speedup at batch 1 (three runs, 1 thread) against 0.90,
-0.98 and 0.86 with widths rounded to 8, where the 256- and 512-channel groups keep widths such as 184 and
-360 (multiples of 8, not of 16). Other providers get 8.
+1.08x faster with 24 of 32 channels and 2.4x with 16; ResNet-50 pruned at ratio 0.3 (1 thread, load 6-9,
+``tools/bench_speed.py --models resnet50 --threads 1 --resnet-runs 5``) reached 1.03 and 0.95 of its MAC-ideal
+speedup at batch 1 and 8 with widths rounded to 16, against 0.95 and 0.92 rounded to 8, where the 256- and
+512-channel groups keep widths such as 184 and 360 (multiples of 8, not of 16). Other providers get 8.
 """
 
 from __future__ import annotations
