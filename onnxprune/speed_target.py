@@ -91,11 +91,8 @@ def allocate_for_target(model: ModelProto, dg: Any, config: PruneConfig, latency
     sizes = {g.id: g.size for g in dg.prunable_groups if g.id in errors}
     levels = {gid: [(len(p.keep[gid]) if gid in p.keep else sizes[gid], errors[gid][i]) for i, p in enumerate(plans)]
               for gid in sizes}
-    table = latency.table(batch)
-    assert table is not None and table.calibration is not None
-    base = table.calibration.ms(table.layer_sum({}))
-    deepest = allocate_latency(levels, sizes, table.calibrated_ms, 0.0)  # every step that saves time
-    reach = base / deepest.predicted_ms
+    base = original_ms
+    reach = base / table.calibrated_ms({gid: steps[-1][0] for gid, steps in levels.items()})  # every group deepest
     checks: list[dict[str, Any]] = []
     tried: dict[tuple[tuple[int, int], ...], dict[str, Any]] = {}
     goal = min(target, reach)
