@@ -92,7 +92,7 @@ def allocate_for_target(model: ModelProto, dg: Any, config: PruneConfig, latency
     levels = {gid: [(len(p.keep[gid]) if gid in p.keep else sizes[gid], errors[gid][i]) for i, p in enumerate(plans)]
               for gid in sizes}
     base = original_ms
-    reach = base / table.calibrated_ms({gid: steps[-1][0] for gid, steps in levels.items()})  # every group deepest
+    reach = base / allocate_latency(levels, sizes, table.calibrated_ms, 0.0).predicted_ms  # every step that saves
     checks: list[dict[str, Any]] = []
     tried: dict[tuple[tuple[int, int], ...], dict[str, Any]] = {}
     goal = min(target, reach)
