@@ -136,7 +136,7 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
     from onnxprune.speed import bench_wanted, default_widths
 
     nbytes = model_nbytes(original)
-    config = default_widths(config, nbytes)
+    config = default_widths(config, nbytes, original)
     bench_on = bench_wanted(config, stats_before.macs, nbytes)
     if config.mode in ("structured", "depth"):  # depth: blocks removed, then channels only at a ratio given
         pruned, exact_reference, plan, extra = _run_structured(original, config, warnings, scratch, bench_on)

@@ -8,31 +8,37 @@ criterion and width choice as the final cut); each step's error comes from a sen
 calibration data, or without data from the data-free criterion
 (:func:`onnxprune.recovery.latency_budget.data_free_errors`, logged); each plan's latency from the
 calibrated layer table. :func:`onnxprune.recovery.latency_budget.allocate_latency` then deepens the cheapest
-cuts until the predicted latency meets the target. The chosen plan is then timed whole against the original;
-that measurement joins the calibration and, when it misses the target by more than
-:data:`TARGET_TOLERANCE`, the allocation runs again on the corrected predictions (at most
-:data:`TARGET_CHECKS` times), so the promise rests on a measurement of the plan itself.
+cuts until the predicted latency meets a goal. The loop is closed on measurements: the chosen plan is timed
+whole against the original (alternating rounds, a spread-aware verdict), and while its measured speedup misses
+the target by more than :data:`TARGET_TOLERANCE` (twice that when the measured interval holds the target), the goal
+handed to the prediction is corrected from the measured plans (:func:`onnxprune.runtime.target_steps.next_goal`,
+a secant on predicted against measured speedup) and the allocation runs again, at most :data:`TARGET_CHECKS`
+times. The plan measured nearest the target is kept, so the promise rests on a measurement of the plan itself.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from onnx import ModelProto
 
 from onnxprune.config import PruneConfig
+from onnxprune.runtime.target_steps import next_goal, within
 from onnxprune.speed import LatencyModel, keep_counts
 
 log = logging.getLogger(__name__)
 
 #: The steps of every group's cut (uniform ratios; the widths they keep per group are the steps).
 TARGET_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-#: A plan whose measured speedup is within this share of the target is kept without another allocation.
+#: A plan whose measured speedup is within this share of the target (or whose measured 95% interval holds the
+#: target) ends the search.
 TARGET_TOLERANCE = 0.05
-#: Whole-model checks (each times the plan and the original alternately) before the last plan is kept.
-TARGET_CHECKS = 2
+#: Whole-model checks at most (each times a plan and the original alternately); the plan measured nearest
+#: the target is kept.
+TARGET_CHECKS = 4
 
 
 def _errors(model: ModelProto, dg: Any, config: PruneConfig, plans: list[Any]) -> tuple[dict[int, list[float]], str]:
@@ -85,39 +91,58 @@ def allocate_for_target(model: ModelProto, dg: Any, config: PruneConfig, latency
     sizes = {g.id: g.size for g in dg.prunable_groups if g.id in errors}
     levels = {gid: [(len(p.keep[gid]) if gid in p.keep else sizes[gid], errors[gid][i]) for i, p in enumerate(plans)]
               for gid in sizes}
+    base = original_ms
+    reach = base / allocate_latency(levels, sizes, table.calibrated_ms, 0.0).predicted_ms  # every step that saves
     checks: list[dict[str, Any]] = []
-    while True:
-        table = latency.table(batch)
-        assert table is not None and table.calibration is not None
-        base = table.calibration.ms(table.layer_sum({}))
-        goal = base / target
-        found = allocate_latency(levels, sizes, table.calibrated_ms, goal)
-        if not found.reached and not checks:  # predicted out of reach: time the deepest plan, then decide
-            measured = latency.add_measurement(batch, found.widths)
-            checks.append({"predicted_speedup": round(base / found.predicted_ms, 4),
-                           "measured_speedup": None if measured is None else round(measured, 4)})
-            if measured is not None and measured >= target:
-                continue
-        if not found.reached:
-            timed = checks[-1]["measured_speedup"] if checks else None
-            raise ConfigError(f"a {target:.2f}x speedup is out of reach: cutting every group to ratio "
-                              f"{TARGET_RATIOS[-1]} is predicted at {base / found.predicted_ms:.2f}x"
-                              f"{f' and timed at {timed:.2f}x' if timed is not None else ''} (batch {batch}); "
-                              f"ask for less")
-        predicted = base / found.predicted_ms
-        measured = latency.add_measurement(batch, found.widths)
-        checks.append({"predicted_speedup": round(predicted, 4),
-                       "measured_speedup": None if measured is None else round(measured, 4)})
-        if measured is None or abs(measured / target - 1) <= TARGET_TOLERANCE or len(checks) >= TARGET_CHECKS:
+    tried: dict[tuple[tuple[int, int], ...], dict[str, Any]] = {}
+    goal = min(target, reach)
+    if reach < target:  # predicted out of reach: the deepest plan is timed before the target is refused
+        log.info("latency budget: %.2fx predicted at most, %.2fx asked; timing the deepest plan", reach, target)
+    for _ in range(TARGET_CHECKS):
+        found = allocate_latency(levels, sizes, table.calibrated_ms, base / goal)
+        key = tuple(sorted(found.widths.items()))
+        if key in tried:  # the allocation is discrete: a corrected goal that gives a timed plan again ends it
             break
-        log.info("latency budget: plan measured at %.2fx for a %.2fx target; allocating again with the "
-                 "measurement in the calibration", measured, target)
+        predicted = base / found.predicted_ms
+        verdict = latency.check_plan(batch, found.widths)
+        check = {"goal_speedup": round(goal, 4), "predicted_speedup": round(predicted, 4),
+                 "measured_speedup": None if verdict is None else round(verdict.speedup, 4),
+                 "low": None if verdict is None else round(verdict.low, 4),
+                 "high": None if verdict is None else round(verdict.high, 4)}
+        checks.append(check)
+        tried[key] = {"found": found, "check": check, "verdict": verdict}
+        if verdict is None:
+            break
+        if within(verdict.speedup, verdict.low, verdict.high, target, TARGET_TOLERANCE):
+            break
+        pairs = [(c["predicted_speedup"], c["measured_speedup"]) for c in checks]
+        new_goal = min(next_goal(pairs, target), reach)
+        if abs(new_goal / goal - 1) < 1e-6:  # out of reach, or no step left to take
+            break
+        log.info("latency budget: plan predicted %.2fx measured %.2fx for a %.2fx target; asking %.2fx of the "
+                 "prediction next", predicted, verdict.speedup, target, new_goal)
+        goal = new_goal
+    timed = [t for t in tried.values() if t["verdict"] is not None]
+    if timed:  # the plan measured nearest the target (in ratio) is kept
+        pick = min(timed, key=lambda t: abs(math.log(t["verdict"].speedup / target)))
+    else:
+        pick = next(reversed(tried.values()))
+    found, verdict = pick["found"], pick["verdict"]
+    if verdict is not None and verdict.speedup < target * (1 - TARGET_TOLERANCE) and reach < target \
+            and not within(verdict.speedup, verdict.low, verdict.high, target, TARGET_TOLERANCE):
+        raise ConfigError(f"a {target:.2f}x speedup is out of reach: cutting every group to ratio "
+                          f"{TARGET_RATIOS[-1]} is predicted at {reach:.2f}x and timed at {verdict.speedup:.2f}x "
+                          f"(batch {batch}); ask for less")
+    if verdict is None and reach < target:
+        raise ConfigError(f"a {target:.2f}x speedup is out of reach: cutting every group to ratio "
+                          f"{TARGET_RATIOS[-1]} is predicted at {reach:.2f}x (batch {batch}); ask for less")
     ratios = {gid: float(TARGET_RATIOS[i]) for gid, i in found.levels.items()}
     kept = {str(g): w for g, w in sorted(found.widths.items())}
     return ratios, {**info, "allocation": how, "group_ratios": {str(g): r for g, r in sorted(ratios.items())},
-                    "widths": kept, "predicted_speedup": round(predicted, 4),
-                    "measured_speedup": checks[-1]["measured_speedup"], "checks": checks,
-                    "error_estimate": round(found.error, 6)}
+                    "widths": kept, "predicted_speedup": pick["check"]["predicted_speedup"],
+                    "measured_speedup": pick["check"]["measured_speedup"],
+                    "measured_interval": None if verdict is None else [pick["check"]["low"], pick["check"]["high"]],
+                    "checks": checks, "error_estimate": round(found.error, 6)}
 
 
 def uniform_keep(model: ModelProto, dg: Any, config: PruneConfig, ratio: float, latency: LatencyModel,

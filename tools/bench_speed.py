@@ -1,17 +1,23 @@
 """Never slower? Speedup of pruned models with default widths (``--round-to auto``) against fixed widths.
 
-For each model and ratio, prunes with the default flags (``round_to="auto"``: widths chosen by measured
-layer latency, 2 s budget, cached), with no rounding (``--round-to 1``, the old default) and with
-``--round-to 8``; then times the original and every pruned model alternately (``runtime.bench.benchmark``)
+For each model and ratio, prunes with ``round_to="auto"`` (widths chosen by measured layer latency, 2 s
+budget, cached; timed at each thread count benchmarked, so a 2-thread row's widths were chosen at 2
+threads), with no rounding (``--round-to 1``, the old default) and with ``--round-to 8``; a model whose
+prune with no width flag is not ``auto`` (over 64 MB of weights: the fixed rule of
+``speed.default_widths``, 16 for a conv model on an AVX-512 CPU) is also pruned that way ("default flags";
+"default widths" says which rule). Then times the original and every pruned model alternately
+(``runtime.bench.benchmark``)
 per thread count and batch. The table gives each variant's speedup over the original and its share of the
 MAC-ideal speedup (speedup / ideal), and the latency model's predicted speedup for the default variant
 with its error (predicted latency / measured latency - 1). Predictions are calibrated
 (``latency_model(..., calibrate=True)``: the original and two fixed reference cuts timed whole, see
-``onnxprune.runtime.prediction``); a row whose plan is one of those cuts is marked "(ref)", being a
-calibration point rather than a prediction.
+``onnxprune.runtime.prediction``); a row whose plan is one of those cuts is predicted with that cut left
+out of the fit ("held out"), and also as fitted with it ("fitted"). Below the table: per model, how many
+predictions are within 15%.
 
 Usage:
-  .venv/bin/python tools/bench_speed.py [--models digits_cnn,digits_mlp,...,resnet50] [--ratios 0.3,0.5]
+  .venv/bin/python tools/bench_speed.py [--models digits_cnn,digits_mlp,digits_transformer,tv_mobilenet_v2,resnet50]
+                                        [--ratios 0.3,0.5]
                                         [--batches 1,8] [--threads 1,2] [--runs 20] [--resnet-runs 5]
                                         [--markdown table.md]
 
@@ -31,9 +37,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from onnxprune import PruneConfig, prune  # noqa: E402
-from onnxprune.core.io import load_model  # noqa: E402
+from onnxprune.core.io import load_model, model_nbytes  # noqa: E402
 from onnxprune.runtime.bench import benchmark  # noqa: E402
-from onnxprune.speed import keep_counts, latency_model  # noqa: E402
+from onnxprune.speed import default_widths, keep_counts, latency_model  # noqa: E402
 from onnxprune.structured.analysis import analyze  # noqa: E402
 
 VARIANTS = (("auto", "auto"), ("none", 1), ("r8", 8))
@@ -54,61 +60,95 @@ def _source(name: str):
 def run_model(name: str, ratios: list[float], batches: list[int], threads: list[int], runs: int,
               budget: float, target: float | None = None) -> list[dict]:
     original = _source(name)
+    default = default_widths(PruneConfig(ratio=ratios[0]), model_nbytes(original), original).round_to
     rows = []
-    pruned, predicted = {}, {}
-    extra_names, extra_models = [], []
+    fixed, auto, predicted = {}, {}, {}
+    target_info: dict = {}
+    target_model = None
     if target:  # --target-speedup on the largest batch and the first thread count
         cfg = PruneConfig(target_speedup=target, validate=False, bench_batches=(max(batches),),
                           threads=threads[0], latency_budget=budget)
         result = prune(original, cfg)
-        extra_names, extra_models = ["target"], [result.model]
+        target_model = result.model
         target_info = result.report["latency_target"]
+    dg = analyze(original)
+    variants = VARIANTS + ((("default", default),) if default != "auto" else ())  # no width flag, when not auto
     for ratio in ratios:
-        for label, round_to in VARIANTS:
-            cfg = PruneConfig(ratio=ratio, round_to=round_to, validate=False,
-                              bench_batches=tuple(batches), threads=threads[0], latency_budget=budget)
+        for label, round_to in variants[1:]:  # fixed rules: the widths do not depend on the thread count
+            cfg = PruneConfig(ratio=ratio, round_to=round_to, validate=False, bench_batches=tuple(batches))
+            fixed[(ratio, label)] = prune(original, cfg).model
+        for t in threads:  # widths chosen by latency are timed at the thread count they are benchmarked at
+            cfg = PruneConfig(ratio=ratio, round_to="auto", validate=False, bench_batches=tuple(batches),
+                              threads=t, latency_budget=budget)
             result = prune(original, cfg)
-            pruned[(ratio, label)] = result.model
-            if label == "auto":
-                dg = analyze(original, dims=cfg.dims or None)
-                for t in threads:
-                    predicted[(ratio, t)] = (latency_model(original, dg, cfg.with_(threads=t), calibrate=True),
-                                            result.plan)
-    names = ["original"] + [f"{r}-{label}" for r in ratios for label, _ in VARIANTS] + extra_names
-    models = [original] + [pruned[(r, label)] for r in ratios for label, _ in VARIANTS] + extra_models
+            auto[(ratio, t)] = result.model
+            predicted[(ratio, t)] = (latency_model(original, dg, cfg, calibrate=True), result.plan)
     for t in threads:
+        names = ["original"] + [f"{r}-{label}" for r in ratios for label, _ in variants]
+        models = [original] + [auto[(r, t)] if label == "auto" else fixed[(r, label)]
+                               for r in ratios for label, _ in variants]
+        if target_model is not None and t == threads[0]:
+            names.append("target")
+            models.append(target_model)
         report = benchmark(models, names=names, batches=batches, threads=t, runs=runs, warmup=2, memory=False)
         for ratio in ratios:
             for batch in batches:
-                row = {"model": name, "ratio": ratio, "threads": t, "batch": batch}
+                row = {"model": name, "ratio": ratio, "threads": t, "batch": batch, "default": default}
                 base = report.result("original", "cpu", batch)
                 row["original_ms"] = base.p50_ms
-                for label, _ in VARIANTS:
+                for label, _ in variants:
                     r = report.result(f"{ratio}-{label}", "cpu", batch)
                     row[f"{label}_speedup"] = r.speedup
                     row["ideal"] = r.ideal_speedup if label == "auto" else row.get("ideal")
                     row[f"{label}_of_ideal"] = r.efficiency
+                if default == "auto":
+                    row["default_speedup"], row["default_of_ideal"] = row["auto_speedup"], row["auto_of_ideal"]
                 lm, plan = predicted[(ratio, t)]
-                p = lm.predict_speedup(keep_counts(plan), {batch: base.p50_ms}).get(batch)
-                row["predicted"] = p
-                cut = {g: k for g, k in keep_counts(plan).items() if k < lm.dg.groups[g].size}
+                keep = keep_counts(plan)
+                cut = {g: k for g, k in keep.items() if k < lm.dg.groups[g].size}
                 row["reference"] = cut in lm.reference_keeps()
+                # a plan equal to a reference cut is predicted with that cut left out of the fit (hold-out)
+                p = lm.predict_speedup(keep, {batch: base.p50_ms}, holdout=row["reference"]).get(batch)
+                row["predicted"] = p
                 if p and row["auto_speedup"]:
-                    row["error"] = (base.p50_ms / p) / (base.p50_ms / row["auto_speedup"]) - 1
+                    row["error"] = row["auto_speedup"] / p - 1  # predicted latency / measured latency - 1
+                if row["reference"]:  # and as the calibration point it also is
+                    fitted = lm.predict_speedup(keep, {batch: base.p50_ms}).get(batch)
+                    if fitted and row["auto_speedup"]:
+                        row["fitted"], row["fitted_error"] = fitted, row["auto_speedup"] / fitted - 1
                 rows.append(row)
-        if target and t == threads[0]:
+        if target_model is not None and t == threads[0]:
             r = report.result("target", "cpu", max(batches))
             cut = list(target_info["group_ratios"].values())
             rows.append({"model": name, "target": target, "threads": t, "batch": max(batches),
                          "ratio": f"{len(cut)} groups, {min(cut):g}-{max(cut):g}" if cut else "-",
                          "allocation": target_info.get("allocation", "-"),
                          "predicted": target_info["predicted_speedup"], "check": target_info.get("measured_speedup"),
+                         "checks": len(target_info.get("checks", [])),
                          "measured": r.speedup, "ideal": r.ideal_speedup})
     return rows
 
 
+def errors_summary(rows: list[dict], limit: float = 0.15) -> str:
+    """Per model: how many predictions are within ``limit`` of the measured latency, and the range of errors."""
+    lines = []
+    for name in dict.fromkeys(r["model"] for r in rows if "target" not in r):
+        errs = [r["error"] for r in rows if r["model"] == name and "target" not in r and r.get("error") is not None]
+        if errs:
+            ok = sum(abs(e) <= limit for e in errs)
+            held = sum(1 for r in rows if r["model"] == name and r.get("reference"))
+            lines.append(f"- {name}: {ok} of {len(errs)} predictions within {100 * limit:.0f}% "
+                         f"({100 * min(errs):+.0f}% to {100 * max(errs):+.0f}%)"
+                         f"{f'; {held} judged with their reference cut held out' if held else ''}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def _f(x, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
+
+
+def _fitted(r: dict) -> str:
+    return f"; fitted {_f(r['fitted'])} ({_f(100 * r['fitted_error'], '+.0f')}%)" if "fitted" in r else ""
 
 
 def markdown(rows: list[dict], command: str, seconds: float) -> str:
@@ -124,32 +164,36 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
         pass
     head = (f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu} "
             f"({platform.system()}, onnxruntime {ort.__version__}, shared machine), {seconds:.0f} s: `{command}`\n\n"
-            "| model | ratio | threads | batch | ideal | auto speedup (of ideal) | no rounding | round-to 8 | "
-            "predicted (error) |\n|---|---|---|---|---|---|---|---|---|\n")
+            "| model | default widths | ratio | threads | batch | ideal | default flags (of its ideal) | "
+            "auto speedup (of ideal) | no rounding | round-to 8 | predicted (error) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     targets = [r for r in rows if "target" in r]
     rows = [r for r in rows if "target" not in r]
     for r in rows:
         err = r.get("error")
         lines.append(
-            f"| {r['model']} | {r['ratio']} | {r['threads']} | {r['batch']} | {_f(r['ideal'])} | "
+            f"| {r['model']} | {r['default']} | {r['ratio']} | {r['threads']} | {r['batch']} | {_f(r['ideal'])} | "
+            f"{_f(r['default_speedup'])} ({_f(r['default_of_ideal'])}) | "
             f"{_f(r['auto_speedup'])} ({_f(r['auto_of_ideal'])}) | {_f(r['none_speedup'])} "
             f"({_f(r['none_of_ideal'])}) | {_f(r['r8_speedup'])} ({_f(r['r8_of_ideal'])}) | "
             f"{_f(r['predicted'])} ({_f(None if err is None else 100 * err, '+.0f')}%)"
-            f"{' (ref)' if r.get('reference') else ''} |")
-    text = head + "\n".join(lines) + "\n"
+            f"{' held out' if r.get('reference') else ''}"
+            f"{_fitted(r)} |")
+    text = head + "\n".join(lines) + "\n\n" + errors_summary(rows)
     if targets:
         text += ("\n| model | --target-speedup | threads | batch | groups cut (ratios) | ranked by | predicted | "
-                 "measured by its check | measured here | ideal |\n|---|---|---|---|---|---|---|---|---|---|\n")
+                 "measured by its checks (n) | measured here | ideal |\n|---|---|---|---|---|---|---|---|---|---|\n")
         text += "\n".join(f"| {r['model']} | {r['target']} | {r['threads']} | {r['batch']} | {r['ratio']} | "
-                          f"{r['allocation']} | {_f(r['predicted'])} | {_f(r['check'])} | {_f(r['measured'])} | "
+                          f"{r['allocation']} | {_f(r['predicted'])} | {_f(r['check'])} ({r['checks']}) | "
+                          f"{_f(r['measured'])} | "
                           f"{_f(r['ideal'])} |" for r in targets) + "\n"
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="digits_cnn,digits_mlp,digits_transformer,resnet50")
+    p.add_argument("--models", default="digits_cnn,digits_mlp,digits_transformer,tv_mobilenet_v2,resnet50")
     p.add_argument("--ratios", type=lambda s: _list(float, s), default=[0.3, 0.5])
     p.add_argument("--batches", type=lambda s: _list(int, s), default=[1, 8])
     p.add_argument("--threads", type=lambda s: _list(int, s), default=[1, 2])

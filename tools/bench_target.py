@@ -9,7 +9,9 @@ and compares the two plans:
   seeded N(0, 1) inputs (``recovery.sensitivity.OutputErrorMeter``, no recovery). Not the Gram score:
   that is relative to the energy of the layers a plan cuts, so two plans cutting different layers are not
   on one scale;
-* the data-free estimate the allocation ranked by (root of the summed squared per-group errors).
+* the data-free estimate the allocation ranked by (root of the summed squared per-group errors);
+* the closed loop's checks (goal asked of the prediction, the plan's predicted and measured speedup with its
+  95% interval) and the kept plan's prediction and measurement.
 
 Usage:
   .venv/bin/python tools/bench_target.py [--model resnet50|models/X.onnx] [--target 2] [--batch 8]
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         np.savez(calib, **feeds(model, seed=1000, batch=args.calib_samples))
     cfg = PruneConfig(target_speedup=args.target, validate=False, bench_batches=(args.batch,),
                       threads=args.threads, calib=calib)
-    settings = default_widths(cfg, model_nbytes(model))  # the pipeline's default widths for this model's size
+    settings = default_widths(cfg, model_nbytes(model), model)  # the pipeline's default widths for this model's size
     dg = analyze(model)
     lm = latency_model(model, dg, settings, calibrate=True)
     ratios, info = allocate_for_target(model, dg, settings, lm)  # what prune() does with --target-speedup
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "model": args.model, "target": args.target, "batch": args.batch, "threads": args.threads,
         "allocation": info["allocation"], "checks": info["checks"],
+        "target_plan_predicted": info["predicted_speedup"], "target_measured_by_checks": info["measured_speedup"],
+        "target_check_interval": info.get("measured_interval"),
         "target_predicted": round(table.calibration.ms(table.layer_sum({})) / goal, 4),
         "target_measured": round(report.result("target", "cpu", args.batch).speedup, 4),
         "uniform_ratio": round(hi, 4),

@@ -169,6 +169,8 @@ def latency_lines(report: Mapping[str, Any]) -> list[str]:
                 f"{target['predicted_speedup']:.2f}x")
         if target.get("measured_speedup") is not None:
             text += f", timed whole {target['measured_speedup']:.2f}x"
+            if target.get("measured_interval"):
+                text += " (95% {:.2f}-{:.2f}, {} check(s))".format(*target["measured_interval"], len(target["checks"]))
         rows.append(text)
     lines = _rows("latency model", rows)
     if (report.get("speed") or {}).get("retried"):

@@ -84,3 +84,12 @@ def test_a_set_onnxruntime_cannot_run_is_skipped_not_fatal():
     got = measure([(1, [("a", model)]), (8, [("b", model)])], timer=failing, cache=LatencyCache.open(None),
                   budget_s=10)
     assert got.ms == {} and not got.complete
+
+
+def test_summary_is_the_fastest_of_few_rounds_and_the_median_of_many():
+    from onnxprune.runtime.latency import MEDIAN_ROUNDS, summary_ms
+
+    few = [5.0, 3.0, 9.0]
+    assert summary_ms(few) == 5.0 and summary_ms(few, fastest=True) == 3.0
+    many = [1.0] + [4.0] * (MEDIAN_ROUNDS - 1)  # one lucky run among many: the median is what the benchmark compares
+    assert summary_ms(many, fastest=True) == 4.0
