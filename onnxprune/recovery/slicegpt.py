@@ -18,7 +18,7 @@ from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import release_memory
 from onnxprune.recovery.reader_refit import Data, collect, refit_readers
 from onnxprune.recovery.recover import sink_cuts
-from onnxprune.recovery.width import frozen_stream
+from onnxprune.recovery.width import frozen_stream, projection_report
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.plan import PrunePlan
 from onnxprune.structured.rotate import prepare_rotation, rotate, rotation_axes, to_rms
@@ -67,7 +67,10 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
         raise ConfigError(f"ratio must be in [0, 1), got {ratio}")
     owned = model if isinstance(model, list) else [model]
     del model
-    prep = prepare_rotation(frozen_stream(owned[0]).model)  # folded shape pieces first (see frozen_stream)
+    frozen = frozen_stream(owned[0])  # folded shape pieces first, a stream output projected (see frozen_stream)
+    projections = frozen.projections
+    prep = prepare_rotation(frozen.model)
+    del frozen
     rotation_axes(prep)  # the last refusal: from here on the input is not read again
     owned.clear()  # (a handed-over one is freed here, before calibration runs)
     release_memory()
@@ -88,7 +91,8 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
     report: dict[str, Any] = {
         "exact": False, "rotation_exact": True, "width_before": width, "width_after": keep,
         "variance_kept": float(variance[:keep].sum() / max(variance.sum(), 1e-30)),
-        "params_removed_by_slicing": int(dg.params_removed(plan.keep)), "refit": []}
+        "params_removed_by_slicing": int(dg.params_removed(plan.keep)), "refit": [],
+        "outputs_kept_full_width": projection_report(projections)}
     if refit:
         # handed over without a reference left here, so the re-fit can free it once copied
         unfitted = [sliced]

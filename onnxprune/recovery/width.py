@@ -61,7 +61,7 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
     """
     if refit and calib is None:
         raise ConfigError("width pruning re-fits the stream's readers on calibration data; pass --calib data.npz")
-    frozen = frozen_stream(model)
+    frozen = frozen_stream(model, dims=dims)
     rules = stream_rules()
     dg = analyze(frozen.model, extra_rules=rules, dims=dict(dims) if dims else None)
     ids = stream_group_ids(frozen.model, dg)
@@ -83,6 +83,7 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
         # with the stream's rules, heads and feed-forward groups stay prunable too: what structured + width reach
         "coverage_with_stream": round(coverage(frozen.model, dg, dict(dg.shapes)), 6),
         "shape_reads_frozen": frozen.constants, "reshape_targets_trailing": frozen.trailing,
+        "outputs_kept_full_width": projection_report(frozen.projections),
         "refit": [],
     }
     pruned = result.model
@@ -97,19 +98,32 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
     return WidthResult(pruned, report)
 
 
-def frozen_stream(model: ModelProto) -> FrozenShapes:
-    """:func:`~onnxprune.structured.stream.freeze_stream_shapes`, then constant folding of what it made constant.
+def frozen_stream(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> FrozenShapes:
+    """:func:`~onnxprune.structured.stream.freeze_stream_shapes`, then constant folding of what it made
+    constant, then an identity projection appended behind a graph output that is the stream.
 
     Why fold: freezing replaces a static ``Shape`` read of the stream's width by a constant, but the pieces
     computed from it (``Unsqueeze`` → ``Concat`` into a reshape target, as GPT-2's Conv1D writes) stay
-    nodes; folded, they become constant target pieces the width rules rewrite. Both steps are exact. Only
-    integer (shape) values are folded: a float computed from a shape (an attention scale) stays a recipe.
+    nodes; folded, they become constant target pieces the width rules rewrite. Only integer (shape) values
+    are folded: a float computed from a shape (an attention scale) stays a recipe. Why the projection: an
+    encoder's last hidden state keeps its width while the stream inside shrinks
+    (:mod:`onnxprune.structured.stream_outputs`). All three steps are exact.
     """
     from onnxprune.core.fold import fold_constants
     from onnxprune.runtime.session import run_constant_graph
+    from onnxprune.structured.stream_outputs import project_stream_outputs
 
     frozen = freeze_stream_shapes(model)
-    return replace(frozen, model=fold_constants(frozen.model, run_constant_graph, integers_only=True).model)
+    folded = fold_constants(frozen.model, run_constant_graph, integers_only=True).model
+    opened = project_stream_outputs(folded, dims=dims)
+    return replace(frozen, model=opened.model, projections=opened.projections)
+
+
+def projection_report(projections: tuple[tuple[str, str, int], ...]) -> list[dict[str, Any]]:
+    """The report's entry for outputs kept at full width by an appended projection (JSON-able)."""
+    return [{"output": o, "projection": n, "width": w,
+             "note": "appended k x width MatMul (k: the stream's kept width); its MACs count in macs_after"}
+            for o, n, w in projections]
 
 
 def stream_coverage(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> float:
@@ -117,8 +131,10 @@ def stream_coverage(model: ModelProto, *, dims: Mapping[str, int] | None = None)
 
     Structured mode leaves the stream blocked (LayerNorm normalizes over it), so heads and feed-forward
     neurons alone reach at most half of a transformer's weighted MACs; this is the share that structured
-    pruning and ``--mode width`` reach together (the stream part is not exact).
+    pruning and ``--mode width`` reach together (the stream part is not exact), on the model as the pipeline
+    prepares it (run-time weights folded), an appended output projection counted
+    (:func:`onnxprune.recovery.stream_view.width_view` lists what stays uncovered and why).
     """
-    frozen = frozen_stream(model)
-    dg = analyze(frozen.model, extra_rules=stream_rules(), dims=dict(dims) if dims else None)
-    return coverage(frozen.model, dg, dict(dg.shapes))
+    from onnxprune.recovery.stream_view import width_view
+
+    return float(width_view(model, dims=dims)["coverage"])

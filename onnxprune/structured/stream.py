@@ -30,6 +30,7 @@ from onnxprune.structured.rules.base import Blocked, OpRule, RewriteContext, Rul
 from onnxprune.structured.rules.norm import LayerNormRule
 from onnxprune.structured.rules.pool import ReduceRule, reduce_axes
 from onnxprune.structured.rules.registry import RuleSpec
+from onnxprune.structured.rules.repeat import ExpandRule
 from onnxprune.structured.rules.shape import ReshapeRule
 
 log = logging.getLogger(__name__)
@@ -154,16 +155,21 @@ class StreamGatherRule(OpRule):
         return [Coupling(ctx.slot(out, b), ctx.slot(data, a), role=role, input_index=0)]
 
 
-class StreamExpandRule(OpRule):
+class StreamExpandRule(ExpandRule):
     """Expand of a constant (a class token broadcast to the batch): an axis the target shape leaves at 1
     keeps the constant's channels, so the constant is cut with the stream. The target's value comes from the
-    shape arithmetic folded at the analysis' input sizes."""
+    shape arithmetic folded at the analysis' input sizes.
+
+    An Expand of an activation (grouped-query attention's ``repeat_kv``) is the default rule's: replacing
+    the rule for the stream must not block the heads' groups that structured mode cuts."""
 
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
         from onnxprune.core.shapefold import fold_values
 
         c, out = node.input[0], node.output[0]
-        if not ctx.is_const(c) or slot.tensor not in (c, out):
+        if not ctx.is_const(c):
+            return super().couplings(node, slot, ctx)
+        if slot.tensor not in (c, out):
             raise Blocked(f"{node_label(node)} expands '{slot.tensor}', which only a constant may be here")
         sc, so = ctx.shape(c), ctx.shape(out)
         shift = len(so) - len(sc)
@@ -177,6 +183,10 @@ class StreamExpandRule(OpRule):
         if int(t[b - (len(so) - t.size)]) != 1:
             raise Blocked(f"{node_label(node)} expands axis {b} to a fixed size; it cannot follow the cut")
         return [Coupling(ctx.slot(out, b), ctx.slot(c, a), role="param", input_index=0)]
+
+    def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
+        if not ctx.index.is_constant(node.input[0]):
+            super().rewrite(node, ctx)  # a constant's target keeps 1 on the stream's axis: nothing to edit
 
 
 class StreamMeanRule(ReduceRule):
@@ -230,8 +240,13 @@ def _remove_dead(model: ModelProto) -> None:
 
 
 def _static_read(node: NodeProto, idx: GraphIndex, sx: tuple) -> np.ndarray | None:
-    """The value a ``Gather`` (axis 0) or ``Slice`` (axis 0, step 1) of ``Shape(x)`` reads, when every
-    entry it reads is fixed; ``None`` otherwise."""
+    """The value a ``Gather`` (axis 0) or ``Slice`` (axis 0, step 1) of ``Shape(x)`` reads, when it reads
+    only ``x``'s last axis and that is fixed; ``None`` otherwise.
+
+    Why the last axis only: that is where the stream's width sits. A read of another fixed axis (the number
+    of key/value heads that grouped-query attention's ``repeat_kv`` reads back) is left a run-time read,
+    which the head rules prove follows a cut (:mod:`onnxprune.structured.shape_reads`); frozen, it would
+    block the heads' groups in the model width mode returns."""
     consts = [idx.const_value(i) if i else None for i in node.input[1:]]
     if any(c is None for c in consts[:2]):
         return None
@@ -240,7 +255,8 @@ def _static_read(node: NodeProto, idx: GraphIndex, sx: tuple) -> np.ndarray | No
             return None
         k = consts[0]
         assert k is not None
-        picked = [sx[int(i)] for i in k.reshape(-1)]
+        read = [int(i) % len(sx) for i in k.reshape(-1)]
+        picked = [sx[i] for i in read]
         shape: tuple[int, ...] = k.shape
     elif node.op_type == "Slice" and not node.attribute:
         axes, steps = (consts[i] if len(consts) > i else None for i in (2, 3))
@@ -248,11 +264,12 @@ def _static_read(node: NodeProto, idx: GraphIndex, sx: tuple) -> np.ndarray | No
                 steps is not None and int(steps.reshape(-1)[0]) != 1):
             return None
         start, end = (int(c.reshape(-1)[0]) for c in consts[:2] if c is not None)
-        picked = list(sx[slice(start, end)])
+        read = list(range(len(sx)))[slice(start, end)]
+        picked = [sx[i] for i in read]
         shape = (len(picked),)
     else:
         return None
-    if any(p is None for p in picked):
+    if any(p is None for p in picked) or any(i != len(sx) - 1 for i in read):
         return None
     return np.asarray(picked, dtype=np.int64).reshape(shape)
 
@@ -266,6 +283,9 @@ class FrozenShapes:
     trailing: int
     #: initializers copied without their data (``empty_weights=True``); fill each before using the model
     empty: frozenset[str] = frozenset()
+    #: graph outputs that are the stream, kept at full width by an appended projection (``(output, node,
+    #: width)``, :mod:`onnxprune.structured.stream_outputs`); set by the width mode's preparation
+    projections: tuple[tuple[str, str, int], ...] = ()
 
 
 def freeze_stream_shapes(model: ModelProto, *, empty_weights: bool = False) -> FrozenShapes:
