@@ -79,7 +79,8 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
                     for g in prunable],
         "streams_blocked": [{"group": g, "width": dg.groups[g].size, "blocker": dg.groups[g].blockers[0]}
                             for g in ids if g not in prunable],
-        "params_removed_predicted": int(dg.params_removed(keep)),
+        # against the input model: an appended output projection's weights (width x width) are new ones
+        "params_removed_predicted": int(dg.params_removed(keep)) - sum(w * w for _, _, w in frozen.projections),
         # with the stream's rules, heads and feed-forward groups stay prunable too: what structured + width reach
         "coverage_with_stream": round(coverage(frozen.model, dg, dict(dg.shapes)), 6),
         "shape_reads_frozen": frozen.constants, "reshape_targets_trailing": frozen.trailing,
