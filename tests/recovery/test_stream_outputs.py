@@ -159,3 +159,34 @@ def test_width_mode_cli_keeps_the_output_and_proves_the_rotation(tmp_path: Path)
     assert stats.macs == report["macs_after"] and stats.macs_by_node[node.name] > 0  # the projection counted
     for x in _inputs():
         assert _run(pruned, x).shape == (x.shape[0], x.shape[1], D)
+
+
+def test_width_mode_keeps_grouped_query_heads_prunable() -> None:
+    """Llama's ``repeat_kv`` reads the number of KV heads back from the shape: width mode's preparation freezes
+    only reads of the stream's width (the last axis), so the KV groups stay a prunable group in the model it
+    analyses and returns (before: frozen into a constant target, the Expand blocked them)."""
+    from onnxprune.recovery.width import frozen_stream
+    from onnxprune.structured.analysis import analyze
+    from onnxprune.structured.stream import stream_rules
+    from tests.structured.test_shape_reads import attention
+
+    model = attention(d=16, heads=4, kv_heads=2)
+    dg = analyze(frozen_stream(model).model, extra_rules=stream_rules(), dims={"B": 1, "T": 5})
+    assert [g.size for g in dg.prunable_groups if g.size == 2], [g.blockers for g in dg.groups]
+
+
+def test_width_view_separates_the_interface_from_what_blocks_the_stream() -> None:
+    """``width_view``: the stream output projected (its MACs in the total), the first layer's input channels
+    (a graph input) and the projection's output channels reported as interface, and both coverages given."""
+    from onnxprune.recovery.stream_view import width_view
+
+    view = width_view(encoder(post_norm=True), dims={"B": 1, "S": 7})
+    assert [p["output"] for p in view["outputs_kept_full_width"]] == ["hidden"]
+    assert view["projection_share"] > 0
+    reasons = {(u["side"], u["interface"]) for u in view["uncovered"]}
+    assert ("in", True) in reasons and ("out", True) in reasons  # x's 6 channels; the output's 16
+    # what stays is the interface and the single-head q·kᵀ (no head split to cut it by): never the stream
+    assert all(u["interface"] or "contracts two activations" in u["reason"] for u in view["uncovered"])
+    iface = sum(u["share"] for u in view["uncovered"] if u["interface"])
+    assert abs(view["interface_share"] - iface) < 1e-5
+    assert abs(view["coverage_without_interface"] - view["coverage"] / (1 - iface)) < 1e-5
