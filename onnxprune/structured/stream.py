@@ -240,13 +240,8 @@ def _remove_dead(model: ModelProto) -> None:
 
 
 def _static_read(node: NodeProto, idx: GraphIndex, sx: tuple) -> np.ndarray | None:
-    """The value a ``Gather`` (axis 0) or ``Slice`` (axis 0, step 1) of ``Shape(x)`` reads, when it reads
-    only ``x``'s last axis and that is fixed; ``None`` otherwise.
-
-    Why the last axis only: that is where the stream's width sits. A read of another fixed axis (the number
-    of key/value heads that grouped-query attention's ``repeat_kv`` reads back) is left a run-time read,
-    which the head rules prove follows a cut (:mod:`onnxprune.structured.shape_reads`); frozen, it would
-    block the heads' groups in the model width mode returns."""
+    """The value a ``Gather`` (axis 0) or ``Slice`` (axis 0, step 1) of ``Shape(x)`` reads, when every
+    entry it reads is fixed; ``None`` otherwise."""
     consts = [idx.const_value(i) if i else None for i in node.input[1:]]
     if any(c is None for c in consts[:2]):
         return None
@@ -255,8 +250,7 @@ def _static_read(node: NodeProto, idx: GraphIndex, sx: tuple) -> np.ndarray | No
             return None
         k = consts[0]
         assert k is not None
-        read = [int(i) % len(sx) for i in k.reshape(-1)]
-        picked = [sx[i] for i in read]
+        picked = [sx[int(i)] for i in k.reshape(-1)]
         shape: tuple[int, ...] = k.shape
     elif node.op_type == "Slice" and not node.attribute:
         axes, steps = (consts[i] if len(consts) > i else None for i in (2, 3))
@@ -264,14 +258,34 @@ def _static_read(node: NodeProto, idx: GraphIndex, sx: tuple) -> np.ndarray | No
                 steps is not None and int(steps.reshape(-1)[0]) != 1):
             return None
         start, end = (int(c.reshape(-1)[0]) for c in consts[:2] if c is not None)
-        read = list(range(len(sx)))[slice(start, end)]
-        picked = [sx[i] for i in read]
+        picked = list(sx[slice(start, end)])
         shape = (len(picked),)
     else:
         return None
-    if any(p is None for p in picked) or any(i != len(sx) - 1 for i in read):
+    if any(p is None for p in picked):
         return None
     return np.asarray(picked, dtype=np.int64).reshape(shape)
+
+
+def _expand_targets(idx: GraphIndex) -> set[str]:
+    """Tensors an ``Expand``'s target shape is computed from.
+
+    Why they stay run-time reads: grouped-query attention's ``repeat_kv`` reads the number of key/value heads
+    back from the shape into its Expand target, and the head rules prove such a read follows a cut
+    (:mod:`onnxprune.structured.shape_reads`); frozen into a constant, it would block the heads' groups in the
+    model width mode analyses and returns. A class token's Expand target is read at the analysis' sizes by
+    :class:`StreamExpandRule` either way."""
+    seen: set[str] = set()
+    todo = [n.input[1] for n in idx.model.graph.node if n.op_type == "Expand" and len(n.input) > 1]
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        producer = idx.producer.get(t)
+        if producer is not None and producer.op_type != "Shape":
+            todo.extend(i for i in producer.input if i)
+    return seen
 
 
 @dataclass(frozen=True)
@@ -307,10 +321,11 @@ def freeze_stream_shapes(model: ModelProto, *, empty_weights: bool = False) -> F
         out.CopyFrom(model)
     dims = _static_dims(out)
     idx = GraphIndex(out)
+    followed = _expand_targets(idx)
     frozen: dict[str, np.ndarray] = {}
     for node in list(out.graph.node):
         shape_node = idx.producer.get(node.input[0]) if node.input else None
-        if shape_node is None or shape_node.op_type != "Shape" or shape_node.attribute:
+        if shape_node is None or shape_node.op_type != "Shape" or shape_node.attribute or node.output[0] in followed:
             continue
         sx = dims.get(shape_node.input[0])
         value = _static_read(node, idx, sx) if sx is not None else None

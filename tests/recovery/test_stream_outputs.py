@@ -162,9 +162,10 @@ def test_width_mode_cli_keeps_the_output_and_proves_the_rotation(tmp_path: Path)
 
 
 def test_width_mode_keeps_grouped_query_heads_prunable() -> None:
-    """Llama's ``repeat_kv`` reads the number of KV heads back from the shape: width mode's preparation freezes
-    only reads of the stream's width (the last axis), so the KV groups stay a prunable group in the model it
-    analyses and returns (before: frozen into a constant target, the Expand blocked them)."""
+    """Llama's ``repeat_kv`` reads the number of KV heads back from the shape into an Expand target: width
+    mode's preparation leaves such reads at run time and Expands of activations to the default rule, so the
+    KV groups stay a prunable group in the model it analyses and returns (before: the read frozen into a
+    constant target, or the stream's Expand rule, blocked them)."""
     from onnxprune.recovery.width import frozen_stream
     from onnxprune.structured.analysis import analyze
     from onnxprune.structured.stream import stream_rules
