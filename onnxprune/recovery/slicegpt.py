@@ -68,7 +68,7 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
     owned = model if isinstance(model, list) else [model]
     del model
     frozen = frozen_stream(owned[0])  # folded shape pieces first, a stream output projected (see frozen_stream)
-    projections = frozen.projections
+    projections, untied = frozen.projections, frozen.untied
     prep = prepare_rotation(frozen.model)
     del frozen
     rotation_axes(prep)  # the last refusal: from here on the input is not read again
@@ -92,7 +92,7 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
         "exact": False, "rotation_exact": True, "width_before": width, "width_after": keep,
         "variance_kept": float(variance[:keep].sum() / max(variance.sum(), 1e-30)),
         "params_removed_by_slicing": int(dg.params_removed(plan.keep)), "refit": [],
-        "outputs_kept_full_width": projection_report(projections)}
+        "outputs_kept_full_width": projection_report(projections), "untied": list(untied)}
     if refit:
         # handed over without a reference left here, so the re-fit can free it once copied
         unfitted = [sliced]

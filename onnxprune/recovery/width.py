@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 from onnx import ModelProto
 
 from onnxprune.core.errors import ConfigError, UnsupportedModelError
@@ -79,12 +80,12 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
                     for g in prunable],
         "streams_blocked": [{"group": g, "width": dg.groups[g].size, "blocker": dg.groups[g].blockers[0]}
                             for g in ids if g not in prunable],
-        # against the input model: an appended output projection's weights (width x width) are new ones
-        "params_removed_predicted": int(dg.params_removed(keep)) - sum(w * w for _, _, w in frozen.projections),
+        # against the input model: an appended output projection's weights and an untied table are new ones
+        "params_removed_predicted": int(dg.params_removed(keep)) - added_params(frozen),
         # with the stream's rules, heads and feed-forward groups stay prunable too: what structured + width reach
         "coverage_with_stream": round(coverage(frozen.model, dg, dict(dg.shapes)), 6),
         "shape_reads_frozen": frozen.constants, "reshape_targets_trailing": frozen.trailing,
-        "outputs_kept_full_width": projection_report(frozen.projections),
+        "outputs_kept_full_width": projection_report(frozen.projections), "untied": list(frozen.untied),
         "refit": [],
     }
     pruned = result.model
@@ -101,23 +102,27 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
 
 def frozen_stream(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> FrozenShapes:
     """:func:`~onnxprune.structured.stream.freeze_stream_shapes`, then constant folding of what it made
-    constant, then an identity projection appended behind a graph output that is the stream.
+    constant, then a tied LM head untied, then an identity projection appended behind a graph output that is
+    the stream.
 
     Why fold: freezing replaces a static ``Shape`` read of the stream's width by a constant, but the pieces
     computed from it (``Unsqueeze`` → ``Concat`` into a reshape target, as GPT-2's Conv1D writes) stay
     nodes; folded, they become constant target pieces the width rules rewrite. Only integer (shape) values
     are folded: a float computed from a shape (an attention scale) stays a recipe. Why the projection: an
     encoder's last hidden state keeps its width while the stream inside shrinks
-    (:mod:`onnxprune.structured.stream_outputs`). All three steps are exact.
+    (:mod:`onnxprune.structured.stream_outputs`). Why untie: an LM head that reads the embedding table
+    transposed at run time blocks the stream (:mod:`onnxprune.structured.untie`). Every step is exact.
     """
     from onnxprune.core.fold import fold_constants
     from onnxprune.runtime.session import run_constant_graph
     from onnxprune.structured.stream_outputs import project_stream_outputs
+    from onnxprune.structured.untie import untie_transposed_weights
 
     frozen = freeze_stream_shapes(model)
-    folded = fold_constants(frozen.model, run_constant_graph, integers_only=True).model
+    folded = fold_constants(frozen.model, run_constant_graph, integers_only=True).model  # a fresh model: ours
+    untied = untie_transposed_weights(folded)
     opened = project_stream_outputs(folded, dims=dims)
-    return replace(frozen, model=opened.model, projections=opened.projections)
+    return replace(frozen, model=opened.model, projections=opened.projections, untied=untied)
 
 
 def projection_report(projections: tuple[tuple[str, str, int], ...]) -> list[dict[str, Any]]:
@@ -125,6 +130,12 @@ def projection_report(projections: tuple[tuple[str, str, int], ...]) -> list[dic
     return [{"output": o, "projection": n, "width": w,
              "note": "appended k x width MatMul (k: the stream's kept width); its MACs count in macs_after"}
             for o, n, w in projections]
+
+
+def added_params(frozen: FrozenShapes) -> int:
+    """Parameters the preparation added at full width: output projections, untied tables."""
+    sizes = {t.name: int(np.prod(t.dims)) for t in frozen.model.graph.initializer if t.name in frozen.untied}
+    return sum(w * w for _, _, w in frozen.projections) + sum(sizes.values())
 
 
 def stream_coverage(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> float:

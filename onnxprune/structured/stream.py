@@ -300,6 +300,8 @@ class FrozenShapes:
     #: graph outputs that are the stream, kept at full width by an appended projection (``(output, node,
     #: width)``, :mod:`onnxprune.structured.stream_outputs`); set by the width mode's preparation
     projections: tuple[tuple[str, str, int], ...] = ()
+    #: initializers stored transposed for a tied LM head (:mod:`onnxprune.structured.untie`)
+    untied: tuple[str, ...] = ()
 
 
 def freeze_stream_shapes(model: ModelProto, *, empty_weights: bool = False) -> FrozenShapes:

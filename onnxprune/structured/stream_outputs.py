@@ -64,54 +64,67 @@ def _stream_outputs(model: ModelProto, dg: DependencyGraph) -> list[tuple[str, i
 
 
 def project_stream_outputs(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> StreamOutputs:
-    """Append an identity projection behind every graph output that is a blocked residual stream (exact).
+    """Append an identity projection behind every graph output that is a blocked residual stream (exact),
+    in place (the caller owns ``model``; ``result.model is model``).
 
     The rewrite is kept only when it unblocks the stream (the projection's input is then in a prunable
-    group); otherwise the input model is returned unchanged, as an appended layer would only cost MACs.
-    The input is not modified.
+    group); otherwise it is undone, as an appended layer would only cost MACs.
     """
     rules = stream_rules()
     dg = analyze(model, extra_rules=rules, dims=dict(dims) if dims else None)
     outputs = _stream_outputs(model, dg)
     if not outputs:
         return StreamOutputs(model)
-    out = ModelProto()
-    out.CopyFrom(model)
-    idx = GraphIndex(out)
-    graph = out.graph
-    appended: list[tuple[str, str, int]] = []
-    inners: list[str] = []
+    idx = GraphIndex(model)
+    graph = model.graph
     dtypes = {o.name: o.type.tensor_type.elem_type for o in graph.output}
+    appended: list[tuple[str, str, int]] = []
+    undo: list[tuple[str, str, str]] = []  # (output, inner name, weight name)
     for name, width in outputs:
         producer = idx.producer.get(name)
         if producer is None:  # a graph input passed through: nothing inside to cut
             continue
         inner = idx.unique_name(f"{name}_stream")
-        for k, o in enumerate(producer.output):
-            if o == name:
-                producer.output[k] = inner
-        for node in graph.node:
-            for k, i in enumerate(node.input):
-                if i == name:
-                    node.input[k] = inner
+        _rename(model, name, inner)
         eye = idx.unique_name(f"{name}_projection_weight")
         np_dtype = helper.tensor_dtype_to_np_dtype(dtypes[name])
         graph.initializer.append(numpy_helper.from_array(np.eye(width, dtype=np_dtype), eye))
         node_name = idx.unique_name(f"{name}_projection")
-        matmul = helper.make_node("MatMul", [inner, eye], [name], name=node_name)
         pos = next(k for k, n in enumerate(graph.node) if n is producer)
-        graph.node.insert(pos + 1, matmul)
+        graph.node.insert(pos + 1, helper.make_node("MatMul", [inner, eye], [name], name=node_name))
         appended.append((name, node_name, width))
-        inners.append(inner)
+        undo.append((name, inner, eye))
     if not appended:
         return StreamOutputs(model)
-    dg2 = analyze(out, extra_rules=rules, dims=dict(dims) if dims else None)
-    for inner in inners:
+    dg2 = analyze(model, extra_rules=rules, dims=dict(dims) if dims else None)
+    for _, inner, _ in undo:
         gids = dg2.group_of(ChannelAxis(inner, len(dg2.shapes.get(inner, ())) - 1))
         if not gids or not all(dg2.groups[g].prunable for g in gids):
             why = next((dg2.groups[g].blockers[0] for g in gids if not dg2.groups[g].prunable), "no group")
             log.info("an output projection would not unblock the stream (%s); the model is left as it was", why)
+            _undo(model, undo)
             return StreamOutputs(model)
     for o, n, w in appended:
         log.info("graph output %s is the residual stream: kept at width %d by an appended projection %s", o, w, n)
-    return StreamOutputs(out, tuple(appended))
+    return StreamOutputs(model, tuple(appended))
+
+
+def _rename(model: ModelProto, old: str, new: str) -> None:
+    """Every node output and input named ``old`` becomes ``new`` (graph outputs keep their names)."""
+    for node in model.graph.node:
+        for k, o in enumerate(node.output):
+            if o == old:
+                node.output[k] = new
+        for k, i in enumerate(node.input):
+            if i == old:
+                node.input[k] = new
+
+
+def _undo(model: ModelProto, undo: list[tuple[str, str, str]]) -> None:
+    graph = model.graph
+    for name, inner, eye in undo:
+        (node,) = [n for n in graph.node if n.op_type == "MatMul" and list(n.input) == [inner, eye]]
+        graph.node.remove(node)
+        _rename(model, inner, name)
+        (pos,) = [k for k, t in enumerate(graph.initializer) if t.name == eye]
+        del graph.initializer[pos]
