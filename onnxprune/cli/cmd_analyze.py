@@ -69,12 +69,32 @@ def run(args: argparse.Namespace) -> int:
                 print(f"      layers: {', '.join(g['layers']) or '-'}")
                 for m in g["members"]:
                     print(f"      {m}")
+    _print_width(summary.get("width"))
     _print_blocks(summary)
     for reason in summary.get("unanalysed", []):
         print(f"  not analysed: {reason}")
     if summary.get("analysis_error"):
         print(f"structured analysis unavailable: {summary['analysis_error']}")
     return 0
+
+
+def _print_width(width: dict | None) -> None:
+    """What ``--mode width`` reaches: coverage with the stream, over all MACs and without interface sides."""
+    if not width:
+        return
+    if "error" in width:
+        print(f"width mode: unavailable: {_clip(width['error'], 80)}")
+        return
+    print(f"width mode (--mode width, not exact): coverage {width['coverage']:.1%} with the stream, "
+          f"{width['coverage_without_interface']:.1%} without interface sides ({width['interface_share']:.1%} of "
+          f"MACs are the model's own inputs/outputs)")
+    for p in width["outputs_kept_full_width"]:
+        print(f"  output {p['output']} is the stream: kept at width {p['width']} by an appended projection "
+              f"{p['projection']} ({width['projection_share']:.1%} of MACs, counted)")
+    for name in width.get("untied", []):
+        print(f"  tied LM head untied: its table is stored once more as {name}")
+    for u in [u for u in width["uncovered"] if not u["interface"]][:3]:
+        print(f"  uncovered {u['share']:.1%} ({u['side']} side of {u['layers']} layer(s)): {_clip(u['reason'], 70)}")
 
 
 def _print_blocks(summary: dict) -> None:

@@ -27,8 +27,9 @@ def width_view(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> d
 
     Returns a JSON-able dict: ``coverage`` (share of all weighted MACs), ``coverage_without_interface``
     (interface sides left out of the total), ``interface_share``, ``outputs_kept_full_width`` (with
-    ``projection_share``: the appended layers' MACs as a share of the total), ``uncovered`` (one entry per
-    side and reason: ``share``, ``layers``, ``examples``, ``interface``).
+    ``projection_share``: the appended layers' MACs as a share of the total), ``untied`` (a tied LM head's
+    table stored once more, :mod:`onnxprune.structured.untie`), ``uncovered`` (one entry per side and
+    reason: ``share``, ``layers``, ``examples``, ``interface``).
     """
     from onnxprune.core.fold import fold_constants
     from onnxprune.runtime.session import run_constant_graph
@@ -59,5 +60,6 @@ def width_view(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> d
         "interface_share": round(outside / total, 6),
         "outputs_kept_full_width": projection_report(frozen.projections),
         "projection_share": round(sum(s.macs for s in sides if s.node in projected) / total, 6),
+        "untied": list(frozen.untied),
         "uncovered": uncovered,
     }

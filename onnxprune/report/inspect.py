@@ -76,6 +76,13 @@ def analyze_summary(source: str | os.PathLike[str] | ModelProto, *, dims: dict[s
             summary["analysis_error"] = str(exc)
         from onnxprune.structured.depth import residual_joins
 
+        if any(n.op_type in ("LayerNormalization", "ReduceMean") for n in model.graph.node):
+            from onnxprune.recovery.stream_view import width_view
+
+            try:  # what --mode width reaches: the stream a group too (not exact by design)
+                summary["width"] = width_view(model, dims=dims)
+            except OnnxPruneError as exc:
+                summary["width"] = {"error": str(exc)}
         summary["residual_blocks"] = [
             {"add": j.add, "start": j.start, "stream": j.stream, "kind": j.kind, "nodes": j.nodes,
              "removable": j.branch is not None, "last": j.branch.last if j.branch else None,

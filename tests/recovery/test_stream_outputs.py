@@ -191,3 +191,15 @@ def test_width_view_separates_the_interface_from_what_blocks_the_stream() -> Non
     iface = sum(u["share"] for u in view["uncovered"] if u["interface"])
     assert abs(view["interface_share"] - iface) < 1e-5
     assert abs(view["coverage_without_interface"] - view["coverage"] / (1 - iface)) < 1e-5
+
+
+def test_analyze_says_what_width_mode_reaches(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``onnxprune analyze`` prints width mode's coverage both ways and the output kept by a projection."""
+    from onnxprune.cli.main import main
+
+    src = tmp_path / "enc.onnx"
+    onnx.save(encoder(post_norm=True), src)
+    assert main(["analyze", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "width mode (--mode width, not exact): coverage" in out and "without interface sides" in out
+    assert "output hidden is the stream: kept at width 16 by an appended projection" in out
