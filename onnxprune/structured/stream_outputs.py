@@ -29,6 +29,7 @@ import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
 from onnxprune.core.ir import FLOAT_TYPES, GraphIndex
+from onnxprune.core.stats import WEIGHTED_OPS
 from onnxprune.structured.analysis import DependencyGraph, analyze
 from onnxprune.structured.axes import ChannelAxis
 from onnxprune.structured.stream import stream_group_ids, stream_rules
@@ -70,6 +71,9 @@ def project_stream_outputs(model: ModelProto, *, dims: Mapping[str, int] | None 
     The rewrite is kept only when it unblocks the stream (the projection's input is then in a prunable
     group); otherwise it is undone, as an appended layer would only cost MACs.
     """
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    if all(producers.get(o.name, "") in WEIGHTED_OPS for o in model.graph.output):
+        return StreamOutputs(model)  # heads (an LM head, a classifier) write every output: no analysis needed
     rules = stream_rules()
     dg = analyze(model, extra_rules=rules, dims=dict(dims) if dims else None)
     outputs = _stream_outputs(model, dg)
