@@ -14,6 +14,12 @@ Run from the repository root (project venv)::
     .venv/bin/python tools/stream_coverage_table.py                         # every transformer + ConvNeXt
     .venv/bin/python tools/stream_coverage_table.py --only hf_bert_legacy -v  # with the uncovered sides
     .venv/bin/python tools/stream_coverage_table.py --json after.json --before before.json
+    .venv/bin/python tools/stream_coverage_table.py --prune 0.25   # also prune by width, as a user would
+
+``--prune R`` runs ``prune(MODEL, PruneConfig(mode="width", ratio=R, calib=NAME.inputs.npz))`` on each model
+with example inputs (the exporter's, which are then also the calibration data: the drift is not a held-out
+figure) and adds: the method (rotate + slice, or plain), the rotation's exactness check, MACs and parameters
+kept, and whether the result runs at batch 3 with 3 more tokens (dynamic axes kept).
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from transformers_table import CACHE, candidates  # noqa: E402
+from transformers_table import CACHE, candidates, runs_stretched, worst_diff  # noqa: E402
 
 from onnxprune.core.errors import OnnxPruneError  # noqa: E402
 from onnxprune.core.io import load_model  # noqa: E402
@@ -62,6 +70,41 @@ def measure(path: Path) -> dict[str, Any]:
     return row
 
 
+def prune_width(path: Path, ratio: float) -> dict[str, Any]:
+    """``--mode width`` at ``ratio`` through the public API, calibrated on the exporter's example inputs."""
+    from onnxprune import PruneConfig, prune
+
+    npz = path.with_suffix(".inputs.npz")
+    if not npz.exists():  # the unfused eager exports share the inputs of their fused copy
+        npz = path.with_name(f"{path.stem}_fused.inputs.npz")
+    if not npz.exists():
+        return {"error": "no example inputs"}
+    try:
+        result = prune(path, PruneConfig(mode="width", ratio=ratio, calib=str(npz), bench=False))
+    except OnnxPruneError as exc:
+        return {"error": str(exc)}
+    rep, width = result.report, result.report["width"]
+    check = width.get("rotation_check")
+    with np.load(npz) as data:
+        feeds = {k: data[k] for k in data.files}
+    return {"method": width["method"], "rotation_check": None if check is None else
+            {"passed": check.get("passed"), "max_diff": worst_diff(check)},
+            "macs_kept": rep["macs_after"] / rep["macs_before"],
+            "params_kept": rep["params_after"] / rep["params_before"],
+            "runs": runs_stretched(result.model, feeds) if feeds else "-", "untied": width.get("untied", [])}
+
+
+def _pruned_cells(p: dict[str, Any] | None) -> str:
+    if p is None:
+        return ""
+    if "error" in p:
+        return f" | {p['error'][:80]} | | | | |"
+    check = p["rotation_check"]
+    proof = "-" if check is None else f"{'pass' if check['passed'] else 'FAIL'} ({_num(check['max_diff'], '.1e')})"
+    return (f" | {p['method']} | {proof} | {p['macs_kept']:.0%} | {p['params_kept']:.0%} | "
+            f"{p['runs'][:60].replace('|', '/')} |")
+
+
 def _num(value: Any, fmt: str = ".2f") -> str:
     return format(value, fmt) if isinstance(value, (int, float)) else "-"
 
@@ -76,15 +119,22 @@ def _left(row: dict[str, Any]) -> str:
 
 
 def render(rows: list[dict[str, Any]], before: dict[str, float], argv: list[str], verbose: bool) -> str:
-    lines = ["| model | before | coverage (all MACs) | without interface | interface share | output projection "
-             "(share of MACs) | largest uncovered share that is ours |",
-             "|---|---:|---:|---:|---:|---|---|"]
+    pruned = any("pruned" in r for r in rows)
+    head = ("| model | before | coverage (all MACs) | without interface | interface share | output projection "
+            "(share of MACs) | largest uncovered share that is ours |")
+    rule = "|---|---:|---:|---:|---:|---|---|"
+    if pruned:
+        head += " width method | rotation exact | MACs kept | params kept | runs at batch 3 (+3 tokens) |"
+        rule += "---|---|---:|---:|---|"
+    lines = [head, rule]
     for r in rows:
         proj = ", ".join(p["output"] for p in r.get("outputs_kept_full_width", []))
         proj = f"`{proj}` ({_num(r.get('projection_share'), '.3f')})" if proj else "-"
+        if r.get("untied"):
+            proj += " (LM head untied)"
         lines.append(f"| `{r['model']}` | {_num(before.get(r['model']))} | {_num(r.get('coverage'))} "
                      f"| {_num(r.get('coverage_without_interface'))} | {_num(r.get('interface_share'))} | {proj} "
-                     f"| {_left(r)} |")
+                     f"| {_left(r)} |" + _pruned_cells(r.get("pruned")).removeprefix(" |"))
         if verbose:
             for u in r.get("uncovered", []):
                 lines.append(f"|  | | | | | {u['side']} x{u['layers']} {'interface' if u['interface'] else 'ours'} "
@@ -102,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the rows as JSON here")
     parser.add_argument("--before", help="a JSON written by an earlier run: its coverage is shown as 'before'")
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per uncovered side and reason")
+    parser.add_argument("--prune", type=float, metavar="R", help="also prune by width at this ratio (see above)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     paths = candidates() + [p for p in EXTRA if p.exists()]
@@ -111,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path.stem} ...", file=sys.stderr, flush=True)
         try:
             rows.append(measure(path))
+            if args.prune is not None:
+                rows[-1]["pruned"] = prune_width(path, args.prune)
         except OnnxPruneError as exc:
             rows.append({"model": path.stem, "error": str(exc)})
     before: dict[str, float] = {}
