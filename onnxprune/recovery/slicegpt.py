@@ -107,7 +107,8 @@ def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, ca
     """``--mode width``: rotate + slice where the model allows it (pre-norm), else plain channel pruning.
 
     A criterion asked for by name (``importance``) means channels chosen by it: plain pruning. Returns the
-    pruned model, the exact rotated model before slicing (``None`` for plain pruning) and the report, whose
+    pruned model, the exact rewritten model before slicing (rotated; for plain pruning: shape reads frozen, an
+    output projection appended, a tied head untied) and the report, whose
     ``method`` says which was used and, for plain pruning, why rotation was not. A one-element list hands
     the model over (see :func:`slice_stream`): freed once rotation is known possible, else kept for plain pruning.
     """
@@ -128,5 +129,6 @@ def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, ca
                 raise
             why = str(exc)
     log.info("width: plain channel pruning (%s)", why)
-    plain = prune_width(owned[0], ratio=ratio, calib=calib, refit=refit, importance=importance or "l2", dims=dims)
-    return plain.model, None, {"method": "plain", "why_not_rotated": why, **plain.report}
+    plain = prune_width(owned[0], ratio=ratio, calib=calib, refit=refit, importance=importance or "l2", dims=dims,
+                        keep_prepared=True)
+    return plain.model, plain.prepared, {"method": "plain", "why_not_rotated": why, **plain.report}

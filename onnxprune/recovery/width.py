@@ -41,11 +41,15 @@ class WidthResult:
 
     model: ModelProto
     report: dict[str, Any] = field(default_factory=dict)
+    #: the exactly rewritten model the cut was made on (frozen shape reads, an output projection, an untied
+    #: head), kept when asked (``keep_prepared``) so a caller can prove the rewrites against the input
+    prepared: ModelProto | None = None
 
 
 def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: bool = True,
                 importance: str = "l2", dims: Mapping[str, int] | None = None,
-                ridge: float = DEFAULT_RIDGE, max_samples: int | None = None) -> WidthResult:
+                ridge: float = DEFAULT_RIDGE, max_samples: int | None = None,
+                keep_prepared: bool = False) -> WidthResult:
     """Remove ``ratio`` of every prunable residual stream's channels, then re-fit the stream's readers.
 
     Args:
@@ -55,6 +59,7 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
         refit: re-fit the readers (``False`` measures plain slicing).
         importance: channel criterion of the structured mode (weight-only criteria).
         dims: fixed sizes of dynamic input axes for the analysis.
+        keep_prepared: return the exactly rewritten model before the cut as ``result.prepared``.
 
     Raises:
         ConfigError: re-fit without data, or a bad ratio.
@@ -97,7 +102,7 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
         pruned, fitted = refit_readers(frozen.model, unfitted.pop(), cuts, calib, ridge=ridge,
                                        max_samples=max_samples)
         report["refit"] = fitted
-    return WidthResult(pruned, report)
+    return WidthResult(pruned, report, frozen.model if keep_prepared else None)
 
 
 def frozen_stream(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> FrozenShapes:

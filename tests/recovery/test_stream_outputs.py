@@ -115,8 +115,8 @@ def test_prenorm_stream_output_is_rotated_exactly_then_sliced_keeping_the_output
 
 def test_postnorm_stream_output_is_cut_plainly_and_refitted_keeping_the_output_width() -> None:
     model = encoder(post_norm=True)
-    pruned, rotated, report = prune_stream_width(model, ratio=0.25, calib=_calib(), refit=True)
-    assert rotated is None and report["method"] == "plain"  # post-norm: no rotation
+    pruned, prepared, report = prune_stream_width(model, ratio=0.25, calib=_calib(), refit=True)
+    assert report["method"] == "plain" and prepared is not None  # post-norm: no rotation; the rewrites kept
     assert [(s["width_before"], s["width_after"]) for s in report["streams"]] == [(D, 12)]
     (proj,) = report["outputs_kept_full_width"]
     assert proj["output"] == "hidden" and _projection_weight(pruned, proj["projection"]) == (12, D)
@@ -130,6 +130,7 @@ def test_postnorm_stream_output_is_cut_plainly_and_refitted_keeping_the_output_w
     assert _dynamic(pruned) == [["B", "S"], ["B", "S"]]
     for x in _inputs():
         ref = _run(model, x)
+        np.testing.assert_allclose(_run(prepared, x), ref, atol=1e-5 * np.abs(ref).max(), rtol=0)  # before the cut
         np.testing.assert_allclose(_run(unpruned, x), ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
         out = _run(pruned, x)
         assert out.shape == ref.shape == (x.shape[0], x.shape[1], D)
@@ -191,6 +192,23 @@ def test_width_view_separates_the_interface_from_what_blocks_the_stream() -> Non
     iface = sum(u["share"] for u in view["uncovered"] if u["interface"])
     assert abs(view["interface_share"] - iface) < 1e-5
     assert abs(view["coverage_without_interface"] - view["coverage"] / (1 - iface)) < 1e-5
+
+
+def test_width_mode_cli_proves_the_rewrites_of_a_post_norm_model(tmp_path: Path) -> None:
+    """Plain pruning (post-norm) has no rotation to prove, but its exact rewrites (the output projection, frozen
+    shape reads) are proven against the input in the run: ``width.rewrite_check``."""
+    import json
+
+    from onnxprune.cli.main import main
+
+    src, out, rep, calib = (tmp_path / n for n in ("enc.onnx", "out.onnx", "r.json", "calib.npz"))
+    onnx.save(encoder(post_norm=True), src)
+    np.savez(calib, x=np.concatenate([c["x"] for c in _calib()]))
+    assert main(["prune", str(src), "-o", str(out), "--mode", "width", "--ratio", "0.25", "--calib", str(calib),
+                 "--report", str(rep), "-q"]) == 0
+    width = json.loads(rep.read_text())["width"]
+    assert width["method"] == "plain" and width["rewrite_check"]["passed"] is True
+    assert "rotation_check" not in width
 
 
 def test_analyze_says_what_width_mode_reaches(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
