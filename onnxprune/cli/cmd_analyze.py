@@ -17,6 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="size of a dynamic input axis for MACs, by dim name or INPUT:AXIS (default: batch 1, other "
                         "axes a size the model accepts, said in the output)")
     p.add_argument("--groups", action="store_true", help="list every channel group with its members")
+    p.add_argument("--width", action="store_true", default=None,
+                   help="show what --mode width reaches also above 256 MB of weights (it copies the model twice)")
     return p
 
 
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from onnxprune.config import parse_dims
 
     dims = parse_dims(args.dim)
-    summary = analyze_summary(args.model, dims=dims)
+    summary = analyze_summary(args.model, dims=dims, with_width=args.width)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -82,8 +84,9 @@ def _print_width(width: dict | None) -> None:
     """What ``--mode width`` reaches: coverage with the stream, over all MACs and without interface sides."""
     if not width:
         return
-    if "error" in width:
-        print(f"width mode: unavailable: {_clip(width['error'], 80)}")
+    if "error" in width or "skipped" in width:
+        why = f"unavailable: {width['error']}" if "error" in width else width["skipped"]
+        print(f"width mode: {_clip(why, 100)}")
         return
     print(f"width mode (--mode width, not exact): coverage {width['coverage']:.1%} with the stream, "
           f"{width['coverage_without_interface']:.1%} without interface sides ({width['interface_share']:.1%} of "

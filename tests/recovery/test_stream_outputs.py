@@ -221,3 +221,13 @@ def test_analyze_says_what_width_mode_reaches(tmp_path: Path, capsys) -> None:  
     out = capsys.readouterr().out
     assert "width mode (--mode width, not exact): coverage" in out and "without interface sides" in out
     assert "output hidden is the stream: kept at width 16 by an appended projection" in out
+
+
+def test_analyze_leaves_width_mode_to_a_flag_above_the_size_limit(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Above ``WIDTH_VIEW_BYTES`` of weights the width view (two copies of the model) is shown only when asked."""
+    from onnxprune.report import inspect
+
+    model = encoder(post_norm=True)
+    monkeypatch.setattr(inspect, "WIDTH_VIEW_BYTES", 1000)  # the encoder holds ~16 kB of weights
+    assert "skipped" in inspect.analyze_summary(model)["width"]
+    assert inspect.analyze_summary(model, with_width=True)["width"]["coverage"] > 0.5
