@@ -21,8 +21,9 @@ from onnxprune.recovery.recover import sink_cuts
 from onnxprune.recovery.width import frozen_stream, projection_report
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.plan import PrunePlan
-from onnxprune.structured.rotate import prepare_rotation, rotate, rotation_axes, to_rms
+from onnxprune.structured.rotate import LINEAR_PASS, prepare_rotation, rotate, rotation_axes, to_rms
 from onnxprune.structured.stream import stream_group_ids, stream_rules
+from onnxprune.structured.stream_entries import with_stream_entries
 from onnxprune.structured.surgery import apply_plan
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
     del model
     frozen = frozen_stream(owned[0])  # folded shape pieces first, a stream output projected (see frozen_stream)
     projections, untied = frozen.projections, frozen.untied
-    prep = prepare_rotation(frozen.model)
+    # a stream written by a nonlinearity (Whisper's GELU) starts at an appended identity projection instead
+    prep, entries = with_stream_entries(frozen.model, prepare_rotation, LINEAR_PASS)
     del frozen
     rotation_axes(prep)  # the last refusal: from here on the input is not read again
     owned.clear()  # (a handed-over one is freed here, before calibration runs)
@@ -92,7 +94,9 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
         "exact": False, "rotation_exact": True, "width_before": width, "width_after": keep,
         "variance_kept": float(variance[:keep].sum() / max(variance.sum(), 1e-30)),
         "params_removed_by_slicing": int(dg.params_removed(plan.keep)), "refit": [],
-        "outputs_kept_full_width": projection_report(projections), "untied": list(untied)}
+        "outputs_kept_full_width": projection_report(projections), "untied": list(untied),
+        "stream_entries": [{"after": e.tensor, "projection": e.node, "width": e.width,
+                            "note": "appended width x k MatMul; its MACs count in macs_after"} for e in entries]}
     if refit:
         # handed over without a reference left here, so the re-fit can free it once copied
         unfitted = [sliced]

@@ -23,10 +23,11 @@ D_IN, D, HIDDEN = 6, 16, 24
 SIZES = ((1, 5), (3, 9))  # (batch, sequence): two of each, none of them the calibration's
 
 
-def encoder(*, post_norm: bool, seed: int = 0, blocks: int = 2) -> onnx.ModelProto:
+def encoder(*, post_norm: bool, seed: int = 0, blocks: int = 2, gelu_entry: bool = False) -> onnx.ModelProto:
     """``x [B, S, 6]`` → embedding into a width-16 stream → ``blocks`` × (single-head self-attention, FFN),
     pre-norm (``x + f(LN(x))``, a final LN) or post-norm (``LN(x + f(x))``, BERT's order); the last LN's
-    output is the graph output ``hidden [B, S, 16]``. LayerNorm scales and shifts random."""
+    output is the graph output ``hidden [B, S, 16]``. LayerNorm scales and shifts random. ``gelu_entry``: the
+    embedding is ``GELU(x W + b)``, as Whisper's encoder writes its stream (a nonlinear writer)."""
     g = GraphBuilder(seed)
 
     def ln(x: str, out: str | None = None) -> str:
@@ -49,6 +50,9 @@ def encoder(*, post_norm: bool, seed: int = 0, blocks: int = 2) -> onnx.ModelPro
         return linear(g.op("Relu", [linear(n, D, HIDDEN)]), HIDDEN, D)
 
     x = linear("x", D_IN, D)
+    if gelu_entry:
+        x = g.op("Gelu", [x]) if g.opset >= 20 else g.op("Mul", [x, g.op("Sigmoid", [g.op("Mul", [
+            x, g.const(np.array(1.702, np.float32))])])])
     for b in range(blocks):
         last = b == blocks - 1
         if post_norm:
@@ -231,3 +235,19 @@ def test_analyze_leaves_width_mode_to_a_flag_above_the_size_limit(monkeypatch) -
     monkeypatch.setattr(inspect, "WIDTH_VIEW_BYTES", 1000)  # the encoder holds ~16 kB of weights
     assert "skipped" in inspect.analyze_summary(model)["width"]
     assert inspect.analyze_summary(model, with_width=True)["width"]["coverage"] > 0.5
+
+
+def test_a_stream_written_by_a_nonlinearity_starts_at_an_appended_projection_and_is_rotated() -> None:
+    """Whisper's stream is ``GELU(conv(x))``: a rotation cannot cross the GELU, so the stream now starts at an
+    identity projection appended after it, and the model is rotated (exactly) and sliced instead of falling
+    back to plain pruning; its output keeps its width (the other projection)."""
+    model = encoder(post_norm=False, gelu_entry=True)
+    pruned, rotated, report = prune_stream_width(model, ratio=0.25, calib=_calib(), refit=False)
+    assert report["method"] == "rotate", report.get("why_not_rotated")
+    (entry,) = report["stream_entries"]
+    assert _projection_weight(pruned, entry["projection"]) == (D, 12)  # full width in, the 12 kept out
+    assert rotated is not None
+    for x in _inputs():
+        ref = _run(model, x)
+        np.testing.assert_allclose(_run(rotated, x), ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
+        assert _run(pruned, x).shape == ref.shape
