@@ -49,9 +49,9 @@ def _candidates(model: ModelProto, linear: tuple[str, ...]) -> list[tuple[str, i
     """``(tensor, width, element type)`` right after each nonlinearity that writes the stream, channels last
     (the element type is the stream norm's scale's)."""
     dg = analyze(model, extra_rules=stream_rules())
-    ids = [g for g in stream_group_ids(model, dg) if dg.groups[g].prunable]
-    if len(ids) != 1:
-        return []
+    ids = stream_group_ids(model, dg)
+    if len(ids) != 1 or not dg.groups[ids[0]].prunable:  # several streams (wav2vec2's features + encoder):
+        return []  # a rotation would cut only one of them, plain pruning cuts them all
     group = dg.groups[ids[0]]
     last = {s.tensor: s.axis for s in group.members if s.axis == len(dg.shapes.get(s.tensor, ())) - 1}
     idx = GraphIndex(model)
