@@ -153,10 +153,11 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
             handed, ratio=config.ratio, calib=config.calib, refit=config.recovery != "none",
             importance=config.importance if "importance" in config.given else None, dims=config.dims)
         del handed
-        if rotated is not None and config.validate:  # the rotation itself must be exact
-            width["rotation_check"] = _compare_exact(original if reread is None else reread, rotated, config,
-                                                     "rotation exactness")
-            width["rotation_check"]["original"] = label  # the same report whether run from the file or not
+        if rotated is not None and config.validate:  # the rewrites before the cut (rotation or not) must be exact
+            key = "rotation_check" if width["method"] == "rotate" else "rewrite_check"
+            width[key] = _compare_exact(original if reread is None else reread, rotated, config,
+                                        "rotation exactness" if key == "rotation_check" else "rewrite exactness")
+            width[key]["original"] = label  # the same report whether run from the file or not
         del rotated  # as big as the model: not kept through validation and saving
         exact_reference, extra = None, {"width": width}
     else:

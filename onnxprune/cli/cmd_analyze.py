@@ -17,6 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="size of a dynamic input axis for MACs, by dim name or INPUT:AXIS (default: batch 1, other "
                         "axes a size the model accepts, said in the output)")
     p.add_argument("--groups", action="store_true", help="list every channel group with its members")
+    p.add_argument("--width", action="store_true", default=None,
+                   help="show what --mode width reaches also above 256 MB of weights (it copies the model twice)")
     return p
 
 
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from onnxprune.config import parse_dims
 
     dims = parse_dims(args.dim)
-    summary = analyze_summary(args.model, dims=dims)
+    summary = analyze_summary(args.model, dims=dims, with_width=args.width)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -69,12 +71,33 @@ def run(args: argparse.Namespace) -> int:
                 print(f"      layers: {', '.join(g['layers']) or '-'}")
                 for m in g["members"]:
                     print(f"      {m}")
+    _print_width(summary.get("width"))
     _print_blocks(summary)
     for reason in summary.get("unanalysed", []):
         print(f"  not analysed: {reason}")
     if summary.get("analysis_error"):
         print(f"structured analysis unavailable: {summary['analysis_error']}")
     return 0
+
+
+def _print_width(width: dict | None) -> None:
+    """What ``--mode width`` reaches: coverage with the stream, over all MACs and without interface sides."""
+    if not width:
+        return
+    if "error" in width or "skipped" in width:
+        why = f"unavailable: {width['error']}" if "error" in width else width["skipped"]
+        print(f"width mode: {_clip(why, 100)}")
+        return
+    print(f"width mode (--mode width, not exact): coverage {width['coverage']:.1%} with the stream, "
+          f"{width['coverage_without_interface']:.1%} without interface sides ({width['interface_share']:.1%} of "
+          f"MACs are the model's own inputs/outputs)")
+    for p in width["outputs_kept_full_width"]:
+        print(f"  output {p['output']} is the stream: kept at width {p['width']} by an appended projection "
+              f"{p['projection']} ({width['projection_share']:.1%} of MACs, counted)")
+    for name in width.get("untied", []):
+        print(f"  tied LM head untied: its table is stored once more as {name}")
+    for u in [u for u in width["uncovered"] if not u["interface"]][:3]:
+        print(f"  uncovered {u['share']:.1%} ({u['side']} side of {u['layers']} layer(s)): {_clip(u['reason'], 70)}")
 
 
 def _print_blocks(summary: dict) -> None:

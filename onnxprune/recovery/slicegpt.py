@@ -18,11 +18,12 @@ from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import release_memory
 from onnxprune.recovery.reader_refit import Data, collect, refit_readers
 from onnxprune.recovery.recover import sink_cuts
-from onnxprune.recovery.width import frozen_stream
+from onnxprune.recovery.width import frozen_stream, projection_report
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.plan import PrunePlan
-from onnxprune.structured.rotate import prepare_rotation, rotate, rotation_axes, to_rms
+from onnxprune.structured.rotate import LINEAR_PASS, prepare_rotation, rotate, rotation_axes, to_rms
 from onnxprune.structured.stream import stream_group_ids, stream_rules
+from onnxprune.structured.stream_entries import with_stream_entries
 from onnxprune.structured.surgery import apply_plan
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,11 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
         raise ConfigError(f"ratio must be in [0, 1), got {ratio}")
     owned = model if isinstance(model, list) else [model]
     del model
-    prep = prepare_rotation(frozen_stream(owned[0]).model)  # folded shape pieces first (see frozen_stream)
+    frozen = frozen_stream(owned[0])  # folded shape pieces first, a stream output projected (see frozen_stream)
+    projections, untied = frozen.projections, frozen.untied
+    # a stream written by a nonlinearity (Whisper's GELU) starts at an appended identity projection instead
+    prep, entries = with_stream_entries(frozen.model, prepare_rotation, LINEAR_PASS)
+    del frozen
     rotation_axes(prep)  # the last refusal: from here on the input is not read again
     owned.clear()  # (a handed-over one is freed here, before calibration runs)
     release_memory()
@@ -88,7 +93,10 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
     report: dict[str, Any] = {
         "exact": False, "rotation_exact": True, "width_before": width, "width_after": keep,
         "variance_kept": float(variance[:keep].sum() / max(variance.sum(), 1e-30)),
-        "params_removed_by_slicing": int(dg.params_removed(plan.keep)), "refit": []}
+        "params_removed_by_slicing": int(dg.params_removed(plan.keep)), "refit": [],
+        "outputs_kept_full_width": projection_report(projections), "untied": list(untied),
+        "stream_entries": [{"after": e.tensor, "projection": e.node, "width": e.width,
+                            "note": "appended width x k MatMul; its MACs count in macs_after"} for e in entries]}
     if refit:
         # handed over without a reference left here, so the re-fit can free it once copied
         unfitted = [sliced]
@@ -103,7 +111,8 @@ def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, ca
     """``--mode width``: rotate + slice where the model allows it (pre-norm), else plain channel pruning.
 
     A criterion asked for by name (``importance``) means channels chosen by it: plain pruning. Returns the
-    pruned model, the exact rotated model before slicing (``None`` for plain pruning) and the report, whose
+    pruned model, the exact rewritten model before slicing (rotated; for plain pruning: shape reads frozen, an
+    output projection appended, a tied head untied) and the report, whose
     ``method`` says which was used and, for plain pruning, why rotation was not. A one-element list hands
     the model over (see :func:`slice_stream`): freed once rotation is known possible, else kept for plain pruning.
     """
@@ -124,5 +133,6 @@ def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, ca
                 raise
             why = str(exc)
     log.info("width: plain channel pruning (%s)", why)
-    plain = prune_width(owned[0], ratio=ratio, calib=calib, refit=refit, importance=importance or "l2", dims=dims)
-    return plain.model, None, {"method": "plain", "why_not_rotated": why, **plain.report}
+    plain = prune_width(owned[0], ratio=ratio, calib=calib, refit=refit, importance=importance or "l2", dims=dims,
+                        keep_prepared=True)
+    return plain.model, plain.prepared, {"method": "plain", "why_not_rotated": why, **plain.report}

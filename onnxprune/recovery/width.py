@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 from onnx import ModelProto
 
 from onnxprune.core.errors import ConfigError, UnsupportedModelError
@@ -40,11 +41,15 @@ class WidthResult:
 
     model: ModelProto
     report: dict[str, Any] = field(default_factory=dict)
+    #: the exactly rewritten model the cut was made on (frozen shape reads, an output projection, an untied
+    #: head), kept when asked (``keep_prepared``) so a caller can prove the rewrites against the input
+    prepared: ModelProto | None = None
 
 
 def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: bool = True,
                 importance: str = "l2", dims: Mapping[str, int] | None = None,
-                ridge: float = DEFAULT_RIDGE, max_samples: int | None = None) -> WidthResult:
+                ridge: float = DEFAULT_RIDGE, max_samples: int | None = None,
+                keep_prepared: bool = False) -> WidthResult:
     """Remove ``ratio`` of every prunable residual stream's channels, then re-fit the stream's readers.
 
     Args:
@@ -54,6 +59,7 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
         refit: re-fit the readers (``False`` measures plain slicing).
         importance: channel criterion of the structured mode (weight-only criteria).
         dims: fixed sizes of dynamic input axes for the analysis.
+        keep_prepared: return the exactly rewritten model before the cut as ``result.prepared``.
 
     Raises:
         ConfigError: re-fit without data, or a bad ratio.
@@ -61,7 +67,7 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
     """
     if refit and calib is None:
         raise ConfigError("width pruning re-fits the stream's readers on calibration data; pass --calib data.npz")
-    frozen = frozen_stream(model)
+    frozen = frozen_stream(model, dims=dims)
     rules = stream_rules()
     dg = analyze(frozen.model, extra_rules=rules, dims=dict(dims) if dims else None)
     ids = stream_group_ids(frozen.model, dg)
@@ -79,10 +85,12 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
                     for g in prunable],
         "streams_blocked": [{"group": g, "width": dg.groups[g].size, "blocker": dg.groups[g].blockers[0]}
                             for g in ids if g not in prunable],
-        "params_removed_predicted": int(dg.params_removed(keep)),
+        # against the input model: an appended output projection's weights and an untied table are new ones
+        "params_removed_predicted": int(dg.params_removed(keep)) - added_params(frozen),
         # with the stream's rules, heads and feed-forward groups stay prunable too: what structured + width reach
         "coverage_with_stream": round(coverage(frozen.model, dg, dict(dg.shapes)), 6),
         "shape_reads_frozen": frozen.constants, "reshape_targets_trailing": frozen.trailing,
+        "outputs_kept_full_width": projection_report(frozen.projections), "untied": list(frozen.untied),
         "refit": [],
     }
     pruned = result.model
@@ -94,22 +102,45 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
         pruned, fitted = refit_readers(frozen.model, unfitted.pop(), cuts, calib, ridge=ridge,
                                        max_samples=max_samples)
         report["refit"] = fitted
-    return WidthResult(pruned, report)
+    return WidthResult(pruned, report, frozen.model if keep_prepared else None)
 
 
-def frozen_stream(model: ModelProto) -> FrozenShapes:
-    """:func:`~onnxprune.structured.stream.freeze_stream_shapes`, then constant folding of what it made constant.
+def frozen_stream(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> FrozenShapes:
+    """:func:`~onnxprune.structured.stream.freeze_stream_shapes`, then constant folding of what it made
+    constant, then a tied LM head untied, then an identity projection appended behind a graph output that is
+    the stream.
 
     Why fold: freezing replaces a static ``Shape`` read of the stream's width by a constant, but the pieces
     computed from it (``Unsqueeze`` → ``Concat`` into a reshape target, as GPT-2's Conv1D writes) stay
-    nodes; folded, they become constant target pieces the width rules rewrite. Both steps are exact. Only
-    integer (shape) values are folded: a float computed from a shape (an attention scale) stays a recipe.
+    nodes; folded, they become constant target pieces the width rules rewrite. Only integer (shape) values
+    are folded: a float computed from a shape (an attention scale) stays a recipe. Why the projection: an
+    encoder's last hidden state keeps its width while the stream inside shrinks
+    (:mod:`onnxprune.structured.stream_outputs`). Why untie: an LM head that reads the embedding table
+    transposed at run time blocks the stream (:mod:`onnxprune.structured.untie`). Every step is exact.
     """
     from onnxprune.core.fold import fold_constants
     from onnxprune.runtime.session import run_constant_graph
+    from onnxprune.structured.stream_outputs import project_stream_outputs
+    from onnxprune.structured.untie import untie_transposed_weights
 
     frozen = freeze_stream_shapes(model)
-    return replace(frozen, model=fold_constants(frozen.model, run_constant_graph, integers_only=True).model)
+    folded = fold_constants(frozen.model, run_constant_graph, integers_only=True).model  # a fresh model: ours
+    untied = untie_transposed_weights(folded)
+    opened = project_stream_outputs(folded, dims=dims)
+    return replace(frozen, model=opened.model, projections=opened.projections, untied=untied)
+
+
+def projection_report(projections: tuple[tuple[str, str, int], ...]) -> list[dict[str, Any]]:
+    """The report's entry for outputs kept at full width by an appended projection (JSON-able)."""
+    return [{"output": o, "projection": n, "width": w,
+             "note": "appended k x width MatMul (k: the stream's kept width); its MACs count in macs_after"}
+            for o, n, w in projections]
+
+
+def added_params(frozen: FrozenShapes) -> int:
+    """Parameters the preparation added at full width: output projections, untied tables."""
+    sizes = {t.name: int(np.prod(t.dims)) for t in frozen.model.graph.initializer if t.name in frozen.untied}
+    return sum(w * w for _, _, w in frozen.projections) + sum(sizes.values())
 
 
 def stream_coverage(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> float:
@@ -117,8 +148,10 @@ def stream_coverage(model: ModelProto, *, dims: Mapping[str, int] | None = None)
 
     Structured mode leaves the stream blocked (LayerNorm normalizes over it), so heads and feed-forward
     neurons alone reach at most half of a transformer's weighted MACs; this is the share that structured
-    pruning and ``--mode width`` reach together (the stream part is not exact).
+    pruning and ``--mode width`` reach together (the stream part is not exact), on the model as the pipeline
+    prepares it (run-time weights folded), an appended output projection counted
+    (:func:`onnxprune.recovery.stream_view.width_view` lists what stays uncovered and why).
     """
-    frozen = frozen_stream(model)
-    dg = analyze(frozen.model, extra_rules=stream_rules(), dims=dict(dims) if dims else None)
-    return coverage(frozen.model, dg, dict(dg.shapes))
+    from onnxprune.recovery.stream_view import width_view
+
+    return float(width_view(model, dims=dims)["coverage"])

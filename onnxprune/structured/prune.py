@@ -14,13 +14,9 @@ from dataclasses import dataclass
 from onnx import ModelProto
 
 from onnxprune.core.io import load_model
-from onnxprune.core.ir import GraphIndex, attr
-from onnxprune.core.quant import quantized_outputs
-from onnxprune.core.shapefold import infer_shapes
-from onnxprune.core.stats import WEIGHTED_OPS, node_macs
 from onnxprune.structured.analysis import DependencyGraph, analyze
 from onnxprune.structured.attention import attention_heads
-from onnxprune.structured.axes import ChannelAxis
+from onnxprune.structured.coverage_sides import layer_sides
 from onnxprune.structured.naming import group_layers, group_name
 from onnxprune.structured.plan import PrunePlan, WidthChooser, make_plan, validate_options
 from onnxprune.structured.rules.registry import RuleSpec
@@ -50,30 +46,9 @@ def coverage(model: ModelProto, dg: DependencyGraph, shapes: dict | None = None)
     Each layer counts half for its input side and half for its output side: a side is covered when the
     group its channels belong to is prunable (a grouped convolution's two sides are one group).
     """
-    index = GraphIndex(model)
-    quantized = {out for out, dq in quantized_outputs(index).items() if not dq.reason}
-    shapes = shapes if shapes is not None else infer_shapes(model)
-    total = covered = 0.0
-    for node in model.graph.node:
-        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2 or not (
-                index.is_constant(node.input[1]) or node.input[1] in quantized):
-            continue
-        macs = node_macs(node, shapes, index.opset)
-        if not macs:
-            continue
-        x, y = node.input[0], node.output[0]
-        rank_x, rank_y = len(shapes.get(x, ())), len(shapes.get(y, ()))
-        if node.op_type in ("MatMul", "Attention"):  # Attention: onnxruntime's, with a packed Q/K/V weight
-            sides = [(x, rank_x - 1), (y, rank_y - 1)]
-        elif node.op_type == "Gemm":
-            sides = [(x, 0 if attr(node, "transA", index.opset) else 1), (y, 1)]
-        else:
-            sides = [(x, 1), (y, 1)]
-        total += macs
-        for tensor, axis in sides:
-            gids = dg.group_of(ChannelAxis(tensor, axis))
-            if gids and all(dg.groups[g].prunable for g in gids):
-                covered += macs / 2
+    sides = layer_sides(model, dg, shapes)
+    total = sum(s.macs for s in sides)
+    covered = sum(s.macs for s in sides if s.covered)
     return covered / total if total else 0.0
 
 

@@ -30,6 +30,7 @@ from onnxprune.structured.rules.base import Blocked, OpRule, RewriteContext, Rul
 from onnxprune.structured.rules.norm import LayerNormRule
 from onnxprune.structured.rules.pool import ReduceRule, reduce_axes
 from onnxprune.structured.rules.registry import RuleSpec
+from onnxprune.structured.rules.repeat import ExpandRule
 from onnxprune.structured.rules.shape import ReshapeRule
 
 log = logging.getLogger(__name__)
@@ -154,16 +155,21 @@ class StreamGatherRule(OpRule):
         return [Coupling(ctx.slot(out, b), ctx.slot(data, a), role=role, input_index=0)]
 
 
-class StreamExpandRule(OpRule):
+class StreamExpandRule(ExpandRule):
     """Expand of a constant (a class token broadcast to the batch): an axis the target shape leaves at 1
     keeps the constant's channels, so the constant is cut with the stream. The target's value comes from the
-    shape arithmetic folded at the analysis' input sizes."""
+    shape arithmetic folded at the analysis' input sizes.
+
+    An Expand of an activation (grouped-query attention's ``repeat_kv``) is the default rule's: replacing
+    the rule for the stream must not block the heads' groups that structured mode cuts."""
 
     def couplings(self, node: NodeProto, slot: ChannelAxis, ctx: RuleContext) -> list[Coupling]:
         from onnxprune.core.shapefold import fold_values
 
         c, out = node.input[0], node.output[0]
-        if not ctx.is_const(c) or slot.tensor not in (c, out):
+        if not ctx.is_const(c):
+            return super().couplings(node, slot, ctx)
+        if slot.tensor not in (c, out):
             raise Blocked(f"{node_label(node)} expands '{slot.tensor}', which only a constant may be here")
         sc, so = ctx.shape(c), ctx.shape(out)
         shift = len(so) - len(sc)
@@ -177,6 +183,10 @@ class StreamExpandRule(OpRule):
         if int(t[b - (len(so) - t.size)]) != 1:
             raise Blocked(f"{node_label(node)} expands axis {b} to a fixed size; it cannot follow the cut")
         return [Coupling(ctx.slot(out, b), ctx.slot(c, a), role="param", input_index=0)]
+
+    def rewrite(self, node: NodeProto, ctx: RewriteContext) -> None:
+        if not ctx.index.is_constant(node.input[0]):
+            super().rewrite(node, ctx)  # a constant's target keeps 1 on the stream's axis: nothing to edit
 
 
 class StreamMeanRule(ReduceRule):
@@ -257,6 +267,27 @@ def _static_read(node: NodeProto, idx: GraphIndex, sx: tuple) -> np.ndarray | No
     return np.asarray(picked, dtype=np.int64).reshape(shape)
 
 
+def _expand_targets(idx: GraphIndex) -> set[str]:
+    """Tensors an ``Expand``'s target shape is computed from.
+
+    Why they stay run-time reads: grouped-query attention's ``repeat_kv`` reads the number of key/value heads
+    back from the shape into its Expand target, and the head rules prove such a read follows a cut
+    (:mod:`onnxprune.structured.shape_reads`); frozen into a constant, it would block the heads' groups in the
+    model width mode analyses and returns. A class token's Expand target is read at the analysis' sizes by
+    :class:`StreamExpandRule` either way."""
+    seen: set[str] = set()
+    todo = [n.input[1] for n in idx.model.graph.node if n.op_type == "Expand" and len(n.input) > 1]
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        producer = idx.producer.get(t)
+        if producer is not None and producer.op_type != "Shape":
+            todo.extend(i for i in producer.input if i)
+    return seen
+
+
 @dataclass(frozen=True)
 class FrozenShapes:
     """What :func:`freeze_stream_shapes` did: the model and the counts of each rewrite."""
@@ -266,6 +297,11 @@ class FrozenShapes:
     trailing: int
     #: initializers copied without their data (``empty_weights=True``); fill each before using the model
     empty: frozenset[str] = frozenset()
+    #: graph outputs that are the stream, kept at full width by an appended projection (``(output, node,
+    #: width)``, :mod:`onnxprune.structured.stream_outputs`); set by the width mode's preparation
+    projections: tuple[tuple[str, str, int], ...] = ()
+    #: initializers stored transposed for a tied LM head (:mod:`onnxprune.structured.untie`)
+    untied: tuple[str, ...] = ()
 
 
 def freeze_stream_shapes(model: ModelProto, *, empty_weights: bool = False) -> FrozenShapes:
@@ -287,10 +323,11 @@ def freeze_stream_shapes(model: ModelProto, *, empty_weights: bool = False) -> F
         out.CopyFrom(model)
     dims = _static_dims(out)
     idx = GraphIndex(out)
+    followed = _expand_targets(idx)
     frozen: dict[str, np.ndarray] = {}
     for node in list(out.graph.node):
         shape_node = idx.producer.get(node.input[0]) if node.input else None
-        if shape_node is None or shape_node.op_type != "Shape" or shape_node.attribute:
+        if shape_node is None or shape_node.op_type != "Shape" or shape_node.attribute or node.output[0] in followed:
             continue
         sx = dims.get(shape_node.input[0])
         value = _static_read(node, idx, sx) if sx is not None else None
