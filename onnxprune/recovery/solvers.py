@@ -50,8 +50,8 @@ def solve_spd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     except np.linalg.LinAlgError:
         return _min_norm(a, b)
     pivots = np.diag(chol) ** 2
-    if n and pivots.min() <= n * np.finfo(np.float64).eps * pivots.max():
-        return _min_norm(a, b)
+    if n and np.isfinite(pivots).all() and pivots.min() <= n * np.finfo(np.float64).eps * pivots.max():
+        return _min_norm(a, b)  # non-finite statistics go on, so the caller's require_finite names them
     return _cholesky_solve(chol, b.reshape(n, -1)).reshape(b.shape)
 
 
