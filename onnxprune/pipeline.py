@@ -342,11 +342,12 @@ def _run_sparse(original: ModelProto, config: PruneConfig, warnings: list[str]
     _warn_unmatched(list(result.unmatched_patterns), warnings, "--exclude/--layer-sparsity")
     extra = result.report()
     model = result.model
-    if config.recovery == "lstsq" and config.calib:  # validate_options() requires calib for lstsq
+    if config.recovery in ("lstsq", "bias") and config.calib:  # validate_options() requires calib for both
         from onnxprune.recovery.recover import recover_sparse
 
-        model = recover_sparse(original, model, config.calib, method="lstsq")
-        extra["recovery"] = "lstsq"
+        # bias: each sparsified layer's output mean over the calibration data restored by its bias
+        model = recover_sparse(original, model, config.calib, method=config.recovery)
+        extra["recovery"] = config.recovery
     # The sparse model *is* the original with those entries zeroed: exactness holds by construction and
     # the test suite proves it; validation checks it runs and measures drift.
     return model, None, extra
@@ -365,7 +366,28 @@ def _run_calibrated_sparse(original: ModelProto, config: PruneConfig, warnings: 
         layer_sparsity=config.layer_sparsity, exclude=config.exclude, min_size=config.min_size,
         refit=config.recovery == "lstsq", sequential=config.sequential, provider=config.providers[0])
     _warn_unmatched(list(out.result.unmatched_patterns), warnings, "--exclude/--layer-sparsity")
-    return out.model, None, out.report()
+    extra = out.report()
+    if config.recovery == "bias":
+        extra["recovery"] = "none"
+        extra["recovery_skipped"] = _skip_bias(config, warnings)
+    return out.model, None, extra
+
+
+def _skip_bias(config: PruneConfig, warnings: list[str]) -> str:
+    """Why ``--recover bias`` is not applied after SparseGPT or sequential calibration (logged; a warning when
+    asked for by name, since the default with ``--calib`` is bias)."""
+    if config.importance == "sparsegpt":
+        why = ("--recover bias is not applied after --importance sparsegpt: SparseGPT already updates each "
+               "layer's remaining weights towards the dense layer's output")
+    else:
+        why = ("--recover bias is not implemented with --sequential; --recover lstsq re-fits each layer "
+               "towards the dense layer's output")
+    if "recover" in config.given:
+        log.warning(why)
+        warnings.append(why)
+    else:
+        log.info(why)
+    return why
 
 
 def _sparse_scores(original: ModelProto, config: PruneConfig) -> Any:

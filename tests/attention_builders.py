@@ -146,3 +146,30 @@ def conv1d(g: GraphBuilder, x: str, nx: int, nf: int, *, read: str = "", how: st
     flat = g.op("Reshape", [x, g.op("Concat", [g.const(_i64(-1)), _last(g, read or x, how)], axis=0)])
     y = g.op("Gemm", [flat, g.weight((nx, nf)), g.weight((nf,), "b")])
     return g.op("Reshape", [y, size_out])
+
+
+def dynamo_key_transpose(seed: int = 0, d: int = 8, heads: int = 2, t: int = 5) -> onnx.ModelProto:
+    """One attention block over ``x [B, T, d]`` as the dynamo exporter writes HF ViT/Whisper: head splits by a
+    constant ``[-1, T, H, D]`` and ``k.transpose(-2, -1)`` as ``Reshape [B, H, T, D] -> [-1, T, D]`` (the
+    batch merged with the heads), ``Transpose``, and back to ``[B, H, D, T]`` through a target read at run
+    time (``Shape(k)[:-2]`` then ``D`` and ``T``)."""
+    g = GraphBuilder(seed)
+    hd = d // heads
+
+    def split(name: str) -> str:
+        y = g.op("Add", [g.op("MatMul", ["x", g.weight((d, d), name)]), g.weight((d,), name + "_b")])
+        return g.op("Transpose", [g.op("Reshape", [y, g.const(_i64(-1, t, heads, hd))])], perm=[0, 2, 1, 3])
+
+    q, k, v = split("q"), split("k"), split("v")
+    shape = g.op("Shape", [k])
+    last = g.op("Slice", [shape, g.const(_i64(-1)), g.const(_i64(2**63 - 1))])
+    seq = g.op("Slice", [shape, g.const(_i64(-2)), g.const(_i64(-1))])
+    lead = g.op("Slice", [shape, g.const(_i64(0)), g.const(_i64(-2))])
+    merged = g.op("Reshape", [k, g.op("Concat", [g.const(_i64(-1)), seq, last], axis=0)])
+    kt = g.op("Reshape", [g.op("Transpose", [merged], perm=[0, 2, 1]), g.op("Concat", [lead, last, seq], axis=0)])
+    q = g.op("Mul", [q, g.const(np.array(1.0 / np.sqrt(hd), np.float32))])
+    c = g.op("MatMul", [g.op("Softmax", [g.op("MatMul", [q, kt])], axis=-1), v])
+    c = g.op("Reshape", [g.op("Transpose", [c], perm=[0, 2, 1, 3]), g.const(_i64(-1, t, d))])
+    out = g.op("Add", [g.op("MatMul", [c, g.weight((d, d), "o")]), g.weight((d,), "o_b")])
+    g.nodes.append(onnx.helper.make_node("Identity", [out], ["out"], name="out"))
+    return g.build([vinfo("x", ["batch", t, d])], [vinfo("out", ["batch", t, d])])

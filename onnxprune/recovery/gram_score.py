@@ -13,8 +13,8 @@ Conv), collected once by :func:`onnxprune.recovery.calibrate.collect_stats`:
   and the residual is computed from the same Gram (without the ridge it is ``tr(W_D S W_Dᵀ)``, ``S`` the
   Schur complement of the kept block).
 
-A grouped Conv sink (``group > 1``, cut inside its conv groups) is scored from its per-group Grams as
-cut, without recovery, since recovery does not re-fit grouped layers.
+A grouped Conv sink (``group > 1``, cut inside its conv groups) is scored group by group from its
+per-group Grams, as recovery re-fits it group by group.
 
 In every case the error of a candidate layer ``W + ΔW``, ``b + Δb`` against the original is
 ``Σ_o ΔW_o G ΔW_oᵀ + 2 Δb_o ΔW_o·s + n Δb_o²`` (``s`` the column sums, ``n`` the rows), i.e. exactly what
@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from onnx import ModelProto
@@ -41,6 +41,7 @@ from onnxprune.recovery.recover import (
     _expand_cols,
     _kernel_size,
     _out_channels,
+    column_means,
     conv_groups,
     layer_bias,
     sink_cuts,
@@ -139,26 +140,24 @@ class GramScorer:
     def sink_errors(self, plan: object) -> dict[str, tuple[float, float]]:
         """Per scored sink of ``plan``: ``(squared error, squared output norm)`` on its kept outputs."""
         out: dict[str, tuple[float, float]] = {}
-        for cut in sink_cuts(self.model, self.dg, plan, idx=self._idx, grouped=True):
+        for cut in sink_cuts(self.model, self.dg, plan, idx=self._idx):
             gs = self.stats.grams.get(cut.key)
             if gs is None or gs.groups != conv_groups(cut.node, self._idx.opset):
                 continue
             layer = self._layer(cut)
+            groups, per_group = layer.energy.shape
             width = layer.rows.shape[2] // layer.kernel
             keep_cols = _expand_cols(cut.keep_in, layer.kernel)
             drop_cols = _expand_cols(np.setdiff1d(np.arange(width), cut.keep_in), layer.kernel)
-            if gs.groups != 1:
-                out[cut.key] = _grouped_error(layer, cut.keep_out, drop_cols)
-                continue
-            means = None
-            if self.recover == "bias":  # the per-channel means recovery folds in (recover._column_means)
-                cs = self.stats.channels.get(cut.activation)
-                chan = cs.mean if cs is not None and cs.channels == width else (
-                    layer.gram.col_mean[0].reshape(width, layer.kernel).mean(axis=1))
-                means = np.repeat(chan, layer.kernel)
-            err = layer_error(layer.rows[0][cut.keep_out], layer.bias[0][cut.keep_out], layer.gram, keep_cols,
-                              drop_cols, self.recover, channel_means=means, ridge=self.ridge)
-            out[cut.key] = (err, float(np.sum(layer.energy[0][cut.keep_out])))
+            chan = column_means(self._idx, cut, self.stats, width, groups) if self.recover == "bias" else None
+            err = energy = 0.0
+            for g in range(groups):  # what recovery leaves on each conv group (recover._recover_sink)
+                outs = cut.keep_out[cut.keep_out // per_group == g] - g * per_group
+                means = None if chan is None else np.repeat(chan[g], layer.kernel)
+                err += layer_error(layer.rows[g][outs], layer.bias[g][outs], _group_stats(gs, g), keep_cols,
+                                   drop_cols, self.recover, channel_means=means, ridge=self.ridge)
+                energy += float(np.sum(layer.energy[g][outs]))
+            out[cut.key] = (err, energy)
         return out
 
     def score(self, plan: object) -> float | None:
@@ -171,22 +170,16 @@ class GramScorer:
         return math.sqrt(err / energy) if energy > 0 else math.sqrt(err)
 
 
-def _grouped_error(layer: _Layer, keep_out: np.ndarray, drop_cols: np.ndarray) -> tuple[float, float]:
-    """``(squared error, squared output norm)`` of a grouped Conv whose every conv group lost the input
-    columns ``drop_cols``, on the kept outputs ``keep_out`` (original numbering): ``Σ_o w_oD G_gDD w_oDᵀ``
-    over each output ``o`` of group ``g``, the weights left as they are."""
-    groups, per_group = layer.energy.shape
-    kept = np.zeros(groups * per_group, dtype=bool)
-    kept[keep_out] = True
-    kept = kept.reshape(groups, per_group)
-    delta = layer.rows[:, :, drop_cols]
-    g_dd = layer.gram.gram[:, drop_cols][:, :, drop_cols]
-    quad = np.einsum("god,gde,goe->go", delta, g_dd, delta)
-    return max(float(np.sum(quad[kept])), 0.0), float(np.sum(layer.energy[kept]))
+def _group_stats(gs: GramStats, g: int) -> GramStats:
+    """Conv group ``g``'s block of a layer's Gram statistics, as a one-group ``GramStats``."""
+    if gs.groups == 1:
+        return gs
+    cross = None if gs.cross is None else gs.cross[g:g + 1]
+    return replace(gs, groups=1, gram=gs.gram[g:g + 1], col_sum=gs.col_sum[g:g + 1], cross=cross)
 
 
 def scorable_sinks(model: ModelProto, dg: DependencyGraph, group_ids: Mapping[int, int] | None = None) -> list[str]:
     """Keys of every Conv/Gemm/MatMul sink any prunable group (or those of ``group_ids``) would cut."""
     one = {g.id: np.zeros(1, dtype=np.int64) for g in dg.prunable_groups
            if g.size > 1 and (group_ids is None or g.id in group_ids)}
-    return [c.key for c in sink_cuts(model, dg, one, grouped=True)] if one else []
+    return [c.key for c in sink_cuts(model, dg, one)] if one else []

@@ -316,12 +316,12 @@ def plan_keep(plan: object) -> dict[int, np.ndarray]:
     return {int(g): np.asarray(k, dtype=np.int64) for g, k in keep.items()}
 
 
-def sink_cuts(original: ModelProto, dg: DependencyGraph, plan: object, *, idx: GraphIndex | None = None,
-              grouped: bool = False) -> list[SinkCut]:
+def sink_cuts(original: ModelProto, dg: DependencyGraph, plan: object, *,
+              idx: GraphIndex | None = None) -> list[SinkCut]:
     """Every Conv/Gemm/MatMul whose input channels ``plan`` removes, with kept inputs and outputs
-    (``idx``: ``GraphIndex(original)``, when the caller keeps one). Grouped Convs are left out (recovery
-    does not re-fit them) unless ``grouped``: then ``keep_in`` holds the kept input positions of every
-    conv group (weight axis 1)."""
+    (``idx``: ``GraphIndex(original)``, when the caller keeps one). A grouped Conv cut inside its conv
+    groups (``grouped_conv="within"``) loses the same input positions in every group: ``keep_in`` holds
+    them in the weight's coordinates (axis 1, per group); one cut by whole groups is no sink."""
     idx = idx if idx is not None else GraphIndex(original)
     kept = dg.kept_positions(plan_keep(plan))
     out: dict[str, SinkCut] = {}
@@ -342,9 +342,6 @@ def sink_cuts(original: ModelProto, dg: DependencyGraph, plan: object, *, idx: G
                 continue
             shape = dg.const_shapes.get(cut.tensor) or idx.const_shape(node.input[1])
             if shape is None:
-                continue
-            if not grouped and conv_groups(node, idx.opset) != 1:
-                log.info("not re-fitting grouped Conv %s: its surviving groups keep all their inputs", key)
                 continue
             keep_out = kept.get(ChannelAxis(cut.tensor, out_axis), np.arange(shape[out_axis], dtype=np.int64))
             out[key] = SinkCut(key, node, cut.tensor, in_axis, out_axis, kept[wslot], keep_out, node.input[0])
@@ -487,27 +484,39 @@ def recovery_input_axis(cut: SinkCut, opset: int = 17) -> int:
 
 def _recover_sink(orig: ModelProto, idx_o: GraphIndex, out: ModelProto, idx: GraphIndex, cut: SinkCut,
                   stats: ActivationStats | None, method: str, ridge: float) -> None:
+    """Re-fit one sink, conv group by conv group (one group for a plain layer): each group's kept outputs
+    from its own input Gram (``lstsq``) or its own input means (``bias``); the same columns go in every group."""
     node = cut.node
     w = idx_o.const_value(node.input[1])
     assert w is not None
     k = _kernel_size(node, w.shape)
+    groups = conv_groups(node, idx_o.opset)
     n_out_full = _out_channels(node, w.shape, idx_o.opset)
-    rows = weight_rows(node, w.astype(np.float64), idx_o.opset)[0][cut.keep_out]  # (O', K)
-    bias = layer_bias(idx_o, node, n_out_full)[cut.keep_out]
+    per_group = n_out_full // groups
+    all_rows = weight_rows(node, w.astype(np.float64), idx_o.opset)  # (G, O/G, K)
+    all_bias = layer_bias(idx_o, node, n_out_full)
+    width = w.shape[cut.in_axis]
     keep_cols = _expand_cols(cut.keep_in, k)
-    drop_in = np.setdiff1d(np.arange(w.shape[cut.in_axis]), cut.keep_in)
-    drop_cols = _expand_cols(drop_in, k)
-    if method == "lstsq":
-        assert stats is not None
-        gs = stats.gram(cut.key)
-        new_rows, new_bias = affine_refit(rows, bias, gs.gram[0], gs.col_sum[0], gs.rows, keep_cols, ridge=ridge)
-    else:
-        means = _column_means(idx_o, cut, stats, w.shape[cut.in_axis])
+    drop_cols = _expand_cols(np.setdiff1d(np.arange(width), cut.keep_in), k)
+    means = None
+    if method == "bias":
+        means = column_means(idx_o, cut, stats, width, groups)
         if means is None:
             log.info("no mean for the dropped inputs of %s; bias left as is", cut.key)
             return
-        new_rows = rows[:, keep_cols]
-        new_bias = compensate_bias(rows, bias, drop_cols, np.repeat(means, k))
+    parts_w, parts_b = [], []
+    for g in range(groups):
+        outs = cut.keep_out[cut.keep_out // per_group == g]
+        rows, bias = all_rows[g][outs - g * per_group], all_bias[outs]
+        if method == "lstsq":
+            assert stats is not None
+            gs = stats.gram(cut.key)
+            new_rows, new_bias = affine_refit(rows, bias, gs.gram[g], gs.col_sum[g], gs.rows, keep_cols, ridge=ridge)
+        else:
+            assert means is not None
+            new_rows, new_bias = rows[:, keep_cols], compensate_bias(rows, bias, drop_cols, np.repeat(means[g], k))
+        parts_w.append(new_rows)
+        parts_b.append(new_bias)
     found = _find_node(idx, cut.key) or _find_node(idx, node.output[0])
     if found is None:
         raise ConfigError(f"layer '{cut.key}' is not in the pruned model; pass the model apply_plan returned")
@@ -520,21 +529,27 @@ def _recover_sink(orig: ModelProto, idx_o: GraphIndex, out: ModelProto, idx: Gra
             f"layer '{cut.key}' has weight shape {shape_p} in the pruned model, the plan implies {tuple(expect)}; "
             f"pass the model apply_plan returned for this plan"
         )
-    if method == "lstsq":
-        value = rows_to_weight(node_p, new_rows[None], shape_p, idx.opset).astype(w.dtype)
+    if method == "lstsq":  # rows in output order, groups one after another: the layout of a Conv weight too
+        value = rows_to_weight(node_p, np.concatenate(parts_w)[None], shape_p, idx.opset).astype(w.dtype)
         _replace_weight(idx, node_p, 1, require_finite(value, cut.key, method))
-    set_layer_bias(idx, node_p, require_finite(np.asarray(new_bias).astype(w.dtype), cut.key, method), w.dtype)
+    new_bias = np.concatenate(parts_b).astype(w.dtype)
+    set_layer_bias(idx, node_p, require_finite(new_bias, cut.key, method), w.dtype)
 
 
-def _column_means(idx_o: GraphIndex, cut: SinkCut, stats: ActivationStats | None, width: int) -> np.ndarray | None:
-    """Mean of each input position of a sink: measured when stats exist, else from BatchNormalization."""
+def column_means(idx_o: GraphIndex, cut: SinkCut, stats: ActivationStats | None, width: int,
+                 groups: int = 1) -> np.ndarray | None:
+    """Mean of each input channel of a sink as ``(groups, width)`` (``width`` channels per conv group):
+    measured when stats exist (the input's channel means, else the Gram's im2col column means averaged
+    over the kernel), else from the BatchNormalization feeding it; None when neither is known."""
+    total = width * groups
     if stats is not None:
         cs = stats.channels.get(cut.activation)
-        if cs is not None and cs.channels == width:
-            return cs.mean
-        if cut.key in stats.grams:
-            gs = stats.grams[cut.key]
+        if cs is not None and cs.channels == total:
+            return cs.mean.reshape(groups, width)
+        gs = stats.grams.get(cut.key)
+        if gs is not None and gs.groups == groups:
             k = int(np.prod(gs.kernel)) if gs.kernel else 1
-            return gs.col_mean[0].reshape(width, k).mean(axis=1)
+            return gs.col_mean.reshape(groups, width, k).mean(axis=2)
         return None
-    return bn_input_means(idx_o, cut.activation, width)
+    means = bn_input_means(idx_o, cut.activation, total)
+    return None if means is None else means.reshape(groups, width)

@@ -215,24 +215,19 @@ def criterion_statistics(model: ModelProto, dg: DependencyGraph, importance: str
     return collect_group_stats(model, dg, data)  # type: ignore[arg-type]
 
 
-def recovery_stats(model: ModelProto, dg: DependencyGraph, data: object, recover: str, *,
-                   grouped: bool = False) -> ActivationStats | None:
+def recovery_stats(model: ModelProto, dg: DependencyGraph, data: object, recover: str) -> ActivationStats | None:
     """Statistics for recovering any cut of ``dg``'s groups: every sink's Gram (lstsq) or input (bias), or
-    both in one pass (``"both"``: what Gram scoring with bias recovery needs); ``grouped`` adds the Grams
-    of grouped Conv sinks (Gram scoring reads them; recovery leaves those layers as cut)."""
+    both in one pass (``"both"``: what Gram scoring with bias recovery needs); grouped Conv sinks included."""
     if recover == "none" or data is None:
         return None
-    from onnxprune.core.ir import opset_of
-    from onnxprune.recovery.recover import conv_groups, recovery_input_axis, sink_cuts
+    from onnxprune.recovery.recover import recovery_input_axis, sink_cuts
 
     # keeping one channel of every group makes every sink of a prunable group show up as cut
     one = {g.id: np.zeros(1, dtype=np.int64) for g in dg.prunable_groups if g.size > 1}
-    every = sink_cuts(model, dg, one, grouped=grouped) if one else []
-    opset = opset_of(model)
-    cuts = [c for c in every if conv_groups(c.node, opset) == 1]
+    every = sink_cuts(model, dg, one) if one else []
     if recover == "lstsq":
         return collect_stats(model, data, gram_for=[c.key for c in every])  # type: ignore[arg-type]
-    axes = {c.activation: recovery_input_axis(c) for c in cuts}
+    axes = {c.activation: recovery_input_axis(c) for c in every}
     grams = [c.key for c in every] if recover == "both" else []
     return collect_stats(model, data, tensors=axes, gram_for=grams)  # type: ignore[arg-type]
 
@@ -380,8 +375,7 @@ class SensitivityRun:
             from onnxprune.recovery.gram_score import GramScorer
 
             # the one calibration pass: every consumer's Gram (and input means) serves scoring and recovery alike
-            stats = recovery_stats(m, dg, meter.batches, "lstsq" if recover != "bias" else "both",  # Grams (+ means)
-                                   grouped=True)
+            stats = recovery_stats(m, dg, meter.batches, "lstsq" if recover != "bias" else "both")  # Grams (+ means)
             assert stats is not None
             rstats = stats if recover != "none" else None
             scorer = GramScorer(m, dg, stats, recover=recover)

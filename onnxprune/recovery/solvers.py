@@ -30,15 +30,56 @@ def _ridge_value(gram: np.ndarray, ridge: float) -> float:
     return ridge * (scale if scale > 0 else 1.0)
 
 
+#: Rows of the diagonal blocks the triangular solves of :func:`solve_spd` invert (matrix products elsewhere).
+_TRI_BLOCK = 64
+
+
 def solve_spd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Solve ``a x = b`` for a symmetric positive semi-definite ``a`` (min-norm least squares if singular)."""
+    """Solve ``a x = b`` for a symmetric positive semi-definite ``a`` (min-norm least squares if singular).
+
+    Why Cholesky: ``a`` is a (ridge-regularized) Gram matrix, so ``a = L Lᵀ`` costs half an LU factorization,
+    and the two triangular solves are done blockwise as matrix products (:func:`_cholesky_solve`: numpy has
+    no triangular solve, and ``numpy.linalg.solve`` on ``L`` would factorize it again as a general matrix).
+    When the factorization fails or a pivot is below round-off (``min L_ii² ≤ n·ε·max L_ii²``, numerically
+    singular), the min-norm least-squares solution is returned, as before.
+    """
+    b = np.asarray(b, dtype=np.float64)
+    n = a.shape[0]
     try:
         chol = np.linalg.cholesky(a)
     except np.linalg.LinAlgError:
-        log.debug("Gram matrix of size %d is singular; using a least-squares solve", a.shape[0])
-        return np.linalg.lstsq(a, b, rcond=None)[0]
-    y = np.linalg.solve(chol, b)
-    return np.linalg.solve(chol.T, y)
+        return _min_norm(a, b)
+    pivots = np.diag(chol) ** 2
+    if n and np.isfinite(pivots).all() and pivots.min() <= n * np.finfo(np.float64).eps * pivots.max():
+        return _min_norm(a, b)  # non-finite statistics go on, so the caller's require_finite names them
+    return _cholesky_solve(chol, b.reshape(n, -1)).reshape(b.shape)
+
+
+def _min_norm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    log.debug("Gram matrix of size %d is singular; using a least-squares solve", a.shape[0])
+    return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
+def _cholesky_solve(low: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(L Lᵀ)⁻¹ b`` for a lower-triangular ``L`` with a positive diagonal and ``b`` of shape ``(n, m)``.
+
+    Forward then backward substitution by blocks of :data:`_TRI_BLOCK` rows: each block's diagonal triangle
+    is inverted once (small) and used for both passes (``inv(Lᵀ_ii) = inv(L_ii)ᵀ``); all other work is matrix
+    products, which numpy runs at full BLAS speed.
+    """
+    n = low.shape[0]
+    starts = range(0, n, _TRI_BLOCK)
+    inv = [np.linalg.inv(low[s:s + _TRI_BLOCK, s:s + _TRI_BLOCK]) for s in starts]
+    y = np.empty_like(b)
+    for i, s in enumerate(starts):
+        e = min(s + _TRI_BLOCK, n)
+        y[s:e] = inv[i] @ (b[s:e] - low[s:e, :s] @ y[:s])
+    x = np.empty_like(y)
+    for i in reversed(range(len(inv))):
+        s = starts[i]
+        e = min(s + _TRI_BLOCK, n)
+        x[s:e] = inv[i].T @ (y[s:e] - low[e:, s:e].T @ x[e:])
+    return x
 
 
 def lstsq_refit(w_kept_cols: np.ndarray, gram: np.ndarray, cross: np.ndarray, *,

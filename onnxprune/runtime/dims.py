@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto
 
+from onnxprune.core.batch_axes import SEQUENCE_NAME, SPATIAL_NAME, batch_like
 from onnxprune.core.errors import ConfigError, OnnxPruneError
 from onnxprune.core.ir import GraphIndex, attr, dim_key, lookup_dim
 from onnxprune.core.shapefold import infer_shapes
@@ -49,9 +50,8 @@ OTHER_SIZES = (32, 16, 8, 64, 128, 4, 2, 1, 224, 256, 512)
 #: Levels of sizes run in onnxruntime (one session, one run each) before giving up.
 MAX_RUNS = 8
 
-_SEQUENCE = re.compile(r"seq|len|token|time|step|frame", re.IGNORECASE)
-_BATCH = re.compile(r"batch|^(n|b|bs|num)$", re.IGNORECASE)
-_SPATIAL = re.compile(r"height|width|^(h|w)$", re.IGNORECASE)
+_SEQUENCE = SEQUENCE_NAME
+_SPATIAL = SPATIAL_NAME
 #: Placeholder names that say "unknown", not "the same axis as elsewhere".
 _PLACEHOLDER = re.compile(r"^(\?|-1|unk__\d+|None)$")
 
@@ -186,15 +186,6 @@ def _weight_size(idx: GraphIndex, spec: InputSpec, axis: int) -> int | None:
     return None
 
 
-def _batch_like(spec: InputSpec, axis: int, name: str | None) -> bool:
-    """Named like a batch anywhere, or the leading axis of a rank-2+ input unless named like a sequence
-    (time-major ``[sequence, batch, features]``) or a spatial axis."""
-    if name and _BATCH.search(name):
-        return True
-    other = bool(name and (_SEQUENCE.search(name) or _SPATIAL.search(name)))
-    return axis == 0 and len(spec.shape or ()) >= 2 and not other
-
-
 def _ladder(spec: InputSpec, axis: int, name: str | None) -> tuple[int, ...]:
     rank = len(spec.shape or ())
     if name and _SEQUENCE.search(name):
@@ -285,7 +276,7 @@ def resolve_dims(model: ModelProto, *, dims: Mapping[str, int] | None = None,
                 value = next((s[spec.name][axis] for s in data_shapes
                               if len(s.get(spec.name, ())) == len(spec.shape or ())), None)
                 source = "data"
-            if value is None and _batch_like(spec, axis, name):
+            if value is None and batch_like(axis, len(spec.shape or ()), name):
                 value, source = 1, "batch"
             if value is None:
                 idx = idx or GraphIndex(model)  # built only for a model with such axes

@@ -32,6 +32,7 @@ from types import MappingProxyType
 import numpy as np
 from onnx import ModelProto, NodeProto
 
+from onnxprune.core.batch_axes import analysis_dims
 from onnxprune.core.errors import ConfigError, OnnxPruneError, UnsupportedModelError
 from onnxprune.core.io import load_model
 from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, node_label
@@ -500,7 +501,9 @@ def analyze(model: ModelProto | str | os.PathLike[str], *, extra_rules: Iterable
         model: a ``ModelProto`` (not modified) or a path.
         extra_rules: :class:`~onnxprune.structured.rules.registry.RuleSpec` entries that add or override op rules for
             this analysis only.
-        dims: values for symbolic input dims (by name) used in shape inference; others are taken as 1.
+        dims: values for symbolic input dims (by name) used in shape inference; others are taken as 1, and so
+            is every dynamic batch axis whatever ``dims`` says, so the groups never depend on the batch
+            (:func:`~onnxprune.core.batch_axes.analysis_dims`).
         grouped_conv: ``"within"`` (default) cuts grouped convolutions inside every group, keeping
             ``group``; ``"whole"`` removes whole groups (see :mod:`onnxprune.structured.rules.weighted`).
 
@@ -522,7 +525,7 @@ def analyze(model: ModelProto | str | os.PathLike[str], *, extra_rules: Iterable
     if not model.graph.node:
         raise UnsupportedModelError("the model has no nodes; nothing to analyse")
     rules = RuleSet(extra_rules)
-    shapes = _fill_same_shape(model, infer_shapes(model, dims))
+    shapes = _fill_same_shape(model, infer_shapes(model, analysis_dims(model, dims)))  # batch-free groups
     walk = _Walk(model, rules, shapes, grouped_conv=grouped_conv)
     walk.run()
     return _build(walk, model)

@@ -12,7 +12,7 @@ from onnxprune.core.stats import model_stats
 from onnxprune.recovery.calibrate import collect_stats
 from onnxprune.recovery.executor import single_group_plan
 from onnxprune.recovery.gram_score import GramScorer, scorable_sinks
-from onnxprune.recovery.sensitivity import sensitivity, spearman
+from onnxprune.recovery.sensitivity import recovery_stats, sensitivity, spearman
 from onnxprune.recovery.solvers import affine_refit
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.surgery import apply_plan
@@ -72,17 +72,17 @@ def _grouped_sink_model():
     return g.build([vinfo("x", ["N", 3, 6, 6])], [vinfo("out", ["N", 8, 6, 6])])
 
 
-@pytest.mark.parametrize("recover", ["none", "lstsq"])
+@pytest.mark.parametrize("recover", ["none", "bias", "lstsq"])
 def test_grouped_conv_sink_is_scored_exactly(recover):
     """The grouped Conv is the only sink and its output the model's: its Gram score is the whole-model error
-    onnxruntime measures (recovery leaves grouped layers as cut, so with lstsq too)."""
+    onnxruntime measures, with recovery too (bias and lstsq re-fit it conv group by conv group)."""
     model = _grouped_sink_model()
     dg = analyze(model)
     data = [{"x": np.random.default_rng(s).standard_normal((16, 3, 6, 6)).astype(np.float32)} for s in (1, 2)]
     (group,) = [g for g in dg.prunable_groups if g.size > 1]
     assert group.size == 4  # positions inside each conv group of 4 inputs
     exact = sensitivity(model, data, ratios=(0.25, 0.5, 0.75), method="model", recover=recover).groups[0]
-    stats = collect_stats(model, data, gram_for=scorable_sinks(model, dg))
+    stats = recovery_stats(model, dg, data, "both")  # the Grams, and the channel means bias recovery folds in
     scorer = GramScorer(model, dg, stats, recover=recover)
     for ratio, err in zip(exact.ratios, exact.errors, strict=True):
         plan = single_group_plan(model, dg, group.id, ratio, importance="l2", statistics=None)

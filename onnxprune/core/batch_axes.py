@@ -1,0 +1,56 @@
+"""Which dynamic input axes are batch axes, and the dims a structural analysis uses for them.
+
+Why this module exists: the channel groups of a model must not depend on how many samples the user's
+data or ``--dim batch=N`` holds. At batch 1 a reshape that merges the batch with another axis (the dynamo
+exporter's ``k.transpose(-2, -1)`` written as ``Reshape [B, H, T, D] -> [-1, T, D]``, transpose, and back)
+leaves the head axis whole; at batch 2 the same axis reads as ``B*H`` positions and the analysis could not
+follow the heads through it, so their groups were blocked. The pruned model does not depend on the batch
+(such targets are ``-1`` or read at run time, and the oracle proves the cut at the data's own batch), so the
+analysis is always done with every dynamic batch axis at 1. Runtime code (:mod:`onnxprune.runtime.dims`)
+uses the same rule to choose a batch size when none is given.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from onnx import ModelProto
+
+SEQUENCE_NAME = re.compile(r"seq|len|token|time|step|frame", re.IGNORECASE)
+BATCH_NAME = re.compile(r"batch|^(n|b|bs|num)$", re.IGNORECASE)
+SPATIAL_NAME = re.compile(r"height|width|^(h|w)$", re.IGNORECASE)
+
+
+def batch_like(axis: int, rank: int, name: str | None) -> bool:
+    """An axis named like a batch anywhere, or the leading axis of an input of rank 2 or more unless named
+    like a sequence or a spatial axis (time-major ``[sequence, batch, ...]``)."""
+    if name and BATCH_NAME.search(name):
+        return True
+    other = bool(name and (SEQUENCE_NAME.search(name) or SPATIAL_NAME.search(name)))
+    return axis == 0 and rank >= 2 and not other
+
+
+def analysis_dims(model: ModelProto, dims: Mapping[str, int] | None) -> dict[str, int]:
+    """``dims`` with every dynamic batch-like axis of the model's inputs at 1 (by ``INPUT:AXIS`` and by name).
+
+    Other dims (a sequence length, an image size) are kept: they are part of the model's structure as the
+    user runs it. A declared (fixed) batch is left as declared.
+    """
+    result = dict(dims or {})
+    constants = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in constants or not vi.type.tensor_type.HasField("shape"):
+            continue
+        shape = vi.type.tensor_type.shape.dim
+        for axis, d in enumerate(shape):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                continue
+            name = d.dim_param or None
+            if not batch_like(axis, len(shape), name):
+                continue
+            result[f"{vi.name}:{axis}"] = 1
+            if name:
+                result[f"{vi.name}:{name}"] = 1
+                result[name] = 1
+    return result
