@@ -248,13 +248,13 @@ def _check_model(model: ModelProto, where: str, path: Path | None, *, external_c
         ) from exc
 
 
-def checker_view(model: ModelProto, where: str) -> ModelProto:
+def checker_view(model: ModelProto, where: str, *, external_checked: bool = False) -> ModelProto:
     """Public name of :func:`_checker_view` (used by validation's full check).
 
     Raises:
         ModelLoadError: a large initializer's raw data does not fit its shape.
     """
-    return _checker_view(model, where)
+    return _checker_view(model, where, external_checked=external_checked)
 
 
 def _checker_view(model: ModelProto, where: str, *, external_checked: bool = False) -> ModelProto:

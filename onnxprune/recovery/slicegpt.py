@@ -7,18 +7,23 @@ used for the whole stream (every norm's input pooled), as one stream group has o
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass, field
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnx import ModelProto
+from onnx import ModelProto, NodeProto, TensorProto
 
 from onnxprune.core.errors import ConfigError
-from onnxprune.core.io import release_memory
+from onnxprune.core.fold import fold_constants
+from onnxprune.core.io import load_model, release_memory, save_model
 from onnxprune.recovery.reader_refit import Data, collect, refit_readers
 from onnxprune.recovery.recover import sink_cuts
-from onnxprune.recovery.width import frozen_stream
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.plan import PrunePlan
 from onnxprune.structured.rotate import prepare_rotation, rotate, rotation_axes, to_rms
@@ -30,11 +35,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SliceResult:
-    """The sliced model, the exact rotated model before slicing (for the proof), and a JSON-able report."""
+    """The sliced model, the exact rotated model before slicing (for the proof), and a JSON-able report.
+
+    ``rotated`` is a file (external data) in the ``scratch`` folder :func:`slice_stream` was given, else the
+    model itself.
+    """
 
     model: ModelProto
-    rotated: ModelProto
+    rotated: ModelProto | Path
     report: dict[str, Any] = field(default_factory=dict)
+
+
+def fold_shape_pieces(model: ModelProto, source: Mapping[str, TensorProto]) -> ModelProto:
+    """The integer constant folding of :func:`~onnxprune.recovery.width.frozen_stream`, on a frozen copy
+    made without its weights' data (``source`` holds it): the fold :func:`prepare_rotation` is given."""
+    from onnxprune.runtime.session import run_constant_graph
+
+    return fold_constants(model, run_constant_graph, integers_only=True, source=source).model
 
 
 def stream_basis(model: ModelProto, tensors: tuple[str, ...], data: Data, *,
@@ -52,12 +69,18 @@ def stream_basis(model: ModelProto, tensors: tuple[str, ...], data: Data, *,
 
 
 def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: Data, refit: bool = True,
-                 max_samples: int | None = None) -> SliceResult:
+                 max_samples: int | None = None, scratch: str | os.PathLike[str] | None = None) -> SliceResult:
     """Remove ``ratio`` of a pre-norm model's stream width by rotation + slicing (+ optional reader re-fit).
 
     ``model`` given as a one-element list is handed over: the list is emptied once the rotation is prepared
     and known possible (nothing after reads the input), so a caller that kept no other reference frees the
     input's memory before calibration, rotation, slicing and re-fit. A refusal leaves it in the list.
+
+    The exact rotated model (the re-fit's reference and the rotation proof's candidate) is written to a file
+    with external data as soon as the slicing has read it, and read from there by path: onnxruntime maps
+    its weights, the re-fit reads one reader's weight at a time, so it is not in memory next to the sliced
+    model. ``scratch``: the folder for that file, which is then returned as ``rotated`` (the caller removes
+    it); without one a temporary folder is used and the model is loaded back at the end.
 
     Raises:
         ConfigError: ``ratio`` outside ``[0, 1)``.
@@ -67,7 +90,7 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
         raise ConfigError(f"ratio must be in [0, 1), got {ratio}")
     owned = model if isinstance(model, list) else [model]
     del model
-    prep = prepare_rotation(frozen_stream(owned[0]).model)  # folded shape pieces first (see frozen_stream)
+    prep = prepare_rotation(owned[0], fold=fold_shape_pieces)  # frozen and folded once, without a copy
     rotation_axes(prep)  # the last refusal: from here on the input is not read again
     owned.clear()  # (a handed-over one is freed here, before calibration runs)
     release_memory()
@@ -82,28 +105,56 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
     plan = PrunePlan(fingerprint=dg.fingerprint, keep={group: np.arange(keep)}, sizes={group: width},
                      criterion="pca")
     sliced = to_rms(apply_plan(rotated, plan, dg=dg, extra_rules=stream_rules()), norms, width, inplace=True)
-    cuts = [c for c in sink_cuts(rotated, dg, plan) if c.node.op_type in ("MatMul", "Gemm")] if refit else []
-    exact = to_rms(rotated, norms, width, inplace=True)  # the cuts' nodes (readers) stay in it
-    del rotated
+    # detached from the rotated model: a node still referenced keeps that whole model's memory alive
+    cuts = [replace(c, node=_copy_node(c.node)) for c in sink_cuts(rotated, dg, plan)
+            if c.node.op_type in ("MatMul", "Gemm")] if refit else []
     report: dict[str, Any] = {
         "exact": False, "rotation_exact": True, "width_before": width, "width_after": keep,
         "variance_kept": float(variance[:keep].sum() / max(variance.sum(), 1e-30)),
         "params_removed_by_slicing": int(dg.params_removed(plan.keep)), "refit": []}
-    if refit:
-        # handed over without a reference left here, so the re-fit can free it once copied
-        unfitted = [sliced]
-        del sliced
-        sliced, report["refit"] = refit_readers(exact, unfitted.pop(), cuts, calib, max_samples=max_samples)
-    return SliceResult(sliced, exact, report)
+    del dg
+    exact = to_rms(rotated, norms, width, inplace=True)  # the cuts' nodes (readers) stay in it
+    del rotated
+    with contextlib.ExitStack() as stack:
+        folder = Path(scratch) if scratch is not None else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="onnxprune-rotated-", ignore_cleanup_errors=True)))
+        reference = save_model(exact, _free_path(folder, "rotated.onnx"), external_data=True)
+        del exact
+        release_memory()
+        if refit:
+            # handed over without a reference left here, so the re-fit can free it once copied
+            unfitted = [sliced]
+            del sliced
+            sliced, report["refit"] = refit_readers(reference, unfitted.pop(), cuts, calib, max_samples=max_samples)
+        rotated_out: ModelProto | Path = reference if scratch is not None else load_model(reference, check=False)
+    return SliceResult(sliced, rotated_out, report)
+
+
+def _copy_node(node: NodeProto) -> NodeProto:
+    out = NodeProto()
+    out.CopyFrom(node)
+    return out
+
+
+def _free_path(folder: Path, name: str) -> Path:
+    """``folder / name``, or ``folder / '<k>-name'`` for the first ``k`` not taken (a scratch folder may hold
+    an earlier run's file)."""
+    path, k = folder / name, 0
+    while path.exists():
+        k += 1
+        path = folder / f"{k}-{name}"
+    return path
 
 
 def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, calib: Data | None,
-                       refit: bool = True, importance: str | None = None, dims: dict[str, int] | None = None
-                       ) -> tuple[ModelProto, ModelProto | None, dict[str, Any]]:
+                       refit: bool = True, importance: str | None = None, dims: dict[str, int] | None = None,
+                       scratch: str | os.PathLike[str] | None = None
+                       ) -> tuple[ModelProto, ModelProto | Path | None, dict[str, Any]]:
     """``--mode width``: rotate + slice where the model allows it (pre-norm), else plain channel pruning.
 
     A criterion asked for by name (``importance``) means channels chosen by it: plain pruning. Returns the
-    pruned model, the exact rotated model before slicing (``None`` for plain pruning) and the report, whose
+    pruned model, the exact rotated model before slicing (``None`` for plain pruning; a file in ``scratch``
+    when given, see :func:`slice_stream`) and the report, whose
     ``method`` says which was used and, for plain pruning, why rotation was not. A one-element list hands
     the model over (see :func:`slice_stream`): freed once rotation is known possible, else kept for plain pruning.
     """
@@ -117,7 +168,7 @@ def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, ca
     why = f"--importance {importance} chooses the channels" if importance else ""
     if not why:
         try:
-            result = slice_stream(owned, ratio=ratio, calib=calib, refit=refit)
+            result = slice_stream(owned, ratio=ratio, calib=calib, refit=refit, scratch=scratch)
             return result.model, result.rotated, {"method": "rotate", **result.report}
         except UnsupportedModelError as exc:
             if not owned:  # refused after the input was released: nothing left to prune plainly

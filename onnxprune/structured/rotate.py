@@ -18,10 +18,11 @@ These raise :class:`~onnxprune.core.errors.UnsupportedModelError` naming the rea
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import ModelProto, helper, numpy_helper
+from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from onnxprune.core.errors import UnsupportedModelError
 from onnxprune.core.ir import GraphIndex, attr, drop_unused_initializers
@@ -72,8 +73,19 @@ def _set(idx: GraphIndex, name: str, value: np.ndarray) -> None:
     tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
 
 
-def prepare_rotation(model: ModelProto) -> Prepared:
+#: Folds what freezing made constant, in a copy made without the big weights' data: ``(model, source) ->
+#: model``, with ``source`` the tensors holding that data (read-only). Passed in: evaluating a constant
+#: subgraph needs onnxruntime, which ``structured`` does not import.
+ShapeFold = Callable[[ModelProto, Mapping[str, TensorProto]], ModelProto]
+
+
+def prepare_rotation(model: ModelProto, *, fold: ShapeFold | None = None) -> Prepared:
     """Fold, freeze and centre a pre-norm model's stream (exact); raise where rotation is impossible.
+
+    ``fold``: run on the frozen copy before anything else (the integer pieces computed from a frozen width
+    read become constants the width rules rewrite, :func:`~onnxprune.recovery.width.frozen_stream`). Given
+    here rather than applied by the caller first, so that the model is frozen once and never copied whole:
+    a frozen, folded copy with its weights would be one more model in memory next to the input and this one.
 
     Raises:
         UnsupportedModelError: no single stream, a LayerNorm that cannot be folded (post-norm), an op that is
@@ -83,8 +95,11 @@ def prepare_rotation(model: ModelProto) -> Prepared:
     # one once, then the others are filled once (a copy then rewritten would hold both versions).
     frozen = freeze_stream_shapes(model, empty_weights=True)
     source = {t.name: t for t in model.graph.initializer if t.name in frozen.empty}
-    fold = fold_layernorm_affine(frozen.model, copy=False, source=source)
-    out = fold.model
+    folded = frozen.model if fold is None else fold(frozen.model, source)
+    del frozen
+    fold_ln = fold_layernorm_affine(folded, copy=False, source=source)
+    del folded
+    out = fold_ln.model
     dg = analyze(out, extra_rules=stream_rules())  # structure only: reads no big float values
     ids = [g for g in stream_group_ids(out, dg) if dg.groups[g].prunable]
     if len(ids) != 1:
@@ -94,9 +109,9 @@ def prepare_rotation(model: ModelProto) -> Prepared:
     by_name = {n.name: n for n in out.graph.node}
     members = {s.tensor for s in group.members}
     norms = [n for n in out.graph.node if n.op_type == "LayerNormalization" and n.input[0] in members]
-    unfolded = [n.name for n in norms if any(n.name in k for k in fold.skipped)]
+    unfolded = [n.name for n in norms if any(n.name in k for k in fold_ln.skipped)]
     if unfolded:
-        why = next(v for k, v in fold.skipped.items() if unfolded[0] in k)
+        why = next(v for k, v in fold_ln.skipped.items() if unfolded[0] in k)
         raise UnsupportedModelError(f"LayerNorm '{unfolded[0]}' cannot be folded ({why}); rotation needs a "
                                     f"pre-norm model (plain width pruning applies)")
     for name in group.nodes:
