@@ -201,7 +201,8 @@ def _layout(pruned: ModelProto, order: list[SinkCut]) -> tuple[ModelProto, list[
     return out, slots, values
 
 
-def refit_readers(original: ModelProto | str | os.PathLike[str], pruned: ModelProto, cuts: list[SinkCut],
+def refit_readers(original: ModelProto | str | os.PathLike[str], pruned: ModelProto | list[ModelProto],
+                  cuts: list[SinkCut],
                   data: Data, *, ridge: float = DEFAULT_RIDGE, max_samples: int | None = None
                   ) -> tuple[ModelProto, list[dict[str, Any]]]:
     """Re-fit each reader in graph order on the pruned model's input so its output matches the original's.
@@ -209,8 +210,9 @@ def refit_readers(original: ModelProto | str | os.PathLike[str], pruned: ModelPr
     Solves ``min ‖[X_p 1] [W'; b'] − (X_o W + b)‖² + λ‖W' − W_k‖²`` per reader, with ``X_p`` the reader's
     input in the current pruned model and ``X_o`` in the original. Returns the new model and, per reader,
     the relative output error before and after the fit (on the calibration data). Neither input is
-    modified; ``pruned`` is not referenced once its structure is copied, so a caller that drops its own
-    reference lets it be freed during the fit. ``original`` given as a path (a model with external data)
+    modified. ``pruned`` given as a one-element list is handed over: the list is emptied once its structure
+    is copied, so a caller that kept no other reference frees it before the fit (an argument passed
+    itself stays referenced by the caller's frame until the call returns, whatever the callee drops). ``original`` given as a path (a model with external data)
     is never loaded: onnxruntime maps its weights, and each reader's weight is read from the file when its
     turn comes (the cuts' nodes are looked up there by their output).
     """
@@ -225,9 +227,11 @@ def refit_readers(original: ModelProto | str | os.PathLike[str], pruned: ModelPr
     idx_o = GraphIndex(original, data_dir=data_dir)
     order = _order(original, cuts)
     originals = collect(original, [c.activation for c in order], data, max_samples, data_dir=data_dir)
-    out, slots, values = _layout(pruned, order)
-    feeds = list(iter_feeds(pruned, data, max_samples=max_samples))
+    owned = pruned if isinstance(pruned, list) else [pruned]
     del pruned
+    out, slots, values = _layout(owned[0], order)
+    feeds = list(iter_feeds(owned[0], data, max_samples=max_samples))
+    owned.clear()
     release_memory()
     idx = GraphIndex(out)
     as_inputs = {name: idx.initializers[name] for s in slots for name in (s.weight, s.bias)}
@@ -270,6 +274,7 @@ def refit_readers(original: ModelProto | str | os.PathLike[str], pruned: ModelPr
         values[slot.weight] = rows_to_weight(node, sol[:k].T[None], w_p.shape, idx.opset).astype(slot.dtype)
         values[slot.bias] = _stored_bias(node, sol[k].astype(slot.dtype), values[slot.bias], idx.opset)
         del sol, w_p
+        release_memory()  # one reader's float64 temporaries, so the next one's do not pile on top
         fitted.append({"layer": cut.key, "rel_error_before": before, "rel_error_after": after})
         log.info("re-fit %s: relative output error %.4f -> %.4f", cut.key, before, after)
     del session
@@ -278,6 +283,7 @@ def refit_readers(original: ModelProto | str | os.PathLike[str], pruned: ModelPr
         tensor = idx.initializers[slot.weight]
         tensor.raw_data = little_endian_bytes(values.pop(slot.weight))
         idx.initializers[slot.bias].CopyFrom(numpy_helper.from_array(values.pop(slot.bias), slot.bias))
+    release_memory()
     return out, fitted
 
 

@@ -95,6 +95,7 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
     owned.clear()  # (a handed-over one is freed here, before calibration runs)
     release_memory()
     q, variance = stream_basis(prep.model, prep.stream, calib, max_samples=max_samples)
+    release_memory()  # the statistics' float64 temporaries: freed, but held by the heap until trimmed
     norms, width = prep.norms, prep.width
     rotated = rotate(prep, q)
     del prep  # each intermediate model is dropped as soon as the next exists: they are as big as the input
@@ -125,7 +126,7 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
             # handed over without a reference left here, so the re-fit can free it once copied
             unfitted = [sliced]
             del sliced
-            sliced, report["refit"] = refit_readers(reference, unfitted.pop(), cuts, calib, max_samples=max_samples)
+            sliced, report["refit"] = refit_readers(reference, unfitted, cuts, calib, max_samples=max_samples)
         rotated_out: ModelProto | Path = reference if scratch is not None else load_model(reference, check=False)
     return SliceResult(sliced, rotated_out, report)
 

@@ -25,6 +25,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from onnxprune.core.errors import UnsupportedModelError
+from onnxprune.core.io import release_memory
 from onnxprune.core.ir import GraphIndex, attr, drop_unused_initializers
 from onnxprune.core.weights import copy_model_without_weights, little_endian_bytes
 from onnxprune.structured.analysis import DependencyGraph, analyze
@@ -201,6 +202,7 @@ def rotate(prepared: Prepared, q: np.ndarray) -> ModelProto:
             value = _along(value, axis, q)
         idx.initializers[name].raw_data = little_endian_bytes(value)
         del value
+        release_memory()  # the tensor's temporaries (a few times its size), before the next one's
     return out
 
 
