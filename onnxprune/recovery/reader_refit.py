@@ -202,8 +202,7 @@ def _layout(pruned: ModelProto, order: list[SinkCut]) -> tuple[ModelProto, list[
 
 
 def refit_readers(original: ModelProto | str | os.PathLike[str], pruned: ModelProto | list[ModelProto],
-                  cuts: list[SinkCut],
-                  data: Data, *, ridge: float = DEFAULT_RIDGE, max_samples: int | None = None
+                  cuts: list[SinkCut], data: Data, *, ridge: float = DEFAULT_RIDGE, max_samples: int | None = None
                   ) -> tuple[ModelProto, list[dict[str, Any]]]:
     """Re-fit each reader in graph order on the pruned model's input so its output matches the original's.
 
@@ -212,9 +211,10 @@ def refit_readers(original: ModelProto | str | os.PathLike[str], pruned: ModelPr
     the relative output error before and after the fit (on the calibration data). Neither input is
     modified. ``pruned`` given as a one-element list is handed over: the list is emptied once its structure
     is copied, so a caller that kept no other reference frees it before the fit (an argument passed
-    itself stays referenced by the caller's frame until the call returns, whatever the callee drops). ``original`` given as a path (a model with external data)
-    is never loaded: onnxruntime maps its weights, and each reader's weight is read from the file when its
-    turn comes (the cuts' nodes are looked up there by their output).
+    itself stays referenced by the caller's frame until the call returns, whatever the callee drops).
+    ``original`` given as a path (a model with external data) is never loaded: onnxruntime maps its
+    weights, and each reader's weight is read from the file when its turn comes (the cuts' nodes are
+    looked up there by their output).
     """
     from onnxprune.runtime.session import create_session, run_session
 

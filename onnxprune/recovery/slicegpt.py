@@ -22,6 +22,8 @@ from onnx import ModelProto, NodeProto, TensorProto
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.fold import fold_constants
 from onnxprune.core.io import load_model, release_memory, save_model
+from onnxprune.core.ir import GraphIndex
+from onnxprune.core.weights import copy_model_without_weights
 from onnxprune.recovery.reader_refit import Data, collect, refit_readers
 from onnxprune.recovery.recover import sink_cuts
 from onnxprune.structured.analysis import analyze
@@ -54,10 +56,11 @@ def fold_shape_pieces(model: ModelProto, source: Mapping[str, TensorProto]) -> M
     return fold_constants(model, run_constant_graph, integers_only=True, source=source).model
 
 
-def stream_basis(model: ModelProto, tensors: tuple[str, ...], data: Data, *,
-                 max_samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvectors (columns, by decreasing variance) and eigenvalues of the stream's second moment."""
-    values = collect(model, list(tensors), data, max_samples)
+def stream_basis(model: ModelProto, tensors: tuple[str, ...], data: Data, *, max_samples: int | None = None,
+                 data_dir: str | os.PathLike[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvectors (columns, by decreasing variance) and eigenvalues of the stream's second moment
+    (``data_dir``: where the external data of a model loaded without it is, see :func:`collect`)."""
+    values = collect(model, list(tensors), data, max_samples, data_dir=data_dir)
     cov: np.ndarray | None = None
     for v in values.values():
         x = v.reshape(-1, v.shape[-1]).astype(np.float64)
@@ -91,34 +94,42 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
     owned = model if isinstance(model, list) else [model]
     del model
     prep = prepare_rotation(owned[0], fold=fold_shape_pieces)  # frozen and folded once, without a copy
-    rotation_axes(prep)  # the last refusal: from here on the input is not read again
+    axes = rotation_axes(prep)  # the last refusal: from here on the input is not read again
     owned.clear()  # (a handed-over one is freed here, before calibration runs)
     release_memory()
-    q, variance = stream_basis(prep.model, prep.stream, calib, max_samples=max_samples)
-    release_memory()  # the statistics' float64 temporaries: freed, but held by the heap until trimmed
     norms, width = prep.norms, prep.width
-    rotated = rotate(prep, q)
-    del prep  # each intermediate model is dropped as soon as the next exists: they are as big as the input
-    release_memory()
-    keep = max(1, width - int(round(ratio * width)))
-    dg = analyze(rotated, extra_rules=stream_rules())
-    (group,) = [g for g in stream_group_ids(rotated, dg) if dg.groups[g].prunable]
-    plan = PrunePlan(fingerprint=dg.fingerprint, keep={group: np.arange(keep)}, sizes={group: width},
-                     criterion="pca")
-    sliced = to_rms(apply_plan(rotated, plan, dg=dg, extra_rules=stream_rules()), norms, width, inplace=True)
-    # detached from the rotated model: a node still referenced keeps that whole model's memory alive
-    cuts = [replace(c, node=_copy_node(c.node)) for c in sink_cuts(rotated, dg, plan)
-            if c.node.op_type in ("MatMul", "Gemm")] if refit else []
-    report: dict[str, Any] = {
-        "exact": False, "rotation_exact": True, "width_before": width, "width_after": keep,
-        "variance_kept": float(variance[:keep].sum() / max(variance.sum(), 1e-30)),
-        "params_removed_by_slicing": int(dg.params_removed(plan.keep)), "refit": []}
-    del dg
-    exact = to_rms(rotated, norms, width, inplace=True)  # the cuts' nodes (readers) stay in it
-    del rotated
     with contextlib.ExitStack() as stack:
         folder = Path(scratch) if scratch is not None else Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="onnxprune-rotated-", ignore_cleanup_errors=True)))
+        # The prepared model goes to a file too: calibration runs it from there, and the rotation reads each
+        # weight it rotates from there, so the rotated model is built without the prepared one in memory.
+        prepared = save_model(prep.model, _free_path(folder, "prepared.onnx"), external_data=True)
+        prep = replace(prep, model=copy_model_without_weights(prep.model, axes))
+        release_memory()
+        on_disk = load_model(prepared, check=False, weights=False)
+        q, variance = stream_basis(on_disk, prep.stream, calib, max_samples=max_samples, data_dir=folder)
+        release_memory()  # the statistics' float64 temporaries: freed, but held by the heap until trimmed
+        rotated = rotate(prep, q, values=GraphIndex(on_disk, data_dir=folder))
+        del prep, on_disk
+        _remove_model_file(prepared)
+        release_memory()
+        keep = max(1, width - int(round(ratio * width)))
+        dg = analyze(rotated, extra_rules=stream_rules())
+        (group,) = [g for g in stream_group_ids(rotated, dg) if dg.groups[g].prunable]
+        plan = PrunePlan(fingerprint=dg.fingerprint, keep={group: np.arange(keep)}, sizes={group: width},
+                         criterion="pca")
+        sliced = to_rms(apply_plan(rotated, plan, dg=dg, extra_rules=stream_rules()), norms, width, inplace=True)
+        # detached from the rotated model: a node still referenced keeps that whole model's memory alive
+        cuts = [replace(c, node=_copy_node(c.node)) for c in sink_cuts(rotated, dg, plan)
+                if c.node.op_type in ("MatMul", "Gemm")] if refit else []
+        report: dict[str, Any] = {
+            "exact": False, "rotation_exact": True, "width_before": width, "width_after": keep,
+            "variance_kept": float(variance[:keep].sum() / max(variance.sum(), 1e-30)),
+            "params_removed_by_slicing": int(dg.params_removed(plan.keep)), "refit": []}
+        del dg
+        exact = to_rms(rotated, norms, width, inplace=True)  # the cuts' nodes (readers) stay in it
+        del rotated
+        release_memory()
         reference = save_model(exact, _free_path(folder, "rotated.onnx"), external_data=True)
         del exact
         release_memory()
@@ -129,6 +140,12 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
             sliced, report["refit"] = refit_readers(reference, unfitted, cuts, calib, max_samples=max_samples)
         rotated_out: ModelProto | Path = reference if scratch is not None else load_model(reference, check=False)
     return SliceResult(sliced, rotated_out, report)
+
+
+def _remove_model_file(path: Path) -> None:
+    """Remove a scratch model and its data file (:func:`save_model`'s name for it), now read by nothing."""
+    for p in (path, path.with_name(path.name + ".data")):
+        p.unlink(missing_ok=True)
 
 
 def _copy_node(node: NodeProto) -> NodeProto:

@@ -181,17 +181,20 @@ def rotation_axes(prepared: Prepared) -> dict[str, list[int]]:
     return axes
 
 
-def rotate(prepared: Prepared, q: np.ndarray) -> ModelProto:
+def rotate(prepared: Prepared, q: np.ndarray, *, values: GraphIndex | None = None) -> ModelProto:
     """The prepared model with every stream constant multiplied by ``q`` along its stream axis (LayerNorms
     kept: call :func:`to_rms` for the exact model).
 
     The copy is made without the rotated constants and each is written once (a tensor rotated along two
     axes is rotated along both first): rewriting a copied tensor would keep both versions in memory.
+    ``values``: where the constants to rotate are read (an index of the prepared model saved with external
+    data, whose ``data_dir`` is set), for a ``prepared.model`` that holds no data for them (a caller that
+    keeps the prepared weights on disk only, one tensor in memory at a time).
     """
     q = np.asarray(q, dtype=np.float64)
     if q.shape != (prepared.width, prepared.width) or not np.allclose(q.T @ q, np.eye(prepared.width), atol=1e-6):
         raise UnsupportedModelError(f"Q must be an orthogonal {prepared.width}x{prepared.width} matrix")
-    source = GraphIndex(prepared.model)
+    source = values if values is not None else GraphIndex(prepared.model)
     axes = rotation_axes(prepared)
     out = copy_model_without_weights(prepared.model, axes)
     idx = GraphIndex(out)
