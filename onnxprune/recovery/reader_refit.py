@@ -264,7 +264,8 @@ def refit_readers(original: ModelProto | str | os.PathLike[str], pruned: ModelPr
         reg[k] = 0.0
         prior = np.vstack([rows_p.T, bias_p[None]])
         del rows_p
-        sol = solve_spd(gram + np.diag(reg), aug.T @ target + reg[:, None] * prior)
+        gram[np.diag_indices_from(gram)] += reg  # the ridge in place: no second (K+1)² matrix
+        sol = solve_spd(gram, aug.T @ target + reg[:, None] * prior)
         del gram
         before = float(np.linalg.norm(aug @ prior - target) / max(np.linalg.norm(target), 1e-30))
         after = float(np.linalg.norm(aug @ sol - target) / max(np.linalg.norm(target), 1e-30))

@@ -151,6 +151,8 @@ def prepare_rotation(model: ModelProto, *, fold: ShapeFold | None = None) -> Pre
         if value is None:
             raise UnsupportedModelError(f"stream constant '{cut.tensor}' is computed at run time")
         _set(idx, cut.tensor, value - value.astype(np.float64).mean(axis=cut.axis, keepdims=True).astype(value.dtype))
+        del value
+        release_memory()  # the writer's temporaries, before the next writer's
         reads.initializers[cut.tensor] = idx.initializers[cut.tensor]  # centred along a second axis: read it
         done.add((cut.tensor, cut.axis))
     written = {name for name, _ in done}
