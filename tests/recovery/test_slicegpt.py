@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 
@@ -12,7 +14,7 @@ from onnxprune.runtime.session import create_session, run_session
 from tests.builders import prenorm_stack
 
 
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+def _run(model: onnx.ModelProto | os.PathLike[str], x: np.ndarray) -> np.ndarray:
     return run_session(create_session(model), {"x": x})["logits"]
 
 
@@ -69,3 +71,27 @@ def test_a_handed_over_model_is_released_once_rotated_and_kept_when_refused() ->
     held = [post]
     _, rotated, report = prune_stream_width(held, ratio=0.25, calib=str(models / "digits_transformer_calib.npz"))
     assert held == [post] and rotated is None and report["method"] == "plain"
+
+
+def test_the_rotated_reference_is_a_file_with_external_data_in_the_scratch_folder(tmp_path) -> None:
+    """With a scratch folder, the exact rotated model (the re-fit's reference, the rotation proof's candidate)
+    is a file there whose weights are external data, not a model in memory; the prepared model written on
+    the way is gone; and the result is what slicing without a scratch folder gives, byte for byte."""
+    from pathlib import Path
+
+    model = prenorm_stack()
+    r = np.random.default_rng(3)
+    calib = [{"x": r.standard_normal((32, 5, 4)).astype(np.float32)} for _ in range(2)]
+    on_disk = slice_stream(model, ratio=0.25, calib=calib, scratch=tmp_path)
+    assert isinstance(on_disk.rotated, Path) and on_disk.rotated.parent == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rotated.onnx", "rotated.onnx.data"]
+    stored = onnx.load(on_disk.rotated, load_external_data=False)
+    external = [t.name for t in stored.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(external) == 4  # the FFN readers and writers: every tensor of 1 KB or more
+    x = r.standard_normal((16, 5, 4)).astype(np.float32)
+    ref = _run(model, x)
+    np.testing.assert_allclose(_run(on_disk.rotated, x), ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
+    in_memory = slice_stream(model, ratio=0.25, calib=calib)
+    assert isinstance(in_memory.rotated, onnx.ModelProto)
+    assert on_disk.model.SerializeToString() == in_memory.model.SerializeToString()
+    assert on_disk.report == in_memory.report and len(on_disk.report["refit"]) >= 3
