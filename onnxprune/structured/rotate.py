@@ -85,8 +85,9 @@ def prepare_rotation(model: ModelProto, *, fold: ShapeFold | None = None) -> Pre
 
     ``fold``: run on the frozen copy before anything else (the integer pieces computed from a frozen width
     read become constants the width rules rewrite, :func:`~onnxprune.recovery.width.frozen_stream`). Given
-    here rather than applied by the caller first, so that the model is frozen once and never copied whole:
-    a frozen, folded copy with its weights would be one more model in memory next to the input and this one.
+    here rather than applied by the caller first, so that the model is never copied whole: the frozen and
+    folded copies hold no weight data (a frozen, folded copy with its weights was one more model in memory
+    next to the input and this one).
 
     Raises:
         UnsupportedModelError: no single stream, a LayerNorm that cannot be folded (post-norm), an op that is
@@ -96,10 +97,12 @@ def prepare_rotation(model: ModelProto, *, fold: ShapeFold | None = None) -> Pre
     # one once, then the others are filled once (a copy then rewritten would hold both versions).
     frozen = freeze_stream_shapes(model, empty_weights=True)
     source = {t.name: t for t in model.graph.initializer if t.name in frozen.empty}
-    folded = frozen.model if fold is None else fold(frozen.model, source)
+    if fold is not None:
+        # Folding can make more reads static (a Slice of a Shape whose bounds were just folded): freeze
+        # again, as freezing the folded model with its weights did. Both copies hold no weight data.
+        frozen = freeze_stream_shapes(fold(frozen.model, source), empty_weights=True)
+    fold_ln = fold_layernorm_affine(frozen.model, copy=False, source=source)
     del frozen
-    fold_ln = fold_layernorm_affine(folded, copy=False, source=source)
-    del folded
     out = fold_ln.model
     dg = analyze(out, extra_rules=stream_rules())  # structure only: reads no big float values
     ids = [g for g in stream_group_ids(out, dg) if dg.groups[g].prunable]

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import onnx
+import pytest
 
 from onnxprune.core.stats import model_stats
 from onnxprune.recovery.slicegpt import slice_stream
@@ -95,3 +96,21 @@ def test_the_rotated_reference_is_a_file_with_external_data_in_the_scratch_folde
     assert isinstance(in_memory.rotated, onnx.ModelProto)
     assert on_disk.model.SerializeToString() == in_memory.model.SerializeToString()
     assert on_disk.report == in_memory.report and len(on_disk.report["refit"]) >= 3
+
+
+@pytest.mark.parametrize("name", ["tv_vit_b_16", "tiny_gpt"])
+def test_preparing_with_the_fold_passed_in_equals_preparing_a_frozen_folded_copy(name: str) -> None:
+    """The rotation is prepared from copies without weight data (the fold passed in) and must prepare
+    exactly what freezing and folding a full copy first prepared. torchvision's ViT needs the freeze after
+    the fold: folding a head-size piece makes a ``Slice`` of a ``Shape`` static in each block."""
+    from pathlib import Path
+
+    from onnxprune.recovery.slicegpt import fold_shape_pieces
+    from onnxprune.recovery.width import frozen_stream
+    from onnxprune.structured.rotate import prepare_rotation
+
+    model = onnx.load(Path(__file__).resolve().parents[2] / "models" / f"{name}.onnx")
+    lean = prepare_rotation(model, fold=fold_shape_pieces)
+    full = prepare_rotation(frozen_stream(model).model)
+    assert lean.model.SerializeToString() == full.model.SerializeToString()
+    assert (lean.norms, lean.stream, lean.width) == (full.norms, full.stream, full.width)
