@@ -33,7 +33,7 @@ import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.core.errors import ConfigError, UnsupportedModelError
-from onnxprune.core.io import load_model, release_memory
+from onnxprune.core.io import load_structure, release_memory
 from onnxprune.core.ir import GraphIndex, attr, copy_fields
 from onnxprune.core.weights import little_endian_bytes
 from onnxprune.recovery.calibrate import iter_feeds, rows_to_weight, tensor_types, weight_rows
@@ -221,7 +221,7 @@ def refit_readers(original: ModelProto | str | os.PathLike[str], pruned: ModelPr
     data_dir = None
     if not isinstance(original, ModelProto):
         data_dir = Path(original).parent
-        original = load_model(original, check=False, weights=False)
+        original = load_structure(original)
         producer = GraphIndex(original).producer
         cuts = [replace(c, node=producer[c.node.output[0]]) for c in cuts]
     idx_o = GraphIndex(original, data_dir=data_dir)

@@ -21,7 +21,7 @@ from onnx import ModelProto, NodeProto, TensorProto
 
 from onnxprune.core.errors import ConfigError
 from onnxprune.core.fold import fold_constants
-from onnxprune.core.io import load_model, release_memory, save_model
+from onnxprune.core.io import load_model, load_structure, release_memory, save_model
 from onnxprune.core.ir import GraphIndex
 from onnxprune.core.weights import copy_model_without_weights
 from onnxprune.recovery.reader_refit import Data, collect, refit_readers
@@ -106,7 +106,7 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
         prepared = save_model(prep.model, _free_path(folder, "prepared.onnx"), external_data=True)
         prep = replace(prep, model=copy_model_without_weights(prep.model, axes))
         release_memory()
-        on_disk = load_model(prepared, check=False, weights=False)
+        on_disk = load_structure(prepared)
         q, variance = stream_basis(on_disk, prep.stream, calib, max_samples=max_samples, data_dir=folder)
         release_memory()  # the statistics' float64 temporaries: freed, but held by the heap until trimmed
         rotated = rotate(prep, q, values=GraphIndex(on_disk, data_dir=folder))

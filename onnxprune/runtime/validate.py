@@ -43,7 +43,7 @@ from onnxprune.core.errors import (
     ValidationError,
     first_line,
 )
-from onnxprune.core.io import PROTOBUF_LIMIT, checker_view, file_size, load_model, model_nbytes
+from onnxprune.core.io import PROTOBUF_LIMIT, checker_view, file_size, load_model, load_structure, model_nbytes
 from onnxprune.core.ir import dim_key, shape_skeleton
 from onnxprune.core.progress import progress
 from onnxprune.core.shapefold import infer_shapes
@@ -731,7 +731,7 @@ def validate_models(
     # A candidate file is checked from its structure (its external data files checked for presence and
     # sizes) and run from the file: its weights are not loaded either.
     cand_path = None if isinstance(candidate, ModelProto) else candidate
-    cand_model = load_model(candidate, check=False, copy=False, weights=cand_path is None)
+    cand_model = load_model(candidate, check=False, copy=False) if cand_path is None else load_structure(cand_path)
     orig_specs, cand_specs = input_specs(orig_model), input_specs(cand_model)
     orig_outputs = [o.name for o in orig_model.graph.output]
 

@@ -114,3 +114,21 @@ def test_preparing_with_the_fold_passed_in_equals_preparing_a_frozen_folded_copy
     full = prepare_rotation(frozen_stream(model).model)
     assert lean.model.SerializeToString() == full.model.SerializeToString()
     assert (lean.norms, lean.stream, lean.width) == (full.norms, full.stream, full.width)
+
+
+@pytest.mark.slow  # about 20 s alone (a minute and more on a busy machine)
+def test_width_mode_proves_a_rotation_whose_file_holds_constant_nodes_in_external_data() -> None:
+    """tiny_gpt keeps shape pieces and tables in Constant nodes, which the save puts in external data when
+    1 KB or more: the rotation proof and the re-fit read the rotated model's file without its weights, so
+    they must still read those values (shape inference folds them)."""
+    from pathlib import Path
+
+    from onnxprune.pipeline import prune
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    result = prune(models / "tiny_gpt.onnx", {"mode": "width", "ratio": 0.25,
+                                              "calib": str(models / "tiny_gpt_calib.npz")})
+    width = result.report["width"]
+    assert width["method"] == "rotate" and width["rotation_check"]["passed"] is True
+    assert all(c["passed"] for c in width["rotation_check"]["checks"])
+    assert len(width["refit"]) >= 4
