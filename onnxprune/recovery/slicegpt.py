@@ -82,8 +82,10 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
     The exact rotated model (the re-fit's reference and the rotation proof's candidate) is written to a file
     with external data as soon as the slicing has read it, and read from there by path: onnxruntime maps
     its weights, the re-fit reads one reader's weight at a time, so it is not in memory next to the sliced
-    model. ``scratch``: the folder for that file, which is then returned as ``rotated`` (the caller removes
-    it); without one a temporary folder is used and the model is loaded back at the end.
+    model. The prepared model before it goes through a file there too (removed once rotated), so the
+    prepared and rotated models are never in memory together. ``scratch``: the folder for those files; the
+    rotated one is then returned as ``rotated`` (the caller removes it); without one a temporary folder is
+    used and the rotated model is loaded back at the end.
 
     Raises:
         ConfigError: ``ratio`` outside ``[0, 1)``.
@@ -93,7 +95,7 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
         raise ConfigError(f"ratio must be in [0, 1), got {ratio}")
     owned = model if isinstance(model, list) else [model]
     del model
-    prep = prepare_rotation(owned[0], fold=fold_shape_pieces)  # frozen and folded once, without a copy
+    prep = prepare_rotation(owned[0], fold=fold_shape_pieces)  # frozen and folded in copies without weight data
     axes = rotation_axes(prep)  # the last refusal: from here on the input is not read again
     owned.clear()  # (a handed-over one is freed here, before calibration runs)
     release_memory()
