@@ -151,13 +151,15 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
             original = ModelProto()  # not read again: `baseline` below is the source
         pruned, rotated, width = prune_stream_width(
             handed, ratio=config.ratio, calib=config.calib, refit=config.recovery != "none",
-            importance=config.importance if "importance" in config.given else None, dims=config.dims)
+            importance=config.importance if "importance" in config.given else None, dims=config.dims,
+            scratch=scratch)  # the exact rotated model goes there, run from its file
         del handed
         if rotated is not None and config.validate:  # the rewrites before the cut (rotation or not) must be exact
             key = "rotation_check" if width["method"] == "rotate" else "rewrite_check"
             width[key] = _compare_exact(original if reread is None else reread, rotated, config,
                                         "rotation exactness" if key == "rotation_check" else "rewrite exactness")
-            width[key]["original"] = label  # the same report whether run from the file or not
+            # the same report whether run from the file or not, and wherever the scratch folder is
+            width[key].update(original=label, candidate=label)
         del rotated  # as big as the model: not kept through validation and saving
         exact_reference, extra = None, {"width": width}
     else:
@@ -550,8 +552,8 @@ def _validation_data(config: PruneConfig) -> str | None:
 
 
 # -- proof -----------------------------------------------------------------------------------------
-def _compare_exact(a: ModelProto | str | os.PathLike[str], b: ModelProto, config: PruneConfig,
-                   what: str) -> dict[str, Any]:
+def _compare_exact(a: ModelProto | str | os.PathLike[str], b: ModelProto | str | os.PathLike[str],
+                   config: PruneConfig, what: str) -> dict[str, Any]:
     from onnxprune.runtime.validate import validate_models
 
     # Exact cuts still round: judge each output against its own scale (a detection head's pixel boxes).

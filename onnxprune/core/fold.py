@@ -18,15 +18,15 @@ int8 or float16 weights to float32 is a dequantization by hand).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import ModelProto, NodeProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.core.errors import OnnxPruneError
-from onnxprune.core.ir import GraphIndex, copy_fields, node_label
+from onnxprune.core.ir import GraphIndex, collect_types, copy_fields, node_label, shape_skeleton
 from onnxprune.core.quant import QDQ_OPS, dequantized
 from onnxprune.core.weights import WEIGHT_SLOT
 
@@ -155,7 +155,8 @@ def _cone(idx: GraphIndex, targets: list[str]) -> tuple[list[NodeProto], set[str
 GraphRunner = Callable[[ModelProto, list[str]], dict[str, np.ndarray]]
 
 
-def _evaluate(model: ModelProto, idx: GraphIndex, targets: list[str], run: GraphRunner) -> dict[str, np.ndarray]:
+def _evaluate(model: ModelProto, idx: GraphIndex, targets: list[str], run: GraphRunner,
+              source: Mapping[str, TensorProto]) -> dict[str, np.ndarray]:
     """Run the constant subgraph computing ``targets`` with ``run`` and return their values.
 
     Raises:
@@ -164,7 +165,7 @@ def _evaluate(model: ModelProto, idx: GraphIndex, targets: list[str], run: Graph
     nodes, inits = _cone(idx, targets)
     graph = helper.make_graph(nodes, "onnxprune_fold", [], [helper.make_value_info(t, onnx.TypeProto())
                                                            for t in targets],
-                              [idx.initializers[n] for n in sorted(inits)])
+                              [source.get(n, idx.initializers[n]) for n in sorted(inits)])
     sub = helper.make_model(graph, opset_imports=list(model.opset_import))
     sub.ir_version = model.ir_version
     try:
@@ -183,7 +184,32 @@ def _evaluate(model: ModelProto, idx: GraphIndex, targets: list[str], run: Graph
     return run(sub, targets)
 
 
-def fold_constants(model: ModelProto, run: GraphRunner, *, integers_only: bool = False) -> FoldResult:
+def _not_integers(model: ModelProto, names: list[str]) -> set[str]:
+    """Those of ``names`` whose element type, inferred on the weightless skeleton, is known and not an integer.
+
+    Why before evaluating: a float value found after running its cone has cost the run (and a copy of every
+    weight the cone reads); an unknown type is left to the check on the value.
+    """
+    try:
+        types = collect_types(onnx.shape_inference.infer_shapes(shape_skeleton(model), strict_mode=False))
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        return set()
+    out: set[str] = set()
+    for name in names:
+        elem = types.get(name, TensorProto.UNDEFINED)
+        if elem == TensorProto.UNDEFINED:
+            continue
+        try:
+            kind = helper.tensor_dtype_to_np_dtype(elem).kind
+        except (KeyError, ValueError, TypeError):  # a type numpy has no dtype for: not shape arithmetic
+            kind = "O"
+        if kind not in "iu":
+            out.add(name)
+    return out
+
+
+def fold_constants(model: ModelProto, run: GraphRunner, *, integers_only: bool = False,
+                   source: Mapping[str, TensorProto] | None = None) -> FoldResult:
     """Store every run-time-computed constant that a non-constant node reads as an initializer.
 
     A tensor is folded when it is computed only from initializers and ``Constant`` nodes through
@@ -194,7 +220,11 @@ def fold_constants(model: ModelProto, run: GraphRunner, *, integers_only: bool =
     Args:
         model: the model (not modified).
         run: evaluates the constant subgraph (``onnxprune.runtime.session.run_constant_graph``).
-        integers_only: fold shape arithmetic only (integer values), never a float tensor.
+        integers_only: fold shape arithmetic only (integer values), never a float tensor: a tensor whose
+            inferred type is not an integer is not evaluated at all.
+        source: tensors to read instead of the model's initializers of the same name (a copy of the model
+            made without its weights' data, :func:`~onnxprune.core.weights.copy_model_without_weights`,
+            folds with the data of the model it was made from; the result still holds no such data).
 
     Returns:
         A :class:`FoldResult`; ``result.model is model`` when there was nothing to fold.
@@ -219,11 +249,15 @@ def fold_constants(model: ModelProto, run: GraphRunner, *, integers_only: bool =
             if out not in outputs and any(status.get(r.output[0] if r.output else "", _DYNAMIC) != _CONST
                                           for r in readers):
                 frontier.append(out)
+    if integers_only and frontier:
+        floats = _not_integers(model, frontier)
+        frontier = [name for name in frontier if name not in floats]
+    source = source or {}
     unfolded: list[Unfolded] = []
     values: dict[str, np.ndarray] = {}
     if frontier:
         try:
-            values = _evaluate(model, idx, frontier, run)
+            values = _evaluate(model, idx, frontier, run, source)
         except OnnxPruneError as exc:
             log.warning("constant folding skipped: %s", exc)
             for name in frontier:
@@ -242,7 +276,7 @@ def fold_constants(model: ModelProto, run: GraphRunner, *, integers_only: bool =
             continue
         if name in weight_inputs:
             continue
-        source_bytes = sum(idx.initializers[i].ByteSize() for i in inits)
+        source_bytes = sum(source.get(i, idx.initializers[i]).ByteSize() for i in inits)
         if values[name].nbytes > max(GROWTH_FLOOR, GROWTH_LIMIT * source_bytes):
             log.debug("not folding %s: %d bytes from %d bytes of constants", name, values[name].nbytes,
                       source_bytes)

@@ -234,6 +234,32 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
     return model
 
 
+def load_structure(path: str | os.PathLike[str]) -> ModelProto:
+    """A model file's graph without its initializers' external data, not checked: for a file that is run
+    from its path (onnxruntime maps the weights) and whose weights are read one at a time, if at all.
+
+    Main-graph ``Constant`` nodes get their values even when :func:`save_model` put them in external data:
+    shape inference and constant lookups read them, and they are small (shape pieces, the odd bias).
+
+    Raises:
+        ModelLoadError: as :func:`load_model`.
+    """
+    model = load_model(path, check=False, weights=False)
+    base = os.fspath(Path(path).parent)
+    for node in model.graph.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        for a in node.attribute:
+            if a.name == "value" and a.HasField("t") and a.t.data_location == TensorProto.EXTERNAL:
+                try:
+                    onnx.external_data_helper.load_external_data_for_tensor(a.t, base)
+                except (OSError, ValueError) as exc:
+                    raise ModelLoadError(f"{path}: cannot read external data ({first_line(exc)})") from exc
+                a.t.data_location = TensorProto.DEFAULT
+                del a.t.external_data[:]
+    return model
+
+
 def _check_model(model: ModelProto, where: str, path: Path | None, *, external_checked: bool = False) -> None:
     check_opset(model, where)
     view = _checker_view(model, where, external_checked=external_checked)
@@ -248,13 +274,13 @@ def _check_model(model: ModelProto, where: str, path: Path | None, *, external_c
         ) from exc
 
 
-def checker_view(model: ModelProto, where: str) -> ModelProto:
+def checker_view(model: ModelProto, where: str, *, external_checked: bool = False) -> ModelProto:
     """Public name of :func:`_checker_view` (used by validation's full check).
 
     Raises:
         ModelLoadError: a large initializer's raw data does not fit its shape.
     """
-    return _checker_view(model, where)
+    return _checker_view(model, where, external_checked=external_checked)
 
 
 def _checker_view(model: ModelProto, where: str, *, external_checked: bool = False) -> ModelProto:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import os
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
 
@@ -99,6 +100,8 @@ class GraphIndex:
 
     Attributes:
         graph: the indexed ``GraphProto`` (not copied: edits through the index edit the model).
+        data_dir: the folder of the model's external data, for a model loaded without it: constants are
+            then read from there, one at a time, and never stored in the model.
         opset: default-domain opset of the model.
         producer: tensor name → node that writes it.
         consumers: tensor name → nodes that read it, in graph order (a node reading twice appears once).
@@ -108,8 +111,9 @@ class GraphIndex:
         graph_inputs / graph_outputs: names of the graph's real inputs (initializers excluded) / outputs.
     """
 
-    def __init__(self, model: ModelProto) -> None:
+    def __init__(self, model: ModelProto, *, data_dir: str | os.PathLike[str] | None = None) -> None:
         self.model = model
+        self.data_dir = data_dir
         self.graph: GraphProto = model.graph
         self.opset = opset_of(model)
         self.producer: dict[str, NodeProto] = {}
@@ -151,7 +155,10 @@ class GraphIndex:
         """The value of a constant tensor (initializer or Constant node, through Identity), else None."""
         src = self.resolve_identity(name)
         if src in self.initializers:
-            return numpy_helper.to_array(self.initializers[src])
+            tensor = self.initializers[src]
+            if self.data_dir is not None and tensor.data_location == TensorProto.EXTERNAL:
+                return _external_value(tensor, self.data_dir)
+            return numpy_helper.to_array(tensor)
         if src in self.constant_nodes:
             return constant_node_value(self.constant_nodes[src])
         return None
@@ -193,6 +200,14 @@ class GraphIndex:
             name = f"{stem}_{k}"
         self._names.add(name)
         return name
+
+
+def _external_value(tensor: TensorProto, data_dir: str | os.PathLike[str]) -> np.ndarray:
+    """The value of a tensor stored in external data under ``data_dir``, read without loading it into the
+    model (onnx's reader fills the tensor it is given: it gets a copy of the stub)."""
+    stub = TensorProto()
+    stub.CopyFrom(tensor)
+    return numpy_helper.to_array(stub, base_dir=os.fspath(data_dir))
 
 
 def _subgraph_inputs(node: NodeProto) -> Iterable[str]:

@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.core.errors import ConfigError, UnsupportedModelError
-from onnxprune.core.io import release_memory
+from onnxprune.core.io import load_structure, release_memory
 from onnxprune.core.ir import GraphIndex, attr, copy_fields
 from onnxprune.core.weights import little_endian_bytes
 from onnxprune.recovery.calibrate import iter_feeds, rows_to_weight, tensor_types, weight_rows
@@ -91,18 +93,20 @@ def _copy(message: Any) -> Any:
     return out
 
 
-def collect(model: ModelProto, tensors: list[str], data: Data, max_samples: int | None) -> dict[str, np.ndarray]:
+def collect(model: ModelProto, tensors: list[str], data: Data, max_samples: int | None, *,
+            data_dir: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
     """Every calibration batch's values of ``tensors``, concatenated along the first axis (rows).
 
     One onnxruntime session that maps the weights from a file and does not pre-pack them; the model is
-    not copied (see :func:`_extra_outputs`).
+    not copied (see :func:`_extra_outputs`). ``data_dir``: ``model`` was loaded without its external data,
+    which is in that folder: the session then runs a structure-only file written there, beside the data.
     """
     from onnxprune.runtime.session import create_session, run_session
 
     tensors = list(dict.fromkeys(tensors))  # readers sharing one input (q, k, v) ask for it once each
     feeds = list(iter_feeds(model, data, max_samples=max_samples))
     with _extra_outputs(model, tensors) as probe:
-        session = create_session(probe, low_memory=True)
+        session = create_session(probe, low_memory=True) if data_dir is None else _session_beside(probe, data_dir)
     parts: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     for feed in feeds:
         values = run_session(session, feed, outputs=tensors)
@@ -111,6 +115,19 @@ def collect(model: ModelProto, tensors: list[str], data: Data, max_samples: int 
     del session
     release_memory()
     return {t: np.concatenate(v, axis=0) for t, v in parts.items()}
+
+
+def _session_beside(model: ModelProto, data_dir: str | os.PathLike[str]) -> Any:
+    """A low-memory session of ``model`` (weights in external data under ``data_dir``), from a file written
+    there just for the session's creation: onnxruntime resolves external data against the model's folder."""
+    from onnxprune.runtime.session import create_session
+
+    with tempfile.NamedTemporaryFile(dir=data_dir, prefix="onnxprune-probe-", suffix=".onnx", delete=False) as fh:
+        fh.write(model.SerializeToString())  # the structure only (its weights stay in the data file)
+    try:
+        return create_session(fh.name, low_memory=True)
+    finally:
+        Path(fh.name).unlink(missing_ok=True)
 
 
 def _rows(x: np.ndarray, node: NodeProto, opset: int) -> np.ndarray:
@@ -184,25 +201,37 @@ def _layout(pruned: ModelProto, order: list[SinkCut]) -> tuple[ModelProto, list[
     return out, slots, values
 
 
-def refit_readers(original: ModelProto, pruned: ModelProto, cuts: list[SinkCut], data: Data, *,
-                  ridge: float = DEFAULT_RIDGE, max_samples: int | None = None
+def refit_readers(original: ModelProto | str | os.PathLike[str], pruned: ModelProto | list[ModelProto],
+                  cuts: list[SinkCut], data: Data, *, ridge: float = DEFAULT_RIDGE, max_samples: int | None = None
                   ) -> tuple[ModelProto, list[dict[str, Any]]]:
     """Re-fit each reader in graph order on the pruned model's input so its output matches the original's.
 
     Solves ``min ‖[X_p 1] [W'; b'] − (X_o W + b)‖² + λ‖W' − W_k‖²`` per reader, with ``X_p`` the reader's
     input in the current pruned model and ``X_o`` in the original. Returns the new model and, per reader,
     the relative output error before and after the fit (on the calibration data). Neither input is
-    modified; ``pruned`` is not referenced once its structure is copied, so a caller that drops its own
-    reference lets it be freed during the fit.
+    modified. ``pruned`` given as a one-element list is handed over: the list is emptied once its structure
+    is copied, so a caller that kept no other reference frees it before the fit (an argument passed
+    itself stays referenced by the caller's frame until the call returns, whatever the callee drops).
+    ``original`` given as a path (a model with external data) is never loaded: onnxruntime maps its
+    weights, and each reader's weight is read from the file when its turn comes (the cuts' nodes are
+    looked up there by their output).
     """
     from onnxprune.runtime.session import create_session, run_session
 
-    idx_o = GraphIndex(original)
+    data_dir = None
+    if not isinstance(original, ModelProto):
+        data_dir = Path(original).parent
+        original = load_structure(original)
+        producer = GraphIndex(original).producer
+        cuts = [replace(c, node=producer[c.node.output[0]]) for c in cuts]
+    idx_o = GraphIndex(original, data_dir=data_dir)
     order = _order(original, cuts)
-    originals = collect(original, [c.activation for c in order], data, max_samples)
-    out, slots, values = _layout(pruned, order)
-    feeds = list(iter_feeds(pruned, data, max_samples=max_samples))
+    originals = collect(original, [c.activation for c in order], data, max_samples, data_dir=data_dir)
+    owned = pruned if isinstance(pruned, list) else [pruned]
     del pruned
+    out, slots, values = _layout(owned[0], order)
+    feeds = list(iter_feeds(owned[0], data, max_samples=max_samples))
+    owned.clear()
     release_memory()
     idx = GraphIndex(out)
     as_inputs = {name: idx.initializers[name] for s in slots for name in (s.weight, s.bias)}
@@ -235,7 +264,8 @@ def refit_readers(original: ModelProto, pruned: ModelProto, cuts: list[SinkCut],
         reg[k] = 0.0
         prior = np.vstack([rows_p.T, bias_p[None]])
         del rows_p
-        sol = solve_spd(gram + np.diag(reg), aug.T @ target + reg[:, None] * prior)
+        gram[np.diag_indices_from(gram)] += reg  # the ridge in place: no second (K+1)² matrix
+        sol = solve_spd(gram, aug.T @ target + reg[:, None] * prior)
         del gram
         before = float(np.linalg.norm(aug @ prior - target) / max(np.linalg.norm(target), 1e-30))
         after = float(np.linalg.norm(aug @ sol - target) / max(np.linalg.norm(target), 1e-30))
@@ -245,6 +275,7 @@ def refit_readers(original: ModelProto, pruned: ModelProto, cuts: list[SinkCut],
         values[slot.weight] = rows_to_weight(node, sol[:k].T[None], w_p.shape, idx.opset).astype(slot.dtype)
         values[slot.bias] = _stored_bias(node, sol[k].astype(slot.dtype), values[slot.bias], idx.opset)
         del sol, w_p
+        release_memory()  # one reader's float64 temporaries, so the next one's do not pile on top
         fitted.append({"layer": cut.key, "rel_error_before": before, "rel_error_after": after})
         log.info("re-fit %s: relative output error %.4f -> %.4f", cut.key, before, after)
     del session
@@ -253,6 +284,7 @@ def refit_readers(original: ModelProto, pruned: ModelProto, cuts: list[SinkCut],
         tensor = idx.initializers[slot.weight]
         tensor.raw_data = little_endian_bytes(values.pop(slot.weight))
         idx.initializers[slot.bias].CopyFrom(numpy_helper.from_array(values.pop(slot.bias), slot.bias))
+    release_memory()
     return out, fitted
 
 

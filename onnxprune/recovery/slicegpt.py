@@ -7,23 +7,31 @@ used for the whole stream (every norm's input pooled), as one stream group has o
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass, field
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnx import ModelProto
+from onnx import ModelProto, NodeProto, TensorProto
 
-from onnxprune.core.errors import ConfigError
-from onnxprune.core.io import release_memory
+from onnxprune.core.errors import ConfigError, UnsupportedModelError
+from onnxprune.core.fold import fold_constants
+from onnxprune.core.io import load_model, load_structure, release_memory, save_model
+from onnxprune.core.ir import GraphIndex
+from onnxprune.core.weights import copy_model_without_weights
 from onnxprune.recovery.reader_refit import Data, collect, refit_readers
 from onnxprune.recovery.recover import sink_cuts
 from onnxprune.recovery.width import frozen_stream, projection_report
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.plan import PrunePlan
-from onnxprune.structured.rotate import LINEAR_PASS, prepare_rotation, rotate, rotation_axes, to_rms
+from onnxprune.structured.rotate import LINEAR_PASS, Prepared, prepare_rotation, rotate, rotation_axes, to_rms
 from onnxprune.structured.stream import stream_group_ids, stream_rules
-from onnxprune.structured.stream_entries import with_stream_entries
+from onnxprune.structured.stream_entries import Entry, with_stream_entries
 from onnxprune.structured.surgery import apply_plan
 
 log = logging.getLogger(__name__)
@@ -31,17 +39,65 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SliceResult:
-    """The sliced model, the exact rotated model before slicing (for the proof), and a JSON-able report."""
+    """The sliced model, the exact rotated model before slicing (for the proof), and a JSON-able report.
+
+    ``rotated`` is a file (external data) in the ``scratch`` folder :func:`slice_stream` was given, else the
+    model itself.
+    """
 
     model: ModelProto
-    rotated: ModelProto
+    rotated: ModelProto | Path
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def stream_basis(model: ModelProto, tensors: tuple[str, ...], data: Data, *,
-                 max_samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvectors (columns, by decreasing variance) and eigenvalues of the stream's second moment."""
-    values = collect(model, list(tensors), data, max_samples)
+def fold_shape_pieces(model: ModelProto, source: Mapping[str, TensorProto]) -> ModelProto:
+    """The integer constant folding of :func:`~onnxprune.recovery.width.frozen_stream`, on a frozen copy
+    made without its weights' data (``source`` holds it): the fold :func:`prepare_rotation` is given."""
+    from onnxprune.runtime.session import run_constant_graph
+
+    return fold_constants(model, run_constant_graph, integers_only=True, source=source).model
+
+
+def _prepare(model: ModelProto) -> tuple[Prepared, tuple[tuple[str, str, int], ...], tuple[str, ...],
+                                         tuple[Entry, ...]]:
+    """:func:`prepare_rotation` with width mode's exact rewrites done inside its fold, on the copy without
+    weight data: integer shape pieces folded, a tied LM head untied, a stream output projected
+    (:func:`~onnxprune.recovery.width.frozen_stream` does the same on a full copy, for plain pruning). Returns
+    the prepared model, the output projections, the untied tables and the stream entries.
+
+    Why inside the fold: the input is never copied whole (see :func:`prepare_rotation`). A stream written by
+    a nonlinearity (Whisper's GELU) is tried again on a full rewritten copy with entry projections appended,
+    so a caller's model is never changed.
+    """
+    from onnxprune.structured.stream_outputs import project_stream_outputs
+    from onnxprune.structured.untie import untie_transposed_weights
+
+    found: dict[str, Any] = {"projections": (), "untied": ()}
+
+    def fold(frozen: ModelProto, source: Mapping[str, TensorProto]) -> ModelProto:
+        folded = fold_shape_pieces(frozen, source)
+        found["untied"] = untie_transposed_weights(folded, source=source)
+        opened = project_stream_outputs(folded)
+        found["projections"] = opened.projections
+        return opened.model
+
+    entries: tuple[Entry, ...] = ()
+    try:
+        prep = prepare_rotation(model, fold=fold)
+    except UnsupportedModelError as exc:
+        if "not linear" not in str(exc):
+            raise
+        frozen = frozen_stream(model)  # a full copy, rewritten like the fold above: entries are found on it
+        found.update(projections=frozen.projections, untied=frozen.untied)
+        prep, entries = with_stream_entries(frozen.model, prepare_rotation, LINEAR_PASS)
+    return prep, found["projections"], found["untied"], entries
+
+
+def stream_basis(model: ModelProto, tensors: tuple[str, ...], data: Data, *, max_samples: int | None = None,
+                 data_dir: str | os.PathLike[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvectors (columns, by decreasing variance) and eigenvalues of the stream's second moment
+    (``data_dir``: where the external data of a model loaded without it is, see :func:`collect`)."""
+    values = collect(model, list(tensors), data, max_samples, data_dir=data_dir)
     cov: np.ndarray | None = None
     for v in values.values():
         x = v.reshape(-1, v.shape[-1]).astype(np.float64)
@@ -53,12 +109,20 @@ def stream_basis(model: ModelProto, tensors: tuple[str, ...], data: Data, *,
 
 
 def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: Data, refit: bool = True,
-                 max_samples: int | None = None) -> SliceResult:
+                 max_samples: int | None = None, scratch: str | os.PathLike[str] | None = None) -> SliceResult:
     """Remove ``ratio`` of a pre-norm model's stream width by rotation + slicing (+ optional reader re-fit).
 
     ``model`` given as a one-element list is handed over: the list is emptied once the rotation is prepared
     and known possible (nothing after reads the input), so a caller that kept no other reference frees the
     input's memory before calibration, rotation, slicing and re-fit. A refusal leaves it in the list.
+
+    The exact rotated model (the re-fit's reference and the rotation proof's candidate) is written to a file
+    with external data as soon as the slicing has read it, and read from there by path: onnxruntime maps
+    its weights, the re-fit reads one reader's weight at a time, so it is not in memory next to the sliced
+    model. The prepared model before it goes through a file there too (removed once rotated), so the
+    prepared and rotated models are never in memory together. ``scratch``: the folder for those files; the
+    rotated one is then returned as ``rotated`` (the caller removes it); without one a temporary folder is
+    used and the rotated model is loaded back at the end.
 
     Raises:
         ConfigError: ``ratio`` outside ``[0, 1)``.
@@ -68,51 +132,90 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
         raise ConfigError(f"ratio must be in [0, 1), got {ratio}")
     owned = model if isinstance(model, list) else [model]
     del model
-    frozen = frozen_stream(owned[0])  # folded shape pieces first, a stream output projected (see frozen_stream)
-    projections, untied = frozen.projections, frozen.untied
-    # a stream written by a nonlinearity (Whisper's GELU) starts at an appended identity projection instead
-    prep, entries = with_stream_entries(frozen.model, prepare_rotation, LINEAR_PASS)
-    del frozen
-    rotation_axes(prep)  # the last refusal: from here on the input is not read again
+    prep, projections, untied, entries = _prepare(owned[0])  # frozen and folded in copies without weight data
+    axes = rotation_axes(prep)  # the last refusal: from here on the input is not read again
     owned.clear()  # (a handed-over one is freed here, before calibration runs)
     release_memory()
-    q, variance = stream_basis(prep.model, prep.stream, calib, max_samples=max_samples)
     norms, width = prep.norms, prep.width
-    rotated = rotate(prep, q)
-    del prep  # each intermediate model is dropped as soon as the next exists: they are as big as the input
-    release_memory()
-    keep = max(1, width - int(round(ratio * width)))
-    dg = analyze(rotated, extra_rules=stream_rules())
-    (group,) = [g for g in stream_group_ids(rotated, dg) if dg.groups[g].prunable]
-    plan = PrunePlan(fingerprint=dg.fingerprint, keep={group: np.arange(keep)}, sizes={group: width},
-                     criterion="pca")
-    sliced = to_rms(apply_plan(rotated, plan, dg=dg, extra_rules=stream_rules()), norms, width, inplace=True)
-    cuts = [c for c in sink_cuts(rotated, dg, plan) if c.node.op_type in ("MatMul", "Gemm")] if refit else []
-    exact = to_rms(rotated, norms, width, inplace=True)  # the cuts' nodes (readers) stay in it
-    del rotated
-    report: dict[str, Any] = {
-        "exact": False, "rotation_exact": True, "width_before": width, "width_after": keep,
-        "variance_kept": float(variance[:keep].sum() / max(variance.sum(), 1e-30)),
-        "params_removed_by_slicing": int(dg.params_removed(plan.keep)), "refit": [],
-        "outputs_kept_full_width": projection_report(projections), "untied": list(untied),
-        "stream_entries": [{"after": e.tensor, "projection": e.node, "width": e.width,
-                            "note": "appended width x k MatMul; its MACs count in macs_after"} for e in entries]}
-    if refit:
-        # handed over without a reference left here, so the re-fit can free it once copied
-        unfitted = [sliced]
-        del sliced
-        sliced, report["refit"] = refit_readers(exact, unfitted.pop(), cuts, calib, max_samples=max_samples)
-    return SliceResult(sliced, exact, report)
+    with contextlib.ExitStack() as stack:
+        folder = Path(scratch) if scratch is not None else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="onnxprune-rotated-", ignore_cleanup_errors=True)))
+        # The prepared model goes to a file too: calibration runs it from there, and the rotation reads each
+        # weight it rotates from there, so the rotated model is built without the prepared one in memory.
+        prepared = save_model(prep.model, _free_path(folder, "prepared.onnx"), external_data=True)
+        prep = replace(prep, model=copy_model_without_weights(prep.model, axes))
+        release_memory()
+        on_disk = load_structure(prepared)
+        q, variance = stream_basis(on_disk, prep.stream, calib, max_samples=max_samples, data_dir=folder)
+        release_memory()  # the statistics' float64 temporaries: freed, but held by the heap until trimmed
+        rotated = rotate(prep, q, values=GraphIndex(on_disk, data_dir=folder))
+        del prep, on_disk
+        _remove_model_file(prepared)
+        release_memory()
+        keep = max(1, width - int(round(ratio * width)))
+        dg = analyze(rotated, extra_rules=stream_rules())
+        (group,) = [g for g in stream_group_ids(rotated, dg) if dg.groups[g].prunable]
+        plan = PrunePlan(fingerprint=dg.fingerprint, keep={group: np.arange(keep)}, sizes={group: width},
+                         criterion="pca")
+        sliced = to_rms(apply_plan(rotated, plan, dg=dg, extra_rules=stream_rules()), norms, width, inplace=True)
+        # detached from the rotated model: a node still referenced keeps that whole model's memory alive
+        cuts = [replace(c, node=_copy_node(c.node)) for c in sink_cuts(rotated, dg, plan)
+                if c.node.op_type in ("MatMul", "Gemm")] if refit else []
+        report: dict[str, Any] = {
+            "exact": False, "rotation_exact": True, "width_before": width, "width_after": keep,
+            "variance_kept": float(variance[:keep].sum() / max(variance.sum(), 1e-30)),
+            "params_removed_by_slicing": int(dg.params_removed(plan.keep)), "refit": [],
+            "outputs_kept_full_width": projection_report(projections), "untied": list(untied),
+            "stream_entries": [{"after": e.tensor, "projection": e.node, "width": e.width,
+                                "note": "appended width x k MatMul; its MACs count in macs_after"} for e in entries]}
+        del dg
+        exact = to_rms(rotated, norms, width, inplace=True)  # the cuts' nodes (readers) stay in it
+        del rotated
+        release_memory()
+        reference = save_model(exact, _free_path(folder, "rotated.onnx"), external_data=True)
+        del exact
+        release_memory()
+        if refit:
+            # handed over without a reference left here, so the re-fit can free it once copied
+            unfitted = [sliced]
+            del sliced
+            sliced, report["refit"] = refit_readers(reference, unfitted, cuts, calib, max_samples=max_samples)
+        rotated_out: ModelProto | Path = reference if scratch is not None else load_model(reference, check=False)
+    return SliceResult(sliced, rotated_out, report)
+
+
+def _remove_model_file(path: Path) -> None:
+    """Remove a scratch model and its data file (:func:`save_model`'s name for it), now read by nothing."""
+    for p in (path, path.with_name(path.name + ".data")):
+        p.unlink(missing_ok=True)
+
+
+def _copy_node(node: NodeProto) -> NodeProto:
+    out = NodeProto()
+    out.CopyFrom(node)
+    return out
+
+
+def _free_path(folder: Path, name: str) -> Path:
+    """``folder / name``, or ``folder / '<k>-name'`` for the first ``k`` not taken (a scratch folder may hold
+    an earlier run's file)."""
+    path, k = folder / name, 0
+    while path.exists():
+        k += 1
+        path = folder / f"{k}-{name}"
+    return path
 
 
 def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, calib: Data | None,
-                       refit: bool = True, importance: str | None = None, dims: dict[str, int] | None = None
-                       ) -> tuple[ModelProto, ModelProto | None, dict[str, Any]]:
+                       refit: bool = True, importance: str | None = None, dims: dict[str, int] | None = None,
+                       scratch: str | os.PathLike[str] | None = None
+                       ) -> tuple[ModelProto, ModelProto | Path | None, dict[str, Any]]:
     """``--mode width``: rotate + slice where the model allows it (pre-norm), else plain channel pruning.
 
     A criterion asked for by name (``importance``) means channels chosen by it: plain pruning. Returns the
-    pruned model, the exact rewritten model before slicing (rotated; for plain pruning: shape reads frozen, an
-    output projection appended, a tied head untied) and the report, whose
+    pruned model, the exact rewritten model before slicing (rotated, a file in ``scratch`` when given, see
+    :func:`slice_stream`; for plain pruning: shape reads frozen, an output projection appended, a tied head
+    untied) and the report, whose
     ``method`` says which was used and, for plain pruning, why rotation was not. A one-element list hands
     the model over (see :func:`slice_stream`): freed once rotation is known possible, else kept for plain pruning.
     """
@@ -126,7 +229,7 @@ def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, ca
     why = f"--importance {importance} chooses the channels" if importance else ""
     if not why:
         try:
-            result = slice_stream(owned, ratio=ratio, calib=calib, refit=refit)
+            result = slice_stream(owned, ratio=ratio, calib=calib, refit=refit, scratch=scratch)
             return result.model, result.rotated, {"method": "rotate", **result.report}
         except UnsupportedModelError as exc:
             if not owned:  # refused after the input was released: nothing left to prune plainly

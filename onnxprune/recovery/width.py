@@ -99,7 +99,7 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
         cuts = [c for c in sink_cuts(frozen.model, dg, result.plan) if c.node.op_type in ("MatMul", "Gemm")]
         unfitted = [pruned]  # handed over with no reference left here: the re-fit frees it once copied
         del pruned, result
-        pruned, fitted = refit_readers(frozen.model, unfitted.pop(), cuts, calib, ridge=ridge,
+        pruned, fitted = refit_readers(frozen.model, unfitted, cuts, calib, ridge=ridge,
                                        max_samples=max_samples)
         report["refit"] = fitted
     return WidthResult(pruned, report, frozen.model if keep_prepared else None)

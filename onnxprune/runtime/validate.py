@@ -43,7 +43,7 @@ from onnxprune.core.errors import (
     ValidationError,
     first_line,
 )
-from onnxprune.core.io import PROTOBUF_LIMIT, checker_view, file_size, load_model, model_nbytes
+from onnxprune.core.io import PROTOBUF_LIMIT, checker_view, file_size, load_model, load_structure, model_nbytes
 from onnxprune.core.ir import dim_key, shape_skeleton
 from onnxprune.core.progress import progress
 from onnxprune.core.shapefold import infer_shapes
@@ -570,7 +570,8 @@ def check_structure(model: ModelProto, *, path: str | os.PathLike[str] | None = 
     try:
         # The checker serializes what it gets (two more copies of every weight): give it a view in which
         # large weights are typed inputs, their raw sizes checked without copying (io.checker_view).
-        view = checker_view(model, f"model '{model.graph.name or '<in memory>'}'")
+        # A model read from ``path`` had its external data files checked by load_model (present, sizes).
+        view = checker_view(model, f"model '{model.graph.name or '<in memory>'}'", external_checked=path is not None)
         if view.ByteSize() < PROTOBUF_LIMIT:
             onnx.checker.check_model(view, full_check=True)
         elif path is not None:
@@ -727,14 +728,16 @@ def validate_models(
     # when the session goes), so they are not loaded here.
     orig_path = None if isinstance(original, ModelProto) else original
     orig_model = load_model(original, copy=False, weights=orig_path is None)
-    cand_model = load_model(candidate, check=False, copy=False)
+    # A candidate file is checked from its structure (its external data files checked for presence and
+    # sizes) and run from the file: its weights are not loaded either.
+    cand_path = None if isinstance(candidate, ModelProto) else candidate
+    cand_model = load_model(candidate, check=False, copy=False) if cand_path is None else load_structure(cand_path)
     orig_specs, cand_specs = input_specs(orig_model), input_specs(cand_model)
     orig_outputs = [o.name for o in orig_model.graph.output]
 
     batches, source, n, batch_size = _batches(orig_model, orig_specs, data=data, seed=seed, samples=samples,
                                               batch_size=batch_size, dims=dims)
-    checks = list(check_structure(cand_model, path=None if isinstance(candidate, ModelProto) else candidate,
-                                  dims=_batch_dims(orig_specs, batches[0], dims)))
+    checks = list(check_structure(cand_model, path=cand_path, dims=_batch_dims(orig_specs, batches[0], dims)))
     checks.append(_check_interface(orig_specs, cand_specs, orig_outputs, [o.name for o in cand_model.graph.output]))
 
     def report(comparisons: tuple[tuple[str, Comparison], ...]) -> ValidationReport:
@@ -748,7 +751,8 @@ def validate_models(
     # Big models: one session at a time (the original's outputs are kept meanwhile), each mapping its
     # weights from a temporary file without pre-packed copies; small ones run side by side, batch by batch.
     orig_bytes = model_nbytes(orig_model) if orig_path is None else file_size(orig_path)
-    one_at_a_time = max(orig_bytes, model_nbytes(cand_model)) >= SESSION_FILE_BYTES
+    cand_bytes = model_nbytes(cand_model) if cand_path is None else file_size(cand_path)
+    one_at_a_time = max(orig_bytes, cand_bytes) >= SESSION_FILE_BYTES
     comparisons: list[tuple[str, Comparison]] = []
     for provider in provider_names:
         comparer = Comparer(atol=atol, rtol=rtol, report_only=report_only, outputs=orig_outputs, scale=scale)
@@ -758,13 +762,14 @@ def validate_models(
         if one_at_a_time:
             refs = [run_session(ref_sess, b, label=orig_label) for b in progress(batches, desc=desc)]
             del ref_sess
-            cand_sess = create_session(cand_model, provider=provider, threads=threads, name=cand_label,
-                                       low_memory=True)
+            cand_sess = create_session(cand_model if cand_path is None else cand_path, provider=provider,
+                                       threads=threads, name=cand_label, low_memory=True)
             refs.reverse()  # pop() from the end frees each reference output as soon as it is compared
             for batch in batches:
                 comparer.add(refs.pop(), run_session(cand_sess, batch, outputs=orig_outputs, label=cand_label))
         else:
-            cand_sess = create_session(cand_model, provider=provider, threads=threads, name=cand_label)
+            cand_sess = create_session(cand_model if cand_path is None else cand_path, provider=provider,
+                                       threads=threads, name=cand_label)
             for batch in progress(batches, desc=desc, total=len(batches)):
                 comparer.add(run_session(ref_sess, batch, label=orig_label),
                              run_session(cand_sess, batch, outputs=orig_outputs, label=cand_label))

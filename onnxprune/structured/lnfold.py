@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
+from onnxprune.core.io import release_memory
 from onnxprune.core.ir import GraphIndex, attr, attr_ints, drop_unused_initializers, node_label
 from onnxprune.core.shapefold import infer_shapes
 
@@ -224,6 +225,7 @@ def fold_layernorm_affine(model: ModelProto, *, copy: bool = True,
             continue
         for node, _axis in readers:
             _fold_into(idx, node, g64, b64)
+            release_memory()  # the reader's float64 temporaries, before the next reader's
         ln.input[1] = _add_init(idx, f"{label}_unit_scale", np.ones_like(gamma))
         if beta is not None:
             ln.input[2] = _add_init(idx, f"{label}_zero_shift", np.zeros_like(beta))

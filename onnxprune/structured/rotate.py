@@ -18,12 +18,14 @@ These raise :class:`~onnxprune.core.errors.UnsupportedModelError` naming the rea
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import ModelProto, helper, numpy_helper
+from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from onnxprune.core.errors import UnsupportedModelError
+from onnxprune.core.io import release_memory
 from onnxprune.core.ir import GraphIndex, attr, drop_unused_initializers
 from onnxprune.core.weights import copy_model_without_weights, little_endian_bytes
 from onnxprune.structured.analysis import DependencyGraph, analyze
@@ -72,8 +74,20 @@ def _set(idx: GraphIndex, name: str, value: np.ndarray) -> None:
     tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
 
 
-def prepare_rotation(model: ModelProto) -> Prepared:
+#: Folds what freezing made constant, in a copy made without the big weights' data: ``(model, source) ->
+#: model``, with ``source`` the tensors holding that data (read-only). Passed in: evaluating a constant
+#: subgraph needs onnxruntime, which ``structured`` does not import.
+ShapeFold = Callable[[ModelProto, Mapping[str, TensorProto]], ModelProto]
+
+
+def prepare_rotation(model: ModelProto, *, fold: ShapeFold | None = None) -> Prepared:
     """Fold, freeze and centre a pre-norm model's stream (exact); raise where rotation is impossible.
+
+    ``fold``: run on the frozen copy before anything else (the integer pieces computed from a frozen width
+    read become constants the width rules rewrite, :func:`~onnxprune.recovery.width.frozen_stream`). Given
+    here rather than applied by the caller first, so that the model is never copied whole: the frozen and
+    folded copies hold no weight data (a frozen, folded copy with its weights was one more model in memory
+    next to the input and this one).
 
     Raises:
         UnsupportedModelError: no single stream, a LayerNorm that cannot be folded (post-norm), an op that is
@@ -83,8 +97,19 @@ def prepare_rotation(model: ModelProto) -> Prepared:
     # one once, then the others are filled once (a copy then rewritten would hold both versions).
     frozen = freeze_stream_shapes(model, empty_weights=True)
     source = {t.name: t for t in model.graph.initializer if t.name in frozen.empty}
-    fold = fold_layernorm_affine(frozen.model, copy=False, source=source)
-    out = fold.model
+    if fold is not None:
+        # Folding can make more reads static (a Slice of a Shape whose bounds were just folded): freeze
+        # again, as freezing the folded model with its weights did. Both copies hold no weight data.
+        folded = fold(frozen.model, source)
+        with_data = {t.name: t for t in folded.graph.initializer if t.name not in frozen.empty}
+        frozen = freeze_stream_shapes(folded, empty_weights=True)
+        # big weights the fold wrote with their data (a tied table stored transposed): the copy above dropped
+        # their data as it dropped the input's, so they are read from the fold's model like those
+        source.update({name: with_data[name] for name in frozen.empty if name in with_data})
+        del with_data
+    fold_ln = fold_layernorm_affine(frozen.model, copy=False, source=source)
+    del frozen
+    out = fold_ln.model
     dg = analyze(out, extra_rules=stream_rules())  # structure only: reads no big float values
     ids = [g for g in stream_group_ids(out, dg) if dg.groups[g].prunable]
     if len(ids) != 1:
@@ -94,9 +119,9 @@ def prepare_rotation(model: ModelProto) -> Prepared:
     by_name = {n.name: n for n in out.graph.node}
     members = {s.tensor for s in group.members}
     norms = [n for n in out.graph.node if n.op_type == "LayerNormalization" and n.input[0] in members]
-    unfolded = [n.name for n in norms if any(n.name in k for k in fold.skipped)]
+    unfolded = [n.name for n in norms if any(n.name in k for k in fold_ln.skipped)]
     if unfolded:
-        why = next(v for k, v in fold.skipped.items() if unfolded[0] in k)
+        why = next(v for k, v in fold_ln.skipped.items() if unfolded[0] in k)
         raise UnsupportedModelError(f"LayerNorm '{unfolded[0]}' cannot be folded ({why}); rotation needs a "
                                     f"pre-norm model (plain width pruning applies)")
     for name in group.nodes:
@@ -135,6 +160,8 @@ def prepare_rotation(model: ModelProto) -> Prepared:
         if value is None:
             raise UnsupportedModelError(f"stream constant '{cut.tensor}' is computed at run time")
         _set(idx, cut.tensor, value - value.astype(np.float64).mean(axis=cut.axis, keepdims=True).astype(value.dtype))
+        del value
+        release_memory()  # the writer's temporaries, before the next writer's
         reads.initializers[cut.tensor] = idx.initializers[cut.tensor]  # centred along a second axis: read it
         done.add((cut.tensor, cut.axis))
     written = {name for name, _ in done}
@@ -165,17 +192,20 @@ def rotation_axes(prepared: Prepared) -> dict[str, list[int]]:
     return axes
 
 
-def rotate(prepared: Prepared, q: np.ndarray) -> ModelProto:
+def rotate(prepared: Prepared, q: np.ndarray, *, values: GraphIndex | None = None) -> ModelProto:
     """The prepared model with every stream constant multiplied by ``q`` along its stream axis (LayerNorms
     kept: call :func:`to_rms` for the exact model).
 
     The copy is made without the rotated constants and each is written once (a tensor rotated along two
     axes is rotated along both first): rewriting a copied tensor would keep both versions in memory.
+    ``values``: where the constants to rotate are read (an index of the prepared model saved with external
+    data, whose ``data_dir`` is set), for a ``prepared.model`` that holds no data for them (a caller that
+    keeps the prepared weights on disk only, one tensor in memory at a time).
     """
     q = np.asarray(q, dtype=np.float64)
     if q.shape != (prepared.width, prepared.width) or not np.allclose(q.T @ q, np.eye(prepared.width), atol=1e-6):
         raise UnsupportedModelError(f"Q must be an orthogonal {prepared.width}x{prepared.width} matrix")
-    source = GraphIndex(prepared.model)
+    source = values if values is not None else GraphIndex(prepared.model)
     axes = rotation_axes(prepared)
     out = copy_model_without_weights(prepared.model, axes)
     idx = GraphIndex(out)
@@ -186,6 +216,7 @@ def rotate(prepared: Prepared, q: np.ndarray) -> ModelProto:
             value = _along(value, axis, q)
         idx.initializers[name].raw_data = little_endian_bytes(value)
         del value
+        release_memory()  # the tensor's temporaries (a few times its size), before the next one's
     return out
 
 

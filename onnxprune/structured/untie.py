@@ -12,19 +12,22 @@ said in the report), and both copies are cut along the stream consistently. The 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
-from onnx import ModelProto, numpy_helper
+from onnx import ModelProto, TensorProto, numpy_helper
 
 from onnxprune.core.ir import GraphIndex, attr_ints, drop_unused_initializers
 
 log = logging.getLogger(__name__)
 
 
-def untie_transposed_weights(model: ModelProto) -> tuple[str, ...]:
+def untie_transposed_weights(model: ModelProto, *, source: Mapping[str, TensorProto] | None = None
+                             ) -> tuple[str, ...]:
     """Give every ``MatMul`` whose weight is ``Transpose`` of a 2-D initializer its own transposed copy, in
     place (the caller owns ``model``); returns the names of the initializers untied. A ``Transpose`` left
-    without readers is removed."""
+    without readers is removed. ``source``: where the data of initializers copied without it is read (a
+    copy made without its weights' data, :func:`~onnxprune.structured.rotate.prepare_rotation`)."""
     idx = GraphIndex(model)
     copies: dict[str, str] = {}  # Transpose output -> its stored copy
     for node in model.graph.node:
@@ -34,7 +37,8 @@ def untie_transposed_weights(model: ModelProto) -> tuple[str, ...]:
         if t is None or t.op_type != "Transpose" or t.input[0] not in idx.initializers:
             continue
         if t.output[0] not in copies:
-            table = idx.const_value(t.input[0])
+            held = (source or {}).get(t.input[0])
+            table = numpy_helper.to_array(held) if held is not None else idx.const_value(t.input[0])
             if table is None or table.ndim != 2 or attr_ints(t, "perm", idx.opset, [1, 0]) != [1, 0]:
                 continue
             name = idx.unique_name(f"{t.input[0]}_untied")

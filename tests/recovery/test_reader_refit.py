@@ -33,9 +33,13 @@ from tests import builders
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
-def _reference_refit(original: ModelProto, pruned: ModelProto, cuts: list[SinkCut], data: Any, *,
-                     ridge: float = DEFAULT_RIDGE, max_samples: int | None = None
+def _reference_refit(original: ModelProto | Path, pruned: ModelProto | list[ModelProto], cuts: list[SinkCut],
+                     data: Any, *, ridge: float = DEFAULT_RIDGE, max_samples: int | None = None
                      ) -> tuple[ModelProto, list[dict[str, Any]]]:
+    if isinstance(original, Path):  # rotation + slicing hands over the rotated model's file
+        original = onnx.load(original)
+    if isinstance(pruned, list):  # handed over
+        pruned = pruned.pop()
     out = ModelProto()
     out.CopyFrom(pruned)
     idx_o = GraphIndex(original)

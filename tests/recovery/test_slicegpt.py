@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
+import pytest
 
 from onnxprune.core.stats import model_stats
 from onnxprune.recovery.slicegpt import slice_stream
@@ -12,7 +15,7 @@ from onnxprune.runtime.session import create_session, run_session
 from tests.builders import prenorm_stack
 
 
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+def _run(model: onnx.ModelProto | os.PathLike[str], x: np.ndarray) -> np.ndarray:
     return run_session(create_session(model), {"x": x})["logits"]
 
 
@@ -71,3 +74,63 @@ def test_a_handed_over_model_is_released_once_rotated_and_kept_when_refused() ->
     assert held == [post] and report["method"] == "plain"
     assert rotated is not None and "Shape" not in {n.op_type for n in rotated.graph.node} - \
         {n.op_type for n in post.graph.node}  # plain: the exactly rewritten model before the cut, not a rotation
+
+
+def test_the_rotated_reference_is_a_file_with_external_data_in_the_scratch_folder(tmp_path) -> None:
+    """With a scratch folder, the exact rotated model (the re-fit's reference, the rotation proof's candidate)
+    is a file there whose weights are external data, not a model in memory; the prepared model written on
+    the way is gone; and the result is what slicing without a scratch folder gives, byte for byte."""
+    from pathlib import Path
+
+    model = prenorm_stack()
+    r = np.random.default_rng(3)
+    calib = [{"x": r.standard_normal((32, 5, 4)).astype(np.float32)} for _ in range(2)]
+    on_disk = slice_stream(model, ratio=0.25, calib=calib, scratch=tmp_path)
+    assert isinstance(on_disk.rotated, Path) and on_disk.rotated.parent == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rotated.onnx", "rotated.onnx.data"]
+    stored = onnx.load(on_disk.rotated, load_external_data=False)
+    external = [t.name for t in stored.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(external) == 4  # the FFN readers and writers: every tensor of 1 KB or more
+    x = r.standard_normal((16, 5, 4)).astype(np.float32)
+    ref = _run(model, x)
+    np.testing.assert_allclose(_run(on_disk.rotated, x), ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
+    in_memory = slice_stream(model, ratio=0.25, calib=calib)
+    assert isinstance(in_memory.rotated, onnx.ModelProto)
+    assert on_disk.model.SerializeToString() == in_memory.model.SerializeToString()
+    assert on_disk.report == in_memory.report and len(on_disk.report["refit"]) >= 3
+
+
+@pytest.mark.parametrize("name", ["tv_vit_b_16", "tiny_gpt"])
+def test_preparing_with_the_fold_passed_in_equals_preparing_a_frozen_folded_copy(name: str) -> None:
+    """The rotation is prepared from copies without weight data (the fold passed in) and must prepare
+    exactly what freezing and folding a full copy first prepared. torchvision's ViT needs the freeze after
+    the fold: folding a head-size piece makes a ``Slice`` of a ``Shape`` static in each block."""
+    from pathlib import Path
+
+    from onnxprune.recovery.slicegpt import _prepare
+    from onnxprune.recovery.width import frozen_stream
+    from onnxprune.structured.rotate import prepare_rotation
+
+    model = onnx.load(Path(__file__).resolve().parents[2] / "models" / f"{name}.onnx")
+    lean = _prepare(model)[0]
+    full = prepare_rotation(frozen_stream(model).model)
+    assert lean.model.SerializeToString() == full.model.SerializeToString()
+    assert (lean.norms, lean.stream, lean.width) == (full.norms, full.stream, full.width)
+
+
+@pytest.mark.slow  # about 20 s alone (a minute and more on a busy machine)
+def test_width_mode_proves_a_rotation_whose_file_holds_constant_nodes_in_external_data() -> None:
+    """tiny_gpt keeps shape pieces and tables in Constant nodes, which the save puts in external data when
+    1 KB or more: the rotation proof and the re-fit read the rotated model's file without its weights, so
+    they must still read those values (shape inference folds them)."""
+    from pathlib import Path
+
+    from onnxprune.pipeline import prune
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    result = prune(models / "tiny_gpt.onnx", {"mode": "width", "ratio": 0.25,
+                                              "calib": str(models / "tiny_gpt_calib.npz")})
+    width = result.report["width"]
+    assert width["method"] == "rotate" and width["rotation_check"]["passed"] is True
+    assert all(c["passed"] for c in width["rotation_check"]["checks"])
+    assert len(width["refit"]) >= 4

@@ -264,3 +264,33 @@ def test_cli_validate_missing_model(files, capsys, tmp_path):
     assert main(["validate", str(a), str(tmp_path / "nope.onnx")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"onnxprune: error: {tmp_path / 'nope.onnx'}: no such file; check the path"]
+
+
+def test_a_candidate_file_with_external_data_is_checked_and_run_from_its_file(tmp_path):
+    """A candidate given as a path is checked from its structure (external files checked for presence and
+    size) and run from the file, its weights never loaded: the report is the in-memory candidate's, and a
+    truncated data file is still refused. A bias kept in a Constant node of 1 KB goes to external data too,
+    and shape inference reads it: it is read in with the structure."""
+    from builders import wide_mlp
+
+    from onnxprune.core.errors import ModelLoadError
+    from onnxprune.core.io import save_model
+
+    model = wide_mlp(d=256, layers=3)
+    (bias,) = [t for t in model.graph.initializer if t.name == "fc0_b"]
+    model.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["fc0_b"], name="fc0_b", value=bias))
+    model.graph.initializer.remove(bias)
+    path = save_model(perturbed(model, "fc0_w", 1e-3), tmp_path / "cand.onnx", external_data=True)
+    stored = onnx.load(path, load_external_data=False).graph
+    assert stored.node[0].attribute[0].t.data_location == onnx.TensorProto.EXTERNAL
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL
+               for t in onnx.load(path, load_external_data=False).graph.initializer)
+    from_file = validate_models(model, path, report_only=True)
+    from_memory = validate_models(model, onnx.load(path), report_only=True)
+    assert [c.to_dict() for c in from_file.checks] == [c.to_dict() for c in from_memory.checks]
+    assert all(c.passed for c in from_file.checks)
+    assert from_file.comparisons[0][1].to_dict() == from_memory.comparisons[0][1].to_dict()
+    data = tmp_path / "cand.onnx.data"
+    data.write_bytes(data.read_bytes()[:-4])
+    with pytest.raises(ModelLoadError, match="cand.onnx.data"):
+        validate_models(model, path)
