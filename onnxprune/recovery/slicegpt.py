@@ -18,7 +18,8 @@ from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import release_memory
 from onnxprune.recovery.reader_refit import Data, collect, refit_readers
 from onnxprune.recovery.recover import sink_cuts
-from onnxprune.recovery.width import frozen_stream, projection_report
+from onnxprune.recovery.tied_head import tie_heads_back
+from onnxprune.recovery.width import frozen_stream, projection_report, refit_cuts
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.plan import PrunePlan
 from onnxprune.structured.rotate import LINEAR_PASS, prepare_rotation, rotate, rotation_axes, to_rms
@@ -53,7 +54,7 @@ def stream_basis(model: ModelProto, tensors: tuple[str, ...], data: Data, *,
 
 
 def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: Data, refit: bool = True,
-                 max_samples: int | None = None) -> SliceResult:
+                 max_samples: int | None = None, refit_tied: bool = True) -> SliceResult:
     """Remove ``ratio`` of a pre-norm model's stream width by rotation + slicing (+ optional reader re-fit).
 
     ``model`` given as a one-element list is handed over: the list is emptied once the rotation is prepared
@@ -69,7 +70,7 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
     owned = model if isinstance(model, list) else [model]
     del model
     frozen = frozen_stream(owned[0])  # folded shape pieces first, a stream output projected (see frozen_stream)
-    projections, untied = frozen.projections, frozen.untied
+    projections, untied, heads = frozen.projections, frozen.untied, frozen.untied_heads
     # a stream written by a nonlinearity (Whisper's GELU) starts at an appended identity projection instead
     prep, entries = with_stream_entries(frozen.model, prepare_rotation, LINEAR_PASS)
     del frozen
@@ -87,7 +88,8 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
     plan = PrunePlan(fingerprint=dg.fingerprint, keep={group: np.arange(keep)}, sizes={group: width},
                      criterion="pca")
     sliced = to_rms(apply_plan(rotated, plan, dg=dg, extra_rules=stream_rules()), norms, width, inplace=True)
-    cuts = [c for c in sink_cuts(rotated, dg, plan) if c.node.op_type in ("MatMul", "Gemm")] if refit else []
+    skipped: dict[str, Any] = {}  # refit_cuts says here which heads it leaves out
+    cuts = refit_cuts(sink_cuts(rotated, dg, plan), heads, refit_tied, skipped) if refit else []
     exact = to_rms(rotated, norms, width, inplace=True)  # the cuts' nodes (readers) stay in it
     del rotated
     report: dict[str, Any] = {
@@ -95,6 +97,7 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
         "variance_kept": float(variance[:keep].sum() / max(variance.sum(), 1e-30)),
         "params_removed_by_slicing": int(dg.params_removed(plan.keep)), "refit": [],
         "outputs_kept_full_width": projection_report(projections), "untied": list(untied),
+        "untied_heads": [list(h) for h in heads], **skipped,
         "stream_entries": [{"after": e.tensor, "projection": e.node, "width": e.width,
                             "note": "appended width x k MatMul; its MACs count in macs_after"} for e in entries]}
     if refit:
@@ -106,7 +109,8 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
 
 
 def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, calib: Data | None,
-                       refit: bool = True, importance: str | None = None, dims: dict[str, int] | None = None
+                       refit: bool = True, importance: str | None = None, dims: dict[str, int] | None = None,
+                       untie: bool = False, refit_tied: bool = False
                        ) -> tuple[ModelProto, ModelProto | None, dict[str, Any]]:
     """``--mode width``: rotate + slice where the model allows it (pre-norm), else plain channel pruning.
 
@@ -115,6 +119,8 @@ def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, ca
     output projection appended, a tied head untied) and the report, whose
     ``method`` says which was used and, for plain pruning, why rotation was not. A one-element list hands
     the model over (see :func:`slice_stream`): freed once rotation is known possible, else kept for plain pruning.
+    A tied LM head stays tied (:mod:`onnxprune.recovery.tied_head`) unless ``untie``; it is re-fitted (then tied
+    back through an adapter) only with ``refit_tied`` or ``untie``.
     """
     from onnxprune.core.errors import UnsupportedModelError
     from onnxprune.recovery.width import prune_width
@@ -126,7 +132,8 @@ def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, ca
     why = f"--importance {importance} chooses the channels" if importance else ""
     if not why:
         try:
-            result = slice_stream(owned, ratio=ratio, calib=calib, refit=refit)
+            result = slice_stream(owned, ratio=ratio, calib=calib, refit=refit, refit_tied=untie or refit_tied)
+            tie_heads_back(result.model, result.rotated, result.report, untie=untie)
             return result.model, result.rotated, {"method": "rotate", **result.report}
         except UnsupportedModelError as exc:
             if not owned:  # refused after the input was released: nothing left to prune plainly
@@ -134,5 +141,6 @@ def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, ca
             why = str(exc)
     log.info("width: plain channel pruning (%s)", why)
     plain = prune_width(owned[0], ratio=ratio, calib=calib, refit=refit, importance=importance or "l2", dims=dims,
-                        keep_prepared=True)
+                        keep_prepared=True, refit_tied=untie or refit_tied)
+    tie_heads_back(plain.model, plain.prepared, plain.report, untie=untie)
     return plain.model, plain.prepared, {"method": "plain", "why_not_rotated": why, **plain.report}

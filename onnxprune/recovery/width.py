@@ -49,7 +49,7 @@ class WidthResult:
 def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: bool = True,
                 importance: str = "l2", dims: Mapping[str, int] | None = None,
                 ridge: float = DEFAULT_RIDGE, max_samples: int | None = None,
-                keep_prepared: bool = False) -> WidthResult:
+                keep_prepared: bool = False, refit_tied: bool = True) -> WidthResult:
     """Remove ``ratio`` of every prunable residual stream's channels, then re-fit the stream's readers.
 
     Args:
@@ -60,6 +60,8 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
         importance: channel criterion of the structured mode (weight-only criteria).
         dims: fixed sizes of dynamic input axes for the analysis.
         keep_prepared: return the exactly rewritten model before the cut as ``result.prepared``.
+        refit_tied: re-fit an LM head untied from its embedding table too (``False``: it keeps the cut
+            table's transpose, so it can be tied back exactly, :mod:`onnxprune.recovery.tied_head`).
 
     Raises:
         ConfigError: re-fit without data, or a bad ratio.
@@ -91,18 +93,31 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
         "coverage_with_stream": round(coverage(frozen.model, dg, dict(dg.shapes)), 6),
         "shape_reads_frozen": frozen.constants, "reshape_targets_trailing": frozen.trailing,
         "outputs_kept_full_width": projection_report(frozen.projections), "untied": list(frozen.untied),
+        "untied_heads": [list(h) for h in frozen.untied_heads],
         "refit": [],
     }
     pruned = result.model
     if refit:
         assert calib is not None
-        cuts = [c for c in sink_cuts(frozen.model, dg, result.plan) if c.node.op_type in ("MatMul", "Gemm")]
+        cuts = refit_cuts(sink_cuts(frozen.model, dg, result.plan), frozen.untied_heads, refit_tied, report)
         unfitted = [pruned]  # handed over with no reference left here: the re-fit frees it once copied
         del pruned, result
         pruned, fitted = refit_readers(frozen.model, unfitted.pop(), cuts, calib, ridge=ridge,
                                        max_samples=max_samples)
         report["refit"] = fitted
     return WidthResult(pruned, report, frozen.model if keep_prepared else None)
+
+
+def refit_cuts(cuts: list[Any], heads: tuple[tuple[str, str], ...], refit_tied: bool,
+               report: dict[str, Any]) -> list[Any]:
+    """The cuts whose readers are re-fitted: MatMul/Gemm ones, less an untied LM head unless ``refit_tied``
+    (a head re-fitted on its own no longer equals its table's transpose; ``report["refit_skipped"]`` says)."""
+    skip = set() if refit_tied else {h for h, _ in heads}
+    if skip:
+        why = "LM head tied to the embedding table: it keeps the cut table's transpose (--untie-embeddings " \
+              "re-fits it on its own)"
+        report["refit_skipped"] = [{"node": h, "why": why} for h in sorted(skip)]
+    return [c for c in cuts if c.node.op_type in ("MatMul", "Gemm") and c.node.name not in skip]
 
 
 def frozen_stream(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> FrozenShapes:
@@ -125,9 +140,11 @@ def frozen_stream(model: ModelProto, *, dims: Mapping[str, int] | None = None) -
 
     frozen = freeze_stream_shapes(model)
     folded = fold_constants(frozen.model, run_constant_graph, integers_only=True).model  # a fresh model: ours
-    untied = untie_transposed_weights(folded)
+    heads = untie_transposed_weights(folded)
     opened = project_stream_outputs(folded, dims=dims)
-    return replace(frozen, model=opened.model, projections=opened.projections, untied=untied)
+    return replace(frozen, model=opened.model, projections=opened.projections,
+                   untied=tuple(dict.fromkeys(c for c, _, _ in heads)),
+                   untied_heads=tuple((h, t) for _, t, h in heads))
 
 
 def projection_report(projections: tuple[tuple[str, str, int], ...]) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ and the LM head "contracts two activations over the cut axis": the whole stream 
 folding leaves it so on purpose (it would store the table twice). Width mode needs the stream, so it stores
 ``Eᵀ`` as the head's own weight: the model then holds the table twice (``vocab × width`` more parameters,
 said in the report), and both copies are cut along the stream consistently. The outputs are unchanged.
+Once the stream is cut, :mod:`onnxprune.structured.retie` ties the head back (unless asked not to).
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ from onnxprune.core.ir import GraphIndex, attr_ints, drop_unused_initializers
 log = logging.getLogger(__name__)
 
 
-def untie_transposed_weights(model: ModelProto) -> tuple[str, ...]:
+def untie_transposed_weights(model: ModelProto) -> tuple[tuple[str, str, str], ...]:
     """Give every ``MatMul`` whose weight is ``Transpose`` of a 2-D initializer its own transposed copy, in
-    place (the caller owns ``model``); returns the names of the initializers untied. A ``Transpose`` left
-    without readers is removed."""
+    place (the caller owns ``model``); returns ``(copy, table, head)`` for each MatMul (``head``, its node
+    name; an unnamed one is named) so that :func:`onnxprune.structured.retie.retie_heads` can tie the head
+    back once the stream is cut (a re-fit may rename its weight, not the node). A ``Transpose`` left without
+    readers is removed."""
     idx = GraphIndex(model)
     copies: dict[str, str] = {}  # Transpose output -> its stored copy
+    tables: dict[str, str] = {}  # stored copy -> the table it transposes
+    heads: list[tuple[str, str, str]] = []
     for node in model.graph.node:
         if node.op_type != "MatMul" or len(node.input) < 2:
             continue
@@ -40,7 +45,11 @@ def untie_transposed_weights(model: ModelProto) -> tuple[str, ...]:
             name = idx.unique_name(f"{t.input[0]}_untied")
             model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(table.T), name))
             copies[t.output[0]] = name
+            tables[name] = t.input[0]
         node.input[1] = copies[t.output[0]]
+        if not node.name:
+            node.name = idx.unique_name("lm_head")
+        heads.append((node.input[1], tables[node.input[1]], node.name))
     if not copies:
         return ()
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
@@ -48,7 +57,6 @@ def untie_transposed_weights(model: ModelProto) -> tuple[str, ...]:
               n.output[0] not in used]:
         model.graph.node.remove(n)
     drop_unused_initializers(model.graph)
-    untied = tuple(copies.values())
-    log.info("untied %d transposed weight(s) read by a MatMul (stored transposed, once more): %s", len(untied),
-             ", ".join(untied))
-    return untied
+    log.info("untied %d transposed weight(s) read by a MatMul (stored transposed, once more): %s", len(tables),
+             ", ".join(tables))
+    return tuple(heads)
