@@ -136,14 +136,16 @@ def frozen_stream(model: ModelProto, *, dims: Mapping[str, int] | None = None) -
     from onnxprune.core.fold import fold_constants
     from onnxprune.runtime.session import run_constant_graph
     from onnxprune.structured.stream_outputs import project_stream_outputs
-    from onnxprune.structured.untie import untie_transposed_weights
+    from onnxprune.structured.untie import find_stored_ties, untie_transposed_weights
 
     frozen = freeze_stream_shapes(model)
     folded = fold_constants(frozen.model, run_constant_graph, integers_only=True).model  # a fresh model: ours
-    heads = untie_transposed_weights(folded)
+    copies = untie_transposed_weights(folded)  # new weights (said in the report)
+    made = {c for c, _, _ in copies}  # (a copy just made is a stored tie too: not listed twice)
+    heads = copies + tuple(h for h in find_stored_ties(folded) if h[0] not in made)  # legacy export, small fold
     opened = project_stream_outputs(folded, dims=dims)
     return replace(frozen, model=opened.model, projections=opened.projections,
-                   untied=tuple(dict.fromkeys(c for c, _, _ in heads)),
+                   untied=tuple(dict.fromkeys(c for c, _, _ in copies)),
                    untied_heads=tuple((h, t) for _, t, h in heads))
 
 

@@ -17,7 +17,7 @@ import logging
 import numpy as np
 from onnx import ModelProto, numpy_helper
 
-from onnxprune.core.ir import GraphIndex, attr_ints, drop_unused_initializers
+from onnxprune.core.ir import GraphIndex, attr, attr_ints, drop_unused_initializers
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +60,34 @@ def untie_transposed_weights(model: ModelProto) -> tuple[tuple[str, str, str], .
     log.info("untied %d transposed weight(s) read by a MatMul (stored transposed, once more): %s", len(tables),
              ", ".join(tables))
     return tuple(heads)
+
+
+def find_stored_ties(model: ModelProto) -> tuple[tuple[str, str, str], ...]:
+    """``(weight, table, head)`` for every ``MatMul`` whose constant weight is, value for value, the transpose
+    of a table a ``Gather`` reads: a tied LM head the exporter (torch's legacy one) or a constant fold stored
+    a second time. Nothing is changed; :func:`onnxprune.structured.retie.retie_heads` ties them once the
+    stream is cut, so the pruned model stores the table once (smaller than the input by more than the cut).
+    An unnamed head is named."""
+    idx = GraphIndex(model)
+    tables: dict[tuple[int, ...], list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and node.input[0] in idx.initializers and attr(node, "axis", idx.opset, 0) == 0:
+            dims = tuple(idx.initializers[node.input[0]].dims)
+            if len(dims) == 2 and node.input[0] not in tables.get(dims, []):
+                tables.setdefault(dims, []).append(node.input[0])
+    found: list[tuple[str, str, str]] = []
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or len(node.input) < 2 or node.input[1] not in idx.initializers:
+            continue
+        dims = tuple(idx.initializers[node.input[1]].dims)
+        for table in tables.get(dims[::-1], []) if len(dims) == 2 else []:
+            w, t = idx.const_value(node.input[1]), idx.const_value(table)
+            if w is not None and t is not None and np.array_equal(w, t.T):
+                if not node.name:
+                    node.name = idx.unique_name("lm_head")
+                found.append((node.input[1], table, node.name))
+                break
+    if found:
+        log.info("%d LM head weight(s) equal a stored embedding table transposed (tied, stored twice): %s",
+                 len(found), ", ".join(w for w, _, _ in found))
+    return tuple(found)
