@@ -123,6 +123,7 @@ class PruneConfig:
     calib: str | None = None
     recover: str | None = None  # None: "bias" when calib is given, else "none"
     sequential: bool = False  # sparse modes: each layer's statistics from the model already pruned before it
+    untie_embeddings: bool = False  # width: keep a tied LM head's own (untied) weight, the table stored twice
     target_macs: float | None = None
     target_params: float | None = None
     max_error: float | None = None

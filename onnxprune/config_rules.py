@@ -54,6 +54,7 @@ MODES_OF: dict[str, tuple[str, ...]] = {
     "workers": ("structured",),
     "ray_address": ("structured",),
     "sequential": ("unstructured", "nm"),
+    "untie_embeddings": ("width",),
 }
 
 #: What to use instead, when an option is set for a mode that does not read it.

@@ -152,8 +152,9 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
         pruned, rotated, width = prune_stream_width(
             handed, ratio=config.ratio, calib=config.calib, refit=config.recovery != "none",
             importance=config.importance if "importance" in config.given else None, dims=config.dims,
-            scratch=scratch)  # the exact rotated model goes there, run from its file
+            untie=config.untie_embeddings, scratch=scratch)  # the exact rotated model goes there, run from its file
         del handed
+        warnings.extend(width.get("untie_notes", []))
         if rotated is not None and config.validate:  # the rewrites before the cut (rotation or not) must be exact
             key = "rotation_check" if width["method"] == "rotate" else "rewrite_check"
             width[key] = _compare_exact(original if reread is None else reread, rotated, config,
@@ -296,7 +297,7 @@ def _settings(config: PruneConfig) -> dict[str, Any]:
         "depth": ("remove_blocks", "target_macs", "ratio", "importance", "exclude"),
         "unstructured": ("sparsity", "scope", "layer_sparsity", "min_size", "exclude", "importance", "sequential"),
         "nm": ("nm", "min_size", "exclude", "importance", "sequential"),
-        "width": ("ratio", "importance"),
+        "width": ("ratio", "importance", "untie_embeddings"),
     }[config.mode]
     settings = {k: getattr(config, k) for k in keys}
     if config.mode == "depth" and "ratio" not in config.given:

@@ -92,7 +92,8 @@ def prune_width(path: Path, ratio: float) -> dict[str, Any]:
             {"passed": check.get("passed"), "max_diff": worst_diff(check)},
             "macs_kept": rep["macs_after"] / rep["macs_before"],
             "params_kept": rep["params_after"] / rep["params_before"],
-            "runs": runs_stretched(result.model, feeds) if feeds else "-", "untied": width.get("untied", [])}
+            "runs": runs_stretched(result.model, feeds) if feeds else "-", "untied": width.get("untied", []),
+            "tied": [t["head"] for t in width.get("tied_heads", [])]}
 
 
 def _pruned_cells(p: dict[str, Any] | None) -> str:
@@ -132,8 +133,9 @@ def render(rows: list[dict[str, Any]], before: dict[str, float], argv: list[str]
     for r in rows:
         proj = ", ".join(p["output"] for p in r.get("outputs_kept_full_width", []))
         proj = f"`{proj}` ({_num(r.get('projection_share'), '.3f')})" if proj else "-"
-        if r.get("untied"):
-            proj += " (LM head untied)"
+        tied = (r.get("pruned") or {}).get("tied")
+        if r.get("untied") or tied:
+            proj += " (LM head tied again after the cut)" if tied else " (LM head untied)"
         lines.append(f"| `{r['model']}` | {_num(before.get(r['model']))} | {_num(r.get('coverage'))} "
                      f"| {_num(r.get('coverage_without_interface'))} | {_num(r.get('interface_share'))} | {proj} "
                      f"| {_left(r)} |" + _pruned_cells(r.get("pruned")).removeprefix(" |"))

@@ -95,7 +95,8 @@ def _print_width(width: dict | None) -> None:
         print(f"  output {p['output']} is the stream: kept at width {p['width']} by an appended projection "
               f"{p['projection']} ({width['projection_share']:.1%} of MACs, counted)")
     for name in width.get("untied", []):
-        print(f"  tied LM head untied: its table is stored once more as {name}")
+        print(f"  tied LM head: given its own weight {name} for the cut, then tied to the cut table again "
+              f"(--untie-embeddings keeps it)")
     for u in [u for u in width["uncovered"] if not u["interface"]][:3]:
         print(f"  uncovered {u['share']:.1%} ({u['side']} side of {u['layers']} layer(s)): {_clip(u['reason'], 70)}")
 

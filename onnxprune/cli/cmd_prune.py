@@ -92,6 +92,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="unstructured/nm with --calib: measure each layer on the model already pruned (and "
                         "re-fitted) before it, one calibration pass per stage of layers (default: one pass on "
                         "the dense model)")
+    c.add_argument("--untie-embeddings", action="store_true", default=None,
+                   help="width: give a tied LM head its own weight (the embedding table is then stored twice, "
+                        "e.g. GPT-2 +31%% parameters); default: the head stays tied, through a k x k adapter when "
+                        "its re-fit or a folded norm scale needs one")
     c.add_argument("--target-macs", type=float,
                    help="keep at most this fraction of MACs (default: no budget); with --mode depth, by removing "
                         "the fewest lowest-scored residual blocks")

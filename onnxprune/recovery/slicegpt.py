@@ -26,11 +26,12 @@ from onnxprune.core.ir import GraphIndex
 from onnxprune.core.weights import copy_model_without_weights
 from onnxprune.recovery.reader_refit import Data, collect, refit_readers
 from onnxprune.recovery.recover import sink_cuts
-from onnxprune.recovery.width import frozen_stream, projection_report
+from onnxprune.recovery.tied_head import tie_heads_back
+from onnxprune.recovery.width import frozen_stream, open_stream, projection_report, refit_cuts
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.plan import PrunePlan
 from onnxprune.structured.rotate import LINEAR_PASS, Prepared, prepare_rotation, rotate, rotation_axes, to_rms
-from onnxprune.structured.stream import stream_group_ids, stream_rules
+from onnxprune.structured.stream import FrozenShapes, stream_group_ids, stream_rules
 from onnxprune.structured.stream_entries import Entry, with_stream_entries
 from onnxprune.structured.surgery import apply_plan
 
@@ -59,26 +60,22 @@ def fold_shape_pieces(model: ModelProto, source: Mapping[str, TensorProto]) -> M
 
 
 def _prepare(model: ModelProto) -> tuple[Prepared, tuple[tuple[str, str, int], ...], tuple[str, ...],
-                                         tuple[Entry, ...]]:
+                                         tuple[tuple[str, str], ...], tuple[Entry, ...]]:
     """:func:`prepare_rotation` with width mode's exact rewrites done inside its fold, on the copy without
-    weight data: integer shape pieces folded, a tied LM head untied, a stream output projected
-    (:func:`~onnxprune.recovery.width.frozen_stream` does the same on a full copy, for plain pruning). Returns
-    the prepared model, the output projections, the untied tables and the stream entries.
+    weight data: integer shape pieces folded, then :func:`~onnxprune.recovery.width.open_stream` (a tied LM
+    head untied, a stream output projected), as :func:`~onnxprune.recovery.width.frozen_stream` does on a
+    full copy. Returns the prepared model, the output projections, the untied tables, the untied heads
+    (``(head, table)``) and the stream entries.
 
     Why inside the fold: the input is never copied whole (see :func:`prepare_rotation`). A stream written by
     a nonlinearity (Whisper's GELU) is tried again on a full rewritten copy with entry projections appended,
     so a caller's model is never changed.
     """
-    from onnxprune.structured.stream_outputs import project_stream_outputs
-    from onnxprune.structured.untie import untie_transposed_weights
-
-    found: dict[str, Any] = {"projections": (), "untied": ()}
+    found: list[FrozenShapes] = []
 
     def fold(frozen: ModelProto, source: Mapping[str, TensorProto]) -> ModelProto:
-        folded = fold_shape_pieces(frozen, source)
-        found["untied"] = untie_transposed_weights(folded, source=source)
-        opened = project_stream_outputs(folded)
-        found["projections"] = opened.projections
+        opened = open_stream(FrozenShapes(fold_shape_pieces(frozen, source), 0, 0), source=source)
+        found.append(opened)
         return opened.model
 
     entries: tuple[Entry, ...] = ()
@@ -87,10 +84,10 @@ def _prepare(model: ModelProto) -> tuple[Prepared, tuple[tuple[str, str, int], .
     except UnsupportedModelError as exc:
         if "not linear" not in str(exc):
             raise
-        frozen = frozen_stream(model)  # a full copy, rewritten like the fold above: entries are found on it
-        found.update(projections=frozen.projections, untied=frozen.untied)
-        prep, entries = with_stream_entries(frozen.model, prepare_rotation, LINEAR_PASS)
-    return prep, found["projections"], found["untied"], entries
+        found.append(frozen_stream(model))  # a full copy, rewritten like the fold above: entries are found on it
+        prep, entries = with_stream_entries(found[-1].model, prepare_rotation, LINEAR_PASS)
+    last = found[-1]
+    return prep, last.projections, last.untied, last.untied_heads, entries
 
 
 def stream_basis(model: ModelProto, tensors: tuple[str, ...], data: Data, *, max_samples: int | None = None,
@@ -109,7 +106,8 @@ def stream_basis(model: ModelProto, tensors: tuple[str, ...], data: Data, *, max
 
 
 def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: Data, refit: bool = True,
-                 max_samples: int | None = None, scratch: str | os.PathLike[str] | None = None) -> SliceResult:
+                 max_samples: int | None = None, scratch: str | os.PathLike[str] | None = None,
+                 refit_tied: bool = True) -> SliceResult:
     """Remove ``ratio`` of a pre-norm model's stream width by rotation + slicing (+ optional reader re-fit).
 
     ``model`` given as a one-element list is handed over: the list is emptied once the rotation is prepared
@@ -132,7 +130,7 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
         raise ConfigError(f"ratio must be in [0, 1), got {ratio}")
     owned = model if isinstance(model, list) else [model]
     del model
-    prep, projections, untied, entries = _prepare(owned[0])  # frozen and folded in copies without weight data
+    prep, projections, untied, heads, entries = _prepare(owned[0])  # frozen, folded: copies without weight data
     axes = rotation_axes(prep)  # the last refusal: from here on the input is not read again
     owned.clear()  # (a handed-over one is freed here, before calibration runs)
     release_memory()
@@ -158,14 +156,16 @@ def slice_stream(model: ModelProto | list[ModelProto], *, ratio: float, calib: D
         plan = PrunePlan(fingerprint=dg.fingerprint, keep={group: np.arange(keep)}, sizes={group: width},
                          criterion="pca")
         sliced = to_rms(apply_plan(rotated, plan, dg=dg, extra_rules=stream_rules()), norms, width, inplace=True)
+        skipped: dict[str, Any] = {}  # refit_cuts says here which heads it leaves out
         # detached from the rotated model: a node still referenced keeps that whole model's memory alive
-        cuts = [replace(c, node=_copy_node(c.node)) for c in sink_cuts(rotated, dg, plan)
-                if c.node.op_type in ("MatMul", "Gemm")] if refit else []
+        cuts = [replace(c, node=_copy_node(c.node)) for c in
+                refit_cuts(sink_cuts(rotated, dg, plan), heads, refit_tied, skipped)] if refit else []
         report: dict[str, Any] = {
             "exact": False, "rotation_exact": True, "width_before": width, "width_after": keep,
             "variance_kept": float(variance[:keep].sum() / max(variance.sum(), 1e-30)),
             "params_removed_by_slicing": int(dg.params_removed(plan.keep)), "refit": [],
             "outputs_kept_full_width": projection_report(projections), "untied": list(untied),
+            "untied_heads": [list(h) for h in heads], **skipped,
             "stream_entries": [{"after": e.tensor, "projection": e.node, "width": e.width,
                                 "note": "appended width x k MatMul; its MACs count in macs_after"} for e in entries]}
         del dg
@@ -208,7 +208,7 @@ def _free_path(folder: Path, name: str) -> Path:
 
 def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, calib: Data | None,
                        refit: bool = True, importance: str | None = None, dims: dict[str, int] | None = None,
-                       scratch: str | os.PathLike[str] | None = None
+                       untie: bool = False, refit_tied: bool = False, scratch: str | os.PathLike[str] | None = None
                        ) -> tuple[ModelProto, ModelProto | Path | None, dict[str, Any]]:
     """``--mode width``: rotate + slice where the model allows it (pre-norm), else plain channel pruning.
 
@@ -218,6 +218,8 @@ def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, ca
     untied) and the report, whose
     ``method`` says which was used and, for plain pruning, why rotation was not. A one-element list hands
     the model over (see :func:`slice_stream`): freed once rotation is known possible, else kept for plain pruning.
+    A tied LM head stays tied (:mod:`onnxprune.recovery.tied_head`) unless ``untie``; it is re-fitted (then tied
+    back through an adapter) only with ``refit_tied`` or ``untie``.
     """
     from onnxprune.core.errors import UnsupportedModelError
     from onnxprune.recovery.width import prune_width
@@ -229,7 +231,9 @@ def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, ca
     why = f"--importance {importance} chooses the channels" if importance else ""
     if not why:
         try:
-            result = slice_stream(owned, ratio=ratio, calib=calib, refit=refit, scratch=scratch)
+            result = slice_stream(owned, ratio=ratio, calib=calib, refit=refit, refit_tied=untie or refit_tied,
+                                  scratch=scratch)
+            tie_heads_back(result.model, result.rotated, result.report, untie=untie)
             return result.model, result.rotated, {"method": "rotate", **result.report}
         except UnsupportedModelError as exc:
             if not owned:  # refused after the input was released: nothing left to prune plainly
@@ -237,5 +241,6 @@ def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, ca
             why = str(exc)
     log.info("width: plain channel pruning (%s)", why)
     plain = prune_width(owned[0], ratio=ratio, calib=calib, refit=refit, importance=importance or "l2", dims=dims,
-                        keep_prepared=True)
+                        keep_prepared=True, refit_tied=untie or refit_tied)
+    tie_heads_back(plain.model, plain.prepared, plain.report, untie=untie)
     return plain.model, plain.prepared, {"method": "plain", "why_not_rotated": why, **plain.report}

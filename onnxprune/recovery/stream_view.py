@@ -27,8 +27,9 @@ def width_view(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> d
 
     Returns a JSON-able dict: ``coverage`` (share of all weighted MACs), ``coverage_without_interface``
     (interface sides left out of the total), ``interface_share``, ``outputs_kept_full_width`` (with
-    ``projection_share``: the appended layers' MACs as a share of the total), ``untied`` (a tied LM head's
-    table stored once more, :mod:`onnxprune.structured.untie`), ``uncovered`` (one entry per side and
+    ``projection_share``: the appended layers' MACs as a share of the total), ``untied`` (a tied LM head given
+    its own weight for the cut, :mod:`onnxprune.structured.untie`; the prune ties it back,
+    :mod:`onnxprune.structured.retie`), ``uncovered`` (one entry per side and
     reason: ``share``, ``layers``, ``examples``, ``interface``).
     """
     from onnxprune.core.fold import fold_constants

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from onnx import ModelProto
+from onnx import ModelProto, TensorProto
 
 from onnxprune.core.errors import ConfigError, UnsupportedModelError
 from onnxprune.recovery.reader_refit import Data, refit_readers
@@ -49,7 +49,7 @@ class WidthResult:
 def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: bool = True,
                 importance: str = "l2", dims: Mapping[str, int] | None = None,
                 ridge: float = DEFAULT_RIDGE, max_samples: int | None = None,
-                keep_prepared: bool = False) -> WidthResult:
+                keep_prepared: bool = False, refit_tied: bool = True) -> WidthResult:
     """Remove ``ratio`` of every prunable residual stream's channels, then re-fit the stream's readers.
 
     Args:
@@ -60,6 +60,8 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
         importance: channel criterion of the structured mode (weight-only criteria).
         dims: fixed sizes of dynamic input axes for the analysis.
         keep_prepared: return the exactly rewritten model before the cut as ``result.prepared``.
+        refit_tied: re-fit an LM head untied from its embedding table too (``False``: it keeps the cut
+            table's transpose, so it can be tied back exactly, :mod:`onnxprune.recovery.tied_head`).
 
     Raises:
         ConfigError: re-fit without data, or a bad ratio.
@@ -91,18 +93,31 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
         "coverage_with_stream": round(coverage(frozen.model, dg, dict(dg.shapes)), 6),
         "shape_reads_frozen": frozen.constants, "reshape_targets_trailing": frozen.trailing,
         "outputs_kept_full_width": projection_report(frozen.projections), "untied": list(frozen.untied),
+        "untied_heads": [list(h) for h in frozen.untied_heads],
         "refit": [],
     }
     pruned = result.model
     if refit:
         assert calib is not None
-        cuts = [c for c in sink_cuts(frozen.model, dg, result.plan) if c.node.op_type in ("MatMul", "Gemm")]
+        cuts = refit_cuts(sink_cuts(frozen.model, dg, result.plan), frozen.untied_heads, refit_tied, report)
         unfitted = [pruned]  # handed over with no reference left here: the re-fit frees it once copied
         del pruned, result
         pruned, fitted = refit_readers(frozen.model, unfitted, cuts, calib, ridge=ridge,
                                        max_samples=max_samples)
         report["refit"] = fitted
     return WidthResult(pruned, report, frozen.model if keep_prepared else None)
+
+
+def refit_cuts(cuts: list[Any], heads: tuple[tuple[str, str], ...], refit_tied: bool,
+               report: dict[str, Any]) -> list[Any]:
+    """The cuts whose readers are re-fitted: MatMul/Gemm ones, less an untied LM head unless ``refit_tied``
+    (a head re-fitted on its own no longer equals its table's transpose; ``report["refit_skipped"]`` says)."""
+    skip = set() if refit_tied else {h for h, _ in heads}
+    if skip:
+        why = "LM head tied to the embedding table: it keeps the cut table's transpose (--untie-embeddings " \
+              "re-fits it on its own)"
+        report["refit_skipped"] = [{"node": h, "why": why} for h in sorted(skip)]
+    return [c for c in cuts if c.node.op_type in ("MatMul", "Gemm") and c.node.name not in skip]
 
 
 def frozen_stream(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> FrozenShapes:
@@ -120,14 +135,30 @@ def frozen_stream(model: ModelProto, *, dims: Mapping[str, int] | None = None) -
     """
     from onnxprune.core.fold import fold_constants
     from onnxprune.runtime.session import run_constant_graph
-    from onnxprune.structured.stream_outputs import project_stream_outputs
-    from onnxprune.structured.untie import untie_transposed_weights
 
     frozen = freeze_stream_shapes(model)
     folded = fold_constants(frozen.model, run_constant_graph, integers_only=True).model  # a fresh model: ours
-    untied = untie_transposed_weights(folded)
+    return open_stream(replace(frozen, model=folded), dims=dims)
+
+
+def open_stream(frozen: FrozenShapes, *, dims: Mapping[str, int] | None = None,
+                source: Mapping[str, TensorProto] | None = None) -> FrozenShapes:
+    """The exact rewrites after :func:`frozen_stream`'s fold, in place on ``frozen.model`` (the caller's): a
+    tied LM head untied (and stored ties found), an identity projection behind a stream output. ``source``:
+    the data of weights ``frozen.model`` holds without it (the rotation's data-less copies,
+    :func:`~onnxprune.structured.rotate.prepare_rotation`)."""
+    from onnxprune.structured.stream_outputs import project_stream_outputs
+    from onnxprune.structured.untie import find_stored_ties, untie_transposed_weights
+
+    folded = frozen.model
+    copies = untie_transposed_weights(folded, source=source)  # new weights (said in the report)
+    made = {c for c, _, _ in copies}  # (a copy just made is a stored tie too: not listed twice)
+    stored = find_stored_ties(folded, source=source)  # legacy export, small fold
+    heads = copies + tuple(h for h in stored if h[0] not in made)
     opened = project_stream_outputs(folded, dims=dims)
-    return replace(frozen, model=opened.model, projections=opened.projections, untied=untied)
+    return replace(frozen, model=opened.model, projections=opened.projections,
+                   untied=tuple(dict.fromkeys(c for c, _, _ in copies)),
+                   untied_heads=tuple((h, t) for _, t, h in heads))
 
 
 def projection_report(projections: tuple[tuple[str, str, int], ...]) -> list[dict[str, Any]]:

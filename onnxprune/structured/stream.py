@@ -302,6 +302,8 @@ class FrozenShapes:
     projections: tuple[tuple[str, str, int], ...] = ()
     #: initializers stored transposed for a tied LM head (:mod:`onnxprune.structured.untie`)
     untied: tuple[str, ...] = ()
+    #: ``(head node, table)`` for each MatMul that read a table transposed (:mod:`onnxprune.structured.retie`)
+    untied_heads: tuple[tuple[str, str], ...] = ()
 
 
 def freeze_stream_shapes(model: ModelProto, *, empty_weights: bool = False) -> FrozenShapes:
