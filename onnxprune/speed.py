@@ -40,7 +40,11 @@ AUTO_BENCH_RUNS = 30
 LATENCY_BUDGET_S = 2.0
 #: Widths whose measured cost is within this share of the fastest count as equally fast.
 NEAR_TIE = 0.02
-#: Rounding a group back to its full width (no cut) must be this much faster than the best cut width.
+#: Rounding a group back to its full width (no cut) must be this much faster than the best cut width. The
+#: full width competes whenever no cut candidate is a multiple of 8 (MobileNetV2's 8-channel groups, whose
+#: only candidate at ratio 0.3 is 6: up to 4.4x slower than 8 timed alone; the model reached 0.57-0.70 of its
+#: MAC-ideal speedup at 1 thread against 0.69-0.85 with --round-to 8). Which widths are timed depends only on
+#: the group and the ask, never on a timing, so a run with a warm cache times nothing and plans the same.
 FULL_MARGIN = 0.10
 #: The calibration's reference cuts remove these shares of every group (widths rounded up to multiples of 8).
 #: Two cuts, not one: a width can switch a kernel's path (the digits CNN ran 1.08x faster at 24 of 32
@@ -278,9 +282,11 @@ class LatencyModel:
         aligned = [w for w in candidates if w % step == 0 and w < group.size]
         if aligned:  # odd widths: a layer timed alone flatters them, a whole model's noise hides their cost
             candidates = aligned  # (the full width is no candidate then: the group is still cut)
+        untimed = fallback if len(candidates) > 1 else candidates[0]
+        if not aligned:  # no multiple of 8 to cut to: the full width competes (every timed set holds it), so a
+            candidates = sorted({*candidates, group.size})  # single candidate is timed too (see FULL_MARGIN)
         if len(candidates) == 1 or not self._measure(group, candidates):
-            self.choices[group.id] = {"asked": k, "chosen": fallback if len(candidates) > 1 else candidates[0],
-                                      "timed": False}
+            self.choices[group.id] = {"asked": k, "chosen": untimed, "timed": False}
             return int(self.choices[group.id]["chosen"])
         costs = {w: self.relative_cost(group.id, w) for w in candidates}
         cut = [c for w, c in costs.items() if c is not None and w < group.size]

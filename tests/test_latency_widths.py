@@ -310,3 +310,22 @@ def test_keeping_a_group_whole_must_clearly_pay(whole_ms, chosen):
 
     lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=timer, cache=LatencyCache(None), context=True)
     assert lm.choose(g, 11) == chosen
+
+
+@pytest.mark.parametrize(("cut_ms", "chosen"), [(4.4, 8), (1.05, 6)])
+def test_a_lone_unaligned_cut_is_timed_against_the_full_width(cut_ms, chosen):
+    """MobileNetV2's 8-channel groups at ratio 0.3: 6 is the only candidate, and it ran up to 4.4x slower than 8."""
+    model, dg, g = _model_and_group(c_mid=8)
+
+    def timer(models):  # the whole model costs 1.0 with the group whole, cut_ms with it cut to 6
+        return [1.0 if next(t for t in m.graph.initializer if len(t.dims) == 4).dims[0] == 8 else cut_ms
+                for m in models]
+
+    cache = LatencyCache(None)
+    first = LatencyModel(model, dg, batches=(1,), dims={}, timer=timer, cache=cache, context=True)
+    assert first.choose(g, 6) == chosen
+    assert first.report()["choices"][str(g.id)]["timed"] is True
+    assert first.timed == 2  # the cut and the full width, whatever they measured
+    again = LatencyModel(model, dg, batches=(1,), dims={}, timer=timer, cache=cache, context=True)
+    assert again.choose(g, 6) == chosen
+    assert (again.timed, again.cached) == (0, 2)  # the same widths, read from the cache
