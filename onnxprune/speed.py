@@ -42,9 +42,8 @@ LATENCY_BUDGET_S = 2.0
 NEAR_TIE = 0.02
 #: Rounding a group back to its full width (no cut) must be this much faster than the best cut width. The
 #: full width competes whenever no cut candidate is a multiple of 8 (MobileNetV2's 8-channel groups, whose
-#: only candidate at ratio 0.3 is 6: up to 4.4x slower than 8 timed alone; the model reached 0.57-0.70 of its
-#: MAC-ideal speedup at 1 thread against 0.69-0.85 with --round-to 8). Which widths are timed depends only on
-#: the group and the ask, never on a timing, so a run with a warm cache times nothing and plans the same.
+#: only candidate at ratio 0.3 is 6, were cut untimed). Which widths are timed depends only on the group and
+#: the ask, never on a timing, so a run with a warm cache times nothing and plans the same.
 FULL_MARGIN = 0.10
 #: The calibration's reference cuts remove these shares of every group (widths rounded up to multiples of 8).
 #: Two cuts, not one: a width can switch a kernel's path (the digits CNN ran 1.08x faster at 24 of 32
