@@ -139,7 +139,8 @@ class LatencyModel:
     def __init__(self, model: ModelProto, dg: Any, *, batches: Sequence[int], dims: Mapping[str, int],
                  timer: Any, cache: Any, budget_s: float = LATENCY_BUDGET_S, context: bool = False,
                  model_timer: Any = None, calibrate: bool = False, check_timer: Any = None,
-                 provider: str = "cpu", conv_align: int = 8, empty_run: bool = False) -> None:
+                 provider: str = "cpu", conv_align: int = 8, empty_run: bool = False,
+                 time_whole: bool = True) -> None:
         self.model, self.dg, self.timer, self.cache, self.budget_s = model, dg, timer, cache, budget_s
         #: Times a plan and the original whole, every round kept (``None``: ``model_timer``, one round);
         #: see :meth:`check_plan`.
@@ -150,6 +151,10 @@ class LatencyModel:
         #: Layers timed alone are taken less an empty model's run (see :data:`NULL_SIGNATURE`); off for timers
         #: that model no per-run cost.
         self.empty_run = empty_run
+        #: Whether a group with no cut candidate that is a multiple of 8 times its cut against its full width
+        #: (see :data:`FULL_MARGIN`); off below ``AUTO_BENCH_MIN_MACS``, where a run takes microseconds and
+        #: per-op overhead, not width, decides its speed (a loaded machine's noise then kept such groups whole).
+        self.time_whole = time_whole
         #: Times whole models for the calibration (default: ``timer``); calibrate only when asked (it runs
         #: the whole model twice per batch; see :mod:`onnxprune.runtime.prediction`).
         self.model_timer = model_timer or timer
@@ -282,8 +287,8 @@ class LatencyModel:
         if aligned:  # odd widths: a layer timed alone flatters them, a whole model's noise hides their cost
             candidates = aligned  # (the full width is no candidate then: the group is still cut)
         untimed = fallback if len(candidates) > 1 else candidates[0]
-        if not aligned:  # no multiple of 8 to cut to: the full width competes (every timed set holds it), so a
-            candidates = sorted({*candidates, group.size})  # single candidate is timed too (see FULL_MARGIN)
+        if not aligned and self.time_whole:  # no multiple of 8 to cut to: the full width competes (every
+            candidates = sorted({*candidates, group.size})  # timed set holds it), a lone cut is timed too
         if len(candidates) == 1 or not self._measure(group, candidates):
             self.choices[group.id] = {"asked": k, "chosen": untimed, "timed": False}
             return int(self.choices[group.id]["chosen"])
@@ -369,7 +374,8 @@ class LatencyModel:
                                         timer=self.timer, cache=self.cache, budget_s=self.budget_s,
                                         model_timer=self.model_timer, calibrate=self.calibrate,
                                         check_timer=self.check_timer, provider=self.provider,
-                                        conv_align=self.conv_align, empty_run=self.empty_run)
+                                        conv_align=self.conv_align, empty_run=self.empty_run,
+                                        time_whole=self.time_whole)
         return self._layers
 
     def reference_keeps(self) -> list[dict[int, int]]:
@@ -550,7 +556,14 @@ def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any
                         check_timer=None if timer is not None else onnxruntime_round_timer(
                             provider=provider, threads=config.threads, rounds=CHECK_ROUNDS, set_seconds=CHECK_SET_S,
                             min_rounds=CHECK_MIN_ROUNDS, warmup=1),
-                        provider=provider, conv_align=conv_alignment(provider), empty_run=timer is None)
+                        provider=provider, conv_align=conv_alignment(provider), empty_run=timer is None,
+                        time_whole=_macs(model, config) >= AUTO_BENCH_MIN_MACS)
+
+
+def _macs(model: ModelProto, config: PruneConfig) -> int:
+    from onnxprune.core.stats import model_stats
+
+    return int(model_stats(model, dims=config.dims).macs)
 
 
 def _small(model: ModelProto, config: PruneConfig) -> bool:

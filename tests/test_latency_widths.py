@@ -329,3 +329,19 @@ def test_a_lone_unaligned_cut_is_timed_against_the_full_width(cut_ms, chosen):
     again = LatencyModel(model, dg, batches=(1,), dims={}, timer=timer, cache=cache, context=True)
     assert again.choose(g, 6) == chosen
     assert (again.timed, again.cached) == (0, 2)  # the same widths, read from the cache
+
+
+def test_tiny_models_never_time_a_lone_cut_against_the_full_width():
+    """Below 1M MACs a run takes microseconds: a loaded machine's noise kept such groups whole (full suite)."""
+    from builders import residual_add
+
+    from onnxprune.speed import latency_model
+
+    tiny = residual_add()
+    assert not latency_model(tiny, analyze(tiny), PruneConfig()).time_whole
+    cnn = load(ROOT / "models" / "digits_cnn.onnx")
+    assert latency_model(cnn, analyze(cnn), PruneConfig()).time_whole
+    model, dg, g = _model_and_group(c_mid=8)
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=lambda ms: [1.0 if i else 9.0 for i in range(len(ms))],
+                      cache=LatencyCache(None), context=True, time_whole=False)
+    assert lm.choose(g, 6) == 6 and lm.timed == 0
