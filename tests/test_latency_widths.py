@@ -341,6 +341,9 @@ def test_tiny_models_never_time_a_lone_cut_against_the_full_width():
     assert not latency_model(tiny, analyze(tiny), PruneConfig()).time_whole
     cnn = load(ROOT / "models" / "digits_cnn.onnx")
     assert latency_model(cnn, analyze(cnn), PruneConfig()).time_whole
+    mobilenet = load(ROOT / "models" / "tv_mobilenet_v2.onnx")  # 0.75M MACs at batch 1, 6M at batch 8
+    assert latency_model(mobilenet, analyze(mobilenet), PruneConfig(bench_batches=(1, 8))).time_whole
+    assert not latency_model(mobilenet, analyze(mobilenet), PruneConfig(bench_batches=(1,))).time_whole
     model, dg, g = _model_and_group(c_mid=8)
     lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=lambda ms: [1.0 if i else 9.0 for i in range(len(ms))],
                       cache=LatencyCache(None), context=True, time_whole=False)
