@@ -40,7 +40,10 @@ AUTO_BENCH_RUNS = 30
 LATENCY_BUDGET_S = 2.0
 #: Widths whose measured cost is within this share of the fastest count as equally fast.
 NEAR_TIE = 0.02
-#: Rounding a group back to its full width (no cut) must be this much faster than the best cut width.
+#: Rounding a group back to its full width (no cut) must be this much faster than the best cut width. The
+#: full width competes whenever no cut candidate is a multiple of 8 (MobileNetV2's 8-channel groups, whose
+#: only candidate at ratio 0.3 is 6, were cut untimed). Which widths are timed depends only on the group and
+#: the ask, never on a timing, so a run with a warm cache times nothing and plans the same.
 FULL_MARGIN = 0.10
 #: The calibration's reference cuts remove these shares of every group (widths rounded up to multiples of 8).
 #: Two cuts, not one: a width can switch a kernel's path (the digits CNN ran 1.08x faster at 24 of 32
@@ -136,7 +139,8 @@ class LatencyModel:
     def __init__(self, model: ModelProto, dg: Any, *, batches: Sequence[int], dims: Mapping[str, int],
                  timer: Any, cache: Any, budget_s: float = LATENCY_BUDGET_S, context: bool = False,
                  model_timer: Any = None, calibrate: bool = False, check_timer: Any = None,
-                 provider: str = "cpu", conv_align: int = 8, empty_run: bool = False) -> None:
+                 provider: str = "cpu", conv_align: int = 8, empty_run: bool = False,
+                 time_whole: bool = True) -> None:
         self.model, self.dg, self.timer, self.cache, self.budget_s = model, dg, timer, cache, budget_s
         #: Times a plan and the original whole, every round kept (``None``: ``model_timer``, one round);
         #: see :meth:`check_plan`.
@@ -147,6 +151,11 @@ class LatencyModel:
         #: Layers timed alone are taken less an empty model's run (see :data:`NULL_SIGNATURE`); off for timers
         #: that model no per-run cost.
         self.empty_run = empty_run
+        #: Whether a group with no cut candidate that is a multiple of 8 times its cut against its full width
+        #: (see :data:`FULL_MARGIN`); off below ``AUTO_BENCH_MIN_MACS`` at the largest batch timed, where a run
+        #: takes microseconds and per-op overhead, not width, decides its speed (a loaded machine's noise then
+        #: kept such groups whole).
+        self.time_whole = time_whole
         #: Times whole models for the calibration (default: ``timer``); calibrate only when asked (it runs
         #: the whole model twice per batch; see :mod:`onnxprune.runtime.prediction`).
         self.model_timer = model_timer or timer
@@ -278,9 +287,11 @@ class LatencyModel:
         aligned = [w for w in candidates if w % step == 0 and w < group.size]
         if aligned:  # odd widths: a layer timed alone flatters them, a whole model's noise hides their cost
             candidates = aligned  # (the full width is no candidate then: the group is still cut)
+        untimed = fallback if len(candidates) > 1 else candidates[0]
+        if not aligned and self.time_whole:  # no multiple of 8 to cut to: the full width competes (every
+            candidates = sorted({*candidates, group.size})  # timed set holds it), a lone cut is timed too
         if len(candidates) == 1 or not self._measure(group, candidates):
-            self.choices[group.id] = {"asked": k, "chosen": fallback if len(candidates) > 1 else candidates[0],
-                                      "timed": False}
+            self.choices[group.id] = {"asked": k, "chosen": untimed, "timed": False}
             return int(self.choices[group.id]["chosen"])
         costs = {w: self.relative_cost(group.id, w) for w in candidates}
         cut = [c for w, c in costs.items() if c is not None and w < group.size]
@@ -364,7 +375,8 @@ class LatencyModel:
                                         timer=self.timer, cache=self.cache, budget_s=self.budget_s,
                                         model_timer=self.model_timer, calibrate=self.calibrate,
                                         check_timer=self.check_timer, provider=self.provider,
-                                        conv_align=self.conv_align, empty_run=self.empty_run)
+                                        conv_align=self.conv_align, empty_run=self.empty_run,
+                                        time_whole=self.time_whole)
         return self._layers
 
     def reference_keeps(self) -> list[dict[int, int]]:
@@ -545,7 +557,16 @@ def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any
                         check_timer=None if timer is not None else onnxruntime_round_timer(
                             provider=provider, threads=config.threads, rounds=CHECK_ROUNDS, set_seconds=CHECK_SET_S,
                             min_rounds=CHECK_MIN_ROUNDS, warmup=1),
-                        provider=provider, conv_align=conv_alignment(provider), empty_run=timer is None)
+                        provider=provider, conv_align=conv_alignment(provider), empty_run=timer is None,
+                        time_whole=_macs(model, config) * max(config.bench_batches) >= AUTO_BENCH_MIN_MACS)
+
+
+def _macs(model: ModelProto, config: PruneConfig) -> int:
+    """MACs of one run at the batch analysed (the timed batches scale them: MobileNetV2 at 32x32 does 0.75M
+    at batch 1, 6M at batch 8)."""
+    from onnxprune.core.stats import model_stats
+
+    return int(model_stats(model, dims=config.dims).macs)
 
 
 def _small(model: ModelProto, config: PruneConfig) -> bool:

@@ -78,6 +78,8 @@ def allocate_for_target(model: ModelProto, dg: Any, config: PruneConfig, latency
     plans = [make_plan(model, dg, ratio=r, importance=config.importance, global_rank=False, round_to=config.round_to,
                        min_channels=config.min_channels, exclude=config.exclude, seed=config.seed,
                        statistics=statistics, width_chooser=chooser) for r in TARGET_RATIOS]
+    for plan in plans:  # every step's widths in the table planned on, so the report predicts from the same one
+        latency.table(batch, keep_counts(plan))
     table = latency.table(batch)
     if table is None or table.calibration is None:
         raise ConfigError(f"a latency target needs the model timed at batch {batch}, which failed here; "

@@ -310,3 +310,41 @@ def test_keeping_a_group_whole_must_clearly_pay(whole_ms, chosen):
 
     lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=timer, cache=LatencyCache(None), context=True)
     assert lm.choose(g, 11) == chosen
+
+
+@pytest.mark.parametrize(("cut_ms", "chosen"), [(4.4, 8), (1.05, 6)])
+def test_a_lone_unaligned_cut_is_timed_against_the_full_width(cut_ms, chosen):
+    """MobileNetV2's 8-channel groups at ratio 0.3: 6 is the only candidate, and it ran up to 4.4x slower than 8."""
+    model, dg, g = _model_and_group(c_mid=8)
+
+    def timer(models):  # the whole model costs 1.0 with the group whole, cut_ms with it cut to 6
+        return [1.0 if next(t for t in m.graph.initializer if len(t.dims) == 4).dims[0] == 8 else cut_ms
+                for m in models]
+
+    cache = LatencyCache(None)
+    first = LatencyModel(model, dg, batches=(1,), dims={}, timer=timer, cache=cache, context=True)
+    assert first.choose(g, 6) == chosen
+    assert first.report()["choices"][str(g.id)]["timed"] is True
+    assert first.timed == 2  # the cut and the full width, whatever they measured
+    again = LatencyModel(model, dg, batches=(1,), dims={}, timer=timer, cache=cache, context=True)
+    assert again.choose(g, 6) == chosen
+    assert (again.timed, again.cached) == (0, 2)  # the same widths, read from the cache
+
+
+def test_tiny_models_never_time_a_lone_cut_against_the_full_width():
+    """Below 1M MACs a run takes microseconds: a loaded machine's noise kept such groups whole (full suite)."""
+    from builders import residual_add
+
+    from onnxprune.speed import latency_model
+
+    tiny = residual_add()
+    assert not latency_model(tiny, analyze(tiny), PruneConfig()).time_whole
+    cnn = load(ROOT / "models" / "digits_cnn.onnx")
+    assert latency_model(cnn, analyze(cnn), PruneConfig()).time_whole
+    mobilenet = load(ROOT / "models" / "tv_mobilenet_v2.onnx")  # 0.75M MACs at batch 1, 6M at batch 8
+    assert latency_model(mobilenet, analyze(mobilenet), PruneConfig(bench_batches=(1, 8))).time_whole
+    assert not latency_model(mobilenet, analyze(mobilenet), PruneConfig(bench_batches=(1,))).time_whole
+    model, dg, g = _model_and_group(c_mid=8)
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=lambda ms: [1.0 if i else 9.0 for i in range(len(ms))],
+                      cache=LatencyCache(None), context=True, time_whole=False)
+    assert lm.choose(g, 6) == 6 and lm.timed == 0

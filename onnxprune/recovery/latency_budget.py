@@ -86,11 +86,16 @@ def allocate_latency(levels: Mapping[int, Levels], sizes: Mapping[int, int],
             width_now = widths.get(gid, sizes[gid])
             while i < len(steps_of) and steps_of[i][0] >= width_now:  # a step that keeps the width is free
                 i += 1
+            saved = 0.0
+            # A step that saves no time is passed over for the next one that does: latency is not monotone in
+            # width (digits CNN: 16 of 32 channels ran 2.4x faster than the original, odd widths slower), and
+            # a group stuck behind such a step could never reach its fast widths.
+            while i < len(steps_of):
+                saved = now - predict_ms({**widths, gid: int(steps_of[i][0])})
+                if saved > 0:
+                    break
+                i += 1
             if i >= len(steps_of):
-                continue
-            trial = {**widths, gid: int(steps_of[i][0])}
-            saved = now - predict_ms(trial)
-            if not saved > 0:
                 continue
             d_err = max(float(steps_of[i][1]) ** 2 - err(gid), 0.0)
             key = (d_err / saved, -saved, gid, i)

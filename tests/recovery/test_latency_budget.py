@@ -112,3 +112,11 @@ def test_each_reader_of_a_group_adds_its_own_share():
     want = sum(float(np.sum(w[:, dropped].astype(np.float64) ** 2) / np.sum(w.astype(np.float64) ** 2))
                for w in (w2a, w2b))
     assert data_free_errors(model, dg, [plan])[g.id][0] == pytest.approx(math.sqrt(want))
+
+
+def test_a_step_that_saves_no_time_is_passed_over():
+    # group 0's 12-wide step runs slower than 16 (an odd width off the kernel's fast path); 8 is fast
+    t = LayerTable({"x": 6.0, "y": 6.0}, {0: ("x",), 1: ("y",)}, {0: 16, 1: 16},
+                   {0: {12: {"x": 1.3}, 8: {"x": 0.3}, 4: {"x": 0.25}}}, calibration=Calibration(2.0, 1.0))
+    got = allocate_latency(_levels(0.01, 0.2), {0: 16, 1: 16}, t.predict_ms, 10.5)
+    assert got.reached and got.widths == {0: 8}  # 2 + 1.8 + 6 = 9.8 ms, without cutting the costly group 1
