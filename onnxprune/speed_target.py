@@ -125,6 +125,8 @@ def allocate_for_target(model: ModelProto, dg: Any, config: PruneConfig, latency
                  "prediction next", predicted, verdict.speedup, target, new_goal)
         goal = new_goal
     timed = [t for t in tried.values() if t["verdict"] is not None]
+    # a plan that cuts nothing is no answer to a speedup target: it is kept only when nothing else was timed
+    timed = [t for t in timed if t["found"].levels] or timed
     if timed:  # the plan measured nearest the target (in ratio) is kept
         pick = min(timed, key=lambda t: abs(math.log(t["verdict"].speedup / target)))
     else:
