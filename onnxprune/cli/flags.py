@@ -31,6 +31,7 @@ PRUNE_FLAGS: dict[str, str] = {
     "latency_budget": "--latency-budget",
     "sensitivity_method": "--exact-sensitivity", "executor": "--executor",
     "workers": "--workers", "ray_address": "--ray-address", "sequential": "--sequential",
+    "anchor_samples": "--anchor-samples",
 }
 
 #: Where parsed arguments keep the deprecation notes of old spellings, for ``main`` to log.

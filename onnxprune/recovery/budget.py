@@ -26,6 +26,7 @@ from onnxprune.core.stats import model_stats
 from onnxprune.recovery.calibrate import ActivationStats
 from onnxprune.recovery.costs import CostModel
 from onnxprune.recovery.sensitivity import (
+    DEFAULT_ANCHOR_SAMPLES,
     DEFAULT_RATIOS,
     OutputErrorMeter,
     SensitivityReport,
@@ -283,7 +284,8 @@ def allocate_budget(model: ModelProto, dg: DependencyGraph, config: object) -> d
     run = start_sensitivity(model, data, ratios=DEFAULT_RATIOS + (0.8, 0.9), importance=importance,  # type: ignore[arg-type]
                             recover=recover, dg=dg, method=str(getattr(config, "sensitivity_method", "gram")),
                             executor=str(getattr(config, "executor", "local")),
-                            workers=getattr(config, "workers", None), ray_address=getattr(config, "ray_address", None))
+                            workers=getattr(config, "workers", None), ray_address=getattr(config, "ray_address", None),
+                            anchor_samples=getattr(config, "anchor_samples", DEFAULT_ANCHOR_SAMPLES))
     options = {k: getattr(config, k) for k in ("round_to", "min_channels", "exclude", "seed") if hasattr(config, k)}
 
     def allocate_run(report: SensitivityReport) -> dict[int, float]:

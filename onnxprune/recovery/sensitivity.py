@@ -151,6 +151,28 @@ class SensitivityReport:
         return "\n".join(lines)
 
 
+def parse_anchor_samples(text: str | int | None, *, flag: str = "anchor_samples") -> int | None:
+    """``"all"`` (or ``None``) → ``None`` (anchors on every sample); a positive integer → itself; ConfigError
+    naming ``flag`` otherwise.
+
+    Example:
+        >>> parse_anchor_samples("all"), parse_anchor_samples("32")
+        (None, 32)
+    """
+    if text is None or (isinstance(text, str) and text.strip().lower() == "all"):
+        return None
+    if isinstance(text, bool):
+        value = None
+    elif isinstance(text, int):
+        value = text
+    else:
+        value = int(text.strip()) if text.strip().isdigit() else None
+    if value is None or value < 1:
+        raise ConfigError(f"{flag} must be a positive number of samples or 'all', got '{text}'; e.g. "
+                          f"{flag} {DEFAULT_ANCHOR_SAMPLES}")
+    return value
+
+
 def parse_ratios(text: str | Sequence[float]) -> tuple[float, ...]:
     """Parse ``"0.1,0.2,0.5"`` into sorted unique ratios in ``(0, 1)``; ConfigError otherwise."""
     items = [t for t in text.split(",") if t.strip()] if isinstance(text, str) else list(text)
@@ -335,7 +357,7 @@ def start_sensitivity(
     check_executor(executor, workers)
     if anchor_samples is not None and (isinstance(anchor_samples, bool) or not isinstance(anchor_samples, int)
                                        or anchor_samples < 1):
-        raise ConfigError(f"anchor_samples must be a positive integer or None, got {anchor_samples!r}")
+        raise ConfigError(f"anchor_samples must be a positive integer or None (every sample), got {anchor_samples!r}")
     m = load_model(model)
     if eval_data is not None:  # refuse bad labels now, not after the calibration statistics
         from onnxprune.runtime.evaluate import check_eval_data
