@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -238,10 +238,12 @@ def criterion_statistics(model: ModelProto, dg: DependencyGraph, importance: str
 
 
 def recovery_stats(model: ModelProto, dg: DependencyGraph, data: object, recover: str, *,
-                   grouped: bool = False) -> ActivationStats | None:
+                   grouped: bool = False, collect: Callable[..., ActivationStats] | None = None
+                   ) -> ActivationStats | None:
     """Statistics for recovering any cut of ``dg``'s groups: every sink's Gram (lstsq) or input (bias), or
     both in one pass (``"both"``: what Gram scoring with bias recovery needs); ``grouped`` adds the Grams
-    of grouped Conv sinks (Gram scoring reads them; recovery leaves those layers as cut)."""
+    of grouped Conv sinks (Gram scoring reads them; recovery leaves those layers as cut). ``collect`` runs
+    the pass (default :func:`~onnxprune.recovery.calibrate.collect_stats`; see :func:`calibration_pass`)."""
     if recover == "none" or data is None:
         return None
     from onnxprune.core.ir import opset_of
@@ -252,11 +254,35 @@ def recovery_stats(model: ModelProto, dg: DependencyGraph, data: object, recover
     every = sink_cuts(model, dg, one, grouped=grouped) if one else []
     opset = opset_of(model)
     cuts = [c for c in every if conv_groups(c.node, opset) == 1]
+    run: Callable[..., ActivationStats] = collect or collect_stats
     if recover == "lstsq":
-        return collect_stats(model, data, gram_for=[c.key for c in every])  # type: ignore[arg-type]
+        return run(model, data, gram_for=[c.key for c in every])
     axes = {c.activation: recovery_input_axis(c) for c in cuts}
     grams = [c.key for c in every] if recover == "both" else []
-    return collect_stats(model, data, tensors=axes, gram_for=grams)  # type: ignore[arg-type]
+    return run(model, data, tensors=axes, gram_for=grams)
+
+
+#: Calibration samples per shard when sensitivity's calibration pass is spread over workers: shards depend on
+#: the data only, so the statistics (and the report) do not depend on the number of workers.
+SHARD_SAMPLES = 64
+
+
+def calibration_pass(calib: object, batches: Sequence[Mapping[str, np.ndarray]], *, samples: int, batch_size: int,
+                     executor: str, workers: int | None, ray_address: str | None
+                     ) -> tuple[object, Callable[..., ActivationStats] | None]:
+    """What sensitivity's one calibration pass reads, and how it runs: the meter's ``batches`` in this process,
+    or, with ``processes`` or ``ray`` and an npz path, shards of :data:`SHARD_SAMPLES` of its first ``samples``
+    reduced by the workers and summed (:func:`onnxprune.recovery.shards.collect_stats_sharded`: equal to the
+    single pass up to float64 round-off)."""
+    if executor == "local" or not isinstance(calib, (str, os.PathLike)):
+        return list(batches), None
+    from functools import partial
+
+    from onnxprune.recovery.shards import collect_stats_sharded
+
+    shards = max(1, -(-samples // SHARD_SAMPLES))
+    return calib, partial(collect_stats_sharded, shards=shards, batch_size=batch_size, executor=executor,
+                          workers=workers, ray_address=ray_address, max_samples=samples)
 
 
 def sensitivity(
@@ -398,17 +424,19 @@ class SensitivityRun:
         statistics = criterion_statistics(m, dg, importance, calib if isinstance(calib, (str, os.PathLike))
                                           else meter.batches)
         scorer = None
+        data, collect = calibration_pass(calib, meter.batches, samples=meter.samples, batch_size=batch_size,
+                                         executor=executor, workers=workers, ray_address=ray_address)
         if method == "gram":
             from onnxprune.recovery.gram_score import GramScorer
 
             # the one calibration pass: every consumer's Gram (and input means) serves scoring and recovery alike
-            stats = recovery_stats(m, dg, meter.batches, "lstsq" if recover != "bias" else "both",  # Grams (+ means)
-                                   grouped=True)
+            stats = recovery_stats(m, dg, data, "lstsq" if recover != "bias" else "both",  # Grams (+ means)
+                                   grouped=True, collect=collect)
             assert stats is not None
             rstats = stats if recover != "none" else None
             scorer = GramScorer(m, dg, stats, recover=recover)
         else:
-            rstats = recovery_stats(m, dg, meter.batches, recover)
+            rstats = recovery_stats(m, dg, data, recover, collect=collect)
         clock.done("calibration", meter.samples, "samples")
         spec = CandidateSpec(m.SerializeToString(), tuple(meter.batches), tuple(meter.reference),
                              tuple(meter.outputs), importance, recover, statistics, rstats,
