@@ -130,8 +130,8 @@ class GramScorer:
             rows = weight_rows(cut.node, w.astype(np.float64), self._idx.opset)
             bias = layer_bias(self._idx, cut.node, n_out).reshape(rows.shape[:2])
             gs = self.stats.gram(cut.key)
-            energy = (np.einsum("gok,gkl,gol->go", rows, gs.gram, rows)
-                      + 2.0 * bias * np.einsum("gok,gk->go", rows, gs.col_sum) + gs.rows * bias * bias)
+            energy = (quadratic(rows, gs.gram) + 2.0 * bias * np.einsum("gok,gk->go", rows, gs.col_sum)
+                      + gs.rows * bias * bias)
             found = _Layer(rows, bias, _kernel_size(cut.node, w.shape), gs, energy)
             self._layers[cut.key] = found
         return found
@@ -171,6 +171,20 @@ class GramScorer:
         return math.sqrt(err / energy) if energy > 0 else math.sqrt(err)
 
 
+def quadratic(rows: np.ndarray, gram: np.ndarray) -> np.ndarray:
+    """``w G wᵀ`` for every row ``w``: ``(G, O, K)`` rows and ``(G, K, K)`` Grams → ``(G, O)``.
+
+    One batched matmul (BLAS) and a row-wise dot, not a three-operand ``einsum``, which numpy runs as a plain
+    loop over ``O·K²`` terms (seconds per layer on a ResNet-50 3×3 conv, K = 4608); equal to round-off.
+
+    Example:
+        >>> r = np.arange(6.0).reshape(1, 2, 3); g = np.eye(3)[None]
+        >>> quadratic(r, g).tolist()
+        [[5.0, 50.0]]
+    """
+    return np.einsum("gok,gok->go", np.matmul(rows, gram), rows)
+
+
 def _grouped_error(layer: _Layer, keep_out: np.ndarray, drop_cols: np.ndarray) -> tuple[float, float]:
     """``(squared error, squared output norm)`` of a grouped Conv whose every conv group lost the input
     columns ``drop_cols``, on the kept outputs ``keep_out`` (original numbering): ``Σ_o w_oD G_gDD w_oDᵀ``
@@ -181,7 +195,7 @@ def _grouped_error(layer: _Layer, keep_out: np.ndarray, drop_cols: np.ndarray) -
     kept = kept.reshape(groups, per_group)
     delta = layer.rows[:, :, drop_cols]
     g_dd = layer.gram.gram[:, drop_cols][:, :, drop_cols]
-    quad = np.einsum("god,gde,goe->go", delta, g_dd, delta)
+    quad = quadratic(delta, g_dd)
     return max(float(np.sum(quad[kept])), 0.0), float(np.sum(layer.energy[kept]))
 
 
