@@ -23,7 +23,7 @@ With ``--final --baseline-src DIR`` (DIR: ``git archive 33d7b19 | tar -x -C DIR`
 the issue asks for, each protocol run in fresh processes, alternating old and new (timings on a shared machine
 are ratios within one run): RegNetX-400MF (256 seeded N(0,1) samples, the 7 default ratios, ``sensitivity``
 and the ``--target-macs 0.5`` budget, :data:`FINAL_REPEATS` pairs) and a full-size ResNet-50 (``tools/resnet50.py``,
-seed 0) on a reduced protocol, the same for both trees: 16 samples, ratios 0.3/0.5/0.7, ``sensitivity`` only,
+seed 0) on a reduced protocol, the same for both trees: 8 samples, ratios 0.3/0.5/0.7, ``sensitivity`` only,
 one pair (old main's anchors run the whole model on every sample: at 256 samples and every ratio it takes hours
 here). Spearman of the group scores against this tree's ``method="model"`` (every candidate on the whole model,
 same protocol) and between the trees; and the ``prune --target-macs 0.5`` top-1 on digits_cnn's test split.
@@ -242,7 +242,7 @@ def bench_model(path: Path, args: argparse.Namespace, tmp: Path) -> dict[str, ob
 #: (name, model, samples, ratios, budget too, alternating pairs) of ``--final``; "resnet50" is built.
 FINAL_PROTOCOLS = (
     ("RegNetX-400MF", "models/tv_regnet_x_400mf.onnx", 256, DEFAULT_RATIOS, True, 2),
-    ("ResNet-50", "resnet50", 16, (0.3, 0.5, 0.7), False, 1),
+    ("ResNet-50", "resnet50", 8, (0.3, 0.5, 0.7), False, 1),
 )
 FINAL_REPEATS = 2
 
