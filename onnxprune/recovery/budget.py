@@ -25,6 +25,7 @@ from onnxprune.core.io import load_model
 from onnxprune.core.stats import model_stats
 from onnxprune.recovery.calibrate import ActivationStats
 from onnxprune.recovery.costs import CostModel
+from onnxprune.recovery.executor import ScoredOnce
 from onnxprune.recovery.sensitivity import (
     DEFAULT_ANCHOR_SAMPLES,
     DEFAULT_RATIOS,
@@ -84,9 +85,11 @@ class _Candidate:
         self.meter, self.recover, self.rstats = meter, recover, rstats
         self._cache: dict[tuple, tuple[int, int, ModelProto, object]] = {}
         self._costs: CostModel | None = None
+        # every greedy step plans the whole model: score each group once (the same plans)
+        self._criterion = ScoredOnce(importance)
 
     def plan(self, ratios: Mapping[int, float]) -> PrunePlan:
-        return make_plan(self.model, self.dg, ratio=0.0, importance=self.importance,
+        return make_plan(self.model, self.dg, ratio=0.0, importance=self._criterion,
                          group_ratios={g: r for g, r in ratios.items() if r > 0}, statistics=self.statistics,
                          **self.plan_options)  # type: ignore[arg-type]
 
@@ -100,7 +103,7 @@ class _Candidate:
     def build(self, ratios: Mapping[int, float]) -> tuple[int, int, ModelProto, object]:
         key = tuple(sorted((g, round(r, 9)) for g, r in ratios.items() if r > 0))
         if key not in self._cache:
-            plan = make_plan(self.model, self.dg, ratio=0.0, importance=self.importance,
+            plan = make_plan(self.model, self.dg, ratio=0.0, importance=self._criterion,
                              group_ratios={g: r for g, r in key}, statistics=self.statistics,
                              **self.plan_options)  # type: ignore[arg-type]
             pruned = apply_plan(self.model, plan, dg=self.dg)

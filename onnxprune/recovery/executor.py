@@ -88,7 +88,7 @@ def single_group_plan(model: ModelProto, dg: DependencyGraph, group_id: int, rat
                      criterion=plan.criterion, meta=plan.meta)
 
 
-class _ScoredOnce:
+class ScoredOnce:
     """The criterion ``name``, each group scored on its first call and the scores reused after (plans of one
     model at several ratios score the same groups the same way: same model, statistics and seed). Named as the
     criterion, so plans record it as they would with the name."""
@@ -153,7 +153,7 @@ class CandidateEvaluator:
         so the plan cutting all groups at ``r`` holds each single-group plan at ``r``.
         """
         out: dict[Task, PrunePlan] = {}
-        scores = _ScoredOnce(self.spec.importance)  # a group's channel scores do not depend on the ratio
+        scores = ScoredOnce(self.spec.importance)  # a group's channel scores do not depend on the ratio
         for r in ratios:
             plan = make_plan(self.model, self.dg, ratio=0.0, importance=scores,
                              group_ratios=dict.fromkeys(group_ids, r), statistics=self.spec.statistics)
