@@ -33,3 +33,18 @@ def test_plans_at_every_ratio_equal_one_make_plan_each_and_score_once(path, crit
     for (gid, ratio), plan in plans.items():
         one = single_group_plan(m, dg, gid, ratio, importance=criterion, statistics=None)
         assert plan.to_json() == one.to_json(), (gid, ratio)
+
+
+@pytest.mark.parametrize("recover", ["none", "bias"])
+def test_measuring_a_candidate_without_re_inferred_shapes_changes_nothing(recover):
+    """``measure`` builds throwaway candidates without shape inference: bit-for-bit the errors of the
+    candidates built with it (what a saved model gets)."""
+    from onnxprune.recovery.sensitivity import start_sensitivity
+
+    run = start_sensitivity("models/digits_cnn.onnx", "models/digits_cnn_calib.npz", ratios=(0.3, 0.7),
+                            recover=recover, max_samples=64)
+    ev = run.evaluator
+    for g in run.chosen:
+        with_shapes = ev.error(ev.build(run.plans[(g.id, 0.7)]))
+        assert with_shapes > 0
+        assert ev.measure((g.id, 0.7), accuracy=False).error == with_shapes
