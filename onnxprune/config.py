@@ -133,6 +133,7 @@ class PruneConfig:
     executor: str = "local"  # where whole-model candidate runs go: local, processes or ray
     workers: int | None = None
     ray_address: str | None = None
+    anchor_samples: int | None = 64  # budgets' Gram anchors: samples each runs on (None: all); sensitivity's default
     eval_data: str | None = None
     labels: str = "labels"
     # validation
@@ -267,6 +268,10 @@ class PruneConfig:
             from onnxprune.recovery.ray_executor import import_ray
 
             import_ray()
+        if self.anchor_samples is not None and (isinstance(self.anchor_samples, bool)
+                                                or not isinstance(self.anchor_samples, int) or self.anchor_samples < 1):
+            raise ConfigError(f"{opt('anchor_samples')} must be a positive number of samples or all (None), "
+                              f"got {self.anchor_samples!r}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"{opt('workers')} must be >= 1, got {self.workers}")
         if not (math.isfinite(self.atol) and self.atol >= 0 and math.isfinite(self.rtol) and self.rtol >= 0):

@@ -53,6 +53,7 @@ MODES_OF: dict[str, tuple[str, ...]] = {
     "executor": ("structured",),
     "workers": ("structured",),
     "ray_address": ("structured",),
+    "anchor_samples": ("structured",),
     "sequential": ("unstructured", "nm"),
     "untie_embeddings": ("width",),
 }
@@ -67,7 +68,7 @@ _INSTEAD: dict[tuple[str, str], str] = {
 #: Options a saved plan decides: with ``plan_in`` they would be ignored.
 PLAN_DECIDES = ("ratio", "scope", "global_rank", "round_to", "min_channels", "grouped_conv", "importance",
                 "target_macs", "target_params", "max_error", "sensitivity_method", "executor", "workers",
-                "ray_address", "target_speedup", "target_latency")
+                "ray_address", "anchor_samples", "target_speedup", "target_latency")
 
 #: Options read only when another one is set: option -> (the options, any of which enables it).
 NEEDS: dict[str, tuple[str, ...]] = {
@@ -77,6 +78,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "executor": ("target_macs", "target_params"),
     "workers": ("target_macs", "target_params"),
     "ray_address": ("target_macs", "target_params"),
+    "anchor_samples": ("target_macs", "target_params", "target_speedup", "target_latency"),
     "bench_batches": ("bench",),
     "bench_runs": ("bench",),
     "bench_warmup": ("bench",),

@@ -51,7 +51,8 @@ def _errors(model: ModelProto, dg: Any, config: PruneConfig, plans: list[Any]) -
         run = start_sensitivity(model, config.calib, ratios=TARGET_RATIOS, importance=config.importance,
                                 recover=config.recovery if config.recovery in ("none", "bias", "lstsq") else "none",
                                 dg=dg, method=config.sensitivity_method, executor=config.executor,
-                                workers=config.workers, ray_address=config.ray_address)
+                                workers=config.workers, ray_address=config.ray_address,
+                                anchor_samples=config.anchor_samples)
         report = run.report()
         return {g.group: list(g.errors) for g in report.groups}, f"sensitivity on --calib ({report.method})"
     log.info("latency budget: no --calib, so groups are ranked by the data-free criterion (weight energy of the "

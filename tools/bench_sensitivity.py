@@ -19,6 +19,15 @@ largest width, started once and timed at each width by bounding the candidates i
 ``--ray-address``); every result must equal the local one, and the row reports the speedup from 1 worker.
 On a bigger box: ``--scaling 1,2,4,8,16 --ray-cpus 16``.
 
+With ``--final --baseline-src DIR`` (DIR: ``git archive 33d7b19 | tar -x -C DIR``, old main), the one table
+the issue asks for, each protocol run in fresh processes, alternating old and new (timings on a shared machine
+are ratios within one run): RegNetX-400MF (256 seeded N(0,1) samples, the 7 default ratios, ``sensitivity``
+and the ``--target-macs 0.5`` budget, :data:`FINAL_REPEATS` pairs) and a full-size ResNet-50 (``tools/resnet50.py``,
+seed 0) on a reduced protocol, the same for both trees: 8 samples, ratios 0.3/0.5/0.7, ``sensitivity`` only,
+one pair (old main's anchors run the whole model on every sample: at 256 samples and every ratio it takes hours
+here). Spearman of the group scores against this tree's ``method="model"`` (every candidate on the whole model,
+same protocol) and between the trees; and the ``prune --target-macs 0.5`` top-1 on digits_cnn's test split.
+
 Calibration: the model's ``<name>_calib.npz`` where shipped, else ``--samples`` seeded standard-normal
 inputs (written to a temporary npz). Run on an idle machine: the figures are wall times.
 
@@ -29,6 +38,7 @@ Usage:
                                               [--json out.json]
                                               [--baseline-src DIR] [--scaling 1,2] [--executors processes,ray]
                                               [--ray-cpus N] [--ray-address ADDRESS] [--scaling-only]
+  .venv/bin/python tools/bench_sensitivity.py --final --baseline-src DIR [--json out.json]
 """
 
 from __future__ import annotations
@@ -229,6 +239,126 @@ def bench_model(path: Path, args: argparse.Namespace, tmp: Path) -> dict[str, ob
     return row
 
 
+#: (name, model, samples, ratios, budget too, alternating pairs) of ``--final``; "resnet50" is built.
+FINAL_PROTOCOLS = (
+    ("RegNetX-400MF", "models/tv_regnet_x_400mf.onnx", 256, DEFAULT_RATIOS, True, 2),
+    ("ResNet-50", "resnet50", 8, (0.3, 0.5, 0.7), False, 1),
+)
+FINAL_REPEATS = 2
+
+_RUN = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from onnxprune.recovery.sensitivity import sensitivity
+path, calib, samples, ratios, what = sys.argv[2], sys.argv[3], int(sys.argv[4]), \\
+    tuple(float(r) for r in sys.argv[5].split(",")), sys.argv[6]
+out = {}
+if what in ("sensitivity", "model"):
+    t = time.perf_counter()
+    kw = {"method": "model"} if what == "model" else {}
+    rep = sensitivity(path, calib, ratios=ratios, max_samples=samples, **kw)
+    out = {"s": time.perf_counter() - t, "scores": {str(g.group): g.score for g in rep.groups}}
+else:
+    from onnxprune.config import PruneConfig
+    from onnxprune.core.io import load_model
+    from onnxprune.recovery.budget import allocate_budget
+    from onnxprune.structured.analysis import analyze
+    m = load_model(path)
+    dg = analyze(m)
+    t = time.perf_counter()
+    ratios = allocate_budget(m, dg, PruneConfig(target_macs=0.5, calib=calib))
+    out = {"s": time.perf_counter() - t, "ratios": {str(k): v for k, v in ratios.items()}}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _fresh(src: str, path: str, calib: str, samples: int, ratios: tuple[float, ...], what: str) -> dict:
+    """One measurement in a fresh process with the package in ``src`` first on the path."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _RUN, src, path, calib, str(samples),
+                           ",".join(f"{r:g}" for r in ratios), what], capture_output=True, text=True)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not line:
+        raise SystemExit(f"{what} with {src} failed:\n{proc.stderr[-3000:]}")
+    return dict(json.loads(line[0][len("RESULT "):]))
+
+
+def _digits_top1(src: str, tmp: Path) -> float:
+    """``prune models/digits_cnn.onnx --target-macs 0.5 --calib ... --eval-data ...`` top-1 after, with ``src``."""
+    import subprocess
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from onnxprune.cli.main import main; "
+            "raise SystemExit(main(sys.argv[2:]))")
+    out = tmp / f"digits_{abs(hash(src))}.onnx"
+    report = tmp / f"digits_{abs(hash(src))}.json"
+    subprocess.run([sys.executable, "-c", code, src, "prune", "models/digits_cnn.onnx", "-o", str(out),
+                    "--target-macs", "0.5", "--calib", "models/digits_cnn_calib.npz", "--eval-data",
+                    "models/digits_cnn_test.npz", "--report", str(report), "--quiet"], check=True, cwd=ROOT)
+    return float(json.loads(report.read_text())["accuracy"]["after"]["top1"])
+
+
+def final(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
+    """The ``--final`` table: see the module doc."""
+    old, new = str(Path(args.baseline_src).resolve()), str(ROOT)
+    rows: list[dict[str, object]] = []
+    for name, model, samples, ratios, budget, pairs in FINAL_PROTOCOLS:
+        if model == "resnet50":
+            from tools.resnet50 import resnet50
+
+            path = tmp / "resnet50.onnx"
+            import onnx
+
+            onnx.save(resnet50(seed=0), path)
+        else:
+            path = ROOT / model
+        calib, _ = calibration(path, samples, tmp)
+        row: dict[str, object] = {"model": name, "samples": samples, "ratios": list(ratios), "pairs": pairs}
+        whats = ["sensitivity"] + (["budget"] if budget else [])
+        runs: dict[tuple[str, str], list[dict]] = {}
+        for _ in range(pairs):
+            for what in whats:
+                for tree, src in (("old", old), ("new", new)):
+                    r = _fresh(src, str(path), calib, samples, ratios, what)
+                    runs.setdefault((tree, what), []).append(r)
+                    print(f"  {name} {what} {tree}: {r['s']:.1f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+        for what in whats:
+            t_old = [r["s"] for r in runs[("old", what)]]
+            t_new = [r["s"] for r in runs[("new", what)]]
+            row[f"{what}_old_s"] = [round(t, 1) for t in t_old]
+            row[f"{what}_new_s"] = [round(t, 1) for t in t_new]
+            row[f"{what}_speedup"] = round(sum(t_old) / sum(t_new), 2)
+        if budget:
+            row["same_allocation"] = all(r["ratios"] == runs[("old", "budget")][0]["ratios"]
+                                         for r in runs[("new", "budget")] + runs[("old", "budget")])
+        ref = _fresh(new, str(path), calib, samples, ratios, "model")
+        row["reference_model_s"] = round(ref["s"], 1)
+        groups = sorted(ref["scores"], key=int)
+        s_new, s_old = runs[("new", "sensitivity")][0]["scores"], runs[("old", "sensitivity")][0]["scores"]
+        row["groups"] = len(groups)
+        s_ref = ref["scores"]
+        for a, b, key in ((s_new, s_ref, "new_vs_model"), (s_old, s_ref, "old_vs_model"), (s_new, s_old, "new_vs_old")):
+            row[f"spearman_{key}"] = round(spearman([a[g] for g in groups], [b[g] for g in groups]), 4)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    digits = {"model": "digits_cnn prune --target-macs 0.5", "top1_old": _digits_top1(old, tmp),
+              "top1_new": _digits_top1(new, tmp)}
+    rows.append(digits)
+    print(json.dumps(digits), flush=True)
+    print()
+    print("| model | protocol | sensitivity old / new (s) | speedup | budget old / new (s) | speedup | Spearman new vs "
+          "model / old vs model / new vs old |")
+    print("|---|---|---|---:|---|---:|---|")
+    for row in rows[:-1]:
+        budget_cells = (f"{row['budget_old_s']} / {row['budget_new_s']} | {row['budget_speedup']}x"
+                        if "budget_old_s" in row else "- | -")
+        print(f"| {row['model']} | {row['samples']} samples, ratios {row['ratios']} | {row['sensitivity_old_s']} / "
+              f"{row['sensitivity_new_s']} | {row['sensitivity_speedup']}x | {budget_cells} | "
+              f"{row['spearman_new_vs_model']} / {row['spearman_old_vs_model']} / {row['spearman_new_vs_old']} |")
+    print(f"digits_cnn --target-macs 0.5 top-1 after: old {digits['top1_old']:.2%}, new {digits['top1_new']:.2%}")
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
@@ -251,7 +381,12 @@ def main() -> int:
     p.add_argument("--ray-cpus", type=int, help="CPUs of the local Ray cluster (default: the largest --scaling)")
     p.add_argument("--ray-address", help="time on the Ray cluster at this address instead of a local one")
     p.add_argument("--scaling-only", action="store_true", help="time only the whole-model path and --scaling")
+    p.add_argument("--final", action="store_true",
+                   help="the issue's table (RegNetX-400MF and ResNet-50, old vs new alternating, Spearman; needs "
+                        "--baseline-src): see the module doc")
     args = p.parse_args()
+    if args.final and not args.baseline_src:
+        p.error("--final needs --baseline-src DIR (old main's tree: git archive 33d7b19 | tar -x -C DIR)")
     import onnx
     import onnxruntime
 
@@ -261,7 +396,11 @@ def main() -> int:
     print("command: .venv/bin/python tools/bench_sensitivity.py " + " ".join(sys.argv[1:]))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models:
+        if args.final:
+            start = time.perf_counter()
+            rows = final(args, Path(tmp))
+            print(f"--final took {time.perf_counter() - start:.0f} s")
+        for model in [] if args.final else args.models:
             row = bench_model(Path(model), args, Path(tmp))
             rows.append(row)
             print(json.dumps(row), flush=True)

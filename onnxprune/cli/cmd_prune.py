@@ -112,6 +112,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     c.add_argument("--exact-sensitivity", dest="sensitivity_method", action="store_const", const="model",
                    default=None, help="with a budget: measure every candidate on the whole model (slow reference) "
                                       "instead of Gram scores anchored by one whole-model run per group")
+    c.add_argument("--anchor-samples", metavar="N|all", default=None,
+                   help="with a budget: samples each group's Gram anchor runs on (the first batches holding N; "
+                        f"'all': every sample) (default {d('anchor_samples')})")
     c.add_argument("--executor", choices=["local", "processes", "ray"], default=None,
                    help="with a budget: run whole-model candidate measurements here, in worker processes or on "
                         "Ray (default local)")
@@ -176,11 +179,13 @@ def config_from_args(args: argparse.Namespace) -> PruneConfig:
     Messages name flags: call it under ``option_spelling(PRUNE_FLAGS)``.
     """
     from onnxprune.config import parse_dims
+    from onnxprune.recovery.sensitivity import parse_anchor_samples
     from onnxprune.sparse.sparsify import parse_layer_sparsity
 
     convert: dict[str, Any] = {
         "layer_sparsity": parse_layer_sparsity, "dim": parse_dims, "exclude": tuple,
         "providers": lambda text: tuple(x.strip() for x in text.split(",") if x.strip()),
+        "anchor_samples": lambda text: parse_anchor_samples(text, flag="--anchor-samples"),
     }
     params = {f.name for f in dataclasses.fields(PruneConfig)}
     options: dict[str, Any] = {}

@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("gram", "model"), default="gram",
                    help="gram: score candidates from Gram matrices, one whole-model run per group (default); "
                         "model: run every candidate on the whole model (slow reference)")
+    p.add_argument("--anchor-samples", metavar="N|all", default=None,
+                   help="gram: calibration samples each group's one whole-model anchor runs on (the first batches "
+                        "holding N; 'all': every sample, exact anchors; default 64)")
     p.add_argument("--executor", choices=("local", "processes", "ray"), default="local",
                    help="run whole-model measurements here, in worker processes or on Ray (default local)")
     p.add_argument("--ray-address", metavar="ADDRESS", help="Ray cluster to join (default: start a local one)")
@@ -41,10 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import onnxprune.recovery.data_criteria  # noqa: F401 - registers the data-aware criteria
     from onnxprune.core.errors import ConfigError
-    from onnxprune.recovery.sensitivity import parse_ratios, sensitivity
+    from onnxprune.recovery.sensitivity import DEFAULT_ANCHOR_SAMPLES, parse_anchor_samples, parse_ratios, sensitivity
 
     if args.max_samples is not None and args.max_samples < 1:
         raise ConfigError(f"--max-samples must be >= 1, got {args.max_samples}")
+    anchors = (DEFAULT_ANCHOR_SAMPLES if args.anchor_samples is None
+               else parse_anchor_samples(args.anchor_samples, flag="--anchor-samples"))
     if args.plot:
         from onnxprune.core.io import check_output_path
 
@@ -52,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     report = sensitivity(args.model, args.calib, ratios=parse_ratios(args.ratios), eval_data=args.eval_data,
                          importance=args.importance, recover=args.recover, max_samples=args.max_samples,
                          labels=args.labels, method=args.method, executor=args.executor, workers=args.workers,
-                         ray_address=args.ray_address)
+                         ray_address=args.ray_address, anchor_samples=anchors)
     if args.plot:
         from onnxprune.report.plots import plot_sensitivity
 

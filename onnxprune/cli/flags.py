@@ -32,6 +32,7 @@ PRUNE_FLAGS: dict[str, str] = {
     "sensitivity_method": "--exact-sensitivity", "executor": "--executor",
     "workers": "--workers", "ray_address": "--ray-address", "sequential": "--sequential",
     "untie_embeddings": "--untie-embeddings",
+    "anchor_samples": "--anchor-samples",
 }
 
 #: Where parsed arguments keep the deprecation notes of old spellings, for ``main`` to log.

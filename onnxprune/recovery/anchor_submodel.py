@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -121,8 +122,19 @@ class SubModelAnchors:
             return
         wanted = list(dict.fromkeys(n for p in pending for n in p.needed if n not in self._inputs))
         acts = self._activations(wanted)
-        for p in pending:
-            self.results[p.key] = 0.0 if p.model is None else self._measure(p, acts)
+        cut = [p for p in pending if p.model is not None]
+        if self.threads is None and len(cut) > 1:
+            # one single-threaded session per sub-model, as many at a time as there are cores: no thread pool
+            # to build per session (about as long as building the session itself on RegNetX-400MF), and the
+            # runs, which release the GIL, fill the cores; each candidate's sum is its own, in batch order
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(len(cut), os.cpu_count() or 1)) as pool:
+                errors = list(pool.map(lambda p: self._measure(p, acts, threads=1), cut))
+        else:
+            errors = [self._measure(p, acts) for p in cut]
+        self.results.update({p.key: e for p, e in zip(cut, errors, strict=True)})
+        self.results.update({p.key: 0.0 for p in pending if p.model is None})
 
     def _activations(self, wanted: Sequence[str]) -> list[dict[str, np.ndarray]]:
         per_batch: list[dict[str, np.ndarray]] = [dict(b) for b in self.batches]
@@ -133,14 +145,14 @@ class SubModelAnchors:
         log.debug("anchor sub-models: %d activations cached", len(wanted))
         return per_batch
 
-    def _measure(self, p: _Pending, acts: Sequence[Mapping[str, np.ndarray]]) -> float:
+    def _measure(self, p: _Pending, acts: Sequence[Mapping[str, np.ndarray]], *, threads: int | None = None) -> float:
         assert p.model is not None  # callers skip uncut candidates
         sub = p.model
         first = acts[0]
         sub.graph.input.extend(helper.make_tensor_value_info(
             n, helper.np_dtype_to_tensor_dtype(first[n].dtype), ["batch", *first[n].shape[1:]])
             for n in p.needed)  # shapes known, so onnxruntime optimizes the sub-model as the whole one
-        sess = self._create(sub, threads=self.threads)
+        sess = self._create(sub, threads=threads or self.threads)
         total = 0.0
         for feeds, ref in zip(acts, self.reference, strict=True):
             got = self._run(sess, {n: feeds[n] for n in p.needed}, outputs=list(p.outputs),

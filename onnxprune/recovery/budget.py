@@ -25,7 +25,9 @@ from onnxprune.core.io import load_model
 from onnxprune.core.stats import model_stats
 from onnxprune.recovery.calibrate import ActivationStats
 from onnxprune.recovery.costs import CostModel
+from onnxprune.recovery.executor import ScoredOnce
 from onnxprune.recovery.sensitivity import (
+    DEFAULT_ANCHOR_SAMPLES,
     DEFAULT_RATIOS,
     OutputErrorMeter,
     SensitivityReport,
@@ -83,9 +85,11 @@ class _Candidate:
         self.meter, self.recover, self.rstats = meter, recover, rstats
         self._cache: dict[tuple, tuple[int, int, ModelProto, object]] = {}
         self._costs: CostModel | None = None
+        # every greedy step plans the whole model: score each group once (the same plans)
+        self._criterion = ScoredOnce(importance)
 
     def plan(self, ratios: Mapping[int, float]) -> PrunePlan:
-        return make_plan(self.model, self.dg, ratio=0.0, importance=self.importance,
+        return make_plan(self.model, self.dg, ratio=0.0, importance=self._criterion,
                          group_ratios={g: r for g, r in ratios.items() if r > 0}, statistics=self.statistics,
                          **self.plan_options)  # type: ignore[arg-type]
 
@@ -99,7 +103,7 @@ class _Candidate:
     def build(self, ratios: Mapping[int, float]) -> tuple[int, int, ModelProto, object]:
         key = tuple(sorted((g, round(r, 9)) for g, r in ratios.items() if r > 0))
         if key not in self._cache:
-            plan = make_plan(self.model, self.dg, ratio=0.0, importance=self.importance,
+            plan = make_plan(self.model, self.dg, ratio=0.0, importance=self._criterion,
                              group_ratios={g: r for g, r in key}, statistics=self.statistics,
                              **self.plan_options)  # type: ignore[arg-type]
             pruned = apply_plan(self.model, plan, dg=self.dg)
@@ -283,7 +287,8 @@ def allocate_budget(model: ModelProto, dg: DependencyGraph, config: object) -> d
     run = start_sensitivity(model, data, ratios=DEFAULT_RATIOS + (0.8, 0.9), importance=importance,  # type: ignore[arg-type]
                             recover=recover, dg=dg, method=str(getattr(config, "sensitivity_method", "gram")),
                             executor=str(getattr(config, "executor", "local")),
-                            workers=getattr(config, "workers", None), ray_address=getattr(config, "ray_address", None))
+                            workers=getattr(config, "workers", None), ray_address=getattr(config, "ray_address", None),
+                            anchor_samples=getattr(config, "anchor_samples", DEFAULT_ANCHOR_SAMPLES))
     options = {k: getattr(config, k) for k in ("round_to", "min_channels", "exclude", "seed") if hasattr(config, k)}
 
     def allocate_run(report: SensitivityReport) -> dict[int, float]:

@@ -26,7 +26,8 @@ from onnxprune.core.errors import ConfigError
 from onnxprune.core.progress import progress
 from onnxprune.core.stats import model_stats
 from onnxprune.recovery.calibrate import ActivationStats
-from onnxprune.structured.analysis import DependencyGraph, analyze
+from onnxprune.structured.analysis import ChannelGroup, DependencyGraph, analyze
+from onnxprune.structured.importance import ImportanceContext
 from onnxprune.structured.plan import PrunePlan, make_plan
 from onnxprune.structured.surgery import apply_plan
 
@@ -87,6 +88,25 @@ def single_group_plan(model: ModelProto, dg: DependencyGraph, group_id: int, rat
                      criterion=plan.criterion, meta=plan.meta)
 
 
+class ScoredOnce:
+    """The criterion ``name``, each group scored on its first call and the scores reused after (plans of one
+    model at several ratios score the same groups the same way: same model, statistics and seed). Named as the
+    criterion, so plans record it as they would with the name."""
+
+    def __init__(self, name: str) -> None:
+        from onnxprune.structured.importance import get_criterion
+
+        self.__name__ = name
+        self._criterion = get_criterion(name)
+        self._scores: dict[int, np.ndarray] = {}
+
+    def __call__(self, group: ChannelGroup, ctx: ImportanceContext) -> np.ndarray:
+        found = self._scores.get(group.id)
+        if found is None:
+            found = self._scores[group.id] = np.array(self._criterion(group, ctx), dtype=np.float64, copy=True)
+        return found
+
+
 class CandidateEvaluator:
     """Builds single-group candidates of one model and measures them on the whole model."""
 
@@ -133,8 +153,9 @@ class CandidateEvaluator:
         so the plan cutting all groups at ``r`` holds each single-group plan at ``r``.
         """
         out: dict[Task, PrunePlan] = {}
+        scores = ScoredOnce(self.spec.importance)  # a group's channel scores do not depend on the ratio
         for r in ratios:
-            plan = make_plan(self.model, self.dg, ratio=0.0, importance=self.spec.importance,
+            plan = make_plan(self.model, self.dg, ratio=0.0, importance=scores,
                              group_ratios=dict.fromkeys(group_ids, r), statistics=self.spec.statistics)
             for g in group_ids:
                 out[(g, r)] = PrunePlan(fingerprint=plan.fingerprint, keep={g: plan.keep[g]},
@@ -176,8 +197,12 @@ class CandidateEvaluator:
         return float(evaluate_accuracy(candidate, self.spec.eval_data, labels=self.spec.labels).top1)
 
     def measure(self, task: Task, *, error: bool = True, accuracy: bool = True) -> Measured:
-        """Build the candidate ``(group, ratio)`` and measure what is asked on the whole model."""
-        cand = self.build(self.plan(*task))
+        """Build the candidate ``(group, ratio)`` and measure what is asked on the whole model.
+
+        The candidate is run, never kept: its shapes are not re-inferred (onnxruntime infers them from the
+        inputs as it would from the value_info; the errors are the same, bit for bit, tested).
+        """
+        cand = self.build(self.plan(*task), infer_shapes=False)
         return Measured(self.error(cand) if error else None, self.accuracy(cand) if accuracy else None)
 
 

@@ -131,8 +131,8 @@ class GramScorer:
             rows = weight_rows(cut.node, w.astype(np.float64), self._idx.opset)
             bias = layer_bias(self._idx, cut.node, n_out).reshape(rows.shape[:2])
             gs = self.stats.gram(cut.key)
-            energy = (np.einsum("gok,gkl,gol->go", rows, gs.gram, rows)
-                      + 2.0 * bias * np.einsum("gok,gk->go", rows, gs.col_sum) + gs.rows * bias * bias)
+            energy = (quadratic(rows, gs.gram) + 2.0 * bias * np.einsum("gok,gk->go", rows, gs.col_sum)
+                      + gs.rows * bias * bias)
             found = _Layer(rows, bias, _kernel_size(cut.node, w.shape), gs, energy)
             self._layers[cut.key] = found
         return found
@@ -176,6 +176,20 @@ def _group_stats(gs: GramStats, g: int) -> GramStats:
         return gs
     cross = None if gs.cross is None else gs.cross[g:g + 1]
     return replace(gs, groups=1, gram=gs.gram[g:g + 1], col_sum=gs.col_sum[g:g + 1], cross=cross)
+
+
+def quadratic(rows: np.ndarray, gram: np.ndarray) -> np.ndarray:
+    """``w G wᵀ`` for every row ``w``: ``(G, O, K)`` rows and ``(G, K, K)`` Grams → ``(G, O)``.
+
+    One batched matmul (BLAS) and a row-wise dot, not a three-operand ``einsum``, which numpy runs as a plain
+    loop over ``O·K²`` terms (seconds per layer on a ResNet-50 3×3 conv, K = 4608); equal to round-off.
+
+    Example:
+        >>> r = np.arange(6.0).reshape(1, 2, 3); g = np.eye(3)[None]
+        >>> quadratic(r, g).tolist()
+        [[5.0, 50.0]]
+    """
+    return np.einsum("gok,gok->go", np.matmul(rows, gram), rows)
 
 
 def scorable_sinks(model: ModelProto, dg: DependencyGraph, group_ids: Mapping[int, int] | None = None) -> list[str]:

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -151,6 +151,28 @@ class SensitivityReport:
         return "\n".join(lines)
 
 
+def parse_anchor_samples(text: str | int | None, *, flag: str = "anchor_samples") -> int | None:
+    """``"all"`` (or ``None``) → ``None`` (anchors on every sample); a positive integer → itself; ConfigError
+    naming ``flag`` otherwise.
+
+    Example:
+        >>> parse_anchor_samples("all"), parse_anchor_samples("32")
+        (None, 32)
+    """
+    if text is None or (isinstance(text, str) and text.strip().lower() == "all"):
+        return None
+    if isinstance(text, bool):
+        value = None
+    elif isinstance(text, int):
+        value = text
+    else:
+        value = int(text.strip()) if text.strip().isdigit() else None
+    if value is None or value < 1:
+        raise ConfigError(f"{flag} must be a positive number of samples or 'all', got '{text}'; e.g. "
+                          f"{flag} {DEFAULT_ANCHOR_SAMPLES}")
+    return value
+
+
 def parse_ratios(text: str | Sequence[float]) -> tuple[float, ...]:
     """Parse ``"0.1,0.2,0.5"`` into sorted unique ratios in ``(0, 1)``; ConfigError otherwise."""
     items = [t for t in text.split(",") if t.strip()] if isinstance(text, str) else list(text)
@@ -215,9 +237,12 @@ def criterion_statistics(model: ModelProto, dg: DependencyGraph, importance: str
     return collect_group_stats(model, dg, data)  # type: ignore[arg-type]
 
 
-def recovery_stats(model: ModelProto, dg: DependencyGraph, data: object, recover: str) -> ActivationStats | None:
+def recovery_stats(model: ModelProto, dg: DependencyGraph, data: object, recover: str, *,
+                   collect: Callable[..., ActivationStats] | None = None) -> ActivationStats | None:
     """Statistics for recovering any cut of ``dg``'s groups: every sink's Gram (lstsq) or input (bias), or
-    both in one pass (``"both"``: what Gram scoring with bias recovery needs); grouped Conv sinks included."""
+    both in one pass (``"both"``: what Gram scoring with bias recovery needs); grouped Conv sinks included.
+    ``collect`` runs the pass (default :func:`~onnxprune.recovery.calibrate.collect_stats`; see
+    :func:`calibration_pass`)."""
     if recover == "none" or data is None:
         return None
     from onnxprune.recovery.recover import recovery_input_axis, sink_cuts
@@ -225,11 +250,35 @@ def recovery_stats(model: ModelProto, dg: DependencyGraph, data: object, recover
     # keeping one channel of every group makes every sink of a prunable group show up as cut
     one = {g.id: np.zeros(1, dtype=np.int64) for g in dg.prunable_groups if g.size > 1}
     every = sink_cuts(model, dg, one) if one else []
+    run: Callable[..., ActivationStats] = collect or collect_stats
     if recover == "lstsq":
-        return collect_stats(model, data, gram_for=[c.key for c in every])  # type: ignore[arg-type]
+        return run(model, data, gram_for=[c.key for c in every])
     axes = {c.activation: recovery_input_axis(c) for c in every}
     grams = [c.key for c in every] if recover == "both" else []
-    return collect_stats(model, data, tensors=axes, gram_for=grams)  # type: ignore[arg-type]
+    return run(model, data, tensors=axes, gram_for=grams)
+
+
+#: Calibration samples per shard when sensitivity's calibration pass is spread over workers: shards depend on
+#: the data only, so the statistics (and the report) do not depend on the number of workers.
+SHARD_SAMPLES = 64
+
+
+def calibration_pass(calib: object, batches: Sequence[Mapping[str, np.ndarray]], *, samples: int, batch_size: int,
+                     executor: str, workers: int | None, ray_address: str | None
+                     ) -> tuple[object, Callable[..., ActivationStats] | None]:
+    """What sensitivity's one calibration pass reads, and how it runs: the meter's ``batches`` in this process,
+    or, with ``processes`` or ``ray`` and an npz path, shards of :data:`SHARD_SAMPLES` of its first ``samples``
+    reduced by the workers and summed (:func:`onnxprune.recovery.shards.collect_stats_sharded`: equal to the
+    single pass up to float64 round-off)."""
+    if executor == "local" or not isinstance(calib, (str, os.PathLike)):
+        return list(batches), None
+    from functools import partial
+
+    from onnxprune.recovery.shards import collect_stats_sharded
+
+    shards = max(1, -(-samples // SHARD_SAMPLES))
+    return calib, partial(collect_stats_sharded, shards=shards, batch_size=batch_size, executor=executor,
+                          workers=workers, ray_address=ray_address, max_samples=samples)
 
 
 def sensitivity(
@@ -330,7 +379,7 @@ def start_sensitivity(
     check_executor(executor, workers)
     if anchor_samples is not None and (isinstance(anchor_samples, bool) or not isinstance(anchor_samples, int)
                                        or anchor_samples < 1):
-        raise ConfigError(f"anchor_samples must be a positive integer or None, got {anchor_samples!r}")
+        raise ConfigError(f"anchor_samples must be a positive integer or None (every sample), got {anchor_samples!r}")
     m = load_model(model)
     if eval_data is not None:  # refuse bad labels now, not after the calibration statistics
         from onnxprune.runtime.evaluate import check_eval_data
@@ -371,16 +420,19 @@ class SensitivityRun:
         statistics = criterion_statistics(m, dg, importance, calib if isinstance(calib, (str, os.PathLike))
                                           else meter.batches)
         scorer = None
+        data, collect = calibration_pass(calib, meter.batches, samples=meter.samples, batch_size=batch_size,
+                                         executor=executor, workers=workers, ray_address=ray_address)
         if method == "gram":
             from onnxprune.recovery.gram_score import GramScorer
 
             # the one calibration pass: every consumer's Gram (and input means) serves scoring and recovery alike
-            stats = recovery_stats(m, dg, meter.batches, "lstsq" if recover != "bias" else "both")  # Grams (+ means)
+            stats = recovery_stats(m, dg, data, "lstsq" if recover != "bias" else "both",  # Grams (+ means)
+                                   collect=collect)
             assert stats is not None
             rstats = stats if recover != "none" else None
             scorer = GramScorer(m, dg, stats, recover=recover)
         else:
-            rstats = recovery_stats(m, dg, meter.batches, recover)
+            rstats = recovery_stats(m, dg, data, recover, collect=collect)
         clock.done("calibration", meter.samples, "samples")
         spec = CandidateSpec(m.SerializeToString(), tuple(meter.batches), tuple(meter.reference),
                              tuple(meter.outputs), importance, recover, statistics, rstats,

@@ -113,12 +113,15 @@ def collect_stats_sharded(
     executor: str = "processes",
     ray_address: str | None = None,
     workers: int | None = None,
+    max_samples: int | None = None,
 ) -> ActivationStats:
     """:func:`~onnxprune.recovery.calibrate.collect_stats` over ``shards`` sample ranges of an npz, reduced
     in parallel (``local``, ``processes`` or ``ray``) and summed (:func:`merge_stats`).
 
     ``workers`` bounds the shards reduced at a time (default: one per core, or every shard on Ray); the
-    result depends on ``shards`` only.
+    result depends on ``shards`` only. Ranges start at multiples of the batch (the model's fixed batch, else
+    ``batch_size``), so every shard runs the batches a single pass would; ``max_samples`` reads only the first
+    samples (as :func:`~onnxprune.recovery.calibrate.iter_feeds` does).
 
     Raises:
         ConfigError: ``shards`` below 1, unknown executor, Ray missing or unreachable; CalibrationError: bad
@@ -133,13 +136,20 @@ def collect_stats_sharded(
     m = load_model(model, check=False)
     from onnxprune.recovery.calibrate import count_samples
 
-    n = count_samples(data)
+    if max_samples is not None and max_samples < 1:
+        raise ConfigError(f"max_samples must be >= 1, got {max_samples}")
+    n = count_samples(data, max_samples)
     if not n:
         raise CalibrationError(f"{data}: no samples to calibrate on; give an npz whose arrays have samples")
-    bounds = np.linspace(0, n, min(shards, n) + 1).astype(int)
+    from onnxprune.runtime.feeds import fixed_batch_size, input_specs
+
+    step = fixed_batch_size(input_specs(m)) or batch_size
+    batches = -(-n // step)
+    cuts = np.linspace(0, batches, min(shards, batches) + 1).astype(int) * step
+    bounds = np.minimum(cuts, n)
     axes = dict(tensors) if isinstance(tensors, Mapping) else dict.fromkeys(tensors)
-    jobs = [_Shard(str(data), int(a), int(b), axes, tuple(gram_for), batch_size)
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    jobs = [_Shard(str(data), int(a), int(b), axes, tuple(gram_for), step)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
     if executor == "local" or len(jobs) == 1:
         parts = [_reduce_shard(m, j) for j in jobs]
     elif executor == "processes":

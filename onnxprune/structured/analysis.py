@@ -150,6 +150,7 @@ class DependencyGraph:
         self.split = MappingProxyType(dict(split or {}))
         self.grouped_conv = grouped_conv
         self._slots: tuple[list[ChannelAxis], np.ndarray, np.ndarray] | None = None
+        self._groups_index: tuple[np.ndarray, list[np.ndarray]] | None = None
 
     # -- queries -----------------------------------------------------------------------------------
     @property
@@ -165,23 +166,41 @@ class DependencyGraph:
 
     def kept_positions(self, keep: Mapping[int, np.ndarray]) -> dict[ChannelAxis, np.ndarray]:
         """Kept positions of every slot that loses some, given kept roots per group id."""
-        offsets = np.concatenate([[0], np.cumsum([g.size for g in self.groups])]).astype(np.int64)
+        offsets, group_slots = self._group_index()
         root_kept = np.ones(int(offsets[-1]), dtype=bool)
+        touched: list[np.ndarray] = []
         for gid, roots in keep.items():
             mask = np.zeros(self.groups[gid].size, dtype=bool)
             mask[np.asarray(roots, dtype=np.int64)] = True
-            root_kept[offsets[gid]:offsets[gid + 1]] = mask
+            if not mask.all():
+                root_kept[offsets[gid]:offsets[gid + 1]] = mask
+                touched.append(group_slots[gid])
         result: dict[ChannelAxis, np.ndarray] = {}
-        if root_kept.all():
+        if not touched:
             return result
-        pos_kept = root_kept[offsets[self._pos_group] + self._pos_root]
-        # dropped positions before each index: a slot loses some iff the count grows across its range
-        # (vectorized: budgets and sensitivity ask this for hundreds of candidate cuts)
+        # only slots holding positions of a cut group can lose some (budgets and sensitivity ask this for
+        # hundreds of single-group cuts); ascending slot order, as the analysis made them
         slots, starts, ends = self._slot_table()
-        lost = np.concatenate([[0], np.cumsum(~pos_kept)])
-        for i in np.flatnonzero(lost[ends] > lost[starts]):
-            result[slots[i]] = np.flatnonzero(pos_kept[starts[i]:ends[i]]).astype(np.int64)
+        for i in np.unique(np.concatenate(touched)):
+            a, b = starts[i], ends[i]
+            pos_kept = root_kept[offsets[self._pos_group[a:b]] + self._pos_root[a:b]]
+            if not pos_kept.all():
+                result[slots[i]] = np.flatnonzero(pos_kept).astype(np.int64)
         return result
+
+    def _group_index(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Root offset of every group, and the slots (indices into :meth:`_slot_table`) holding each
+        group's positions (built once)."""
+        if self._groups_index is None:
+            offsets = np.concatenate([[0], np.cumsum([g.size for g in self.groups])]).astype(np.int64)
+            _, starts, ends = self._slot_table()
+            per_group: list[list[int]] = [[] for _ in self.groups]
+            for i, (a, b) in enumerate(zip(starts, ends, strict=True)):
+                for gid in np.unique(self._pos_group[a:b]):
+                    per_group[int(gid)].append(i)
+            group_slots = [np.asarray(s, dtype=np.int64) for s in per_group]
+            self._groups_index = (offsets, group_slots)
+        return self._groups_index
 
     def const_versions(self, keep: Mapping[int, np.ndarray]) -> dict[str, list[ConstVersion]]:
         """The stored versions of every constant the cut changes (one, or one per distinct cut of a shared

@@ -221,3 +221,16 @@ def _evaluator(model, dg, data):
     spec = CandidateSpec(model.SerializeToString(), tuple(meter.batches), tuple(meter.reference),
                          tuple(meter.outputs), "l2", "none", None, None, None, "labels")
     return CandidateEvaluator(spec, model=model, dg=dg)
+
+
+def test_quadratic_form_equals_the_three_operand_einsum():
+    """The energy and grouped-conv terms use a BLAS matmul; the same numbers as the plain einsum to round-off."""
+    from onnxprune.recovery.gram_score import quadratic
+
+    rng = np.random.default_rng(0)
+    for groups, out, k in ((1, 7, 40), (4, 3, 9)):
+        x = rng.standard_normal((groups, 200, k))
+        gram = np.einsum("grk,grl->gkl", x, x)
+        rows = rng.standard_normal((groups, out, k))
+        np.testing.assert_allclose(quadratic(rows, gram), np.einsum("gok,gkl,gol->go", rows, gram, rows),
+                                   rtol=1e-12, atol=1e-9)
