@@ -98,3 +98,25 @@ def test_sparse_modes_warn_but_never_refuse(tmp_path):
                                                      bench_batches=(1,)), output=out, timer=pruned_twice_as_slow)
     assert out.exists() and result.report["speed"]["verdicts"][0]["slower"]
     assert any("zeroed weights do not speed up dense kernels" in w for w in result.warnings)
+
+
+def test_a_budget_retry_keeps_its_allocation_and_rounds_widths_up(tmp_path):
+    """A budget's retry keeps the first attempt's allocation and only rounds each kept width up to the
+    retry's step: allocating again at the coarser step could cut a group deeper than the first attempt did
+    (digits_cnn lost 60 points of top-1 that way)."""
+    from onnxprune.recovery.budget import allocate_budget
+    from onnxprune.structured.analysis import analyze
+
+    model = slower_when_pruned()
+    config = PruneConfig(target_macs=0.6, round_to=1, bench=True, allow_slower=True)
+    first = allocate_budget(model, analyze(model), config)
+    assert first and all(0 < r < 1 for r in first.values())
+    result = prune(model, config, output=tmp_path / "o.onnx", timer=slow_kernel_timer(16))
+    speed = result.report["speed"]
+    assert speed["retried"] and speed["first_try"]["verdicts"][0]["slower"]
+    assert result.report["settings"]["round_to"] == 16
+    ((gid, r),) = first.items()
+    keep_first = 64 - int(round(r * 64))
+    sizes = {g["id"]: g["size_after"] for g in result.report["groups"]}
+    assert sizes.get(gid, 64) == min(64, -(-keep_first // 16) * 16) >= keep_first
+    assert {int(g): r for g, r in result.report["budget_ratios"].items()} == first
