@@ -187,6 +187,21 @@ class GraphIndex:
                     readers.append(node)
         return readers
 
+    def ancestors(self, tensors: Iterable[str], *, through_shape: bool = True) -> set[str]:
+        """``tensors`` and every tensor they are computed from. ``through_shape=False`` stops at a ``Shape``
+        read: the tensors a value is computed from by value (a shape is metadata, not the value)."""
+        seen: set[str] = set()
+        todo = list(tensors)
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            node = self.producer.get(t)
+            if node is not None and (through_shape or node.op_type != "Shape"):
+                todo.extend(i for i in node.input if i)
+        return seen
+
     # -- names -------------------------------------------------------------------------------------
     def unique_name(self, base: str) -> str:
         """A tensor/node name not yet used in the graph, starting with ``onnxprune_``."""

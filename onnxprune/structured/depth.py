@@ -65,21 +65,6 @@ class ResidualBranch:
     nodes: int
 
 
-def _data_ancestors(index: GraphIndex, tensor: str) -> set[str]:
-    """Tensors ``tensor`` is computed from, by value (a ``Shape`` read is metadata and not followed)."""
-    seen: set[str] = set()
-    stack = [tensor]
-    while stack:
-        t = stack.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        node = index.producer.get(t)
-        if node is not None and node.op_type != "Shape":
-            stack.extend(i for i in node.input if i)
-    return seen
-
-
 def _learned_activations(index: GraphIndex) -> set[str]:
     """Tensors whose value depends on a learned layer's output: a MatMul/Gemm/Conv applying a constant weight
     to an activation, or an embedding lookup (Gather from a constant table of rank >= 2).
@@ -145,7 +130,7 @@ def _walk(index: GraphIndex, out: str, stream: str, learned: set[str]) -> _Walk:
     inputs = {i.name for i in index.graph.input} - set(index.initializers)
     if stream not in learned and stream not in inputs:
         return _Walk([], False, "a side value, not a residual stream")
-    upstream = (_data_ancestors(index, stream) & learned) - {stream}
+    upstream = (index.ancestors([stream], through_shape=False) & learned) - {stream}
     seen: dict[int, object] = {}
     stack = [out]
     visited: set[str] = set()

@@ -275,17 +275,8 @@ def _expand_targets(idx: GraphIndex) -> set[str]:
     (:mod:`onnxprune.structured.shape_reads`); frozen into a constant, it would block the heads' groups in the
     model width mode analyses and returns. A class token's Expand target is read at the analysis' sizes by
     :class:`StreamExpandRule` either way."""
-    seen: set[str] = set()
-    todo = [n.input[1] for n in idx.model.graph.node if n.op_type == "Expand" and len(n.input) > 1]
-    while todo:
-        t = todo.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        producer = idx.producer.get(t)
-        if producer is not None and producer.op_type != "Shape":
-            todo.extend(i for i in producer.input if i)
-    return seen
+    return idx.ancestors((n.input[1] for n in idx.model.graph.node if n.op_type == "Expand" and len(n.input) > 1),
+                         through_shape=False)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def _candidates(model: ModelProto, linear: tuple[str, ...]) -> list[tuple[str, i
     scale = idx.initializers.get(norms[0].input[1]) if norms and len(norms[0].input) > 1 else None
     if scale is None or scale.data_type not in FLOAT_TYPES:
         return []
-    before_norms = _ancestors(idx, [n.input[0] for n in norms])
+    before_norms = idx.ancestors(n.input[0] for n in norms)
     found: list[tuple[str, int, int]] = []
     for name in group.nodes:
         node = by_name.get(name)
@@ -76,22 +76,8 @@ def _candidates(model: ModelProto, linear: tuple[str, ...]) -> list[tuple[str, i
         if t in last and shape and isinstance(shape[-1], int):
             found.append((t, int(shape[-1]), scale.data_type))
     # only the last nonlinearity on each path (GELU written out is Mul, Sigmoid, Mul): one projection per entry
-    upstream = set().union(*(_ancestors(idx, [i for i in idx.producer[t].input if i]) for t, _, _ in found))
+    upstream = set().union(*(idx.ancestors(i for i in idx.producer[t].input if i) for t, _, _ in found))
     return [f for f in found if f[0] not in upstream]
-
-
-def _ancestors(idx: GraphIndex, tensors: list[str]) -> set[str]:
-    seen: set[str] = set()
-    todo = list(tensors)
-    while todo:
-        t = todo.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        node = idx.producer.get(t)
-        if node is not None:
-            todo.extend(i for i in node.input if i)
-    return seen
 
 
 def with_stream_entries(model: ModelProto, prepare: Callable[[ModelProto], T], linear: tuple[str, ...]

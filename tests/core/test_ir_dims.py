@@ -56,3 +56,18 @@ def test_macs_of_a_minus_one_model_are_never_negative():
     """Issue: analyze printed -123,672 MACs on a Paddle classifier (-1 taken as the batch size)."""
     stats = model_stats(paddle_classifier())
     assert stats.macs > 0 and all(v > 0 for v in stats.macs_by_node.values())
+
+
+def test_ancestors_follow_values_and_stop_at_a_shape_read_only_when_asked() -> None:
+    """``y = Reshape(x, Shape(z))``: z feeds y's value only through its shape."""
+    from onnx import TensorProto, helper
+
+    from onnxprune.core.ir import GraphIndex
+
+    nodes = [helper.make_node("Relu", ["z"], ["r"]), helper.make_node("Shape", ["r"], ["s"]),
+             helper.make_node("Reshape", ["x", "s"], ["y"])]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in ("x", "z", "y")]
+    idx = GraphIndex(helper.make_model(helper.make_graph(nodes, "g", io[:2], io[2:])))
+    assert idx.ancestors(["y"]) == {"y", "x", "s", "r", "z"}
+    assert idx.ancestors(["y"], through_shape=False) == {"y", "x", "s"}
+    assert idx.ancestors([]) == set()
