@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from builders import conv_relu_conv, mlp
 from test_latency_widths import _macs_timer
+from test_latency_widths import _model_and_group as _conv_group
 
 import onnxprune.runtime.kernels as kernels
 from onnxprune import PruneConfig
@@ -23,12 +24,6 @@ def test_alignment_follows_the_cpu_and_the_provider():
     assert conv_alignment("cpu", frozenset({"sse4_2", "avx2"})) == 8
     assert conv_alignment("cpu", frozenset()) == 8
     assert conv_alignment("cuda", frozenset({"avx512f"})) == 8
-
-
-def _conv_group(c_mid: int = 64):
-    model = conv_relu_conv(c_in=8, c_mid=c_mid, c_out=16, hw=8, batch=1)
-    dg = analyze(model)
-    return model, dg, next(g for g in dg.groups if g.prunable and g.size == c_mid)
 
 
 def test_conv_groups_keep_multiples_of_the_alignment():
