@@ -22,6 +22,7 @@ from typing import Any
 from onnx import ModelProto
 
 from onnxprune.config import PruneConfig, as_config
+from onnxprune.core.batch_axes import counted_batch
 from onnxprune.core.errors import ConfigError, SlowerModelError, ValidationError
 from onnxprune.core.io import (
     check_output_path,
@@ -184,7 +185,7 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
         report["validation"] = _validate(baseline, pruned, exact_reference, config)
 
     stats_after = model_stats(pruned, dims=config.dims)
-    report.update(_size_report(config, stats_before, stats_after))
+    report.update(_size_report(config, stats_before, stats_after, counted_batch(pruned, config.dims)))
 
     if config.mode in ("unstructured", "nm") and config.sparse_storage:
         from onnxprune.sparse.storage import to_sparse_storage
@@ -312,13 +313,14 @@ def _settings(config: PruneConfig) -> dict[str, Any]:
     return settings
 
 
-def _size_report(config: PruneConfig, before: ModelStats, after: ModelStats) -> dict[str, Any]:
+def _size_report(config: PruneConfig, before: ModelStats, after: ModelStats, macs_batch: int) -> dict[str, Any]:
     nonzero = config.mode not in ("structured", "width", "depth")
     return {
         "params_before": before.nonzero_params if nonzero else before.params,
         "params_after": after.nonzero_params if nonzero else after.params,
         "macs_before": before.macs,
         "macs_after": after.macs,
+        "macs_batch": macs_batch,
         "op_histogram_after": after.op_histogram,
     }
 

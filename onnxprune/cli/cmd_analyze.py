@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from onnxprune.runtime.dims import describe_assumed
 
     assumed = describe_assumed(summary.get("dims_assumed", []))
-    print(f"MACs       {summary['macs']:,} (batch 1{', at ' + assumed if assumed else ''})")
+    at = f", at {assumed}" if assumed else ""
+    print(f"MACs       {summary['macs']:,} (batch {summary.get('macs_batch', 1)}{at})")
     ops = ", ".join(f"{k}:{v}" for k, v in summary["op_histogram"].items())
     print(f"ops        {ops}")
     print(f"prunable weights ({len(summary['prunable_weights'])}):")

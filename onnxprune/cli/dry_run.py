@@ -43,7 +43,7 @@ def dry_run(model: str, config: PruneConfig, *, quiet: bool = False) -> int:
     else:
         _print_layers(report)
     kind = "params" if report["mode"] in ("structured", "depth") else "params (non-zero)"
-    for label, key in ((kind, "params"), ("MACs (batch 1)", "macs")):
+    for label, key in ((kind, "params"), (f"MACs (batch {report.get('macs_batch', 1)})", "macs")):
         before, after = report[f"{key}_before"], report[f"{key}_after"]
         share = f" ({after / before:.1%} kept)" if before else ""
         print(f"  predicted {label:<18} {before:>12,} -> {after:,}{share}")

@@ -44,7 +44,7 @@ def size_lines(report: Mapping[str, Any]) -> list[str]:
     rows = [
         ("params" + (" (non-zero)" if report["mode"] not in ("structured", "width", "depth") else ""),
          report["params_before"], report["params_after"]),
-        ("MACs (batch 1)", report["macs_before"], report["macs_after"]),
+        (f"MACs (batch {report.get('macs_batch', 1)})", report["macs_before"], report["macs_after"]),
         ("file size (bytes)", report["file_size_before"], report["file_size_after"]),
     ]
     lines = [f"  {'':<{LABEL}}{'before':>12}{'after':>12}{'kept':>9}"]

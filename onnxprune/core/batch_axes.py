@@ -13,7 +13,7 @@ uses the same rule to choose a batch size when none is given.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from onnx import ModelProto
 
@@ -22,13 +22,25 @@ BATCH_NAME = re.compile(r"batch|^(n|b|bs|num)$", re.IGNORECASE)
 SPATIAL_NAME = re.compile(r"height|width|^(h|w)$", re.IGNORECASE)
 
 
-def batch_like(axis: int, rank: int, name: str | None) -> bool:
-    """An axis named like a batch anywhere, or the leading axis of an input of rank 2 or more unless named
-    like a sequence or a spatial axis (time-major ``[sequence, batch, ...]``)."""
+def batch_like(axis: int, rank: int, name: str | None, before: Sequence[str | None] = ()) -> bool:
+    """An axis named like a batch, or the leading axis of an input of rank 2 or more unless named like a
+    sequence or a spatial axis (time-major ``[sequence, batch, ...]``).
+
+    ``before`` holds the names of the axes in front of this one (``None`` for unnamed or fixed ones). A
+    short name (``N``, ``B``, ``bs``, ``num``) past the leading axis is a batch only when no axis before it
+    is one: ``[T, N, C]`` is time-major, but ``[B, N, 3]`` is a point cloud whose ``N`` counts points.
+    """
     if name and BATCH_NAME.search(name):
-        return True
+        if axis == 0 or "batch" in name.lower():
+            return True
+        return not any(batch_like(i, rank, n, before[:i]) for i, n in enumerate(before[:axis]))
     other = bool(name and (SEQUENCE_NAME.search(name) or SPATIAL_NAME.search(name)))
     return axis == 0 and rank >= 2 and not other
+
+
+def _names(shape: Sequence[object]) -> list[str | None]:
+    """The dim names of a declared shape (``None`` for fixed or unnamed axes)."""
+    return [getattr(d, "dim_param", None) or None for d in shape]
 
 
 def analysis_dims(model: ModelProto, dims: Mapping[str, int] | None) -> dict[str, int]:
@@ -47,10 +59,36 @@ def analysis_dims(model: ModelProto, dims: Mapping[str, int] | None) -> dict[str
             if d.HasField("dim_value") and d.dim_value > 0:
                 continue
             name = d.dim_param or None
-            if not batch_like(axis, len(shape), name):
+            if not batch_like(axis, len(shape), name, _names(shape)[:axis]):
                 continue
             result[f"{vi.name}:{axis}"] = 1
             if name:
                 result[f"{vi.name}:{name}"] = 1
                 result[name] = 1
     return result
+
+
+def counted_batch(model: ModelProto, dims: Mapping[str, int] | None) -> int:
+    """The batch size that shapes (and so MACs) are counted at under ``dims``: the largest batch-like axis
+    of the model's inputs, declared or given (by ``INPUT:AXIS`` or name), 1 when none is given.
+
+    Why: summaries label MACs with the batch they were counted at. With ``--dim batch=2`` the counts are
+    batch-2 counts, and a label fixed at "batch 1" would halve what the reader believes.
+    """
+    dims = dims or {}
+    constants = {t.name for t in model.graph.initializer}
+    batch = 1
+    for vi in model.graph.input:
+        if vi.name in constants or not vi.type.tensor_type.HasField("shape"):
+            continue
+        shape = vi.type.tensor_type.shape.dim
+        for axis, d in enumerate(shape):
+            name = d.dim_param or None
+            if not batch_like(axis, len(shape), name, _names(shape)[:axis]):
+                continue
+            if d.HasField("dim_value") and d.dim_value > 0:
+                value = d.dim_value
+            else:
+                value = dims.get(f"{vi.name}:{axis}", dims.get(name, 1) if name else 1)
+            batch = max(batch, int(value))
+    return batch

@@ -59,6 +59,7 @@ def analyze_summary(source: str | os.PathLike[str] | ModelProto, *, dims: dict[s
     ``with_width``: add what ``--mode width`` reaches on a model with a norm over its channels (``None``:
     for models up to :data:`WIDTH_VIEW_BYTES` of weights)."""
     model = load_model(source)
+    from onnxprune.core.batch_axes import counted_batch
     from onnxprune.core.weights import find_prunable_weights
     from onnxprune.runtime.dims import DimResolution, resolve_dims
 
@@ -79,6 +80,7 @@ def analyze_summary(source: str | os.PathLike[str] | ModelProto, *, dims: dict[s
         "params": stats.params,
         "nonzero_params": stats.nonzero_params,
         "macs": stats.macs,
+        "macs_batch": counted_batch(model, dims),
         "dims_assumed": res.report(),
         "macs_by_node": stats.macs_by_node,
         "op_histogram": stats.op_histogram,

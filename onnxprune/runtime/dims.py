@@ -276,7 +276,8 @@ def resolve_dims(model: ModelProto, *, dims: Mapping[str, int] | None = None,
                 value = next((s[spec.name][axis] for s in data_shapes
                               if len(s.get(spec.name, ())) == len(spec.shape or ())), None)
                 source = "data"
-            if value is None and batch_like(axis, len(spec.shape or ()), name):
+            before = [d if isinstance(d, str) and d else None for d in (spec.shape or ())[:axis]]
+            if value is None and batch_like(axis, len(spec.shape or ()), name, before):
                 value, source = 1, "batch"
             if value is None:
                 idx = idx or GraphIndex(model)  # built only for a model with such axes

@@ -6,6 +6,7 @@ Every test runs the real CLI through ``main([...])`` on a real model and reads w
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -57,6 +58,20 @@ def test_kept_column_percent_accuracy_and_short_lines(tmp_path, capsys) -> None:
     assert re.search(r"exactness\s+cpu: pass, max\|diff\| \S+ on 360 samples", out), out
     too_long = [line for line in out.splitlines()[1:] if len(line) >= 100]  # [0] holds the user's -o path
     assert not too_long, too_long
+
+
+def test_the_macs_row_names_the_batch_it_was_counted_at(tmp_path, capsys) -> None:
+    """With ``--dim batch=2`` the MACs are batch-2 counts: the row and the report say so, twice batch 1's."""
+    macs = {}
+    for batch in (1, 2):
+        report = tmp_path / f"r{batch}.json"
+        out, _ = _prune(tmp_path, capsys, CNN, "--no-validate", "--no-bench", "--dim", f"batch={batch}",
+                        "--report", str(report))
+        assert re.search(rf"MACs \(batch {batch}\)\s+\S+M", out), out
+        data = json.loads(report.read_text())
+        assert data["macs_batch"] == batch
+        macs[batch] = data["macs_before"]
+    assert macs[2] == 2 * macs[1]
 
 
 def test_round_to_says_which_groups_it_left_unpruned(tmp_path, capsys) -> None:

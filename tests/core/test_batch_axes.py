@@ -20,7 +20,7 @@ from attention_builders import dynamo_key_transpose
 from oracle_check import assert_close, run_ort
 
 import onnxprune as op
-from onnxprune.core.batch_axes import analysis_dims, batch_like
+from onnxprune.core.batch_axes import analysis_dims, batch_like, counted_batch
 from onnxprune.core.io import load_model
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.attention import attention_heads
@@ -57,6 +57,33 @@ def _prove(model: onnx.ModelProto, dims: dict[str, int], feeds: dict[str, np.nda
 def test_batch_like_axes() -> None:
     assert batch_like(0, 3, "batch") and batch_like(0, 4, None) and batch_like(1, 3, "N")
     assert not batch_like(0, 3, "sequence") and not batch_like(1, 3, "T") and not batch_like(0, 1, None)
+
+
+def test_a_short_batch_name_after_a_batch_axis_counts_points() -> None:
+    """``[B, N, 3]`` is a point cloud: its N is points, not a second batch; ``[T, N, C]`` is time-major."""
+    assert not batch_like(1, 3, "N", ["B"]) and not batch_like(1, 3, "N", [None])
+    assert batch_like(1, 3, "N", ["time"]) and batch_like(1, 3, "batch", ["B"])
+
+
+def _input_model(shape: list[int | str]) -> onnx.ModelProto:
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    return onnx.helper.make_model(graph)
+
+
+def test_a_point_count_the_user_gives_is_kept_for_the_analysis() -> None:
+    """``--dim N=1024`` on ``[B, N, 3]`` must reach the analysis; only B is pinned to 1."""
+    dims = analysis_dims(_input_model(["B", "N", 3]), {"N": 1024, "B": 4})
+    assert dims["N"] == 1024 and dims["B"] == 1 and "x:1" not in dims
+
+
+@pytest.mark.parametrize(("shape", "dims", "expected"), [
+    (["batch", 3], {"batch": 2}, 2), (["batch", 3], {"x:0": 5}, 5), (["batch", 3], None, 1),
+    ([4, 3], {"batch": 2}, 4), (["B", "N", 3], {"N": 1024}, 1)])
+def test_counted_batch_is_the_batch_the_counts_use(shape: list[int | str], dims: dict[str, int] | None,
+                                                   expected: int) -> None:
+    assert counted_batch(_input_model(shape), dims) == expected
 
 
 def test_analysis_dims_pin_only_dynamic_batch_axes() -> None:
