@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import ModelProto, TensorProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.core.errors import UnsupportedModelError
 from onnxprune.core.io import release_memory
@@ -220,6 +220,12 @@ def rotate(prepared: Prepared, q: np.ndarray, *, values: GraphIndex | None = Non
     return out
 
 
+def _norm_elem_type(idx: GraphIndex, node: NodeProto) -> int:
+    """The float type a LayerNorm works in: that of its scale (the stream's own type), float32 if unknown."""
+    scale = idx.initializers.get(node.input[1]) if len(node.input) > 1 else None
+    return int(scale.data_type) if scale is not None else TensorProto.FLOAT
+
+
 def to_rms(model: ModelProto, norms: tuple[str, ...], width: int, *, inplace: bool = False) -> ModelProto:
     """Replace each named LayerNorm by ``x / sqrt(Σx² / width + eps)`` (its scale and shift must be unit and
     zero). With ``width`` the original stream width, a sliced stream keeps the original scale.
@@ -239,19 +245,28 @@ def to_rms(model: ModelProto, norms: tuple[str, ...], width: int, *, inplace: bo
         x, y = node.input[0], node.output[0]
         p = idx.unique_name(f"{name}_rms")
         axes, inv, e = f"{p}_axes", f"{p}_inv_width", f"{p}_eps"
-        dtype = np.float32
         graph.initializer.extend([
             numpy_helper.from_array(np.array([-1], dtype=np.int64), axes),
-            numpy_helper.from_array(np.array(1.0 / width, dtype=dtype), inv),
-            numpy_helper.from_array(np.array(eps, dtype=dtype), e)])
-        nodes = [
+            numpy_helper.from_array(np.array(1.0 / width, dtype=np.float32), inv),
+            numpy_helper.from_array(np.array(eps, dtype=np.float32), e)])
+        # A half-precision stream is normalised in float32, as onnxruntime's LayerNormalization does: a sum
+        # of squares over the width overflows float16, and float32 constants cannot meet a float16 tensor.
+        elem = _norm_elem_type(idx, node)
+        nodes = []
+        if elem != TensorProto.FLOAT:
+            nodes.append(helper.make_node("Cast", [x], [f"{p}_x32"], name=f"{p}_x32", to=TensorProto.FLOAT))
+            x = f"{p}_x32"
+        normed = y if elem == TensorProto.FLOAT else f"{p}_y32"
+        nodes += [
             helper.make_node("Mul", [x, x], [f"{p}_sq"], name=f"{p}_sq"),
             helper.make_node("ReduceSum", [f"{p}_sq", axes], [f"{p}_sum"], name=f"{p}_sum", keepdims=1),
             helper.make_node("Mul", [f"{p}_sum", inv], [f"{p}_mean"], name=f"{p}_mean"),
             helper.make_node("Add", [f"{p}_mean", e], [f"{p}_var"], name=f"{p}_var"),
             helper.make_node("Sqrt", [f"{p}_var"], [f"{p}_std"], name=f"{p}_std"),
-            helper.make_node("Div", [x, f"{p}_std"], [y], name=f"{p}_div"),
+            helper.make_node("Div", [x, f"{p}_std"], [normed], name=f"{p}_div"),
         ]
+        if elem != TensorProto.FLOAT:
+            nodes.append(helper.make_node("Cast", [normed], [y], name=f"{p}_y", to=elem))
         graph.node.remove(node)
         for k, n in enumerate(nodes):
             graph.node.insert(pos + k, n)

@@ -134,3 +134,37 @@ def test_width_mode_proves_a_rotation_whose_file_holds_constant_nodes_in_externa
     assert width["method"] == "rotate" and width["rotation_check"]["passed"] is True
     assert all(c["passed"] for c in width["rotation_check"]["checks"])
     assert len(width["refit"]) >= 4
+
+
+def _half(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` stored and run in float16 (weights, inputs and outputs), as a float16 conversion writes it."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT:
+            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t).astype(np.float16), t.name))
+    for vi in (*out.graph.input, *out.graph.output):
+        vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    return out
+
+
+def test_a_float16_model_is_rotated_in_float16_and_proven_at_its_precision(tmp_path) -> None:
+    """A float16 pre-norm model: the RMSNorm that replaces each LayerNorm computes in float32 between two
+    Casts (float32 constants cannot meet a float16 stream), the rotation check is judged at float16's
+    precision, and every weight stays float16."""
+    from onnxprune.pipeline import prune
+
+    model = _half(prenorm_stack())
+    r = np.random.default_rng(1)
+    np.savez(tmp_path / "calib.npz", x=r.standard_normal((64, 5, 4)).astype(np.float16))
+    result = prune(model, {"mode": "width", "ratio": 0.25, "calib": str(tmp_path / "calib.npz")},
+                   output=tmp_path / "out.onnx")
+    width = result.report["width"]
+    assert width["method"] == "rotate" and width["rotation_check"]["passed"] is True
+    assert 1e-4 < width["rotation_check"]["atol"] <= 1e-2  # float16's tolerance, not float32's 1e-4
+    pruned = onnx.load(tmp_path / "out.onnx")
+    weights = [t for t in pruned.graph.initializer if len(t.dims) == 2]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    x = r.standard_normal((16, 5, 4)).astype(np.float16)
+    ref, got = _run(model, x).astype(np.float64), _run(pruned, x).astype(np.float64)
+    assert _cos(ref, got) > 0.99
