@@ -188,6 +188,7 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
 
     stats_after = model_stats(pruned, dims=config.dims)
     report.update(_size_report(config, stats_before, stats_after, counted_batch(pruned, config.dims)))
+    _check_budget_met(report, config, warnings)
 
     if config.mode in ("unstructured", "nm") and config.sparse_storage:
         from onnxprune.sparse.storage import to_sparse_storage
@@ -295,6 +296,27 @@ def _resolve_dims(model: ModelProto, config: PruneConfig, warnings: list[str]
         log.warning(msg)
         warnings.append(msg)
     return config.with_(dims=res.dims), res.report()
+
+
+def _check_budget_met(report: dict[str, Any], config: PruneConfig, warnings: list[str]) -> None:
+    """Say when the written model keeps more than a ``--target-macs``/``--target-params`` budget asked.
+
+    The allocation counts costs at widths rounded by a fixed rule; the widths written may be those the
+    latency table found faster, or rounded up by a never-slower retry, and can keep more than asked.
+    """
+    if config.mode != "structured":
+        return
+    for key, target in (("macs", config.target_macs), ("params", config.target_params)):
+        before = report.get(f"{key}_before") or 0
+        if target is None or not before:
+            continue
+        kept = report[f"{key}_after"] / before
+        if kept > target + 0.005:
+            name = "--target-" + key
+            msg = (f"the model keeps {kept:.1%} of its {'MACs' if key == 'macs' else key}, above {name} "
+                   f"{target:g}: widths were rounded up for speed; pass --round-to 1 for the budget's exact widths")
+            log.warning(msg)
+            warnings.append(msg)
 
 
 def _settings(config: PruneConfig) -> dict[str, Any]:

@@ -85,3 +85,34 @@ def test_allocate_budget_from_config(setup, tmp_path):
     assert model_stats(_pruned(model, dg, ratios)).macs <= 0.5 * model_stats(model).macs
     ratios = allocate_budget(model, dg, PruneConfig(target_params=0.6))  # no data: seeded random inputs
     assert model_stats(_pruned(model, dg, ratios)).params <= 0.6 * model_stats(model).params
+
+
+def test_a_budget_cuts_heads_as_the_written_model_does(tmp_path) -> None:
+    """A group of a few heads under ``--round-to auto``: the budget's costs and the written model use one
+    width rule. The budget once rounded 4 heads up to 8 (so "uncuttable"), stopped short of the target and
+    the final widths then cut 3 of 4 heads: hf_vit_legacy kept 30.7% of MACs for ``--target-macs 0.6``."""
+    from attention_builders import timm_attention
+
+    from onnxprune.pipeline import prune
+
+    model = timm_attention(d=32, heads=4, t=8)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((16, 8, 32)).astype(np.float32))
+    report = prune(model, {"target_macs": 0.8, "calib": str(tmp_path / "calib.npz"), "bench": False},
+                   output=tmp_path / "out.onnx").report
+    kept = report["macs_after"] / report["macs_before"]
+    assert 0.6 < kept <= 0.8 + 1e-9, kept
+    assert not any("above --target-macs" in w for w in report.get("warnings", []))
+
+
+@pytest.mark.parametrize(("after", "warned"), [(54, True), (50, False), (50.4, False)])
+def test_a_written_model_above_its_budget_is_said(after: float, warned: bool) -> None:
+    """Widths rounded up for speed (or by a never-slower retry) can keep more than the budget asked: said."""
+    from onnxprune.pipeline import _check_budget_met
+
+    warnings: list[str] = []
+    report = {"macs_before": 1000, "macs_after": after * 10, "params_before": 10, "params_after": 4}
+    _check_budget_met(report, PruneConfig(target_macs=0.5), warnings)
+    assert bool(warnings) == warned
+    if warned:
+        assert warnings[0].startswith("the model keeps 54.0% of its MACs, above --target-macs 0.5")
