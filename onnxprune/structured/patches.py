@@ -94,7 +94,7 @@ def patch_merge_couplings(node: NodeProto, axis: int, output_side: bool, ctx: Ru
     merged, flat = merge
     x, y = node.input[0], node.output[0]
     channel = merged[-1]
-    if output_side and axis != flat or not output_side and axis not in merged:
+    if (output_side and axis != flat) or (not output_side and axis not in merged):
         return None
     if not output_side and axis != channel:
         raise Blocked(f"{node_label(node)}: axis {axis} of '{x}' {ctx.shape(x)} is a neighbour offset of a patch "
