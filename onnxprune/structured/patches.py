@@ -76,8 +76,8 @@ def patch_merge(node: NodeProto, ctx: RuleContext) -> tuple[list[int], int] | No
         return None  # the channel axis is not kept whole (last) by the split
     for a in axes[:-1]:
         piece = next(((r_in, r_out) for r_in, r_out in split_runs if a in r_out), None)
-        if piece is None or len(piece[0]) != 1 or len(piece[1]) < 2 or piece[1][0] == a:
-            return None  # a merged offset that is no inner piece of another axis' split
+        if piece is None or len(piece[0]) != 1 or len(piece[1]) < 2:
+            return None  # a merged axis that is no piece of another axis' split
     return run[0], last_out
 
 

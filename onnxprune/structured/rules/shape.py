@@ -3,8 +3,10 @@ Unsqueeze).
 
 Concat places each input at an offset of the output; Split and Slice take windows of the input. Reshaping
 ops are handled from the inferred shapes: an axis is kept (identity) or folded as the *leading* axis of a
-merged axis (``C x H x W -> C*H*W``: a :class:`Block` of ``H*W`` features per channel). An axis split into
-several axes (ShuffleNet's channel shuffle ``Reshape -> Transpose -> Reshape``) is a blocker.
+merged axis (``C x H x W -> C*H*W``: a :class:`Block` of ``H*W`` features per channel), or, where that finds
+nothing, as the leading factor of an axis whose rest is split off another axis (MobileViT's unfold), and Swin's
+patch merging reads the channel innermost (:mod:`onnxprune.structured.patches`). An axis split into several
+axes (ShuffleNet's channel shuffle ``Reshape -> Transpose -> Reshape``) is a blocker.
 """
 
 from __future__ import annotations
