@@ -121,7 +121,7 @@ def combined_across(name: str, axis: int, ctx: RuleContext, *, downstream: bool)
     return False
 
 
-def _runs(s_in: tuple[int, ...], s_out: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
+def reshape_runs(s_in: tuple[int, ...], s_out: tuple[int, ...]) -> list[tuple[list[int], list[int]]] | None:
     """The runs of a reshape: ``(input axes, output axes)`` of sizes > 1 with the same product at the same
     offset, in order (None when a size is 0 or the totals differ)."""
     ins = [a for a, n in enumerate(s_in) if n != 1]
@@ -158,7 +158,7 @@ def radix_couplings(node: NodeProto, axis: int, output_side: bool, ctx: RuleCont
     """
     x, y = node.input[0], node.output[0]
     s_in, s_out = ctx.shape(x), ctx.shape(y)
-    runs = _runs(s_in, s_out)
+    runs = reshape_runs(s_in, s_out)
     if runs is None:
         return None
     here = next(((r_in, r_out) for r_in, r_out in runs if axis in (r_out if output_side else r_in)), None)

@@ -119,6 +119,10 @@ class StreamReshapeRule(ReshapeRule):
             return
         y = node.output[0]
         old, new = ctx.shape(y), ctx.new_shape(y)
+        changed = [b for b, (o, n) in enumerate(zip(old, new, strict=True)) if o != n]
+        if any(b != len(old) - 1 and _target_piece(node, ctx, b) is None for b in changed):
+            super().rewrite(node, ctx)  # the default reading's entry (MobileViT's unfold: B*C*h at run time -> -1)
+            return
         for b, (o, n) in enumerate(zip(old, new, strict=True)):
             if o == n:
                 continue

@@ -3,8 +3,10 @@ Unsqueeze).
 
 Concat places each input at an offset of the output; Split and Slice take windows of the input. Reshaping
 ops are handled from the inferred shapes: an axis is kept (identity) or folded as the *leading* axis of a
-merged axis (``C x H x W -> C*H*W``: a :class:`Block` of ``H*W`` features per channel). An axis split into
-several axes (ShuffleNet's channel shuffle ``Reshape -> Transpose -> Reshape``) is a blocker.
+merged axis (``C x H x W -> C*H*W``: a :class:`Block` of ``H*W`` features per channel), or, where that finds
+nothing, as the leading factor of an axis whose rest is split off another axis (MobileViT's unfold), and Swin's
+patch merging reads the channel innermost (:mod:`onnxprune.structured.patches`). An axis split into several
+axes (ShuffleNet's channel shuffle ``Reshape -> Transpose -> Reshape``) is a blocker.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from onnxprune.core.ir import node_label
 from onnxprune.structured.attention import check_target_entry, rewrite_target, split_couplings
 from onnxprune.structured.axes import Block, ChannelAxis, Coupling, Identity, Offset
 from onnxprune.structured.packed_heads import packed_split_couplings
+from onnxprune.structured.patches import factor_coupling, patch_merge_couplings
 from onnxprune.structured.radix import radix_couplings
 from onnxprune.structured.rules.base import (
     Blocked,
@@ -250,6 +253,8 @@ class ReshapeRule(OpRule):
             heads = split_couplings(node, axis, is_output(node, slot), ctx)
         if heads is None and node.op_type == "Reshape":
             heads = packed_split_couplings(node, axis, is_output(node, slot), ctx)
+        if heads is None and node.op_type == "Reshape":
+            heads = patch_merge_couplings(node, axis, is_output(node, slot), ctx)
         if heads is None:
             heads = self._folds(node, axis, is_output(node, slot), ctx)
         if runtime:  # the output axis that changes with the cut: a constant piece, -1, or a shape read following it
@@ -271,9 +276,15 @@ class ReshapeRule(OpRule):
                 if found is not None and found[0] == axis:
                     block = found[1]
                     return [Coupling(ctx.slot(x, a), ctx.slot(y, axis), Block(block) if block > 1 else Identity())]
+            factor = factor_coupling(node, axis, True, ctx)
+            if factor is not None:
+                return [factor]
             raise Blocked(f"{node_label(node)} builds axis {axis} of '{y}' {s_out} from several axes of "
                           f"'{x}' {s_in} (or splits one); only a kept or leading-folded axis can be cut")
         where = fold_axis(s_in, axis, s_out)
+        factor = factor_coupling(node, axis, False, ctx) if where is None else None
+        if factor is not None:
+            return [factor]
         if where is None:
             raise Blocked(f"{node_label(node)} splits or mixes axis {axis} of '{x}' {s_in} into {s_out} "
                           f"(e.g. a channel shuffle); this cannot be cut exactly")

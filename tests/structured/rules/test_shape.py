@@ -153,18 +153,20 @@ def test_a_reshape_to_its_own_runtime_shape_follows_the_cut() -> None:
 
 def test_a_runtime_target_halving_the_cut_axis_is_blocked() -> None:
     """The channel entry of the target is ``Shape(y)[1] / 2``, an exact division the shape reads follow, but it
-    lands on an axis that mixes the channels with the spatial axes (``(1, 6, 5, 5) -> (1, 3, 50)``): blocked,
-    and the read is named as not following the cut."""
+    lands on an axis that mixes the channels with the spatial axes (``(1, 6, 5, 5) -> (1, 10, 3, 5)``): blocked,
+    and the read is named as not following the cut. (``(1, 6, 5, 5) -> (1, 3, 50)`` is cut by pairs of
+    channels instead: ``tests/structured/test_patches.py``.)"""
     def middle(g, y):
         shape = g.op("Shape", [y])
         half = g.op("Div", [g.op("Slice", [shape, g.const(np.array([1], np.int64)), g.const(np.array([2], np.int64))]),
                             g.const(np.array([2], np.int64))])
-        target = g.op("Concat", [g.const(np.array([1], np.int64)), half, g.const(np.array([-1], np.int64))], axis=0)
+        target = g.op("Concat", [g.const(np.array([1, 10], np.int64)), half, g.const(np.array([-1], np.int64))],
+                      axis=0)
         return g.op("Reshape", [g.op("Reshape", [y, target]), g.const(np.array([1, 6, 5, 5], np.int64))])
 
     _, grp = first_group(sandwich(middle))
     assert not grp.prunable
-    assert any(re.search(r"sets axis 1 of 'reshape_\d+' at run time to the size // 2 of axis 1 of 'conv_\d+', "
+    assert any(re.search(r"sets axis 2 of 'reshape_\d+' at run time to the size // 2 of axis 1 of 'conv_\d+', "
                          r"which the cut does not change in step with it", b) for b in grp.blockers), grp.blockers
 
 
