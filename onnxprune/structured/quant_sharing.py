@@ -99,33 +99,36 @@ def split_quantized(index: GraphIndex, order: Mapping[int, int], reader_key: Rea
     return split, dequantizer
 
 
-def dequantizer_for(index: GraphIndex, reader: NodeProto, name: str, copy: str,
-                    made: dict[tuple[str, int], NodeProto]) -> bool:
-    """Point ``reader`` at its own ``DequantizeLinear`` whose input that was ``name`` is ``copy``.
+def dequantizer_for(index: GraphIndex, reader: NodeProto, name: str, copy: str, version: tuple[str, ...],
+                    made: dict[tuple[str, tuple[str, ...]], tuple[NodeProto, frozenset[str]]]) -> bool:
+    """Point ``reader`` at the ``DequantizeLinear`` of its version, whose input that was ``name`` is ``copy``.
 
-    ``reader`` reads the output of a ``DequantizeLinear`` of ``name`` (through Identity). The first call for
-    a reader makes that ``DequantizeLinear`` (a copy of the shared one, placed after it) and rewires the
-    reader; later calls (the scale's and zero point's copies) reuse it from ``made``. Returns False when
-    ``reader`` reads no ``DequantizeLinear`` of ``name``.
+    ``reader`` reads the output of a ``DequantizeLinear`` of ``name`` (through Identity); ``version`` is the
+    keys of the readers sharing this version of the constant. The first call for a version makes its
+    ``DequantizeLinear`` (a copy of the shared one, placed after it); later calls (the other readers, the
+    scale's and zero point's copies) reuse it from ``made`` (with the constants the shared one read). Returns False when ``reader`` reads no
+    ``DequantizeLinear`` of ``name``.
     """
-    reader_name = reader.output[0] if reader.output else reader.name
     for i, inp in enumerate(reader.input):
-        dq = made.get((reader_name, i))
+        source = index.producer.get(index.resolve_identity(inp)) if inp else None
+        if source is None or source.op_type != "DequantizeLinear":
+            continue
+        dq, reads = made.get((source.output[0], version), (None, frozenset(index.resolve_identity(x)
+                                                                           for x in source.input if x)))
+        if name not in reads:
+            continue  # a DequantizeLinear of another constant
         if dq is None:
-            source = index.producer.get(index.resolve_identity(inp)) if inp else None
-            if source is None or source.op_type != "DequantizeLinear" or not any(
-                    index.resolve_identity(x) == name for x in source.input if x):
-                continue
-            out = index.unique_name(f"{source.output[0]}_{reader_name}")
-            dq = helper.make_node("DequantizeLinear", list(source.input), [out], name=out)
-            dq.attribute.extend(source.attribute)
+            out = index.unique_name(f"{source.output[0]}_{version[0]}")
             position = next(k for k, n in enumerate(index.graph.node) if n is source)
-            index.graph.node.insert(position + 1, dq)
-            made[(reader_name, i)] = dq
-            reader.input[i] = out
-        hits = [j for j, x in enumerate(dq.input) if x and index.resolve_identity(x) == name]
-        for j in hits:
-            dq.input[j] = copy
-        if hits:
-            return True
+            index.graph.node.insert(position + 1, helper.make_node("DequantizeLinear", list(source.input), [out],
+                                                                   name=out))
+            dq = index.graph.node[position + 1]  # the graph holds a copy of what was inserted
+            dq.attribute.extend(source.attribute)
+            index.producer[out] = dq
+            made[(source.output[0], version)] = made[(out, version)] = (dq, reads)  # a later pass reads it
+        for j, x in enumerate(dq.input):
+            if x and index.resolve_identity(x) == name:
+                dq.input[j] = copy
+        reader.input[i] = dq.output[0]
+        return True
     return False

@@ -66,7 +66,7 @@ def slice_consts(index: GraphIndex, versions: Mapping[str, list[ConstVersion]], 
     """
     targets = targets or {}
     readers = {reader_key(n): n for n in index.graph.node}
-    made: dict[tuple[str, int], NodeProto] = {}
+    made: dict[tuple[str, tuple[str, ...]], tuple[NodeProto, frozenset[str]]] = {}
     for name, name_versions in versions.items():
         value = index.const_value(name)
         if value is None:
@@ -84,7 +84,7 @@ def slice_consts(index: GraphIndex, versions: Mapping[str, list[ConstVersion]], 
                         node.input[i] = copy
                         hit = True
                 if not hit:  # a shared quantized constant: the reader gets its own DequantizeLinear
-                    dequantizer_for(index, node, name, copy, made)
+                    dequantizer_for(index, node, name, copy, version.readers, made)
         del value
     return list(versions)
 
