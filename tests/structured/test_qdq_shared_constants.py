@@ -22,6 +22,7 @@ from oracle_check import assert_close, run_ort, seeded_feeds
 from qdq_models import quantize_qdq
 
 from onnxprune.core.ir import GraphIndex
+from onnxprune.core.quant import quantized_outputs
 from onnxprune.core.stats import count_params
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.oracle import zeroed_reference
@@ -35,8 +36,8 @@ def vit_block(seed: int = 0, *, shared: str = "bias") -> onnx.ModelProto:
     """Patch embedding (a 1-D Conv over ``T`` tokens) → pre-norm self-attention → LayerNorm → mean → head.
 
     ``shared="bias"``: the embedding's bias is also every q/k/v/o bias (through Identity), as exporters
-    dedupe identical biases. ``shared="weight"``: in addition, q and k read one weight (a tied weight:
-    their readers must stay tied, so their heads are one group with v's).
+    dedupe identical biases. ``shared="weight"``: in addition, v and o read one weight (a tied weight, one
+    int8 tensor once quantized): its readers stay tied, which ties v's heads to the stream o writes.
     """
     g = builders.GraphBuilder(seed)
     bias = g.weight((D,), "b")
@@ -53,13 +54,13 @@ def vit_block(seed: int = 0, *, shared: str = "bias") -> onnx.ModelProto:
         target = g.const(np.array([0, T, HEADS, D // HEADS], np.int64))
         return g.op("Transpose", [g.op("Reshape", [y, target])], perm=perm)
 
-    q = split(proj(ln, tied), [0, 2, 1, 3])
-    k = split(proj(ln, tied), [0, 2, 3, 1])
-    v = split(proj(ln), [0, 2, 1, 3])
+    q = split(proj(ln), [0, 2, 1, 3])
+    k = split(proj(ln), [0, 2, 3, 1])
+    v = split(proj(ln, tied), [0, 2, 1, 3])
     s = g.op("Mul", [g.op("MatMul", [q, k]), g.const(np.array(1.0 / np.sqrt(D // HEADS), np.float32))])
     c = g.op("Transpose", [g.op("MatMul", [g.op("Softmax", [s], axis=-1), v])], perm=[0, 2, 1, 3])
     merged = g.op("Reshape", [c, g.const(np.array([0, T, D], np.int64))])
-    res = g.op("Add", [stream, proj(merged)])
+    res = g.op("Add", [stream, proj(merged, tied)])
     ln2 = g.op("LayerNormalization", [res, g.weight((D,), "gamma", low=0.5), g.weight((D,), "beta")], axis=-1)
     pooled = g.op("ReduceMean", [ln2], axes=[1], keepdims=0)
     g.nodes.append(helper.make_node("Gemm", [pooled, g.weight((CLASSES, D)), g.weight((CLASSES,))], ["logits"],
@@ -135,9 +136,16 @@ def test_head_cuts_on_the_qdq_block_are_exact_and_stay_quantized(qdq: onnx.Model
 
 
 def test_a_shared_quantized_weight_keeps_its_readers_tied(tmp_path: Path) -> None:
-    """Negative case: q and k read one int8 weight (tied). Their heads stay one group with v's, and the
-    stream stays blocked by its LayerNorms with the reason said."""
-    dg = analyze(onnx.load(quantize_qdq(vit_block(shared="weight"), tmp_path)))
-    (stream,) = [g for g in dg.groups if g.size == D and any("normalizes" in b for b in g.blockers)]
-    heads = [g for g in dg.groups if g.size == HEADS]
-    assert len(heads) == 1 and heads[0].prunable
+    """Negative case: v and o read one int8 weight. A weight is never split per reader (it is one layer
+    applied twice), so v's heads stay tied to the stream o writes, blocked by its LayerNorms, as in the
+    float model; the shared bias is still split, so nothing else joins them."""
+    qdq = onnx.load(quantize_qdq(vit_block(shared="weight"), tmp_path))
+    index = GraphIndex(qdq)
+    weights = {dq.data for out, dq in quantized_outputs(index).items()
+               if any(n.op_type == "MatMul" for n in index.consumers.get(out, []))}
+    assert len(weights) == 3  # q, k, and the one int8 weight v and o read
+    dg = analyze(qdq)
+    assert _shape(dg) == _shape(analyze(vit_block(shared="weight"))), dg.summary()
+    assert not dg.prunable_groups
+    (stream,) = [g for g in dg.groups if any("normalizes over axis 2" in b for b in g.blockers)]
+    assert {c.tensor for c in stream.sources} >= weights
