@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import builders
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 from oracle_check import assert_close, run_ort, seeded_feeds
+from qdq_models import VIT_D as D
+from qdq_models import VIT_HEADS as HEADS
 from qdq_models import quantize_qdq
+from qdq_models import shared_bias_vit as vit_block
 
 from onnxprune.core.ir import GraphIndex
 from onnxprune.core.quant import quantized_outputs
@@ -28,44 +29,6 @@ from onnxprune.structured.analysis import analyze
 from onnxprune.structured.oracle import zeroed_reference
 from onnxprune.structured.plan import PrunePlan
 from onnxprune.structured.surgery import apply_plan
-
-D, HEADS, T, C_IN, CLASSES = 16, 4, 4, 3, 5
-
-
-def vit_block(seed: int = 0, *, shared: str = "bias") -> onnx.ModelProto:
-    """Patch embedding (a 1-D Conv over ``T`` tokens) → pre-norm self-attention → LayerNorm → mean → head.
-
-    ``shared="bias"``: the embedding's bias is also every q/k/v/o bias (through Identity), as exporters
-    dedupe identical biases. ``shared="weight"``: in addition, v and o read one weight (a tied weight, one
-    int8 tensor once quantized): its readers stay tied, which ties v's heads to the stream o writes.
-    """
-    g = builders.GraphBuilder(seed)
-    bias = g.weight((D,), "b")
-    emb = g.op("Conv", ["x", g.weight((D, C_IN, 1), "w"), bias])
-    stream = g.op("Transpose", [emb], perm=[0, 2, 1])
-    ln = g.op("LayerNormalization", [stream, g.weight((D,), "gamma", low=0.5), g.weight((D,), "beta")], axis=-1)
-    tied = g.weight((D, D)) if shared == "weight" else None
-
-    def proj(x: str, weight: str | None = None) -> str:
-        alias = g.op("Identity", [bias])
-        return g.op("Add", [g.op("MatMul", [x, weight or g.weight((D, D))]), alias])
-
-    def split(y: str, perm: list[int]) -> str:
-        target = g.const(np.array([0, T, HEADS, D // HEADS], np.int64))
-        return g.op("Transpose", [g.op("Reshape", [y, target])], perm=perm)
-
-    q = split(proj(ln), [0, 2, 1, 3])
-    k = split(proj(ln), [0, 2, 3, 1])
-    v = split(proj(ln, tied), [0, 2, 1, 3])
-    s = g.op("Mul", [g.op("MatMul", [q, k]), g.const(np.array(1.0 / np.sqrt(D // HEADS), np.float32))])
-    c = g.op("Transpose", [g.op("MatMul", [g.op("Softmax", [s], axis=-1), v])], perm=[0, 2, 1, 3])
-    merged = g.op("Reshape", [c, g.const(np.array([0, T, D], np.int64))])
-    res = g.op("Add", [stream, proj(merged, tied)])
-    ln2 = g.op("LayerNormalization", [res, g.weight((D,), "gamma", low=0.5), g.weight((D,), "beta")], axis=-1)
-    pooled = g.op("ReduceMean", [ln2], axes=[1], keepdims=0)
-    g.nodes.append(helper.make_node("Gemm", [pooled, g.weight((CLASSES, D)), g.weight((CLASSES,))], ["logits"],
-                                    name="head", transB=1))
-    return g.build([builders.vinfo("x", ["B", C_IN, T])], [builders.vinfo("logits", ["B", CLASSES])])
 
 
 @pytest.fixture
