@@ -39,11 +39,11 @@ from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, node_label
 from onnxprune.core.quant import QOPERATOR_OPS, quantized_data
 from onnxprune.core.shapefold import infer_shapes
 from onnxprune.structured.axes import ChannelAxis, Coupling, Identity, IndexMap, compress_map
+from onnxprune.structured.quant_sharing import split_quantized
 from onnxprune.structured.rules.base import GROUPED_CONV_MODES, Blocked, OpRule, RuleContext
 from onnxprune.structured.rules.registry import RuleSet, RuleSpec
 from onnxprune.structured.shape_reads import unfollowed
-from onnxprune.structured.quant_sharing import split_quantized
-from onnxprune.structured.sharing import ConstVersion, const_versions, reader_key, reads_as_weight, split_constants
+from onnxprune.structured.sharing import ConstVersion, const_versions, reader_key, split_constants
 
 log = logging.getLogger(__name__)
 
@@ -337,9 +337,7 @@ class _Walk:
         self.unanalysed: list[str] = []
         self.split = split_constants(self.index, rules, self.ctx)
         order = {id(n): i for i, n in enumerate(self.index.graph.node)}
-        quant_split, self.shared_dq = split_quantized(
-            self.index, order, reader_key, lambda n, name, rank: reads_as_weight(n, name, rank, rules, self.ctx,
-                                                                                 self.index))
+        quant_split, self.shared_dq = split_quantized(self.index, rules, self.ctx, order)
         for name, readers in quant_split.items():
             self.split.setdefault(name, readers)
 

@@ -22,17 +22,15 @@ pruned model stays quantized and computes exactly what the kept channels compute
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from onnx import NodeProto, helper
 
 from onnxprune.core.ir import GraphIndex
 from onnxprune.core.quant import quantized_outputs
-
-#: reader key of a node (its first output), as :func:`onnxprune.structured.sharing.reader_key` names it.
-ReaderKey = Callable[[NodeProto], str]
-#: whether a node reads a constant (by name, rank) as a weight; readers of a shared weight stay tied.
-ReadsAsWeight = Callable[[NodeProto, str, int], bool]
+from onnxprune.structured.rules.base import RuleContext
+from onnxprune.structured.rules.registry import RuleSet
+from onnxprune.structured.sharing import reader_key, reads_as_weight
 
 
 def _value_readers(index: GraphIndex, name: str) -> list[NodeProto]:
@@ -60,16 +58,17 @@ def _aliases(index: GraphIndex, name: str) -> set[str]:
     return found
 
 
-def split_quantized(index: GraphIndex, order: Mapping[int, int], reader_key: ReaderKey,
-                    reads_as_weight: ReadsAsWeight) -> tuple[dict[str, tuple[str, ...]], dict[str, NodeProto]]:
+def split_quantized(index: GraphIndex, rules: RuleSet, ctx: RuleContext, order: Mapping[int, int]
+                    ) -> tuple[dict[str, tuple[str, ...]], dict[str, NodeProto]]:
     """Shared quantized constants that get one slot per reader.
 
     Returns ``(split, dequantizer)``: ``split`` maps the integer storage (and, for a per-channel scale, the
     scale and zero point) to the keys of the layers reading the ``DequantizeLinear``'s output, in graph
-    order; ``dequantizer`` maps each of those tensors to its ``DequantizeLinear``. A constant qualifies when
-    its storage, scale and zero point are read by that one ``DequantizeLinear`` only (a tensor shared at the
-    integer level is left to :mod:`onnxprune.structured.sharing`), its output is neither a graph output nor
-    read as a weight, and at least two distinct layers read it.
+    order (``order``: node id → position); ``dequantizer`` maps each of those tensors to its
+    ``DequantizeLinear``. A constant qualifies when its storage, scale and zero point are read by that one
+    ``DequantizeLinear`` only (a tensor shared at the integer level is left to
+    :mod:`onnxprune.structured.sharing`), its output is neither a graph output nor read as a weight, and at
+    least two distinct layers read it.
     """
     outputs = set(index.graph_outputs)
     split: dict[str, tuple[str, ...]] = {}
@@ -79,8 +78,8 @@ def split_quantized(index: GraphIndex, order: Mapping[int, int], reader_key: Rea
             continue
         node = index.producer[dq.output]
         own = [dq.data] + ([dq.scale, dq.zero_point] if dq.axis is not None else [])
-        if any(t and [n for n in index.const_readers(t)] != [node] for t in own):
-            continue
+        if any(t and [id(n) for n in index.const_readers(t)] != [id(node)] for t in own):
+            continue  # shared at the integer level too
         if _aliases(index, dq.output) & outputs:
             continue
         readers: dict[str, NodeProto] = {}
@@ -89,7 +88,7 @@ def split_quantized(index: GraphIndex, order: Mapping[int, int], reader_key: Rea
         shape = index.const_shape(dq.data)
         if len(readers) < 2 or not shape:
             continue
-        if any(reads_as_weight(r, dq.data, len(shape)) for r in readers.values()):
+        if any(reads_as_weight(r, dq.data, len(shape), rules, ctx, index) for r in readers.values()):
             continue
         keys = tuple(reader_key(r) for r in sorted(readers.values(), key=lambda n: order.get(id(n), 0)))
         for t in own:
@@ -106,8 +105,8 @@ def dequantizer_for(index: GraphIndex, reader: NodeProto, name: str, copy: str, 
     ``reader`` reads the output of a ``DequantizeLinear`` of ``name`` (through Identity); ``version`` is the
     keys of the readers sharing this version of the constant. The first call for a version makes its
     ``DequantizeLinear`` (a copy of the shared one, placed after it); later calls (the other readers, the
-    scale's and zero point's copies) reuse it from ``made`` (with the constants the shared one read). Returns False when ``reader`` reads no
-    ``DequantizeLinear`` of ``name``.
+    scale's and zero point's copies) reuse it from ``made``, which also keeps the constants the shared one
+    read. Returns False when ``reader`` reads no ``DequantizeLinear`` of ``name``.
     """
     for i, inp in enumerate(reader.input):
         source = index.producer.get(index.resolve_identity(inp)) if inp else None
