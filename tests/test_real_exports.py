@@ -115,3 +115,12 @@ def test_judge_names_a_pinned_dim_and_a_dequantized_weight(tmp_path: Path) -> No
     assert (outcome.checker, outcome.shapes, outcome.io) == ("ok", "same", "same")
     assert not outcome.ok and outcome.verdict() == f"FAIL: precision: {change}"
     assert real.output_shapes(tmp_path / "orig.onnx") == {"y": (2, 4)}  # seeded feeds: dynamic batch -> 2
+    # a second version of a shared quantized constant (its own DequantizeLinear of an int8 copy) is not a change
+    versioned = _qdq_matmul(folded=False)
+    versioned.graph.initializer.append(numpy_helper.from_array(np.ones(4, np.int8), "wq2"))
+    versioned.graph.node.insert(0, helper.make_node("DequantizeLinear", ["wq2", "s"], ["w2"]))
+    assert real.describe_precision_change(real.precision(original), real.precision(versioned)) == ""
+    activation = _qdq_matmul(folded=False)  # a Q/DQ pair on an activation added is one
+    activation.graph.node.extend([helper.make_node("QuantizeLinear", ["y", "s"], ["yq"]),
+                                  helper.make_node("DequantizeLinear", ["yq", "s"], ["yd"])])
+    assert real.describe_precision_change(real.precision(original), real.precision(activation)) == "Q/DQ nodes 1 -> 3"

@@ -12,7 +12,8 @@ with no other flag, each in its own process (``python -m onnxprune``) under a ti
 result without trusting onnxprune: ``onnx.checker`` (full check) on the output, both models in onnxruntime on
 the same inputs (the exporter's own example inputs, ``MODEL.inputs.npz``, where it wrote them), the output
 shapes, the declared input/output signature (names, element types, dims with their symbolic names) and the
-precision (element types of initializers, count of QuantizeLinear/DequantizeLinear nodes). Coverage,
+precision (element types of initializers, count of QuantizeLinear/DequantizeLinear nodes; a quantized constant
+shared by layers that lost different channels may gain one DequantizeLinear per stored version). Coverage,
 sparsity and the exactness difference are read from the summary the command prints.
 
 Runs in the project venv (not the export venv); the lead reruns it after merging fixes::
@@ -146,12 +147,20 @@ INDEX_TYPES = frozenset({"INT64", "INT32"})
 
 
 def precision(model: Any) -> dict[str, Any]:
-    """What pruning must not change unasked: weight element types (index types aside) and the Q/DQ node count."""
+    """What pruning must not change unasked: weight element types (index types aside) and the Q/DQ node count.
+
+    ``dq_of_constants`` counts the DequantizeLinear nodes of stored constants: a structured cut may add some
+    (a quantized bias shared by layers that lost different channels is stored once per version, each read
+    through its own DequantizeLinear), never remove one; every other Q/DQ node must stay.
+    """
     import onnx
 
     types = {onnx.TensorProto.DataType.Name(i.data_type) for i in model.graph.initializer} - INDEX_TYPES
     qdq = sum(1 for n in model.graph.node if n.op_type in QDQ_OPS)
-    return {"initializer_types": sorted(types), "qdq_nodes": qdq}
+    consts = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                          for o in n.output}
+    dq_const = sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input and n.input[0] in consts)
+    return {"initializer_types": sorted(types), "qdq_nodes": qdq, "dq_of_constants": dq_const}
 
 
 def describe_signature_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
@@ -168,7 +177,8 @@ def describe_signature_change(before: Mapping[str, Any], after: Mapping[str, Any
 def describe_precision_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
     """'' when equal, else what changed in one line."""
     parts = []
-    if before["qdq_nodes"] != after["qdq_nodes"]:
+    added = after.get("dq_of_constants", 0) - before.get("dq_of_constants", 0)  # versions of a shared constant
+    if added < 0 or before["qdq_nodes"] != after["qdq_nodes"] - added:
         parts.append(f"Q/DQ nodes {before['qdq_nodes']} -> {after['qdq_nodes']}")
     if before["initializer_types"] != after["initializer_types"]:
         parts.append(f"initializer types {','.join(before['initializer_types'])} -> "
@@ -428,7 +438,8 @@ def render(outcomes: Sequence[Outcome], folder: Path, argv: Sequence[str], total
         "Each run is `onnxprune prune MODEL -o OUT --mode MODE` with no other flag, in its own process. "
         "ok = exit 0, `onnx.checker` full check passes, onnxruntime runs the output on the exporter's example "
         "inputs with the original's output shapes, and the declared input/output signature and the precision "
-        "(initializer types, Q/DQ node count) are unchanged.",
+        "(initializer types, Q/DQ node count; DequantizeLinear nodes of stored constants may only be added) are "
+        "unchanged.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -222,13 +222,14 @@ def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, ca
     back through an adapter) only with ``refit_tied`` or ``untie``.
     """
     from onnxprune.core.errors import UnsupportedModelError
-    from onnxprune.recovery.width import prune_width
+    from onnxprune.recovery.width import prune_width, quantized_width
 
     if calib is None:
         raise ConfigError("width pruning is not exact and needs calibration data; pass --calib data.npz")
     owned = model if isinstance(model, list) else [model]
     del model
     why = f"--importance {importance} chooses the channels" if importance else ""
+    why = why or quantized_width(owned[0], refit=refit)
     if not why:
         try:
             result = slice_stream(owned, ratio=ratio, calib=calib, refit=refit, refit_tied=untie or refit_tied,

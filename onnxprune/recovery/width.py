@@ -25,8 +25,10 @@ import numpy as np
 from onnx import ModelProto, TensorProto
 
 from onnxprune.core.errors import ConfigError, UnsupportedModelError
+from onnxprune.core.ir import GraphIndex
+from onnxprune.core.quant import quantized_data
 from onnxprune.recovery.reader_refit import Data, refit_readers
-from onnxprune.recovery.recover import sink_cuts
+from onnxprune.recovery.recover import refuse_quantized, sink_cuts
 from onnxprune.recovery.solvers import DEFAULT_RIDGE
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.prune import coverage, prune_structured
@@ -64,9 +66,11 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
             table's transpose, so it can be tied back exactly, :mod:`onnxprune.recovery.tied_head`).
 
     Raises:
-        ConfigError: re-fit without data, or a bad ratio.
+        ConfigError: re-fit without data, a re-fit of a quantized model (:func:`quantized_width`), or a bad
+            ratio.
         UnsupportedModelError: the model has no prunable stream (the blockers are named).
     """
+    quantized_width(model, refit=refit)
     if refit and calib is None:
         raise ConfigError("width pruning re-fits the stream's readers on calibration data; pass --calib data.npz")
     frozen = frozen_stream(model, dims=dims)
@@ -106,6 +110,28 @@ def prune_width(model: ModelProto, *, ratio: float, calib: Data | None, refit: b
                                        max_samples=max_samples)
         report["refit"] = fitted
     return WidthResult(pruned, report, frozen.model if keep_prepared else None)
+
+
+def quantized_width(model: ModelProto, *, refit: bool) -> str:
+    """Why the stream of a quantized (QDQ) model is not rotated ('' for a float model); refuses a re-fit.
+
+    Width pruning a QDQ model treats it as structured mode does: the int8 weights are cut in their integer
+    storage with their per-channel scales, never turned into float. The re-fit computes float weights, so it
+    is refused with the same line as structured recovery (the readers' re-fit silently fitted nothing before).
+    Rotation multiplies every writer and reader by an orthogonal matrix, which int8 weights cannot hold
+    exactly, so a quantized stream is pruned plainly (not exact, the drift is measured).
+
+    Raises:
+        ConfigError: ``refit`` on a quantized model; names ``--recover none``.
+    """
+    if not quantized_data(GraphIndex(model)):
+        return ""
+    if refit:
+        refuse_quantized(model, doing="width pruning re-fits the stream's readers in float",
+                         fix="pass --recover none (plain width pruning of the integer weights, not exact), or "
+                             "prune the float model and quantize it afterwards")
+    return ("the model is quantized: a rotation cannot keep its integer weights exact (plain width pruning cuts "
+            "them in place)")
 
 
 def refit_cuts(cuts: list[Any], heads: tuple[tuple[str, str], ...], refit_tied: bool,

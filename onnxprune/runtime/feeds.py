@@ -205,13 +205,16 @@ def index_bounds(model: ModelProto) -> dict[str, int]:
     Why: generated token ids must be valid ones. A text model's ``token_type_ids`` index a table of 2 rows;
     drawing them from ``[0, 8)`` makes onnxruntime fail with an out-of-range Gather, which looks like a model
     that cannot run at all. Followed through value-preserving ops (Cast, Identity, reshapes) to ``Gather``'s
-    indices input; the smallest table wins.
+    indices input; the smallest table wins. A quantized table (an integer constant behind DequantizeLinear, a
+    QDQ model's embeddings) is sized by its integer storage.
     """
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     tables = {t.name: list(t.dims) for t in model.graph.initializer}
+    tables.update({n.output[0]: tables[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear"
+                   and n.input and n.output and n.input[0] in tables})
     bounds: dict[str, int] = {}
     for vi in model.graph.input:
         if vi.name in tables or vi.type.tensor_type.elem_type not in _INTEGER_TYPES:

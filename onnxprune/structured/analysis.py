@@ -39,6 +39,7 @@ from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, node_label
 from onnxprune.core.quant import QOPERATOR_OPS, quantized_data
 from onnxprune.core.shapefold import infer_shapes
 from onnxprune.structured.axes import ChannelAxis, Coupling, Identity, IndexMap, compress_map
+from onnxprune.structured.quant_sharing import split_quantized
 from onnxprune.structured.rules.base import GROUPED_CONV_MODES, Blocked, OpRule, RuleContext
 from onnxprune.structured.rules.registry import RuleSet, RuleSpec
 from onnxprune.structured.shape_reads import unfollowed
@@ -335,10 +336,15 @@ class _Walk:
         self.source_slots: list[ChannelAxis] = []
         self.unanalysed: list[str] = []
         self.split = split_constants(self.index, rules, self.ctx)
+        order = {id(n): i for i, n in enumerate(self.index.graph.node)}
+        quant_split, self.shared_dq = split_quantized(self.index, rules, self.ctx, order)
+        for name, readers in quant_split.items():
+            self.split.setdefault(name, readers)
 
-    def own_copy(self, s: ChannelAxis, node: NodeProto) -> ChannelAxis:
-        """``s`` as ``node`` reads it: its own copy's slot when ``s`` is a split shared constant."""
-        return ChannelAxis(s.tensor, s.axis, reader_key(node)) if s.tensor in self.split else s
+    def own_copy(self, s: ChannelAxis, node: NodeProto, via: str = "") -> ChannelAxis:
+        """``s`` as ``node`` reads it: its own copy's slot when ``s`` is a split shared constant (``via``: the
+        reader a shared quantized constant's DequantizeLinear is analysed for)."""
+        return ChannelAxis(s.tensor, s.axis, via or reader_key(node)) if s.tensor in self.split else s
 
     def not_analysed(self, reason: str) -> None:
         """A layer whose channels could not even be sized: no group, so the reason is kept on the graph."""
@@ -406,6 +412,8 @@ class _Walk:
     def neighbours(self, s: ChannelAxis) -> list[NodeProto]:
         idx = self.index
         name = s.tensor
+        if s.reader and s.tensor in self.shared_dq:  # a reader's copy of a shared quantized constant
+            return [self.shared_dq[s.tensor]]
         if s.reader:  # one reader's copy of a split constant (never a graph input or output)
             return [n for n in idx.const_readers(name) if reader_key(n) == s.reader][:1]
         if name in idx.initializers or name in idx.constant_nodes:
@@ -445,8 +453,9 @@ class _Walk:
                 self.block(s, f"{label}: no rule for op '{node.op_type}' (opset {self.index.opset}) reading or "
                               f"writing '{s.tensor}'; pass extra_rules= to teach onnxprune")
                 continue
+            via = s.reader if s.reader and self.shared_dq.get(s.tensor) is node else ""
             try:
-                couplings = [replace(c, a=self.own_copy(c.a, node), b=self.own_copy(c.b, node))
+                couplings = [replace(c, a=self.own_copy(c.a, node, via), b=self.own_copy(c.b, node, via))
                              for c in rule.couplings(node, s.plain, self.ctx)]
                 for c in couplings:
                     self.add_coupling(c)

@@ -69,7 +69,7 @@ def split_constants(index: GraphIndex, rules: RuleSet, ctx: RuleContext) -> dict
         shape = index.const_shape(name)
         if len(readers) < 2 or not shape:
             continue
-        if any(_reads_as_weight(node, name, len(shape), rules, ctx, index) for node in readers):
+        if any(reads_as_weight(node, name, len(shape), rules, ctx, index) for node in readers):
             log.debug("shared constant %s is read as a weight; its readers stay tied", name)
             continue
         result[name] = tuple(reader_key(n) for n in readers)
@@ -86,8 +86,9 @@ def _is_output(index: GraphIndex, name: str, outputs: set[str]) -> bool:
     return False
 
 
-def _reads_as_weight(node: NodeProto, name: str, rank: int, rules: RuleSet, ctx: RuleContext,
-                     index: GraphIndex) -> bool:
+def reads_as_weight(node: NodeProto, name: str, rank: int, rules: RuleSet, ctx: RuleContext,
+                    index: GraphIndex) -> bool:
+    """``node`` couples constant ``name`` (of rank ``rank``) as a layer's weight (a source or sink axis)."""
     rule = rules.lookup(node.domain, node.op_type, index.opset)
     if rule is None:
         return False

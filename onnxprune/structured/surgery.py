@@ -24,6 +24,7 @@ from onnxprune.core.ir import GraphIndex, shape_skeleton, tensor_like
 from onnxprune.core.weights import copy_model_without_weights
 from onnxprune.structured.analysis import DependencyGraph, analyze, model_fingerprint
 from onnxprune.structured.plan import PrunePlan, check_plan
+from onnxprune.structured.quant_sharing import dequantizer_for
 from onnxprune.structured.rules.base import RewriteContext
 from onnxprune.structured.rules.registry import RuleSet, RuleSpec
 from onnxprune.structured.sharing import ConstVersion, reader_key
@@ -65,6 +66,7 @@ def slice_consts(index: GraphIndex, versions: Mapping[str, list[ConstVersion]], 
     """
     targets = targets or {}
     readers = {reader_key(n): n for n in index.graph.node}
+    made: dict[tuple[str, tuple[str, ...]], tuple[NodeProto, frozenset[str]]] = {}
     for name, name_versions in versions.items():
         value = index.const_value(name)
         if value is None:
@@ -76,9 +78,13 @@ def slice_consts(index: GraphIndex, versions: Mapping[str, list[ConstVersion]], 
             copy = _add_copy(index, name, version.apply(value), targets.get(name))
             for key in version.readers:
                 node = readers[key]
+                hit = False
                 for i, inp in enumerate(node.input):
                     if inp and index.is_constant(inp) and index.resolve_identity(inp) == name:
                         node.input[i] = copy
+                        hit = True
+                if not hit:  # a shared quantized constant: the reader gets its own DequantizeLinear
+                    dequantizer_for(index, node, name, copy, version.readers, made)
         del value
     return list(versions)
 

@@ -126,9 +126,11 @@ def test_iter_batches_cuts_axis_zero_with_a_short_last_batch():
         list(iter_batches({"a": np.zeros(3), "b": np.zeros(4)}, 2))
 
 
-def test_generated_indices_stay_inside_the_tables_they_index() -> None:
+@pytest.mark.parametrize("quantized", [False, True])
+def test_generated_indices_stay_inside_the_tables_they_index(quantized: bool) -> None:
     """BERT's token_type_ids index a 2-row table: ids drawn from [0, 8) made onnxruntime fail (out-of-range
-    Gather), so every text model looked as if it ran at no size. Bounds follow Cast to Gather's indices."""
+    Gather), so every text model looked as if it ran at no size. Bounds follow Cast to Gather's indices. A QDQ
+    model's tables are int8 behind DequantizeLinear (the quantized BERT looked unrunnable the same way)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -143,6 +145,12 @@ def test_generated_indices_stay_inside_the_tables_they_index() -> None:
                         for n in ("input_ids", "token_type_ids")],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 4])], [types, words])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if quantized:  # each table becomes int8 storage read through DequantizeLinear, as quantize_static writes it
+        for table in model.graph.initializer[:2]:
+            name = table.name
+            table.CopyFrom(numpy_helper.from_array(np.ones(table.dims, np.int8), f"{name}_q"))
+            model.graph.initializer.append(numpy_helper.from_array(np.float32(0.5), f"{name}_s"))
+            model.graph.node.insert(0, helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s"], [name]))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     for seed in range(5):
         feeds = random_feeds(model, seed=seed)
