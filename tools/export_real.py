@@ -566,7 +566,8 @@ def family_paddle(ctx: Context) -> None:
 
 # ---------------------------------------------------------------------------------------------------- post
 def family_post(ctx: Context) -> None:
-    """An fp16 conversion and an int8 QDQ quantization of the timm ResNet export (run the timm family first)."""
+    """An fp16 conversion and an int8 QDQ quantization of the timm ResNet export, and int8 QDQ quantizations
+    of the Hugging Face ViT and BERT exports (run the timm and hf families first)."""
     import onnx
 
     source = ctx.out / "timm_resnet18.onnx"
@@ -586,26 +587,39 @@ def family_post(ctx: Context) -> None:
                      cls="fp16 conversion of the timm ResNet-18",
                      exporter="onnxconverter_common.float16.convert_float_to_float16(keep_io_types=False)")
 
-    def qdq() -> None:
+    def qdq(name: str, base: str, what: str) -> None:
+        """``base`` quantized by onnxruntime's static QDQ quantizer (per-channel int8 weights, uint8
+        activations), calibrated on its example inputs (a ResNet on 4 seeded random batches instead)."""
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+        with np.load(ctx.out / f"{base}.inputs.npz") as data:
+            feeds = dict(data)
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
                 rng = np.random.default_rng(SEED)
-                self.batches = iter([{"input": rng.standard_normal(x.shape).astype(np.float32)} for _ in range(4)])
+                if base == "timm_resnet18":
+                    self.batches = iter([{"input": rng.standard_normal(x.shape).astype(np.float32)}
+                                         for _ in range(4)])
+                else:
+                    self.batches = iter([feeds])
 
             def get_next(self) -> dict[str, np.ndarray] | None:
                 return next(self.batches, None)
 
         with _scratch() as tmp:
             path = tmp / "qdq.onnx"
-            quantize_static(str(source), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
-            ctx.save("timm_resnet18_int8_qdq", path, {"input": x}, cls="int8 QDQ quantization (per-channel) of the "
-                     "timm ResNet-18", exporter="onnxruntime.quantization.quantize_static(QDQ, per_channel=True)")
+            quantize_static(str(ctx.out / f"{base}.onnx"), str(path), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+            ctx.save(name, path, feeds, cls=f"int8 QDQ quantization (per-channel) of the {what}",
+                     exporter="onnxruntime.quantization.quantize_static(QDQ, per_channel=True)")
 
     ctx.attempt("timm_resnet18_fp16", fp16)
-    ctx.attempt("timm_resnet18_int8_qdq", qdq)
+    ctx.attempt("timm_resnet18_int8_qdq", lambda: qdq("timm_resnet18_int8_qdq", "timm_resnet18", "timm ResNet-18"))
+    for base, what in (("hf_vit_legacy", "Hugging Face ViT (legacy export)"),
+                       ("hf_bert_legacy", "Hugging Face BERT (legacy export)")):
+        if (ctx.out / f"{base}.onnx").is_file():
+            ctx.attempt(f"{base}_int8_qdq", lambda base=base, what=what: qdq(f"{base}_int8_qdq", base, what))
 
 
 FAMILIES: dict[str, Callable[[Context], None]] = {
