@@ -10,10 +10,10 @@ prune with no width flag is not ``auto`` (over 64 MB of weights: the fixed rule 
 per thread count and batch. The table gives each variant's speedup over the original and its share of the
 MAC-ideal speedup (speedup / ideal), and the latency model's predicted speedup for the default variant
 with its error (predicted latency / measured latency - 1). Predictions are calibrated
-(``latency_model(..., calibrate=True)``: the original and two fixed reference cuts timed whole, see
-``onnxprune.runtime.prediction``); a row whose plan is one of those cuts is predicted with that cut left
-out of the fit ("held out"), and also as fitted with it ("fitted"). Below the table: per model, how many
-predictions are within 15%.
+(``latency_model(..., calibrate=True)``: the original and fixed reference cuts timed whole, conv layers cut
+off the conv block priced apart, see ``onnxprune.runtime.prediction``); a row whose plan is one of those cuts
+is predicted with that cut left out of the fit ("held out"), and also as fitted with it ("fitted"). Below the
+table: per model, how many predictions are within 15%.
 
 Usage:
   .venv/bin/python tools/bench_speed.py [--models digits_cnn,digits_mlp,digits_transformer,tv_mobilenet_v2,resnet50]
