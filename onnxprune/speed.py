@@ -416,11 +416,14 @@ class LatencyModel:
 
     def _on_block(self, size: int, asked: int, k: int) -> int:
         """A conv group's width on the conv block for an on-block reference cut: ``asked`` rounded up to the
-        block while that stays below ``size``, else down (a 32-channel group asked for 24 keeps 16); ``k``
-        when the group is not a multiple of the block or is narrower than two blocks."""
+        block while that stays below ``size``, else down (a 32-channel group asked for 24 keeps 16); a group
+        of one block stays whole; ``k`` when the group is no multiple of the block (off it at full width:
+        MobileNetV2's 8- and 24-channel groups, which the original runs so too)."""
         step = self.conv_align
-        if size % step or size < 2 * step:
+        if size % step:
             return k
+        if size < 2 * step:
+            return size
         up = _ceil_to(asked, step, size)
         return up if up < size else max(step, asked // step * step)
 
