@@ -9,7 +9,8 @@ prune with no width flag is not ``auto`` (over 64 MB of weights: the fixed rule 
 (``runtime.bench.benchmark``)
 per thread count and batch. The table gives each variant's speedup over the original and its share of the
 MAC-ideal speedup (speedup / ideal; for the default flags also the 95% interval of the median per-round
-speedup over the ideal, ``runtime.speed_verdict``: two threads on two cores swing by more than the 0.9 asked;
+speedup over the ideal, ``runtime.speed_verdict``, whose median can differ from the cell's ratio of medians by a
+few percent: two threads on two cores swing by more than the 0.9 asked;
 "same widths": the auto plan keeps the default rule's widths, so a gap between the two is noise), and the
 latency model's predicted speedup for the default variant
 with its error (predicted latency / measured latency - 1). Predictions are calibrated
