@@ -57,8 +57,9 @@ class Calibration:
         With ``unaligned`` (each point's off-block sum) and at least two points with none and distinct
         sums, the line is fitted on those points alone and ``unaligned_scale`` on what the others
         measured above it (least squares through 0, clipped at 0): a plain-layout cut then no longer
-        bends the line that predicts blocked plans. Otherwise every point fits the line and the
-        unaligned scale is 0.
+        bends the line that predicts blocked plans. Otherwise, or when the on-block points give a line with
+        no slope (one run stalled on a loaded machine: ResNet-50 at 2 threads was predicted at 1.00x for a
+        plan measured at 3.17x), every point fits the line and the unaligned scale is 0.
 
         A cut that did not run faster (noise, or a slower kernel) gives a line with no slope: the overhead is
         then the whole measured time and every plan is predicted at the original's speed (scale 0), which is
@@ -69,7 +70,7 @@ class Calibration:
         if len(offs) != len(pts):
             raise ValueError("one off-block sum per point is needed")
         on = [p for p, u in zip(pts, offs, strict=True) if u <= 0]
-        if len(on) < len(pts) and (line := cls._line(on)) is not None:
+        if len(on) < len(pts) and (line := cls._line(on)) is not None and line.scale > 0:
             off = [(s, m, u) for (s, m), u in zip(pts, offs, strict=True) if u > 0]
             extra = sum((m - line.ms(s)) * u for s, m, u in off) / sum(u * u for _, _, u in off)
             return cls(line.overhead_ms, line.scale, pts, max(extra, 0.0), offs)

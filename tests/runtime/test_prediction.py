@@ -121,5 +121,9 @@ def test_unaligned_calibration_falls_back_to_one_line():
     # off-block plans that ran faster than the line: no negative price for leaving the block
     faster = Calibration.fit([(10.0, 8.0), (4.0, 5.0), (7.0, 6.0)], [0.0, 0.0, 3.0])
     assert faster is not None and faster.unaligned_scale == 0.0 and faster.ms(4.0) == pytest.approx(5.0)
+    # the on-block runs do not fall with the layer sum (a stalled run): no split, one line through every run
+    flat = Calibration.fit([(10.0, 8.0), (4.0, 8.5), (6.0, 4.0)], [0.0, 0.0, 1.0])
+    assert flat is not None and flat.unaligned_scale == 0.0 and flat.scale > 0
+    assert flat.ms(10.0) == pytest.approx(Calibration.fit([(10.0, 8.0), (4.0, 8.5), (6.0, 4.0)]).ms(10.0))
     with pytest.raises(ValueError, match="one off-block sum per point"):
         Calibration.fit([(10.0, 8.0), (4.0, 5.0)], [0.0])
