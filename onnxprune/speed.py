@@ -358,15 +358,17 @@ class LatencyModel:
         for n in names:
             if n not in full_ms and macs.get(n):
                 full_ms[n] = (macs[n] or 0) * (rate or 1.0)
-        table = LayerTable(full_ms, cuts, sizes, factors)
+        blocks = {gid: self.conv_align for gid in cuts if _cuts_conv(self.dg.groups[gid])}
+        table = LayerTable(full_ms, cuts, sizes, factors, blocks=blocks)
         self._measured_rate[batch] = rate is not None
         if self.calibrate:
             points = self._calibration_points(batch)
             if holdout:
                 cut = {g: k for g, k in keep_counts.items() if k < self.dg.groups[g].size}
                 points = [(keep, ms) for keep, ms in points if not keep or keep != cut]
-            fit = Calibration.fit([(table.layer_sum(keep), ms) for keep, ms in points])
-            table = LayerTable(full_ms, cuts, sizes, factors, fit)
+            fit = Calibration.fit([(table.layer_sum(keep), ms) for keep, ms in points],
+                                  [table.unaligned_sum(keep) for keep, _ in points])
+            table = LayerTable(full_ms, cuts, sizes, factors, fit, blocks)
         return table
 
     def _layer_model(self) -> LatencyModel:
@@ -381,24 +383,49 @@ class LatencyModel:
 
     def reference_keeps(self) -> list[dict[int, int]]:
         """The calibration's reference cuts: every prunable group at each of :data:`REFERENCE_RATIOS`, widths
-        rounded up to multiples of 8 (fixed plans, so the plan to predict is normally not a calibration point).
+        rounded up to multiples of 8 (fixed plans, so the plan to predict is normally not a calibration point);
+        then, where the provider's conv block is wider than 8, the same ratios with every conv group on the
+        block (see :meth:`_on_block`), when that is another plan.
 
         A group that rounding would keep whole (under 16 channels: attention heads) is cut unrounded: left
         whole, its cuts were never calibrated, and the time they save beyond the table's layers (attention
-        scores, softmax) was missed (digits transformer: predictions +8% to +27% off, all too slow)."""
-        out = []
-        for ratio in REFERENCE_RATIOS:
-            keep = {}
-            for g in self.dg.prunable_groups:
-                asked = max(1, g.size - int(round(ratio * g.size)))
-                k = _ceil_to(asked, 8, g.size)
-                if k >= g.size:
-                    k = asked
-                if k < g.size:
-                    keep[g.id] = k
-            if keep and keep not in out:
-                out.append(keep)
+        scores, softmax) was missed (digits transformer: predictions +8% to +27% off, all too slow).
+
+        Why the cuts on the block: the calibration fits its line on plans whose convs keep the blocked layout
+        and prices the layers others take off it apart (:mod:`onnxprune.runtime.prediction`). With only the
+        8-rounded cuts, the digits CNN's line had one such plan besides the original (16/32 channels), and
+        when that plan was itself the one to predict, none."""
+        out: list[dict[int, int]] = []
+        for aligned in (False, True):
+            if aligned and self.conv_align <= 8:
+                break
+            for ratio in REFERENCE_RATIOS:
+                keep = {}
+                for g in self.dg.prunable_groups:
+                    asked = max(1, g.size - int(round(ratio * g.size)))
+                    k = _ceil_to(asked, 8, g.size)
+                    if k >= g.size:
+                        k = asked
+                    if aligned and _cuts_conv(g):
+                        k = self._on_block(g.size, asked, k)
+                    if k < g.size:
+                        keep[g.id] = k
+                if keep and keep not in out:
+                    out.append(keep)
         return out
+
+    def _on_block(self, size: int, asked: int, k: int) -> int:
+        """A conv group's width on the conv block for an on-block reference cut: ``asked`` rounded up to the
+        block while that stays below ``size``, else down (a 32-channel group asked for 24 keeps 16); a group
+        of one block stays whole; ``k`` when the group is no multiple of the block (off it at full width:
+        MobileNetV2's 8- and 24-channel groups, which the original runs so too)."""
+        step = self.conv_align
+        if size % step:
+            return k
+        if size < 2 * step:
+            return size
+        up = _ceil_to(asked, step, size)
+        return up if up < size else max(step, asked // step * step)
 
     def _calibration_points(self, batch: int) -> list[tuple[dict[int, int], float]]:
         """``(keep counts, measured ms)`` of whole-model runs at ``batch``: the original and the reference cuts

@@ -8,12 +8,16 @@ prune with no width flag is not ``auto`` (over 64 MB of weights: the fixed rule 
 "default widths" says which rule). Then times the original and every pruned model alternately
 (``runtime.bench.benchmark``)
 per thread count and batch. The table gives each variant's speedup over the original and its share of the
-MAC-ideal speedup (speedup / ideal), and the latency model's predicted speedup for the default variant
+MAC-ideal speedup (speedup / ideal; for the default flags also the 95% interval of the median per-round
+speedup over the ideal, ``runtime.speed_verdict``, whose median can differ from the cell's ratio of medians by a
+few percent: two threads on two cores swing by more than the 0.9 asked;
+"same widths": the auto plan keeps the default rule's widths, so a gap between the two is noise), and the
+latency model's predicted speedup for the default variant
 with its error (predicted latency / measured latency - 1). Predictions are calibrated
-(``latency_model(..., calibrate=True)``: the original and two fixed reference cuts timed whole, see
-``onnxprune.runtime.prediction``); a row whose plan is one of those cuts is predicted with that cut left
-out of the fit ("held out"), and also as fitted with it ("fitted"). Below the table: per model, how many
-predictions are within 15%.
+(``latency_model(..., calibrate=True)``: the original and fixed reference cuts timed whole, conv layers cut
+off the conv block priced apart, see ``onnxprune.runtime.prediction``); a row whose plan is one of those cuts
+is predicted with that cut left out of the fit ("held out"), and also as fitted with it ("fitted"). Below the
+table: per model, how many predictions are within 15%.
 
 Usage:
   .venv/bin/python tools/bench_speed.py [--models digits_cnn,digits_mlp,digits_transformer,tv_mobilenet_v2,resnet50]
@@ -39,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from onnxprune import PruneConfig, prune  # noqa: E402
 from onnxprune.core.io import load_model, model_nbytes  # noqa: E402
 from onnxprune.runtime.bench import benchmark  # noqa: E402
+from onnxprune.runtime.speed_verdict import speed_verdict  # noqa: E402
 from onnxprune.speed import default_widths, keep_counts, latency_model  # noqa: E402
 from onnxprune.structured.analysis import analyze  # noqa: E402
 
@@ -62,7 +67,7 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
     original = _source(name)
     default = default_widths(PruneConfig(ratio=ratios[0]), model_nbytes(original), original).round_to
     rows = []
-    fixed, auto, predicted = {}, {}, {}
+    fixed, auto, predicted, widths = {}, {}, {}, {}
     target_info: dict = {}
     target_model = None
     if target:  # --target-speedup on the largest batch and the first thread count
@@ -76,12 +81,13 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
     for ratio in ratios:
         for label, round_to in variants[1:]:  # fixed rules: the widths do not depend on the thread count
             cfg = PruneConfig(ratio=ratio, round_to=round_to, validate=False, bench_batches=tuple(batches))
-            fixed[(ratio, label)] = prune(original, cfg).model
+            result = prune(original, cfg)
+            fixed[(ratio, label)], widths[(ratio, label)] = result.model, keep_counts(result.plan)
         for t in threads:  # widths chosen by latency are timed at the thread count they are benchmarked at
             cfg = PruneConfig(ratio=ratio, round_to="auto", validate=False, bench_batches=tuple(batches),
                               threads=t, latency_budget=budget)
             result = prune(original, cfg)
-            auto[(ratio, t)] = result.model
+            auto[(ratio, t)], widths[(ratio, "auto", t)] = result.model, keep_counts(result.plan)
             predicted[(ratio, t)] = (latency_model(original, dg, cfg, calibrate=True), result.plan)
     for t in threads:
         names = ["original"] + [f"{r}-{label}" for r in ratios for label, _ in variants]
@@ -103,6 +109,14 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
                     row[f"{label}_of_ideal"] = r.efficiency
                 if default == "auto":
                     row["default_speedup"], row["default_of_ideal"] = row["auto_speedup"], row["auto_of_ideal"]
+                else:  # the auto plan may keep the default rule's widths: then any gap between them is noise
+                    row["auto_is_default"] = widths[(ratio, "auto", t)] == widths[(ratio, "default")]
+                # the spread: 95% interval of the median per-round speedup of the default-flags model, over its ideal
+                label = "auto" if default == "auto" else "default"
+                verdict = speed_verdict("cpu", batch, base.times_ms,
+                                        report.result(f"{ratio}-{label}", "cpu", batch).times_ms)
+                if row["ideal"]:
+                    row["default_interval"] = (verdict.low / row["ideal"], verdict.high / row["ideal"])
                 lm, plan = predicted[(ratio, t)]
                 keep = keep_counts(plan)
                 cut = {g: k for g, k in keep.items() if k < lm.dg.groups[g].size}
@@ -147,6 +161,11 @@ def _f(x, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _interval(r: dict) -> str:
+    low_high = r.get("default_interval")
+    return f"; {low_high[0]:.2f}-{low_high[1]:.2f}" if low_high else ""
+
+
 def _fitted(r: dict) -> str:
     return f"; fitted {_f(r['fitted'])} ({_f(100 * r['fitted_error'], '+.0f')}%)" if "fitted" in r else ""
 
@@ -164,7 +183,7 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
         pass
     head = (f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu} "
             f"({platform.system()}, onnxruntime {ort.__version__}, shared machine), {seconds:.0f} s: `{command}`\n\n"
-            "| model | default widths | ratio | threads | batch | ideal | default flags (of its ideal) | "
+            "| model | default widths | ratio | threads | batch | ideal | default flags (of its ideal; 95%) | "
             "auto speedup (of ideal) | no rounding | round-to 8 | predicted (error) |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
@@ -174,8 +193,9 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
         err = r.get("error")
         lines.append(
             f"| {r['model']} | {r['default']} | {r['ratio']} | {r['threads']} | {r['batch']} | {_f(r['ideal'])} | "
-            f"{_f(r['default_speedup'])} ({_f(r['default_of_ideal'])}) | "
-            f"{_f(r['auto_speedup'])} ({_f(r['auto_of_ideal'])}) | {_f(r['none_speedup'])} "
+            f"{_f(r['default_speedup'])} ({_f(r['default_of_ideal'])}{_interval(r)}) | "
+            f"{_f(r['auto_speedup'])} ({_f(r['auto_of_ideal'])}){' same widths' if r.get('auto_is_default') else ''} | "
+            f"{_f(r['none_speedup'])} "
             f"({_f(r['none_of_ideal'])}) | {_f(r['r8_speedup'])} ({_f(r['r8_of_ideal'])}) | "
             f"{_f(r['predicted'])} ({_f(None if err is None else 100 * err, '+.0f')}%)"
             f"{' held out' if r.get('reference') else ''}"

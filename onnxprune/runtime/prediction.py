@@ -9,6 +9,17 @@ ResNet-50). Both are affine distortions of the layer sum ``S``: the whole model 
 Measuring the whole model at a few plans (the original and reference cuts that are not the plan to
 predict) fixes the fixed cost ``O`` and the scale ``c`` (least squares); every candidate plan is then
 predicted from its layer sum. Pure arithmetic on data, so the logic is tested with tables given as data.
+
+One line does not fit two kernel paths. onnxruntime's CPU provider runs a Conv in a blocked layout (NCHWc,
+16-channel blocks on AVX-512) only when its channels are multiples of the block; a cut to another width
+keeps that conv in the plain layout, with layout conversions around it in the model. A layer timed alone
+pays the conversions at every blocked width (so it overstates them) and none at the others (so it flatters
+them). On the digits CNN the line through the original and the 24/48-channel reference cut (plain layout)
+predicted the 16/32-channel plan (blocked) at 1.2x where it ran 1.7-2.4x. So the layers whose conv width a
+cut takes off the block are summed apart (``U``, see :meth:`LayerTable.unaligned_sum`), and the model is
+``O + c * S + p * U``: ``O`` and ``c`` fitted on the whole-model runs of plans with no such layer (the
+original and reference cuts kept on the block), ``p``, what an off-block layer costs beyond the line, on
+the others.
 """
 
 from __future__ import annotations
@@ -19,28 +30,57 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Calibration:
-    """``model ms = overhead_ms + scale * layer sum``, fitted on whole-model measurements.
+    """``model ms = overhead_ms + scale * layer sum + unaligned_scale * off-block sum``, fitted on
+    whole-model measurements (see the module doc).
 
     Attributes:
         overhead_ms: the fixed cost of a run, which no width changes (clipped to ``[0, first measured ms]``).
         scale: milliseconds of the whole model per unit of layer sum (the table's units need not be ms).
         points: the ``(layer sum, measured ms)`` pairs it was fitted on.
+        unaligned_scale: what a unit of layer time taken off the conv block costs the model beyond
+            ``scale`` (never negative; 0 when no measured plan had such layers).
+        unaligned: the off-block sum of each point (empty: all 0).
     """
 
     overhead_ms: float
     scale: float
     points: tuple[tuple[float, float], ...] = field(default=())
+    unaligned_scale: float = 0.0
+    unaligned: tuple[float, ...] = field(default=())
 
     @classmethod
-    def fit(cls, points: Sequence[tuple[float, float]]) -> Calibration | None:
+    def fit(cls, points: Sequence[tuple[float, float]],
+            unaligned: Sequence[float] | None = None) -> Calibration | None:
         """Least-squares line through ``(layer sum, measured ms)`` points; ``None`` when they cannot fix one
         (fewer than two distinct sums).
+
+        With ``unaligned`` (each point's off-block sum) and at least two points with none and distinct
+        sums, the line is fitted on those points alone and ``unaligned_scale`` on what the others
+        measured above it (least squares through 0, clipped at 0): a plain-layout cut then no longer
+        bends the line that predicts blocked plans. Otherwise, or when the on-block points give a line with
+        no slope (one run stalled on a loaded machine: ResNet-50 at 2 threads was predicted at 1.00x for a
+        plan measured at 3.17x), every point fits the line and the unaligned scale is 0.
 
         A cut that did not run faster (noise, or a slower kernel) gives a line with no slope: the overhead is
         then the whole measured time and every plan is predicted at the original's speed (scale 0), which is
         what the measurements say.
         """
         pts = tuple((float(s), float(m)) for s, m in points)
+        offs = tuple(float(u) for u in unaligned) if unaligned is not None else (0.0,) * len(pts)
+        if len(offs) != len(pts):
+            raise ValueError("one off-block sum per point is needed")
+        on = [p for p, u in zip(pts, offs, strict=True) if u <= 0]
+        if len(on) < len(pts) and (line := cls._line(on)) is not None and line.scale > 0:
+            off = [(s, m, u) for (s, m), u in zip(pts, offs, strict=True) if u > 0]
+            extra = sum((m - line.ms(s)) * u for s, m, u in off) / sum(u * u for _, _, u in off)
+            return cls(line.overhead_ms, line.scale, pts, max(extra, 0.0), offs)
+        line = cls._line(pts)
+        return None if line is None else cls(line.overhead_ms, line.scale, pts, 0.0, offs if any(offs) else ())
+
+    @classmethod
+    def _line(cls, pts: Sequence[tuple[float, float]]) -> Calibration | None:
+        """The clipped least-squares line of :meth:`fit` (``None``: fewer than two distinct sums)."""
+        pts = tuple(pts)
         if len(pts) < 2:
             return None
         n = len(pts)
@@ -59,13 +99,17 @@ class Calibration:
             overhead, scale = top_m, 0.0
         return cls(overhead, scale, pts)
 
-    def ms(self, layer_sum: float) -> float:
-        """Predicted milliseconds of a plan whose layer sum is ``layer_sum``."""
-        return self.overhead_ms + self.scale * layer_sum
+    def ms(self, layer_sum: float, unaligned_sum: float = 0.0) -> float:
+        """Predicted milliseconds of a plan whose layer sum is ``layer_sum``, ``unaligned_sum`` of it off
+        the conv block."""
+        return self.overhead_ms + self.scale * layer_sum + self.unaligned_scale * unaligned_sum
 
     def to_dict(self) -> dict[str, object]:
-        return {"overhead_ms": round(self.overhead_ms, 6), "scale": self.scale,
-                "points": [[round(s, 6), round(m, 6)] for s, m in self.points]}
+        out: dict[str, object] = {"overhead_ms": round(self.overhead_ms, 6), "scale": self.scale,
+                                  "points": [[round(s, 6), round(m, 6)] for s, m in self.points]}
+        if self.unaligned:
+            out.update(unaligned_scale=self.unaligned_scale, unaligned=[round(u, 6) for u in self.unaligned])
+        return out
 
 
 @dataclass(frozen=True)
@@ -80,6 +124,8 @@ class LayerTable:
             not measured is interpolated between measured ones (and ``0`` at width ``0``); a group never
             measured scales its layers by ``kept / size``.
         calibration: the whole-model fit (see :class:`Calibration`); ``None`` predicts from the sum alone.
+        blocks: group id -> the channel block of the conv layout its width decides (groups that cut a Conv
+            on a provider with a blocked layout); see :meth:`unaligned_sum`.
     """
 
     layers: Mapping[str, float]
@@ -87,6 +133,7 @@ class LayerTable:
     sizes: Mapping[int, int]
     factors: Mapping[int, Mapping[int, Mapping[str, float]]] = field(default_factory=dict)
     calibration: Calibration | None = None
+    blocks: Mapping[int, int] = field(default_factory=dict)
 
     def factor(self, gid: int, width: int, layer: str) -> float:
         """How ``gid`` kept at ``width`` scales ``layer`` (see the class doc)."""
@@ -104,8 +151,8 @@ class LayerTable:
                 return f0 + (f1 - f0) * (width - w0) / max(w1 - w0, 1)
         return width / size
 
-    def layer_sum(self, keep: Mapping[int, int]) -> float:
-        """The layers' summed time when each group ``g`` keeps ``keep[g]`` channels (others whole)."""
+    def _scaled(self, keep: Mapping[int, int]) -> dict[str, float]:
+        """Each layer's time when each group ``g`` keeps ``keep[g]`` channels (others whole)."""
         scale = dict.fromkeys(self.layers, 1.0)
         for gid, width in keep.items():
             if gid not in self.sizes:
@@ -113,7 +160,25 @@ class LayerTable:
             for layer in self.cuts.get(gid, ()):
                 if layer in scale:
                     scale[layer] *= self.factor(gid, int(width), layer)
-        return sum(self.layers[n] * scale[n] for n in self.layers)
+        return {n: self.layers[n] * scale[n] for n in self.layers}
+
+    def layer_sum(self, keep: Mapping[int, int]) -> float:
+        """The layers' summed time when each group ``g`` keeps ``keep[g]`` channels (others whole)."""
+        return sum(self._scaled(keep).values())
+
+    def unaligned_sum(self, keep: Mapping[int, int]) -> float:
+        """``U``: the summed time (at ``keep``'s widths) of the layers that ``keep`` takes off the conv block:
+        cut by a group of :attr:`blocks` whose full width is a multiple of its block and whose kept width
+        is not. A group off the block at full width (MobileNetV2's 8-channel ones on AVX-512) adds
+        nothing: the original runs that way too."""
+        off: set[str] = set()
+        for gid, width in keep.items():
+            block, size = self.blocks.get(gid), self.sizes.get(gid)
+            if block and size and size % block == 0 and int(width) < size and int(width) % block:
+                off.update(self.cuts.get(gid, ()))
+        if not off:
+            return 0.0
+        return sum(t for n, t in self._scaled(keep).items() if n in off)
 
     def calibrated_ms(self, keep: Mapping[int, int]) -> float:
         """The calibrated prediction of a plan (a latency budget's cost function).
@@ -123,7 +188,7 @@ class LayerTable:
         """
         if self.calibration is None:
             raise ValueError("this latency table has no whole-model calibration")
-        return self.calibration.ms(self.layer_sum(keep))
+        return self.calibration.ms(self.layer_sum(keep), self.unaligned_sum(keep))
 
     def predict_ms(self, keep: Mapping[int, int], original_ms: float | None = None) -> float | None:
         """Predicted time of the plan: calibrated when a fit exists; else the layers' share of
@@ -131,7 +196,7 @@ class LayerTable:
         total = self.layer_sum({})
         here = self.layer_sum(keep)
         if self.calibration is not None:
-            return self.calibration.ms(here)
+            return self.calibrated_ms(keep)
         if original_ms is None or total <= 0:
             return None
         share = min(1.0, total / original_ms)
@@ -140,7 +205,7 @@ class LayerTable:
     def speedup(self, keep: Mapping[int, int], original_ms: float | None = None) -> float | None:
         """Predicted original time over the plan's (``None`` when nothing can be predicted)."""
         if self.calibration is not None:
-            base = self.calibration.ms(self.layer_sum({}))
+            base = self.calibrated_ms({})
         elif original_ms is not None:
             base = original_ms
         else:

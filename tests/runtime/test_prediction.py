@@ -73,3 +73,57 @@ def test_uncalibrated_prediction_keeps_the_unmodelled_share():
     assert t.predict_ms(keep, 20.0) == pytest.approx(10.0 + s)
     assert t.speedup(keep, 20.0) == pytest.approx(20.0 / (10.0 + s))
     assert t.speedup(keep) == pytest.approx(10.0 / s)  # no measurement at all: the layers are the model
+
+
+def _blocked(calibration: Calibration | None = None) -> LayerTable:
+    # "a" cut by group 0 (32 channels, conv block 16); "b" by groups 0 and 1 (64, block 16); "c" by group 2
+    # (8 channels: off the block at full width); "d" by group 3 (a MatMul group: no block)
+    return LayerTable({"a": 4.0, "b": 6.0, "c": 1.0, "d": 2.0}, {0: ("a", "b"), 1: ("b",), 2: ("c",), 3: ("d",)},
+                      {0: 32, 1: 64, 2: 8, 3: 64}, {}, calibration, {0: 16, 1: 16, 2: 16})
+
+
+def test_unaligned_sum_holds_the_layers_a_cut_takes_off_the_block():
+    t = _blocked()
+    assert t.unaligned_sum({}) == 0.0
+    assert t.unaligned_sum({0: 16, 1: 32}) == 0.0  # on the block
+    assert t.unaligned_sum({0: 24}) == pytest.approx(4 * 0.75 + 6 * 0.75)  # both layers of group 0, at 24/32
+    assert t.unaligned_sum({0: 16, 1: 40}) == pytest.approx(6 * 0.5 * 40 / 64)  # "b" only, at both factors
+    assert t.unaligned_sum({2: 6}) == 0.0  # off the block already at full width: the original runs so too
+    assert t.unaligned_sum({3: 40}) == 0.0  # no conv layout to leave
+
+
+def test_off_block_cuts_do_not_bend_the_line_of_on_block_plans():
+    """``ms = 2 + 0.5 * S + 0.4 * U``: the line is fitted on the points with ``U = 0`` and the off-block scale
+    on the rest; one line through every point (the old fit) mispredicts the on-block plan."""
+    t = _blocked()
+
+    def ms(keep):
+        return 2 + 0.5 * t.layer_sum(keep) + 0.4 * t.unaligned_sum(keep)
+
+    points = [{}, {0: 24, 1: 48}, {0: 16, 1: 48}]  # the original, an off-block cut, an on-block cut
+    fit = Calibration.fit([(t.layer_sum(k), ms(k)) for k in points], [t.unaligned_sum(k) for k in points])
+    assert fit is not None
+    assert (fit.overhead_ms, fit.scale, fit.unaligned_scale) == pytest.approx((2.0, 0.5, 0.4))
+    table = LayerTable(t.layers, t.cuts, t.sizes, t.factors, fit, t.blocks)
+    for plan in ({0: 16, 1: 32}, {0: 24, 1: 32}, {0: 8, 1: 40}):
+        assert table.predict_ms(plan) == pytest.approx(ms(plan))
+    one_line = Calibration.fit([(t.layer_sum(k), ms(k)) for k in points])
+    assert one_line is not None and one_line.unaligned_scale == 0.0
+    plan = {0: 16, 1: 32}
+    assert abs(one_line.ms(t.layer_sum(plan)) / ms(plan) - 1) > 0.05
+    assert fit.to_dict()["unaligned_scale"] == pytest.approx(0.4)
+
+
+def test_unaligned_calibration_falls_back_to_one_line():
+    # one on-block point fixes no line: every point fits one line, and the off-block scale is 0
+    fit = Calibration.fit([(10.0, 8.0), (7.0, 7.5)], [0.0, 3.0])
+    assert fit is not None and fit.unaligned_scale == 0.0 and fit.ms(7.0) == pytest.approx(7.5)
+    # off-block plans that ran faster than the line: no negative price for leaving the block
+    faster = Calibration.fit([(10.0, 8.0), (4.0, 5.0), (7.0, 6.0)], [0.0, 0.0, 3.0])
+    assert faster is not None and faster.unaligned_scale == 0.0 and faster.ms(4.0) == pytest.approx(5.0)
+    # the on-block runs do not fall with the layer sum (a stalled run): no split, one line through every run
+    flat = Calibration.fit([(10.0, 8.0), (4.0, 8.5), (6.0, 4.0)], [0.0, 0.0, 1.0])
+    assert flat is not None and flat.unaligned_scale == 0.0 and flat.scale > 0
+    assert flat.ms(10.0) == pytest.approx(Calibration.fit([(10.0, 8.0), (4.0, 8.5), (6.0, 4.0)]).ms(10.0))
+    with pytest.raises(ValueError, match="one off-block sum per point"):
+        Calibration.fit([(10.0, 8.0), (4.0, 5.0)], [0.0])
