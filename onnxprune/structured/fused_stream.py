@@ -145,6 +145,8 @@ def stream_tensor(node: NodeProto) -> str:
 
 def rotation_refusal(node: NodeProto) -> str:
     """Why the stream cannot be rotated through the fused norm ``node`` (one line, with what applies)."""
-    return (f"the stream passes through the fused {node.op_type} '{node.name}' (onnxruntime's optimizer), whose "
-            f"scale and shift onnxprune does not fold into its readers nor turn into an RMSNorm: rotation "
-            f"needs both, so it is refused (plain width pruning applies)")
+    what = "scale" if "Simplified" in node.op_type else "scale and shift"
+    rms = "" if "Simplified" in node.op_type else " nor turns into an RMSNorm"
+    return (f"the stream passes through the fused {node.op_type} '{node.name}' of onnxruntime's optimizer, whose "
+            f"{what} onnxprune does not fold into its readers{rms}; rotation needs that, so it is refused "
+            f"(plain width pruning applies)")
