@@ -169,6 +169,17 @@ def test_a_used_statistic_output_blocks_with_its_name() -> None:
                     dims={"batch": 2, "seq": 7})
 
 
+def test_a_stream_output_with_a_symbolic_width_keeps_its_width() -> None:
+    """onnxruntime's optimizer declares the last output's width by name ('Reshapeout_dim_2'): the appended
+    projection takes the stream's width from its group, and the output keeps all ``D`` channels."""
+    model = fused_stream_model()
+    model.graph.output.append(helper.make_tensor_value_info("s2", TensorProto.FLOAT, ["batch", "seq", "hidden"]))
+    result = prune_width(model, ratio=0.25, calib=None, refit=False, dims={"batch": 2, "seq": 7})
+    assert [(p["output"], p["width"]) for p in result.report["outputs_kept_full_width"]] == [("s2", D)]
+    session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(["s2"], _feeds(3, 4))[0].shape == (3, 4, D)
+
+
 def test_the_default_analysis_still_blocks_the_fused_norms() -> None:
     """Structured mode is exact: the stream stays whole there."""
     dg = analyze(fused_stream_model(), dims={"batch": 2, "seq": 7})
