@@ -26,7 +26,7 @@ from onnx import ModelProto, TensorProto
 
 from onnxprune.core.errors import ConfigError, UnsupportedModelError
 from onnxprune.recovery.reader_refit import Data, refit_readers
-from onnxprune.recovery.recover import sink_cuts
+from onnxprune.recovery.recover import PACKED_READERS, sink_cuts
 from onnxprune.recovery.solvers import DEFAULT_RIDGE
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.prune import coverage, prune_structured
@@ -117,7 +117,7 @@ def refit_cuts(cuts: list[Any], heads: tuple[tuple[str, str], ...], refit_tied: 
         why = "LM head tied to the embedding table: it keeps the cut table's transpose (--untie-embeddings " \
               "re-fits it on its own)"
         report["refit_skipped"] = [{"node": h, "why": why} for h in sorted(skip)]
-    return [c for c in cuts if c.node.op_type in ("MatMul", "Gemm") and c.node.name not in skip]
+    return [c for c in cuts if c.node.op_type in ("MatMul", "Gemm") + PACKED_READERS and c.node.name not in skip]
 
 
 def frozen_stream(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> FrozenShapes:

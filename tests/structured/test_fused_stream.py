@@ -29,7 +29,7 @@ from onnxprune.structured.analysis import analyze
 from onnxprune.structured.stream import stream_group_ids, stream_rules
 
 MS = "com.microsoft"
-D, H, HEADS, F, V, P, O = 16, 16, 2, 24, 30, 12, 5
+D, H, HEADS, F, V, P, OUT = 16, 16, 2, 24, 30, 12, 5
 EPS = 1e-5
 
 
@@ -42,7 +42,7 @@ def _weights(seed: int = 0) -> dict[str, np.ndarray]:
     return {"word": r(V, D), "pos": r(P, D), "seg": r(2, D), "g0": 1 + r(D, scale=0.2), "b0": r(D, scale=0.2),
             "wqkv": r(D, 3 * H), "bqkv": r(3 * H, scale=0.1), "wo": r(H, D), "g1": 1 + r(D, scale=0.2),
             "b1": r(D, scale=0.2), "bias1": r(D, scale=0.2), "w1": r(D, F), "bf": r(F, scale=0.1), "w2": r(F, D),
-            "g2": 1 + r(D, scale=0.2), "g3": 1 + r(D, scale=0.2), "wout": r(D, O), "wout2": r(D, O)}
+            "g2": 1 + r(D, scale=0.2), "g3": 1 + r(D, scale=0.2), "wout": r(D, OUT), "wout2": r(D, OUT)}
 
 
 def fused_stream_model(stats_output: bool = False) -> onnx.ModelProto:
@@ -66,7 +66,7 @@ def fused_stream_model(stats_output: bool = False) -> onnx.ModelProto:
         helper.make_node("MatMul", ["h2", "wout2"], ["y2"], name="wout2_mm"),
         helper.make_node("Add", ["y1", "y2"], ["y"], name="y_add"),
     ]
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", O])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", OUT])]
     if stats_output:
         outputs.append(helper.make_tensor_value_info("mean1", TensorProto.FLOAT, None))
     graph = helper.make_graph(
@@ -161,6 +161,21 @@ def test_width_pruning_slices_every_fused_op_consistently() -> None:
                                rtol=1e-4, atol=1e-4)
     assert result.report["streams"] == [{"group": result.report["streams"][0]["group"], "width_before": D,
                                          "width_after": D - 4}]
+
+
+def test_the_fused_attention_is_re_fitted_with_the_other_readers() -> None:
+    """Its packed Q/K/V weight reads the stream like a MatMul: the re-fit solves it too, from the pruned
+    model's (re-normalized) input to the original projection's output."""
+    calib = [_feeds(4, 9, seed=s) for s in range(4)]
+    result = prune_width(fused_stream_model(), ratio=0.25, calib=calib, dims={"batch": 2, "seq": 7})
+    fitted = {f["layer"]: f for f in result.report["refit"]}
+    assert set(fitted) == {"Attention_att", "w1_mm", "wout_mm", "wout2_mm"}
+    assert fitted["Attention_att"]["rel_error_after"] < 0.8 * fitted["Attention_att"]["rel_error_before"]
+    att = next(n for n in result.model.graph.node if n.op_type == "Attention")
+    w, pruned = _weights(), _by_name(result.model)
+    assert pruned[att.input[1]].shape == (D - 4, 3 * H) and pruned[att.input[2]].shape == (3 * H,)
+    assert not any(np.allclose(pruned[att.input[1]][:, :4], w["wqkv"][j, :4]) for j in range(D))  # solved, not sliced
+    assert _run(result.model, _feeds(3, 10)).shape == (3, 10, OUT)
 
 
 def test_a_used_statistic_output_blocks_with_its_name() -> None:
