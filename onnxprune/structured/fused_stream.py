@@ -24,16 +24,21 @@ plain op), so these rules carry the stream's last axis through them:
 The fused ``Attention`` needs nothing here: its packed weight's rows are a sink of the stream already
 (:class:`~onnxprune.structured.rules.contrib_attention.AttentionRule`).
 
-Rotation (SliceGPT) is not done through these ops: it needs each norm's scale and shift folded into its
-readers and the norm turned into an RMSNorm (:mod:`onnxprune.structured.rotate`), which onnxprune does for the
-plain ``LayerNormalization`` only; :func:`rotation_refusal` names the op.
+Rotation (SliceGPT) needs each norm's scale and shift folded into its readers and the norm turned into an
+RMSNorm (:mod:`onnxprune.structured.rotate`), which onnxprune does for the plain ``LayerNormalization`` only.
+So before rotating, :func:`unfuse_skip_norms` writes each ``SkipLayerNormalization`` back as the ops it fused
+(``Add``, ``Add`` of the bias, ``LayerNormalization``), exactly; the rotation then replaces those norms by
+RMSNorms in primitives as it does for any model, so a rotated model no longer holds them fused. The other
+fused norms stay fused and block rotation (:func:`rotation_refusal` names the op): ``EmbedLayerNormalization``
+is the first norm of a post-norm BERT, which no rotation covers, and an RMSNorm stream
+(``SkipSimplifiedLayerNormalization``) is not centred, which the rotation assumes.
 """
 
 from __future__ import annotations
 
-from onnx import NodeProto
+from onnx import ModelProto, NodeProto, helper
 
-from onnxprune.core.ir import node_label
+from onnxprune.core.ir import GraphIndex, attr, node_label, opset_of
 from onnxprune.structured.axes import ChannelAxis, Coupling
 from onnxprune.structured.rules.base import Blocked, OpRule, RuleContext, is_output, which_input
 from onnxprune.structured.rules.registry import RuleSpec
@@ -143,10 +148,52 @@ def stream_tensor(node: NodeProto) -> str:
     return node.output[0]
 
 
+def unfuse_skip_norms(model: ModelProto) -> tuple[str, ...]:
+    """Exact rewrite, in place: every ``SkipLayerNormalization`` becomes ``Add(input, skip)`` (then ``Add``
+    of its ``bias``), whose result keeps the name of its ``input_skip_bias_sum`` output, and a
+    ``LayerNormalization`` over the last axis with its ``gamma``, ``beta`` and ``epsilon``. Returns the names of
+    the nodes rewritten. Left fused (rotation then refuses, naming it): a node that outputs its mean or
+    inverse std, and every node of a model below opset 17 (no ``LayerNormalization``).
+    """
+    if opset_of(model) < 17:
+        return ()
+    idx = GraphIndex(model)
+    graph = model.graph
+    done = []
+    for pos in reversed(range(len(graph.node))):
+        node = graph.node[pos]
+        if (node.domain, node.op_type) != (MS, "SkipLayerNormalization") or any(node.output[1:3]):
+            continue
+        out = list(node.output) + [""] * (4 - len(node.output))
+        ins = list(node.input) + [""] * (5 - len(node.input))
+        label = node.name or out[0]
+        total = out[3] or idx.unique_name(f"{label}_sum")
+        added = idx.unique_name(f"{label}_add") if ins[4] else total
+        nodes = [helper.make_node("Add", ins[:2], [added], name=idx.unique_name(f"{label}_add"))]
+        if ins[4]:
+            nodes.append(helper.make_node("Add", [added, ins[4]], [total], name=idx.unique_name(f"{label}_bias")))
+        eps = attr(node, "epsilon", None, 1e-12)
+        norm = [total, ins[2]] + ([ins[3]] if ins[3] else [])
+        nodes.append(helper.make_node("LayerNormalization", norm, [out[0]], name=idx.unique_name(f"{label}_norm"),
+                                      axis=-1, epsilon=eps))
+        del graph.node[pos]
+        for k, n in enumerate(nodes):
+            graph.node.insert(pos + k, n)
+        done.append(node.name)
+    return tuple(reversed(done))
+
+
 def rotation_refusal(node: NodeProto) -> str:
-    """Why the stream cannot be rotated through the fused norm ``node`` (one line, with what applies)."""
-    what = "scale" if "Simplified" in node.op_type else "scale and shift"
-    rms = "" if "Simplified" in node.op_type else " nor turns into an RMSNorm"
-    return (f"the stream passes through the fused {node.op_type} '{node.name}' of onnxruntime's optimizer, whose "
-            f"{what} onnxprune does not fold into its readers{rms}; rotation needs that, so it is refused "
-            f"(plain width pruning applies)")
+    """Why the stream cannot be rotated through the fused norm ``node`` that :func:`unfuse_skip_norms` left
+    fused (one line, with what applies)."""
+    head = f"the stream passes through the fused {node.op_type} '{node.name}' of onnxruntime's optimizer"
+    if node.op_type == "EmbedLayerNormalization":
+        why = ("its normalized output is the stream itself (the stream starts normalized, as in a post-norm "
+               "BERT), and rotation needs a stream whose writers are linear and whose norms only feed readers")
+    elif "Simplified" in node.op_type:
+        why = "an RMSNorm over a stream that is not centred, whose scale onnxprune does not fold into its readers"
+    elif node.op_type == "SkipLayerNormalization" and any(node.output[1:3]):
+        why = "which outputs its mean or inverse std, so it cannot be written as a LayerNormalization to fold"
+    else:
+        why = "which onnxprune writes as a LayerNormalization to fold only from opset 17 on"
+    return f"{head}, {why}; rotation is refused (plain width pruning applies)"

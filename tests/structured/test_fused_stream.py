@@ -26,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.core.errors import UnsupportedModelError
 from onnxprune.recovery.width import prune_width
 from onnxprune.structured.analysis import analyze
+from onnxprune.structured.fused_stream import unfuse_skip_norms
 from onnxprune.structured.stream import stream_group_ids, stream_rules
 
 MS = "com.microsoft"
@@ -178,6 +179,67 @@ def test_the_fused_attention_is_re_fitted_with_the_other_readers() -> None:
     assert _run(result.model, _feeds(3, 10)).shape == (3, 10, OUT)
 
 
+def test_unfusing_skip_layer_norms_is_exact() -> None:
+    """The rewrite rotation starts from: every output, the ``input_skip_bias_sum`` included, unchanged."""
+    model = fused_stream_model()
+    model.graph.output.append(helper.make_tensor_value_info("s1", TensorProto.FLOAT, None))
+    unfused = onnx.ModelProto()
+    unfused.CopyFrom(model)
+    assert unfuse_skip_norms(unfused) == ("SkipLayerNormalization_h1",)
+    ops = [n.op_type for n in unfused.graph.node]
+    assert "SkipLayerNormalization" not in ops and ops.count("LayerNormalization") == 1
+    assert "SkipSimplifiedLayerNormalization" in ops  # an RMSNorm stream: left fused (rotation refuses it)
+    feeds = _feeds(3, 8)
+    want = ort.InferenceSession(model.SerializeToString()).run(["y", "s1"], feeds)
+    got = ort.InferenceSession(unfused.SerializeToString()).run(["y", "s1"], feeds)
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    stats = fused_stream_model(stats_output=True)
+    assert unfuse_skip_norms(stats) == ()  # its mean is read: kept fused
+
+
+def prenorm_fused_model() -> onnx.ModelProto:
+    """A pre-norm stream as onnxruntime's optimizer leaves GPT-2: a plain first LayerNormalization, then
+    SkipLayerNormalizations whose sum output carries the stream; the last one's output is the graph's."""
+    rng = np.random.default_rng(3)
+    w = {k: (rng.standard_normal(s) * 0.5).astype(np.float32) for k, s in
+         {"emb": (V, D), "wa": (D, D), "w1": (D, F), "bf": (F,), "w2": (F, D), "bias2": (D,)}.items()}
+    w.update({f"{p}{i}": (1 + (p == "g") + rng.standard_normal(D) * 0.2 - 1).astype(np.float32)
+              for p in ("g", "b") for i in range(3)})
+    ms = lambda op, ins, outs, **kw: helper.make_node(op, ins, outs, name=f"{op}_{outs[0]}", domain=MS, **kw)  # noqa: E731
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["x"], name="embed"),
+             helper.make_node("LayerNormalization", ["x", "g0", "b0"], ["n0"], name="ln0", axis=-1, epsilon=EPS),
+             helper.make_node("MatMul", ["n0", "wa"], ["a"], name="wa_mm"),
+             ms("SkipLayerNormalization", ["a", "x", "g1", "b1"], ["n1", "", "", "s1"], epsilon=EPS),
+             helper.make_node("MatMul", ["n1", "w1"], ["f"], name="w1_mm"),
+             ms("FastGelu", ["f", "bf"], ["g"]),
+             helper.make_node("MatMul", ["g", "w2"], ["m"], name="w2_mm"),
+             ms("SkipLayerNormalization", ["m", "s1", "g2", "b2", "bias2"], ["y"], epsilon=EPS)]
+    graph = helper.make_graph(nodes, "prenorm_fused",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", "hidden"])],
+                              [numpy_helper.from_array(v, k) for k, v in w.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_pre_norm_fused_stream_is_rotated_exactly_then_sliced(tmp_path: Path) -> None:
+    from onnxprune import PruneConfig, prune
+
+    rng = np.random.default_rng(4)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, ids=rng.integers(0, V, (8, 6)))
+    result = prune(prenorm_fused_model(), PruneConfig(mode="width", ratio=0.25, calib=str(calib), bench=False))
+    width = result.report["width"]
+    assert width["method"] == "rotate", width.get("why_not_rotated")
+    assert width["unfused_norms"] == ["SkipLayerNormalization_n1", "SkipLayerNormalization_y"]
+    assert width["rotation_check"]["passed"] and (width["width_before"], width["width_after"]) == (D, D - 4)
+    assert not any(n.op_type == "SkipLayerNormalization" for n in result.model.graph.node)
+    session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"ids": rng.integers(0, V, (3, 9))})[0].shape == (3, 9, D)  # output at full width
+
+
 def test_a_used_statistic_output_blocks_with_its_name() -> None:
     with pytest.raises(UnsupportedModelError, match="outputs its statistic 'mean1'"):
         prune_width(fused_stream_model(stats_output=True), ratio=0.25, calib=None, refit=False,
@@ -205,6 +267,9 @@ def test_the_default_analysis_still_blocks_the_fused_norms() -> None:
 # -- the real fused exports -------------------------------------------------------------------------------------
 FOLDER = Path(os.environ.get("ONNXPRUNE_FUSED_EXPORTS", Path.home() / ".cache" / "onnxprune" / "fused-exports"))
 NAMES = ["eager_bert_fused", "eager_gpt2_fused", "eager_vit_fused", "hf_llama_gqa_legacy_fused"]
+ROTATED = {"eager_gpt2_fused", "eager_vit_fused"}
+ROTATION_BLOCKER = {"eager_bert_fused": "EmbedLayerNormalization",
+                    "hf_llama_gqa_legacy_fused": "SkipSimplifiedLayerNormalization"}
 FUSED = [n for n in NAMES if (FOLDER / f"{n}.onnx").exists() and (FOLDER / f"{n}.inputs.npz").exists()]
 
 
@@ -235,12 +300,19 @@ def test_real_fused_export_width(name: str) -> None:
     assert view["coverage_without_interface"] >= 0.99, view["uncovered"]
     result = prune(path, PruneConfig(mode="width", ratio=0.25, calib=str(npz), bench=False))
     width = result.report["width"]
-    assert width["method"] == "plain" and "fused" in width["why_not_rotated"]
-    assert width["rewrite_check"]["passed"], width["rewrite_check"]
-    assert width["streams"][0]["width_after"] < width["streams"][0]["width_before"]
     assert result.report["macs_after"] < 0.85 * result.report["macs_before"]
     fused = [n.op_type for n in model.graph.node if n.domain == MS]
-    assert sorted(n.op_type for n in result.model.graph.node if n.domain == MS) == sorted(fused)
+    if name in ROTATED:  # pre-norm: SkipLayerNormalization written as the ops it fused, then rotated
+        assert width["method"] == "rotate", width.get("why_not_rotated")
+        assert width["rotation_check"]["passed"], width["rotation_check"]
+        assert width["unfused_norms"] and width["width_after"] < width["width_before"]
+        assert sorted(n.op_type for n in result.model.graph.node if n.domain == MS) == \
+            sorted(op for op in fused if op != "SkipLayerNormalization")
+    else:
+        assert width["method"] == "plain" and f"fused {ROTATION_BLOCKER[name]}" in width["why_not_rotated"]
+        assert width["rewrite_check"]["passed"], width["rewrite_check"]
+        assert width["streams"][0]["width_after"] < width["streams"][0]["width_before"]
+        assert sorted(n.op_type for n in result.model.graph.node if n.domain == MS) == sorted(fused)
     with np.load(npz) as data:
         feeds = _stretched({k: data[k] for k in data.files}, model)
     got = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
