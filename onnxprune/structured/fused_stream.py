@@ -30,8 +30,9 @@ So before rotating, :func:`unfuse_skip_norms` writes each ``SkipLayerNormalizati
 (``Add``, ``Add`` of the bias, ``LayerNormalization``), exactly; the rotation then replaces those norms by
 RMSNorms in primitives as it does for any model, so a rotated model no longer holds them fused. The other
 fused norms stay fused and block rotation (:func:`rotation_refusal` names the op): ``EmbedLayerNormalization``
-is the first norm of a post-norm BERT, which no rotation covers, and an RMSNorm stream
-(``SkipSimplifiedLayerNormalization``) is not centred, which the rotation assumes.
+is not written back (its position lookup and ``mask_index`` would have to be rebuilt from primitives), so a
+BERT the optimizer fused is pruned plainly (with trained norms, a post-norm BERT's LayerNorms cannot be folded
+anyway); an RMSNorm stream (``SkipSimplifiedLayerNormalization``) is not centred, which the rotation assumes.
 """
 
 from __future__ import annotations
@@ -188,8 +189,8 @@ def rotation_refusal(node: NodeProto) -> str:
     fused (one line, with what applies)."""
     head = f"the stream passes through the fused {node.op_type} '{node.name}' of onnxruntime's optimizer"
     if node.op_type == "EmbedLayerNormalization":
-        why = ("its normalized output is the stream itself (the stream starts normalized, as in a post-norm "
-               "BERT), and rotation needs a stream whose writers are linear and whose norms only feed readers")
+        why = ("which onnxprune does not write back as the ops it fused (lookups, sum, LayerNormalization), so its "
+               "scale and shift cannot be folded nor its norm turned into an RMSNorm")
     elif "Simplified" in node.op_type:
         why = "an RMSNorm over a stream that is not centred, whose scale onnxprune does not fold into its readers"
     elif node.op_type == "SkipLayerNormalization" and any(node.output[1:3]):
