@@ -32,7 +32,9 @@ RMSNorms in primitives as it does for any model, so a rotated model no longer ho
 fused norms stay fused and block rotation (:func:`rotation_refusal` names the op): ``EmbedLayerNormalization``
 is not written back (its position lookup and ``mask_index`` would have to be rebuilt from primitives), so a
 BERT the optimizer fused is pruned plainly (with trained norms, a post-norm BERT's LayerNorms cannot be folded
-anyway); an RMSNorm stream (``SkipSimplifiedLayerNormalization``) is not centred, which the rotation assumes.
+anyway); nor are the RMSNorms (``SkipSimplifiedLayerNormalization``, ``SimplifiedLayerNormalization``),
+whose rotation (no centring, the scale folded) the rotation code does not do for RMSNorms written by
+onnxruntime.
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ def rotation_refusal(node: NodeProto) -> str:
         why = ("which onnxprune does not write back as the ops it fused (lookups, sum, LayerNormalization), so its "
                "scale and shift cannot be folded nor its norm turned into an RMSNorm")
     elif "Simplified" in node.op_type:
-        why = "an RMSNorm over a stream that is not centred, whose scale onnxprune does not fold into its readers"
+        why = "an RMSNorm onnxprune does not write back as primitives, so its scale cannot be folded into its readers"
     elif node.op_type == "SkipLayerNormalization" and any(node.output[1:3]):
         why = "which outputs its mean or inverse std, so it cannot be written as a LayerNormalization to fold"
     else:
