@@ -171,7 +171,7 @@ def unfuse_skip_norms(model: ModelProto) -> tuple[str, ...]:
         ins = list(node.input) + [""] * (5 - len(node.input))
         label = node.name or out[0]
         total = out[3] or idx.unique_name(f"{label}_sum")
-        added = idx.unique_name(f"{label}_add") if ins[4] else total
+        added = idx.unique_name(f"{label}_skip_sum") if ins[4] else total
         nodes = [helper.make_node("Add", ins[:2], [added], name=idx.unique_name(f"{label}_add"))]
         if ins[4]:
             nodes.append(helper.make_node("Add", [added, ins[4]], [total], name=idx.unique_name(f"{label}_bias")))
