@@ -285,6 +285,7 @@ def _stretched(feeds: dict[str, np.ndarray], model: onnx.ModelProto) -> dict[str
     return out
 
 
+@pytest.mark.slow  # four width runs through the pipeline, about 20 s alone
 @pytest.mark.skipif(not FUSED or bool(os.environ.get("CI") and "ONNXPRUNE_FUSED_EXPORTS" not in os.environ),
                     reason=f"no fused exports in {FOLDER} (tools/fused_exports.py writes them)")
 @pytest.mark.parametrize("name", FUSED)
