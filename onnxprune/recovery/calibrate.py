@@ -562,7 +562,7 @@ def weight_rows(node: NodeProto, w: np.ndarray, opset: int) -> np.ndarray:
         return np.array(w.reshape(g, w.shape[0] // g, -1))
     if op == "Gemm":
         return np.array((w if attr(node, "transB", opset, 0) else w.T)[None])
-    if op == "MatMul" and w.ndim == 2:
+    if op in ("MatMul", "Attention") and w.ndim == 2:  # Attention: its packed Q/K/V projection [K, 3N]
         return np.array(w.T[None])
     raise ConfigError(f"layer {node_label(node)} with a weight of shape {w.shape} has no row layout to re-fit")
 

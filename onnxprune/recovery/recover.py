@@ -70,6 +70,11 @@ def _bias_add(idx: GraphIndex, node: NodeProto, n_out: int) -> tuple[NodeProto, 
     return add, other
 
 
+#: Fused ops whose weight (input 1, ``[K, N]``) and bias (input 2) act like a MatMul + Add on their input
+#: before anything else (onnxruntime's ``Attention``: the packed Q/K/V projection); re-fitted as such.
+PACKED_READERS = ("Attention",)
+
+
 def _gemm_beta(node: NodeProto, opset: int) -> float:
     """Gemm's ``beta`` (the scale of its C input); 1 for every other op."""
     if node.op_type != "Gemm":
@@ -78,11 +83,12 @@ def _gemm_beta(node: NodeProto, opset: int) -> float:
 
 
 def layer_bias(idx: GraphIndex, node: NodeProto, n_out: int) -> np.ndarray:
-    """The per-output-channel bias a Conv/Gemm/MatMul adds (zeros when it has none), as float64.
+    """The per-output-channel bias a Conv/Gemm/MatMul (or :data:`PACKED_READERS` op) adds (zeros when it has
+    none), as float64.
 
     Gemm's ``beta`` is folded in; a MatMul's bias is the constant of the one ``Add`` reading its output.
     """
-    if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2]:
+    if node.op_type in ("Conv", "Gemm") + PACKED_READERS and len(node.input) > 2 and node.input[2]:
         value = idx.const_value(node.input[2])
         if value is not None and value.size in (1, n_out):
             scale = _gemm_beta(node, idx.opset)
@@ -105,7 +111,7 @@ def set_layer_bias(idx: GraphIndex, node: NodeProto, bias: np.ndarray, dtype: np
     """
     graph = idx.graph
     n_out = bias.shape[0]
-    if node.op_type in ("Conv", "Gemm"):
+    if node.op_type in ("Conv", "Gemm") + PACKED_READERS:
         value = bias / _gemm_beta(node, idx.opset)
         name = idx.unique_name(f"{node.name or node.output[0]}_bias")
         graph.initializer.append(numpy_helper.from_array(value.astype(dtype), name))
@@ -327,7 +333,7 @@ def sink_cuts(original: ModelProto, dg: DependencyGraph, plan: object, *,
     out: dict[str, SinkCut] = {}
     for group in dg.groups:
         for cut in group.sinks:
-            if cut.op_type not in GRAM_OPS:
+            if cut.op_type not in GRAM_OPS + PACKED_READERS:
                 continue
             found = _find_node(idx, cut.node)
             if found is None:

@@ -29,6 +29,7 @@ from onnxprune.recovery.recover import sink_cuts
 from onnxprune.recovery.tied_head import tie_heads_back
 from onnxprune.recovery.width import frozen_stream, open_stream, projection_report, refit_cuts
 from onnxprune.structured.analysis import analyze
+from onnxprune.structured.fused_stream import unfuse_skip_norms
 from onnxprune.structured.plan import PrunePlan
 from onnxprune.structured.rotate import LINEAR_PASS, Prepared, prepare_rotation, rotate, rotation_axes, to_rms
 from onnxprune.structured.stream import FrozenShapes, stream_group_ids, stream_rules
@@ -74,7 +75,9 @@ def _prepare(model: ModelProto) -> tuple[Prepared, tuple[tuple[str, str, int], .
     found: list[FrozenShapes] = []
 
     def fold(frozen: ModelProto, source: Mapping[str, TensorProto]) -> ModelProto:
-        opened = open_stream(FrozenShapes(fold_shape_pieces(frozen, source), 0, 0), source=source)
+        folded = fold_shape_pieces(frozen, source)
+        unfuse_skip_norms(folded)  # onnxruntime's fused norms as the ops they fused: those rotate
+        opened = open_stream(FrozenShapes(folded, 0, 0), source=source)
         found.append(opened)
         return opened.model
 
@@ -85,6 +88,7 @@ def _prepare(model: ModelProto) -> tuple[Prepared, tuple[tuple[str, str, int], .
         if "not linear" not in str(exc):
             raise
         found.append(frozen_stream(model))  # a full copy, rewritten like the fold above: entries are found on it
+        unfuse_skip_norms(found[-1].model)
         prep, entries = with_stream_entries(found[-1].model, prepare_rotation, LINEAR_PASS)
     last = found[-1]
     return prep, last.projections, last.untied, last.untied_heads, entries
@@ -230,12 +234,15 @@ def prune_stream_width(model: ModelProto | list[ModelProto], *, ratio: float, ca
     del model
     why = f"--importance {importance} chooses the channels" if importance else ""
     why = why or quantized_width(owned[0], refit=refit)
+    # rotation writes these as Add + RMSNorm in primitives (structured/fused_stream.py): the report says so
+    fused = [n.name for n in owned[0].graph.node if n.op_type == "SkipLayerNormalization"]
     if not why:
         try:
             result = slice_stream(owned, ratio=ratio, calib=calib, refit=refit, refit_tied=untie or refit_tied,
                                   scratch=scratch)
             tie_heads_back(result.model, result.rotated, result.report, untie=untie)
-            return result.model, result.rotated, {"method": "rotate", **result.report}
+            unfused = {"unfused_norms": fused} if fused else {}
+            return result.model, result.rotated, {"method": "rotate", **unfused, **result.report}
         except UnsupportedModelError as exc:
             if not owned:  # refused after the input was released: nothing left to prune plainly
                 raise

@@ -28,7 +28,7 @@ from onnxprune.core.errors import ConfigError, UnsupportedModelError
 from onnxprune.core.ir import GraphIndex
 from onnxprune.core.quant import quantized_data
 from onnxprune.recovery.reader_refit import Data, refit_readers
-from onnxprune.recovery.recover import refuse_quantized, sink_cuts
+from onnxprune.recovery.recover import PACKED_READERS, refuse_quantized, sink_cuts
 from onnxprune.recovery.solvers import DEFAULT_RIDGE
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.prune import coverage, prune_structured
@@ -143,7 +143,7 @@ def refit_cuts(cuts: list[Any], heads: tuple[tuple[str, str], ...], refit_tied: 
         why = "LM head tied to the embedding table: it keeps the cut table's transpose (--untie-embeddings " \
               "re-fits it on its own)"
         report["refit_skipped"] = [{"node": h, "why": why} for h in sorted(skip)]
-    return [c for c in cuts if c.node.op_type in ("MatMul", "Gemm") and c.node.name not in skip]
+    return [c for c in cuts if c.node.op_type in ("MatMul", "Gemm") + PACKED_READERS and c.node.name not in skip]
 
 
 def frozen_stream(model: ModelProto, *, dims: Mapping[str, int] | None = None) -> FrozenShapes:

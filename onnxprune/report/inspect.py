@@ -99,8 +99,9 @@ def analyze_summary(source: str | os.PathLike[str] | ModelProto, *, dims: dict[s
         except OnnxPruneError as exc:
             summary["analysis_error"] = str(exc)
         from onnxprune.structured.depth import residual_joins
+        from onnxprune.structured.fused_stream import FUSED_NORMS
 
-        if any(n.op_type in ("LayerNormalization", "ReduceMean") for n in model.graph.node):
+        if any(n.op_type in ("LayerNormalization", "ReduceMean") + FUSED_NORMS for n in model.graph.node):
             summary["width"] = _width(model, dims, with_width)
         summary["residual_blocks"] = [
             {"add": j.add, "start": j.start, "stream": j.stream, "kind": j.kind, "nodes": j.nodes,

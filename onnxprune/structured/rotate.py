@@ -30,6 +30,7 @@ from onnxprune.core.ir import GraphIndex, attr, drop_unused_initializers
 from onnxprune.core.weights import copy_model_without_weights, little_endian_bytes
 from onnxprune.structured.analysis import DependencyGraph, analyze
 from onnxprune.structured.axes import Identity
+from onnxprune.structured.fused_stream import FUSED_NORMS, rotation_refusal
 from onnxprune.structured.lnfold import fold_layernorm_affine
 from onnxprune.structured.stream import freeze_stream_shapes, stream_group_ids, stream_rules
 
@@ -118,6 +119,9 @@ def prepare_rotation(model: ModelProto, *, fold: ShapeFold | None = None) -> Pre
     idx = GraphIndex(out)
     by_name = {n.name: n for n in out.graph.node}
     members = {s.tensor for s in group.members}
+    fused = [by_name[n] for n in group.nodes if n in by_name and by_name[n].op_type in FUSED_NORMS]
+    if fused:
+        raise UnsupportedModelError(rotation_refusal(fused[0]))
     norms = [n for n in out.graph.node if n.op_type == "LayerNormalization" and n.input[0] in members]
     unfolded = [n.name for n in norms if any(n.name in k for k in fold_ln.skipped)]
     if unfolded:

@@ -208,11 +208,14 @@ class StreamMeanRule(ReduceRule):
 
 
 def stream_rules() -> tuple[RuleSpec, ...]:
-    """The ``extra_rules=`` of width pruning (see the module docstring)."""
+    """The ``extra_rules=`` of width pruning (see the module docstring); onnxruntime's fused norms too
+    (:mod:`onnxprune.structured.fused_stream`)."""
+    from onnxprune.structured.fused_stream import fused_stream_rules
+
     return (RuleSpec("LayerNormalization", StreamLayerNormRule(), since=17),
             RuleSpec("ReduceMean", StreamMeanRule()),
             RuleSpec("Reshape", StreamReshapeRule()), RuleSpec("Gather", StreamGatherRule()),
-            RuleSpec("Expand", StreamExpandRule()))
+            RuleSpec("Expand", StreamExpandRule())) + fused_stream_rules()
 
 
 # -- exact rewrite: static reads of the stream's width -------------------------------------------------
@@ -365,13 +368,17 @@ def freeze_stream_shapes(model: ModelProto, *, empty_weights: bool = False) -> F
 def stream_group_ids(model: ModelProto, dg: DependencyGraph) -> list[int]:
     """Groups (of an analysis with :func:`stream_rules`) that hold the last axis a LayerNormalization
     normalizes over, or a ``ReduceMean`` over the last axis takes its statistic from (RMSNorm, a LayerNorm
-    written out): the residual streams (one per ConvNeXt stage, one for a plain transformer)."""
+    written out), or a fused norm of onnxruntime normalizes: the residual streams (one per ConvNeXt stage, one
+    for a plain transformer)."""
+    from onnxprune.structured.fused_stream import FUSED_NORMS, stream_tensor
+
     ids: set[int] = set()
     for node in model.graph.node:
-        if node.op_type not in ("LayerNormalization", "ReduceMean"):
+        if node.op_type not in ("LayerNormalization", "ReduceMean") + FUSED_NORMS:
             continue
-        shape = dg.shapes.get(node.input[0])
+        x = stream_tensor(node) if node.op_type in FUSED_NORMS else node.input[0]
+        shape = dg.shapes.get(x)
         if not shape:
             continue
-        ids.update(dg.group_of(ChannelAxis(node.input[0], len(shape) - 1)))
+        ids.update(dg.group_of(ChannelAxis(x, len(shape) - 1)))
     return sorted(ids)

@@ -60,7 +60,9 @@ def _stream_outputs(model: ModelProto, dg: DependencyGraph) -> list[tuple[str, i
             continue
         gids = dg.group_of(ChannelAxis(out.name, len(shape) - 1))
         if gids and ids.issuperset(gids) and not all(dg.groups[g].prunable for g in gids):
-            found.append((out.name, int(shape[-1])))
+            # a declared symbolic width (onnxruntime's optimizer writes 'Reshapeout_dim_2'): the group's
+            width = shape[-1] if isinstance(shape[-1], int) else dg.groups[gids[0]].size
+            found.append((out.name, int(width)))
     return found
 
 
