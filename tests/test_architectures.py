@@ -35,6 +35,7 @@ COVERAGE_FLOOR = {
     "tv_densenet121": 0.80, "tv_efficientnet_b0": 0.95, "tv_googlenet": 0.79, "tv_mnasnet0_5": 0.95,
     "tv_mobilenet_v2": 0.95, "tv_mobilenet_v3_small": 0.88, "tv_regnet_x_400mf": 0.96, "tv_resnet18": 0.82,
     "tv_shufflenet_v2_x0_5": 0.54, "tv_squeezenet1_1": 0.81, "tv_vit_b_16": 0.45, "tiny_gpt": 0.47,
+    "tiny_sbert": 0.49,
 }
 
 

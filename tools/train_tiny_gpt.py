@@ -312,13 +312,6 @@ def write_manifest(out: Path) -> None:
     """
     record = json.loads((out / "tiny_gpt.json").read_text())
     entry = manifest_entry(out, record)
-    manifest_path = out / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"models": {}}
-    manifest["models"]["tiny_gpt"] = entry
-    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    md_path = out / "MANIFEST.md"
-    if not md_path.is_file():
-        return
     row = (f"| `tiny_gpt.onnx` | yes | {entry['params']} | {entry['macs']} | {entry['bytes']} | "
            f"{entry['inputs']} | — (perplexity {record['heldout_perplexity']:.3f}) |")
     data = "".join(f"\n- {k} data: `{d['file']}`, {d['bytes']} bytes, sha256 `{d['sha256']}`"
@@ -334,9 +327,25 @@ def write_manifest(out: Path) -> None:
                f"- reproducibility: seeded, but the learning-rate decay follows `--max-minutes` when the steps "
                f"do not fit in it, so a busy machine trains fewer steps (this file: {record['steps']} steps)"
                f"{data}\n")
-    lines = [ln for ln in md_path.read_text().split("\n") if not ln.startswith("| `tiny_gpt.onnx`")]
+    upsert_manifest(out, "tiny_gpt", entry, row, section)
+
+
+def upsert_manifest(out: Path, name: str, entry: dict[str, object], row: str, section: str) -> None:
+    """Add (or replace) model ``name``'s entry in ``manifest.json`` and its row and section in ``MANIFEST.md``.
+
+    Shared with ``tools/train_tiny_sbert.py``: the other entries, rows and sections are kept; the row goes after
+    the table's last row, the section before "## Reproducibility".
+    """
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"models": {}}
+    manifest["models"][name] = entry
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    md_path = out / "MANIFEST.md"
+    if not md_path.is_file():
+        return
+    lines = [ln for ln in md_path.read_text().split("\n") if not ln.startswith(f"| `{name}.onnx`")]
     text = "\n".join(lines)
-    start = text.find("## tiny_gpt\n")
+    start = text.find(f"## {name}\n")
     if start >= 0:
         end = text.find("\n## ", start + 1)
         text = text[:start] + text[end + 1:]
