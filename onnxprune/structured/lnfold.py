@@ -137,22 +137,26 @@ def _add_init(idx: GraphIndex, base: str, value: np.ndarray) -> str:
     return name
 
 
-def fold_into(idx: GraphIndex, node: NodeProto, gamma: np.ndarray, beta: np.ndarray) -> None:
-    """Scale the reader's input channels by ``gamma`` and add ``beta``'s contribution to its bias."""
+def fold_into(idx: GraphIndex, node: NodeProto, gamma: np.ndarray, beta: np.ndarray | None) -> None:
+    """Scale the reader's input channels by ``gamma`` and add ``beta``'s contribution to its bias (``None``:
+    no shift, as an RMSNorm has; the reader's bias is left alone)."""
     opset = idx.opset
     w = idx.const_value(node.input[1])
     assert w is not None
     dtype = w.dtype
     w64 = w.astype(np.float64)
     label = node.name or node.output[0]
+    b64 = np.zeros_like(gamma) if beta is None else beta
     if node.op_type == "Conv":
         new_w = w64 * gamma.reshape(1, -1, *([1] * (w.ndim - 2)))
-        shift = w64.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) @ beta
+        shift = w64.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) @ b64
     elif node.op_type == "Gemm" and attr(node, "transB", opset, 0):
-        new_w, shift = w64 * gamma[None, :], w64 @ beta
+        new_w, shift = w64 * gamma[None, :], w64 @ b64
     else:
-        new_w, shift = w64 * gamma[:, None], beta @ w64
+        new_w, shift = w64 * gamma[:, None], b64 @ w64
     node.input[1] = _add_init(idx, f"{label}_lnfold_weight", new_w.astype(dtype))
+    if beta is None:
+        return
     if node.op_type == "Gemm":
         alpha, b_attr = float(attr(node, "alpha", opset, 1.0)), float(attr(node, "beta", opset, 1.0))  # type: ignore[arg-type]
         has_c = len(node.input) > 2 and node.input[2]
