@@ -126,15 +126,16 @@ def prepare_rotation(model: ModelProto, *, fold: ShapeFold | None = None) -> Pre
     unfolded = [n.name for n in norms if any(n.name in k for k in fold_ln.skipped)]
     if unfolded:
         why = next(v for k, v in fold_ln.skipped.items() if unfolded[0] in k)
-        raise UnsupportedModelError(f"LayerNorm '{unfolded[0]}' cannot be folded ({why}); rotation needs a "
-                                    f"pre-norm model (plain width pruning applies)")
+        raise UnsupportedModelError(f"LayerNorm '{unfolded[0]}' cannot be folded ({why}); rotation needs each "
+                                    f"norm read by linear layers only, as in a pre-norm model (plain width pruning "
+                                    f"applies)")
     for scale in (r.scale for r in rms_norms if r.scale in rms.skipped):
         raise UnsupportedModelError(f"the RMSNorm scale '{scale}' (Mul) cannot be folded ({rms.skipped[scale]}); "
                                     f"rotation is impossible (plain width pruning applies)")
     if norms and rms_norms:
         raise UnsupportedModelError(f"the stream is normalised by LayerNorms ('{norms[0].name}') and RMSNorms "
                                     f"('{rms_norms[0].mean}'); one rotation cannot keep both exact")
-    check_linear(group, by_name, idx, dg.shapes, casts, rms_norms)
+    check_linear(group, idx, dg.shapes, casts, rms_norms)
     # Tensors after a norm: readers must see only those (centring changes what comes before). RMSNorms need
     # no centring (they have no mean to keep at zero): nothing to check or centre then.
     post: set[str] = set()
@@ -179,15 +180,16 @@ def prepare_rotation(model: ModelProto, *, fold: ShapeFold | None = None) -> Pre
     return Prepared(out, dg, ids[0], group.size, names, stream)
 
 
-def check_linear(group: ChannelGroup, by_name: Mapping[str, NodeProto], idx: GraphIndex,
+def check_linear(group: ChannelGroup, idx: GraphIndex,
                  shapes: Mapping[str, tuple], casts: Casts, rms_norms: list[RmsNorm]) -> None:
     """Raise unless every node the stream passes through is linear in it and not per channel, or is part of
     a written-out RMSNorm (invariant under a rotation as a whole), naming the first that is not and why."""
     inside = {name for r in rms_norms for name in r.nodes}
     axis_of = {s.tensor: s.axis for s in group.members}
-    for name in group.nodes:
-        node = by_name.get(name)
-        if node is None or name in inside:
+    on_stream = set(group.nodes)
+    for node in idx.model.graph.node:  # graph order: the first node on the stream that is not linear is named
+        name = node.name
+        if name not in on_stream or name in inside:
             continue
         label = node_label(node)
         if node.op_type == "Cast" and name in casts.kept:
