@@ -769,7 +769,7 @@ def norm_block(seed: int = 0, d: int = 8, hidden: int = 16, t: int = 4, classes:
 def _rms_norm(g: GraphBuilder, x: str, d: int, cast: int | None = None) -> str:
     """Llama's RMSNorm as torch exports it: ``x * (1 / sqrt(mean(x^2, -1) + eps)) * gamma``; ``cast``: the
     element type the statistic is computed in, between two Casts (Llama's ``Cast(to=float)`` on each side)."""
-    dt = helper.tensor_dtype_to_np_dtype(cast) if cast else np.float32
+    dt = np.dtype(helper.tensor_dtype_to_np_dtype(cast) if cast else np.float32)
     if cast:
         x = g.op("Cast", [x], to=cast)
     mean = g.op("ReduceMean", [g.op("Pow", [x, g.const(dt.type(2.0))])], axes=[-1], keepdims=1)

@@ -77,6 +77,7 @@ def _split_first_norm(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def test_a_reshape_that_splits_the_channel_axis_is_refused_with_the_shapes() -> None:
     model = _split_first_norm(prenorm_stack(flatten=True))
-    with pytest.raises(UnsupportedModelError, match=r"'split_channels' \(Reshape\), which does not keep the channel "
-                                                    r"axis last and whole \(shape \[\d+, 5, 16\] to \[\d+, 5, 4, 4\]\)"):
+    why = r"'split_channels' \(Reshape\), which does not keep the channel axis last and whole \(shape " \
+          r"\[\d+, 5, 16\] to \[\d+, 5, 4, 4\]\)"
+    with pytest.raises(UnsupportedModelError, match=why):
         prepare_rotation(model)
