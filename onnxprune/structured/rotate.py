@@ -300,11 +300,15 @@ def to_rms(model: ModelProto, norms: tuple[str, ...], width: int, *, inplace: bo
 
 
 def _sum_over_width(idx: GraphIndex, pos: int, node: NodeProto, width: int) -> None:
-    """Replace the ``ReduceMean`` over the last axis at ``pos`` by ``ReduceSum(...) / width`` (same output)."""
+    """Replace the ``ReduceMean`` over the last axis at ``pos`` by ``ReduceSum(...) / width`` (same output),
+    ``1 / width`` in the type of the norm's ``eps`` (the statistic's type: float32 behind Llama's Casts)."""
     graph = idx.graph
     p = idx.unique_name(f"{node.name}_rms")
     inv = f"{p}_inv_width"
-    graph.initializer.append(numpy_helper.from_array(np.array(1.0 / width, dtype=np.float32), inv))
+    other = [i for n in idx.consumers.get(node.output[0], []) for i in n.input if i != node.output[0]]
+    eps = idx.const_value(other[0]) if other else None
+    dtype = eps.dtype if eps is not None and eps.dtype.kind == "f" else np.dtype(np.float32)
+    graph.initializer.append(numpy_helper.from_array(np.array(1.0 / width, dtype=dtype), inv))
     if idx.opset >= 13:
         axes = f"{p}_axes"
         graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), axes))
