@@ -182,6 +182,12 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
 
     if config.validate:
         report["validation"] = _validate(baseline, pruned, exact_reference, config)
+    if config.keep_tokens:  # after the proof against the original: the logits then have the kept ids only
+        from onnxprune.recovery.vocabulary import prune_vocabulary
+
+        pruned, report["vocab"] = prune_vocabulary(pruned, config.keep_tokens, unknown=config.unknown_token,
+                                                   calib=config.calib, validate=config.validate,
+                                                   atol=config.atol, rtol=config.rtol)
 
     stats_after = model_stats(pruned, dims=config.dims)
     report.update(_size_report(config, stats_before, stats_after))
@@ -309,6 +315,8 @@ def _settings(config: PruneConfig) -> dict[str, Any]:
         settings["ratio"] = 0.0  # depth alone: no channel is cut
     settings["calib"] = config.calib
     settings["recover"] = config.recovery
+    if config.keep_tokens:
+        settings.update(keep_tokens=config.keep_tokens, unknown_token=config.unknown_token)
     return settings
 
 

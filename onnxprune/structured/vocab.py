@@ -55,6 +55,7 @@ class Vocab:
         head_axis: the weight's vocabulary axis.
         bias: the logits' bias initializer (``""``: none), sliced along its last axis.
         logits: the graph output whose last axis is the vocabulary.
+        ids: the graph input holding the token ids.
     """
 
     size: int
@@ -65,17 +66,18 @@ class Vocab:
     head_axis: int
     bias: str
     logits: str
+    ids: str
 
 
-def _from_input(idx: GraphIndex, tensor: str) -> bool:
-    """Whether ``tensor`` is a graph input moved (never computed) by the ops of ``_ID_MOVES``."""
+def _from_input(idx: GraphIndex, tensor: str) -> str:
+    """The graph input ``tensor`` is, moved (never computed) by the ops of ``_ID_MOVES``; ``""`` if none."""
     seen = 0
     while tensor not in idx.graph_inputs:
         node = idx.producer.get(tensor)
         if node is None or node.op_type not in _ID_MOVES or seen > 16:
-            return False
+            return ""
         tensor, seen = node.input[0], seen + 1
-    return True
+    return tensor
 
 
 def _head_of(idx: GraphIndex, output: str) -> tuple[NodeProto, str] | None:
@@ -139,7 +141,8 @@ def find_vocab(model: ModelProto) -> Vocab:
         bias_shape = idx.const_shape(bias) if bias else None
         if bias and (bias not in idx.initializers or not bias_shape or bias_shape[-1] != size):
             continue
-        return Vocab(size, table, tables[table].name, head.name, weight, axis, bias, output)
+        gather = tables[table]
+        return Vocab(size, table, gather.name, head.name, weight, axis, bias, output, _from_input(idx, gather.input[1]))
     why = why or "no graph output is written by a linear head over an embedding table's vocabulary"
     raise UnsupportedModelError(f"no vocabulary to prune: {why}; vocabulary pruning needs a token embedding and an "
                                 f"LM head that writes a graph output")
@@ -225,6 +228,6 @@ def prune_vocab(model: ModelProto, keep: Sequence[int] | np.ndarray, *, unknown:
     drop_unused_initializers(out.graph)
     report = {"vocab_before": vocab.size, "vocab_after": int(kept.size), "unknown_token_id": fallback,
               "table": vocab.table, "head": vocab.head, "tied": not vocab.head_weight,
-              "params_removed": removed, "metadata_key": KEPT_IDS_KEY}
+              "params_removed": removed, "metadata_key": KEPT_IDS_KEY, "ids_input": vocab.ids}
     log.info("vocabulary %d -> %d ids (table %s, head %s)", vocab.size, kept.size, vocab.table, vocab.head)
     return VocabResult(out, kept, report)
