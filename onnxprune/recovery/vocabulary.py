@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,11 @@ def read_token_ids(spec: str | os.PathLike[str], *, calib: str | None, ids_input
 
 
 def prune_vocabulary(model: ModelProto, spec: str | os.PathLike[str], *, unknown: int | None = None,
-                     calib: str | None = None, validate: bool = True, atol: float = 1e-4, rtol: float = 1e-4
-                     ) -> tuple[ModelProto, dict[str, Any]]:
+                     calib: str | None = None, validate: bool = True, atol: float = 1e-4, rtol: float = 1e-4,
+                     dims: Mapping[str, int] | None = None) -> tuple[ModelProto, dict[str, Any]]:
     """Keep the token ids ``spec`` names in ``model`` (see the module docstring); returns the model and the
-    report's ``vocab`` entry (with ``check`` when ``validate``).
+    report's ``vocab`` entry (with ``check`` when ``validate``; ``dims``: sizes of dynamic input axes for the
+    random ids checked on without ``calib``).
 
     Raises:
         ConfigError: bad ids (:func:`read_token_ids`, :func:`~onnxprune.structured.vocab.prune_vocab`).
@@ -78,12 +80,12 @@ def prune_vocabulary(model: ModelProto, spec: str | os.PathLike[str], *, unknown
     report = {**result.report, "source": str(spec)}
     if validate:
         report["check"] = _check(model, result.model, result.kept, report["unknown_token_id"], vocab.ids,
-                                 vocab.logits, calib, atol, rtol)
+                                 vocab.logits, calib, atol, rtol, dims)
     return result.model, report
 
 
 def _check(before: ModelProto, after: ModelProto, kept: np.ndarray, unknown: int, ids: str, logits: str,
-           calib: str | None, atol: float, rtol: float) -> dict[str, Any]:
+           calib: str | None, atol: float, rtol: float, dims: Mapping[str, int] | None) -> dict[str, Any]:
     from onnxprune.runtime.feeds import load_npz_feeds, random_feeds
     from onnxprune.runtime.session import create_session, run_session
 
@@ -91,7 +93,7 @@ def _check(before: ModelProto, after: ModelProto, kept: np.ndarray, unknown: int
         feeds = load_npz_feeds(calib, before, what="calibration data (--calib)")
         data = f"calibration data {calib}"
     else:
-        feeds = random_feeds(before, seed=0, batch=2)
+        feeds = random_feeds(before, seed=0, batch=2, dims=dims)
         feeds[ids] = np.random.default_rng(0).choice(kept, size=feeds[ids].shape).astype(feeds[ids].dtype)
         data = "random kept ids (seed 0)"
     feeds[ids] = np.where(np.isin(feeds[ids], kept), feeds[ids], unknown).astype(feeds[ids].dtype)
