@@ -81,3 +81,30 @@ def test_bad_vocabulary_options_are_one_line_and_write_nothing(tmp_path: Path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.slow  # a few seconds each alone
+@pytest.mark.parametrize("name", ["hf_gpt2_dynamo", "hf_gpt2_legacy", "hf_llama_gqa_legacy"])
+def test_hugging_face_exports_keep_their_tokens_under_width_rotation(name: str, tmp_path: Path) -> None:
+    """The real GPT-2 (tied head: the dynamo export reads Transpose(wte), the legacy one stores a copy) and
+    Llama exports: vocabulary pruned to the calibration data's ids and every 8th id (more rows than the sliced
+    stream is wide, which the tied head's adapter needs), then the stream rotated and sliced; the vocabulary
+    proven exact at the kept ids, the rotation proven exact against the smaller model, and the head tied to
+    the cut table again. Skipped without the real-export folder (tests/test_real_exports.py)."""
+    import os
+
+    folder = Path(os.environ.get("ONNXPRUNE_REAL_EXPORTS", Path.home() / ".cache/onnxprune/real-exports"))
+    if not (folder / f"{name}.onnx").exists():
+        pytest.skip(f"no {name}.onnx in {folder}")
+    calib = str(folder / f"{name}.inputs.npz")
+    keep = np.union1d(np.load(calib)["input_ids"], np.arange(0, 1000, 8))
+    ids = tmp_path / "ids.txt"
+    ids.write_text(" ".join(map(str, keep)))
+    result = prune(folder / f"{name}.onnx", {"mode": "width", "ratio": 0.25, "calib": calib,
+                                            "keep_tokens": str(ids), "bench": False})
+    vocab, width = result.report["vocab"], result.report["width"]
+    assert vocab["check"]["passed"] is True and vocab["check"]["max_diff"] == 0.0
+    assert vocab["vocab_after"] == keep.size
+    assert width["method"] == "rotate" and width["rotation_check"]["passed"] is True
+    if "gpt2" in name:
+        assert width["tied_heads"], "the LM head is tied to the cut table again"
