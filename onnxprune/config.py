@@ -11,6 +11,7 @@ import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from onnxprune.config_rules import (
@@ -124,6 +125,8 @@ class PruneConfig:
     recover: str | None = None  # None: "bias" when calib is given, else "none"
     sequential: bool = False  # sparse modes: each layer's statistics from the model already pruned before it
     untie_embeddings: bool = False  # width: keep a tied LM head's own (untied) weight, the table stored twice
+    keep_tokens: str | None = None  # LM vocabulary kept: a file of token ids, or "calib" (recovery/vocabulary.py)
+    unknown_token: int | None = None  # with keep_tokens: the id the others are read as (default: smallest kept)
     target_macs: float | None = None
     target_params: float | None = None
     max_error: float | None = None
@@ -289,6 +292,12 @@ class PruneConfig:
             raise ConfigError(f"{opt('latency_budget')} must be >= 0 seconds, got {self.latency_budget}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"{opt('threads')} must be >= 1, got {self.threads}")
+        if self.keep_tokens == "calib" and not self.calib:
+            raise ConfigError(f"{setting('keep_tokens', 'calib')} keeps the calibration data's token ids; pass "
+                              f"{opt('calib')} data.npz")
+        if self.keep_tokens not in (None, "calib") and not Path(self.keep_tokens).is_file():
+            raise ConfigError(f"{opt('keep_tokens')}: no file {self.keep_tokens}; give a file of token ids (text, "
+                              f".npy or .npz) or calib")
         for pattern in self.exclude:
             if not pattern:
                 raise ConfigError(f"{opt('exclude')} needs a non-empty pattern, e.g. {setting('exclude', 'conv1*')}")

@@ -83,6 +83,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "bench_runs": ("bench",),
     "bench_warmup": ("bench",),
     "sequential": ("calib",),
+    "unknown_token": ("keep_tokens",),
 }
 
 #: Criteria of the sparse modes that read only the weights (all three mean |w|).

@@ -135,6 +135,12 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
     report: dict[str, Any] = {"mode": config.mode, "settings": _settings(config), "dims_assumed": dims_assumed}
     if folded:
         report["folded_constants"] = folded
+    if config.keep_tokens:  # exact on the kept ids and proven there: every later step works on (and is
+        from onnxprune.recovery.vocabulary import prune_vocabulary  # proven against) the smaller vocabulary
+
+        original, report["vocab"] = prune_vocabulary(original, config.keep_tokens, unknown=config.unknown_token,
+                                                     calib=config.calib, validate=config.validate,
+                                                     atol=config.atol, rtol=config.rtol, dims=config.dims)
 
     plan = None
     from onnxprune.speed import bench_wanted, default_widths
@@ -151,7 +157,7 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
         # Unless folding changed it, the source file is this model and what the checks run: our copy is
         # handed over and freed once rotation is known possible, not held (as big as the model) to the end.
         handed, label = [original], f"<{original.graph.name or 'model'}>"
-        reread = inputs[0] if inputs and not folded else None
+        reread = inputs[0] if inputs and not folded and not config.keep_tokens else None
         if reread is not None:
             original = ModelProto()  # not read again: `baseline` below is the source
         pruned, rotated, width = prune_stream_width(
@@ -179,7 +185,7 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
     # From here on the original is only run (validation, accuracy, speed). Unless folding changed it, the
     # source is the same model: run that (onnxruntime maps a path's weights itself) and drop our copy, so
     # a big model is not held twice while the pruned one runs.
-    baseline: str | os.PathLike[str] | ModelProto = original if folded else source
+    baseline: str | os.PathLike[str] | ModelProto = original if folded or config.keep_tokens else source
     del original
     release_memory()
 
@@ -334,6 +340,8 @@ def _settings(config: PruneConfig) -> dict[str, Any]:
         settings["ratio"] = 0.0  # depth alone: no channel is cut
     settings["calib"] = config.calib
     settings["recover"] = config.recovery
+    if config.keep_tokens:
+        settings.update(keep_tokens=config.keep_tokens, unknown_token=config.unknown_token)
     return settings
 
 

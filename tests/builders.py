@@ -766,35 +766,52 @@ def norm_block(seed: int = 0, d: int = 8, hidden: int = 16, t: int = 4, classes:
     return g.build([vinfo("x", ["B", t, d])], outputs)
 
 
-def _rms_norm(g: GraphBuilder, x: str, d: int) -> str:
-    """Llama's RMSNorm as torch exports it: ``x * (1 / sqrt(mean(x^2, -1) + eps)) * gamma``."""
-    mean = g.op("ReduceMean", [g.op("Pow", [x, g.const(np.float32(2.0))])], axes=[-1], keepdims=1)
-    scale = g.op("Div", [g.const(np.float32(1.0)), g.op("Sqrt", [g.op("Add", [mean, g.const(np.float32(1e-6))])])])
-    return g.op("Mul", [g.weight((d,), "gamma", low=0.5), g.op("Mul", [x, scale])])
+def _rms_norm(g: GraphBuilder, x: str, d: int, cast: int | None = None) -> str:
+    """Llama's RMSNorm as torch exports it: ``x * (1 / sqrt(mean(x^2, -1) + eps)) * gamma``; ``cast``: the
+    element type the statistic is computed in, between two Casts (Llama's ``Cast(to=float)`` on each side)."""
+    dt = np.dtype(helper.tensor_dtype_to_np_dtype(cast) if cast else np.float32)
+    if cast:
+        x = g.op("Cast", [x], to=cast)
+    mean = g.op("ReduceMean", [g.op("Pow", [x, g.const(dt.type(2.0))])], axes=[-1], keepdims=1)
+    scale = g.op("Div", [g.const(dt.type(1.0)), g.op("Sqrt", [g.op("Add", [mean, g.const(dt.type(1e-6))])])])
+    y = g.op("Mul", [x, scale])
+    if cast:
+        y = g.op("Cast", [y], to=TensorProto.FLOAT)
+    return g.op("Mul", [g.weight((d,), "gamma", low=0.5), y])
 
 
 def prenorm_stack(seed: int = 0, d_in: int = 4, d: int = 16, hidden: int = 24, t: int = 5, blocks: int = 2,
-                  classes: int = 5, *, norm: str = "layer", gated: bool = False) -> onnx.ModelProto:
+                  classes: int = 5, *, norm: str = "layer", gated: bool = False, cast: int | None = None,
+                  flatten: bool = False) -> onnx.ModelProto:
     """A pre-norm transformer-like stack: token embedding (MatMul + bias + positions) into a width-``d`` stream,
     ``blocks`` × ``x + FFN(LN(x))``, a final LN, token mean and a Gemm head; LayerNorm scales/shifts random.
 
-    ``norm="rms"`` writes every norm as Llama's exported RMSNorm; ``gated`` makes the FFN
-    ``relu(n W1) * (n W3)`` (two readers of one norm output, as gate/up or q/k/v projections are)."""
+    ``norm="rms"`` writes every norm as Llama's exported RMSNorm (``cast``: with Casts to that type around its
+    statistic); ``gated`` makes the FFN ``relu(n W1) * (n W3)`` (two readers of one norm output, as gate/up or
+    q/k/v projections are); ``flatten`` writes the FFN's layers as GPT-2's Conv1D does: ``[B, T, C]``
+    reshaped to ``[-1, C]``, a Gemm, reshaped back to ``[-1, T, C']``."""
     g = GraphBuilder(seed)
     x = g.op("Add", [g.op("Add", [g.op("MatMul", ["x", g.weight((d_in, d))]), g.weight((d,))]),
                      g.weight((1, t, d))])
 
     def normed(x: str) -> str:
         if norm == "rms":
-            return _rms_norm(g, x, d)
+            return _rms_norm(g, x, d, cast)
         return g.op("LayerNormalization", [x, g.weight((d,), "gamma", low=0.5), g.weight((d,), "beta")], axis=-1)
+
+    def linear(x: str, c_in: int, c_out: int) -> str:
+        if not flatten:
+            return g.op("Add", [g.op("MatMul", [x, g.weight((c_in, c_out))]), g.weight((c_out,))])
+        rows = g.op("Reshape", [x, g.const(np.array([-1, c_in], dtype=np.int64))])
+        y = g.op("Gemm", [rows, g.weight((c_in, c_out)), g.weight((c_out,))])
+        return g.op("Reshape", [y, g.const(np.array([-1, t, c_out], dtype=np.int64))])
 
     for _ in range(blocks):
         ln = normed(x)
-        h = g.op("Relu", [g.op("Add", [g.op("MatMul", [ln, g.weight((d, hidden))]), g.weight((hidden,))])])
+        h = g.op("Relu", [linear(ln, d, hidden)])
         if gated:
             h = g.op("Mul", [h, g.op("MatMul", [ln, g.weight((d, hidden))])])
-        x = g.op("Add", [x, g.op("Add", [g.op("MatMul", [h, g.weight((hidden, d))]), g.weight((d,))])])
+        x = g.op("Add", [x, linear(h, hidden, d)])
     ln = normed(x)
     pooled = g.op("ReduceMean", [ln], axes=[1], keepdims=0)
     g.nodes.append(helper.make_node("Gemm", [pooled, g.weight((classes, d)), g.weight((classes,))], ["logits"],

@@ -11,8 +11,17 @@ Why: the README's width figures must come from a command anyone can rerun. Two t
     same comparison at ratio 0.25 on 16 held-out random images (calibration: 32 others); max|diff| relative
     to the largest logit.
 
+  * with ``--exports``, only the Hugging Face language-model exports of the real-export folder (GPT-2 and
+    Llama, both torch exporters): ``--mode width --ratio 0.25`` through the pipeline, rotate + slice against
+    plain channel pruning (``--importance l2``), each with and without the re-fit (``--recover none``),
+    calibrated on the export's example inputs (2 × 16 tokens); logits cosine (all logits together) and
+    max|diff| relative to the largest logit on those inputs and on 8 held-out sequences of 16 random token
+    ids (seed 0; the exports are untrained, so any ids are as typical as others); whether the rotation check
+    passed.
+
 Usage:
   PYTHONPATH=. .venv/bin/python tools/width_table.py
+  PYTHONPATH=. .venv/bin/python tools/width_table.py --exports [FOLDER]
 """
 
 from __future__ import annotations
@@ -101,7 +110,75 @@ def vit_table() -> None:
         print(f"| 0.25 | {w} | plain width {tag} | {_cos(ref, _run(pl.model, 'input', x)):.4f} | |")
 
 
+LM_EXPORTS = ("hf_gpt2_legacy", "hf_gpt2_dynamo", "hf_llama_gqa_legacy", "hf_llama_gqa_dynamo")
+
+
+def _random_ids(seed: int, n: int, vocab: int = 1000, t: int = 16) -> dict[str, np.ndarray]:
+    ids = np.random.default_rng(seed).integers(0, vocab, (n, t)).astype(np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def exports_table(folder: Path, calib_sequences: int = 0) -> None:
+    """Rotate vs plain width pruning on the real GPT-2 / Llama exports (see the module docstring);
+    ``calib_sequences``: calibrate on that many random-id sequences (seed 1) instead of the example inputs."""
+    import tempfile
+
+    from onnxprune.pipeline import prune
+
+    scratch = Path(tempfile.mkdtemp(prefix="width-table-"))
+    calib_file = scratch / "calib.npz"
+    if calib_sequences:
+        np.savez(calib_file, **_random_ids(1, calib_sequences))
+    source = f"{calib_sequences} random-id sequences of 16 (seed 1)" if calib_sequences else "the example inputs"
+    print(f"calibration: {source}\n")
+    print("| export | method | re-fit | width | variance kept | rotation check | cosine (example) | max\\|diff\\| rel. "
+          "(example) | cosine (held-out) | max\\|diff\\| rel. (held-out) |")
+    print("|---|---|---|---|---:|---|---:|---:|---:|---:|")
+    for name in LM_EXPORTS:
+        path = folder / f"{name}.onnx"
+        example = dict(np.load(folder / f"{name}.inputs.npz"))
+        heldout = _random_ids(0, 8)
+        original = onnx.load(path)
+        refs = [_run_feeds(original, f) for f in (example, heldout)]
+        for plain in (False, True):
+            for refit in (False, True):
+                calib = calib_file if calib_sequences else folder / f"{name}.inputs.npz"
+                config = {"mode": "width", "ratio": 0.25, "calib": str(calib),
+                          "bench": False, "recover": "lstsq" if refit else "none"}
+                if plain:
+                    config["importance"] = "l2"
+                res = prune(path, config)
+                w = res.report["width"]
+                check = w.get("rotation_check", {}).get("passed")
+                kept = f"{w['variance_kept']:.3f}" if "variance_kept" in w else "—"
+                stream = w.get("streams", [{}])[0] if plain else w
+                cells = []
+                for ref, feeds in zip(refs, (example, heldout), strict=True):
+                    y = _run_feeds(res.model, feeds)
+                    cells += [f"{_cos(ref, y):.4f}", f"{np.abs(y - ref).max() / np.abs(ref).max():.1e}"]
+                print(f"| {name} | {w['method']} | {'lstsq' if refit else 'none'} | "
+                      f"{stream.get('width_before')} → {stream.get('width_after')} | {kept} | "
+                      f"{'pass' if check else '—' if check is None else 'FAIL'} | {' | '.join(cells)} |")
+
+
+def _run_feeds(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    names = {i.name for i in model.graph.input}
+    return run_session(create_session(model), {k: v for k, v in feeds.items() if k in names})[
+        model.graph.output[0].name]
+
+
 if __name__ == "__main__":
-    digits_table()
-    rotation_table()
-    vit_table()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--exports", nargs="?", const=str(Path.home() / ".cache/onnxprune/real-exports"),
+                        help="only the GPT-2/Llama real exports' table, from this folder")
+    parser.add_argument("--calib-sequences", type=int, default=0,
+                        help="with --exports: calibrate on this many random-id sequences instead of the examples")
+    args = parser.parse_args()
+    if args.exports:
+        exports_table(Path(args.exports).expanduser(), args.calib_sequences)
+    else:
+        digits_table()
+        rotation_table()
+        vit_table()

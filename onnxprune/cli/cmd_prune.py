@@ -96,6 +96,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="width: give a tied LM head its own weight (the embedding table is then stored twice, "
                         "e.g. GPT-2 +31%% parameters); default: the head stays tied, through a k x k adapter when "
                         "its re-fit or a folded norm scale needs one")
+    c.add_argument("--keep-tokens", metavar="FILE|calib",
+                   help="language models, any mode: keep only these token ids (a text, .npy or .npz file of ids, "
+                        "or calib: the ids in --calib) in the embedding table and the LM head; other ids are read "
+                        "as --unknown-token; the kept ids go to the model's metadata (onnxprune.kept_token_ids)")
+    c.add_argument("--unknown-token", type=int, metavar="ID",
+                   help="with --keep-tokens: the kept id that every other id is read as (default: the smallest "
+                        "kept id)")
     c.add_argument("--target-macs", type=float,
                    help="keep at most this fraction of MACs (default: no budget); with --mode depth, by removing "
                         "the fewest lowest-scored residual blocks")

@@ -32,6 +32,7 @@ PRUNE_FLAGS: dict[str, str] = {
     "sensitivity_method": "--exact-sensitivity", "executor": "--executor",
     "workers": "--workers", "ray_address": "--ray-address", "sequential": "--sequential",
     "untie_embeddings": "--untie-embeddings",
+    "keep_tokens": "--keep-tokens", "unknown_token": "--unknown-token",
     "anchor_samples": "--anchor-samples",
 }
 

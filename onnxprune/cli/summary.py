@@ -207,6 +207,12 @@ def summary_lines(report: Mapping[str, Any], output: str, *, verbose: bool = Fal
         lines += group_lines(report, verbose=verbose)
     if report.get("validation"):
         lines += validation_lines(report["validation"], verbose=verbose)
+    vocab = report.get("vocab")
+    if isinstance(vocab, dict):  # --keep-tokens (onnxprune/recovery/vocabulary.py)
+        check = vocab.get("check")
+        proof = "" if check is None else f", logits at the kept ids: {'pass' if check['passed'] else 'FAIL'} " \
+                                         f"(max|diff| {check['max_diff']:.2g})"
+        lines.append(_row("vocabulary", f"{vocab['vocab_before']} -> {vocab['vocab_after']} ids{proof}"))
     if "accuracy" in report:
         lines += accuracy_lines(report["accuracy"], verbose=verbose)
     if report.get("bench"):

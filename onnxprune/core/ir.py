@@ -400,7 +400,9 @@ def shape_skeleton(model: ModelProto, dims: Mapping[str, int] | None = None, def
                     d.dim_value = value
     for t in model.graph.initializer:
         numel = int(np.prod(t.dims)) if len(t.dims) else 1
-        if numel > 64 and t.data_type in FLOAT_TYPES:
+        # an integer table stored externally (a vocabulary's id map) too: onnx would try to read its values
+        # as shape data and fail ("Cannot parse data from external tensors")
+        if (numel > 64 and t.data_type in FLOAT_TYPES) or t.data_location == TensorProto.EXTERNAL:
             g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
             g.initializer.append(t)

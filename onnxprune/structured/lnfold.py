@@ -9,7 +9,7 @@ Where it is impossible, the LayerNorm is left alone and the reason is recorded: 
 output, or is read by anything but a linear layer with constant weights (post-norm models add it to the
 residual stream; a padded convolution would see the shift at its borders as zeros). Ops that move the
 channel without mixing it (Transpose, a mean over other axes, Gather on another axis, Identity, a Flatten
-of unit axes) are followed to the readers behind them.
+of unit axes, a Reshape that keeps the channel axis last and whole) are followed to the readers behind them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from onnxprune.core.shapefold import infer_shapes
 log = logging.getLogger(__name__)
 
 
-class _Impossible(Exception):
+class NotFoldable(Exception):
     """A LayerNorm whose output reaches something that is not a linear reader."""
 
 
@@ -56,14 +56,14 @@ def _moved_axis(node: NodeProto, axis: int, idx: GraphIndex, shapes: dict[str, t
             if len(node.input) > 1 and idx.const_value(node.input[1]) is not None else [])
         axes = [a + rank if a < 0 else a for a in axes]
         if not axes or axis in axes:
-            raise _Impossible(f"{node_label(node)} averages over the channel axis")
+            raise NotFoldable(f"{node_label(node)} averages over the channel axis")
         return axis if attr(node, "keepdims", opset, 1) else axis - sum(a < axis for a in axes)
     if op == "Gather":
         g = int(attr(node, "axis", opset, 0))  # type: ignore[call-overload]
         g = g + rank if g < 0 else g
         ind = idx.const_value(node.input[1])
         if g == axis or ind is None:
-            raise _Impossible(f"{node_label(node)} gathers along the channel axis or at run time")
+            raise NotFoldable(f"{node_label(node)} gathers along the channel axis or at run time")
         return axis if g > axis else axis - 1 + ind.ndim
     if op == "Flatten":
         a = int(attr(node, "axis", opset, 1))  # type: ignore[call-overload]
@@ -72,23 +72,36 @@ def _moved_axis(node: NodeProto, axis: int, idx: GraphIndex, shapes: dict[str, t
         side = range(a, rank) if axis >= a else range(0, a)
         if all(shape[i] == 1 for i in side if i != axis):
             return 1 if axis >= a else 0
-    raise _Impossible(f"its output reaches {node_label(node)} ({op}), which is not a linear reader")
+    if op == "Reshape":
+        sx, sy = shapes.get(node.input[0]) or (), shapes.get(node.output[0]) or ()
+        # row-major: a reshape whose last axis has the input's last size keeps each channel index in place
+        # (GPT-2's Conv1D flattens [B, S, D] to [B*S, D] before its Gemm)
+        if sx and sy and axis == len(sx) - 1 and isinstance(sx[-1], int) and sx[-1] == sy[-1]:
+            return len(sy) - 1
+        raise NotFoldable(f"its output reaches {node_label(node)}, which does not keep the channel axis last and "
+                          f"whole (shape {_dims(sx)} to {_dims(sy)})")
+    raise NotFoldable(f"its output reaches {node_label(node)}, which is not a linear reader")
 
 
-def _readers(idx: GraphIndex, ln: NodeProto, shapes: dict[str, tuple]) -> list[tuple[NodeProto, int]]:
-    """Every linear reader of the LN's output with the channel axis of its input; raises ``_Impossible``."""
-    rank = len(shapes.get(ln.input[0]) or ())
+def _dims(shape: tuple) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def linear_readers(idx: GraphIndex, start: str, shapes: dict[str, tuple]) -> list[tuple[NodeProto, int]]:
+    """Every linear reader of ``start`` (a norm's output, channels last) with the channel axis of its input;
+    raises ``NotFoldable``."""
+    rank = len(shapes.get(start) or ())
     found: list[tuple[NodeProto, int]] = []
-    todo = [(ln.output[0], rank - 1)]
+    todo = [(start, rank - 1)]
     while todo:
         tensor, axis = todo.pop()
         if tensor in idx.graph_outputs:
-            raise _Impossible(f"'{tensor}' is a graph output")
+            raise NotFoldable(f"'{tensor}' is a graph output")
         for user in idx.consumers.get(tensor, []):
             if user.op_type in ("Shape", "Size"):
                 continue  # reads the shape only, which the fold does not change
             if user.input[0] != tensor or tensor in user.input[1:]:
-                raise _Impossible(f"{node_label(user)} reads it other than as its data input")
+                raise NotFoldable(f"{node_label(user)} reads it other than as its data input")
             if _is_linear_reader(user, axis, idx, shapes):
                 found.append((user, axis))
             else:
@@ -102,20 +115,20 @@ def _is_linear_reader(node: NodeProto, axis: int, idx: GraphIndex, shapes: dict[
         return False
     w = idx.const_value(node.input[1])
     if w is None:
-        raise _Impossible(f"{node_label(node)} has a weight computed at run time")
+        raise NotFoldable(f"{node_label(node)} has a weight computed at run time")
     rank = len(shapes.get(node.input[0]) or ())
     if node.op_type == "MatMul" and w.ndim == 2 and axis == rank - 1:
         return True
     if node.op_type == "Gemm" and axis == 1 and not attr(node, "transA", opset, 0):
         return True
     if node.op_type == "Conv" and int(attr(node, "group", opset, 1)) != 1:  # type: ignore[call-overload]
-        raise _Impossible(f"{node_label(node)} is a grouped convolution (its shift would need padding care)")
+        raise NotFoldable(f"{node_label(node)} is a grouped convolution (its shift would need padding care)")
     if node.op_type == "Conv" and axis == 1:
         pads = attr_ints(node, "pads", opset) or [0]
         if any(pads) or attr(node, "auto_pad", opset, "NOTSET") not in ("NOTSET", "VALID", b"NOTSET", b"VALID"):
-            raise _Impossible(f"{node_label(node)} pads its input: the shift would be zero at the borders")
+            raise NotFoldable(f"{node_label(node)} pads its input: the shift would be zero at the borders")
         return True
-    raise _Impossible(f"{node_label(node)} reads it along another axis than its input channels")
+    raise NotFoldable(f"{node_label(node)} reads it along another axis than its input channels")
 
 
 def _add_init(idx: GraphIndex, base: str, value: np.ndarray) -> str:
@@ -124,22 +137,26 @@ def _add_init(idx: GraphIndex, base: str, value: np.ndarray) -> str:
     return name
 
 
-def _fold_into(idx: GraphIndex, node: NodeProto, gamma: np.ndarray, beta: np.ndarray) -> None:
-    """Scale the reader's input channels by ``gamma`` and add ``beta``'s contribution to its bias."""
+def fold_into(idx: GraphIndex, node: NodeProto, gamma: np.ndarray, beta: np.ndarray | None) -> None:
+    """Scale the reader's input channels by ``gamma`` and add ``beta``'s contribution to its bias (``None``:
+    no shift, as an RMSNorm has; the reader's bias is left alone)."""
     opset = idx.opset
     w = idx.const_value(node.input[1])
     assert w is not None
     dtype = w.dtype
     w64 = w.astype(np.float64)
     label = node.name or node.output[0]
+    b64 = np.zeros_like(gamma) if beta is None else beta
     if node.op_type == "Conv":
         new_w = w64 * gamma.reshape(1, -1, *([1] * (w.ndim - 2)))
-        shift = w64.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) @ beta
+        shift = w64.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) @ b64
     elif node.op_type == "Gemm" and attr(node, "transB", opset, 0):
-        new_w, shift = w64 * gamma[None, :], w64 @ beta
+        new_w, shift = w64 * gamma[None, :], w64 @ b64
     else:
-        new_w, shift = w64 * gamma[:, None], beta @ w64
+        new_w, shift = w64 * gamma[:, None], b64 @ w64
     node.input[1] = _add_init(idx, f"{label}_lnfold_weight", new_w.astype(dtype))
+    if beta is None:
+        return
     if node.op_type == "Gemm":
         alpha, b_attr = float(attr(node, "alpha", opset, 1.0)), float(attr(node, "beta", opset, 1.0))  # type: ignore[arg-type]
         has_c = len(node.input) > 2 and node.input[2]
@@ -219,12 +236,12 @@ def fold_layernorm_affine(model: ModelProto, *, copy: bool = True,
         if np.all(g64 == 1) and np.all(b64 == 0):
             continue
         try:
-            readers = _readers(idx, ln, shapes)
-        except _Impossible as why:
+            readers = linear_readers(idx, ln.output[0], shapes)
+        except NotFoldable as why:
             skipped[label] = str(why)
             continue
         for node, _axis in readers:
-            _fold_into(idx, node, g64, b64)
+            fold_into(idx, node, g64, b64)
             release_memory()  # the reader's float64 temporaries, before the next reader's
         ln.input[1] = _add_init(idx, f"{label}_unit_scale", np.ones_like(gamma))
         if beta is not None:

@@ -26,12 +26,13 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.core.errors import UnsupportedModelError
 from onnxprune.core.io import release_memory
-from onnxprune.core.ir import GraphIndex, attr, drop_unused_initializers
+from onnxprune.core.ir import GraphIndex, attr, drop_unused_initializers, node_label
 from onnxprune.core.weights import copy_model_without_weights, little_endian_bytes
-from onnxprune.structured.analysis import DependencyGraph, analyze
+from onnxprune.structured.analysis import ChannelGroup, DependencyGraph, analyze
 from onnxprune.structured.axes import Identity
 from onnxprune.structured.fused_stream import FUSED_NORMS, rotation_refusal
 from onnxprune.structured.lnfold import fold_layernorm_affine
+from onnxprune.structured.rmsnorm import Casts, RmsNorm, bypass_identity_casts, fold_rms_scales, reduced_axes
 from onnxprune.structured.stream import freeze_stream_shapes, stream_group_ids, stream_rules
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ def prepare_rotation(model: ModelProto, *, fold: ShapeFold | None = None) -> Pre
         # their data as it dropped the input's, so they are read from the fold's model like those
         source.update({name: with_data[name] for name in frozen.empty if name in with_data})
         del with_data
+    casts = bypass_identity_casts(frozen.model)  # exact: the frozen copy is ours
+    rms = fold_rms_scales(frozen.model, source=source)
     fold_ln = fold_layernorm_affine(frozen.model, copy=False, source=source)
     del frozen
     out = fold_ln.model
@@ -123,21 +126,24 @@ def prepare_rotation(model: ModelProto, *, fold: ShapeFold | None = None) -> Pre
     if fused:
         raise UnsupportedModelError(rotation_refusal(fused[0]))
     norms = [n for n in out.graph.node if n.op_type == "LayerNormalization" and n.input[0] in members]
+    rms_norms = [r for r in rms.norms if r.x in members]
     unfolded = [n.name for n in norms if any(n.name in k for k in fold_ln.skipped)]
     if unfolded:
         why = next(v for k, v in fold_ln.skipped.items() if unfolded[0] in k)
-        raise UnsupportedModelError(f"LayerNorm '{unfolded[0]}' cannot be folded ({why}); rotation needs a "
-                                    f"pre-norm model (plain width pruning applies)")
-    for name in group.nodes:
-        node = by_name.get(name)
-        if node is not None and node.op_type not in LINEAR_PASS:
-            raise UnsupportedModelError(f"the stream passes through '{name}' ({node.op_type}), which is not "
-                                        f"linear in it; rotation is impossible (plain width pruning applies)")
-    if any(not isinstance(m, Identity) for m in group.members.values()):
-        raise UnsupportedModelError("the stream is reshaped into another axis; rotation is impossible")
-    # Tensors after a norm: readers must see only those (centring changes what comes before).
+        raise UnsupportedModelError(f"LayerNorm '{unfolded[0]}' cannot be folded ({why}); rotation needs each "
+                                    f"norm read by linear layers only, as in a pre-norm model (plain width pruning "
+                                    f"applies)")
+    for scale in (r.scale for r in rms_norms if r.scale in rms.skipped):
+        raise UnsupportedModelError(f"the RMSNorm scale '{scale}' (Mul) cannot be folded ({rms.skipped[scale]}); "
+                                    f"rotation is impossible (plain width pruning applies)")
+    if norms and rms_norms:
+        raise UnsupportedModelError(f"the stream is normalised by LayerNorms ('{norms[0].name}') and RMSNorms "
+                                    f"('{rms_norms[0].mean}'); one rotation cannot keep both exact")
+    check_linear(group, idx, dg.shapes, casts, rms_norms)
+    # Tensors after a norm: readers must see only those (centring changes what comes before). RMSNorms need
+    # no centring (they have no mean to keep at zero): nothing to check or centre then.
     post: set[str] = set()
-    todo = [n.output[0] for n in norms]
+    todo = [n.output[0] for n in norms] if norms else []
     while todo:
         t = todo.pop()
         if t in post:
@@ -146,7 +152,7 @@ def prepare_rotation(model: ModelProto, *, fold: ShapeFold | None = None) -> Pre
         for user in idx.consumers.get(t, []):
             if user.op_type not in ("MatMul", "Gemm", "Conv"):
                 todo.extend(o for o in user.output if o in members)
-    for cut in group.sinks:
+    for cut in group.sinks if norms else ():
         if cut.activation is not None and cut.activation.tensor not in post:
             raise UnsupportedModelError(f"'{cut.node}' reads the stream before a norm; centring it would change "
                                         f"its output, so rotation is impossible (plain width pruning applies)")
@@ -154,7 +160,7 @@ def prepare_rotation(model: ModelProto, *, fold: ShapeFold | None = None) -> Pre
     done: set[tuple[str, int]] = set()
     reads = GraphIndex(out)  # values: those still without data are read from the input (read-only)
     reads.initializers.update({n: t for n, t in source.items() if n in reads.initializers})
-    for cut in group.cuts:
+    for cut in group.cuts if norms else ():
         if cut.role == "sink" or cut.tensor in norm_params or (cut.tensor, cut.axis) in done:
             continue
         node = by_name.get(cut.node) or idx.producer.get(cut.node)
@@ -173,8 +179,37 @@ def prepare_rotation(model: ModelProto, *, fold: ShapeFold | None = None) -> Pre
         if tensor.name in source and tensor.name not in written:
             tensor.CopyFrom(source[tensor.name])
     dg = analyze(out, extra_rules=stream_rules())  # the same structure; constants changed
-    stream = tuple(dict.fromkeys(n.input[0] for n in norms))
-    return Prepared(out, dg, ids[0], group.size, tuple(n.name for n in norms), stream)
+    stream = tuple(dict.fromkeys([n.input[0] for n in norms] + [r.x for r in rms_norms]))
+    names = tuple(n.name for n in norms) + tuple(r.mean for r in rms_norms)
+    return Prepared(out, dg, ids[0], group.size, names, stream)
+
+
+def check_linear(group: ChannelGroup, idx: GraphIndex,
+                 shapes: Mapping[str, tuple], casts: Casts, rms_norms: list[RmsNorm]) -> None:
+    """Raise unless every node the stream passes through is linear in it and not per channel, or is part of
+    a written-out RMSNorm (invariant under a rotation as a whole), naming the first that is not and why."""
+    inside = {name for r in rms_norms for name in r.nodes}
+    axis_of = {s.tensor: s.axis for s in group.members}
+    on_stream = set(group.nodes)
+    for node in idx.model.graph.node:  # graph order: the first node on the stream that is not linear is named
+        name = node.name
+        if name not in on_stream or name in inside:
+            continue
+        label = node_label(node)
+        if node.op_type == "Cast" and name in casts.kept:
+            raise UnsupportedModelError(f"the stream passes through {label}, a cast from {casts.kept[name]}, which "
+                                        f"is not linear in it; rotation is impossible (plain width pruning applies)")
+        if node.op_type not in LINEAR_PASS:
+            raise UnsupportedModelError(f"the stream passes through {label}, which is not linear in it; rotation "
+                                        f"is impossible (plain width pruning applies)")
+        x = node.input[0] if node.input else ""
+        if node.op_type == "ReduceMean" and x in axis_of:
+            axes = reduced_axes(node, idx, len(shapes.get(x) or ()))
+            if axes is None or axis_of[x] in axes:
+                raise UnsupportedModelError(f"{label} averages the stream over its channels, which a rotation "
+                                            f"changes; rotation is impossible (plain width pruning applies)")
+    if any(not isinstance(m, Identity) for m in group.members.values()):
+        raise UnsupportedModelError("the stream is reshaped into another axis; rotation is impossible")
 
 
 def rotation_axes(prepared: Prepared) -> dict[str, list[int]]:
@@ -232,7 +267,9 @@ def _norm_elem_type(idx: GraphIndex, node: NodeProto) -> int:
 
 def to_rms(model: ModelProto, norms: tuple[str, ...], width: int, *, inplace: bool = False) -> ModelProto:
     """Replace each named LayerNorm by ``x / sqrt(Σx² / width + eps)`` (its scale and shift must be unit and
-    zero). With ``width`` the original stream width, a sliced stream keeps the original scale.
+    zero), and each named ``ReduceMean`` (a written-out RMSNorm's mean of squares,
+    :mod:`onnxprune.structured.rmsnorm`) by ``Σ / width``. With ``width`` the original stream width, a sliced
+    stream keeps the original scale.
 
     ``inplace``: edit ``model`` itself and return it (a caller that no longer needs the LayerNorm version
     saves a copy of the model)."""
@@ -245,6 +282,9 @@ def to_rms(model: ModelProto, norms: tuple[str, ...], width: int, *, inplace: bo
     graph = out.graph
     for name in norms:
         pos, node = next((i, n) for i, n in enumerate(graph.node) if n.name == name)
+        if node.op_type == "ReduceMean":
+            _sum_over_width(idx, pos, node, width)
+            continue
         eps = float(attr(node, "epsilon", idx.opset, 1e-5))  # type: ignore[arg-type]
         x, y = node.input[0], node.output[0]
         p = idx.unique_name(f"{name}_rms")
@@ -276,3 +316,25 @@ def to_rms(model: ModelProto, norms: tuple[str, ...], width: int, *, inplace: bo
             graph.node.insert(pos + k, n)
     drop_unused_initializers(graph)
     return out
+
+
+def _sum_over_width(idx: GraphIndex, pos: int, node: NodeProto, width: int) -> None:
+    """Replace the ``ReduceMean`` over the last axis at ``pos`` by ``ReduceSum(...) / width`` (same output),
+    ``1 / width`` in the type of the norm's ``eps`` (the statistic's type: float32 behind Llama's Casts)."""
+    graph = idx.graph
+    p = idx.unique_name(f"{node.name}_rms")
+    inv = f"{p}_inv_width"
+    other = [i for n in idx.consumers.get(node.output[0], []) for i in n.input if i != node.output[0]]
+    eps = idx.const_value(other[0]) if other else None
+    dtype = eps.dtype if eps is not None and eps.dtype.kind == "f" else np.dtype(np.float32)
+    graph.initializer.append(numpy_helper.from_array(np.array(1.0 / width, dtype=dtype), inv))
+    if idx.opset >= 13:
+        axes = f"{p}_axes"
+        graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), axes))
+        total = helper.make_node("ReduceSum", [node.input[0], axes], [f"{p}_sum"], name=f"{p}_sum", keepdims=1)
+    else:
+        total = helper.make_node("ReduceSum", [node.input[0]], [f"{p}_sum"], name=f"{p}_sum", axes=[-1], keepdims=1)
+    scaled = helper.make_node("Mul", [f"{p}_sum", inv], [node.output[0]], name=f"{p}_mean")
+    graph.node.remove(node)
+    graph.node.insert(pos, total)
+    graph.node.insert(pos + 1, scaled)

@@ -71,3 +71,23 @@ def test_ancestors_follow_values_and_stop_at_a_shape_read_only_when_asked() -> N
     assert idx.ancestors(["y"]) == {"y", "x", "s", "r", "z"}
     assert idx.ancestors(["y"], through_shape=False) == {"y", "x", "s"}
     assert idx.ancestors([]) == set()
+
+
+def test_strict_shape_inference_of_a_file_whose_integer_table_is_stored_externally(tmp_path) -> None:
+    """A vocabulary's id map (``Gather(int64 table, ids)``) saved with external data: onnx reads an integer
+    initializer as shape data and cannot from an external file; the skeleton types it as an input instead."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.core.io import load_structure, save_model
+    from onnxprune.core.shapefold import infer_shapes
+
+    table = numpy_helper.from_array(np.arange(500, dtype=np.int64)[::-1].copy(), "id_map")
+    graph = helper.make_graph([helper.make_node("Gather", ["id_map", "ids"], ["new_ids"])], "g",
+                              [vinfo("ids", ["B", 4], TensorProto.INT64)],
+                              [vinfo("new_ids", ["B", 4], TensorProto.INT64)], [table])
+    path = save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx",
+                      external_data=True)
+    model = load_structure(path)
+    assert model.graph.initializer[0].data_location == TensorProto.EXTERNAL
+    assert infer_shapes(model, {}, strict=True)["new_ids"] == (1, 4)

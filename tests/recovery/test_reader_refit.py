@@ -100,14 +100,16 @@ def _assert_same(fast: ModelProto, reference: ModelProto, feed: dict[str, np.nda
 def test_one_session_refit_equals_sequential_refit_on_prenorm_stacks(monkeypatch: pytest.MonkeyPatch, norm: str,
                                                                       gated: bool) -> None:
     """LayerNorm: rotation + slicing (MatMul readers without bias, a Gemm head); RMSNorm written out with
-    gate and up reading one norm output: plain width pruning (MatMul readers with bias Adds)."""
+    gate and up reading one norm output: plain width pruning (MatMul readers with bias Adds; asked for by a
+    criterion, as such a stream rotates too)."""
     model = builders.prenorm_stack(norm=norm, gated=gated)
     r = np.random.default_rng(1)
     calib = [{"x": r.standard_normal((16, 5, 4)).astype(np.float32)} for _ in range(2)]
     results: list[dict[str, Any]] = []
 
     def run() -> ModelProto:
-        pruned, _, report = prune_stream_width(model, ratio=0.25, calib=calib)
+        pruned, _, report = prune_stream_width(model, ratio=0.25, calib=calib,
+                                               importance="l2" if norm == "rms" else None)
         results.append(report)
         return pruned
 

@@ -168,3 +168,59 @@ def test_a_float16_model_is_rotated_in_float16_and_proven_at_its_precision(tmp_p
     x = r.standard_normal((16, 5, 4)).astype(np.float16)
     ref, got = _run(model, x).astype(np.float64), _run(pruned, x).astype(np.float64)
     assert _cos(ref, got) > 0.99
+
+
+def _dead_channels(model: onnx.ModelProto, width: int, dead: int) -> onnx.ModelProto:
+    """``model`` with the last ``dead`` channels of its width-``width`` stream zero everywhere: every float
+    initializer whose last axis is the stream's has those entries zeroed (the writers then never write them)."""
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        value = numpy_helper.to_array(t)
+        if value.dtype == np.float32 and value.ndim and value.shape[-1] == width:
+            value = value.copy()
+            value[..., width - dead:] = 0
+            t.CopyFrom(numpy_helper.from_array(value, t.name))
+    return out
+
+
+def test_slicing_a_dead_part_of_an_rms_stream_is_exact() -> None:
+    """Llama's RMSNorm (in primitives, with same-type Casts) averages its squares over the channels: once the
+    stream is sliced it must still divide by the original width. With the sliced directions carrying nothing,
+    slicing is then exact; dividing by the kept width would scale every norm's output by sqrt(16/12)."""
+    from onnx import TensorProto
+
+    model = _dead_channels(prenorm_stack(norm="rms", gated=True, cast=TensorProto.FLOAT), 16, 4)
+    r = np.random.default_rng(3)
+    calib = [{"x": r.standard_normal((32, 5, 4)).astype(np.float32)}]
+    x = r.standard_normal((16, 5, 4)).astype(np.float32)
+    ref = _run(model, x)
+    sliced = slice_stream(model, ratio=0.25, calib=calib, refit=False)
+    assert sliced.report["width_after"] == 12
+    np.testing.assert_allclose(_run(sliced.rotated, x), ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
+    np.testing.assert_allclose(_run(sliced.model, x), ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
+
+
+LM_EXPORTS = ("hf_gpt2_legacy", "hf_gpt2_dynamo", "hf_llama_gqa_legacy", "hf_llama_gqa_dynamo")
+
+
+@pytest.mark.slow  # a few seconds each alone
+@pytest.mark.parametrize("name", LM_EXPORTS)
+def test_hugging_face_language_model_exports_rotate_exactly(name: str) -> None:
+    """GPT-2 (Conv1D's flattening Reshape before each Gemm) and Llama (RMSNorm in primitives between
+    same-type Casts) exported by both torch exporters: --mode width rotates them, the rotation proven exact
+    on the export's example inputs. Skipped without the real-export folder (see tests/test_real_exports.py)."""
+    from pathlib import Path
+
+    from onnxprune.pipeline import prune
+
+    folder = Path(os.environ.get("ONNXPRUNE_REAL_EXPORTS", Path.home() / ".cache/onnxprune/real-exports"))
+    if not (folder / f"{name}.onnx").exists():
+        pytest.skip(f"no {name}.onnx in {folder}")
+    result = prune(folder / f"{name}.onnx", {"mode": "width", "ratio": 0.25, "bench": False,
+                                            "calib": str(folder / f"{name}.inputs.npz")})
+    width = result.report["width"]
+    assert width["method"] == "rotate", width.get("why_not_rotated")
+    assert width["rotation_check"]["passed"] is True and width["width_after"] == 48
