@@ -207,10 +207,13 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
 
     if bench_on:
         report["bench"] = dict((timer or _benchmark)(baseline, pruned, config))
-        from onnxprune.speed import speed_decision
+        from onnxprune.speed_confirm import confirmed_decision
 
-        decision = speed_decision(report["bench"], config, retried=first_try is not None)
+        decision, confirmation = confirmed_decision(baseline, pruned, report["bench"], config,
+                                                    retried=first_try is not None, timer=timer)
         report["speed"] = {"verdicts": [v.to_dict() for v in decision.verdicts], "retried": first_try is not None}
+        if confirmation:  # the first verdict said slower: what timing again in alternating order found
+            report["speed"]["confirmation"] = confirmation
         if first_try is not None:
             report["speed"]["first_try"] = first_try
         if decision.retry is not None:

@@ -658,12 +658,15 @@ def retry_config(config: PruneConfig) -> PruneConfig | None:
     return config.with_(round_to=RETRY_ROUND_TO if step is None or step < RETRY_ROUND_TO else 2 * step)
 
 
-def speed_decision(bench: Mapping[str, Any], config: PruneConfig, *, retried: bool) -> SpeedDecision:
-    """Keep, retry once with rounder widths, or refuse a result that is slower beyond the measured spread."""
+def speed_decision(bench: Mapping[str, Any], config: PruneConfig, *, retried: bool,
+                   confirmed: Sequence[Any] | None = None) -> SpeedDecision:
+    """Keep, retry once with rounder widths, or refuse a result that is slower beyond the measured spread
+    (with ``confirmed``, the :class:`~onnxprune.runtime.speed_verdict.Confirmation` s of its slower rows, only
+    where the confirmation holds; see :mod:`onnxprune.speed_confirm`)."""
     from onnxprune.runtime.speed_verdict import bench_verdicts
 
     verdicts = tuple(bench_verdicts(bench))
-    slow = [v for v in verdicts if v.slower]
+    slow = [v for v in (verdicts if confirmed is None else confirmed) if v.slower]
     if not slow or config.mode != "structured":  # zeroed weights cannot be made faster: the warning says so
         return SpeedDecision(verdicts)
     where = ", ".join(f"{v.provider} batch {v.batch}: {v.speedup:.2f}x (95% {v.low:.2f}-{v.high:.2f})" for v in slow)
