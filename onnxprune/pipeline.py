@@ -231,9 +231,12 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
             log.warning(slower)
             warnings.append(slower)
     if latency is not None:
-        from onnxprune.speed import keep_counts, latency_report
+        from onnxprune.speed import keep_counts
+        from onnxprune.speed_report import latency_report
 
-        report["latency"] = latency_report(latency, keep_counts(plan), report.get("bench"))
+        ideal = report["macs_before"] / report["macs_after"] if report.get("macs_after") else None
+        report["latency"] = latency_report(latency, keep_counts(plan), report.get("bench"), ideal=ideal,
+                                           time_original=not bench_on)
 
     saved = None
     if output is not None:

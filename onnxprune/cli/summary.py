@@ -154,11 +154,22 @@ def bench_lines(bench: Mapping[str, Any], *, verbose: bool) -> list[str]:
     return lines
 
 
+def _prediction_text(p: Mapping[str, Any]) -> str:
+    """One batch's prediction, said for what it is: a layer sum without calibration is no prediction of the
+    model (it leaves out the fixed per-run cost), and a figure above the MAC ideal says why it may be."""
+    above = f"above the MAC ideal {p['mac_ideal']:.2f}x" if p.get("above_mac_ideal") else ""
+    if p.get("basis") == "layer sum, uncalibrated":
+        why = f"; {above}, as layers timed alone leave out the per-run overhead" if above else ""
+        return (f"batch {p['batch']}: layer sum {p['predicted_speedup']:.2f}x (uncalibrated{why}; "
+                f"--bench calibrates it)")
+    return f"batch {p['batch']}: predicted {p['predicted_speedup']:.2f}x" + (f" ({above})" if above else "")
+
+
 def latency_lines(report: Mapping[str, Any]) -> list[str]:
     """The latency table's prediction per batch beside the measured speedup, and a retry if there was one."""
     rows = []
     for p in (report.get("latency") or {}).get("prediction", []):
-        text = f"batch {p['batch']}: predicted {p['predicted_speedup']:.2f}x"
+        text = _prediction_text(p)
         if "measured_speedup" in p:
             text += f", measured {p['measured_speedup']:.2f}x (error {100 * p['error']:+.0f}%)"
         rows.append(text)
