@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 #: Rounds of a confirmation (each times both models once): at most ``CONFIRM_ROUNDS``; after
 #: ``CONFIRM_SET_S`` seconds once ``CONFIRM_MIN_ROUNDS`` were made.
-CONFIRM_ROUNDS = 60
+CONFIRM_ROUNDS = 200
 CONFIRM_MIN_ROUNDS = 20
 CONFIRM_SET_S = 3.0
 

@@ -23,7 +23,7 @@ from onnxprune.core.io import load_model, save_model
 
 def time_pair(original: str | os.PathLike[str] | ModelProto, pruned: str | os.PathLike[str] | ModelProto, *,
               provider: str, batch: int, threads: int | None, dims: Mapping[str, int] | None = None,
-              seed: int = 0, rounds: int = 60, min_rounds: int = 20, set_seconds: float = 3.0,
+              seed: int = 0, rounds: int = 200, min_rounds: int = 20, set_seconds: float = 3.0,
               warmup: int = 3) -> tuple[list[float], list[float], float]:
     """``(original ms, pruned ms, seconds)``: one run of each per round, pair order alternating (pruned first
     in even rounds); stops after ``rounds``, or once ``set_seconds`` passed after ``min_rounds`` (always an

@@ -91,9 +91,9 @@ def bench_verdicts(bench: Mapping[str, Any], base: str = "original", pruned: str
     return out
 
 
-#: A confirmation's decision reads the 10th percentile of each model's runs as its unloaded speed: load
+#: A confirmation's decision reads the 5th percentile of each model's runs as its unloaded speed: load
 #: only ever adds time, so the fastest runs show what the kernels cost.
-FAST_PERCENTILE = 10
+FAST_PERCENTILE = 5
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class Confirmation:
     Attributes:
         speedup, low, high: median and 95% interval of the per-block speedups (original / pruned).
         halves: median per-block speedup of the first and the second half of the rounds.
-        fastest: the original's 10th-percentile run over the pruned model's.
+        fastest: the original's 5th-percentile run over the pruned model's.
         rounds: rounds timed (each times both models once).
     """
 
@@ -145,7 +145,7 @@ def confirm_verdict(provider: str, batch: int, base_ms: Sequence[float], pruned_
       running second;
     * the median block speedup's 95% interval must lie below ``1 - MARGIN`` (as in :func:`speed_verdict`);
     * so must the median of each half of the blocks: a genuine slowdown holds all along, a burst does not;
-    * and so must the ratio of the two models' fastest runs (10th percentile): load only adds time, so a
+    * and so must the ratio of the two models' fastest runs (5th percentile): load only adds time, so a
       pruned model whose fastest runs match the original's is not slower.
 
     A model that is slower (the kernels cost more) fails all three tests on any machine; load must fool all
