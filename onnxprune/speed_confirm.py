@@ -55,7 +55,7 @@ def confirm(baseline: str | os.PathLike[str] | ModelProto, pruned: ModelProto, v
             from onnxprune.runtime.paired_timing import time_pair
 
             base, mine, seconds = time_pair(baseline, pruned, provider=v.provider, batch=v.batch,
-                                            threads=config.threads, dims=config.dims, seed=config.seed,
+                                            threads=config.threads, dims=config.dims,
                                             rounds=CONFIRM_ROUNDS, min_rounds=CONFIRM_MIN_ROUNDS,
                                             set_seconds=CONFIRM_SET_S)
         else:
