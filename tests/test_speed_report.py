@@ -87,3 +87,15 @@ def test_shipped_transformer_without_bench_predicts_on_the_original_timed_alone(
     rows = result.report["latency"]["prediction"]
     assert [r["batch"] for r in rows] == [1, 8]
     assert all(r["basis"] == SHARE and r["mac_ideal"] > 1 for r in rows)
+
+
+def test_summary_says_what_timing_again_found():
+    from onnxprune.cli.summary import confirmation_lines
+
+    report = {"speed": {"confirmation": [
+        {"provider": "cpu", "batch": 1, "speedup": 1.02, "low": 0.99, "high": 1.05, "halves": [1.0, 1.03],
+         "fastest": 1.04, "rounds": 200, "seconds": 0.4, "slower": False}]}}
+    (line,) = confirmation_lines(report)
+    assert "timed again" in line and "cpu batch 1: 1.02x (95% 0.99-1.05), fastest runs 1.04x, 200 rounds" in line
+    assert line.endswith("not slower (the first timing met load)")
+    assert confirmation_lines({"speed": {}}) == []
