@@ -213,10 +213,13 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
 
     if bench_on:
         report["bench"] = dict((timer or _benchmark)(baseline, pruned, config))
-        from onnxprune.speed import speed_decision
+        from onnxprune.speed_confirm import confirmed_decision
 
-        decision = speed_decision(report["bench"], config, retried=first_try is not None)
+        decision, confirmation = confirmed_decision(baseline, pruned, report["bench"], config,
+                                                    retried=first_try is not None, timer=timer)
         report["speed"] = {"verdicts": [v.to_dict() for v in decision.verdicts], "retried": first_try is not None}
+        if confirmation:  # the first verdict said slower: what timing again in alternating order found
+            report["speed"]["confirmation"] = confirmation
         if first_try is not None:
             report["speed"]["first_try"] = first_try
         if decision.retry is not None:
@@ -234,9 +237,12 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
             log.warning(slower)
             warnings.append(slower)
     if latency is not None:
-        from onnxprune.speed import keep_counts, latency_report
+        from onnxprune.speed import keep_counts
+        from onnxprune.speed_report import latency_report
 
-        report["latency"] = latency_report(latency, keep_counts(plan), report.get("bench"))
+        ideal = report["macs_before"] / report["macs_after"] if report.get("macs_after") else None
+        report["latency"] = latency_report(latency, keep_counts(plan), report.get("bench"), ideal=ideal,
+                                           time_original=not bench_on)
 
     saved = None
     if output is not None:

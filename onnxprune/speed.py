@@ -542,6 +542,11 @@ class LatencyModel:
                 out[batch] = sp
         return out
 
+    def rated(self, batch: int) -> bool:
+        """Whether the table at ``batch`` is in measured ms (an uncalibrated prediction can then take the
+        layers' share of a measured original; see :meth:`predict_speedup`)."""
+        return bool((self._layer_model() if self.context else self)._measured_rate.get(batch))
+
     def calibration_report(self) -> dict[str, Any] | None:
         """Per batch: the fitted overhead and scale and the reference cut (``None`` when not calibrated)."""
         if not self.calibrate:
@@ -658,12 +663,15 @@ def retry_config(config: PruneConfig) -> PruneConfig | None:
     return config.with_(round_to=RETRY_ROUND_TO if step is None or step < RETRY_ROUND_TO else 2 * step)
 
 
-def speed_decision(bench: Mapping[str, Any], config: PruneConfig, *, retried: bool) -> SpeedDecision:
-    """Keep, retry once with rounder widths, or refuse a result that is slower beyond the measured spread."""
+def speed_decision(bench: Mapping[str, Any], config: PruneConfig, *, retried: bool,
+                   confirmed: Sequence[Any] | None = None) -> SpeedDecision:
+    """Keep, retry once with rounder widths, or refuse a result that is slower beyond the measured spread
+    (with ``confirmed``, the :class:`~onnxprune.runtime.speed_verdict.Confirmation` s of its slower rows, only
+    where the confirmation holds; see :mod:`onnxprune.speed_confirm`)."""
     from onnxprune.runtime.speed_verdict import bench_verdicts
 
     verdicts = tuple(bench_verdicts(bench))
-    slow = [v for v in verdicts if v.slower]
+    slow = [v for v in (verdicts if confirmed is None else confirmed) if v.slower]
     if not slow or config.mode != "structured":  # zeroed weights cannot be made faster: the warning says so
         return SpeedDecision(verdicts)
     where = ", ".join(f"{v.provider} batch {v.batch}: {v.speedup:.2f}x (95% {v.low:.2f}-{v.high:.2f})" for v in slow)
@@ -677,36 +685,6 @@ def speed_decision(bench: Mapping[str, Any], config: PruneConfig, *, retried: bo
     return SpeedDecision(verdicts, f"the pruned model is slower than the original ({where}), so it was not "
                                    f"saved; try a lower --ratio or a larger --round-to, or pass --allow-slower",
                          refuse=True)
-
-
-def latency_report(latency: LatencyModel | None, keep_counts: Mapping[int, int],
-                   bench: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The report's ``latency``: the table's use, predicted speedup per batch and, with a benchmark, the
-    measured one and the prediction's error (predicted latency / measured latency - 1)."""
-    if latency is None:
-        return None
-    out = latency.report()
-    rows = []
-    results = {(r["model"], r["batch"]): r for r in (bench or {}).get("results", [])}
-    original = {int(b): float(r["p50_ms"]) for (m, b), r in results.items() if m == "original" and r.get("p50_ms")}
-    predicted = latency.predict_speedup(keep_counts, original)
-    for batch, sp in sorted(predicted.items()):
-        row: dict[str, Any] = {"batch": batch, "predicted_speedup": round(sp, 4)}
-        base, pruned = results.get(("original", batch)), results.get(("pruned", batch))
-        if base and pruned and pruned.get("p50_ms"):
-            measured = float(base["p50_ms"]) / float(pruned["p50_ms"])
-            predicted_ms = float(base["p50_ms"]) / sp
-            row.update(measured_speedup=round(measured, 4), predicted_ms=round(predicted_ms, 4),
-                       measured_ms=round(float(pruned["p50_ms"]), 4),
-                       error=round(predicted_ms / float(pruned["p50_ms"]) - 1, 4))
-        rows.append(row)
-    out["prediction"] = rows
-    calibration = latency.calibration_report()
-    if calibration is not None:  # a plan equal to the reference cut is a calibration point, not a prediction
-        cut = {k: v for k, v in keep_counts.items() if v < latency.dg.groups[k].size}
-        calibration["plan_is_reference"] = cut in latency.reference_keeps()
-        out["calibration"] = calibration
-    return out
 
 
 def keep_counts(plan: Any) -> dict[int, int]:

@@ -182,7 +182,7 @@ def test_the_target_and_the_report_predict_from_one_table(context):
     """The plan's predicted speedup in ``latency_target`` is the one the report's latency section gives: the
     table the allocation planned on already holds every step's widths (digits CNN: 1.46x planned on a table
     that had not timed the kept widths, 1.24x once the report timed them)."""
-    from onnxprune.speed import latency_report
+    from onnxprune.speed_report import latency_report
 
     model = _three_convs()
     dg = analyze(model)

@@ -154,11 +154,31 @@ def bench_lines(bench: Mapping[str, Any], *, verbose: bool) -> list[str]:
     return lines
 
 
+def confirmation_lines(report: Mapping[str, Any]) -> list[str]:
+    """What timing a slower row again found: a SLOWER row above it that did not hold is said to be load."""
+    rows = [f"{c['provider']} batch {c['batch']}: {c['speedup']:.2f}x (95% {c['low']:.2f}-{c['high']:.2f}), "
+            f"fastest runs {c['fastest']:.2f}x, {c['rounds']} rounds in {c['seconds']:.1f} s: "
+            + ("slower" if c["slower"] else "not slower (the first timing met load)")
+            for c in (report.get("speed") or {}).get("confirmation", [])]
+    return _rows("timed again", rows)
+
+
+def _prediction_text(p: Mapping[str, Any]) -> str:
+    """One batch's prediction, said for what it is: a layer sum without calibration is no prediction of the
+    model (it leaves out the fixed per-run cost), and a figure above the MAC ideal says why it may be."""
+    above = f"above the MAC ideal {p['mac_ideal']:.2f}x" if p.get("above_mac_ideal") else ""
+    if p.get("basis") == "layer sum, uncalibrated":
+        why = f"; {above}, as layers timed alone leave out the per-run overhead" if above else ""
+        return (f"batch {p['batch']}: layer sum {p['predicted_speedup']:.2f}x (uncalibrated{why}; "
+                f"--bench calibrates it)")
+    return f"batch {p['batch']}: predicted {p['predicted_speedup']:.2f}x" + (f" ({above})" if above else "")
+
+
 def latency_lines(report: Mapping[str, Any]) -> list[str]:
     """The latency table's prediction per batch beside the measured speedup, and a retry if there was one."""
     rows = []
     for p in (report.get("latency") or {}).get("prediction", []):
-        text = f"batch {p['batch']}: predicted {p['predicted_speedup']:.2f}x"
+        text = _prediction_text(p)
         if "measured_speedup" in p:
             text += f", measured {p['measured_speedup']:.2f}x (error {100 * p['error']:+.0f}%)"
         rows.append(text)
@@ -217,6 +237,7 @@ def summary_lines(report: Mapping[str, Any], output: str, *, verbose: bool = Fal
         lines += accuracy_lines(report["accuracy"], verbose=verbose)
     if report.get("bench"):
         lines += bench_lines(report["bench"], verbose=verbose)
+        lines += confirmation_lines(report)
     lines += latency_lines(report)
     skipped = list(report.get("skipped", []))
     for item in skipped if verbose else skipped[:10]:
