@@ -423,11 +423,15 @@ class SensitivityRun:
         data, collect = calibration_pass(calib, meter.batches, samples=meter.samples, batch_size=batch_size,
                                          executor=executor, workers=workers, ray_address=ray_address)
         if method == "gram":
+            from functools import partial
+
             from onnxprune.recovery.gram_score import GramScorer
 
-            # the one calibration pass: every consumer's Gram (and input means) serves scoring and recovery alike
+            # the one calibration pass: every consumer's Gram (and input means) serves scoring and recovery alike;
+            # Grams that only score (no lstsq re-fit reads them) see the anchors' samples, see gram_samples()
+            grams_on = None if recover == "lstsq" else self.gram_samples(meter.batches)
             stats = recovery_stats(m, dg, data, "lstsq" if recover != "bias" else "both",  # Grams (+ means)
-                                   collect=collect)
+                                   collect=partial(collect or collect_stats, gram_samples=grams_on))
             assert stats is not None
             rstats = stats if recover != "none" else None
             scorer = GramScorer(m, dg, stats, recover=recover)
@@ -476,11 +480,7 @@ class SensitivityRun:
             key = self.cut(t)
             if key is not None and key not in self._cuts:
                 runs.setdefault(key, t)
-        measured = measure_candidates(self.evaluator, list(runs.values()), accuracy=False, executor=self.executor,
-                                      workers=self.workers, desc=stage, ray_address=self.ray_address)
-        for key, r in zip(runs, measured, strict=True):
-            assert r.error is not None  # asked for
-            self._cuts[key] = r.error
+        self._cuts.update(self._measure(self.evaluator, runs, stage))
         for t in todo:
             key = self.cut(t)
             self.errors[t] = 0.0 if key is None else self._cuts[key]
@@ -498,12 +498,7 @@ class SensitivityRun:
         within ``anchor_samples`` (or ``None``), this is :meth:`refine`.
         """
         spec = self.evaluator.spec
-        count, kept = 0, 0
-        for batch in spec.batches:
-            if self.anchor_samples is None or count >= self.anchor_samples:
-                break
-            count += next(iter(batch.values())).shape[0]
-            kept += 1
+        count, kept = self._first_batches(spec.batches)
         if self.anchor_samples is None or kept == len(spec.batches):
             self.refine(tasks, stage=stage)
             return {t: self.errors[t] for t in tasks}
@@ -517,21 +512,55 @@ class SensitivityRun:
                                                          reference=spec.reference[:kept]),
                                      model=self.model, dg=self.dg)
             sub.known_plans = self.plans
-            if self.executor == "local" and SubModelAnchors.supported(self.model):
-                # only what each cut changes runs, fed the dense model's activations (equal to round-off)
-                def build(key: tuple[int, bytes]) -> ModelProto:  # a throwaway candidate: no shape inference
-                    return sub.build(sub.plan(*runs[key]), infer_shapes=False)
-
-                self._rough.update(measure_anchors(self.model, build, list(runs), spec.batches[:kept],
-                                                   spec.reference[:kept], spec.outputs))
-            else:
-                measured = measure_candidates(sub, list(runs.values()), accuracy=False, executor=self.executor,
-                                              workers=self.workers, desc=stage, ray_address=self.ray_address)
-                for key, r in zip(runs, measured, strict=True):
-                    assert r.error is not None  # asked for
-                    self._rough[key] = r.error
+            self._rough.update(self._measure(sub, runs, stage))
             self.clock.done(stage, len(runs), f"candidates on {count} samples")
         return {t: 0.0 if (key := self.cut(t)) is None else self._rough[key] for t in tasks}
+
+    def _first_batches(self, batches: Sequence[Mapping[str, np.ndarray]]) -> tuple[int, int]:
+        """``(samples, batches)`` of the first calibration batches holding ``anchor_samples`` samples."""
+        count, kept = 0, 0
+        for batch in batches:
+            if self.anchor_samples is None or count >= self.anchor_samples:
+                break
+            count += next(iter(batch.values())).shape[0]
+            kept += 1
+        return count, kept
+
+    def gram_samples(self, batches: Sequence[Mapping[str, np.ndarray]]) -> int | None:
+        """Samples the scoring Grams are accumulated on: the anchors' first batches (``None``: every sample).
+
+        Why: a Gram costs ``rows × K²`` (im2col Grams of a full-size ResNet-50 up to 4608² per 3×3 conv), far
+        more than the calibration run, and it only shapes a group's curve, which an anchor on those same
+        samples then scales; a budget re-measures on every sample each point it reads, so the Grams never
+        decide an allocation (see :func:`onnxprune.recovery.budget.refine_allocation`). Channel statistics
+        (bias recovery's means) still see every sample.
+        """
+        count, kept = self._first_batches(batches)
+        return None if self.anchor_samples is None or kept == len(batches) else count
+
+    def _measure(self, evaluator: CandidateEvaluator, runs: Mapping[tuple[int, bytes], Task],
+                 stage: str) -> dict[tuple[int, bytes], float]:
+        """The error of each cut in ``runs`` on ``evaluator``'s batches.
+
+        The Gram path in this process runs only what each cut changes, fed the dense model's activations
+        (:mod:`onnxprune.recovery.anchor_submodel`: equal to the whole-model error to float32 round-off);
+        ``method="model"`` (the reference) and the other executors run each candidate on the whole model.
+        """
+        if not runs:
+            return {}
+        spec = evaluator.spec
+        if self.method == "gram" and self.executor == "local" and SubModelAnchors.supported(self.model):
+            def build(key: tuple[int, bytes]) -> ModelProto:  # a throwaway candidate: no shape inference
+                return evaluator.build(evaluator.plan(*runs[key]), infer_shapes=False)
+
+            return measure_anchors(self.model, build, list(runs), spec.batches, spec.reference, spec.outputs)
+        measured = measure_candidates(evaluator, list(runs.values()), accuracy=False, executor=self.executor,
+                                      workers=self.workers, desc=stage, ray_address=self.ray_address)
+        out: dict[tuple[int, bytes], float] = {}
+        for key, r in zip(runs, measured, strict=True):
+            assert r.error is not None  # asked for
+            out[key] = r.error
+        return out
 
     def cut(self, task: Task) -> tuple[int, bytes] | None:
         """What candidate ``task`` builds: its group and kept channels, ``None`` when it cuts nothing."""
