@@ -364,9 +364,15 @@ def start_sensitivity(
     workers: int | None = None,
     ray_address: str | None = None,
     anchor_samples: int | None = DEFAULT_ANCHOR_SAMPLES,
+    defer_anchors: bool = False,
 ) -> SensitivityRun:
     """As :func:`sensitivity`, but returns the :class:`SensitivityRun` (its ``report()``, and ``refine()`` to
     measure more points on the whole model).
+
+    ``defer_anchors`` (the Gram path; what budgets use): a group whose first ratio cuts nothing is neither
+    scored nor anchored until :meth:`SensitivityRun.anchor` asks; until then its estimated points read as
+    +inf. Why: a budget's greedy steps into such a group only when no step that saves anything is left, so
+    most of these anchors (44 of RegNetX-400MF's 49 four-channel groups) would never be read.
 
     Raises:
         ConfigError, CalibrationError: as :func:`sensitivity`.
@@ -394,7 +400,7 @@ def start_sensitivity(
     return SensitivityRun(m, dg, chosen, calib, ratios=ratios, eval_data=eval_data, importance=importance,
                           recover=recover, batch_size=batch_size, max_samples=max_samples, labels=labels,
                           method=method, executor=executor, workers=workers, ray_address=ray_address,
-                          anchor_samples=anchor_samples)
+                          anchor_samples=anchor_samples, defer_anchors=defer_anchors)
 
 
 class SensitivityRun:
@@ -408,7 +414,8 @@ class SensitivityRun:
                  calib: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]], *, ratios: tuple[float, ...],
                  eval_data: str | os.PathLike[str] | None, importance: str, recover: str, batch_size: int,
                  max_samples: int | None, labels: str, method: str, executor: str, workers: int | None,
-                 ray_address: str | None = None, anchor_samples: int | None = None) -> None:
+                 ray_address: str | None = None, anchor_samples: int | None = None,
+                 defer_anchors: bool = False) -> None:
         self.model, self.dg, self.chosen, self.ratios = m, dg, list(chosen), ratios
         self.anchor_samples = anchor_samples
         self.importance, self.recover, self.method = importance, recover, method
@@ -451,8 +458,15 @@ class SensitivityRun:
         self.exact: set[Task] = set()
         self._cuts: dict[tuple[int, bytes], float] = {}  # whole-model error of each distinct cut measured
         self._rough: dict[tuple[int, bytes], float] = {}  # the same on the anchors' first samples only
+        #: groups whose curve is not anchored yet (``defer_anchors``): their estimated points read as +inf
+        self.deferred: set[int] = set()
+        self._scorer = scorer
         if scorer is not None:
-            self.errors, self.exact = _gram_errors(scorer, self, chosen, ratios, clock)
+            self.refine([t for t in self.plans if self.cut(t) is None], stage="uncut candidates")  # error 0, no run
+            if defer_anchors:
+                self.deferred = {g.id for g in chosen if (g.id, ratios[0]) in self.exact}
+                self.errors.update({(g, r): math.inf for g in self.deferred for r in ratios if (g, r) not in self.exact})
+            self.errors.update(_gram_errors(scorer, self, [g for g in chosen if g.id not in self.deferred], ratios))
         else:
             self.refine(tasks, stage="whole-model candidates")
         self.base_acc = None
@@ -464,6 +478,14 @@ class SensitivityRun:
             self.accs = {t: r.accuracy for t, r in zip(tasks, measured, strict=True)}
             clock.done("accuracy", len(tasks), "candidates")
         self.base = model_stats(m)
+
+    def anchor(self, group_ids: Iterable[int]) -> None:
+        """Score and anchor the curves of deferred groups (see ``defer_anchors`` of :func:`start_sensitivity`)."""
+        todo = [g for g in self.chosen if g.id in set(group_ids) & self.deferred]
+        if todo and self._scorer is not None:
+            self.deferred -= {g.id for g in todo}
+            found = _gram_errors(self._scorer, self, todo, self.ratios)
+            self.errors.update({t: e for t, e in found.items() if t not in self.exact})
 
     def refine(self, tasks: Iterable[Task], *, stage: str = "whole-model refinement") -> int:
         """Measure ``tasks`` not measured yet on the whole model, replacing their estimates; how many were.
@@ -584,13 +606,13 @@ class SensitivityRun:
                                  self.base.params, self.base_acc, tuple(results), self.method)
 
 
-def _gram_errors(scorer: GramScorer, run: SensitivityRun, chosen: Sequence[ChannelGroup], ratios: Sequence[float],
-                 clock: Stages) -> tuple[dict[Task, float], set[Task]]:
-    """Gram-scored curves, each scaled by one whole-model measurement at the middle ratio (see :func:`sensitivity`)."""
-    nothing = [t for t in run.plans if run.cut(t) is None]
-    run.refine(nothing, stage="uncut candidates")  # the original model: error 0, nothing run
-    local = {t: 0.0 if t in run.exact else scorer.score(p) for t, p in run.plans.items()}
-    clock.done("gram scores", len(local), "candidates")
+def _gram_errors(scorer: GramScorer, run: SensitivityRun, chosen: Sequence[ChannelGroup],
+                 ratios: Sequence[float]) -> dict[Task, float]:
+    """``chosen``'s Gram-scored curves, each scaled by one whole-model measurement at the middle ratio (see
+    :func:`sensitivity`); uncut candidates must be measured (error 0) before."""
+    mine = [(g.id, r) for g in chosen for r in ratios]
+    local = {t: 0.0 if t in run.exact else scorer.score(run.plans[t]) for t in mine}
+    run.clock.done("gram scores", len(local), "candidates")
     anchor = ratios[len(ratios) // 2]
     model_tasks: list[Task] = []
     anchor_tasks: list[Task] = []
@@ -603,18 +625,17 @@ def _gram_errors(scorer: GramScorer, run: SensitivityRun, chosen: Sequence[Chann
             anchor_tasks.append((g.id, anchor))
     run.refine(model_tasks, stage="whole-model candidates")
     anchored = run.estimate(anchor_tasks)
-    exact = run.errors
     errors: dict[Task, float] = {}
     for g in chosen:
-        if all((g.id, r) in exact for r in ratios):
-            errors.update({(g.id, r): exact[(g.id, r)] for r in ratios})
+        if all((g.id, r) in run.exact for r in ratios):
+            errors.update({(g.id, r): run.errors[(g.id, r)] for r in ratios})
             continue
         at = local[(g.id, anchor)]
         assert at is not None  # groups without a score were measured at every ratio above
         scale = anchored[(g.id, anchor)] / at
         errors.update({(g.id, r): float(local[(g.id, r)] or 0.0) * scale for r in ratios})
         errors[(g.id, anchor)] = anchored[(g.id, anchor)]
-    return errors, set(run.exact)
+    return errors
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
