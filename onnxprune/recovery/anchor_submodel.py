@@ -69,6 +69,10 @@ class SubModelAnchors:
         self._nodes = {n.SerializeToString() for n in model.graph.node}
         self._inits = {t.name: t for t in model.graph.initializer}
         self._inputs = {i.name for i in model.graph.input}
+        self._batched = set(self._inputs) - set(self._inits)  # tensors computed from the data (batch axis first)
+        for node in model.graph.node:  # topological order
+            if any(i in self._batched for i in node.input):
+                self._batched.update(o for o in node.output if o)
         self.ref_norm = math.sqrt(sum(float(np.sum(np.square(r[n], dtype=np.float64)))
                                       for r in self.reference for n in self.outputs))
         self._pending: list[_Pending] = []
@@ -154,8 +158,9 @@ class SubModelAnchors:
     def _session(self, p: _Pending, first: Mapping[str, np.ndarray], *, threads: int | None) -> object:
         assert p.model is not None  # callers skip uncut candidates
         sub = p.model
-        sub.graph.input.extend(helper.make_tensor_value_info(
-            n, helper.np_dtype_to_tensor_dtype(first[n].dtype), ["batch", *first[n].shape[1:]])
+        sub.graph.input.extend(helper.make_tensor_value_info(  # a constant's shape (a scalar too) is its own
+            n, helper.np_dtype_to_tensor_dtype(first[n].dtype),
+            ["batch", *first[n].shape[1:]] if n in self._batched else list(first[n].shape))
             for n in p.needed)  # shapes known, so onnxruntime optimizes the sub-model as the whole one
         return self._create(sub, threads=threads)
 
