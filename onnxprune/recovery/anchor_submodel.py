@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
@@ -148,9 +149,8 @@ class SubModelAnchors:
                 if dense is not None:
                     feeds.update(self._run(dense, batch, outputs=list(wanted), label="the original model"))
                 if i == 0:  # the sub-models' input shapes are the activations'
-                    sessions = list(pool.map(lambda p: self._session(p, feeds, threads=threads), cut))
-                totals = list(pool.map(lambda c: self._add_error(c[0], c[1], c[2], feeds, ref),
-                                       zip(cut, sessions, totals, strict=True)))
+                    sessions = list(pool.map(partial(self._session, first=feeds, threads=threads), cut))
+                totals = list(pool.map(partial(self._add_error, feeds=feeds, ref=ref), cut, sessions, totals))
         log.debug("anchor sub-models: %d candidates, %d activations cached per batch", len(cut), len(wanted))
         self.results.update({p.key: self._relative(t) for p, t in zip(cut, totals, strict=True)})
         self.results.update({p.key: 0.0 for p in pending if p.model is None})

@@ -465,7 +465,8 @@ class SensitivityRun:
             self.refine([t for t in self.plans if self.cut(t) is None], stage="uncut candidates")  # error 0, no run
             if defer_anchors:
                 self.deferred = {g.id for g in chosen if (g.id, ratios[0]) in self.exact}
-                self.errors.update({(g, r): math.inf for g in self.deferred for r in ratios if (g, r) not in self.exact})
+                self.errors.update({(g, r): math.inf for g in self.deferred for r in ratios
+                                    if (g, r) not in self.exact})
             self.errors.update(_gram_errors(scorer, self, [g for g in chosen if g.id not in self.deferred], ratios))
         else:
             self.refine(tasks, stage="whole-model candidates")

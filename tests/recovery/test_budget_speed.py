@@ -113,7 +113,6 @@ def test_deferred_anchors_skip_the_groups_a_budget_never_reads():
     """RegNetX-400MF: 44 of its 49 groups have 4 channels, which ratio 0.1 does not cut; a 0.5 MACs budget
     never reads them, so only the other 5 are anchored, and the allocation is the one with every anchor."""
     from onnxprune.config import PruneConfig
-    from onnxprune.recovery.budget import allocate_budget
 
     m = load_model("models/tv_regnet_x_400mf.onnx")
     dg = analyze(m)
