@@ -327,8 +327,10 @@ def sensitivity(
         workers: worker processes for ``processes``, CPUs of the local Ray cluster for ``ray`` (default: all).
         ray_address: Ray cluster to join (``ray`` only; default: start a local one).
         anchor_samples: ``gram`` only: the anchors run on the first calibration batches holding at least this
-            many samples (``None``: all). An anchor only scales its group's curve, so it is reported as an
-            estimate (``exact`` false); a budget measures on every sample each point it reads.
+            many samples (``None``: all), and the Grams that only score (every recovery but ``lstsq``, whose
+            re-fits read them) are accumulated on those same batches, so the whole estimate is that of those
+            samples. An anchor only scales its group's curve, so it is reported as an estimate (``exact``
+            false); a budget measures on every sample each point it reads.
 
     Returns:
         A :class:`SensitivityReport`.
