@@ -27,6 +27,7 @@ from typing import TypeVar
 import numpy as np
 from onnx import ModelProto, NodeProto, helper
 
+from onnxprune.core.progress import progress
 from onnxprune.recovery.calibrate import with_outputs
 
 log = logging.getLogger(__name__)
@@ -57,16 +58,17 @@ class SubModelAnchors:
         batches / reference / outputs: the calibration batches, the original's outputs on them, and the
             float outputs compared (as :class:`onnxprune.recovery.executor.CandidateSpec`).
         threads: onnxruntime intra-op threads (``None``: its default).
+        desc: what progress bars (or progress lines) call a flush, counted in batches.
     """
 
     def __init__(self, model: ModelProto, batches: Sequence[Mapping[str, np.ndarray]],
                  reference: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str], *,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, desc: str = "sub-models") -> None:
         from onnxprune.runtime.session import create_session, run_session
 
         self._create, self._run = create_session, run_session
         self.model, self.batches, self.reference = model, list(batches), list(reference)
-        self.outputs, self.threads = tuple(outputs), threads
+        self.outputs, self.threads, self.desc = tuple(outputs), threads, desc
         self._nodes = {n.SerializeToString() for n in model.graph.node}
         self._inits = {t.name: t for t in model.graph.initializer}
         self._inputs = {i.name for i in model.graph.input}
@@ -144,7 +146,8 @@ class SubModelAnchors:
         dense = self._create(with_outputs(self.model, wanted), threads=self.threads) if wanted else None
         with ThreadPoolExecutor(max_workers=min(len(cut), os.cpu_count() or 1) if parallel else 1) as pool:
             sessions: list[object] = []
-            for i, (batch, ref) in enumerate(zip(self.batches, self.reference, strict=True)):
+            batches = enumerate(zip(self.batches, self.reference, strict=True))
+            for i, (batch, ref) in progress(batches, desc=self.desc, total=len(self.batches)):
                 feeds = dict(batch)
                 if dense is not None:
                     feeds.update(self._run(dense, batch, outputs=list(wanted), label="the original model"))
@@ -179,9 +182,9 @@ class SubModelAnchors:
 
 def measure_anchors(model: ModelProto, build: Callable[[K], ModelProto], keys: Sequence[K],
                     batches: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping[str, np.ndarray]],
-                    outputs: Sequence[str], *, threads: int | None = None) -> dict[K, float]:
+                    outputs: Sequence[str], *, threads: int | None = None, desc: str = "sub-models") -> dict[K, float]:
     """Relative L2 output error of the candidate ``build(key)`` for every key, from cached activations."""
-    runner = SubModelAnchors(model, batches, reference, outputs, threads=threads)
+    runner = SubModelAnchors(model, batches, reference, outputs, threads=threads, desc=desc)
     for key in keys:
         runner.add(key, build(key))
     runner.flush()

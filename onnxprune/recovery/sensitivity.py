@@ -578,7 +578,8 @@ class SensitivityRun:
             def build(key: tuple[int, bytes]) -> ModelProto:  # a throwaway candidate: no shape inference
                 return evaluator.build(evaluator.plan(*runs[key]), infer_shapes=False)
 
-            return measure_anchors(self.model, build, list(runs), spec.batches, spec.reference, spec.outputs)
+            return measure_anchors(self.model, build, list(runs), spec.batches, spec.reference, spec.outputs,
+                                   desc=stage)
         measured = measure_candidates(evaluator, list(runs.values()), accuracy=False, executor=self.executor,
                                       workers=self.workers, desc=stage, ray_address=self.ray_address)
         out: dict[tuple[int, bytes], float] = {}
