@@ -21,12 +21,13 @@ On a bigger box: ``--scaling 1,2,4,8,16 --ray-cpus 16``.
 
 With ``--final --baseline-src DIR`` (DIR: ``git archive 33d7b19 | tar -x -C DIR``, old main), the one table
 the issue asks for, each protocol run in fresh processes, alternating old and new (timings on a shared machine
-are ratios within one run): RegNetX-400MF (256 seeded N(0,1) samples, the 7 default ratios, ``sensitivity``
-and the ``--target-macs 0.5`` budget, :data:`FINAL_REPEATS` pairs) and a full-size ResNet-50 (``tools/resnet50.py``,
-seed 0) on a reduced protocol, the same for both trees: 8 samples, ratios 0.3/0.5/0.7, ``sensitivity`` only,
-one pair (old main's anchors run the whole model on every sample: at 256 samples and every ratio it takes hours
-here). Spearman of the group scores against this tree's ``method="model"`` (every candidate on the whole model,
-same protocol) and between the trees; and the ``prune --target-macs 0.5`` top-1 on digits_cnn's test split.
+are ratios within one run), see :data:`FINAL_PROTOCOLS`: RegNetX-400MF (256 seeded N(0,1) samples, the 7 default
+ratios, ``sensitivity`` and the ``--target-macs 0.5`` budget, 1 pair, Spearman of the group scores against this
+tree's ``method="model"``) and a full-size ResNet-50 (``tools/resnet50.py``, seed 0) at the same protocol, where
+old main's ``sensitivity`` is timed on 2 fixed groups (first and last) against the new tree on the same groups,
+and the new tree also runs every group (old main's time for that, and both trees' budgets, are not measured,
+and not estimated); then ``prune --target-macs 0.5`` on digits_cnn's test split with both trees (top-1, and whether the
+two files are the same bytes).
 
 Calibration: the model's ``<name>_calib.npz`` where shipped, else ``--samples`` seeded standard-normal
 inputs (written to a temporary npz). Run on an idle machine: the figures are wall times.
@@ -50,6 +51,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -239,10 +241,40 @@ def bench_model(path: Path, args: argparse.Namespace, tmp: Path) -> dict[str, ob
     return row
 
 
-#: (name, model, samples, ratios, budget too, alternating pairs) of ``--final``; "resnet50" is built.
+@dataclass(frozen=True)
+class Protocol:
+    """One row of ``--final``.
+
+    Attributes:
+        name / model: the row's name and model path ("resnet50": built by ``tools/resnet50.py``, seed 0).
+        samples / ratios: calibration samples and sensitivity ratios (the budget uses its own 9).
+        budget: also time the ``--target-macs 0.5`` budget.
+        pairs: old/new alternations.
+        old_groups: ``None``: old main runs the whole protocol; a number ``k``: old main's sensitivity runs on
+            ``k`` fixed groups only (the first, then evenly spaced, then the last prunable group by id), and
+            the new tree on the same groups, so that pair is like for like; the new tree also runs the whole
+            protocol (every group, and the budget), whose old-main time is not measured (it is not estimated
+            either).
+        reference: compute the Spearman reference (``method="model"``, every candidate on the whole model).
+    """
+
+    name: str
+    model: str
+    samples: int
+    ratios: tuple[float, ...]
+    budget: bool
+    pairs: int
+    old_groups: int | None = None
+    reference: bool = True
+
+
+#: The ``--final`` rows, sized to run in about 12 minutes on the 2-core development machine. ResNet-50 at 256
+#: samples: old main runs each of its anchors on the whole model over every sample and its Grams over every sample
+#: (about 40 CPU-seconds per 32-sample batch here), so it is timed on 2 fixed groups; its whole-model Spearman
+#: reference (37 groups x 7 ratios on the whole model) would take hours, and so would old main's budget.
 FINAL_PROTOCOLS = (
-    ("RegNetX-400MF", "models/tv_regnet_x_400mf.onnx", 256, DEFAULT_RATIOS, True, 2),
-    ("ResNet-50", "resnet50", 8, (0.3, 0.5, 0.7), False, 1),
+    Protocol("RegNetX-400MF", "models/tv_regnet_x_400mf.onnx", 256, DEFAULT_RATIOS, True, 1),
+    Protocol("ResNet-50", "resnet50", 256, DEFAULT_RATIOS, False, 1, old_groups=2, reference=False),
 )
 FINAL_REPEATS = 2
 
@@ -252,11 +284,12 @@ sys.path.insert(0, sys.argv[1])
 from onnxprune.recovery.sensitivity import sensitivity
 path, calib, samples, ratios, what = sys.argv[2], sys.argv[3], int(sys.argv[4]), \\
     tuple(float(r) for r in sys.argv[5].split(",")), sys.argv[6]
+groups = None if sys.argv[7] == "all" else [int(g) for g in sys.argv[7].split(",")]
 out = {}
 if what in ("sensitivity", "model"):
     t = time.perf_counter()
     kw = {"method": "model"} if what == "model" else {}
-    rep = sensitivity(path, calib, ratios=ratios, max_samples=samples, **kw)
+    rep = sensitivity(path, calib, ratios=ratios, max_samples=samples, groups=groups, **kw)
     out = {"s": time.perf_counter() - t, "scores": {str(g.group): g.score for g in rep.groups}}
 else:
     from onnxprune.config import PruneConfig
@@ -272,20 +305,24 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def _fresh(src: str, path: str, calib: str, samples: int, ratios: tuple[float, ...], what: str) -> dict:
+def _fresh(src: str, path: str, calib: str, samples: int, ratios: tuple[float, ...], what: str,
+           groups: list[int] | None = None) -> dict:
     """One measurement in a fresh process with the package in ``src`` first on the path."""
     import subprocess
 
     proc = subprocess.run([sys.executable, "-c", _RUN, src, path, calib, str(samples),
-                           ",".join(f"{r:g}" for r in ratios), what], capture_output=True, text=True)
+                           ",".join(f"{r:g}" for r in ratios), what,
+                           "all" if groups is None else ",".join(map(str, groups))], capture_output=True, text=True)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not line:
         raise SystemExit(f"{what} with {src} failed:\n{proc.stderr[-3000:]}")
     return dict(json.loads(line[0][len("RESULT "):]))
 
 
-def _digits_top1(src: str, tmp: Path) -> float:
-    """``prune models/digits_cnn.onnx --target-macs 0.5 --calib ... --eval-data ...`` top-1 after, with ``src``."""
+def _digits_top1(src: str, tmp: Path) -> tuple[float, str]:
+    """``prune models/digits_cnn.onnx --target-macs 0.5 --calib ... --eval-data ...`` with ``src``: top-1 after,
+    and the SHA-256 of the file written."""
+    import hashlib
     import subprocess
 
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from onnxprune.cli.main import main; "
@@ -295,15 +332,23 @@ def _digits_top1(src: str, tmp: Path) -> float:
     subprocess.run([sys.executable, "-c", code, src, "prune", "models/digits_cnn.onnx", "-o", str(out),
                     "--target-macs", "0.5", "--calib", "models/digits_cnn_calib.npz", "--eval-data",
                     "models/digits_cnn_test.npz", "--report", str(report), "--quiet"], check=True, cwd=ROOT)
-    return float(json.loads(report.read_text())["accuracy"]["after"]["top1"])
+    return (float(json.loads(report.read_text())["accuracy"]["after"]["top1"]),
+            hashlib.sha256(out.read_bytes()).hexdigest())
+
+
+def _subset(path: Path, k: int) -> list[int]:
+    """``k`` fixed prunable groups of the model: the first, evenly spaced ones, and the last (by id)."""
+    ids = sorted(g.id for g in analyze(load_model(path)).prunable_groups if g.size > 1)
+    picks = np.linspace(0, len(ids) - 1, k).round().astype(int) if k > 1 else [0]
+    return [ids[i] for i in dict.fromkeys(int(p) for p in picks)]
 
 
 def final(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
     """The ``--final`` table: see the module doc."""
     old, new = str(Path(args.baseline_src).resolve()), str(ROOT)
     rows: list[dict[str, object]] = []
-    for name, model, samples, ratios, budget, pairs in FINAL_PROTOCOLS:
-        if model == "resnet50":
+    for proto in FINAL_PROTOCOLS:
+        if proto.model == "resnet50":
             from tools.resnet50 import resnet50
 
             path = tmp / "resnet50.onnx"
@@ -311,38 +356,52 @@ def final(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
 
             onnx.save(resnet50(seed=0), path)
         else:
-            path = ROOT / model
+            path = ROOT / proto.model
+        name, samples, ratios = proto.name, proto.samples, proto.ratios
         calib, _ = calibration(path, samples, tmp)
-        row: dict[str, object] = {"model": name, "samples": samples, "ratios": list(ratios), "pairs": pairs}
-        whats = ["sensitivity"] + (["budget"] if budget else [])
+        row: dict[str, object] = {"model": name, "samples": samples, "ratios": list(ratios), "pairs": proto.pairs}
+        subset = None if proto.old_groups is None else _subset(path, proto.old_groups)
+        # (label, what, groups, trees): a like-for-like old/new pair, or the new tree alone on the whole protocol
+        plan: list[tuple[str, str, list[int] | None, tuple[str, ...]]] = []
+        plan.append(("sensitivity", "sensitivity", subset, ("old", "new")))
+        if subset is not None:
+            row["old_groups"] = subset
+            plan.append(("sensitivity_all", "sensitivity", None, ("new",)))
+        if proto.budget:
+            plan.append(("budget", "budget", None, ("old", "new") if subset is None else ("new",)))
         runs: dict[tuple[str, str], list[dict]] = {}
-        for _ in range(pairs):
-            for what in whats:
-                for tree, src in (("old", old), ("new", new)):
-                    r = _fresh(src, str(path), calib, samples, ratios, what)
-                    runs.setdefault((tree, what), []).append(r)
-                    print(f"  {name} {what} {tree}: {r['s']:.1f} s (load {os.getloadavg()[0]:.1f})", flush=True)
-        for what in whats:
-            t_old = [r["s"] for r in runs[("old", what)]]
-            t_new = [r["s"] for r in runs[("new", what)]]
-            row[f"{what}_old_s"] = [round(t, 1) for t in t_old]
-            row[f"{what}_new_s"] = [round(t, 1) for t in t_new]
-            row[f"{what}_speedup"] = round(sum(t_old) / sum(t_new), 2)
-        if budget:
+        for _ in range(proto.pairs):
+            for label, what, groups, trees in plan:
+                for tree in trees:
+                    r = _fresh(old if tree == "old" else new, str(path), calib, samples, ratios, what, groups)
+                    runs.setdefault((tree, label), []).append(r)
+                    print(f"  {name} {label} {tree}: {r['s']:.1f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+        for label, _, _, trees in plan:
+            for tree in trees:
+                row[f"{label}_{tree}_s"] = [round(r["s"], 1) for r in runs[(tree, label)]]
+            if len(trees) == 2:
+                row[f"{label}_speedup"] = round(sum(r["s"] for r in runs[("old", label)])
+                                                / sum(r["s"] for r in runs[("new", label)]), 2)
+        if proto.budget and subset is None:
             row["same_allocation"] = all(r["ratios"] == runs[("old", "budget")][0]["ratios"]
                                          for r in runs[("new", "budget")] + runs[("old", "budget")])
-        ref = _fresh(new, str(path), calib, samples, ratios, "model")
-        row["reference_model_s"] = round(ref["s"], 1)
-        groups = sorted(ref["scores"], key=int)
         s_new, s_old = runs[("new", "sensitivity")][0]["scores"], runs[("old", "sensitivity")][0]["scores"]
-        row["groups"] = len(groups)
-        s_ref = ref["scores"]
-        for a, b, key in ((s_new, s_ref, "new_vs_model"), (s_old, s_ref, "old_vs_model"), (s_new, s_old, "new_vs_old")):
-            row[f"spearman_{key}"] = round(spearman([a[g] for g in groups], [b[g] for g in groups]), 4)
+        if proto.reference:
+            ref = _fresh(new, str(path), calib, samples, ratios, "model")
+            row["reference_model_s"] = round(ref["s"], 1)
+            groups = sorted(ref["scores"], key=int)
+            row["groups"] = len(groups)
+            s_ref = ref["scores"]
+            for a, b, key in ((s_new, s_ref, "new_vs_model"), (s_old, s_ref, "old_vs_model"),
+                              (s_new, s_old, "new_vs_old")):
+                row[f"spearman_{key}"] = round(spearman([a[g] for g in groups], [b[g] for g in groups]), 4)
+        else:
+            row["groups"] = len(runs[("new", "sensitivity_all" if subset else "sensitivity")][0]["scores"])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    digits = {"model": "digits_cnn prune --target-macs 0.5", "top1_old": _digits_top1(old, tmp),
-              "top1_new": _digits_top1(new, tmp)}
+    (top_old, sha_old), (top_new, sha_new) = _digits_top1(old, tmp), _digits_top1(new, tmp)
+    digits = {"model": "digits_cnn prune --target-macs 0.5", "top1_old": top_old, "top1_new": top_new,
+              "same_file": sha_old == sha_new}
     rows.append(digits)
     print(json.dumps(digits), flush=True)
     print()
@@ -350,12 +409,19 @@ def final(args: argparse.Namespace, tmp: Path) -> list[dict[str, object]]:
           "model / old vs model / new vs old |")
     print("|---|---|---|---:|---|---:|---|")
     for row in rows[:-1]:
+        sub = f" (old main on groups {row['old_groups']} only)" if "old_groups" in row else ""
         budget_cells = (f"{row['budget_old_s']} / {row['budget_new_s']} | {row['budget_speedup']}x"
-                        if "budget_old_s" in row else "- | -")
-        print(f"| {row['model']} | {row['samples']} samples, ratios {row['ratios']} | {row['sensitivity_old_s']} / "
-              f"{row['sensitivity_new_s']} | {row['sensitivity_speedup']}x | {budget_cells} | "
-              f"{row['spearman_new_vs_model']} / {row['spearman_old_vs_model']} / {row['spearman_new_vs_old']} |")
-    print(f"digits_cnn --target-macs 0.5 top-1 after: old {digits['top1_old']:.2%}, new {digits['top1_new']:.2%}")
+                        if "budget_old_s" in row else
+                        f"- / {row['budget_new_s']} | -" if "budget_new_s" in row else "- | -")
+        sens = (f"{row['sensitivity_old_s']} / {row['sensitivity_new_s']}{sub}"
+                + (f"; all {row['groups']} groups: new {row['sensitivity_all_new_s']}"
+                   if "sensitivity_all_new_s" in row else ""))
+        rho = (f"{row['spearman_new_vs_model']} / {row['spearman_old_vs_model']} / {row['spearman_new_vs_old']}"
+               if "spearman_new_vs_model" in row else "not measured")
+        print(f"| {row['model']} | {row['samples']} samples, ratios {row['ratios']} | {sens} | "
+              f"{row['sensitivity_speedup']}x | {budget_cells} | {rho} |")
+    print(f"digits_cnn --target-macs 0.5 top-1 after: old {digits['top1_old']:.2%}, new {digits['top1_new']:.2%}, "
+          f"same file: {digits['same_file']}")
     return rows
 
 

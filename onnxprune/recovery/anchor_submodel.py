@@ -9,7 +9,8 @@ inputs, collected in one pass of the dense model per flush of pending candidates
 candidate's own on the same inputs, so the error equals the whole-model one to float round-off (tested).
 
 Candidates are built and held until a flush (when the held sub-models pass :data:`FLUSH_BYTES`, and at the
-end); the activations of one flush are dropped after it, so memory is bounded by one flush's tensors.
+end). A flush goes batch by batch (the dense model's activations for one batch, then every held sub-model on
+them), so memory is bounded by one flush's sessions and one batch's tensors, whatever the samples.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
 from onnx import ModelProto, NodeProto, helper
 
+from onnxprune.core.progress import progress
 from onnxprune.recovery.calibrate import with_outputs
 
 log = logging.getLogger(__name__)
@@ -54,19 +58,24 @@ class SubModelAnchors:
         batches / reference / outputs: the calibration batches, the original's outputs on them, and the
             float outputs compared (as :class:`onnxprune.recovery.executor.CandidateSpec`).
         threads: onnxruntime intra-op threads (``None``: its default).
+        desc: what progress bars (or progress lines) call a flush, counted in batches.
     """
 
     def __init__(self, model: ModelProto, batches: Sequence[Mapping[str, np.ndarray]],
                  reference: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str], *,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, desc: str = "sub-models") -> None:
         from onnxprune.runtime.session import create_session, run_session
 
         self._create, self._run = create_session, run_session
         self.model, self.batches, self.reference = model, list(batches), list(reference)
-        self.outputs, self.threads = tuple(outputs), threads
+        self.outputs, self.threads, self.desc = tuple(outputs), threads, desc
         self._nodes = {n.SerializeToString() for n in model.graph.node}
         self._inits = {t.name: t for t in model.graph.initializer}
         self._inputs = {i.name for i in model.graph.input}
+        self._batched = set(self._inputs) - set(self._inits)  # tensors computed from the data (batch axis first)
+        for node in model.graph.node:  # topological order
+            if any(i in self._batched for i in node.input):
+                self._batched.update(o for o in node.output if o)
         self.ref_norm = math.sqrt(sum(float(np.sum(np.square(r[n], dtype=np.float64)))
                                       for r in self.reference for n in self.outputs))
         self._pending: list[_Pending] = []
@@ -116,58 +125,66 @@ class SubModelAnchors:
         return sub
 
     def flush(self) -> None:
-        """Run every queued candidate: one dense pass for the activations they read, then each sub-model."""
+        """Run every queued candidate, batch by batch: one dense run per batch for the activations they read,
+        then each sub-model on it.
+
+        Batch by batch, so only one batch's activations are held (a full-size CNN's inputs to its deeper
+        blocks over hundreds of samples would not fit), and each candidate's squared error is summed in batch
+        order, as a whole-model pass sums it.
+        """
         pending, self._pending, self._held = self._pending, [], 0
         if not pending:
             return
         wanted = list(dict.fromkeys(n for p in pending for n in p.needed if n not in self._inputs))
-        acts = self._activations(wanted)
         cut = [p for p in pending if p.model is not None]
-        if self.threads is None and len(cut) > 1:
-            # one single-threaded session per sub-model, as many at a time as there are cores: no thread pool
-            # to build per session (about as long as building the session itself on RegNetX-400MF), and the
-            # runs, which release the GIL, fill the cores; each candidate's sum is its own, in batch order
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=min(len(cut), os.cpu_count() or 1)) as pool:
-                errors = list(pool.map(lambda p: self._measure(p, acts, threads=1), cut))
-        else:
-            errors = [self._measure(p, acts) for p in cut]
-        self.results.update({p.key: e for p, e in zip(cut, errors, strict=True)})
+        # one single-threaded session per sub-model, as many at a time as there are cores: no thread pool to
+        # build per session (about as long as building the session itself on RegNetX-400MF), and the runs,
+        # which release the GIL, fill the cores; each candidate's sum is its own, in batch order
+        parallel = self.threads is None and len(cut) > 1
+        threads = 1 if parallel else self.threads
+        totals = [0.0] * len(cut)
+        dense = self._create(with_outputs(self.model, wanted), threads=self.threads) if wanted else None
+        with ThreadPoolExecutor(max_workers=min(len(cut), os.cpu_count() or 1) if parallel else 1) as pool:
+            sessions: list[object] = []
+            batches = enumerate(zip(self.batches, self.reference, strict=True))
+            for i, (batch, ref) in progress(batches, desc=self.desc, total=len(self.batches)):
+                feeds = dict(batch)
+                if dense is not None:
+                    feeds.update(self._run(dense, batch, outputs=list(wanted), label="the original model"))
+                if i == 0:  # the sub-models' input shapes are the activations'
+                    sessions = list(pool.map(partial(self._session, first=feeds, threads=threads), cut))
+                totals = list(pool.map(partial(self._add_error, feeds=feeds, ref=ref), cut, sessions, totals))
+        log.debug("anchor sub-models: %d candidates, %d activations cached per batch", len(cut), len(wanted))
+        self.results.update({p.key: self._relative(t) for p, t in zip(cut, totals, strict=True)})
         self.results.update({p.key: 0.0 for p in pending if p.model is None})
 
-    def _activations(self, wanted: Sequence[str]) -> list[dict[str, np.ndarray]]:
-        per_batch: list[dict[str, np.ndarray]] = [dict(b) for b in self.batches]
-        if wanted:
-            sess = self._create(with_outputs(self.model, wanted), threads=self.threads)
-            for feeds, batch in zip(per_batch, self.batches, strict=True):
-                feeds.update(self._run(sess, batch, outputs=list(wanted), label="the original model"))
-        log.debug("anchor sub-models: %d activations cached", len(wanted))
-        return per_batch
-
-    def _measure(self, p: _Pending, acts: Sequence[Mapping[str, np.ndarray]], *, threads: int | None = None) -> float:
+    def _session(self, p: _Pending, first: Mapping[str, np.ndarray], *, threads: int | None) -> object:
         assert p.model is not None  # callers skip uncut candidates
         sub = p.model
-        first = acts[0]
-        sub.graph.input.extend(helper.make_tensor_value_info(
-            n, helper.np_dtype_to_tensor_dtype(first[n].dtype), ["batch", *first[n].shape[1:]])
+        sub.graph.input.extend(helper.make_tensor_value_info(  # a constant's shape (a scalar too) is its own
+            n, helper.np_dtype_to_tensor_dtype(first[n].dtype),
+            ["batch", *first[n].shape[1:]] if n in self._batched else list(first[n].shape))
             for n in p.needed)  # shapes known, so onnxruntime optimizes the sub-model as the whole one
-        sess = self._create(sub, threads=threads or self.threads)
-        total = 0.0
-        for feeds, ref in zip(acts, self.reference, strict=True):
-            got = self._run(sess, {n: feeds[n] for n in p.needed}, outputs=list(p.outputs),
-                            label="a pruned candidate")
-            for n in p.outputs:
-                total += float(np.sum(np.square(got[n].astype(np.float64) - ref[n])))
+        return self._create(sub, threads=threads)
+
+    def _add_error(self, p: _Pending, sess: object, total: float, feeds: Mapping[str, np.ndarray],
+                   ref: Mapping[str, np.ndarray]) -> float:
+        """``total`` plus the candidate's squared error on one batch, output by output (the whole-model order)."""
+        got = self._run(sess, {n: feeds[n] for n in p.needed}, outputs=list(p.outputs), label="a pruned candidate")
+        for n in p.outputs:
+            total += float(np.sum(np.square(got[n].astype(np.float64) - ref[n])))
+        return total
+
+    def _relative(self, total: float) -> float:
         # as CandidateEvaluator.error, so an anchor equals its whole-model measurement
         return float(np.sqrt(total) / self.ref_norm) if self.ref_norm > 0 else float(np.sqrt(total))
 
 
 def measure_anchors(model: ModelProto, build: Callable[[K], ModelProto], keys: Sequence[K],
                     batches: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping[str, np.ndarray]],
-                    outputs: Sequence[str], *, threads: int | None = None) -> dict[K, float]:
+                    outputs: Sequence[str], *, threads: int | None = None, desc: str = "sub-models") -> dict[K, float]:
     """Relative L2 output error of the candidate ``build(key)`` for every key, from cached activations."""
-    runner = SubModelAnchors(model, batches, reference, outputs, threads=threads)
+    runner = SubModelAnchors(model, batches, reference, outputs, threads=threads, desc=desc)
     for key in keys:
         runner.add(key, build(key))
     runner.flush()

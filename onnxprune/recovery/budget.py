@@ -288,7 +288,8 @@ def allocate_budget(model: ModelProto, dg: DependencyGraph, config: object) -> d
                             recover=recover, dg=dg, method=str(getattr(config, "sensitivity_method", "gram")),
                             executor=str(getattr(config, "executor", "local")),
                             workers=getattr(config, "workers", None), ray_address=getattr(config, "ray_address", None),
-                            anchor_samples=getattr(config, "anchor_samples", DEFAULT_ANCHOR_SAMPLES))
+                            anchor_samples=getattr(config, "anchor_samples", DEFAULT_ANCHOR_SAMPLES),
+                            defer_anchors=True)
     options = {k: getattr(config, k) for k in ("round_to", "min_channels", "exclude", "seed") if hasattr(config, k)}
 
     def allocate_run(report: SensitivityReport) -> dict[int, float]:
@@ -308,6 +309,8 @@ def refine_allocation(run: SensitivityRun, allocate_run: Callable[[SensitivityRe
     The greedy reads, for each group, the errors at every ratio up to one step past the one it chose; once
     all of those are whole-model measurements, its steps are exactly those it would take on curves measured
     entirely on the whole model, so the Gram estimates only decide which candidates are worth measuring.
+    A deferred group (``defer_anchors``) is anchored, and the allocation made again, as soon as the greedy
+    reads one of its (+inf) estimates: the same argument holds, whatever the estimates were.
     """
     while True:
         report = run.report()
@@ -317,5 +320,9 @@ def refine_allocation(run: SensitivityRun, allocate_run: Callable[[SensitivityRe
             r = ratios.get(g.group, 0.0)
             level = g.ratios.index(r) if r in g.ratios else -1
             touched += [(g.group, q) for q in g.ratios[:level + 2]]
+        unanchored = {gid for gid, q in touched if gid in run.deferred and (gid, q) not in run.exact}
+        if unanchored:
+            run.anchor(unanchored)
+            continue
         if not run.refine(touched):
             return ratios

@@ -611,6 +611,7 @@ def collect_stats(
     max_samples: int | None = None,
     provider: str = "cpu",
     threads: int | None = None,
+    gram_samples: int | None = None,
 ) -> ActivationStats:
     """Run ``model`` on ``data`` and reduce the listed tensors into streaming per-channel statistics.
 
@@ -628,9 +629,14 @@ def collect_stats(
         max_samples: use at most this many samples.
         provider: onnxruntime execution provider (short name, default ``cpu``).
         threads: onnxruntime intra-op threads (default: one per core).
+        gram_samples: accumulate the Grams only on the batches that start before this many samples (``None``:
+            every batch; channel statistics always see every sample). Why: a Gram costs ``rows × K²``, far
+            more than the pass, and a Gram that only ranks cuts needs fewer samples than one a re-fit solves
+            with. ``0`` collects no Gram at all (a shard past the first samples).
 
     Returns:
-        :class:`ActivationStats` with ``channels[tensor]`` and ``grams[layer]``.
+        :class:`ActivationStats` with ``channels[tensor]`` and ``grams[layer]`` (a Gram that saw no batch,
+        with ``gram_samples=0``, is absent).
 
     Raises:
         CalibrationError: bad data (missing input key, wrong dtype or shape, no samples).
@@ -659,15 +665,16 @@ def collect_stats(
             check_finite(np.asarray(value), f"activation '{t}' on the calibration data (--calib)")
         for t, acc in chan_accs.items():
             acc.add(values[t])
-        for g in gram_accs:
-            g.add(values[g.tensor])
+        if gram_samples is None or samples < gram_samples:
+            for g in gram_accs:
+                g.add(values[g.tensor])
         samples += _batch_samples(feed)
     if samples == 0:
         raise CalibrationError("calibration data holds no samples; pass at least one batch")
     log.debug("calibrated on %d samples: %d tensors, %d Gram matrices", samples, len(chan_accs), len(gram_accs))
     return ActivationStats(
         channels={t: a.result() for t, a in chan_accs.items()},
-        grams={g.name: g.result() for g in gram_accs},
+        grams={g.name: g.result() for g in gram_accs if g.rows or gram_samples != 0},
         samples=samples,
     )
 

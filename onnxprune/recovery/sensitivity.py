@@ -327,8 +327,10 @@ def sensitivity(
         workers: worker processes for ``processes``, CPUs of the local Ray cluster for ``ray`` (default: all).
         ray_address: Ray cluster to join (``ray`` only; default: start a local one).
         anchor_samples: ``gram`` only: the anchors run on the first calibration batches holding at least this
-            many samples (``None``: all). An anchor only scales its group's curve, so it is reported as an
-            estimate (``exact`` false); a budget measures on every sample each point it reads.
+            many samples (``None``: all), and the Grams that only score (every recovery but ``lstsq``, whose
+            re-fits read them) are accumulated on those same batches, so the whole estimate is that of those
+            samples. An anchor only scales its group's curve, so it is reported as an estimate (``exact``
+            false); a budget measures on every sample each point it reads.
 
     Returns:
         A :class:`SensitivityReport`.
@@ -364,9 +366,15 @@ def start_sensitivity(
     workers: int | None = None,
     ray_address: str | None = None,
     anchor_samples: int | None = DEFAULT_ANCHOR_SAMPLES,
+    defer_anchors: bool = False,
 ) -> SensitivityRun:
     """As :func:`sensitivity`, but returns the :class:`SensitivityRun` (its ``report()``, and ``refine()`` to
     measure more points on the whole model).
+
+    ``defer_anchors`` (the Gram path; what budgets use): a group whose first ratio cuts nothing is neither
+    scored nor anchored until :meth:`SensitivityRun.anchor` asks; until then its estimated points read as
+    +inf. Why: a budget's greedy steps into such a group only when no step that saves anything is left, so
+    most of these anchors (44 of RegNetX-400MF's 49 four-channel groups) would never be read.
 
     Raises:
         ConfigError, CalibrationError: as :func:`sensitivity`.
@@ -394,7 +402,7 @@ def start_sensitivity(
     return SensitivityRun(m, dg, chosen, calib, ratios=ratios, eval_data=eval_data, importance=importance,
                           recover=recover, batch_size=batch_size, max_samples=max_samples, labels=labels,
                           method=method, executor=executor, workers=workers, ray_address=ray_address,
-                          anchor_samples=anchor_samples)
+                          anchor_samples=anchor_samples, defer_anchors=defer_anchors)
 
 
 class SensitivityRun:
@@ -408,7 +416,8 @@ class SensitivityRun:
                  calib: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]], *, ratios: tuple[float, ...],
                  eval_data: str | os.PathLike[str] | None, importance: str, recover: str, batch_size: int,
                  max_samples: int | None, labels: str, method: str, executor: str, workers: int | None,
-                 ray_address: str | None = None, anchor_samples: int | None = None) -> None:
+                 ray_address: str | None = None, anchor_samples: int | None = None,
+                 defer_anchors: bool = False) -> None:
         self.model, self.dg, self.chosen, self.ratios = m, dg, list(chosen), ratios
         self.anchor_samples = anchor_samples
         self.importance, self.recover, self.method = importance, recover, method
@@ -423,11 +432,15 @@ class SensitivityRun:
         data, collect = calibration_pass(calib, meter.batches, samples=meter.samples, batch_size=batch_size,
                                          executor=executor, workers=workers, ray_address=ray_address)
         if method == "gram":
+            from functools import partial
+
             from onnxprune.recovery.gram_score import GramScorer
 
-            # the one calibration pass: every consumer's Gram (and input means) serves scoring and recovery alike
+            # the one calibration pass: every consumer's Gram (and input means) serves scoring and recovery alike;
+            # Grams that only score (no lstsq re-fit reads them) see the anchors' samples, see gram_samples()
+            grams_on = None if recover == "lstsq" else self.gram_samples(meter.batches)
             stats = recovery_stats(m, dg, data, "lstsq" if recover != "bias" else "both",  # Grams (+ means)
-                                   collect=collect)
+                                   collect=partial(collect or collect_stats, gram_samples=grams_on))
             assert stats is not None
             rstats = stats if recover != "none" else None
             scorer = GramScorer(m, dg, stats, recover=recover)
@@ -447,8 +460,16 @@ class SensitivityRun:
         self.exact: set[Task] = set()
         self._cuts: dict[tuple[int, bytes], float] = {}  # whole-model error of each distinct cut measured
         self._rough: dict[tuple[int, bytes], float] = {}  # the same on the anchors' first samples only
+        #: groups whose curve is not anchored yet (``defer_anchors``): their estimated points read as +inf
+        self.deferred: set[int] = set()
+        self._scorer = scorer
         if scorer is not None:
-            self.errors, self.exact = _gram_errors(scorer, self, chosen, ratios, clock)
+            self.refine([t for t in self.plans if self.cut(t) is None], stage="uncut candidates")  # error 0, no run
+            if defer_anchors:
+                self.deferred = {g.id for g in chosen if (g.id, ratios[0]) in self.exact}
+                self.errors.update({(g, r): math.inf for g in self.deferred for r in ratios
+                                    if (g, r) not in self.exact})
+            self.errors.update(_gram_errors(scorer, self, [g for g in chosen if g.id not in self.deferred], ratios))
         else:
             self.refine(tasks, stage="whole-model candidates")
         self.base_acc = None
@@ -460,6 +481,14 @@ class SensitivityRun:
             self.accs = {t: r.accuracy for t, r in zip(tasks, measured, strict=True)}
             clock.done("accuracy", len(tasks), "candidates")
         self.base = model_stats(m)
+
+    def anchor(self, group_ids: Iterable[int]) -> None:
+        """Score and anchor the curves of deferred groups (see ``defer_anchors`` of :func:`start_sensitivity`)."""
+        todo = [g for g in self.chosen if g.id in set(group_ids) & self.deferred]
+        if todo and self._scorer is not None:
+            self.deferred -= {g.id for g in todo}
+            found = _gram_errors(self._scorer, self, todo, self.ratios)
+            self.errors.update({t: e for t, e in found.items() if t not in self.exact})
 
     def refine(self, tasks: Iterable[Task], *, stage: str = "whole-model refinement") -> int:
         """Measure ``tasks`` not measured yet on the whole model, replacing their estimates; how many were.
@@ -476,11 +505,7 @@ class SensitivityRun:
             key = self.cut(t)
             if key is not None and key not in self._cuts:
                 runs.setdefault(key, t)
-        measured = measure_candidates(self.evaluator, list(runs.values()), accuracy=False, executor=self.executor,
-                                      workers=self.workers, desc=stage, ray_address=self.ray_address)
-        for key, r in zip(runs, measured, strict=True):
-            assert r.error is not None  # asked for
-            self._cuts[key] = r.error
+        self._cuts.update(self._measure(self.evaluator, runs, stage))
         for t in todo:
             key = self.cut(t)
             self.errors[t] = 0.0 if key is None else self._cuts[key]
@@ -498,12 +523,7 @@ class SensitivityRun:
         within ``anchor_samples`` (or ``None``), this is :meth:`refine`.
         """
         spec = self.evaluator.spec
-        count, kept = 0, 0
-        for batch in spec.batches:
-            if self.anchor_samples is None or count >= self.anchor_samples:
-                break
-            count += next(iter(batch.values())).shape[0]
-            kept += 1
+        count, kept = self._first_batches(spec.batches)
         if self.anchor_samples is None or kept == len(spec.batches):
             self.refine(tasks, stage=stage)
             return {t: self.errors[t] for t in tasks}
@@ -517,21 +537,56 @@ class SensitivityRun:
                                                          reference=spec.reference[:kept]),
                                      model=self.model, dg=self.dg)
             sub.known_plans = self.plans
-            if self.executor == "local" and SubModelAnchors.supported(self.model):
-                # only what each cut changes runs, fed the dense model's activations (equal to round-off)
-                def build(key: tuple[int, bytes]) -> ModelProto:  # a throwaway candidate: no shape inference
-                    return sub.build(sub.plan(*runs[key]), infer_shapes=False)
-
-                self._rough.update(measure_anchors(self.model, build, list(runs), spec.batches[:kept],
-                                                   spec.reference[:kept], spec.outputs))
-            else:
-                measured = measure_candidates(sub, list(runs.values()), accuracy=False, executor=self.executor,
-                                              workers=self.workers, desc=stage, ray_address=self.ray_address)
-                for key, r in zip(runs, measured, strict=True):
-                    assert r.error is not None  # asked for
-                    self._rough[key] = r.error
+            self._rough.update(self._measure(sub, runs, stage))
             self.clock.done(stage, len(runs), f"candidates on {count} samples")
         return {t: 0.0 if (key := self.cut(t)) is None else self._rough[key] for t in tasks}
+
+    def _first_batches(self, batches: Sequence[Mapping[str, np.ndarray]]) -> tuple[int, int]:
+        """``(samples, batches)`` of the first calibration batches holding ``anchor_samples`` samples."""
+        count, kept = 0, 0
+        for batch in batches:
+            if self.anchor_samples is None or count >= self.anchor_samples:
+                break
+            count += next(iter(batch.values())).shape[0]
+            kept += 1
+        return count, kept
+
+    def gram_samples(self, batches: Sequence[Mapping[str, np.ndarray]]) -> int | None:
+        """Samples the scoring Grams are accumulated on: the anchors' first batches (``None``: every sample).
+
+        Why: a Gram costs ``rows × K²`` (im2col Grams of a full-size ResNet-50 up to 4608² per 3×3 conv), far
+        more than the calibration run, and it only shapes a group's curve, which an anchor on those same
+        samples then scales; a budget re-measures on every sample each point it reads, so the Grams never
+        decide an allocation (see :func:`onnxprune.recovery.budget.refine_allocation`). Channel statistics
+        (bias recovery's means) still see every sample.
+        """
+        count, kept = self._first_batches(batches)
+        return None if self.anchor_samples is None or kept == len(batches) else count
+
+    def _measure(self, evaluator: CandidateEvaluator, runs: Mapping[tuple[int, bytes], Task],
+                 stage: str) -> dict[tuple[int, bytes], float]:
+        """The error of each cut in ``runs`` on ``evaluator``'s batches.
+
+        The Gram path in this process runs only what each cut changes, fed the dense model's activations
+        (:mod:`onnxprune.recovery.anchor_submodel`: equal to the whole-model error to float32 round-off);
+        ``method="model"`` (the reference) and the other executors run each candidate on the whole model.
+        """
+        if not runs:
+            return {}
+        spec = evaluator.spec
+        if self.method == "gram" and self.executor == "local" and SubModelAnchors.supported(self.model):
+            def build(key: tuple[int, bytes]) -> ModelProto:  # a throwaway candidate: no shape inference
+                return evaluator.build(evaluator.plan(*runs[key]), infer_shapes=False)
+
+            return measure_anchors(self.model, build, list(runs), spec.batches, spec.reference, spec.outputs,
+                                   desc=stage)
+        measured = measure_candidates(evaluator, list(runs.values()), accuracy=False, executor=self.executor,
+                                      workers=self.workers, desc=stage, ray_address=self.ray_address)
+        out: dict[tuple[int, bytes], float] = {}
+        for key, r in zip(runs, measured, strict=True):
+            assert r.error is not None  # asked for
+            out[key] = r.error
+        return out
 
     def cut(self, task: Task) -> tuple[int, bytes] | None:
         """What candidate ``task`` builds: its group and kept channels, ``None`` when it cuts nothing."""
@@ -555,13 +610,13 @@ class SensitivityRun:
                                  self.base.params, self.base_acc, tuple(results), self.method)
 
 
-def _gram_errors(scorer: GramScorer, run: SensitivityRun, chosen: Sequence[ChannelGroup], ratios: Sequence[float],
-                 clock: Stages) -> tuple[dict[Task, float], set[Task]]:
-    """Gram-scored curves, each scaled by one whole-model measurement at the middle ratio (see :func:`sensitivity`)."""
-    nothing = [t for t in run.plans if run.cut(t) is None]
-    run.refine(nothing, stage="uncut candidates")  # the original model: error 0, nothing run
-    local = {t: 0.0 if t in run.exact else scorer.score(p) for t, p in run.plans.items()}
-    clock.done("gram scores", len(local), "candidates")
+def _gram_errors(scorer: GramScorer, run: SensitivityRun, chosen: Sequence[ChannelGroup],
+                 ratios: Sequence[float]) -> dict[Task, float]:
+    """``chosen``'s Gram-scored curves, each scaled by one whole-model measurement at the middle ratio (see
+    :func:`sensitivity`); uncut candidates must be measured (error 0) before."""
+    mine = [(g.id, r) for g in chosen for r in ratios]
+    local = {t: 0.0 if t in run.exact else scorer.score(run.plans[t]) for t in mine}
+    run.clock.done("gram scores", len(local), "candidates")
     anchor = ratios[len(ratios) // 2]
     model_tasks: list[Task] = []
     anchor_tasks: list[Task] = []
@@ -574,18 +629,17 @@ def _gram_errors(scorer: GramScorer, run: SensitivityRun, chosen: Sequence[Chann
             anchor_tasks.append((g.id, anchor))
     run.refine(model_tasks, stage="whole-model candidates")
     anchored = run.estimate(anchor_tasks)
-    exact = run.errors
     errors: dict[Task, float] = {}
     for g in chosen:
-        if all((g.id, r) in exact for r in ratios):
-            errors.update({(g.id, r): exact[(g.id, r)] for r in ratios})
+        if all((g.id, r) in run.exact for r in ratios):
+            errors.update({(g.id, r): run.errors[(g.id, r)] for r in ratios})
             continue
         at = local[(g.id, anchor)]
         assert at is not None  # groups without a score were measured at every ratio above
         scale = anchored[(g.id, anchor)] / at
         errors.update({(g.id, r): float(local[(g.id, r)] or 0.0) * scale for r in ratios})
         errors[(g.id, anchor)] = anchored[(g.id, anchor)]
-    return errors, set(run.exact)
+    return errors
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:

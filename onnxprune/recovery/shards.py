@@ -35,6 +35,7 @@ class _Shard:
     tensors: dict[str, int | None]
     gram_for: tuple[str, ...]
     batch_size: int
+    gram_samples: int | None = None  # of this shard's samples (see collect_stats)
 
 
 def _parse(model: bytes) -> ModelProto:
@@ -48,7 +49,7 @@ def _reduce_shard(model: ModelProto, shard: _Shard) -> ActivationStats:
 
     feeds = {k: v[shard.start:shard.stop] for k, v in load_npz_feeds(shard.path, model).items()}
     return collect_stats(model, list(iter_batches(feeds, shard.batch_size)), tensors=shard.tensors,
-                         gram_for=shard.gram_for, threads=1)
+                         gram_for=shard.gram_for, threads=1, gram_samples=shard.gram_samples)
 
 
 _worker_model: ModelProto | None = None
@@ -91,8 +92,9 @@ def merge_stats(parts: Sequence[ActivationStats]) -> ActivationStats:
         channels[name] = ChannelStats(tensor=name, axis=c0.axis, channels=c0.channels, count=count,
                                       samples=sum(c.samples for c in present), **pooled)
     grams: dict[str, GramStats] = {}
-    for name, g0 in first.grams.items():
-        gs = [p.grams.get(name) for p in parts]
+    with_grams = [p for p in parts if p.grams]  # shards past collect_stats' gram_samples hold none
+    for name, g0 in (with_grams[0].grams if with_grams else {}).items():
+        gs = [p.grams.get(name) for p in with_grams]
         if any(g is None or g.gram.shape != g0.gram.shape for g in gs):
             raise CalibrationError(f"calibration shards disagree on layer '{name}'")
         grams[name] = GramStats(node=name, tensor=g0.tensor, kind=g0.kind, groups=g0.groups,
@@ -114,6 +116,7 @@ def collect_stats_sharded(
     ray_address: str | None = None,
     workers: int | None = None,
     max_samples: int | None = None,
+    gram_samples: int | None = None,
 ) -> ActivationStats:
     """:func:`~onnxprune.recovery.calibrate.collect_stats` over ``shards`` sample ranges of an npz, reduced
     in parallel (``local``, ``processes`` or ``ray``) and summed (:func:`merge_stats`).
@@ -121,7 +124,9 @@ def collect_stats_sharded(
     ``workers`` bounds the shards reduced at a time (default: one per core, or every shard on Ray); the
     result depends on ``shards`` only. Ranges start at multiples of the batch (the model's fixed batch, else
     ``batch_size``), so every shard runs the batches a single pass would; ``max_samples`` reads only the first
-    samples (as :func:`~onnxprune.recovery.calibrate.iter_feeds` does).
+    samples (as :func:`~onnxprune.recovery.calibrate.iter_feeds` does); ``gram_samples`` accumulates the Grams on
+the batches starting before that many samples, as the single pass does (a shard's batches are the single
+pass's).
 
     Raises:
         ConfigError: ``shards`` below 1, unknown executor, Ray missing or unreachable; CalibrationError: bad
@@ -148,7 +153,8 @@ def collect_stats_sharded(
     cuts = np.linspace(0, batches, min(shards, batches) + 1).astype(int) * step
     bounds = np.minimum(cuts, n)
     axes = dict(tensors) if isinstance(tensors, Mapping) else dict.fromkeys(tensors)
-    jobs = [_Shard(str(data), int(a), int(b), axes, tuple(gram_for), step)
+    jobs = [_Shard(str(data), int(a), int(b), axes, tuple(gram_for), step,
+                   None if gram_samples is None else max(0, gram_samples - int(a)))
             for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
     if executor == "local" or len(jobs) == 1:
         parts = [_reduce_shard(m, j) for j in jobs]

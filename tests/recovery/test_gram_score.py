@@ -204,13 +204,17 @@ def test_each_distinct_cut_runs_once(monkeypatch, method):
         return measure(self, task, **kw)
 
     monkeypatch.setattr(CandidateEvaluator, "measure", counted)
+    from onnxprune.recovery.anchor_submodel import SubModelAnchors
+
+    add = SubModelAnchors.add  # the gram path runs its measurements as sub-models (whole model: float32 round-off)
+    monkeypatch.setattr(SubModelAnchors, "add", lambda self, key, cand: runs.append(key) or add(self, key, cand))
     (g,) = sensitivity(model, data, ratios=(0.1, 0.2, 0.3), method=method).groups
     assert g.kept == (4, 3, 3) and len(runs) == 1
     assert g.errors[0] == 0.0 and g.exact[0] and g.errors[1] > 0
     assert g.errors[2] == pytest.approx(g.errors[1], rel=1e-12)  # gram: the anchor's scale times the same score
     dg = analyze(model)
     alone = [measure(ev, (g.group, r)).error for ev in [_evaluator(model, dg, data)] for r in g.ratios]
-    assert list(g.errors) == pytest.approx(alone, rel=1e-12)
+    assert list(g.errors) == pytest.approx(alone, rel=1e-12 if method == "model" else 1e-6)
 
 
 def _evaluator(model, dg, data):
