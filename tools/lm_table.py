@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,18 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float)
     return "\n".join(lines) + "\n"
 
 
+def run_table(args: argparse.Namespace, measure: Callable[[argparse.Namespace], list[dict[str, Any]]],
+              render: Callable[[list[dict[str, Any]], argparse.Namespace, float], str]) -> int:
+    """Measure, print the Markdown table (and ``--json`` the rows): the tail of this tool and of sbert_table."""
+    start = time.perf_counter()
+    rows = measure(args)
+    text = render(rows, args, time.perf_counter() - start)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    sys.stdout.write(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=MODELS / "tiny_gpt.onnx")
@@ -212,14 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width-ratio", type=float, default=0.25, help="--mode width ratio (default 0.25)")
     ap.add_argument("--only", nargs="+", metavar="KEY", help="only these settings (keys as in --json)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
-    args = ap.parse_args(argv)
-    start = time.perf_counter()
-    rows = measure(args)
-    text = render(rows, args, time.perf_counter() - start)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2, default=str) + "\n")
-    sys.stdout.write(text)
-    return 0
+    return run_table(ap.parse_args(argv), measure, render)
 
 
 if __name__ == "__main__":

@@ -25,18 +25,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lm_table import Setting, _rel, mean_cosine, oracle_cell, run_setting  # noqa: E402
+from lm_table import Setting, _rel, mean_cosine, oracle_cell, run_setting, run_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -176,14 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--both-width", type=float, default=0.15, help="stream ratio of the combined row")
     ap.add_argument("--only", nargs="+", metavar="KEY", help="only these settings (keys as in --json)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
-    args = ap.parse_args(argv)
-    start = time.perf_counter()
-    rows = measure(args)
-    text = render(rows, args, time.perf_counter() - start)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2, default=str) + "\n")
-    sys.stdout.write(text)
-    return 0
+    return run_table(ap.parse_args(argv), measure, render)
 
 
 if __name__ == "__main__":
