@@ -65,7 +65,7 @@ def confirm(baseline: str | os.PathLike[str] | ModelProto, pruned: ModelProto, v
             (base, mine), seconds = got, 0.0
         c = confirm_verdict(v.provider, v.batch, base, mine, seconds)
         log.info("confirmation of %s batch %d: %.2fx (95%% %.2f-%.2f), halves %.2fx/%.2fx, fastest runs %.2fx, "
-                 "%d rounds in %.1f s: %s", v.provider, v.batch, c.speedup, c.low, c.high, *c.halves, c.fastest,
+                 "%d rounds in %.2g s: %s", v.provider, v.batch, c.speedup, c.low, c.high, *c.halves, c.fastest,
                  c.rounds, c.seconds, "slower" if c.slower else "not slower")
         out.append(c)
     return out

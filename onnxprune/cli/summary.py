@@ -157,7 +157,7 @@ def bench_lines(bench: Mapping[str, Any], *, verbose: bool) -> list[str]:
 def confirmation_lines(report: Mapping[str, Any]) -> list[str]:
     """What timing a slower row again found: a SLOWER row above it that did not hold is said to be load."""
     rows = [f"{c['provider']} batch {c['batch']}: {c['speedup']:.2f}x (95% {c['low']:.2f}-{c['high']:.2f}), "
-            f"fastest runs {c['fastest']:.2f}x, {c['rounds']} rounds in {c['seconds']:.1f} s: "
+            f"fastest runs {c['fastest']:.2f}x, {c['rounds']} rounds in {c['seconds']:.2g} s: "
             + ("slower" if c["slower"] else "not slower (the first timing met load)")
             for c in (report.get("speed") or {}).get("confirmation", [])]
     return _rows("timed again", rows)
