@@ -13,7 +13,7 @@ uses the same rule to choose a batch size when none is given.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from onnx import ModelProto
 
@@ -43,6 +43,20 @@ def _names(shape: Sequence[object]) -> list[str | None]:
     return [getattr(d, "dim_param", None) or None for d in shape]
 
 
+def _batch_axes(model: ModelProto) -> Iterator[tuple[str, int, str | None, int | None]]:
+    """``(input, axis, dim name, declared size or None)`` of every batch-like axis of the model's inputs."""
+    constants = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in constants or not vi.type.tensor_type.HasField("shape"):
+            continue
+        shape = vi.type.tensor_type.shape.dim
+        for axis, d in enumerate(shape):
+            name = d.dim_param or None
+            if batch_like(axis, len(shape), name, _names(shape)[:axis]):
+                fixed = d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                yield vi.name, axis, name, fixed
+
+
 def analysis_dims(model: ModelProto, dims: Mapping[str, int] | None) -> dict[str, int]:
     """``dims`` with every dynamic batch-like axis of the model's inputs at 1 (by ``INPUT:AXIS`` and by name).
 
@@ -50,21 +64,13 @@ def analysis_dims(model: ModelProto, dims: Mapping[str, int] | None) -> dict[str
     user runs it. A declared (fixed) batch is left as declared.
     """
     result = dict(dims or {})
-    constants = {t.name for t in model.graph.initializer}
-    for vi in model.graph.input:
-        if vi.name in constants or not vi.type.tensor_type.HasField("shape"):
+    for input_name, axis, name, fixed in _batch_axes(model):
+        if fixed is not None:
             continue
-        shape = vi.type.tensor_type.shape.dim
-        for axis, d in enumerate(shape):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                continue
-            name = d.dim_param or None
-            if not batch_like(axis, len(shape), name, _names(shape)[:axis]):
-                continue
-            result[f"{vi.name}:{axis}"] = 1
-            if name:
-                result[f"{vi.name}:{name}"] = 1
-                result[name] = 1
+        result[f"{input_name}:{axis}"] = 1
+        if name:
+            result[f"{input_name}:{name}"] = 1
+            result[name] = 1
     return result
 
 
@@ -76,19 +82,8 @@ def counted_batch(model: ModelProto, dims: Mapping[str, int] | None) -> int:
     batch-2 counts, and a label fixed at "batch 1" would halve what the reader believes.
     """
     dims = dims or {}
-    constants = {t.name for t in model.graph.initializer}
     batch = 1
-    for vi in model.graph.input:
-        if vi.name in constants or not vi.type.tensor_type.HasField("shape"):
-            continue
-        shape = vi.type.tensor_type.shape.dim
-        for axis, d in enumerate(shape):
-            name = d.dim_param or None
-            if not batch_like(axis, len(shape), name, _names(shape)[:axis]):
-                continue
-            if d.HasField("dim_value") and d.dim_value > 0:
-                value = d.dim_value
-            else:
-                value = dims.get(f"{vi.name}:{axis}", dims.get(name, 1) if name else 1)
-            batch = max(batch, int(value))
+    for input_name, axis, name, fixed in _batch_axes(model):
+        value = fixed if fixed is not None else dims.get(f"{input_name}:{axis}", dims.get(name, 1) if name else 1)
+        batch = max(batch, int(value))
     return batch
