@@ -33,19 +33,6 @@ from onnxprune.structured.rules.registry import RuleSet
 from onnxprune.structured.sharing import reader_key, reads_as_weight
 
 
-def _value_readers(index: GraphIndex, name: str) -> list[NodeProto]:
-    """Non-Identity nodes reading tensor ``name`` directly or through Identity."""
-    readers: list[NodeProto] = []
-    stack = [name]
-    while stack:
-        for node in index.consumers.get(stack.pop(), []):
-            if node.op_type == "Identity":
-                stack.append(node.output[0])
-            else:
-                readers.append(node)
-    return readers
-
-
 def _aliases(index: GraphIndex, name: str) -> set[str]:
     """``name`` and its Identity copies."""
     found = {name}
@@ -83,7 +70,7 @@ def split_quantized(index: GraphIndex, rules: RuleSet, ctx: RuleContext, order: 
         if _aliases(index, dq.output) & outputs:
             continue
         readers: dict[str, NodeProto] = {}
-        for reader in _value_readers(index, dq.output):
+        for reader in index.const_readers(dq.output):  # through Identity, as for a constant
             readers.setdefault(reader_key(reader), reader)
         shape = index.const_shape(dq.data)
         if len(readers) < 2 or not shape:
