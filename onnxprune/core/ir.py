@@ -569,6 +569,14 @@ def matches_any(names: str | Iterable[str], patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in candidates)
 
 
+def replace_input(graph: GraphProto, old: str, new: str) -> None:
+    """Every node of ``graph`` that reads ``old`` reads ``new`` instead (subgraphs and graph outputs untouched)."""
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name == old:
+                node.input[k] = new
+
+
 def drop_unused_initializers(graph: GraphProto) -> None:
     """Delete, in place, the initializers no node of ``graph`` reads (its own nodes, not subgraphs').
 

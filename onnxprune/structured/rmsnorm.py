@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper
 
-from onnxprune.core.ir import GraphIndex, attr, attr_ints, collect_types, shape_skeleton
+from onnxprune.core.ir import GraphIndex, attr, attr_ints, collect_types, replace_input, shape_skeleton
 from onnxprune.core.shapefold import infer_shapes
 from onnxprune.structured.lnfold import NotFoldable, fold_into, linear_readers
 
@@ -62,13 +62,6 @@ def _type_name(elem: int) -> str:
     return TensorProto.DataType.Name(elem).lower() if elem else "an unknown type"
 
 
-def _rewire(model: ModelProto, old: str, new: str) -> None:
-    for node in model.graph.node:
-        for k, name in enumerate(node.input):
-            if name == old:
-                node.input[k] = new
-
-
 def bypass_identity_casts(model: ModelProto) -> Casts:
     """Remove every Cast to the element type its input already has (in place: the caller owns ``model``); its
     readers read the input instead. A Cast that writes a graph output becomes an ``Identity`` (the output's
@@ -93,7 +86,7 @@ def bypass_identity_casts(model: ModelProto) -> Casts:
             model.graph.node[pos].CopyFrom(helper.make_node("Identity", [node.input[0]], [node.output[0]],
                                                             name=node.name))
             continue
-        _rewire(model, node.output[0], node.input[0])
+        replace_input(model.graph, node.output[0], node.input[0])
         model.graph.node.remove(node)
     if bypassed:
         log.info("bypassed %d Cast(s) to the type their input already has", len(bypassed))
@@ -220,7 +213,7 @@ def fold_rms_scales(model: ModelProto, *, source: Mapping[str, TensorProto] | No
         g64 = gamma.astype(np.float64).reshape(-1)
         for reader, _axis in readers:
             fold_into(idx, reader, g64, None)
-        _rewire(model, mul.output[0], norm.out)
+        replace_input(model.graph, mul.output[0], norm.out)
         model.graph.node.remove(mul)
         folded.append(norm.scale)
     for label, reason in skipped.items():

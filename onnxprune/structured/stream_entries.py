@@ -23,7 +23,7 @@ import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
 from onnxprune.core.errors import UnsupportedModelError
-from onnxprune.core.ir import FLOAT_TYPES, GraphIndex
+from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, replace_input
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.stream import stream_group_ids, stream_rules
 
@@ -115,10 +115,7 @@ def _append(model: ModelProto, found: list[tuple[str, int, int]]) -> tuple[Entry
     entries = []
     for tensor, width, dtype in found:
         out = idx.unique_name(f"{tensor}_entry")
-        for node in graph.node:
-            for k, i in enumerate(node.input):
-                if i == tensor:
-                    node.input[k] = out
+        replace_input(graph, tensor, out)
         eye = idx.unique_name(f"{tensor}_entry_weight")
         graph.initializer.append(numpy_helper.from_array(
             np.eye(width, dtype=helper.tensor_dtype_to_np_dtype(dtype)), eye))

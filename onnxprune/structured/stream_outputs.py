@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import ModelProto, helper, numpy_helper
 
-from onnxprune.core.ir import FLOAT_TYPES, GraphIndex
+from onnxprune.core.ir import FLOAT_TYPES, GraphIndex, replace_input
 from onnxprune.core.stats import WEIGHTED_OPS
 from onnxprune.structured.analysis import DependencyGraph, analyze
 from onnxprune.structured.axes import ChannelAxis
@@ -121,9 +121,7 @@ def _rename(model: ModelProto, old: str, new: str) -> None:
         for k, o in enumerate(node.output):
             if o == old:
                 node.output[k] = new
-        for k, i in enumerate(node.input):
-            if i == old:
-                node.input[k] = new
+    replace_input(model.graph, old, new)
 
 
 def _undo(model: ModelProto, undo: list[tuple[str, str, str]]) -> None:
