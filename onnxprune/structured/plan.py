@@ -207,6 +207,8 @@ def _matches(group: ChannelGroup, patterns: tuple[str, ...]) -> bool:
 #: ``round_to="auto"``: widths chosen by measured latency (a ``width_chooser``); without one, this rule.
 AUTO = "auto"
 AUTO_FALLBACK = 8
+#: ``"auto"`` never rounds a group smaller than this back to its full width (a few attention heads).
+AUTO_MIN_FULL_ROUND = 16
 
 #: ``width_chooser(group, k)``: the width to keep in ``group`` when the ratio asks for ``k`` channels.
 WidthChooser = Callable[[ChannelGroup, int], int]
@@ -222,7 +224,7 @@ def _keep_count(n: int, drop: int, min_channels: int, round_to: int | str | None
     step = AUTO_FALLBACK if round_to == AUTO else round_to
     if isinstance(step, int) and step and k < n:
         up = min(n, -(-k // step) * step)
-        k = k if round_to == AUTO and up == n and n < 16 else up
+        k = k if round_to == AUTO and up == n and n < AUTO_MIN_FULL_ROUND else up
     return k
 
 
@@ -240,7 +242,7 @@ def auto_candidates(size: int, k: int, tolerance: float = 0.03) -> list[int]:
     floor_tol = max(1, int(tolerance * size))
     for step in (8, 16, 32):
         up = -(-k // step) * step
-        if up < size or (step == 8 and size >= 16):  # a group under 16 is never rounded back to its full width
+        if up < size or (step == 8 and size >= AUTO_MIN_FULL_ROUND):  # never a small group back to full width
             out.add(min(up, size))
         down = (k // step) * step
         if down >= 1 and k - down <= floor_tol:
