@@ -542,6 +542,11 @@ class LatencyModel:
                 out[batch] = sp
         return out
 
+    def original_ms(self, batch: int) -> float | None:
+        """The original's whole-model time at ``batch`` (the calibration's first point: one timing, cached)."""
+        points = self._measure_plans(batch, [{}])
+        return points[0][1] if points else None
+
     def rated(self, batch: int) -> bool:
         """Whether the table at ``batch`` is in measured ms (an uncalibrated prediction can then take the
         layers' share of a measured original; see :meth:`predict_speedup`)."""

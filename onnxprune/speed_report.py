@@ -23,12 +23,6 @@ SHARE = "layer share of the original's measured time"
 LAYER_SUM = "layer sum, uncalibrated"
 
 
-def _original_alone(latency: LatencyModel, batch: int) -> float | None:
-    """The original's whole-model time at ``batch`` (the calibration's first point: one timer call, cached)."""
-    points = latency._measure_plans(batch, [{}])
-    return points[0][1] if points else None
-
-
 def latency_report(latency: LatencyModel | None, keep_counts: Mapping[int, int],
                    bench: Mapping[str, Any] | None, *, ideal: float | None = None,
                    time_original: bool = False) -> dict[str, Any] | None:
@@ -50,7 +44,7 @@ def latency_report(latency: LatencyModel | None, keep_counts: Mapping[int, int],
             if batch in original or latency.table(batch, keep_counts) is None:
                 continue
             if latency.rated(batch):  # the table is in ms: a measured original fixes the per-run cost
-                ms = _original_alone(latency, batch)
+                ms = latency.original_ms(batch)
                 if ms is not None and ms > 0:
                     original[batch] = ms
     predicted = latency.predict_speedup(keep_counts, original)
