@@ -93,3 +93,31 @@ def test_summary_is_the_fastest_of_few_rounds_and_the_median_of_many():
     assert summary_ms(few) == 5.0 and summary_ms(few, fastest=True) == 3.0
     many = [1.0] + [4.0] * (MEDIAN_ROUNDS - 1)  # one lucky run among many: the median is what the benchmark compares
     assert summary_ms(many, fastest=True) == 4.0
+
+
+def test_a_set_with_one_model_missing_is_timed_whole_again(cache_home):
+    """A width's factor is a ratio within one set: a cached full width (an earlier run's) is timed again beside the
+    new width, not mixed with it, and its entry is replaced."""
+    model = conv_relu_conv(batch=1)
+    cache = LatencyCache.open("k")
+    cache.put("full", 1, 9.0)  # timed earlier, on a busier machine
+    calls = []
+
+    def timer(models):
+        calls.append(len(models))
+        return [2.0, 1.0][: len(models)]
+
+    got = measure([(1, [("full", model), ("cut", model)])], timer=timer, cache=cache, budget_s=10)
+    assert calls == [2] and got.ms == {("full", 1): 2.0, ("cut", 1): 1.0} and got.timed == 2 and got.cached == 0
+    assert LatencyCache.open("k").get("full", 1) == 2.0
+    again = measure([(1, [("full", model), ("cut", model)])], timer=timer, cache=LatencyCache.open("k"), budget_s=10)
+    assert calls == [2] and again.cached == 2 and again.ms == got.ms
+
+
+def test_out_of_budget_a_partly_cached_set_reads_what_the_cache_has(cache_home):
+    model = conv_relu_conv(batch=1)
+    cache = LatencyCache.open("k")
+    cache.put("full", 1, 9.0)
+    got = measure([(1, [("full", model), ("cut", model)])], timer=lambda ms: [1.0] * len(ms), cache=cache,
+                  budget_s=0)
+    assert got.ms == {("full", 1): 9.0} and not got.complete and got.timed == 0
