@@ -422,10 +422,11 @@ def benchmark(
 
 def _runner(path: Path, feeds: dict[str, np.ndarray], *, name: str, provider: str, threads: int | None,
             on_device: bool) -> tuple[object, Callable[[], object]]:
-    """A session and a no-argument function that runs it once on ``feeds``."""
+    """A session and a no-argument function that runs it once on ``feeds`` (a session timed in turn with
+    others: no spin-waiting threads, see :data:`~onnxprune.runtime.session.ALTERNATED_SPINNING`)."""
     from onnxprune.runtime.session import DeviceRunner, create_session, run_session
 
-    session = create_session(path, provider=provider, threads=threads, name=name)
+    session = create_session(path, provider=provider, threads=threads, name=name, alternated=True)
     if on_device:
         return session, DeviceRunner(session, feeds).run
 

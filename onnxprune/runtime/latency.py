@@ -34,7 +34,8 @@ from onnxprune.core.io import write_text_atomic
 log = logging.getLogger(__name__)
 
 #: 2: layer times are read less an empty run's, which version 1 tables lack; quick sets take more rounds.
-CACHE_VERSION = 2
+#: 3: sessions timed in turn no longer spin-wait (``runtime.session.ALTERNATED_SPINNING``).
+CACHE_VERSION = 3
 #: Rounds per candidate set (each round runs every candidate once) and untimed runs before them; a set
 #: whose rounds take long stops after ``MIN_ROUNDS`` once ``SET_SECONDS`` have passed (big layers are
 #: steady enough, and the budget then covers more groups).
@@ -146,7 +147,7 @@ def onnxruntime_round_timer(*, provider: str = "cpu", threads: int | None = None
         runs = []
         keep = []
         for m in models:
-            session = create_session(m, provider=provider, threads=threads, name="layer")
+            session = create_session(m, provider=provider, threads=threads, name="layer", alternated=True)
             feeds = random_feeds(m, seed=0)
             names = [o.name for o in session.get_outputs()]
             run_session(session, feeds, label="a layer timed alone")  # onnxruntime errors as typed errors
