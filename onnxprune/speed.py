@@ -88,27 +88,21 @@ def _cuts_conv(group: Any) -> bool:
     return any(c.op_type == "Conv" and c.role in ("source", "sink") for c in group.cuts)
 
 
-def _fixed_inputs(model: ModelProto, dims: Mapping[str, int], batch: int) -> ModelProto | None:
-    """A copy of ``model`` whose inputs' dynamic axes are fixed (first axis: ``batch``; others from ``dims``
-    by name); ``None`` when an axis has no size."""
-    from onnx import ModelProto as Proto
-
+def _as_served(model: ModelProto, dims: Mapping[str, int], batch: int) -> Any:
+    """``model`` to time whole at ``batch`` as the benchmark runs it (its dynamic axes kept, fed at ``batch`` and
+    ``dims``: see :class:`~onnxprune.runtime.latency.AsServed`); ``None`` when a dynamic input axis has no size
+    (first axis: ``batch``; others from ``dims`` by name or position)."""
     from onnxprune.core.ir import lookup_dim
+    from onnxprune.runtime.latency import AsServed
 
-    out = Proto()
-    out.CopyFrom(model)
-    inits = {t.name for t in out.graph.initializer}
-    for vi in out.graph.input:
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
         if vi.name in inits:
             continue
         for axis, d in enumerate(vi.type.tensor_type.shape.dim):
-            if d.dim_value:
-                continue
-            value = batch if axis == 0 else lookup_dim(dims, vi.name, axis, d.dim_param or None)
-            if value is None:
+            if axis and not d.dim_value and lookup_dim(dims, vi.name, axis, d.dim_param or None) is None:
                 return None
-            d.dim_value = int(value)
-    return out
+    return AsServed(model, batch, dict(dims))
 
 
 def _batch_dims(model: ModelProto, dims: Mapping[str, int], batch: int) -> dict[str, int] | None:
@@ -218,7 +212,7 @@ class LatencyModel:
 
     def _whole_models(self, group: Any, widths: Sequence[int], batch: int
                       ) -> list[tuple[int, str, str, ModelProto]]:
-        """The whole model with only ``group`` cut to each width, inputs fixed at ``batch`` (context mode)."""
+        """The whole model with only ``group`` cut to each width, timed at ``batch`` (context mode)."""
         import hashlib
 
         import numpy as np
@@ -237,11 +231,11 @@ class LatencyModel:
             except OnnxPruneError as exc:
                 log.info("group %d at width %d not timed in the model: %s", group.id, width, exc)
                 continue
-            fixed = _fixed_inputs(model, self.dims, batch)
-            if fixed is None:
+            served = _as_served(model, self.dims, batch)
+            if served is None:
                 continue
             sig = hashlib.sha256(f"{self.dg.fingerprint}|{group.id}|{width}|{batch}|model".encode()).hexdigest()[:24]
-            out.append((width, "model", sig, fixed))
+            out.append((width, "model", sig, served))
         return out
 
     def _cost_parts(self, gid: int, width: int) -> list[tuple[float, float]] | None:
@@ -460,8 +454,8 @@ class LatencyModel:
             return None
         return speed_verdict(self.provider, batch, rounds[0], rounds[1])
 
-    def _plan_models(self, batch: int, keeps: Sequence[Mapping[int, int]]) -> list[tuple[str, ModelProto]] | None:
-        """``(cache signature, model with inputs fixed at batch)`` of plans keeping the first ``keep[g]``
+    def _plan_models(self, batch: int, keeps: Sequence[Mapping[int, int]]) -> list[tuple[str, Any]] | None:
+        """``(cache signature, model timed at batch)`` of plans keeping the first ``keep[g]``
         channels of each group; ``None`` when one cannot be built."""
         import hashlib
 
@@ -482,12 +476,12 @@ class LatencyModel:
             except OnnxPruneError as exc:
                 log.info("calibration plan not built: %s", exc)
                 return None
-            fixed = _fixed_inputs(model, self.dims, batch)
-            if fixed is None:
+            served = _as_served(model, self.dims, batch)
+            if served is None:
                 return None
             widths = ",".join(f"{g}:{len(k)}" for g, k in plan.items())
             out.append((hashlib.sha256(f"{self.dg.fingerprint}|calibration|{widths}|{batch}".encode()).hexdigest()[:24],
-                        fixed))
+                        served))
         return out
 
     def _measure_plans(self, batch: int, keeps: Sequence[Mapping[int, int]], *, cached: bool = True

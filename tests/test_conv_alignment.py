@@ -14,7 +14,7 @@ from test_latency_widths import _model_and_group as _conv_group
 import onnxprune.runtime.kernels as kernels
 from onnxprune import PruneConfig
 from onnxprune.runtime.kernels import conv_alignment
-from onnxprune.runtime.latency import LatencyCache
+from onnxprune.runtime.latency import LatencyCache, model_of
 from onnxprune.speed import AUTO_BENCH_MAX_BYTES, LatencyModel, default_widths
 from onnxprune.structured.analysis import analyze
 
@@ -90,7 +90,7 @@ def _layout_timer(models):
     import math
 
     out = []
-    for m in models:
+    for m in map(model_of, models):
         inits = {t.name: list(t.dims) for t in m.graph.initializer}
         total = LAYOUT_OVERHEAD_MS
         for n in m.graph.node:

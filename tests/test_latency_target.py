@@ -14,7 +14,7 @@ import pytest
 from test_latency_widths import _macs_timer, _three_convs
 
 from onnxprune import PruneConfig
-from onnxprune.runtime.latency import LatencyCache
+from onnxprune.runtime.latency import LatencyCache, model_of
 from onnxprune.speed import LatencyModel
 from onnxprune.speed_target import allocate_for_target
 from onnxprune.structured.analysis import analyze
@@ -24,7 +24,7 @@ OVERHEAD_MS = 5.0
 
 def _model_timer(models):
     out = []
-    for m in models:
+    for m in map(model_of, models):
         inits = {t.name: list(t.dims) for t in m.graph.initializer}
         out.append(OVERHEAD_MS + sum(math.prod(inits[n.input[1]]) for n in m.graph.node if n.op_type == "Conv") / 1000)
     return out
@@ -71,7 +71,7 @@ def _missed_timer(models):
     output, quadratic in its width): uniform reference cuts calibrate it away only partly, so a plan that
     cuts the groups unevenly is mispredicted."""
     out = []
-    for m in models:
+    for m in map(model_of, models):
         inits = {t.name: list(t.dims) for t in m.graph.initializer}
         convs = [n for n in m.graph.node if n.op_type == "Conv"]
         c1 = inits[convs[0].input[1]][0]
@@ -163,7 +163,7 @@ def test_layers_timed_alone_are_taken_less_an_empty_run():
 
     def timer(models):  # the empty model has no weights; a layer costs the run plus its weight size
         out = []
-        for m in models:
+        for m in map(model_of, models):
             w = [t for t in m.graph.initializer if len(t.dims) == 4]
             out.append(run_ms + (math.prod(w[0].dims) / 1000 if w else 0.0))
         return out
@@ -188,7 +188,7 @@ def test_the_target_and_the_report_predict_from_one_table(context):
     dg = analyze(model)
     def layer_timer(models):  # a layer's weight size times its output width's share of 32: not linear in width
         out = []
-        for m in models:
+        for m in map(model_of, models):
             w = next(t for t in m.graph.initializer if len(t.dims) == 4)
             out.append(math.prod(w.dims) * w.dims[0] / 32 / 1000)
         return out

@@ -14,7 +14,7 @@ from builders import conv_relu_conv
 
 from onnxprune import PruneConfig, prune
 from onnxprune.cli.main import main
-from onnxprune.runtime.latency import LatencyCache
+from onnxprune.runtime.latency import LatencyCache, model_of
 from onnxprune.speed import LatencyModel
 from onnxprune.structured.analysis import analyze
 
@@ -25,7 +25,7 @@ def _macs_timer(slow_step: int | None = None):
     """ms = the layer's weight size (MACs per pixel), 3x when its output width is not a multiple of slow_step."""
     def timer(models):
         out = []
-        for m in models:
+        for m in map(model_of, models):
             w = next(t for t in m.graph.initializer if len(t.dims) == 4)
             slow = slow_step is not None and w.dims[0] % slow_step
             out.append(math.prod(w.dims) * (3.0 if slow else 1.0) / 1000)
@@ -51,7 +51,7 @@ def test_chooser_takes_the_fast_width_near_the_ask():
 
     def odd_is_much_faster(models):
         return [0.5 if next(t for t in m.graph.initializer if len(t.dims) == 4).dims[0] == 45 else 1.0
-                for m in models]
+                for m in map(model_of, models)]
 
     fast_odd = LatencyModel(model, dg, batches=(1,), dims={}, timer=odd_is_much_faster, cache=LatencyCache(None),
                             context=True)
@@ -266,7 +266,7 @@ def _conv_cost_timer(slow_step: int | None = None):
     """Whole models: ms = sum over Convs of the weight size, 3x for an output width off multiples of slow_step."""
     def timer(models):
         out = []
-        for m in models:
+        for m in map(model_of, models):
             inits = {t.name: list(t.dims) for t in m.graph.initializer}
             total = 0.0
             for node in m.graph.node:
@@ -314,7 +314,7 @@ def test_keeping_a_group_whole_must_clearly_pay(whole_ms, chosen):
 
     def timer(models):  # the cut (11 wide) costs 1.0; the whole model whole_ms
         return [whole_ms if next(t for t in m.graph.initializer if len(t.dims) == 4).dims[0] == 16 else 1.0
-                for m in models]
+                for m in map(model_of, models)]
 
     lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=timer, cache=LatencyCache(None), context=True)
     assert lm.choose(g, 11) == chosen
@@ -327,7 +327,7 @@ def test_a_lone_unaligned_cut_is_timed_against_the_full_width(cut_ms, chosen):
 
     def timer(models):  # the whole model costs 1.0 with the group whole, cut_ms with it cut to 6
         return [1.0 if next(t for t in m.graph.initializer if len(t.dims) == 4).dims[0] == 8 else cut_ms
-                for m in models]
+                for m in map(model_of, models)]
 
     cache = LatencyCache(None)
     first = LatencyModel(model, dg, batches=(1,), dims={}, timer=timer, cache=cache, context=True)
@@ -356,3 +356,28 @@ def test_tiny_models_never_time_a_lone_cut_against_the_full_width():
     lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=lambda ms: [1.0 if i else 9.0 for i in range(len(ms))],
                       cache=LatencyCache(None), context=True, time_whole=False)
     assert lm.choose(g, 6) == 6 and lm.timed == 0
+
+
+def test_whole_models_are_timed_as_served_with_their_dynamic_batch():
+    """The calibration and a context-mode group time the model the benchmark runs: dynamic axes kept, fed at the
+    batch (onnxruntime plans fixed-input copies otherwise: the digits CNN's 0.3 plan ran 1.02x with its batch
+    fixed at 1 and 1.16x as served)."""
+    from onnxprune.runtime.latency import AsServed
+
+    model = conv_relu_conv(c_in=8, c_mid=64, c_out=16, hw=8, batch="N")
+    dg = analyze(model)
+    g = next(g for g in dg.groups if g.prunable)
+    seen = []
+
+    def whole(models):
+        for item in models:
+            assert isinstance(item, AsServed)
+            seen.append((item.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param, item.batch))
+        return [1.0 + 0.001 * i for i in range(len(models))]
+
+    lm = LatencyModel(model, dg, batches=(1, 8), dims={}, timer=_macs_timer(None), cache=LatencyCache(None),
+                      model_timer=whole, calibrate=True)
+    assert lm.predict_speedup({g.id: 32})
+    context = LatencyModel(model, dg, batches=(1, 8), dims={}, timer=whole, cache=LatencyCache(None), context=True)
+    context.choose(g, 40)
+    assert {batch for _, batch in seen} == {1, 8} and {name for name, _ in seen} == {"N"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from builders import conv_relu_conv
 
@@ -121,3 +122,24 @@ def test_out_of_budget_a_partly_cached_set_reads_what_the_cache_has(cache_home):
     got = measure([(1, [("full", model), ("cut", model)])], timer=lambda ms: [1.0] * len(ms), cache=cache,
                   budget_s=0)
     assert got.ms == {("full", 1): 9.0} and not got.complete and got.timed == 0
+
+
+def test_a_model_as_served_runs_with_its_dynamic_batch_fed_at_the_asked_size():
+    """A model that runs only at batch 4 (a Reshape to [4, 3]) runs as served at 4 and fails at 1: the batch is
+    fed, and the model keeps its dynamic axis."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.core.errors import OnnxPruneError
+    from onnxprune.runtime.latency import AsServed, onnxruntime_round_timer
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3])],
+        [numpy_helper.from_array(np.array([4, 3], dtype=np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    timer = onnxruntime_round_timer(threads=1, rounds=3, min_rounds=3)
+    rounds = timer([AsServed(model, 4), AsServed(model, 4, {"N": 1})])
+    assert len(rounds) == 2 and all(len(r) >= 3 and min(r) > 0 for r in rounds)
+    with pytest.raises(OnnxPruneError):
+        timer([AsServed(model, 1)])
