@@ -51,6 +51,10 @@ FULL_MARGIN = 0.10
 REFERENCE_RATIOS = (0.25, 0.6)
 #: Seconds each whole-model calibration set may take before it stops (after at least 3 rounds).
 CALIBRATION_SET_S = 2.0
+#: Quick whole models go on being timed until this many seconds (at most ``latency.MAX_ROUNDS`` rounds): the
+#: calibration's few points carry every prediction, and 50 ms of a 0.25 ms model (MobileNetV2 at batch 1, 5
+#: plans) is one busy moment of a shared machine.
+CALIBRATION_FILL_S = 0.5
 #: A latency target's whole-model check of a plan against the original: alternating rounds (at most
 #: ``CHECK_ROUNDS``; after ``CHECK_SET_S`` seconds once ``CHECK_MIN_ROUNDS`` were made), every round kept for
 #: the spread-aware verdict.
@@ -584,7 +588,8 @@ def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any
                         cache=LatencyCache.open(key), budget_s=config.latency_budget,
                         context=_small(model, config), calibrate=calibrate,
                         model_timer=None if timer is not None else onnxruntime_timer(
-                            provider=provider, threads=config.threads, set_seconds=CALIBRATION_SET_S, fastest=True),
+                            provider=provider, threads=config.threads, set_seconds=CALIBRATION_SET_S, fastest=True,
+                            fill_s=CALIBRATION_FILL_S),
                         check_timer=None if timer is not None else onnxruntime_round_timer(
                             provider=provider, threads=config.threads, rounds=CHECK_ROUNDS, set_seconds=CHECK_SET_S,
                             min_rounds=CHECK_MIN_ROUNDS, warmup=1),

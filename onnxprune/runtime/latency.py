@@ -203,14 +203,15 @@ def summary_ms(times: Sequence[float], *, fastest: bool = False) -> float:
 
 
 def onnxruntime_timer(*, provider: str = "cpu", threads: int | None = None, rounds: int = ROUNDS,
-                      warmup: int = WARMUP, set_seconds: float = SET_SECONDS, fastest: bool = False) -> Timer:
+                      warmup: int = WARMUP, set_seconds: float = SET_SECONDS, fastest: bool = False,
+                      fill_s: float = FILL_SECONDS) -> Timer:
     """A :data:`Timer` that runs the models in onnxruntime alternately and returns each one's median ms
     (rounds stop after ``set_seconds`` once ``MIN_ROUNDS`` were made); ``fastest``: each one's fastest run
     when fewer than ``MEDIAN_ROUNDS`` rounds were made, steadier than a median of few rounds of a big model on
     a loaded machine (a small model's many rounds give a steady median, the statistic the benchmark
     compares)."""
     rounds_of = onnxruntime_round_timer(provider=provider, threads=threads, rounds=rounds, warmup=warmup,
-                                        set_seconds=set_seconds)
+                                        set_seconds=set_seconds, fill_s=fill_s)
 
     def timer(models: Sequence[Timed]) -> list[float]:
         return [summary_ms(t, fastest=fastest) for t in rounds_of(models)]
