@@ -25,7 +25,7 @@ from typing import Any
 from onnx import ModelProto
 
 from onnxprune.config import PruneConfig
-from onnxprune.runtime.prediction import Calibration, LayerTable
+from onnxprune.runtime.prediction import LayerTable, steadier_table
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,6 @@ class LatencyModel:
         when none is); a group's factors are its measured widths (see :class:`LayerTable`).
         """
         from onnxprune.core.stats import node_macs
-        from onnxprune.runtime.prediction import LayerTable
         from onnxprune.structured.layer_models import timed_layers
 
         if self.context:  # summed over many groups, whole-model timings add up their noise: predict from layers
@@ -364,9 +363,8 @@ class LatencyModel:
             if holdout:
                 cut = {g: k for g, k in keep_counts.items() if k < self.dg.groups[g].size}
                 points = [(keep, ms) for keep, ms in points if not keep or keep != cut]
-            fit = Calibration.fit([(table.layer_sum(keep), ms) for keep, ms in points],
-                                  [table.unaligned_sum(keep) for keep, _ in points])
-            table = LayerTable(full_ms, cuts, sizes, factors, fit, blocks)
+            # measured factors, or each layer scaled by kept/size: whichever predicts the whole-model runs
+            table = steadier_table([table, LayerTable(full_ms, cuts, sizes, {}, blocks=blocks)], points)
         return table
 
     def _layer_model(self) -> LatencyModel:

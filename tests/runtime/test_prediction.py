@@ -25,7 +25,11 @@ def test_layer_sum_multiplies_each_groups_factor():
     assert t.layer_sum({0: 5, 1: 10}) == pytest.approx(4 * 0.5 + 6 * 0.6 * 0.5)
     # a width between measured ones is interpolated (7 of 10: between 5 -> 0.5 and 10 -> 1.0 for "a")
     assert t.factor(0, 7, "a") == pytest.approx(0.7)
-    assert t.factor(0, 2, "a") == pytest.approx(0.2)  # between width 0 (0) and 5 (0.5)
+    # below the narrowest measured width: along the line through it and the full width ("a" is proportional,
+    # "b" keeps 0.2 of its time at any width: a line through the origin would say 0.24 and 0)
+    assert t.factor(0, 2, "a") == pytest.approx(0.2)
+    assert t.factor(0, 2, "b") == pytest.approx(0.36) and t.factor(0, 0, "b") == 0.0
+    assert t.factor(0, 1, "b") == pytest.approx(0.28)
 
 
 def test_calibration_recovers_overhead_and_scale():
@@ -127,3 +131,34 @@ def test_unaligned_calibration_falls_back_to_one_line():
     assert flat.ms(10.0) == pytest.approx(Calibration.fit([(10.0, 8.0), (4.0, 8.5), (6.0, 4.0)]).ms(10.0))
     with pytest.raises(ValueError, match="one off-block sum per point"):
         Calibration.fit([(10.0, 8.0), (4.0, 5.0)], [0.0])
+
+
+def _noisy_and_plain() -> tuple[LayerTable, LayerTable]:
+    # layer "a" cut by group 0 (size 8), layer "b" whole; the measured factors say a cut is slower (noise)
+    noisy = LayerTable({"a": 4.0, "b": 2.0}, {0: ("a",)}, {0: 8}, {0: {4: {"a": 1.2}, 6: {"a": 1.1}}})
+    return noisy, LayerTable(noisy.layers, noisy.cuts, noisy.sizes, {})
+
+
+def test_the_table_that_predicts_held_out_runs_is_kept():
+    from onnxprune.runtime.prediction import held_out_error, steadier_table
+
+    noisy, plain = _noisy_and_plain()
+    # whole-model runs that scale with kept/size: 1 ms fixed + 0.5 ms per unit of plain layer sum
+    points = [({}, 1 + 0.5 * 6), ({0: 6}, 1 + 0.5 * 5), ({0: 4}, 1 + 0.5 * 4), ({0: 2}, 1 + 0.5 * 3)]
+    assert held_out_error(plain, points) == pytest.approx(0.0, abs=1e-12)
+    assert held_out_error(noisy, points) > 0.05
+    chosen = steadier_table([noisy, plain], points)
+    assert chosen.factors == {} and chosen.calibration is not None
+    assert chosen.predict_ms({0: 5}) == pytest.approx(1 + 0.5 * 4.5)
+    # runs that follow the measured factors keep them (the first table wins a tie)
+    measured = [(k, 1 + 0.5 * noisy.layer_sum(k)) for k, _ in points]
+    assert steadier_table([noisy, plain], measured).factors == noisy.factors
+    assert steadier_table([noisy, noisy], measured) is not None
+
+
+def test_held_out_error_needs_a_fit_without_each_point():
+    from onnxprune.runtime.prediction import held_out_error
+
+    _, plain = _noisy_and_plain()
+    assert held_out_error(plain, [({}, 4.0), ({0: 4}, 3.0)]) == float("inf")
+    assert held_out_error(plain, []) == float("inf")
