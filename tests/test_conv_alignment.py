@@ -128,7 +128,7 @@ def test_without_a_wider_block_the_reference_cuts_are_the_8_rounded_ones():
     dg = analyze(model)
     g32, g64 = (g.id for g in dg.prunable_groups)
     lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(None), cache=LatencyCache(None))
-    assert lm.reference_keeps() == [{g32: 24, g64: 48}, {g32: 16, g64: 32}]
+    assert lm.reference_keeps() == [{g32: 24, g64: 48}, {g32: 24, g64: 40}, {g32: 16, g64: 32}]
 
 
 def test_on_block_reference_cuts_keep_one_block_groups_whole():
@@ -141,11 +141,10 @@ def test_on_block_reference_cuts_keep_one_block_groups_whole():
     lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(None), cache=LatencyCache(None),
                       model_timer=_layout_timer, calibrate=True, conv_align=16)
     refs = lm.reference_keeps()
-    assert refs == [{g16: 12, g64: 48}, {g16: 8, g64: 32}, {g64: 48}, {g64: 32}]
+    assert refs == [{g16: 12, g64: 48}, {g16: 10, g64: 40}, {g16: 8, g64: 32}, {g64: 48}, {g64: 32}]
     table = lm.table(1)
     assert table is not None and table.calibration is not None
-    assert [table.unaligned_sum(k) for k in refs] == [pytest.approx(table.unaligned_sum(refs[0])), pytest.approx(
-        table.unaligned_sum(refs[1])), 0.0, 0.0] and table.unaligned_sum(refs[0]) > 0
+    assert [table.unaligned_sum(k) > 0 for k in refs] == [True, True, True, False, False]
     plan = {g16: 8, g64: 40}  # off the block in both groups: priced from the 8-rounded cuts
     from test_latency_target import _apply
 
