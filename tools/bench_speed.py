@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from onnxprune import PruneConfig, prune  # noqa: E402
 from onnxprune.core.io import load_model, model_nbytes  # noqa: E402
 from onnxprune.runtime.bench import benchmark  # noqa: E402
+from onnxprune.runtime.dims import resolve_dims  # noqa: E402
 from onnxprune.runtime.speed_verdict import speed_verdict  # noqa: E402
 from onnxprune.speed import default_widths, keep_counts, latency_model  # noqa: E402
 from onnxprune.structured.analysis import analyze  # noqa: E402
@@ -67,14 +68,17 @@ def _source(name: str):
 def run_model(name: str, ratios: list[float], batches: list[int], threads: list[int], runs: int,
               budget: float, target: float | None = None) -> list[dict]:
     original = _source(name)
-    default = default_widths(PruneConfig(ratio=ratios[0]), model_nbytes(original), original).round_to
+    # every dynamic axis sized once, as a prune resolves it: the prunes, the latency model's calibration and the
+    # benchmark then time the same shapes (without it, a token model's calibration had no sequence length)
+    dims = resolve_dims(original).dims
+    default = default_widths(PruneConfig(ratio=ratios[0], dims=dims), model_nbytes(original), original).round_to
     rows = []
     fixed, auto, predicted, widths = {}, {}, {}, {}
     target_info: dict = {}
     target_model = None
     if target:  # --target-speedup on the largest batch and the first thread count
         cfg = PruneConfig(target_speedup=target, validate=False, bench_batches=(max(batches),),
-                          threads=threads[0], latency_budget=budget)
+                          threads=threads[0], latency_budget=budget, dims=dims)
         result = prune(original, cfg)
         target_model = result.model
         target_info = result.report["latency_target"]
@@ -82,12 +86,12 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
     variants = VARIANTS + ((("default", default),) if default != "auto" else ())  # no width flag, when not auto
     for ratio in ratios:
         for label, round_to in variants[1:]:  # fixed rules: the widths do not depend on the thread count
-            cfg = PruneConfig(ratio=ratio, round_to=round_to, validate=False, bench_batches=tuple(batches))
+            cfg = PruneConfig(ratio=ratio, round_to=round_to, validate=False, bench_batches=tuple(batches), dims=dims)
             result = prune(original, cfg)
             fixed[(ratio, label)], widths[(ratio, label)] = result.model, keep_counts(result.plan)
         for t in threads:  # widths chosen by latency are timed at the thread count they are benchmarked at
             cfg = PruneConfig(ratio=ratio, round_to="auto", validate=False, bench_batches=tuple(batches),
-                              threads=t, latency_budget=budget)
+                              threads=t, latency_budget=budget, dims=dims)
             result = prune(original, cfg)
             auto[(ratio, t)], widths[(ratio, "auto", t)] = result.model, keep_counts(result.plan)
             predicted[(ratio, t)] = (latency_model(original, dg, cfg, calibrate=True), result.plan)
@@ -98,7 +102,8 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
         if target_model is not None and t == threads[0]:
             names.append("target")
             models.append(target_model)
-        report = benchmark(models, names=names, batches=batches, threads=t, runs=runs, warmup=2, memory=False)
+        report = benchmark(models, names=names, batches=batches, threads=t, runs=runs, warmup=2, memory=False,
+                           dims=dims)
         for ratio in ratios:
             for batch in batches:
                 row = {"model": name, "ratio": ratio, "threads": t, "batch": batch, "default": default}
