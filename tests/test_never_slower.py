@@ -161,3 +161,18 @@ def test_a_slowdown_invented_by_load_is_confirmed_away_and_kept(tmp_path):
     assert timer.calls == [[1], [1]]  # one benchmark, one confirmation of the slower batch
     assert any("timings were noisy" in w and "not" in w for w in result.warnings)
     assert not any("SLOWER" in w for w in result.warnings)
+
+
+def test_models_from_a_tenth_of_a_million_macs_are_benchmarked_by_default(tmp_path):
+    """SqueezeNet 1.1 (0.26M MACs) ran 0.85-0.93x pruned with auto widths while 1M was the floor of the default
+    benchmark: a 0.66M-MAC model is now checked (and retried) without --bench, a 14k-MAC one still is not."""
+    from onnxprune.core.stats import model_stats
+
+    small = conv_relu_conv(c_in=8, c_mid=64, c_out=64, hw=4, batch=1)
+    tiny = conv_relu_conv(c_in=8, c_mid=16, c_out=16, hw=2, batch=1)
+    assert 100_000 <= model_stats(small).macs < 1_000_000 and model_stats(tiny).macs < 100_000
+    checked = prune(small, PruneConfig(ratio=0.3, round_to=1), output=tmp_path / "a.onnx", timer=slow_kernel_timer(16))
+    assert checked.report["speed"]["retried"] is True  # 45 of 64 channels takes the slow path; retried at 16
+    unchecked = prune(tiny, PruneConfig(ratio=0.3, round_to=1), output=tmp_path / "b.onnx",
+                      timer=slow_kernel_timer(16))
+    assert "speed" not in unchecked.report
