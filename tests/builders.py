@@ -79,6 +79,21 @@ def mlp(seed: int = 0, d_in: int = 16, hidden: int = 32, d_out: int = 10, batch:
     return make_model(nodes, [vinfo("x", [batch, d_in])], [vinfo("out", [batch, d_out])], inits)
 
 
+def conv_chain(c_in: int, c1: int, c2: int, c_out: int = 16, hw: int = 8) -> onnx.ModelProto:
+    """x (c_in) → Conv 3x3 c1 (c1) → Relu → Conv 3x3 c2 (c2) → Relu → Conv 1x1 c_out (c3) → out; batch 1, no
+    biases: two prunable groups (c1, c2) whose widths the latency tests time."""
+    r = rng(0)
+    inits = [init("w1", r.standard_normal((c1, c_in, 3, 3)).astype(np.float32)),
+             init("w2", r.standard_normal((c2, c1, 3, 3)).astype(np.float32)),
+             init("w3", r.standard_normal((c_out, c2, 1, 1)).astype(np.float32))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["ra"], name="r1"),
+             helper.make_node("Conv", ["ra", "w2"], ["b"], name="c2", pads=[1] * 4),
+             helper.make_node("Relu", ["b"], ["rb"], name="r2"),
+             helper.make_node("Conv", ["rb", "w3"], ["out"], name="c3")]
+    return make_model(nodes, [vinfo("x", [1, c_in, hw, hw])], [vinfo("out", [1, c_out, hw, hw])], inits)
+
+
 def conv_relu_conv(seed: int = 0, c_in: int = 4, c_mid: int = 6, c_out: int = 5, hw: int = 9, *,
                    kernel: int = 3, stride: int = 1, dilation: int = 1, group: int = 1, pads: int | None = 1,
                    auto_pad: str | None = None, batch: int | str = "N") -> onnx.ModelProto:

@@ -64,20 +64,9 @@ def test_large_models_default_to_the_alignment_of_their_convs(monkeypatch, flags
 def _conv_chain(c1: int = 32, c2: int = 64):
     """x (16 channels) -> conv c1 -> conv c2 -> conv c3 (16): by default a 32- and a 64-channel group, as in
     the digits CNN."""
-    import numpy as np
-    from builders import init, make_model, rng, vinfo
-    from onnx import helper
+    from builders import conv_chain
 
-    r = rng(0)
-    inits = [init("w1", r.standard_normal((c1, 16, 3, 3)).astype(np.float32)),
-             init("w2", r.standard_normal((c2, c1, 3, 3)).astype(np.float32)),
-             init("w3", r.standard_normal((16, c2, 1, 1)).astype(np.float32))]
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1] * 4),
-             helper.make_node("Relu", ["a"], ["ra"], name="r1"),
-             helper.make_node("Conv", ["ra", "w2"], ["b"], name="c2", pads=[1] * 4),
-             helper.make_node("Relu", ["b"], ["rb"], name="r2"),
-             helper.make_node("Conv", ["rb", "w3"], ["out"], name="c3")]
-    return make_model(nodes, [vinfo("x", [1, 16, 8, 8])], [vinfo("out", [1, 16, 8, 8])], inits)
+    return conv_chain(16, c1, c2)
 
 
 LAYOUT_OVERHEAD_MS = 2.0

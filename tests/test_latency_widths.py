@@ -72,19 +72,9 @@ def test_prediction_multiplies_each_layers_factors():
 
 
 def _three_convs():
-    from builders import init, make_model, rng, vinfo
-    from onnx import helper
+    from builders import conv_chain
 
-    r = rng(0)
-    inits = [init("w1", r.standard_normal((32, 8, 3, 3)).astype(np.float32)),
-             init("w2", r.standard_normal((32, 32, 3, 3)).astype(np.float32)),
-             init("w3", r.standard_normal((16, 32, 1, 1)).astype(np.float32))]
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1] * 4),
-             helper.make_node("Relu", ["a"], ["ra"], name="r1"),
-             helper.make_node("Conv", ["ra", "w2"], ["b"], name="c2", pads=[1] * 4),
-             helper.make_node("Relu", ["b"], ["rb"], name="r2"),
-             helper.make_node("Conv", ["rb", "w3"], ["out"], name="c3")]
-    return make_model(nodes, [vinfo("x", [1, 8, 8, 8])], [vinfo("out", [1, 16, 8, 8])], inits)
+    return conv_chain(8, 32, 32)
 
 
 def test_a_layer_cut_on_both_sides_gets_both_factors():
