@@ -20,12 +20,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onnx import ModelProto
 
 from onnxprune.config import PruneConfig
 from onnxprune.runtime.prediction import LayerTable, steadier_table
+
+if TYPE_CHECKING:
+    from onnxprune.runtime.latency import AsServed
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ AUTO_BENCH_MACS = 50_000_000
 BENCH_MIN_MACS = 100_000
 #: Below this many MACs at the largest batch timed, a group's full width does not compete with its cut (see
 #: ``LatencyModel.time_whole``).
-AUTO_BENCH_MIN_MACS = 1_000_000
+TIME_WHOLE_MIN_MACS = 1_000_000
 #: Runs of the default benchmark (``--bench`` uses ``--runs``); enough for the spread-aware decision.
 AUTO_BENCH_RUNS = 30
 #: Seconds of layer timing ``round_to="auto"`` may spend per prune (cached results cost nothing).
@@ -101,7 +104,7 @@ def _cuts_conv(group: Any) -> bool:
     return any(c.op_type == "Conv" and c.role in ("source", "sink") for c in group.cuts)
 
 
-def _as_served(model: ModelProto, dims: Mapping[str, int], batch: int) -> Any:
+def _as_served(model: ModelProto, dims: Mapping[str, int], batch: int) -> AsServed | None:
     """``model`` to time whole at ``batch`` as the benchmark runs it (its dynamic axes kept, fed at ``batch`` and
     ``dims``: see :class:`~onnxprune.runtime.latency.AsServed`); ``None`` when a dynamic input axis has no size
     (first axis: ``batch``; others from ``dims`` by name or position)."""
@@ -159,7 +162,7 @@ class LatencyModel:
         #: that model no per-run cost.
         self.empty_run = empty_run
         #: Whether a group with no cut candidate that is a multiple of 8 times its cut against its full width
-        #: (see :data:`FULL_MARGIN`); off below ``AUTO_BENCH_MIN_MACS`` at the largest batch timed, where a run
+        #: (see :data:`FULL_MARGIN`); off below ``TIME_WHOLE_MIN_MACS`` at the largest batch timed, where a run
         #: takes microseconds and per-op overhead, not width, decides its speed (a loaded machine's noise then
         #: kept such groups whole).
         self.time_whole = time_whole
@@ -224,7 +227,7 @@ class LatencyModel:
         return ok
 
     def _whole_models(self, group: Any, widths: Sequence[int], batch: int
-                      ) -> list[tuple[int, str, str, ModelProto]]:
+                      ) -> list[tuple[int, str, str, AsServed]]:
         """The whole model with only ``group`` cut to each width, timed at ``batch`` (context mode)."""
         import hashlib
 
@@ -465,7 +468,7 @@ class LatencyModel:
             return None
         return speed_verdict(self.provider, batch, rounds[0], rounds[1])
 
-    def _plan_models(self, batch: int, keeps: Sequence[Mapping[int, int]]) -> list[tuple[str, Any]] | None:
+    def _plan_models(self, batch: int, keeps: Sequence[Mapping[int, int]]) -> list[tuple[str, AsServed]] | None:
         """``(cache signature, model timed at batch)`` of plans keeping the first ``keep[g]``
         channels of each group; ``None`` when one cannot be built."""
         import hashlib
@@ -601,7 +604,7 @@ def latency_model(model: ModelProto, dg: Any, config: PruneConfig, *, timer: Any
                             provider=provider, threads=config.threads, rounds=CHECK_ROUNDS, set_seconds=CHECK_SET_S,
                             min_rounds=CHECK_MIN_ROUNDS, warmup=1),
                         provider=provider, conv_align=conv_alignment(provider), empty_run=timer is None,
-                        time_whole=_macs(model, config) * max(config.bench_batches) >= AUTO_BENCH_MIN_MACS)
+                        time_whole=_macs(model, config) * max(config.bench_batches) >= TIME_WHOLE_MIN_MACS)
 
 
 def _macs(model: ModelProto, config: PruneConfig) -> int:

@@ -225,19 +225,28 @@ class LayerTable:
         return None if ms is None else base / max(ms, 1e-12)
 
 
+def _sums(table: LayerTable, points: Sequence[tuple[Mapping[int, int], float]]) -> list[tuple[float, float, float]]:
+    """``(layer sum, off-block sum, measured ms)`` of each point under ``table``."""
+    return [(table.layer_sum(keep), table.unaligned_sum(keep), ms) for keep, ms in points]
+
+
+def _fit(sums: Sequence[tuple[float, float, float]]) -> Calibration | None:
+    return Calibration.fit([(s, m) for s, _, m in sums], [u for _, u, _ in sums])
+
+
 def held_out_error(table: LayerTable, points: Sequence[tuple[Mapping[int, int], float]]) -> float:
     """How well ``table``'s layer sums predict whole-model runs: the mean relative error of each measured plan
     predicted by the calibration fitted on the others (``inf`` when a fit cannot be made without one).
 
     Why: with few points, the fit's own residuals say little (three parameters, four or five points), and a
     prediction is asked of plans not among them."""
+    sums = _sums(table, points)
     errors = []
-    for i, (keep, ms) in enumerate(points):
-        rest = [*points[:i], *points[i + 1:]]
-        fit = Calibration.fit([(table.layer_sum(k), m) for k, m in rest], [table.unaligned_sum(k) for k, _ in rest])
+    for i, (s, u, ms) in enumerate(sums):
+        fit = _fit([*sums[:i], *sums[i + 1:]])
         if fit is None or ms <= 0:
             return float("inf")
-        errors.append(abs(fit.ms(table.layer_sum(keep), table.unaligned_sum(keep)) / ms - 1))
+        errors.append(abs(fit.ms(s, u) / ms - 1))
     return sum(errors) / len(errors) if errors else float("inf")
 
 
@@ -250,7 +259,5 @@ def steadier_table(tables: Sequence[LayerTable], points: Sequence[tuple[Mapping[
     model (layer sum 0.49-0.50 against 0.45) while each ran faster, and predicted a 0.3 cut at 0.41x where
     1.02x was measured. The same layers scaled by kept/size (no measured factor) follow the whole-model
     runs there; on bigger layers the measured factors do, and are kept."""
-    best = min(range(len(tables)), key=lambda i: (held_out_error(tables[i], points), i))
-    table = tables[best]
-    fit = Calibration.fit([(table.layer_sum(k), m) for k, m in points], [table.unaligned_sum(k) for k, _ in points])
-    return LayerTable(table.layers, table.cuts, table.sizes, table.factors, fit, table.blocks)
+    table = min(tables, key=lambda t: held_out_error(t, points))  # min keeps the first of equal errors
+    return LayerTable(table.layers, table.cuts, table.sizes, table.factors, _fit(_sums(table, points)), table.blocks)
