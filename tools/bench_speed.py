@@ -109,9 +109,11 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
                 row = {"model": name, "ratio": ratio, "threads": t, "batch": batch, "default": default}
                 base = report.result("original", "cpu", batch)
                 row["original_ms"] = base.p50_ms
+                verdicts = {}
                 for label, _ in variants:  # speedup: the median of per-round ratios (each round times both)
                     r = report.result(f"{ratio}-{label}", "cpu", batch)
-                    paired = speed_verdict("cpu", batch, base.times_ms, r.times_ms).speedup
+                    verdicts[label] = speed_verdict("cpu", batch, base.times_ms, r.times_ms)
+                    paired = verdicts[label].speedup
                     row[f"{label}_speedup"], row[f"{label}_p50_speedup"] = paired, r.speedup
                     row["ideal"] = r.ideal_speedup if label == "auto" else row.get("ideal")
                     row[f"{label}_of_ideal"] = paired / row["ideal"] if row["ideal"] else None
@@ -120,9 +122,7 @@ def run_model(name: str, ratios: list[float], batches: list[int], threads: list[
                 else:  # the auto plan may keep the default rule's widths: then any gap between them is noise
                     row["auto_is_default"] = widths[(ratio, "auto", t)] == widths[(ratio, "default")]
                 # the spread: 95% interval of the median per-round speedup of the default-flags model, over its ideal
-                label = "auto" if default == "auto" else "default"
-                verdict = speed_verdict("cpu", batch, base.times_ms,
-                                        report.result(f"{ratio}-{label}", "cpu", batch).times_ms)
+                verdict = verdicts["auto" if default == "auto" else "default"]
                 if row["ideal"]:
                     row["default_interval"] = (verdict.low / row["ideal"], verdict.high / row["ideal"])
                 lm, plan = predicted[(ratio, t)]
