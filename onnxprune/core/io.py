@@ -31,6 +31,7 @@ from onnxprune.core.densify import densify_sparse_initializers
 from onnxprune.core.errors import ModelLoadError, OutputError, UnsupportedModelError, first_line
 from onnxprune.core.formats import export_hint
 from onnxprune.core.ir import copy_fields
+from onnxprune.core.node_order import sort_nodes
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +263,9 @@ def load_structure(path: str | os.PathLike[str]) -> ModelProto:
 
 def _check_model(model: ModelProto, where: str, path: Path | None, *, external_checked: bool = False) -> None:
     check_opset(model, where)
+    if sort_nodes(model.graph):  # onnxruntime runs a graph out of order; the checker and onnxprune do not
+        log.info("%s: nodes were out of topological order and have been sorted (nothing they compute changes)",
+                 where)
     view = _checker_view(model, where, external_checked=external_checked)
     try:
         if view.ByteSize() < PROTOBUF_LIMIT:

@@ -327,6 +327,7 @@ def benchmark(
     seed: int = 0,
     names: Sequence[str] | None = None,
     memory: bool = True,
+    cuda_graph: bool = False,
 ) -> BenchReport:
     """Time ``models`` alternately per provider and batch; the first model is the baseline.
 
@@ -341,6 +342,8 @@ def benchmark(
         seed: seed of the generated inputs (the same inputs for every model).
         names: display names (default: file stems or graph names).
         memory: measure each session's peak memory (one short subprocess per model × provider × batch).
+        cuda_graph: on CUDA, run each model as a captured CUDA graph (see
+            :func:`~onnxprune.runtime.session.create_session`); other providers run as usual.
 
     Returns:
         A :class:`BenchReport`.
@@ -406,29 +409,33 @@ def benchmark(
                 case_results, order = _time_case(
                     [infos[i] for i in active], [paths[i] for i in active], provider=provider, batch=batch,
                     threads=threads, warmup=warmup, runs=runs, dims=dims, seed=seed, on_device=on_device,
-                    memory=memory,
+                    memory=memory, cuda_graph=cuda_graph and provider == "cuda",
                 )
                 cases.append(BenchCase(provider, batch, order))
                 results.extend(_with_speedups(case_results, infos, baseline_active=active[0] == 0))
     notes = [f"memory: {MEMORY_METHOD}" if memory else "memory: not measured",
              "timing: models timed alternately (A B A B ...) in one process; p50 drives the speedup"]
     for provider in provider_names:
-        notes.append(f"{provider}: {DEVICE_TIMING if is_gpu_provider(provider) else HOST_TIMING}")
+        notes.append(f"{provider}: {DEVICE_TIMING if is_gpu_provider(provider) else HOST_TIMING}"
+                     f"{'; replayed as a CUDA graph' if cuda_graph and provider == 'cuda' else ''}")
     settings = {"providers": list(provider_names), "batches": [int(b) for b in batches], "threads": threads,
-                "warmup": warmup, "runs": runs, "dims": dims, "seed": seed, "memory": memory}
+                "warmup": warmup, "runs": runs, "dims": dims, "seed": seed, "memory": memory,
+                "cuda_graph": cuda_graph}
     return BenchReport(tuple(infos), tuple(results), tuple(skipped), tuple(cases), settings, _machine(),
                        tuple(notes))
 
 
-def _runner(path: Path, feeds: dict[str, np.ndarray], *, name: str, provider: str, threads: int | None,
-            on_device: bool) -> tuple[object, Callable[[], object]]:
+def _runner(path: Path | ModelProto, feeds: dict[str, np.ndarray], *, name: str, provider: str,
+            threads: int | None, on_device: bool, cuda_graph: bool = False) -> tuple[object, Callable[[], object]]:
     """A session and a no-argument function that runs it once on ``feeds`` (a session timed in turn with
-    others: no spin-waiting threads, see :data:`~onnxprune.runtime.session.ALTERNATED_SPINNING`)."""
+    others: no spin-waiting threads, see :data:`~onnxprune.runtime.session.ALTERNATED_SPINNING`). On a GPU the
+    inputs and outputs stay on the device (I/O binding), so no host copy is timed."""
     from onnxprune.runtime.session import DeviceRunner, create_session, run_session
 
-    session = create_session(path, provider=provider, threads=threads, name=name, alternated=True)
+    session = create_session(path, provider=provider, threads=threads, name=name, alternated=True,
+                             cuda_graph=cuda_graph)
     if on_device:
-        return session, DeviceRunner(session, feeds).run
+        return session, DeviceRunner(session, feeds, fixed_outputs=cuda_graph).run
 
     def run() -> object:
         return run_session(session, feeds, label=name)
@@ -485,8 +492,8 @@ def session_peak_memory(path: Path, *, name: str, provider: str, batch: int, thr
 
 
 def _time_case(infos: list[ModelInfo], paths: list[Path], *, provider: str, batch: int, threads: int | None,
-               warmup: int, runs: int, dims: Mapping[str, int], seed: int, on_device: bool, memory: bool
-               ) -> tuple[list[BenchResult], tuple[str, ...]]:
+               warmup: int, runs: int, dims: Mapping[str, int], seed: int, on_device: bool, memory: bool,
+               cuda_graph: bool = False) -> tuple[list[BenchResult], tuple[str, ...]]:
     """Measure each model's session memory (subprocess), warm up, then time the models alternately."""
     runners: list[Callable[[], object]] = []
     peaks: list[int | None] = []
@@ -499,7 +506,7 @@ def _time_case(infos: list[ModelInfo], paths: list[Path], *, provider: str, batc
             peaks.append(None)
         feeds = random_feeds(path, seed=seed, batch=batch, dims=dims)
         session, run = _runner(path, feeds, name=info.name, provider=provider, threads=threads,
-                               on_device=on_device)
+                               on_device=on_device, cuda_graph=cuda_graph)
         run()
         keep_alive.append(session)
         runners.append(run)

@@ -165,23 +165,21 @@ def onnxruntime_round_timer(*, provider: str = "cpu", threads: int | None = None
     ``rounds`` that took under ``fill_s`` are followed by more, up to ``fill_s`` (at most ``MAX_ROUNDS``)."""
 
     def timer(models: Sequence[Timed]) -> list[list[float]]:
-        from onnxprune.runtime.bench import time_alternately
+        from onnxprune.runtime.bench import _runner, time_alternately
         from onnxprune.runtime.feeds import random_feeds
-        from onnxprune.runtime.session import create_session, run_session
+        from onnxprune.runtime.session import is_gpu_provider
 
         runs = []
         keep = []
         for item in models:
             m = model_of(item)
-            session = create_session(m, provider=provider, threads=threads, name="layer", alternated=True)
             feeds = (random_feeds(m, seed=0, batch=item.batch, dims=item.dims) if isinstance(item, AsServed)
                      else random_feeds(m, seed=0))
-            names = [o.name for o in session.get_outputs()]
-            run_session(session, feeds, label="a layer timed alone")  # onnxruntime errors as typed errors
-
-            def run(s: object = session, f: dict = feeds, n: list = names) -> None:
-                s.run(n, f)  # type: ignore[attr-defined]
-
+            # as the benchmark runs them: on a GPU with inputs and outputs on the device (a host copy per run
+            # would be timed with every layer, and dwarf a small one)
+            session, run = _runner(m, feeds, name="a layer timed alone", provider=provider, threads=threads,
+                                   on_device=is_gpu_provider(provider))
+            run()  # onnxruntime errors as typed errors, before any timing
             keep.append(session)
             runs.append(run)
         times = time_alternately(runs, range(rounds), warmup=warmup, stop_after_s=set_seconds, min_rounds=min_rounds)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The CUDA checks of one GPU session, in one go (the GPU machine has python3, torch, torchvision, onnx and numpy,
+# no package index): install the onnxruntime-gpu wheel reassembled in /tmp/ortw and onnx-graphsurgeon from .whl/,
+# run the CUDA tests, write the CUDA tables (tools/bench_cuda.py) and prune one model with the CLI on CUDA with a
+# benchmark. Everything it writes goes under $OUT (the folder the results are collected from; default ./cuda-out).
+# Usage: WHEEL=onnxruntime_gpu-...whl SHA=<sha256> bash tools/cuda_tables.sh
+set -uo pipefail
+OUT=${OUT:-$PWD/cuda-out}
+mkdir -p "$OUT"
+started=$(date +%s)
+if [ -f /tmp/ortw/ort.part ]; then mv /tmp/ortw/ort.part "/tmp/ortw/$WHEEL"; fi
+echo "$SHA  /tmp/ortw/$WHEEL" | sha256sum -c - || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "/tmp/ortw/$WHEEL" .whl/onnx_graphsurgeon-*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 ONNXPRUNE_CACHE_DIR=/tmp/onnxprune-cache
+python3 -c 'import onnxruntime as o; o.preload_dlls(); print(o.__version__, o.get_available_providers())'
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
+echo "== set-up took $(( $(date +%s) - started )) s"
+timeout 150 python3 -m pytest -q -p no:cacheprovider -rs tests/runtime/test_cuda.py tests/runtime/test_session.py \
+  tests/core/test_node_order.py 2>&1 | tee "$OUT/pytest.log" | tail -8
+echo "== tests done at $(( $(date +%s) - started )) s"
+timeout "${TABLE_S:-330}" python3 tools/bench_cuda.py --out "$OUT" --exports /tmp/exports --deadline-s "${DEADLINE_S:-200}" \
+  --fp16 "${FP16:-resnet50}" --runs "${RUNS:-100}" 2>"$OUT/bench.log"
+echo "== tables done at $(( $(date +%s) - started )) s"
+timeout 90 python3 -m onnxprune prune /tmp/exports/mobilenet_v2.onnx -o /tmp/mnv2_pruned.onnx --ratio 0.3 \
+  --providers cuda --bench --batches 1,32 --report "$OUT/cli_report.json" 2>&1 | tail -25 | tee "$OUT/cli.log"
+echo "== all done at $(( $(date +%s) - started )) s"
