@@ -432,10 +432,15 @@ def _runner(path: Path | ModelProto, feeds: dict[str, np.ndarray], *, name: str,
     inputs and outputs stay on the device (I/O binding), so no host copy is timed."""
     from onnxprune.runtime.session import DeviceRunner, create_session, run_session
 
+    outputs = None
+    if cuda_graph:  # the outputs' shapes, from a plain run, so the graph's buffers are bound before its capture
+        plain = create_session(path, provider=provider, threads=threads, name=name)
+        outputs = list(run_session(plain, feeds, label=name).values())
+        del plain
     session = create_session(path, provider=provider, threads=threads, name=name, alternated=True,
                              cuda_graph=cuda_graph)
     if on_device:
-        return session, DeviceRunner(session, feeds, fixed_outputs=cuda_graph).run
+        return session, DeviceRunner(session, feeds, outputs=outputs).run
 
     def run() -> object:
         return run_session(session, feeds, label=name)

@@ -330,10 +330,11 @@ class DeviceRunner:
     """
 
     def __init__(self, session: ort.InferenceSession, feeds: Mapping[str, np.ndarray], *, device_id: int = 0,
-                 fixed_outputs: bool = False):
-        """``fixed_outputs``: after one run, bind each output to a buffer of its shape allocated once, so every
-        later run writes to the same address (a CUDA graph replays its captured addresses; onnxruntime
-        captures only after its first runs, so the first one may still allocate)."""
+                 outputs: Sequence[np.ndarray] | None = None):
+        """``outputs``: arrays shaped and typed as the session's outputs (from a run of the same model without a
+        CUDA graph): each output is then bound to a device buffer allocated once, before the first run, so
+        every run writes to the same address. A CUDA graph needs it: onnxruntime captures a graph on an early
+        run, and its replays write where that run wrote (outputs bound after it keep the first values)."""
         self.session = session
         self.binding = session.io_binding()
         # Keep the OrtValues alive as long as the binding refers to them.
@@ -341,16 +342,13 @@ class DeviceRunner:
                         for k, v in feeds.items()}
         for name, value in self._inputs.items():
             self.binding.bind_ortvalue_input(name, value)
-        for out in session.get_outputs():
-            self.binding.bind_output(out.name, "cuda", device_id)
-        self._outputs: list[ort.OrtValue] = []
-        if fixed_outputs:
-            self.run()
-            firsts = self.binding.get_outputs()
-            self._outputs = [ort.OrtValue.ortvalue_from_numpy(v.numpy(), "cuda", device_id) for v in firsts]
-            self.binding.clear_binding_outputs()
-            for out, value in zip(session.get_outputs(), self._outputs, strict=True):
-                self.binding.bind_ortvalue_output(out.name, value)
+        self._outputs = [] if outputs is None else [
+            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), "cuda", device_id) for v in outputs]
+        for k, out in enumerate(session.get_outputs()):
+            if self._outputs:
+                self.binding.bind_ortvalue_output(out.name, self._outputs[k])
+            else:
+                self.binding.bind_output(out.name, "cuda", device_id)
 
     def run(self) -> None:
         """One synchronous run; results stay on the device."""
