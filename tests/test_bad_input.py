@@ -542,6 +542,7 @@ BENCH_CASES = [
     (["--runs", "0"], r"runs must be integers >= 1"),
     (["--warmup", "-1"], r"warmup must be integers >= 0"),
     (["--threads", "0"], r"threads must be at least 1"),
+    (["--cuda-graph"], r"CUDA graphs need the CUDA provider; add --providers cuda"),
 ]
 
 

@@ -130,7 +130,8 @@ def run_model(name: str, original, *, provider: str, ratios: list[float], batche
             for label, _ in variants:
                 r = report.result(f"{ratio}-{label}", provider, batch)
                 verdict = speed_verdict(provider, batch, base.times_ms, r.times_ms)
-                row["ideal"] = r.ideal_speedup
+                row[f"{label}_ideal"] = r.ideal_speedup
+                row["ideal"] = r.ideal_speedup if label == "auto" else row["ideal"]  # the auto prune's MAC ideal
                 row[f"{label}_speedup"] = verdict.speedup
                 row[f"{label}_interval"] = (verdict.low, verdict.high)
                 row[f"{label}_of_ideal"] = verdict.speedup / r.ideal_speedup if r.ideal_speedup else None
@@ -169,15 +170,17 @@ def markdown(rows: list[dict], failures: list[dict], command: str, seconds: floa
             pass
     head = (f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {device}, provider "
             f"{provider} (onnxruntime {ort.__version__}), {seconds:.0f} s: `{command}`\n\n"
-            "| model | ratio | batch | dense ms | ideal | auto (of ideal) | no rounding | round-to 8 | "
-            "predicted auto (error) | CUDA graph: dense ms, auto |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            "| model | default widths | ratio | batch | dense ms | ideal | auto (of ideal; 95%) | no rounding | "
+            "round-to 8 | predicted auto (error) | CUDA graph: dense ms / auto |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         err = r.get("error")
-        graph = (f"{_f(r['graph_original_ms'], '.3f')}, {_f(r['graph_auto_speedup'])}" if "graph_original_ms" in r
+        low, high = r["auto_interval"]
+        graph = (f"{_f(r['graph_original_ms'], '.3f')} / {_f(r['graph_auto_speedup'])}" if "graph_original_ms" in r
                  else ("refused" if r.get("graph_error") else "-"))
-        lines.append(f"| {r['model']} | {r['ratio']} | {r['batch']} | {_f(r['original_ms'], '.3f')} | "
-                     f"{_f(r['ideal'])} | {_f(r['auto_speedup'])} ({_f(r['auto_of_ideal'])}) | "
+        lines.append(f"| {r['model']} | {r['default']} | {r['ratio']} | {r['batch']} | {_f(r['original_ms'], '.3f')} | "
+                     f"{_f(r['ideal'])} | {_f(r['auto_speedup'])} ({_f(r['auto_of_ideal'])}; {low:.2f}-{high:.2f}) | "
                      f"{_f(r['none_speedup'])} ({_f(r['none_of_ideal'])}) | {_f(r['r8_speedup'])} "
                      f"({_f(r['r8_of_ideal'])}) | {_f(r['predicted'])} "
                      f"({_f(None if err is None else 100 * err, '+.0f')}%) | {graph} |")

@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=BENCH_RUNS, help=f"timed runs per model (default {BENCH_RUNS})")
     add_runtime_options(p, dim_help="value of a named dynamic input dim other than the batch (repeatable)",
                         seed_help="seed of the generated inputs (default 0)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="on CUDA, replay each model as a captured CUDA graph (one launch per run; onnxruntime "
+                        "refuses a model with nodes off the GPU)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     return p
 
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = benchmark(args.models, providers=args.providers, batches=_ints(args.batches, "--batches"),
                        threads=args.threads, warmup=args.warmup, runs=args.runs, dims=parse_dims(args.dim),
-                       seed=args.seed)
+                       seed=args.seed, cuda_graph=args.cuda_graph)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     elif not args.quiet:

@@ -365,6 +365,8 @@ def benchmark(
     _positive("runs", [runs])
     _positive("warmup", [warmup], minimum=0)
     provider_names = parse_providers(providers)
+    if cuda_graph and "cuda" not in provider_names:
+        raise ConfigError("CUDA graphs need the CUDA provider; add --providers cuda (or drop --cuda-graph)")
     labels = _names(models, names)
     dims = dict(dims or {})
 
