@@ -403,9 +403,13 @@ class LatencyModel:
         then, where the provider's conv block is wider than 8, the same ratios with every conv group on the
         block (see :meth:`_on_block`), when that is another plan.
 
-        A group that rounding would keep whole (under 16 channels: attention heads) is cut unrounded: left
-        whole, its cuts were never calibrated, and the time they save beyond the table's layers (attention
-        scores, softmax) was missed (digits transformer: predictions +8% to +27% off, all too slow).
+        A group that rounding up would keep whole is still cut: up to 16 channels (attention heads) as asked,
+        wider ones down to a multiple of 8. Left whole, its cuts were never calibrated, and the time they save
+        beyond the table's layers (attention scores, softmax) was missed (digits transformer: predictions +8%
+        to +27% off, all too slow). Why not as asked when wider: MNASNet's 24-channel groups cut to 18 at
+        ratio 0.25 fell off onnxruntime's blocked conv path, and that reference cut ran 0.81x the original
+        (1 thread, batch 1) where the 0.4 cut ran 1.33x; a line through such a point predicted every plan
+        too slow (+16% to +23% errors), while ``round_to="auto"`` never keeps such a width.
 
         Why the cuts on the block: the calibration fits its line on plans whose convs keep the blocked layout
         and prices the layers others take off it apart (:mod:`onnxprune.runtime.prediction`). With only the
@@ -420,8 +424,8 @@ class LatencyModel:
                 for g in self.dg.prunable_groups:
                     asked = max(1, g.size - int(round(ratio * g.size)))
                     k = _ceil_to(asked, 8, g.size)
-                    if k >= g.size:
-                        k = asked
+                    if k >= g.size:  # rounding up keeps it whole: up to 16 channels cut as asked, else down
+                        k = asked if g.size <= 16 or asked < 8 else asked // 8 * 8
                     if aligned and _cuts_conv(g):
                         k = self._on_block(g.size, asked, k)
                     if k < g.size:

@@ -139,3 +139,16 @@ def test_on_block_reference_cuts_keep_one_block_groups_whole():
 
     original_ms, plan_ms = _layout_timer([model, _apply(model, dg, plan)])
     assert lm.predict_speedup(plan)[1] == pytest.approx(original_ms / plan_ms, rel=1e-6)
+
+
+def test_a_reference_cut_that_rounding_would_keep_whole_rounds_down_when_wider_than_16():
+    """MNASNet's 24-channel groups asked for 18 at ratio 0.25: rounding up keeps them whole, and 18 as asked fell
+    off the blocked conv path (that reference cut ran 0.81x the original where the 0.4 cut ran 1.33x, and the
+    line through it predicted every plan too slow). Wider than 16 such a group is cut down to a multiple of 8;
+    up to 16 channels (attention heads, a 16-channel group) as asked."""
+    model = _conv_chain(c1=24, c2=16)
+    dg = analyze(model)
+    g24, g16 = (g.id for g in dg.prunable_groups)
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_macs_timer(None), cache=LatencyCache(None),
+                      conv_align=8)
+    assert lm.reference_keeps() == [{g24: 16, g16: 12}, {g24: 16, g16: 10}, {g24: 16, g16: 8}]
