@@ -52,7 +52,7 @@ METRIC = "relative_l2"
 #: How candidates are measured: Gram-scored and anchored (fast), or each on the whole model (reference).
 METHODS = ("gram", "model")
 #: Calibration samples an anchor (the one whole-model run that scales a group's Gram curve) runs on: it sets
-#: the scale only, and budgets re-measure on every sample each point they read (see :func:`sensitivity`).
+#: the scale only, and budgets measure their frontier on these same samples (see :func:`sensitivity`).
 DEFAULT_ANCHOR_SAMPLES = 64
 
 @dataclass(frozen=True)
@@ -330,7 +330,7 @@ def sensitivity(
             many samples (``None``: all), and the Grams that only score (every recovery but ``lstsq``, whose
             re-fits read them) are accumulated on those same batches, so the whole estimate is that of those
             samples. An anchor only scales its group's curve, so it is reported as an estimate (``exact``
-            false); a budget measures on every sample each point it reads.
+            false); a budget measures its frontier (each group's chosen and next ratio) the same way.
 
     Returns:
         A :class:`SensitivityReport`.
@@ -407,7 +407,8 @@ def start_sensitivity(
 
 class SensitivityRun:
     """One sensitivity analysis, with what it built kept (calibration, reference outputs, plans, costs), so
-    a budget can ask for more points measured exactly (:meth:`refine`) without calibrating again.
+    a budget can ask for more points measured (:meth:`measure_frontier` on the anchors' samples, :meth:`refine`
+    on every sample) without calibrating again.
 
     Made by :func:`start_sensitivity`.
     """
@@ -600,9 +601,9 @@ class SensitivityRun:
 
         Why: a Gram costs ``rows × K²`` (im2col Grams of a full-size ResNet-50 up to 4608² per 3×3 conv), far
         more than the calibration run, and it only shapes a group's curve, which an anchor on those same
-        samples then scales; a budget re-measures on every sample each point it reads, so the Grams never
-        decide an allocation (see :func:`onnxprune.recovery.budget.refine_allocation`). Channel statistics
-        (bias recovery's means) still see every sample.
+        samples then scales; a budget measures its frontier on those samples too, so the Grams only shape the
+        curves between measured points (see :func:`onnxprune.recovery.budget.refine_allocation`). Channel
+        statistics (bias recovery's means) still see every sample.
         """
         count, kept = self._first_batches(batches)
         return None if self.anchor_samples is None or kept == len(batches) else count

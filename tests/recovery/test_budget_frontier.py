@@ -16,7 +16,7 @@ from onnxprune.config import PruneConfig
 from onnxprune.core.io import load_model
 from onnxprune.core.stats import model_stats
 from onnxprune.recovery.budget import FRONTIER_PASSES, allocate, allocate_budget, frontier, refine_allocation
-from onnxprune.recovery.sensitivity import DEFAULT_RATIOS, sensitivity, start_sensitivity
+from onnxprune.recovery.sensitivity import DEFAULT_RATIOS, SensitivityRun, sensitivity, start_sensitivity
 from onnxprune.structured.analysis import analyze
 from onnxprune.structured.plan import make_plan
 from onnxprune.structured.surgery import apply_plan
@@ -43,7 +43,7 @@ def test_a_budget_measures_only_its_frontier_on_the_anchors_samples():
     m = load_model(CNN)
     dg = analyze(m)
     run = start_sensitivity(m, CNN_CALIB, ratios=RATIOS, dg=dg, defer_anchors=True)
-    exact, measured = set(run.exact), dict(run.measured)  # the anchors (on 64 samples) are measured
+    exact = set(run.exact)
     edges: set[tuple[int, float]] = set()
 
     def alloc(report):
@@ -52,8 +52,9 @@ def test_a_budget_measures_only_its_frontier_on_the_anchors_samples():
         return ratios
 
     got = refine_allocation(run, alloc)
-    new = set(run.measured) - set(measured)
     assert run.exact == exact  # nothing measured on every sample
+    anchors = {(g.id, RATIOS[len(RATIOS) // 2]) for g in run.chosen}  # measured (on 64 samples) by sensitivity
+    new = set(run.measured) - anchors
     assert new and new <= edges
     assert len(new) <= FRONTIER_PASSES * 2 * len(run.chosen)
     report = run.report()
@@ -64,6 +65,23 @@ def test_a_budget_measures_only_its_frontier_on_the_anchors_samples():
     for gid, r in new:
         i = RATIOS.index(r)
         assert run.errors[(gid, r)] == pytest.approx(on64.group(gid).errors[i], rel=1e-6)
+
+
+def test_the_passes_are_bounded(monkeypatch):
+    """With ``passes=1`` the frontier is measured once, and the allocation made on those curves is returned."""
+    m = load_model(CNN)
+    dg = analyze(m)
+    calls = []
+    real = SensitivityRun.measure_frontier
+    monkeypatch.setattr(SensitivityRun, "measure_frontier", lambda self, ts: calls.append(list(ts)) or real(self, ts))
+    run = start_sensitivity(m, CNN_CALIB, ratios=RATIOS, dg=dg, defer_anchors=True)
+
+    def alloc(report):
+        return allocate(m, dg, report, target_macs=0.5)
+
+    got = refine_allocation(run, alloc, passes=1)
+    assert len(calls) == 1 and got == alloc(run.report())
+    assert refine_allocation(run, alloc, passes=0) == got and len(calls) == 1
 
 
 def test_a_curve_is_drawn_through_its_measured_points():
