@@ -71,3 +71,46 @@ def test_a_flush_runs_only_the_dense_nodes_its_sub_models_read():
         assert [o.name for o in dense.graph.output] == [i.name for i in fed.graph.input]  # the cached activations
         assert len(dense.graph.node) + len(sub.graph.node) <= nodes  # nothing downstream of them runs dense
         assert runner.results[g.id] == pytest.approx(ev.error(cand), rel=1e-6)
+
+
+def test_the_activation_cache_keeps_small_tensors_first():
+    """Up to its limit; when full, a tensor replaces larger ones only (the deep, costly ones of a CNN are small)."""
+    import numpy as np
+
+    from onnxprune.recovery.anchor_submodel import ActivationCache
+
+    def f32(n):
+        return [np.zeros(n // 4, np.float32)]
+
+    cache = ActivationCache(90)
+    cache.offer("big", f32(80))
+    cache.offer("small", f32(16))  # 96 > 90: "big", larger, makes room
+    assert set(cache.tensors) == {"small"} and cache.used == 16
+    cache.offer("mid", f32(40))
+    cache.offer("big", f32(80))  # no room, and nothing larger to drop
+    assert set(cache.tensors) == {"small", "mid"} and cache.used == 56
+    cache.offer("mid2", f32(36))  # 92 > 90: "mid" (40) goes, "small" stays
+    assert set(cache.tensors) == {"small", "mid2"} and cache.used == 52
+    cache.offer("huge", f32(120))
+    assert "huge" not in cache.tensors and not ActivationCache(0).room(1)
+
+
+def test_frontier_points_read_the_anchors_activations(monkeypatch):
+    """A budget's frontier runs no dense model: its groups' sub-models read the activations the anchors computed
+    on the same samples, and measure what they measure without the cache."""
+    from onnxprune.recovery import anchor_submodel
+
+    prefixes = []
+    real = SubModelAnchors._prefix
+    monkeypatch.setattr(SubModelAnchors, "_prefix", lambda self, wanted: prefixes.append(wanted) or real(self, wanted))
+    ratios = (0.2, 0.4, 0.6, 0.8)
+    run = start_sensitivity(CNN, CNN_CALIB, ratios=ratios, anchor_samples=64)
+    assert prefixes
+    prefixes.clear()
+    tasks = [(g.id, 0.2) for g in run.chosen]
+    assert run.measure_frontier(tasks) == len(tasks)
+    assert prefixes == []
+    monkeypatch.setattr(anchor_submodel, "CACHE_BYTES", 0)
+    bare = start_sensitivity(CNN, CNN_CALIB, ratios=ratios, anchor_samples=64)
+    assert bare.measure_frontier(tasks) == len(tasks) and prefixes
+    assert [run.measured[t] for t in tasks] == [bare.measured[t] for t in tasks]
