@@ -37,45 +37,6 @@ K = TypeVar("K")
 
 #: Serialized sub-model bytes held before the pending candidates are run (bounds memory on large models).
 FLUSH_BYTES = 256 << 20
-#: Dense activations (over every batch of a runner) an :class:`ActivationCache` keeps between flushes.
-CACHE_BYTES = 1 << 30
-
-
-class ActivationCache:
-    """The dense model's activations on fixed calibration batches, kept between flushes and between runners on
-    those same batches, up to ``limit`` bytes.
-
-    Why: a group's candidates at every ratio read the same activations (the inputs of what its cut changes), so
-    a budget's frontier passes need the activations its anchors already computed; without them every flush runs
-    the dense model up to its sub-models' inputs again (on a full-size ResNet-50, most of the network for its
-    deeper groups). When full, a tensor replaces larger ones only: small activations are the deep ones of a CNN,
-    the most expensive to compute again. A cached value is what the dense run computes, so results do not
-    depend on what is cached.
-    """
-
-    def __init__(self, limit: int | None = None) -> None:
-        self.limit, self.used = CACHE_BYTES if limit is None else limit, 0
-        self.tensors: dict[str, list[np.ndarray]] = {}
-
-    def _size(self, name: str) -> int:
-        return sum(a.nbytes for a in self.tensors[name])
-
-    def room(self, size: int) -> bool:
-        """Whether ``size`` bytes can be kept (after dropping larger tensors if needed)."""
-        return size <= self.limit - self.used + sum(self._size(n) for n in self.tensors if self._size(n) > size)
-
-    def offer(self, name: str, arrays: list[np.ndarray]) -> None:
-        """Keep ``name``'s activations (one array per batch) if :meth:`room` allows, dropping larger ones."""
-        size = sum(a.nbytes for a in arrays)
-        if name in self.tensors or not self.room(size):
-            return
-        for n in sorted(self.tensors, key=lambda n: (-self._size(n), n)):
-            if self.used + size <= self.limit:
-                break
-            self.used -= self._size(n)
-            del self.tensors[n]
-        self.tensors[name] = arrays
-        self.used += size
 
 
 @dataclass
@@ -99,12 +60,11 @@ class SubModelAnchors:
             float outputs compared (as :class:`onnxprune.recovery.executor.CandidateSpec`).
         threads: onnxruntime intra-op threads (``None``: its default).
         desc: what progress bars (or progress lines) call a flush, counted in batches.
-        cache: dense activations on these same batches kept from earlier runners, and for later ones.
     """
 
     def __init__(self, model: ModelProto, batches: Sequence[Mapping[str, np.ndarray]],
                  reference: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[str], *,
-                 threads: int | None = None, desc: str = "sub-models", cache: ActivationCache | None = None) -> None:
+                 threads: int | None = None, desc: str = "sub-models") -> None:
         from onnxprune.runtime.session import create_session, run_session
 
         self._create, self._run = create_session, run_session
@@ -120,7 +80,6 @@ class SubModelAnchors:
         self.ref_norm = math.sqrt(sum(float(np.sum(np.square(r[n], dtype=np.float64)))
                                       for r in self.reference for n in self.outputs))
         self._types: dict[str, int] | None = None  # element types, for the dense prefix's outputs
-        self.cache = cache
         self._pending: list[_Pending] = []
         self._held = 0
         self.results: dict[object, float] = {}
@@ -179,10 +138,6 @@ class SubModelAnchors:
         if not pending:
             return
         wanted = list(dict.fromkeys(n for p in pending for n in p.needed if n not in self._inputs))
-        cache = self.cache if self.cache is not None else ActivationCache(0)
-        cached = [n for n in wanted if n in cache.tensors]
-        missing = [n for n in wanted if n not in cache.tensors]
-        kept: dict[str, list[np.ndarray]] = {}  # the missing activations worth offering to the cache
         cut = [p for p in pending if p.model is not None]
         # one single-threaded session per sub-model, as many at a time as there are cores: no thread pool to
         # build per session (about as long as building the session itself on RegNetX-400MF), and the runs,
@@ -190,31 +145,18 @@ class SubModelAnchors:
         parallel = self.threads is None and len(cut) > 1
         threads = 1 if parallel else self.threads
         totals = [0.0] * len(cut)
-        dense = self._create(self._prefix(missing), threads=self.threads) if missing else None
+        dense = self._create(self._prefix(wanted), threads=self.threads) if wanted else None
         with ThreadPoolExecutor(max_workers=min(len(cut), os.cpu_count() or 1) if parallel else 1) as pool:
             sessions: list[object] = []
             batches = enumerate(zip(self.batches, self.reference, strict=True))
             for i, (batch, ref) in progress(batches, desc=self.desc, total=len(self.batches)):
                 feeds = dict(batch)
-                feeds.update({n: cache.tensors[n][i] for n in cached})
                 if dense is not None:
-                    got = self._run(dense, batch, outputs=list(missing), label="the original model")
-                    feeds.update(got)
-                    if i == 0:  # what the cache could keep, all of it together (estimated from the first batch)
-                        planned = 0
-                        for n in missing:
-                            size = got[n].nbytes * len(self.batches)
-                            if cache.room(planned + size):
-                                kept[n], planned = [], planned + size
-                    for n, arrays in kept.items():
-                        arrays.append(got[n])
+                    feeds.update(self._run(dense, batch, outputs=list(wanted), label="the original model"))
                 if i == 0:  # the sub-models' input shapes are the activations'
                     sessions = list(pool.map(partial(self._session, first=feeds, threads=threads), cut))
                 totals = list(pool.map(partial(self._add_error, feeds=feeds, ref=ref), cut, sessions, totals))
-        for n, arrays in kept.items():
-            cache.offer(n, arrays)
-        log.debug("anchor sub-models: %d candidates, %d activations read (%d kept from earlier flushes)", len(cut),
-                  len(wanted), len(cached))
+        log.debug("anchor sub-models: %d candidates, %d activations cached per batch", len(cut), len(wanted))
         self.results.update({p.key: self._relative(t) for p, t in zip(cut, totals, strict=True)})
         self.results.update({p.key: 0.0 for p in pending if p.model is None})
 
@@ -271,11 +213,9 @@ class SubModelAnchors:
 
 def measure_anchors(model: ModelProto, build: Callable[[K], ModelProto], keys: Sequence[K],
                     batches: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping[str, np.ndarray]],
-                    outputs: Sequence[str], *, threads: int | None = None, desc: str = "sub-models",
-                    cache: ActivationCache | None = None) -> dict[K, float]:
-    """Relative L2 output error of the candidate ``build(key)`` for every key, from cached activations (kept in
-    ``cache`` for the next call on the same batches, when given)."""
-    runner = SubModelAnchors(model, batches, reference, outputs, threads=threads, desc=desc, cache=cache)
+                    outputs: Sequence[str], *, threads: int | None = None, desc: str = "sub-models") -> dict[K, float]:
+    """Relative L2 output error of the candidate ``build(key)`` for every key, from cached activations."""
+    runner = SubModelAnchors(model, batches, reference, outputs, threads=threads, desc=desc)
     for key in keys:
         runner.add(key, build(key))
     runner.flush()

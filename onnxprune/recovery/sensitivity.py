@@ -29,7 +29,7 @@ from onnxprune.core.errors import ConfigError
 from onnxprune.core.io import load_model
 from onnxprune.core.progress import Stages
 from onnxprune.core.stats import model_stats
-from onnxprune.recovery.anchor_submodel import ActivationCache, SubModelAnchors, measure_anchors
+from onnxprune.recovery.anchor_submodel import SubModelAnchors, measure_anchors
 from onnxprune.recovery.calibrate import ActivationStats, collect_stats, iter_feeds
 from onnxprune.recovery.executor import (
     CandidateEvaluator,
@@ -461,8 +461,6 @@ class SensitivityRun:
         self.exact: set[Task] = set()
         self._cuts: dict[tuple[int, bytes], float] = {}  # whole-model error of each distinct cut measured
         self._rough: dict[tuple[int, bytes], float] = {}  # the same on the anchors' first samples only
-        #: dense activations the anchor sub-models read, per number of first batches they run on
-        self._activations: dict[int, ActivationCache] = {}
         self._local: dict[Task, float | None] = {}  # each point's Gram score: the shape of its group's curve
         #: points measured as anchors are (the anchors' samples): each group's anchor, and a budget's frontier
         self.measured: dict[Task, float] = {}
@@ -625,9 +623,8 @@ class SensitivityRun:
             def build(key: tuple[int, bytes]) -> ModelProto:  # a throwaway candidate: no shape inference
                 return evaluator.build(evaluator.plan(*runs[key]), infer_shapes=False)
 
-            cache = self._activations.setdefault(len(spec.batches), ActivationCache())  # anchors, then frontiers
             return measure_anchors(self.model, build, list(runs), spec.batches, spec.reference, spec.outputs,
-                                   desc=stage, cache=cache)
+                                   desc=stage)
         measured = measure_candidates(evaluator, list(runs.values()), accuracy=False, executor=self.executor,
                                       workers=self.workers, desc=stage, ray_address=self.ray_address)
         out: dict[tuple[int, bytes], float] = {}
