@@ -508,7 +508,7 @@ class SensitivityRun:
         deferred = {g for g, _ in todo} & self.deferred
         if deferred:  # scored and anchored first
             self.anchor(deferred)
-            todo = [t for t in todo if t not in self.measured]
+            todo = [t for t in todo if t not in self.exact and t not in self.measured]
         self.measured.update(self.estimate(todo, stage=stage))
         for gid in dict.fromkeys(g for g, _ in todo):
             self.errors.update(self._curve(gid))
