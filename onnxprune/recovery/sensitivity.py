@@ -52,7 +52,7 @@ METRIC = "relative_l2"
 #: How candidates are measured: Gram-scored and anchored (fast), or each on the whole model (reference).
 METHODS = ("gram", "model")
 #: Calibration samples an anchor (the one whole-model run that scales a group's Gram curve) runs on: it sets
-#: the scale only, and budgets re-measure on every sample each point they read (see :func:`sensitivity`).
+#: the scale only, and budgets measure their frontier on these same samples (see :func:`sensitivity`).
 DEFAULT_ANCHOR_SAMPLES = 64
 
 @dataclass(frozen=True)
@@ -330,7 +330,7 @@ def sensitivity(
             many samples (``None``: all), and the Grams that only score (every recovery but ``lstsq``, whose
             re-fits read them) are accumulated on those same batches, so the whole estimate is that of those
             samples. An anchor only scales its group's curve, so it is reported as an estimate (``exact``
-            false); a budget measures on every sample each point it reads.
+            false); a budget measures its frontier (each group's chosen and next ratio) the same way.
 
     Returns:
         A :class:`SensitivityReport`.
@@ -407,7 +407,8 @@ def start_sensitivity(
 
 class SensitivityRun:
     """One sensitivity analysis, with what it built kept (calibration, reference outputs, plans, costs), so
-    a budget can ask for more points measured exactly (:meth:`refine`) without calibrating again.
+    a budget can ask for more points measured (:meth:`measure_frontier` on the anchors' samples, :meth:`refine`
+    on every sample) without calibrating again.
 
     Made by :func:`start_sensitivity`.
     """
@@ -460,6 +461,9 @@ class SensitivityRun:
         self.exact: set[Task] = set()
         self._cuts: dict[tuple[int, bytes], float] = {}  # whole-model error of each distinct cut measured
         self._rough: dict[tuple[int, bytes], float] = {}  # the same on the anchors' first samples only
+        self._local: dict[Task, float | None] = {}  # each point's Gram score: the shape of its group's curve
+        #: points measured as anchors are (the anchors' samples): each group's anchor, and a budget's frontier
+        self.measured: dict[Task, float] = {}
         #: groups whose curve is not anchored yet (``defer_anchors``): their estimated points read as +inf
         self.deferred: set[int] = set()
         self._scorer = scorer
@@ -489,6 +493,47 @@ class SensitivityRun:
             self.deferred -= {g.id for g in todo}
             found = _gram_errors(self._scorer, self, todo, self.ratios)
             self.errors.update({t: e for t, e in found.items() if t not in self.exact})
+
+    def measure_frontier(self, tasks: Iterable[Task], *, stage: str = "budget frontier") -> int:
+        """Measure ``tasks`` as anchors are (on the anchors' samples, see :meth:`estimate`) and draw each of their
+        groups' estimated curves through every point so measured (:meth:`_curve`); how many points were new.
+
+        Why: a budget's choice turns on each group's chosen ratio and the next one, so those are the points it
+        measures (:func:`onnxprune.recovery.budget.refine_allocation`), at an anchor's cost, not every point it
+        reads on every sample.
+        """
+        todo = [t for t in dict.fromkeys(tasks) if t not in self.exact and t not in self.measured]
+        if not todo:
+            return 0
+        deferred = {g for g, _ in todo} & self.deferred
+        if deferred:  # scored and anchored first
+            self.anchor(deferred)
+            todo = [t for t in todo if t not in self.exact and t not in self.measured]
+        self.measured.update(self.estimate(todo, stage=stage))
+        for gid in dict.fromkeys(g for g, _ in todo):
+            self.errors.update(self._curve(gid))
+        return len(todo)
+
+    def _curve(self, gid: int) -> dict[Task, float]:
+        """Group ``gid``'s errors off the exact points: each measured point as measured, the others its Gram score
+        times the ratio measured / Gram score, linear in the ratio between measured points and constant beyond
+        them (with the anchor alone: the anchor's scale, as :func:`sensitivity` describes)."""
+        ts = [(gid, r) for r in self.ratios]
+        known = [(t[1], self.measured[t] / score) for t in ts
+                 if t in self.measured and (score := self._local.get(t)) is not None and score > 0]
+        finite = [(r, s) for r, s in known if math.isfinite(s)]  # an unmeasurable point (inf) scales all by inf
+        xs, fs = [r for r, _ in finite], [s for _, s in finite]
+        out: dict[Task, float] = {}
+        for t in ts:
+            if t in self.exact:
+                continue
+            if t in self.measured:
+                out[t] = self.measured[t]
+            elif known:
+                score = float(self._local.get(t) or 0.0)
+                out[t] = score * float(np.interp(t[1], xs, fs)) if len(finite) == len(known) else (
+                    math.inf if score > 0 else 0.0)
+        return out
 
     def refine(self, tasks: Iterable[Task], *, stage: str = "whole-model refinement") -> int:
         """Measure ``tasks`` not measured yet on the whole model, replacing their estimates; how many were.
@@ -556,9 +601,9 @@ class SensitivityRun:
 
         Why: a Gram costs ``rows × K²`` (im2col Grams of a full-size ResNet-50 up to 4608² per 3×3 conv), far
         more than the calibration run, and it only shapes a group's curve, which an anchor on those same
-        samples then scales; a budget re-measures on every sample each point it reads, so the Grams never
-        decide an allocation (see :func:`onnxprune.recovery.budget.refine_allocation`). Channel statistics
-        (bias recovery's means) still see every sample.
+        samples then scales; a budget measures its frontier on those samples too, so the Grams only shape the
+        curves between measured points (see :func:`onnxprune.recovery.budget.refine_allocation`). Channel
+        statistics (bias recovery's means) still see every sample.
         """
         count, kept = self._first_batches(batches)
         return None if self.anchor_samples is None or kept == len(batches) else count
@@ -616,6 +661,7 @@ def _gram_errors(scorer: GramScorer, run: SensitivityRun, chosen: Sequence[Chann
     :func:`sensitivity`); uncut candidates must be measured (error 0) before."""
     mine = [(g.id, r) for g in chosen for r in ratios]
     local = {t: 0.0 if t in run.exact else scorer.score(run.plans[t]) for t in mine}
+    run._local.update(local)
     run.clock.done("gram scores", len(local), "candidates")
     anchor = ratios[len(ratios) // 2]
     model_tasks: list[Task] = []
@@ -628,17 +674,14 @@ def _gram_errors(scorer: GramScorer, run: SensitivityRun, chosen: Sequence[Chann
         else:
             anchor_tasks.append((g.id, anchor))
     run.refine(model_tasks, stage="whole-model candidates")
-    anchored = run.estimate(anchor_tasks)
+    run.measured.update(run.estimate(anchor_tasks))
     errors: dict[Task, float] = {}
     for g in chosen:
         if all((g.id, r) in run.exact for r in ratios):
             errors.update({(g.id, r): run.errors[(g.id, r)] for r in ratios})
             continue
-        at = local[(g.id, anchor)]
-        assert at is not None  # groups without a score were measured at every ratio above
-        scale = anchored[(g.id, anchor)] / at
-        errors.update({(g.id, r): float(local[(g.id, r)] or 0.0) * scale for r in ratios})
-        errors[(g.id, anchor)] = anchored[(g.id, anchor)]
+        errors.update({t: run.errors[t] for t in [(g.id, r) for r in ratios] if t in run.exact})
+        errors.update(run._curve(g.id))  # the anchor alone scales the Gram curve
     return errors
 
 

@@ -50,3 +50,24 @@ def test_sensitivity_runs_anchor_sub_models_from_activations(monkeypatch):
     on64 = sensitivity(CNN, CNN_CALIB, ratios=(0.3, 0.5), method="model", max_samples=64)
     for r, s in zip(report.groups, on64.groups, strict=True):
         assert r.errors[1] == pytest.approx(s.errors[1], rel=1e-6)
+
+
+def test_a_flush_runs_only_the_dense_nodes_its_sub_models_read():
+    """The dense run of a flush computes the activations its sub-models are fed and nothing after them (it ran
+    the whole model before), and the errors are the whole candidates'."""
+    run = start_sensitivity(CNN, CNN_CALIB, ratios=(0.5,), anchor_samples=None)
+    ev, spec = run.evaluator, run.evaluator.spec
+    nodes = len(run.model.graph.node)
+    for g in run.chosen[1:]:
+        runner = SubModelAnchors(run.model, spec.batches, spec.reference, spec.outputs)
+        created = []
+        real = runner._create
+        runner._create = lambda model, created=created, real=real, **kw: created.append(model) or real(model, **kw)
+        cand = ev.build(run.plans[(g.id, 0.5)])
+        sub = runner.add(g.id, cand)
+        assert sub is not None
+        runner.flush()
+        dense, fed = created[0], created[1]
+        assert [o.name for o in dense.graph.output] == [i.name for i in fed.graph.input]  # the cached activations
+        assert len(dense.graph.node) + len(sub.graph.node) <= nodes  # nothing downstream of them runs dense
+        assert runner.results[g.id] == pytest.approx(ev.error(cand), rel=1e-6)

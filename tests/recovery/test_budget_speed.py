@@ -1,11 +1,11 @@
 """What makes a budget fast, and why each shortcut leaves its result as it was.
 
-* The points a budget reads are measured by sub-models fed the dense model's activations (equal to the whole
-  model to float32 round-off), on every sample.
+* Points measured by refine() run as sub-models fed the dense model's activations (equal to the whole model to
+  float32 round-off), on every sample (a budget's frontier runs the same way on the anchors' samples, see
+  test_budget_frontier.py).
 * Gram matrices that only score are accumulated on the anchors' first samples; channel statistics (bias
   recovery's means) still see every sample.
-* A group whose first ratio cuts nothing is anchored only when the greedy reads its curve, and the allocation
-  is the one measured entirely on the whole model.
+* A group whose first ratio cuts nothing is anchored only when the greedy reads its curve.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def test_sensitivity_grams_are_collected_on_the_anchors_samples_unless_lstsq_rea
 @pytest.mark.parametrize("recover", ["none", "bias"])
 def test_deferred_anchors_reach_the_whole_model_allocation(monkeypatch, recover):
     """At a first ratio that cuts nothing, every group is deferred: each is anchored when the greedy first
-    reads it, and the allocation is the one of curves measured entirely on the whole model."""
+    reads it. Here the allocation is also the one of curves measured entirely on the whole model (in general
+    only its frontier is measured, on the anchors' samples: see test_budget_frontier.py)."""
     m = load_model(CNN)
     dg = analyze(m)
     ratios = (0.005, 0.2, 0.4, 0.6)

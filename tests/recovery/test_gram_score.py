@@ -147,18 +147,17 @@ def test_spearman():
     assert spearman([1, 1, 2], [1, 1, 2]) == pytest.approx(1.0)  # ties get their mean rank
 
 
-def test_budget_gram_path_picks_the_whole_model_allocation_on_digits_cnn():
-    """Refinement measures every point the greedy reads on the whole model: same allocation, same accuracy."""
+def test_budget_gram_path_is_as_accurate_as_the_whole_model_path_on_digits_cnn():
+    """The budget measures only its frontier, on the anchors' samples, so its allocation may differ from the one
+    of curves measured entirely on the whole model (here it does): its model is no less accurate on the test
+    split (79.44% against 78.89% when measured), within the 0.5 points issue 15 allows."""
     from onnxprune.config import PruneConfig
-    from onnxprune.core.io import load_model
-    from onnxprune.recovery.budget import allocate_budget
+    from onnxprune.pipeline import prune
 
-    m = load_model(CNN)
-    dg = analyze(m)
-    cfg = PruneConfig(target_macs=0.5, calib=CNN_CALIB)
-    fast = allocate_budget(m, dg, cfg)
-    assert fast == allocate_budget(m, dg, cfg.with_(sensitivity_method="model"))
-    assert any(r > 0 for r in fast.values())
+    cfg = PruneConfig(target_macs=0.5, calib=CNN_CALIB, eval_data="models/digits_cnn_test.npz")
+    fast, exact = prune(CNN, cfg).report, prune(CNN, cfg.with_(sensitivity_method="model")).report
+    assert any(float(r) > 0 for r in fast["budget_ratios"].values())
+    assert fast["accuracy"]["after"]["top1"] >= exact["accuracy"]["after"]["top1"] - 0.005
 
 
 def test_stage_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
