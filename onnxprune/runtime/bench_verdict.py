@@ -92,5 +92,5 @@ def slower_warning(bench: Mapping[str, Any], *, round_to: int | str | None, mode
     elif not isinstance(round_to, int):
         hint = "try --round-to 16 or a lower --ratio"
     else:
-        hint = f"try a larger --round-to than {round_to} (e.g. 16) or a lower --ratio"
+        hint = f"try a larger --round-to than {round_to} (e.g. {max(16, 2 * round_to)}) or a lower --ratio"
     return f"the pruned model is SLOWER than the original ({where}); {hint}, then compare with --bench"

@@ -50,7 +50,9 @@ def test_slower_warning_gives_the_hint_that_helps() -> None:
     report = _report([1.0] * 6, [1.6] * 6)
     msg = slower_warning(report, round_to=None)
     assert msg is not None and "SLOWER than the original (cpu batch 1: 0.62x)" in msg and "--round-to 8" in msg
-    assert "larger --round-to than 8" in (slower_warning(report, round_to=8) or "")
+    assert "larger --round-to than 8 (e.g. 16)" in (slower_warning(report, round_to=8) or "")
+    # after a retry at 16 (the never-slower retry), the hint names a larger value, not 16 again
+    assert "larger --round-to than 16 (e.g. 32)" in (slower_warning(report, round_to=16) or "")
     assert slower_warning(_report([1.0] * 6, [0.8] * 6), round_to=None) is None
 
 
