@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
-# The CUDA checks of one GPU session, in one go (the GPU machine has python3, torch, torchvision, onnx and numpy,
-# no package index): install the onnxruntime-gpu wheel reassembled in /tmp/ortw and onnx-graphsurgeon from .whl/,
-# run the CUDA tests, write the CUDA tables (tools/bench_cuda.py) and prune one model with the CLI on CUDA with a
-# benchmark. Everything it writes goes under $OUT (the folder the results are collected from; default ./cuda-out).
-# Usage: WHEEL=onnxruntime_gpu-...whl SHA=<sha256> bash tools/cuda_tables.sh
+# The CUDA checks in one go, on an NVIDIA machine with python3, torch, torchvision, onnx and numpy but no package
+# index: install the onnxruntime-gpu wheel WHEEL (checked against SHA when given) and onnx-graphsurgeon from .whl/
+# into /tmp/site, run the CUDA tests, write the CUDA tables (tools/bench_cuda.py) and prune one model with the
+# CLI on CUDA with a benchmark. Everything it writes goes under $OUT (default ./cuda-out).
+# Usage: WHEEL=path/to/onnxruntime_gpu-...whl [SHA=<sha256>] bash tools/cuda_tables.sh
 set -uo pipefail  # MODELS, FP16, RUNS, TABLE_S, DEADLINE_S, CLI=0|1 change what runs
 OUT=${OUT:-$PWD/cuda-out}
 mkdir -p "$OUT"
 started=$(date +%s)
-if [ -f /tmp/ortw/ort.part ]; then mv /tmp/ortw/ort.part "/tmp/ortw/$WHEEL"; fi
-echo "$SHA  /tmp/ortw/$WHEEL" | sha256sum -c - || exit 1
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "/tmp/ortw/$WHEEL" .whl/onnx_graphsurgeon-*.whl || exit 1
+if [ -n "${SHA:-}" ]; then echo "$SHA  $WHEEL" | sha256sum -c - || exit 1; fi
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEEL" .whl/onnx_graphsurgeon-*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 ONNXPRUNE_CACHE_DIR=/tmp/onnxprune-cache
 python3 -c 'import onnxruntime as o; o.preload_dlls(); print(o.__version__, o.get_available_providers())'
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
