@@ -26,7 +26,7 @@ import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.core.errors import OnnxPruneError
-from onnxprune.core.ir import GraphIndex, collect_types, copy_fields, node_label, shape_skeleton
+from onnxprune.core.ir import GraphIndex, collect_types, copy_fields, node_label, shape_skeleton, subgraphs
 from onnxprune.core.quant import QDQ_OPS, dequantized
 from onnxprune.core.weights import WEIGHT_SLOT
 
@@ -348,9 +348,8 @@ def _rebuild(model: ModelProto, idx: GraphIndex, values: dict[str, np.ndarray]) 
             continue
         keep.append(node)
         live.update(i for i in node.input if i)
-        for a in node.attribute:  # names read inside subgraphs keep their producers alive
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                live.update(i for n in g.node for i in n.input if i)
+        for g in subgraphs(node):  # names read inside subgraphs keep their producers alive
+            live.update(i for n in g.node for i in n.input if i)
     keep.reverse()
     kept_ids = {id(n) for n in keep}
     removed = tuple(node_label(n) for n in model.graph.node if id(n) not in kept_ids)

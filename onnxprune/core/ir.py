@@ -129,7 +129,7 @@ class GraphIndex:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 self.constant_nodes[node.output[0]] = node
             seen: set[str] = set()
-            for inp in itertools.chain(node.input, _subgraph_inputs(node)):
+            for inp in itertools.chain(node.input, subgraph_inputs(node)):
                 if inp and inp not in seen:
                     seen.add(inp)
                     self.consumers[inp].append(node)
@@ -225,18 +225,27 @@ def _external_value(tensor: TensorProto, data_dir: str | os.PathLike[str]) -> np
     return numpy_helper.to_array(stub, base_dir=os.fspath(data_dir))
 
 
-def _subgraph_inputs(node: NodeProto) -> Iterable[str]:
-    """Outer-scope names read inside a node's subgraphs (If/Loop/Scan bodies)."""
+def subgraphs(node: NodeProto) -> list[GraphProto]:
+    """The graphs a node holds as attributes (If branches, Loop and Scan bodies), in attribute order."""
+    out: list[GraphProto] = []
     for a in node.attribute:
-        graphs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)
-        for g in graphs:
-            inner = {t.name for t in g.initializer} | {i.name for i in g.input}
-            for n in g.node:
-                inner.update(n.output)
-            for n in g.node:
-                for inp in itertools.chain(n.input, _subgraph_inputs(n)):
-                    if inp and inp not in inner:
-                        yield inp
+        if a.type == AttributeProto.GRAPH:
+            out.append(a.g)
+        elif a.type == AttributeProto.GRAPHS:
+            out.extend(a.graphs)
+    return out
+
+
+def subgraph_inputs(node: NodeProto) -> Iterable[str]:
+    """Outer-scope names read inside a node's subgraphs (If/Loop/Scan bodies)."""
+    for g in subgraphs(node):
+        inner = {t.name for t in g.initializer} | {i.name for i in g.input}
+        for n in g.node:
+            inner.update(n.output)
+        for n in g.node:
+            for inp in itertools.chain(n.input, subgraph_inputs(n)):
+                if inp and inp not in inner:
+                    yield inp
 
 
 def copy_fields(dst: Message, src: Message, *, skip: Collection[str] = ()) -> None:

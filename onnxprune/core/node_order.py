@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import heapq
 
-from onnx import AttributeProto, GraphProto, NodeProto
+from onnx import GraphProto, NodeProto
+
+from onnxprune.core.ir import subgraph_inputs, subgraphs
 
 
 def _reads(node: NodeProto) -> set[str]:
-    """Names ``node`` reads: its inputs and, for a node with subgraphs (If, Loop, Scan), every name read inside
-    them (a superset of what they take from the outer scope: names made inside are produced by no outer node)."""
-    names = {n for n in node.input if n}
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
-        for graph in graphs:
-            for inner in graph.node:
-                names |= _reads(inner)
-    return names
+    """Names ``node`` reads: its inputs and the outer-scope names its subgraphs (If, Loop, Scan) read."""
+    return {n for n in node.input if n} | set(subgraph_inputs(node))
 
 
 def sort_nodes(graph: GraphProto) -> bool:
@@ -35,9 +30,8 @@ def sort_nodes(graph: GraphProto) -> bool:
     """
     moved = False
     for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)):
-                moved |= sort_nodes(sub)
+        for sub in subgraphs(node):
+            moved |= sort_nodes(sub)
     nodes = list(graph.node)
     producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
     waits_on = [{producer[n] for n in _reads(node) if n in producer and producer[n] != i}
