@@ -342,13 +342,16 @@ class DeviceRunner:
                         for k, v in feeds.items()}
         for name, value in self._inputs.items():
             self.binding.bind_ortvalue_input(name, value)
-        self._outputs = [] if outputs is None else [
-            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), "cuda", device_id) for v in outputs]
-        for k, out in enumerate(session.get_outputs()):
-            if self._outputs:
-                self.binding.bind_ortvalue_output(out.name, self._outputs[k])
-            else:
-                self.binding.bind_output(out.name, "cuda", device_id)
+        names = [out.name for out in session.get_outputs()]
+        self._outputs: list[ort.OrtValue] = []
+        if outputs is None:
+            for name in names:
+                self.binding.bind_output(name, "cuda", device_id)
+        else:
+            self._outputs += [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), "cuda", device_id)
+                             for v in outputs]
+            for name, value in zip(names, self._outputs, strict=True):
+                self.binding.bind_ortvalue_output(name, value)
 
     def run(self) -> None:
         """One synchronous run; results stay on the device."""
