@@ -97,6 +97,16 @@ NULL_SIGNATURE = "empty-run-v1"
 NET_FLOOR = 0.05
 
 
+def _rounded_cut(size: int, asked: int) -> int:
+    """A reference cut's width by a fixed rule: ``asked`` rounded up to 8; when that keeps the group whole, up
+    to 16 channels (attention heads) as asked, wider groups down to a multiple of 8 (MNASNet's 24-channel
+    groups asked for 18 keep 16)."""
+    k = _ceil_to(asked, 8, size)
+    if k >= size:
+        k = asked if size <= 16 or asked < 8 else asked // 8 * 8
+    return k
+
+
 def _null_model() -> ModelProto:
     from onnx import TensorProto, helper
 
@@ -192,6 +202,10 @@ class LatencyModel:
         #: misses the layout conversions an odd width costs its neighbours); else each layer alone.
         self.context = context
         self._layers: LatencyModel | None = None  # context mode: the layer-by-layer model that predicts
+        #: The model whose :meth:`choose` decides a plan's widths (the context model for its layer model): the
+        #: reference cuts take their widths from it (see :meth:`reference_keeps`).
+        self._widths: LatencyModel = self
+        self._refs: list[dict[int, int]] | None = None
 
     def _shapes_at(self, batch: int) -> Mapping[str, tuple] | None:
         if batch not in self._shapes:
@@ -292,8 +306,9 @@ class LatencyModel:
             return None
         return sum(a for a, _ in parts) / max(sum(b for _, b in parts), 1e-12)
 
-    def choose(self, group: Any, k: int) -> int:
-        """The :data:`~onnxprune.structured.plan.WidthChooser` of ``round_to="auto"``."""
+    def choose(self, group: Any, k: int, *, record: bool = True) -> int:
+        """The :data:`~onnxprune.structured.plan.WidthChooser` of ``round_to="auto"``; ``record``: keep the
+        choice for :meth:`report` (off for the reference cuts, which are no plan's choices)."""
         from onnxprune.structured.plan import AUTO_FALLBACK, auto_candidates
 
         candidates = auto_candidates(group.size, k)
@@ -308,8 +323,9 @@ class LatencyModel:
         if not aligned and self.time_whole:  # no multiple of 8 to cut to: the full width competes (every
             candidates = sorted({*candidates, group.size})  # timed set holds it), a lone cut is timed too
         if len(candidates) == 1 or not self._measure(group, candidates):
-            self.choices[group.id] = {"asked": k, "chosen": untimed, "timed": False}
-            return int(self.choices[group.id]["chosen"])
+            if record:
+                self.choices[group.id] = {"asked": k, "chosen": untimed, "timed": False}
+            return int(untimed)
         costs = {w: self.relative_cost(group.id, w) for w in candidates}
         cut = [c for w, c in costs.items() if c is not None and w < group.size]
         whole = costs.get(group.size)
@@ -321,8 +337,9 @@ class LatencyModel:
         # Near-ties go to widths that are multiples of 8: a layer timed alone does not see the layout
         # conversions an odd width costs its neighbours in the whole model (onnxruntime's blocked formats).
         chosen = min(near, key=lambda w: (w % step != 0, w % 8 != 0, abs(w - k), -w))
-        self.choices[group.id] = {"asked": k, "chosen": chosen, "timed": True,
-                                  "relative_ms": {str(w): round(c, 4) for w, c in costs.items() if c is not None}}
+        if record:
+            self.choices[group.id] = {"asked": k, "chosen": chosen, "timed": True,
+                                      "relative_ms": {str(w): round(c, 4) for w, c in costs.items() if c is not None}}
         return chosen
 
     def table(self, batch: int, keep_counts: Mapping[int, int] = {},  # noqa: B006
@@ -395,44 +412,47 @@ class LatencyModel:
                                         check_timer=self.check_timer, provider=self.provider,
                                         conv_align=self.conv_align, empty_run=self.empty_run,
                                         time_whole=self.time_whole)
+            self._layers._widths = self  # its reference cuts are the widths this model chooses
         return self._layers
 
     def reference_keeps(self) -> list[dict[int, int]]:
-        """The calibration's reference cuts: every prunable group at each of :data:`REFERENCE_RATIOS`, widths
-        rounded up to multiples of 8 (fixed plans, so the plan to predict is normally not a calibration point);
-        then, where the provider's conv block is wider than 8, the same ratios with every conv group on the
-        block (see :meth:`_on_block`), when that is another plan.
+        """The calibration's reference cuts (computed once per model): at each of :data:`REFERENCE_RATIOS`, the
+        groups ``round_to="auto"`` cuts there (:meth:`choose`, not recorded), kept at three kinds of width (see
+        :meth:`_reference_width`): the chosen ones; rounded by a fixed rule; and, where the provider's conv
+        block is wider than 8, moved onto the block. Each distinct plan once.
 
-        A group that rounding up would keep whole is still cut: up to 16 channels (attention heads) as asked,
-        wider ones down to a multiple of 8. Left whole, its cuts were never calibrated, and the time they save
-        beyond the table's layers (attention scores, softmax) was missed (digits transformer: predictions +8%
-        to +27% off, all too slow). Why not as asked when wider: MNASNet's 24-channel groups cut to 18 at
-        ratio 0.25 fell off onnxruntime's blocked conv path, and that reference cut ran 0.81x the original
-        (1 thread, batch 1) where the 0.4 cut ran 1.33x; a line through such a point predicted every plan
-        too slow (+16% to +23% errors), while ``round_to="auto"`` never keeps such a width.
+        Why the chooser decides which groups are cut: the plans to predict are its plans, and it keeps whole
+        the groups whose cut runs slower in the whole model. Reference cuts made by a fixed rule alone cut
+        MobileNetV3-small's 8-channel groups to 6, which ran no faster than the original (1 thread, batch 8),
+        where the chooser keeps them whole and its 0.3 plan ran 1.21x: the line through those cuts predicted
+        1.03x. Why three widths of the same groups: with the chosen widths alone, a plan was often a reference
+        cut itself, and the digits CNN's 0.3 plan, held out of its own calibration, left no other cut off the
+        conv block to price that layout from (-15% to -26% errors). Why the cuts on the block: the calibration
+        fits its line on plans whose convs keep the blocked layout and prices the layers others take off it
+        apart (:mod:`onnxprune.runtime.prediction`)."""
+        if self._refs is None:
+            kinds = ("chosen", "rounded", "on_block") if self.conv_align > 8 else ("chosen", "rounded")
+            out: list[dict[int, int]] = []
+            for kind in kinds:
+                for ratio in REFERENCE_RATIOS:
+                    keep = {g.id: k for g in self.dg.prunable_groups
+                            if (k := self._reference_width(g, ratio, kind)) < g.size}
+                    if keep and keep not in out:
+                        out.append(keep)
+            self._refs = out
+        return self._refs
 
-        Why the cuts on the block: the calibration fits its line on plans whose convs keep the blocked layout
-        and prices the layers others take off it apart (:mod:`onnxprune.runtime.prediction`). With only the
-        8-rounded cuts, the digits CNN's line had one such plan besides the original (16/32 channels), and
-        when that plan was itself the one to predict, none."""
-        out: list[dict[int, int]] = []
-        for aligned in (False, True):
-            if aligned and self.conv_align <= 8:
-                break
-            for ratio in REFERENCE_RATIOS:
-                keep = {}
-                for g in self.dg.prunable_groups:
-                    asked = max(1, g.size - int(round(ratio * g.size)))
-                    k = _ceil_to(asked, 8, g.size)
-                    if k >= g.size:  # rounding up keeps it whole: up to 16 channels cut as asked, else down
-                        k = asked if g.size <= 16 or asked < 8 else asked // 8 * 8
-                    if aligned and _cuts_conv(g):
-                        k = self._on_block(g.size, asked, k)
-                    if k < g.size:
-                        keep[g.id] = k
-                if keep and keep not in out:
-                    out.append(keep)
-        return out
+    def _reference_width(self, group: Any, ratio: float, kind: str) -> int:
+        """``group``'s width in a reference cut at ``ratio``: whole when the chooser keeps it whole; else
+        ``"chosen"``: the chooser's width; ``"rounded"``: :func:`_rounded_cut`; ``"on_block"``: a conv group
+        chosen off the block moved onto it (:meth:`_on_block`), any other group as chosen."""
+        asked = max(1, group.size - int(round(ratio * group.size)))
+        k = self._widths.choose(group, asked, record=False)
+        if k >= group.size or kind == "chosen":
+            return k
+        if kind == "rounded":
+            return _rounded_cut(group.size, asked)
+        return self._on_block(group.size, asked, k) if _cuts_conv(group) and k % self.conv_align else k
 
     def _on_block(self, size: int, asked: int, k: int) -> int:
         """A conv group's width on the conv block for an on-block reference cut: ``asked`` rounded up to the

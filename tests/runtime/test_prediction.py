@@ -156,6 +156,24 @@ def test_the_table_that_predicts_held_out_runs_is_kept():
     assert steadier_table([noisy, noisy], measured) is not None
 
 
+def test_a_table_the_runs_contradict_is_not_kept_for_its_held_out_error():
+    """SqueezeNet's miss: the measured factors read the cut plans as slower than the original while every one
+    ran faster whole. Their times barely move, so the flat line such a table gives held them out better than
+    kept/size did, and every plan was predicted at the original's speed."""
+    from onnxprune.runtime.prediction import contradicted, held_out_error, steadier_table
+
+    noisy, plain = _noisy_and_plain()
+    points = [({}, 10.0), ({0: 6}, 9.0), ({0: 4}, 9.0), ({0: 2}, 9.0)]  # every cut ran 10% faster
+    assert held_out_error(noisy, points) < held_out_error(plain, points)
+    assert contradicted(noisy, points) and not contradicted(plain, points)
+    chosen = steadier_table([noisy, plain], points)
+    assert chosen.factors == {}
+    assert chosen.speedup({0: 4}) > 1.05  # the flat line read 1.00x
+    assert steadier_table([noisy], points).factors == noisy.factors  # contradicted, but the only one
+    # cuts that ran no faster (within the margin) do not contradict a table that reads them slower
+    assert not contradicted(noisy, [({}, 10.0), ({0: 6}, 9.8), ({0: 4}, 10.4)])
+
+
 def test_held_out_error_needs_a_fit_without_each_point():
     from onnxprune.runtime.prediction import held_out_error
 
