@@ -31,7 +31,7 @@ from onnxprune.core.densify import densify_sparse_initializers
 from onnxprune.core.errors import ModelLoadError, OutputError, UnsupportedModelError, first_line
 from onnxprune.core.formats import export_hint
 from onnxprune.core.ir import copy_fields
-from onnxprune.core.node_order import sort_nodes
+from onnxprune.core.node_order import in_order, sort_nodes
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,8 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
                weights: bool = True) -> ModelProto:
     """Load a model from a path (external data included) or copy a ``ModelProto``.
 
-    The caller's object is never modified: a ``ModelProto`` argument is deep-copied, unless ``copy=False``.
+    The caller's object is never modified: a ``ModelProto`` argument is deep-copied, unless ``copy=False`` (and
+    even then when it must change: sparse initializers to densify, or nodes to sort when checked).
 
     Args:
         source: a path to an ``.onnx`` file, or a ``ModelProto``.
@@ -182,7 +183,8 @@ def load_model(source: str | os.PathLike[str] | ModelProto, *, check: bool = Tru
         >>> model = load_model("models/digits_cnn.onnx")  # doctest: +SKIP
     """
     if isinstance(source, ModelProto):
-        if copy or len(source.graph.sparse_initializer):  # densifying must not change the caller's model
+        # densifying and sorting must not change the caller's model
+        if copy or len(source.graph.sparse_initializer) or (check and not in_order(source.graph)):
             model = ModelProto()
             model.CopyFrom(source)
             densify_sparse_initializers(model)

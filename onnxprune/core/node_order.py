@@ -21,6 +21,17 @@ def _reads(node: NodeProto) -> set[str]:
     return {n for n in node.input if n} | set(subgraph_inputs(node))
 
 
+def in_order(graph: GraphProto) -> bool:
+    """Whether no node of ``graph`` (or of its subgraphs) reads a name that a later node of its graph produces;
+    read-only, so a caller can tell whether :func:`sort_nodes` would change a model it does not own."""
+    later = {out for node in graph.node for out in node.output if out}
+    for node in graph.node:
+        if _reads(node) & later or not all(in_order(sub) for sub in subgraphs(node)):
+            return False
+        later.difference_update(node.output)
+    return True
+
+
 def sort_nodes(graph: GraphProto) -> bool:
     """Reorder ``graph.node`` (in place) so that every node comes after the nodes producing what it reads,
     keeping the original order wherever it already allows (a stable sort). Subgraphs are sorted too.

@@ -12,7 +12,7 @@ from oracle_check import check_prune, run_ort, seeded_feeds
 
 from onnxprune.core.errors import ModelLoadError
 from onnxprune.core.io import load_model
-from onnxprune.core.node_order import sort_nodes
+from onnxprune.core.node_order import in_order, sort_nodes
 
 float16 = pytest.importorskip("onnxruntime.transformers.float16")
 
@@ -36,6 +36,17 @@ def test_onnxruntimes_float16_converter_output_is_sorted_on_load_and_computes_th
     np.testing.assert_array_equal(run_ort(loaded, feeds)[0], run_ort(half, feeds)[0])
 
 
+def test_a_model_lent_without_a_copy_is_sorted_in_a_copy():
+    """``copy=False`` is for callers that only read the model; sorting is a change, so it is made on a copy."""
+    half = _digits_fp16()
+    before = half.SerializeToString()
+    loaded = load_model(half, copy=False)
+    assert half.SerializeToString() == before, "the caller's model was modified"
+    assert loaded is not half and in_order(loaded.graph) and not in_order(half.graph)
+    ordered = load_model(loaded, copy=False)
+    assert ordered is loaded, "a model already in order is still lent, not copied"
+
+
 def test_a_sorted_float16_model_prunes_exactly():
     loaded = load_model(_digits_fp16())
     check_prune(loaded, ratio=0.5)
@@ -47,8 +58,10 @@ def test_the_sort_is_stable_and_moves_only_what_must_move():
              helper.make_node("Abs", ["a"], ["b"], name="second"),
              helper.make_node("Sigmoid", ["x"], ["d"], name="free")]
     graph = make_model(nodes, [vinfo("x", [2])], [vinfo("c", [2]), vinfo("d", [2])], check=False).graph
+    assert not in_order(graph)
     assert sort_nodes(graph)
     assert [n.name for n in graph.node] == ["first", "second", "late", "free"]
+    assert in_order(graph)
     assert not sort_nodes(graph), "a sorted graph is left as it is"
 
 
@@ -59,8 +72,10 @@ def test_a_node_read_inside_a_subgraph_is_placed_before_its_reader():
              helper.make_node("Neg", ["x"], ["a"], name="makes_a")]
     cond = helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, [])
     model = make_model(nodes, [vinfo("x", [2]), cond], [vinfo("y", [2])], check=False)
+    assert not in_order(model.graph), "the subgraph's outer-scope read counts"
     loaded = load_model(model)
     assert [n.name for n in loaded.graph.node] == ["makes_a", "if"]
+    assert in_order(loaded.graph)
 
 
 def test_a_cycle_is_still_refused_with_the_checkers_reason():
