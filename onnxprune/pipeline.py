@@ -264,13 +264,15 @@ def _benchmark(baseline: str | os.PathLike[str] | ModelProto, pruned: ModelProto
     """Time the original and the result alternately (``--bench``; by default on small models: fewer runs,
     no memory subprocesses)."""
     from onnxprune.runtime.bench import benchmark
-    from onnxprune.speed import AUTO_BENCH_RUNS
+    from onnxprune.speed import AUTO_BENCH_MAX_RUNS, AUTO_BENCH_RUNS, AUTO_BENCH_SECONDS
 
     auto = config.bench is None
+    default_runs = "bench_runs" not in config.given
     return _jsonable(benchmark([baseline, pruned], names=["original", "pruned"], providers=config.providers,
                      batches=config.bench_batches,
-                     runs=AUTO_BENCH_RUNS if auto and "bench_runs" not in config.given else config.bench_runs,
-                     warmup=config.bench_warmup, threads=config.threads, dims=config.dims, memory=not auto))
+                     runs=AUTO_BENCH_RUNS if auto and default_runs else config.bench_runs,
+                     warmup=config.bench_warmup, threads=config.threads, dims=config.dims, memory=not auto,
+                     min_seconds=AUTO_BENCH_SECONDS if default_runs else 0.0, max_runs=AUTO_BENCH_MAX_RUNS))
 
 
 def _fold(model: ModelProto, warnings: list[str]) -> tuple[ModelProto, list[str]]:

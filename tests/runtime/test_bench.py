@@ -69,6 +69,24 @@ def test_benchmark_alternates_models_and_reports_a_json_schema():
     assert any("alternately" in n for n in report.notes) and any("RSS" in n for n in report.notes)
 
 
+def test_a_time_floor_adds_rounds_up_to_the_cap():
+    """A prune's benchmark of a tiny model: 30 rounds of 0.1 ms runs tell a 5% slowdown from noise no better than
+    a coin, so rounds go on for ``min_seconds``, but never past ``max_runs``, and every model keeps one time
+    per round (the per-round speedups pair them)."""
+    big, small = mlp(hidden=64), mlp(hidden=16)
+    capped = benchmark([big, small], batches=(1,), runs=5, warmup=1, threads=1, memory=False, min_seconds=30.0,
+                       max_runs=40)
+    a, b = capped.results
+    assert a.runs == b.runs == 40 and len(a.times_ms) == len(b.times_ms) == 40
+    assert len(capped.cases[0].order) == 80
+    assert capped.settings["min_seconds"] == 30.0 and capped.settings["max_runs"] == 40
+    floor = benchmark([big, small], batches=(1,), runs=5, warmup=1, threads=1, memory=False, min_seconds=0.05,
+                      max_runs=100_000)
+    assert 5 < floor.results[0].runs < 100_000  # stopped by the time floor, not by the cap
+    plain = benchmark([big, small], batches=(1,), runs=5, warmup=1, threads=1, memory=False)
+    assert plain.results[0].runs == 5 and "min_seconds" not in plain.settings
+
+
 def test_fixed_batch_models_are_skipped_with_a_note():
     report = benchmark([conv_bn_relu()], batches=(1, 4), runs=2, warmup=0)
     assert [(r.model, r.batch) for r in report.results] == [("test", 1)]
