@@ -159,3 +159,74 @@ def uniform_keep(model: ModelProto, dg: Any, config: PruneConfig, ratio: float, 
                      min_channels=config.min_channels, exclude=config.exclude, seed=config.seed, statistics=statistics,
                      width_chooser=latency.choose if config.round_to == AUTO else None)
     return keep_counts(plan)
+
+
+#: A latency budget scans ratios on this grid, then bisects inside the bracket found (0.05 / 2**3).
+TARGET_GRID = 0.05
+TARGET_STEPS = 3
+MAX_TARGET_RATIO = 0.95
+
+
+def original_latency_ms(model: ModelProto, config: PruneConfig, batch: int) -> float:
+    """The original's p50 latency at ``batch`` on the first provider (10 runs after 2, no memory probe)."""
+    from onnxprune.runtime.bench import benchmark
+
+    report = benchmark([model], names=["original"], providers=config.providers[:1], batches=(batch,), runs=10,
+                       warmup=2, threads=config.threads, dims=config.dims, memory=False)
+    return float(report.results[0].p50_ms)
+
+
+def ratio_for_target(model: ModelProto, dg: Any, config: PruneConfig, latency: LatencyModel, *,
+                     statistics: Mapping[str, object] | None = None,
+                     original_ms: float | None = None) -> tuple[float, dict[str, Any]]:
+    """The lowest uniform ratio whose predicted speedup reaches ``--target-speedup`` (or the speedup that
+    ``--target-latency`` asks of the original's measured latency) on the first ``--batches`` size.
+
+    Every candidate ratio is planned as the final cut will be (criterion, widths chosen by latency), and its
+    speedup predicted from the latency table with the original's measured latency (``original_ms``, measured
+    when not given). Groups are cut uniformly: the pipeline allocates by sensitivity instead
+    (:func:`onnxprune.speed_target.allocate_for_target`); this is the uniform cut it is compared with.
+
+    Raises:
+        ConfigError: the target is out of reach even at ratio 0.95.
+    """
+    from onnxprune.core.errors import ConfigError
+    from onnxprune.structured.plan import AUTO, make_plan
+
+    batch = int(config.bench_batches[0])
+    if original_ms is None:
+        original_ms = original_latency_ms(model, config, batch)
+    target = config.target_speedup or original_ms / float(config.target_latency or original_ms)
+    chooser = latency.choose if config.round_to == AUTO else None
+
+    def predicted(ratio: float) -> float:
+        plan = make_plan(model, dg, ratio=ratio, importance=config.importance, global_rank=config.global_rank,
+                         round_to=config.round_to, min_channels=config.min_channels, exclude=config.exclude,
+                         seed=config.seed, statistics=statistics, width_chooser=chooser)
+        return latency.predict_speedup(keep_counts(plan), {batch: original_ms}).get(batch, 1.0)
+
+    info: dict[str, Any] = {"target_speedup": round(target, 4), "batch": batch,
+                            "original_ms": round(original_ms, 4)}
+    if target <= 1.0:
+        return 0.0, {**info, "ratio": 0.0, "predicted_speedup": 1.0}
+    best = predicted(MAX_TARGET_RATIO)
+    if best < target:
+        raise ConfigError(f"a {target:.2f}x speedup is out of reach: even ratio {MAX_TARGET_RATIO} is predicted "
+                          f"at {best:.2f}x (batch {batch}); ask for less")
+    # Predictions of tiny layers are noisy and need not rise with the ratio: take the lowest grid ratio from
+    # which every higher one reaches the target, then refine inside that bracket.
+    grid = [round(TARGET_GRID * i, 4) for i in range(1, int(MAX_TARGET_RATIO / TARGET_GRID) + 1)]
+    hi = MAX_TARGET_RATIO
+    for r in reversed(grid):
+        if predicted(r) < target:
+            break
+        hi = r
+    lo = max(0.0, hi - TARGET_GRID)
+    for _ in range(TARGET_STEPS):
+        mid = (lo + hi) / 2
+        if predicted(mid) >= target:
+            hi = mid
+        else:
+            lo = mid
+    ratio = round(hi, 4)
+    return ratio, {**info, "ratio": ratio, "predicted_speedup": round(predicted(ratio), 4)}

@@ -72,22 +72,29 @@ def _conv_chain(c1: int = 32, c2: int = 64):
 LAYOUT_OVERHEAD_MS = 2.0
 
 
-def _layout_timer(models):
-    """A whole model's cost: a fixed overhead plus each conv's weight size / 1000, twice that for a conv with
-    a channel count off the 16-channel block (the plain layout and its conversions, which no layer timed
-    alone pays: ``_macs_timer`` times layers at their weight size at every width)."""
+def _off_block_timer(block: int, overhead_ms: float):
+    """A model's cost: ``overhead_ms`` plus each conv's weight size / 1000, twice that for a conv with a channel
+    count off the ``block``-channel block (the plain layout and its conversions)."""
     import math
 
-    out = []
-    for m in map(model_of, models):
-        inits = {t.name: list(t.dims) for t in m.graph.initializer}
-        total = LAYOUT_OVERHEAD_MS
-        for n in m.graph.node:
-            if n.op_type == "Conv":
-                dims = inits[n.input[1]]
-                total += math.prod(dims) / 1000 * (2.0 if dims[0] % 16 or dims[1] % 16 else 1.0)
-        out.append(total)
-    return out
+    def timer(models):
+        out = []
+        for m in map(model_of, models):
+            inits = {t.name: list(t.dims) for t in m.graph.initializer}
+            total = overhead_ms
+            for n in m.graph.node:
+                if n.op_type == "Conv":
+                    dims = inits[n.input[1]]
+                    total += math.prod(dims) / 1000 * (2.0 if dims[0] % block or dims[1] % block else 1.0)
+            out.append(total)
+        return out
+
+    return timer
+
+
+#: Whole models on the 16-channel block, which no layer timed alone pays (``_macs_timer`` times layers at their
+#: weight size at every width).
+_layout_timer = _off_block_timer(16, LAYOUT_OVERHEAD_MS)
 
 
 @pytest.mark.parametrize(("plan", "reference"), [((16, 32), True), ((24, 32), False), ((16, 40), False)])
@@ -144,25 +151,6 @@ def test_on_block_reference_cuts_keep_one_block_groups_whole():
     assert lm.predict_speedup(plan)[1] == pytest.approx(original_ms / plan_ms, rel=1e-6)
 
 
-def _off_block_timer(block: int):
-    """Like ``_layout_timer``, for layers and models alike: a conv off a ``block``-channel block costs twice."""
-    import math
-
-    def timer(models):
-        out = []
-        for m in map(model_of, models):
-            inits = {t.name: list(t.dims) for t in m.graph.initializer}
-            total = 0.01
-            for n in m.graph.node:
-                if n.op_type == "Conv":
-                    dims = inits[n.input[1]]
-                    total += math.prod(dims) / 1000 * (2.0 if dims[0] % block or dims[1] % block else 1.0)
-            out.append(total)
-        return out
-
-    return timer
-
-
 def test_reference_cuts_are_the_widths_the_chooser_keeps():
     """MobileNetV3-small's miss: reference cuts made by a fixed rule cut its 8-channel groups to 6, a width
     the chooser keeps off because it ran slow, and the line through them predicted its plans too slow (1.03x
@@ -173,7 +161,7 @@ def test_reference_cuts_are_the_widths_the_chooser_keeps():
     model = _conv_chain(c1=24, c2=16)
     dg = analyze(model)
     g24, g16 = (g.id for g in dg.prunable_groups)
-    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_off_block_timer(8), cache=LatencyCache(None),
+    lm = LatencyModel(model, dg, batches=(1,), dims={}, timer=_off_block_timer(8, 0.01), cache=LatencyCache(None),
                       conv_align=8)
     refs = lm.reference_keeps()
     assert lm.choices == {}

@@ -158,7 +158,7 @@ def test_each_batch_is_timed_at_its_own_shapes(dims):
 
 
 def test_target_speedup_finds_the_lowest_ratio_that_reaches_it():
-    from onnxprune.speed import ratio_for_target
+    from onnxprune.speed_target import ratio_for_target
 
     model = _three_convs()
     dg = analyze(model)
@@ -180,7 +180,7 @@ def test_target_speedup_finds_the_lowest_ratio_that_reaches_it():
 
 def test_unreachable_target_is_refused_in_one_line():
     from onnxprune.core.errors import ConfigError
-    from onnxprune.speed import ratio_for_target
+    from onnxprune.speed_target import ratio_for_target
 
     model = _three_convs()
     dg = analyze(model)

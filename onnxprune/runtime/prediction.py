@@ -278,8 +278,8 @@ def steadier_table(tables: Sequence[LayerTable], points: Sequence[tuple[Mapping[
 
     Why a contradicted table is out even when its held-out error is lower: with few points that barely move,
     a line of no slope predicts them well, and that is what such a table gives. SqueezeNet 1.1 (1 thread,
-    batch 1) read its on-block reference cuts at 1.00-1.02 of the original's layer sum while they ran
-    7-16% faster; its held-out error was the lower one, and it predicted the 0.3 plan at 0.78x where 0.93x
+    batch 1) read two on-block reference cuts at 1.01-1.02 of the original's layer sum while they ran
+    7% and 13% faster; its held-out error was the lower one, and it predicted the 0.3 plan at 0.78x where 0.93x
     was measured (kept/size: 0.94x)."""
     plausible = [t for t in tables if not contradicted(t, points)] or list(tables)
     table = min(plausible, key=lambda t: held_out_error(t, points))  # min keeps the first of equal errors
