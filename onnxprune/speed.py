@@ -48,7 +48,7 @@ AUTO_BENCH_RUNS = 30
 #: ... and a prune's benchmark without ``--runs`` goes on for this long per provider and batch, up to
 #: ``AUTO_BENCH_MAX_RUNS`` rounds: SqueezeNet 1.1 at ratio 0.3 (2 threads) ran 0.95x the original at batch 1,
 #: and 30 rounds of its 0.1 ms runs gave a median interval reaching past 0.97, so it was saved, with a warning.
-AUTO_BENCH_SECONDS = 1.0
+AUTO_BENCH_SECONDS = 0.5
 AUTO_BENCH_MAX_RUNS = 1000
 #: Seconds of layer timing ``round_to="auto"`` may spend per prune (cached results cost nothing).
 LATENCY_BUDGET_S = 2.0
