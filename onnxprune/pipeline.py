@@ -232,7 +232,8 @@ def _prune(source: str | os.PathLike[str] | ModelProto, config: PruneConfig | Ma
             raise SlowerModelError(str(decision.message))
         from onnxprune.runtime.bench_verdict import slower_warning
 
-        slower = decision.message or slower_warning(report["bench"], round_to=config.round_to, mode=config.mode)
+        slower = decision.message or slower_warning(report["bench"], round_to=config.round_to, mode=config.mode,
+                                                    verdicts=decision.verdicts)
         if slower:
             log.warning(slower)
             warnings.append(slower)

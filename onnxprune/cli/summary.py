@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from onnxprune.report.drift import detail_text, drift_lines, exact_lines, fmt, pct, short
-from onnxprune.runtime.bench_verdict import NOISE_ADVICE, bench_flags
+from onnxprune.runtime.bench_verdict import NOISE_ADVICE, bench_flags, ties
 
 #: Groups listed without ``--verbose`` (the ones that lost the most channels).
 TOP_GROUPS = 5
@@ -127,8 +127,9 @@ def accuracy_lines(accuracy: Mapping[str, Any], *, verbose: bool) -> list[str]:
     return lines
 
 
-def bench_lines(bench: Mapping[str, Any], *, verbose: bool) -> list[str]:
-    """One row per provider and batch: original → pruned p50, speedup against the MAC ideal, flags."""
+def bench_lines(bench: Mapping[str, Any], *, verbose: bool, verdicts: Sequence[Any] | None = None) -> list[str]:
+    """One row per provider and batch: original → pruned p50, speedup against the MAC ideal, flags; a row slower
+    by its median whose never-slower verdict (``verdicts``) calls it a tie says "tie" instead of "SLOWER"."""
     results = list(bench.get("results", []))
     flags = {(f["model"], f["provider"], f["batch"]): f["reasons"] for f in bench_flags(results)}
     base = {(r["provider"], r["batch"]): r for r in results if r.get("model") == "original"}
@@ -142,7 +143,7 @@ def bench_lines(bench: Mapping[str, Any], *, verbose: bool) -> list[str]:
         reasons = flags.get((r["model"], r["provider"], r["batch"]), []) + flags.get(
             ("original", r["provider"], r["batch"]), [])
         if r.get("slower"):
-            text += " SLOWER"
+            text += " tie (within the margin)" if ties([r], verdicts) else " SLOWER"
         if reasons:
             text += " " + "/".join(sorted({x.split(":")[0] for x in reasons}))
         rows.append(text)
@@ -236,7 +237,7 @@ def summary_lines(report: Mapping[str, Any], output: str, *, verbose: bool = Fal
     if "accuracy" in report:
         lines += accuracy_lines(report["accuracy"], verbose=verbose)
     if report.get("bench"):
-        lines += bench_lines(report["bench"], verbose=verbose)
+        lines += bench_lines(report["bench"], verbose=verbose, verdicts=(report.get("speed") or {}).get("verdicts"))
         lines += confirmation_lines(report)
     lines += latency_lines(report)
     skipped = list(report.get("skipped", []))

@@ -73,13 +73,34 @@ def bench_flags(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 NOISE_ADVICE = "timings are noisy: rerun with more --runs (e.g. 200) or on a quieter machine"
 
 
-def slower_warning(bench: Mapping[str, Any], *, round_to: int | str | None, mode: str = "structured") -> str | None:
+def _case(v: Any) -> tuple[str, int]:
+    return (v["provider"], int(v["batch"])) if isinstance(v, Mapping) else (v.provider, int(v.batch))
+
+
+def _called_slower(v: Any) -> bool:
+    return bool(v["slower"] if isinstance(v, Mapping) else v.slower)
+
+
+def ties(slow: Sequence[Mapping[str, Any]], verdicts: Sequence[Any] | None) -> bool:
+    """Whether every row of ``slow`` (slower by its median) has a spread-aware verdict (a ``SpeedVerdict`` or its
+    dict) that does not call it slower: a tie within the verdict's margin, which the never-slower check keeps."""
+    by_case = {_case(v): v for v in verdicts or ()}
+    return bool(by_case) and all(
+        (r["provider"], int(r["batch"])) in by_case and not _called_slower(by_case[(r["provider"], int(r["batch"]))])
+        for r in slow)
+
+
+def slower_warning(bench: Mapping[str, Any], *, round_to: int | str | None, mode: str = "structured",
+                   verdicts: Sequence[Any] | None = None) -> str | None:
     """A loud one-line warning when a pruned model ran slower than the original, with what helps.
 
     ``round_to`` is the ``--round-to`` the model was pruned with: without one the hint is ``--round-to 8``
     (odd channel widths often run slower on CPU kernels than the original's); with one, a larger value or a
     lower ratio. In the sparse modes zeros do not make dense kernels faster, so the hint says that.
-    ``None`` when no row is slower.
+    ``verdicts``: the never-slower decision's verdicts; where each slower row's verdict calls it a tie (within
+    its margin, see :mod:`onnxprune.runtime.speed_verdict`), the line says so instead of "SLOWER", since the
+    model was kept as not slower (ShuffleNetV2 x0.5 at 0.5 read 0.97x, 95% 0.967-0.980, and was kept under a
+    line that called it SLOWER). ``None`` when no row is slower.
     """
     slow = [r for r in bench.get("results", []) if r.get("slower")]
     if not slow:
@@ -93,4 +114,9 @@ def slower_warning(bench: Mapping[str, Any], *, round_to: int | str | None, mode
         hint = "try --round-to 16 or a lower --ratio"
     else:
         hint = f"try a larger --round-to than {round_to} (e.g. {max(16, 2 * round_to)}) or a lower --ratio"
+    if ties(slow, verdicts):
+        from onnxprune.runtime.speed_verdict import MARGIN
+
+        return (f"the pruned model is no faster than the original ({where}), within the {MARGIN:.0%} margin that "
+                f"counts as a tie, so it was kept; for a speedup, {hint}")
     return f"the pruned model is SLOWER than the original ({where}); {hint}, then compare with --bench"

@@ -61,3 +61,21 @@ def test_a_real_benchmark_report_carries_its_flags() -> None:
                     memory=False).to_dict()
     assert isinstance(doc["flags"], list)
     assert doc["flags"] == bench_flags(doc["results"])
+
+
+def test_a_tie_within_the_margin_is_said_as_a_tie() -> None:
+    """The never-slower check keeps a model whose per-round speedups sit within its 3% margin; the warning then
+    says it is no faster and was kept, not that it is SLOWER. A verdict that calls it slower keeps the word."""
+    from onnxprune.runtime.speed_verdict import speed_verdict
+
+    tie = _report([1.0] * 20, [1.0 / 0.98] * 20)
+    verdict = speed_verdict("cpu", 1, [1.0] * 20, [1.0 / 0.98] * 20)
+    assert not verdict.slower
+    msg = slower_warning(tie, round_to=8, verdicts=[verdict])
+    assert msg is not None and "SLOWER" not in msg and "within the 3% margin that counts as a tie" in msg
+    assert "larger --round-to than 8" in msg
+    assert slower_warning(tie, round_to=8, verdicts=[verdict.to_dict()]) == msg  # as read back from the report
+    slow = _report([1.0] * 20, [1.6] * 20)
+    called = speed_verdict("cpu", 1, [1.0] * 20, [1.6] * 20)
+    assert "SLOWER" in (slower_warning(slow, round_to=8, verdicts=[called]) or "")
+    assert "SLOWER" in (slower_warning(tie, round_to=8, verdicts=[]) or "")  # no verdict: the median decides
