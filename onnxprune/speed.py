@@ -437,27 +437,30 @@ class LatencyModel:
         apart (:mod:`onnxprune.runtime.prediction`)."""
         if self._refs is None:
             kinds = ("chosen", "rounded", "on_block") if self.conv_align > 8 else ("chosen", "rounded")
+            groups = self.dg.prunable_groups
+            asked = {(r, g.id): max(1, g.size - int(round(r * g.size))) for r in REFERENCE_RATIOS for g in groups}
+            chosen = {(r, g.id): self._widths.choose(g, asked[r, g.id], record=False)
+                      for r in REFERENCE_RATIOS for g in groups}  # asked once per group and ratio, for every kind
             out: list[dict[int, int]] = []
             for kind in kinds:
-                for ratio in REFERENCE_RATIOS:
-                    keep = {g.id: k for g in self.dg.prunable_groups
-                            if (k := self._reference_width(g, ratio, kind)) < g.size}
+                for r in REFERENCE_RATIOS:
+                    keep = {g.id: k for g in groups
+                            if (k := self._reference_width(g, asked[r, g.id], chosen[r, g.id], kind)) < g.size}
                     if keep and keep not in out:
                         out.append(keep)
             self._refs = out
         return self._refs
 
-    def _reference_width(self, group: Any, ratio: float, kind: str) -> int:
-        """``group``'s width in a reference cut at ``ratio``: whole when the chooser keeps it whole; else
-        ``"chosen"``: the chooser's width; ``"rounded"``: :func:`_rounded_cut`; ``"on_block"``: a conv group
-        chosen off the block moved onto it (:meth:`_on_block`), any other group as chosen."""
-        asked = max(1, group.size - int(round(ratio * group.size)))
-        k = self._widths.choose(group, asked, record=False)
-        if k >= group.size or kind == "chosen":
-            return k
+    def _reference_width(self, group: Any, asked: int, chosen: int, kind: str) -> int:
+        """``group``'s width in a reference cut where ``asked`` channels were asked and the chooser kept
+        ``chosen``: whole when the chooser keeps it whole; else ``"chosen"``: the chooser's width; ``"rounded"``:
+        :func:`_rounded_cut`; ``"on_block"``: a conv group chosen off the block moved onto it
+        (:meth:`_on_block`), any other group as chosen."""
+        if chosen >= group.size or kind == "chosen":
+            return chosen
         if kind == "rounded":
             return _rounded_cut(group.size, asked)
-        return self._on_block(group.size, asked, k) if _cuts_conv(group) and k % self.conv_align else k
+        return self._on_block(group.size, asked, chosen) if _cuts_conv(group) and chosen % self.conv_align else chosen
 
     def _on_block(self, size: int, asked: int, k: int) -> int:
         """A conv group's width on the conv block for an on-block reference cut: ``asked`` rounded up to the
