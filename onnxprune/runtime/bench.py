@@ -370,7 +370,7 @@ def benchmark(
     _positive("batches", list(batches))
     _positive("runs", [runs])
     _positive("warmup", [warmup], minimum=0)
-    most = max(runs, max_runs or runs)
+    most = max(runs, max_runs or runs) if min_seconds > 0 else runs  # the rounds a case may reach
     provider_names = parse_providers(providers)
     if cuda_graph and "cuda" not in provider_names:
         raise ConfigError("CUDA graphs need the CUDA provider; add --providers cuda (or drop --cuda-graph)")
@@ -431,7 +431,7 @@ def benchmark(
     settings = {"providers": list(provider_names), "batches": [int(b) for b in batches], "threads": threads,
                 "warmup": warmup, "runs": runs, "dims": dims, "seed": seed, "memory": memory,
                 "cuda_graph": cuda_graph}
-    if min_seconds > 0 and most > runs:  # each result's runs say how many rounds were made
+    if most > runs:  # each result's runs say how many rounds were made
         settings.update(min_seconds=min_seconds, max_runs=most)
     return BenchReport(tuple(infos), tuple(results), tuple(skipped), tuple(cases), settings, _machine(),
                        tuple(notes))
@@ -513,7 +513,8 @@ def _time_case(infos: list[ModelInfo], paths: list[Path], *, provider: str, batc
                cuda_graph: bool = False, min_seconds: float = 0.0, max_runs: int | None = None
                ) -> tuple[list[BenchResult], tuple[str, ...]]:
     """Measure each model's session memory (subprocess), warm up, then time the models alternately: ``runs``
-    rounds, then more until ``min_seconds`` were spent or ``max_runs`` were made (see :func:`benchmark`)."""
+    rounds, then, up to ``max_runs`` (default ``runs``), more until ``min_seconds`` were spent (see
+    :func:`benchmark`)."""
     runners: list[Callable[[], object]] = []
     peaks: list[int | None] = []
     keep_alive: list[object] = []
@@ -529,7 +530,7 @@ def _time_case(infos: list[ModelInfo], paths: list[Path], *, provider: str, batc
         run()
         keep_alive.append(session)
         runners.append(run)
-    most = max(runs, max_runs or runs) if min_seconds > 0 else runs
+    most = max_runs or runs
     times = time_alternately(runners, progress(range(most), desc=f"bench {provider} batch {batch}", total=most),
                              warmup=warmup, stop_after_s=min_seconds if most > runs else None, min_rounds=runs)
     runs = len(times[0])
