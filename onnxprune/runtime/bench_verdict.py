@@ -85,9 +85,8 @@ def ties(slow: Sequence[Mapping[str, Any]], verdicts: Sequence[Any] | None) -> b
     """Whether every row of ``slow`` (slower by its median) has a spread-aware verdict (a ``SpeedVerdict`` or its
     dict) that does not call it slower: a tie within the verdict's margin, which the never-slower check keeps."""
     by_case = {_case(v): v for v in verdicts or ()}
-    return bool(by_case) and all(
-        (r["provider"], int(r["batch"])) in by_case and not _called_slower(by_case[(r["provider"], int(r["batch"]))])
-        for r in slow)
+    found = [by_case.get((r["provider"], int(r["batch"]))) for r in slow]
+    return bool(by_case) and all(v is not None and not _called_slower(v) for v in found)
 
 
 def slower_warning(bench: Mapping[str, Any], *, round_to: int | str | None, mode: str = "structured",
