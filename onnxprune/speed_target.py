@@ -155,8 +155,9 @@ def uniform_keep(model: ModelProto, dg: Any, config: PruneConfig, ratio: float, 
     """Kept widths of a uniform cut at ``ratio`` (the comparison a latency budget is judged against)."""
     from onnxprune.structured.plan import AUTO, make_plan
 
-    plan = make_plan(model, dg, ratio=ratio, importance=config.importance, round_to=config.round_to,
-                     min_channels=config.min_channels, exclude=config.exclude, seed=config.seed, statistics=statistics,
+    plan = make_plan(model, dg, ratio=ratio, importance=config.importance, global_rank=config.global_rank,
+                     round_to=config.round_to, min_channels=config.min_channels, exclude=config.exclude,
+                     seed=config.seed, statistics=statistics,
                      width_chooser=latency.choose if config.round_to == AUTO else None)
     return keep_counts(plan)
 
@@ -191,19 +192,15 @@ def ratio_for_target(model: ModelProto, dg: Any, config: PruneConfig, latency: L
         ConfigError: the target is out of reach even at ratio 0.95.
     """
     from onnxprune.core.errors import ConfigError
-    from onnxprune.structured.plan import AUTO, make_plan
 
     batch = int(config.bench_batches[0])
     if original_ms is None:
         original_ms = original_latency_ms(model, config, batch)
     target = config.target_speedup or original_ms / float(config.target_latency or original_ms)
-    chooser = latency.choose if config.round_to == AUTO else None
 
     def predicted(ratio: float) -> float:
-        plan = make_plan(model, dg, ratio=ratio, importance=config.importance, global_rank=config.global_rank,
-                         round_to=config.round_to, min_channels=config.min_channels, exclude=config.exclude,
-                         seed=config.seed, statistics=statistics, width_chooser=chooser)
-        return latency.predict_speedup(keep_counts(plan), {batch: original_ms}).get(batch, 1.0)
+        keep = uniform_keep(model, dg, config, ratio, latency, statistics)
+        return latency.predict_speedup(keep, {batch: original_ms}).get(batch, 1.0)
 
     info: dict[str, Any] = {"target_speedup": round(target, 4), "batch": batch,
                             "original_ms": round(original_ms, 4)}
