@@ -43,13 +43,10 @@ from onnxprune.runtime.dims import resolve_dims  # noqa: E402
 from onnxprune.runtime.speed_verdict import speed_verdict  # noqa: E402
 from onnxprune.speed import default_widths, keep_counts, latency_model  # noqa: E402
 from onnxprune.structured.analysis import analyze  # noqa: E402
+from tools.bench_speed import cell, parse_csv  # noqa: E402
 
 TORCHVISION = ("mobilenet_v2", "efficientnet_b0", "densenet121")
 FIXED = (("none", 1), ("r8", 8))
-
-
-def _list(kind: type, text: str) -> list:
-    return [kind(v) for v in text.split(",") if v.strip()]
 
 
 def export_torchvision(name: str, path: Path) -> Path:
@@ -152,10 +149,6 @@ def run_model(name: str, original, *, provider: str, ratios: list[float], batche
     return rows
 
 
-def _f(x, spec: str = ".2f") -> str:
-    return "-" if x is None else format(x, spec)
-
-
 def markdown(rows: list[dict], failures: list[dict], command: str, seconds: float, provider: str) -> str:
     import onnxruntime as ort
 
@@ -177,13 +170,14 @@ def markdown(rows: list[dict], failures: list[dict], command: str, seconds: floa
     for r in rows:
         err = r.get("error")
         low, high = r["auto_interval"]
-        graph = (f"{_f(r['graph_original_ms'], '.3f')} / {_f(r['graph_auto_speedup'])}" if "graph_original_ms" in r
+        graph = (f"{cell(r['graph_original_ms'], '.3f')} / {cell(r['graph_auto_speedup'])}" if "graph_original_ms" in r
                  else ("refused" if r.get("graph_error") else "-"))
-        lines.append(f"| {r['model']} | {r['default']} | {r['ratio']} | {r['batch']} | {_f(r['original_ms'], '.3f')} | "
-                     f"{_f(r['ideal'])} | {_f(r['auto_speedup'])} ({_f(r['auto_of_ideal'])}; {low:.2f}-{high:.2f}) | "
-                     f"{_f(r['none_speedup'])} ({_f(r['none_of_ideal'])}) | {_f(r['r8_speedup'])} "
-                     f"({_f(r['r8_of_ideal'])}) | {_f(r['predicted'])} "
-                     f"({_f(None if err is None else 100 * err, '+.0f')}%) | {graph} |")
+        lines.append(f"| {r['model']} | {r['default']} | {r['ratio']} | {r['batch']} | "
+                     f"{cell(r['original_ms'], '.3f')} | {cell(r['ideal'])} | "
+                     f"{cell(r['auto_speedup'])} ({cell(r['auto_of_ideal'])}; {low:.2f}-{high:.2f}) | "
+                     f"{cell(r['none_speedup'])} ({cell(r['none_of_ideal'])}) | {cell(r['r8_speedup'])} "
+                     f"({cell(r['r8_of_ideal'])}) | {cell(r['predicted'])} "
+                     f"({cell(None if err is None else 100 * err, '+.0f')}%) | {graph} |")
     text = head + "\n".join(lines) + "\n"
     refused = {r["model"]: r["graph_error"] for r in rows if r.get("graph_error")}
     for model, why in refused.items():
@@ -203,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for cuda_table.md / cuda_table.json (and exports)")
     p.add_argument("--provider", default="cuda")
     p.add_argument("--models", default="resnet50,mobilenet_v2,efficientnet_b0,densenet121")
-    p.add_argument("--ratios", type=lambda s: _list(float, s), default=[0.3, 0.5])
-    p.add_argument("--batches", type=lambda s: _list(int, s), default=[1, 32])
+    p.add_argument("--ratios", type=lambda s: parse_csv(float, s), default=[0.3, 0.5])
+    p.add_argument("--batches", type=lambda s: parse_csv(int, s), default=[1, 32])
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--latency-budget", type=float, default=2.0, help="seconds of layer timing per prune")
     p.add_argument("--fp16", default="", help="models also converted to float16 and measured")
@@ -217,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     exports.mkdir(parents=True, exist_ok=True)
     command = "python tools/bench_cuda.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
-    jobs = [(n, False) for n in _list(str, args.models)] + [(n, True) for n in _list(str, args.fp16)]
+    jobs = [(n, False) for n in parse_csv(str, args.models)] + [(n, True) for n in parse_csv(str, args.fp16)]
     rows: list[dict] = []
     failures: list[dict] = []
     for name, half in jobs:

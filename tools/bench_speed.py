@@ -53,7 +53,8 @@ from onnxprune.structured.analysis import analyze  # noqa: E402
 VARIANTS = (("auto", "auto"), ("none", 1), ("r8", 8))
 
 
-def _list(kind: type, text: str) -> list:
+def parse_csv(kind: type, text: str) -> list:
+    """A comma-separated option as a list of ``kind`` (empty items dropped)."""
     return [kind(v) for v in text.split(",") if v.strip()]
 
 
@@ -166,7 +167,8 @@ def errors_summary(rows: list[dict], limit: float = 0.15) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def _f(x, spec: str = ".2f") -> str:
+def cell(x, spec: str = ".2f") -> str:
+    """A table cell: ``x`` formatted, ``-`` when missing."""
     return "-" if x is None else format(x, spec)
 
 
@@ -176,7 +178,7 @@ def _interval(r: dict) -> str:
 
 
 def _fitted(r: dict) -> str:
-    return f"; fitted {_f(r['fitted'])} ({_f(100 * r['fitted_error'], '+.0f')}%)" if "fitted" in r else ""
+    return f"; fitted {cell(r['fitted'])} ({cell(100 * r['fitted_error'], '+.0f')}%)" if "fitted" in r else ""
 
 
 def markdown(rows: list[dict], command: str, seconds: float) -> str:
@@ -201,12 +203,13 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
     for r in rows:
         err = r.get("error")
         lines.append(
-            f"| {r['model']} | {r['default']} | {r['ratio']} | {r['threads']} | {r['batch']} | {_f(r['ideal'])} | "
-            f"{_f(r['default_speedup'])} ({_f(r['default_of_ideal'])}{_interval(r)}) | "
-            f"{_f(r['auto_speedup'])} ({_f(r['auto_of_ideal'])}){' same widths' if r.get('auto_is_default') else ''} | "
-            f"{_f(r['none_speedup'])} "
-            f"({_f(r['none_of_ideal'])}) | {_f(r['r8_speedup'])} ({_f(r['r8_of_ideal'])}) | "
-            f"{_f(r['predicted'])} ({_f(None if err is None else 100 * err, '+.0f')}%)"
+            f"| {r['model']} | {r['default']} | {r['ratio']} | {r['threads']} | {r['batch']} | {cell(r['ideal'])} | "
+            f"{cell(r['default_speedup'])} ({cell(r['default_of_ideal'])}{_interval(r)}) | "
+            f"{cell(r['auto_speedup'])} ({cell(r['auto_of_ideal'])})"
+            f"{' same widths' if r.get('auto_is_default') else ''} | "
+            f"{cell(r['none_speedup'])} "
+            f"({cell(r['none_of_ideal'])}) | {cell(r['r8_speedup'])} ({cell(r['r8_of_ideal'])}) | "
+            f"{cell(r['predicted'])} ({cell(None if err is None else 100 * err, '+.0f')}%)"
             f"{' held out' if r.get('reference') else ''}"
             f"{_fitted(r)} |")
     text = head + "\n".join(lines) + "\n\n" + errors_summary(rows)
@@ -214,18 +217,18 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
         text += ("\n| model | --target-speedup | threads | batch | groups cut (ratios) | ranked by | predicted | "
                  "measured by its checks (n) | measured here | ideal |\n|---|---|---|---|---|---|---|---|---|---|\n")
         text += "\n".join(f"| {r['model']} | {r['target']} | {r['threads']} | {r['batch']} | {r['ratio']} | "
-                          f"{r['allocation']} | {_f(r['predicted'])} | {_f(r['check'])} ({r['checks']}) | "
-                          f"{_f(r['measured'])} | "
-                          f"{_f(r['ideal'])} |" for r in targets) + "\n"
+                          f"{r['allocation']} | {cell(r['predicted'])} | {cell(r['check'])} ({r['checks']}) | "
+                          f"{cell(r['measured'])} | "
+                          f"{cell(r['ideal'])} |" for r in targets) + "\n"
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="digits_cnn,digits_mlp,digits_transformer,tv_mobilenet_v2,resnet50")
-    p.add_argument("--ratios", type=lambda s: _list(float, s), default=[0.3, 0.5])
-    p.add_argument("--batches", type=lambda s: _list(int, s), default=[1, 8])
-    p.add_argument("--threads", type=lambda s: _list(int, s), default=[1, 2])
+    p.add_argument("--ratios", type=lambda s: parse_csv(float, s), default=[0.3, 0.5])
+    p.add_argument("--batches", type=lambda s: parse_csv(int, s), default=[1, 8])
+    p.add_argument("--threads", type=lambda s: parse_csv(int, s), default=[1, 2])
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--resnet-runs", type=int, default=5)
     p.add_argument("--latency-budget", type=float, default=2.0, help="seconds of layer timing per prune")
@@ -235,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     started = time.perf_counter()
     rows = []
-    for name in _list(str, args.models):
+    for name in parse_csv(str, args.models):
         runs = args.resnet_runs if name == "resnet50" else args.runs
-        target = args.target_speedup if name in _list(str, args.target_models) else None
+        target = args.target_speedup if name in parse_csv(str, args.target_models) else None
         rows += run_model(name, args.ratios, args.batches, args.threads, runs, args.latency_budget, target)
     text = markdown(rows, "python tools/bench_speed.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                     time.perf_counter() - started)
