@@ -26,7 +26,15 @@ import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from onnxprune.core.errors import OnnxPruneError
-from onnxprune.core.ir import GraphIndex, collect_types, copy_fields, node_label, shape_skeleton, subgraphs
+from onnxprune.core.ir import (
+    GraphIndex,
+    collect_types,
+    copy_fields,
+    has_subgraph,
+    node_label,
+    shape_skeleton,
+    subgraphs,
+)
 from onnxprune.core.quant import QDQ_OPS, dequantized
 from onnxprune.core.weights import WEIGHT_SLOT
 
@@ -85,7 +93,7 @@ def _blocker(node: NodeProto) -> str:
         return f"{node_label(node)} draws random numbers at run time"
     if node.op_type in QDQ_OPS:
         return f"{node_label(node)} is quantization; folding it would store the weight in another precision"
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+    if has_subgraph(node):
         return f"{node_label(node)} has a subgraph (control flow)"
     return ""
 

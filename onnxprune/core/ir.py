@@ -236,6 +236,11 @@ def subgraphs(node: NodeProto) -> list[GraphProto]:
     return out
 
 
+def has_subgraph(node: NodeProto) -> bool:
+    """Whether a node holds a graph attribute (control flow: If, Loop, Scan)."""
+    return any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute)
+
+
 def subgraph_inputs(node: NodeProto) -> Iterable[str]:
     """Outer-scope names read inside a node's subgraphs (If/Loop/Scan bodies)."""
     for g in subgraphs(node):

@@ -28,7 +28,7 @@ from typing import TypeVar
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper
 
-from onnxprune.core.ir import GraphIndex
+from onnxprune.core.ir import GraphIndex, has_subgraph
 from onnxprune.core.progress import progress
 from onnxprune.recovery.calibrate import tensor_types
 
@@ -46,10 +46,6 @@ class _Pending:
     model: ModelProto | None  # the sub-model without its graph inputs; None: nothing changed (error 0)
     needed: tuple[str, ...]
     outputs: tuple[str, ...]
-
-
-def _has_subgraph(node: NodeProto) -> bool:
-    return any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute)
 
 
 class SubModelAnchors:
@@ -88,7 +84,7 @@ class SubModelAnchors:
     @staticmethod
     def supported(model: ModelProto) -> bool:
         """Whether sub-models can be cut out of ``model`` (no control flow reading outer-scope names)."""
-        return not any(_has_subgraph(n) for n in model.graph.node) and not model.functions
+        return not any(has_subgraph(n) for n in model.graph.node) and not model.functions
 
     def _changed(self, node: NodeProto, inits: Mapping[str, object]) -> bool:
         if node.SerializeToString() not in self._nodes:
