@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from onnx import ModelProto
@@ -359,7 +359,7 @@ class LatencyModel:
         when none is); a group's factors are its measured widths (see :class:`LayerTable`).
         """
         from onnxprune.core.stats import node_macs
-        from onnxprune.structured.layer_models import timed_layers
+        from onnxprune.structured.layer_models import layer_axes, timed_layers
 
         if self.context:  # summed over many groups, whole-model timings add up their noise: predict from layers
             return self._layer_model().table(batch, keep_counts, holdout)
@@ -398,7 +398,8 @@ class LatencyModel:
             if n not in full_ms and macs.get(n):
                 full_ms[n] = (macs[n] or 0) * (rate or 1.0)
         blocks = {gid: self.conv_align for gid in cuts if _cuts_conv(self.dg.groups[gid])}
-        table = LayerTable(full_ms, cuts, sizes, factors, blocks=blocks)
+        axes = {gid: layer_axes(self.dg, self.dg.groups[gid]) for gid in cuts}
+        table = LayerTable(full_ms, cuts, sizes, factors, blocks=blocks, axes=axes)
         self._measured_rate[batch] = rate is not None
         if self.calibrate:
             points = self._calibration_points(batch)
@@ -406,7 +407,7 @@ class LatencyModel:
                 cut = {g: k for g, k in keep_counts.items() if k < self.dg.groups[g].size}
                 points = [(keep, ms) for keep, ms in points if not keep or keep != cut]
             # measured factors, or each layer scaled by kept/size: whichever predicts the whole-model runs
-            table = steadier_table([table, LayerTable(full_ms, cuts, sizes, {}, blocks=blocks)], points)
+            table = steadier_table([table, replace(table, factors={})], points)
         return table
 
     def _layer_model(self) -> LatencyModel:

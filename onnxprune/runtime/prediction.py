@@ -25,7 +25,7 @@ the others.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -123,14 +123,24 @@ class LayerTable:
         factors: group id -> width -> layer -> measured time at that width over time at full width. A width
             not measured is interpolated between measured ones, and one below the narrowest measured width is
             extrapolated along the line through the two narrowest (clipped at 0); a group never measured
-            scales its layers by ``kept / size``. Why not a line to ``0`` at width ``0``: a small layer's time
-            has a part no width removes (its launch, its passes over memory), which a measured width holds
-            and a line through the origin drops; the reference cuts, at widths the table did not measure,
-            then read too fast, the fitted scale grew to make up for it, and the measured plan between them
-            read too slow (MobileNetV2, batch 1, ratio 0.5: predicted 1.10x, measured 1.27x).
+            scales its share of each layer's axis by ``kept / size`` (see ``axes``). Why not a line to ``0``
+            at width ``0``: a small layer's time has a part no width removes (its launch, its passes over
+            memory), which a measured width holds and a line through the origin drops; the reference cuts,
+            at widths the table did not measure, then read too fast, the fitted scale grew to make up for
+            it, and the measured plan between them read too slow (MobileNetV2, batch 1, ratio 0.5: predicted
+            1.10x, measured 1.27x).
         calibration: the whole-model fit (see :class:`Calibration`); ``None`` predicts from the sum alone.
         blocks: group id -> the channel block of the conv layout its width decides (groups that cut a Conv
             on a provider with a blocked layout); see :meth:`unaligned_sum`.
+        axes: group id -> layer -> ``(axis, share)``: which axis of the layer the group cuts (say its input
+            channels) and the group's share of that axis' channels. Groups that cut one axis of a layer are
+            slices of one concatenation, and their cuts remove channels from one sum: their savings add,
+            where cuts of different axes (a conv's input and output) multiply. A width not measured scales
+            only the group's share of the axis. Why: DenseNet's layers read the concatenation of up to 25
+            groups' outputs; each 4-channel slice cut to 2 multiplied the layer's time by 1/2, so the layer
+            read 0.5^25 of its time, and a plan that kept more channels than a reference cut read as the
+            slower one (predicted 1.07x, measured 1.38x at ratio 0.5, batch 8). A group not listed cuts an
+            axis of its own, all of it.
     """
 
     layers: Mapping[str, float]
@@ -139,6 +149,11 @@ class LayerTable:
     factors: Mapping[int, Mapping[int, Mapping[str, float]]] = field(default_factory=dict)
     calibration: Calibration | None = None
     blocks: Mapping[int, int] = field(default_factory=dict)
+    axes: Mapping[int, Mapping[str, tuple[str, float]]] = field(default_factory=dict)
+
+    def _axis(self, gid: int, layer: str) -> tuple[str, float]:
+        """The axis of ``layer`` that ``gid`` cuts and the group's share of it (see the class doc)."""
+        return self.axes.get(gid, {}).get(layer) or (f"group {gid}", 1.0)
 
     def factor(self, gid: int, width: int, layer: str) -> float:
         """How ``gid`` kept at ``width`` scales ``layer`` (see the class doc)."""
@@ -149,7 +164,7 @@ class LayerTable:
         if width in measured:
             return measured[width]
         if not measured:
-            return width / size
+            return 1.0 - self._axis(gid, layer)[1] * (1.0 - width / size)
         if width <= 0:
             return 0.0
         points = sorted({size: 1.0, **measured}.items())
@@ -162,15 +177,22 @@ class LayerTable:
         return width / size
 
     def _scaled(self, keep: Mapping[int, int]) -> dict[str, float]:
-        """Each layer's time when each group ``g`` keeps ``keep[g]`` channels (others whole)."""
-        scale = dict.fromkeys(self.layers, 1.0)
+        """Each layer's time when each group ``g`` keeps ``keep[g]`` channels (others whole): per axis, the
+        savings of the groups that cut it added; the axes' factors multiplied (see :attr:`axes`)."""
+        saved: dict[str, dict[str, float]] = {}
         for gid, width in keep.items():
             if gid not in self.sizes:
                 continue
             for layer in self.cuts.get(gid, ()):
-                if layer in scale:
-                    scale[layer] *= self.factor(gid, int(width), layer)
-        return {n: self.layers[n] * scale[n] for n in self.layers}
+                if layer in self.layers:
+                    axis = saved.setdefault(layer, {})
+                    key = self._axis(gid, layer)[0]
+                    axis[key] = axis.get(key, 0.0) + 1.0 - self.factor(gid, int(width), layer)
+        out = dict(self.layers)
+        for layer, axis in saved.items():
+            for s in axis.values():
+                out[layer] *= max(0.0, 1.0 - s)
+        return out
 
     def layer_sum(self, keep: Mapping[int, int]) -> float:
         """The layers' summed time when each group ``g`` keeps ``keep[g]`` channels (others whole)."""
@@ -283,4 +305,4 @@ def steadier_table(tables: Sequence[LayerTable], points: Sequence[tuple[Mapping[
     was measured (kept/size: 0.94x)."""
     plausible = [t for t in tables if not contradicted(t, points)] or list(tables)
     table = min(plausible, key=lambda t: held_out_error(t, points))  # min keeps the first of equal errors
-    return LayerTable(table.layers, table.cuts, table.sizes, table.factors, _fit(_sums(table, points)), table.blocks)
+    return replace(table, calibration=_fit(_sums(table, points)))

@@ -144,6 +144,27 @@ def timed_layers(group: ChannelGroup) -> tuple[str, ...]:
     return tuple(names)
 
 
+def layer_axes(dg: DependencyGraph, group: ChannelGroup) -> dict[str, tuple[str, float]]:
+    """Per heavy layer of :func:`timed_layers`: the weight axis (or axes) the group cuts there, as a key, and
+    the group's share of that axis' positions.
+
+    Why: a layer's time follows its whole input (or output) width, of which a group may hold a slice (the
+    concatenation a DenseNet or Inception layer reads, a Split's part); two groups with the same key remove
+    channels from one sum (see :class:`onnxprune.runtime.prediction.LayerTable`)."""
+    roots = np.arange(group.size, dtype=np.int64)
+    keys: dict[str, list[str]] = {}
+    share: dict[str, float] = {}
+    for c in group.cuts:
+        if c.role not in ("source", "sink") or c.op_type not in TIMED_OPS:
+            continue
+        keys.setdefault(c.node, []).append(f"{c.tensor}:{c.axis}")
+        dims = dg.const_shapes.get(c.tensor)
+        length = int(dims[c.axis]) if dims is not None and len(dims) > c.axis else 0
+        part = c.positions(roots).size / length if length > 0 else 1.0
+        share[c.node] = min(share.get(c.node, 1.0), min(part, 1.0))
+    return {node: ("|".join(sorted(set(k))), share[node]) for node, k in keys.items()}
+
+
 def layer_models(model: ModelProto, dg: DependencyGraph, group: ChannelGroup, widths: Iterable[int],
                  shapes: Mapping[str, tuple]) -> list[LayerModel]:
     """Every heavy layer of ``group`` rebuilt alone at each of ``widths``.

@@ -32,6 +32,24 @@ def test_layer_sum_multiplies_each_groups_factor():
     assert t.factor(0, 1, "b") == pytest.approx(0.28)
 
 
+def test_groups_that_slice_one_axis_add_their_savings():
+    # layer "c" (10 ms) reads a concatenation: group 0 holds 6 of its 10 input channels, group 1 the other 4;
+    # group 2 cuts its output axis. "p" is group 0's producer (its output axis, all of it).
+    axes = {0: {"c": ("in", 0.6), "p": ("out0", 1.0)}, 1: {"c": ("in", 0.4)}, 2: {"c": ("out", 1.0)}}
+    t = LayerTable({"c": 10.0, "p": 2.0}, {0: ("c", "p"), 1: ("c",), 2: ("c",)}, {0: 6, 1: 4, 2: 8}, axes=axes)
+    # unmeasured widths scale only the group's share: half of group 0 is 3 of the 10 input channels
+    assert t.layer_sum({0: 3}) == pytest.approx(10 * 0.7 + 2 * 0.5)
+    # both slices halved: 5 of 10 input channels; the product of kept/size would say a quarter
+    assert t.layer_sum({0: 3, 1: 2}) == pytest.approx(10 * 0.5 + 2 * 0.5)
+    # another axis multiplies: half the output channels too
+    assert t.layer_sum({0: 3, 1: 2, 2: 4}) == pytest.approx(10 * 0.5 * 0.5 + 2 * 0.5)
+    # measured factors of one axis add their savings (0.2 + 0.3), never below nothing
+    m = LayerTable(t.layers, t.cuts, t.sizes, {0: {3: {"c": 0.8}}, 1: {2: {"c": 0.7}}}, axes=axes)
+    assert m.layer_sum({0: 3, 1: 2}) == pytest.approx(10 * 0.5 + 2 * 0.5)
+    w = LayerTable(t.layers, t.cuts, t.sizes, {0: {3: {"c": 0.4}}, 1: {2: {"c": 0.5}}}, axes=axes)
+    assert w.layer_sum({0: 3, 1: 2}) == pytest.approx(2 * 0.5)
+
+
 def test_calibration_recovers_overhead_and_scale():
     # a model whose run costs 3 ms of fixed overhead plus 0.5 ms per unit of layer sum
     fit = Calibration.fit([(10.0, 3 + 0.5 * 10), (4.0, 3 + 0.5 * 4)])

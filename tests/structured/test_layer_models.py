@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
-from builders import conv_relu_conv, depthwise
+from builders import GraphBuilder, conv_relu_conv, depthwise, vinfo
+from onnx import helper
 
 from onnxprune.core.shapefold import infer_shapes
 from onnxprune.structured.analysis import analyze
-from onnxprune.structured.layer_models import layer_models
+from onnxprune.structured.layer_models import layer_axes, layer_models, timed_layers
 
 
 def _run(model):
@@ -49,3 +50,27 @@ def test_depthwise_conv_group_attribute_follows_the_width():
         if group > 1:
             assert group == 5
         _run(lm.model)  # every rebuilt layer runs
+
+
+def _concat_then_conv(hw: int = 5):
+    """Two convs (6 and 4 channels) concatenated and read by one conv: two groups slice its input axis."""
+    g = GraphBuilder(0)
+    a = g.op("Relu", [g.conv("x", 3, 6)])
+    b = g.op("Relu", [g.conv("x", 3, 4)])
+    cat = g.op("Concat", [a, b], axis=1)
+    g.nodes.append(helper.make_node("Conv", [cat, g.weight((5, 10, 1, 1))], ["out"], name="reader"))
+    return g.build([vinfo("x", [1, 3, hw, hw])], [vinfo("out", [1, 5, hw, hw])])
+
+
+def test_groups_that_slice_one_concatenation_share_the_readers_input_axis():
+    model = _concat_then_conv()
+    dg = analyze(model)
+    six, four = (next(g for g in dg.groups if g.size == n and g.prunable) for n in (6, 4))
+    axes6, axes4 = layer_axes(dg, six), layer_axes(dg, four)
+    assert "reader" in timed_layers(six) and "reader" in timed_layers(four)
+    # one key for the reader's input axis, each group's share of its 10 channels
+    assert axes6["reader"][0] == axes4["reader"][0]
+    assert axes6["reader"][1] == 0.6 and axes4["reader"][1] == 0.4
+    # each producer's output axis is its own, all of it, and another axis than the reader's input
+    producer6 = next(n for n in timed_layers(six) if n != "reader")
+    assert axes6[producer6][1] == 1.0 and axes6[producer6][0] != axes6["reader"][0]
