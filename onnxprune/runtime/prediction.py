@@ -16,10 +16,10 @@ keeps that conv in the plain layout, with layout conversions around it in the mo
 pays the conversions at every blocked width (so it overstates them) and none at the others (so it flatters
 them). On the digits CNN the line through the original and the 24/48-channel reference cut (plain layout)
 predicted the 16/32-channel plan (blocked) at 1.2x where it ran 1.7-2.4x. So the layers whose conv width a
-cut takes off the block are summed apart (``U``, see :meth:`LayerTable.unaligned_sum`), and the model is
-``O + c * S + p * U``: ``O`` and ``c`` fitted on the whole-model runs of plans with no such layer (the
-original and reference cuts kept on the block), ``p``, what an off-block layer costs beyond the line, on
-the others.
+cut takes off the block are summed apart (``U``, see :meth:`LayerTable.unaligned_sum`) and counted (``N``),
+and the model is ``O + c * S + p * U + q * N``: ``O`` and ``c`` fitted on the whole-model runs of plans with
+no such layer (the original and reference cuts kept on the block), ``p`` and ``q``, what off-block layers
+cost beyond the line (by their time, and each as one more op to run), on the others.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field, replace
 
 @dataclass(frozen=True)
 class Calibration:
-    """``model ms = overhead_ms + scale * layer sum + unaligned_scale * off-block sum``, fitted on
-    whole-model measurements (see the module doc).
+    """``model ms = overhead_ms + scale * layer sum + unaligned_scale * off-block sum + per_unaligned_ms *
+    off-block layers``, fitted on whole-model measurements (see the module doc).
 
     Attributes:
         overhead_ms: the fixed cost of a run, which no width changes (clipped to ``[0, first measured ms]``).
@@ -40,6 +40,13 @@ class Calibration:
         unaligned_scale: what a unit of layer time taken off the conv block costs the model beyond
             ``scale`` (never negative; 0 when no measured plan had such layers).
         unaligned: the off-block sum of each point (empty: all 0).
+        per_unaligned_ms: what each layer taken off the conv block costs the model whatever its size
+            (never negative). Why both: a conv off the block runs between layout conversions, whose cost
+            is partly their data (it grows with the layer) and partly one more op to run, which at batch 1
+            on a small model is most of it. Priced by layer time alone, GoogLeNet's 0.5 plan at batch 1,
+            2 threads, with eleven 16-channel groups cut to 8, was predicted at 1.48x and ran 1.22x; the
+            reference cuts that priced it took fewer, bigger layers off the block.
+        unaligned_counts: the number of off-block layers of each point (empty: all 0).
     """
 
     overhead_ms: float
@@ -47,19 +54,21 @@ class Calibration:
     points: tuple[tuple[float, float], ...] = field(default=())
     unaligned_scale: float = 0.0
     unaligned: tuple[float, ...] = field(default=())
+    per_unaligned_ms: float = 0.0
+    unaligned_counts: tuple[int, ...] = field(default=())
 
     @classmethod
-    def fit(cls, points: Sequence[tuple[float, float]],
-            unaligned: Sequence[float] | None = None) -> Calibration | None:
+    def fit(cls, points: Sequence[tuple[float, float]], unaligned: Sequence[float] | None = None,
+            counts: Sequence[int] | None = None) -> Calibration | None:
         """Least-squares line through ``(layer sum, measured ms)`` points; ``None`` when they cannot fix one
         (fewer than two distinct sums).
 
-        With ``unaligned`` (each point's off-block sum) and at least two points with none and distinct
-        sums, the line is fitted on those points alone and ``unaligned_scale`` on what the others
-        measured above it (least squares through 0, clipped at 0): a plain-layout cut then no longer
+        With ``unaligned`` (each point's off-block sum; ``counts``: its number of off-block layers) and at
+        least two points with none and distinct sums, the line is fitted on those points alone, and what the
+        others measured above it is priced by :func:`_off_block_costs`: a plain-layout cut then no longer
         bends the line that predicts blocked plans. Otherwise, or when the on-block points give a line with
         no slope (one run stalled on a loaded machine: ResNet-50 at 2 threads was predicted at 1.00x for a
-        plan measured at 3.17x), every point fits the line and the unaligned scale is 0.
+        plan measured at 3.17x), every point fits the line and off-block layers cost nothing extra.
 
         A cut that did not run faster (noise, or a slower kernel) gives a line with no slope: the overhead is
         then the whole measured time and every plan is predicted at the original's speed (scale 0), which is
@@ -67,13 +76,14 @@ class Calibration:
         """
         pts = tuple((float(s), float(m)) for s, m in points)
         offs = tuple(float(u) for u in unaligned) if unaligned is not None else (0.0,) * len(pts)
-        if len(offs) != len(pts):
-            raise ValueError("one off-block sum per point is needed")
-        on = [p for p, u in zip(pts, offs, strict=True) if u <= 0]
+        cnts = tuple(int(n) for n in counts) if counts is not None else (0,) * len(pts)
+        if len(offs) != len(pts) or len(cnts) != len(pts):
+            raise ValueError("one off-block sum and count per point is needed")
+        on = [p for p, u, n in zip(pts, offs, cnts, strict=True) if u <= 0 and n == 0]
         if len(on) < len(pts) and (line := cls._line(on)) is not None and line.scale > 0:
-            off = [(s, m, u) for (s, m), u in zip(pts, offs, strict=True) if u > 0]
-            extra = sum((m - line.ms(s)) * u for s, m, u in off) / sum(u * u for _, _, u in off)
-            return cls(line.overhead_ms, line.scale, pts, max(extra, 0.0), offs)
+            off = [(m - line.ms(s), u, n) for (s, m), u, n in zip(pts, offs, cnts, strict=True) if u > 0 or n]
+            per_ms, per_layer = _off_block_costs(off)
+            return cls(line.overhead_ms, line.scale, pts, per_ms, offs, per_layer, cnts if any(cnts) else ())
         line = cls._line(pts)
         return None if line is None else cls(line.overhead_ms, line.scale, pts, 0.0, offs if any(offs) else ())
 
@@ -99,17 +109,48 @@ class Calibration:
             overhead, scale = top_m, 0.0
         return cls(overhead, scale, pts)
 
-    def ms(self, layer_sum: float, unaligned_sum: float = 0.0) -> float:
-        """Predicted milliseconds of a plan whose layer sum is ``layer_sum``, ``unaligned_sum`` of it off
-        the conv block."""
-        return self.overhead_ms + self.scale * layer_sum + self.unaligned_scale * unaligned_sum
+    def ms(self, layer_sum: float, unaligned_sum: float = 0.0, unaligned_count: int = 0) -> float:
+        """Predicted milliseconds of a plan whose layer sum is ``layer_sum``, ``unaligned_sum`` of it in
+        ``unaligned_count`` layers off the conv block."""
+        return (self.overhead_ms + self.scale * layer_sum + self.unaligned_scale * unaligned_sum
+                + self.per_unaligned_ms * unaligned_count)
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"overhead_ms": round(self.overhead_ms, 6), "scale": self.scale,
                                   "points": [[round(s, 6), round(m, 6)] for s, m in self.points]}
         if self.unaligned:
             out.update(unaligned_scale=self.unaligned_scale, unaligned=[round(u, 6) for u in self.unaligned])
+        if self.unaligned_counts:
+            out.update(per_unaligned_ms=self.per_unaligned_ms, unaligned_counts=list(self.unaligned_counts))
         return out
+
+
+def _off_block_costs(off: Sequence[tuple[float, float, int]]) -> tuple[float, float]:
+    """``(per unit of off-block layer time, per off-block layer)``, never negative, that best price what
+    plans with off-block layers measured above the on-block line (``(excess ms, off-block sum, count)``
+    each): least squares by the time alone, by the count alone, or by both when three or more such plans
+    were measured (two would fit any pair exactly); the one that leaves the least, in that order on a tie.
+    """
+    def single(col: int) -> float:
+        den = sum(float(p[col]) ** 2 for p in off)
+        return max(sum(p[0] * p[col] for p in off) / den, 0.0) if den > 0 else 0.0
+
+    def left(a: float, b: float) -> float:
+        return sum((r - a * u - b * n) ** 2 for r, u, n in off)
+
+    candidates = [(single(1), 0.0), (0.0, single(2))]
+    if len(off) >= 3:
+        suu = sum(u * u for _, u, _ in off)
+        snn = sum(n * n for _, _, n in off)
+        sun = sum(u * n for _, u, n in off)
+        det = suu * snn - sun * sun
+        if det > 1e-12 * max(suu * snn, 1e-300):
+            sru = sum(r * u for r, u, _ in off)
+            srn = sum(r * n for r, _, n in off)
+            a, b = (sru * snn - srn * sun) / det, (srn * suu - sru * sun) / det
+            if a >= 0 and b >= 0:
+                candidates.append((a, b))
+    return min(candidates, key=lambda c: left(*c))
 
 
 @dataclass(frozen=True)
@@ -198,19 +239,28 @@ class LayerTable:
         """The layers' summed time when each group ``g`` keeps ``keep[g]`` channels (others whole)."""
         return sum(self._scaled(keep).values())
 
-    def unaligned_sum(self, keep: Mapping[int, int]) -> float:
-        """``U``: the summed time (at ``keep``'s widths) of the layers that ``keep`` takes off the conv block:
-        cut by a group of :attr:`blocks` whose full width is a multiple of its block and whose kept width
-        is not. A group off the block at full width (MobileNetV2's 8-channel ones on AVX-512) adds
-        nothing: the original runs that way too."""
+    def _off_block(self, keep: Mapping[int, int]) -> set[str]:
+        """The layers that ``keep`` takes off the conv block: cut by a group of :attr:`blocks` whose full width
+        is a multiple of its block and whose kept width is not. A group off the block at full width
+        (MobileNetV2's 8-channel ones on AVX-512) adds nothing: the original runs that way too."""
         off: set[str] = set()
         for gid, width in keep.items():
             block, size = self.blocks.get(gid), self.sizes.get(gid)
             if block and size and size % block == 0 and int(width) < size and int(width) % block:
-                off.update(self.cuts.get(gid, ()))
+                off.update(n for n in self.cuts.get(gid, ()) if n in self.layers)
+        return off
+
+    def unaligned_sum(self, keep: Mapping[int, int]) -> float:
+        """``U``: the summed time (at ``keep``'s widths) of the layers that ``keep`` takes off the conv block
+        (see :meth:`_off_block`)."""
+        off = self._off_block(keep)
         if not off:
             return 0.0
         return sum(t for n, t in self._scaled(keep).items() if n in off)
+
+    def unaligned_count(self, keep: Mapping[int, int]) -> int:
+        """How many layers ``keep`` takes off the conv block (see :meth:`_off_block`)."""
+        return len(self._off_block(keep))
 
     def calibrated_ms(self, keep: Mapping[int, int]) -> float:
         """The calibrated prediction of a plan (a latency budget's cost function).
@@ -220,7 +270,7 @@ class LayerTable:
         """
         if self.calibration is None:
             raise ValueError("this latency table has no whole-model calibration")
-        return self.calibration.ms(self.layer_sum(keep), self.unaligned_sum(keep))
+        return self.calibration.ms(self.layer_sum(keep), self.unaligned_sum(keep), self.unaligned_count(keep))
 
     def predict_ms(self, keep: Mapping[int, int], original_ms: float | None = None) -> float | None:
         """Predicted time of the plan: calibrated when a fit exists; else the layers' share of
@@ -247,13 +297,15 @@ class LayerTable:
         return None if ms is None else base / max(ms, 1e-12)
 
 
-def _sums(table: LayerTable, points: Sequence[tuple[Mapping[int, int], float]]) -> list[tuple[float, float, float]]:
-    """``(layer sum, off-block sum, measured ms)`` of each point under ``table``."""
-    return [(table.layer_sum(keep), table.unaligned_sum(keep), ms) for keep, ms in points]
+def _sums(table: LayerTable, points: Sequence[tuple[Mapping[int, int], float]]
+          ) -> list[tuple[float, float, int, float]]:
+    """``(layer sum, off-block sum, off-block layers, measured ms)`` of each point under ``table``."""
+    return [(table.layer_sum(keep), table.unaligned_sum(keep), table.unaligned_count(keep), ms)
+            for keep, ms in points]
 
 
-def _fit(sums: Sequence[tuple[float, float, float]]) -> Calibration | None:
-    return Calibration.fit([(s, m) for s, _, m in sums], [u for _, u, _ in sums])
+def _fit(sums: Sequence[tuple[float, float, int, float]]) -> Calibration | None:
+    return Calibration.fit([(s, m) for s, _, _, m in sums], [u for _, u, _, _ in sums], [n for _, _, n, _ in sums])
 
 
 def held_out_error(table: LayerTable, points: Sequence[tuple[Mapping[int, int], float]]) -> float:
@@ -264,11 +316,11 @@ def held_out_error(table: LayerTable, points: Sequence[tuple[Mapping[int, int], 
     prediction is asked of plans not among them."""
     sums = _sums(table, points)
     errors = []
-    for i, (s, u, ms) in enumerate(sums):
+    for i, (s, u, n, ms) in enumerate(sums):
         fit = _fit([*sums[:i], *sums[i + 1:]])
         if fit is None or ms <= 0:
             return float("inf")
-        errors.append(abs(fit.ms(s, u) / ms - 1))
+        errors.append(abs(fit.ms(s, u, n) / ms - 1))
     return sum(errors) / len(errors) if errors else float("inf")
 
 

@@ -112,6 +112,8 @@ def test_unaligned_sum_holds_the_layers_a_cut_takes_off_the_block():
     assert t.unaligned_sum({0: 16, 1: 40}) == pytest.approx(6 * 0.5 * 40 / 64)  # "b" only, at both factors
     assert t.unaligned_sum({2: 6}) == 0.0  # off the block already at full width: the original runs so too
     assert t.unaligned_sum({3: 40}) == 0.0  # no conv layout to leave
+    assert [t.unaligned_count(k) for k in ({}, {0: 16, 1: 32}, {0: 24}, {0: 16, 1: 40}, {2: 6}, {3: 40})] == \
+        [0, 0, 2, 1, 0, 0]
 
 
 def test_off_block_cuts_do_not_bend_the_line_of_on_block_plans():
@@ -136,6 +138,35 @@ def test_off_block_cuts_do_not_bend_the_line_of_on_block_plans():
     assert fit.to_dict()["unaligned_scale"] == pytest.approx(0.4)
 
 
+def test_off_block_layers_are_priced_per_layer_and_by_their_time():
+    """``ms = 2 + 0.5 * S + 0.3 * U + 0.2 * N`` (``N`` off-block layers): three off-block plans fix both prices,
+    and a plan with more, smaller off-block layers than they had is predicted; priced by time alone it is not."""
+    t = _blocked()
+
+    def ms(keep):
+        return 2 + 0.5 * t.layer_sum(keep) + 0.3 * t.unaligned_sum(keep) + 0.2 * t.unaligned_count(keep)
+
+    points = [{}, {0: 16, 1: 48}, {0: 16, 1: 32}, {0: 24, 1: 48}, {0: 16, 1: 40}, {0: 8, 1: 56}]
+    sums = [(t.layer_sum(k), ms(k)) for k in points]
+    offs, counts = [t.unaligned_sum(k) for k in points], [t.unaligned_count(k) for k in points]
+    fit = Calibration.fit(sums, offs, counts)
+    assert fit is not None
+    assert (fit.overhead_ms, fit.scale, fit.unaligned_scale, fit.per_unaligned_ms) == pytest.approx((2, 0.5, 0.3, 0.2))
+    assert fit.to_dict()["per_unaligned_ms"] == pytest.approx(0.2) and fit.to_dict()["unaligned_counts"] == counts
+    table = LayerTable(t.layers, t.cuts, t.sizes, t.factors, fit, t.blocks)
+    plan = {0: 8, 1: 8}
+    assert table.predict_ms(plan) == pytest.approx(ms(plan))
+    by_time = Calibration.fit(sums, offs)
+    assert by_time is not None and by_time.per_unaligned_ms == 0.0
+    assert abs(by_time.ms(t.layer_sum(plan), t.unaligned_sum(plan)) / ms(plan) - 1) > 0.03
+    # two off-block plans would fit any pair of prices exactly: one price only, the one that fits them better
+    two = Calibration.fit(sums[:5], offs[:5], counts[:5])
+    assert two is not None and (two.unaligned_scale > 0) != (two.per_unaligned_ms > 0)
+    per_layer = [(s, m - 0.3 * u) for (s, m), u in zip(sums, offs, strict=True)]  # no time price: found so
+    alone = Calibration.fit(per_layer[:5], offs[:5], counts[:5])
+    assert alone is not None and (alone.unaligned_scale, alone.per_unaligned_ms) == pytest.approx((0.0, 0.2))
+
+
 def test_unaligned_calibration_falls_back_to_one_line():
     # one on-block point fixes no line: every point fits one line, and the off-block scale is 0
     fit = Calibration.fit([(10.0, 8.0), (7.0, 7.5)], [0.0, 3.0])
@@ -147,7 +178,7 @@ def test_unaligned_calibration_falls_back_to_one_line():
     flat = Calibration.fit([(10.0, 8.0), (4.0, 8.5), (6.0, 4.0)], [0.0, 0.0, 1.0])
     assert flat is not None and flat.unaligned_scale == 0.0 and flat.scale > 0
     assert flat.ms(10.0) == pytest.approx(Calibration.fit([(10.0, 8.0), (4.0, 8.5), (6.0, 4.0)]).ms(10.0))
-    with pytest.raises(ValueError, match="one off-block sum per point"):
+    with pytest.raises(ValueError, match="one off-block sum and count per point"):
         Calibration.fit([(10.0, 8.0), (4.0, 5.0)], [0.0])
 
 
