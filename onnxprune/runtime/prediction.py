@@ -250,13 +250,17 @@ class LayerTable:
                 off.update(n for n in self.cuts.get(gid, ()) if n in self.layers)
         return off
 
+    def terms(self, keep: Mapping[int, int]) -> tuple[float, float, int]:
+        """``(S, U, N)`` of a plan, each layer scaled once: the layer sum, the off-block sum
+        (:meth:`unaligned_sum`) and the off-block layers (:meth:`unaligned_count`), what the calibration reads."""
+        scaled = self._scaled(keep)
+        off = self._off_block(keep)
+        return sum(scaled.values()), sum(t for n, t in scaled.items() if n in off), len(off)
+
     def unaligned_sum(self, keep: Mapping[int, int]) -> float:
         """``U``: the summed time (at ``keep``'s widths) of the layers that ``keep`` takes off the conv block
         (see :meth:`_off_block`)."""
-        off = self._off_block(keep)
-        if not off:
-            return 0.0
-        return sum(t for n, t in self._scaled(keep).items() if n in off)
+        return self.terms(keep)[1]
 
     def unaligned_count(self, keep: Mapping[int, int]) -> int:
         """How many layers ``keep`` takes off the conv block (see :meth:`_off_block`)."""
@@ -270,7 +274,7 @@ class LayerTable:
         """
         if self.calibration is None:
             raise ValueError("this latency table has no whole-model calibration")
-        return self.calibration.ms(self.layer_sum(keep), self.unaligned_sum(keep), self.unaligned_count(keep))
+        return self.calibration.ms(*self.terms(keep))
 
     def predict_ms(self, keep: Mapping[int, int], original_ms: float | None = None) -> float | None:
         """Predicted time of the plan: calibrated when a fit exists; else the layers' share of
@@ -300,8 +304,7 @@ class LayerTable:
 def _sums(table: LayerTable, points: Sequence[tuple[Mapping[int, int], float]]
           ) -> list[tuple[float, float, int, float]]:
     """``(layer sum, off-block sum, off-block layers, measured ms)`` of each point under ``table``."""
-    return [(table.layer_sum(keep), table.unaligned_sum(keep), table.unaligned_count(keep), ms)
-            for keep, ms in points]
+    return [(*table.terms(keep), ms) for keep, ms in points]
 
 
 def _fit(sums: Sequence[tuple[float, float, int, float]]) -> Calibration | None:
